@@ -1,0 +1,26 @@
+# The README's two commands are `make run` and `make test`; both call `make bootstrap` first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?=
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap run test lint bench clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+run: bootstrap
+	$(VENV)/bin/gotel run $(if $(CONFIG),--config $(CONFIG),)
+
+test: bootstrap
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+lint: bootstrap
+	$(VENV)/bin/ruff check gotel receivers processors exporters tests bench
+	$(VENV)/bin/mypy gotel receivers processors exporters
+
+bench: bootstrap
+	@for b in bench/*/run.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info gotel-data .pytest_cache .mypy_cache .ruff_cache

