@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -170,3 +171,8 @@ class ExtensionFactory(Factory):
 
 
 ALL_SIGNALS = frozenset(Signal)
+
+# Set by a receiver around consume() to the request's metadata (gRPC metadata or HTTP headers,
+# lower-case keys). The pipeline's internal entry point routes on "gotel-receiver" with it.
+REQUEST_METADATA: ContextVar[Mapping[str, str]] = ContextVar("gotel_request_metadata", default={})
+RECEIVER_ID_HEADER = "gotel-receiver"
