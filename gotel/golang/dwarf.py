@@ -3,8 +3,9 @@
 Go's linker names every type DIE with an inline string (DW_FORM_string) as its first attribute, so a type
 is found by searching the decompressed .debug_info for its abbreviation code followed by the NUL-terminated
 name; the hit is confirmed by parsing the DIE there. Only the struct DIEs on a requested path are parsed
-(a full walk of a gRPC binary's DWARF takes seconds; this takes milliseconds). If the fast path finds
-nothing, a walk of top-level DIEs confirms the type is really absent before saying so.
+(a full walk of a gRPC binary's DWARF takes seconds; this takes milliseconds). The search is exhaustive:
+every type DIE whose abbreviation starts with an inline name is found this way. Only DWARF that does not
+follow that scheme (not written by the Go linker) falls back to a walk of the top-level DIEs.
 
 Go layouts in DWARF: `string` is a struct {str, len}; a slice `[]T` is {array, len, cap}; `interface{}`
 is a typedef of runtime.eface {_type, data} and other interfaces of runtime.iface {tab, data}; named types
@@ -94,6 +95,8 @@ class StructIndex:
                 if die is not None and die.tag in _TYPE_TAGS and _name(die) == name:
                     return self._resolve(die)
                 pos = self._info.find(pat, pos + 1)
+        if self._prefixes:
+            return None  # every named type DIE starts with one of these byte strings: the type is not there
         return self._walk(dwarf, name)
 
     @staticmethod
@@ -104,7 +107,7 @@ class StructIndex:
             return None
 
     def _walk(self, dwarf: DWARFInfo, name: str) -> DIE | None:
-        """Slow path: the top-level DIEs of every unit (only when the fast search found nothing)."""
+        """Slow path for DWARF the Go linker did not write: the top-level DIEs of every unit."""
         for cu in dwarf.iter_CUs():
             for die in cu.get_top_DIE().iter_children():
                 if die.tag in _TYPE_TAGS and _name(die) == name:
