@@ -50,7 +50,7 @@ class StructIndex:
         self.path = path
         self.dwarf = dwarf
         self._types: dict[str, DIE | None] = {}
-        self._fields: dict[int, dict[str, tuple[int, DIE | None]]] = {}
+        self._fields: dict[int, dict[str, tuple[int, DIE]]] = {}
         self._prefixes: list[bytes] = []
         self._info = b""
         if dwarf is not None:
@@ -87,14 +87,16 @@ class StructIndex:
 
     def _search(self, dwarf: DWARFInfo, name: str) -> DIE | None:
         needle = name.encode() + b"\0"
-        for prefix in self._prefixes:
-            pat = prefix + needle
-            pos = self._info.find(pat)
-            while pos >= 0:
-                die = self._die_at(dwarf, pos)
-                if die is not None and die.tag in _TYPE_TAGS and _name(die) == name:
-                    return self._resolve(die)
-                pos = self._info.find(pat, pos + 1)
+        info = self._info
+        pos = info.find(needle)
+        while pos > 0:  # one scan of the section per type name; the abbreviation code is checked per hit
+            for prefix in self._prefixes:
+                start = pos - len(prefix)
+                if info[start:pos] == prefix:
+                    die = self._die_at(dwarf, start)
+                    if die is not None and die.tag in _TYPE_TAGS and _name(die) == name:
+                        return self._resolve(die)
+            pos = info.find(needle, pos + 1)
         if self._prefixes:
             return None  # every named type DIE starts with one of these byte strings: the type is not there
         return self._walk(dwarf, name)
@@ -121,8 +123,8 @@ class StructIndex:
             seen += 1
         return die
 
-    def fields(self, die: DIE) -> dict[str, tuple[int, DIE | None]]:
-        """member name -> (offset, type DIE) of a struct DIE."""
+    def fields(self, die: DIE) -> dict[str, tuple[int, DIE]]:
+        """member name -> (offset, member DIE) of a struct DIE (member types are resolved only on demand)."""
         got = self._fields.get(die.offset)
         if got is None:
             got = {}
@@ -131,8 +133,7 @@ class StructIndex:
                     continue
                 loc = child.attributes.get("DW_AT_data_member_location")
                 off = loc.value if loc is not None and isinstance(loc.value, int) else 0
-                typ = child.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in child.attributes else None
-                got[_name(child)] = (off, typ)
+                got[_name(child)] = (off, child)
             self._fields[die.offset] = got
         return got
 
@@ -157,12 +158,12 @@ class StructIndex:
             if part not in members:
                 raise FieldNotFound(f"{self.path}: {_name(die)} has no field {part!r} (fields: "
                                     f"{', '.join(members) or 'none'})")
-            off, typ = members[part]
+            off, member = members[part]
             offsets[-1] += off
             walked.append(part)
-            if typ is None:
+            if "DW_AT_type" not in member.attributes:
                 break
-            die = typ
+            die = member.get_DIE_from_attribute("DW_AT_type")
         return tuple(offsets)
 
     def offset(self, type_name: str, path: str) -> int:
