@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gotel.golang import disasm
 from gotel.golang.buildinfo import BuildInfo, Module, read_buildinfo
-from gotel.golang.dwarf import StructIndex
+from gotel.golang.dwarf import StructIndex, load_dwarf
 from gotel.golang.elf import ElfImage
 from gotel.golang.errors import FunctionNotFound, NotGo
 from gotel.golang.symbols import Function, FunctionTable
@@ -121,7 +121,7 @@ class GoBinary:
         if self._structs is None:
             with self._lock:
                 if self._structs is None:
-                    dw = self.image.elf.get_dwarf_info() if self.has_dwarf else None
+                    dw = load_dwarf(self.image.data) if self.has_dwarf else None
                     self._structs = StructIndex(dw, str(self.path))
         return self._structs
 
