@@ -8,6 +8,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
@@ -163,3 +164,16 @@ def test_usdtapp_fires_and_logs(toolchain: str, goapp: Callable[..., RunningApp]
         deadline -= 1
     assert [x["probe"] for x in logged] == ["req_start", "req_end"] * 3 + ["guarded", "tick", "message"]
     assert logged[7]["args"] == {"n": 5, "delta": -7, "small": 200, "neg": -300}
+
+
+def test_build_failure_shows_the_compiler_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "main.go").write_text("package main\n\nfunc main() { notDefined() }\n")
+    monkeypatch.setattr(goapps, "SRC", tmp_path)
+    with pytest.raises(goapps.GoBuildError, match=r"(?s)building fixture broken with go1.27.*undefined: notDefined"):
+        goapps.build("broken", "go1.27")
+
+
+def test_start_failure_shows_stderr_and_exit_code() -> None:
+    with pytest.raises(goapps.AppStartError, match=r"(?s)exited with code 2 before READY.*unknown mode bogus"):
+        goapps.start("grpcapp", "bogus")
