@@ -77,9 +77,11 @@ class StructIndex:
         self._info = b""
         if dwarf is not None:
             self._info = dwarf.debug_info_sec.stream.getvalue()  # type: ignore[union-attr]
-            cu = next(dwarf.iter_CUs(), None)
-            if cu is not None:
-                table = cu.get_abbrev_table()
+            # Every abbreviation table in use (with cgo, C units from the external linker have their own).
+            tables = {cu["debug_abbrev_offset"] for cu in dwarf.iter_CUs()}
+            prefixes: set[bytes] = set()
+            for table_off in sorted(tables):
+                table = dwarf.get_abbrev_table(table_off)
                 code = 1
                 while True:
                     try:
@@ -89,8 +91,9 @@ class StructIndex:
                     specs = ab["attr_spec"]
                     if (ab["tag"] in _TYPE_TAGS and specs and specs[0].name == "DW_AT_name"
                             and specs[0].form == "DW_FORM_string"):
-                        self._prefixes.append(_uleb(code))
+                        prefixes.add(_uleb(code))
                     code += 1
+            self._prefixes = sorted(prefixes)
 
     def _require(self) -> DWARFInfo:
         if self.dwarf is None:
