@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -177,3 +178,17 @@ def test_build_failure_shows_the_compiler_output(tmp_path: Path, monkeypatch: py
 def test_start_failure_shows_stderr_and_exit_code() -> None:
     with pytest.raises(goapps.AppStartError, match=r"(?s)exited with code 2 before READY.*unknown mode bogus"):
         goapps.start("grpcapp", "bogus")
+
+
+@pytest.mark.parametrize("toolchain", goapps.TOOLCHAINS)
+def test_runtime_natural_gcs_and_contention_profiles(toolchain: str, goapp: Callable[..., RunningApp]) -> None:
+    r = goapp("runtime", "-mutex-fraction", "1", "-block-rate", "1", "-alloc-rate", "50000000",
+              toolchain=toolchain)
+    r.get_json("/mutex?ms=5&n=4")
+    deadline = time.monotonic() + 20
+    while r.get_json("/truth")["metrics"]["/gc/cycles/automatic:gc-cycles"] < 3:
+        assert time.monotonic() < deadline, "no natural GCs from -alloc-rate"
+        time.sleep(0.2)
+    for profile in ("mutex", "block"):
+        with urllib.request.urlopen(r.url(f"/debug/pprof/{profile}?debug=1"), timeout=30) as resp:
+            assert "main.contend" in resp.read().decode(), profile
