@@ -192,3 +192,12 @@ def test_runtime_natural_gcs_and_contention_profiles(toolchain: str, goapp: Call
     for profile in ("mutex", "block"):
         with urllib.request.urlopen(r.url(f"/debug/pprof/{profile}?debug=1"), timeout=30) as resp:
             assert "main.contend" in resp.read().decode(), profile
+
+
+def test_usdtapp_rate_mode(goapp: Callable[..., RunningApp]) -> None:
+    r = goapp("usdtapp", "-rate", "50")
+    r.wait_for(lambda x: x["probe"] == "req_end" and x["args"]["id"] >= 10, timeout=30)
+    recs = r.records()
+    starts = [x for x in recs if x["probe"] == "req_start"]
+    assert starts and all(x["args"]["name"] == "background" for x in starts)
+    assert [x["args"]["id"] for x in starts] == list(range(1, len(starts) + 1))
