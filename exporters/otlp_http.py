@@ -62,6 +62,8 @@ class Config(ClientConfig):
             return str(own)
         if not self.endpoint:
             raise ValueError(f"no endpoint for {signal}: set endpoint or {signal.value}_endpoint")
+        if unix_path(self.endpoint) is not None:
+            return self.endpoint  # a socket path: the signal's default path is used on it
         return self.endpoint.rstrip("/") + WIRE[signal].http_path
 
 
