@@ -20,6 +20,7 @@ import aiohttp
 import grpc
 import grpc.aio
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import Field, model_validator
 
 from gotel.component import (
@@ -283,9 +284,11 @@ class OTLPReceiver(Receiver):
                         grpc.StatusCode.RESOURCE_EXHAUSTED, 413,
                         f"request body larger than max_request_body_size ({max_body} bytes)",
                     ) from None
-                except (aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError, ValueError) as e:
+                except (RequestPayloadError, aiohttp.http_exceptions.HttpProcessingError, ValueError) as e:
                     self._malformed.labels(signal.value, "bad_body").inc()
-                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, 400, f"unreadable body ({enc or 'identity'}): {e}") from None
+                    raise Rejected(
+                        grpc.StatusCode.INVALID_ARGUMENT, 400, f"unreadable body ({enc or 'identity'}): {str(e).strip()}"
+                    ) from None
                 md = {k.lower(): v for k, v in request.headers.items()}
                 await self._push(signal, self._decode(signal, body, json_body), md)
             except Rejected as r:
