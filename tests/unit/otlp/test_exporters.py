@@ -248,6 +248,27 @@ async def test_queue_too_small_counts_and_logs_the_excess_and_keeps_working(
     assert sink.received.span_count() == 2_007
 
 
+async def test_block_on_overflow_applies_back_pressure_and_loses_nothing(
+    harness: Harness, started: Started, sinks: list[Any], sockdir: Path
+) -> None:
+    t = Transport("grpc", True, sockdir)
+    batches = [samples.traces(100, start=i * 100) for i in range(10)]
+    cap = sum(b.byte_size() for b in batches[:2]) + 10
+    cfg = t.config(f"unix://{sockdir / 'grpc.sock'}",
+                   sending_queue={"queue_size": cap, "num_consumers": 2, "block_on_overflow": True})
+    exp = await started(harness, t.factory(), Signal.TRACES, cfg)
+    tasks = [asyncio.create_task(exp.consume(b)) for b in batches]
+    await asyncio.sleep(0.5)
+    assert sum(x.done() for x in tasks) == 2  # the rest wait for room: back-pressure, not drops
+    sink = t.sink().start()
+    sinks.append(sink)
+    await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    assert await sink.await_for(lambda r: r.span_count() >= 1_000, timeout=30)
+    await asyncio.sleep(0.2)
+    assert sink.received.span_count() == 1_000
+    assert harness.value("dropped_items_total", component="otlp", kind="exporter", signal="traces", reason="queue_full") == 0
+
+
 async def test_http_429_retry_after_is_honoured(harness: Harness, started: Started, sinks: list[Any]) -> None:
     sink = OTLPHttpSink().start()
     sinks.append(sink)
