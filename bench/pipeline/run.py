@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -30,10 +31,8 @@ TRACE_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
 def _pin(cpu: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {cpu % (os.cpu_count() or 1)})
-    except OSError:
-        pass
 
 
 def cpu_seconds(pid: int) -> float:
