@@ -57,6 +57,7 @@ class Config(ClientConfig):
         return self
 
     def url_for(self, signal: Signal) -> str:
+        signal = Signal(signal)
         own = getattr(self, f"{signal.value}_endpoint")
         if own:
             return str(own)
