@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
@@ -174,5 +175,7 @@ ALL_SIGNALS = frozenset(Signal)
 
 # Set by a receiver around consume() to the request's metadata (gRPC metadata or HTTP headers,
 # lower-case keys). The pipeline's internal entry point routes on "gotel-receiver" with it.
-REQUEST_METADATA: ContextVar[Mapping[str, str]] = ContextVar("gotel_request_metadata", default={})
+REQUEST_METADATA: ContextVar[Mapping[str, str]] = ContextVar(
+    "gotel_request_metadata", default=MappingProxyType({})
+)
 RECEIVER_ID_HEADER = "gotel-receiver"

@@ -182,6 +182,10 @@ class QueuedExporter(Exporter):
                 self._inflight += 1
             try:
                 await self._deliver(batch)
+            except asyncio.CancelledError:
+                # Cancelled by shutdown() while sending or waiting to retry: lost, so counted.
+                self._drop(batch, "shutdown", "not delivered before the shutdown deadline")
+                raise
             finally:
                 self._size -= units
                 self._inflight -= 1

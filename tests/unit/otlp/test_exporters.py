@@ -199,20 +199,29 @@ async def test_grpc_gzip_on_the_wire(compression: str, harness: Harness, started
         await proxy.stop()
 
 
-@pytest.mark.parametrize("proto", ["grpc", "http"])
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(("proto", "unix"), [("grpc", True), ("http", True), ("grpc", False)],
+                         ids=["grpc-unix", "http-unix", "grpc-tcp"])
 async def test_backend_down_then_up_delivers_all_10000(
-    proto: str, harness: Harness, started: Started, sinks: list[Any], sockdir: Path
+    proto: str, unix: bool, harness: Harness, started: Started, sinks: list[Any], sockdir: Path
 ) -> None:
-    t = Transport(proto, True, sockdir)  # a unix socket path is known before the backend exists
-    path = sockdir / f"{proto}.sock"
-    endpoint = f"unix://{path}"
+    t = Transport(proto, unix, sockdir)
+    port = 0 if unix else free_port()
+    endpoint = f"unix://{sockdir / f'{proto}.sock'}" if unix else f"127.0.0.1:{port}"
     exp = await started(harness, t.factory(), Signal.TRACES, t.config(endpoint))
     for i in range(100):
         await exp.consume(samples.traces(100, start=i * 100))
     await asyncio.sleep(1.0)  # the exporter meets a dead backend and backs off
     retries = harness.value("exporter_retries_total", component="otlp", kind="exporter", signal="traces")
     assert retries > 0
-    sink = t.sink().start()
+    sink = t.sink(port=port).start() if not unix else t.sink().start()
     sinks.append(sink)
     assert await sink.await_for(lambda r: r.span_count() >= 10_000, timeout=60)
     await asyncio.sleep(0.3)
@@ -267,6 +276,17 @@ async def test_block_on_overflow_applies_back_pressure_and_loses_nothing(
     await asyncio.sleep(0.2)
     assert sink.received.span_count() == 1_000
     assert harness.value("dropped_items_total", component="otlp", kind="exporter", signal="traces", reason="queue_full") == 0
+
+
+async def test_shutdown_counts_what_it_could_not_deliver(harness: Harness, sockdir: Path) -> None:
+    cfg = grpc_exp.Config(endpoint=f"unix://{sockdir}/nobody.sock", retry_on_failure={"initial_interval": 5})
+    exp = grpc_exp.factory.create(Signal.TRACES, cfg, harness.ctx("otlp", Kind.EXPORTER))
+    await exp.start()
+    for i in range(6):  # 4 in flight (waiting to retry), 2 queued
+        await exp.consume(samples.traces(10, start=i * 10))
+    await asyncio.sleep(0.5)
+    await exp.shutdown(deadline=0.5)  # type: ignore[call-arg]
+    assert harness.value("dropped_items_total", component="otlp", kind="exporter", signal="traces", reason="shutdown") == 60
 
 
 async def test_http_429_retry_after_is_honoured(harness: Harness, started: Started, sinks: list[Any]) -> None:
