@@ -7,6 +7,7 @@ ProcessorFactory or ExporterFactory. Factories are found through entry points
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -126,7 +127,7 @@ class Exporter(Component):
 @dataclass(frozen=True)
 class Factory:
     type: str
-    config: type[ComponentConfig]
+    config: builtins.type[ComponentConfig]  # `type` is shadowed by the field above
     signals: frozenset[Signal]
     description: str = ""
     aliases: tuple[str, ...] = ()

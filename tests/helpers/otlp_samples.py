@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from gotel.pdata import Batch, Logs, Metrics, Profiles, Signal, Traces, attrs, kv
 
@@ -108,5 +109,7 @@ def profiles() -> Profiles:
 
 
 def sample(signal: Signal) -> Batch:
-    return {Signal.TRACES: lambda: traces(5), Signal.METRICS: metrics, Signal.LOGS: logs,
-            Signal.PROFILES: profiles}[signal]()
+    makers: dict[Signal, Callable[[], Batch]] = {
+        Signal.TRACES: lambda: traces(5), Signal.METRICS: metrics, Signal.LOGS: logs, Signal.PROFILES: profiles,
+    }
+    return makers[signal]()

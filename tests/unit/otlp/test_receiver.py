@@ -30,7 +30,7 @@ from tests.helpers import otlp_samples as samples
 from tests.helpers.certs import Certs
 from tests.unit.otlp.conftest import Harness
 
-STUBS = {
+STUBS: dict[Signal, Any] = {
     Signal.TRACES: tgrpc.TraceServiceStub,
     Signal.METRICS: mgrpc.MetricsServiceStub,
     Signal.LOGS: lgrpc.LogsServiceStub,
