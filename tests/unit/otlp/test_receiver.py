@@ -101,7 +101,7 @@ async def test_grpc_all_signals(signal: Signal, unix: bool, harness: Harness, ru
     sd = sockdir if unix else None
     r = await running(harness, both(sd))
     batch = samples.sample(signal)
-    async with grpc.aio.insecure_channel(grpc_target(r, sd)) as ch:
+    async with grpc.aio.insecure_channel(grpc_target(r, sd), compression=grpc.Compression.Gzip) as ch:
         await STUBS[signal](ch).Export(batch.peek(), metadata=(("gotel-receiver", "pprof/api"),), timeout=10)
     [got] = running.mem[signal].batches
     assert got.peek() == batch.peek()
@@ -181,11 +181,15 @@ async def test_grpc_malformed_is_invalid_argument_with_reason(harness: Harness, 
                          signal="traces", reason="malformed") == 1
 
 
-async def test_grpc_oversized_is_resource_exhausted(harness: Harness, running: Running) -> None:
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip-bomb"])
+async def test_grpc_oversized_is_resource_exhausted(gz: bool, harness: Harness, running: Running) -> None:
     r = await running(harness, {"grpc": {"endpoint": "127.0.0.1:0", "max_recv_msg_size_mib": 1}})
     big = samples.traces(12_000)
     assert big.byte_size() > 1 << 20
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{r.grpc_port}") as ch:
+    if gz:
+        assert len(gzip.compress(big.to_bytes())) < 1 << 20  # small on the wire, too large inflated
+    comp = grpc.Compression.Gzip if gz else grpc.Compression.NoCompression
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{r.grpc_port}", compression=comp) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as ei:
             await tgrpc.TraceServiceStub(ch).Export(big.peek(), timeout=10)
         assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
