@@ -168,7 +168,9 @@ async def test_unix_sockets_are_private(harness: Harness, running: Running, sock
     assert not (sub / "g.sock").exists() and not (sub / "h.sock").exists()
 
 
-async def test_grpc_malformed_is_invalid_argument_with_reason(harness: Harness, running: Running) -> None:
+async def test_grpc_malformed_is_invalid_argument_with_reason(
+    harness: Harness, running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
     r = await running(harness, both())
     async with grpc.aio.insecure_channel(f"127.0.0.1:{r.grpc_port}") as ch:
         raw = ch.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
@@ -177,6 +179,7 @@ async def test_grpc_malformed_is_invalid_argument_with_reason(harness: Harness, 
     assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "malformed protobuf traces request" in (ei.value.details() or "")
     assert running.mem[Signal.TRACES].batches == []
+    assert "otlp: refused a traces request from ipv4:127.0.0.1" in caplog.text
     assert harness.value("otlp_receiver_rejected_requests_total", component="otlp", kind="receiver",
                          signal="traces", reason="malformed") == 1
 
