@@ -132,12 +132,16 @@ async def test_http_per_signal_endpoint_overrides_base(harness: Harness, started
     assert cfg.url_for(Signal.TRACES) == "http://127.0.0.1:9/nowhere/v1/traces"
 
 
-async def test_gzip_on_the_wire(harness: Harness, started: Started, sinks: list[Any]) -> None:
+@pytest.mark.parametrize("n", [500, 5000])  # 5000 spans: compressed on a worker thread
+async def test_gzip_on_the_wire(n: int, harness: Harness, started: Started, sinks: list[Any]) -> None:
     sink = OTLPHttpSink().start()
     sinks.append(sink)
     exp = await started(harness, http_exp.factory, Signal.TRACES, http_exp.Config(endpoint=sink.endpoint))
-    await exp.consume(samples.traces(500))
-    assert await sink.await_for(lambda r: r.span_count() == 500)
+    batch = samples.traces(n)
+    assert (batch.byte_size() > http_exp.OFFLOAD_BYTES) == (n == 5000)
+    await exp.consume(batch)
+    assert await sink.await_for(lambda r: r.span_count() == n)
+    assert sink.received.traces[0] == batch.peek()
     info = sink.requests[0]
     assert info.content_encoding == "gzip"
     assert 0 < info.wire_size < info.body_size / 3  # repetitive spans compress well
