@@ -33,14 +33,16 @@ class Batch:
 
     signal: ClassVar[Signal]
     request_type: ClassVar[type[Message]]
-    __slots__ = ("_msg", "_raw", "_n")
+    __slots__ = ("_count", "_msg", "_raw")
 
-    def __init__(self, msg: Message | None = None, *, raw: bytes | None = None) -> None:
+    def __init__(self, msg: Message | None = None, *, raw: bytes | None = None, count: int | None = None) -> None:
         if msg is None and raw is None:
             msg = self.request_type()
         self._msg = msg
         self._raw = raw
-        self._n: int | None = None  # cached item count, valid only while the wire bytes are current
+        # Item count cached alongside the wire bytes (both describe the unmutated message), so that
+        # batching and telemetry downstream of a byte-level concat never parse again.
+        self._count = count if raw is not None else None
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Batch:
@@ -62,7 +64,7 @@ class Batch:
             m.ParseFromString(self._raw or b"")
             self._msg = m
         self._raw = None
-        self._n = None
+        self._count = None
         return self._msg
 
     def peek(self) -> Any:
@@ -87,7 +89,7 @@ class Batch:
 
     def copy(self) -> Batch:
         if self._raw is not None:
-            return type(self)(raw=self._raw)
+            return type(self)(raw=self._raw, count=self._count)
         m = self.request_type()
         m.CopyFrom(self.peek())
         return type(self)(m)
@@ -97,35 +99,35 @@ class Batch:
         raise NotImplementedError
 
     def item_count(self) -> int:
-        if self._n is not None and self._raw is not None:
-            return self._n
+        if self._count is not None:
+            return self._count
         n = self._count_items()
         if self._raw is not None:
-            self._n = n
+            self._count = n
         return n
 
     def _count_items(self) -> int:
         raise NotImplementedError
+
+    @classmethod
+    def concat(cls, batches: Iterable[Batch]) -> Batch:
+        """Merges at the byte level: concatenated serialized requests are the merged request
+        (their only field is a repeated one), so nothing is parsed or copied item by item."""
+        items = list(batches)
+        if len(items) == 1:
+            return items[0]
+        count = sum(b.item_count() for b in items)
+        return cls(raw=b"".join(b.to_bytes() for b in items), count=count)
 
     def is_empty(self) -> bool:
         return self.item_count() == 0
 
     @classmethod
     def merge(cls, batches: Iterable[Batch]) -> Batch:
-        """Concatenates the resource lists (protobuf merge of the requests).
-
-        When every batch still has its wire bytes, they are concatenated: protobuf defines the
-        concatenation of two encodings as the merge of the messages (repeated fields append), so this
-        is the same request without copying messages or serialising again.
-        """
-        items = list(batches)
-        if items and all(b._raw is not None for b in items):
-            out = cls(raw=b"".join(b._raw for b in items if b._raw is not None))
-            out._n = sum(b.item_count() for b in items)
-            return out
+        """Concatenates the resource lists (protobuf merge of the requests)."""
         out = cls()
         field = out.resources()
-        for b in items:
+        for b in batches:
             field.extend(b.peek_resources())
         return out
 
@@ -273,6 +275,10 @@ class Profiles(Batch):
         if len(items) == 1:
             return items[0]
         raise ValueError("profiles batches carry their own dictionaries and are not merged")
+
+    @classmethod
+    def concat(cls, batches: Iterable[Batch]) -> Batch:
+        return cls.merge(batches)
 
     def split(self, max_items: int) -> list[Batch]:
         return [self]

@@ -36,7 +36,7 @@ PATHS: dict[str, tuple[str, Any, Any]] = {
     "/v1/logs": ("logs", lpb.ExportLogsServiceRequest, lpb.ExportLogsServiceResponse),
     "/v1development/profiles": ("profiles", ppb.ExportProfilesServiceRequest, ppb.ExportProfilesServiceResponse),
 }
-ID_KEYS = {"traceId", "spanId", "parentSpanId"}
+ID_KEYS = {"traceId", "spanId", "parentSpanId", "profileId"}  # hex in OTLP/JSON, as in the collector
 
 
 def _hex_ids_to_b64(node: Any) -> None:

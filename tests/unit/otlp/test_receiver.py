@@ -147,7 +147,7 @@ def _b64_to_hex(node: Any) -> None:
 
     if isinstance(node, dict):
         for k, v in node.items():
-            if k in ("traceId", "spanId", "parentSpanId") and isinstance(v, str):
+            if k in ("traceId", "spanId", "parentSpanId", "profileId") and isinstance(v, str):
                 node[k] = base64.b64decode(v).hex()
             else:
                 _b64_to_hex(v)
@@ -220,7 +220,7 @@ def _status(body: bytes, json_body: bool = False) -> status_pb2.Status:
     [
         ("application/x-protobuf", b"\x0a\xff\xff\xff\xff\x0f garbage", "malformed protobuf traces request"),
         ("application/json", b"{not json", "malformed OTLP/JSON traces request: invalid JSON"),
-        ("application/json", b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz"}]}]}]}', "invalid hex id"),
+        ("application/json", b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz"}]}]}]}', "invalid OTLP/JSON: non-hexadecimal"),
         ("application/json", b'{"resourceSpans": 5}', "malformed OTLP/JSON"),
     ],
     ids=["protobuf", "json-syntax", "json-hex-id", "json-shape"],

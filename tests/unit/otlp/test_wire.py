@@ -53,6 +53,7 @@ def test_otlp_json_uses_hex_ids_and_round_trips(signal: Signal) -> None:
     if signal == Signal.PROFILES:
         link = doc["dictionary"]["linkTable"][1]
         assert link["traceId"] == bytes(range(16)).hex()
+        assert doc["resourceProfiles"][0]["scopeProfiles"][0]["profiles"][0]["profileId"] == bytes(range(16)).hex()
     assert json_to_message(data, batch.request_type()) == batch.peek()
 
 
@@ -63,7 +64,7 @@ def test_json_errors_are_value_errors() -> None:
         json_to_message(b"{", Req())
     with pytest.raises(ValueError, match="top level must be an object"):
         json_to_message(b"[]", Req())
-    with pytest.raises(ValueError, match="invalid hex id"):
+    with pytest.raises(ValueError, match="invalid OTLP/JSON: non-hexadecimal"):
         json_to_message(b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"spanId":"xyz"}]}]}]}', Req())
     # unknown fields are ignored, as the OTLP spec requires of receivers
     assert json_to_message(b'{"resourceSpans":[],"futureField":1}', Req()) == Req()
