@@ -17,6 +17,7 @@ import aiohttp
 from pydantic import Field, model_validator
 from yarl import URL
 
+from gotel import __version__
 from gotel.clientconfig import ClientConfig
 from gotel.component import Context, Exporter, ExporterFactory
 from gotel.exporterhelper import ExportError, QueuedExporter, Sender
@@ -93,7 +94,7 @@ class HttpSender(Sender):
         self._json = cfg.encoding == "json"
         self._headers = {
             "Content-Type": CONTENT_JSON if self._json else CONTENT_PROTOBUF,
-            "User-Agent": "gotel",
+            "User-Agent": f"gotel/{__version__}",
             **cfg.header_values(),
         }
         if cfg.compression == "gzip":

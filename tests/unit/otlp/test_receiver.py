@@ -399,3 +399,30 @@ def test_config_shape_and_defaults() -> None:
     assert rotlp.split_host_port("[::1]:4317") == ("::1", 4317)
     assert rotlp.split_host_port(":4317") == (None, 4317)
 
+
+
+@pytest.mark.parametrize("encoding", ["proto", "json"])
+@pytest.mark.parametrize("signal", list(Signal), ids=str)
+async def test_otlp_http_exporter_to_receiver(
+    signal: Signal, encoding: str, harness: Harness, running: Running, sockdir: Path
+) -> None:
+    """gotel's own OTLP/HTTP exporter and receiver agree on every signal, protobuf and JSON, gzip."""
+    from gotel.exporters import otlp_http as http_exp
+
+    await running(harness, {"http": {"endpoint": f"unix://{sockdir}/h.sock"}})
+    cfg = http_exp.Config(endpoint=f"unix://{sockdir}/h.sock", encoding=encoding, headers={"gotel-receiver": "x/y"})
+    exp = http_exp.factory.create(signal, cfg, harness.ctx("otlp_http", Kind.EXPORTER))
+    await exp.start()
+    batch = samples.sample(signal)
+    try:
+        await exp.consume(batch)
+        for _ in range(200):
+            if running.mem[signal].batches:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await exp.shutdown()
+    [got] = running.mem[signal].batches
+    assert got.peek() == batch.peek()
+    assert running.mem[signal].metadata[0]["gotel-receiver"] == "x/y"
+    assert running.mem[signal].metadata[0]["content-encoding"] == "gzip"
