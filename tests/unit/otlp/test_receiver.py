@@ -426,3 +426,45 @@ async def test_otlp_http_exporter_to_receiver(
     assert got.peek() == batch.peek()
     assert running.mem[signal].metadata[0]["gotel-receiver"] == "x/y"
     assert running.mem[signal].metadata[0]["content-encoding"] == "gzip"
+
+
+@pytest.mark.parametrize("proto", ["grpc", "http"])
+async def test_mtls_receiver_requires_client_certificate(
+    proto: str, certs: Certs, harness: Harness, running: Running
+) -> None:
+    """gotel's exporter presents its certificate to a receiver that demands one; without one nothing gets in."""
+    from gotel.exporters import otlp_http as http_exp
+
+    tls = {"cert_file": str(certs.cert), "key_file": str(certs.key), "client_ca_file": str(certs.ca)}
+    r = await running(harness, {proto: {"endpoint": "127.0.0.1:0", "tls": tls}})
+
+    def exporter(cid: str, client_cert: bool) -> Any:
+        ctls: dict[str, Any] = {"ca_file": str(certs.ca)}
+        if client_cert:
+            ctls |= {"cert_file": str(certs.cert), "key_file": str(certs.key)}
+        retry = {"initial_interval": 0.05, "max_interval": 0.2, "max_elapsed_time": 1}
+        if proto == "grpc":
+            return grpc_exp.factory.create(Signal.TRACES, grpc_exp.Config(
+                endpoint=f"localhost:{r.grpc_port}", tls=ctls, retry_on_failure=retry), harness.ctx(cid, Kind.EXPORTER))
+        return http_exp.factory.create(Signal.TRACES, http_exp.Config(
+            endpoint=f"https://localhost:{r.http_port}", tls=ctls, retry_on_failure=retry), harness.ctx(cid, Kind.EXPORTER))
+
+    anon = exporter("otlp/anon", False)
+    good = exporter("otlp/mtls", True)
+    await anon.start()
+    await good.start()
+    try:
+        await anon.consume(samples.traces(2))
+        await good.consume(samples.traces(3))
+        for _ in range(100):
+            dropped = sum(harness.telemetry.registry.get_sample_value(
+                "gotel_dropped_items_total", {"component": "otlp/anon", "kind": "exporter", "signal": "traces",
+                                              "reason": reason}) or 0 for reason in ("unavailable", "connection_error"))
+            if dropped and running.mem[Signal.TRACES].batches:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await anon.shutdown()
+        await good.shutdown()
+    assert sum(b.item_count() for b in running.mem[Signal.TRACES].batches) == 3
+    assert dropped == 2
