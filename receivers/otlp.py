@@ -65,6 +65,12 @@ class GRPCServer(ComponentConfig):
     max_concurrent_streams: int | None = Field(None, gt=0)
     tls: ServerTLS | None = None
 
+    @model_validator(mode="after")
+    def _tls(self) -> GRPCServer:
+        if self.tls is not None and self.tls.min_version != "1.2":
+            raise ValueError("tls::min_version cannot be set for gRPC (grpc-python offers no knob; it negotiates TLS 1.2+)")
+        return self
+
 
 class CORS(ComponentConfig):
     allowed_origins: list[str] = Field(default_factory=list, description="origins (wildcards allowed)")

@@ -452,6 +452,8 @@ def test_config_errors_are_clear() -> None:
 
     with pytest.raises(ValidationError, match="insecure_skip_verify is not supported"):
         grpc_exp.Config(endpoint="collector:4317", tls={"insecure_skip_verify": True})
+    with pytest.raises(ValidationError, match="min_version cannot be set for gRPC"):
+        grpc_exp.Config(endpoint="collector:4317", tls={"min_version": "1.3"})
     with pytest.raises(ValidationError, match="must start with http://, https:// or unix://"):
         http_exp.Config(endpoint="collector:4318")
     with pytest.raises(ValidationError, match="endpoint"):

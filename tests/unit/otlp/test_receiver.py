@@ -392,6 +392,8 @@ def test_config_shape_and_defaults() -> None:
     assert rotlp.Config().protocols.http is None
     from pydantic import ValidationError
 
+    with pytest.raises(ValidationError, match="min_version cannot be set for gRPC"):
+        rotlp.Config.model_validate({"protocols": {"grpc": {"tls": {"cert_file": "c", "key_file": "k", "min_version": "1.3"}}}})
     with pytest.raises(ValidationError, match="at least one protocol"):
         rotlp.Config.model_validate({"protocols": {}})
     with pytest.raises(ValidationError, match="max_recv_msg_size"):
