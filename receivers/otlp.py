@@ -240,7 +240,10 @@ class OTLPReceiver(Receiver):
         server.add_generic_rpc_handlers(handlers)
         path = unix_path(g.endpoint)
         if path is not None:
-            prepare_unix_socket(path)
+            try:
+                prepare_unix_socket(path)
+            except OSError as e:
+                raise OSError(f"{self.ctx.id}: cannot listen on {g.endpoint} (gRPC): {e}") from None
             address = f"unix:{path}"
         else:
             host, port = split_host_port(g.endpoint)
@@ -255,7 +258,7 @@ class OTLPReceiver(Receiver):
                 bound = server.add_secure_port(address, creds)
             else:
                 bound = server.add_insecure_port(address)
-        except RuntimeError as e:
+        except (RuntimeError, OSError) as e:
             raise OSError(f"{self.ctx.id}: cannot listen on {g.endpoint} (gRPC): {e}") from None
         if path is not None:
             secure_unix_socket(path)

@@ -385,6 +385,31 @@ async def test_port_in_use_is_a_clear_error(harness: Harness, running: Running) 
             await other.start()
 
 
+async def test_unix_socket_in_use_is_not_stolen_but_a_stale_one_is_replaced(
+    harness: Harness, running: Running, sockdir: Path
+) -> None:
+    await running(harness, both(sockdir))
+    for proto, name in (("grpc", "g.sock"), ("http", "h.sock")):
+        cfg = rotlp.Config.model_validate({"protocols": {proto: {"endpoint": f"unix://{sockdir}/{name}"}}})
+        other = rotlp.factory.create(cfg, running.mem, harness.ctx("otlp/2", Kind.RECEIVER))
+        with pytest.raises(OSError, match="is in use by another process"):
+            await other.start()
+    import socket
+
+    stale = sockdir / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()  # the file stays behind, nobody listens: as after a crash
+    r = await running(harness, {"grpc": {"endpoint": f"unix://{stale}"}})
+    async with grpc.aio.insecure_channel(f"unix:{stale}") as ch:
+        await tgrpc.TraceServiceStub(ch).Export(samples.traces(1).peek(), timeout=10)
+    assert r is running.receivers[-1] and running.mem[Signal.TRACES].batches
+    (sockdir / "file").write_text("x")
+    cfg = rotlp.Config.model_validate({"protocols": {"grpc": {"endpoint": f"unix://{sockdir}/file"}}})
+    with pytest.raises(OSError, match="exists and is not a socket"):
+        await rotlp.factory.create(cfg, running.mem, harness.ctx("otlp/3", Kind.RECEIVER)).start()
+
+
 def test_config_shape_and_defaults() -> None:
     c = rotlp.Config.model_validate({"protocols": {"grpc": None, "http": None}})
     assert c.protocols.grpc is not None and c.protocols.grpc.endpoint == "127.0.0.1:4317"
