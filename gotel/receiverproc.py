@@ -12,16 +12,31 @@ import contextlib
 import logging
 import os
 import signal
+from importlib.metadata import entry_points
 from typing import Any
 
 from gotel.component import RECEIVER_ID_HEADER, ComponentID, Exporter, ExporterFactory, Kind, ReceiverFactory
 from gotel.pdata import Signal
-from gotel.registry import registry
+from gotel.registry import GROUPS, registry
 from gotel.selfmetrics import TELEMETRY_HEADER, MergedRegistry, families_to_otlp
 from gotel.service.graph import make_context, shutdown_with_deadline
 from gotel.telemetry import default_telemetry
 
 log = logging.getLogger("gotel.receiver")
+
+
+def load_one(kind: Kind, typ: str) -> tuple[Any, str]:
+    """One factory by its canonical type, importing nothing else: a receiver process must start in
+    well under a second, and the full registry imports every plugin (BCC, Kubernetes client...)."""
+    group = GROUPS[kind]
+    for ep in entry_points(group=group, name=typ):
+        try:
+            return ep.load(), ""
+        except Exception as e:
+            return None, f"cannot import {ep.value}: {e}"
+    reg = registry()  # an alias, or a type only the full registry knows
+    f = reg.get(kind, typ)
+    return f, "" if f else "; ".join(e for e in reg.errors if f" {typ}:" in e) or "not installed"
 
 
 def sink_config(endpoint: str, protocol: str, headers: dict[str, str], compression: str | None,
@@ -57,10 +72,8 @@ async def run_receiver(
     telemetry_interval: float = 0.0,
     shutdown_timeout: float = 5.0,
 ) -> int:
-    reg = registry()
-    ef = reg.get(Kind.EXPORTER, exporter_type)
+    ef, problems = load_one(Kind.EXPORTER, exporter_type)
     if not isinstance(ef, ExporterFactory):
-        problems = "; ".join(e for e in reg.errors if f" {exporter_type}:" in e)
         log.error("the %s exporter is not installed; cannot send OTLP (%s)", exporter_type, problems)
         return 1
     tel = default_telemetry()
@@ -81,6 +94,7 @@ async def run_receiver(
         await tel_exporter.start()
     receiver = factory.create(config, sinks, make_context(tel, cid, Kind.RECEIVER))
     stop = asyncio.Event()
+    tel_stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for s in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(s, stop.set)
@@ -92,11 +106,10 @@ async def run_receiver(
         while True:
             with contextlib.suppress(Exception):
                 await tel_exporter.consume(families_to_otlp(merged.collect(), resource))
-            try:
-                await asyncio.wait_for(stop.wait(), telemetry_interval)
-                return
-            except TimeoutError:
-                continue
+            if tel_stop.is_set():
+                return  # that was the final snapshot, sent after the receiver stopped
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tel_stop.wait(), telemetry_interval)
 
     tel_task = asyncio.create_task(push_telemetry()) if tel_exporter is not None else None
     code = 0
@@ -111,7 +124,7 @@ async def run_receiver(
         deadline = loop.time() + shutdown_timeout
         await shutdown_with_deadline(receiver, f"receiver {cid}", _mono(deadline, loop))
         if tel_task is not None:
-            stop.set()
+            tel_stop.set()
             with contextlib.suppress(Exception):
                 await tel_task
         await asyncio.gather(*(shutdown_with_deadline(e, f"exporter for {s}", _mono(deadline, loop))

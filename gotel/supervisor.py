@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -34,7 +33,6 @@ from gotel.pdata import Signal
 from gotel.telemetry import ComponentTelemetry, Telemetry
 
 log = logging.getLogger("gotel.supervisor")
-PR_SET_PDEATHSIG = 1
 
 
 def _reveal(v: Any) -> Any:
@@ -66,14 +64,6 @@ def config_to_json(cfg: BaseModel) -> Any:
         return a
 
     return merge(json_safe, revealed)
-
-
-def _die_with_parent(parent: int) -> None:
-    """preexec_fn: the kernel kills us when the pipeline process goes away, even by SIGKILL."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 @dataclass
@@ -134,6 +124,9 @@ class Supervisor:
             "config": config_to_json(child.entry.config),
             "signals": [s.value for s in child.signals],
             "telemetry_interval": self.telemetry_interval,
+            # The child sets PR_SET_PDEATHSIG itself and checks that this is still its parent: no
+            # preexec_fn, so the spawn is a plain fork+exec that gRPC's fork handlers never see.
+            "parent_pid": os.getpid(),
         }).encode()
 
     async def start(self) -> None:
@@ -141,14 +134,12 @@ class Supervisor:
             child.task = asyncio.create_task(self._watch(child), name=f"supervise-{child.id}")
 
     async def _spawn(self, child: Child) -> asyncio.subprocess.Process:
-        parent = os.getpid()
         proc = await asyncio.create_subprocess_exec(
             *self.command(child),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=lambda: _die_with_parent(parent),
         )
         assert proc.stdin is not None
         proc.stdin.write(self.spec(child))

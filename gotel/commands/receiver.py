@@ -8,17 +8,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import logging
+import os
+import signal
 import sys
 
 from gotel.component import ComponentID, Kind, ReceiverFactory
 from gotel.config import ConfigError, load_config
 from gotel.logs import setup_logging
 from gotel.pdata import Signal
-from gotel.registry import registry
 
 log = logging.getLogger("gotel.receiver")
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """The kernel kills this process when the pipeline process goes away, even by SIGKILL. The
+    parent's pid comes with the spec: if it is no longer our parent, it died before prctl."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent and os.getppid() != parent:
+        raise SystemExit(1)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,9 +48,12 @@ def _internal(args: argparse.Namespace, cid: ComponentID) -> int:
     """Receiver process of the agent: the spec (type, validated config, signals) comes on stdin."""
     setup_logging(args.log_level, prefix=f"[receiver {cid}]")
     spec = json.loads(sys.stdin.read())
-    factory = registry().get(Kind.RECEIVER, spec["type"])
+    die_with_parent(int(spec.get("parent_pid", 0)))
+    from gotel.receiverproc import load_one
+
+    factory, problem = load_one(Kind.RECEIVER, spec["type"])
     if not isinstance(factory, ReceiverFactory):
-        log.error("receiver type %s is not installed", spec["type"])
+        log.error("receiver type %s: %s", spec["type"], problem)
         return 2
     cfg = factory.config.model_validate(spec["config"])
     signals = [Signal(s) for s in spec["signals"]]

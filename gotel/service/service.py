@@ -105,7 +105,7 @@ class Service:
             assert self.socket_path is not None
             self.supervisor = Supervisor(
                 f"unix://{self.socket_path}", self.cfg.service.supervisor, self.tel, self.log_level,
-                telemetry_interval=min(5.0, self.cfg.service.telemetry.metrics.interval),
+                telemetry_interval=min(2.0, self.cfg.service.telemetry.metrics.interval),
             )
             for rid, signals in children.items():
                 self.supervisor.add(self.cfg.receivers[rid], signals)
