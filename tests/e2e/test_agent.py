@@ -212,3 +212,53 @@ def test_validate_command_and_bad_config_refuses_to_run(tmp_path: Path) -> None:
     assert r.returncode == 1 and "jaegr" in r.stderr
     r = subprocess.run([GOTEL, "validate"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("default.yaml (embedded): valid")
+
+
+def test_receiver_standalone_to_an_existing_collector(tmp_path: Path, sink: OTLPGrpcSink) -> None:
+    """`gotel receiver` with no pipeline: OTLP/gRPC straight to a collector, auth header included."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("""
+receivers:
+  synthetic/demo:
+    spans_per_second: 1000
+    logs_per_second: 0
+    metrics_per_second: 0
+    profiles_per_second: 0
+    max_items: 300
+    service_name: standalone
+exporters:
+  debug:
+service:
+  pipelines:
+    traces: {receivers: [synthetic/demo], exporters: [debug]}
+""")
+    p = subprocess.Popen([GOTEL, "receiver", "synthetic/demo", "-c", str(cfg), "--endpoint", f"http://{sink.address}",
+                          "--header", "Authorization=Bearer t0ken"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert sink.wait_for(lambda rc: rc.span_count() >= 300, 30)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    assert sink.received.span_count() == 300
+    assert sink.received.metadata[0]["authorization"] == "Bearer t0ken"
+    assert sink.received.metadata[0]["gotel-receiver"] == "synthetic/demo"
+    assert "t0ken" not in err
+
+
+def test_components_json_lists_types_schemas_and_aliases() -> None:
+    import json
+
+    r = subprocess.run([GOTEL, "components", "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    by = {k: {x["type"]: x for x in v} for k, v in data.items() if k != "errors"}
+    assert {"batch", "memory_limiter"} <= set(by["processors"])
+    assert {"debug", "file", "otlp", "otlp_http"} <= set(by["exporters"])
+    assert by["receivers"]["synthetic"]["in_process"] is False
+    assert by["receivers"]["otlp"]["in_process"] is True
+    assert "send_batch_size" in by["processors"]["batch"]["schema"]["properties"]
+    assert by["exporters"]["file"]["schema"]["required"] == ["path"]
+    assert sorted(by["exporters"]["debug"]["signals"]) == ["logs", "metrics", "profiles", "traces"]
+    human = subprocess.run([GOTEL, "components"], capture_output=True, text=True, timeout=60)
+    assert human.returncode == 0 and "memory_limiter" in human.stdout
