@@ -17,6 +17,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 log = logging.getLogger("gotel.telemetry")
 
 
+class StartupError(Exception):
+    """A start-up failure the user can fix; reported as one line, without a traceback."""
+
+
 class TelemetryServer:
     def __init__(
         self,
@@ -52,7 +56,15 @@ class TelemetryServer:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            await self._runner.cleanup()
+            self._runner = None
+            raise StartupError(
+                f"cannot serve self-telemetry on {self.host}:{self.port}: {e.strerror or e} "
+                "(set service::telemetry::metrics::address to another host:port, or '' to turn it off)"
+            ) from e
         server = site._server
         socks = getattr(server, "sockets", None) or []
         self.bound = socks[0].getsockname()[:2] if socks else (self.host, self.port)

@@ -27,7 +27,7 @@ from gotel.registry import registry
 from gotel.selfmetrics import MergedRegistry, families_to_otlp
 from gotel.service.graph import Graph, make_context, shutdown_with_deadline
 from gotel.service.router import Router
-from gotel.service.server import TelemetryServer
+from gotel.service.server import StartupError, TelemetryServer
 from gotel.supervisor import Supervisor
 from gotel.telemetry import Telemetry, default_telemetry
 
@@ -119,7 +119,7 @@ class Service:
         factory = registry().get(Kind.RECEIVER, "otlp")
         if not isinstance(factory, ReceiverFactory):
             problems = "; ".join(e for e in registry().errors if " otlp:" in e)
-            raise RuntimeError(f"receiver processes need the otlp receiver, which is not installed ({problems})")
+            raise StartupError(f"receiver processes need the otlp receiver, which is not installed ({problems})")
         assert self.socket_path is not None
         cfg = internal_receiver_config(factory, self.socket_path)
         sinks: dict[Signal, Any] = {}
@@ -167,6 +167,10 @@ class Service:
         try:
             try:
                 await self.start()
+            except StartupError as e:
+                log.error("gotel failed to start: %s", e)
+                await self.shutdown()
+                return 1
             except Exception:
                 log.exception("gotel failed to start")
                 await self.shutdown()
