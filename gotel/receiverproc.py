@@ -46,7 +46,10 @@ def sink_config(endpoint: str, protocol: str, headers: dict[str, str], compressi
     unix:///path and http://host:port are gRPC in plain text; https://host:port is gRPC over TLS;
     with protocol "http", the URL is the OTLP/HTTP base URL.
     """
-    cfg: dict[str, Any] = {"endpoint": endpoint, "headers": dict(headers)}
+    # Back-pressure instead of drops: a full queue makes the receiver wait, so losses happen (and are
+    # counted) at the source, e.g. a ring buffer, rather than after the work of building the data.
+    cfg: dict[str, Any] = {"endpoint": endpoint, "headers": dict(headers),
+                           "sending_queue": {"queue_size": 16 << 20, "block_on_overflow": True}}
     plain = endpoint.startswith(("unix:", "http://"))
     if insecure is not None:
         plain = insecure

@@ -10,15 +10,15 @@ from pathlib import Path
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from exporters.debug import Config as DebugConfig
-from exporters.debug import DebugExporter
-from exporters.file import Config as FileConfig
-from exporters.file import FileExporter
 from gotel.component import Kind
+from gotel.exporters.debug import Config as DebugConfig
+from gotel.exporters.debug import DebugExporter
+from gotel.exporters.file import Config as FileConfig
+from gotel.exporters.file import FileExporter
 from gotel.otlpjson import from_json
 from gotel.pdata import Signal
-from receivers.synthetic import Config as SynthConfig
-from receivers.synthetic import Generator
+from gotel.receivers.synthetic import Config as SynthConfig
+from gotel.receivers.synthetic import Generator
 from tests.unit.core.conftest import Tel
 
 

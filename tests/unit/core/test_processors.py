@@ -9,10 +9,10 @@ import pytest
 
 from gotel.component import Kind, RefusedError
 from gotel.pdata import Batch, Logs, Signal, Traces
-from processors.batch import BatchProcessor
-from processors.batch import Config as BatchConfig
-from processors.memory_limiter import MIB, MemoryLimiter
-from processors.memory_limiter import Config as MLConfig
+from gotel.processors.batch import BatchProcessor
+from gotel.processors.batch import Config as BatchConfig
+from gotel.processors.memory_limiter import MIB, MemoryLimiter
+from gotel.processors.memory_limiter import Config as MLConfig
 from tests.unit.core.conftest import Tel
 
 
@@ -146,7 +146,7 @@ async def test_memory_limiter_refuses_over_soft_limit_and_recovers(tel: Tel) -> 
 
 async def test_memory_limiter_hard_limit_forces_gc(tel: Tel, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    monkeypatch.setattr("processors.memory_limiter.gc.collect", lambda: calls.append(1) or 0)
+    monkeypatch.setattr("gotel.processors.memory_limiter.gc.collect", lambda: calls.append(1) or 0)
     readings = iter([300 * MIB, 100 * MIB])
     ml = MemoryLimiter(Signal.TRACES, MLConfig(limit_mib=200), Sink(), tel.ctx("ml", Kind.PROCESSOR), rss=lambda: next(readings))
     ml.check()
@@ -156,7 +156,7 @@ async def test_memory_limiter_hard_limit_forces_gc(tel: Tel, monkeypatch: pytest
 
 def test_memory_limiter_percentage_and_validation() -> None:
     ml_cfg = MLConfig(limit_percentage=50, spike_limit_percentage=10)
-    from processors.memory_limiter import limits
+    from gotel.processors.memory_limiter import limits
 
     assert limits(ml_cfg, total=lambda: 1000 * MIB) == (500 * MIB, 400 * MIB)
     assert limits(MLConfig(limit_mib=100), total=lambda: 0) == (100 * MIB, 80 * MIB)
@@ -167,7 +167,7 @@ def test_memory_limiter_percentage_and_validation() -> None:
 
 async def test_memory_limiter_real_rss(tel: Tel) -> None:
     """Against this process's real RSS: a limit far below it refuses, far above it accepts."""
-    from processors.memory_limiter import process_rss
+    from gotel.processors.memory_limiter import process_rss
 
     rss = process_rss()
     assert rss > 10 * MIB

@@ -10,16 +10,15 @@ import sys
 import time
 
 import pytest
-
 from pydantic import SecretStr
 
 from gotel.component import ComponentConfig, ComponentID, Kind
 from gotel.config.model import ComponentEntry, SupervisorConfig
 from gotel.config.types import Duration
 from gotel.pdata import Signal
+from gotel.receivers.synthetic import factory as synthetic
 from gotel.supervisor import Child, Supervisor, config_to_json
 from gotel.telemetry import Telemetry
-from receivers.synthetic import factory as synthetic
 
 
 class Secretive(ComponentConfig):

@@ -7,7 +7,7 @@ import time
 
 from gotel.component import Kind, RefusedError
 from gotel.pdata import Batch, Signal, attr_dict, get_attr
-from receivers.synthetic import Config, Generator, SyntheticReceiver
+from gotel.receivers.synthetic import Config, Generator, SyntheticReceiver
 from tests.unit.core.conftest import Tel
 
 
