@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gotel.component import ComponentID, Kind, Receiver, ReceiverFactory
+from gotel.component import Component, ComponentID, Kind, Receiver, ReceiverFactory
 from gotel.config.model import Config
 from gotel.pdata import Metrics, Signal
 from gotel.registry import registry
@@ -76,6 +76,7 @@ class Service:
         self._feeder: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.socket_path: str | None = None
+        self.extensions: list[tuple[ComponentID, Component]] = []
 
     # --- readiness --------------------------------------------------------------------------------
 
@@ -94,6 +95,12 @@ class Service:
         if addr:
             self.server = TelemetryServer(addr, self.merged, self.readiness)
             await self.server.start()
+        # Extensions first (health checks, auth providers): components may rely on them.
+        for eid in self.cfg.service.extensions:
+            entry = self.cfg.extensions[eid]
+            ext = entry.factory.create(entry.config, make_context(self.tel, eid, Kind.EXTENSION))  # type: ignore[attr-defined]
+            await ext.start()
+            self.extensions.append((eid, ext))
         await self.graph.start_exporters_and_processors()
         children = self._out_of_process()
         if children:
@@ -195,6 +202,9 @@ class Service:
         if self.internal is not None:
             await shutdown_with_deadline(self.internal, f"receiver {INTERNAL_RECEIVER}", deadline)
         await self.graph.shutdown(deadline)
+        for eid, ext in reversed(self.extensions):
+            await shutdown_with_deadline(ext, f"extension {eid}", deadline)
+        self.extensions.clear()
         if self.server is not None:
             await self.server.stop()
         if self.rundir:

@@ -8,11 +8,13 @@ from typing import Any
 
 from gotel.component import (
     ALL_SIGNALS,
+    Component,
     ComponentConfig,
     Consumer,
     Context,
     Exporter,
     ExporterFactory,
+    Kind,
     Processor,
     ProcessorFactory,
     Receiver,
@@ -205,3 +207,69 @@ async def test_start_and_stop_order_and_sharing() -> None:
         "stop exporter ee/1/traces",
         "stop exporter ee/2/traces",
     ]
+
+
+class RecExtension(Component):
+    def __init__(self, cfg: Cfg, ctx: Context) -> None:
+        self.name = f"extension {ctx.id}"
+
+    async def start(self) -> None:
+        EVENTS.append("start " + self.name)
+
+    async def shutdown(self) -> None:
+        EVENTS.append("stop " + self.name)
+
+
+async def test_service_extensions_and_self_metrics_pipeline() -> None:
+    import asyncio
+
+    from gotel.component import ExtensionFactory
+    from gotel.pdata import Metrics
+    from gotel.service.service import Service
+
+    r = reg()
+    r.add(ExtensionFactory(type="xx", config=Cfg, signals=frozenset(), create=RecExtension))
+    text = """\
+    extensions:
+      xx:
+    receivers:
+      rr:
+    exporters:
+      ee:
+    service:
+      extensions: [xx]
+      telemetry:
+        metrics: {address: "", pipelines: [metrics/self], interval: 0.05}
+      pipelines:
+        traces: {receivers: [rr], exporters: [ee]}
+        metrics/self: {exporters: [ee]}
+    """
+    EVENTS.clear()
+    cfg = load_config("c.yaml", text=textwrap.dedent(text), env={}, reg=r)
+    tel = Telemetry()
+    svc = Service(cfg, tel)
+    tel.component("rr", Kind.RECEIVER).accepted("traces", 3)
+    await svc.start()
+    assert svc.readiness()[0]
+    rr: Any = next(iter(svc.graph.receivers.values())).instance
+    await rr.sinks[Signal.TRACES].consume(spans(3))
+    ee_metrics: Any = next(e for (c, s), e in svc.graph.exporters.items() if s == Signal.METRICS)
+    for _ in range(100):
+        if ee_metrics.got:
+            break
+        await asyncio.sleep(0.02)
+    await svc.shutdown()
+    assert EVENTS[0] == "start extension xx" and EVENTS[-1] == "stop extension xx"
+    assert not svc.readiness()[0]
+    m = ee_metrics.got[0]
+    assert isinstance(m, Metrics)
+    names = {x.name for rm in m.peek().resource_metrics for sm in rm.scope_metrics for x in sm.metrics}
+    assert "gotel_receiver_accepted_items" in names
+    metric = next(x for rm in m.peek().resource_metrics for sm in rm.scope_metrics for x in sm.metrics
+                  if x.name == "gotel_receiver_accepted_items")
+    assert metric.sum.is_monotonic
+    dp = metric.sum.data_points[0]
+    assert dp.as_double == 3.0
+    assert {kv.key: kv.value.string_value for kv in dp.attributes} == {"component": "rr", "kind": "receiver", "signal": "traces"}
+    res = {kv.key for kv in m.peek().resource_metrics[0].resource.attributes}
+    assert {"service.name", "process.pid", "service.instance.id"} <= res
