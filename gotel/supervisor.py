@@ -140,6 +140,7 @@ class Supervisor:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            limit=1 << 20,
         )
         assert proc.stdin is not None
         proc.stdin.write(self.spec(child))
@@ -152,7 +153,12 @@ class Supervisor:
         """Child log lines (already prefixed with [receiver id]) go to our stderr as they come."""
         out = sys.stderr
         while True:
-            line = await stream.readline()
+            try:
+                line = await stream.readline()
+            except ValueError:
+                # A line longer than the stream's limit: pass on what is buffered so that the
+                # child never blocks on a full stderr pipe.
+                line = await stream.read(1 << 16)
             if not line:
                 return
             text = line.decode("utf-8", "replace").rstrip("\n")

@@ -88,3 +88,24 @@ def test_spec_carries_config_signals_and_parent() -> None:
     cmd = sup.command(child)
     assert cmd[-5:] == ["receiver", "synthetic/one", "--internal", "--endpoint", "unix:///x.sock"]
     assert "spans_per_second" not in " ".join(cmd)  # config never in argv
+
+
+class Chatty(Supervisor):
+    """A child writing a 3 MB line (more than any pipe buffer or stream limit) before exiting."""
+
+    def command(self, child: Child) -> list[str]:
+        return [sys.executable, "-c",
+                "import sys; sys.stdin.read(); sys.stderr.write('x' * 3_000_000 + '\\nlast words\\n'); sys.exit(0)"]
+
+
+async def test_huge_log_lines_never_block_the_child(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.INFO, logger="gotel.supervisor")
+    sup = Chatty("unix:///nonexistent", SupervisorConfig(initial_backoff=5), Telemetry())
+    sup.add(ComponentEntry(ComponentID("synthetic"), Kind.RECEIVER, synthetic, synthetic.config()), [Signal.TRACES])
+    await sup.start()
+    deadline = time.monotonic() + 20
+    while "exited with code 0" not in caplog.text and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await sup.stop()
+    assert "(last output: last words)" in caplog.text
+    assert capsys.readouterr().err.count("x") >= 3_000_000
