@@ -154,11 +154,15 @@ class Supervisor:
         out = sys.stderr
         while True:
             try:
-                line = await stream.readline()
-            except ValueError:
-                # A line longer than the stream's limit: pass on what is buffered so that the
-                # child never blocks on a full stderr pipe.
-                line = await stream.read(1 << 16)
+                line = await stream.readuntil(b"\n")
+            except asyncio.IncompleteReadError as e:
+                line = e.partial  # end of stream
+            except asyncio.LimitOverrunError as e:
+                # A line longer than the stream's limit: pass it on in pieces (nothing lost) so
+                # that the child never blocks on a full stderr pipe.
+                piece = await stream.read(max(1, e.consumed))
+                out.write(piece.decode("utf-8", "replace"))
+                continue
             if not line:
                 return
             text = line.decode("utf-8", "replace").rstrip("\n")
