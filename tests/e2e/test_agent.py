@@ -262,3 +262,59 @@ def test_components_json_lists_types_schemas_and_aliases() -> None:
     assert sorted(by["exporters"]["debug"]["signals"]) == ["logs", "metrics", "profiles", "traces"]
     human = subprocess.run([GOTEL, "components"], capture_output=True, text=True, timeout=60)
     assert human.returncode == 0 and "memory_limiter" in human.stdout
+
+
+def test_otlp_in_batch_otlp_out_all_signals_and_fanout_to_file(tmp_path: Path, sink: OTLPGrpcSink, agents: list[Agent]) -> None:
+    """The relay: OTLP/gRPC into gotel's otlp receiver, batch, out to a real OTLP server — exactly
+    what was sent, for all four signals — and the same data to a file (fan-out to two exporters)."""
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as lg
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as mg
+    from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2_grpc as pg
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tg
+
+    from tests.e2e.agent import free_port
+    from tests.helpers import otlp_samples
+
+    port = free_port()
+    cfg = f"""
+receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: "127.0.0.1:{port}"}}
+processors:
+  batch: {{timeout: 100ms}}
+exporters:
+  otlp:
+    endpoint: http://{sink.address}
+  file: {{path: ./relay.jsonl}}
+service:
+  telemetry: {{metrics: {{address: "@TELEMETRY@"}}}}
+  pipelines:
+    traces: {{receivers: [otlp], processors: [batch], exporters: [otlp, file]}}
+    metrics: {{receivers: [otlp], processors: [batch], exporters: [otlp]}}
+    logs: {{receivers: [otlp], processors: [batch], exporters: [otlp]}}
+    profiles: {{receivers: [otlp], exporters: [otlp]}}
+"""
+    a = Agent(cfg, tmp_path).start()
+    agents.append(a)
+    a.wait_ready()
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    sent_traces = [otlp_samples.traces(50, start=i * 50) for i in range(10)]
+    for b in sent_traces:
+        tg.TraceServiceStub(ch).Export(b.peek(), timeout=10)
+    mg.MetricsServiceStub(ch).Export(otlp_samples.metrics(5).peek(), timeout=10)
+    lg.LogsServiceStub(ch).Export(otlp_samples.logs(6).peek(), timeout=10)
+    prof = otlp_samples.profiles()
+    pg.ProfilesServiceStub(ch).Export(prof.peek(), timeout=10)
+    ch.close()
+    assert sink.wait_for(lambda r: r.span_count() == 500 and r.log_records() and r.metric_list() and r.profile_list(), 20), a.output()
+    assert a.stop() == 0
+    spans = sink.received.spans()
+    assert sorted(s.span_id for s in spans) == sorted(s.span_id for b in sent_traces for rs in b.peek().resource_spans
+                                                      for ss in rs.scope_spans for s in ss.spans)
+    assert len(sink.received.traces) < 10  # batched into fewer requests
+    assert len(sink.received.log_records()) == 6
+    assert sum(len(m.gauge.data_points) for m in sink.received.metric_list()) == 5
+    assert sink.received.profiles[0] == prof.peek()  # profiles pass through untouched, dictionary and all
+    lines = (tmp_path / "relay.jsonl").read_text().splitlines()
+    assert sum(len(ss["spans"]) for x in lines for rs in __import__("json").loads(x)["resourceSpans"] for ss in rs["scopeSpans"]) == 500
