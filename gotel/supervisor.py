@@ -103,6 +103,7 @@ class Supervisor:
     def add(self, entry: ComponentEntry, signals: list[Signal]) -> None:
         t = self.tel.component(entry.id, Kind.RECEIVER)
         t.set_up(False)
+        self.tel.restarts.labels(str(entry.id), Kind.RECEIVER.value)  # exposed as 0 from the start
         self.children[entry.id] = Child(entry, sorted(signals), t)
 
     def all_up(self) -> bool:
