@@ -182,9 +182,14 @@ service:
     agents.append(a)
     a.wait_ready()
     assert a.get("/healthz") == (200, "ok\n")
-    time.sleep(3.5)
-    # the receiver process's own counters reach the pipeline's endpoint
+    # the receiver process's own counters reach the pipeline's endpoint (pushed every 2 s)
+    end = time.monotonic() + 30
+    while time.monotonic() < end and a.metric("gotel_receiver_accepted_items_total", component="synthetic", signal="traces") == 0:
+        time.sleep(0.1)
     assert a.metric("gotel_receiver_accepted_items_total", component="synthetic", signal="traces") > 0
+    # and the self-metrics pipeline (every 1 s) has written at least once
+    while time.monotonic() < end and "resourceMetrics" not in (tmp_path / "data" / "out.jsonl").read_text():
+        time.sleep(0.1)
     body = a.get("/metrics")[1]
     assert body.count("# TYPE gotel_receiver_accepted_items_total counter") <= 1
     assert a.stop() == 0
