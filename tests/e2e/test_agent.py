@@ -188,7 +188,7 @@ service:
         time.sleep(0.1)
     assert a.metric("gotel_receiver_accepted_items_total", component="synthetic", signal="traces") > 0
     # and the self-metrics pipeline (every 1 s) has written at least once
-    while time.monotonic() < end and "resourceMetrics" not in (tmp_path / "data" / "out.jsonl").read_text():
+    while time.monotonic() < end and "gotel_exporter_sent_items" not in (tmp_path / "data" / "out.jsonl").read_text():
         time.sleep(0.1)
     body = a.get("/metrics")[1]
     assert body.count("# TYPE gotel_receiver_accepted_items_total counter") <= 1
