@@ -38,6 +38,9 @@ INTERNAL_RECEIVER = ComponentID("otlp", "_internal")
 def internal_receiver_config(factory: ReceiverFactory, socket_path: str) -> Any:
     """The otlp receiver's config for a gRPC unix socket (the collector's shape)."""
     shapes = [
+        # As large as the otlp exporter's default send limit: a receiver process's big requests
+        # (profiles with their dictionaries) must not be refused on the local hop.
+        {"protocols": {"grpc": {"endpoint": f"unix://{socket_path}", "max_recv_msg_size_mib": 64}}},
         {"protocols": {"grpc": {"endpoint": f"unix://{socket_path}"}}},
         {"protocols": {"grpc": {"endpoint": socket_path, "transport": "unix"}}},
         {"grpc": {"endpoint": f"unix://{socket_path}"}},
