@@ -312,7 +312,7 @@ service:
     prof = otlp_samples.profiles()
     pg.ProfilesServiceStub(ch).Export(prof.peek(), timeout=10)
     ch.close()
-    assert sink.wait_for(lambda r: r.span_count() == 500 and r.log_records() and r.metric_list() and r.profile_list(), 20), a.output()
+    assert sink.wait_for(lambda r: r.span_count() == 500 and bool(r.log_records() and r.metric_list() and r.profile_list()), 20), a.output()
     assert a.stop() == 0
     spans = sink.received.spans()
     assert sorted(s.span_id for s in spans) == sorted(s.span_id for b in sent_traces for rs in b.peek().resource_spans

@@ -16,7 +16,7 @@ from gotel.processors.memory_limiter import Config as MLConfig
 from tests.unit.core.conftest import Tel
 
 
-def traces(n: int, prefix: str = "s") -> Traces:
+def traces(n: int, prefix: str = "s") -> Batch:
     b = Traces()
     ss = b.msg.resource_spans.add().scope_spans.add()
     for i in range(n):
@@ -146,7 +146,11 @@ async def test_memory_limiter_refuses_over_soft_limit_and_recovers(tel: Tel) -> 
 
 async def test_memory_limiter_hard_limit_forces_gc(tel: Tel, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    monkeypatch.setattr("gotel.processors.memory_limiter.gc.collect", lambda: calls.append(1) or 0)
+    def collect() -> int:
+        calls.append(1)
+        return 0
+
+    monkeypatch.setattr("gotel.processors.memory_limiter.gc.collect", collect)
     readings = iter([300 * MIB, 100 * MIB])
     ml = MemoryLimiter(Signal.TRACES, MLConfig(limit_mib=200), Sink(), tel.ctx("ml", Kind.PROCESSOR), rss=lambda: next(readings))
     ml.check()
