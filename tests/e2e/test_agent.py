@@ -323,3 +323,42 @@ service:
     assert sink.received.profiles[0] == prof.peek()  # profiles pass through untouched, dictionary and all
     lines = (tmp_path / "relay.jsonl").read_text().splitlines()
     assert sum(len(ss["spans"]) for x in lines for rs in __import__("json").loads(x)["resourceSpans"] for ss in rs["scopeSpans"]) == 500
+
+
+def test_memory_limiter_refuses_upstream_and_the_agent_keeps_running(tmp_path: Path, sink: OTLPGrpcSink, agents: list[Agent]) -> None:
+    """A limit far below the agent's RSS: OTLP senders are told UNAVAILABLE (retry later), the refusal
+    is counted, nothing is exported, and the agent stays up and ready."""
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tg
+
+    from tests.e2e.agent import free_port
+    from tests.helpers import otlp_samples
+
+    port = free_port()
+    cfg = f"""
+receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: "127.0.0.1:{port}"}}
+processors:
+  memory_limiter: {{limit_mib: 8, check_interval: 100ms}}
+exporters:
+  otlp: {{endpoint: "http://{sink.address}"}}
+service:
+  telemetry: {{metrics: {{address: "@TELEMETRY@"}}}}
+  pipelines:
+    traces: {{receivers: [otlp], processors: [memory_limiter], exporters: [otlp]}}
+"""
+    a = Agent(cfg, tmp_path).start()
+    agents.append(a)
+    a.wait_ready()
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    with pytest.raises(grpc.RpcError) as ei:
+        tg.TraceServiceStub(ch).Export(otlp_samples.traces(10).peek(), timeout=10)
+    ch.close()
+    assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "soft limit" in (ei.value.details() or "")
+    assert a.metric("gotel_receiver_refused_items_total", component="memory_limiter", signal="traces") == 10
+    assert a.metric("gotel_memory_limiter_refusing", component="memory_limiter") == 1
+    assert sink.received.span_count() == 0
+    assert a.ready() == {**(a.ready() or {}), "ready": True}
+    assert a.stop() == 0
