@@ -27,7 +27,9 @@ class TelemetryServer:
         address: str,
         registry: Any,
         readiness: Callable[[], tuple[bool, dict[str, Any]]],
+        metrics_enabled: bool = True,
     ) -> None:
+        self.metrics_enabled = metrics_enabled
         host, _, port = address.rpartition(":")
         self.host = host.strip("[]") or "127.0.0.1"
         self.port = int(port)
@@ -37,6 +39,8 @@ class TelemetryServer:
         self.bound: tuple[str, int] | None = None
 
     async def _metrics(self, _req: web.Request) -> web.Response:
+        if not self.metrics_enabled:
+            return web.Response(status=404, text="self-metrics are off (service::telemetry::metrics::level: none)\n")
         body = generate_latest(self.registry)  # type: ignore[arg-type]
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

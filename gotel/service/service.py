@@ -96,7 +96,8 @@ class Service:
     async def start(self) -> None:
         addr = self.cfg.service.telemetry.metrics.address
         if addr:
-            self.server = TelemetryServer(addr, self.merged, self.readiness)
+            level = self.cfg.service.telemetry.metrics.level
+            self.server = TelemetryServer(addr, self.merged, self.readiness, metrics_enabled=level != "none")
             await self.server.start()
         # Extensions first (health checks, auth providers): components may rely on them.
         for eid in self.cfg.service.extensions:
@@ -120,7 +121,7 @@ class Service:
             for rid, signals in children.items():
                 self.supervisor.add(self.cfg.receivers[rid], signals)
             await self.supervisor.start()
-        if self.cfg.service.telemetry.metrics.pipelines:
+        if self.cfg.service.telemetry.metrics.pipelines and self.cfg.service.telemetry.metrics.level != "none":
             self._feeder = asyncio.create_task(self._feed_self_metrics(), name="self-metrics")
         self.ready = True
         log.info("gotel started: %s", self.cfg.summary())
