@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -138,7 +139,5 @@ async def run_receiver(
 
 
 def _mono(loop_deadline: float, loop: asyncio.AbstractEventLoop) -> float:
-    """shutdown_with_deadline takes time.monotonic() deadlines; the loop clock is monotonic too."""
-    import time
-
+    """shutdown_with_deadline takes time.monotonic() deadlines; converts from the loop's clock."""
     return time.monotonic() + max(0.1, loop_deadline - loop.time())

@@ -26,9 +26,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for w in cfg.warnings:
         log.warning("%s", w)
+    # --log-level wins when given; otherwise service::telemetry::logs::level applies.
     level = getattr(args, "log_level", "info")
-    if level == "info" and cfg.service.telemetry.logs.level.lower() != "info":
-        level = cfg.service.telemetry.logs.level.lower().replace("warn", "warning").replace("warninging", "warning")
+    configured = cfg.service.telemetry.logs.level.lower()
+    if level == "info" and configured != "info":
+        level = "warning" if configured == "warn" else configured
         logging.getLogger().setLevel(level.upper())
 
     from gotel.service.service import Service

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from gotel.component import Component, ComponentID, Kind, Receiver, ReceiverFactory
 from gotel.config.model import Config
-from gotel.pdata import Metrics, Signal
+from gotel.pdata import Signal
 from gotel.registry import registry
 from gotel.selfmetrics import MergedRegistry, families_to_otlp
 from gotel.service.graph import Graph, make_context, shutdown_with_deadline
@@ -214,7 +214,3 @@ class Service:
         if self.rundir:
             shutil.rmtree(self.rundir, ignore_errors=True)
         log.info("gotel stopped in %.2fs", time.monotonic() - started)
-
-    @property
-    def telemetry_batch(self) -> Metrics:
-        return families_to_otlp(self.merged.collect(), {"service.name": "gotel"})
