@@ -1,0 +1,577 @@
+"""k8s_attributes: adds the pod, its workload and its container to every resource, as the collector's
+k8sattributes processor does, plus the association a node agent needs most: ``process.pid`` ->
+container id (``/proc/PID/cgroup``) -> pod and container.
+
+Per resource the work is a few dict lookups and one protobuf merge of attributes serialised once
+per (pod, container); the API watch runs on a thread (gotel.k8s.store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+from typing import Any, Literal
+
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from gotel.cgroup import PidCgroupCache
+from gotel.component import (
+    REQUEST_METADATA,
+    ComponentConfig,
+    Consumer,
+    Context,
+    Processor,
+    ProcessorFactory,
+)
+from gotel.k8s.model import KeyFilter, PodInfo
+from gotel.k8s.store import DEFAULT_DELETE_GRACE, MetadataStore, Needs, StoreKey, acquire, release
+from gotel.pdata import Batch, Signal, kv
+
+# --- durations written as the collector writes them ---
+
+_DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(v: Any) -> float:
+    """10 / 10.5 / '10s' / '500ms' / '2m' / '1h' -> seconds."""
+    if isinstance(v, int | float):
+        return float(v)
+    m = _DUR.match(str(v))
+    if not m:
+        raise ValueError(f"invalid duration {v!r}: use e.g. 10s, 500ms, 2m")
+    n = float(m.group(1))
+    return n * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
+
+
+# --- attribute names ---
+
+POD_ATTRS = {
+    "k8s.namespace.name", "k8s.pod.name", "k8s.pod.uid", "k8s.pod.start_time", "k8s.pod.ip", "k8s.node.name",
+    "k8s.node.uid", "k8s.deployment.name", "k8s.deployment.uid", "k8s.replicaset.name", "k8s.replicaset.uid",
+    "k8s.statefulset.name", "k8s.statefulset.uid", "k8s.daemonset.name", "k8s.daemonset.uid", "k8s.job.name",
+    "k8s.job.uid", "k8s.cronjob.name",
+}  # fmt: skip
+CONTAINER_ATTRS = {"k8s.container.name", "container.id", "container.image.name", "container.image.tag",
+                   "k8s.container.restart_count"}
+SUPPORTED_METADATA = POD_ATTRS | CONTAINER_ATTRS
+DEFAULT_METADATA = [
+    "k8s.namespace.name", "k8s.pod.name", "k8s.pod.uid", "k8s.pod.start_time", "k8s.node.name",
+    "k8s.deployment.name", "k8s.replicaset.name", "k8s.statefulset.name", "k8s.daemonset.name",
+    "k8s.job.name", "k8s.cronjob.name", "k8s.container.name", "container.image.name", "container.image.tag",
+]  # fmt: skip
+
+# resource attribute names usable in pod_association, and which index each one reads
+ASSOC_NAMES = {
+    "process.pid": "pid",
+    "container.id": "container",
+    "k8s.pod.uid": "uid",
+    "k8s.pod.ip": "ip",
+    "ip": "ip",
+    "host.name": "ip",  # only when it parses as an IP, as in the collector
+    "k8s.pod.name": "name",
+    "k8s.namespace.name": "namespace",
+}
+CONNECTION_METADATA_KEYS = ("peer", ":peer", "x-forwarded-for", "x-real-ip")
+
+_CRONJOB_FROM_JOB = re.compile(r"^(.*)-\d+$")
+_DEPLOYMENT_FROM_RS = re.compile(r"^(.*)-[0-9a-z]{1,10}$")
+
+
+class _Config(ComponentConfig):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class LabelFilter(_Config):
+    key: str
+    value: str = ""
+    op: Literal["equals", "not-equals", "exists", "does-not-exist"] = "equals"
+
+
+class FieldFilter(_Config):
+    key: str
+    value: str = ""
+    op: Literal["equals", "not-equals"] = "equals"
+
+
+class FilterConfig(_Config):
+    node: str = ""
+    # The DaemonSet sets K8S_NODE_NAME from the downward API; unset means the whole cluster (a gateway).
+    node_from_env_var: str = "K8S_NODE_NAME"
+    namespace: str = ""
+    labels: list[LabelFilter] = Field(default_factory=list)
+    fields: list[FieldFilter] = Field(default_factory=list)
+
+    def resolved_node(self) -> str:
+        if self.node:
+            return self.node
+        return os.environ.get(self.node_from_env_var, "") if self.node_from_env_var else ""
+
+    def label_selector(self) -> str:
+        ops = {"equals": "{k}={v}", "not-equals": "{k}!={v}", "exists": "{k}", "does-not-exist": "!{k}"}
+        return ",".join(ops[f.op].format(k=f.key, v=f.value) for f in self.labels)
+
+    def field_selector(self) -> str:
+        return ",".join(f"{f.key}{'=' if f.op == 'equals' else '!='}{f.value}" for f in self.fields)
+
+
+class FieldExtract(_Config):
+    tag_name: str = ""
+    key: str = ""
+    key_regex: str = ""
+    regex: str = ""
+    from_: Literal["pod", "namespace", "node"] = Field("pod", alias="from")
+
+    @model_validator(mode="after")
+    def _check(self) -> FieldExtract:
+        if bool(self.key) == bool(self.key_regex):
+            raise ValueError("exactly one of key and key_regex must be set")
+        for name, rx in (("key_regex", self.key_regex), ("regex", self.regex)):
+            if rx:
+                try:
+                    compiled = re.compile(rx)
+                except re.error as e:
+                    raise ValueError(f"{name} {rx!r} is not a valid regular expression: {e}") from e
+                if name == "regex" and "value" not in compiled.groupindex:
+                    raise ValueError(f"regex {rx!r} must contain a named group (?P<value>...)")
+        return self
+
+
+class ExtractConfig(_Config):
+    metadata: list[str] = Field(default_factory=lambda: list(DEFAULT_METADATA))
+    labels: list[FieldExtract] = Field(default_factory=list)
+    annotations: list[FieldExtract] = Field(default_factory=list)
+    # ReplicaSet name minus its pod-template hash, instead of the ReplicaSet's owner (no ReplicaSet watch)
+    deployment_name_from_replicaset: bool = False
+
+    @field_validator("metadata")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in SUPPORTED_METADATA]
+        if bad:
+            raise ValueError(f"unsupported metadata {bad}; supported: {sorted(SUPPORTED_METADATA)}")
+        return v
+
+
+class AssocSource(_Config):
+    from_: Literal["resource_attribute", "connection"] = Field(alias="from")
+    name: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> AssocSource:
+        if self.from_ == "resource_attribute" and self.name not in ASSOC_NAMES:
+            raise ValueError(f"pod_association name {self.name!r} is not supported; supported: {sorted(ASSOC_NAMES)}")
+        return self
+
+
+class AssocRule(_Config):
+    sources: list[AssocSource] = Field(min_length=1, max_length=4)
+
+
+def _default_association() -> list[AssocRule]:
+    return [
+        AssocRule(sources=[AssocSource(**{"from": "resource_attribute", "name": n})])
+        for n in ("container.id", "process.pid", "k8s.pod.uid", "k8s.pod.ip")
+    ] + [AssocRule(sources=[AssocSource(**{"from": "connection"})])]
+
+
+class ExcludePod(_Config):
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _rx(cls, v: str) -> str:
+        re.compile(v)
+        return v
+
+
+class ExcludeConfig(_Config):
+    pods: list[ExcludePod] = Field(default_factory=lambda: [ExcludePod(name="jaeger-agent"), ExcludePod(name="jaeger-collector")])
+
+
+class Config(_Config):
+    auth_type: Literal["serviceAccount", "kubeConfig", "none"] = "serviceAccount"
+    kube_config_path: str = ""
+    context: str = ""
+    passthrough: bool = False
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    pod_association: list[AssocRule] = Field(default_factory=_default_association)
+    exclude: ExcludeConfig = Field(default_factory=ExcludeConfig)
+    wait_for_metadata: bool = False
+    wait_for_metadata_timeout: float = 10.0
+    pod_delete_grace_period: float = DEFAULT_DELETE_GRACE
+    # where the host's processes are (with hostPID the container's own /proc)
+    proc_root: str = "/proc"
+
+    @field_validator("wait_for_metadata_timeout", "pod_delete_grace_period", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.auth_type != "kubeConfig" and (self.kube_config_path or self.context):
+            raise ValueError("kube_config_path and context apply only to auth_type: kubeConfig")
+        return self
+
+
+# --- the processor ---
+
+
+def _value(av: Any) -> Any:
+    kind = av.WhichOneof("value")
+    return getattr(av, kind) if kind else None
+
+
+def _connection_ip() -> str:
+    md = REQUEST_METADATA.get()
+    for key in CONNECTION_METADATA_KEYS:
+        v = md.get(key)
+        if v:
+            return _ip_of(v.split(",")[0].strip())
+    return ""
+
+
+def _ip_of(s: str) -> str:
+    """'ipv4:10.1.2.3:4317', 'ipv6:[::1]:4317', '10.1.2.3:80', '10.1.2.3' -> the address, or ''."""
+    if s.startswith(("ipv4:", "ipv6:")):
+        s = s[5:]
+    if s.startswith("["):
+        s = s[1 : s.find("]")]
+    elif s.count(":") == 1:
+        s = s.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(s))
+    except ValueError:
+        return ""
+
+
+class _Rule:
+    __slots__ = ("sources",)
+
+    def __init__(self, r: AssocRule) -> None:
+        self.sources = tuple(("connection", "connection") if s.from_ == "connection" else (s.name, ASSOC_NAMES[s.name])
+                             for s in r.sources)
+
+
+class _Extractor:
+    """Computes (once per pod and container) the attributes a pod contributes."""
+
+    def __init__(self, cfg: ExtractConfig) -> None:
+        self.meta = [m for m in cfg.metadata]
+        self.cfg = cfg
+        self.labels = [(f, re.compile(f.key_regex) if f.key_regex else None, re.compile(f.regex) if f.regex else None)
+                       for f in cfg.labels]
+        self.annotations = [(f, re.compile(f.key_regex) if f.key_regex else None, re.compile(f.regex) if f.regex else None)
+                            for f in cfg.annotations]
+
+    def needs(self) -> Needs:
+        n = Needs()
+
+        def kf(items: list[FieldExtract], frm: str) -> KeyFilter:
+            sel = [f for f in items if f.from_ == frm]
+            return KeyFilter(keys=[f.key for f in sel if f.key], patterns=[f.key_regex for f in sel if f.key_regex])
+
+        n.pod_labels, n.pod_annotations = kf(self.cfg.labels, "pod"), kf(self.cfg.annotations, "pod")
+        n.node_labels, n.node_annotations = kf(self.cfg.labels, "node"), kf(self.cfg.annotations, "node")
+        n.namespace_labels, n.namespace_annotations = kf(self.cfg.labels, "namespace"), kf(self.cfg.annotations, "namespace")
+        n.nodes = bool(n.node_labels or n.node_annotations or "k8s.node.uid" in self.meta)
+        n.namespaces = bool(n.namespace_labels or n.namespace_annotations)
+        n.replicasets = not self.cfg.deployment_name_from_replicaset and bool(
+            {"k8s.deployment.name", "k8s.deployment.uid"} & set(self.meta))
+        return n
+
+    def attributes(self, store: MetadataStore, pod: PodInfo, c: Any) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = []
+        meta = self.meta
+        owner: dict[str, tuple[str, str]] = {}
+        kind = pod.owner_kind
+        if kind == "ReplicaSet":
+            owner["replicaset"] = (pod.owner_name, pod.owner_uid)
+            if self.cfg.deployment_name_from_replicaset:
+                m = _DEPLOYMENT_FROM_RS.match(pod.owner_name)
+                if m:
+                    owner["deployment"] = (m.group(1), "")
+            else:
+                rs = store.deployment_of(pod)
+                if rs is not None and rs.owner_kind == "Deployment":
+                    owner["deployment"] = (rs.owner_name, rs.owner_uid)
+        elif kind in ("StatefulSet", "DaemonSet", "Job"):
+            owner[kind.lower()] = (pod.owner_name, pod.owner_uid)
+            if kind == "Job":
+                m = _CRONJOB_FROM_JOB.match(pod.owner_name)
+                if m:
+                    owner["cronjob"] = (m.group(1), "")
+        for m in meta:
+            v: Any = None
+            if m == "k8s.namespace.name":
+                v = pod.namespace
+            elif m == "k8s.pod.name":
+                v = pod.name
+            elif m == "k8s.pod.uid":
+                v = pod.uid
+            elif m == "k8s.pod.start_time":
+                v = pod.start_time
+            elif m == "k8s.pod.ip":
+                v = pod.ip
+            elif m == "k8s.node.name":
+                v = pod.node
+            elif m == "k8s.node.uid":
+                n = store.nodes.get(pod.node)
+                v = n.uid if n else None
+            elif m.startswith("k8s.") and m.count(".") == 2 and m.split(".")[1] in (
+                "deployment", "replicaset", "statefulset", "daemonset", "job", "cronjob"
+            ):
+                _, wk, field = m.split(".")
+                hit = owner.get(wk)
+                if hit:
+                    v = hit[0] if field == "name" else hit[1]
+            elif c is not None:
+                if m == "k8s.container.name":
+                    v = c.name
+                elif m == "container.id":
+                    v = c.id
+                elif m == "container.image.name":
+                    v = c.image_name
+                elif m == "container.image.tag":
+                    v = c.image_tag
+                elif m == "k8s.container.restart_count":
+                    v = str(c.restart_count)
+            if v:
+                out.append((m, v))
+        for items, what in ((self.labels, "labels"), (self.annotations, "annotations")):
+            for f, krx, vrx in items:
+                src: dict[str, str] | None
+                if f.from_ == "pod":
+                    src = pod.labels if what == "labels" else pod.annotations
+                elif f.from_ == "namespace":
+                    mi = store.namespaces.get(pod.namespace)
+                    src = (mi.labels if what == "labels" else mi.annotations) if mi else None
+                else:
+                    mi = store.nodes.get(pod.node)
+                    src = (mi.labels if what == "labels" else mi.annotations) if mi else None
+                if not src:
+                    continue
+                for key, val in src.items():
+                    if f.key:
+                        if key != f.key:
+                            continue
+                        tag = f.tag_name or f"k8s.{f.from_}.{what}.{key}"
+                    else:
+                        assert krx is not None
+                        km = krx.fullmatch(key)
+                        if not km:
+                            continue
+                        tag = km.expand(f.tag_name.replace("$$", "$").replace("${", "\\g<").replace("}", ">")
+                                        .replace("$", "\\")) if f.tag_name else f"k8s.{f.from_}.{what}.{key}"
+                    if vrx is not None:
+                        vm = vrx.search(val)
+                        if not vm:
+                            continue
+                        val = vm.group("value")
+                    out.append((tag, val))
+        return out
+
+
+class K8sAttributesProcessor(Processor):
+    mutates = True
+
+    def __init__(self, signal: Signal, cfg: Config, nxt: Consumer, ctx: Context,
+                 store_factory: Callable[[Config, Needs], MetadataStore] | None = None) -> None:
+        self.signal = signal
+        self.cfg = cfg
+        self.next = nxt
+        self.ctx = ctx
+        self.log = ctx.logger
+        self.rules = [_Rule(r) for r in cfg.pod_association]
+        self.extract = _Extractor(cfg.extract)
+        self.exclude = [re.compile(p.name) for p in cfg.exclude.pods]
+        self.pids = PidCgroupCache(cfg.proc_root)
+        self.store: MetadataStore | None = None
+        self._store_factory = store_factory
+        # (pod uid, container name) -> (pod object, store generation, keys, serialized Resource, kvs)
+        self._cache: dict[tuple[str, str], tuple[PodInfo, int, frozenset[str], bytes, list[KeyValue]]] = {}
+        c = ctx.telemetry.counter("k8s_attributes_resources", "Resources seen by k8s_attributes, by association result.",
+                                  ("result",))
+        self._results = {r: c.labels(r) for r in ("enriched", "no_identifier", "unmatched", "excluded", "not_synced")}
+
+    # --- life cycle ---
+
+    async def start(self) -> None:
+        if self.cfg.passthrough:
+            return
+        self.store = await asyncio.to_thread(self._acquire)
+        self.store.start()
+        if self.cfg.wait_for_metadata:
+            ok = await asyncio.to_thread(self.store.wait_synced, self.cfg.wait_for_metadata_timeout)
+            if not ok:
+                err = self.store.last_error() or "no answer"
+                raise RuntimeError(
+                    f"{self.ctx.id}: Kubernetes metadata not synced within {self.cfg.wait_for_metadata_timeout:g}s "
+                    f"(wait_for_metadata): {err}")
+
+    def _acquire(self) -> MetadataStore:
+        needs = self.extract.needs()
+        if self._store_factory is not None:
+            store = self._store_factory(self.cfg, needs)
+            store.refs += 1
+            return store
+        from gotel.k8s.client import api_client
+
+        cfg = self.cfg
+        api = api_client(cfg.auth_type, cfg.kube_config_path or None, cfg.context or None)
+        node = cfg.filter.resolved_node()
+        if not node:
+            self.log.warning("%s: no node filter (%s unset): watching the pods of the whole cluster", self.ctx.id,
+                             cfg.filter.node_from_env_var or "filter.node")
+        key = StoreKey(str(api.configuration.host), f"{cfg.auth_type}:{cfg.kube_config_path}:{cfg.context}", node,
+                       cfg.filter.namespace, cfg.filter.field_selector(), cfg.filter.label_selector())
+        return acquire(key, lambda: MetadataStore(api, key, delete_grace=cfg.pod_delete_grace_period, logger=self.log),
+                       needs)
+
+    async def shutdown(self) -> None:
+        store, self.store = self.store, None
+        if store is not None:
+            await asyncio.to_thread(release, store)
+
+    # --- data path ---
+
+    async def consume(self, batch: Batch) -> None:
+        if self.cfg.passthrough:
+            self._passthrough(batch)
+        else:
+            self.enrich(batch)
+        await self.next.consume(batch)
+
+    def _passthrough(self, batch: Batch) -> None:
+        ip = _connection_ip()
+        if not ip:
+            return
+        for res in batch.resources():
+            attrs = res.resource.attributes
+            if not any(a.key == "k8s.pod.ip" for a in attrs):
+                attrs.append(kv("k8s.pod.ip", ip))
+
+    def enrich(self, batch: Batch) -> None:
+        store = self.store
+        counts = dict.fromkeys(self._results, 0)
+        if store is None or not store.synced and not store.pods:
+            counts["not_synced"] = len(batch.peek_resources())
+        else:
+            for res in batch.resources():
+                r = res.resource
+                existing = {a.key: a.value for a in r.attributes}
+                found = self._associate(store, existing)
+                if found is None:
+                    counts["no_identifier"] += 1
+                    continue
+                pod, container = found
+                if pod is None:
+                    counts["unmatched"] += 1
+                    continue
+                if pod.ignored or any(rx.search(pod.name) for rx in self.exclude):
+                    counts["excluded"] += 1
+                    continue
+                if container is None:
+                    cname = existing.get("k8s.container.name")
+                    if cname is not None:
+                        container = pod.container(cname.string_value)
+                self._apply(store, r, existing, pod, container)
+                counts["enriched"] += 1
+        for k, n in counts.items():
+            if n:
+                self._results[k].inc(n)
+
+    def _associate(self, store: MetadataStore, existing: dict[str, Any]) -> tuple[Any, Any] | None:
+        """First rule whose sources are all present decides: (pod or None, container or None); None if none applies."""
+        for rule in self.rules:
+            raws: list[Any] = []
+            for name, index in rule.sources:
+                if index == "connection":
+                    raw: Any = _connection_ip()
+                else:
+                    av = existing.get(name)
+                    raw = _value(av) if av is not None else None
+                if raw is None or raw == "":
+                    break
+                raws.append(raw)
+            else:
+                # every source is present: this rule decides, match or not
+                pod: PodInfo | None = None
+                container = None
+                for (_, index), raw in zip(rule.sources, raws, strict=True):
+                    p, c = self._lookup(store, index, raw, existing)
+                    if p is None or (pod is not None and p is not pod):
+                        return None, None
+                    pod, container = p, container or c
+                return pod, container
+        return None
+
+    def _lookup(self, store: MetadataStore, index: str, raw: Any, existing: dict[str, Any]) -> tuple[Any, Any]:
+        if index == "pid":
+            try:
+                pid = int(raw)
+            except (TypeError, ValueError):
+                return None, None
+            info = self.pids.get(pid)
+            if info is None or not info:
+                return None, None
+            hit = store.by_container.get(info.container_id) if info.container_id else None
+            if hit is not None:
+                return hit
+            # the container may not be in the pod's status yet: the pod uid in the cgroup path still tells the pod
+            pod = store.pods.get(info.pod_uid) if info.pod_uid else None
+            return pod, None
+        if index == "container":
+            hit = store.by_container.get(str(raw))
+            return hit if hit is not None else (None, None)
+        if index == "uid":
+            return store.pods.get(str(raw)), None
+        if index == "ip":
+            ip = _ip_of(str(raw))
+            return (store.by_ip.get(ip) if ip else None), None
+        if index in ("name", "namespace"):
+            ns_av, name_av = existing.get("k8s.namespace.name"), existing.get("k8s.pod.name")
+            if ns_av is None or name_av is None:
+                return None, None
+            return store.by_name.get((ns_av.string_value, name_av.string_value)), None
+        return None, None
+
+    def _apply(self, store: MetadataStore, r: Any, existing: dict[str, Any], pod: PodInfo, c: Any) -> None:
+        key = (pod.uid, c.name if c is not None else "")
+        hit = self._cache.get(key)
+        if hit is None or hit[0] is not pod or hit[1] != store.generation:
+            pairs = self.extract.attributes(store, pod, c)
+            kvs = [kv(k, v) for k, v in pairs]
+            blob = Resource(attributes=kvs).SerializeToString()
+            if len(self._cache) > 4 * len(store.pods) + 1024:
+                self._cache.clear()
+            hit = (pod, store.generation, frozenset(k for k, _ in pairs), blob, kvs)
+            self._cache[key] = hit
+        keys = hit[2]
+        if keys.isdisjoint(existing):
+            r.MergeFromString(hit[3])  # appends the attributes in one C call
+        else:
+            attrs = r.attributes
+            for x in hit[4]:
+                if x.key not in existing:  # never overwrite what the resource already says
+                    attrs.append(x)
+
+
+def _create(signal: Signal, cfg: Config, nxt: Consumer, ctx: Context) -> Processor:
+    return K8sAttributesProcessor(signal, cfg, nxt, ctx)
+
+
+factory = ProcessorFactory(
+    type="k8s_attributes",
+    config=Config,
+    signals=frozenset(Signal),
+    description="Adds pod, workload and container attributes (association by pid, container id, pod uid, IP).",
+    aliases=("k8sattributes",),
+    create=_create,
+)
