@@ -28,25 +28,10 @@ from gotel.component import (
     Processor,
     ProcessorFactory,
 )
+from gotel.config.types import Duration
 from gotel.k8s.model import KeyFilter, PodInfo
 from gotel.k8s.store import DEFAULT_DELETE_GRACE, MetadataStore, Needs, StoreKey, acquire, release
 from gotel.pdata import Batch, Signal, kv
-
-# --- durations written as the collector writes them ---
-
-_DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-
-
-def parse_duration(v: Any) -> float:
-    """10 / 10.5 / '10s' / '500ms' / '2m' / '1h' -> seconds."""
-    if isinstance(v, int | float):
-        return float(v)
-    m = _DUR.match(str(v))
-    if not m:
-        raise ValueError(f"invalid duration {v!r}: use e.g. 10s, 500ms, 2m")
-    n = float(m.group(1))
-    return n * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
-
 
 # --- attribute names ---
 
@@ -174,9 +159,9 @@ class AssocRule(_Config):
 
 def _default_association() -> list[AssocRule]:
     return [
-        AssocRule(sources=[AssocSource(**{"from": "resource_attribute", "name": n})])
+        AssocRule(sources=[AssocSource.model_validate({"from": "resource_attribute", "name": n})])
         for n in ("container.id", "process.pid", "k8s.pod.uid", "k8s.pod.ip")
-    ] + [AssocRule(sources=[AssocSource(**{"from": "connection"})])]
+    ] + [AssocRule(sources=[AssocSource.model_validate({"from": "connection"})])]
 
 
 class ExcludePod(_Config):
@@ -203,15 +188,10 @@ class Config(_Config):
     pod_association: list[AssocRule] = Field(default_factory=_default_association)
     exclude: ExcludeConfig = Field(default_factory=ExcludeConfig)
     wait_for_metadata: bool = False
-    wait_for_metadata_timeout: float = 10.0
-    pod_delete_grace_period: float = DEFAULT_DELETE_GRACE
+    wait_for_metadata_timeout: Duration = 10.0
+    pod_delete_grace_period: Duration = DEFAULT_DELETE_GRACE
     # where the host's processes are (with hostPID the container's own /proc)
     proc_root: str = "/proc"
-
-    @field_validator("wait_for_metadata_timeout", "pod_delete_grace_period", mode="before")
-    @classmethod
-    def _dur(cls, v: Any) -> float:
-        return parse_duration(v)
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -307,43 +287,43 @@ class _Extractor:
                 m = _CRONJOB_FROM_JOB.match(pod.owner_name)
                 if m:
                     owner["cronjob"] = (m.group(1), "")
-        for m in meta:
+        for name in meta:
             v: Any = None
-            if m == "k8s.namespace.name":
+            if name == "k8s.namespace.name":
                 v = pod.namespace
-            elif m == "k8s.pod.name":
+            elif name == "k8s.pod.name":
                 v = pod.name
-            elif m == "k8s.pod.uid":
+            elif name == "k8s.pod.uid":
                 v = pod.uid
-            elif m == "k8s.pod.start_time":
+            elif name == "k8s.pod.start_time":
                 v = pod.start_time
-            elif m == "k8s.pod.ip":
+            elif name == "k8s.pod.ip":
                 v = pod.ip
-            elif m == "k8s.node.name":
+            elif name == "k8s.node.name":
                 v = pod.node
-            elif m == "k8s.node.uid":
+            elif name == "k8s.node.uid":
                 n = store.nodes.get(pod.node)
                 v = n.uid if n else None
-            elif m.startswith("k8s.") and m.count(".") == 2 and m.split(".")[1] in (
+            elif name.startswith("k8s.") and name.count(".") == 2 and name.split(".")[1] in (
                 "deployment", "replicaset", "statefulset", "daemonset", "job", "cronjob"
             ):
-                _, wk, field = m.split(".")
+                _, wk, field = name.split(".")
                 hit = owner.get(wk)
                 if hit:
                     v = hit[0] if field == "name" else hit[1]
             elif c is not None:
-                if m == "k8s.container.name":
+                if name == "k8s.container.name":
                     v = c.name
-                elif m == "container.id":
+                elif name == "container.id":
                     v = c.id
-                elif m == "container.image.name":
+                elif name == "container.image.name":
                     v = c.image_name
-                elif m == "container.image.tag":
+                elif name == "container.image.tag":
                     v = c.image_tag
-                elif m == "k8s.container.restart_count":
+                elif name == "k8s.container.restart_count":
                     v = str(c.restart_count)
             if v:
-                out.append((m, v))
+                out.append((name, v))
         for items, what in ((self.labels, "labels"), (self.annotations, "annotations")):
             for f, krx, vrx in items:
                 src: dict[str, str] | None
@@ -389,6 +369,7 @@ class K8sAttributesProcessor(Processor):
         self.ctx = ctx
         self.log = ctx.logger
         self.rules = [_Rule(r) for r in cfg.pod_association]
+        self._uses_connection = any(i == "connection" for r in self.rules for _, i in r.sources)
         self.extract = _Extractor(cfg.extract)
         self.exclude = [re.compile(p.name) for p in cfg.exclude.pods]
         self.pids = PidCgroupCache(cfg.proc_root)
@@ -467,6 +448,11 @@ class K8sAttributesProcessor(Processor):
                 r = res.resource
                 existing = {a.key: a.value for a in r.attributes}
                 found = self._associate(store, existing)
+                if self._uses_connection and "k8s.pod.ip" not in existing:
+                    ip = _connection_ip()
+                    if ip:  # as the collector: the connection's address is recorded as the pod IP
+                        r.attributes.append(kv("k8s.pod.ip", ip))
+                        existing["k8s.pod.ip"] = None
                 if found is None:
                     counts["no_identifier"] += 1
                     continue
@@ -532,7 +518,7 @@ class K8sAttributesProcessor(Processor):
             return hit if hit is not None else (None, None)
         if index == "uid":
             return store.pods.get(str(raw)), None
-        if index == "ip":
+        if index in ("ip", "connection"):
             ip = _ip_of(str(raw))
             return (store.by_ip.get(ip) if ip else None), None
         if index in ("name", "namespace"):

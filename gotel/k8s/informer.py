@@ -124,7 +124,9 @@ class Informer:
             self._thread = None
 
     def relist(self) -> None:
-        """Asks for a fresh list (e.g. a consumer needs more fields): the current watch ends."""
+        """Asks for a fresh list (e.g. a consumer needs more fields): the current watch ends, and
+        wait_synced() waits for the new list."""
+        self.synced.clear()
         self._need_list = True
         self._relist_requested = True
         w = self._watch
