@@ -360,6 +360,7 @@ class _Extractor:
 
 class K8sAttributesProcessor(Processor):
     mutates = True
+    MEMO_MAX = 16384
 
     def __init__(self, signal: Signal, cfg: Config, nxt: Consumer, ctx: Context,
                  store_factory: Callable[[Config, Needs], MetadataStore] | None = None) -> None:
@@ -375,11 +376,15 @@ class K8sAttributesProcessor(Processor):
         self.pids = PidCgroupCache(cfg.proc_root)
         self.store: MetadataStore | None = None
         self._store_factory = store_factory
-        # (pod uid, container name) -> (pod object, store generation, keys, serialized Resource, kvs)
-        self._cache: dict[tuple[str, str], tuple[PodInfo, int, frozenset[str], bytes, list[KeyValue]]] = {}
+        # (pod uid, container name) -> (pod object, store generation, attributes)
+        self._cache: dict[tuple[str, str], tuple[PodInfo, int, list[KeyValue]]] = {}
+        # serialized resource [+ connection ip] -> (attributes added, result, pod, generation, pod version, pid, pid entry)
+        self._memo: dict[Any, tuple[bytes, str, PodInfo | None, int, int | None, int | None, Any]] = {}
+        self._pid_used: tuple[int, Any] | None = None
         c = ctx.telemetry.counter("k8s_attributes_resources", "Resources seen by k8s_attributes, by association result.",
                                   ("result",))
         self._results = {r: c.labels(r) for r in ("enriched", "no_identifier", "unmatched", "excluded", "not_synced")}
+        self._counts = dict.fromkeys(self._results, 0)
 
     # --- life cycle ---
 
@@ -439,47 +444,88 @@ class K8sAttributesProcessor(Processor):
                 attrs.append(kv("k8s.pod.ip", ip))
 
     def enrich(self, batch: Batch) -> None:
+        """Adds the attributes of each resource's pod.
+
+        Resources repeat: a receiver sends the same process's resource in batch after batch. So the
+        outcome for a resource is memoised by its serialized bytes (plus the connection address)
+        and replayed with one protobuf merge while it is still valid: the pod object is the store's
+        current one, ReplicaSets/nodes/namespaces have not changed, and for a pid the pid -> cgroup
+        entry is the same (the process has not exited). Misses take the full path below.
+        """
         store = self.store
-        counts = dict.fromkeys(self._results, 0)
-        if store is None or not store.synced and not store.pods:
+        counts = self._counts
+        for k in counts:
+            counts[k] = 0
+        if store is None or (not store.synced and not store.pods):
             counts["not_synced"] = len(batch.peek_resources())
         else:
+            conn_ip = _connection_ip() if self._uses_connection else ""
+            memo = self._memo
+            pids = self.pids
             for res in batch.resources():
                 r = res.resource
-                existing = {a.key: a.value for a in r.attributes}
-                found = self._associate(store, existing)
-                if self._uses_connection and "k8s.pod.ip" not in existing:
-                    ip = _connection_ip()
-                    if ip:  # as the collector: the connection's address is recorded as the pod IP
-                        r.attributes.append(kv("k8s.pod.ip", ip))
-                        existing["k8s.pod.ip"] = None
-                if found is None:
-                    counts["no_identifier"] += 1
-                    continue
-                pod, container = found
-                if pod is None:
-                    counts["unmatched"] += 1
-                    continue
-                if pod.ignored or any(rx.search(pod.name) for rx in self.exclude):
-                    counts["excluded"] += 1
-                    continue
-                if container is None:
-                    cname = existing.get("k8s.container.name")
-                    if cname is not None:
-                        container = pod.container(cname.string_value)
-                self._apply(store, r, existing, pod, container)
-                counts["enriched"] += 1
+                raw = r.SerializeToString()
+                key = (raw, conn_ip) if conn_ip else raw
+                m = memo.get(key)
+                if m is not None:
+                    delta, result, pod, gen, pod_version, pid, pid_info = m
+                    if (
+                        (pod.uid in store.pods and store.pods[pod.uid] is pod and gen == store.generation)
+                        if pod is not None
+                        else (pod_version is None or pod_version == store.pod_version)
+                    ) and (pid is None or pids.get(pid) is pid_info):
+                        if delta:
+                            r.MergeFromString(delta)
+                        counts[result] += 1
+                        continue
+                counts[self._slow(store, r, key, conn_ip)] += 1
         for k, n in counts.items():
             if n:
                 self._results[k].inc(n)
 
-    def _associate(self, store: MetadataStore, existing: dict[str, Any]) -> tuple[Any, Any] | None:
+    def _slow(self, store: MetadataStore, r: Any, key: Any, conn_ip: str) -> str:
+        existing = {a.key: a.value for a in r.attributes}
+        self._pid_used = None
+        found = self._associate(store, existing, conn_ip)
+        added: list[KeyValue] = []
+        if conn_ip and "k8s.pod.ip" not in existing:
+            # as the collector: the connection's address is recorded as the pod IP
+            added.append(kv("k8s.pod.ip", conn_ip))
+            existing["k8s.pod.ip"] = None
+        pod: PodInfo | None = None
+        if found is None:
+            result = "no_identifier"
+        elif found[0] is None:
+            result = "unmatched"
+        else:
+            pod, container = found
+            if pod.ignored or any(rx.search(pod.name) for rx in self.exclude):
+                result = "excluded"
+            else:
+                if container is None:
+                    cname = existing.get("k8s.container.name")
+                    if cname is not None:
+                        container = pod.container(cname.string_value)
+                added.extend(self._pod_attrs(store, pod, container, existing))
+                result = "enriched"
+        delta = Resource(attributes=added).SerializeToString() if added else b""
+        if delta:
+            r.MergeFromString(delta)
+        pid, pid_info = self._pid_used or (None, None)
+        if len(self._memo) >= self.MEMO_MAX:
+            self._memo.clear()
+        # no identifier at all can never change; unmatched holds until a pod changes
+        pod_version = None if result == "no_identifier" else store.pod_version
+        self._memo[key] = (delta, result, pod, store.generation, pod_version, pid, pid_info)
+        return result
+
+    def _associate(self, store: MetadataStore, existing: dict[str, Any], conn_ip: str) -> tuple[Any, Any] | None:
         """First rule whose sources are all present decides: (pod or None, container or None); None if none applies."""
         for rule in self.rules:
             raws: list[Any] = []
             for name, index in rule.sources:
                 if index == "connection":
-                    raw: Any = _connection_ip()
+                    raw: Any = conn_ip
                 else:
                     av = existing.get(name)
                     raw = _value(av) if av is not None else None
@@ -505,6 +551,7 @@ class K8sAttributesProcessor(Processor):
             except (TypeError, ValueError):
                 return None, None
             info = self.pids.get(pid)
+            self._pid_used = (pid, info)
             if info is None or not info:
                 return None, None
             hit = store.by_container.get(info.container_id) if info.container_id else None
@@ -528,25 +575,17 @@ class K8sAttributesProcessor(Processor):
             return store.by_name.get((ns_av.string_value, name_av.string_value)), None
         return None, None
 
-    def _apply(self, store: MetadataStore, r: Any, existing: dict[str, Any], pod: PodInfo, c: Any) -> None:
+    def _pod_attrs(self, store: MetadataStore, pod: PodInfo, c: Any, existing: dict[str, Any]) -> list[KeyValue]:
+        """The pod's attributes the resource does not have yet (existing ones are never overwritten)."""
         key = (pod.uid, c.name if c is not None else "")
         hit = self._cache.get(key)
         if hit is None or hit[0] is not pod or hit[1] != store.generation:
-            pairs = self.extract.attributes(store, pod, c)
-            kvs = [kv(k, v) for k, v in pairs]
-            blob = Resource(attributes=kvs).SerializeToString()
+            kvs = [kv(k, v) for k, v in self.extract.attributes(store, pod, c)]
             if len(self._cache) > 4 * len(store.pods) + 1024:
                 self._cache.clear()
-            hit = (pod, store.generation, frozenset(k for k, _ in pairs), blob, kvs)
+            hit = (pod, store.generation, kvs)
             self._cache[key] = hit
-        keys = hit[2]
-        if keys.isdisjoint(existing):
-            r.MergeFromString(hit[3])  # appends the attributes in one C call
-        else:
-            attrs = r.attributes
-            for x in hit[4]:
-                if x.key not in existing:  # never overwrite what the resource already says
-                    attrs.append(x)
+        return [x for x in hit[2] if x.key not in existing]
 
 
 def _create(signal: Signal, cfg: Config, nxt: Consumer, ctx: Context) -> Processor:

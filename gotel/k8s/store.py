@@ -173,6 +173,8 @@ class MetadataStore:
         self.namespaces: dict[str, MetaInfo] = {}
         # bumps whenever a ReplicaSet, node or namespace changes: consumers' derived caches check it
         self.generation = 0
+        # bumps whenever a pod is added, changed, deleted or purged: "no pod matched" may have changed
+        self.pod_version = 0
         self._deleted: deque[tuple[float, PodInfo]] = deque()
         self._listeners: list[Callable[[], None]] = []
         self.informers: dict[str, Informer] = {}
@@ -315,6 +317,7 @@ class MetadataStore:
             return None
         old = self.pods.get(pod.uid)
         self.pods[pod.uid] = pod
+        self.pod_version += 1
         if old is not None:
             self._unindex(old, keep=pod)
         self._index(pod)
@@ -347,6 +350,7 @@ class MetadataStore:
 
     def _mark_deleted(self, pod: PodInfo, now: float) -> None:
         pod.deleted_at = now
+        self.pod_version += 1
         self._deleted.append((now + self.delete_grace, pod))
 
     def purge(self, now: float | None = None) -> int:
@@ -358,6 +362,7 @@ class MetadataStore:
             if self.pods.get(pod.uid) is pod and pod.deleted_at:
                 del self.pods[pod.uid]
                 self._unindex(pod)
+                self.pod_version += 1
                 n += 1
         return n
 

@@ -194,7 +194,7 @@ class KubeAPIServer:
         async def run() -> Any:
             return fn(*args)
 
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(120)
 
     def kubeconfig(self, path: str, token: str | None = None) -> str:
         cfg = {
@@ -212,6 +212,15 @@ class KubeAPIServer:
     def apply(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Creates or replaces an object; returns it as stored (with uid and resourceVersion)."""
         return self.call(self._apply, kind, copy.deepcopy(obj))  # type: ignore[no-any-return]
+
+    def load(self, kind: str, objs: list[dict[str, Any]]) -> None:
+        """Creates many objects in one call (benchmarks)."""
+
+        def run() -> None:
+            for o in objs:
+                self._apply(kind, o)
+
+        self.call(run)
 
     def delete(self, kind: str, name: str, namespace: str = "") -> None:
         self.call(self._delete, kind, namespace, name)
