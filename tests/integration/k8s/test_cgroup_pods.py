@@ -166,3 +166,35 @@ async def test_exited_process_is_forgotten(kube: KubeAPIServer, kubeconfig: str)
         assert pid not in proc.pids._cache
     finally:
         await proc.shutdown()
+
+
+async def test_resource_detection_service_name_from_pod_label_then_container(kube: KubeAPIServer, kubeconfig: str,
+                                                                             monkeypatch) -> None:
+    """resource_detection's k8s detector: app.kubernetes.io/name, else the container name; container.id from cgroup."""
+    from gotel.processors.resource_detection import Config as RDConfig
+    from gotel.processors.resource_detection import factory as rd_factory
+    from tests.unit.k8s.conftest import traces_with
+
+    monkeypatch.setenv("K8S_NODE_NAME", "node-a")
+    uid1, cid1 = ids()
+    uid2, cid2 = ids()
+    kube.apply("pods", make_pod("cart-1", uid=uid1, containers=[("cart-server", "cart:1", cid1)],
+                                labels={"app.kubernetes.io/name": "cart"}))
+    kube.apply("pods", make_pod("misc-1", uid=uid2, containers=[("misc-worker", "misc:1", cid2)]))
+    sink = Collect()
+    p = rd_factory.create(Signal.TRACES, RDConfig.model_validate({
+        "detectors": ["system", "process", "container", "k8s"],
+        "k8s": {"auth_type": "kubeConfig", "kube_config_path": kubeconfig}}), sink, make_ctx("resource_detection"))
+    await p.start()
+    try:
+        assert await asyncio.to_thread(p.store.wait_synced, 15)
+        with process_in_cgroup("cpu", f"kubepods/burstable/pod{uid1}/{cid1}") as pid1, \
+             process_in_cgroup("cpu", f"kubepods/burstable/pod{uid2}/{cid2}") as pid2:
+            await p.consume(traces_with({"process.pid": pid1}, {"process.pid": pid2}))
+        [a, b] = resource_attrs(sink.batches[0])
+        assert a["service.name"] == "cart" and a["container.id"] == cid1
+        assert b["service.name"] == "misc-worker" and b["container.id"] == cid2
+        assert a["k8s.node.name"] == "node-a" and a["host.name"] == "node-a"
+        assert a["process.executable.name"] == "sleep"
+    finally:
+        await p.shutdown()
