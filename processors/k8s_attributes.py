@@ -61,7 +61,10 @@ ASSOC_NAMES = {
     "k8s.pod.name": "name",
     "k8s.namespace.name": "namespace",
 }
-CONNECTION_METADATA_KEYS = ("peer", ":peer", "x-forwarded-for", "x-real-ip")
+# The peer address of the request, set by the receiver in REQUEST_METADATA (gRPC context.peer() such as
+# "ipv4:10.1.2.3:51234", or an HTTP remote address). Never a client header such as X-Forwarded-For: a
+# client could then claim another pod's identity. The receiver must overwrite a client-sent value.
+PEER_METADATA_KEY = "gotel-peer"
 
 _CRONJOB_FROM_JOB = re.compile(r"^(.*)-\d+$")
 _DEPLOYMENT_FROM_RS = re.compile(r"^(.*)-[0-9a-z]{1,10}$")
@@ -209,12 +212,8 @@ def _value(av: Any) -> Any:
 
 
 def _connection_ip() -> str:
-    md = REQUEST_METADATA.get()
-    for key in CONNECTION_METADATA_KEYS:
-        v = md.get(key)
-        if v:
-            return _ip_of(v.split(",")[0].strip())
-    return ""
+    v = REQUEST_METADATA.get().get(PEER_METADATA_KEY)
+    return _ip_of(v.strip()) if v else ""
 
 
 def _ip_of(s: str) -> str:
@@ -392,6 +391,7 @@ class K8sAttributesProcessor(Processor):
         if self.cfg.passthrough:
             return
         self.store = await asyncio.to_thread(self._acquire)
+        self._telemetry(self.store)
         self.store.start()
         if self.cfg.wait_for_metadata:
             ok = await asyncio.to_thread(self.store.wait_synced, self.cfg.wait_for_metadata_timeout)
@@ -400,6 +400,19 @@ class K8sAttributesProcessor(Processor):
                 raise RuntimeError(
                     f"{self.ctx.id}: Kubernetes metadata not synced within {self.cfg.wait_for_metadata_timeout:g}s "
                     f"(wait_for_metadata): {err}")
+
+    def _telemetry(self, store: MetadataStore) -> None:
+        t = self.ctx.telemetry
+        t.gauge("k8s_metadata_pods", "Pods in the Kubernetes metadata cache (deleted ones in their grace period included).",
+                ()).labels().set_function(lambda: len(store.pods))
+        t.gauge("k8s_metadata_synced", "1 once every Kubernetes list/watch completed its first list.",
+                ()).labels().set_function(lambda: 1 if store.synced else 0)
+        relists = t.counter("k8s_metadata_relists", "Full relists of a Kubernetes resource, by reason (expired = 410 Gone).",
+                            ("resource", "reason"))
+        errors = t.counter("k8s_metadata_watch_errors", "Failed Kubernetes list or watch requests (retried with backoff).",
+                           ("resource",))
+        store.on_relist(lambda kind, reason: relists.labels(kind, reason).inc())
+        store.on_error(lambda kind: errors.labels(kind).inc())
 
     def _acquire(self) -> MetadataStore:
         needs = self.extract.needs()

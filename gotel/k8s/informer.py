@@ -85,6 +85,7 @@ class Informer:
         backoff_max: float = 30.0,
         logger: logging.Logger | None = None,
         on_error: Callable[[str], None] | None = None,
+        on_relist: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self.list_fn = list_fn
@@ -97,6 +98,7 @@ class Informer:
         self.backoff_max = backoff_max
         self.log = logger or log
         self.on_error = on_error
+        self.on_relist = on_relist
         self.synced = threading.Event()
         self.stats = Stats()
         self.resource_version = ""
@@ -160,12 +162,12 @@ class Informer:
                     break
                 self.stats.errors += 1
                 if e.status == 410:
-                    self.stats.relist("expired")
+                    self._relisted("expired")
                     self.log.info("k8s %s: resourceVersion %s expired (410 Gone), relisting", self.name, self.resource_version)
                     self._need_list = True
                     continue  # immediately, as client-go does
                 failures += 1
-                self.stats.relist(f"http_{e.status}")
+                self._relisted(f"http_{e.status}")
                 self._need_list = True
                 self._error(f"API server answered {e.status} {e.reason}", failures)
             except Exception as e:  # connection refused/reset, timeouts, malformed JSON
@@ -178,6 +180,11 @@ class Informer:
                 failures += 1
                 self._error(f"{type(e).__name__}: {e}", failures)
         self._watch = None
+
+    def _relisted(self, reason: str) -> None:
+        self.stats.relist(reason)
+        if self.on_relist is not None:
+            self.on_relist(reason)
 
     def _error(self, msg: str, failures: int) -> None:
         self.last_error = msg
@@ -218,7 +225,7 @@ class Informer:
                 # an expired continue token: start the list over (a consistent list is needed)
                 if e.status == 410 and token and restarts < 3:
                     restarts += 1
-                    self.stats.relist("continue_expired")
+                    self._relisted("continue_expired")
                     continue
                 raise
             self.handler.end_list()

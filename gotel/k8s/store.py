@@ -177,6 +177,8 @@ class MetadataStore:
         self.pod_version = 0
         self._deleted: deque[tuple[float, PodInfo]] = deque()
         self._listeners: list[Callable[[], None]] = []
+        self._relist_hooks: list[Callable[[str, str], None]] = []
+        self._error_hooks: list[Callable[[str], None]] = []
         self.informers: dict[str, Informer] = {}
         self._stop = threading.Event()
         self._janitor: threading.Thread | None = None
@@ -204,6 +206,28 @@ class MetadataStore:
             old.namespace_labels.covers(needs.namespace_labels) and old.namespace_annotations.covers(needs.namespace_annotations)
         ):
             self.informers["namespaces"].relist()
+
+    def on_relist(self, fn: Callable[[str, str], None]) -> None:
+        """fn(resource, reason) on every relist (self-telemetry)."""
+        self._relist_hooks.append(fn)
+
+    def on_error(self, fn: Callable[[str], None]) -> None:
+        """fn(resource) on every failed list or watch (self-telemetry)."""
+        self._error_hooks.append(fn)
+
+    def _hook_relist(self, kind: str, reason: str) -> None:
+        for fn in list(self._relist_hooks):
+            try:
+                fn(kind, reason)
+            except Exception:
+                self.log.exception("k8s relist hook")
+
+    def _hook_error(self, kind: str) -> None:
+        for fn in list(self._error_hooks):
+            try:
+                fn(kind)
+            except Exception:
+                self.log.exception("k8s error hook")
 
     def on_change(self, fn: Callable[[], None]) -> None:
         """fn() runs on the informer thread after pods change (discovery recomputes its targets)."""
@@ -267,6 +291,8 @@ class MetadataStore:
                            page_size=self.page_size, watch_timeout=self.watch_timeout, logger=self.log)
         else:  # pragma: no cover
             raise ValueError(kind)
+        inf.on_relist = lambda reason, kind=kind: self._hook_relist(kind, reason)
+        inf.on_error = lambda msg, kind=kind: self._hook_error(kind)
         self.informers[kind] = inf
         inf.start()
 

@@ -113,7 +113,7 @@ async def test_rules_in_order_and_existing_attributes_kept(cluster: KubeAPIServe
 
 async def test_connection_address_and_passthrough(cluster: KubeAPIServer, kubeconfig: str) -> None:
     p, _ = await make_proc(kubeconfig, pod_association=[{"sources": [{"from": "connection"}]}])
-    tok = REQUEST_METADATA.set({"peer": "ipv4:10.1.0.6:51234"})
+    tok = REQUEST_METADATA.set({"gotel-peer": "ipv4:10.1.0.6:51234", "x-forwarded-for": "10.1.0.5"})
     try:
         [r] = await run(p, {"service.name": "db"})
         assert r["k8s.pod.name"] == "db-0"
@@ -121,7 +121,7 @@ async def test_connection_address_and_passthrough(cluster: KubeAPIServer, kubeco
         REQUEST_METADATA.reset(tok)
         await p.shutdown()
     p2, _ = await make_proc(kubeconfig, passthrough=True)
-    tok = REQUEST_METADATA.set({"peer": "ipv6:[fd00::5]:4317"})
+    tok = REQUEST_METADATA.set({"gotel-peer": "ipv6:[fd00::5]:4317"})
     try:
         [r] = await run(p2, {"service.name": "x"})
         assert r == {"service.name": "x", "k8s.pod.ip": "fd00::5"}
@@ -250,3 +250,18 @@ def test_node_from_env_and_alias(monkeypatch) -> None:
     from gotel.component import Kind
 
     assert reg.get(Kind.PROCESSOR, "k8sattributes") is factory
+
+
+async def test_self_metrics_count_relists_and_pods(cluster: KubeAPIServer, kubeconfig: str) -> None:
+    p, _ = await make_proc(kubeconfig)
+    reg = p.ctx.telemetry.t.registry
+    labels = {"component": "k8s_attributes", "kind": "processor"}
+    try:
+        assert reg.get_sample_value("gotel_k8s_metadata_pods", labels) == 7  # node-a's pods (elsewhere runs on node-b)
+        assert reg.get_sample_value("gotel_k8s_metadata_synced", labels) == 1
+        cluster.compact()
+        cluster.end_watches()
+        wait_until(lambda: reg.get_sample_value("gotel_k8s_metadata_relists_total",
+                                                {**labels, "resource": "pods", "reason": "expired"}) == 1)
+    finally:
+        await p.shutdown()
