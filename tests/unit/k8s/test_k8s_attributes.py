@@ -265,3 +265,20 @@ async def test_self_metrics_count_relists_and_pods(cluster: KubeAPIServer, kubec
                                                 {**labels, "resource": "pods", "reason": "expired"}) == 1)
     finally:
         await p.shutdown()
+
+
+async def test_auth_problems_fail_start_with_a_clear_reason(monkeypatch, tmp_path) -> None:
+    from gotel.k8s.client import KubeConfigError
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    p = factory.create(Signal.TRACES, Config.model_validate({"auth_type": "serviceAccount"}), Collect(), make_ctx())
+    with pytest.raises(KubeConfigError, match="serviceAccount: not running in a pod"):
+        await p.start()
+    await p.shutdown()
+    p = factory.create(Signal.TRACES, Config.model_validate(
+        {"auth_type": "kubeConfig", "kube_config_path": str(tmp_path / "missing")}), Collect(), make_ctx())
+    with pytest.raises(KubeConfigError, match="missing"):
+        await p.start()
+    p = factory.create(Signal.TRACES, Config.model_validate({"auth_type": "none"}), Collect(), make_ctx())
+    with pytest.raises(KubeConfigError, match="KUBERNETES_SERVICE_HOST is not set"):
+        await p.start()

@@ -143,3 +143,9 @@ def test_dockerfile_uses_the_shared_bootstrap() -> None:
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in K8S.glob("*.yaml")))
 def test_manifest_files_are_yaml(path: str) -> None:
     assert list(yaml.safe_load_all((ROOT / path).read_text()))
+
+
+def test_example_config_loads() -> None:
+    cfg = load_config("k8s-enrichment.yaml", text=(ROOT / "config" / "examples" / "k8s-enrichment.yaml").read_text(),
+                      env={"GOTEL_PID": "1", "K8S_NODE_NAME": "node-a"})
+    assert cfg is not None
