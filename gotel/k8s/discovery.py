@@ -50,9 +50,8 @@ APP_NAME_LABEL = "app.kubernetes.io/name"
 
 
 class KubernetesDiscoveryConfig(ComponentConfig):
-    """What a pull receiver embeds to discover annotated pods (e.g. ``discovery: {kubernetes: {...}}``)."""
+    """The ``kubernetes:`` block of the pprof and go_metrics receivers (present = on)."""
 
-    enabled: bool = False
     auth_type: Literal["serviceAccount", "kubeConfig", "none"] = "serviceAccount"
     kube_config_path: str = ""
     context: str = ""
