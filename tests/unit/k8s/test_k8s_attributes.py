@@ -282,3 +282,22 @@ async def test_auth_problems_fail_start_with_a_clear_reason(monkeypatch, tmp_pat
     p = factory.create(Signal.TRACES, Config.model_validate({"auth_type": "none"}), Collect(), make_ctx())
     with pytest.raises(KubeConfigError, match="KUBERNETES_SERVICE_HOST is not set"):
         await p.start()
+
+
+@pytest.mark.parametrize("signal", [Signal.METRICS, Signal.LOGS, Signal.PROFILES])
+async def test_every_signal_is_enriched(cluster: KubeAPIServer, kubeconfig: str, signal: Signal) -> None:
+    from gotel.pdata import attr_dict, attrs, batch_type
+
+    sink = Collect()
+    p = factory.create(signal, Config.model_validate({
+        "auth_type": "kubeConfig", "kube_config_path": kubeconfig, "filter": {"node": "node-a"},
+        "wait_for_metadata": True}), sink, make_ctx())
+    await p.start()
+    try:
+        b = batch_type(signal)()
+        b.resources().add().resource.attributes.extend(attrs({"container.id": cid(3)}))
+        await p.consume(b)
+        [res] = sink.batches[0].peek_resources()
+        assert attr_dict(res.resource.attributes)["k8s.statefulset.name"] == "db"
+    finally:
+        await p.shutdown()
