@@ -198,3 +198,28 @@ async def test_resource_detection_service_name_from_pod_label_then_container(kub
         assert a["process.executable.name"] == "sleep"
     finally:
         await p.shutdown()
+
+
+async def test_pod_discovery_finds_the_pods_process_for_its_network_namespace(kube: KubeAPIServer, kubeconfig: str) -> None:
+    from gotel.k8s.client import api_client
+    from gotel.k8s.discovery import PodTargetSource
+    from gotel.k8s.store import MetadataStore, StoreKey
+
+    uid, cid = ids()
+    kube.apply("pods", make_pod("prof-1", uid=uid, ip="10.4.0.9", containers=[("app", "app:1", cid)],
+                                annotations={"pyroscope.io/scrape": "true", "pyroscope.io/port": "6060"}))
+    api = api_client("kubeConfig", kubeconfig)
+    store = MetadataStore(api, StoreKey(api.configuration.host, "t", node="node-a"))
+    store.require(PodTargetSource.needs())
+    store.start()
+    try:
+        assert await asyncio.to_thread(store.wait_synced, 15)
+        src = PodTargetSource(store, "pprof")
+        [t] = await src.targets()
+        assert (t.url, t.netns) == ("http://10.4.0.9:6060", None)  # no process of the pod on this node yet
+        with process_in_cgroup("cpu", f"kubepods/besteffort/pod{uid}/{cid}") as pid:
+            [t] = await src.targets()
+            assert (t.url, t.netns, t.pid) == ("http://127.0.0.1:6060", f"/proc/{pid}/ns/net", pid)
+            assert os.path.exists(t.netns)
+    finally:
+        store.stop()

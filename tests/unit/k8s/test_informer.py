@@ -198,3 +198,19 @@ def test_replicasets_nodes_and_memory_stays_flat(kube: KubeAPIServer, store_for)
         wait_until(lambda: not s.pods and not s.by_container and not s.by_ip and not s.by_name,
                    timeout=15, what="all purged")
     assert len(s._deleted) == 0
+
+
+def test_reused_pod_ip_goes_to_the_newer_pod(kube: KubeAPIServer, store_for) -> None:
+    kube.apply("pods", make_pod("old", ip="10.9.0.1", start_time="2026-11-22T09:00:00Z", containers=[("a", "a:1", cid(1))]))
+    s = store_for(grace=1.0)
+    assert s.by_ip["10.9.0.1"].name == "old"
+    kube.delete("pods", "old", "default")
+    kube.apply("pods", make_pod("new", ip="10.9.0.1", start_time="2026-11-22T11:00:00Z", containers=[("a", "a:1", cid(2))]))
+    wait_until(lambda: s.by_ip.get("10.9.0.1") is not None and s.by_ip["10.9.0.1"].name == "new", what="new owns the IP")
+    # a late update of an older pod with that IP does not take it back
+    kube.apply("pods", make_pod("older", ip="10.9.0.1", start_time="2026-11-22T08:00:00Z", containers=[("a", "a:1", cid(3))]))
+    wait_until(lambda: cid(3) in s.by_container, what="older seen")
+    assert s.by_ip["10.9.0.1"].name == "new"
+    # purging the deleted pod after its grace period leaves the new owner in place
+    wait_until(lambda: "old" not in {p.name for p in s.pods.values()}, what="old purged")
+    assert s.by_ip["10.9.0.1"].name == "new"
