@@ -2,8 +2,9 @@
 k8sattributes processor does, plus the association a node agent needs most: ``process.pid`` ->
 container id (``/proc/PID/cgroup``) -> pod and container.
 
-Per resource the work is a few dict lookups and one protobuf merge of attributes serialised once
-per (pod, container); the API watch runs on a thread (gotel.k8s.store).
+The API watch runs on a thread (gotel.k8s.store). On the data path a resource seen before costs one
+serialisation, a dict lookup, a validity check and one protobuf merge (bench/k8s: about 3 µs per
+resource); a new one goes through the association rules.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import ipaddress
 import os
 import re
-from collections.abc import Callable
 from typing import Any, Literal
 
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
@@ -361,8 +361,7 @@ class K8sAttributesProcessor(Processor):
     mutates = True
     MEMO_MAX = 16384
 
-    def __init__(self, signal: Signal, cfg: Config, nxt: Consumer, ctx: Context,
-                 store_factory: Callable[[Config, Needs], MetadataStore] | None = None) -> None:
+    def __init__(self, signal: Signal, cfg: Config, nxt: Consumer, ctx: Context) -> None:
         self.signal = signal
         self.cfg = cfg
         self.next = nxt
@@ -374,7 +373,7 @@ class K8sAttributesProcessor(Processor):
         self.exclude = [re.compile(p.name) for p in cfg.exclude.pods]
         self.pids = PidCgroupCache(cfg.proc_root)
         self.store: MetadataStore | None = None
-        self._store_factory = store_factory
+        self._hooks: list[Any] = []
         # (pod uid, container name) -> (pod object, store generation, attributes)
         self._cache: dict[tuple[str, str], tuple[PodInfo, int, list[KeyValue]]] = {}
         # serialized resource [+ connection ip] -> (attributes added, result, pod, generation, pod version, pid, pid entry)
@@ -411,15 +410,11 @@ class K8sAttributesProcessor(Processor):
                             ("resource", "reason"))
         errors = t.counter("k8s_metadata_watch_errors", "Failed Kubernetes list or watch requests (retried with backoff).",
                            ("resource",))
-        store.on_relist(lambda kind, reason: relists.labels(kind, reason).inc())
-        store.on_error(lambda kind: errors.labels(kind).inc())
+        self._hooks = [store.on_relist(lambda kind, reason: relists.labels(kind, reason).inc()),
+                       store.on_error(lambda kind: errors.labels(kind).inc())]
 
     def _acquire(self) -> MetadataStore:
         needs = self.extract.needs()
-        if self._store_factory is not None:
-            store = self._store_factory(self.cfg, needs)
-            store.refs += 1
-            return store
         from gotel.k8s.client import api_client
 
         cfg = self.cfg
@@ -436,6 +431,8 @@ class K8sAttributesProcessor(Processor):
     async def shutdown(self) -> None:
         store, self.store = self.store, None
         if store is not None:
+            for h in self._hooks:
+                store.remove_hook(h)
             await asyncio.to_thread(release, store)
 
     # --- data path ---

@@ -207,13 +207,20 @@ class MetadataStore:
         ):
             self.informers["namespaces"].relist()
 
-    def on_relist(self, fn: Callable[[str, str], None]) -> None:
-        """fn(resource, reason) on every relist (self-telemetry)."""
+    def on_relist(self, fn: Callable[[str, str], None]) -> Callable[..., None]:
+        """fn(resource, reason) on every relist (self-telemetry); returns fn for remove_hook()."""
         self._relist_hooks.append(fn)
+        return fn
 
-    def on_error(self, fn: Callable[[str], None]) -> None:
-        """fn(resource) on every failed list or watch (self-telemetry)."""
+    def on_error(self, fn: Callable[[str], None]) -> Callable[..., None]:
+        """fn(resource) on every failed list or watch (self-telemetry); returns fn for remove_hook()."""
         self._error_hooks.append(fn)
+        return fn
+
+    def remove_hook(self, fn: Callable[..., None]) -> None:
+        for hooks in (self._relist_hooks, self._error_hooks, self._listeners):
+            if fn in hooks:
+                hooks.remove(fn)  # type: ignore[arg-type]
 
     def _hook_relist(self, kind: str, reason: str) -> None:
         for fn in list(self._relist_hooks):
