@@ -141,6 +141,7 @@ class KubeAPIServer:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._ready = threading.Event()
+        self._gate: asyncio.Event | None = None
 
     # --- life cycle ---
 
@@ -182,6 +183,7 @@ class KubeAPIServer:
 
     def stop(self) -> None:
         if self._loop is not None:
+            self.release_watches()
             self.call(self._close_all, True)
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
@@ -239,6 +241,22 @@ class KubeAPIServer:
 
     def expire_continue_tokens(self) -> None:
         self.call(self.snapshots.clear)
+
+    def hold_watches(self) -> None:
+        """New watch requests wait (a slow server) until release_watches(); lists are answered."""
+
+        def hold() -> None:
+            self._gate = asyncio.Event()
+
+        self.call(hold)
+
+    def release_watches(self) -> None:
+        def release() -> None:
+            if self._gate is not None:
+                self._gate.set()
+                self._gate = None
+
+        self.call(release)
 
     def watch_count(self) -> int:
         return int(self.call(lambda: len(self.watchers)))
@@ -353,6 +371,8 @@ class KubeAPIServer:
         return web.json_response({"kind": list_kind, "apiVersion": api_version, "metadata": meta, "items": out})
 
     async def _watch(self, request: web.Request, kind: str, ns: str, fsel: Any, lsel: Any, q: dict[str, str]) -> web.StreamResponse:
+        if self._gate is not None:
+            await self._gate.wait()
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)

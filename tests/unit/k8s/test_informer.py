@@ -134,7 +134,9 @@ def test_relist_after_410_loses_nothing(kube: KubeAPIServer, store_for) -> None:
     s = store_for(page_size=4)
     inf = s.informers["pods"]
     wait_until(lambda: inf.stats.bookmarks >= 1, what="a bookmark")
-    # the connection drops; meanwhile pods come and go and the server compacts its history
+    # the connection drops and the watch cannot come back for a while; meanwhile pods come and go and the
+    # server compacts its history, so the resumed watch gets 410 Gone and only a relist can catch up
+    kube.hold_watches()
     kube.drop_watches()
     kube.delete("pods", "p0", "default")
     kube.apply("pods", make_pod("p1", node="node-a", uid=s.by_name[("default", "p1")].uid,
@@ -142,7 +144,9 @@ def test_relist_after_410_loses_nothing(kube: KubeAPIServer, store_for) -> None:
     for i in range(6, 9):
         kube.apply("pods", make_pod(f"p{i}", node="node-a", containers=[("app", "img:1", cid(i))]))
     kube.compact()
-    kube.end_watches()
+    time.sleep(0.3)
+    assert names(s) == ["p0", "p1", "p2", "p3", "p4", "p5"]  # nothing arrived through the watch
+    kube.release_watches()
     wait_until(lambda: inf.stats.relists.get("expired", 0) >= 1, what="a relist after 410")
     wait_until(lambda: names(s) == ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8"], what="state after relist")
     assert s.by_container[cid(11)][0].name == "p1" and cid(1) not in s.by_container
