@@ -14,7 +14,6 @@ import contextlib
 import os
 import platform
 import socket
-import struct
 import time
 from typing import Any, Literal
 from urllib.parse import unquote
@@ -56,67 +55,17 @@ class Config(ComponentConfig):
     cache_sweep_interval: Duration = Field(5.0, gt=0, description="how often exited processes are forgotten")
 
 
-# --- Go build info, read minimally (magic, then inline strings since Go 1.18, pointers before) ---
-
-_BUILDINFO_MAGIC = b"\xff Go buildinf:"
-
-
-def _uvarint(b: bytes, pos: int) -> tuple[int, int]:
-    x = shift = 0
-    while pos < len(b):
-        c = b[pos]
-        pos += 1
-        x |= (c & 0x7F) << shift
-        if c < 0x80:
-            return x, pos
-        shift += 7
-    raise ValueError("truncated varint")
+# --- Go build info (gotel.golang reads it: inline strings since Go 1.18, pointers before) ---
 
 
 def go_version(path: str) -> str | None:
     """The Go version a binary was built with ("go1.22.5"), or None for anything else."""
+    from gotel.golang import GoAnalysisError, analyze
+
     try:
-        from elftools.elf.elffile import ELFFile
-
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            sec = elf.get_section_by_name(".go.buildinfo")
-            if sec is not None:
-                data = sec.data()
-            else:  # section headers stripped: Go looks in the writable data segment
-                data = b""
-                for seg in elf.iter_segments():
-                    if seg["p_type"] == "PT_LOAD" and seg["p_flags"] & 2:
-                        blob = seg.data()[: 4 << 20]
-                        i = blob.find(_BUILDINFO_MAGIC)
-                        while i >= 0 and i % 16:
-                            i = blob.find(_BUILDINFO_MAGIC, i + 1)
-                        if i >= 0:
-                            data = blob[i:]
-                            break
-            if not data.startswith(_BUILDINFO_MAGIC) or len(data) < 32:
-                return None
-            ptrsize, flags = data[14], data[15]
-            if flags & 2:  # Go >= 1.18: varint-length strings after the 32-byte header
-                n, pos = _uvarint(data, 32)
-                v = data[pos : pos + n].decode(errors="replace")
-            else:  # Go 1.13-1.17: a pointer to a Go string header {ptr, len}
-                big = bool(flags & 1)
-                fmt = (">" if big else "<") + ("Q" if ptrsize == 8 else "I")
-                hdr_addr = struct.unpack_from(fmt, data, 16)[0]
-                ptr, n = struct.unpack(fmt[0] + fmt[1] * 2, _read_vaddr(elf, hdr_addr, 2 * ptrsize))
-                v = _read_vaddr(elf, ptr, n).decode(errors="replace")
-            return v if v.startswith("go") else None
-    except Exception:  # not ELF, unreadable, truncated: not a Go binary we can describe
+        return analyze(path).go_version
+    except (GoAnalysisError, OSError, ValueError):
         return None
-
-
-def _read_vaddr(elf: Any, addr: int, n: int) -> bytes:
-    for seg in elf.iter_segments():
-        if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= addr < seg["p_vaddr"] + seg["p_filesz"]:
-            off = addr - seg["p_vaddr"]
-            return bytes(seg.data()[off : off + n])
-    raise ValueError(f"address {addr:#x} not in a loaded segment")
 
 
 # --- facts about the agent's host ---

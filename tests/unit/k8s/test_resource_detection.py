@@ -2,45 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from gotel.pdata import Signal
 from gotel.processors.resource_detection import Config, factory, go_version, parse_resource_env
+from tests.helpers import goapps
 from tests.unit.k8s.conftest import Collect, make_ctx, resource_attrs, traces_with
-
-HELLO = 'package main\n\nimport (\n\t"fmt"\n\t"time"\n)\n\nfunc main() {\n\tfmt.Println("ready")\n\ttime.Sleep(time.Hour)\n}\n'
-TOOLCHAINS = {"debian": "/usr/bin/go", "pypi": str(Path(__file__).parents[3] / ".venv" / "bin" / "go")}
-
-
-@pytest.fixture(scope="session")
-def go_binaries(tmp_path_factory) -> dict[str, tuple[str, str]]:
-    """name -> (binary, toolchain's GOVERSION), built once per session (cached by source hash)."""
-    out = {}
-    base = tmp_path_factory.mktemp("gohello")
-    src = base / "hello.go"
-    src.write_text(HELLO)
-    for name, go in TOOLCHAINS.items():
-        env = {**os.environ, "GOCACHE": str(base / f"cache-{name}"), "GOPATH": str(base / f"gopath-{name}"),
-               "GO111MODULE": "off", "CGO_ENABLED": "0", "HOME": str(base)}
-        version = subprocess.run([go, "env", "GOVERSION"], env=env, capture_output=True, text=True, check=True).stdout.strip()
-        binary = base / f"hello-{name}-{hashlib.sha256((HELLO + version).encode()).hexdigest()[:8]}"
-        subprocess.run([go, "build", "-o", str(binary), str(src)], env=env, check=True, capture_output=True)
-        out[name] = (str(binary), version)
-    return out
 
 
 def start(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE)
-    if "hello" in argv[0]:
-        assert p.stdout is not None and p.stdout.readline() == b"ready\n"
-    return p
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
 
 
 @pytest.fixture
@@ -63,13 +39,15 @@ async def detect(cfg: dict, *resources: dict) -> list[dict]:
     return resource_attrs(sink.batches[0])
 
 
-@pytest.mark.parametrize("toolchain", list(TOOLCHAINS))
-async def test_go_process_facts_and_service_name_from_its_environment(go_binaries, procs, toolchain: str) -> None:
-    binary, version = go_binaries[toolchain]
+@pytest.mark.parametrize("stripped", [False, True], ids=["plain", "stripped"])
+@pytest.mark.parametrize("toolchain", goapps.TOOLCHAINS)
+async def test_go_process_facts_and_service_name_from_its_environment(toolchain: str, stripped: bool) -> None:
+    binary = str(goapps.build("httpapp", toolchain, stripped))
+    version = goapps.go_version(toolchain)
     assert go_version(binary) == version
-    p = start([binary, "--password=hunter2"], env={"OTEL_SERVICE_NAME": "checkout", "PATH": "/usr/bin"})
-    procs.append(p)
-    [r] = await detect({}, {"process.pid": p.pid})
+    env = {"OTEL_SERVICE_NAME": "checkout", "PATH": "/usr/bin"}
+    with goapps.RunningApp([binary, "server"], env=env) as app:
+        [r] = await detect({}, {"process.pid": app.pid})
     assert r["service.name"] == "checkout"
     assert r["process.executable.path"] == binary and r["process.executable.name"] == os.path.basename(binary)
     assert r["process.runtime.name"] == "go" and r["process.runtime.version"] == version
