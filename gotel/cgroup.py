@@ -171,6 +171,14 @@ class PidCgroupCache:
         self._cache[pid] = (info, start, 0.0 if info.container_id else now + self.negative_ttl)
         return info
 
+    def entry(self, pid: int) -> tuple[CgroupInfo, int | None, float] | None:
+        """The cached entry itself (no file access): callers that memoise on it compare identity."""
+        return self._cache.get(pid)
+
+    def maybe_sweep(self, now: float) -> None:
+        if now >= self._next_sweep:
+            self.sweep(now)
+
     def invalidate(self, pid: int) -> None:
         """Forget one pid (a process-exit event from discovery, when there is one)."""
         self._cache.pop(pid, None)

@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import os
 import re
+import time
 from typing import Any, Literal
 
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
@@ -472,18 +473,23 @@ class K8sAttributesProcessor(Processor):
             conn_ip = _connection_ip() if self._uses_connection else ""
             memo = self._memo
             pids = self.pids
+            now = time.monotonic()
+            pids.maybe_sweep(now)
+            pods = store.pods
+            gen = store.generation
+            pod_version = store.pod_version
+            pid_entry = pids.entry
             for res in batch.resources():
                 r = res.resource
                 raw = r.SerializeToString()
                 key = (raw, conn_ip) if conn_ip else raw
                 m = memo.get(key)
                 if m is not None:
-                    delta, result, pod, gen, pod_version, pid, pid_info = m
+                    delta, result, pod, mgen, mversion, pid, entry = m
                     if (
-                        (pod.uid in store.pods and store.pods[pod.uid] is pod and gen == store.generation)
-                        if pod is not None
-                        else (pod_version is None or pod_version == store.pod_version)
-                    ) and (pid is None or pids.get(pid) is pid_info):
+                        (pods.get(pod.uid) is pod and mgen == gen) if pod is not None
+                        else (mversion is None or mversion == pod_version)
+                    ) and (pid is None or (pid_entry(pid) is entry and (entry is None or not entry[2] or entry[2] > now))):
                         if delta:
                             r.MergeFromString(delta)
                         counts[result] += 1
@@ -521,7 +527,10 @@ class K8sAttributesProcessor(Processor):
         delta = Resource(attributes=added).SerializeToString() if added else b""
         if delta:
             r.MergeFromString(delta)
-        pid, pid_info = self._pid_used or (None, None)
+        pid = self._pid_used[0] if self._pid_used else None
+        pid_info = self.pids.entry(pid) if pid is not None else None
+        if pid is not None and pid_info is None:
+            return result  # the process is gone: nothing to remember (its pid may come back in a pod)
         if len(self._memo) >= self.MEMO_MAX:
             self._memo.clear()
         # no identifier at all can never change; unmatched holds until a pod changes

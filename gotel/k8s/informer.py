@@ -102,6 +102,7 @@ class Informer:
         self.synced = threading.Event()
         self.stats = Stats()
         self.resource_version = ""
+        self._listed_rv = ""
         self.last_error = ""
         self._stop = threading.Event()
         self._need_list = True
@@ -165,7 +166,12 @@ class Informer:
                     self._relisted("expired")
                     self.log.info("k8s %s: resourceVersion %s expired (410 Gone), relisting", self.name, self.resource_version)
                     self._need_list = True
-                    continue  # immediately, as client-go does
+                    if self.resource_version != self._listed_rv:
+                        continue  # immediately, as client-go does
+                    # the list's own resourceVersion refused: never relist in a tight loop against the server
+                    failures += 1
+                    self._error(f"410 Gone for the resourceVersion {self._listed_rv} the list just returned", failures)
+                    continue
                 failures += 1
                 self._relisted(f"http_{e.status}")
                 self._need_list = True
@@ -229,7 +235,7 @@ class Informer:
                     continue
                 raise
             self.handler.end_list()
-            self.resource_version = rv
+            self.resource_version = self._listed_rv = rv
             self.synced.set()
             return
 

@@ -228,8 +228,16 @@ class KubeAPIServer:
         self.call(self._delete, kind, namespace, name)
 
     def compact(self) -> None:
-        """Forgets history: a watch resuming from an older resourceVersion gets 410 Gone."""
+        """Forgets history: a watch resuming from a resourceVersion older than the current one gets 410 Gone."""
         self.call(self._compact)
+
+    def refuse_current_version(self) -> None:
+        """A misbehaving server: even the resourceVersion its lists return is answered 410 on watch."""
+
+        def bad() -> None:
+            self.compacted_rv = 10**12
+
+        self.call(bad)
 
     def end_watches(self) -> None:
         """Ends every watch stream cleanly (as the server does at timeoutSeconds)."""
@@ -290,7 +298,8 @@ class KubeAPIServer:
         self._emit(kind, "DELETED", gone, old)
 
     def _compact(self) -> None:
-        self.compacted_rv = self.rv + 1
+        # as etcd's compaction: history before the current revision is gone, the current one is watchable
+        self.compacted_rv = self.rv
         self.history.clear()
 
     def _emit(self, kind: str, typ: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:

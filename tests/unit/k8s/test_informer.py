@@ -218,3 +218,16 @@ def test_reused_pod_ip_goes_to_the_newer_pod(kube: KubeAPIServer, store_for) -> 
     # purging the deleted pod after its grace period leaves the new owner in place
     wait_until(lambda: "old" not in {p.name for p in s.pods.values()}, what="old purged")
     assert s.by_ip["10.9.0.1"].name == "new"
+
+
+def test_no_tight_relist_loop_when_the_server_refuses_its_own_version(kube: KubeAPIServer, store_for) -> None:
+    kube.apply("pods", make_pod("x", containers=[("a", "a:1", cid(1))]))
+    s = store_for()
+    inf = s.informers["pods"]
+    kube.refuse_current_version()
+    kube.end_watches()
+    time.sleep(3)
+    relists = inf.stats.relists.get("expired", 0)
+    assert 1 <= relists <= 8, relists  # backing off (0.1 s doubling), not hundreds of relists
+    assert "410 Gone for the resourceVersion" in inf.last_error
+    assert names(s) == ["x"]  # what was listed stays usable

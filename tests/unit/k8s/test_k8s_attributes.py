@@ -259,8 +259,13 @@ async def test_self_metrics_count_relists_and_pods(cluster: KubeAPIServer, kubec
     try:
         assert reg.get_sample_value("gotel_k8s_metadata_pods", labels) == 7  # node-a's pods (elsewhere runs on node-b)
         assert reg.get_sample_value("gotel_k8s_metadata_synced", labels) == 1
+        # the watch is cut and cannot come back before a change and a compaction: it resumes into 410 Gone
+        cluster.hold_watches()
+        cluster.drop_watches()
+        cluster.apply("pods", make_pod("new-1", namespace="shop", containers=[("c", "c:1", cid(42))]))
         cluster.compact()
-        cluster.end_watches()
+        cluster.release_watches()
+        wait_until(lambda: reg.get_sample_value("gotel_k8s_metadata_pods", labels) == 8)
         wait_until(lambda: reg.get_sample_value("gotel_k8s_metadata_relists_total",
                                                 {**labels, "resource": "pods", "reason": "expired"}) == 1)
     finally:
