@@ -4,7 +4,7 @@
 #   build time  --runtime --no-kernel : the Debian packages the agent runs with (BCC, a kernel header set,
 #                                       bpftool), the venv with gotel and no test extras; nothing about the
 #                                       build host's kernel.
-#   start time  --no-apt --no-venv    : links the shipped headers under /lib/modules/$(uname -r) of the node
+#   start time  --runtime --no-apt --no-venv : links the shipped headers under /lib/modules/$(uname -r) of the node
 #                                       it runs on (the DaemonSet mounts an emptyDir there) and mounts tracefs
 #                                       if the node did not. gotel's BPF programs are header-light
 #                                       (DESIGN.md section 6), so this header set compiles them on any kernel >= 5.8.
