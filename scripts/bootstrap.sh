@@ -86,7 +86,7 @@ if [ "$WANT_VENV" = 1 ]; then
   if [ "$RUNTIME" = 1 ]; then extras="."; fi
   want=$( (cat pyproject.toml setup.py; echo "$extras") | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x "$VENV/bin/gotel" ]; then
-    log "installing gotel and its test extras into $VENV"
+    if [ "$RUNTIME" = 1 ]; then log "installing gotel into $VENV"; else log "installing gotel and its test extras into $VENV"; fi
     "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
     "$VENV/bin/pip" install -q -e "$extras" 2>&1 | { grep -v -e "^WARNING: Location" -e "BuildBackendWarning" -e "^  " || true; }
     echo "$want" > "$stamp"
