@@ -1,0 +1,249 @@
+"""`prometheus` exporter: a scrape endpoint serving what the pipeline's metrics add up to.
+
+Text 0.0.4 or OpenMetrics 1.0 by content negotiation; names and labels from gotel.promconv, the
+same as the remote-write exporter. Delta temporality is accumulated into cumulative series; series
+not updated for ``metric_expiration`` drop out (the collector's default is 5 minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client import exposition as textfmt
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import exposition as omfmt
+from prometheus_client.samples import Exemplar as PExemplar
+from pydantic import Field, field_validator
+
+from gotel.component import ComponentConfig, Context, Exporter, ExporterFactory
+from gotel.duration import Duration
+from gotel.pdata import Batch, Metrics, Signal
+from gotel.promconv import ConvertOptions, Converter, Series, Stats, format_le
+from gotel.promnames import LABEL_NAME_RE, METRIC_NAME_RE
+
+OPENMETRICS_CT = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+TEXT_CT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ResourceToTelemetry(ComponentConfig):
+    enabled: bool = False
+
+
+class Config(ComponentConfig):
+    endpoint: str = Field("127.0.0.1:8889", description="host:port to serve /metrics on (loopback by default)")
+    namespace: str = ""
+    const_labels: dict[str, str] = Field(default_factory=dict)
+    send_timestamps: bool = False
+    metric_expiration: Duration = Field(300.0, description="series not updated for this long are dropped")
+    resource_to_telemetry_conversion: ResourceToTelemetry = Field(default_factory=ResourceToTelemetry)
+    enable_open_metrics: bool = Field(True, description="answer OpenMetrics (with exemplars) when asked for it")
+    without_scope_info: bool = Field(False, description="leave out otel_scope_name/otel_scope_version labels")
+    add_metric_suffixes: bool = True
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"endpoint {v!r} must be host:port, e.g. 127.0.0.1:8889")
+        return v
+
+    @field_validator("namespace")
+    @classmethod
+    def _ns(cls, v: str) -> str:
+        if v and not METRIC_NAME_RE.match(v):
+            raise ValueError(f"namespace {v!r} must match [a-zA-Z_:][a-zA-Z0-9_:]*")
+        return v
+
+    @field_validator("const_labels")
+    @classmethod
+    def _const(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not LABEL_NAME_RE.match(k) or k.startswith("__")]
+        if bad:
+            raise ValueError(f"invalid label names in const_labels: {bad} (must match [a-zA-Z_][a-zA-Z0-9_]*)")
+        return v
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """True when the Accept header asks for OpenMetrics 1.x with a non-zero weight."""
+    for part in (accept or "").split(","):
+        toks = [t.strip() for t in part.split(";")]
+        if toks[0] != "application/openmetrics-text":
+            continue
+        params = dict(t.split("=", 1) for t in toks[1:] if "=" in t)
+        if params.get("q", "1").strip() in ("0", "0.0", "0.00", "0.000"):
+            continue
+        version = params.get("version", "1.0.0")
+        if version.startswith("1.") or version == "0.0.1":
+            return True
+    return False
+
+
+class _Collector:
+    """prometheus_client collector over the converter's series: the library does the formatting."""
+
+    def __init__(self, exp: PrometheusExporter) -> None:
+        self.exp = exp
+
+    def collect(self) -> Iterator[Metric]:
+        conv = self.exp.conv
+        conv.expire()
+        ts = self.exp.cfg.send_timestamps
+        fams: dict[tuple[str, str], Metric] = {}
+        order: list[tuple[str, str]] = []
+        for s in sorted(conv.series.values(), key=lambda s: (s.family != "target_info", s.family)):
+            key = (s.family, s.kind)
+            m = fams.get(key)
+            if m is None:
+                m = _family(s)
+                if m is None:
+                    continue
+                fams[key] = m
+                order.append(key)
+            _add(m, s, ts)
+        for k in order:
+            yield fams[k]
+
+
+def _family(s: Series) -> Metric | None:
+    name = s.family
+    if s.kind == "counter":
+        name = name[:-6] if name.endswith("_total") else name
+    elif s.kind == "info":
+        name = name[:-5] if name.endswith("_info") else name
+    unit = s.unit if s.unit and name.endswith("_" + s.unit) else ""
+    try:
+        return Metric(name, s.help or "", s.kind, unit)
+    except ValueError:
+        return None
+
+
+def _ex(e: Any) -> PExemplar:
+    return PExemplar(e.labels, e.value, e.ts or None)
+
+
+def _add(m: Metric, s: Series, with_ts: bool) -> None:
+    labels = dict(s.labels)
+    t = s.ts_ms / 1000.0 if with_ts and s.ts_ms else None
+    if s.kind == "counter":
+        ex = s.exemplars.get(0)
+        m.add_sample(m.name + "_total", labels, s.value, t, _ex(ex) if ex else None)
+    elif s.kind == "gauge":
+        m.add_sample(m.name, labels, s.value, t)
+    elif s.kind == "info":
+        m.add_sample(m.name + "_info", labels, 1.0, t)
+    elif s.kind == "histogram":
+        acc = 0.0
+        for i, b in enumerate(s.bounds):
+            acc += s.counts[i] if i < len(s.counts) else 0.0
+            ex = s.exemplars.get(i)
+            m.add_sample(m.name + "_bucket", {**labels, "le": format_le(b)}, acc, t, _ex(ex) if ex else None)
+        ex = s.exemplars.get(len(s.bounds))
+        m.add_sample(m.name + "_bucket", {**labels, "le": "+Inf"}, s.count, t, _ex(ex) if ex else None)
+        if s.has_sum:
+            m.add_sample(m.name + "_sum", labels, s.sum, t)
+        m.add_sample(m.name + "_count", labels, s.count, t)
+    elif s.kind == "summary":
+        for q, v in s.quantiles:
+            m.add_sample(m.name, {**labels, "quantile": format_le(q)}, v, t)
+        m.add_sample(m.name + "_sum", labels, s.sum, t)
+        m.add_sample(m.name + "_count", labels, s.count, t)
+
+
+class PrometheusExporter(Exporter):
+    mutates = False
+
+    def __init__(self, cfg: Config, ctx: Context) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.log = ctx.logger
+        self.conv = Converter(
+            ConvertOptions(
+                namespace=cfg.namespace,
+                const_labels=dict(cfg.const_labels),
+                resource_to_telemetry=cfg.resource_to_telemetry_conversion.enabled,
+                scope_labels=not cfg.without_scope_info,
+                suffixes=cfg.add_metric_suffixes,
+            ),
+            expiration=cfg.metric_expiration,
+        )
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))  # type: ignore[arg-type]
+        self._runner: web.AppRunner | None = None
+        self._series_gauge = ctx.telemetry.gauge("prometheus_exporter_series", "Series the scrape endpoint serves.")
+        self._scrapes = ctx.telemetry.counter("prometheus_exporter_scrapes", "Scrapes served, by format.", ("format",))
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        host, _, port = self.cfg.endpoint.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        site = web.TCPSite(self._runner, host, int(port), reuse_address=True)
+        try:
+            await site.start()
+        except OSError as e:
+            await self._runner.cleanup()
+            self._runner = None
+            raise RuntimeError(f"{self.ctx.id}: cannot listen on {self.cfg.endpoint}: {e.strerror or e}") from e
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
+        self.log.info("%s: serving Prometheus metrics on http://%s:%s/metrics", self.ctx.id, host, self.port)
+
+    async def consume(self, batch: Batch) -> None:
+        assert isinstance(batch, Metrics)
+        stats = Stats()
+        self.conv.convert(batch, stats)
+        n = batch.item_count()
+        dropped = sum(stats.dropped.values())
+        for reason, k in stats.dropped.items():
+            self.ctx.telemetry.dropped(Signal.METRICS, k, reason)
+        self.ctx.telemetry.sent(Signal.METRICS, n - dropped)
+        self._series_gauge.set(len(self.conv.series))
+
+    def render(self, accept: str) -> tuple[bytes, str]:
+        """The exposition for an Accept header: (body, content type)."""
+        if self.cfg.enable_open_metrics and wants_openmetrics(accept):
+            self._scrapes.labels("openmetrics").inc()
+            return omfmt.generate_latest(self.registry, version="1.0.0"), OPENMETRICS_CT
+        self._scrapes.labels("text").inc()
+        return textfmt.generate_latest(self.registry), TEXT_CT
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        t0 = time.perf_counter()
+        body, ct = self.render(request.headers.get("Accept", ""))
+        self._series_gauge.set(len(self.conv.series))
+        if time.perf_counter() - t0 > 1.0:
+            self.log.warning("%s: rendering %d series took %.1fs", self.ctx.id, len(self.conv.series),
+                             time.perf_counter() - t0)
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = ct
+        return resp
+
+    async def shutdown(self) -> None:
+        if self._runner is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._runner.cleanup(), 5)
+            self._runner = None
+
+
+def create(signal: Signal, cfg: Config, ctx: Context) -> PrometheusExporter:
+    return PrometheusExporter(cfg, ctx)
+
+
+factory = ExporterFactory(
+    type="prometheus",
+    config=Config,
+    signals=frozenset({Signal.METRICS}),
+    description="Prometheus scrape endpoint (text 0.0.4 and OpenMetrics 1.0), 127.0.0.1:8889 by default",
+    create=create,
+)
