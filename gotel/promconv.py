@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,11 +185,18 @@ class Converter:
 
     # --- conversion ------------------------------------------------------------------------------
 
-    def convert(self, batch: Metrics, stats: Stats | None = None) -> list[Series]:
-        """Applies one batch; returns the series it touched, each with its new cumulative state."""
+    def convert(self, batch: Metrics, stats: Stats | None = None,
+                emit: Callable[[Series], None] | None = None) -> list[Series]:
+        """Applies one batch; returns the series it touched, each with its new cumulative state.
+
+        ``emit`` is called right after each update (instead of collecting), so that a caller that
+        needs every intermediate state of a series (remote-write sends each point) can take it.
+        """
         stats = stats or Stats()
         now = time.monotonic()
         touched: list[Series] = []
+        if emit is not None:
+            touched = _Emitter(emit)  # type: ignore[assignment]
         for rm in batch.peek().resource_metrics:
             base, info = self._resource(rm.resource)
             if self.opts.target_info and info and ("job" in base or "instance" in base):
@@ -342,6 +349,17 @@ class Converter:
         for k in old:
             del self.series[k]
         return len(old)
+
+
+class _Emitter(list):  # type: ignore[type-arg]
+    """A list whose append() hands the series to a callback (convert()'s emit)."""
+
+    def __init__(self, fn: Callable[[Series], None]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def append(self, s: Series) -> None:  # type: ignore[override]
+        self.fn(s)
 
 
 def _exemplar(e: Any) -> Exemplar | None:

@@ -1,0 +1,280 @@
+"""`prometheus_remote_write` exporter: remote-write 1.0 (prometheus.WriteRequest, block snappy).
+
+Conversion (names, labels, delta -> cumulative) is gotel.promconv's, shared with the scrape exporter.
+Series are sharded by their label set over ``remote_write_queue.num_consumers`` queues with one
+sender each, so samples of one series always leave in time order while several connections work in
+parallel. Queueing and retries are QueuedExporter's: 5xx retried (and 429 when
+``retry_on_http_429``), other 4xx dropped and counted with Prometheus' reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import cramjam
+from pydantic import Field, SecretStr, field_validator
+
+from gotel.clientconfig import TLSClientConfig
+from gotel.component import ComponentConfig, Context, Exporter, ExporterFactory
+from gotel.duration import Duration
+from gotel.exporterhelper import ExportError, QueueConfig, QueuedExporter, RetryConfig, Sender
+from gotel.httpclient import HTTPAuth, HTTPPoster, retry_after, short
+from gotel.pdata import Batch, Metrics, Signal
+from gotel.promconv import ConvertOptions, Converter, Series, Stats
+from gotel.promnames import LABEL_NAME_RE, METRIC_NAME_RE
+from gotel.protowire import label_pair, ld, sample
+
+HEADERS = {
+    "Content-Encoding": "snappy",
+    "Content-Type": "application/x-protobuf",
+    "X-Prometheus-Remote-Write-Version": "0.1.0",
+}
+
+
+class RemoteWriteQueue(ComponentConfig):
+    enabled: bool = True
+    queue_size: int = Field(10000, ge=1, description="requests waiting per shard")
+    num_consumers: int = Field(5, ge=1, le=64, description="shards: parallel connections, one series per shard")
+
+
+class Toggle(ComponentConfig):
+    enabled: bool = False
+
+
+class TargetInfo(ComponentConfig):
+    enabled: bool = True
+
+
+class Config(ComponentConfig):
+    endpoint: str = Field(description="remote-write URL, e.g. http://127.0.0.1:9090/api/v1/write")
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    tls: TLSClientConfig = Field(default_factory=TLSClientConfig)
+    auth: HTTPAuth = Field(default_factory=HTTPAuth)
+    timeout: Duration = Field(5.0, gt=0)
+    retry_on_failure: RetryConfig = Field(default_factory=RetryConfig)
+    remote_write_queue: RemoteWriteQueue = Field(default_factory=RemoteWriteQueue)
+    retry_on_http_429: bool = Field(False, description="the spec allows (not requires) retrying 429")
+    namespace: str = ""
+    external_labels: dict[str, str] = Field(default_factory=dict)
+    resource_to_telemetry_conversion: Toggle = Field(default_factory=Toggle)
+    target_info: TargetInfo = Field(default_factory=TargetInfo)
+    add_metric_suffixes: bool = True
+    max_batch_size_bytes: int = Field(3_000_000, ge=1024, description="uncompressed size of one request")
+    metric_expiration: Duration = Field(300.0, description="forget accumulated delta series after this")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint {v!r} must be an http:// or https:// URL (e.g. http://127.0.0.1:9090/api/v1/write)")
+        return v
+
+    @field_validator("namespace")
+    @classmethod
+    def _ns(cls, v: str) -> str:
+        if v and not METRIC_NAME_RE.match(v):
+            raise ValueError(f"namespace {v!r} must match [a-zA-Z_:][a-zA-Z0-9_:]*")
+        return v
+
+    @field_validator("external_labels")
+    @classmethod
+    def _ext(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not LABEL_NAME_RE.match(k) or k.startswith("__")]
+        if bad:
+            raise ValueError(f"invalid label names in external_labels: {bad}")
+        empty = [k for k, x in v.items() if not x]
+        if empty:
+            raise ValueError(f"external_labels must not have empty values: {empty}")
+        return v
+
+
+class WriteBatch:
+    """An encoded, compressed WriteRequest in the sending queue: what QueuedExporter needs of a batch."""
+
+    __slots__ = ("body", "points", "samples")
+
+    def __init__(self, body: bytes, points: int, samples: int) -> None:
+        self.body = body
+        self.points = points
+        self.samples = samples
+
+    def byte_size(self) -> int:
+        return len(self.body)
+
+    def item_count(self) -> int:
+        return self.points
+
+    def is_empty(self) -> bool:
+        return not self.body
+
+
+class RemoteWriteSender(Sender):
+    def __init__(self, cfg: Config) -> None:
+        headers = {**HEADERS, **{k: v.get_secret_value() for k, v in cfg.headers.items()}}
+        auth = cfg.auth.header()
+        if auth:
+            headers["Authorization"] = auth
+        self.retry_429 = cfg.retry_on_http_429
+        self.http = HTTPPoster(cfg.endpoint, headers, cfg.tls, cfg.timeout)
+
+    async def start(self) -> None:
+        await self.http.start()
+
+    async def send(self, batch: Any) -> None:
+        status, body, headers = await self.http.post(batch.body)
+        if 200 <= status < 300:
+            return
+        msg = f"remote-write answered {status}: {short(body)}"
+        if status >= 500:
+            raise ExportError(msg, retryable=True, reason=f"http_{status}", retry_after=retry_after(headers.get("Retry-After")))
+        if status == 429:
+            raise ExportError(msg, retryable=self.retry_429, reason="http_429",
+                              retry_after=retry_after(headers.get("Retry-After")))
+        raise ExportError(msg, retryable=False, reason=f"http_{status}")
+
+    async def shutdown(self) -> None:
+        await self.http.shutdown()
+
+
+SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class Encoder:
+    """Series states -> WriteRequest bodies, split by size. Label blocks are cached per series."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._labels: dict[SeriesKey, bytes] = {}
+
+    def labels(self, key: SeriesKey) -> bytes:
+        b = self._labels.get(key)
+        if b is None:
+            name, labels = key
+            pairs = sorted((("__name__", name), *labels))
+            b = b"".join(ld(b"\x0a", label_pair(n, v)) for n, v in pairs if v != "")
+            if len(self._labels) > 200_000:  # bounded: series churn must not grow memory forever
+                self._labels.clear()
+            self._labels[key] = b
+        return b
+
+    def encode(self, grouped: dict[SeriesKey, list[tuple[int, float]]]) -> list[tuple[bytes, int]]:
+        """-> [(uncompressed WriteRequest, samples)]; samples of a series sorted by time."""
+        out: list[tuple[bytes, int]] = []
+        parts: list[bytes] = []
+        size = 0
+        n = 0
+        for key, samples in grouped.items():
+            if len(samples) > 1:
+                samples.sort(key=lambda x: x[0])
+            ts = ld(b"\x0a", self.labels(key) + b"".join(sample(v, t) for t, v in samples))
+            if parts and size + len(ts) > self.max_bytes:
+                out.append((b"".join(parts), n))
+                parts, size, n = [], 0, 0
+            parts.append(ts)
+            size += len(ts)
+            n += len(samples)
+        if parts:
+            out.append((b"".join(parts), n))
+        return out
+
+
+class RemoteWriteExporter(Exporter):
+    mutates = False
+
+    def __init__(self, cfg: Config, ctx: Context) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.conv = Converter(
+            ConvertOptions(
+                namespace=cfg.namespace,
+                const_labels=dict(cfg.external_labels),
+                resource_to_telemetry=cfg.resource_to_telemetry_conversion.enabled,
+                suffixes=cfg.add_metric_suffixes,
+                target_info=cfg.target_info.enabled,
+            ),
+            expiration=cfg.metric_expiration,
+        )
+        q = cfg.remote_write_queue
+        self.nshards = q.num_consumers
+        self.encoder = Encoder(cfg.max_batch_size_bytes)
+        self.shards = [
+            QueuedExporter(
+                Signal.METRICS, ctx, RemoteWriteSender(cfg),
+                queue=QueueConfig(enabled=q.enabled, num_consumers=1, sizer="requests", queue_size=q.queue_size),
+                retry=cfg.retry_on_failure, timeout=cfg.timeout,
+            )
+            for _ in range(self.nshards)
+        ]
+        self._samples = ctx.telemetry.counter("prometheus_remote_write_samples", "Samples handed to the sending queues.")
+        self._consumed = 0
+
+    async def start(self) -> None:
+        await asyncio.gather(*(s.start() for s in self.shards))
+
+    def build(self, batch: Metrics) -> tuple[list[list[tuple[bytes, int]]], list[int], Stats]:
+        """Converts one batch: per shard, the request bodies (uncompressed) and the data points they carry."""
+        stats = Stats()
+        n = self.nshards
+        grouped: list[dict[SeriesKey, list[tuple[int, float]]]] = [{} for _ in range(n)]
+        points = [0] * n
+
+        def emit(s: Series) -> None:
+            shard = hash(s.labels) % n if n > 1 else 0
+            g = grouped[shard]
+            if s.kind != "info":
+                points[shard] += 1
+            ts = s.ts_ms
+            for name, labels, v in s.samples():
+                key = (name, labels)
+                lst = g.get(key)
+                if lst is None:
+                    g[key] = [(ts, v)]
+                else:
+                    lst.append((ts, v))
+
+        self.conv.convert(batch, stats, emit=emit)
+        self._consumed += 1
+        if self._consumed % 64 == 0:
+            self.conv.expire()
+        # target_info has no time of its own: it takes the newest sample time of its shard.
+        for g in grouped:
+            newest = max((t for lst in g.values() for t, _ in lst if t), default=0)
+            for key, lst in g.items():
+                if key[0] == "target_info":
+                    g[key] = [(newest, 1.0)] if newest else []
+            for key in [k for k, v in g.items() if not v]:
+                del g[key]
+        return [self.encoder.encode(g) for g in grouped], points, stats
+
+    async def consume(self, batch: Batch) -> None:
+        assert isinstance(batch, Metrics)
+        bodies, points, stats = self.build(batch)
+        for reason, k in stats.dropped.items():
+            self.ctx.telemetry.dropped(Signal.METRICS, k, reason)
+        for shard, reqs in enumerate(bodies):
+            left = points[shard]
+            for i, (raw, nsamples) in enumerate(reqs):
+                # Points are attributed to the last request of a shard (a point's samples may span two).
+                p = left if i == len(reqs) - 1 else 0
+                left -= p
+                self._samples.inc(nsamples)
+                body = bytes(cramjam.snappy.compress_raw(raw))
+                await self.shards[shard].consume(WriteBatch(body, p, nsamples))  # type: ignore[arg-type]
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(s.shutdown() for s in self.shards))
+
+
+def create(signal: Signal, cfg: Config, ctx: Context) -> RemoteWriteExporter:
+    return RemoteWriteExporter(cfg, ctx)
+
+
+factory = ExporterFactory(
+    type="prometheus_remote_write",
+    config=Config,
+    signals=frozenset({Signal.METRICS}),
+    description="Prometheus remote-write 1.0 (protobuf + block snappy), sharded by series",
+    aliases=("prometheusremotewrite",),
+    create=create,
+)
