@@ -6,6 +6,7 @@ retryable, what Retry-After says, and what the backend's reason was (from the bo
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import ssl
 import time
@@ -36,7 +37,8 @@ class HTTPAuth(ComponentConfig):
 
     def header(self) -> str | None:
         if self.basic is not None:
-            return aiohttp.BasicAuth(self.basic.username, self.basic.password.get_secret_value()).encode()
+            raw = f"{self.basic.username}:{self.basic.password.get_secret_value()}".encode()
+            return "Basic " + base64.b64encode(raw).decode()
         if self.bearer_token is not None:
             return "Bearer " + self.bearer_token.get_secret_value()
         return None
