@@ -105,8 +105,8 @@ class LokiServer:
         raw = await req.read()
         rec: dict[str, Any] = {"headers": dict(req.headers), "bytes": len(raw), "entries": 0}
         self.requests.append(rec)
-        if self.forced:
-            f = self.forced.pop(0)
+        f = self.forced.pop(0) if self.forced else None
+        if f is not None and f.status:  # status 0 in the script: answer normally
             rec["status"] = f.status
             return web.Response(status=f.status, text=f.body, headers=f.headers)
         if len(raw) > self.max_body:
