@@ -22,7 +22,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gotel.clientconfig import TLSClientConfig
 from gotel.component import ComponentConfig, Context, Exporter, ExporterFactory
-from gotel.duration import Duration
+from gotel.config.types import Duration
 from gotel.exporterhelper import ExportError, QueueConfig, QueuedExporter, RetryConfig, Sender
 from gotel.httpclient import HTTPAuth, HTTPPoster, retry_after, short
 from gotel.pdata import Batch, Logs, Signal, value_of

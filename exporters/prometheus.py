@@ -22,7 +22,7 @@ from prometheus_client.samples import Exemplar as PExemplar
 from pydantic import Field, field_validator
 
 from gotel.component import ComponentConfig, Context, Exporter, ExporterFactory
-from gotel.duration import Duration
+from gotel.config.types import Duration
 from gotel.pdata import Batch, Metrics, Signal
 from gotel.promconv import ConvertOptions, Converter, Series, Stats, format_le
 from gotel.promnames import LABEL_NAME_RE, METRIC_NAME_RE
