@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 _emit_json(render.trace_json(t))
             else:
-                con.print(render.waterfall(t, everything=args.all_attributes))
+                con.print(render.waterfall(t, everything=args.all_attributes, width=con.width))
         elif args.traces_cmd == "services":
             names = src.services()
             if args.json:

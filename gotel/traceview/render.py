@@ -35,6 +35,10 @@ def fmt_time(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9).astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
+def fmt_short_time(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9).astimezone().strftime("%m-%d %H:%M:%S")
+
+
 def key_attributes(s: Span, everything: bool = False) -> dict[str, Any]:
     if everything:
         return dict(sorted(s.attributes.items()))
@@ -99,7 +103,7 @@ def list_table(traces: list[Trace]) -> Table:
     for t in traces:
         r = t.root()
         err = Text(str(t.errors), style="bold red") if t.errors else Text("0", style="dim")
-        tab.add_row(t.trace_id, fmt_time(t.start_ns), fmt_duration(t.duration_ns), str(len(t.spans)), err,
+        tab.add_row(t.trace_id, fmt_short_time(t.start_ns), fmt_duration(t.duration_ns), str(len(t.spans)), err,
                     Text.assemble((r.service, "magenta"), ": ", r.name))
     return tab
 
@@ -115,37 +119,55 @@ def _bar(s: Span, t0: int, total: int, width: int) -> Text:
     return Text.assemble(("·" * start, "dim"), ("█" * length, style), ("·" * (width - start - length), "dim"))
 
 
-def waterfall(t: Trace, everything: bool = False, width: int = 32) -> Group:
+def waterfall(t: Trace, everything: bool = False, width: int = 100) -> Group:
+    """One row per span (tree, duration, timeline bar), its status and key attributes indented below.
+
+    Rows are laid out by hand rather than in a table so that long attribute lists wrap under their
+    span instead of squeezing the timeline out of a narrow terminal.
+    """
     t0, total = t.start_ns, t.duration_ns
     head = Text.assemble(("trace ", "bold"), (t.trace_id, "bold cyan"), "  ", fmt_time(t0), "  ",
                          (fmt_duration(total), "bold"), f"  {len(t.spans)} spans  ",
                          ((f"{t.errors} errors", "bold red") if t.errors else ("no errors", "green")),
                          "  services: ", (", ".join(t.services), "magenta"))
-    tab = Table(box=None, header_style="bold", pad_edge=False, show_edge=False, expand=False)
-    tab.add_column("SPAN", overflow="fold", ratio=3)
-    tab.add_column("DURATION", justify="right", no_wrap=True)
-    tab.add_column("TIMELINE", no_wrap=True)
-    tab.add_column("DETAIL", overflow="fold", ratio=4)
-    for depth, s in t.walk():
-        name = Text.assemble(("  " * depth + ("└ " if depth else ""), "dim"), (s.service, "magenta"), " ",
-                             (s.name, "bold"), (f" [{s.kind}]", "dim"))
-        detail = Text()
+    rows = t.walk()
+    bar_w = max(10, min(40, width // 4))
+    dur_w = 9
+    labels = []
+    for depth, s in rows:
+        prefix = "  " * depth + ("└ " if depth else "")
+        labels.append((prefix, s))
+    name_w = min(max(len(p) + len(s.service) + 1 + len(s.name) for p, s in labels), max(20, width - bar_w - dur_w - 4))
+    lines: list[Text] = [head, Text("")]
+    for prefix, s in labels:
+        label = Text.assemble((prefix, "dim"), (s.service, "magenta"), " ", (s.name, "bold"))
+        if len(label) > name_w:
+            label.truncate(name_w - 1)
+            label.append("…")
+        label.pad_right(name_w - len(label))
+        row = Text.assemble(label, "  ", (fmt_duration(s.duration_ns).rjust(dur_w), "bold" if s.is_error else ""),
+                            "  ", _bar(s, t0, total, bar_w))
+        row.no_wrap = True
+        row.overflow = "ellipsis"
+        lines.append(row)
+        pad = " " * (len(prefix) + 4)
+        detail = Text(pad, overflow="fold")
+        detail.append(f"{s.kind}  ", style="dim")
         if s.is_error:
             detail.append("ERROR", style="bold red")
-            if s.status_message:
-                detail.append(f" {s.status_message}", style="red")
-            detail.append("  ")
+            detail.append(f" {s.status_message}  " if s.status_message else "  ", style="red")
         for k, v in key_attributes(s, everything).items():
             detail.append(f"{k}=", style="dim")
             detail.append(f"{v}  ")
+        lines.append(detail)
         for e in s.events:
-            detail.append(f"\n  ↳ {e.name} +{fmt_duration(e.time_ns - s.start_ns)}", style="yellow")
+            ev = Text(pad + f"↳ {e.name} +{fmt_duration(e.time_ns - s.start_ns)}", style="yellow")
             if everything and e.attributes:
-                detail.append(" " + " ".join(f"{k}={v}" for k, v in e.attributes.items()), style="yellow")
+                ev.append(" " + " ".join(f"{k}={v}" for k, v in e.attributes.items()))
+            lines.append(ev)
         for lk in s.links:
-            detail.append(f"\n  ⇢ link {lk.trace_id}/{lk.span_id}", style="dim")
-        tab.add_row(name, fmt_duration(s.duration_ns), _bar(s, t0, total, width), detail)
-    return Group(head, Text(""), tab)
+            lines.append(Text(pad + f"⇢ link {lk.trace_id}/{lk.span_id}", style="dim"))
+    return Group(*lines)
 
 
 def console(no_color: bool = False) -> Console:
