@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from rich.console import Console, Group
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -138,7 +139,7 @@ def waterfall(t: Trace, everything: bool = False, width: int = 100) -> Group:
         prefix = "  " * depth + ("└ " if depth else "")
         labels.append((prefix, s))
     name_w = min(max(len(p) + len(s.service) + 1 + len(s.name) for p, s in labels), max(20, width - bar_w - dur_w - 4))
-    lines: list[Text] = [head, Text("")]
+    lines: list[Text | Padding] = [head, Text("")]
     for prefix, s in labels:
         label = Text.assemble((prefix, "dim"), (s.service, "magenta"), " ", (s.name, "bold"))
         if len(label) > name_w:
@@ -150,8 +151,8 @@ def waterfall(t: Trace, everything: bool = False, width: int = 100) -> Group:
         row.no_wrap = True
         row.overflow = "ellipsis"
         lines.append(row)
-        pad = " " * (len(prefix) + 4)
-        detail = Text(pad, overflow="fold")
+        indent = len(prefix) + 4
+        detail = Text(overflow="fold")
         detail.append(f"{s.kind}  ", style="dim")
         if s.is_error:
             detail.append("ERROR", style="bold red")
@@ -159,14 +160,14 @@ def waterfall(t: Trace, everything: bool = False, width: int = 100) -> Group:
         for k, v in key_attributes(s, everything).items():
             detail.append(f"{k}=", style="dim")
             detail.append(f"{v}  ")
-        lines.append(detail)
         for e in s.events:
-            ev = Text(pad + f"↳ {e.name} +{fmt_duration(e.time_ns - s.start_ns)}", style="yellow")
+            detail.append(f"\n↳ {e.name} +{fmt_duration(e.time_ns - s.start_ns)}", style="yellow")
             if everything and e.attributes:
-                ev.append(" " + " ".join(f"{k}={v}" for k, v in e.attributes.items()))
-            lines.append(ev)
+                detail.append(" " + " ".join(f"{k}={v}" for k, v in e.attributes.items()), style="yellow")
         for lk in s.links:
-            lines.append(Text(pad + f"⇢ link {lk.trace_id}/{lk.span_id}", style="dim"))
+            detail.append(f"\n⇢ link {lk.trace_id}/{lk.span_id}", style="dim")
+        # Padding keeps wrapped attribute lines under their span.
+        lines.append(Padding(detail, (0, 0, 0, indent)))
     return Group(*lines)
 
 
