@@ -29,6 +29,11 @@ from gotel.pdata import Batch, Logs, Signal, value_of
 from gotel.promnames import LABEL_NAME_RE, label_name
 from gotel.protowire import label_pair, ld, timestamp, varint
 
+_SMALL = [bytes([i]) for i in range(128)]
+# structuredMetadata entries for the 16-byte trace id and 8-byte span id, up to the hex value
+TRACE_PRE = b"\x1a" + bytes([2 + 8 + 2 + 32]) + b"\x0a\x08trace_id\x12\x20"
+SPAN_PRE = b"\x1a" + bytes([2 + 7 + 2 + 16]) + b"\x0a\x07span_id\x12\x10"
+
 DEFAULT_LABELS = [
     "service.name", "service.namespace", "k8s.namespace.name", "k8s.pod.name", "k8s.container.name",
     "deployment.environment.name",
@@ -257,6 +262,7 @@ class Converter:
         self.limited = ctx.telemetry.counter(
             "loki_exporter_limited", "Labels, lines and metadata cut or moved to fit Loki's limits.", ("what",))
         self.cuts: dict[str, int] = {}
+        self._pairs: dict[tuple[str, str], bytes] = {}
 
     def _cut(self, what: str, n: int = 1) -> None:
         self.cuts[what] = self.cuts.get(what, 0) + n
@@ -304,10 +310,14 @@ class Converter:
         now = time.time_ns()
         streams: dict[tuple[int, str], tuple[str, dict[str, str], list[tuple[int, bytes, Any]]]] = {}
         use_json = self.json
+        cache = self._pairs
+        secs: dict[int, bytes] = {}
         for ri, rl in enumerate(batch.peek().resource_logs):
             labels, rmeta = self._resource(rl.resource)
             rmeta_pairs = [(label_name(k), v) for k, v in rmeta]
             rmeta_bytes = b"".join(ld(b"\x1a", label_pair(k, v)) for k, v in rmeta_pairs)
+            n_rmeta = len(rmeta_pairs)
+            rmeta_size = sum(len(k) + len(v) for k, v in rmeta_pairs)
             for sl in rl.scope_logs:
                 for rec in sl.log_records:
                     ts = rec.time_unix_nano or rec.observed_time_unix_nano or now
@@ -330,27 +340,58 @@ class Converter:
                         if not lab:  # Loki rejects a stream without labels (missing_labels)
                             lab = {"service_name": "unknown_service"}
                         st = streams[key] = (selector(lab), lab, [])
-                    pairs: list[tuple[str, str]] = []
-                    for x in rec.attributes:
-                        pairs.append((label_name(x.key), _str(x.value)))
-                    if rec.trace_id:
-                        pairs.append(("trace_id", rec.trace_id.hex()))
-                    if rec.span_id:
-                        pairs.append(("span_id", rec.span_id.hex()))
-                    nsm = len(pairs) + len(rmeta_pairs)
-                    if nsm > max_sm or (max_sm_size and sum(len(k) + len(v) for k, v in pairs) > max_sm_size):
-                        pairs = self._fit_metadata(pairs, rmeta_pairs)
-                        rm_b = b""
-                        allpairs = pairs
+                    if use_json:
+                        pairs = [(label_name(x.key), _str(x.value)) for x in rec.attributes]
+                        if rec.trace_id:
+                            pairs.append(("trace_id", rec.trace_id.hex()))
+                        if rec.span_id:
+                            pairs.append(("span_id", rec.span_id.hex()))
                     else:
-                        rm_b = rmeta_bytes
-                        allpairs = rmeta_pairs + pairs if use_json else pairs
+                        pairs = None
+                    smb = None
+                    if len(rec.attributes) + 2 + n_rmeta <= max_sm:
+                        # structured metadata: repeated (name, value) pairs are encoded once and cached
+                        parts = [rmeta_bytes]
+                        size = rmeta_size
+                        for x in rec.attributes:
+                            av = x.value
+                            sv = av.string_value if av.WhichOneof("value") == "string_value" else _str(av)
+                            ck = (x.key, sv)
+                            size += len(ck[0]) + len(sv)
+                            b = cache.get(ck)
+                            if b is None:
+                                if len(cache) > 50_000:
+                                    cache.clear()
+                                b = cache[ck] = ld(b"\x1a", label_pair(label_name(x.key), sv))
+                            parts.append(b)
+                        if rec.trace_id:
+                            parts.append(TRACE_PRE + rec.trace_id.hex().encode() if len(rec.trace_id) == 16
+                                         else ld(b"\x1a", label_pair("trace_id", rec.trace_id.hex())))
+                        if rec.span_id:
+                            parts.append(SPAN_PRE + rec.span_id.hex().encode() if len(rec.span_id) == 8
+                                         else ld(b"\x1a", label_pair("span_id", rec.span_id.hex())))
+                        if not max_sm_size or size + 80 <= max_sm_size:
+                            smb = b"".join(parts)
+                            allpairs = rmeta_pairs + pairs if pairs is not None else []
+                    if smb is None:  # over Loki's count or size limit: cut, and count what was cut
+                        if pairs is None:
+                            pairs = [(label_name(x.key), _str(x.value)) for x in rec.attributes]
+                            if rec.trace_id:
+                                pairs.append(("trace_id", rec.trace_id.hex()))
+                            if rec.span_id:
+                                pairs.append(("span_id", rec.span_id.hex()))
+                        pairs = self._fit_metadata(pairs, rmeta_pairs)
+                        smb = b"".join(ld(b"\x1a", label_pair(k, v)) for k, v in pairs)
+                        allpairs = pairs
                     sec, nanos = divmod(ts, 1_000_000_000)
-                    tsb = (b"\x08" + varint(sec) if sec else b"") + (b"\x10" + varint(nanos) if nanos else b"")
+                    secb = secs.get(sec)
+                    if secb is None:
+                        secb = secs[sec] = b"\x08" + varint(sec) if sec else b""
+                    tsb = secb + (b"\x10" + varint(nanos) if nanos else b"")
                     lineb = line.encode()
                     n = len(lineb)
-                    enc = (b"\x0a" + bytes((len(tsb),)) + tsb + b"\x12" + (bytes((n,)) if n < 128 else varint(n))
-                           + lineb + rm_b + b"".join(ld(b"\x1a", label_pair(k, v)) for k, v in pairs))
+                    enc = (b"\x0a" + _SMALL[len(tsb)] + tsb + b"\x12" + (_SMALL[n] if n < 128 else varint(n))
+                           + lineb + smb)
                     row: Any = None
                     if use_json:
                         row = [str(ts), line, dict(allpairs)] if allpairs else [str(ts), line]

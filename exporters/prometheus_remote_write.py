@@ -21,9 +21,9 @@ from gotel.config.types import Duration
 from gotel.exporterhelper import ExportError, QueueConfig, QueuedExporter, RetryConfig, Sender
 from gotel.httpclient import HTTPAuth, HTTPPoster, retry_after, short
 from gotel.pdata import Batch, Metrics, Signal
-from gotel.promconv import ConvertOptions, Converter, Series, Stats
+from gotel.promconv import ConvertOptions, Converter, Series, Stats, format_le
 from gotel.promnames import LABEL_NAME_RE, METRIC_NAME_RE
-from gotel.protowire import label_pair, ld, sample
+from gotel.protowire import SampleEncoder, label_pair, ld
 
 HEADERS = {
     "Content-Encoding": "snappy",
@@ -138,42 +138,96 @@ class RemoteWriteSender(Sender):
 
 
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
+# One series' samples in a request: (timestamp ms, value) for plain series, (timestamp, values per
+# sub-series) for histograms and summaries.
+Snapshot = tuple[int, Any]
+
+
+def label_block(name: str, labels: tuple[tuple[str, str], ...]) -> bytes:
+    """The encoded labels (TimeSeries field 1, repeated) of one series: sorted, __name__ included."""
+    pairs = sorted((("__name__", name), *labels))
+    return b"".join(ld(b"\x0a", label_pair(n, v)) for n, v in pairs if v != "")
+
+
+def sub_series(s: Series) -> list[SeriesKey]:
+    """The Prometheus series a converted series is sent as, in the order of snapshot values."""
+    fam, base = s.family, s.labels
+    if s.kind == "histogram":
+        keys = [(fam + "_bucket", base + (("le", format_le(b)),)) for b in s.bounds]
+        keys.append((fam + "_bucket", base + (("le", "+Inf"),)))
+        if s.has_sum:
+            keys.append((fam + "_sum", base))
+        keys.append((fam + "_count", base))
+        return keys
+    if s.kind == "summary":
+        keys = [(fam, base + (("quantile", format_le(q)),)) for q, _ in s.quantiles]
+        return [*keys, (fam + "_sum", base), (fam + "_count", base)]
+    return [(fam, base)]
+
+
+def snapshot_values(s: Series) -> Any:
+    if s.kind in ("counter", "gauge"):
+        return s.value
+    if s.kind == "info":
+        return 1.0
+    if s.kind == "histogram":
+        vals: list[float] = []
+        acc = 0.0
+        counts = s.counts
+        for i in range(len(s.bounds)):
+            acc += counts[i]
+            vals.append(acc)
+        vals.append(s.count)
+        if s.has_sum:
+            vals.append(s.sum)
+        vals.append(s.count)
+        return vals
+    return [v for _, v in s.quantiles] + [s.sum, s.count]
 
 
 class Encoder:
-    """Series states -> WriteRequest bodies, split by size. Label blocks are cached per series."""
+    """Series snapshots -> WriteRequest bodies split by size. Label blocks are computed once per series
+    (cached on the Series) and each timestamp is encoded once per request."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._labels: dict[SeriesKey, bytes] = {}
 
-    def labels(self, key: SeriesKey) -> bytes:
-        b = self._labels.get(key)
-        if b is None:
-            name, labels = key
-            pairs = sorted((("__name__", name), *labels))
-            b = b"".join(ld(b"\x0a", label_pair(n, v)) for n, v in pairs if v != "")
-            if len(self._labels) > 200_000:  # bounded: series churn must not grow memory forever
-                self._labels.clear()
-            self._labels[key] = b
-        return b
-
-    def encode(self, grouped: dict[SeriesKey, list[tuple[int, float]]]) -> list[tuple[bytes, int]]:
+    def encode(self, grouped: dict[int, tuple[Series, list[Snapshot]]]) -> list[tuple[bytes, int]]:
         """-> [(uncompressed WriteRequest, samples)]; samples of a series sorted by time."""
         out: list[tuple[bytes, int]] = []
         parts: list[bytes] = []
         size = 0
         n = 0
-        for key, samples in grouped.items():
-            if len(samples) > 1:
-                samples.sort(key=lambda x: x[0])
-            ts = ld(b"\x0a", self.labels(key) + b"".join(sample(v, t) for t, v in samples))
-            if parts and size + len(ts) > self.max_bytes:
-                out.append((b"".join(parts), n))
-                parts, size, n = [], 0, 0
-            parts.append(ts)
-            size += len(ts)
-            n += len(samples)
+        encs: dict[int, SampleEncoder] = {}
+
+        def enc(ts: int) -> SampleEncoder:
+            e = encs.get(ts)
+            if e is None:
+                e = encs[ts] = SampleEncoder(ts)
+            return e
+
+        for s, snaps in grouped.values():
+            blocks = s.wire[1]
+            if len(snaps) > 1:
+                snaps.sort(key=lambda x: x[0])
+            if len(blocks) == 1:
+                if len(snaps) == 1:
+                    ts, v = snaps[0]
+                    msgs = [ld(b"\x0a", blocks[0] + enc(ts)(v))]
+                else:
+                    msgs = [ld(b"\x0a", blocks[0] + b"".join(enc(ts)(v) for ts, v in snaps))]
+                k = len(snaps)
+            else:
+                msgs = [ld(b"\x0a", block + b"".join(enc(ts)(vals[i]) for ts, vals in snaps))
+                        for i, block in enumerate(blocks)]
+                k = len(snaps) * len(blocks)
+            for m in msgs:
+                if parts and size + len(m) > self.max_bytes:
+                    out.append((b"".join(parts), n))
+                    parts, size, n = [], 0, 0
+                parts.append(m)
+                size += len(m)
+            n += k
         if parts:
             out.append((b"".join(parts), n))
         return out
@@ -212,39 +266,54 @@ class RemoteWriteExporter(Exporter):
     async def start(self) -> None:
         await asyncio.gather(*(s.start() for s in self.shards))
 
+    def _wire(self, s: Series) -> tuple[int, list[bytes], int]:
+        """(shard, label blocks, number of quantiles) of a series, cached on it."""
+        blocks = [label_block(name, labels) for name, labels in sub_series(s)]
+        return hash(s.labels) % self.nshards, blocks, len(s.quantiles)
+
     def build(self, batch: Metrics) -> tuple[list[list[tuple[bytes, int]]], list[int], Stats]:
         """Converts one batch: per shard, the request bodies (uncompressed) and the data points they carry."""
         stats = Stats()
         n = self.nshards
-        grouped: list[dict[SeriesKey, list[tuple[int, float]]]] = [{} for _ in range(n)]
+        grouped: list[dict[int, tuple[Series, list[Snapshot]]]] = [{} for _ in range(n)]
         points = [0] * n
+        infos: list[list[list[Snapshot]]] = [[] for _ in range(n)]
+        wire = self._wire
 
         def emit(s: Series) -> None:
-            shard = hash(s.labels) % n if n > 1 else 0
+            w = s.wire
+            if w is None or w[2] != len(s.quantiles):
+                w = s.wire = wire(s)
+            shard = w[0]
             g = grouped[shard]
-            if s.kind != "info":
-                points[shard] += 1
-            ts = s.ts_ms
-            for name, labels, v in s.samples():
-                key = (name, labels)
-                lst = g.get(key)
-                if lst is None:
-                    g[key] = [(ts, v)]
-                else:
-                    lst.append((ts, v))
+            ent = g.get(id(s))
+            if s.kind == "info":
+                if ent is None:
+                    lst: list[Snapshot] = []
+                    g[id(s)] = (s, lst)
+                    infos[shard].append(lst)
+                return
+            points[shard] += 1
+            snap = (s.ts_ms, s.value if s.kind in ("counter", "gauge") else snapshot_values(s))
+            if ent is None:
+                g[id(s)] = (s, [snap])
+            else:
+                ent[1].append(snap)
 
         self.conv.convert(batch, stats, emit=emit)
         self._consumed += 1
         if self._consumed % 64 == 0:
             self.conv.expire()
         # target_info has no time of its own: it takes the newest sample time of its shard.
-        for g in grouped:
-            newest = max((t for lst in g.values() for t, _ in lst if t), default=0)
-            for key, lst in g.items():
-                if key[0] == "target_info":
-                    g[key] = [(newest, 1.0)] if newest else []
-            for key in [k for k, v in g.items() if not v]:
-                del g[key]
+        for shard, g in enumerate(grouped):
+            if not infos[shard]:
+                continue
+            newest = max((snap[0] for _, snaps in g.values() for snap in snaps), default=0)
+            for lst in infos[shard]:
+                if newest:
+                    lst.append((newest, 1.0))
+            for k in [k for k, (_, snaps) in g.items() if not snaps]:
+                del g[k]
         return [self.encoder.encode(g) for g in grouped], points, stats
 
     async def consume(self, batch: Batch) -> None:

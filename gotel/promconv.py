@@ -50,7 +50,8 @@ def attr_labels(kvs: Any) -> dict[str, str]:
     collided: dict[str, list[tuple[str, str]]] | None = None
     for x in kvs:
         name = label_name(x.key)
-        v = value_str(x.value)
+        av = x.value
+        v = av.string_value if av.WhichOneof("value") == "string_value" else value_str(av)
         if name in out:
             if collided is None:
                 collided = {}
@@ -99,6 +100,7 @@ class Series:
     quantiles: list[tuple[float, float]] = field(default_factory=list)
     exemplars: dict[int, Exemplar] = field(default_factory=dict)  # bucket index (or 0) -> exemplar
     seen: float = 0.0  # monotonic time of the last update
+    wire: Any = None  # an exporter's cached encoding of this series' labels (remote-write)
 
     def key(self) -> tuple[str, Labels]:
         return (self.family, self.labels)
@@ -315,13 +317,21 @@ class Converter:
         fcounts = [float(c) for c in counts]
         while len(fcounts) < len(tb) + 1:
             fcounts.append(0.0)
-        if s is None or not delta or s.bounds != tb:
-            if s is not None and delta and s.bounds != tb:
+        has_sum = dp.HasField("sum")
+        if s is None or s.bounds != tb or s.has_sum != has_sum:
+            if s is not None and delta:
                 stats.drop("histogram_bounds_changed")  # restart the accumulation with the new layout
             s = Series(fam, "histogram", m.description, unit_for_family(fam, m.unit), labels, ts,
                        dp.start_time_unix_nano // 1_000_000, bounds=tb, counts=fcounts,
-                       sum=dp.sum, count=float(dp.count), has_sum=dp.HasField("sum"))
+                       sum=dp.sum, count=float(dp.count), has_sum=has_sum)
             self.series[key] = s
+        elif not delta:
+            s.counts = fcounts
+            s.sum = dp.sum
+            s.count = float(dp.count)
+            s.ts_ms = ts
+            s.start_ms = dp.start_time_unix_nano // 1_000_000
+            s.exemplars.clear()
         else:
             s.counts = [a + b for a, b in zip(s.counts, fcounts, strict=False)]
             s.sum += dp.sum

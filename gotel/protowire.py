@@ -15,6 +15,12 @@ def varint(n: int) -> bytes:
     """Unsigned varint; negative int64 is encoded as its 64-bit two's complement (10 bytes)."""
     if 0 <= n < 128:
         return _SMALL[n]
+    if 0 < n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    if 0 < n < 0x200000:
+        return bytes((n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, n >> 14))
+    if 0 < n < 0x10000000:
+        return bytes((n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, (n >> 14) & 0x7F | 0x80, n >> 21))
     if n < 0:
         n += 1 << 64
     out = bytearray()
@@ -40,6 +46,20 @@ def label_pair(name: str, value: str) -> bytes:
     nb = name.encode()
     vb = value.encode()
     return ld(b"\x0a", nb) + ld(b"\x12", vb)
+
+
+class SampleEncoder:
+    """prometheus.Sample fields for one timestamp: prefix + double + suffix, the timestamp encoded once."""
+
+    __slots__ = ("pre", "post")
+
+    def __init__(self, ts_ms: int) -> None:
+        tsb = varint(ts_ms)
+        self.pre = b"\x12" + _SMALL[10 + len(tsb)] + b"\x09"
+        self.post = b"\x10" + tsb
+
+    def __call__(self, value: float) -> bytes:
+        return self.pre + _pack_double(value) + self.post
 
 
 def sample(value: float, ts_ms: int) -> bytes:

@@ -233,3 +233,16 @@ async def test_secrets_do_not_reach_logs(server: LokiServer, caplog: pytest.LogC
     assert "s3cr3t-token" not in caplog.text
     assert "s3cr3t-token" not in repr(cfg)
     await asyncio.sleep(0)
+
+
+async def test_structured_metadata_fitted_to_limits(server: LokiServer) -> None:
+    b = logs(2)
+    rec = b.msg.resource_logs[0].scope_logs[0].log_records[0]
+    rec.attributes.extend(attrs({f"extra.{i}": "v" for i in range(200)}))
+    ctx = await run(loki.Config(endpoint=server.url + "/loki/api/v1/push"), b)
+    got = server.entries()
+    assert len(got) == 2
+    assert len(got[0][1].metadata) == 128 and got[0][1].metadata["http_route"] == "/cart"
+    # 2 record attributes + 200 extra + trace/span ids + 2 resource leftovers = 206; 128 kept
+    assert metric_value(ctx, "gotel_loki_exporter_limited_total", what="structured_metadata_dropped") == 206 - 128
+    assert len(got[1][1].metadata) == 6
