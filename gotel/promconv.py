@@ -101,6 +101,7 @@ class Series:
     exemplars: dict[int, Exemplar] = field(default_factory=dict)  # bucket index (or 0) -> exemplar
     seen: float = 0.0  # monotonic time of the last update
     wire: Any = None  # an exporter's cached encoding of this series' labels (remote-write)
+    dead: bool = False  # expired: a cached reference must look it up again
 
     def key(self) -> tuple[str, Labels]:
         return (self.family, self.labels)
@@ -160,6 +161,10 @@ class Converter:
         self.expiration = expiration
         self.series: dict[tuple[str, Labels], Series] = {}
         self.const = tuple(sorted((label_name(k), v) for k, v in opts.const_labels.items()))
+        # (family, resource+scope labels, raw attribute pairs) -> series: the hot path skips
+        # sanitising, merging and sorting labels for a series it has seen before.
+        self._fast: dict[tuple[str, Labels, tuple[tuple[str, str], ...]], Series] = {}
+        self._ckey: Labels = ()
 
     # --- resource / scope ----------------------------------------------------------------------
 
@@ -216,6 +221,7 @@ class Converter:
                         common["otel_scope_version"] = sm.scope.version
                 for k, v in self.const:
                     common.setdefault(k, v)
+                self._ckey = tuple(sorted(common.items()))
                 for m in sm.metrics:
                     self._metric(m, common, now, touched, stats)
         return touched
@@ -279,18 +285,42 @@ class Converter:
         else:
             stats.drop("empty_metric")
 
+    def _lookup(self, fam: str, attrs_: Any, common: dict[str, str]) -> tuple[Any, Series | None, Labels]:
+        """(fast key, known series or None, labels when not known)."""
+        if attrs_:
+            pairs = []
+            for x in attrs_:
+                av = x.value
+                pairs.append((x.key, av.string_value if av.WhichOneof("value") == "string_value" else value_str(av)))
+            ak = tuple(pairs)
+        else:
+            ak = ()
+        fk = (fam, self._ckey, ak)
+        s = self._fast.get(fk)
+        if s is not None and not s.dead:
+            return fk, s, s.labels
+        labels = self._labels(attrs_, common)
+        s = self.series.get((fam, labels))
+        if s is not None:
+            self._remember(fk, s)
+        return fk, s, labels
+
+    def _remember(self, fk: Any, s: Series) -> None:
+        if len(self._fast) > 200_000:
+            self._fast.clear()
+        self._fast[fk] = s
+
     def _number(self, fam: str, pkind: str, m: Any, dp: Any, common: dict[str, str], now: float,
                 touched: list[Series], delta: bool) -> None:
-        labels = self._labels(dp.attributes, common)
+        fk, s, labels = self._lookup(fam, dp.attributes, common)
         v = dp.as_double if dp.WhichOneof("value") == "as_double" else float(dp.as_int)
         ts = dp.time_unix_nano // 1_000_000
-        key = (fam, labels)
-        s = self.series.get(key)
         if s is None:
             om_fam = fam[:-6] if pkind == "counter" and fam.endswith("_total") else fam
             s = Series(fam, pkind, m.description, unit_for_family(om_fam, m.unit), labels, ts,
                        dp.start_time_unix_nano // 1_000_000)
-            self.series[key] = s
+            self.series[(fam, labels)] = s
+            self._remember(fk, s)
             s.value = v
         elif delta:
             if ts < s.ts_ms:  # late delta: counted into the total, but time does not go back
@@ -309,10 +339,9 @@ class Converter:
 
     def _histogram(self, fam: str, m: Any, dp: Any, bounds: list[float], counts: list[Any],
                    common: dict[str, str], now: float, touched: list[Series], delta: bool, stats: Stats) -> None:
-        labels = self._labels(dp.attributes, common)
+        fk, s, labels = self._lookup(fam, dp.attributes, common)
         ts = dp.time_unix_nano // 1_000_000
         key = (fam, labels)
-        s = self.series.get(key)
         tb = tuple(float(b) for b in bounds)
         fcounts = [float(c) for c in counts]
         while len(fcounts) < len(tb) + 1:
@@ -325,6 +354,7 @@ class Converter:
                        dp.start_time_unix_nano // 1_000_000, bounds=tb, counts=fcounts,
                        sum=dp.sum, count=float(dp.count), has_sum=has_sum)
             self.series[key] = s
+            self._remember(fk, s)
         elif not delta:
             s.counts = fcounts
             s.sum = dp.sum
@@ -357,7 +387,7 @@ class Converter:
         now = time.monotonic() if now is None else now
         old = [k for k, s in self.series.items() if now - s.seen > self.expiration]
         for k in old:
-            del self.series[k]
+            self.series.pop(k).dead = True
         return len(old)
 
 
