@@ -27,7 +27,7 @@ from gotel.exporterhelper import ExportError, QueueConfig, QueuedExporter, Retry
 from gotel.httpclient import HTTPAuth, HTTPPoster, retry_after, short
 from gotel.pdata import Batch, Logs, Signal, value_of
 from gotel.promnames import LABEL_NAME_RE, label_name
-from gotel.protowire import label_pair, ld, timestamp, varint
+from gotel.protowire import label_pair, ld, varint
 
 _SMALL = [bytes([i]) for i in range(128)]
 # structuredMetadata entries for the 16-byte trace id and 8-byte span id, up to the hex value

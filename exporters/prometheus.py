@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 from gotel.component import ComponentConfig, Context, Exporter, ExporterFactory
 from gotel.config.types import Duration
 from gotel.pdata import Batch, Metrics, Signal
-from gotel.promconv import ConvertOptions, Converter, Series, Stats, format_le
+from gotel.promconv import Converter, ConvertOptions, Series, Stats, format_le
 from gotel.promnames import LABEL_NAME_RE, METRIC_NAME_RE
 
 OPENMETRICS_CT = "application/openmetrics-text; version=1.0.0; charset=utf-8"

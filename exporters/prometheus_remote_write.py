@@ -21,7 +21,7 @@ from gotel.config.types import Duration
 from gotel.exporterhelper import ExportError, QueueConfig, QueuedExporter, RetryConfig, Sender
 from gotel.httpclient import HTTPAuth, HTTPPoster, retry_after, short
 from gotel.pdata import Batch, Metrics, Signal
-from gotel.promconv import ConvertOptions, Converter, Series, Stats, format_le
+from gotel.promconv import Converter, ConvertOptions, Series, Stats, format_le
 from gotel.promnames import LABEL_NAME_RE, METRIC_NAME_RE
 from gotel.protowire import SampleEncoder, label_pair, ld
 

@@ -191,7 +191,7 @@ class JaegerSource:
                 why = str(reason)
             raise SourceError(f"cannot reach Jaeger's query service at {self.base}: {why}. Is Jaeger running, "
                               "and is this its query/UI port (16686)?") from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise SourceError(f"Jaeger's query service at {self.base} did not answer within {self.timeout:g}s") from None
         try:
             return _json_docs(body)

@@ -39,16 +39,17 @@ class Prometheus:
         self.log = os.path.join(self.dir, "prometheus.log")
 
     def start(self, timeout: float = 30.0) -> Prometheus:
-        logf = open(self.log, "wb")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={self.dir}/prometheus.yml", f"--storage.tsdb.path={self.dir}/data",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-remote-write-receiver",
-             "--enable-feature=exemplar-storage", "--log.level=warn"],
-            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log, "wb") as logf:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [PROMETHEUS, f"--config.file={self.dir}/prometheus.yml", f"--storage.tsdb.path={self.dir}/data",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-remote-write-receiver",
+                 "--enable-feature=exemplar-storage", "--log.level=warn"],
+                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {open(self.log).read()[-2000:]}")
+                with open(self.log) as f:
+                    raise RuntimeError(f"prometheus exited: {f.read()[-2000:]}")
             try:
                 with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:
                     if r.status == 200:
