@@ -71,6 +71,7 @@ class LokiServer:
         self.streams: dict[tuple[tuple[str, str], ...], Stream] = {}
         self.requests: list[dict[str, Any]] = []  # one per POST: headers, status, entries
         self.forced: list[Forced] = []
+        self.otlp_requests: list[Any] = []
         self.max_body = max_body
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -82,6 +83,7 @@ class LokiServer:
     async def start(self) -> LokiServer:
         app = web.Application(client_max_size=1 << 30)
         app.router.add_post("/loki/api/v1/push", self._push)
+        app.router.add_post("/otlp/v1/logs", self._otlp)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -100,6 +102,29 @@ class LokiServer:
         return [(s.labels, e) for s in self.streams.values() for e in s.entries]
 
     # --- protocol -------------------------------------------------------------------------------
+
+    async def _otlp(self, req: web.Request) -> web.Response:
+        """Loki 3's native OTLP endpoint: ExportLogsServiceRequest (protobuf; aiohttp undoes gzip)."""
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+            ExportLogsServiceRequest,
+            ExportLogsServiceResponse,
+        )
+
+        raw = await req.read()
+        rec: dict[str, Any] = {"headers": dict(req.headers), "bytes": len(raw), "otlp": True}
+        self.requests.append(rec)
+        if req.headers.get("Content-Type", "").split(";")[0] != "application/x-protobuf":
+            rec["status"] = 415
+            return web.Response(status=415, text="unsupported content type")
+        msg = ExportLogsServiceRequest()
+        try:
+            msg.ParseFromString(raw)
+        except Exception:
+            rec["status"] = 400
+            return web.Response(status=400, text="cannot parse OTLP logs")
+        self.otlp_requests.append(msg)
+        rec["status"] = 200
+        return web.Response(body=ExportLogsServiceResponse().SerializeToString(), content_type="application/x-protobuf")
 
     async def _push(self, req: web.Request) -> web.Response:
         raw = await req.read()

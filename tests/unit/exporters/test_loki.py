@@ -246,3 +246,15 @@ async def test_structured_metadata_fitted_to_limits(server: LokiServer) -> None:
     # 2 record attributes + 200 extra + trace/span ids + 2 resource leftovers = 206; 128 kept
     assert metric_value(ctx, "gotel_loki_exporter_limited_total", what="structured_metadata_dropped") == 206 - 128
     assert len(got[1][1].metadata) == 6
+
+
+async def test_otlp_mode_uses_lokis_native_endpoint(server: LokiServer) -> None:
+    cfg = loki.Config(endpoint=server.url + "/otlp", mode="otlp", tenant_id="team-b",
+                      auth={"bearer_token": "tok"})  # type: ignore[arg-type]
+    ctx = await run(cfg, logs(5))
+    assert len(server.otlp_requests) == 1
+    recs = [r for rl in server.otlp_requests[0].resource_logs for sl in rl.scope_logs for r in sl.log_records]
+    assert [r.body.string_value for r in recs] == [f"request {i} done" for i in range(5)]
+    h = server.requests[0]["headers"]
+    assert h["X-Scope-OrgID"] == "team-b" and h["Authorization"] == "Bearer tok"
+    assert metric_value(ctx, "gotel_exporter_sent_items_total") == 5
