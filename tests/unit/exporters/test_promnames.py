@@ -75,3 +75,14 @@ def test_hand_encoding_matches_generated_classes() -> None:
     ts.samples.add(value=1.5, timestamp=1_700_000_000_123)
     mine = ld(b"\x0a", label_pair("__name__", "x")) + ld(b"\x0a", label_pair("job", "é" * 100)) + sample(1.5, 1_700_000_000_123)
     assert mine == ts.SerializeToString()
+
+
+def test_example_configs_validate() -> None:
+    from pathlib import Path
+
+    from gotel.config import load_config
+
+    root = Path(__file__).resolve().parents[3] / "config" / "examples"
+    for name in ("backends.yaml", "loki-otlp.yaml"):
+        cfg = load_config(str(root / name), env={"LOKI_USER": "u", "LOKI_PASSWORD": "p"})
+        assert cfg.exporters, name
