@@ -10,6 +10,7 @@ parallel. Queueing and retries are QueuedExporter's: 5xx retried (and 429 when
 from __future__ import annotations
 
 import asyncio
+from itertools import accumulate
 from typing import Any
 
 import cramjam
@@ -23,7 +24,7 @@ from gotel.httpclient import HTTPAuth, HTTPPoster, retry_after, short
 from gotel.pdata import Batch, Metrics, Signal
 from gotel.promconv import Converter, ConvertOptions, Series, Stats, format_le
 from gotel.promnames import LABEL_NAME_RE, METRIC_NAME_RE
-from gotel.protowire import SampleEncoder, label_pair, ld
+from gotel.protowire import SampleEncoder, label_pair, ld, pack_double, varint
 
 HEADERS = {
     "Content-Encoding": "snappy",
@@ -171,12 +172,7 @@ def snapshot_values(s: Series) -> Any:
     if s.kind == "info":
         return 1.0
     if s.kind == "histogram":
-        vals: list[float] = []
-        acc = 0.0
-        counts = s.counts
-        for i in range(len(s.bounds)):
-            acc += counts[i]
-            vals.append(acc)
+        vals: list[float] = list(accumulate(s.counts[: len(s.bounds)]))
         vals.append(s.count)
         if s.has_sum:
             vals.append(s.sum)
@@ -199,6 +195,7 @@ class Encoder:
         size = 0
         n = 0
         encs: dict[int, SampleEncoder] = {}
+        pack = pack_double
 
         def enc(ts: int) -> SampleEncoder:
             e = encs.get(ts)
@@ -208,18 +205,27 @@ class Encoder:
 
         for s, snaps in grouped.values():
             blocks = s.wire[1]
-            if len(snaps) > 1:
-                snaps.sort(key=lambda x: x[0])
-            if len(blocks) == 1:
-                if len(snaps) == 1:
-                    ts, v = snaps[0]
-                    msgs = [ld(b"\x0a", blocks[0] + enc(ts)(v))]
+            if len(snaps) == 1:
+                # The common case: one sample per series. Each sub-series' TimeSeries header (tag,
+                # length, labels) depends only on the sample's encoded size, so it is cached.
+                ts, v = snaps[0]
+                e = enc(ts)
+                hdrs = s.wire[3].get(e.size)
+                if hdrs is None:
+                    hdrs = s.wire[3][e.size] = [b"\x0a" + varint(len(b) + e.size) + b for b in blocks]
+                pre, post = e.pre, e.post
+                if len(blocks) == 1:
+                    msgs = [hdrs[0] + pre + pack(v) + post]
                 else:
-                    msgs = [ld(b"\x0a", blocks[0] + b"".join(enc(ts)(v) for ts, v in snaps))]
-                k = len(snaps)
+                    msgs = [h + pre + pack(x) + post for h, x in zip(hdrs, v, strict=False)]
+                k = len(blocks)
             else:
-                msgs = [ld(b"\x0a", block + b"".join(enc(ts)(vals[i]) for ts, vals in snaps))
-                        for i, block in enumerate(blocks)]
+                snaps.sort(key=lambda x: x[0])
+                if len(blocks) == 1:
+                    msgs = [ld(b"\x0a", blocks[0] + b"".join(enc(ts)(v) for ts, v in snaps))]
+                else:
+                    msgs = [ld(b"\x0a", block + b"".join(enc(ts)(vals[i]) for ts, vals in snaps))
+                            for i, block in enumerate(blocks)]
                 k = len(snaps) * len(blocks)
             for m in msgs:
                 if parts and size + len(m) > self.max_bytes:
@@ -266,10 +272,10 @@ class RemoteWriteExporter(Exporter):
     async def start(self) -> None:
         await asyncio.gather(*(s.start() for s in self.shards))
 
-    def _wire(self, s: Series) -> tuple[int, list[bytes], int]:
-        """(shard, label blocks, number of quantiles) of a series, cached on it."""
+    def _wire(self, s: Series) -> tuple[int, list[bytes], int, dict[int, list[bytes]]]:
+        """(shard, label blocks, number of quantiles, headers by sample size) of a series, cached on it."""
         blocks = [label_block(name, labels) for name, labels in sub_series(s)]
-        return hash(s.labels) % self.nshards, blocks, len(s.quantiles)
+        return hash(s.labels) % self.nshards, blocks, len(s.quantiles), {}
 
     def build(self, batch: Metrics) -> tuple[list[list[tuple[bytes, int]]], list[int], Stats]:
         """Converts one batch: per shard, the request bodies (uncompressed) and the data points they carry."""

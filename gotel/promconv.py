@@ -163,8 +163,9 @@ class Converter:
         self.const = tuple(sorted((label_name(k), v) for k, v in opts.const_labels.items()))
         # (family, resource+scope labels, raw attribute pairs) -> series: the hot path skips
         # sanitising, merging and sorting labels for a series it has seen before.
-        self._fast: dict[tuple[str, Labels, tuple[tuple[str, str], ...]], Series] = {}
-        self._ckey: Labels = ()
+        self._fast: dict[tuple[str, int, tuple[tuple[str, str], ...]], Series] = {}
+        self._ckeys: dict[Labels, int] = {}  # resource+scope label sets, numbered (cheap to hash)
+        self._ckey = 0
 
     # --- resource / scope ----------------------------------------------------------------------
 
@@ -221,7 +222,14 @@ class Converter:
                         common["otel_scope_version"] = sm.scope.version
                 for k, v in self.const:
                     common.setdefault(k, v)
-                self._ckey = tuple(sorted(common.items()))
+                ck = tuple(sorted(common.items()))
+                cid = self._ckeys.get(ck)
+                if cid is None:
+                    if len(self._ckeys) > 100_000:
+                        self._ckeys.clear()
+                        self._fast.clear()
+                    cid = self._ckeys[ck] = len(self._ckeys)
+                self._ckey = cid
                 for m in sm.metrics:
                     self._metric(m, common, now, touched, stats)
         return touched
@@ -258,7 +266,7 @@ class Converter:
             fam = metric_name(m.name, m.unit, "histogram", o.namespace, o.suffixes)
             delta = h.aggregation_temporality == DELTA
             for dp in h.data_points:
-                self._histogram(fam, m, dp, list(dp.explicit_bounds), list(dp.bucket_counts), common, now, touched,
+                self._histogram(fam, m, dp, dp.explicit_bounds, dp.bucket_counts, common, now, touched,
                                 delta, stats)
         elif kind == "exponential_histogram":
             h = m.exponential_histogram
@@ -342,10 +350,10 @@ class Converter:
         fk, s, labels = self._lookup(fam, dp.attributes, common)
         ts = dp.time_unix_nano // 1_000_000
         key = (fam, labels)
-        tb = tuple(float(b) for b in bounds)
-        fcounts = [float(c) for c in counts]
-        while len(fcounts) < len(tb) + 1:
-            fcounts.append(0.0)
+        tb = tuple(bounds)
+        fcounts = list(counts)
+        if len(fcounts) < len(tb) + 1:
+            fcounts.extend([0] * (len(tb) + 1 - len(fcounts)))
         has_sum = dp.HasField("sum")
         if s is None or s.bounds != tb or s.has_sum != has_sum:
             if s is not None and delta:

@@ -9,6 +9,7 @@ import struct
 
 _SMALL = [bytes([i]) for i in range(128)]
 _pack_double = struct.Struct("<d").pack
+pack_double = _pack_double
 
 
 def varint(n: int) -> bytes:
@@ -51,12 +52,13 @@ def label_pair(name: str, value: str) -> bytes:
 class SampleEncoder:
     """prometheus.Sample fields for one timestamp: prefix + double + suffix, the timestamp encoded once."""
 
-    __slots__ = ("pre", "post")
+    __slots__ = ("pre", "post", "size")
 
     def __init__(self, ts_ms: int) -> None:
         tsb = varint(ts_ms)
         self.pre = b"\x12" + _SMALL[10 + len(tsb)] + b"\x09"
         self.post = b"\x10" + tsb
+        self.size = 12 + len(tsb)  # the whole samples field: tag, length, 9 + 1 + len(tsb)
 
     def __call__(self, value: float) -> bytes:
         return self.pre + _pack_double(value) + self.post
