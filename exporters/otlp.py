@@ -14,6 +14,7 @@ import grpc
 import grpc.aio
 from pydantic import Field, model_validator
 
+from gotel import __version__
 from gotel.clientconfig import ClientConfig
 from gotel.component import Context, Exporter, ExporterFactory
 from gotel.exporterhelper import ExportError, QueuedExporter, Sender
@@ -78,7 +79,7 @@ def make_channel(cfg: Config) -> grpc.aio.Channel:
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", cfg.max_send_msg_size_mib << 20),
         ("grpc.max_receive_message_length", 4 << 20),
-        ("grpc.primary_user_agent", "gotel"),
+        ("grpc.primary_user_agent", f"gotel/{__version__}"),
         # A backend that was down must be found again within seconds, not grpc's default two minutes.
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.min_reconnect_backoff_ms", 200),

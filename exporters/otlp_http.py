@@ -8,6 +8,7 @@ status as reason. Queueing and retries are gotel.exporterhelper's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zlib
 from typing import Literal
@@ -16,6 +17,7 @@ import aiohttp
 from pydantic import Field, model_validator
 from yarl import URL
 
+from gotel import __version__
 from gotel.clientconfig import ClientConfig
 from gotel.component import Context, Exporter, ExporterFactory
 from gotel.exporterhelper import ExportError, QueuedExporter, Sender
@@ -34,6 +36,12 @@ from gotel.pdata import Batch, Signal
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 GZIP_LEVEL = 6
+OFFLOAD_BYTES = 256 << 10
+
+
+def _gzip(data: bytes) -> bytes:
+    c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    return c.compress(data) + c.flush()
 
 
 class Config(ClientConfig):
@@ -57,11 +65,14 @@ class Config(ClientConfig):
         return self
 
     def url_for(self, signal: Signal) -> str:
+        signal = Signal(signal)
         own = getattr(self, f"{signal.value}_endpoint")
         if own:
             return str(own)
         if not self.endpoint:
             raise ValueError(f"no endpoint for {signal}: set endpoint or {signal.value}_endpoint")
+        if unix_path(self.endpoint) is not None:
+            return self.endpoint  # a socket path: the signal's default path is used on it
         return self.endpoint.rstrip("/") + WIRE[signal].http_path
 
 
@@ -83,7 +94,7 @@ class HttpSender(Sender):
         self._json = cfg.encoding == "json"
         self._headers = {
             "Content-Type": CONTENT_JSON if self._json else CONTENT_PROTOBUF,
-            "User-Agent": "gotel",
+            "User-Agent": f"gotel/{__version__}",
             **cfg.header_values(),
         }
         if cfg.compression == "gzip":
@@ -103,18 +114,20 @@ class HttpSender(Sender):
             auto_decompress=True,
         )
 
-    def _body(self, batch: Batch) -> bytes:
+    async def _body(self, batch: Batch) -> bytes:
         body = message_to_json(batch.peek()) if self._json else batch.to_bytes()
         if self.cfg.compression == "gzip":
-            c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: gzip container
-            body = c.compress(body) + c.flush()
+            if len(body) >= OFFLOAD_BYTES:
+                # zlib releases the GIL: a large batch compresses on another core, not in the event loop
+                return await asyncio.to_thread(_gzip, body)
+            return _gzip(body)
         return body
 
     async def send(self, batch: Batch) -> None:
         if self._session is None:
             await self.start()
         assert self._session is not None
-        body = self._body(batch)
+        body = await self._body(batch)
         try:
             async with self._session.post(self.url, data=body, headers=self._headers, allow_redirects=False) as resp:
                 data = await resp.read()

@@ -7,7 +7,6 @@ endpoint parsing (``unix://`` sockets) and the HTTP ``Retry-After`` header.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import email.utils
 import json
@@ -27,6 +26,7 @@ from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 i
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from gotel import otlpjson
 from gotel.pdata import Signal, batch_type
 
 
@@ -78,43 +78,11 @@ def partial_success(signal: Signal, response: Message) -> tuple[int, str] | None
     return rejected, str(ps.error_message)
 
 
-# --- OTLP/JSON -------------------------------------------------------------------------------------
-# The OTLP/JSON mapping differs from the proto3 canonical JSON in one way that matters: trace and span
-# ids are hex strings, not base64. Enums are integers; field names lowerCamelCase (both accepted).
-
-_ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
-
-
-def _walk_ids(node: Any, conv: Any) -> None:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k in _ID_KEYS and isinstance(v, str):
-                node[k] = conv(v)
-            else:
-                _walk_ids(v, conv)
-    elif isinstance(node, list):
-        for x in node:
-            _walk_ids(x, conv)
-
-
-def _b64_to_hex(v: str) -> str:
-    return base64.b64decode(v).hex()
-
-
-def _hex_to_b64(v: str) -> str:
-    if v == "":
-        return v
-    try:
-        raw = bytes.fromhex(v)
-    except ValueError as e:
-        raise ValueError(f"invalid hex id {v[:40]!r}: {e}") from None
-    return base64.b64encode(raw).decode()
+# --- OTLP/JSON (gotel.otlpjson does the mapping; this adds the receiver's error messages) ----------
 
 
 def message_to_json(msg: Message) -> bytes:
-    d = json_format.MessageToDict(msg, use_integers_for_enums=True, preserving_proto_field_name=False)
-    _walk_ids(d, _b64_to_hex)
-    return json.dumps(d, separators=(",", ":")).encode()
+    return otlpjson.to_json(msg).encode()
 
 
 def json_to_message(data: bytes, msg: Message) -> Message:
@@ -125,10 +93,9 @@ def json_to_message(data: bytes, msg: Message) -> Message:
         raise ValueError(f"invalid JSON: {e}") from None
     if not isinstance(d, dict):
         raise ValueError("invalid OTLP/JSON: the top level must be an object")
-    _walk_ids(d, _hex_to_b64)
     try:
-        json_format.ParseDict(d, msg, ignore_unknown_fields=True)
-    except (json_format.ParseError, binascii.Error) as e:
+        otlpjson.from_dict(d, msg)
+    except (json_format.ParseError, binascii.Error, ValueError, TypeError) as e:
         raise ValueError(f"invalid OTLP/JSON: {e}") from None
     return msg
 

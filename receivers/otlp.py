@@ -13,6 +13,7 @@ import fnmatch
 import logging
 import os
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ import aiohttp
 import grpc
 import grpc.aio
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import Field, model_validator
 
 from gotel.component import (
@@ -150,11 +152,21 @@ class OTLPReceiver(Receiver):
         self._sockets: list[str] = []
         self.grpc_port: int | None = None  # the bound TCP ports (useful with port 0)
         self.http_port: int | None = None
+        self._last_log = 0.0
         self._malformed = ctx.telemetry.counter(
             "otlp_receiver_rejected_requests", "Requests the otlp receiver refused, by reason.", ("signal", "reason")
         )
 
     # --- the part both protocols share -----------------------------------------------------------
+
+    def _log_rejected(self, signal: Signal, r: Rejected, peer: str) -> None:
+        """One line a second at most: a sender stuck on bad data must not flood the log."""
+        if r.code == grpc.StatusCode.UNAVAILABLE:
+            return  # back-pressure is reported by whoever refused (memory_limiter) and counted here
+        now = time.monotonic()
+        if now - self._last_log >= 1.0:
+            self._last_log = now
+            self.log.warning("%s: refused a %s request from %s: %s", self.ctx.id, signal, peer or "?", r.message)
 
     def _decode(self, signal: Signal, body: bytes, json_body: bool) -> Batch:
         try:
@@ -200,6 +212,7 @@ class OTLPReceiver(Receiver):
             try:
                 await self._push(signal, self._decode(signal, request, False), md)
             except Rejected as r:
+                self._log_rejected(signal, r, context.peer())
                 st = rpc_status(r.code.value[0], r.message, r.retry_after)
                 await context.abort(r.code, r.message, trailing_metadata=((STATUS_DETAILS_KEY, st.SerializeToString()),))
             return b""  # an empty Export*ServiceResponse: full success
@@ -283,12 +296,15 @@ class OTLPReceiver(Receiver):
                         grpc.StatusCode.RESOURCE_EXHAUSTED, 413,
                         f"request body larger than max_request_body_size ({max_body} bytes)",
                     ) from None
-                except (aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError, ValueError) as e:
+                except (RequestPayloadError, aiohttp.http_exceptions.HttpProcessingError, ValueError) as e:
                     self._malformed.labels(signal.value, "bad_body").inc()
-                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, 400, f"unreadable body ({enc or 'identity'}): {e}") from None
+                    raise Rejected(
+                        grpc.StatusCode.INVALID_ARGUMENT, 400, f"unreadable body ({enc or 'identity'}): {str(e).strip()}"
+                    ) from None
                 md = {k.lower(): v for k, v in request.headers.items()}
                 await self._push(signal, self._decode(signal, body, json_body), md)
             except Rejected as r:
+                self._log_rejected(signal, r, str(request.remote or ""))
                 return self._cors(request, self._http_error(r, json_body))
             if json_body:
                 return self._cors(request, web.Response(body=b"{}", content_type=CONTENT_JSON))
