@@ -101,6 +101,9 @@ class HTTPPoster:
             async with self._session.post(self.url, data=body, headers=h) as resp:
                 data = await resp.read()
                 return resp.status, data, resp.headers
+        except aiohttp.ClientConnectorCertificateError as e:
+            raise ExportError(f"TLS: the certificate of {self.url} is not trusted ({e.certificate_error}); "
+                              "set tls.ca_file to its CA", retryable=True, reason="tls_certificate") from e
         except aiohttp.ClientConnectorError as e:
             raise ExportError(f"cannot connect to {self.url}: {e.os_error or e}", retryable=True,
                               reason="unreachable") from e

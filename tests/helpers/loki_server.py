@@ -67,7 +67,8 @@ class Forced:
 
 
 class LokiServer:
-    def __init__(self, max_body: int = 100 << 20) -> None:
+    def __init__(self, max_body: int = 100 << 20, ssl_context: Any = None) -> None:
+        self.ssl_context = ssl_context
         self.streams: dict[tuple[tuple[str, str], ...], Stream] = {}
         self.requests: list[dict[str, Any]] = []  # one per POST: headers, status, entries
         self.forced: list[Forced] = []
@@ -78,7 +79,8 @@ class LokiServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     async def start(self) -> LokiServer:
         app = web.Application(client_max_size=1 << 30)
@@ -86,7 +88,7 @@ class LokiServer:
         app.router.add_post("/otlp/v1/logs", self._otlp)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self

@@ -258,3 +258,27 @@ async def test_otlp_mode_uses_lokis_native_endpoint(server: LokiServer) -> None:
     h = server.requests[0]["headers"]
     assert h["X-Scope-OrgID"] == "team-b" and h["Authorization"] == "Bearer tok"
     assert metric_value(ctx, "gotel_exporter_sent_items_total") == 5
+
+
+async def test_tls_with_a_private_ca(tmp_path: Any) -> None:
+    import ssl
+
+    from gotel.clientconfig import TLSClientConfig
+    from tests.helpers.certs import make_certs
+
+    certs = make_certs(tmp_path)
+    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    sctx.load_cert_chain(str(certs.cert), str(certs.key))
+    server = await LokiServer(ssl_context=sctx).start()
+    try:
+        ctx = await run(loki.Config(endpoint=server.url + "/loki/api/v1/push", tls=TLSClientConfig(ca_file=str(certs.ca))),
+                        logs(3))
+        assert len(server.entries()) == 3 and metric_value(ctx, "gotel_exporter_sent_items_total") == 3
+        # without the CA the certificate is refused: retried, then dropped and counted, never sent in clear
+        ctx = await run(loki.Config(endpoint=server.url + "/loki/api/v1/push",
+                                    retry_on_failure=RetryConfig(initial_interval=0.05, max_elapsed_time=0.3)), logs(2))
+        assert metric_value(ctx, "gotel_exporter_sent_items_total") == 0
+        assert metric_value(ctx, "gotel_dropped_items_total", reason="tls_certificate") == 2
+        assert len(server.entries()) == 3
+    finally:
+        await server.stop()
