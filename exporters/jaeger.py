@@ -48,6 +48,8 @@ class Config(ClientConfig):
         "from the resource, else unknown_service (what the OpenTelemetry SDKs do)")
     default_span_kind: Literal["internal", "server", "client", "producer", "consumer", ""] = Field(
         "internal", description="kind given to spans with SPAN_KIND_UNSPECIFIED ('' leaves them as they are)")
+    derive_status: bool = Field(
+        True, description="set ERROR on spans left UNSET whose gRPC/HTTP status code semconv calls an error")
 
     @model_validator(mode="before")
     @classmethod
@@ -79,7 +81,8 @@ class Config(ClientConfig):
         return self
 
     def otlp_config(self) -> otlp_grpc.Config | otlp_http.Config:
-        common = self.model_dump(exclude={"protocol", "default_service_name", "default_span_kind", "endpoint"})
+        common = self.model_dump(exclude={"protocol", "default_service_name", "default_span_kind", "endpoint",
+                                          "derive_status"})
         common["headers"] = self.header_values()
         if self.protocol == "grpc":
             return otlp_grpc.Config(endpoint=self.endpoint, **common)
@@ -94,6 +97,32 @@ _KINDS = {
     "client": trace_pb2.Span.SPAN_KIND_CLIENT, "producer": trace_pb2.Span.SPAN_KIND_PRODUCER,
     "consumer": trace_pb2.Span.SPAN_KIND_CONSUMER,
 }
+
+
+# OTel semconv: gRPC codes that make a *server* span an error (any non-zero code does for a client).
+_GRPC_SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
+_GRPC_NAMES = {1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND",
+               6: "ALREADY_EXISTS", 7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED", 9: "FAILED_PRECONDITION",
+               10: "ABORTED", 11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED", 13: "INTERNAL", 14: "UNAVAILABLE",
+               15: "DATA_LOSS", 16: "UNAUTHENTICATED"}
+
+
+def semconv_error(span: Any) -> str | None:
+    """The error message semconv implies for an UNSET span from its status-code attributes, or None."""
+    server = span.kind == trace_pb2.Span.SPAN_KIND_SERVER
+    code = None
+    for kv in span.attributes:
+        if kv.key in ("rpc.grpc.status_code", "rpc.response.status_code"):
+            v = kv.value
+            code = v.int_value if v.WhichOneof("value") == "int_value" else None
+            if code is not None and (code in _GRPC_SERVER_ERRORS if server else code != 0):
+                return f"gRPC status {_GRPC_NAMES.get(code, code)}"
+        elif kv.key in ("http.response.status_code", "http.status_code"):
+            v = kv.value
+            code = v.int_value if v.WhichOneof("value") == "int_value" else None
+            if code is not None and (code >= 500 or (not server and code >= 400)):
+                return f"HTTP {code}"
+    return None
 
 
 def _service_from(res: Any) -> str:
@@ -122,6 +151,8 @@ class JaegerExporter(Exporter):
             "jaeger_exporter_service_name_filled", "Resources sent without service.name, given the default.")
         self.filled_kind = ctx.telemetry.counter(
             "jaeger_exporter_span_kind_filled", "Spans sent with SPAN_KIND_UNSPECIFIED, given the default kind.")
+        self.derived_status = ctx.telemetry.counter(
+            "jaeger_exporter_status_derived", "UNSET spans set to ERROR from their gRPC/HTTP status code (semconv).")
 
     async def start(self) -> None:
         await self.queue.start()
@@ -130,11 +161,12 @@ class JaegerExporter(Exporter):
         for rs in req.resource_spans:
             if not get_attr(rs.resource.attributes, "service.name"):
                 return True
-            if self.kind is not None:
-                for ss in rs.scope_spans:
-                    for s in ss.spans:
-                        if s.kind == 0:
-                            return True
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    if s.kind == 0 and self.kind is not None:
+                        return True
+                    if self.cfg.derive_status and s.status.code == 0 and semconv_error(s) is not None:
+                        return True
         return False
 
     def prepare(self, batch: Batch) -> Batch:
@@ -142,22 +174,29 @@ class JaegerExporter(Exporter):
         if not self._needs_fix(batch.peek()):
             return batch
         out = batch.copy()
-        services = kinds = 0
+        services = kinds = statuses = 0
         for rs in out.msg.resource_spans:
             if not get_attr(rs.resource.attributes, "service.name"):
                 set_attr(rs.resource.attributes, "service.name",
                          self.fallback or _service_from(rs.resource) or "unknown_service")
                 services += 1
-            if self.kind is not None:
-                for ss in rs.scope_spans:
-                    for s in ss.spans:
-                        if s.kind == 0:
-                            s.kind = self.kind
-                            kinds += 1
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    if self.cfg.derive_status and s.status.code == 0:
+                        msg = semconv_error(s)  # judged on the kind the instrumentation gave
+                        if msg is not None:
+                            s.status.code = trace_pb2.Status.STATUS_CODE_ERROR
+                            s.status.message = msg
+                            statuses += 1
+                    if s.kind == 0 and self.kind is not None:
+                        s.kind = self.kind
+                        kinds += 1
         if services:
             self.filled_service.inc(services)
         if kinds:
             self.filled_kind.inc(kinds)
+        if statuses:
+            self.derived_status.inc(statuses)
         return out
 
     async def consume(self, batch: Batch) -> None:

@@ -101,3 +101,29 @@ def test_defaults_are_jaegers_otlp_ports() -> None:
     assert jaeger.Config().endpoint == "http://127.0.0.1:4317"
     assert jaeger.Config(protocol="http").endpoint == "http://127.0.0.1:4318"
     assert jaeger.Config(protocol="http").otlp_config().url_for(Signal.TRACES) == "http://127.0.0.1:4318/v1/traces"  # type: ignore[union-attr]
+
+
+async def test_status_derived_from_grpc_and_http_codes(server: JaegerServer) -> None:
+    b = Traces()
+    rs = b.msg.resource_spans.add()
+    rs.resource.attributes.extend(attrs({"service.name": "api"}))
+    ss = rs.scope_spans.add()
+    K = trace_pb2.Span
+    cases = [("srv-deadline", K.SPAN_KIND_SERVER, {"rpc.grpc.status_code": 4}, "gRPC status DEADLINE_EXCEEDED"),
+             ("srv-notfound", K.SPAN_KIND_SERVER, {"rpc.grpc.status_code": 5}, None),  # not a server error
+             ("cli-notfound", K.SPAN_KIND_CLIENT, {"rpc.grpc.status_code": 5}, "gRPC status NOT_FOUND"),
+             ("srv-503", K.SPAN_KIND_SERVER, {"http.response.status_code": 503}, "HTTP 503"),
+             ("srv-404", K.SPAN_KIND_SERVER, {"http.response.status_code": 404}, None),
+             ("cli-404", K.SPAN_KIND_CLIENT, {"http.response.status_code": 404}, "HTTP 404")]
+    for i, (name, kind, a, _) in enumerate(cases):
+        sp = ss.spans.add(trace_id=b"\x01" * 16, span_id=bytes([i + 1]) * 8, name=name, kind=kind)
+        sp.attributes.extend(attrs(a))
+    exp = await _export(jaeger.Config(endpoint=server.otlp_grpc), b)
+    assert await asyncio.to_thread(server.grpc.wait_for, lambda r: r.span_count() == len(cases))
+    got = {s.name: s.status for s in server.grpc.received.spans()}
+    for name, _, _, want in cases:
+        if want is None:
+            assert got[name].code == trace_pb2.Status.STATUS_CODE_UNSET, name
+        else:
+            assert (got[name].code, got[name].message) == (trace_pb2.Status.STATUS_CODE_ERROR, want), name
+    assert metric_value(exp.ctx, "gotel_jaeger_exporter_status_derived_total") == 4
