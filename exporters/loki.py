@@ -312,8 +312,11 @@ class Converter:
         use_json = self.json
         cache = self._pairs
         secs: dict[int, bytes] = {}
-        for ri, rl in enumerate(batch.peek().resource_logs):
+        rids: dict[tuple[tuple[str, str], ...], int] = {}
+        for rl in batch.peek().resource_logs:
             labels, rmeta = self._resource(rl.resource)
+            # resources with the same labels share streams (one sorted entry list per stream)
+            ri = rids.setdefault(tuple(sorted(labels.items())), len(rids))
             rmeta_pairs = [(label_name(k), v) for k, v in rmeta]
             rmeta_bytes = b"".join(ld(b"\x1a", label_pair(k, v)) for k, v in rmeta_pairs)
             n_rmeta = len(rmeta_pairs)

@@ -282,3 +282,14 @@ async def test_tls_with_a_private_ca(tmp_path: Any) -> None:
         assert len(server.entries()) == 3
     finally:
         await server.stop()
+
+
+async def test_resources_with_equal_labels_share_one_sorted_stream(server: LokiServer) -> None:
+    now = time.time_ns() - 60 * 10**9
+    a = logs(3, start=now + 10)  # later entries first in the request
+    b = logs(3, res={**RES, "host.name": "node-2"}, start=now)
+    a.msg.resource_logs.extend(b.msg.resource_logs)
+    await run(loki.Config(endpoint=server.url + "/loki/api/v1/push"), a)
+    assert len(server.streams) == 1
+    ts = [e.ts for _, e in server.entries()]
+    assert len(ts) == 6 and ts == sorted(ts)
