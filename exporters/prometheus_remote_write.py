@@ -310,16 +310,15 @@ class RemoteWriteExporter(Exporter):
         self._consumed += 1
         if self._consumed % 64 == 0:
             self.conv.expire()
-        # target_info has no time of its own: it takes the newest sample time of its shard.
-        for shard, g in enumerate(grouped):
-            if not infos[shard]:
-                continue
-            newest = max((snap[0] for _, snaps in g.values() for snap in snaps), default=0)
-            for lst in infos[shard]:
-                if newest:
-                    lst.append((newest, 1.0))
-            for k in [k for k, (_, snaps) in g.items() if not snaps]:
-                del g[k]
+        # target_info has no time of its own: it takes the newest sample time of the batch.
+        if any(infos):
+            newest = max((snap[0] for g in grouped for _, snaps in g.values() for snap in snaps), default=0)
+            for shard, g in enumerate(grouped):
+                for lst in infos[shard]:
+                    if newest:
+                        lst.append((newest, 1.0))
+                for k in [k for k, (_, snaps) in g.items() if not snaps]:
+                    del g[k]
         return [self.encoder.encode(g) for g in grouped], points, stats
 
     async def consume(self, batch: Batch) -> None:

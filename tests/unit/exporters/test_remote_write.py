@@ -18,6 +18,7 @@ from tests.helpers import metricsdata as md
 from tests.helpers.exporter_ctx import make_ctx, metric_value
 
 FAST = RetryConfig(initial_interval=0.05, max_interval=0.1, max_elapsed_time=10)
+ONE = prw.RemoteWriteQueue(num_consumers=1)  # one shard: one request per batch, so requests can be counted
 
 
 class Receiver:
@@ -101,21 +102,21 @@ async def test_wire_format_labels_and_order(rcv: Receiver) -> None:
 
 async def test_5xx_retried_4xx_not(rcv: Receiver) -> None:
     rcv.statuses = [503, 500]
-    ctx = await run(prw.Config(endpoint=rcv.url, retry_on_failure=FAST), batch([(time.time_ns(), 1.0)]))
+    ctx = await run(prw.Config(endpoint=rcv.url, retry_on_failure=FAST, remote_write_queue=ONE), batch([(time.time_ns(), 1.0)]))
     assert len(rcv.requests) == 3 and metric_value(ctx, "gotel_exporter_sent_items_total") == 1
     rcv.requests.clear()
     rcv.statuses = [400]
-    ctx = await run(prw.Config(endpoint=rcv.url, retry_on_failure=FAST), batch([(time.time_ns(), 1.0)]))
+    ctx = await run(prw.Config(endpoint=rcv.url, retry_on_failure=FAST, remote_write_queue=ONE), batch([(time.time_ns(), 1.0)]))
     assert len(rcv.requests) == 1 and metric_value(ctx, "gotel_dropped_items_total", reason="http_400") == 1
 
 
 async def test_429_retried_only_when_configured(rcv: Receiver) -> None:
     rcv.statuses = [429]
-    ctx = await run(prw.Config(endpoint=rcv.url, retry_on_failure=FAST), batch([(time.time_ns(), 1.0)]))
+    ctx = await run(prw.Config(endpoint=rcv.url, retry_on_failure=FAST, remote_write_queue=ONE), batch([(time.time_ns(), 1.0)]))
     assert len(rcv.requests) == 1 and metric_value(ctx, "gotel_dropped_items_total", reason="http_429") == 1
     rcv.requests.clear()
     rcv.statuses = [429]
-    ctx = await run(prw.Config(endpoint=rcv.url, retry_on_failure=FAST, retry_on_http_429=True),
+    ctx = await run(prw.Config(endpoint=rcv.url, retry_on_failure=FAST, retry_on_http_429=True, remote_write_queue=ONE),
                     batch([(time.time_ns(), 1.0)]))
     assert len(rcv.requests) == 2 and metric_value(ctx, "gotel_exporter_sent_items_total") == 1
 
