@@ -17,6 +17,9 @@ from typing import Any
 from gotel.pdata import Metrics
 from gotel.promnames import label_name, metric_name, unit_for_family
 
+# NumberDataPoint's fixed64/double fields (start, time, as_double, as_int): tag byte, 8 bytes each.
+_FIXED_TAGS = frozenset({0x11, 0x19, 0x21, 0x31})
+
 # OTLP AggregationTemporality
 DELTA = 1
 CUMULATIVE = 2
@@ -293,9 +296,21 @@ class Converter:
         else:
             stats.drop("empty_metric")
 
-    def _lookup(self, fam: str, attrs_: Any, common: dict[str, str]) -> tuple[Any, Series | None, Labels]:
-        """(fast key, known series or None, labels when not known)."""
-        if attrs_:
+    def _lookup(self, fam: str, attrs_: Any, common: dict[str, str], dp: Any = None) -> tuple[Any, Series | None, Labels]:
+        """(fast key, known series or None, labels when not known).
+
+        For number points ``dp`` is given: its wire bytes after the leading fixed-size fields (times and
+        value) start with, or contain, the attributes, so they identify the series without reading
+        the attributes one by one (three times cheaper). Exemplars or flags in them only cost hits.
+        """
+        if dp is not None:
+            b = dp.SerializeToString()
+            i = 0
+            n = len(b)
+            while i < n and b[i] in _FIXED_TAGS:
+                i += 9
+            ak: Any = b[i:]
+        elif attrs_:
             pairs = []
             for x in attrs_:
                 av = x.value
@@ -320,7 +335,7 @@ class Converter:
 
     def _number(self, fam: str, pkind: str, m: Any, dp: Any, common: dict[str, str], now: float,
                 touched: list[Series], delta: bool) -> None:
-        fk, s, labels = self._lookup(fam, dp.attributes, common)
+        fk, s, labels = self._lookup(fam, dp.attributes, common, dp)
         v = dp.as_double if dp.WhichOneof("value") == "as_double" else float(dp.as_int)
         ts = dp.time_unix_nano // 1_000_000
         if s is None:

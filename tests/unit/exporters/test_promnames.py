@@ -86,3 +86,16 @@ def test_example_configs_validate() -> None:
     for name in ("backends.yaml", "loki-otlp.yaml"):
         cfg = load_config(str(root / name), env={"LOKI_USER": "u", "LOKI_PASSWORD": "p"})
         assert cfg.exporters, name
+
+
+def test_series_identity_survives_value_time_and_exemplar_changes() -> None:
+    conv = Converter(ConvertOptions())
+    now = time.time_ns()
+    for i, v in enumerate((1, 2, 3)):
+        m = md.counter("c", "", [({"a": "1", "b": "x"}, v), ({"a": "1", "b": "y"}, 10 * v)], now + i, now)
+        if i == 1:
+            m.sum.data_points[0].exemplars.add(as_double=1.0, trace_id=b"\x01" * 16)
+        conv.convert(md.batch({"service.name": "s"}, [m]))
+    got = {dict(s.labels)["b"]: s.value for s in conv.series.values()}
+    assert got == {"x": 3, "y": 30}
+    assert len(conv.series) == 2
