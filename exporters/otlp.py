@@ -49,6 +49,8 @@ class Config(ClientConfig):
                 "tls::insecure_skip_verify is not supported by the gRPC exporter (grpc-python cannot skip "
                 "verification); set tls::ca_file to the server's CA or certificate"
             )
+        if self.tls.min_version != "1.2":
+            raise ValueError("tls::min_version cannot be set for gRPC (grpc-python offers no knob; it negotiates TLS 1.2+)")
         if not self.endpoint.strip():
             raise ValueError("endpoint must not be empty")
         return self

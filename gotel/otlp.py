@@ -11,6 +11,7 @@ import binascii
 import email.utils
 import json
 import os
+import socket
 import stat
 import time
 from dataclasses import dataclass
@@ -193,7 +194,10 @@ def unix_path(endpoint: str) -> str | None:
 
 
 def prepare_unix_socket(path: str) -> None:
-    """Creates the socket's directory (0700) and removes a stale socket left by a previous run."""
+    """Creates the socket's directory (0700) and removes a stale socket left by a previous run.
+
+    A socket somebody still listens on is not stolen: that is an error, as a busy TCP port is.
+    """
     d = os.path.dirname(path) or "."
     if not os.path.isdir(d):
         os.makedirs(d, mode=0o700, exist_ok=True)
@@ -202,8 +206,17 @@ def prepare_unix_socket(path: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise ValueError(f"{path} exists and is not a socket")
-    os.unlink(path)
+        raise OSError(f"{path} exists and is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)  # stale: nobody listens
+            return
+        except OSError:
+            pass
+    raise OSError(f"{path} is in use by another process")
 
 
 def secure_unix_socket(path: str) -> None:

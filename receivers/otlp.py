@@ -65,6 +65,12 @@ class GRPCServer(ComponentConfig):
     max_concurrent_streams: int | None = Field(None, gt=0)
     tls: ServerTLS | None = None
 
+    @model_validator(mode="after")
+    def _tls(self) -> GRPCServer:
+        if self.tls is not None and self.tls.min_version != "1.2":
+            raise ValueError("tls::min_version cannot be set for gRPC (grpc-python offers no knob; it negotiates TLS 1.2+)")
+        return self
+
 
 class CORS(ComponentConfig):
     allowed_origins: list[str] = Field(default_factory=list, description="origins (wildcards allowed)")
@@ -234,7 +240,10 @@ class OTLPReceiver(Receiver):
         server.add_generic_rpc_handlers(handlers)
         path = unix_path(g.endpoint)
         if path is not None:
-            prepare_unix_socket(path)
+            try:
+                prepare_unix_socket(path)
+            except OSError as e:
+                raise OSError(f"{self.ctx.id}: cannot listen on {g.endpoint} (gRPC): {e}") from None
             address = f"unix:{path}"
         else:
             host, port = split_host_port(g.endpoint)
@@ -249,7 +258,7 @@ class OTLPReceiver(Receiver):
                 bound = server.add_secure_port(address, creds)
             else:
                 bound = server.add_insecure_port(address)
-        except RuntimeError as e:
+        except (RuntimeError, OSError) as e:
             raise OSError(f"{self.ctx.id}: cannot listen on {g.endpoint} (gRPC): {e}") from None
         if path is not None:
             secure_unix_socket(path)

@@ -185,7 +185,9 @@ class MiniBatch:
         await self.nxt.consume(type(buf[0]).concat(buf))
 
 
-def pipeline_main(sink_port: int, compression: str, port_q: Any, stop: Any, profile: str | None) -> None:
+def pipeline_main(
+    sink_port: int, compression: str, listen: str, port_q: Any, stop: Any, profile: str | None
+) -> None:
     _pin(0)
     from gotel.component import ComponentID, Context, Kind
     from gotel.exporters import otlp as otlp_exp
@@ -213,7 +215,7 @@ def pipeline_main(sink_port: int, compression: str, port_q: Any, stop: Any, prof
         else:
             batch = batch_proc.factory.create(Signal.TRACES, batch_proc.Config(), exp, ctx("batch", Kind.PROCESSOR))
         await batch.start()
-        rcfg = otlp_rcv.Config.model_validate({"protocols": {"grpc": {"endpoint": "127.0.0.1:0",
+        rcfg = otlp_rcv.Config.model_validate({"protocols": {"grpc": {"endpoint": listen,
                                                                        "max_recv_msg_size_mib": 64}}})
         rcv = otlp_rcv.factory.create(rcfg, {Signal.TRACES: batch}, ctx("otlp", Kind.RECEIVER))
         await rcv.start()
@@ -235,7 +237,9 @@ def pipeline_main(sink_port: int, compression: str, port_q: Any, stop: Any, prof
 # --- orchestration -----------------------------------------------------------------------------------
 
 
-def run_once(total_requests: int, via_pipeline: bool, compression: str, profile: str | None = None) -> dict[str, Any]:
+def run_once(
+    total_requests: int, via_pipeline: bool, compression: str, profile: str | None = None, unix: str | None = None
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     count = ctx.Value("q", 0)
     q = ctx.Queue()
@@ -247,10 +251,11 @@ def run_once(total_requests: int, via_pipeline: bool, compression: str, profile:
     target = f"127.0.0.1:{sink_port}"
     label = ""
     if via_pipeline:
-        pipe = ctx.Process(target=pipeline_main, args=(sink_port, compression, q, stop, profile), daemon=True)
+        listen = f"unix://{unix}" if unix else "127.0.0.1:0"
+        pipe = ctx.Process(target=pipeline_main, args=(sink_port, compression, listen, q, stop, profile), daemon=True)
         pipe.start()
         port, label = q.get(timeout=30)
-        target = f"127.0.0.1:{port}"
+        target = f"unix:{unix}" if unix else f"127.0.0.1:{port}"
     go = ctx.Event()
     res = ctx.Queue()
     gen = ctx.Process(target=loadgen_main, args=(target, total_requests, go, res), daemon=True)
@@ -299,17 +304,29 @@ def main() -> int:
     ap.add_argument("--compression", choices=["none", "gzip", "both"], default="both",
                     help="the pipeline exporter's compression (the otlp exporter's default is gzip)")
     ap.add_argument("--profile", help="write a cProfile of the pipeline process to this file")
+    ap.add_argument("--unix", action="store_true",
+                    help="load generator -> pipeline over a unix socket (the receiver processes' path) instead of TCP")
     args = ap.parse_args()
+    sock = None
+    if args.unix:
+        import tempfile
+
+        sock = os.path.join(tempfile.mkdtemp(prefix="gotel-bench-"), "otlp.sock")
     n_req = max(2, args.spans // SPANS_PER_REQUEST)
     print(f"bench/pipeline: {n_req * SPANS_PER_REQUEST:,} spans per run in requests of {SPANS_PER_REQUEST} "
           f"({len(build_requests(1)[0]) / SPANS_PER_REQUEST:.0f} bytes/span), {IN_FLIGHT} in flight; "
-          f"pipeline pinned to CPU 0, load generator and sink to CPU 1; best of {args.rounds} interleaved rounds")
+          f"pipeline pinned to CPU 0, load generator and sink to CPU 1; best of {args.rounds} interleaved rounds; "
+          f"load generator -> pipeline over {'a unix socket' if sock else 'TCP'}")
     comps = ["none", "gzip"] if args.compression == "both" else [args.compression]
     configs: list[tuple[str, bool, str]] = [("baseline", False, "none")] + [(c, True, c) for c in comps]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in configs}
     for _ in range(args.rounds):
         for name, via, comp in configs:
-            runs[name].append(run_once(n_req, via, comp, args.profile))
+            runs[name].append(run_once(n_req, via, comp, args.profile, sock))
+    if sock:
+        import shutil
+
+        shutil.rmtree(os.path.dirname(sock), ignore_errors=True)
     ok = all(r["spans"] == r["expected"] for rs in runs.values() for r in rs)
     base = max(runs["baseline"], key=lambda r: r["spans_per_s"])
     spread = sorted(r["spans_per_s"] for r in runs["baseline"])

@@ -1,4 +1,4 @@
-"""A self-signed CA and a server certificate for 127.0.0.1/localhost, generated per test session."""
+"""A self-signed CA and a certificate for 127.0.0.1/localhost (server and client use), per test session."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def _with_cryptography(d: Path) -> Certs:
         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
                                                     x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
+                                                 x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     out = Certs(d / "ca.pem", d / "server.pem", d / "server.key")
@@ -73,7 +74,7 @@ def _with_openssl(d: Path) -> Certs:
     run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=localhost",
         "-keyout", str(out.key), "-out", str(csr))
     ext = d / "ext.cnf"
-    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
     run("x509", "-req", "-in", str(csr), "-CA", str(out.ca), "-CAkey", str(ca_key), "-CAcreateserial",
         "-days", "1", "-extfile", str(ext), "-out", str(out.cert))
     return out

@@ -319,6 +319,22 @@ async def test_http_503_with_http_date_retry_after(harness: Harness, started: St
     assert t1 - t0 >= 1.0  # an HTTP-date has one-second resolution
 
 
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+async def test_http_retryable_statuses_without_retry_after_use_backoff(
+    status: int, harness: Harness, started: Started, sinks: list[Any]
+) -> None:
+    sink = OTLPHttpSink().start()
+    sinks.append(sink)
+    sink.respond_with(status, times=2)
+    exp = await started(harness, http_exp.factory, Signal.METRICS, http_exp.Config(endpoint=sink.endpoint, retry_on_failure=FAST_RETRY))
+    batch = samples.metrics(2)
+    await exp.consume(batch)
+    assert await sink.await_for(lambda r: len(r.metrics) == 1, timeout=15)
+    assert [a[2] for a in sink.received.attempts] == [str(status), str(status), "200"]
+    assert sink.received.metrics[0] == batch.peek()
+    assert harness.value("exporter_retries_total", component="otlp", kind="exporter", signal="metrics") == 2
+
+
 @pytest.mark.parametrize("status", [400, 401, 404, 413])
 async def test_http_client_errors_are_not_retried_and_counted(
     status: int, harness: Harness, started: Started, sinks: list[Any], caplog: pytest.LogCaptureFixture
@@ -452,6 +468,8 @@ def test_config_errors_are_clear() -> None:
 
     with pytest.raises(ValidationError, match="insecure_skip_verify is not supported"):
         grpc_exp.Config(endpoint="collector:4317", tls={"insecure_skip_verify": True})
+    with pytest.raises(ValidationError, match="min_version cannot be set for gRPC"):
+        grpc_exp.Config(endpoint="collector:4317", tls={"min_version": "1.3"})
     with pytest.raises(ValidationError, match="must start with http://, https:// or unix://"):
         http_exp.Config(endpoint="collector:4318")
     with pytest.raises(ValidationError, match="endpoint"):

@@ -385,6 +385,31 @@ async def test_port_in_use_is_a_clear_error(harness: Harness, running: Running) 
             await other.start()
 
 
+async def test_unix_socket_in_use_is_not_stolen_but_a_stale_one_is_replaced(
+    harness: Harness, running: Running, sockdir: Path
+) -> None:
+    await running(harness, both(sockdir))
+    for proto, name in (("grpc", "g.sock"), ("http", "h.sock")):
+        cfg = rotlp.Config.model_validate({"protocols": {proto: {"endpoint": f"unix://{sockdir}/{name}"}}})
+        other = rotlp.factory.create(cfg, running.mem, harness.ctx("otlp/2", Kind.RECEIVER))
+        with pytest.raises(OSError, match="is in use by another process"):
+            await other.start()
+    import socket
+
+    stale = sockdir / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()  # the file stays behind, nobody listens: as after a crash
+    r = await running(harness, {"grpc": {"endpoint": f"unix://{stale}"}})
+    async with grpc.aio.insecure_channel(f"unix:{stale}") as ch:
+        await tgrpc.TraceServiceStub(ch).Export(samples.traces(1).peek(), timeout=10)
+    assert r is running.receivers[-1] and running.mem[Signal.TRACES].batches
+    (sockdir / "file").write_text("x")
+    cfg = rotlp.Config.model_validate({"protocols": {"grpc": {"endpoint": f"unix://{sockdir}/file"}}})
+    with pytest.raises(OSError, match="exists and is not a socket"):
+        await rotlp.factory.create(cfg, running.mem, harness.ctx("otlp/3", Kind.RECEIVER)).start()
+
+
 def test_config_shape_and_defaults() -> None:
     c = rotlp.Config.model_validate({"protocols": {"grpc": None, "http": None}})
     assert c.protocols.grpc is not None and c.protocols.grpc.endpoint == "127.0.0.1:4317"
@@ -392,6 +417,8 @@ def test_config_shape_and_defaults() -> None:
     assert rotlp.Config().protocols.http is None
     from pydantic import ValidationError
 
+    with pytest.raises(ValidationError, match="min_version cannot be set for gRPC"):
+        rotlp.Config.model_validate({"protocols": {"grpc": {"tls": {"cert_file": "c", "key_file": "k", "min_version": "1.3"}}}})
     with pytest.raises(ValidationError, match="at least one protocol"):
         rotlp.Config.model_validate({"protocols": {}})
     with pytest.raises(ValidationError, match="max_recv_msg_size"):
@@ -426,3 +453,45 @@ async def test_otlp_http_exporter_to_receiver(
     assert got.peek() == batch.peek()
     assert running.mem[signal].metadata[0]["gotel-receiver"] == "x/y"
     assert running.mem[signal].metadata[0]["content-encoding"] == "gzip"
+
+
+@pytest.mark.parametrize("proto", ["grpc", "http"])
+async def test_mtls_receiver_requires_client_certificate(
+    proto: str, certs: Certs, harness: Harness, running: Running
+) -> None:
+    """gotel's exporter presents its certificate to a receiver that demands one; without one nothing gets in."""
+    from gotel.exporters import otlp_http as http_exp
+
+    tls = {"cert_file": str(certs.cert), "key_file": str(certs.key), "client_ca_file": str(certs.ca)}
+    r = await running(harness, {proto: {"endpoint": "127.0.0.1:0", "tls": tls}})
+
+    def exporter(cid: str, client_cert: bool) -> Any:
+        ctls: dict[str, Any] = {"ca_file": str(certs.ca)}
+        if client_cert:
+            ctls |= {"cert_file": str(certs.cert), "key_file": str(certs.key)}
+        retry = {"initial_interval": 0.05, "max_interval": 0.2, "max_elapsed_time": 1}
+        if proto == "grpc":
+            return grpc_exp.factory.create(Signal.TRACES, grpc_exp.Config(
+                endpoint=f"localhost:{r.grpc_port}", tls=ctls, retry_on_failure=retry), harness.ctx(cid, Kind.EXPORTER))
+        return http_exp.factory.create(Signal.TRACES, http_exp.Config(
+            endpoint=f"https://localhost:{r.http_port}", tls=ctls, retry_on_failure=retry), harness.ctx(cid, Kind.EXPORTER))
+
+    anon = exporter("otlp/anon", False)
+    good = exporter("otlp/mtls", True)
+    await anon.start()
+    await good.start()
+    try:
+        await anon.consume(samples.traces(2))
+        await good.consume(samples.traces(3))
+        for _ in range(100):
+            dropped = sum(harness.telemetry.registry.get_sample_value(
+                "gotel_dropped_items_total", {"component": "otlp/anon", "kind": "exporter", "signal": "traces",
+                                              "reason": reason}) or 0 for reason in ("unavailable", "connection_error"))
+            if dropped and running.mem[Signal.TRACES].batches:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await anon.shutdown()
+        await good.shutdown()
+    assert sum(b.item_count() for b in running.mem[Signal.TRACES].batches) == 3
+    assert dropped == 2
