@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             elif not traces:
                 err.print("No traces match." + ("" if args.service or args.file else " (try --service)"))
             else:
-                con.print(render.list_table(traces))
+                con.print(render.list_view(traces, con.width))
         elif args.traces_cmd == "show":
             t = src.get(args.trace_id)
             if args.json:

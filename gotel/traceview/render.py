@@ -93,6 +93,20 @@ def trace_json(t: Trace) -> dict[str, Any]:
 # --- terminal -----------------------------------------------------------------------------------
 
 
+def list_view(traces: list[Trace], width: int) -> Table | Group:
+    """A table on wide terminals; two lines per trace (ids, then the root) when a table would fold."""
+    if width >= 120:
+        return list_table(traces)
+    lines: list[Text] = []
+    for t in traces:
+        r = t.root()
+        err = (f"{t.errors} errors", "bold red") if t.errors else ("no errors", "dim")
+        lines.append(Text.assemble((t.trace_id, "cyan"), "  ", fmt_short_time(t.start_ns), "  ",
+                                   (fmt_duration(t.duration_ns).rjust(9), "bold"), f"  {len(t.spans)} spans  ", err))
+        lines.append(Text.assemble("    ", (r.service, "magenta"), ": ", r.name, overflow="ellipsis", no_wrap=True))
+    return Group(*lines)
+
+
 def list_table(traces: list[Trace]) -> Table:
     tab = Table(box=None, header_style="bold", pad_edge=False, show_edge=False)
     tab.add_column("TRACE ID", style="cyan", no_wrap=True)

@@ -113,7 +113,8 @@ async def test_waterfall_shows_what_matters(sources: tuple[str, str, dict[str, s
     lines = out.splitlines()
     assert any("└" in ln and "SELECT payments" in ln for ln in lines)
     code, out, _ = await acli("list", "--file", path, "--service", "checkout", "--no-color")
-    assert all(len(ln) <= 80 for ln in out.splitlines())  # fits a narrow terminal (rich folds the ROOT column)
+    assert all(len(ln) <= 80 for ln in out.splitlines())  # fits a narrow terminal: two lines per trace
+    assert f"{ids['slow']}" in out and "checkout: /shop.Cart/Checkout" in out and "3 errors" in out
     os.environ["COLUMNS"] = "140"
     try:
         code, out, _ = await acli("list", "--file", path, "--service", "checkout", "--no-color")
