@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as textfmt
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as omfmt
@@ -86,18 +86,16 @@ def wants_openmetrics(accept: str) -> bool:
 
 
 class _Collector:
-    """prometheus_client collector over the converter's series: the library does the formatting."""
+    """prometheus_client collector over a snapshot of the converter's series (the library formats)."""
 
-    def __init__(self, exp: PrometheusExporter) -> None:
-        self.exp = exp
+    def __init__(self, series: list[Series], send_timestamps: bool) -> None:
+        self.series = series
+        self.ts = send_timestamps
 
     def collect(self) -> Iterator[Metric]:
-        conv = self.exp.conv
-        conv.expire()
-        ts = self.exp.cfg.send_timestamps
         fams: dict[tuple[str, str], Metric] = {}
         order: list[tuple[str, str]] = []
-        for s in sorted(conv.series.values(), key=lambda s: (s.family != "target_info", s.family)):
+        for s in sorted(self.series, key=lambda s: (s.family != "target_info", s.family)):
             key = (s.family, s.kind)
             m = fams.get(key)
             if m is None:
@@ -106,9 +104,29 @@ class _Collector:
                     continue
                 fams[key] = m
                 order.append(key)
-            _add(m, s, ts)
+            _add(m, s, self.ts)
         for k in order:
             yield fams[k]
+
+
+def snapshot(series: Iterable[Series]) -> list[Series]:
+    """Copies that the event loop may go on updating while a thread formats them. The converter
+    replaces counts and quantile lists rather than changing them, so only exemplars need copying."""
+    out = []
+    for s in series:
+        c = copy.copy(s)
+        if s.exemplars:
+            c.exemplars = dict(s.exemplars)
+        out.append(c)
+    return out
+
+
+def render(series: list[Series], accept: str, send_timestamps: bool, open_metrics: bool) -> tuple[bytes, str]:
+    """The exposition of a snapshot for an Accept header: (body, content type)."""
+    col = _Collector(series, send_timestamps)
+    if open_metrics and wants_openmetrics(accept):
+        return omfmt.generate_latest(col, version="1.0.0"), OPENMETRICS_CT
+    return textfmt.generate_latest(col), TEXT_CT  # type: ignore[arg-type]
 
 
 def _family(s: Series) -> Metric | None:
@@ -173,8 +191,6 @@ class PrometheusExporter(Exporter):
             ),
             expiration=cfg.metric_expiration,
         )
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(self))  # type: ignore[arg-type]
         self._runner: web.AppRunner | None = None
         self._series_gauge = ctx.telemetry.gauge("prometheus_exporter_series", "Series the scrape endpoint serves.")
         self._scrapes = ctx.telemetry.counter("prometheus_exporter_scrapes", "Scrapes served, by format.", ("format",))
@@ -211,20 +227,26 @@ class PrometheusExporter(Exporter):
         self._series_gauge.set(len(self.conv.series))
 
     def render(self, accept: str) -> tuple[bytes, str]:
-        """The exposition for an Accept header: (body, content type)."""
-        if self.cfg.enable_open_metrics and wants_openmetrics(accept):
-            self._scrapes.labels("openmetrics").inc()
-            return omfmt.generate_latest(self.registry, version="1.0.0"), OPENMETRICS_CT
-        self._scrapes.labels("text").inc()
-        return textfmt.generate_latest(self.registry), TEXT_CT
+        """The exposition for an Accept header, formatted here (tests, small endpoints)."""
+        self.conv.expire()
+        om = self.cfg.enable_open_metrics and wants_openmetrics(accept)
+        self._scrapes.labels("openmetrics" if om else "text").inc()
+        return render(snapshot(self.conv.series.values()), accept, self.cfg.send_timestamps, self.cfg.enable_open_metrics)
 
     async def _handle(self, request: web.Request) -> web.Response:
+        """Snapshots on the event loop (cheap), formats in a thread: a scrape of tens of thousands of
+        series takes a second of formatting, which must not stop the pipeline for that long."""
         t0 = time.perf_counter()
-        body, ct = self.render(request.headers.get("Accept", ""))
-        self._series_gauge.set(len(self.conv.series))
-        if time.perf_counter() - t0 > 1.0:
-            self.log.warning("%s: rendering %d series took %.1fs", self.ctx.id, len(self.conv.series),
-                             time.perf_counter() - t0)
+        accept = request.headers.get("Accept", "")
+        self.conv.expire()
+        snap = snapshot(self.conv.series.values())
+        om = self.cfg.enable_open_metrics and wants_openmetrics(accept)
+        self._scrapes.labels("openmetrics" if om else "text").inc()
+        body, ct = await asyncio.to_thread(render, snap, accept, self.cfg.send_timestamps, self.cfg.enable_open_metrics)
+        self._series_gauge.set(len(snap))
+        took = time.perf_counter() - t0
+        if took > 5.0:
+            self.log.warning("%s: serving %d series took %.1fs", self.ctx.id, len(snap), took)
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = ct
         return resp
