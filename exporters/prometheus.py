@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -112,13 +111,9 @@ class _Collector:
 def snapshot(series: Iterable[Series]) -> list[Series]:
     """Copies that the event loop may go on updating while a thread formats them. The converter
     replaces counts and quantile lists rather than changing them, so only exemplars need copying."""
-    out = []
-    for s in series:
-        c = copy.copy(s)
-        if s.exemplars:
-            c.exemplars = dict(s.exemplars)
-        out.append(c)
-    return out
+    return [Series(s.family, s.kind, s.help, s.unit, s.labels, s.ts_ms, s.start_ms, s.value, s.bounds, s.counts,
+                   s.sum, s.count, s.has_sum, s.quantiles, dict(s.exemplars) if s.exemplars else {})
+            for s in series]
 
 
 def render(series: list[Series], accept: str, send_timestamps: bool, open_metrics: bool) -> tuple[bytes, str]:
