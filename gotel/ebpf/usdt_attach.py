@@ -113,10 +113,8 @@ class UsdtAttacher:
                 del self.specs[k]
         if alive:
             for addr in proc.semaphores:
-                try:
+                with contextlib.suppress(OSError):  # exited meanwhile: nothing to restore
                     adjust_semaphore(pid, addr, -1)
-                except OSError:
-                    pass  # exited meanwhile: nothing to restore
         users = self._users.get(proc.key)
         if users is not None:
             users.discard(pid)
