@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import ctypes
 import logging
 import os
@@ -625,10 +626,8 @@ class UsdtReceiver(Receiver):
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-            except (asyncio.CancelledError, Exception):
-                pass
         self._tasks = []
         if self.watcher is not None:
             await self.watcher.close()
