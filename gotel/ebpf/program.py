@@ -112,7 +112,7 @@ class BpfProgram:
         key = key or BinaryKey.of(path)
         before = set(self.bpf.uprobe_fds)
         try:
-            self.bpf.attach_uprobe(name=path, addr=vaddr, fn_name=fn_name, pid=-1)
+            self.bpf.attach_uprobe(name=path.encode(), addr=vaddr, fn_name=fn_name.encode(), pid=-1)
         except Exception as e:
             raise ProbeAttachError(f"cannot attach {fn_name} at {vaddr:#x} in {path}: {e}") from e
         new = [ev for ev in self.bpf.uprobe_fds if ev not in before]
@@ -146,7 +146,7 @@ class BpfProgram:
     # ---- tracepoints and ring buffers -------------------------------------------------------------
 
     def attach_tracepoint(self, tp: str, fn_name: str) -> None:
-        self.bpf.attach_tracepoint(tp=tp, fn_name=fn_name)
+        self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn_name.encode())
 
     def open_ring_buffer(self, name: str, callback: Callable[[int, int], None]) -> None:
         """callback(data_address, size) for every record; decode with a ctypes layout."""
@@ -158,7 +158,7 @@ class BpfProgram:
                 log.exception("ring buffer %s callback failed", name)
             return 0
 
-        self.bpf[name].open_ring_buffer(_cb)
+        self.bpf[name.encode()].open_ring_buffer(_cb)
 
     def consume(self) -> None:
         """Drains every open ring buffer without waiting (the caller's timer sets the pace)."""
@@ -168,7 +168,7 @@ class BpfProgram:
     def lost_counts(self) -> tuple[int, int]:
         """(ring buffer full, user-memory read failed) since load, summed over CPUs (gotel_ringbuf.h)."""
         try:
-            t = self.bpf["gotel_lost"]
+            t = self.bpf[b"gotel_lost"]
         except KeyError:
             return (0, 0)
         out = []
@@ -177,7 +177,7 @@ class BpfProgram:
         return out[0], out[1]
 
     def table(self, name: str) -> Any:
-        return self.bpf[name]
+        return self.bpf[name.encode()]
 
     def close(self) -> None:
         """Detaches every probe and tracepoint and frees the program; safe to call twice."""
