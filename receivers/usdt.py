@@ -41,7 +41,6 @@ from pydantic import Field, field_validator, model_validator
 
 from gotel.component import ComponentConfig, Consumer, ConsumerError, Context, Receiver, ReceiverFactory
 from gotel.discovery import DiscoveryConfig, ProcessAdded, ProcessInfo, ProcessRemoved, ProcessWatcher
-from gotel.discovery.procfs import is_alive
 from gotel.pdata import Batch, Logs, Metrics, Signal, Traces, attrs
 
 SCOPE = "gotel.receivers.usdt"
@@ -554,7 +553,7 @@ class UsdtReceiver(Receiver):
                     self._add(ev.info)
                 elif isinstance(ev, ProcessRemoved):
                     self._drain_once()  # its last events first
-                    self.attacher.remove_process(ev.pid, alive=is_alive(ev.pid))
+                    self.attacher.remove_process(ev.pid)
                     self.agg.remove_process(ev.pid)
                     self.attached_pids.discard(ev.pid)
             except Exception:

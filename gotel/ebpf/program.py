@@ -11,6 +11,7 @@ import ctypes
 import logging
 import os
 import re
+import struct
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -67,7 +68,23 @@ class BinaryKey:
 @dataclass
 class _Attached:
     path: str
-    events: list[bytes] = field(default_factory=list)
+    events: list[bytes] = field(default_factory=list)  # BCC-managed uprobes, by event name
+    fds: list[int] = field(default_factory=list)  # uprobes opened here (with a USDT semaphore)
+
+
+_UPROBE_PMU = Path("/sys/bus/event_source/devices/uprobe/type")
+_PERF_ATTR_SIZE = 112  # PERF_ATTR_SIZE_VER5: every field used here, and known to every kernel >= 4.18
+
+
+def _file_offset(path: str, vaddr: int) -> int:
+    """File offset of a virtual address, through the PT_LOAD segment that maps it."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        for seg in ELFFile(f).iter_segments():
+            if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= vaddr < seg["p_vaddr"] + seg["p_filesz"]:
+                return int(vaddr - seg["p_vaddr"] + seg["p_offset"])
+    raise ProbeAttachError(f"{vaddr:#x} is not in a loaded segment of {path}")
 
 
 class ProbeAttachError(RuntimeError):
@@ -103,13 +120,22 @@ class BpfProgram:
 
     # ---- uprobes -------------------------------------------------------------------------------
 
-    def attach_uprobe(self, path: str, vaddr: int, fn_name: str, key: BinaryKey | None = None) -> None:
+    def attach_uprobe(
+        self, path: str, vaddr: int, fn_name: str, key: BinaryKey | None = None, semaphore: int = 0
+    ) -> None:
         """A uprobe at a virtual address of the binary (symbol value or RET address), for every process.
 
         Attached with pid=-1 so one probe serves every process running the binary, including ones
-        started later; the BPF side filters by its pid map.
+        started later; the BPF side filters by its pid map. `semaphore` (a USDT semaphore's virtual
+        address) makes the kernel itself raise the semaphore in every process mapping the binary
+        while the probe exists, and drop it when the fd closes — also when gotel is killed.
         """
         key = key or BinaryKey.of(path)
+        if semaphore:
+            fd = self._open_uprobe_with_semaphore(path, vaddr, fn_name, semaphore)
+            with self._lock:
+                self._binaries.setdefault(key, _Attached(path)).fds.append(fd)
+            return
         before = set(self.bpf.uprobe_fds)
         try:
             self.bpf.attach_uprobe(name=path.encode(), addr=vaddr, fn_name=fn_name.encode(), pid=-1)
@@ -119,14 +145,39 @@ class BpfProgram:
         with self._lock:
             self._binaries.setdefault(key, _Attached(path)).events.extend(new)
 
+    def _open_uprobe_with_semaphore(self, path: str, vaddr: int, fn_name: str, semaphore: int) -> int:
+        """perf_event_open on the uprobe PMU with ref_ctr_offset (kernel >= 4.20); BCC 0.26 has no such option."""
+        from bcc import BPF
+        from bcc.libbcc import lib
+
+        try:
+            pmu = int(_UPROBE_PMU.read_text())
+        except OSError as e:
+            raise ProbeAttachError(f"no uprobe PMU ({_UPROBE_PMU}): cannot honour USDT semaphores") from e
+        offset = _file_offset(path, vaddr)
+        ref_ctr = _file_offset(path, semaphore)
+        fn = self.bpf.load_func(fn_name.encode(), BPF.KPROBE)
+        cpath = ctypes.create_string_buffer(os.fsencode(path))
+        attr = (ctypes.c_ubyte * 128)()
+        struct.pack_into("<IIQQ", attr, 0, pmu, _PERF_ATTR_SIZE, ref_ctr << 32, 1)  # type, size, config, period
+        struct.pack_into("<I", attr, 48, 1)  # wakeup_events
+        struct.pack_into("<QQ", attr, 56, ctypes.addressof(cpath), offset)  # uprobe_path, probe_offset
+        fd = lib.bpf_attach_perf_event_raw(fn.fd, ctypes.byref(attr), -1, 0, -1, 0)
+        if fd < 0:
+            raise ProbeAttachError(
+                f"cannot attach {fn_name} at {vaddr:#x} in {path} with semaphore {semaphore:#x}: "
+                f"{os.strerror(ctypes.get_errno() or -fd)}"
+            )
+        return int(fd)
+
     def attached(self, key: BinaryKey) -> bool:
         return key in self._binaries
 
     def probe_count(self, key: BinaryKey | None = None) -> int:
         if key is not None:
             a = self._binaries.get(key)
-            return len(a.events) if a else 0
-        return sum(len(a.events) for a in self._binaries.values())
+            return len(a.events) + len(a.fds) if a else 0
+        return sum(len(a.events) + len(a.fds) for a in self._binaries.values())
 
     def detach_binary(self, key: BinaryKey) -> int:
         """Closes every uprobe on the binary (when its last traced process is gone); returns how many."""
@@ -134,7 +185,12 @@ class BpfProgram:
             a = self._binaries.pop(key, None)
         if a is None:
             return 0
+        from bcc.libbcc import lib
+
         n = 0
+        for fd in a.fds:
+            lib.bpf_close_perf_event_fd(fd)
+            n += 1
         for ev in a.events:
             try:
                 self.bpf.detach_uprobe_event(ev)
@@ -184,8 +240,8 @@ class BpfProgram:
         if self._closed:
             return
         self._closed = True
-        with self._lock:
-            self._binaries.clear()
+        for key in list(self._binaries):
+            self.detach_binary(key)
         self.bpf.cleanup()
 
 

@@ -3,8 +3,8 @@
 The argument specs in `.note.stapsdt` (`-4@%eax`, `8@-16(%rbp)`, `4@$42`) are turned into
 (kind, pt_regs offset, displacement, size, sign) records that bpf/include/gotel_usdt.h evaluates, so
 one compiled program reads the arguments of any probe in any binary. Semaphores ("is anybody
-listening?" counters guarding expensive probe arguments) are incremented in each traced process
-through /proc/PID/mem and decremented when it is no longer traced.
+listening?" counters guarding expensive probe arguments) are left to the kernel: the uprobe is opened
+with their file offset (ref_ctr_offset, see gotel.ebpf.program), so no process memory is written here.
 """
 
 from __future__ import annotations
@@ -157,23 +157,6 @@ def load_bias(pid: int, layout: ElfLayout, dev: int, ino: int) -> int | None:
     except OSError:
         return None
     return None
-
-
-def adjust_semaphore(pid: int, address: int, delta: int) -> int:
-    """Adds delta to the 16-bit semaphore at a process address; returns the new value.
-
-    Raises OSError when the process is gone or not accessible (needs CAP_SYS_PTRACE over it).
-    """
-    fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
-    try:
-        raw = os.pread(fd, 2, address)
-        if len(raw) != 2:
-            raise OSError(f"short read of semaphore at {address:#x} in pid {pid}")
-        value = max(0, struct.unpack("<H", raw)[0] + delta)
-        os.pwrite(fd, struct.pack("<H", value), address)
-        return value
-    finally:
-        os.close(fd)
 
 
 # ---- the ctypes mirror of bpf/include/gotel_usdt.h ------------------------------------------------------

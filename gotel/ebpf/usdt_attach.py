@@ -2,8 +2,9 @@
 
 Uprobes go on the binary (every probe site, pid=-1) once, when its first selected process appears, and
 come off when its last one is gone; each process gets its own (pid, ip) -> spec entries in the
-`usdt_specs` map, so unselected processes of the same binary are ignored in the kernel, and its
-semaphores are raised while it is traced.
+`usdt_specs` map, so unselected processes of the same binary are ignored in the kernel. Semaphores are
+handed to the kernel with the uprobe (ref_ctr_offset): it raises them in every process mapping the
+binary while the probe exists and lowers them when the probe's fd closes, even if gotel is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from gotel.ebpf.usdt import (
     CKey,
     UsdtArgError,
     UsdtProbe,
-    adjust_semaphore,
     build_spec,
     load_bias,
     read_probes,
@@ -47,7 +47,6 @@ class AttachResult:
 class _Proc:
     key: BinaryKey
     map_keys: list[CKey] = field(default_factory=list)
-    semaphores: list[int] = field(default_factory=list)
 
 
 class UsdtAttacher:
@@ -78,7 +77,7 @@ class UsdtAttacher:
         if not self.program.attached(key):
             for _w, p in todo:
                 try:
-                    self.program.attach_uprobe(exe, p.address, self.fn_name, key)
+                    self.program.attach_uprobe(exe, p.address, self.fn_name, key, semaphore=p.semaphore)
                 except Exception as e:
                     res.errors.append(str(e))
         proc = _Proc(key)
@@ -91,30 +90,19 @@ class UsdtAttacher:
             k = CKey(pid, 0, p.address + bias)
             self.specs[k] = spec
             proc.map_keys.append(k)
-            if p.semaphore:
-                addr = p.semaphore + bias
-                try:
-                    adjust_semaphore(pid, addr, +1)
-                    proc.semaphores.append(addr)
-                except OSError as e:
-                    res.errors.append(f"{p.qualname}: cannot set semaphore in pid {pid}: {e}")
             if p.qualname not in res.attached:
                 res.attached.append(p.qualname)
         self._procs[pid] = proc
         self._users.setdefault(key, set()).add(pid)
         return res
 
-    def remove_process(self, pid: int, alive: bool = True) -> None:
+    def remove_process(self, pid: int) -> None:
         proc = self._procs.pop(pid, None)
         if proc is None:
             return
         for k in proc.map_keys:
             with contextlib.suppress(KeyError):
                 del self.specs[k]
-        if alive:
-            for addr in proc.semaphores:
-                with contextlib.suppress(OSError):  # exited meanwhile: nothing to restore
-                    adjust_semaphore(pid, addr, -1)
         users = self._users.get(proc.key)
         if users is not None:
             users.discard(pid)
