@@ -87,7 +87,7 @@ class CounterSpec(ComponentConfig):
     _a = field_validator("attributes")(classmethod(lambda cls, v: _check_attrs(v)))
 
 
-DEFAULT_BOUNDARIES = [0, 5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000]
+DEFAULT_BOUNDARIES: list[float] = [0, 5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000]
 
 
 class HistogramSpec(ComponentConfig):
