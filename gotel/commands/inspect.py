@@ -41,6 +41,7 @@ def collect(target: str, receiver: str | None = None) -> dict[str, Any]:
     from gotel.discovery.procfs import is_go_binary, service_name
     from gotel.ebpf import targets
     from gotel.ebpf.usdt import read_probes
+    from gotel.golang import GoAnalysisError, analyze
 
     path, pid, shown = _resolve(target)
     out: dict[str, Any] = {"target": target, "path": shown, "pid": pid}
@@ -49,8 +50,8 @@ def collect(target: str, receiver: str | None = None) -> dict[str, Any]:
     try:
         probes, _ = read_probes(path)
         out["usdt_probes"] = [
-            {"provider": p.provider, "name": p.name, "address": p.address, "semaphore": p.semaphore or None,
-             "arguments": list(p.args)}
+            {"provider": p.provider, "name": p.name, "address": p.pc, "semaphore": p.semaphore or None,
+             "arguments": p.arg_spec.split()}
             for p in probes
         ]
     except Exception as e:  # not an ELF file, or a broken note: say so, keep going
@@ -61,17 +62,25 @@ def collect(target: str, receiver: str | None = None) -> dict[str, Any]:
         out["go_version"] = None
         out["probes"] = []
         return out
-    gb = targets.analyze(path)
+    try:
+        gb = analyze(path)
+    except GoAnalysisError as e:
+        out["is_go"] = False
+        out["go_error"] = str(e)
+        out["go_version"] = None
+        out["probes"] = []
+        return out
     facts = targets.facts_for(gb)
     out["go_version"] = facts.go_version
     out["modules"] = facts.modules
-    main = targets._call_or_get(gb, "main_module")
-    if main is not None:
-        out["main_module"] = main if isinstance(main, str) else str(targets._first(main, "path"))
+    if gb.buildinfo is not None:
+        out["main_package"] = gb.buildinfo.path
+        if gb.buildinfo.main is not None:
+            out["main_module"] = f"{gb.buildinfo.main.path} {gb.buildinfo.main.version}"
     out["has_dwarf"] = facts.has_dwarf
-    bid = targets._call_or_get(gb, "build_id")
-    if bid:
-        out["build_id"] = str(bid)
+    out["has_symtab"] = gb.has_symtab
+    out["functions_from"] = "symtab" if gb.has_symtab else "pclntab"
+    out["build_id"] = gb.build_id
     verdicts = evaluate_all(facts)
     out["probes"] = [_verdict_json(v) for v in verdicts if receiver is None or v.spec.receiver == receiver]
     return out
@@ -99,7 +108,7 @@ def _print_rich(info: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    c = Console()
+    c = Console(width=None if sys.stdout.isatty() else 160)
     head = f"[bold]{info['path']}[/bold]" + (f"  pid {info['pid']}" if info.get("pid") else "")
     if info.get("service_name"):
         head += f"  service {info['service_name']}"
@@ -109,8 +118,8 @@ def _print_rich(info: dict[str, Any]) -> None:
     else:
         dwarf = "[green]yes[/green]" if info["has_dwarf"] else "[yellow]no (stripped): struct offsets unknown[/yellow]"
         c.print(f"Go {info['go_version']}   DWARF: {dwarf}" + (f"   build id {info['build_id']}" if info.get("build_id") else ""))
-        if info.get("main_module"):
-            c.print(f"main module: {info['main_module']}")
+        if info.get("main_module") or info.get("main_package"):
+            c.print(f"main: {info.get('main_module') or info.get('main_package')}   functions from {info['functions_from']}")
         if info.get("modules"):
             t = Table(title="modules", show_edge=False)
             t.add_column("path")
@@ -130,15 +139,19 @@ def _print_rich(info: dict[str, Any]) -> None:
         c.print("USDT probes: none")
     if info["probes"]:
         t = Table(title="gotel probes", show_edge=False)
-        for col in ("probe", "receiver", "status", "symbol", "RETs", "why / lost attributes"):
-            t.add_column(col)
+        t.add_column("probe", no_wrap=True)
+        t.add_column("status", no_wrap=True)
+        t.add_column("RETs", justify="right")
+        t.add_column("symbol / why not / lost attributes", overflow="fold")
         for p in info["probes"]:
-            why = "; ".join(p["reasons"])
+            detail = p["symbol"]
+            if p["reasons"]:
+                detail += "\n" + "; ".join(p["reasons"])
             if p["lost_attributes"]:
-                why += " → loses " + ", ".join(p["lost_attributes"])
+                detail += "\n[yellow]loses " + ", ".join(p["lost_attributes"]) + "[/yellow]"
             st = p["status"]
-            t.add_row(p["id"], p["receiver"], f"[{_STYLE[st]}]{st}[/{_STYLE[st]}]", p["symbol"],
-                      "" if p["ret_probes"] is None else str(p["ret_probes"]), why)
+            t.add_row(p["id"], f"[{_STYLE[st]}]{st}[/{_STYLE[st]}]",
+                      "" if p["ret_probes"] is None else str(p["ret_probes"]), detail)
         c.print(t)
 
 

@@ -105,13 +105,13 @@ def evaluate(spec: ProbeSpec, b: BinaryFacts) -> Verdict:
         v.status = "unavailable"
         v.reasons.append(f"{b.go_version} is older than go{spec.min_go}" + (" (stack ABI)" if spec.min_go == MIN_GO else ""))
         return v
+    module_unknown = False
     if spec.module != "std":
         mv = b.modules.get(spec.module)
         if mv is None:
-            v.status = "not-present"
-            v.reasons.append(f"module {spec.module} not linked in")
-            return v
-        if spec.min_module and not version_at_least(mv, spec.min_module):
+            # GOPATH-mode builds record no modules: the symbols decide whether the library is there
+            module_unknown = True
+        elif spec.min_module and not version_at_least(mv, spec.min_module):
             v.status = "unavailable"
             v.reasons.append(f"{spec.module} {mv} is older than {spec.min_module}")
             return v
@@ -121,9 +121,15 @@ def evaluate(spec: ProbeSpec, b: BinaryFacts) -> Verdict:
             v.symbol, v.address = sym, addr
             break
     if v.symbol is None:
+        if module_unknown:
+            v.status = "not-present"
+            v.reasons.append(f"module {spec.module} not linked in")
+            return v
         v.status = "not-present" if spec.optional else "unavailable"
         v.reasons.append("symbol missing: " + " / ".join(spec.symbols) + " (not linked, or inlined)")
         return v
+    if module_unknown and spec.min_module:
+        v.reasons.append(f"{spec.module} version unknown (no module info in the build): assuming >= {spec.min_module}")
     if spec.returns:
         v.ret_count = b.ret_count(v.symbol)
         if not v.ret_count:

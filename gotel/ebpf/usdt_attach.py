@@ -17,11 +17,12 @@ from gotel.ebpf.program import BinaryKey, BpfProgram
 from gotel.ebpf.usdt import (
     CKey,
     UsdtArgError,
-    UsdtProbe,
     build_spec,
     load_bias,
+    qualname,
     read_probes,
 )
+from gotel.golang.usdt import USDTProbe
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,9 @@ class UsdtAttacher:
         res = AttachResult(pid)
         key = BinaryKey.of(exe)
         probes, layout = read_probes(exe)
-        by_name: dict[str, list[UsdtProbe]] = {}
+        by_name: dict[str, list[USDTProbe]] = {}
         for p in probes:
-            by_name.setdefault(p.qualname, []).append(p)
+            by_name.setdefault(qualname(p), []).append(p)
         res.missing = [q for q in self.wanted if q not in by_name]
         todo = [(w, p) for q, w in self.wanted.items() for p in by_name.get(q, [])]
         if not todo:
@@ -77,7 +78,7 @@ class UsdtAttacher:
         if not self.program.attached(key):
             for _w, p in todo:
                 try:
-                    self.program.attach_uprobe(exe, p.address, self.fn_name, key, semaphore=p.semaphore)
+                    self.program.attach_uprobe(exe, p.pc, self.fn_name, key, semaphore=p.semaphore)
                 except Exception as e:
                     res.errors.append(str(e))
         proc = _Proc(key)
@@ -85,13 +86,13 @@ class UsdtAttacher:
             try:
                 spec = build_spec(w.probe_id, p, w.string_args)
             except UsdtArgError as e:
-                res.errors.append(f"{p.qualname}: {e}")
+                res.errors.append(f"{qualname(p)}: {e}")
                 continue
-            k = CKey(pid, 0, p.address + bias)
+            k = CKey(pid, 0, p.pc + bias)
             self.specs[k] = spec
             proc.map_keys.append(k)
-            if p.qualname not in res.attached:
-                res.attached.append(p.qualname)
+            if qualname(p) not in res.attached:
+                res.attached.append(qualname(p))
         self._procs[pid] = proc
         self._users.setdefault(key, set()).add(pid)
         return res

@@ -44,7 +44,7 @@ def _wait_until(pred: Callable[[], bool], timeout: float = 10) -> bool:
 def test_sigkill_of_the_loader_leaves_nothing_behind(goapp: Callable[..., Any]) -> None:
     app = goapp("usdtapp", "-quiet", toolchain="go1.27")
     probes, _ = read_probes(f"/proc/{app.pid}/exe")
-    sites = [p.address for p in probes if p.name in ("tick", "guarded")]
+    sites = [p.pc for p in probes if p.name in ("tick", "guarded")]
     before = [read_text_byte(app.pid, a) for a in sites]
     assert before == [0x90] * len(sites)
     loader = subprocess.Popen([sys.executable, "-c", LOADER, str(app.pid)], stdout=subprocess.PIPE, text=True,

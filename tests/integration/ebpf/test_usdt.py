@@ -67,7 +67,7 @@ def test_usdt_arguments_equal_what_the_fixture_passed(goapp: Callable[..., Any],
         assert prog.lost_counts() == (0, 0)
 
         probes, _ = read_probes(f"/proc/{app.pid}/exe")
-        tick_addr = next(p.address for p in probes if p.name == "tick")
+        tick_addr = next(p.pc for p in probes if p.name == "tick")
         assert read_text_byte(app.pid, tick_addr) == 0xCC  # int3 of the uprobe
         att.remove_process(app.pid)
         assert app.get_json("/semaphore") == {"guarded": 0}

@@ -49,6 +49,9 @@ def test_unavailable_reasons() -> None:
                      min_module="v1.61.0")
     assert evaluate(grpc, facts()).status == "unavailable"
     assert evaluate(grpc, facts(modules={})).status == "not-present"
+    # GOPATH builds carry no module list: the symbol decides
+    gopath = evaluate(grpc, facts(modules={}, syms={"google.golang.org/grpc.(*Server).handleStream": 0x1}))
+    assert gopath.status == "ok" and "version unknown" in gopath.reasons[0]
     ret = ProbeSpec("r", ("net/http.serverHandler.ServeHTTP",), "go_ebpf", returns=True)
     assert evaluate(ret, facts(ret_count=lambda s: 0)).status == "unavailable"
     ok = evaluate(ret, facts())

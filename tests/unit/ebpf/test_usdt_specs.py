@@ -10,10 +10,10 @@ from gotel.ebpf.usdt import (
     ARG_REG,
     ARG_REG_DEREF,
     UsdtArgError,
-    UsdtProbe,
     build_spec,
     parse_arg_spec,
 )
+from gotel.golang.usdt import USDTProbe, parse_arg
 from gotel.receivers.usdt import Config
 
 
@@ -27,7 +27,7 @@ from gotel.receivers.usdt import Config
         ("-8@-16(%rbp)", ARG_REG_DEREF, 8, True, 32, -16),
         ("4@0x10(%rsp)", ARG_REG_DEREF, 4, False, 152, 16),
         ("-4@$-5", ARG_CONST, 4, True, 0, -5),
-        ("%rax", ARG_REG, 8, False, 80, 0),
+        ("%rax", ARG_REG, 8, True, 80, 0),
     ],
 )
 def test_arg_specs(spec: str, kind: int, size: int, signed: bool, reg_off: int, val_off: int) -> None:
@@ -35,14 +35,15 @@ def test_arg_specs(spec: str, kind: int, size: int, signed: bool, reg_off: int, 
     assert (loc.kind, loc.size, loc.signed, loc.reg_off, loc.val_off) == (kind, size, signed, reg_off, val_off)
 
 
-@pytest.mark.parametrize("spec", ["8@(%rax,%rdx,8)", "3@%eax", "8@%xmm0", "garbage"])
+@pytest.mark.parametrize("spec", ["8@(%rax,%rdx,8)", "3@%eax", "8@%xmm0", "garbage", "8@counter(%rip)"])
 def test_unsupported_arg_specs_say_so(spec: str) -> None:
     with pytest.raises(UsdtArgError):
         parse_arg_spec(spec)
 
 
 def test_build_spec_marks_string_slots() -> None:
-    p = UsdtProbe("app", "start", 0x1000, 0, ("-8@%rbx", "8@%r12", "-4@$-5"))
+    spec = "-8@%rbx 8@%r12 -4@$-5"
+    p = USDTProbe("app", "start", 0x1000, 0x1000, 0, 0, tuple(parse_arg(a) for a in spec.split()), spec)
     s = build_spec(3, p, {1: 0})
     assert (s.probe_id, s.nargs) == (3, 3)
     assert [s.args[i].str_slot for i in range(3)] == [0xFF, 0, 0xFF]
