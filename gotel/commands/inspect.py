@@ -75,6 +75,7 @@ def collect(target: str, receiver: str | None = None) -> dict[str, Any]:
     out["modules"] = facts.modules
     if gb.buildinfo is not None:
         out["main_package"] = gb.buildinfo.path
+        out["build_settings"] = dict(gb.buildinfo.settings)
         if gb.buildinfo.main is not None:
             out["main_module"] = f"{gb.buildinfo.main.path} {gb.buildinfo.main.version}"
     out["has_dwarf"] = facts.has_dwarf
