@@ -91,6 +91,25 @@ class ProbeAttachError(RuntimeError):
     pass
 
 
+def _close_perf_fds(fds: list[int]) -> None:
+    """Closes uprobe perf events concurrently.
+
+    Unregistering a uprobe waits for an RCU grace period (~0.1 s each on this kernel); the waits
+    overlap when the closes run in parallel (ctypes releases the GIL), so detaching 200 probes takes
+    a fraction of a second instead of 20 s.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bcc.libbcc import lib
+
+    if len(fds) <= 1:
+        for fd in fds:
+            lib.bpf_close_perf_event_fd(fd)
+        return
+    with ThreadPoolExecutor(max_workers=min(64, len(fds)), thread_name_prefix="gotel-detach") as ex:
+        list(ex.map(lib.bpf_close_perf_event_fd, fds))
+
+
 class BpfProgram:
     """A BCC program compiled once; attach/detach per binary; tracepoints; ring buffers."""
 
@@ -187,17 +206,17 @@ class BpfProgram:
             return 0
         from bcc.libbcc import lib
 
-        n = 0
-        for fd in a.fds:
-            lib.bpf_close_perf_event_fd(fd)
-            n += 1
+        fds = list(a.fds)
         for ev in a.events:
-            try:
-                self.bpf.detach_uprobe_event(ev)
-                n += 1
-            except Exception as e:  # already gone: the fd was closed another way
-                log.debug("detaching %s: %s", ev, e)
-        return n
+            fd = self.bpf.uprobe_fds.get(ev)
+            if fd is not None:
+                fds.append(fd)
+        _close_perf_fds(fds)
+        for ev in a.events:
+            lib.bpf_detach_uprobe(ev)  # a no-op for perf_event_open uprobes; removes a tracefs one
+            if ev in self.bpf.uprobe_fds:
+                self.bpf._del_uprobe_fd(ev)
+        return len(fds)
 
     # ---- tracepoints and ring buffers -------------------------------------------------------------
 
