@@ -133,7 +133,7 @@ class BpfProgram:
         for k, v in (defines or {}).items():
             flags.append(f"-D{k}={v}")
         self._lock = threading.Lock()
-        self.bpf = BPF(text=text, cflags=flags)
+        self.bpf = BPF(text=text.encode(), cflags=flags)
         self._binaries: dict[BinaryKey, _Attached] = {}
         self._closed = False
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from pydantic import ValidationError
 
 from gotel.discovery import DiscoveryConfig, ProcessInfo, is_go_binary, process_info
-from gotel.discovery.procfs import container_id, listening_ports, service_name
+from gotel.discovery.procfs import container_id, listening_ports, read_cmdline, service_name
 
 
 def _p(**kw: object) -> ProcessInfo:
@@ -77,6 +78,10 @@ def test_procfs_facts_of_a_real_process(tmp_path) -> None:  # type: ignore[no-un
     env = dict(os.environ, OTEL_SERVICE_NAME="checkout")
     p = subprocess.Popen(["/bin/sleep", "5"], env=env)
     try:
+        # Popen returns once exec has begun; the new argv/environ appear a moment later
+        deadline = time.monotonic() + 5
+        while read_cmdline(p.pid) != ["/bin/sleep", "5"] and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert service_name(p.pid, "/bin/sleep") == "checkout"
         assert process_info(p.pid).service_name == "checkout"  # type: ignore[union-attr]
     finally:
