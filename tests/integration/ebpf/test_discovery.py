@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gotel.discovery import DiscoveryConfig, ProcessAdded, ProcessRemoved, ProcessWatcher
+from gotel.discovery import Criteria, DiscoveryConfig, ProcessAdded, ProcessRemoved, ProcessWatcher
 from tests.helpers import goapps
 from tests.integration.ebpf.conftest import TOOLCHAINS
 
@@ -69,7 +69,7 @@ async def test_selectors_by_port_cmdline_and_exclude(goapp: Callable[..., Any]) 
     # other test sessions on this host run the same fixtures: select by our own build paths
     async with ProcessWatcher(DiscoveryConfig(cmdline=re.escape(str(b.binary)) + " server"), use_bpf=True) as w:
         assert set(w.selected) == {b.pid}
-    sel = DiscoveryConfig(exe_paths=[str(a.binary), str(b.binary)], exclude={"pids": [a.pid]})
+    sel = DiscoveryConfig(exe_paths=[str(a.binary), str(b.binary)], exclude=Criteria(pids=[a.pid]))
     async with ProcessWatcher(sel, use_bpf=False) as w:  # the /proc-only mode pull receivers use
         assert set(w.selected) == {b.pid}
         assert not w.bpf_active

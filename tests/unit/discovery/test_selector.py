@@ -10,7 +10,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from gotel.discovery import DiscoveryConfig, ProcessInfo, is_go_binary, process_info
+from gotel.discovery import Criteria, DiscoveryConfig, ProcessInfo, is_go_binary, process_info
 from gotel.discovery.procfs import container_id, listening_ports, read_cmdline, service_name
 
 
@@ -47,7 +47,7 @@ def test_container_ids_match_full_or_short() -> None:
 
 
 def test_exclude_wins() -> None:
-    sel = DiscoveryConfig(exe_paths=["*/grpcapp"], exclude={"cmdline": "--debug"})
+    sel = DiscoveryConfig(exe_paths=["*/grpcapp"], exclude=Criteria(cmdline="--debug"))
     assert sel.selects(_p())
     assert not sel.selects(_p(cmdline=["grpcapp", "--debug"]))
 

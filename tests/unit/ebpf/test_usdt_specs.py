@@ -70,9 +70,10 @@ def test_receiver_config_rules() -> None:
 
 
 def test_registered_as_an_entry_point_that_needs_bpf() -> None:
-    from gotel.component import Kind
+    from gotel.component import Kind, ReceiverFactory
     from gotel.registry import registry
 
     f = registry().get(Kind.RECEIVER, "usdt")
+    assert isinstance(f, ReceiverFactory)
     assert f.needs_bpf and f.type == "usdt"
     assert {str(s) for s in f.signals} == {"traces", "metrics", "logs"}
