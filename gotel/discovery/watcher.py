@@ -145,7 +145,7 @@ class ProcessWatcher:
     def _consider(self, pid: int) -> None:
         if pid in self.selected:
             return
-        info = process_info(pid, with_ports=self.selector.needs_ports())
+        info = process_info(pid, with_ports=self.selector.needs_ports(), go_only=self.selector.go_only)
         if info is None or _is_self(info) or not is_alive(pid):
             return
         if self.selector.selects(info):

@@ -95,3 +95,13 @@ def test_go_check_reads_section_headers_only() -> None:
     assert not is_go_binary("/etc/hostname")
     assert not is_go_binary("/nonexistent")
     assert is_go_binary(os.path.realpath("/usr/bin/go"))  # Debian's Go toolchain is a Go program
+
+
+def test_gotel_itself_is_never_a_target() -> None:
+    from gotel.discovery.watcher import _is_self
+
+    me = process_info(os.getpid())
+    assert me is not None and _is_self(me)
+    agent = _p(pid=1, exe=os.path.realpath(sys.executable), cmdline=[sys.executable, "-m", "gotel", "run"])
+    assert _is_self(agent)
+    assert not _is_self(_p(pid=1))
