@@ -1,0 +1,109 @@
+"""Configuration of the ``pprof`` receiver (docs/profiling.md lists every key with its default)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from gotel.component import ComponentConfig
+from gotel.durations import Duration
+
+
+class ProfileConfig(ComponentConfig):
+    enabled: bool = True
+    interval: Duration = Field(15.0, ge=1.0, description="seconds between two scrapes of this profile")
+    path: str | None = Field(None, description="path relative to path_prefix, e.g. 'allocs' (default: the type's own)")
+
+
+class CPUConfig(ProfileConfig):
+    seconds: Duration | None = Field(
+        None, gt=0, description="CPU profile length; default interval - 1s (a scrape never overlaps the next)")
+
+    @model_validator(mode="after")
+    def _fits(self) -> CPUConfig:
+        if self.seconds is not None and self.seconds > self.interval - 0.5:
+            raise ValueError(f"cpu.seconds ({self.seconds:g}) must be at least 0.5s shorter than cpu.interval ({self.interval:g})")
+        return self
+
+    def profile_seconds(self) -> int:
+        s = self.seconds if self.seconds is not None else self.interval - 1.0
+        return max(1, int(s))
+
+
+class DumpConfig(ProfileConfig):
+    interval: Duration = Field(60.0, ge=1.0)
+    max_goroutines: int = Field(
+        10000, ge=0, description="skip a debug=2 dump (it stops the world) when the target has more goroutines")
+
+
+class LeakProfileConfig(ProfileConfig):
+    interval: Duration = Field(60.0, ge=1.0)
+
+
+def _off() -> ProfileConfig:
+    return ProfileConfig(enabled=False)
+
+
+class ProfilesConfig(ComponentConfig):
+    cpu: CPUConfig = Field(default_factory=CPUConfig)
+    heap: ProfileConfig = Field(default_factory=ProfileConfig)
+    allocs: ProfileConfig = Field(default_factory=_off)
+    mutex: ProfileConfig = Field(default_factory=ProfileConfig)
+    block: ProfileConfig = Field(default_factory=ProfileConfig)
+    goroutine: ProfileConfig = Field(default_factory=ProfileConfig)
+    goroutine_dump: DumpConfig = Field(default_factory=DumpConfig)
+    goroutineleak: LeakProfileConfig = Field(default_factory=LeakProfileConfig)
+    delta_heap: ProfileConfig = Field(default_factory=_off)
+    delta_mutex: ProfileConfig = Field(default_factory=_off)
+    delta_block: ProfileConfig = Field(default_factory=_off)
+
+
+class StaticTarget(ComponentConfig):
+    endpoint: str = Field(description="http://host:port of the program's pprof server")
+    service_name: str | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)
+    netns: str | None = Field(None, description="network namespace file to connect from (/var/run/netns/NAME)")
+    netns_pid: int | None = Field(None, description="connect from this process's network namespace")
+    path_prefix: str = "/debug/pprof"
+
+    @model_validator(mode="after")
+    def _check(self) -> StaticTarget:
+        if not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint {self.endpoint!r} must start with http:// or https://")
+        if self.netns and self.netns_pid:
+            raise ValueError("set netns or netns_pid, not both")
+        return self
+
+
+class DiscoveryConfig(ComponentConfig):
+    enabled: bool | None = Field(None, description="find local Go processes serving pprof; default: on when no targets are listed")
+    refresh_interval: Duration = Field(30.0, ge=1.0)
+    pids: list[int] = Field(default_factory=list)
+    exe: list[str] = Field(default_factory=list, description="globs on the executable path or name")
+    cmdline: str | None = Field(None, description="regular expression on the command line")
+    ports: list[int] = Field(default_factory=list, description="only these ports (default: every listening port)")
+    path_prefix: str = "/debug/pprof"
+
+
+class DiagnosticsConfig(ComponentConfig):
+    leak_scrapes: int = Field(3, ge=1, description="K: a bucket growing over K consecutive dumps is a finding")
+    leak_min_goroutines: int = Field(5, ge=1, description="ignore growing buckets smaller than this")
+    blocked_minutes: int = Field(30, ge=0, description="report goroutines blocked on chan/lock/sync this long (0: off)")
+    max_buckets: int = Field(2000, ge=10, description="goroutine buckets remembered per target")
+    contention_top: int = Field(5, ge=0, description="lock sites reported per mutex/block scrape")
+    contention_min_rate: float = Field(
+        0.01, ge=0, description="report a lock site as a log record from this many seconds of waiting per second")
+
+
+class Config(ComponentConfig):
+    targets: list[StaticTarget] = Field(default_factory=list)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)
+    timeout: Duration = Field(10.0, gt=0, description="per request; CPU scrapes get seconds + timeout")
+    max_body_bytes: int = Field(64 << 20, ge=1024)
+    max_stacks: int = Field(20000, ge=100, description="distinct stacks kept per target and profile for deltas")
+    original_payload: bool = Field(False, description="attach the pprof bytes to the OTLP profile")
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    jitter: bool = Field(True, description="spread first scrapes over the interval (hash of target and type)")
+
+    def discovery_on(self) -> bool:
+        return self.discovery.enabled if self.discovery.enabled is not None else not self.targets
