@@ -17,7 +17,6 @@ from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 i
     ExportProfilesServiceRequest,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.profiles.v1development import profiles_pb2 as otlp
 
 from gotel import pprof
 from gotel.pdata import attrs, value_of

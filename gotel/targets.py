@@ -153,13 +153,12 @@ def process_start_time(pid: int) -> int | None:
 
 def service_name_of(pid: int) -> str:
     """OTEL_SERVICE_NAME from the environment, else the executable's name (what a human calls it)."""
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            for item in f.read().split(b"\0"):
-                if item.startswith(b"OTEL_SERVICE_NAME="):
-                    v = item.split(b"=", 1)[1].decode(errors="replace").strip()
-                    if v:
-                        return v
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/environ", "rb") as f:
+        for item in f.read().split(b"\0"):
+            if item.startswith(b"OTEL_SERVICE_NAME="):
+                v = item.split(b"=", 1)[1].decode(errors="replace").strip()
+                if v:
+                    return v
     try:
         return os.path.basename(os.readlink(f"/proc/{pid}/exe")).removesuffix(" (deleted)")
     except OSError:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gotel import pprof
-from gotel.component import ConsumerError, Consumer, Context, Receiver
+from gotel.component import Consumer, ConsumerError, Context, Receiver
 from gotel.otlpbuild import DELTA, LogsBuilder, MetricsBuilder
 from gotel.pdata import Batch, Profiles, Signal
 from gotel.profconv import DELTA_ATTR, PROFILE_TYPE_ATTR, ProfilesBuilder
