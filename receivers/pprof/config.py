@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from gotel.component import ComponentConfig
+from gotel.discovery import DiscoveryConfig as ProcessSelection
 from gotel.durations import Duration
 
 
@@ -74,13 +75,12 @@ class StaticTarget(ComponentConfig):
         return self
 
 
-class DiscoveryConfig(ComponentConfig):
-    enabled: bool | None = Field(None, description="find local Go processes serving pprof; default: on when no targets are listed")
+class DiscoveryConfig(ProcessSelection):
+    """Local Go processes serving pprof; the selectors are gotel.discovery's (pids, exe_paths, cmdline,
+    ports, container_ids, go_only, exclude). ``ports`` also limits which listening ports are probed."""
+
+    enabled: bool | None = Field(None, description="default: on when no targets are listed")
     refresh_interval: Duration = Field(30.0, ge=1.0)
-    pids: list[int] = Field(default_factory=list)
-    exe: list[str] = Field(default_factory=list, description="globs on the executable path or name")
-    cmdline: str | None = Field(None, description="regular expression on the command line")
-    ports: list[int] = Field(default_factory=list, description="only these ports (default: every listening port)")
     path_prefix: str = "/debug/pprof"
 
 

@@ -24,7 +24,7 @@ from gotel.otlpbuild import DELTA, LogsBuilder, MetricsBuilder
 from gotel.pdata import Batch, Profiles, Signal
 from gotel.profconv import DELTA_ATTR, PROFILE_TYPE_ATTR, ProfilesBuilder
 from gotel.proto import pprof_profile_pb2 as pb
-from gotel.targets import LocalProcessSource, ProcessSelector, StaticSource, Target, TargetSource
+from gotel.targets import LocalProcessSource, StaticSource, Target, TargetSource
 
 from . import contention, goroutines
 from .config import Config, ProfileConfig
@@ -491,8 +491,7 @@ class PprofReceiver(Receiver):
             self.sources.append(StaticSource(self._static_targets()))
         if self.cfg.discovery_on():
             d = self.cfg.discovery
-            sel = ProcessSelector(pids=d.pids, exe=d.exe, cmdline=d.cmdline, ports=d.ports)
-            self.sources.append(LocalProcessSource(sel, d.path_prefix, fetcher=self.fetcher))
+            self.sources.append(LocalProcessSource(d, d.path_prefix, fetcher=self.fetcher))
         self._task = asyncio.create_task(self._manage(), name=f"{self.ctx.id}:targets")
 
     async def refresh(self) -> None:
