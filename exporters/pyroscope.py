@@ -167,6 +167,9 @@ class PyroscopeSender(Sender):
     async def _ingest(self, g: PprofGroup) -> None:
         labels = self.labels(g)
         svc = labels.pop("service_name")
+        # /ingest names the series from the pprof's sample types; reserved labels are push-only
+        labels.pop("__name__", None)
+        labels.pop("__delta__", None)
         name = svc + "{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}"
         p = g.profile
         start = p.time_nanos or time.time_ns()
