@@ -98,7 +98,10 @@ def load(source: str, seconds: int = 5, timeout: float = 60.0) -> list[tuple[str
             data = f.read()
     except OSError as e:
         raise FlameError(f"cannot read {source}: {e.strerror}") from None
-    if data[:2] == pprof.GZIP_MAGIC or (data[:1] and data[:1] not in (b"{", b"[", b" ", b"\n")):
+    head = data[:64].lstrip()
+    if head[:1] == b"<":
+        raise FlameError(f"{source}: an HTML/XML document, not a profile (pprof or OTLP-JSON lines expected)")
+    if data[:2] == pprof.GZIP_MAGIC or (head[:1] and head[:1] not in (b"{", b"[")):
         try:
             return [(source, pprof.decode(data))]
         except pprof.PprofError as e:
