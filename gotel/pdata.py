@@ -33,13 +33,14 @@ class Batch:
 
     signal: ClassVar[Signal]
     request_type: ClassVar[type[Message]]
-    __slots__ = ("_msg", "_raw")
+    __slots__ = ("_msg", "_raw", "_n")
 
     def __init__(self, msg: Message | None = None, *, raw: bytes | None = None) -> None:
         if msg is None and raw is None:
             msg = self.request_type()
         self._msg = msg
         self._raw = raw
+        self._n: int | None = None  # cached item count, valid only while the wire bytes are current
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Batch:
@@ -61,6 +62,7 @@ class Batch:
             m.ParseFromString(self._raw or b"")
             self._msg = m
         self._raw = None
+        self._n = None
         return self._msg
 
     def peek(self) -> Any:
@@ -95,6 +97,14 @@ class Batch:
         raise NotImplementedError
 
     def item_count(self) -> int:
+        if self._n is not None and self._raw is not None:
+            return self._n
+        n = self._count_items()
+        if self._raw is not None:
+            self._n = n
+        return n
+
+    def _count_items(self) -> int:
         raise NotImplementedError
 
     def is_empty(self) -> bool:
@@ -102,10 +112,20 @@ class Batch:
 
     @classmethod
     def merge(cls, batches: Iterable[Batch]) -> Batch:
-        """Concatenates the resource lists (protobuf merge of the requests)."""
+        """Concatenates the resource lists (protobuf merge of the requests).
+
+        When every batch still has its wire bytes, they are concatenated: protobuf defines the
+        concatenation of two encodings as the merge of the messages (repeated fields append), so this
+        is the same request without copying messages or serialising again.
+        """
+        items = list(batches)
+        if items and all(b._raw is not None for b in items):
+            out = cls(raw=b"".join(b._raw for b in items if b._raw is not None))
+            out._n = sum(b.item_count() for b in items)
+            return out
         out = cls()
         field = out.resources()
-        for b in batches:
+        for b in items:
             field.extend(b.peek_resources())
         return out
 
@@ -173,7 +193,7 @@ class Traces(Batch):
     def peek_resources(self) -> Any:
         return self.peek().resource_spans
 
-    def item_count(self) -> int:
+    def _count_items(self) -> int:
         return sum(len(ss.spans) for rs in self.peek().resource_spans for ss in rs.scope_spans)
 
     def split(self, max_items: int) -> list[Batch]:
@@ -200,7 +220,7 @@ class Metrics(Batch):
     def peek_resources(self) -> Any:
         return self.peek().resource_metrics
 
-    def item_count(self) -> int:
+    def _count_items(self) -> int:
         return sum(
             len(_data_points(m))
             for rm in self.peek().resource_metrics
@@ -224,7 +244,7 @@ class Logs(Batch):
     def peek_resources(self) -> Any:
         return self.peek().resource_logs
 
-    def item_count(self) -> int:
+    def _count_items(self) -> int:
         return sum(len(sl.log_records) for rl in self.peek().resource_logs for sl in rl.scope_logs)
 
     def split(self, max_items: int) -> list[Batch]:
@@ -244,7 +264,7 @@ class Profiles(Batch):
     def peek_resources(self) -> Any:
         return self.peek().resource_profiles
 
-    def item_count(self) -> int:
+    def _count_items(self) -> int:
         return sum(len(sp.profiles) for rp in self.peek().resource_profiles for sp in rp.scope_profiles)
 
     @classmethod
