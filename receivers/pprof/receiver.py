@@ -56,10 +56,10 @@ KINDS: dict[str, Kind] = {
     "delta_block": Kind("delta_block", "delta_block", windowed=True),
 }
 EMPTY_HINT = {
-    "mutex": "the mutex profile is empty: call runtime.SetMutexProfileFraction(n) in the program (e.g. 5)",
-    "block": "the block profile is empty: call runtime.SetBlockProfileRate(n) in the program (e.g. 1e6 ns)",
-    "delta_mutex": "the mutex profile is empty: call runtime.SetMutexProfileFraction(n) in the program",
-    "delta_block": "the block profile is empty: call runtime.SetBlockProfileRate(n) in the program",
+    "mutex": "no contention recorded: unless the program calls runtime.SetMutexProfileFraction(n) (e.g. 5), it never will",
+    "block": "no blocking recorded: unless the program calls runtime.SetBlockProfileRate(n) (e.g. 1000000 ns), it never will",
+    "delta_mutex": "no contention recorded: does the program call runtime.SetMutexProfileFraction(n)?",
+    "delta_block": "no blocking recorded: does the program call runtime.SetBlockProfileRate(n)?",
     "heap": "the heap profile is empty: runtime.MemProfileRate is 0 in the program",
     "allocs": "the allocs profile is empty: runtime.MemProfileRate is 0 in the program",
 }
@@ -275,12 +275,11 @@ class TargetRunner:
             metrics.gauge(self.resource, "go.goroutine.count", total, "{goroutine}",
                           "goroutines alive (from the goroutine profile)")
         if kind.name in EMPTY_HINT and not p.sample:
-            await self._emit_profile(kind, p, body, delta=kind.windowed)
+            if kind.client_delta:  # an empty dump is still the baseline for the next one
+                self._delta_state(kind).apply(p, (self.t.pid, self.t.start_time))
             raise ScrapeError("empty_profile", f"{self.label} {kind.name}: no samples", EMPTY_HINT[kind.name])
         if kind.client_delta:
-            st = self.deltas.get(kind.name)
-            if st is None:
-                st = self.deltas[kind.name] = DeltaState(kind.name, self.cfg.max_stacks)
+            st = self._delta_state(kind)
             ident = (self.t.pid, self.t.start_time)
             res = st.apply(p, ident)
             if res.clamped:
@@ -301,6 +300,12 @@ class TargetRunner:
             await self._leak_profile(p, metrics, logs)
         await self._emit_profile(kind, p, body, delta=kind.windowed)
         return len(body), len(p.sample)
+
+    def _delta_state(self, kind: Kind) -> DeltaState:
+        st = self.deltas.get(kind.name)
+        if st is None:
+            st = self.deltas[kind.name] = DeltaState(kind.name, self.cfg.max_stacks)
+        return st
 
     async def _emit_profile(self, kind: Kind, p: pb.Profile, body: bytes | None, delta: bool) -> None:
         if Signal.PROFILES not in self.r.sinks or not p.sample:
