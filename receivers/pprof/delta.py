@@ -66,12 +66,13 @@ class DeltaState:
         cur: dict[int, list[int]] = {}
         rep: dict[int, Any] = {}
         ncols = len(names)
+        lk = loc_key.__getitem__
         for s in p.sample:
             if s.label:
                 lab = tuple((st[lb.key], st[lb.str], lb.num) for lb in s.label)
-                k = hash((tuple(loc_key[i] for i in s.location_id), lab))
+                k = hash((tuple(map(lk, s.location_id)), lab))
             else:
-                k = hash(tuple(loc_key[i] for i in s.location_id))
+                k = hash(tuple(map(lk, s.location_id)))
             row = cur.get(k)
             if row is None:
                 cur[k] = list(s.value)
