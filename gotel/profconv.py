@@ -190,10 +190,10 @@ class ProfilesBuilder:
         adds = [op.samples.add for op in out]
         pairs = list(zip(adds, cols, strict=True))
         for smp in p.sample:
-            key = tuple(map(loc_get, smp.location_id))
-            stack = stacks_get(key)
+            skey = tuple(map(loc_get, smp.location_id))
+            stack = stacks_get(skey)
             if stack is None:
-                stack = self._stack(key)
+                stack = self._stack(skey)
             aidx: list[int] = []
             if smp.label:
                 lk = tuple((lb.key, lb.str, lb.num, lb.num_unit) for lb in smp.label)

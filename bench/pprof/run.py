@@ -173,7 +173,7 @@ def conversion_speed(bodies: list[bytes]) -> dict[str, float]:
             profconv.pprof_to_otlp(p, {"service.name": "x"}).SerializeToString()
     t_conv = time.perf_counter() - t0
     return {"samples": samples * reps, "decode_sps": samples * reps / t_decode, "convert_sps": samples * reps / t_conv,
-            "profiles": len(profs)}
+            "profiles": len(profs), "per_profile": samples / max(len(profs), 1)}
 
 
 async def main() -> None:
@@ -216,7 +216,7 @@ async def main() -> None:
           f"{f['metric_points']:.0f} metric points")
     print(f"pprof -> OTLP conversion   {conv['convert_sps']:,.0f} samples/s vs decode only {conv['decode_sps']:,.0f} "
           f"samples/s (x{conv['decode_sps'] / conv['convert_sps']:.1f} slower than decoding; {conv['profiles']} real fixture profiles, "
-          f"{conv['samples'] / max(conv['profiles'], 1) / max(1, int(20000 / max(conv['samples'], 1))):.0f} samples each)")
+          f"{conv['per_profile']:.0f} samples each)")
     print(f"  on a 20000-sample heap   {conv_big['convert_sps']:,.0f} samples/s vs decode only {conv_big['decode_sps']:,.0f} "
           f"samples/s (x{conv_big['decode_sps'] / conv_big['convert_sps']:.1f}); delta {big_delta:,.0f} samples/s (synthetic, 4 sample types)")
 
