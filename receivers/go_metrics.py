@@ -16,9 +16,10 @@ import math
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gotel.component import ComponentConfig, Consumer, ConsumerError, Context, Receiver, ReceiverFactory
 from gotel.durations import Duration
@@ -51,8 +52,18 @@ class TargetConfig(ComponentConfig):
 
 class Config(ComponentConfig):
     targets: list[TargetConfig] = Field(default_factory=list)
+    kubernetes: dict[str, Any] | None = Field(
+        None, description="pods annotated prometheus.io/scrape on this node (docs/kubernetes.md)")
     interval: Duration = Field(15.0, ge=0.1)
     timeout: Duration = Field(5.0, gt=0)
+    refresh_interval: Duration = Field(30.0, ge=1.0, description="how often pod targets are re-read")
+
+    @field_validator("kubernetes")
+    @classmethod
+    def _k8s(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        from gotel.receivers.pprof.config import check_kubernetes
+
+        return check_kubernetes(v)
 
 
 # --- mapping -----------------------------------------------------------------------------------
@@ -207,17 +218,52 @@ class GoMetricsReceiver(Receiver):
         self._last_err: dict[str, str] = {}
         self._mappers: dict[str, Mapper] = {}
 
-    async def start(self) -> None:
+    def static_targets(self) -> list[tuple[Target, str]]:
+        out = []
         for tc in self.cfg.targets:
-            from urllib.parse import urlsplit
-
             u = urlsplit(tc.endpoint)
             attrs: dict[str, Any] = dict(tc.attributes)
             attrs["service.name"] = tc.service_name or attrs.get("service.name") or "unknown_service"
             netns = tc.netns or (f"/proc/{tc.netns_pid}/ns/net" if tc.netns_pid else None)
-            t = Target(url=f"{u.scheme}://{u.netloc}", attributes=attrs, netns=netns, pid=tc.netns_pid, source="static")
-            path = u.path + (f"?{u.query}" if u.query else "")
-            self.tasks.append(asyncio.create_task(self._loop(t, path or "/metrics", tc.kind())))
+            path = (u.path or "/metrics") + (f"?{u.query}" if u.query else "")
+            out.append((Target(url=f"{u.scheme}://{u.netloc}", attributes=attrs, netns=netns, pid=tc.netns_pid,
+                               source="static", path_prefix=path), tc.kind()))
+        return out
+
+    async def start(self) -> None:
+        for t, kind in self.static_targets():
+            self.tasks.append(asyncio.create_task(self._loop(t, t.path_prefix, kind)))
+        if self.cfg.kubernetes is not None:
+            from gotel.k8s.discovery import (  # type: ignore[import-not-found]
+                KubernetesDiscoveryConfig,
+                PodTargetSource,
+            )
+
+            src = PodTargetSource.from_config(KubernetesDiscoveryConfig.model_validate(self.cfg.kubernetes), "metrics")
+            self.tasks.append(asyncio.create_task(self._follow(src)))
+
+    async def _follow(self, src: Any) -> None:
+        """Pod targets come and go: one loop per target key, stopped when the pod is gone."""
+        loops: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                try:
+                    found = {t.key + t.path_prefix: t for t in await src.targets()}
+                except Exception as e:
+                    self.ctx.logger.warning("go_metrics: kubernetes target source failed: %s", e)
+                    found = {}
+                for k in [k for k in loops if k not in found]:
+                    loops.pop(k).cancel()
+                for k, t in found.items():
+                    if k not in loops:
+                        kind = "expvar" if t.path_prefix.rstrip("/").endswith("/debug/vars") else "prometheus"
+                        loops[k] = asyncio.create_task(self._loop(t, t.path_prefix, kind))
+                await asyncio.sleep(self.cfg.refresh_interval)
+        finally:
+            for task in loops.values():
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await src.close()
 
     async def scrape(self, t: Target, path: str, kind: str) -> int:
         from gotel.receivers.pprof.fetch import ScrapeError

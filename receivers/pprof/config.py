@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
 
 from gotel.component import ComponentConfig
 from gotel.discovery import DiscoveryConfig as ProcessSelection
@@ -94,8 +96,22 @@ class DiagnosticsConfig(ComponentConfig):
         0.01, ge=0, description="report a lock site as a log record from this many seconds of waiting per second")
 
 
+def check_kubernetes(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Validated with gotel.k8s.discovery's own model (imported only when the block is used)."""
+    if v is None:
+        return v
+    try:
+        from gotel.k8s.discovery import KubernetesDiscoveryConfig  # type: ignore[import-not-found]
+    except ImportError:
+        raise ValueError("kubernetes pod discovery (gotel.k8s.discovery) is not installed") from None
+    KubernetesDiscoveryConfig.model_validate(v)
+    return v
+
+
 class Config(ComponentConfig):
     targets: list[StaticTarget] = Field(default_factory=list)
+    kubernetes: dict[str, Any] | None = Field(
+        None, description="pod discovery by annotations (profiles.grafana.com/*, pyroscope.io/*): see docs/kubernetes.md")
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)
     timeout: Duration = Field(10.0, gt=0, description="per request; CPU scrapes get seconds + timeout")
@@ -105,5 +121,12 @@ class Config(ComponentConfig):
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
     jitter: bool = Field(True, description="spread first scrapes over the interval (hash of target and type)")
 
+    @field_validator("kubernetes")
+    @classmethod
+    def _k8s(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_kubernetes(v)
+
     def discovery_on(self) -> bool:
-        return self.discovery.enabled if self.discovery.enabled is not None else not self.targets
+        if self.discovery.enabled is not None:
+            return self.discovery.enabled
+        return not self.targets and self.kubernetes is None

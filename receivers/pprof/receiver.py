@@ -497,6 +497,14 @@ class PprofReceiver(Receiver):
         if self.cfg.discovery_on():
             d = self.cfg.discovery
             self.sources.append(LocalProcessSource(d, d.path_prefix, fetcher=self.fetcher))
+        if self.cfg.kubernetes is not None:
+            from gotel.k8s.discovery import (  # type: ignore[import-not-found]
+                KubernetesDiscoveryConfig,
+                PodTargetSource,
+            )
+
+            kc = KubernetesDiscoveryConfig.model_validate(self.cfg.kubernetes)
+            self.sources.append(PodTargetSource.from_config(kc, "pprof"))
         self._task = asyncio.create_task(self._manage(), name=f"{self.ctx.id}:targets")
 
     async def refresh(self) -> None:
@@ -530,7 +538,7 @@ class PprofReceiver(Receiver):
         interval = self.cfg.discovery.refresh_interval
         while True:
             await self.refresh()
-            if not self.cfg.discovery_on():
+            if not self.cfg.discovery_on() and self.cfg.kubernetes is None:
                 return
             await asyncio.sleep(interval)
 
