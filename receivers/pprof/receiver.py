@@ -96,6 +96,19 @@ class Health:
         self.restarts = t.counter("pprof_target_restarts", "Target restarts seen by delta state (new baseline).",
                                   ("target", "profile"))
         self.fail_totals: dict[tuple[str, str, str], int] = {}
+        self._series: dict[str, set[tuple[Any, tuple[str, ...]]]] = {}
+
+    def child(self, fam: Any, target: str, *rest: str) -> Any:
+        """fam.labels(target, *rest), remembered so that forget() can drop a vanished target's series."""
+        self._series.setdefault(target, set()).add((fam, (target, *rest)))
+        return fam.labels(target, *rest)
+
+    def forget(self, target: str) -> None:
+        for fam, labels in self._series.pop(target, ()):
+            with contextlib.suppress(KeyError):
+                fam.fam.remove(*fam.head, *labels)
+        for k in [k for k in self.fail_totals if k[0] == target]:
+            del self.fail_totals[k]
 
 
 class TargetRunner:
@@ -158,7 +171,7 @@ class TargetRunner:
     async def scrape(self, kind: Kind, pc: ProfileConfig) -> int:
         """One scrape; returns how many intervals to skip (back-off after cpu_busy)."""
         h = self.r.health
-        h.scrapes.labels(self.label, kind.name).inc()
+        h.child(h.scrapes, self.label, kind.name).inc()
         t0 = time.monotonic()
         metrics = MetricsBuilder(SCOPE)
         logs = LogsBuilder(SCOPE)
@@ -203,11 +216,11 @@ class TargetRunner:
 
     def _failed(self, kind: Kind, e: ScrapeError, metrics: MetricsBuilder, dur: float) -> None:
         h = self.r.health
-        h.failures.labels(self.label, kind.name, e.cls).inc()
+        h.child(h.failures, self.label, kind.name, e.cls).inc()
         key = (self.label, kind.name, e.cls)
         h.fail_totals[key] = h.fail_totals.get(key, 0) + 1
         up = 1 if e.cls == "empty_profile" else 0
-        h.up.labels(self.label, kind.name).set(up)
+        h.child(h.up, self.label, kind.name).set(up)
         self._health_points(kind, metrics, up, dur)
         for (lbl, kn, cls), n in h.fail_totals.items():
             if lbl == self.label and kn == kind.name:
@@ -221,12 +234,12 @@ class TargetRunner:
 
     def _succeeded(self, kind: Kind, metrics: MetricsBuilder, dur: float, nbytes: int, nsamples: int) -> None:
         h = self.r.health
-        h.up.labels(self.label, kind.name).set(1)
-        h.duration.labels(self.label, kind.name).set(dur)
-        h.bytes.labels(self.label, kind.name).set(nbytes)
-        h.samples.labels(self.label, kind.name).set(nsamples)
+        h.child(h.up, self.label, kind.name).set(1)
+        h.child(h.duration, self.label, kind.name).set(dur)
+        h.child(h.bytes, self.label, kind.name).set(nbytes)
+        h.child(h.samples, self.label, kind.name).set(nsamples)
         if kind.name in self.deltas:
-            h.delta_stacks.labels(self.label, kind.name).set(self.deltas[kind.name].stacks())
+            h.child(h.delta_stacks, self.label, kind.name).set(self.deltas[kind.name].stacks())
         if self.last_error.pop(kind.name, None):
             self.r.log.info("pprof %s %s: scraping again", self.label, kind.name)
         a = {"pprof.profile.type": kind.name}
@@ -283,9 +296,9 @@ class TargetRunner:
             ident = (self.t.pid, self.t.start_time)
             res = st.apply(p, ident)
             if res.clamped:
-                self.r.health.clamped.labels(self.label, kind.name).inc(res.clamped)
+                self.r.health.child(self.r.health.clamped, self.label, kind.name).inc(res.clamped)
             if res.reason == "restart":
-                self.r.health.restarts.labels(self.label, kind.name).inc()
+                self.r.health.child(self.r.health.restarts, self.label, kind.name).inc()
                 self.r.log.info("pprof %s %s: target restarted, new baseline", self.label, kind.name)
             if res.profile is None:
                 return len(body), 0
@@ -335,7 +348,7 @@ class TargetRunner:
             metrics.sum(self.resource, "gotel.lock.contention.count", s.contentions, "{contention}",
                         "contention events at this lock site", a, temporality=DELTA, start=start)
             if s.delay_per_second >= d.contention_min_rate:
-                self.r.health.findings.labels(self.label, "contention").inc()
+                self.r.health.child(self.r.health.findings, self.label, "contention").inc()
                 what = "lock contention" if a["pprof.profile.type"] == "mutex" else "blocking"
                 logs.add(self.resource,
                          f"{what}: {s.delay_per_second:.3f} s/s of waiting ({s.contentions_per_second:.1f} "
@@ -362,7 +375,7 @@ class TargetRunner:
         budget = self.cfg.profiles.goroutine_dump.max_goroutines
         n = await self._goroutine_count()
         if n > budget:
-            self.r.health.budget_skips.labels(self.label).inc()
+            self.r.health.child(self.r.health.budget_skips, self.label).inc()
             if self.last_error.get("goroutine_dump_budget") != str(budget):
                 self.last_error["goroutine_dump_budget"] = str(budget)
                 self.r.log.info("pprof %s: %d goroutines > max_goroutines=%d, skipping debug=2 dumps (they stop the world)",
@@ -399,7 +412,7 @@ class TargetRunner:
 
     def _finding(self, f: goroutines.Finding, logs: LogsBuilder) -> None:
         b = f.bucket
-        self.r.health.findings.labels(self.label, f.kind).inc()
+        self.r.health.child(self.r.health.findings, self.label, f.kind).inc()
         attrs: dict[str, Any] = {
             "gotel.finding.kind": f.kind,
             "gotel.goroutine.state": b.state,
@@ -431,7 +444,10 @@ class TargetRunner:
         with contextlib.suppress(ScrapeError):
             got = await self._fetch_dump()
         if got is not None:
-            for b in goroutines.bucketize(got[1]).values():
+            buckets = goroutines.bucketize(got[1])
+            for key in [key for key in self.leak_reported if key not in buckets]:
+                del self.leak_reported[key]
+            for b in buckets.values():
                 if b.leaked and b.leaked > self.leak_reported.get(b.key, 0):
                     self.leak_reported[b.key] = b.leaked
                     self._finding(goroutines.Finding("leaked", b), logs)
@@ -461,6 +477,11 @@ class PprofReceiver(Receiver):
         self._cpu_locks: dict[Any, asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
         self._refreshed = asyncio.Event()
+        if cfg.targets:
+            self.sources.append(StaticSource(self._static_targets()))
+        if cfg.discovery_on():
+            d = cfg.discovery
+            self.sources.append(LocalProcessSource(d, d.path_prefix, fetcher=self.fetcher))
 
     def cpu_lock(self, t: Target) -> asyncio.Lock:
         key = (t.pid, t.start_time) if t.pid else t.key
@@ -492,11 +513,6 @@ class PprofReceiver(Receiver):
         return out
 
     async def start(self) -> None:
-        if self.cfg.targets:
-            self.sources.append(StaticSource(self._static_targets()))
-        if self.cfg.discovery_on():
-            d = self.cfg.discovery
-            self.sources.append(LocalProcessSource(d, d.path_prefix, fetcher=self.fetcher))
         if self.cfg.kubernetes is not None:
             from gotel.k8s.discovery import (  # type: ignore[import-not-found]
                 KubernetesDiscoveryConfig,
@@ -522,6 +538,7 @@ class PprofReceiver(Receiver):
         for k in [k for k in self.runners if k not in found or found[k].start_time != self.runners[k].t.start_time]:
             r = self.runners.pop(k)
             await r.stop()
+            self.health.forget(r.label)
             self.log.info("pprof: stopped scraping %s", r.label)
             if r.t.netns and not any(x.t.netns == r.t.netns for x in self.runners.values()):
                 self.fetcher.forget_netns(r.t.netns)
