@@ -150,28 +150,35 @@ def synthetic_heap(n: int = 20000) -> bytes:
 
 
 def delta_speed(body: bytes) -> float:
-    p = pprof.decode(body)
-    st = DeltaState("heap")
-    st.apply(p)
-    t0 = time.perf_counter()
-    st.apply(p)
-    return len(p.sample) / (time.perf_counter() - t0)
+    best = float("inf")
+    n = 1
+    for _ in range(3):  # CPU time, best of three: the machine is shared with the 50 targets
+        st = DeltaState("heap")
+        st.apply(pprof.decode(body))
+        p = pprof.decode(body)
+        n = len(p.sample)
+        t0 = time.process_time()
+        st.apply(p)  # consumes p
+        best = min(best, time.process_time() - t0)
+    return n / best
 
 
 def conversion_speed(bodies: list[bytes]) -> dict[str, float]:
     profs = [pprof.decode(b) for b in bodies]
     samples = sum(len(p.sample) for p in profs)
     reps = max(1, int(20000 / max(samples, 1)))
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        for b in bodies:
-            pprof.decode(b)
-    t_decode = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        for p in profs:
-            profconv.pprof_to_otlp(p, {"service.name": "x"}).SerializeToString()
-    t_conv = time.perf_counter() - t0
+    t_decode = t_conv = float("inf")
+    for _ in range(3):  # CPU time, best of three
+        t0 = time.process_time()
+        for _ in range(reps):
+            for b in bodies:
+                pprof.decode(b)
+        t_decode = min(t_decode, time.process_time() - t0)
+        t0 = time.process_time()
+        for _ in range(reps):
+            for p in profs:
+                profconv.pprof_to_otlp(p, {"service.name": "x"}).SerializeToString()
+        t_conv = min(t_conv, time.process_time() - t0)
     return {"samples": samples * reps, "decode_sps": samples * reps / t_decode, "convert_sps": samples * reps / t_conv,
             "profiles": len(profs), "per_profile": samples / max(len(profs), 1)}
 

@@ -52,6 +52,7 @@ class DeltaState:
         self.identity = None
 
     def apply(self, p: pb.Profile, identity: tuple[Any, ...] = ()) -> DeltaResult:
+        """Consumes p when a delta is returned (its samples are moved into the result)."""
         names = [t for t, _u in pprof.sample_type_names(p)]
         cum = [i for i, t in enumerate(names) if t in self.cum_names]
         st = p.string_table
@@ -100,29 +101,30 @@ class DeltaState:
             return DeltaResult(None, "baseline" if first else "restart", 0, dropped)
 
         assert prev is not None
-        out = pb.Profile()
-        out.CopyFrom(p)
-        del out.sample[:]
         clamped = 0
         zero = (0,) * len(cum)
+        keep = []
+        pairs = list(enumerate(cum))
         for k, row in cur.items():
             old = prev.get(k, zero)
-            vals = list(row)
             neg = False
-            for j, i in enumerate(cum):
+            for j, i in pairs:
                 d = row[i] - old[j]
                 if d < 0:
                     d = 0
                     neg = True
-                vals[i] = d
+                row[i] = d
             clamped += neg
-            if not any(vals):
+            if not any(row):
                 continue
-            s = out.sample.add()
-            r = rep[k]
-            s.location_id.extend(r.location_id)
-            s.label.extend(r.label)
-            s.value.extend(vals)
+            r = rep[k]  # the dump's own sample, rewritten in place: no per-sample copy in Python
+            r.value[:] = row
+            keep.append(r)
+        out = pb.Profile()
+        samples = list(p.sample) if len(keep) == len(p.sample) else keep
+        del p.sample[:]
+        out.CopyFrom(p)
+        out.sample.extend(samples)
         if self.prev_time and p.time_nanos > self.prev_time:
             out.time_nanos = self.prev_time
             out.duration_nanos = p.time_nanos - self.prev_time
