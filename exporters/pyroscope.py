@@ -190,6 +190,9 @@ class PyroscopeSender(Sender):
                 raise _classify(r.status, body, r.headers.get("Retry-After"))
         except ExportError:
             raise
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:
+            raise ExportError(f"{url}: TLS: {e} (set tls.ca_file to the CA that signed the server's certificate)",
+                              retryable=False, reason="tls_error") from None
         except aiohttp.ClientError as e:
             raise ExportError(f"{url}: {type(e).__name__}: {e}", retryable=True, reason="unreachable") from None
         except OSError as e:

@@ -42,7 +42,9 @@ class Series:
 
 
 class PyroscopeServer:
-    def __init__(self, require_tenant: str | None = None, require_auth: str | None = None) -> None:
+    def __init__(self, require_tenant: str | None = None, require_auth: str | None = None,
+                 ssl_context: Any = None) -> None:
+        self.ssl_context = ssl_context
         self.require_tenant = require_tenant
         self.require_auth = require_auth
         self.series: list[Series] = []
@@ -57,7 +59,7 @@ class PyroscopeServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
 
     async def start(self) -> PyroscopeServer:
         app = web.Application(client_max_size=64 << 20)
@@ -66,7 +68,7 @@ class PyroscopeServer:
         app.router.add_post("/pyroscope/ingest", self._ingest)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,35 @@ def test_config_errors() -> None:
     with pytest.raises(ValueError, match="not both"):
         factory.config.model_validate({"endpoint": "http://x", "bearer_token": "t",
                                        "basic_auth": {"username": "u", "password": "p"}})
+
+
+async def test_tls_with_private_ca(tmp_path: Path) -> None:
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    sctx.load_cert_chain(cert, key)
+    srv = await PyroscopeServer(ssl_context=sctx).start()
+    try:
+        assert srv.url.startswith("https://")
+        ok = factory.config.model_validate({"endpoint": srv.url, "tls": {"ca_file": str(cert)}})
+        exp = factory.create(Signal.PROFILES, ok, context("pyroscope", Kind.EXPORTER))
+        await exp.start()
+        await exp.consume(batch()[0])
+        await exp.shutdown(deadline=5)
+        assert len(srv.series) == 1
+        # without the CA the certificate is not trusted: nothing is delivered
+        bad = factory.config.model_validate({"endpoint": srv.url})  # not retried: a TLS error does not heal
+        ctx = context("pyroscope", Kind.EXPORTER)
+        exp = factory.create(Signal.PROFILES, bad, ctx)
+        await exp.start()
+        await exp.consume(batch()[0])
+        await exp.shutdown(deadline=5)
+        assert len(srv.series) == 1
+        assert counter(ctx, "gotel_dropped_items_total", signal="profiles", reason="tls_error") == 4
+    finally:
+        await srv.stop()
