@@ -445,8 +445,8 @@ class TargetRunner:
             got = await self._fetch_dump()
         if got is not None:
             buckets = goroutines.bucketize(got[1])
-            for key in [key for key in self.leak_reported if key not in buckets]:
-                del self.leak_reported[key]
+            for old in [k for k in self.leak_reported if k not in buckets]:
+                del self.leak_reported[old]
             for b in buckets.values():
                 if b.leaked and b.leaked > self.leak_reported.get(b.key, 0):
                     self.leak_reported[b.key] = b.leaked
