@@ -91,7 +91,7 @@ async def test_each_bad_target_classified_healthy_one_scraped(goapp) -> None:
         good = labels[f"http://127.0.0.1:{app.port()}"]
         scrapes = reg.get_sample_value("gotel_pprof_scrapes_total", {
             "component": "pprof", "kind": "receiver", "target": good, "profile": "heap"})
-        assert scrapes is not None and scrapes >= 4  # the hung target did not hold the healthy one back
+        assert scrapes is not None and scrapes >= 3  # the hung target did not hold the healthy one back
         assert reg.get_sample_value("gotel_pprof_target_up", {
             "component": "pprof", "kind": "receiver", "target": good, "profile": "heap"}) == 1
         svc = {r.resource.attributes[0].value.string_value for req, _p in profiles_of(sk["profiles"])  # type: ignore[index]
