@@ -35,6 +35,9 @@ class Target:
     start_time: int | None = None  # process start (clock ticks since boot): tells a restart from the same pid
     source: str = "static"
     path_prefix: str = "/debug/pprof"
+    # Per-target profile selection from discovery (e.g. pod annotations): profile type -> absolute path.
+    # Types use the annotation names (cpu, memory, goroutine, block, mutex); None = the receiver's config.
+    profile_paths: Mapping[str, str] | None = field(default=None, hash=False, compare=False)
 
     @property
     def key(self) -> str:

@@ -55,6 +55,9 @@ KINDS: dict[str, Kind] = {
     "delta_mutex": Kind("delta_mutex", "delta_mutex", windowed=True),
     "delta_block": Kind("delta_block", "delta_block", windowed=True),
 }
+# gotel's profile types -> the names pod annotations use (profiles.grafana.com/<name>.scrape)
+ANNOTATION_TYPE = {"cpu": "cpu", "heap": "memory", "mutex": "mutex", "block": "block", "goroutine": "goroutine",
+                   "goroutine_dump": "goroutine", "goroutineleak": "goroutine"}
 EMPTY_HINT = {
     "mutex": "no contention recorded: unless the program calls runtime.SetMutexProfileFraction(n) (e.g. 5), it never will",
     "block": "no blocking recorded: unless the program calls runtime.SetBlockProfileRate(n) (e.g. 1000000 ns), it never will",
@@ -134,8 +137,29 @@ class TargetRunner:
     def start(self) -> None:
         for name, kind in KINDS.items():
             pc: ProfileConfig = getattr(self.cfg.profiles, name)
-            if pc.enabled:
-                self.tasks.append(asyncio.create_task(self._loop(kind, pc), name=f"pprof:{self.t.key}:{name}"))
+            sel = self._selected(name, pc)
+            if sel is not None:
+                self.tasks.append(asyncio.create_task(self._loop(kind, sel), name=f"pprof:{self.t.key}:{name}"))
+
+    def _selected(self, name: str, pc: ProfileConfig) -> ProfileConfig | None:
+        """The config of one profile type for this target, or None when it is not scraped.
+
+        Targets from annotation-based discovery carry their own selection (type -> path); the
+        receiver's intervals still apply. goroutine dumps and goroutineleak follow `goroutine`."""
+        paths = self.t.profile_paths
+        if paths is None:
+            return pc if pc.enabled else None
+        ann = ANNOTATION_TYPE.get(name)
+        if ann is None or ann not in paths:
+            return None
+        if name in ("goroutine_dump", "goroutineleak"):
+            return pc if pc.enabled else None
+        prefix = self.t.path_prefix.rstrip("/")
+        path = paths[ann]
+        rel = path[len(prefix):] if path.startswith(prefix + "/") else None
+        if rel is None:
+            return None  # a path outside the target's prefix cannot be expressed; discovery splits such targets
+        return pc.model_copy(update={"path": rel.lstrip("/")})
 
     async def stop(self) -> None:
         for task in self.tasks:
