@@ -87,7 +87,7 @@ class NetnsSocketFactory:
             except OSError as e:
                 fut.set_exception(e)
 
-    def socket(self, family: int, type_: int, proto: int = 0) -> socket.socket:
+    def make_socket(self, family: int, type_: int, proto: int = 0) -> socket.socket:
         if not self._thread.is_alive():
             raise NetnsError(0, f"network namespace helper for {self.path} has stopped")
         fut: Future[socket.socket] = Future()
@@ -96,7 +96,7 @@ class NetnsSocketFactory:
 
     def __call__(self, addr_info: Any) -> socket.socket:
         family, type_, proto = addr_info[0], addr_info[1], addr_info[2]
-        return self.socket(family, type_, proto)
+        return self.make_socket(family, type_, proto)
 
     def close(self) -> None:
         if self._thread.is_alive():

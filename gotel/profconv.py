@@ -17,7 +17,6 @@ from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 i
     ExportProfilesServiceRequest,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.profiles.v1development import profiles_pb2 as otlp
 
 from gotel import pprof
 from gotel.pdata import attrs, value_of
@@ -186,30 +185,36 @@ class ProfilesBuilder:
             out.append(op)
         # samples: stacks and labels interned once, then one value per profile/sample type
         lab_cache: dict[tuple[Any, ...], list[int]] = {}
+        loc_get = loc_map.__getitem__
+        stacks_get = self._stacks.get
+        adds = [op.samples.add for op in out]
+        pairs = list(zip(adds, cols, strict=True))
         for smp in p.sample:
-            stack = self._stack(tuple(loc_map[lid] for lid in smp.location_id))
+            skey = tuple(map(loc_get, smp.location_id))
+            stack = stacks_get(skey)
+            if stack is None:
+                stack = self._stack(skey)
+            aidx: list[int] = []
             if smp.label:
                 lk = tuple((lb.key, lb.str, lb.num, lb.num_unit) for lb in smp.label)
-                aidx = lab_cache.get(lk)
-                if aidx is None:
-                    aidx = []
-                    for key, sv, num, unit in lk:
+                cached = lab_cache.get(lk)
+                if cached is None:
+                    cached = []
+                    for k_, sv, num, unit in lk:
                         if sv:
-                            aidx.append(self.attr(st[key], st[sv]))
+                            cached.append(self.attr(st[k_], st[sv]))
                         else:
-                            aidx.append(self.attr(st[key], num, st[unit] if unit else ""))
-                    lab_cache[lk] = aidx
-            else:
-                aidx = []
+                            cached.append(self.attr(st[k_], num, st[unit] if unit else ""))
+                    lab_cache[lk] = cached
+                aidx = cached
             vals = smp.value
-            for op, j in zip(out, cols, strict=True):
+            for add, j in pairs:
                 v = vals[j]
                 if v:
-                    os_ = op.samples.add()
-                    os_.stack_index = stack
                     if aidx:
-                        os_.attribute_indices.extend(aidx)
-                    os_.values.append(v)
+                        add(stack_index=stack, attribute_indices=aidx, values=(v,))
+                    else:
+                        add(stack_index=stack, values=(v,))
         return out
 
     def build(self) -> ExportProfilesServiceRequest:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
 import os
-import re
 import socket
 import struct
 from collections.abc import Mapping
@@ -37,6 +35,9 @@ class Target:
     start_time: int | None = None  # process start (clock ticks since boot): tells a restart from the same pid
     source: str = "static"
     path_prefix: str = "/debug/pprof"
+    # Per-target profile selection from discovery (e.g. pod annotations): profile type -> absolute path.
+    # Types use the annotation names (cpu, memory, goroutine, block, mutex); None = the receiver's config.
+    profile_paths: Mapping[str, str] | None = field(default=None, hash=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -130,18 +131,6 @@ def _decode_ip(hexip: str, v6: bool) -> str:
     return socket.inet_ntop(socket.AF_INET6, struct.pack(">4I", *words))
 
 
-def is_go_binary(path: str) -> bool:
-    """A Go build carries a .go.buildinfo section (also in stripped binaries)."""
-    try:
-        from elftools.elf.elffile import ELFFile
-
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            return any(elf.get_section_by_name(n) is not None for n in (".go.buildinfo", ".gopclntab"))
-    except Exception:
-        return False
-
-
 def process_start_time(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -151,69 +140,23 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
-def service_name_of(pid: int) -> str:
-    """OTEL_SERVICE_NAME from the environment, else the executable's name (what a human calls it)."""
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            for item in f.read().split(b"\0"):
-                if item.startswith(b"OTEL_SERVICE_NAME="):
-                    v = item.split(b"=", 1)[1].decode(errors="replace").strip()
-                    if v:
-                        return v
-    try:
-        return os.path.basename(os.readlink(f"/proc/{pid}/exe")).removesuffix(" (deleted)")
-    except OSError:
-        return f"pid-{pid}"
-
-
-def cmdline_of(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-@dataclass
-class ProcessSelector:
-    """Which local processes to consider; empty fields match everything."""
-
-    pids: list[int] = field(default_factory=list)
-    exe: list[str] = field(default_factory=list)  # globs on the executable path
-    cmdline: str | None = None  # regular expression
-    ports: list[int] = field(default_factory=list)
-
-    def matches(self, pid: int, exe: str, cmdline: str) -> bool:
-        if self.pids and pid not in self.pids:
-            return False
-        if self.exe and not any(fnmatch.fnmatch(exe, g) or fnmatch.fnmatch(os.path.basename(exe), g) for g in self.exe):
-            return False
-        return not (self.cmdline and not re.search(self.cmdline, cmdline))
-
-
 class LocalProcessSource:
-    """Go processes on this host (or in host PID namespace) that serve ``{path_prefix}/`` on a port.
+    """Go processes on this host (agent in the host PID namespace) that serve ``{path_prefix}/`` on a port.
 
+    Processes are selected with gotel.discovery (the same selectors as the eBPF receivers: pids,
+    exe_paths, cmdline, ports, container_ids, exclude) and named by its service-name resolution.
     A candidate port is confirmed by one GET of the pprof index page; the answer is cached per
     (pid, start time, port), so a refresh costs a /proc walk, not a probe per port.
     """
 
     name = "local"
 
-    def __init__(
-        self,
-        selector: ProcessSelector | None = None,
-        path_prefix: str = "/debug/pprof",
-        probe_timeout: float = 2.0,
-        fetcher: Any = None,
-        proc: str = "/proc",
-    ) -> None:
-        self.selector = selector or ProcessSelector()
+    def __init__(self, selector: Any = None, path_prefix: str = "/debug/pprof", fetcher: Any = None) -> None:
+        from gotel.discovery import DiscoveryConfig
+
+        self.selector = selector if selector is not None else DiscoveryConfig()
         self.path_prefix = path_prefix.rstrip("/")
-        self.probe_timeout = probe_timeout
         self.fetcher = fetcher  # an object with async probe(target, path) -> bool
-        self.proc = proc
-        self._go_cache: dict[tuple[int, int], bool] = {}
         self._probe_cache: dict[tuple[int, int | None, int], bool] = {}
         self._self_pid = os.getpid()
         try:
@@ -223,51 +166,40 @@ class LocalProcessSource:
         except OSError:
             self._own_ns = (0, 0)
 
-    def _is_go(self, pid: int) -> tuple[bool, str]:
-        exe_link = f"{self.proc}/{pid}/exe"
-        try:
-            exe = os.readlink(exe_link)
-            st = os.stat(exe_link)
-        except OSError:
-            return False, ""
-        key = (st.st_dev, st.st_ino)
-        ok = self._go_cache.get(key)
-        if ok is None:
-            ok = is_go_binary(exe_link)
-            self._go_cache[key] = ok
-        return ok, exe
-
     async def targets(self) -> list[Target]:
         cands = await asyncio.get_running_loop().run_in_executor(None, self._candidates)
         return cands if self.fetcher is None else await self._probe_all(cands)
 
     def _candidates(self) -> list[Target]:
+        from gotel.discovery.procfs import all_pids, process_info
         from gotel.netns import netns_id
 
         out: list[Target] = []
-        for name in os.listdir(self.proc):
-            if not name.isdigit():
-                continue
-            pid = int(name)
+        for pid in all_pids():
             if pid == self._self_pid:
                 continue
-            ok, exe = self._is_go(pid)
-            if not ok:
-                continue
-            cmd = cmdline_of(pid)
-            if not self.selector.matches(pid, exe, cmd):
+            info = process_info(pid)
+            if info is None or not self.selector.selects(info):
                 continue
             listeners = listening_sockets(pid)
             if not listeners:
                 continue
             try:
-                ns: str | None = f"{self.proc}/{pid}/ns/net"
+                ns: str | None = f"/proc/{pid}/ns/net"
                 if netns_id(ns) == self._own_ns:  # type: ignore[arg-type]
                     ns = None
             except OSError:
                 continue
             start = process_start_time(pid)
-            svc = service_name_of(pid)
+            attrs: dict[str, Any] = {
+                "service.name": info.service_name,
+                "process.pid": pid,
+                "process.executable.path": info.exe,
+                "process.executable.name": info.exe_name,
+                "process.command_line": " ".join(info.cmdline),
+            }
+            if info.container_id:
+                attrs["container.id"] = info.container_id
             seen_ports: set[int] = set()
             for ln in listeners:
                 if ln.port in seen_ports or (self.selector.ports and ln.port not in self.selector.ports):
@@ -280,20 +212,8 @@ class LocalProcessSource:
                     host = "[::1]"
                 else:
                     host = f"[{ln.ip}]" if ":" in ln.ip else ln.ip
-                out.append(Target(
-                    url=f"http://{host}:{ln.port}",
-                    attributes={
-                        "service.name": svc,
-                        "process.pid": pid,
-                        "process.executable.path": exe,
-                        "process.command_line": cmd,
-                    },
-                    netns=ns,
-                    pid=pid,
-                    start_time=start,
-                    source=self.name,
-                    path_prefix=self.path_prefix,
-                ))
+                out.append(Target(url=f"http://{host}:{ln.port}", attributes=dict(attrs), netns=ns, pid=pid,
+                                  start_time=start, source=self.name, path_prefix=self.path_prefix))
         return out
 
     async def _probe_all(self, cands: list[Target]) -> list[Target]:
