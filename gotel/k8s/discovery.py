@@ -47,6 +47,8 @@ DEFAULT_PATHS = {
     "block": "/debug/pprof/block", "mutex": "/debug/pprof/mutex", "fgprof": "/debug/fgprof",
 }  # fmt: skip
 APP_NAME_LABEL = "app.kubernetes.io/name"
+# what the pprof receiver scrapes (fgprof is a separate handler it does not speak)
+PPROF_TYPES = ("cpu", "memory", "goroutine", "block", "mutex")
 
 
 class KubernetesDiscoveryConfig(ComponentConfig):
@@ -77,15 +79,18 @@ class PodTarget:
     def url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
 
-    def to_target(self) -> Target:
-        """gotel.targets.Target: one path_prefix per target (the common directory of the paths)."""
+    def to_target(self) -> Target | None:
+        """gotel.targets.Target; for pprof with its own profile selection (``profile_paths``) under the
+        common directory of the paths. None when nothing the pprof receiver scrapes is selected (fgprof only)."""
         if self.kind == "metrics":
-            prefix = self.paths["metrics"]
-        else:
-            dirs = {posixpath.dirname(p) for t, p in self.paths.items() if t != "fgprof"}
-            prefix = dirs.pop() if len(dirs) == 1 else "/debug/pprof"
+            return Target(url=self.url, attributes=dict(self.attributes), netns=self.netns, pid=self.pid,
+                          source="kubernetes", path_prefix=self.paths["metrics"])
+        paths = {t: p for t, p in self.paths.items() if t in PPROF_TYPES}
+        if not paths:
+            return None
+        prefix = posixpath.commonpath([posixpath.dirname(p) for p in paths.values()])
         return Target(url=self.url, attributes=dict(self.attributes), netns=self.netns, pid=self.pid,
-                      source="kubernetes", path_prefix=prefix)
+                      source="kubernetes", path_prefix=prefix, profile_paths=paths)
 
 
 def _truthy(v: str | None) -> bool:
@@ -244,7 +249,7 @@ class PodTargetSource:
 
     async def targets(self) -> list[Target]:
         pts = await asyncio.to_thread(self.compute)
-        return [p.to_target() for p in pts]
+        return [t for t in (p.to_target() for p in pts) if t is not None]
 
     async def close(self) -> None:
         if self._owned:

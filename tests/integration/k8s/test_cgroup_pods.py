@@ -223,3 +223,71 @@ async def test_pod_discovery_finds_the_pods_process_for_its_network_namespace(ku
             assert os.path.exists(t.netns)
     finally:
         store.stop()
+
+
+async def test_pprof_receiver_scrapes_an_annotated_pod_with_its_attributes(kube: KubeAPIServer, kubeconfig: str,
+                                                                          monkeypatch) -> None:
+    """The pprof receiver's kubernetes block: a real Go program in a pod's cgroup, only the annotated profile type."""
+    from gotel.receivers.pprof import factory as pprof_factory
+    from gotel.receivers.pprof.config import Config as PprofConfig
+    from tests.helpers import goapps
+
+    monkeypatch.setenv("K8S_NODE_NAME", "node-a")
+    uid, cid = ids()
+    app = goapps.start("httpapp", "server")
+    try:
+        root = os.path.join(CG, "cpu")
+        path = os.path.join(root, f"kubepods/burstable/pod{uid}/{cid}")
+        os.makedirs(path)
+        try:
+            with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                f.write(str(app.pid))
+            kube.apply("pods", make_pod("web-1", uid=uid, ip="10.9.9.9", containers=[("app", "httpapp:1", cid)],
+                                        labels={"app.kubernetes.io/name": "web"},
+                                        annotations={"profiles.grafana.com/memory.scrape": "true",
+                                                     "profiles.grafana.com/memory.port": str(app.ports["pprof"])}))
+            sink, logs = Collect(), Collect()
+            cfg = PprofConfig.model_validate({
+                "kubernetes": {"auth_type": "kubeConfig", "kube_config_path": kubeconfig}, "jitter": False,
+                "profiles": {"heap": {"interval": "1s"}, "cpu": {"interval": "2s"}, "goroutine": {"interval": "1s"}}})
+            rid = ComponentID("pprof")
+            recv = pprof_factory.create(cfg, {Signal.PROFILES: sink, Signal.LOGS: logs},
+                                        Context(id=rid, kind=Kind.RECEIVER, logger=make_ctx().logger,
+                                                telemetry=Telemetry().component(rid, Kind.RECEIVER)))
+            await recv.start()
+            try:
+                for _ in range(120):
+                    if len(sink.batches) >= 2:
+                        break
+                    await asyncio.sleep(0.25)
+            finally:
+                await recv.shutdown()
+        finally:
+            with contextlib.suppress(OSError), open(os.path.join(root, "cgroup.procs"), "w") as f:
+                f.write(str(app.pid))
+            cur = path
+            while cur != root:
+                try:
+                    os.rmdir(cur)
+                except OSError:
+                    break
+                cur = os.path.dirname(cur)
+    finally:
+        app.stop()
+    assert len(sink.batches) >= 2
+    from gotel.pdata import attr_dict
+
+    resources = [attr_dict(rp.resource.attributes) for b in sink.batches for rp in b.peek_resources()]
+    for r in resources:
+        assert r["service.name"] == "web" and r["k8s.pod.name"] == "web-1" and r["k8s.pod.uid"] == uid
+        assert r["k8s.container.name"] == "app" and r["container.id"] == cid and r["process.pid"] == app.pid
+    # only the annotated type (memory = heap) was scraped, though cpu and goroutine are on in the config
+    types = set()
+    for b in sink.batches:
+        msg = b.peek()
+        strings = msg.dictionary.string_table
+        for rp in msg.resource_profiles:
+            for sp in rp.scope_profiles:
+                for prof in sp.profiles:
+                    types.add(strings[prof.sample_type.type_strindex])
+    assert types and types <= {"alloc_objects", "alloc_space", "inuse_objects", "inuse_space"}, types

@@ -54,6 +54,16 @@ def test_pyroscope_scheme_defaults_and_disables() -> None:
     assert profile_endpoints(pod({})) == []
 
 
+def test_target_prefix_covers_every_selected_path() -> None:
+    from gotel.k8s.discovery import PodTarget
+
+    t = PodTarget("pprof", "http", 6060, "127.0.0.1", None, None,
+                  {"cpu": "/debug/pprof/profile", "memory": "/custom/heap", "fgprof": "/debug/fgprof"}).to_target()
+    assert t is not None and t.path_prefix == "/" and t.profile_paths == {"cpu": "/debug/pprof/profile",
+                                                                         "memory": "/custom/heap"}
+    assert PodTarget("pprof", "http", 6060, "h", None, None, {"fgprof": "/debug/fgprof"}).to_target() is None
+
+
 def test_prometheus_scheme() -> None:
     assert metrics_endpoints(pod({"prometheus.io/scrape": "true", "prometheus.io/port": "8080"})) == [
         ("http", 8080, "app", {"metrics": "/metrics"})]
@@ -105,6 +115,8 @@ async def test_source_over_the_store(kube: KubeAPIServer, kubeconfig: str, fake_
         ]
         remote, local = targets
         assert isinstance(local, Target) and local.source == "kubernetes"
+        assert local.profile_paths == {"cpu": "/debug/pprof/profile", "memory": "/debug/pprof/allocs"}
+        assert set(remote.profile_paths) == {"cpu", "memory", "goroutine", "block", "mutex"}
         assert local.attributes == {
             "service.name": "shop", "k8s.namespace.name": "default", "k8s.pod.name": "shop-5d8f7c9b7d-a",
             "k8s.pod.uid": store.by_name[("default", "shop-5d8f7c9b7d-a")].uid, "k8s.node.name": "node-a",
