@@ -109,6 +109,7 @@ class QueuedExporter(Exporter):
         self._workers: list[asyncio.Task[None]] = []
         self._stopping = False
         self._last_drop_log = 0.0
+        self._last_retry_log = 0.0
         self.log = ctx.logger
 
     # --- accounting -------------------------------------------------------------------------------
@@ -228,7 +229,11 @@ class QueuedExporter(Exporter):
                 self._drop(batch, "shutdown", f"{err}; shutdown deadline reached")
                 return
             self.ctx.telemetry.retry(self.signal)
-            self.log.info("%s: %s; retrying in %.2fs", self.ctx.id, err, delay)
+            now = time.monotonic()
+            # Every queue consumer retries the same outage: one line a second tells it, gotel_exporter_retries counts it.
+            if now - self._last_retry_log >= 1.0:
+                self._last_retry_log = now
+                self.log.info("%s: %s; retrying in %.2fs", self.ctx.id, err, delay)
             await self._sleep(delay)
 
     _deadline: float | None = None
