@@ -1,0 +1,85 @@
+"""A receiver that collects on a timer and pushes what it built into its sinks.
+
+Collection runs in a worker thread (reading /proc or BPF maps blocks), pushing runs on the event loop.
+A refused batch is counted as dropped with its reason; a failing collection is logged and retried at
+the next tick, never fatal: the figures are cumulative, so the next push carries what was missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+
+from gotel.component import Consumer, ConsumerError, Context, Receiver
+from gotel.pdata import Batch, Signal
+
+
+class PeriodicReceiver(Receiver):
+    interval_s: float = 10.0
+
+    def __init__(self, sinks: Mapping[Signal, Consumer], ctx: Context, interval_s: float) -> None:
+        self.sinks = sinks
+        self.ctx = ctx
+        self.log = ctx.logger
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    # subclasses implement these
+    def setup(self) -> None:
+        """Blocking set-up (compile and attach BPF, open files); runs in a thread at start()."""
+
+    def collect(self) -> list[Batch]:
+        """Blocking: one collection; returns the batches to push (any signals)."""
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Blocking clean-up (detach BPF); must be safe after a failed or missing setup()."""
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.setup)
+        self._task = asyncio.create_task(self._run(), name=f"{self.ctx.id}-collect")
+
+    async def collect_now(self) -> None:
+        """One collection and push, outside the timer (tests, and the final flush at shutdown)."""
+        batches = await asyncio.to_thread(self.collect)
+        await self.push(batches)
+
+    async def push(self, batches: list[Batch]) -> None:
+        for b in batches:
+            n = b.item_count()
+            if n == 0:
+                continue
+            sink = self.sinks.get(b.signal)
+            if sink is None:
+                continue  # the signal is not used by any pipeline
+            try:
+                await sink.consume(b)
+                self.ctx.telemetry.accepted(b.signal, n)
+            except ConsumerError as e:
+                self.ctx.telemetry.refused(b.signal, n)
+                self.ctx.telemetry.dropped(b.signal, n, "refused" if not e.permanent else "rejected")
+                self.log.warning("%s: %d %s items not accepted: %s", self.ctx.id, n, b.signal, e)
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+            if self._stop.is_set():
+                break
+            try:
+                await self.collect_now()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("%s: collection failed; retrying at the next interval", self.ctx.id)
+
+    async def shutdown(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        await asyncio.to_thread(self.teardown)
