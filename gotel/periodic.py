@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Mapping
 
 from gotel.component import Consumer, ConsumerError, Context, Receiver
+from gotel.discovery import DiscoveryConfig, ProcessInfo, process_info
+from gotel.discovery.procfs import all_pids
 from gotel.pdata import Batch, Signal
 
 
@@ -83,3 +86,16 @@ class PeriodicReceiver(Receiver):
                 await self._task
             self._task = None
         await asyncio.to_thread(self.teardown)
+
+
+def select_now(discovery: DiscoveryConfig) -> dict[int, ProcessInfo]:
+    """One synchronous /proc scan with the discovery selectors (the agent's own pid never matches)."""
+    me = os.getpid()
+    out: dict[int, ProcessInfo] = {}
+    for pid in all_pids():
+        if pid == me:
+            continue
+        info = process_info(pid, with_ports=discovery.needs_ports())
+        if info is not None and discovery.selects(info):
+            out[pid] = info
+    return out

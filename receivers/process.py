@@ -14,17 +14,17 @@ from pydantic import Field
 
 from gotel import procfs
 from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
+from gotel.discovery import DiscoveryConfig
 from gotel.otlpmetrics import MetricsBuilder
 from gotel.pdata import Batch, Signal
-from gotel.periodic import PeriodicReceiver
-from gotel.procselect import Selection, select
+from gotel.periodic import PeriodicReceiver, select_now
 
 SCOPE = "gotel/receiver/process"
 
 
 class Config(ComponentConfig):
     collection_interval: float = Field(10.0, gt=0, description="seconds between two readings")
-    selection: Selection = Field(default_factory=Selection)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     fds: bool = Field(True, description="count open file descriptors by kind (a readlink per fd)")
     cgroups: bool = Field(True, description="per-cgroup (container) CPU, throttling, memory and pressure")
     include_root_cgroup: bool = Field(False, description="also report processes sitting in the root cgroup")
@@ -59,7 +59,7 @@ class ProcessReceiver(PeriodicReceiver):
         self.mounts = procfs.CgroupMounts.load()
 
     def pids(self) -> set[int]:
-        return select(self.cfg.selection)
+        return set(select_now(self.cfg.discovery))
 
     def collect(self) -> list[Batch]:
         mb = MetricsBuilder(SCOPE)

@@ -75,7 +75,7 @@ async def test_throttling_equals_kernel_cpu_stat(throttled_hog: tuple[int, str])
         time.sleep(0.3)
         before = _kernel_v1(path)
         s = sinks(Signal.METRICS)
-        r = ProcessReceiver(Config(selection={"pids": [pid], "go_only": False}), s, make_ctx("process"))
+        r = ProcessReceiver(Config(discovery={"pids": [pid], "go_only": False}), s, make_ctx("process"))
         r.setup()
         await r.push(r.collect())
         after = _kernel_v1(path)
@@ -112,7 +112,7 @@ async def test_fd_kinds_and_legacy_names() -> None:
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ok"
         s = sinks(Signal.METRICS)
-        cfg = Config(selection={"pids": [child.pid], "go_only": False}, legacy_semconv=True, cgroups=False)
+        cfg = Config(discovery={"pids": [child.pid], "go_only": False}, legacy_semconv=True, cgroups=False)
         rec = ProcessReceiver(cfg, s, make_ctx("process"))
         rec.setup()
         await rec.push(rec.collect())
@@ -134,7 +134,7 @@ async def test_exited_process_is_counted_not_fatal() -> None:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     s = sinks(Signal.METRICS)
-    rec = ProcessReceiver(Config(selection={"pids": [p.pid], "go_only": False}), s, make_ctx("process"))
+    rec = ProcessReceiver(Config(discovery={"pids": [p.pid], "go_only": False}), s, make_ctx("process"))
     rec.setup()
     await rec.push(rec.collect())  # the pid is not found by the scan: nothing, no error
     assert s[Signal.METRICS].points("process.cpu.time") == []
