@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from gotel.component import Consumer, ConsumerError, Context, Receiver
 from gotel.discovery import DiscoveryConfig, ProcessInfo, process_info
@@ -99,3 +100,97 @@ def select_now(discovery: DiscoveryConfig) -> dict[int, ProcessInfo]:
         if info is not None and discovery.selects(info):
             out[pid] = info
     return out
+
+
+class TargetedReceiver(PeriodicReceiver):
+    """A periodic receiver that follows the processes its discovery block selects (eBPF receivers).
+
+    Subclasses get on_added(info) / on_removed(pid) from the process watcher (exec/exit tracepoints
+    and a /proc rescan), and drain() every `drain_interval_s` for ring buffers.
+    """
+
+    drain_interval_s: float = 0.25
+
+    def __init__(
+        self, sinks: Mapping[Signal, Consumer], ctx: Context, interval_s: float, discovery: DiscoveryConfig
+    ) -> None:
+        super().__init__(sinks, ctx, interval_s)
+        self.discovery = discovery
+        self.targets: dict[int, ProcessInfo] = {}
+        self._watcher: Any = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+
+    def on_added(self, info: ProcessInfo) -> None:
+        """Blocking: start tracing a process."""
+
+    def on_removed(self, pid: int) -> None:
+        """Blocking: stop tracing a process (it exited or no longer matches)."""
+
+    def drain(self) -> list[Batch]:
+        """Blocking: drain event buffers; returns batches to push at once (e.g. log records)."""
+        return []
+
+    async def start(self) -> None:
+        from gotel.discovery import ProcessWatcher
+
+        await asyncio.to_thread(self.setup)
+        self._watcher = ProcessWatcher(self.discovery)
+        await self._watcher.start()
+        # the watcher's initial scan queued an event per selected process: apply them before returning
+        await self._apply_pending()
+        self._watch_task = asyncio.create_task(self._watch(), name=f"{self.ctx.id}-watch")
+        self._drain_task = asyncio.create_task(self._drain_loop(), name=f"{self.ctx.id}-drain")
+        self._task = asyncio.create_task(self._run(), name=f"{self.ctx.id}-collect")
+
+    async def _apply(self, ev: Any) -> None:
+        from gotel.discovery import ProcessAdded
+
+        if isinstance(ev, ProcessAdded):
+            if ev.info.pid in self.targets:
+                return  # already applied from the initial scan
+            self.targets[ev.info.pid] = ev.info
+            try:
+                await asyncio.to_thread(self.on_added, ev.info)
+            except Exception:
+                self.log.exception("%s: cannot trace pid %d", self.ctx.id, ev.info.pid)
+        else:
+            self.targets.pop(ev.pid, None)
+            try:
+                await asyncio.to_thread(self.on_removed, ev.pid)
+            except Exception:
+                self.log.exception("%s: removing pid %d", self.ctx.id, ev.pid)
+
+    async def _apply_pending(self) -> None:
+        from gotel.discovery import ProcessAdded
+
+        for info in list(self._watcher.selected.values()):
+            await self._apply(ProcessAdded(info))
+
+    async def _watch(self) -> None:
+        while True:
+            ev = await self._watcher.next_event()
+            await self._apply(ev)
+
+    async def _drain_loop(self) -> None:
+        while not self._stop.is_set():
+            await asyncio.sleep(self.drain_interval_s)
+            try:
+                await self.push(await asyncio.to_thread(self.drain))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("%s: draining events failed", self.ctx.id)
+
+    async def shutdown(self) -> None:
+        self._stop.set()
+        for t in (self._watch_task, self._drain_task):
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        self._watch_task = self._drain_task = None
+        if self._watcher is not None:
+            await self._watcher.close()
+            self._watcher = None
+        await super().shutdown()
