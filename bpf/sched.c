@@ -62,7 +62,16 @@ struct slow_event {
     u64 cgid;
 };
 
-BPF_HASH(targets, u32, u8, 4096);                 /* selected tgids, from discovery */
+/* Code ranges where a process parks on purpose (Go: runtime.usleep in sysmon, runtime.futex ...):
+ * a slow syscall whose user IP is inside one is not reported. */
+#define PARK_RANGES 4
+struct park {
+    u64 lo[PARK_RANGES];
+    u64 hi[PARK_RANGES];
+};
+
+BPF_HASH(targets, u32, u8, 4096);
+BPF_HASH(park_ranges, u32, struct park, 4096);                 /* selected tgids, from discovery */
 BPF_ARRAY(ignored_syscalls, u8, 512);             /* syscall numbers never reported as slow */
 BPF_HASH(threads, u32, struct thread_info, 65536); /* tid -> process and cgroup */
 BPF_HASH(runnable, u32, u64, 65536);               /* tid -> when it became runnable */
@@ -223,7 +232,18 @@ TRACEPOINT_PROBE(raw_syscalls, sys_exit) {
     sc_inflight.delete(&tid);
     if (dur < SLOW_NS)
         return 0;
-    struct sc_key k = {.tgid = pt >> 32, .nr = nr};
+    u32 tgid = pt >> 32;
+    struct park *pr = park_ranges.lookup(&tgid);
+    if (pr) {
+        u64 ip[1] = {};
+        if (bpf_get_stack(args, ip, sizeof(ip), BPF_F_USER_STACK) > 0) {
+#pragma unroll
+            for (int i = 0; i < PARK_RANGES; i++)
+                if (ip[0] >= pr->lo[i] && ip[0] < pr->hi[i])
+                    return 0;
+        }
+    }
+    struct sc_key k = {.tgid = tgid, .nr = nr};
     struct total tz = {};
     struct total *t = sc_slow.lookup_or_try_init(&k, &tz);
     if (t) {

@@ -34,10 +34,13 @@ TRACEFS = "/sys/kernel/tracing"
 
 # Syscalls the Go runtime (and most programs) park in on purpose: idle Ms in futex, the netpoller in
 # epoll_pwait, sysmon in nanosleep. Reported as "slow" they would drown the calls that block a P.
+# Go's own nanosleep (sysmon's runtime.usleep) is told apart by where it is called from (PARK_FUNCS),
+# so that a user's time-bounded nanosleep in a syscall still counts.
 DEFAULT_IGNORED = [
-    "futex", "futex_wait", "futex_waitv", "epoll_wait", "epoll_pwait", "epoll_pwait2", "nanosleep",
-    "clock_nanosleep", "rt_sigtimedwait", "rt_sigsuspend", "pause", "wait4", "waitid",
+    "futex", "futex_wait", "futex_waitv", "epoll_wait", "epoll_pwait", "epoll_pwait2",
+    "rt_sigtimedwait", "rt_sigsuspend", "pause", "wait4", "waitid",
 ]
+PARK_FUNCS = ("runtime.usleep", "runtime.usleep_no_g", "runtime.futex", "runtime.epollwait")
 
 
 class Config(ComponentConfig):
@@ -185,16 +188,43 @@ class SchedReceiver(TargetedReceiver):
             tids = procfs.thread_ids(info.pid)
         except procfs.ProcessGone:
             return
+        self._set_park_ranges(info)
         for tid in tids:
             leaf = threads.Leaf()
             leaf.tgid = info.pid
             leaf.cgid = cgid
             threads[ctypes.c_uint32(tid)] = leaf
 
+    def _set_park_ranges(self, info: ProcessInfo) -> None:
+        if not info.is_go:
+            return
+        from gotel import elfsyms
+
+        try:
+            elf = elfsyms.load(f"/proc/{info.pid}/exe")
+            bias = elfsyms.load_bias(info.pid, f"/proc/{info.pid}/exe")
+        except Exception as e:
+            self.log.info("%s: no symbols for pid %d (%s): Go's own sleeps may show as slow syscalls",
+                          self.ctx.id, info.pid, e)
+            return
+        table = self.prog.table("park_ranges")
+        leaf = table.Leaf()
+        i = 0
+        for name in PARK_FUNCS:
+            f = elf.funcs.get(name) or elf.funcs.get(name + ".abi0")
+            if f is None or i >= len(leaf.lo):
+                continue
+            leaf.lo[i] = f.addr + bias
+            leaf.hi[i] = f.addr + bias + max(f.size, 1)
+            i += 1
+        if i:
+            table[ctypes.c_uint32(info.pid)] = leaf
+
     def on_removed(self, pid: int) -> None:
         if self.prog is None:
             return
         self.prog.table("targets").pop(ctypes.c_uint32(pid), None)
+        self.prog.table("park_ranges").pop(ctypes.c_uint32(pid), None)
         threads = self.prog.table("threads")
         for k, v in list(threads.items()):
             if v.tgid == pid:
