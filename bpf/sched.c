@@ -149,6 +149,12 @@ TRACEPOINT_PROBE(sched, sched_switch) {
             u64 blocked = (args->prev_state & BLOCKED_MASK) ? 1 : 0;
             struct off_start os = {.ts = now, .voluntary = blocked};
             offstart.update(&prev, &os);
+            /* switches are counted when they happen (as the kernel's nvcsw/nivcsw), time when they end */
+            struct off_key ok = {.tgid = ti->tgid, .voluntary = (u32)blocked};
+            struct total tz = {};
+            struct total *t = offcpu.lookup_or_try_init(&ok, &tz);
+            if (t)
+                t->count++;
             if (blocked)
                 runnable.delete(&prev); /* a stale wake-up stamp must not count the sleep */
             else
@@ -186,10 +192,8 @@ TRACEPOINT_PROBE(sched, sched_switch) {
         offstart.delete(&next);
         struct total tz = {};
         struct total *t = offcpu.lookup_or_try_init(&ok, &tz);
-        if (t) {
+        if (t)
             t->ns += d;
-            t->count++;
-        }
     }
     return 0;
 }
