@@ -38,6 +38,23 @@ struct gc_state {
     u32 phase;       /* Go < 1.21: KIND_SWEEP inside gcStart, KIND_MARK inside gcMarkDone */
     u32 in_markterm; /* gcMarkTermination entered: the next mark-term start-the-world ends the cycle */
     u32 stws;        /* STW pauses in this cycle (restarted mark terminations add some) */
+    u64 seq;         /* cycle number, so that a late RET does not touch the next cycle */
+};
+
+/* Taken at startTheWorldWithSema entry, while the world is still stopped (so no other STW can race),
+ * finished at its RET on the same thread (it runs on the M's g0): by then the world runs again and
+ * the next GC may already be stopping it. */
+struct pending {
+    u64 start;
+    u64 entry;
+    u64 cycle_start;
+    u64 sweep_ns;
+    u64 mark_ns;
+    u64 seq;
+    u32 kind;
+    u32 ends_cycle;
+    u32 stws;
+    u32 pad;
 };
 
 struct pause_key {
@@ -80,6 +97,7 @@ struct assist_key {
 
 BPF_HASH(procs, u32, struct proc_cfg, 4096);
 BPF_HASH(gcstate, u32, struct gc_state, 4096);
+BPF_HASH(pending, u32, struct pending, 4096); /* by thread id */
 BPF_PERCPU_HASH(counts, u32, struct counters, 4096);
 BPF_PERCPU_HASH(pauses, struct pause_key, u64, 16384);
 BPF_PERCPU_HASH(creators, struct creator_key, u64, 65536);
@@ -132,35 +150,71 @@ int stw_stop(struct pt_regs *ctx) {
 }
 
 int stw_start_entry(struct pt_regs *ctx) {
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 pt = bpf_get_current_pid_tgid();
+    u32 tgid = pt >> 32, tid = (u32)pt;
     struct proc_cfg *cfg = procs.lookup(&tgid);
-    if (!cfg || !(cfg->flags & F_WORLDSTOP))
-        return 0;
-    struct gc_state *s = gcstate.lookup(&tgid);
-    if (!s)
-        return 0;
-    u64 started = ctx->cx; /* worldStop.startedStopping: the runtime's own start of the pause */
-    u64 now = bpf_ktime_get_ns();
-    if (started && started <= now && now - started < 10000000000ULL)
-        s->stw_start = started;
-    return 0;
-}
-
-int stw_start_ret(struct pt_regs *ctx) {
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (!procs.lookup(&tgid))
+    if (!cfg)
         return 0;
     struct gc_state *s = gcstate.lookup(&tgid);
     if (!s || !s->stw_start)
         return 0;
     u64 now = bpf_ktime_get_ns();
+    struct pending p = {};
+    p.start = s->stw_start;
+    if (cfg->flags & F_WORLDSTOP) {
+        u64 started = ctx->cx; /* worldStop.startedStopping: the runtime's own start of the pause */
+        if (started && started <= now && now - started < 10000000000ULL)
+            p.start = started;
+    } else {
+        /* Go < 1.22 stamps the end of a mark-termination pause before it starts the world again */
+        p.entry = now;
+    }
+    p.kind = s->kind > KIND_MARK ? KIND_OTHER : s->kind;
+    if (p.kind == KIND_SWEEP) {
+        s->seq++;
+        s->cycle_start = p.start;
+        s->sweep_ns = 0;
+        s->mark_ns = 0;
+        s->stws = 1;
+        s->in_markterm = 0;
+    } else if (p.kind == KIND_MARK) {
+        s->stws++;
+        if (s->in_markterm) {
+            p.ends_cycle = 1;
+            p.cycle_start = s->cycle_start;
+            p.sweep_ns = s->sweep_ns;
+            p.mark_ns = s->mark_ns;
+            p.stws = s->stws;
+            s->in_markterm = 0;
+            s->cycle_start = 0;
+            s->sweep_ns = 0;
+            s->mark_ns = 0;
+            s->stws = 0;
+        }
+    }
+    p.seq = s->seq;
+    s->stw_start = 0;
+    s->kind = KIND_OTHER;
+    pending.update(&tid, &p);
+    return 0;
+}
+
+int stw_start_ret(struct pt_regs *ctx) {
+    u64 pt = bpf_get_current_pid_tgid();
+    u32 tgid = pt >> 32, tid = (u32)pt;
+    struct pending *p = pending.lookup(&tid);
+    if (!p)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
     u64 end = ctx->ax; /* startTheWorldWithSema returns the runtime's "world started" stamp */
-    if (end < s->stw_start || end > now)
+    if (end < p->start || end > now)
         end = now;
-    u64 d = end - s->stw_start;
-    u32 kind = s->kind;
+    u32 kind = p->kind;
     if (kind > KIND_MARK)
         kind = KIND_OTHER;
+    if (kind == KIND_MARK && p->entry && p->entry >= p->start && p->entry < end)
+        end = p->entry;
+    u64 d = end - p->start;
     struct counters *c = counters_of(tgid);
     if (c) {
         c->stw_ns[kind] += d;
@@ -173,36 +227,29 @@ int stw_start_ret(struct pt_regs *ctx) {
     u64 *h = pauses.lookup_or_try_init(&pk, &zero);
     if (h)
         (*h)++;
+    struct gc_state *s = gcstate.lookup(&tgid);
     if (kind == KIND_SWEEP) {
-        s->cycle_start = s->stw_start;
-        s->sweep_ns = d;
-        s->mark_ns = 0;
-        s->stws = 1;
+        if (s && s->seq == p->seq)
+            s->sweep_ns = d;
     } else if (kind == KIND_MARK) {
-        s->mark_ns += d;
-        s->stws++;
-        if (s->in_markterm) {
+        if (p->ends_cycle) {
             if (c)
                 c->gcs++;
             struct gc_event *e = gotel_reserved(gc_events.ringbuf_reserve(sizeof(*e)));
             if (e) {
-                e->start = s->cycle_start;
+                e->start = p->cycle_start;
                 e->end = end;
-                e->sweep_ns = s->sweep_ns;
-                e->mark_ns = s->mark_ns;
+                e->sweep_ns = p->sweep_ns;
+                e->mark_ns = p->mark_ns + d;
                 e->tgid = tgid;
-                e->stws = s->stws;
+                e->stws = p->stws;
                 gc_events.ringbuf_submit(e, GOTEL_RB_FLAGS);
             }
-            s->in_markterm = 0;
-            s->cycle_start = 0;
-            s->sweep_ns = 0;
-            s->mark_ns = 0;
-            s->stws = 0;
+        } else if (s && s->seq == p->seq) {
+            s->mark_ns += d;
         }
     }
-    s->stw_start = 0;
-    s->kind = KIND_OTHER;
+    pending.delete(&tid);
     return 0;
 }
 

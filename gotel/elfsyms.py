@@ -6,6 +6,7 @@ Interim for the go_runtime and sched receivers until the substrate's Go binary a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -90,7 +91,8 @@ def load(path: str) -> ElfInfo:
     key = (st.st_dev, st.st_ino)
     with _LOCK:
         if key in _CACHE:
-            return _CACHE[key]
+            # the cached path may be another (gone) process's /proc/PID/exe: read through this one
+            return dataclasses.replace(_CACHE[key], path=path)
     with open(path, "rb") as fh:
         elf = ELFFile(fh)
         funcs: dict[str, Func] = {}

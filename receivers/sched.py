@@ -141,6 +141,7 @@ class SchedReceiver(TargetedReceiver):
         self.cgroups: CgroupNames | None = None
         self._slow: list[SlowSyscall] = []
         self._slow_lock = threading.Lock()
+        self._consume_lock = threading.Lock()  # libbpf's ring_buffer__consume is not thread-safe
         self._start_ns = time.time_ns()
         self._lost: Any = None
         self._dropped_logs = ctx.telemetry.counter(
@@ -262,10 +263,13 @@ class SchedReceiver(TargetedReceiver):
             return out
         return out
 
+    def _consume(self) -> None:
+        with self._consume_lock:
+            if self.prog is not None:
+                self.prog.consume()
+
     def drain(self) -> list[Batch]:
-        if self.prog is None:
-            return []
-        self.prog.consume()
+        self._consume()
         return []
 
     # ---- collection ----
@@ -300,7 +304,7 @@ class SchedReceiver(TargetedReceiver):
     def collect(self) -> list[Batch]:
         if self.prog is None:
             return []
-        self.prog.consume()
+        self._consume()
         if self._lost is not None:
             self._lost.update()
         m = self.read_maps()
