@@ -3,38 +3,26 @@
 The argument specs in `.note.stapsdt` (`-4@%eax`, `8@-16(%rbp)`, `4@$42`) are turned into
 (kind, pt_regs offset, displacement, size, sign) records that bpf/include/gotel_usdt.h evaluates, so
 one compiled program reads the arguments of any probe in any binary. Semaphores ("is anybody
-listening?" counters guarding expensive probe arguments) are incremented in each traced process
-through /proc/PID/mem and decremented when it is no longer traced.
+listening?" counters guarding expensive probe arguments) are left to the kernel: the uprobe is opened
+with their file offset (ref_ctr_offset, see gotel.ebpf.program), so no process memory is written here.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import re
-import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import NoteSection
+from gotel.golang.elf import ElfImage
+from gotel.golang.usdt import ProbeArg, USDTProbe, parse_arg
+from gotel.golang.usdt import read_probes as read_usdt_notes
 
 # Byte offsets of the registers in x86-64 struct pt_regs (arch/x86/include/asm/ptrace.h).
 _PT_REGS = {
     "r15": 0, "r14": 8, "r13": 16, "r12": 24, "rbp": 32, "rbx": 40, "r11": 48, "r10": 56,
     "r9": 64, "r8": 72, "rax": 80, "rcx": 88, "rdx": 96, "rsi": 104, "rdi": 112, "rip": 128, "rsp": 152,
 }
-_ALIASES: dict[str, str] = {}
-for _r in ("ax", "bx", "cx", "dx"):
-    for _n in (f"r{_r}", f"e{_r}", _r, _r[0] + "l"):
-        _ALIASES[_n] = f"r{_r}"
-for _r in ("si", "di", "bp", "sp"):
-    for _n in (f"r{_r}", f"e{_r}", _r, _r + "l"):
-        _ALIASES[_n] = f"r{_r}"
-for _i in range(8, 16):
-    for _s in ("", "d", "w", "b"):
-        _ALIASES[f"r{_i}{_s}"] = f"r{_i}"
-_ALIASES["rip"] = "rip"
 
 ARG_NONE, ARG_CONST, ARG_REG, ARG_REG_DEREF = 0, 1, 2, 3
 MAX_ARGS = 6
@@ -42,9 +30,6 @@ STR_SLOTS = 2
 STR_LEN = 128
 NO_STR = 0xFF
 
-_SPEC_RE = re.compile(
-    r"^(?:(?P<size>-?\d+)@)?(?:\$(?P<const>-?\d+)|%(?P<reg>\w+)|(?P<disp>-?(?:0x)?[0-9a-fA-F]*)\(%(?P<base>\w+)\))$"
-)
 
 
 class UsdtArgError(ValueError):
@@ -61,40 +46,30 @@ class ArgLocation:
     spec: str = ""
 
 
+def arg_location(arg: ProbeArg) -> ArgLocation:
+    """Where the BPF side finds one argument (gotel.golang parsed the spec)."""
+    if arg.kind == "const":
+        return ArgLocation(ARG_CONST, arg.size, arg.signed, val_off=arg.value, spec=arg.spec)
+    if arg.kind == "mem" and (arg.index is not None or arg.symbol is not None or arg.reg is None):
+        raise UsdtArgError(f"USDT argument {arg.spec!r}: indexed or symbol-relative addressing is not supported")
+    if arg.reg not in _PT_REGS:
+        raise UsdtArgError(f"USDT argument {arg.spec!r}: register %{arg.reg} is not readable from pt_regs")
+    kind = ARG_REG if arg.kind == "reg" else ARG_REG_DEREF
+    return ArgLocation(kind, arg.size, arg.signed, reg_off=_PT_REGS[arg.reg], val_off=arg.offset, spec=arg.spec)
+
+
 def parse_arg_spec(spec: str) -> ArgLocation:
-    """One argument spec from a stapsdt note (AT&T syntax, x86-64)."""
-    m = _SPEC_RE.match(spec.strip())
-    if not m:
-        raise UsdtArgError(f"unsupported USDT argument spec {spec!r} (indexed addressing is not supported)")
-    size_s = m.group("size")
-    size = int(size_s) if size_s else 8
-    signed = size < 0
-    size = abs(size)
-    if size not in (1, 2, 4, 8):
-        raise UsdtArgError(f"USDT argument spec {spec!r}: size {size} is not 1, 2, 4 or 8")
-    if m.group("const") is not None:
-        return ArgLocation(ARG_CONST, size, signed, val_off=int(m.group("const")), spec=spec)
-    reg = m.group("reg") or m.group("base")
-    canon = _ALIASES.get(reg)
-    if canon is None or canon not in _PT_REGS:
-        raise UsdtArgError(f"USDT argument spec {spec!r}: unknown register %{reg}")
-    if m.group("reg"):
-        return ArgLocation(ARG_REG, size, signed, reg_off=_PT_REGS[canon], spec=spec)
-    disp = m.group("disp") or "0"
-    return ArgLocation(ARG_REG_DEREF, size, signed, reg_off=_PT_REGS[canon], val_off=int(disp, 0), spec=spec)
+    """One argument spec from a stapsdt note (AT&T syntax, x86-64), as the BPF side reads it."""
+    try:
+        return arg_location(parse_arg(spec))
+    except UsdtArgError:
+        raise
+    except ValueError as e:
+        raise UsdtArgError(str(e)) from e
 
 
-@dataclass(frozen=True)
-class UsdtProbe:
-    provider: str
-    name: str
-    address: int  # virtual address of the probe's nop
-    semaphore: int  # virtual address of its semaphore, 0 when unguarded
-    args: tuple[str, ...] = field(default=())
-
-    @property
-    def qualname(self) -> str:
-        return f"{self.provider}:{self.name}"
+def qualname(p: USDTProbe) -> str:
+    return f"{p.provider}:{p.name}"
 
 
 @dataclass(frozen=True)
@@ -106,38 +81,18 @@ class ElfLayout:
 
 
 @lru_cache(maxsize=256)
-def _read_probes(path: str, dev: int, ino: int, mtime_ns: int) -> tuple[tuple[UsdtProbe, ...], ElfLayout]:
+def _read_probes(path: str, dev: int, ino: int, mtime_ns: int) -> tuple[tuple[USDTProbe, ...], ElfLayout]:
     del dev, ino, mtime_ns  # cache key only
-    probes: list[UsdtProbe] = []
-    with open(path, "rb") as f:
-        elf = ELFFile(f)
-        loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
-        layout = ElfLayout(elf["e_type"] == "ET_DYN", min((s["p_vaddr"] for s in loads), default=0))
-        base_sec = elf.get_section_by_name(".stapsdt.base")
-        actual_base = base_sec["sh_addr"] if base_sec is not None else None
-        sec = elf.get_section_by_name(".note.stapsdt")
-        if sec is None or not isinstance(sec, NoteSection):
-            return (), layout
-        for note in sec.iter_notes():
-            if note["n_name"] != "stapsdt" or note["n_type"] not in (3, "NT_GNU_BUILD_ID", "NT_STAPSDT"):
-                continue
-            desc = note["n_descdata"]
-            if isinstance(desc, str):
-                desc = desc.encode("latin-1")
-            pc, base, sem = struct.unpack_from("<QQQ", desc, 0)
-            provider, name, args = desc[24:].split(b"\0")[:3]
-            if actual_base is not None and base:
-                pc += actual_base - base
-                if sem:
-                    sem += actual_base - base
-            probes.append(
-                UsdtProbe(provider.decode(), name.decode(), pc, sem, tuple(a.decode() for a in args.split() if a))
-            )
-    return tuple(probes), layout
+    img = ElfImage(path)
+    try:
+        layout = ElfLayout(img.elf_type == "ET_DYN", min((s.vaddr for s in img.segments), default=0))
+        return read_usdt_notes(img), layout
+    finally:
+        img.close()
 
 
-def read_probes(path: str) -> tuple[tuple[UsdtProbe, ...], ElfLayout]:
-    """USDT probes from the file's .note.stapsdt (cached per device, inode and mtime)."""
+def read_probes(path: str) -> tuple[tuple[USDTProbe, ...], ElfLayout]:
+    """USDT probes of any ELF file (Go or not), cached per device, inode and mtime."""
     st = os.stat(path)
     return _read_probes(path, st.st_dev, st.st_ino, st.st_mtime_ns)
 
@@ -157,23 +112,6 @@ def load_bias(pid: int, layout: ElfLayout, dev: int, ino: int) -> int | None:
     except OSError:
         return None
     return None
-
-
-def adjust_semaphore(pid: int, address: int, delta: int) -> int:
-    """Adds delta to the 16-bit semaphore at a process address; returns the new value.
-
-    Raises OSError when the process is gone or not accessible (needs CAP_SYS_PTRACE over it).
-    """
-    fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
-    try:
-        raw = os.pread(fd, 2, address)
-        if len(raw) != 2:
-            raise OSError(f"short read of semaphore at {address:#x} in pid {pid}")
-        value = max(0, struct.unpack("<H", raw)[0] + delta)
-        os.pwrite(fd, struct.pack("<H", value), address)
-        return value
-    finally:
-        os.close(fd)
 
 
 # ---- the ctypes mirror of bpf/include/gotel_usdt.h ------------------------------------------------------
@@ -211,21 +149,21 @@ class CEvent(ctypes.Structure):
     ]
 
 
-def build_spec(probe_id: int, probe: UsdtProbe, string_args: dict[int, int]) -> CSpec:
+def build_spec(probe_id: int, probe: USDTProbe, string_args: dict[int, int]) -> CSpec:
     """string_args: argument index -> string slot (0 or 1). Raises UsdtArgError for unreadable specs."""
     spec = CSpec()
     spec.probe_id = probe_id
     n = min(len(probe.args), MAX_ARGS)
     spec.nargs = n
     for i in range(n):
-        loc = parse_arg_spec(probe.args[i])
+        loc = arg_location(probe.args[i])
         a = spec.args[i]
         a.kind, a.size, a.is_signed = loc.kind, loc.size, int(loc.signed)
         a.reg_off, a.val_off = loc.reg_off, loc.val_off
         a.str_slot = string_args.get(i, NO_STR)
     for i in string_args:
         if i >= n:
-            raise UsdtArgError(f"{probe.qualname} has {len(probe.args)} arguments; arg{i} does not exist")
+            raise UsdtArgError(f"{qualname(probe)} has {len(probe.args)} arguments; arg{i} does not exist")
     return spec
 
 

@@ -2,8 +2,9 @@
 
 Uprobes go on the binary (every probe site, pid=-1) once, when its first selected process appears, and
 come off when its last one is gone; each process gets its own (pid, ip) -> spec entries in the
-`usdt_specs` map, so unselected processes of the same binary are ignored in the kernel, and its
-semaphores are raised while it is traced.
+`usdt_specs` map, so unselected processes of the same binary are ignored in the kernel. Semaphores are
+handed to the kernel with the uprobe (ref_ctr_offset): it raises them in every process mapping the
+binary while the probe exists and lowers them when the probe's fd closes, even if gotel is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from gotel.ebpf.program import BinaryKey, BpfProgram
 from gotel.ebpf.usdt import (
     CKey,
     UsdtArgError,
-    UsdtProbe,
-    adjust_semaphore,
     build_spec,
     load_bias,
+    qualname,
     read_probes,
 )
+from gotel.golang.usdt import USDTProbe
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ class AttachResult:
 class _Proc:
     key: BinaryKey
     map_keys: list[CKey] = field(default_factory=list)
-    semaphores: list[int] = field(default_factory=list)
 
 
 class UsdtAttacher:
@@ -64,9 +64,9 @@ class UsdtAttacher:
         res = AttachResult(pid)
         key = BinaryKey.of(exe)
         probes, layout = read_probes(exe)
-        by_name: dict[str, list[UsdtProbe]] = {}
+        by_name: dict[str, list[USDTProbe]] = {}
         for p in probes:
-            by_name.setdefault(p.qualname, []).append(p)
+            by_name.setdefault(qualname(p), []).append(p)
         res.missing = [q for q in self.wanted if q not in by_name]
         todo = [(w, p) for q, w in self.wanted.items() for p in by_name.get(q, [])]
         if not todo:
@@ -78,7 +78,7 @@ class UsdtAttacher:
         if not self.program.attached(key):
             for _w, p in todo:
                 try:
-                    self.program.attach_uprobe(exe, p.address, self.fn_name, key)
+                    self.program.attach_uprobe(exe, p.pc, self.fn_name, key, semaphore=p.semaphore)
                 except Exception as e:
                     res.errors.append(str(e))
         proc = _Proc(key)
@@ -86,37 +86,24 @@ class UsdtAttacher:
             try:
                 spec = build_spec(w.probe_id, p, w.string_args)
             except UsdtArgError as e:
-                res.errors.append(f"{p.qualname}: {e}")
+                res.errors.append(f"{qualname(p)}: {e}")
                 continue
-            k = CKey(pid, 0, p.address + bias)
+            k = CKey(pid, 0, p.pc + bias)
             self.specs[k] = spec
             proc.map_keys.append(k)
-            if p.semaphore:
-                addr = p.semaphore + bias
-                try:
-                    adjust_semaphore(pid, addr, +1)
-                    proc.semaphores.append(addr)
-                except OSError as e:
-                    res.errors.append(f"{p.qualname}: cannot set semaphore in pid {pid}: {e}")
-            if p.qualname not in res.attached:
-                res.attached.append(p.qualname)
+            if qualname(p) not in res.attached:
+                res.attached.append(qualname(p))
         self._procs[pid] = proc
         self._users.setdefault(key, set()).add(pid)
         return res
 
-    def remove_process(self, pid: int, alive: bool = True) -> None:
+    def remove_process(self, pid: int) -> None:
         proc = self._procs.pop(pid, None)
         if proc is None:
             return
         for k in proc.map_keys:
             with contextlib.suppress(KeyError):
                 del self.specs[k]
-        if alive:
-            for addr in proc.semaphores:
-                try:
-                    adjust_semaphore(pid, addr, -1)
-                except OSError:
-                    pass  # exited meanwhile: nothing to restore
         users = self._users.get(proc.key)
         if users is not None:
             users.discard(pid)

@@ -1,0 +1,195 @@
+"""Struct field offsets from the binary's own DWARF (pyelftools), without walking every DIE.
+
+Go's linker names every type DIE with an inline string (DW_FORM_string) as its first attribute, so a type
+is found by searching the decompressed .debug_info for its abbreviation code followed by the NUL-terminated
+name; the hit is confirmed by parsing the DIE there. Only the struct DIEs on a requested path are parsed
+(a full walk of a gRPC binary's DWARF takes seconds; this takes milliseconds). If the fast path finds
+nothing, a walk of top-level DIEs confirms the type is really absent before saying so.
+
+Go layouts in DWARF: `string` is a struct {str, len}; a slice `[]T` is {array, len, cap}; `interface{}`
+is a typedef of runtime.eface {_type, data} and other interfaces of runtime.iface {tab, data}; named types
+are typedefs or structs named "pkg/path.Name".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from elftools.dwarf.die import DIE
+from elftools.dwarf.dwarfinfo import DWARFInfo
+
+from gotel.golang.errors import FieldNotFound, NoDWARF, TypeNotFound
+
+_TYPE_TAGS = ("DW_TAG_structure_type", "DW_TAG_typedef")
+
+
+def _uleb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    offset: int
+    type_name: str
+    size: int | None
+
+
+class StructIndex:
+    """Looks up struct types and fields by name; results are memoised per binary."""
+
+    def __init__(self, dwarf: DWARFInfo | None, path: str) -> None:
+        self.path = path
+        self.dwarf = dwarf
+        self._types: dict[str, DIE | None] = {}
+        self._fields: dict[int, dict[str, tuple[int, DIE | None]]] = {}
+        self._prefixes: list[bytes] = []
+        self._info = b""
+        if dwarf is not None:
+            self._info = dwarf.debug_info_sec.stream.getvalue()  # type: ignore[union-attr]
+            cu = next(dwarf.iter_CUs(), None)
+            if cu is not None:
+                table = cu.get_abbrev_table()
+                code = 1
+                while True:
+                    try:
+                        ab = table.get_abbrev(code)
+                    except (KeyError, IndexError):
+                        break
+                    specs = ab["attr_spec"]
+                    if (ab["tag"] in _TYPE_TAGS and specs and specs[0].name == "DW_AT_name"
+                            and specs[0].form == "DW_FORM_string"):
+                        self._prefixes.append(_uleb(code))
+                    code += 1
+
+    def _require(self) -> DWARFInfo:
+        if self.dwarf is None:
+            raise NoDWARF(f"{self.path}: no DWARF (built with -ldflags=-w or stripped); struct offsets unknown")
+        return self.dwarf
+
+    def find_type(self, name: str) -> DIE:
+        """The struct DIE of a type name, following typedefs."""
+        dwarf = self._require()
+        if name not in self._types:
+            self._types[name] = self._search(dwarf, name)
+        die = self._types[name]
+        if die is None:
+            raise TypeNotFound(f"{self.path}: no type {name!r} in DWARF")
+        return die
+
+    def _search(self, dwarf: DWARFInfo, name: str) -> DIE | None:
+        needle = name.encode() + b"\0"
+        for prefix in self._prefixes:
+            pat = prefix + needle
+            pos = self._info.find(pat)
+            while pos >= 0:
+                die = self._die_at(dwarf, pos)
+                if die is not None and die.tag in _TYPE_TAGS and _name(die) == name:
+                    return self._resolve(die)
+                pos = self._info.find(pat, pos + 1)
+        return self._walk(dwarf, name)
+
+    @staticmethod
+    def _die_at(dwarf: DWARFInfo, offset: int) -> DIE | None:
+        try:
+            return dwarf.get_DIE_from_refaddr(offset)
+        except Exception:  # a false hit in the middle of another DIE: not ours
+            return None
+
+    def _walk(self, dwarf: DWARFInfo, name: str) -> DIE | None:
+        """Slow path: the top-level DIEs of every unit (only when the fast search found nothing)."""
+        for cu in dwarf.iter_CUs():
+            for die in cu.get_top_DIE().iter_children():
+                if die.tag in _TYPE_TAGS and _name(die) == name:
+                    return self._resolve(die)
+        return None
+
+    def _resolve(self, die: DIE) -> DIE:
+        seen = 0
+        while die.tag == "DW_TAG_typedef" and "DW_AT_type" in die.attributes and seen < 16:
+            die = die.get_DIE_from_attribute("DW_AT_type")
+            seen += 1
+        return die
+
+    def fields(self, die: DIE) -> dict[str, tuple[int, DIE | None]]:
+        """member name -> (offset, type DIE) of a struct DIE."""
+        got = self._fields.get(die.offset)
+        if got is None:
+            got = {}
+            for child in die.iter_children():
+                if child.tag != "DW_TAG_member":
+                    continue
+                loc = child.attributes.get("DW_AT_data_member_location")
+                off = loc.value if loc is not None and isinstance(loc.value, int) else 0
+                typ = child.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in child.attributes else None
+                got[_name(child)] = (off, typ)
+            self._fields[die.offset] = got
+        return got
+
+    def chain(self, type_name: str, path: str) -> tuple[int, ...]:
+        """Offsets along a dotted field path: the first is from the start of `type_name`; each further one is
+        inside the struct a pointer member points to (one dereference per element)."""
+        die = self.find_type(type_name)
+        offsets = [0]
+        walked: list[str] = []
+        for part in path.split("."):
+            if die.tag == "DW_TAG_pointer_type":  # the previous field was a pointer: dereference it
+                target = die.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in die.attributes else None
+                if target is None:
+                    raise FieldNotFound(f"{self.path}: {type_name}.{'.'.join(walked)} is an untyped pointer")
+                die = self._resolve(target)
+                offsets.append(0)
+            die = self._resolve(die)
+            if die.tag != "DW_TAG_structure_type":
+                raise FieldNotFound(f"{self.path}: {type_name}.{'.'.join(walked)} is {_name(die) or die.tag}, "
+                                    f"not a struct; no field {part!r}")
+            members = self.fields(die)
+            if part not in members:
+                raise FieldNotFound(f"{self.path}: {_name(die)} has no field {part!r} (fields: "
+                                    f"{', '.join(members) or 'none'})")
+            off, typ = members[part]
+            offsets[-1] += off
+            walked.append(part)
+            if typ is None:
+                break
+            die = typ
+        return tuple(offsets)
+
+    def offset(self, type_name: str, path: str) -> int:
+        """Offset of a field (dotted path through embedded structs, strings, slices, interfaces)."""
+        c = self.chain(type_name, path)
+        if len(c) > 1:
+            raise FieldNotFound(f"{self.path}: {type_name}.{path} goes through a pointer; use field_chain() "
+                                f"(offsets {list(c)}, one dereference between each)")
+        return c[0]
+
+    def size(self, type_name: str) -> int:
+        die = self.find_type(type_name)
+        return _attr(die, "DW_AT_byte_size") or 0
+
+    def has_type(self, type_name: str) -> bool:
+        try:
+            self.find_type(type_name)
+        except TypeNotFound:
+            return False
+        return True
+
+
+def _name(die: DIE) -> str:
+    a = die.attributes.get("DW_AT_name")
+    if a is None:
+        return ""
+    v: Any = a.value
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def _attr(die: DIE, name: str) -> Any:
+    a = die.attributes.get(name)
+    return a.value if a is not None else None
