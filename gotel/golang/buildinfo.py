@@ -77,7 +77,8 @@ def _find_blob(img: ElfImage) -> tuple[int, bytes] | None:
 
 
 def _go_string(img: ElfImage, hdr_vaddr: int, ptrsize: int, fmt: str) -> str:
-    ptr, n = struct.unpack(fmt * 2, img.read_vaddr(hdr_vaddr, 2 * ptrsize))
+    """A Go string header {data, len} at hdr_vaddr; fmt is "<Q"-like (byte order + pointer)."""
+    ptr, n = struct.unpack(fmt[0] + fmt[1] * 2, img.read_vaddr(hdr_vaddr, 2 * ptrsize))
     return img.read_vaddr(ptr, n).decode("utf-8", "replace") if n else ""
 
 

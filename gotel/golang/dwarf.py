@@ -3,8 +3,9 @@
 Go's linker names every type DIE with an inline string (DW_FORM_string) as its first attribute, so a type
 is found by searching the decompressed .debug_info for its abbreviation code followed by the NUL-terminated
 name; the hit is confirmed by parsing the DIE there. Only the struct DIEs on a requested path are parsed
-(a full walk of a gRPC binary's DWARF takes seconds; this takes milliseconds). If the fast path finds
-nothing, a walk of top-level DIEs confirms the type is really absent before saying so.
+(a full walk of a gRPC binary's DWARF takes seconds; this takes milliseconds). The search is exhaustive:
+every type DIE whose abbreviation starts with an inline name is found this way. Only DWARF that does not
+follow that scheme (not written by the Go linker) falls back to a walk of the top-level DIEs.
 
 Go layouts in DWARF: `string` is a struct {str, len}; a slice `[]T` is {array, len, cap}; `interface{}`
 is a typedef of runtime.eface {_type, data} and other interfaces of runtime.iface {tab, data}; named types
@@ -49,7 +50,7 @@ class StructIndex:
         self.path = path
         self.dwarf = dwarf
         self._types: dict[str, DIE | None] = {}
-        self._fields: dict[int, dict[str, tuple[int, DIE | None]]] = {}
+        self._fields: dict[int, dict[str, tuple[int, DIE]]] = {}
         self._prefixes: list[bytes] = []
         self._info = b""
         if dwarf is not None:
@@ -86,14 +87,18 @@ class StructIndex:
 
     def _search(self, dwarf: DWARFInfo, name: str) -> DIE | None:
         needle = name.encode() + b"\0"
-        for prefix in self._prefixes:
-            pat = prefix + needle
-            pos = self._info.find(pat)
-            while pos >= 0:
-                die = self._die_at(dwarf, pos)
-                if die is not None and die.tag in _TYPE_TAGS and _name(die) == name:
-                    return self._resolve(die)
-                pos = self._info.find(pat, pos + 1)
+        info = self._info
+        pos = info.find(needle)
+        while pos > 0:  # one scan of the section per type name; the abbreviation code is checked per hit
+            for prefix in self._prefixes:
+                start = pos - len(prefix)
+                if info[start:pos] == prefix:
+                    die = self._die_at(dwarf, start)
+                    if die is not None and die.tag in _TYPE_TAGS and _name(die) == name:
+                        return self._resolve(die)
+            pos = info.find(needle, pos + 1)
+        if self._prefixes:
+            return None  # every named type DIE starts with one of these byte strings: the type is not there
         return self._walk(dwarf, name)
 
     @staticmethod
@@ -104,7 +109,7 @@ class StructIndex:
             return None
 
     def _walk(self, dwarf: DWARFInfo, name: str) -> DIE | None:
-        """Slow path: the top-level DIEs of every unit (only when the fast search found nothing)."""
+        """Slow path for DWARF the Go linker did not write: the top-level DIEs of every unit."""
         for cu in dwarf.iter_CUs():
             for die in cu.get_top_DIE().iter_children():
                 if die.tag in _TYPE_TAGS and _name(die) == name:
@@ -118,8 +123,8 @@ class StructIndex:
             seen += 1
         return die
 
-    def fields(self, die: DIE) -> dict[str, tuple[int, DIE | None]]:
-        """member name -> (offset, type DIE) of a struct DIE."""
+    def fields(self, die: DIE) -> dict[str, tuple[int, DIE]]:
+        """member name -> (offset, member DIE) of a struct DIE (member types are resolved only on demand)."""
         got = self._fields.get(die.offset)
         if got is None:
             got = {}
@@ -128,8 +133,7 @@ class StructIndex:
                     continue
                 loc = child.attributes.get("DW_AT_data_member_location")
                 off = loc.value if loc is not None and isinstance(loc.value, int) else 0
-                typ = child.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in child.attributes else None
-                got[_name(child)] = (off, typ)
+                got[_name(child)] = (off, child)
             self._fields[die.offset] = got
         return got
 
@@ -154,12 +158,12 @@ class StructIndex:
             if part not in members:
                 raise FieldNotFound(f"{self.path}: {_name(die)} has no field {part!r} (fields: "
                                     f"{', '.join(members) or 'none'})")
-            off, typ = members[part]
+            off, member = members[part]
             offsets[-1] += off
             walked.append(part)
-            if typ is None:
+            if "DW_AT_type" not in member.attributes:
                 break
-            die = typ
+            die = member.get_DIE_from_attribute("DW_AT_type")
         return tuple(offsets)
 
     def offset(self, type_name: str, path: str) -> int:

@@ -132,8 +132,11 @@ class FunctionTable:
 
     def get(self, name: str) -> Function | None:
         hit = self._by_name.get(name)
-        if hit is None:
-            return None
+        if hit is None:  # assembly functions: "x.abi0" in the symbol table, plain "x" in the pclntab
+            alt = name[:-5] if name.endswith(".abi0") else name + ".abi0"
+            hit = self._by_name.get(alt)
+            if hit is None:
+                return None
         entry, size = hit
         return Function(name, entry, size, self.img.vaddr_to_offset(entry), self.source)
 

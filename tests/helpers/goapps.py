@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "tests" / "fixtures" / "goapps"
 CACHE = Path(os.environ.get("GOTEL_GOAPPS_CACHE", REPO / ".cache" / "goapps"))
 APPS = ("grpcapp", "httpapp", "runtime", "usdtapp")
+# Module-mode builds (they have a go.mod): build info with a main module, dependencies and replacements.
+MODULE_APPS = ("modapp",)
 TOOLCHAINS = ("go1.19", "go1.27")
 # Debian's gRPC 1.33 sources (golang-google-grpc-dev) live here; fixtures build in GOPATH mode against them.
 DEBIAN_GOPATH = "/usr/share/gocode"
@@ -70,11 +72,12 @@ def go_version(toolchain: str) -> str:
     return out.stdout.strip()
 
 
-def _go_env(toolchain: str) -> dict[str, str]:
+def _go_env(toolchain: str, module_mode: bool = False) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GO") and k != "CGO_ENABLED"}
     env.update(
-        GO111MODULE="off",
-        GOPATH=DEBIAN_GOPATH,
+        GO111MODULE="on" if module_mode else "off",
+        GOPATH=str(CACHE / "gopath") if module_mode else DEBIAN_GOPATH,
+        GOPROXY="off",  # module fixtures only use local replacements; never the network
         GOCACHE=str(CACHE / f"gocache-{toolchain}"),
         GOTOOLCHAIN="local",
         GOENV="off",
@@ -99,6 +102,9 @@ def source_hash(app: str) -> str:
 def build(app: str, toolchain: str = "go1.27", stripped: bool = False) -> Path:
     """Build a fixture once per source hash + toolchain + flags and return the binary's path."""
     flags = ["-ldflags=-s -w"] if stripped else []
+    module_mode = (SRC / app / "go.mod").exists()
+    if module_mode:
+        flags.insert(0, "-buildvcs=false")  # the fixture sits in this repository's git tree
     key = hashlib.sha256(
         "\0".join([source_hash(app), go_version(toolchain), *flags]).encode()
     ).hexdigest()[:16]
@@ -114,12 +120,13 @@ def build(app: str, toolchain: str = "go1.27", stripped: bool = False) -> Path:
             return out
         tmp = out.with_name(f".{name}.{os.getpid()}.tmp")
         cmd = [str(go_tool(toolchain)), "build", *flags, "-o", str(tmp), "."]
-        proc = subprocess.run(cmd, cwd=SRC / app, env=_go_env(toolchain), capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=SRC / app, env=_go_env(toolchain, module_mode), capture_output=True,
+                              text=True)
         if proc.returncode != 0 or not tmp.exists():
             tmp.unlink(missing_ok=True)
             raise GoBuildError(
                 f"building fixture {app} with {toolchain} ({go_tool(toolchain)}, stripped={stripped}) failed "
-                f"with exit code {proc.returncode}\n$ cd {SRC / app} && GO111MODULE=off GOPATH={DEBIAN_GOPATH} "
+                f"with exit code {proc.returncode}\n$ cd {SRC / app} && GO111MODULE={'on' if module_mode else 'off'} "
                 f"{' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
             )
         os.replace(tmp, out)
