@@ -233,8 +233,6 @@ int stw_start_ret(struct pt_regs *ctx) {
             s->sweep_ns = d;
     } else if (kind == KIND_MARK) {
         if (p->ends_cycle) {
-            if (c)
-                c->gcs++;
             struct gc_event *e = gotel_reserved(gc_events.ringbuf_reserve(sizeof(*e)));
             if (e) {
                 e->start = p->cycle_start;
@@ -245,6 +243,8 @@ int stw_start_ret(struct pt_regs *ctx) {
                 e->stws = p->stws;
                 gc_events.ringbuf_submit(e, GOTEL_RB_FLAGS);
             }
+            if (c) /* after the event is committed: whoever sees the count can read the event */
+                c->gcs++;
         } else if (s && s->seq == p->seq) {
             s->mark_ns += d;
         }

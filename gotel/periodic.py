@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -120,6 +121,9 @@ class TargetedReceiver(PeriodicReceiver):
         self._watcher: Any = None
         self._watch_task: asyncio.Task[None] | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        # on_added/on_removed run in worker threads that a cancelled task does not stop: teardown
+        # waits for the one in flight instead of detaching under its feet
+        self._apply_lock = threading.Lock()
 
     def on_added(self, info: ProcessInfo) -> None:
         """Blocking: start tracing a process."""
@@ -151,15 +155,19 @@ class TargetedReceiver(PeriodicReceiver):
                 return  # already applied from the initial scan
             self.targets[ev.info.pid] = ev.info
             try:
-                await asyncio.to_thread(self.on_added, ev.info)
+                await asyncio.to_thread(self._locked, self.on_added, ev.info)
             except Exception:
                 self.log.exception("%s: cannot trace pid %d", self.ctx.id, ev.info.pid)
         else:
             self.targets.pop(ev.pid, None)
             try:
-                await asyncio.to_thread(self.on_removed, ev.pid)
+                await asyncio.to_thread(self._locked, self.on_removed, ev.pid)
             except Exception:
                 self.log.exception("%s: removing pid %d", self.ctx.id, ev.pid)
+
+    def _locked(self, fn: Any, *args: Any) -> None:
+        with self._apply_lock:
+            fn(*args)
 
     async def _apply_pending(self) -> None:
         from gotel.discovery import ProcessAdded
@@ -193,4 +201,10 @@ class TargetedReceiver(PeriodicReceiver):
         if self._watcher is not None:
             await self._watcher.close()
             self._watcher = None
-        await super().shutdown()
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        await asyncio.to_thread(self._locked, self.teardown)

@@ -6,6 +6,7 @@ A process can exit between two reads: readers raise ProcessGone, never a bare OS
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -238,10 +239,8 @@ def _kv(text: str | None) -> dict[str, int]:
     for line in (text or "").splitlines():
         parts = line.split()
         if len(parts) == 2:
-            try:
+            with contextlib.suppress(ValueError):
                 out[parts[0]] = int(parts[1])
-            except ValueError:
-                pass
     return out
 
 

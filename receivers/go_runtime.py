@@ -15,7 +15,6 @@ Functions probed, Go 1.19 to 1.27:
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import threading
 import time
@@ -25,10 +24,11 @@ from typing import Any
 
 from pydantic import Field
 
-from gotel import elfsyms
 from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.discovery import DiscoveryConfig, ProcessInfo
 from gotel.discovery.procfs import exe_path_for_reading
+from gotel.ebpf.targets import body_address, ret_addresses
+from gotel.golang import GoAnalysisError, GoBinary, analyze
 from gotel.otlpmetrics import LogsBuilder, MetricsBuilder, log2_bounds_seconds
 from gotel.pdata import Batch, Signal
 from gotel.periodic import TargetedReceiver
@@ -76,13 +76,12 @@ class _Binary:
     path: str
     version: str | None
     flags: int
+    gb: GoBinary | None = None
     pids: set[int] = field(default_factory=set)
-    addrs: list[int] = field(default_factory=list)  # sorted function starts, for symbolising PCs
-    names: list[str] = field(default_factory=list)
 
     def func_at(self, pc: int) -> str | None:
-        i = bisect.bisect_right(self.addrs, pc) - 1
-        return self.names[i] if i >= 0 else None
+        f = self.gb.functions.at(pc) if self.gb is not None else None
+        return f.name if f is not None else None
 
 
 class NotTraceable(Exception):
@@ -129,47 +128,55 @@ class GoRuntimeReceiver(TargetedReceiver):
         if b is not None:
             return b
         path = exe_path_for_reading(info.pid)
-        elf = elfsyms.load(path)
-        minor = elfsyms.go_minor(elf.go_version)
-        if minor is None:
+        try:
+            gb = analyze(path)
+            vt = gb.version_tuple
+        except GoAnalysisError as e:
+            raise NotTraceable(str(e)) from e
+        if vt is None:
             raise NotTraceable("no Go build info")
+        minor = vt[1]
         if minor < MIN_GO:
-            raise NotTraceable(f"{elf.go_version} is older than go1.{MIN_GO} (no register ABI)")
-        if not elf.funcs:
-            raise NotTraceable("no symbol table (stripped binary): function addresses unknown")
+            raise NotTraceable(f"{gb.go_version} is older than go1.{MIN_GO} (no register ABI)")
 
-        def fn(name: str) -> elfsyms.Func:
-            f = elf.funcs.get(name)
-            if f is None:
-                raise NotTraceable(f"{name} not found in {elf.go_version} binary")
-            return f
+        def entry(name: str) -> int:
+            # past the stack-check prologue: a probe at the entry fires twice when the stack grows
+            a = body_address(gb, name)
+            if a is None:
+                raise NotTraceable(f"{name} not found in the {gb.go_version} binary")
+            return a
+
+        def rets(name: str) -> list[int]:
+            r = ret_addresses(gb, name)
+            if not r:
+                raise NotTraceable(f"no RET found in {name}")
+            return r
 
         flags = (F_STW_REASON if minor >= 21 else 0) | (F_WORLDSTOP if minor >= 22 else 0)
         plan: list[tuple[int, str]] = [
-            (fn("runtime.stopTheWorldWithSema").addr, "stw_stop"),
-            (fn("runtime.startTheWorldWithSema").addr, "stw_start_entry"),
-            (fn("runtime.gcMarkTermination").addr, "mark_termination"),
-            (fn("runtime.newproc1").addr, "newproc1"),
-            (fn("runtime.goexit1").addr, "goexit1"),
+            (entry("runtime.stopTheWorldWithSema"), "stw_stop"),
+            (entry("runtime.startTheWorldWithSema"), "stw_start_entry"),
+            (entry("runtime.gcMarkTermination"), "mark_termination"),
+            (entry("runtime.newproc1"), "newproc1"),
+            (entry("runtime.goexit1"), "goexit1"),
         ]
-        plan += [(a, "stw_start_ret") for a in elf.rets("runtime.startTheWorldWithSema")]
+        plan += [(a, "stw_start_ret") for a in rets("runtime.startTheWorldWithSema")]
         if minor < 21:
-            plan += [(fn("runtime.gcStart").addr, "gcstart_entry"), (fn("runtime.gcMarkDone").addr, "gcmarkdone_entry")]
-            plan += [(a, "phase_end") for a in elf.rets("runtime.gcStart") + elf.rets("runtime.gcMarkDone")]
+            plan += [(entry("runtime.gcStart"), "gcstart_entry"), (entry("runtime.gcMarkDone"), "gcmarkdone_entry")]
+            plan += [(a, "phase_end") for a in rets("runtime.gcStart") + rets("runtime.gcMarkDone")]
         if self.cfg.mark_assist:
-            plan += [(fn("runtime.gcAssistAlloc").addr, "assist_entry")]
-            plan += [(a, "assist_ret") for a in elf.rets("runtime.gcAssistAlloc")]
+            plan += [(entry("runtime.gcAssistAlloc"), "assist_entry")]
+            plan += [(a, "assist_ret") for a in rets("runtime.gcAssistAlloc")]
         try:
             for addr, prog_fn in plan:
                 self.prog.attach_uprobe(path, addr, prog_fn, key)
         except Exception:
             self.prog.detach_binary(key)
             raise
-        funcs = sorted(elf.funcs.values(), key=lambda f: f.addr)
-        b = _Binary(key=key, path=path, version=elf.go_version, flags=flags,
-                    addrs=[f.addr for f in funcs], names=[f.name for f in funcs])
+        b = _Binary(key=key, path=path, version=gb.go_version, flags=flags, gb=gb)
         self.binaries[key] = b
-        self.log.info("%s: %d probes on %s (%s)", self.ctx.id, len(plan), info.exe, elf.go_version)
+        self.log.info("%s: %d probes on %s (%s, functions from %s)", self.ctx.id, len(plan), info.exe,
+                      gb.go_version, gb.functions.source)
         return b
 
     def on_added(self, info: ProcessInfo) -> None:
@@ -181,9 +188,6 @@ class GoRuntimeReceiver(TargetedReceiver):
             self._untraceable.labels(str(e).split(":")[0][:60]).inc()
             self.log.warning("%s: not tracing pid %d (%s): %s", self.ctx.id, info.pid, info.exe, e)
             return
-        if elfsyms.load_bias(info.pid, b.path):
-            self.log.warning("%s: pid %d is a PIE executable: uprobes are placed by file offset, creators "
-                             "are not symbolised", self.ctx.id, info.pid)
         b.pids.add(info.pid)
         self.by_pid[info.pid] = b
         leaf = self.prog.table("procs").Leaf()

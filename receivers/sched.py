@@ -23,10 +23,12 @@ from pydantic import Field, field_validator
 from gotel import procfs
 from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.discovery import DiscoveryConfig, ProcessInfo
+from gotel.discovery.procfs import exe_path_for_reading
 from gotel.otlpmetrics import LogsBuilder, MetricsBuilder, log2_bounds_seconds
 from gotel.pdata import Batch, Signal
 from gotel.periodic import TargetedReceiver
-from gotel.syscalls_x86_64 import NUMBERS, name as syscall_name
+from gotel.syscalls_x86_64 import NUMBERS
+from gotel.syscalls_x86_64 import name as syscall_name
 
 SCOPE = "gotel/receiver/sched"
 SLOTS = 40
@@ -142,6 +144,7 @@ class SchedReceiver(TargetedReceiver):
         self._slow: list[SlowSyscall] = []
         self._slow_lock = threading.Lock()
         self._consume_lock = threading.Lock()  # libbpf's ring_buffer__consume is not thread-safe
+        self._go: dict[int, tuple[Any, int]] = {}  # pid -> (GoBinary, load bias) for Go symbols
         self._start_ns = time.time_ns()
         self._lost: Any = None
         self._dropped_logs = ctx.telemetry.counter(
@@ -199,24 +202,26 @@ class SchedReceiver(TargetedReceiver):
     def _set_park_ranges(self, info: ProcessInfo) -> None:
         if not info.is_go:
             return
-        from gotel import elfsyms
+        from gotel.golang import GoAnalysisError, analyze
 
+        path = exe_path_for_reading(info.pid)
         try:
-            elf = elfsyms.load(f"/proc/{info.pid}/exe")
-            bias = elfsyms.load_bias(info.pid, f"/proc/{info.pid}/exe")
-        except Exception as e:
-            self.log.info("%s: no symbols for pid %d (%s): Go's own sleeps may show as slow syscalls",
+            gb = analyze(path)
+            bias = load_bias(info.pid, path)
+        except (GoAnalysisError, OSError) as e:
+            self.log.info("%s: no functions for pid %d (%s): Go's own sleeps may show as slow syscalls",
                           self.ctx.id, info.pid, e)
             return
+        self._go[info.pid] = (gb, bias)
         table = self.prog.table("park_ranges")
         leaf = table.Leaf()
         i = 0
         for name in PARK_FUNCS:
-            f = elf.funcs.get(name) or elf.funcs.get(name + ".abi0")
+            f = gb.functions.get(name)
             if f is None or i >= len(leaf.lo):
                 continue
-            leaf.lo[i] = f.addr + bias
-            leaf.hi[i] = f.addr + bias + max(f.size, 1)
+            leaf.lo[i] = f.entry + bias
+            leaf.hi[i] = f.entry + bias + max(f.size, 1)
             i += 1
         if i:
             table[ctypes.c_uint32(info.pid)] = leaf
@@ -226,6 +231,7 @@ class SchedReceiver(TargetedReceiver):
             return
         self.prog.table("targets").pop(ctypes.c_uint32(pid), None)
         self.prog.table("park_ranges").pop(ctypes.c_uint32(pid), None)
+        self._go.pop(pid, None)
         threads = self.prog.table("threads")
         for k, v in list(threads.items()):
             if v.tgid == pid:
@@ -251,12 +257,19 @@ class SchedReceiver(TargetedReceiver):
             self._slow.append(ev)
 
     def _stack(self, stackid: int, pid: int) -> list[str]:
+        """Frames named with the binary's own Go function table (works on stripped binaries through
+        .gopclntab); BCC's symboliser for anything else (C libraries, non-Go programs)."""
         if stackid < 0 or self.prog is None:
             return []
         b = self.prog.bpf
+        go = self._go.get(pid)
         out = []
         try:
             for addr in b["stacks"].walk(stackid):
+                f = go[0].functions.at(addr - go[1]) if go is not None else None
+                if f is not None:
+                    out.append(f.name)
+                    continue
                 sym = b.sym(addr, pid, show_module=False, show_offset=False)
                 out.append(sym.decode(errors="replace") if isinstance(sym, bytes) else str(sym))
         except Exception:  # the stack was evicted or the process is gone
@@ -384,6 +397,24 @@ class SchedReceiver(TargetedReceiver):
                 },
             )
         return lb.result()
+
+
+def load_bias(pid: int, path: str) -> int:
+    """Where the executable is mapped minus where it asks to be (0 unless built as PIE)."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        lows = [seg["p_vaddr"] for seg in ELFFile(f).iter_segments() if seg["p_type"] == "PT_LOAD"]
+    if not lows:
+        return 0
+    want = min(lows) & ~0xFFF
+    exe = os.path.realpath(f"/proc/{pid}/exe")
+    with open(f"/proc/{pid}/maps") as m:
+        for line in m:
+            parts = line.split()
+            if len(parts) >= 6 and parts[5] == exe and int(parts[2], 16) == 0:
+                return int(parts[0].split("-")[0], 16) - want
+    return 0
 
 
 def _is_runtime_frame(fn: str) -> bool:

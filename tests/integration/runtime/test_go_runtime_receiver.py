@@ -111,8 +111,8 @@ async def test_probes_detach_when_the_process_exits(goapp: Any) -> None:
         key = r.by_pid[app.pid].key
         assert r.prog.probe_count(key) >= 6
         app.stop()
-        for _ in range(50):
-            if app.pid not in r.by_pid:
+        for _ in range(100):
+            if app.pid not in r.by_pid and r.prog.probe_count(key) == 0:
                 break
             await asyncio.sleep(0.1)
         assert app.pid not in r.by_pid
