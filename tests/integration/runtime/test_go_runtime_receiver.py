@@ -77,9 +77,10 @@ async def test_gc_count_and_pauses_match_the_runtime(goapp: Any, toolchain: str)
         await r.shutdown()
 
 
-@pytest.mark.parametrize("toolchain", TOOLCHAINS)
-async def test_goroutine_creations_match_the_fixture(goapp: Any, toolchain: str) -> None:
-    app = goapp("runtime", toolchain=toolchain)
+@pytest.mark.parametrize(("toolchain", "stripped"), [("go1.27", False), ("go1.19", False), ("go1.27", True)])
+async def test_goroutine_creations_match_the_fixture(goapp: Any, toolchain: str, stripped: bool) -> None:
+    """Also on a stripped binary: functions and the creator's name come from .gopclntab."""
+    app = goapp("runtime", toolchain=toolchain, stripped=stripped)
     r, s = await _receiver(app.pid)
     try:
         before = r.creators(app.pid).get("main.burst", 0)
