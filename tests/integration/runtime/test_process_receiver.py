@@ -6,10 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,24 +38,25 @@ def _rmdir_when_empty(d: Path) -> None:
 
 
 @pytest.fixture
-def throttled_hog() -> Iterator[tuple[int, str]]:
-    """A busy process in fresh cpu and cpuacct cgroups limited to 10% of one CPU; all removed afterwards."""
+def throttled_hog(goapp: Any) -> Iterator[tuple[int, str]]:
+    """The Go runtime fixture burning CPU in fresh cpu and cpuacct cgroups limited to 10% of one CPU;
+    the cgroups are removed afterwards (the fixture is stopped by the goapp fixture)."""
     name = f"gotel-test-{uuid.uuid4().hex[:8]}"
     cpu, acct = CPU / name, ACCT / name
     cpu.mkdir()
     acct.mkdir()
-    proc = None
+    app = None
     try:
         (cpu / "cpu.cfs_period_us").write_text("100000")
         (cpu / "cpu.cfs_quota_us").write_text("10000")
-        proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        (cpu / "cgroup.procs").write_text(str(proc.pid))
-        (acct / "cgroup.procs").write_text(str(proc.pid))
-        yield proc.pid, "/" + name
+        app = goapp("runtime")
+        (cpu / "cgroup.procs").write_text(str(app.pid))
+        (acct / "cgroup.procs").write_text(str(app.pid))
+        threading.Thread(target=lambda: app.get_json("/burn?ms=20000", timeout=120), daemon=True).start()
+        yield app.pid, "/" + name
     finally:
-        if proc is not None:
-            proc.kill()
-            proc.wait()
+        if app is not None:
+            app.stop()
         _rmdir_when_empty(cpu)
         _rmdir_when_empty(acct)
 
@@ -75,10 +78,11 @@ async def test_throttling_equals_kernel_cpu_stat(throttled_hog: tuple[int, str])
         time.sleep(0.3)
         before = _kernel_v1(path)
         s = sinks(Signal.METRICS)
-        r = ProcessReceiver(Config(discovery={"pids": [pid], "go_only": False}), s, make_ctx("process"))
+        r = ProcessReceiver(Config(discovery={"pids": [pid]}), s, make_ctx("process"))
         r.setup()
         await r.push(r.collect())
         after = _kernel_v1(path)
+        truth = procfs.task_sched(pid)
     finally:
         os.kill(pid, signal.SIGCONT)
     assert before == after, "kernel counters moved while the hog was stopped"
@@ -99,11 +103,12 @@ async def test_throttling_equals_kernel_cpu_stat(throttled_hog: tuple[int, str])
     # the hog's own figures: it was throttled, so it waited with work to do, and it was preempted
     res_pts = [(res, a, p) for res, a, p in sink.points("process.context_switches") if res["process.pid"] == pid]
     kinds = {a["process.context_switch.type"]: p.as_int for _, a, p in res_pts}
-    truth = procfs.task_sched(pid)
     assert kinds["involuntary"] == truth.involuntary and kinds["involuntary"] > 0
     assert kinds["voluntary"] == truth.voluntary
     threads = [p.as_int for res, _, p in sink.points("process.thread.count") if res["process.pid"] == pid]
-    assert threads == [1]
+    assert threads == [truth.threads]
+    delay = [p.as_double for res, _, p in sink.points("process.schedstat.run_delay") if res["process.pid"] == pid]
+    assert delay == [pytest.approx(truth.run_delay_ns / 1e9, abs=1e-9)] and delay[0] > 0
 
 
 async def test_fd_kinds_and_legacy_names() -> None:
