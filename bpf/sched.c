@@ -15,10 +15,17 @@
 
 #define SLOTS 40
 
+/* Everything the hot paths need about one thread, updated in place: after a thread's first event no
+ * map element is inserted or deleted (an update allocates a new element, a lookup does not). */
 struct thread_info {
     u32 tgid;
-    u32 pad;
+    u32 sc_nr;        /* syscall in flight */
     u64 cgid;
+    u64 runnable_ts;  /* when it became runnable (0: not waiting for a CPU) */
+    u64 off_ts;       /* when it left the CPU (0: on CPU or unknown) */
+    u64 sc_ts;        /* when the syscall in flight started (0: none) */
+    u32 off_vol;      /* it left the CPU blocked (1) or preempted/yielding (0) */
+    u32 pad;
 };
 
 struct rq_key {
@@ -37,19 +44,9 @@ struct off_key {
     u32 voluntary;
 };
 
-struct off_start {
-    u64 ts;
-    u64 voluntary;
-};
-
 struct sc_key {
     u32 tgid;
     u32 nr;
-};
-
-struct sc_start {
-    u64 ts;
-    u64 nr;
 };
 
 struct slow_event {
@@ -74,12 +71,9 @@ BPF_HASH(targets, u32, u8, 4096);
 BPF_HASH(park_ranges, u32, struct park, 4096);                 /* selected tgids, from discovery */
 BPF_ARRAY(ignored_syscalls, u8, 512);             /* syscall numbers never reported as slow */
 BPF_HASH(threads, u32, struct thread_info, 65536); /* tid -> process and cgroup */
-BPF_HASH(runnable, u32, u64, 65536);               /* tid -> when it became runnable */
-BPF_HASH(offstart, u32, struct off_start, 65536);  /* tid -> when it left the CPU */
 BPF_PERCPU_HASH(rq_hist, struct rq_key, u64, 16384);
 BPF_PERCPU_HASH(rq_total, struct rq_key, struct total, 4096); /* slot = 0 */
 BPF_PERCPU_HASH(offcpu, struct off_key, struct total, 8192);
-BPF_HASH(sc_inflight, u32, struct sc_start, 65536);
 BPF_PERCPU_HASH(sc_slow, struct sc_key, struct total, 16384);
 BPF_STACK_TRACE(stacks, 4096);
 GOTEL_RINGBUF(slow_events, 64);
@@ -100,9 +94,6 @@ static __always_inline u32 log2l(u64 v) {
 static __always_inline struct thread_info *learn_current(u32 tid, u32 tgid) {
     struct thread_info *ti = threads.lookup(&tid);
     if (ti) {
-        u64 cg = bpf_get_current_cgroup_id();
-        if (ti->cgid != cg)
-            ti->cgid = cg;
         if (ti->tgid != tgid)
             ti->tgid = tgid; /* a forked child first taken for a thread of its parent */
         return ti;
@@ -116,16 +107,16 @@ static __always_inline struct thread_info *learn_current(u32 tid, u32 tgid) {
 
 TRACEPOINT_PROBE(sched, sched_wakeup) {
     u32 tid = args->pid;
-    if (!threads.lookup(&tid))
-        return 0;
-    u64 ts = bpf_ktime_get_ns();
-    runnable.update(&tid, &ts);
+    struct thread_info *ti = threads.lookup(&tid);
+    if (ti)
+        ti->runnable_ts = bpf_ktime_get_ns();
     return 0;
 }
 
 TRACEPOINT_PROBE(sched, sched_wakeup_new) {
     u32 tid = args->pid;
-    if (!threads.lookup(&tid)) {
+    struct thread_info *ti = threads.lookup(&tid);
+    if (!ti) {
         /* a new thread of a selected process: the creator is current and shares tgid and cgroup
          * (a forked child process is corrected when it first switches out) */
         u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -133,44 +124,48 @@ TRACEPOINT_PROBE(sched, sched_wakeup_new) {
             return 0;
         struct thread_info n = {.tgid = tgid, .cgid = bpf_get_current_cgroup_id()};
         threads.update(&tid, &n);
+        ti = threads.lookup(&tid);
+        if (!ti)
+            return 0;
     }
-    u64 ts = bpf_ktime_get_ns();
-    runnable.update(&tid, &ts);
+    ti->runnable_ts = bpf_ktime_get_ns();
     return 0;
 }
 
 TRACEPOINT_PROBE(sched, sched_switch) {
-    u64 now = bpf_ktime_get_ns();
     u32 prev = args->prev_pid;
     u32 next = args->next_pid;
-    if (prev != 0) {
-        struct thread_info *ti = learn_current(prev, bpf_get_current_pid_tgid() >> 32);
-        if (ti) {
-            u64 blocked = (args->prev_state & BLOCKED_MASK) ? 1 : 0;
-            struct off_start os = {.ts = now, .voluntary = blocked};
-            offstart.update(&prev, &os);
-            /* switches are counted when they happen (as the kernel's nvcsw/nivcsw), time when they end */
-            struct off_key ok = {.tgid = ti->tgid, .voluntary = (u32)blocked};
-            struct total tz = {};
-            struct total *t = offcpu.lookup_or_try_init(&ok, &tz);
-            if (t)
-                t->count++;
-            if (blocked)
-                runnable.delete(&prev); /* a stale wake-up stamp must not count the sleep */
-            else
-                runnable.update(&prev, &now); /* preempted or yielded: waits for a CPU from now */
-        }
+    struct thread_info *pi = 0;
+    if (prev != 0)
+        pi = learn_current(prev, bpf_get_current_pid_tgid() >> 32);
+    struct thread_info *ni = next != 0 ? threads.lookup(&next) : 0;
+    if (!pi && !ni)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    if (pi) {
+        u64 cg = bpf_get_current_cgroup_id();
+        if (pi->cgid != cg)
+            pi->cgid = cg;
+        u32 blocked = (args->prev_state & BLOCKED_MASK) ? 1 : 0;
+        pi->off_ts = now;
+        pi->off_vol = blocked;
+        /* blocked: a stale wake-up stamp must not count the sleep; preempted or yielding: it waits
+         * for a CPU from now */
+        pi->runnable_ts = blocked ? 0 : now;
+        /* switches are counted when they happen (as the kernel's nvcsw/nivcsw), time when they end */
+        struct off_key ok = {.tgid = pi->tgid, .voluntary = blocked};
+        struct total tz = {};
+        struct total *t = offcpu.lookup_or_try_init(&ok, &tz);
+        if (t)
+            t->count++;
     }
-    if (next == 0)
+    if (!ni)
         return 0;
-    struct thread_info *ti = threads.lookup(&next);
-    if (!ti)
-        return 0;
-    u64 *ts = runnable.lookup(&next);
-    if (ts) {
-        u64 d = now - *ts;
-        runnable.delete(&next);
-        struct rq_key k = {.tgid = ti->tgid, .slot = log2l(d), .cgid = ti->cgid};
+    u64 ts = ni->runnable_ts;
+    if (ts && ts <= now) {
+        u64 d = now - ts;
+        ni->runnable_ts = 0;
+        struct rq_key k = {.tgid = ni->tgid, .slot = log2l(d), .cgid = ni->cgid};
         if (k.slot >= SLOTS)
             k.slot = SLOTS - 1;
         u64 zero = 0;
@@ -185,15 +180,14 @@ TRACEPOINT_PROBE(sched, sched_switch) {
             t->count++;
         }
     }
-    struct off_start *os = offstart.lookup(&next);
-    if (os) {
-        struct off_key ok = {.tgid = ti->tgid, .voluntary = (u32)os->voluntary};
-        u64 d = now - os->ts;
-        offstart.delete(&next);
+    u64 off = ni->off_ts;
+    if (off && off <= now) {
+        struct off_key ok = {.tgid = ni->tgid, .voluntary = ni->off_vol};
+        ni->off_ts = 0;
         struct total tz = {};
         struct total *t = offcpu.lookup_or_try_init(&ok, &tz);
         if (t)
-            t->ns += d;
+            t->ns += now - off;
     }
     return 0;
 }
@@ -201,46 +195,45 @@ TRACEPOINT_PROBE(sched, sched_switch) {
 TRACEPOINT_PROBE(sched, sched_process_exit) {
     u32 tid = bpf_get_current_pid_tgid();
     threads.delete(&tid);
-    runnable.delete(&tid);
-    offstart.delete(&tid);
-    sc_inflight.delete(&tid);
     return 0;
 }
 
-TRACEPOINT_PROBE(raw_syscalls, sys_enter) {
-    u64 pt = bpf_get_current_pid_tgid();
-    u32 tgid = pt >> 32;
-    if (!targets.lookup(&tgid))
+/* Syscalls through raw tracepoints: their arguments are (struct pt_regs *, long id|ret), plain values,
+ * and a raw tracepoint skips formatting the event record: about half the cost on every syscall of
+ * every process on the node. */
+RAW_TRACEPOINT_PROBE(sys_enter) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct thread_info *ti = threads.lookup(&tid);
+    if (!ti)
         return 0;
-    int nr = args->id;
+    int nr = (int)ctx->args[1];
     if (nr < 0)
         return 0;
     u8 *ign = ignored_syscalls.lookup(&nr);
     if (ign && *ign)
         return 0;
-    u32 tid = (u32)pt;
-    struct sc_start s = {.ts = bpf_ktime_get_ns(), .nr = (u64)nr};
-    sc_inflight.update(&tid, &s);
+    ti->sc_nr = (u32)nr;
+    ti->sc_ts = bpf_ktime_get_ns();
     return 0;
 }
 
-TRACEPOINT_PROBE(raw_syscalls, sys_exit) {
+RAW_TRACEPOINT_PROBE(sys_exit) {
     u64 pt = bpf_get_current_pid_tgid();
     u32 tid = (u32)pt;
-    struct sc_start *s = sc_inflight.lookup(&tid);
-    if (!s)
+    struct thread_info *ti = threads.lookup(&tid);
+    if (!ti || !ti->sc_ts)
         return 0;
     u64 now = bpf_ktime_get_ns();
-    u64 dur = now - s->ts;
-    u32 nr = (u32)s->nr;
-    sc_inflight.delete(&tid);
+    u64 dur = now - ti->sc_ts;
+    u32 nr = ti->sc_nr;
+    ti->sc_ts = 0;
     if (dur < SLOW_NS)
         return 0;
     u32 tgid = pt >> 32;
     struct park *pr = park_ranges.lookup(&tgid);
     if (pr) {
         u64 ip[1] = {};
-        if (bpf_get_stack(args, ip, sizeof(ip), BPF_F_USER_STACK) > 0) {
+        if (bpf_get_stack(ctx, ip, sizeof(ip), BPF_F_USER_STACK) > 0) {
 #pragma unroll
             for (int i = 0; i < PARK_RANGES; i++)
                 if (ip[0] >= pr->lo[i] && ip[0] < pr->hi[i])
@@ -262,7 +255,7 @@ TRACEPOINT_PROBE(raw_syscalls, sys_exit) {
     e->tgid = pt >> 32;
     e->tid = tid;
     e->nr = nr;
-    e->stackid = stacks.get_stackid(args, BPF_F_USER_STACK);
+    e->stackid = stacks.get_stackid(ctx, BPF_F_USER_STACK);
     e->cgid = bpf_get_current_cgroup_id();
     slow_events.ringbuf_submit(e, GOTEL_RB_FLAGS);
     return 0;
