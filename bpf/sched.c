@@ -1,22 +1,34 @@
 /* sched receiver: run-queue latency, off-CPU time and slow syscalls of selected processes.
  *
- * Everything is aggregated in kernel maps (per-CPU, so no atomics) and read as cumulative values at
- * the collection interval: the cost per event is a few hash lookups, user space cost does not grow
- * with the event rate. Only slow syscalls (>= SLOW_NS, rare by definition) are sent as events.
+ * Cost model: these programs run on every context switch, wake-up and syscall of the whole node, so
+ *  - a per-CPU slot remembers whether the task on this CPU is traced: a syscall or switch of an
+ *    untraced task costs an array lookup, no hash lookup;
+ *  - a traced thread's figures (run-queue histogram, off-CPU time and counts) live in its own map
+ *    element, updated in place: no element is inserted or deleted on a hot path (a hash update
+ *    allocates, a lookup does not); a thread that exits folds its figures into `dead` (rare);
+ *  - user space sums the threads of each process at the collection interval: its cost does not grow
+ *    with the event rate. Only slow syscalls (>= SLOW_NS, rare by definition) are sent as events.
  *
- * Header-light (DESIGN.md section 6): tracepoint arguments and helpers only, no kernel struct.
- * A thread's process (tgid) and cgroup are learned when the thread itself is current (switching out,
- * or creating a thread), because at wake-up time the current task is the waker, not the wakee.
+ * Header-light (DESIGN.md section 6): tracepoint arguments, raw-tracepoint scalar arguments and
+ * helpers only, no kernel struct. A thread's process and cgroup are learned when the thread itself is
+ * current (switching out, creating a thread): at wake-up time the current task is the waker.
  *
  * Defines: SLOW_NS (slow-syscall threshold), BLOCKED_MASK (prev_state bits that mean "blocked", read
- * from the sched_switch format at run time; anything else, including the preempt bit, is runnable).
+ * from the sched_switch format at run time; anything else, including the preempt bit, is runnable),
+ * IGNORED(nr) (syscalls never reported as slow: an expression on nr).
  */
 #include "gotel_ringbuf.h"
 
 #define SLOTS 40
 
-/* Everything the hot paths need about one thread, updated in place: after a thread's first event no
- * map element is inserted or deleted (an update allocates a new element, a lookup does not). */
+struct figures {
+    u64 rq_ns;           /* run-queue wait, total */
+    u64 rq_count;
+    u64 off_ns[2];       /* off-CPU time: [0] preempted/yielding, [1] blocked */
+    u64 off_count[2];    /* switches out, as the kernel's nivcsw/nvcsw */
+    u64 hist[SLOTS];     /* run-queue wait, log2(ns) slots */
+};
+
 struct thread_info {
     u32 tgid;
     u32 sc_nr;        /* syscall in flight */
@@ -26,22 +38,23 @@ struct thread_info {
     u64 sc_ts;        /* when the syscall in flight started (0: none) */
     u32 off_vol;      /* it left the CPU blocked (1) or preempted/yielding (0) */
     u32 pad;
+    struct figures f;
 };
 
-struct rq_key {
+struct dead_key {
     u32 tgid;
-    u32 slot;
+    u32 pad;
     u64 cgid;
+};
+
+struct oncpu {
+    u32 tid;
+    u32 traced;
 };
 
 struct total {
     u64 ns;
     u64 count;
-};
-
-struct off_key {
-    u32 tgid;
-    u32 voluntary;
 };
 
 struct sc_key {
@@ -67,13 +80,11 @@ struct park {
     u64 hi[PARK_RANGES];
 };
 
-BPF_HASH(targets, u32, u8, 4096);
-BPF_HASH(park_ranges, u32, struct park, 4096);                 /* selected tgids, from discovery */
-BPF_ARRAY(ignored_syscalls, u8, 512);             /* syscall numbers never reported as slow */
-BPF_HASH(threads, u32, struct thread_info, 65536); /* tid -> process and cgroup */
-BPF_PERCPU_HASH(rq_hist, struct rq_key, u64, 16384);
-BPF_PERCPU_HASH(rq_total, struct rq_key, struct total, 4096); /* slot = 0 */
-BPF_PERCPU_HASH(offcpu, struct off_key, struct total, 8192);
+BPF_HASH(targets, u32, u8, 4096);                   /* selected tgids, from discovery */
+BPF_HASH(park_ranges, u32, struct park, 4096);
+BPF_HASH(threads, u32, struct thread_info, 65536);  /* traced threads only */
+BPF_HASH(dead, struct dead_key, struct figures, 4096);
+BPF_PERCPU_ARRAY(cur, struct oncpu, 1);
 BPF_PERCPU_HASH(sc_slow, struct sc_key, struct total, 16384);
 BPF_STACK_TRACE(stacks, 4096);
 GOTEL_RINGBUF(slow_events, 64);
@@ -91,16 +102,19 @@ static __always_inline u32 log2l(u64 v) {
     return r;
 }
 
-static __always_inline struct thread_info *learn_current(u32 tid, u32 tgid) {
-    struct thread_info *ti = threads.lookup(&tid);
-    if (ti) {
-        if (ti->tgid != tgid)
-            ti->tgid = tgid; /* a forked child first taken for a thread of its parent */
-        return ti;
-    }
-    if (!targets.lookup(&tgid))
+/* The traced thread running on this CPU, or 0; a hash lookup only when the per-CPU slot does not know. */
+static __always_inline struct thread_info *current_thread(u32 tid) {
+    int zero = 0;
+    struct oncpu *c = cur.lookup(&zero);
+    if (c && c->tid == tid && !c->traced)
         return 0;
-    struct thread_info n = {.tgid = tgid, .cgid = bpf_get_current_cgroup_id()};
+    return threads.lookup(&tid);
+}
+
+static __always_inline struct thread_info *add_thread(u32 tid, u32 tgid) {
+    struct thread_info n = {};
+    n.tgid = tgid;
+    n.cgid = bpf_get_current_cgroup_id();
     threads.update(&tid, &n);
     return threads.lookup(&tid);
 }
@@ -122,9 +136,7 @@ TRACEPOINT_PROBE(sched, sched_wakeup_new) {
         u32 tgid = bpf_get_current_pid_tgid() >> 32;
         if (!targets.lookup(&tgid))
             return 0;
-        struct thread_info n = {.tgid = tgid, .cgid = bpf_get_current_cgroup_id()};
-        threads.update(&tid, &n);
-        ti = threads.lookup(&tid);
+        ti = add_thread(tid, tgid);
         if (!ti)
             return 0;
     }
@@ -135,14 +147,25 @@ TRACEPOINT_PROBE(sched, sched_wakeup_new) {
 TRACEPOINT_PROBE(sched, sched_switch) {
     u32 prev = args->prev_pid;
     u32 next = args->next_pid;
+    int zero = 0;
+    struct oncpu *c = cur.lookup(&zero);
     struct thread_info *pi = 0;
-    if (prev != 0)
-        pi = learn_current(prev, bpf_get_current_pid_tgid() >> 32);
+    if (prev != 0 && !(c && c->tid == prev && !c->traced)) {
+        pi = threads.lookup(&prev);
+        if (pi) {
+            u32 tgid = bpf_get_current_pid_tgid() >> 32;
+            if (pi->tgid != tgid)
+                pi->tgid = tgid; /* a forked child first taken for a thread of its parent */
+        }
+    }
     struct thread_info *ni = next != 0 ? threads.lookup(&next) : 0;
-    if (!pi && !ni)
-        return 0;
-    u64 now = bpf_ktime_get_ns();
+    if (c) {
+        c->tid = next;
+        c->traced = ni ? 1 : 0;
+    }
+    u64 now = 0;
     if (pi) {
+        now = bpf_ktime_get_ns();
         u64 cg = bpf_get_current_cgroup_id();
         if (pi->cgid != cg)
             pi->cgid = cg;
@@ -153,64 +176,64 @@ TRACEPOINT_PROBE(sched, sched_switch) {
          * for a CPU from now */
         pi->runnable_ts = blocked ? 0 : now;
         /* switches are counted when they happen (as the kernel's nvcsw/nivcsw), time when they end */
-        struct off_key ok = {.tgid = pi->tgid, .voluntary = blocked};
-        struct total tz = {};
-        struct total *t = offcpu.lookup_or_try_init(&ok, &tz);
-        if (t)
-            t->count++;
+        pi->f.off_count[blocked & 1]++;
     }
     if (!ni)
         return 0;
+    if (!now)
+        now = bpf_ktime_get_ns();
     u64 ts = ni->runnable_ts;
     if (ts && ts <= now) {
         u64 d = now - ts;
         ni->runnable_ts = 0;
-        struct rq_key k = {.tgid = ni->tgid, .slot = log2l(d), .cgid = ni->cgid};
-        if (k.slot >= SLOTS)
-            k.slot = SLOTS - 1;
-        u64 zero = 0;
-        u64 *c = rq_hist.lookup_or_try_init(&k, &zero);
-        if (c)
-            (*c)++;
-        k.slot = 0;
-        struct total tz = {};
-        struct total *t = rq_total.lookup_or_try_init(&k, &tz);
-        if (t) {
-            t->ns += d;
-            t->count++;
-        }
+        u32 slot = log2l(d);
+        if (slot >= SLOTS)
+            slot = SLOTS - 1;
+        ni->f.hist[slot]++;
+        ni->f.rq_ns += d;
+        ni->f.rq_count++;
     }
     u64 off = ni->off_ts;
     if (off && off <= now) {
-        struct off_key ok = {.tgid = ni->tgid, .voluntary = ni->off_vol};
+        ni->f.off_ns[ni->off_vol & 1] += now - off;
         ni->off_ts = 0;
-        struct total tz = {};
-        struct total *t = offcpu.lookup_or_try_init(&ok, &tz);
-        if (t)
-            t->ns += now - off;
     }
     return 0;
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exit) {
     u32 tid = bpf_get_current_pid_tgid();
+    struct thread_info *ti = threads.lookup(&tid);
+    if (!ti)
+        return 0;
+    struct dead_key k = {.tgid = ti->tgid, .cgid = ti->cgid};
+    struct figures zero = {};
+    struct figures *d = dead.lookup_or_try_init(&k, &zero);
+    if (d) {
+        __sync_fetch_and_add(&d->rq_ns, ti->f.rq_ns);
+        __sync_fetch_and_add(&d->rq_count, ti->f.rq_count);
+        __sync_fetch_and_add(&d->off_ns[0], ti->f.off_ns[0]);
+        __sync_fetch_and_add(&d->off_ns[1], ti->f.off_ns[1]);
+        __sync_fetch_and_add(&d->off_count[0], ti->f.off_count[0]);
+        __sync_fetch_and_add(&d->off_count[1], ti->f.off_count[1]);
+#pragma unroll
+        for (int i = 0; i < SLOTS; i++)
+            if (ti->f.hist[i])
+                __sync_fetch_and_add(&d->hist[i], ti->f.hist[i]);
+    }
     threads.delete(&tid);
     return 0;
 }
 
 /* Syscalls through raw tracepoints: their arguments are (struct pt_regs *, long id|ret), plain values,
- * and a raw tracepoint skips formatting the event record: about half the cost on every syscall of
- * every process on the node. */
+ * and a raw tracepoint skips formatting an event record. */
 RAW_TRACEPOINT_PROBE(sys_enter) {
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct thread_info *ti = threads.lookup(&tid);
+    struct thread_info *ti = current_thread(tid);
     if (!ti)
         return 0;
     int nr = (int)ctx->args[1];
-    if (nr < 0)
-        return 0;
-    u8 *ign = ignored_syscalls.lookup(&nr);
-    if (ign && *ign)
+    if (nr < 0 || IGNORED(nr))
         return 0;
     ti->sc_nr = (u32)nr;
     ti->sc_ts = bpf_ktime_get_ns();
@@ -220,7 +243,7 @@ RAW_TRACEPOINT_PROBE(sys_enter) {
 RAW_TRACEPOINT_PROBE(sys_exit) {
     u64 pt = bpf_get_current_pid_tgid();
     u32 tid = (u32)pt;
-    struct thread_info *ti = threads.lookup(&tid);
+    struct thread_info *ti = current_thread(tid);
     if (!ti || !ti->sc_ts)
         return 0;
     u64 now = bpf_ktime_get_ns();
@@ -252,7 +275,7 @@ RAW_TRACEPOINT_PROBE(sys_exit) {
         return 0;
     e->ts = now;
     e->dur = dur;
-    e->tgid = pt >> 32;
+    e->tgid = tgid;
     e->tid = tid;
     e->nr = nr;
     e->stackid = stacks.get_stackid(ctx, BPF_F_USER_STACK);

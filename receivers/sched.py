@@ -157,16 +157,15 @@ class SchedReceiver(TargetedReceiver):
         from gotel.ebpf.program import BpfProgram, LostCounter
 
         self.cgroups = CgroupNames()
+        ignored = " || ".join(f"(nr) == {NUMBERS[n]}" for n in sorted(set(self.cfg.ignore_syscalls))) or "0"
         self.prog = BpfProgram(
             "sched.c",
             defines={
                 "SLOW_NS": f"{int(self.cfg.slow_syscall_threshold_ms * 1e6)}ULL",
                 "BLOCKED_MASK": hex(blocked_mask()),
+                "IGNORED(nr)": f"({ignored})",
             },
         )
-        ign = self.prog.table("ignored_syscalls")
-        for n in self.cfg.ignore_syscalls:
-            ign[ctypes.c_int(NUMBERS[n])] = ctypes.c_uint8(1)
         self.prog.open_ring_buffer("slow_events", self._on_slow)
         self._lost = LostCounter(self.prog, self.ctx.telemetry, "sched")
         self._start_ns = time.time_ns()
@@ -298,14 +297,26 @@ class SchedReceiver(TargetedReceiver):
         return res
 
     def read_maps(self) -> dict[str, Any]:
-        """Cumulative per-process figures summed over CPUs: for collection and for tests."""
-        t = self.prog.table
+        """Cumulative figures per (process, cgroup) and per process: live threads plus exited ones."""
         hist: dict[tuple[int, int], list[int]] = {}
-        for k, v in t("rq_hist").items():
-            hist.setdefault((k.tgid, k.cgid), [0] * SLOTS)[min(k.slot, SLOTS - 1)] += _percpu_sum(v)
-        totals = {(k.tgid, k.cgid): _percpu_sum(v, ("ns", "count")) for k, v in t("rq_total").items()}
-        off = {(k.tgid, k.voluntary): _percpu_sum(v, ("ns", "count")) for k, v in t("offcpu").items()}
-        slow = {(k.tgid, k.nr): _percpu_sum(v, ("ns", "count")) for k, v in t("sc_slow").items()}
+        totals: dict[tuple[int, int], tuple[int, int]] = {}
+        off: dict[tuple[int, int], tuple[int, int]] = {}
+
+        def add(tgid: int, cgid: int, f: Any) -> None:
+            h = hist.setdefault((tgid, cgid), [0] * SLOTS)
+            for i in range(SLOTS):
+                h[i] += f.hist[i]
+            ns, n = totals.get((tgid, cgid), (0, 0))
+            totals[(tgid, cgid)] = (ns + f.rq_ns, n + f.rq_count)
+            for vol in (0, 1):
+                ns, n = off.get((tgid, vol), (0, 0))
+                off[(tgid, vol)] = (ns + f.off_ns[vol], n + f.off_count[vol])
+
+        for _, v in self.prog.table("threads").items():
+            add(v.tgid, v.cgid, v.f)
+        for k, v in self.prog.table("dead").items():
+            add(k.tgid, k.cgid, v)
+        slow = {(k.tgid, k.nr): _percpu_sum(v, ("ns", "count")) for k, v in self.prog.table("sc_slow").items()}
         return {"hist": hist, "totals": totals, "off": off, "slow": slow}
 
     def runqueue_total_ns(self, pid: int) -> tuple[int, int]:
@@ -332,7 +343,7 @@ class SchedReceiver(TargetedReceiver):
                 c, s = agg.get(key, ([0] * SLOTS, 0))
                 agg[key] = ([a + b for a, b in zip(c, counts, strict=True)], s + ns)
         for tgid, (counts, ns) in per_proc.items():
-            if tgid not in self.targets:
+            if tgid not in self.targets or not sum(counts):
                 continue
             mb.histogram(
                 self._resource(tgid), "process.sched.runqueue.latency", bounds=bounds, counts=counts,
@@ -341,6 +352,8 @@ class SchedReceiver(TargetedReceiver):
             )
         if self.cfg.per_cgroup and self.cgroups is not None:
             for cgid, (counts, ns) in per_cg.items():
+                if not sum(counts):
+                    continue
                 path = self.cgroups.name(cgid) or f"id:{cgid}"
                 mb.histogram(
                     {"gotel.cgroup.path": path, "gotel.cgroup.id": cgid}, "container.sched.runqueue.latency",
