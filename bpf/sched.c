@@ -47,9 +47,15 @@ struct dead_key {
     u64 cgid;
 };
 
+/* The task on this CPU: whether it is traced and, if so, its syscall in flight. A traced thread's
+ * syscall state moves between this slot and its map element at context switches, so a syscall costs
+ * an array lookup and no hash lookup even for traced threads. */
 struct oncpu {
     u32 tid;
     u32 traced;
+    u32 tgid;
+    u32 sc_nr;
+    u64 sc_ts;
 };
 
 struct total {
@@ -102,13 +108,19 @@ static __always_inline u32 log2l(u64 v) {
     return r;
 }
 
-/* The traced thread running on this CPU, or 0; a hash lookup only when the per-CPU slot does not know. */
-static __always_inline struct thread_info *current_thread(u32 tid) {
+/* This CPU's slot, made to describe `tid` (the current task); a hash lookup only when it did not. */
+static __always_inline struct oncpu *current_slot(u32 tid) {
     int zero = 0;
     struct oncpu *c = cur.lookup(&zero);
-    if (c && c->tid == tid && !c->traced)
-        return 0;
-    return threads.lookup(&tid);
+    if (!c || c->tid == tid)
+        return c;
+    struct thread_info *ti = threads.lookup(&tid);
+    c->tid = tid;
+    c->traced = ti ? 1 : 0;
+    c->tgid = ti ? ti->tgid : 0;
+    c->sc_ts = 0;
+    c->sc_nr = 0;
+    return c;
 }
 
 static __always_inline struct thread_info *add_thread(u32 tid, u32 tgid) {
@@ -160,8 +172,15 @@ TRACEPOINT_PROBE(sched, sched_switch) {
     }
     struct thread_info *ni = next != 0 ? threads.lookup(&next) : 0;
     if (c) {
+        if (pi && c->tid == prev) {
+            pi->sc_ts = c->sc_ts; /* its syscall in flight, if any, goes with it */
+            pi->sc_nr = c->sc_nr;
+        }
         c->tid = next;
         c->traced = ni ? 1 : 0;
+        c->tgid = ni ? ni->tgid : 0;
+        c->sc_ts = ni ? ni->sc_ts : 0;
+        c->sc_nr = ni ? ni->sc_nr : 0;
     }
     u64 now = 0;
     if (pi) {
@@ -228,28 +247,30 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
 /* Syscalls through raw tracepoints: their arguments are (struct pt_regs *, long id|ret), plain values,
  * and a raw tracepoint skips formatting an event record. */
 RAW_TRACEPOINT_PROBE(sys_enter) {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct thread_info *ti = current_thread(tid);
-    if (!ti)
+    struct oncpu *c = current_slot((u32)bpf_get_current_pid_tgid());
+    if (!c || !c->traced)
         return 0;
     int nr = (int)ctx->args[1];
-    if (nr < 0 || IGNORED(nr))
+    if (nr < 0 || IGNORED(nr)) {
+        c->sc_ts = 0;
         return 0;
-    ti->sc_nr = (u32)nr;
-    ti->sc_ts = bpf_ktime_get_ns();
+    }
+    c->sc_nr = (u32)nr;
+    c->sc_ts = bpf_ktime_get_ns();
     return 0;
 }
 
 RAW_TRACEPOINT_PROBE(sys_exit) {
     u64 pt = bpf_get_current_pid_tgid();
     u32 tid = (u32)pt;
-    struct thread_info *ti = current_thread(tid);
-    if (!ti || !ti->sc_ts)
+    int zero = 0;
+    struct oncpu *c = cur.lookup(&zero);
+    if (!c || c->tid != tid || !c->sc_ts)
         return 0;
     u64 now = bpf_ktime_get_ns();
-    u64 dur = now - ti->sc_ts;
-    u32 nr = ti->sc_nr;
-    ti->sc_ts = 0;
+    u64 dur = now - c->sc_ts;
+    u32 nr = c->sc_nr;
+    c->sc_ts = 0;
     if (dur < SLOW_NS)
         return 0;
     u32 tgid = pt >> 32;
