@@ -15,7 +15,7 @@
  *
  * Defines: SLOW_NS (slow-syscall threshold), BLOCKED_MASK (prev_state bits that mean "blocked", read
  * from the sched_switch format at run time; anything else, including the preempt bit, is runnable),
- * IGNORED(nr) (syscalls never reported as slow: an expression on nr).
+ * IGNORED(nr) (syscalls never reported as slow: an expression on nr), SLOW_SYSCALLS (trace syscalls).
  */
 #include "gotel_ringbuf.h"
 
@@ -244,6 +244,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     return 0;
 }
 
+#ifdef SLOW_SYSCALLS
 /* Syscalls through raw tracepoints: their arguments are (struct pt_regs *, long id|ret), plain values,
  * and a raw tracepoint skips formatting an event record. */
 RAW_TRACEPOINT_PROBE(sys_enter) {
@@ -304,3 +305,4 @@ RAW_TRACEPOINT_PROBE(sys_exit) {
     slow_events.ringbuf_submit(e, GOTEL_RB_FLAGS);
     return 0;
 }
+#endif /* SLOW_SYSCALLS */

@@ -48,6 +48,11 @@ PARK_FUNCS = ("runtime.usleep", "runtime.usleep_no_g", "runtime.futex", "runtime
 class Config(ComponentConfig):
     collection_interval: float = Field(10.0, gt=0, description="seconds between two readings of the maps")
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    slow_syscalls: bool = Field(
+        True,
+        description="track syscalls to find slow ones: two raw tracepoints on every syscall of the node "
+        "(~100-200 ns each on a traced thread): the costliest part of this receiver on syscall-heavy loads",
+    )
     slow_syscall_threshold_ms: float = Field(10.0, gt=0, description="a syscall at least this long is slow")
     ignore_syscalls: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORED))
     max_slow_syscall_logs: int = Field(20, ge=0, description="log records per interval, slowest first")
@@ -158,14 +163,14 @@ class SchedReceiver(TargetedReceiver):
 
         self.cgroups = CgroupNames()
         ignored = " || ".join(f"(nr) == {NUMBERS[n]}" for n in sorted(set(self.cfg.ignore_syscalls))) or "0"
-        self.prog = BpfProgram(
-            "sched.c",
-            defines={
-                "SLOW_NS": f"{int(self.cfg.slow_syscall_threshold_ms * 1e6)}ULL",
-                "BLOCKED_MASK": hex(blocked_mask()),
-                "IGNORED(nr)": f"({ignored})",
-            },
-        )
+        defines: dict[str, Any] = {
+            "SLOW_NS": f"{int(self.cfg.slow_syscall_threshold_ms * 1e6)}ULL",
+            "BLOCKED_MASK": hex(blocked_mask()),
+            "IGNORED(nr)": f"({ignored})",
+        }
+        if self.cfg.slow_syscalls:
+            defines["SLOW_SYSCALLS"] = 1
+        self.prog = BpfProgram("sched.c", defines=defines)
         self.prog.open_ring_buffer("slow_events", self._on_slow)
         self._lost = LostCounter(self.prog, self.ctx.telemetry, "sched")
         self._start_ns = time.time_ns()
