@@ -80,7 +80,7 @@ class ProcessReceiver(PeriodicReceiver):
         if cid:
             res["container.id"] = cid
         start_ns = int((self.btime + st.starttime_ticks / procfs.CLK_TCK) * 1e9)
-        kw = {"start_ns": start_ns}
+        kw: dict[str, Any] = {"start_ns": start_ns}
         mb.sum(res, "process.cpu.time", st.utime_s, unit="s", attributes={"cpu.mode": "user"}, **kw)
         mb.sum(res, "process.cpu.time", st.stime_s, unit="s", attributes={"cpu.mode": "system"}, **kw)
         mb.sum(res, "process.thread.count", st.num_threads, unit="{thread}", monotonic=False)
@@ -135,7 +135,7 @@ class ProcessReceiver(PeriodicReceiver):
         if cid:
             res["container.id"] = cid
         start = self._cg_first_seen.setdefault(cg.path, time.time_ns())
-        kw = {"start_ns": start}
+        kw: dict[str, Any] = {"start_ns": start}
         if cg.cpu_usage_s is not None:
             mb.sum(res, "container.cpu.time", cg.cpu_usage_s, unit="s", **kw)
         if cg.cpu_user_s is not None and cg.cpu_system_s is not None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -37,10 +37,8 @@ def hog_cpu0() -> Iterator[int]:
 
 def _pin_process(pid: int, cpu: int) -> None:
     for tid in procfs.thread_ids(pid):
-        try:
+        with contextlib.suppress(OSError):
             os.sched_setaffinity(tid, {cpu})
-        except OSError:
-            pass
 
 
 def _frozen(pid: int, read: Callable[[], Any]) -> tuple[int, Any]:

@@ -7,8 +7,8 @@ from pydantic import ValidationError
 
 from gotel.component import Kind, ReceiverFactory
 from gotel.pdata import Signal
-from gotel.registry import registry
 from gotel.receivers import go_runtime, net, process, sched
+from gotel.registry import registry
 
 
 @pytest.mark.parametrize(
