@@ -35,10 +35,14 @@ struct gc_state {
     u64 sweep_ns;
     u64 mark_ns;
     u32 kind;        /* kind of the STW in progress */
-    u32 phase;       /* Go < 1.21: KIND_SWEEP inside gcStart, KIND_MARK inside gcMarkDone */
+    u32 pad0;
     u32 in_markterm; /* gcMarkTermination entered: the next mark-term start-the-world ends the cycle */
     u32 stws;        /* STW pauses in this cycle (restarted mark terminations add some) */
     u64 seq;         /* cycle number, so that a late RET does not touch the next cycle */
+    /* Go < 1.21 (no stwReason): how many threads are inside runtime.gcStart / runtime.gcMarkDone.
+     * Counters, not a flag: a late RET of one must not clear the other's window. */
+    s64 in_gcstart;
+    s64 in_markdone;
 };
 
 /* Taken at startTheWorldWithSema entry, while the world is still stopped (so no other STW can race),
@@ -144,7 +148,7 @@ int stw_stop(struct pt_regs *ctx) {
         u8 reason = (u8)ctx->ax;
         s->kind = reason == STW_GC_MARK_TERM ? KIND_MARK : reason == STW_GC_SWEEP_TERM ? KIND_SWEEP : KIND_OTHER;
     } else {
-        s->kind = s->phase;
+        s->kind = s->in_gcstart > 0 ? KIND_SWEEP : s->in_markdone > 0 ? KIND_MARK : KIND_OTHER;
     }
     return 0;
 }
@@ -263,19 +267,24 @@ int mark_termination(struct pt_regs *ctx) {
     return 0;
 }
 
-static __always_inline int set_phase(u32 phase) {
+static __always_inline int window(int which, s64 delta) {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!procs.lookup(&tgid))
         return 0;
     struct gc_state *s = state_of(tgid);
-    if (s)
-        s->phase = phase;
+    if (!s)
+        return 0;
+    s64 *c = which == KIND_SWEEP ? &s->in_gcstart : &s->in_markdone;
+    if (delta < 0 && *c <= 0)
+        return 0; /* the entry happened before we attached */
+    __sync_fetch_and_add(c, delta);
     return 0;
 }
 
-int gcstart_entry(struct pt_regs *ctx) { return set_phase(KIND_SWEEP); }
-int gcmarkdone_entry(struct pt_regs *ctx) { return set_phase(KIND_MARK); }
-int phase_end(struct pt_regs *ctx) { return set_phase(KIND_OTHER); }
+int gcstart_entry(struct pt_regs *ctx) { return window(KIND_SWEEP, 1); }
+int gcstart_ret(struct pt_regs *ctx) { return window(KIND_SWEEP, -1); }
+int gcmarkdone_entry(struct pt_regs *ctx) { return window(KIND_MARK, 1); }
+int gcmarkdone_ret(struct pt_regs *ctx) { return window(KIND_MARK, -1); }
 
 int newproc1(struct pt_regs *ctx) {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;

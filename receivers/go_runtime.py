@@ -163,7 +163,8 @@ class GoRuntimeReceiver(TargetedReceiver):
         plan += [(a, "stw_start_ret") for a in rets("runtime.startTheWorldWithSema")]
         if minor < 21:
             plan += [(entry("runtime.gcStart"), "gcstart_entry"), (entry("runtime.gcMarkDone"), "gcmarkdone_entry")]
-            plan += [(a, "phase_end") for a in rets("runtime.gcStart") + rets("runtime.gcMarkDone")]
+            plan += [(a, "gcstart_ret") for a in rets("runtime.gcStart")]
+            plan += [(a, "gcmarkdone_ret") for a in rets("runtime.gcMarkDone")]
         if self.cfg.mark_assist:
             plan += [(entry("runtime.gcAssistAlloc"), "assist_entry")]
             plan += [(a, "assist_ret") for a in rets("runtime.gcAssistAlloc")]
