@@ -78,6 +78,10 @@ class _Binary:
     flags: int
     gb: GoBinary | None = None
     pids: set[int] = field(default_factory=set)
+    # live goroutine count: runtime.allgs and the g fields it needs (None: no symbols/DWARF)
+    allgs: int | None = None
+    g_status: int | None = None
+    g_startpc: int | None = None
 
     def func_at(self, pc: int) -> str | None:
         f = self.gb.functions.at(pc) if self.gb is not None else None
@@ -175,10 +179,58 @@ class GoRuntimeReceiver(TargetedReceiver):
             self.prog.detach_binary(key)
             raise
         b = _Binary(key=key, path=path, version=gb.go_version, flags=flags, gb=gb)
+        self._goroutine_layout(b)
         self.binaries[key] = b
         self.log.info("%s: %d probes on %s (%s, functions from %s)", self.ctx.id, len(plan), info.exe,
                       gb.go_version, gb.functions.source)
         return b
+
+    def _goroutine_layout(self, b: _Binary) -> None:
+        """Where runtime.allgs is and the offsets of g.atomicstatus/g.startpc, for the live count."""
+        assert b.gb is not None
+        try:
+            b.g_status = b.gb.struct_offset("runtime.g", "atomicstatus")
+            b.g_startpc = b.gb.struct_offset("runtime.g", "startpc")
+            symtab = b.gb.image.elf.get_section_by_name(".symtab")
+            if symtab is None:
+                return
+            syms = symtab.get_symbol_by_name("runtime.allgs")
+            if syms:
+                b.allgs = int(syms[0]["st_value"])
+        except GoAnalysisError as e:
+            self.log.info("%s: no live goroutine count for %s: %s", self.ctx.id, b.path, e)
+
+    def live_goroutines(self, pid: int) -> int | None:
+        """Goroutines alive now, as runtime.NumGoroutine counts them: every g in runtime.allgs that is
+        neither idle nor dead, less system goroutines (started in a runtime.* function other than
+        runtime.main). Read from the process's memory; None without symbols and DWARF."""
+        b = self.by_pid.get(pid)
+        if b is None or b.allgs is None or b.g_status is None or b.g_startpc is None or b.gb is None:
+            return None
+        import struct
+
+        try:
+            with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+                mem.seek(b.allgs)
+                ptr, n, _cap = struct.unpack("<QQQ", mem.read(24))
+                if n > 1_000_000:
+                    return None
+                mem.seek(ptr)
+                gs = struct.unpack(f"<{n}Q", mem.read(8 * n))
+                live = 0
+                for g in gs:
+                    mem.seek(g + b.g_status)
+                    status = struct.unpack("<I", mem.read(4))[0] & ~0x1000  # _Gscan bit
+                    if status in (0, 6):  # _Gidle, _Gdead
+                        continue
+                    mem.seek(g + b.g_startpc)
+                    f = b.gb.functions.at(struct.unpack("<Q", mem.read(8))[0])
+                    if f is not None and f.name.startswith("runtime.") and f.name != "runtime.main":
+                        continue
+                    live += 1
+                return live
+        except (OSError, struct.error):
+            return None
 
     def on_added(self, info: ProcessInfo) -> None:
         if self.prog is None:
@@ -320,6 +372,10 @@ class GoRuntimeReceiver(TargetedReceiver):
                            desc="Goroutines created, by the function holding the go statement.")
             mb.sum(res, "go.goroutine.exited", c["exited"], unit="{goroutine}", start_ns=start,
                    desc="Goroutines that returned or called runtime.Goexit (runtime.goexit1).")
+            live = self.live_goroutines(pid)
+            if live is not None:
+                mb.sum(res, "go.goroutine.count", live, unit="{goroutine}", monotonic=False,
+                       desc="Live goroutines (runtime.NumGoroutine's count), read from the process's memory.")
             mb.sum(res, "go.goroutine.net_change", c["created"] - c["exited"], unit="{goroutine}",
                    monotonic=False, start_ns=start,
                    desc="Goroutines created minus exited since the receiver started tracing the process.")

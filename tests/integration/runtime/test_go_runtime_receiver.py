@@ -105,6 +105,29 @@ async def test_goroutine_creations_match_the_fixture(goapp: Any, toolchain: str,
         await r.shutdown()
 
 
+@pytest.mark.parametrize("toolchain", TOOLCHAINS)
+async def test_live_goroutine_count_matches_the_runtime(goapp: Any, toolchain: str) -> None:
+    app = goapp("runtime", toolchain=toolchain)
+    r, s = await _receiver(app.pid)
+    try:
+        await asyncio.sleep(0.3)  # the READY-time connection goroutines are gone
+        before = r.live_goroutines(app.pid)
+        assert before is not None
+        out = await asyncio.to_thread(app.get_json, "/leak?n=500")
+        assert out["leaked"] == 500
+        await asyncio.sleep(0.3)
+        after = r.live_goroutines(app.pid)
+        assert after == before + 500  # the 500 goroutines blocked forever
+        t = await asyncio.to_thread(app.get_json, "/truth")
+        # NumGoroutine ran inside the HTTP handler, whose connection goroutine was alive then
+        assert abs(t["num_goroutine"] - 1 - after) <= 2, (t["num_goroutine"], after)
+        await r.collect_now()
+        pts = [p.as_int for res, _, p in s[Signal.METRICS].points("go.goroutine.count") if res["process.pid"] == app.pid]
+        assert len(pts) == 1 and abs(pts[0] - after) <= 2
+    finally:
+        await r.shutdown()
+
+
 async def test_probes_detach_when_the_process_exits(goapp: Any) -> None:
     app = goapp("runtime")
     r, _ = await _receiver(app.pid)
