@@ -194,7 +194,7 @@ class GoRuntimeReceiver(TargetedReceiver):
             symtab = b.gb.image.elf.get_section_by_name(".symtab")
             if symtab is None:
                 return
-            syms = symtab.get_symbol_by_name("runtime.allgs")
+            syms = symtab.get_symbol_by_name("runtime.allgs")  # type: ignore[attr-defined]
             if syms:
                 b.allgs = int(syms[0]["st_value"])
         except GoAnalysisError as e:
