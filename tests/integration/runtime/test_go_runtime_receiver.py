@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import pytest
@@ -124,6 +125,25 @@ async def test_live_goroutine_count_matches_the_runtime(goapp: Any, toolchain: s
         await r.collect_now()
         pts = [p.as_int for res, _, p in s[Signal.METRICS].points("go.goroutine.count") if res["process.pid"] == app.pid]
         assert len(pts) == 1 and abs(pts[0] - after) <= 2
+    finally:
+        await r.shutdown()
+
+
+async def test_mark_assist_time_when_enabled(goapp: Any) -> None:
+    """Allocating hard during marking makes goroutines assist; the time is bounded by wall time x threads."""
+    app = goapp("runtime", "-alloc-rate", "400000000")
+    r, s = await _receiver(app.pid, mark_assist=True)
+    try:
+        c0, t0 = r.read_counts(app.pid), asyncio.get_running_loop().time()
+        await asyncio.sleep(2.0)
+        c1, t1 = r.read_counts(app.pid), asyncio.get_running_loop().time()
+        assert c1["gcs"] > c0["gcs"]
+        assert c1["assists"] > c0["assists"]
+        assist_s = (c1["assist_ns"] - c0["assist_ns"]) / 1e9
+        assert 0 < assist_s < (t1 - t0) * (os.cpu_count() or 1)
+        await r.collect_now()
+        pts = [p.as_double for res, _, p in s[Signal.METRICS].points("go.gc.assist.time") if res["process.pid"] == app.pid]
+        assert len(pts) == 1 and pts[0] >= assist_s
     finally:
         await r.shutdown()
 
