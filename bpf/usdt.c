@@ -16,7 +16,10 @@ struct gotel_usdt_event {
 };
 
 BPF_HASH(usdt_specs, struct gotel_usdt_key, struct gotel_usdt_spec, 16384);
-GOTEL_RINGBUF(usdt_events, 256);
+#ifndef USDT_RINGBUF_PAGES
+#define USDT_RINGBUF_PAGES 1024
+#endif
+GOTEL_RINGBUF(usdt_events, USDT_RINGBUF_PAGES);
 
 int gotel_usdt(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();

@@ -195,8 +195,12 @@ def service_name(pid: int, exe: str, env: dict[str, str] | None = None) -> str:
     return name or os.path.basename(exe.removesuffix(" (deleted)"))
 
 
-def process_info(pid: int, *, with_ports: bool = False) -> ProcessInfo | None:
-    """None when the process is gone, a kernel thread, or unreadable."""
+def process_info(pid: int, *, with_ports: bool = False, go_only: bool = False) -> ProcessInfo | None:
+    """None when the process is gone, a kernel thread, unreadable, or (go_only) not a Go program.
+
+    go_only stops after the cached Go check, so a rescan of a host with thousands of non-Go processes
+    reads one symlink and one stat per process, not their command lines and environments.
+    """
     exe = read_exe(pid)
     if not exe:
         return None
@@ -205,6 +209,8 @@ def process_info(pid: int, *, with_ports: bool = False) -> ProcessInfo | None:
     except OSError:
         return None
     go = _is_go_file(exe_path_for_reading(pid), st.st_dev, st.st_ino, st.st_mtime_ns)
+    if go_only and not go:
+        return None
     return ProcessInfo(
         pid=pid,
         exe=exe,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gotel.golang import disasm
 from gotel.golang.buildinfo import BuildInfo, Module, read_buildinfo
-from gotel.golang.dwarf import StructIndex
+from gotel.golang.dwarf import StructIndex, load_dwarf
 from gotel.golang.elf import ElfImage
 from gotel.golang.errors import FunctionNotFound, NotGo
 from gotel.golang.symbols import Function, FunctionTable
@@ -37,7 +37,7 @@ class FileIdentity:
 
 
 class GoBinary:
-    """One analysed Go executable (see module docstring). Thread-safe for concurrent readers."""
+    """One analysed Go executable (see module docstring). Safe to query from several threads."""
 
     def __init__(self, path: str | os.PathLike[str], identity: FileIdentity | None = None) -> None:
         self.path = Path(path)
@@ -50,7 +50,9 @@ class GoBinary:
         self.has_symtab = ".symtab" in self.image.sections
         self.has_dwarf = ".debug_info" in self.image.sections or ".zdebug_info" in self.image.sections
         self.stripped = not self.has_symtab
-        self._lock = threading.Lock()
+        # pyelftools reads through one shared stream position and capstone's handle is shared: one query at
+        # a time per binary.
+        self._lock = threading.RLock()
         self._functions: FunctionTable | None = None
         self._structs: StructIndex | None = None
         self._probes: tuple[USDTProbe, ...] | None = None
@@ -111,7 +113,8 @@ class GoBinary:
         if got is None:
             f = self.function(name)
             off = f.file_offset
-            got = disasm.ret_offsets(bytes(self.image.data[off:off + f.size]))
+            with self._lock:
+                got = disasm.ret_offsets(bytes(self.image.data[off:off + f.size]))
             self._rets[name] = got
         return got
 
@@ -121,22 +124,27 @@ class GoBinary:
         if self._structs is None:
             with self._lock:
                 if self._structs is None:
-                    dw = self.image.elf.get_dwarf_info() if self.has_dwarf else None
+                    dw = load_dwarf(self.image.data) if self.has_dwarf else None
                     self._structs = StructIndex(dw, str(self.path))
         return self._structs
 
     def struct_offset(self, type_name: str, field: str) -> int:
         """Offset of a (dotted) field; raises NoDWARF, TypeNotFound or FieldNotFound, never guesses."""
-        return self.structs.offset(type_name, field)
+        structs = self.structs
+        with self._lock:
+            return structs.offset(type_name, field)
 
     def field_chain(self, type_name: str, field: str) -> tuple[int, ...]:
         """Offsets along a path that crosses pointers: read at [0], dereference, read at [1], ..."""
-        return self.structs.chain(type_name, field)
+        structs = self.structs
+        with self._lock:
+            return structs.chain(type_name, field)
 
     # -- USDT ---------------------------------------------------------------------------------------------
     def usdt_probes(self) -> tuple[USDTProbe, ...]:
         if self._probes is None:
-            self._probes = read_probes(self.image)
+            with self._lock:
+                self._probes = read_probes(self.image)
         return self._probes
 
     def __repr__(self) -> str:
@@ -151,7 +159,9 @@ class _Cache:
         self.size = size
         self._by_identity: OrderedDict[FileIdentity, GoBinary] = OrderedDict()
         self._by_build_id: dict[str, GoBinary] = {}
-        self._lock = threading.Lock()
+        # pyelftools reads through one shared stream position and capstone's handle is shared: one query at
+        # a time per binary.
+        self._lock = threading.RLock()
         self.hits = self.misses = 0
 
     def get(self, path: str | os.PathLike[str]) -> GoBinary:

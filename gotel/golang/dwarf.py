@@ -19,10 +19,32 @@ from typing import Any
 
 from elftools.dwarf.die import DIE
 from elftools.dwarf.dwarfinfo import DWARFInfo
+from elftools.elf.elffile import ELFFile
 
 from gotel.golang.errors import FieldNotFound, NoDWARF, TypeNotFound
 
 _TYPE_TAGS = ("DW_TAG_structure_type", "DW_TAG_typedef")
+
+
+# The sections type lookups read. pyelftools would otherwise decompress and keep every debug section
+# (line tables, location lists, frames: most of the DWARF's size) for as long as the binary stays cached.
+_NEEDED = frozenset({"debug_info", "debug_abbrev", "debug_str", "debug_addr", "debug_str_offsets",
+                     "debug_line_str"})
+
+
+class _TypesOnlyELF(ELFFile):
+    """An ELFFile whose get_dwarf_info() loads only the sections in _NEEDED."""
+
+    def get_section_by_name(self, name: str) -> Any:
+        bare = name.lstrip(".").removeprefix("z")
+        if bare.startswith("debug_") and bare not in _NEEDED:
+            return None
+        return super().get_section_by_name(name)
+
+
+def load_dwarf(stream: Any) -> DWARFInfo:
+    """DWARF of an ELF stream with only what struct lookups need."""
+    return _TypesOnlyELF(stream).get_dwarf_info(relocate_dwarf_sections=False)
 
 
 def _uleb(n: int) -> bytes:
@@ -55,9 +77,11 @@ class StructIndex:
         self._info = b""
         if dwarf is not None:
             self._info = dwarf.debug_info_sec.stream.getvalue()  # type: ignore[union-attr]
-            cu = next(dwarf.iter_CUs(), None)
-            if cu is not None:
-                table = cu.get_abbrev_table()
+            # Every abbreviation table in use (with cgo, C units from the external linker have their own).
+            tables = {cu["debug_abbrev_offset"] for cu in dwarf.iter_CUs()}
+            prefixes: set[bytes] = set()
+            for table_off in sorted(tables):
+                table = dwarf.get_abbrev_table(table_off)
                 code = 1
                 while True:
                     try:
@@ -67,8 +91,9 @@ class StructIndex:
                     specs = ab["attr_spec"]
                     if (ab["tag"] in _TYPE_TAGS and specs and specs[0].name == "DW_AT_name"
                             and specs[0].form == "DW_FORM_string"):
-                        self._prefixes.append(_uleb(code))
+                        prefixes.add(_uleb(code))
                     code += 1
+            self._prefixes = sorted(prefixes)
 
     def _require(self) -> DWARFInfo:
         if self.dwarf is None:

@@ -130,6 +130,10 @@ def build(app: str, toolchain: str = "go1.27", stripped: bool = False) -> Path:
                 f"{' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
             )
         os.replace(tmp, out)
+        prefix = f"{app}-{toolchain}{'-stripped' if stripped else ''}-"
+        for old in out.parent.glob(prefix + "*"):  # earlier sources' builds of this variant
+            if old != out and len(old.name) == len(name):
+                old.unlink(missing_ok=True)
     return out
 
 

@@ -77,3 +77,37 @@ def test_usdt_arguments_equal_what_the_fixture_passed(goapp: Callable[..., Any],
         prog.close()
     assert gotel_uprobe_events() == []
     assert app.alive()
+
+
+def test_unselected_process_of_the_same_binary_is_ignored(goapp: Callable[..., Any]) -> None:
+    """Probes sit on the binary, for every process; only registered pids produce events."""
+    traced = goapp("usdtapp", "-quiet", toolchain="go1.27")
+    other = goapp("usdtapp", "-quiet", toolchain="go1.27")
+    assert traced.binary == other.binary
+    prog = BpfProgram("usdt.c")
+    try:
+        att = UsdtAttacher(prog, [WantedProbe(0, "gotelfix:tick")])
+        assert att.add_process(traced.pid, f"/proc/{traced.pid}/exe").attached == ["gotelfix:tick"]
+        pids: list[int] = []
+        prog.open_ring_buffer("usdt_events", lambda addr, size: pids.append(CEvent.from_address(addr).pid))
+        _fire(other, "probe=tick&n=7")
+        _fire(traced, "probe=tick&n=5")
+        # a process of the binary started after the attach is covered by the same probe (not registered here)
+        late = goapp("usdtapp", "-quiet", toolchain="go1.27")
+        _fire(late, "probe=tick&n=3")
+        probes, _ = read_probes(f"/proc/{late.pid}/exe")
+        tick = next(p.pc for p in probes if p.name == "tick")
+        assert read_text_byte(late.pid, tick) == 0xCC
+        prog.consume()
+        assert pids == [traced.pid] * 5
+        assert att.add_process(late.pid, f"/proc/{late.pid}/exe").attached == ["gotelfix:tick"]
+        assert prog.probe_count() == 1  # still one probe for the binary
+        _fire(late, "probe=tick&n=2")
+        prog.consume()
+        assert pids == [traced.pid] * 5 + [late.pid] * 2
+        att.remove_process(traced.pid)
+        assert prog.probe_count() == 1  # `late` still traced
+        att.remove_process(late.pid)
+        assert prog.probe_count() == 0
+    finally:
+        prog.close()

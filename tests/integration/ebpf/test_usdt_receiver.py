@@ -75,6 +75,10 @@ async def test_receiver_spans_metrics_logs(goapp: Callable[..., Any], toolchain:
 
         await _until(lambda: len(spans()) >= 75, 10)
         await asyncio.sleep(0.7)  # one more metrics export
+        assert r.program.probe_count() == 4  # req_start, req_end, tick, message
+        # the target exits: its probes come off without waiting for the receiver to stop
+        await asyncio.to_thread(app.stop)
+        await _until(lambda: r.program.probe_count() == 0 and app.pid not in r.attached_pids, 5)
     finally:
         await r.shutdown()
 

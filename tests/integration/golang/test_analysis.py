@@ -217,3 +217,22 @@ def test_non_go_files_are_refused_clearly(tmp_path: Path) -> None:
     text.write_text("#!/bin/sh\necho hi\n" * 10)
     with pytest.raises(golang.NotELF):
         golang.analyze(text)
+
+
+def test_running_process_via_proc_exe(goapp: Any) -> None:
+    """What the agent does: analyse /proc/PID/exe of a discovered process; same analysis as the file."""
+    app = goapp("runtime", toolchain="go1.19")
+    via_proc = golang.analyze(f"/proc/{app.pid}/exe")
+    assert via_proc is golang.analyze(goapps.build("runtime", "go1.19"))
+    assert via_proc.function("main.blockingSyscall").entry > 0
+
+
+def test_concurrent_queries_agree() -> None:
+    import concurrent.futures
+
+    b = golang.GoBinary(goapps.build("grpcapp", "go1.27"))  # fresh: nothing memoised yet
+    fields = ["Kind", "Inner.Label.len", "Tags.cap", "Nested.B", "Err.data", "Last"] * 4
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda f: b.struct_offset("main.fixtureRecord", f), fields))
+    truth = goapps.offsets("grpcapp", "go1.27")["fields"]
+    assert got == [truth[f] for f in fields]

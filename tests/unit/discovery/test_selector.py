@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from pydantic import ValidationError
 
-from gotel.discovery import DiscoveryConfig, ProcessInfo, is_go_binary, process_info
-from gotel.discovery.procfs import container_id, listening_ports, service_name
+from gotel.discovery import Criteria, DiscoveryConfig, ProcessInfo, is_go_binary, process_info
+from gotel.discovery.procfs import container_id, listening_ports, read_cmdline, service_name
 
 
 def _p(**kw: object) -> ProcessInfo:
@@ -46,7 +47,7 @@ def test_container_ids_match_full_or_short() -> None:
 
 
 def test_exclude_wins() -> None:
-    sel = DiscoveryConfig(exe_paths=["*/grpcapp"], exclude={"cmdline": "--debug"})
+    sel = DiscoveryConfig(exe_paths=["*/grpcapp"], exclude=Criteria(cmdline="--debug"))
     assert sel.selects(_p())
     assert not sel.selects(_p(cmdline=["grpcapp", "--debug"]))
 
@@ -77,6 +78,10 @@ def test_procfs_facts_of_a_real_process(tmp_path) -> None:  # type: ignore[no-un
     env = dict(os.environ, OTEL_SERVICE_NAME="checkout")
     p = subprocess.Popen(["/bin/sleep", "5"], env=env)
     try:
+        # Popen returns once exec has begun; the new argv/environ appear a moment later
+        deadline = time.monotonic() + 5
+        while read_cmdline(p.pid) != ["/bin/sleep", "5"] and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert service_name(p.pid, "/bin/sleep") == "checkout"
         assert process_info(p.pid).service_name == "checkout"  # type: ignore[union-attr]
     finally:
@@ -90,3 +95,13 @@ def test_go_check_reads_section_headers_only() -> None:
     assert not is_go_binary("/etc/hostname")
     assert not is_go_binary("/nonexistent")
     assert is_go_binary(os.path.realpath("/usr/bin/go"))  # Debian's Go toolchain is a Go program
+
+
+def test_gotel_itself_is_never_a_target() -> None:
+    from gotel.discovery.watcher import _is_self
+
+    me = process_info(os.getpid())
+    assert me is not None and _is_self(me)
+    agent = _p(pid=1, exe=os.path.realpath(sys.executable), cmdline=[sys.executable, "-m", "gotel", "run"])
+    assert _is_self(agent)
+    assert not _is_self(_p(pid=1))

@@ -87,3 +87,23 @@ def test_unreadable_string_is_left_out_and_exit_drops_open_spans() -> None:
     assert attr_dict(recs[0].attributes)["n"] == 9
     assert "n" not in attr_dict(recs[1].attributes)
     assert _dropped(t, "process_exited_mid_span") == 1
+
+
+def test_records_decode_with_and_without_string_slots() -> None:
+    import ctypes
+
+    from gotel.ebpf.usdt import CEvent
+    from gotel.receivers.usdt import decode_records, record_layout
+
+    t = Telemetry().component("usdt", Kind.RECEIVER)
+    full = record_layout(128)
+    assert full.size == ctypes.sizeof(CEvent)  # the BPF struct with the default string length
+    rec = full.pack(5, 42, 43, 1, 0, 7, (1 << 64) - 1, 0, 0, 0, 0, b"/checkout", b"")
+    small = record_layout(1)
+    rec_small = small.pack(6, 42, 44, 0, 2, 1, 2, 3, 4, 5, 6, b"", b"") + b"\0" * 6  # padded to 80 bytes
+    evs = decode_records([rec, rec_small, b"short", full.pack(1, 1, 1, 9, 0, 0, 0, 0, 0, 0, 0, b"", b"")],
+                         ["a:e", "a:s"], t, full)
+    assert [(e.probe, e.pid, e.tid, e.args[:2], e.strs[0]) for e in evs[:1]] == [("a:s", 42, 43, (7, (1 << 64) - 1), b"/checkout")]
+    assert len(evs) == 1  # the short record is dropped (counted), an unknown probe id ignored
+    evs = decode_records([rec_small], ["a:e"], t, small)
+    assert (evs[0].args, evs[0].unreadable) == ((1, 2, 3, 4, 5, 6), 2)

@@ -67,3 +67,13 @@ def test_receiver_config_rules() -> None:
     c = Config(spans=[{"name": "r", "start": "a:s", "end": "a:e", "start_attributes": {"route": "arg1:str"}}])
     assert c.probes() == ["a:e", "a:s"]
     assert c.string_args() == {"a:s": {1: 0}}
+
+
+def test_registered_as_an_entry_point_that_needs_bpf() -> None:
+    from gotel.component import Kind, ReceiverFactory
+    from gotel.registry import registry
+
+    f = registry().get(Kind.RECEIVER, "usdt")
+    assert isinstance(f, ReceiverFactory)
+    assert f.needs_bpf and f.type == "usdt"
+    assert {str(s) for s in f.signals} == {"traces", "metrics", "logs"}
