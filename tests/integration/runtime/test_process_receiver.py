@@ -143,3 +143,37 @@ async def test_exited_process_is_counted_not_fatal() -> None:
     rec.setup()
     await rec.push(rec.collect())  # the pid is not found by the scan: nothing, no error
     assert s[Signal.METRICS].points("process.cpu.time") == []
+
+
+UNIFIED = Path("/sys/fs/cgroup/unified")
+
+
+def test_v2_figures_from_a_live_cgroup(goapp: Any) -> None:
+    """This host's cgroup2 hierarchy has no cpu controller, but every v2 cgroup has the basic cpu.stat
+    and cpu.pressure: read a live one made by the test and compare with the kernel's own files."""
+    d = UNIFIED / f"gotel-test-{uuid.uuid4().hex[:8]}"
+    d.mkdir()
+    app = None
+    try:
+        app = goapp("runtime")
+        (d / "cgroup.procs").write_text(str(app.pid))
+        app.get_json("/burn?ms=300")
+        os.kill(app.pid, signal.SIGSTOP)
+        try:
+            time.sleep(0.2)
+            st = procfs.cgroup_v2_stats(str(d), "/" + d.name)
+            raw = dict(line.split() for line in (d / "cpu.stat").read_text().splitlines())
+            pressure = (d / "cpu.pressure").read_text()
+        finally:
+            os.kill(app.pid, signal.SIGCONT)
+        assert st.cpu_usage_s == pytest.approx(int(raw["usage_usec"]) / 1e6, abs=1e-6)
+        assert st.cpu_user_s == pytest.approx(int(raw["user_usec"]) / 1e6, abs=1e-6)
+        assert st.cpu_system_s == pytest.approx(int(raw["system_usec"]) / 1e6, abs=1e-6)
+        assert st.cpu_usage_s is not None and st.cpu_usage_s >= 0.25  # it burnt 300 ms
+        some, full = procfs.parse_pressure(pressure)
+        assert (st.pressure_some_s, st.pressure_full_s) == (some, full)
+        assert st.quota_cores is None and st.throttled_periods is None  # no cpu controller here
+    finally:
+        if app is not None:
+            app.stop()
+        _rmdir_when_empty(d)
