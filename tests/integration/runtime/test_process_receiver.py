@@ -83,6 +83,7 @@ async def test_throttling_equals_kernel_cpu_stat(throttled_hog: tuple[int, str])
         await r.push(r.collect())
         after = _kernel_v1(path)
         truth = procfs.task_sched(pid)
+        sched_fields = procfs.proc_sched(pid)
     finally:
         os.kill(pid, signal.SIGCONT)
     assert before == after, "kernel counters moved while the hog was stopped"
@@ -109,6 +110,10 @@ async def test_throttling_equals_kernel_cpu_stat(throttled_hog: tuple[int, str])
     assert threads == [truth.threads]
     delay = [p.as_double for res, _, p in sink.points("process.schedstat.run_delay") if res["process.pid"] == pid]
     assert delay == [pytest.approx(truth.run_delay_ns / 1e9, abs=1e-9)] and delay[0] > 0
+    # /proc/PID/sched fields this kernel has (CONFIG_SCHED_DEBUG): the same values, named
+    for suffix, val in sched_fields.items():
+        got = [p.as_double for res, _, p in sink.points(f"process.sched.{suffix}") if res["process.pid"] == pid]
+        assert got == [pytest.approx(val)], suffix
 
 
 async def test_fd_kinds_and_legacy_names() -> None:
