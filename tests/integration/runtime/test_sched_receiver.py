@@ -89,9 +89,10 @@ async def test_runqueue_latency_matches_schedstat(goapp: Any, hog_cpu0: int, too
         await r.shutdown()
 
 
-@pytest.mark.parametrize("toolchain", ["go1.27", "go1.19"])
-async def test_slow_syscall_reported_once_with_go_stack(goapp: Any, toolchain: str) -> None:
-    app = goapp("runtime", toolchain=toolchain)
+@pytest.mark.parametrize(("toolchain", "stripped"), [("go1.27", False), ("go1.19", False), ("go1.27", True)])
+async def test_slow_syscall_reported_once_with_go_stack(goapp: Any, toolchain: str, stripped: bool) -> None:
+    """Also stripped: the stack is named from .gopclntab, and Go's own sleeps are still told apart."""
+    app = goapp("runtime", toolchain=toolchain, stripped=stripped)
     r, s = await _receiver(app.pid)
     try:
         await asyncio.sleep(0.3)
