@@ -37,8 +37,10 @@ struct drop_key {
 
 BPF_HASH(targets, u32, u8, 4096);
 BPF_HASH(owners, u64, u32, 65536); /* socket address -> tgid */
-BPF_PERCPU_HASH(retrans, struct conn_key, u64, 16384);
-BPF_PERCPU_HASH(states, struct conn_key, u64, 16384);
+/* Keyed by connection (both ports): user space drains these at every collection (lookup-and-delete)
+ * and folds them into per-peer counters, so short connections do not fill the maps. */
+BPF_HASH(retrans, struct conn_key, u64, 16384);
+BPF_HASH(states, struct conn_key, u64, 16384);
 BPF_PERCPU_HASH(drops, struct drop_key, u64, 4096);
 
 /* Retransmissions, most state changes and drops run in softirq or timer context, where the current
@@ -68,7 +70,7 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb) {
     u64 zero = 0;
     u64 *c = retrans.lookup_or_try_init(&k, &zero);
     if (c)
-        (*c)++;
+        __sync_fetch_and_add(c, 1);
     return 0;
 }
 
@@ -102,7 +104,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     u64 zero = 0;
     u64 *c = states.lookup_or_try_init(&k, &zero);
     if (c)
-        (*c)++;
+        __sync_fetch_and_add(c, 1);
     if (args->newstate == TCP_CLOSE_)
         owners.delete(&sk);
     return 0;

@@ -116,6 +116,9 @@ class NetReceiver(TargetedReceiver):
         self.prog: Any = None
         self.reasons: dict[int, str] = {}
         self._listening: dict[int, set[int]] = {}
+        self._retrans: dict[tuple[Any, ...], int] = {}
+        self._states: dict[tuple[Any, ...], int] = {}
+        self._unattributed = {"retrans": 0, "states": 0}
         self._start_ns = time.time_ns()
 
     def setup(self) -> None:
@@ -144,6 +147,9 @@ class NetReceiver(TargetedReceiver):
         if self.prog is None:
             return
         self.prog.table("targets").pop(ctypes.c_uint32(pid), None)
+        for acc in (self._retrans, self._states):
+            for k in [k for k in acc if k[0] == pid]:
+                del acc[k]
         owners = self.prog.table("owners")
         for k, v in list(owners.items()):
             if v.value == pid:
@@ -161,15 +167,20 @@ class NetReceiver(TargetedReceiver):
                     out[t] = pid
         return out
 
-    def read(self) -> dict[str, Any]:
-        """Per (pid, peer...) cumulative counts; unattributable ones under pid 0."""
-        t = self.prog.table
+    def _drain(self) -> None:
+        """Moves the per-connection counts out of the kernel maps into per-(pid, peer) totals; a
+        connection's owner is looked up now, while the socket most likely still exists."""
         tuples: dict[tuple[str, int, str, int], int] | None = None
-        retrans: dict[tuple[int, str, str, int, int], int] = {}
-        states: dict[tuple[int, str, str, int, int, str], int] = {}
-        for name, dest in (("retrans", retrans), ("states", states)):
-            for k, v in t(name).items():
-                n = int(sum(v))
+        for name, acc in (("retrans", self._retrans), ("states", self._states)):
+            table = self.prog.table(name)
+            try:
+                items = list(table.items_lookup_and_delete_batch())
+            except Exception:  # kernels without batch ops: read, then delete what was read
+                items = list(table.items())
+                for k, _ in items:
+                    table.pop(k, None)
+            for k, v in items:
+                n = int(getattr(v, "value", v))  # batch ops yield ints, items() c_ulongs
                 fam = socket.AF_INET if k.family == 2 else socket.AF_INET6
                 raddr, laddr = _addr(fam, bytes(k.raddr)), _addr(fam, bytes(k.laddr))
                 pid = k.tgid
@@ -179,18 +190,34 @@ class NetReceiver(TargetedReceiver):
                     pid = tuples.get((laddr, k.lport, raddr, k.rport), 0)
                 ntype = "ipv4" if fam == socket.AF_INET else "ipv6"
                 key: Any = (pid, ntype, raddr, k.rport, k.lport)
-                if name == "states":
-                    key = (*key, TCP_STATES.get(k.state, str(k.state)))
-                dest[key] = dest.get(key, 0) + n
+                if pid in self.targets:
+                    peer = self._peer(pid, ntype, raddr, k.rport, k.lport)
+                    if name == "states":
+                        peer["network.connection.state"] = TCP_STATES.get(k.state, str(k.state))
+                    key = (pid, tuple(sorted(peer.items())))
+                else:
+                    key = (0, ())
+                    self._unattributed[name] += n
+                acc[key] = acc.get(key, 0) + n
+
+    def read(self) -> dict[str, Any]:
+        """Cumulative counts: TCP ones per (pid, peer attributes), drops per (pid, reason, type)."""
+        self._listening = {}
+        self._drain()
         drops: dict[tuple[int, str, str], int] = {}
-        for k, v in t("drops").items():
+        for k, v in self.prog.table("drops").items():
             proto = k.protocol  # the tracepoint already stores it in host order
             key3 = (k.tgid, self.reasons.get(k.reason, str(k.reason)), ETH_P.get(proto, f"0x{proto:04x}"))
             drops[key3] = drops.get(key3, 0) + int(sum(v))
-        return {"retrans": retrans, "states": states, "drops": drops}
+        return {"retrans": dict(self._retrans), "states": dict(self._states), "drops": drops}
 
     def retransmits(self, pid: int) -> int:
         return sum(n for k, n in self.read()["retrans"].items() if k[0] == pid)
+
+    def unattributed(self) -> dict[str, int]:
+        """TCP events whose socket no selected process owned (or whose owner was gone)."""
+        self.read()
+        return dict(self._unattributed)
 
     def _peer(self, pid: int, ntype: str, raddr: str, rport: int, lport: int) -> dict[str, Any]:
         a: dict[str, Any] = {"network.type": ntype, "network.peer.address": raddr}
@@ -220,29 +247,18 @@ class NetReceiver(TargetedReceiver):
         if self.prog is None:
             return []
         data = self.read()
-        self._listening = {}
         mb = MetricsBuilder(SCOPE)
         start = self._start_ns
-        folded: dict[tuple[Any, ...], int] = {}
-        for (pid, ntype, raddr, rport, lport), n in data["retrans"].items():
+        for (pid, peer), n in data["retrans"].items():
             if pid in self.targets:
-                k = (pid, tuple(sorted(self._peer(pid, ntype, raddr, rport, lport).items())))
-                folded[k] = folded.get(k, 0) + n
-        for (pid, peer), n in folded.items():
-            mb.sum(self._resource(pid), "process.network.tcp.retransmits", n, unit="{segment}",
-                   attributes=dict(peer), start_ns=start,
-                   desc="TCP segments retransmitted on the process's connections (tcp:tcp_retransmit_skb).")
-        folded = {}
-        for (pid, ntype, raddr, rport, lport, state), n in data["states"].items():
+                mb.sum(self._resource(pid), "process.network.tcp.retransmits", n, unit="{segment}",
+                       attributes=dict(peer), start_ns=start,
+                       desc="TCP segments retransmitted on the process's connections (tcp:tcp_retransmit_skb).")
+        for (pid, peer), n in data["states"].items():
             if pid in self.targets:
-                a = self._peer(pid, ntype, raddr, rport, lport)
-                a["network.connection.state"] = state
-                k = (pid, tuple(sorted(a.items())))
-                folded[k] = folded.get(k, 0) + n
-        for (pid, a), n in folded.items():
-            mb.sum(self._resource(pid), "process.network.tcp.state_changes", n, unit="{transition}",
-                   attributes=dict(a), start_ns=start,
-                   desc="TCP state transitions into network.connection.state (sock:inet_sock_set_state).")
+                mb.sum(self._resource(pid), "process.network.tcp.state_changes", n, unit="{transition}",
+                       attributes=dict(peer), start_ns=start,
+                       desc="TCP state transitions into network.connection.state (sock:inet_sock_set_state).")
         for (pid, reason, proto), n in data["drops"].items():
             attrs = {"gotel.drop.reason": reason, "network.type": proto}
             if pid in self.targets:
