@@ -1,0 +1,210 @@
+"""A receiver that collects on a timer and pushes what it built into its sinks.
+
+Collection runs in a worker thread (reading /proc or BPF maps blocks), pushing runs on the event loop.
+A refused batch is counted as dropped with its reason; a failing collection is logged and retried at
+the next tick, never fatal: the figures are cumulative, so the next push carries what was missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from gotel.component import Consumer, ConsumerError, Context, Receiver
+from gotel.discovery import DiscoveryConfig, ProcessInfo, process_info
+from gotel.discovery.procfs import all_pids
+from gotel.pdata import Batch, Signal
+
+
+class PeriodicReceiver(Receiver):
+    interval_s: float = 10.0
+
+    def __init__(self, sinks: Mapping[Signal, Consumer], ctx: Context, interval_s: float) -> None:
+        self.sinks = sinks
+        self.ctx = ctx
+        self.log = ctx.logger
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    # subclasses implement these
+    def setup(self) -> None:
+        """Blocking set-up (compile and attach BPF, open files); runs in a thread at start()."""
+
+    def collect(self) -> list[Batch]:
+        """Blocking: one collection; returns the batches to push (any signals)."""
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Blocking clean-up (detach BPF); must be safe after a failed or missing setup()."""
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.setup)
+        self._task = asyncio.create_task(self._run(), name=f"{self.ctx.id}-collect")
+
+    async def collect_now(self) -> None:
+        """One collection and push, outside the timer (tests, and the final flush at shutdown)."""
+        batches = await asyncio.to_thread(self.collect)
+        await self.push(batches)
+
+    async def push(self, batches: list[Batch]) -> None:
+        for b in batches:
+            n = b.item_count()
+            if n == 0:
+                continue
+            sink = self.sinks.get(b.signal)
+            if sink is None:
+                continue  # the signal is not used by any pipeline
+            try:
+                await sink.consume(b)
+                self.ctx.telemetry.accepted(b.signal, n)
+            except ConsumerError as e:
+                self.ctx.telemetry.refused(b.signal, n)
+                self.ctx.telemetry.dropped(b.signal, n, "refused" if not e.permanent else "rejected")
+                self.log.warning("%s: %d %s items not accepted: %s", self.ctx.id, n, b.signal, e)
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+            if self._stop.is_set():
+                break
+            try:
+                await self.collect_now()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("%s: collection failed; retrying at the next interval", self.ctx.id)
+
+    async def shutdown(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        await asyncio.to_thread(self.teardown)
+
+
+def select_now(discovery: DiscoveryConfig) -> dict[int, ProcessInfo]:
+    """One synchronous /proc scan with the discovery selectors (the agent's own pid never matches)."""
+    me = os.getpid()
+    out: dict[int, ProcessInfo] = {}
+    for pid in all_pids():
+        if pid == me:
+            continue
+        info = process_info(pid, with_ports=discovery.needs_ports())
+        if info is not None and discovery.selects(info):
+            out[pid] = info
+    return out
+
+
+class TargetedReceiver(PeriodicReceiver):
+    """A periodic receiver that follows the processes its discovery block selects (eBPF receivers).
+
+    Subclasses get on_added(info) / on_removed(pid) from the process watcher (exec/exit tracepoints
+    and a /proc rescan), and drain() every `drain_interval_s` for ring buffers.
+    """
+
+    drain_interval_s: float = 0.25
+
+    def __init__(
+        self, sinks: Mapping[Signal, Consumer], ctx: Context, interval_s: float, discovery: DiscoveryConfig
+    ) -> None:
+        super().__init__(sinks, ctx, interval_s)
+        self.discovery = discovery
+        self.targets: dict[int, ProcessInfo] = {}
+        self._watcher: Any = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        # on_added/on_removed run in worker threads that a cancelled task does not stop: teardown
+        # waits for the one in flight instead of detaching under its feet
+        self._apply_lock = threading.Lock()
+
+    def on_added(self, info: ProcessInfo) -> None:
+        """Blocking: start tracing a process."""
+
+    def on_removed(self, pid: int) -> None:
+        """Blocking: stop tracing a process (it exited or no longer matches)."""
+
+    def drain(self) -> list[Batch]:
+        """Blocking: drain event buffers; returns batches to push at once (e.g. log records)."""
+        return []
+
+    async def start(self) -> None:
+        from gotel.discovery import ProcessWatcher
+
+        await asyncio.to_thread(self.setup)
+        self._watcher = ProcessWatcher(self.discovery)
+        await self._watcher.start()
+        # the watcher's initial scan queued an event per selected process: apply them before returning
+        await self._apply_pending()
+        self._watch_task = asyncio.create_task(self._watch(), name=f"{self.ctx.id}-watch")
+        self._drain_task = asyncio.create_task(self._drain_loop(), name=f"{self.ctx.id}-drain")
+        self._task = asyncio.create_task(self._run(), name=f"{self.ctx.id}-collect")
+
+    async def _apply(self, ev: Any) -> None:
+        from gotel.discovery import ProcessAdded
+
+        if isinstance(ev, ProcessAdded):
+            if ev.info.pid in self.targets:
+                return  # already applied from the initial scan
+            self.targets[ev.info.pid] = ev.info
+            try:
+                await asyncio.to_thread(self._locked, self.on_added, ev.info)
+            except Exception:
+                self.log.exception("%s: cannot trace pid %d", self.ctx.id, ev.info.pid)
+        else:
+            self.targets.pop(ev.pid, None)
+            try:
+                await asyncio.to_thread(self._locked, self.on_removed, ev.pid)
+            except Exception:
+                self.log.exception("%s: removing pid %d", self.ctx.id, ev.pid)
+
+    def _locked(self, fn: Any, *args: Any) -> None:
+        with self._apply_lock:
+            fn(*args)
+
+    async def _apply_pending(self) -> None:
+        from gotel.discovery import ProcessAdded
+
+        for info in list(self._watcher.selected.values()):
+            await self._apply(ProcessAdded(info))
+
+    async def _watch(self) -> None:
+        while True:
+            ev = await self._watcher.next_event()
+            await self._apply(ev)
+
+    async def _drain_loop(self) -> None:
+        while not self._stop.is_set():
+            await asyncio.sleep(self.drain_interval_s)
+            try:
+                await self.push(await asyncio.to_thread(self.drain))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("%s: draining events failed", self.ctx.id)
+
+    async def shutdown(self) -> None:
+        self._stop.set()
+        for t in (self._watch_task, self._drain_task):
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        self._watch_task = self._drain_task = None
+        if self._watcher is not None:
+            await self._watcher.close()
+            self._watcher = None
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        await asyncio.to_thread(self._locked, self.teardown)
