@@ -101,7 +101,6 @@ class GoRuntimeReceiver(TargetedReceiver):
         self.by_pid: dict[int, _Binary] = {}
         self._gcs: list[GcCycle] = []
         self._lock = threading.Lock()
-        self._consume_lock = threading.Lock()  # libbpf's ring_buffer__consume is not thread-safe
         self._start_ns = time.time_ns()
         self._last_gcs: dict[int, tuple[float, int]] = {}
         self._lost: Any = None
@@ -272,9 +271,8 @@ class GoRuntimeReceiver(TargetedReceiver):
                                      sweep_termination_ns=e.sweep_ns, mark_termination_ns=e.mark_ns, pauses=e.stws))
 
     def _consume(self) -> None:
-        with self._consume_lock:
-            if self.prog is not None:
-                self.prog.consume()
+        if self.prog is not None:
+            self.prog.consume()  # BpfProgram serialises consumers
 
     def drain(self) -> list[Batch]:
         self._consume()

@@ -148,7 +148,6 @@ class SchedReceiver(TargetedReceiver):
         self.cgroups: CgroupNames | None = None
         self._slow: list[SlowSyscall] = []
         self._slow_lock = threading.Lock()
-        self._consume_lock = threading.Lock()  # libbpf's ring_buffer__consume is not thread-safe
         self._go: dict[int, tuple[Any, int]] = {}  # pid -> (GoBinary, load bias) for Go symbols
         self._start_ns = time.time_ns()
         self._lost: Any = None
@@ -281,9 +280,8 @@ class SchedReceiver(TargetedReceiver):
         return out
 
     def _consume(self) -> None:
-        with self._consume_lock:
-            if self.prog is not None:
-                self.prog.consume()
+        if self.prog is not None:
+            self.prog.consume()  # BpfProgram serialises consumers
 
     def drain(self) -> list[Batch]:
         self._consume()

@@ -133,6 +133,8 @@ class BpfProgram:
         for k, v in (defines or {}).items():
             flags.append(f"-D{k}={v}")
         self._lock = threading.Lock()
+        # libbpf's ring_buffer__consume loses records when two threads call it at once.
+        self._consume_lock = threading.Lock()
         self.bpf = BPF(text=text.encode(), cflags=flags)
         self._binaries: dict[BinaryKey, _Attached] = {}
         self._closed = False
@@ -248,8 +250,9 @@ class BpfProgram:
 
     def consume(self) -> None:
         """Drains every open ring buffer without waiting (the caller's timer sets the pace)."""
-        if not self._closed:
-            self.bpf.ring_buffer_consume()
+        with self._consume_lock:
+            if not self._closed:
+                self.bpf.ring_buffer_consume()
 
     def lost_counts(self) -> tuple[int, int]:
         """(ring buffer full, user-memory read failed) since load, summed over CPUs (gotel_ringbuf.h)."""
@@ -272,7 +275,8 @@ class BpfProgram:
         self._closed = True
         for key in list(self._binaries):
             self.detach_binary(key)
-        self.bpf.cleanup()
+        with self._consume_lock:  # never free the ring buffers under a running consume()
+            self.bpf.cleanup()
 
 
 class LostCounter:
