@@ -17,6 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from gotel.component import RECEIVER_ID_HEADER, ComponentID, Exporter, ExporterFactory, Kind, ReceiverFactory
+from gotel.ebpf.checks import BpfUnavailableError, require_bpf
 from gotel.pdata import Signal
 from gotel.registry import GROUPS, registry
 from gotel.selfmetrics import TELEMETRY_HEADER, MergedRegistry, families_to_otlp
@@ -24,6 +25,10 @@ from gotel.service.graph import make_context, shutdown_with_deadline
 from gotel.telemetry import default_telemetry
 
 log = logging.getLogger("gotel.receiver")
+
+# EX_CONFIG: this host lacks what the receiver needs (BPF, capabilities, headers); a quick restart will
+# not help, so the supervisor waits its longest backoff before trying again.
+EXIT_CANNOT_RUN = 78
 
 
 def load_one(kind: Kind, typ: str) -> tuple[Any, str]:
@@ -96,7 +101,6 @@ async def run_receiver(
         await e.start()
     if tel_exporter is not None:
         await tel_exporter.start()
-    receiver = factory.create(config, sinks, make_context(tel, cid, Kind.RECEIVER))
     stop = asyncio.Event()
     tel_stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -117,16 +121,25 @@ async def run_receiver(
 
     tel_task = asyncio.create_task(push_telemetry()) if tel_exporter is not None else None
     code = 0
+    receiver = None
     try:
+        if factory.needs_bpf:
+            await asyncio.to_thread(require_bpf)  # every failed check with its fix, before any receiver code runs
+        receiver = factory.create(config, sinks, make_context(tel, cid, Kind.RECEIVER))
         await receiver.start()
         log.info("receiver %s running: %s to %s", cid, ", ".join(signals), exporter_cfg.get("endpoint"))
         await stop.wait()
+    except BpfUnavailableError as e:
+        # Not a crash: the host lacks what the receiver needs. The message lists each fix.
+        log.error("receiver %s cannot run: %s", cid, e)
+        code = EXIT_CANNOT_RUN
     except Exception:
         log.exception("receiver %s failed", cid)
         code = 1
     finally:
         deadline = loop.time() + shutdown_timeout
-        await shutdown_with_deadline(receiver, f"receiver {cid}", _mono(deadline, loop))
+        if receiver is not None:
+            await shutdown_with_deadline(receiver, f"receiver {cid}", _mono(deadline, loop))
         if tel_task is not None:
             tel_stop.set()
             with contextlib.suppress(Exception):

@@ -30,6 +30,7 @@ from pydantic import BaseModel, SecretBytes, SecretStr
 from gotel.component import ComponentID, Kind
 from gotel.config.model import ComponentEntry, SupervisorConfig
 from gotel.pdata import Signal
+from gotel.receiverproc import EXIT_CANNOT_RUN
 from gotel.telemetry import ComponentTelemetry, Telemetry
 
 log = logging.getLogger("gotel.supervisor")
@@ -197,6 +198,8 @@ class Supervisor:
             ran = time.monotonic() - child.started_at
             if ran >= self.cfg.stable_after:
                 backoff = self.cfg.initial_backoff
+            if code == EXIT_CANNOT_RUN:
+                backoff = self.cfg.max_backoff
             how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
             last = child.last_lines[-1] if child.last_lines else ""
             log.error("receiver %s %s after %.1fs; restarting in %.1fs%s", child.id, how, ran, backoff,

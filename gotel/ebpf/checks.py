@@ -58,7 +58,16 @@ def check_kernel(release: str | None = None) -> CheckResult:
 
 def check_tracefs(mount: bool = True) -> CheckResult:
     """tracefs holds tracepoint formats that BCC reads; mounted here if missing and we may."""
-    if (TRACEFS / "events").is_dir():
+    try:
+        mounted = (TRACEFS / "events").is_dir()
+    except PermissionError:
+        return CheckResult(
+            "tracefs",
+            False,
+            f"{TRACEFS} is mounted but not readable by uid {os.geteuid()}",
+            "run gotel as root, or with CAP_DAC_READ_SEARCH (the DaemonSet in config/k8s/ grants it)",
+        )
+    if mounted:
         return CheckResult("tracefs", True, f"tracefs mounted at {TRACEFS}")
     if mount and os.geteuid() == 0:
         r = subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)], capture_output=True, text=True)
