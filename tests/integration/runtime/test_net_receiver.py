@@ -96,7 +96,8 @@ async def test_retransmissions_equal_kernel_counters(lossy_netns: str) -> None:
         ours = r.retransmits(client.pid) + r.retransmits(server.pid)
         assert ours == kernel, r.read()["retrans"]
         assert r.retransmits(client.pid) > 0
-        assert r.unattributed()["retrans"] == 0
+        # (no assertion on r.unattributed(): it is node-wide, and any other retransmission on the host
+        # during the window lands there)
         assert len(r.prog.table("retrans")) == 0  # drained into per-peer totals at every reading
         await r.collect_now()
         pts = [(res["process.pid"], a, p.as_int)
