@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -37,6 +38,12 @@ def _rmdir_when_empty(d: Path) -> None:
             time.sleep(0.05)
 
 
+
+def _burn(app: Any) -> None:
+    """Keeps the fixture busy; the request ends with the fixture when the test stops it."""
+    with contextlib.suppress(OSError):
+        app.get_json("/burn?ms=20000", timeout=120)
+
 @pytest.fixture
 def throttled_hog(goapp: Any) -> Iterator[tuple[int, str]]:
     """The Go runtime fixture burning CPU in fresh cpu and cpuacct cgroups limited to 10% of one CPU;
@@ -52,7 +59,7 @@ def throttled_hog(goapp: Any) -> Iterator[tuple[int, str]]:
         app = goapp("runtime")
         (cpu / "cgroup.procs").write_text(str(app.pid))
         (acct / "cgroup.procs").write_text(str(app.pid))
-        threading.Thread(target=lambda: app.get_json("/burn?ms=20000", timeout=120), daemon=True).start()
+        threading.Thread(target=_burn, args=(app,), daemon=True).start()
         yield app.pid, "/" + name
     finally:
         if app is not None:
