@@ -268,7 +268,7 @@ class SchedReceiver(TargetedReceiver):
         go = self._go.get(pid)
         out = []
         try:
-            for addr in b["stacks"].walk(stackid):
+            for addr in self.prog.table("stacks").walk(stackid):
                 f = go[0].functions.at(addr - go[1]) if go is not None else None
                 if f is not None:
                     out.append(f.name)
