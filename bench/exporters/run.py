@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -145,6 +146,7 @@ RW_CASES = {
     "mixed": "500 counters + 500 gauges + 100 histograms (10 bounds)",
     "histograms": "500 histograms (10 bounds)",
 }
+_SEQ = itertools.count()
 RESOURCE = {"service.name": "checkout", "service.namespace": "shop", "service.instance.id": "pod-7"}
 BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
 
@@ -153,7 +155,7 @@ def metric_batch(case: str, t: int | None = None, series: int = 500) -> Metrics:
     """One batch as an SDK exports it: the same series every time, new values and timestamps."""
     t = t or time.time_ns()
     start = t - 3600 * 10**9
-    k = (t // 10**6) % 1000  # values move from batch to batch
+    k = (t // 10**6 + next(_SEQ)) % 1000  # values move from batch to batch
     pts = [({"rpc.method": f"/svc.S/M{i % 50}", "rpc.grpc.status_code": i % 3, "k8s.pod.name": f"pod-{i // 50}"},
             i * 10 + k) for i in range(2 * series if case in ("counters", "delta") else series)]
     if case == "counters":
@@ -193,9 +195,11 @@ def prw_raw(raws: list[bytes], samples: int, seconds: float) -> float:
 
 
 def batches(case: str, n: int = 30) -> list[bytes]:
-    """Consecutive batches of one SDK (times 15 s apart), built before any clock starts."""
+    """Consecutive batches of one SDK (times 15 s apart), built before any clock starts. The runs
+    cycle through them, so delta batches all get one time: going back in time at each cycle would
+    make every point a late delta (a rare, slower path) instead of an SDK's usual one."""
     base = time.time_ns() - n * 15 * 10**9
-    return [metric_batch(case, t=base + k * 15 * 10**9).to_bytes() for k in range(n)]
+    return [metric_batch(case, t=base + (0 if case == "delta" else k * 15 * 10**9)).to_bytes() for k in range(n)]
 
 
 def prw_convert_only(prebuilt: list[bytes], seconds: float) -> float:
