@@ -241,6 +241,7 @@ class Builder:
         self._regroup: dict[SeriesKey, list[Series]] = {}
         self._infos: dict[tuple[str, Any], Series] = {}
         self._tcache: dict[bytes, tuple[int, bytes | None]] = {}
+        self._encs: dict[int, SampleEncoder] = {}
         self._newest = 0
         self._stats = Stats()
         self._entered: _ScopeCtx | None = None
@@ -529,13 +530,26 @@ class Builder:
     # --- output ---
 
     def _wire(self, s: Series) -> Any:
-        """(label blocks, number of quantiles) of a series, cached on it with its shard and header."""
+        """(label blocks, number of quantiles, TimeSeries headers by sample size) of a series, cached
+        on it with its shard and its one-sample header."""
         blocks = [label_block(name, labels) for name, labels in sub_series(s)]
         s.shard = hash(s.labels) % self.nshards
         if len(blocks) == 1:
             s.hdr = b"\x0a" + varint(len(blocks[0]) + 18) + blocks[0] + b"\x12\x10\x09"
-        w = s.wire = (blocks, len(s.quantiles))
+        w: tuple[list[bytes], int, dict[int, list[bytes]]] = (blocks, len(s.quantiles), {})
+        s.wire = w
         return w
+
+    def _encode_one(self, w: Any, ts: int, vals: Any) -> bytes:
+        """A histogram's or summary's TimeSeries for one snapshot, with headers cached per series."""
+        e = self._encs.get(ts)
+        if e is None:
+            e = self._encs[ts] = SampleEncoder(ts)
+        hdrs = w[2].get(e.size)
+        if hdrs is None:
+            hdrs = w[2][e.size] = [b"\x0a" + varint(len(b) + e.size) + b + e.pre for b in w[0]]
+        post = e.post
+        return b"".join([h + pack_double(x) + post for h, x in zip(hdrs, vals, strict=True)])
 
     def _emit(self, s: Series) -> None:
         """A series' current state as one element of its shard's output (or merged into the element
@@ -565,8 +579,10 @@ class Builder:
         s.seq = self._seq
         o = self._outs[shard]
         s.pos = len(o)
-        o.append(encode_series(w[0], [snap]))
-        if len(w[0]) != 1:
+        if plain:
+            o.append(encode_series(w[0], [snap]))
+        else:
+            o.append(self._encode_one(w, snap[0], snap[1]))
             self._multi[shard][s.pos] = len(w[0])
 
     def _finish(self) -> Built:
