@@ -12,7 +12,8 @@ ExportMetricsServiceRequest bytes:
 
 Everything else goes through gotel.promconv's Converter on parsed messages: the first point of a
 series, exemplars, histograms, summaries and unusual field layouts. The Converter owns all series
-state, so both paths agree on names, labels, delta accumulation and expiry. tests/unit/exporters/
+state, so both paths agree on names, labels, delta accumulation and expiry. The hot path leaves
+Series.start_ms as it was (remote-write 1.0 does not send it). tests/unit/exporters/
 test_remote_write_fast.py compares this module with the Converter on generated batches.
 """
 
