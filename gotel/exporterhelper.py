@@ -172,6 +172,12 @@ class QueuedExporter(Exporter):
             # notify_all: producers blocked on overflow wait on the same condition as the workers.
             self._cond.notify_all()
 
+    def waiting_tail(self) -> Batch | None:
+        """The newest batch still in the queue, not taken by a consumer yet. An exporter with mutable
+        batches may add to it instead of queueing one more request while its sender is busy
+        (remote-write does; with the "requests" sizer the queue's accounting stays right)."""
+        return self._q[-1][0] if self._q else None
+
     async def _worker(self) -> None:
         assert self._cond is not None
         while True:

@@ -105,6 +105,12 @@ class Series:
     seen: float = 0.0  # monotonic time of the last update
     wire: Any = None  # an exporter's cached encoding of this series' labels (remote-write)
     dead: bool = False  # expired: a cached reference must look it up again
+    # Remote-write's hot path (gotel.remotewrite): the series' shard, its TimeSeries header for one
+    # sample, and which batch last emitted it at which place (to merge a second point into the first).
+    shard: int = 0
+    hdr: bytes = b""
+    seq: int = 0
+    pos: int = 0
 
     def key(self) -> tuple[str, Labels]:
         return (self.family, self.labels)
@@ -210,32 +216,48 @@ class Converter:
             touched = _Emitter(emit)  # type: ignore[assignment]
         for rm in batch.peek().resource_metrics:
             base, info = self._resource(rm.resource)
-            if self.opts.target_info and info and ("job" in base or "instance" in base):
-                lab = dict(info)
-                lab.update({k: base[k] for k in ("job", "instance") if k in base})
-                s = Series("target_info", "info", "Target metadata", "", tuple(sorted(lab.items())), 0)
-                s.seen = now
-                self.series[s.key()] = s
+            s = self.target_info(base, info, now)
+            if s is not None:
                 touched.append(s)
             for sm in rm.scope_metrics:
-                common = dict(base)
-                if self.opts.scope_labels and sm.scope.name:
-                    common["otel_scope_name"] = sm.scope.name
-                    if sm.scope.version:
-                        common["otel_scope_version"] = sm.scope.version
-                for k, v in self.const:
-                    common.setdefault(k, v)
-                ck = tuple(sorted(common.items()))
-                cid = self._ckeys.get(ck)
-                if cid is None:
-                    if len(self._ckeys) > 100_000:
-                        self._ckeys.clear()
-                        self._fast.clear()
-                    cid = self._ckeys[ck] = len(self._ckeys)
-                self._ckey = cid
+                common = self.scope_labels(base, sm.scope)
+                self.enter_scope(common)
                 for m in sm.metrics:
                     self._metric(m, common, now, touched, stats)
         return touched
+
+    def target_info(self, base: dict[str, str], info: dict[str, str], now: float) -> Series | None:
+        """The target_info series of a resource (stored), or None when it has none."""
+        if not (self.opts.target_info and info and ("job" in base or "instance" in base)):
+            return None
+        lab = dict(info)
+        lab.update({k: base[k] for k in ("job", "instance") if k in base})
+        s = Series("target_info", "info", "Target metadata", "", tuple(sorted(lab.items())), 0)
+        s.seen = now
+        self.series[s.key()] = s
+        return s
+
+    def scope_labels(self, base: dict[str, str], scope: Any) -> dict[str, str]:
+        """The labels every series of a scope gets: the resource's, the scope's, the constant ones."""
+        common = dict(base)
+        if self.opts.scope_labels and scope.name:
+            common["otel_scope_name"] = scope.name
+            if scope.version:
+                common["otel_scope_version"] = scope.version
+        for k, v in self.const:
+            common.setdefault(k, v)
+        return common
+
+    def enter_scope(self, common: dict[str, str]) -> None:
+        """Makes ``common`` the label set the next _metric() calls are under (numbered for the fast keys)."""
+        ck = tuple(sorted(common.items()))
+        cid = self._ckeys.get(ck)
+        if cid is None:
+            if len(self._ckeys) > 100_000:
+                self._ckeys.clear()
+                self._fast.clear()
+            cid = self._ckeys[ck] = len(self._ckeys)
+        self._ckey = cid
 
     def _labels(self, dp_attrs: Any, common: dict[str, str]) -> Labels:
         if not dp_attrs:

@@ -3,6 +3,7 @@ snappy, protobuf WriteRequest, sorted labels, samples in time order; and its ret
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,16 +27,21 @@ class Receiver:
         self.statuses: list[int] = []  # scripted answers, then 204
         self.requests: list[dict[str, Any]] = []
         self.series: list[remote_write_pb2.TimeSeries] = []
+        self.bodies: list[int] = []  # TimeSeries per accepted request
         self.url = ""
+        self.gate: asyncio.Event | None = None  # when set up, answers wait for it (a busy backend)
 
     async def handle(self, req: web.Request) -> web.Response:
         raw = await req.read()
         self.requests.append(dict(req.headers))
+        if self.gate is not None:
+            await self.gate.wait()
         status = self.statuses.pop(0) if self.statuses else 204
         if status != 204:
             return web.Response(status=status, text=f"scripted {status}")
         wr = remote_write_pb2.WriteRequest()
         wr.ParseFromString(bytes(cramjam.snappy.decompress_raw(raw)))  # block format, not framed
+        newest: dict[tuple[tuple[str, str], ...], int] = {}
         for ts in wr.timeseries:
             names = [lab.name for lab in ts.labels]
             if names != sorted(names) or len(set(names)) != len(names) or "__name__" not in names:
@@ -45,7 +51,13 @@ class Receiver:
             times = [s.timestamp for s in ts.samples]
             if times != sorted(times):
                 return web.Response(status=400, text="out of order sample")
+            # Prometheus appends in request order: a series in several TimeSeries must not go back in time.
+            key = tuple((lab.name, lab.value) for lab in ts.labels)
+            if times and times[0] < newest.get(key, 0):
+                return web.Response(status=400, text="out of order sample")
+            newest[key] = max(newest.get(key, 0), *times) if times else newest.get(key, 0)
             self.series.append(ts)
+        self.bodies.append(len(wr.timeseries))
         return web.Response(status=204)
 
 
@@ -135,3 +147,56 @@ def test_config_errors() -> None:
         prw.Config(endpoint="127.0.0.1:9090")
     with pytest.raises(ValueError, match="external_labels"):
         prw.Config(endpoint="http://x/api/v1/write", external_labels={"bad-name": "x"})
+
+
+async def test_a_busy_shard_sends_what_waits_as_one_request_in_order(rcv: Receiver) -> None:
+    """While the backend holds the first request, three more batches join the one request waiting in
+    the shard's queue: two requests in all, every point counted once, the series in time order."""
+    rcv.gate = asyncio.Event()
+    ctx = make_ctx("prometheus_remote_write")
+    exp = prw.RemoteWriteExporter(prw.Config(endpoint=rcv.url, remote_write_queue=ONE, target_info=prw.TargetInfo(enabled=False)), ctx)
+    await exp.start()
+    now = time.time_ns()
+    await exp.consume(batch([(now, 1.0)]))
+    for _ in range(200):
+        if rcv.requests:
+            break
+        await asyncio.sleep(0.01)
+    assert len(rcv.requests) == 1  # the first request is at the backend, unanswered
+    for k in (1, 2, 3):
+        await exp.consume(batch([(now + k * 10**9, 1.0 + k)]))
+    rcv.gate.set()
+    await exp.shutdown()
+    assert len(rcv.requests) == 2 and rcv.bodies == [1, 3]
+    times = [s.timestamp for ts in rcv.series for s in ts.samples]
+    assert times == [(now + k * 10**9) // 10**6 for k in range(4)]
+    assert metric_value(ctx, "gotel_exporter_sent_items_total") == 4
+
+
+async def test_a_full_queue_still_drops_and_counts(rcv: Receiver) -> None:
+    """Requests that cannot join the waiting one (size limit) and find the queue full are dropped and
+    counted, never appended to a request that is not queued."""
+    rcv.gate = asyncio.Event()
+    ctx = make_ctx("prometheus_remote_write")
+    cfg = prw.Config(endpoint=rcv.url, max_batch_size_bytes=1024, target_info=prw.TargetInfo(enabled=False),
+                     remote_write_queue=prw.RemoteWriteQueue(num_consumers=1, queue_size=2))
+    exp = prw.RemoteWriteExporter(cfg, ctx)
+    await exp.start()
+    now = time.time_ns()
+
+    def big(k: int) -> md.Metrics:  # one request of ~700 bytes: two never fit in 1024
+        return md.batch({"service.name": "api"}, [md.gauge("g", "", [({"i": i, "pad": "x" * 60}, k) for i in range(4)], now + k)])
+
+    await exp.consume(big(0))
+    for _ in range(200):
+        if rcv.requests:
+            break
+        await asyncio.sleep(0.01)
+    for k in (1, 2, 3):
+        await exp.consume(big(k))  # 0 is at the backend, 1 waits in the queue, 2 and 3 find it full
+    rcv.gate.set()
+    await exp.shutdown()
+    assert [len(r) for r, _ in exp.build(big(9)).bodies[0]] == [pytest.approx(700, rel=0.2)]
+    assert metric_value(ctx, "gotel_dropped_items_total", reason="queue_full") == 8
+    assert metric_value(ctx, "gotel_exporter_sent_items_total") == 8
+    assert len(rcv.series) == 8 and len(rcv.requests) == 2
