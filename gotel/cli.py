@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("gotel.commands.validate", "check a config file and print every error with its place"),
     "receiver": ("gotel.commands.receiver", "run one receiver alone, sending OTLP to an endpoint"),
     "components": ("gotel.commands.components", "list every component type with its config schema"),
+    "inspect": ("gotel.commands.inspect", "show what gotel can probe in a Go process or binary, and why not"),
 }
 
 

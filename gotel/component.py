@@ -7,11 +7,13 @@ ProcessorFactory or ExporterFactory. Factories are found through entry points
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
@@ -125,7 +127,7 @@ class Exporter(Component):
 @dataclass(frozen=True)
 class Factory:
     type: str
-    config: type[ComponentConfig]
+    config: builtins.type[ComponentConfig]  # `type` is shadowed by the field above
     signals: frozenset[Signal]
     description: str = ""
     aliases: tuple[str, ...] = ()
@@ -174,5 +176,7 @@ ALL_SIGNALS = frozenset(Signal)
 
 # Set by a receiver around consume() to the request's metadata (gRPC metadata or HTTP headers,
 # lower-case keys). The pipeline's internal entry point routes on "gotel-receiver" with it.
-REQUEST_METADATA: ContextVar[Mapping[str, str]] = ContextVar("gotel_request_metadata", default={})
+REQUEST_METADATA: ContextVar[Mapping[str, str]] = ContextVar(
+    "gotel_request_metadata", default=MappingProxyType({})
+)
 RECEIVER_ID_HEADER = "gotel-receiver"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 import time
 from collections import deque
@@ -47,6 +46,9 @@ class QueueConfig(ComponentConfig):
     num_consumers: int = Field(4, ge=1, le=256)
     sizer: Literal["bytes", "items", "requests"] = "bytes"
     queue_size: int = Field(64 << 20, ge=1, description="capacity, in units of the sizer (default 64 MiB)")
+    block_on_overflow: bool = Field(
+        False, description="wait for room instead of dropping when full (back-pressure to the receiver)"
+    )
 
 
 class Sender:
@@ -150,15 +152,23 @@ class QueuedExporter(Exporter):
         if self._stopping:
             self._drop(batch, "shutdown", "exporter is shutting down")
             return
-        if self._size + units > self.qcfg.queue_size:
-            self._drop(batch, "queue_full", f"sending queue is full ({self._size}/{self.qcfg.queue_size} {self.qcfg.sizer})")
-            return
         assert self._cond is not None
+        cap = self.qcfg.queue_size
         async with self._cond:
+            if self._size + units > cap:
+                if not self.qcfg.block_on_overflow or units > cap:
+                    self._drop(batch, "queue_full", f"sending queue is full ({self._size}/{cap} {self.qcfg.sizer})")
+                    return
+                # Back-pressure: the caller (and through it the sender) waits until the workers make room.
+                await self._cond.wait_for(lambda: self._stopping or self._size + units <= cap)
+                if self._stopping:
+                    self._drop(batch, "shutdown", "exporter is shutting down")
+                    return
             self._q.append((batch, units))
             self._size += units
             self._report_queue()
-            self._cond.notify()
+            # notify_all: producers blocked on overflow wait on the same condition as the workers.
+            self._cond.notify_all()
 
     async def _worker(self) -> None:
         assert self._cond is not None
@@ -172,6 +182,10 @@ class QueuedExporter(Exporter):
                 self._inflight += 1
             try:
                 await self._deliver(batch)
+            except asyncio.CancelledError:
+                # Cancelled by shutdown() while sending or waiting to retry: lost, so counted.
+                self._drop(batch, "shutdown", "not delivered before the shutdown deadline")
+                raise
             finally:
                 self._size -= units
                 self._inflight -= 1

@@ -33,13 +33,16 @@ class Batch:
 
     signal: ClassVar[Signal]
     request_type: ClassVar[type[Message]]
-    __slots__ = ("_msg", "_raw")
+    __slots__ = ("_count", "_msg", "_raw")
 
-    def __init__(self, msg: Message | None = None, *, raw: bytes | None = None) -> None:
+    def __init__(self, msg: Message | None = None, *, raw: bytes | None = None, count: int | None = None) -> None:
         if msg is None and raw is None:
             msg = self.request_type()
         self._msg = msg
         self._raw = raw
+        # Item count cached alongside the wire bytes (both describe the unmutated message), so that
+        # batching and telemetry downstream of a byte-level concat never parse again.
+        self._count = count if raw is not None else None
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Batch:
@@ -61,6 +64,7 @@ class Batch:
             m.ParseFromString(self._raw or b"")
             self._msg = m
         self._raw = None
+        self._count = None
         return self._msg
 
     def peek(self) -> Any:
@@ -85,7 +89,7 @@ class Batch:
 
     def copy(self) -> Batch:
         if self._raw is not None:
-            return type(self)(raw=self._raw)
+            return type(self)(raw=self._raw, count=self._count)
         m = self.request_type()
         m.CopyFrom(self.peek())
         return type(self)(m)
@@ -95,7 +99,25 @@ class Batch:
         raise NotImplementedError
 
     def item_count(self) -> int:
+        if self._count is not None:
+            return self._count
+        n = self._count_items()
+        if self._raw is not None:
+            self._count = n
+        return n
+
+    def _count_items(self) -> int:
         raise NotImplementedError
+
+    @classmethod
+    def concat(cls, batches: Iterable[Batch]) -> Batch:
+        """Merges at the byte level: concatenated serialized requests are the merged request
+        (their only field is a repeated one), so nothing is parsed or copied item by item."""
+        items = list(batches)
+        if len(items) == 1:
+            return items[0]
+        count = sum(b.item_count() for b in items)
+        return cls(raw=b"".join(b.to_bytes() for b in items), count=count)
 
     def is_empty(self) -> bool:
         return self.item_count() == 0
@@ -173,7 +195,7 @@ class Traces(Batch):
     def peek_resources(self) -> Any:
         return self.peek().resource_spans
 
-    def item_count(self) -> int:
+    def _count_items(self) -> int:
         return sum(len(ss.spans) for rs in self.peek().resource_spans for ss in rs.scope_spans)
 
     def split(self, max_items: int) -> list[Batch]:
@@ -200,7 +222,7 @@ class Metrics(Batch):
     def peek_resources(self) -> Any:
         return self.peek().resource_metrics
 
-    def item_count(self) -> int:
+    def _count_items(self) -> int:
         return sum(
             len(_data_points(m))
             for rm in self.peek().resource_metrics
@@ -224,7 +246,7 @@ class Logs(Batch):
     def peek_resources(self) -> Any:
         return self.peek().resource_logs
 
-    def item_count(self) -> int:
+    def _count_items(self) -> int:
         return sum(len(sl.log_records) for rl in self.peek().resource_logs for sl in rl.scope_logs)
 
     def split(self, max_items: int) -> list[Batch]:
@@ -244,7 +266,7 @@ class Profiles(Batch):
     def peek_resources(self) -> Any:
         return self.peek().resource_profiles
 
-    def item_count(self) -> int:
+    def _count_items(self) -> int:
         return sum(len(sp.profiles) for rp in self.peek().resource_profiles for sp in rp.scope_profiles)
 
     @classmethod
@@ -253,6 +275,10 @@ class Profiles(Batch):
         if len(items) == 1:
             return items[0]
         raise ValueError("profiles batches carry their own dictionaries and are not merged")
+
+    @classmethod
+    def concat(cls, batches: Iterable[Batch]) -> Batch:
+        return cls.merge(batches)
 
     def split(self, max_items: int) -> list[Batch]:
         return [self]

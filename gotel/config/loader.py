@@ -1,0 +1,355 @@
+"""Validates a config document against the installed components and collects every problem at once."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from gotel.component import ComponentID, Kind
+from gotel.config.model import (
+    ComponentEntry,
+    Config,
+    ConfigError,
+    PipelineSpec,
+    ServiceConfig,
+    SupervisorConfig,
+    TelemetryConfig,
+)
+from gotel.config.source import Path, Source, load_source
+from gotel.config.types import parse_duration
+from gotel.pdata import Signal
+from gotel.registry import Registry, registry
+
+SECTIONS: dict[str, Kind] = {
+    "receivers": Kind.RECEIVER,
+    "processors": Kind.PROCESSOR,
+    "exporters": Kind.EXPORTER,
+    "connectors": Kind.CONNECTOR,
+    "extensions": Kind.EXTENSION,
+}
+TOP_KEYS = [*SECTIONS, "service"]
+SERVICE_KEYS = ["pipelines", "extensions", "telemetry", "shutdown_timeout", "supervisor"]
+PIPELINE_KEYS = {"receivers": Kind.RECEIVER, "processors": Kind.PROCESSOR, "exporters": Kind.EXPORTER}
+_SECRETISH = re.compile(r"(?i)pass|token|secret|auth|header|key")
+DEFAULT_CONFIG_NAME = "default.yaml"
+
+
+def _unknown_key(key: str, valid: list[str]) -> str:
+    msg = f'unknown key "{key}"'
+    close = difflib.get_close_matches(key, valid, 1, 0.6)
+    if close:
+        return f'{msg} (did you mean "{close[0]}"?)'
+    if valid:
+        return f"{msg} (valid keys: {', '.join(valid)})"
+    return msg
+
+
+def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The pydantic model inside an annotation, and whether a container level (dict/list) wraps it."""
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    if origin in (dict, list, tuple, set, frozenset, Mapping):
+        for a in typing.get_args(annotation):
+            m, _ = _model_in(a)
+            if m:
+                return m, True
+        return None, True
+    if origin in (typing.Union, types.UnionType, typing.Annotated):
+        for a in typing.get_args(annotation):
+            m, c = _model_in(a)
+            if m:
+                return m, c
+    return None, False
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
+    cur: type[BaseModel] | None = model
+    i = 0
+    while cur is not None and i < len(loc):
+        f = cur.model_fields.get(loc[i])
+        if f is None:
+            return []
+        cur, container = _model_in(f.annotation)
+        i += 2 if container else 1
+    return sorted(cur.model_fields) if cur is not None else []
+
+
+def report_validation_error(src: Source, base: Path, exc: ValidationError, model: type[BaseModel]) -> None:
+    """Maps pydantic errors to `::` paths and YAML lines; unknown keys are named, with a suggestion."""
+    for err in exc.errors():
+        # pydantic adds union/validator tags such as "function-after[...]" to loc; they are not keys.
+        loc = tuple(str(x) for x in err["loc"] if not (isinstance(x, str) and "[" in x))
+        path = (*base, *loc)
+        typ = err["type"]
+        if typ == "extra_forbidden":
+            src.error(path, _unknown_key(loc[-1], _fields_at(model, loc[:-1])))
+        elif typ == "missing":
+            src.error(path[:-1], f'missing required key "{loc[-1]}"')
+        else:
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            inp = err.get("input")
+            if isinstance(inp, str | int | float) and not isinstance(inp, bool) and not _SECRETISH.search("".join(loc)):
+                s = repr(inp)
+                if len(s) <= 60 and s not in msg:
+                    msg += f" (got {s})"
+            src.error(path, msg)
+
+
+class _Validator:
+    def __init__(self, src: Source, reg: Registry) -> None:
+        self.src = src
+        self.reg = reg
+        self.cfg = Config(file=src.file)
+
+    def mapping(self, value: Any, path: Path, what: str) -> dict[str, Any] | None:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.src.error(path, f"{what} must be a mapping, got {type(value).__name__}")
+            return None
+        return value
+
+    def run(self) -> Config:
+        data = self.src.data
+        top = self.mapping(data, (), "the config")
+        if top is None:
+            return self.cfg
+        for key in top:
+            if key not in TOP_KEYS:
+                self.src.error((key,), _unknown_key(key, TOP_KEYS))
+        for section, kind in SECTIONS.items():
+            self.components(kind, section, top.get(section))
+        self.service(top.get("service"))
+        return self.cfg
+
+    def _load_problem(self, kind: Kind, typ: str) -> str | None:
+        group = f"gotel.{kind.value}s "
+        for e in self.reg.errors:
+            if e.startswith(group + typ + ":") or e.startswith(group + self.reg.canonical(kind, typ) + ":"):
+                return e.split(": ", 1)[1]
+        return None
+
+    def components(self, kind: Kind, section: str, value: Any) -> None:
+        entries = self.mapping(value, (section,), section)
+        if not entries:
+            return
+        out = self.cfg.section(kind)
+        for key, raw in entries.items():
+            path = (section, key)
+            try:
+                cid = ComponentID.parse(key)
+            except ValueError as e:
+                self.src.error(path, str(e))
+                continue
+            factory = self.reg.get(kind, cid.type) if kind != Kind.CONNECTOR else None
+            if factory is None:
+                problem = self._load_problem(kind, cid.type) if kind != Kind.CONNECTOR else None
+                if problem:
+                    self.src.error(path, f'{kind.value} type "{cid.type}" is installed but cannot be loaded: {problem}')
+                    continue
+                valid = self.reg.types(kind) if kind != Kind.CONNECTOR else []
+                aliases = sorted(self.reg.aliases[kind]) if kind in self.reg.aliases else []
+                listing = ", ".join(valid) if valid else "none are installed"
+                msg = f'unknown {kind.value} type "{cid.type}" (valid: {listing})'
+                close = difflib.get_close_matches(cid.type, valid + aliases, 1, 0.6)
+                if close:
+                    msg = f'unknown {kind.value} type "{cid.type}", did you mean "{close[0]}"? (valid: {listing})'
+                self.src.error(path, msg)
+                continue
+            body = self.mapping(raw, path, f"the config of {kind.value} {key}")
+            if body is None:
+                continue
+            try:
+                model = factory.config.model_validate(body)
+            except ValidationError as e:
+                report_validation_error(self.src, path, e, factory.config)
+                continue
+            out[cid] = ComponentEntry(cid, kind, factory, model, self.src.line(path))
+
+    def service(self, value: Any) -> None:
+        svc = self.mapping(value, ("service",), "service")
+        if svc is None:
+            return
+        sc = self.cfg.service = ServiceConfig()
+        for key in svc:
+            if key not in SERVICE_KEYS:
+                self.src.error(("service", key), _unknown_key(key, SERVICE_KEYS))
+        if "telemetry" in svc:
+            t = self.mapping(svc["telemetry"], ("service", "telemetry"), "service::telemetry")
+            if t is not None:
+                try:
+                    sc.telemetry = TelemetryConfig.model_validate(t)
+                except ValidationError as e:
+                    report_validation_error(self.src, ("service", "telemetry"), e, TelemetryConfig)
+        if "supervisor" in svc:
+            s = self.mapping(svc["supervisor"], ("service", "supervisor"), "service::supervisor")
+            if s is not None:
+                try:
+                    sc.supervisor = SupervisorConfig.model_validate(s)
+                except ValidationError as e:
+                    report_validation_error(self.src, ("service", "supervisor"), e, SupervisorConfig)
+        if "shutdown_timeout" in svc:
+            try:
+                sc.shutdown_timeout = parse_duration(svc["shutdown_timeout"])
+            except ValueError as e:
+                self.src.error(("service", "shutdown_timeout"), str(e))
+        sc.extensions = self.id_list(svc.get("extensions"), ("service", "extensions"), Kind.EXTENSION, None)
+        self.pipelines(svc.get("pipelines"))
+        self.unused()
+
+    def id_list(self, value: Any, path: Path, kind: Kind, signal: Signal | None) -> list[ComponentID]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.src.error(path, f"expected a list of {kind.value} ids, got {type(value).__name__}")
+            return []
+        out: list[ComponentID] = []
+        configured = self.cfg.section(kind)
+        section = f"{kind.value}s"
+        for i, item in enumerate(value):
+            ipath = (*path, str(i))
+            line = self.src.line(ipath)
+            if not isinstance(item, str):
+                self.src.error(path, f"{kind.value} id must be a string, got {item!r}", line=line)
+                continue
+            try:
+                cid = ComponentID.parse(item)
+            except ValueError as e:
+                self.src.error(path, str(e), line=line)
+                continue
+            if cid in out:
+                self.src.error(path, f'{kind.value} "{item}" is listed twice', line=line)
+                continue
+            entry = configured.get(cid)
+            if entry is None:
+                names = ", ".join(self._written(section)) or "none"
+                if not self._section_had(section, item):
+                    self.src.error(path, f'{kind.value} "{item}" is not configured (configured: {names})', line=line)
+                continue
+            if signal is not None and signal not in entry.factory.signals:
+                supported = ", ".join(sorted(s.value for s in entry.factory.signals)) or "none"
+                self.src.error(
+                    path,
+                    f'{kind.value} "{item}" does not support {signal.value} (type {entry.factory.type} supports: {supported})',
+                    line=line,
+                )
+                continue
+            out.append(cid)
+        return out
+
+    def _written(self, section: str) -> list[str]:
+        top = self.src.data if isinstance(self.src.data, dict) else {}
+        sec = top.get(section)
+        return sorted(str(k) for k in sec) if isinstance(sec, dict) else []
+
+    def _section_had(self, section: str, item: str) -> bool:
+        """True when the id was written in its section but failed there (already reported)."""
+        top = self.src.data if isinstance(self.src.data, dict) else {}
+        sec = top.get(section)
+        return isinstance(sec, dict) and item in sec
+
+    def pipelines(self, value: Any) -> None:
+        path: Path = ("service", "pipelines")
+        pls = self.mapping(value, path, "service::pipelines")
+        if pls is None:
+            return
+        if not pls:
+            self.src.error(path, "no pipelines are configured: at least one is needed")
+            return
+        fed = set(self.cfg.service.telemetry.metrics.pipelines)
+        for name, body in pls.items():
+            ppath = (*path, name)
+            typ, _, _sub = name.partition("/")
+            try:
+                signal = Signal(typ)
+                ComponentID.parse(name)
+            except ValueError:
+                self.src.error(
+                    ppath,
+                    f'invalid pipeline id "{name}": expected traces|metrics|logs|profiles[/name]',
+                )
+                continue
+            b = self.mapping(body, ppath, f"pipeline {name}")
+            if b is None:
+                continue
+            for key in b:
+                if key not in PIPELINE_KEYS:
+                    self.src.error((*ppath, key), _unknown_key(key, list(PIPELINE_KEYS)))
+            lists = {k: self.id_list(b.get(k), (*ppath, k), kind, signal) for k, kind in PIPELINE_KEYS.items()}
+            if not b.get("receivers") and name not in fed:
+                self.src.error(ppath, f"pipeline {name} has no receivers")
+            if not b.get("exporters"):
+                self.src.error(ppath, f"pipeline {name} has no exporters")
+            self.cfg.service.pipelines[name] = PipelineSpec(
+                name, signal, lists["receivers"], lists["processors"], lists["exporters"], self.src.line(ppath)
+            )
+        for p in sorted(fed):
+            spec = self.cfg.service.pipelines.get(p)
+            tpath = ("service", "telemetry", "metrics", "pipelines")
+            if spec is None:
+                self.src.error(tpath, f'pipeline "{p}" is not configured (configured: {", ".join(pls) or "none"})')
+            elif spec.signal != Signal.METRICS:
+                self.src.error(tpath, f'pipeline "{p}" is a {spec.signal.value} pipeline; self-telemetry needs a metrics one')
+
+    def unused(self) -> None:
+        used: set[tuple[Kind, ComponentID]] = set()
+        for spec in self.cfg.service.pipelines.values():
+            for k, ids in ((Kind.RECEIVER, spec.receivers), (Kind.PROCESSOR, spec.processors), (Kind.EXPORTER, spec.exporters)):
+                used.update((k, c) for c in ids)
+        used.update((Kind.EXTENSION, c) for c in self.cfg.service.extensions)
+        for section, kind in SECTIONS.items():
+            for cid in self.cfg.section(kind):
+                if (kind, cid) not in used:
+                    self.src.error(
+                        (section, str(cid)),
+                        f"{kind.value} {cid} is configured but not used by any pipeline; it will not run",
+                        warning=True,
+                    )
+
+
+def _tidy(src: Source) -> None:
+    """Orders issues by line; drops follow-ups at a place already reported (e.g. the empty value
+    left by an undefined variable failing type validation too)."""
+    seen: set[tuple[int | None, str]] = set()
+    out = []
+    for i in src.issues:
+        key = (i.line, i.path)
+        if key in seen and not i.warning:
+            continue
+        seen.add(key)
+        out.append(i)
+    src.issues[:] = sorted(out, key=lambda i: (i.line or 0))
+
+
+def validate_source(src: Source, reg: Registry | None = None) -> Config:
+    if src.data is None and src.issues:
+        raise ConfigError(src.issues)
+    cfg = _Validator(src, reg or registry()).run()
+    _tidy(src)
+    cfg.warnings = [i for i in src.issues if i.warning]
+    if any(not i.warning for i in src.issues):
+        raise ConfigError(src.issues)
+    return cfg
+
+
+def load_config(
+    file: str, *, text: str | None = None, env: Mapping[str, str] | None = None, reg: Registry | None = None
+) -> Config:
+    """Loads and validates a config; raises ConfigError with every problem found."""
+    return validate_source(load_source(file, text, env), reg)
+
+
+def default_config_text() -> str:
+    return resources.files("gotel.defaults").joinpath(DEFAULT_CONFIG_NAME).read_text(encoding="utf-8")
+
+
+def load_default_config(env: Mapping[str, str] | None = None, reg: Registry | None = None) -> Config:
+    return load_config(f"{DEFAULT_CONFIG_NAME} (embedded)", text=default_config_text(), env=env, reg=reg)

@@ -1,0 +1,121 @@
+"""The validated shape of a gotel config: components by kind, pipelines, service settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from gotel.component import ComponentConfig, ComponentID, Factory, Kind
+from gotel.config.source import Issue
+from gotel.config.types import Duration
+from gotel.pdata import Signal
+
+
+class TelemetryMetrics(ComponentConfig):
+    address: str = Field("127.0.0.1:8888", description="host:port of the Prometheus / health endpoint; '' turns it off")
+    level: str = Field("normal", pattern="^(none|basic|normal|detailed)$")
+    pipelines: list[str] = Field(
+        default_factory=list,
+        description="metrics pipelines that also receive gotel's own metrics (e.g. [metrics/self])",
+    )
+    interval: Duration = Field(15.0, gt=0, description="how often self-metrics are fed into those pipelines")
+
+    @field_validator("address")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        if v:
+            host, sep, port = v.rpartition(":")
+            if not sep or not port.isdigit() or int(port) > 65535:
+                raise ValueError(f"expected host:port, got {v!r}")
+        return v
+
+
+class TelemetryLogs(ComponentConfig):
+    level: str = Field("info", pattern="^(?i:debug|info|warn|warning|error)$")
+
+
+class TelemetryConfig(ComponentConfig):
+    metrics: TelemetryMetrics = Field(default_factory=TelemetryMetrics)  # type: ignore[arg-type]
+    logs: TelemetryLogs = Field(default_factory=TelemetryLogs)  # type: ignore[arg-type]
+
+
+class SupervisorConfig(ComponentConfig):
+    initial_backoff: Duration = Field(0.5, gt=0, description="wait before the first restart of a dead receiver")
+    max_backoff: Duration = Field(30.0, gt=0, description="cap of the doubling restart backoff")
+    stable_after: Duration = Field(60.0, gt=0, description="a receiver up this long gets its backoff reset")
+    stop_timeout: Duration = Field(5.0, gt=0, description="SIGTERM to SIGKILL for a receiver process")
+
+
+@dataclass
+class ComponentEntry:
+    """One configured component: the id as written, its factory (aliases resolved) and validated config."""
+
+    id: ComponentID
+    kind: Kind
+    factory: Factory
+    config: Any
+    line: int | None = None
+
+
+@dataclass
+class PipelineSpec:
+    name: str  # as written: traces, traces/2
+    signal: Signal
+    receivers: list[ComponentID]
+    processors: list[ComponentID]
+    exporters: list[ComponentID]
+    line: int | None = None
+
+
+@dataclass
+class ServiceConfig:
+    pipelines: dict[str, PipelineSpec] = field(default_factory=dict)
+    extensions: list[ComponentID] = field(default_factory=list)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    shutdown_timeout: float = 10.0
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+
+
+@dataclass
+class Config:
+    file: str
+    receivers: dict[ComponentID, ComponentEntry] = field(default_factory=dict)
+    processors: dict[ComponentID, ComponentEntry] = field(default_factory=dict)
+    exporters: dict[ComponentID, ComponentEntry] = field(default_factory=dict)
+    extensions: dict[ComponentID, ComponentEntry] = field(default_factory=dict)
+    connectors: dict[ComponentID, ComponentEntry] = field(default_factory=dict)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    warnings: list[Issue] = field(default_factory=list)
+
+    def section(self, kind: Kind) -> dict[ComponentID, ComponentEntry]:
+        return {
+            Kind.RECEIVER: self.receivers,
+            Kind.PROCESSOR: self.processors,
+            Kind.EXPORTER: self.exporters,
+            Kind.EXTENSION: self.extensions,
+            Kind.CONNECTOR: self.connectors,
+        }[kind]
+
+    def summary(self) -> str:
+        def n(count: int, word: str) -> str:
+            return f"{count} {word}{'' if count == 1 else 's'}"
+
+        return ", ".join(
+            [
+                n(len(self.receivers), "receiver"),
+                n(len(self.processors), "processor"),
+                n(len(self.exporters), "exporter"),
+                n(len(self.service.pipelines), "pipeline"),
+            ]
+        )
+
+
+class ConfigError(Exception):
+    """Every problem found in a config, reported at once."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        self.issues = [i for i in issues if not i.warning]
+        self.warnings = [i for i in issues if i.warning]
+        super().__init__("\n".join(str(i) for i in self.issues))

@@ -1,0 +1,297 @@
+"""One compiled BCC program per receiver, with uprobes attached per binary and detached cleanly.
+
+Uprobes are created through perf_event_open (BCC's default when the kernel has the uprobe PMU, as every
+kernel >= 4.17 does), so they live exactly as long as their file descriptor: closing the program, or the
+process dying for any reason including SIGKILL, removes them. Nothing is written to uprobe_events.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import re
+import struct
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gotel.ebpf.checks import require_bpf
+
+log = logging.getLogger(__name__)
+
+
+def bpf_source_dir() -> Path:
+    return Path(str(resources.files("gotel.bpf")))
+
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
+
+
+def inline_includes(text: str, include_dir: Path, seen: set[str] | None = None) -> str:
+    """Pastes gotel's own headers into the program text.
+
+    BCC rewrites map method calls (map.lookup(), ringbuf_reserve(), ...) only in the main file, so
+    helpers in bpf/include/*.h that touch maps must become part of it. Each header is pasted once.
+    """
+    seen = set() if seen is None else seen
+
+    def repl(m: re.Match[str]) -> str:
+        name = m.group(1)
+        path = include_dir / name
+        if not path.is_file():
+            return m.group(0)
+        if name in seen:
+            return ""
+        seen.add(name)
+        return f"/* ---- {name} ---- */\n" + inline_includes(path.read_text(), include_dir, seen)
+
+    return _INCLUDE.sub(repl, text)
+
+
+@dataclass(frozen=True)
+class BinaryKey:
+    """A traced binary by device and inode: the same file under two paths (containers) is one binary."""
+
+    dev: int
+    ino: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> BinaryKey:
+        st = os.stat(path)
+        return cls(st.st_dev, st.st_ino)
+
+
+@dataclass
+class _Attached:
+    path: str
+    events: list[bytes] = field(default_factory=list)  # BCC-managed uprobes, by event name
+    fds: list[int] = field(default_factory=list)  # uprobes opened here (with a USDT semaphore)
+
+
+_UPROBE_PMU = Path("/sys/bus/event_source/devices/uprobe/type")
+_PERF_ATTR_SIZE = 112  # PERF_ATTR_SIZE_VER5: every field used here, and known to every kernel >= 4.18
+
+
+def _file_offset(path: str, vaddr: int) -> int:
+    """File offset of a virtual address, through the PT_LOAD segment that maps it."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        for seg in ELFFile(f).iter_segments():
+            if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= vaddr < seg["p_vaddr"] + seg["p_filesz"]:
+                return int(vaddr - seg["p_vaddr"] + seg["p_offset"])
+    raise ProbeAttachError(f"{vaddr:#x} is not in a loaded segment of {path}")
+
+
+class ProbeAttachError(RuntimeError):
+    pass
+
+
+def _close_perf_fds(fds: list[int]) -> None:
+    """Closes uprobe perf events concurrently.
+
+    Unregistering a uprobe waits for an RCU grace period (~0.1 s each on this kernel); the waits
+    overlap when the closes run in parallel (ctypes releases the GIL), so detaching 200 probes takes
+    a fraction of a second instead of 20 s.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bcc.libbcc import lib
+
+    if len(fds) <= 1:
+        for fd in fds:
+            lib.bpf_close_perf_event_fd(fd)
+        return
+    with ThreadPoolExecutor(max_workers=min(64, len(fds)), thread_name_prefix="gotel-detach") as ex:
+        list(ex.map(lib.bpf_close_perf_event_fd, fds))
+
+
+class BpfProgram:
+    """A BCC program compiled once; attach/detach per binary; tracepoints; ring buffers."""
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        cflags: Iterable[str] = (),
+        defines: dict[str, Any] | None = None,
+        check: bool = True,
+    ) -> None:
+        """source: a file name under gotel.bpf (e.g. "usdt.c") or C text containing a newline."""
+        if check:
+            require_bpf()
+        from bcc import BPF
+
+        src_dir = bpf_source_dir()
+        text = source if "\n" in source else (src_dir / source).read_text()
+        text = inline_includes(text, src_dir / "include")
+        flags = [f"-I{src_dir / 'include'}", "-Wno-macro-redefined", "-Wno-unused-function", *cflags]
+        for k, v in (defines or {}).items():
+            flags.append(f"-D{k}={v}")
+        self._lock = threading.Lock()
+        self.bpf = BPF(text=text.encode(), cflags=flags)
+        self._binaries: dict[BinaryKey, _Attached] = {}
+        self._closed = False
+
+    # ---- uprobes -------------------------------------------------------------------------------
+
+    def attach_uprobe(
+        self, path: str, vaddr: int, fn_name: str, key: BinaryKey | None = None, semaphore: int = 0
+    ) -> None:
+        """A uprobe at a virtual address of the binary (symbol value or RET address), for every process.
+
+        Attached with pid=-1 so one probe serves every process running the binary, including ones
+        started later; the BPF side filters by its pid map. `semaphore` (a USDT semaphore's virtual
+        address) makes the kernel itself raise the semaphore in every process mapping the binary
+        while the probe exists, and drop it when the fd closes — also when gotel is killed.
+        """
+        key = key or BinaryKey.of(path)
+        if semaphore:
+            fd = self._open_uprobe_with_semaphore(path, vaddr, fn_name, semaphore)
+            with self._lock:
+                self._binaries.setdefault(key, _Attached(path)).fds.append(fd)
+            return
+        before = set(self.bpf.uprobe_fds)
+        try:
+            self.bpf.attach_uprobe(name=path.encode(), addr=vaddr, fn_name=fn_name.encode(), pid=-1)
+        except Exception as e:
+            raise ProbeAttachError(f"cannot attach {fn_name} at {vaddr:#x} in {path}: {e}") from e
+        new = [ev for ev in self.bpf.uprobe_fds if ev not in before]
+        with self._lock:
+            self._binaries.setdefault(key, _Attached(path)).events.extend(new)
+
+    def _open_uprobe_with_semaphore(self, path: str, vaddr: int, fn_name: str, semaphore: int) -> int:
+        """perf_event_open on the uprobe PMU with ref_ctr_offset (kernel >= 4.20); BCC 0.26 has no such option."""
+        from bcc import BPF
+        from bcc.libbcc import lib
+
+        try:
+            pmu = int(_UPROBE_PMU.read_text())
+        except OSError as e:
+            raise ProbeAttachError(f"no uprobe PMU ({_UPROBE_PMU}): cannot honour USDT semaphores") from e
+        offset = _file_offset(path, vaddr)
+        ref_ctr = _file_offset(path, semaphore)
+        fn = self.bpf.load_func(fn_name.encode(), BPF.KPROBE)
+        cpath = ctypes.create_string_buffer(os.fsencode(path))
+        attr = (ctypes.c_ubyte * 128)()
+        struct.pack_into("<IIQQ", attr, 0, pmu, _PERF_ATTR_SIZE, ref_ctr << 32, 1)  # type, size, config, period
+        struct.pack_into("<I", attr, 48, 1)  # wakeup_events
+        struct.pack_into("<QQ", attr, 56, ctypes.addressof(cpath), offset)  # uprobe_path, probe_offset
+        fd = lib.bpf_attach_perf_event_raw(fn.fd, ctypes.byref(attr), -1, 0, -1, 0)
+        if fd < 0:
+            raise ProbeAttachError(
+                f"cannot attach {fn_name} at {vaddr:#x} in {path} with semaphore {semaphore:#x}: "
+                f"{os.strerror(ctypes.get_errno() or -fd)}"
+            )
+        return int(fd)
+
+    def attached(self, key: BinaryKey) -> bool:
+        return key in self._binaries
+
+    def probe_count(self, key: BinaryKey | None = None) -> int:
+        if key is not None:
+            a = self._binaries.get(key)
+            return len(a.events) + len(a.fds) if a else 0
+        return sum(len(a.events) + len(a.fds) for a in self._binaries.values())
+
+    def detach_binary(self, key: BinaryKey) -> int:
+        """Closes every uprobe on the binary (when its last traced process is gone); returns how many."""
+        with self._lock:
+            a = self._binaries.pop(key, None)
+        if a is None:
+            return 0
+        from bcc.libbcc import lib
+
+        fds = list(a.fds)
+        for ev in a.events:
+            fd = self.bpf.uprobe_fds.get(ev)
+            if fd is not None:
+                fds.append(fd)
+        _close_perf_fds(fds)
+        for ev in a.events:
+            lib.bpf_detach_uprobe(ev)  # a no-op for perf_event_open uprobes; removes a tracefs one
+            if ev in self.bpf.uprobe_fds:
+                self.bpf._del_uprobe_fd(ev)
+        return len(fds)
+
+    # ---- tracepoints and ring buffers -------------------------------------------------------------
+
+    def attach_tracepoint(self, tp: str, fn_name: str) -> None:
+        self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn_name.encode())
+
+    def open_ring_buffer(self, name: str, callback: Callable[[int, int], None]) -> None:
+        """callback(data_address, size) for every record; decode with a ctypes layout."""
+
+        def _cb(_ctx: Any, data: Any, size: int) -> int:
+            try:
+                callback(ctypes.cast(data, ctypes.c_void_p).value or 0, size)
+            except Exception:  # never let a decode bug unwind through libbpf
+                log.exception("ring buffer %s callback failed", name)
+            return 0
+
+        self.bpf[name.encode()].open_ring_buffer(_cb)
+
+    def collect_ring_buffer(self, name: str, into: list[bytes]) -> None:
+        """Appends every record's bytes to `into`: the cheapest callback (one copy), decode in batches."""
+        string_at = ctypes.string_at
+        append = into.append
+
+        def _cb(_ctx: Any, data: Any, size: int) -> int:
+            append(string_at(data, size))
+            return 0
+
+        self.bpf[name.encode()].open_ring_buffer(_cb)
+
+    def consume(self) -> None:
+        """Drains every open ring buffer without waiting (the caller's timer sets the pace)."""
+        if not self._closed:
+            self.bpf.ring_buffer_consume()
+
+    def lost_counts(self) -> tuple[int, int]:
+        """(ring buffer full, user-memory read failed) since load, summed over CPUs (gotel_ringbuf.h)."""
+        try:
+            t = self.bpf[b"gotel_lost"]
+        except KeyError:
+            return (0, 0)
+        out = []
+        for i in (0, 1):
+            out.append(int(sum(t[ctypes.c_int(i)])))
+        return out[0], out[1]
+
+    def table(self, name: str) -> Any:
+        return self.bpf[name.encode()]
+
+    def close(self) -> None:
+        """Detaches every probe and tracepoint and frees the program; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for key in list(self._binaries):
+            self.detach_binary(key)
+        self.bpf.cleanup()
+
+
+class LostCounter:
+    """Turns the kernel's cumulative lost counts into self-telemetry increments."""
+
+    def __init__(self, program: BpfProgram, telemetry: Any, what: str) -> None:
+        self.program = program
+        self._last = (0, 0)
+        self._c = telemetry.counter(
+            "ebpf_lost_events", "Events the BPF side could not deliver (ring buffer full) or read.", ("program", "reason")
+        )
+        self.what = what
+
+    def update(self) -> tuple[int, int]:
+        full, unreadable = self.program.lost_counts()
+        d_full, d_read = full - self._last[0], unreadable - self._last[1]
+        self._last = (full, unreadable)
+        if d_full:
+            self._c.labels(self.what, "ringbuf_full").inc(d_full)
+        if d_read:
+            self._c.labels(self.what, "unreadable").inc(d_read)
+        return d_full, d_read

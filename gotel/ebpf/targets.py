@@ -1,0 +1,102 @@
+"""The eBPF side's view of Go binary analysis (gotel.golang): attach sites and facts for verdicts.
+
+Thin on purpose: gotel.golang answers questions about one file; this module turns those answers into
+what attaching (virtual addresses of entries and RETs) and `gotel inspect` (BinaryFacts) need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from gotel.ebpf.goprobes import Site
+from gotel.ebpf.probespecs import BinaryFacts
+from gotel.golang import GoAnalysisError, GoBinary, analyze
+
+
+def function_address(gb: GoBinary, symbol: str) -> int | None:
+    f = gb.functions.get(symbol)
+    return None if f is None else f.entry
+
+
+def body_address(gb: GoBinary, symbol: str) -> int | None:
+    """The first instruction after the function's stack-check prologue, else its entry.
+
+    A Go prologue compares the stack pointer with g.stackguard0 (g in r14) and jumps to a block that
+    calls runtime.morestack and then jumps back to the entry. Stack growth and preemption requests
+    (stackguard0 = stackPreempt) take that path, so a probe at the entry fires twice for one call now
+    and then; a probe after the check fires exactly once per call, with the argument registers intact.
+    """
+    f = gb.functions.get(symbol)
+    if f is None:
+        return None
+    import capstone
+
+    code = bytes(gb.image.data[f.file_offset : f.file_offset + min(f.size, 64)])
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    insns = list(md.disasm(code, f.entry))[:8]
+    for i in range(1, min(len(insns) - 1, 6)):
+        ins, prev = insns[i], insns[i - 1]
+        if ins.mnemonic in ("jbe", "jna", "jb") and prev.mnemonic == "cmp" and "r14" in prev.op_str:
+            try:
+                target = int(ins.op_str, 16)
+            except ValueError:
+                break
+            if target > ins.address:  # the morestack block sits after the body
+                return int(insns[i + 1].address)
+    return f.entry
+
+
+def ret_addresses(gb: GoBinary, symbol: str) -> list[int]:
+    """Virtual addresses of every RET in the function (never a uretprobe on Go code)."""
+    f = gb.functions.get(symbol)
+    if f is None:
+        return []
+    return [f.entry + o for o in gb.ret_offsets(symbol)]
+
+
+def struct_offset(gb: GoBinary, type_name: str, field: str) -> int | None:
+    """None when unknown (no DWARF, type or field missing): gotel never guesses an offset."""
+    try:
+        return gb.struct_offset(type_name, field)
+    except GoAnalysisError:
+        return None
+
+
+def modules(gb: GoBinary) -> dict[str, str]:
+    return {m.path: m.version for m in gb.modules}
+
+
+def facts_for(gb: GoBinary) -> BinaryFacts:
+    rets: dict[str, int | None] = {}
+
+    def ret_count(sym: str) -> int | None:
+        if sym not in rets:
+            try:
+                rets[sym] = len(ret_addresses(gb, sym))
+            except GoAnalysisError:
+                rets[sym] = None
+        return rets[sym]
+
+    return BinaryFacts(
+        go_version=gb.go_version,
+        modules=modules(gb),
+        has_dwarf=gb.has_dwarf,
+        function_address=lambda s: function_address(gb, s),
+        ret_count=ret_count,
+        struct_offset=lambda t, f: struct_offset(gb, t, f),
+    )
+
+
+def function_sites(path: str, functions: Iterable[str], fn_name: str, ret_fn_name: str | None = None,
+                   *, after_prologue: bool = True) -> list[Site]:
+    """Entry (past the stack check, see body_address) and every RET of each function found, running
+    fn_name (ret_fn_name at the RETs)."""
+    gb = analyze(path)
+    sites: list[Site] = []
+    for sym in functions:
+        entry = body_address(gb, sym) if after_prologue else function_address(gb, sym)
+        if entry is None:
+            continue
+        sites.append(Site(entry, fn_name, sym))
+        sites += [Site(r, ret_fn_name or fn_name, sym, is_return=True) for r in ret_addresses(gb, sym)]
+    return sites

@@ -1,0 +1,425 @@
+"""The ``otlp`` receiver: OTLP/gRPC and OTLP/HTTP (protobuf and JSON) for all four signals.
+
+It is the pipeline's own entry point (it runs inside the pipeline process): gotel's receiver processes
+send to it over a unix socket, and any OTLP source can send to it over TCP. Requests are parsed once
+(malformed input is refused with INVALID_ARGUMENT / 400 and the parser's reason) and handed on as
+batches that keep their wire bytes, so an unmodified batch is exported without re-serialisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import logging
+import os
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
+
+import aiohttp
+import grpc
+import grpc.aio
+from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
+from pydantic import Field, model_validator
+
+from gotel.component import (
+    REQUEST_METADATA,
+    ComponentConfig,
+    Consumer,
+    ConsumerError,
+    Context,
+    PermanentError,
+    Receiver,
+    ReceiverFactory,
+    RefusedError,
+)
+from gotel.otlp import (
+    CONTENT_JSON,
+    CONTENT_PROTOBUF,
+    STATUS_DETAILS_KEY,
+    WIRE,
+    decode_request,
+    message_to_json,
+    prepare_unix_socket,
+    rpc_status,
+    secure_unix_socket,
+    unix_path,
+)
+from gotel.pdata import Batch, Signal, batch_type
+
+REFUSED_RETRY_AFTER = 1.0  # seconds a refused sender is asked to wait (RetryInfo / Retry-After)
+
+
+class ServerTLS(ComponentConfig):
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = Field(None, description="require client certificates signed by this CA (mTLS)")
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+class GRPCServer(ComponentConfig):
+    endpoint: str = Field("127.0.0.1:4317", description="host:port or unix:///path/to.sock")
+    max_recv_msg_size_mib: int = Field(4, gt=0, description="larger requests get RESOURCE_EXHAUSTED")
+    max_concurrent_streams: int | None = Field(None, gt=0)
+    tls: ServerTLS | None = None
+
+    @model_validator(mode="after")
+    def _tls(self) -> GRPCServer:
+        if self.tls is not None and self.tls.min_version != "1.2":
+            raise ValueError("tls::min_version cannot be set for gRPC (grpc-python offers no knob; it negotiates TLS 1.2+)")
+        return self
+
+
+class CORS(ComponentConfig):
+    allowed_origins: list[str] = Field(default_factory=list, description="origins (wildcards allowed)")
+    allowed_headers: list[str] = Field(default_factory=list)
+    max_age: int = Field(0, ge=0, description="seconds browsers may cache a preflight answer")
+
+
+class HTTPServer(ComponentConfig):
+    endpoint: str = Field("127.0.0.1:4318", description="host:port or unix:///path/to.sock")
+    max_request_body_size: int = Field(20 << 20, gt=0, description="bytes after decompression; larger gets 413")
+    tls: ServerTLS | None = None
+    cors: CORS | None = None
+    traces_url_path: str = "/v1/traces"
+    metrics_url_path: str = "/v1/metrics"
+    logs_url_path: str = "/v1/logs"
+    profiles_url_path: str = "/v1development/profiles"
+
+
+class Protocols(ComponentConfig):
+    grpc: GRPCServer | None = None
+    http: HTTPServer | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_defaults(cls, data: Any) -> Any:
+        # `grpc:` with no value in YAML enables the protocol with its defaults, as in the collector.
+        if isinstance(data, dict):
+            return {k: ({} if v is None and k in ("grpc", "http") else v) for k, v in data.items()}
+        return data
+
+    @model_validator(mode="after")
+    def _one(self) -> Protocols:
+        if self.grpc is None and self.http is None:
+            raise ValueError("must specify at least one protocol (grpc, http)")
+        return self
+
+
+class Config(ComponentConfig):
+    protocols: Protocols = Field(default_factory=lambda: Protocols(grpc=GRPCServer()))
+
+
+def split_host_port(endpoint: str) -> tuple[str | None, int]:
+    """'127.0.0.1:4317' / '[::1]:4317' / ':4317' -> (host or None for all interfaces, port)."""
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"endpoint {endpoint!r} must be host:port or unix:///path")
+    host = host.strip("[]")
+    return (host or None), int(port)
+
+
+def _server_ssl(tls: ServerTLS) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.client_ca_file:
+        ctx.load_verify_locations(tls.client_ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class Rejected(Exception):
+    """A request the receiver answers with an error: gRPC code, HTTP status, message."""
+
+    def __init__(self, code: grpc.StatusCode, http: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.http = http
+        self.message = message
+        self.retry_after = retry_after
+
+
+class OTLPReceiver(Receiver):
+    def __init__(self, cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> None:
+        self.cfg = cfg
+        self.sinks = dict(sinks)
+        self.ctx = ctx
+        self.log: logging.Logger = ctx.logger
+        self._grpc: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+        self._sockets: list[str] = []
+        self.grpc_port: int | None = None  # the bound TCP ports (useful with port 0)
+        self.http_port: int | None = None
+        self._last_log = 0.0
+        self._malformed = ctx.telemetry.counter(
+            "otlp_receiver_rejected_requests", "Requests the otlp receiver refused, by reason.", ("signal", "reason")
+        )
+
+    # --- the part both protocols share -----------------------------------------------------------
+
+    def _log_rejected(self, signal: Signal, r: Rejected, peer: str) -> None:
+        """One line a second at most: a sender stuck on bad data must not flood the log."""
+        if r.code == grpc.StatusCode.UNAVAILABLE:
+            return  # back-pressure is reported by whoever refused (memory_limiter) and counted here
+        now = time.monotonic()
+        if now - self._last_log >= 1.0:
+            self._last_log = now
+            self.log.warning("%s: refused a %s request from %s: %s", self.ctx.id, signal, peer or "?", r.message)
+
+    def _decode(self, signal: Signal, body: bytes, json_body: bool) -> Batch:
+        try:
+            batch: Batch = decode_request(signal, body, json_body)
+        except Exception as e:
+            self._malformed.labels(signal.value, "malformed").inc()
+            what = "OTLP/JSON" if json_body else "protobuf"
+            raise Rejected(
+                grpc.StatusCode.INVALID_ARGUMENT, 400, f"malformed {what} {signal} request: {e}"
+            ) from None
+        return batch
+
+    async def _push(self, signal: Signal, batch: Batch, metadata: Mapping[str, str]) -> None:
+        n = batch.item_count()
+        if n == 0 and batch.byte_size() == 0:
+            return
+        tel = self.ctx.telemetry
+        token = REQUEST_METADATA.set(metadata)
+        try:
+            await self.sinks[signal].consume(batch)
+        except RefusedError as e:
+            tel.refused(signal, n)
+            raise Rejected(grpc.StatusCode.UNAVAILABLE, 503, f"refused, retry later: {e}", REFUSED_RETRY_AFTER) from None
+        except PermanentError as e:
+            tel.refused(signal, n)
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, 400, f"rejected: {e}") from None
+        except ConsumerError as e:
+            tel.refused(signal, n)
+            raise Rejected(grpc.StatusCode.UNAVAILABLE, 503, f"refused, retry later: {e}", REFUSED_RETRY_AFTER) from None
+        except Exception as e:
+            tel.refused(signal, n)
+            self.log.exception("%s: pipeline failed on %d %s", self.ctx.id, n, signal)
+            raise Rejected(grpc.StatusCode.INTERNAL, 500, f"internal error: {type(e).__name__}") from None
+        finally:
+            REQUEST_METADATA.reset(token)
+        tel.accepted(signal, n)
+
+    # --- gRPC -------------------------------------------------------------------------------------
+
+    def _grpc_handler(self, signal: Signal) -> grpc.RpcMethodHandler:
+        async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+            try:
+                await self._push(signal, self._decode(signal, request, False), md)
+            except Rejected as r:
+                self._log_rejected(signal, r, context.peer())
+                st = rpc_status(r.code.value[0], r.message, r.retry_after)
+                await context.abort(r.code, r.message, trailing_metadata=((STATUS_DETAILS_KEY, st.SerializeToString()),))
+            return b""  # an empty Export*ServiceResponse: full success
+
+        # No (de)serializers: the handler gets the request's bytes and returns the response's bytes.
+        return grpc.unary_unary_rpc_method_handler(export)
+
+    async def _start_grpc(self, g: GRPCServer) -> None:
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", g.max_recv_msg_size_mib << 20),
+            ("grpc.so_reuseport", 0),  # a second agent on the same port must fail, not share it
+        ]
+        if g.max_concurrent_streams:
+            options.append(("grpc.max_concurrent_streams", g.max_concurrent_streams))
+        server = grpc.aio.server(options=options)
+        handlers = [
+            grpc.method_handlers_generic_handler(WIRE[s].service, {"Export": self._grpc_handler(s)}) for s in self.sinks
+        ]
+        server.add_generic_rpc_handlers(handlers)
+        path = unix_path(g.endpoint)
+        if path is not None:
+            try:
+                prepare_unix_socket(path)
+            except OSError as e:
+                raise OSError(f"{self.ctx.id}: cannot listen on {g.endpoint} (gRPC): {e}") from None
+            address = f"unix:{path}"
+        else:
+            host, port = split_host_port(g.endpoint)
+            address = f"{host or '[::]'}:{port}" if host is None or ":" not in host else f"[{host}]:{port}"
+        try:
+            if g.tls is not None:
+                creds = grpc.ssl_server_credentials(
+                    [(_read(g.tls.key_file), _read(g.tls.cert_file))],
+                    root_certificates=_read(g.tls.client_ca_file) if g.tls.client_ca_file else None,
+                    require_client_auth=bool(g.tls.client_ca_file),
+                )
+                bound = server.add_secure_port(address, creds)
+            else:
+                bound = server.add_insecure_port(address)
+        except (RuntimeError, OSError) as e:
+            raise OSError(f"{self.ctx.id}: cannot listen on {g.endpoint} (gRPC): {e}") from None
+        if path is not None:
+            secure_unix_socket(path)
+            self._sockets.append(path)
+        else:
+            self.grpc_port = bound
+        await server.start()
+        self._grpc = server
+        self.log.info("%s: OTLP/gRPC listening on %s", self.ctx.id, g.endpoint if path else f"{address} -> {bound}")
+
+    # --- HTTP -------------------------------------------------------------------------------------
+
+    def _http_error(self, r: Rejected, json_body: bool) -> web.Response:
+        st = rpc_status(r.code.value[0], r.message, r.retry_after)
+        headers = {}
+        if r.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(r.retry_after)))
+        if json_body:
+            return web.Response(status=r.http, body=message_to_json(st), content_type=CONTENT_JSON, headers=headers)
+        return web.Response(status=r.http, body=st.SerializeToString(), content_type=CONTENT_PROTOBUF, headers=headers)
+
+    def _http_handler(self, signal: Signal, max_body: int) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        resp_proto = WIRE[signal].response().SerializeToString()
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            ctype = request.content_type.lower()
+            json_body = ctype == CONTENT_JSON
+            try:
+                if not json_body and ctype not in (CONTENT_PROTOBUF, "application/protobuf"):
+                    self._malformed.labels(signal.value, "unsupported_media_type").inc()
+                    raise Rejected(
+                        grpc.StatusCode.INVALID_ARGUMENT, 415,
+                        f"unsupported Content-Type {ctype!r}: use {CONTENT_PROTOBUF} or {CONTENT_JSON}",
+                    )
+                enc = request.headers.get("Content-Encoding", "").strip().lower()
+                if enc not in ("", "identity", "gzip", "deflate"):
+                    self._malformed.labels(signal.value, "unsupported_encoding").inc()
+                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, 400, f"unsupported Content-Encoding {enc!r}")
+                try:
+                    body = await request.read()
+                except web.HTTPRequestEntityTooLarge:
+                    self._malformed.labels(signal.value, "too_large").inc()
+                    raise Rejected(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, 413,
+                        f"request body larger than max_request_body_size ({max_body} bytes)",
+                    ) from None
+                except (RequestPayloadError, aiohttp.http_exceptions.HttpProcessingError, ValueError) as e:
+                    self._malformed.labels(signal.value, "bad_body").inc()
+                    raise Rejected(
+                        grpc.StatusCode.INVALID_ARGUMENT, 400, f"unreadable body ({enc or 'identity'}): {str(e).strip()}"
+                    ) from None
+                md = {k.lower(): v for k, v in request.headers.items()}
+                await self._push(signal, self._decode(signal, body, json_body), md)
+            except Rejected as r:
+                self._log_rejected(signal, r, str(request.remote or ""))
+                return self._cors(request, self._http_error(r, json_body))
+            if json_body:
+                return self._cors(request, web.Response(body=b"{}", content_type=CONTENT_JSON))
+            return self._cors(request, web.Response(body=resp_proto, content_type=CONTENT_PROTOBUF))
+
+        return handle
+
+    def _origin_allowed(self, origin: str | None) -> bool:
+        h = self.cfg.protocols.http
+        if not origin or h is None or h.cors is None:
+            return False
+        return any(fnmatch.fnmatchcase(origin, pat) for pat in h.cors.allowed_origins)
+
+    def _cors(self, request: web.Request, resp: web.Response) -> web.Response:
+        origin = request.headers.get("Origin")
+        if self._origin_allowed(origin):
+            resp.headers["Access-Control-Allow-Origin"] = origin or ""
+            resp.headers["Vary"] = "Origin"
+        return resp
+
+    async def _preflight(self, request: web.Request) -> web.StreamResponse:
+        h = self.cfg.protocols.http
+        origin = request.headers.get("Origin")
+        if h is None or h.cors is None or not self._origin_allowed(origin):
+            return web.Response(status=403)
+        allowed = ["Content-Type", "Content-Encoding", *h.cors.allowed_headers]
+        headers = {
+            "Access-Control-Allow-Origin": origin or "",
+            "Access-Control-Allow-Methods": "POST",
+            "Access-Control-Allow-Headers": ", ".join(allowed),
+            "Vary": "Origin",
+        }
+        if h.cors.max_age:
+            headers["Access-Control-Max-Age"] = str(h.cors.max_age)
+        return web.Response(status=204, headers=headers)
+
+    async def _start_http(self, h: HTTPServer) -> None:
+        app = web.Application(client_max_size=h.max_request_body_size)
+        for s in self.sinks:
+            p = getattr(h, f"{s.value}_url_path")
+            app.router.add_post(p, self._http_handler(s, h.max_request_body_size))
+            if h.cors is not None:
+                app.router.add_route("OPTIONS", p, self._preflight)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        sslctx = _server_ssl(h.tls) if h.tls is not None else None
+        path = unix_path(h.endpoint)
+        site: web.BaseSite
+        try:
+            if path is not None:
+                prepare_unix_socket(path)
+                site = web.UnixSite(runner, path, ssl_context=sslctx)
+                await site.start()
+                secure_unix_socket(path)
+                self._sockets.append(path)
+            else:
+                host, port = split_host_port(h.endpoint)
+                site = web.TCPSite(runner, host, port, ssl_context=sslctx, reuse_port=False)
+                await site.start()
+                server = site._server
+                if server is not None and getattr(server, "sockets", None):
+                    self.http_port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        except OSError as e:
+            await runner.cleanup()
+            raise OSError(f"{self.ctx.id}: cannot listen on {h.endpoint} (HTTP): {e}") from None
+        self._runner = runner
+        self.log.info("%s: OTLP/HTTP listening on %s", self.ctx.id, h.endpoint if path else f"{h.endpoint} -> {self.http_port}")
+
+    # --- life cycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        p = self.cfg.protocols
+        try:
+            if p.grpc is not None:
+                await self._start_grpc(p.grpc)
+            if p.http is not None:
+                await self._start_http(p.http)
+        except BaseException:
+            await self.shutdown()
+            raise
+
+    async def shutdown(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace=2.0)
+            self._grpc = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for path in self._sockets:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._sockets = []
+
+
+def create(cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> Receiver:
+    for s in sinks:
+        batch_type(s)  # every signal is supported; fail loudly on anything else
+    return OTLPReceiver(cfg, sinks, ctx)
+
+
+factory = ReceiverFactory(
+    type="otlp",
+    config=Config,
+    signals=frozenset(Signal),
+    description="OTLP/gRPC and OTLP/HTTP (protobuf, JSON) for traces, metrics, logs, profiles; TCP or unix socket",
+    aliases=("otlp_grpc",),
+    create=create,
+    in_process=True,
+)
