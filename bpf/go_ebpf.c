@@ -268,6 +268,10 @@ static __always_inline void read_error(struct gotel_go_proc *p, struct gev *e, u
     e->code = 0;
     if (!tab)
         return;  /* nil error: OK */
+    if (!KNOWN(gotel_go_offset(p, O_ERROR_E)) || !KNOWN(gotel_go_offset(p, O_SPB_CODE))) {
+        e->flags |= E_NO_OFFSETS;  /* no DWARF: the code cannot be read, and is not guessed */
+        return;
+    }
     u64 eof = gotel_go_offset(p, A_IOEOF);
     if (KNOWN(eof)) {
         u64 v[2] = {};

@@ -285,6 +285,8 @@ class Assembler:
                     a["error.type"] = name
                 if c.code != 0 and c.msg:
                     a["rpc.grpc.status_message"] = c.msg
+            elif c.flags & E_NO_OFFSETS and not server:
+                a["gotel.missing"] = "rpc.response.status_code, addresses (binary has no DWARF)"
             elif server and c.flags & E_NO_OFFSETS:
                 a["gotel.missing"] = "rpc.method, rpc.response.status_code, deadline, addresses (binary has no DWARF)"
             if c.flags & E_ADDR:
