@@ -47,6 +47,9 @@
 #define O_URL_HOST 34
 #define O_RESPONSE_STATUSCODE 35
 #define O_CS_CTX 36
+#define O_CS_CALLHDR 37
+#define O_CALLHDR_METHOD 38
+#define O_CS_BEGINTIME 39
 
 /* gotel_go_proc.flags */
 #define F_ERROR_VIA_STATUS 1   /* status.Error{s *Status} (newer grpc) instead of {e *spb.Status} */
@@ -67,6 +70,7 @@
 #define E_ADDR 32
 #define E_NO_OFFSETS 64  /* the binary lacks DWARF: attributes needing offsets were not read */
 #define E_STREAM_ID 128
+#define E_BEGIN_WALL 256 /* start missed (call began before the pid was traced): aux/obj hold clientStream.beginTime */
 
 #define STR_LEN 96
 #define TP_LEN 56
@@ -126,6 +130,7 @@ BPF_TABLE("lru_hash", struct gotel_go_key, u64, go_parent, 65536);        /* gor
 BPF_HASH(newproc_caller, u64, u64, 1024);                        /* thread -> callergp during newproc1 */
 BPF_TABLE("lru_hash", struct tp_key, struct tp_val, incoming_tp, 16384);  /* traceparent by (transport, stream id) */
 BPF_PERCPU_ARRAY(tp_scratch, struct tp_val, 1);
+BPF_TABLE("lru_hash", struct gotel_go_key, u8, cli_done, 16384);  /* clientStreams already finished */
 
 #define barrier_var(v) asm volatile("" : "+r"(v))
 #define KNOWN(o) ((o) != GOTEL_GO_OFFSET_UNKNOWN)
@@ -504,6 +509,7 @@ int grpc_client_started(struct pt_regs *ctx) {
     if (cs && !GO_PARAM3(ctx)) {
         e->obj = cs;
         cli_streams.update(&ck, e);
+        cli_done.delete(&ck);  /* a reused clientStream address */
     } else if (GO_PARAM3(ctx)) {
         /* failed before a stream existed (e.g. the deadline expired while waiting for the resolver) */
         read_error(p, e, GO_PARAM3(ctx), GO_PARAM4(ctx));
@@ -548,19 +554,58 @@ int grpc_client_finish(struct pt_regs *ctx) {
         /* finish inside newClientStream (the attempt failed): the stream is not registered yet */
         struct gotel_go_key k = gotel_go_key_of(ctx);
         e = cli_start.lookup(&k);
-        if (!e)
+        if (!e) {
+            /* the call started before this process was traced: rebuild it from the clientStream */
+            u64 cs = GO_PARAM1(ctx);
+            u64 o_bt = gotel_go_offset(p, O_CS_BEGINTIME), o_hdr = gotel_go_offset(p, O_CS_CALLHDR);
+            if (!KNOWN(o_bt) || !KNOWN(o_hdr))
+                return 0;
+            e = new_scratch();
+            if (!e)
+                return 0;
+            e->pid = ck.tgid;
+            e->type = T_GRPC_CLIENT;
+            if (cli_done.lookup(&ck))
+                return 0;  /* grpc calls finish more than once; the first call counted */
+            u64 bt[2] = {};
+            bpf_probe_read_user(bt, sizeof(bt), (void *)(cs + o_bt));
+            if (!bt[0] && !bt[1])
+                return 0;  /* no start time recorded (grpc sets beginTime only with a stats handler) */
+            u8 one = 1;
+            cli_done.update(&ck, &one);
+            e->aux = bt[0];
+            e->obj = bt[1];
+            e->flags |= E_BEGIN_WALL;
+            read_str_at(e->method, STR_LEN, rd64(cs + o_hdr), gotel_go_offset(p, O_CALLHDR_METHOD));
+            u64 o_ctx = gotel_go_offset(p, O_CS_CTX);
+            if (KNOWN(o_ctx)) {
+                u64 c[2] = {};
+                bpf_probe_read_user(c, sizeof(c), (void *)(cs + o_ctx));
+                ctx_deadline(p, e, c[0], c[1]);
+            }
+            set_parent(e, ck.tgid, GO_GOROUTINE(ctx));
+            e->flags &= ~E_PARENT;  /* finish may run on another goroutine: no parent claimed */
+            e->parent_span_id = 0;
+            read_error(p, e, GO_PARAM2(ctx), GO_PARAM3(ctx));
+            client_addr(p, e, cs);
+            emit(e, bpf_ktime_get_ns());
             return 0;
+        }
         read_error(p, e, GO_PARAM2(ctx), GO_PARAM3(ctx));
         client_addr(p, e, GO_PARAM1(ctx));
         e->obj = GO_PARAM1(ctx);
         emit(e, bpf_ktime_get_ns());
         cli_start.delete(&k);  /* grpc_client_started then finds nothing to do */
+        u8 one = 1;
+        cli_done.update(&ck, &one);
         return 0;
     }
     read_error(p, e, GO_PARAM2(ctx), GO_PARAM3(ctx));
     client_addr(p, e, GO_PARAM1(ctx));
     emit(e, bpf_ktime_get_ns());
     cli_streams.delete(&ck);
+    u8 one = 1;
+    cli_done.update(&ck, &one);
     return 0;
 }
 

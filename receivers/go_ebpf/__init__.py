@@ -100,10 +100,21 @@ class GoEbpfReceiver(Receiver):
             except Exception:
                 self.log.exception("go_ebpf: handling %s", ev)
 
-    def _add(self, info: ProcessInfo) -> None:
+    def trace_pid(self, pid: int, exe: str, service_name: str | None = None) -> None:
+        """Registers a process by hand (selectors bypassed), e.g. one that is about to exec `exe`: its
+        earliest calls are traced, which discovery (milliseconds after exec) can miss."""
+        import os
+
+        name = os.path.basename(exe)
+        self._add(ProcessInfo(pid=pid, exe=exe, cmdline=[exe], is_go=True, service_name=service_name or name),
+                  exe_path=exe)
+
+    def _add(self, info: ProcessInfo, exe_path: str | None = None) -> None:
         from gotel.receivers.go_ebpf.probes import plan_for
 
-        exe = f"/proc/{info.pid}/exe"
+        exe = exe_path or f"/proc/{info.pid}/exe"
+        if info.pid in self.attached_pids and exe_path is None:
+            return  # registered by trace_pid before its exec
         try:
             plan = plan_for(exe, grpc=self.cfg.grpc, http=self.cfg.http)
         except Exception as e:
@@ -150,7 +161,11 @@ class GoEbpfReceiver(Receiver):
             if c is None:
                 self.ctx.telemetry.dropped(Signal.TRACES, 1, "short_record")
                 continue
-            self.asm.handle(c, now)
+            try:
+                self.asm.handle(c, now)
+            except Exception:  # a malformed record must not cost the rest of the batch
+                self.log.exception("go_ebpf: cannot turn a record into a span")
+                self.ctx.telemetry.dropped(Signal.TRACES, 1, "bad_record")
         self.events_seen += len(raw)
         return len(raw)
 

@@ -25,8 +25,8 @@ from gotel.pdata import Metrics, Traces, attrs
 SCOPE = "gotel.receivers.go_ebpf"
 
 T_GRPC_SERVER, T_GRPC_CLIENT, T_HTTP_SERVER, T_HTTP_CLIENT = 1, 2, 3, 4
-E_DEADLINE, E_STATUS, E_NONSTATUS_ERR, E_TRACEPARENT, E_PARENT, E_ADDR, E_NO_OFFSETS, E_STREAM_ID = (
-    1, 2, 4, 8, 16, 32, 64, 128)
+E_DEADLINE, E_STATUS, E_NONSTATUS_ERR, E_TRACEPARENT, E_PARENT, E_ADDR, E_NO_OFFSETS, E_STREAM_ID, E_BEGIN_WALL = (
+    1, 2, 4, 8, 16, 32, 64, 128, 256)
 STR_LEN, TP_LEN = 96, 56
 RECORD = struct.Struct(f"<QQIIQQQQQqiIIHH16s16sBB6xQQ{STR_LEN}s{STR_LEN}s{STR_LEN}s{TP_LEN}s")
 
@@ -43,10 +43,7 @@ _UNIX_TO_INTERNAL = (1969 * 365 + 1969 // 4 - 1969 // 100 + 1969 // 400) * 86400
 def go_time_unix_ns(wall: int, ext: int) -> int:
     """A Go time.Time {wall, ext} as Unix nanoseconds."""
     nsec = wall & ((1 << 30) - 1)
-    if wall >> 63:
-        sec = _WALL_TO_INTERNAL + ((wall << 1 & (1 << 64) - 1) >> 31)
-    else:
-        sec = ext
+    sec = _WALL_TO_INTERNAL + ((wall << 1 & (1 << 64) - 1) >> 31) if wall >> 63 else ext
     return (sec - _UNIX_TO_INTERNAL) * 1_000_000_000 + nsec
 
 
@@ -91,7 +88,8 @@ def decode(rec: bytes, mono_to_unix: int) -> Call | None:
         return None
     (start, end, pid, typ, sid, psid, thi, tlo, dlw, dle, code, flags, stream_id, lport, rport, lip, rip,
      liplen, riplen, _obj, _aux, method, msg, path, tp) = RECORD.unpack_from(rec)
-    return Call(typ, pid, start + mono_to_unix, end + mono_to_unix, sid, psid, (thi, tlo), flags, code, stream_id,
+    start_unix = go_time_unix_ns(_aux, _obj) if flags & E_BEGIN_WALL else start + mono_to_unix
+    return Call(typ, pid, start_unix, end + mono_to_unix, sid, psid, (thi, tlo), flags, code, stream_id,
                 lport, rport, _ip(lip, liplen), _ip(rip, riplen), _cstr(method), _cstr(msg), _cstr(path),
                 _cstr(tp), go_time_unix_ns(dlw, dle) if flags & E_DEADLINE else None)
 

@@ -60,6 +60,9 @@ OFFSETS: list[OffsetSpec] = [
     ("field", ("net/url.URL",), "Host", "url.full / server.address"),  # 34
     ("field", ("net/http.Response",), "StatusCode", "http.response.status_code (client)"),  # 35
     ("field", (f"{_G}.clientStream",), "ctx", "deadline (client)"),  # 36
+    ("field", (f"{_G}.clientStream",), "callHdr", "calls in flight at attach"),  # 37
+    ("field", (f"{_T}.CallHdr",), "Method", "calls in flight at attach"),  # 38
+    ("field", (f"{_G}.clientStream",), "beginTime", "calls in flight at attach"),  # 39
 ]
 
 F_ERROR_VIA_STATUS = 1

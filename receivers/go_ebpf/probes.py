@@ -8,6 +8,7 @@ from gotel.ebpf.goprobes import Site
 from gotel.ebpf.probespecs import FieldRef, ProbeSpec, register
 from gotel.ebpf.targets import body_address, ret_addresses
 from gotel.golang import analyze
+from gotel.golang.binary import FileIdentity
 from gotel.receivers.go_ebpf.layout import GRPC, PROBES, Layout, layout_for
 
 
@@ -20,7 +21,21 @@ class Plan:
     probe_ids: list[str] = field(default_factory=list)
 
 
+_PLANS: dict[tuple[FileIdentity, bool, bool], Plan] = {}
+
+
 def plan_for(exe: str, *, grpc: bool = True, http: bool = True) -> Plan:
+    """Cached per binary file: a new process of a known binary costs one stat."""
+    key = (FileIdentity.of(exe), grpc, http)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = _plan(exe, grpc, http)
+        while len(_PLANS) > 256:
+            del _PLANS[next(iter(_PLANS))]
+    return plan
+
+
+def _plan(exe: str, grpc: bool, http: bool) -> Plan:
     gb = analyze(exe)
     layout = layout_for(gb)
     sites: list[Site] = []

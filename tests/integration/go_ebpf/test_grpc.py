@@ -1,16 +1,18 @@
 """go_ebpf against the real grpcapp fixture (Go 1.19 and 1.27), exported by the OTLP exporter to a real
-OTLP/gRPC server. Fixture clients reach the server through a gate: a TCP relay that holds the connection
-until the receiver has registered the client's pid, so the client's first call is traced too (a short-lived
-process otherwise finishes before discovery sees it)."""
+OTLP/gRPC server. Servers are found by discovery; fixture clients are registered just before they exec
+(their first call comes milliseconds after start, before discovery would see them)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import socket
+import os
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,57 +27,6 @@ from tests.helpers import goapps
 from tests.helpers.otlp_sink import OTLPGrpcSink
 
 pytestmark = pytest.mark.asyncio
-
-
-class Gate:
-    """TCP relay to `target` that forwards a connection only once `ready()` is true."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.ready: Callable[[], bool] = lambda: True
-        self.ls = socket.socket()
-        self.ls.bind(("127.0.0.1", 0))
-        self.ls.listen(64)
-        self.port = self.ls.getsockname()[1]
-        self._stop = False
-        self.missed = 0  # connections forwarded although the client was never registered
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                c, _ = self.ls.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c: socket.socket) -> None:
-        deadline = time.monotonic() + 3
-        while not self.ready() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        if not self.ready():
-            self.missed += 1
-        u = socket.create_connection(("127.0.0.1", self.target))
-
-        def pipe(a: socket.socket, b: socket.socket) -> None:
-            try:
-                while data := a.recv(65536):
-                    b.sendall(data)
-            except OSError:
-                pass
-            finally:
-                for s in (a, b):
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-        threading.Thread(target=pipe, args=(u, c), daemon=True).start()
-        pipe(c, u)
-
-    def close(self) -> None:
-        self._stop = True
-        self.ls.close()
 
 
 class Env:
@@ -107,25 +58,31 @@ class Env:
         await until(lambda: app.pid in self.r.attached_pids, 10)
         return app
 
-    async def client(self, gate: Gate, *args: str, timeout: float = 120) -> tuple[int, list[dict[str, Any]]]:
-        """Runs a fixture client through the gate; returns (pid, its JSON lines)."""
+    async def client(self, target: Any, *args: str, timeout: float = 120) -> tuple[int, list[dict[str, Any]]]:
+        """Runs a fixture client, registered with the receiver before it execs (so that its first call,
+        made milliseconds after start, is traced); returns (pid, its JSON lines)."""
+        gate = Path(tempfile.mkdtemp(prefix="go_ebpf-")) / "go"
+        script = f'while [ ! -e {gate} ]; do sleep 0.002; done; exec "$0" "$@"'
+        argv = ["sh", "-c", script, str(self.binary), "client", "-target", f"127.0.0.1:{target.ports['grpc']}", *args]
+        box: dict[str, Any] = {}
 
-        def run() -> tuple[int, list[dict[str, Any]]]:
-            # discovery occasionally misses a short-lived process's exec (reported to the lead): such a
-            # client ran untraced, so it is run again; the count of retries is bounded
-            for _ in range(3):
-                missed = gate.missed
-                app = goapps.RunningApp([str(self.binary), "client", "-target", f"127.0.0.1:{gate.port}", *args])
-                gate.ready = lambda: app.pid in self.r.attached_pids
-                try:
-                    assert app.wait(timeout) == 0, app.stderr()
-                    if gate.missed == missed:
-                        return app.pid, app.records()
-                finally:
-                    app.stop()
-            raise AssertionError("the fixture client was never registered by discovery")
+        def run() -> None:
+            box["app"] = goapps.RunningApp(argv)
 
-        return await asyncio.to_thread(run)
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        pid = await asyncio.to_thread(_find_pid, str(gate))
+        self.r.trace_pid(pid, str(self.binary))
+        gate.touch()
+        await asyncio.to_thread(t.join, 60)
+        app: goapps.RunningApp = box["app"]
+        try:
+            assert await asyncio.to_thread(app.wait, timeout) == 0, app.stderr()
+            return app.pid, app.records()
+        finally:
+            app.stop()
+            gate.unlink(missing_ok=True)
+            gate.parent.rmdir()
 
     def spans(self, pid: int | None = None, kind: int | None = None) -> list[tuple[dict[str, Any], Any]]:
         out = []
@@ -160,6 +117,21 @@ async def until(pred: Callable[[], bool], timeout: float) -> None:
 SERVER, CLIENT = 2, 3
 
 
+def _find_pid(marker: str, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/cmdline", "rb") as f:
+                        if marker.encode() in f.read():
+                            return int(d)
+                except OSError:
+                    continue
+        time.sleep(0.005)
+    raise TimeoutError(f"no process waiting on {marker}")
+
+
 @pytest.fixture(params=goapps.TOOLCHAINS)
 async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
     e = Env(request.param, stripped=False)
@@ -172,127 +144,107 @@ async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
 
 async def test_every_status_code_unary_and_streaming(env: Env) -> None:
     srv = await env.server()
-    gate = Gate(srv.ports["grpc"])
-    try:
-        calls: list[tuple[int, str, int]] = []
-        for stream in ("unary", "server"):
-            for code in range(17):
-                pid, recs = await env.client(gate, "-stream", stream, "-code", str(code), "-message", f"m{code}")
-                assert recs[0]["code"] == code
-                calls.append((pid, stream, code))
-        for stream in ("client", "bidi"):
-            for code in (0, 4, 13):
-                pid, recs = await env.client(gate, "-stream", stream, "-code", str(code), "-message", f"m{code}")
-                calls.append((pid, stream, code))
-        await until(lambda: len(env.spans(srv.pid, SERVER)) >= len(calls)
-                    and all(env.spans(p, CLIENT) for p, _, _ in calls), 20)
-        method = {"unary": "Unary", "server": "ServerStream", "client": "ClientStream", "bidi": "Bidi"}
-        srv_spans = [attr_dict(s.attributes) for _, s in env.spans(srv.pid, SERVER)]
-        assert len(srv_spans) == len(calls)
-        for pid, stream, code in calls:
-            (res, cs), = env.spans(pid, CLIENT)
-            a = attr_dict(cs.attributes)
-            assert cs.name == f"gotelfix.Echo/{method[stream]}"
-            assert a["rpc.response.status_code"] == CODES[code], (stream, code, a)
-            assert a["rpc.service"] == "gotelfix.Echo" and a["rpc.method"] == method[stream]
-            assert (cs.status.code == 2) == (code != 0)
-            if code:
-                assert cs.status.message == f"m{code}" and a["error.type"] == CODES[code]
-            assert res["process.pid"] == pid and res["service.name"] == env.binary.name
-            matching = [s for s in srv_spans if s["rpc.method"] == method[stream]
-                        and s["rpc.response.status_code"] == CODES[code]]
-            assert matching, (stream, code)
-        by = {(s["rpc.method"], s["rpc.response.status_code"]) for s in srv_spans}
-        assert len(by) == len(calls)  # each call's server span carries exactly its own code
-    finally:
-        gate.close()
+    calls: list[tuple[int, str, int]] = []
+    for stream in ("unary", "server"):
+        for code in range(17):
+            pid, recs = await env.client(srv, "-stream", stream, "-code", str(code), "-message", f"m{code}")
+            assert recs[0]["code"] == code
+            calls.append((pid, stream, code))
+    for stream in ("client", "bidi"):
+        for code in (0, 4, 13):
+            pid, recs = await env.client(srv, "-stream", stream, "-code", str(code), "-message", f"m{code}")
+            calls.append((pid, stream, code))
+    await until(lambda: len(env.spans(srv.pid, SERVER)) >= len(calls)
+                and all(env.spans(p, CLIENT) for p, _, _ in calls), 20)
+    method = {"unary": "Unary", "server": "ServerStream", "client": "ClientStream", "bidi": "Bidi"}
+    srv_spans = [attr_dict(s.attributes) for _, s in env.spans(srv.pid, SERVER)]
+    assert len(srv_spans) == len(calls)
+    for pid, stream, code in calls:
+        (res, cs), = env.spans(pid, CLIENT)
+        a = attr_dict(cs.attributes)
+        assert cs.name == f"gotelfix.Echo/{method[stream]}"
+        assert a["rpc.response.status_code"] == CODES[code], (stream, code, a)
+        assert a["rpc.service"] == "gotelfix.Echo" and a["rpc.method"] == method[stream]
+        assert (cs.status.code == 2) == (code != 0)
+        if code:
+            assert cs.status.message == f"m{code}" and a["error.type"] == CODES[code]
+        assert res["process.pid"] == pid and res["service.name"] == env.binary.name
+        matching = [s for s in srv_spans if s["rpc.method"] == method[stream]
+                    and s["rpc.response.status_code"] == CODES[code]]
+        assert matching, (stream, code)
+    by = {(s["rpc.method"], s["rpc.response.status_code"]) for s in srv_spans}
+    assert len(by) == len(calls)  # each call's server span carries exactly its own code
 
 
 async def test_deadline_exceeded(env: Env) -> None:
     srv = await env.server()
-    gate = Gate(srv.ports["grpc"])
-    try:
-        pid, recs = await env.client(gate, "-deadline", "50ms", "-delay", "200ms")
-        assert recs[0]["code"] == 4
-        await until(lambda: env.spans(pid, CLIENT) and env.spans(srv.pid, SERVER), 10)
-        (_, cs), = env.spans(pid, CLIENT)
-        (_, ss), = env.spans(srv.pid, SERVER)
-        c, s = attr_dict(cs.attributes), attr_dict(ss.attributes)
-        assert c["rpc.response.status_code"] == "DEADLINE_EXCEEDED" and c["gotel.rpc.deadline.exceeded"] is True
-        assert 0.045 <= c["gotel.rpc.deadline.timeout"] <= 0.051
-        assert c["gotel.rpc.deadline.remaining"] <= 0
-        # the server sees the budget grpc-timeout carried (a little less: time on the wire)
-        assert 0.030 <= s["gotel.rpc.deadline.timeout"] <= 0.051
-        assert s["gotel.rpc.deadline.remaining"] <= 0.002
-        assert s["rpc.response.status_code"] == "DEADLINE_EXCEEDED"
-        # a cancelled call is not a deadline: CANCELLED (code 1) stays distinguishable
-        pid2, _ = await env.client(gate, "-code", "1")
-        await until(lambda: env.spans(pid2, CLIENT), 10)
-        (_, cs2), = env.spans(pid2, CLIENT)
-        assert attr_dict(cs2.attributes)["rpc.response.status_code"] == "CANCELLED"
-    finally:
-        gate.close()
+    pid, recs = await env.client(srv, "-deadline", "50ms", "-delay", "200ms")
+    assert recs[0]["code"] == 4
+    await until(lambda: env.spans(pid, CLIENT) and env.spans(srv.pid, SERVER), 10)
+    (_, cs), = env.spans(pid, CLIENT)
+    (_, ss), = env.spans(srv.pid, SERVER)
+    c, s = attr_dict(cs.attributes), attr_dict(ss.attributes)
+    assert c["rpc.response.status_code"] == "DEADLINE_EXCEEDED" and c["gotel.rpc.deadline.exceeded"] is True
+    assert 0.045 <= c["gotel.rpc.deadline.timeout"] <= 0.051
+    assert c["gotel.rpc.deadline.remaining"] <= 0
+    # the server sees the budget grpc-timeout carried (a little less: time on the wire)
+    assert 0.030 <= s["gotel.rpc.deadline.timeout"] <= 0.051
+    assert s["gotel.rpc.deadline.remaining"] <= 0.002
+    assert s["rpc.response.status_code"] == "DEADLINE_EXCEEDED"
+    # a cancelled call is not a deadline: CANCELLED (code 1) stays distinguishable
+    pid2, _ = await env.client(srv, "-code", "1")
+    await until(lambda: env.spans(pid2, CLIENT), 10)
+    (_, cs2), = env.spans(pid2, CLIENT)
+    assert attr_dict(cs2.attributes)["rpc.response.status_code"] == "CANCELLED"
 
 
 async def test_trace_structure_and_traceparent(env: Env) -> None:
     a, b = await env.server(), await env.server()
-    gate = Gate(a.ports["grpc"])
     tp_trace, tp_span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
-    try:
-        for go_flag in ((), ("-downstream-go",)):
-            env.sink.received.traces.clear()
-            await env.client(gate, "-downstream", f"127.0.0.1:{b.ports['grpc']}", *go_flag, "-down-code", "7",
-                             "-traceparent", f"00-{tp_trace}-{tp_span}-01")
-            await until(lambda: env.spans(a.pid, SERVER) and env.spans(a.pid, CLIENT) and env.spans(b.pid, SERVER), 10)
-            (_, sa), = env.spans(a.pid, SERVER)
-            (_, ca), = env.spans(a.pid, CLIENT)
-            (_, sb), = env.spans(b.pid, SERVER)
-            assert sa.trace_id.hex() == tp_trace and sa.parent_span_id.hex() == tp_span  # continued
-            assert ca.trace_id == sa.trace_id and ca.parent_span_id == sa.span_id, go_flag
-            assert sb.trace_id == sa.trace_id and sb.parent_span_id == ca.span_id
-            assert attr_dict(ca.attributes)["rpc.response.status_code"] == "PERMISSION_DENIED"
-            assert attr_dict(sb.attributes)["server.port"] == b.ports["grpc"]
-            assert attr_dict(ca.attributes)["server.port"] == b.ports["grpc"]
-    finally:
-        gate.close()
+    for go_flag in ((), ("-downstream-go",)):
+        env.sink.received.traces.clear()
+        await env.client(a, "-downstream", f"127.0.0.1:{b.ports['grpc']}", *go_flag, "-down-code", "7",
+                         "-traceparent", f"00-{tp_trace}-{tp_span}-01")
+        await until(lambda: env.spans(a.pid, SERVER) and env.spans(a.pid, CLIENT) and env.spans(b.pid, SERVER), 10)
+        (_, sa), = env.spans(a.pid, SERVER)
+        (_, ca), = env.spans(a.pid, CLIENT)
+        (_, sb), = env.spans(b.pid, SERVER)
+        assert sa.trace_id.hex() == tp_trace and sa.parent_span_id.hex() == tp_span  # continued
+        assert ca.trace_id == sa.trace_id and ca.parent_span_id == sa.span_id, go_flag
+        assert sb.trace_id == sa.trace_id and sb.parent_span_id == ca.span_id
+        assert attr_dict(ca.attributes)["rpc.response.status_code"] == "PERMISSION_DENIED"
+        assert attr_dict(sb.attributes)["server.port"] == b.ports["grpc"]
+        assert attr_dict(ca.attributes)["server.port"] == b.ports["grpc"]
 
 
 async def test_full_speed_counts(env: Env) -> None:
     srv = await env.server()
-    gate = Gate(srv.ports["grpc"])
     n = 10_000
-    try:
-        pid, recs = await env.client(gate, "-n", str(n), "-concurrency", "8", "-quiet")
-        assert recs[-1]["calls"] == n
-        lost = env.tel.dropped
+    pid, recs = await env.client(srv, "-n", str(n), "-concurrency", "8", "-quiet")
+    assert recs[-1]["calls"] == n
+    lost = env.tel.dropped
 
-        def counts() -> tuple[int, int]:
-            return len(env.spans(srv.pid, SERVER)), len(env.spans(pid, CLIENT))
+    def counts() -> tuple[int, int]:
+        return len(env.spans(srv.pid, SERVER)), len(env.spans(pid, CLIENT))
 
-        try:
-            await until(lambda: counts() == (n, n), 30)
-        except TimeoutError:
-            pass
-        full, unreadable = env.r.program.lost_counts()
-        s, c = counts()
-        # every call is a span, or a loss the receiver counted (and exported as self-telemetry)
-        assert s + c + full == 2 * n, (s, c, full, lost)
-        assert unreadable == 0
-    finally:
-        gate.close()
+    with contextlib.suppress(TimeoutError):
+        await until(lambda: counts() == (n, n), 30)
+    full, unreadable = env.r.program.lost_counts()
+    s, c = counts()
+    # every call is a span, or a loss the receiver counted (and exported as self-telemetry)
+    assert s + c + full == 2 * n, (s, c, full, lost)
+    assert unreadable == 0
 
 
 @pytest.mark.parametrize("toolchain", goapps.TOOLCHAINS)
 async def test_stripped_binary_degrades(toolchain: str, caplog: pytest.LogCaptureFixture) -> None:
     env = Env(toolchain, stripped=True)
     await env.start()
-    gate = None
     try:
         with caplog.at_level(logging.WARNING):
             srv = await env.server()
         assert any("lacks DWARF" in r.getMessage() for r in caplog.records)
-        gate = Gate(srv.ports["grpc"])
-        pid, recs = await env.client(gate, "-code", "5", "-delay", "20ms")
+        pid, recs = await env.client(srv, "-code", "5", "-delay", "20ms")
         await until(lambda: env.spans(pid, CLIENT) and env.spans(srv.pid, SERVER), 10)
         (_, cs), = env.spans(pid, CLIENT)
         (_, ss), = env.spans(srv.pid, SERVER)
@@ -303,6 +255,4 @@ async def test_stripped_binary_degrades(toolchain: str, caplog: pytest.LogCaptur
         assert "rpc.method" in s["gotel.missing"] and "rpc.response.status_code" not in s
         assert "rpc.response.status_code" not in attr_dict(cs.attributes)
     finally:
-        if gate:
-            gate.close()
         await env.close()
