@@ -124,13 +124,16 @@ GOTEL_RINGBUF(go_events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(scratch, struct gev, 1);
 BPF_HASH(srv_ongoing, struct gotel_go_key, struct gev, 16384);   /* grpc + http servers, by goroutine */
 BPF_HASH(cli_start, struct gotel_go_key, struct gev, 16384);     /* client call entered, by goroutine */
-BPF_TABLE("lru_hash", struct gotel_go_key, struct gev, cli_streams, 16384);   /* grpc client stream, by clientStream */
+BPF_HASH(cli_streams, struct gotel_go_key, struct gev, 32768);  /* grpc client stream, by clientStream (not LRU: LRU maps evict early) */
 BPF_HASH(go_active, struct gotel_go_key, struct active, 16384);  /* goroutine -> span it serves */
 BPF_TABLE("lru_hash", struct gotel_go_key, u64, go_parent, 65536);        /* goroutine -> creator goroutine */
 BPF_HASH(newproc_caller, u64, u64, 1024);                        /* thread -> callergp during newproc1 */
 BPF_TABLE("lru_hash", struct tp_key, struct tp_val, incoming_tp, 16384);  /* traceparent by (transport, stream id) */
 BPF_PERCPU_ARRAY(tp_scratch, struct tp_val, 1);
-BPF_TABLE("lru_hash", struct gotel_go_key, u8, cli_done, 16384);  /* clientStreams already finished */
+BPF_TABLE("lru_hash", struct gotel_go_key, u8, cli_done, 16384);
+/* 0: client finish without a recorded start (span lost, counted) */
+BPF_PERCPU_ARRAY(go_unmatched, u64, 2);
+static __always_inline void unmatched_inc(int i) { u64 *v = go_unmatched.lookup(&i); if (v) (*v)++; }  /* clientStreams already finished */
 
 #define barrier_var(v) asm volatile("" : "+r"(v))
 #define KNOWN(o) ((o) != GOTEL_GO_OFFSET_UNKNOWN)
@@ -508,7 +511,8 @@ int grpc_client_started(struct pt_regs *ctx) {
     ck.goroutine = cs;
     if (cs && !GO_PARAM3(ctx)) {
         e->obj = cs;
-        cli_streams.update(&ck, e);
+        if (cli_streams.update(&ck, e))
+            gotel_count_lost(GOTEL_LOST_FULL);  /* table full (streams never finished): counted, not silent */
         cli_done.delete(&ck);  /* a reused clientStream address */
     } else if (GO_PARAM3(ctx)) {
         /* failed before a stream existed (e.g. the deadline expired while waiting for the resolver) */
@@ -566,11 +570,13 @@ int grpc_client_finish(struct pt_regs *ctx) {
             e->pid = ck.tgid;
             e->type = T_GRPC_CLIENT;
             if (cli_done.lookup(&ck))
-                return 0;  /* grpc calls finish more than once; the first call counted */
+                return 0;  /* grpc calls finish more than once; the first call counted */  /* grpc calls finish more than once; the first call counted */
             u64 bt[2] = {};
             bpf_probe_read_user(bt, sizeof(bt), (void *)(cs + o_bt));
-            if (!bt[0] && !bt[1])
-                return 0;  /* no start time recorded (grpc sets beginTime only with a stats handler) */
+            if (!bt[0] && !bt[1]) {
+                unmatched_inc(0);  /* no start time anywhere (grpc sets beginTime only with a stats handler) */
+                return 0;
+            }
             u8 one = 1;
             cli_done.update(&ck, &one);
             e->aux = bt[0];

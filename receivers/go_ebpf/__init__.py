@@ -66,6 +66,9 @@ class GoEbpfReceiver(Receiver):
         self.events_seen = 0
         self._attach_failures = ctx.telemetry.counter(
             "go_ebpf_attach_failures", "Processes go_ebpf could not attach to.", ("reason",))
+        self._unmatched_seen = 0
+        self._unmatched = ctx.telemetry.counter(
+            "go_ebpf_unmatched_calls", "Client calls whose end was seen without their start (span lost).", ())
         self._degraded = ctx.telemetry.counter(
             "go_ebpf_degraded_processes", "Traced processes whose binary lacks DWARF (fewer attributes).", ())
 
@@ -167,6 +170,9 @@ class GoEbpfReceiver(Receiver):
                 self.log.exception("go_ebpf: cannot turn a record into a span")
                 self.ctx.telemetry.dropped(Signal.TRACES, 1, "bad_record")
         self.events_seen += len(raw)
+        if self.asm.unknown_process:
+            self.ctx.telemetry.dropped(Signal.TRACES, self.asm.unknown_process, "unknown_process")
+            self.asm.unknown_process = 0
         return len(raw)
 
     async def _drain_loop(self) -> None:
@@ -179,6 +185,7 @@ class GoEbpfReceiver(Receiver):
             try:
                 busy = self._drain_once() >= _BURST
                 self._lost.update()
+                self._count_unmatched()
                 now = loop.time()
                 if now >= next_flush:
                     next_flush = now + self.cfg.flush_interval
@@ -190,6 +197,19 @@ class GoEbpfReceiver(Receiver):
                 raise
             except Exception:
                 self.log.exception("go_ebpf drain pass failed; continuing")
+
+    def unmatched(self) -> int:
+        """Client calls lost because their start was not recorded, since load."""
+        if self.program is None:
+            return self._unmatched_seen
+        return int(sum(self.program.table("go_unmatched")[__import__("ctypes").c_int(0)]))
+
+    def _count_unmatched(self) -> None:
+        n = self.unmatched()
+        if n > self._unmatched_seen:
+            self._unmatched.labels().inc(n - self._unmatched_seen)
+            self.ctx.telemetry.dropped(Signal.TRACES, n - self._unmatched_seen, "call_start_not_seen")
+            self._unmatched_seen = n
 
     async def _push(self, signal: Signal, batch: Batch | None) -> None:
         if batch is None:

@@ -154,6 +154,7 @@ class ProcState:
     hists: dict[tuple[str, tuple[tuple[str, Any], ...]], Hist] = field(default_factory=dict)
     counters: dict[tuple[str, tuple[tuple[str, Any], ...]], int] = field(default_factory=dict)
     gone: bool = False
+    gone_at: float = 0.0
 
 
 class Assembler:
@@ -167,10 +168,11 @@ class Assembler:
         self.pending: list[_Pending] = []
         # local trace id -> (trace id, parent span id or None) once known
         self.alias: OrderedDict[tuple[int, int], bytes] = OrderedDict()
-        # (client ip, client port, server port, stream id) -> (local trace of the client span, span id)
-        self.clients: OrderedDict[tuple[Any, ...], tuple[tuple[int, int], int]] = OrderedDict()
+        # (client ip, client port, server port, stream id) -> the client span (kept after its export)
+        self.clients: OrderedDict[tuple[Any, ...], _Pending] = OrderedDict()
         self.index_size = client_index_size
         self.seen_no_offsets: set[int] = set()
+        self.unknown_process = 0
 
     # ---- processes ----
     def add_process(self, pid: int, resource: dict[str, Any]) -> None:
@@ -180,6 +182,7 @@ class Assembler:
         st = self.procs.get(pid)
         if st is not None:
             st.gone = True
+            st.gone_at = time.monotonic()
 
     # ---- spans ----
     def _trace_of(self, local: tuple[int, int]) -> bytes:
@@ -202,16 +205,18 @@ class Assembler:
     def handle(self, c: Call, now: float) -> None:
         st = self.procs.get(c.pid)
         if st is None:
+            self.unknown_process += 1  # the receiver counts these as dropped
             return
         if c.flags & E_NO_OFFSETS:
             self.seen_no_offsets.add(c.pid)
         sp = self._span(c)
+        p = _Pending(sp, c, now + self.window, c.trace)
         if c.type in (T_GRPC_CLIENT,) and c.flags & E_STREAM_ID and c.lport:
             key = (c.lip, c.lport, c.rport, c.stream_id)
-            self.clients[key] = (c.trace, c.span_id)
+            self.clients[key] = p
             if len(self.clients) > self.index_size:
                 self.clients.popitem(last=False)
-        self.pending.append(_Pending(sp, c, now + self.window, c.trace))
+        self.pending.append(p)
         self._metrics(st, c, sp)
 
     def _link_server(self, p: _Pending) -> None:
@@ -221,9 +226,14 @@ class Assembler:
         if c.type == T_GRPC_SERVER and c.flags & E_STREAM_ID and c.rport:
             hit = self.clients.get((c.rip, c.rport, c.lport, c.stream_id))
             if hit is not None:
-                (thi, tlo), sid = hit
-                p.span.parent_span_id = sid.to_bytes(8, "big")
+                thi, tlo = hit.local_trace
+                p.span.parent_span_id = hit.span.span_id
                 self._remember_alias(c.trace, f"{thi:016x}{tlo:016x}".encode())
+                parsed = parse_traceparent(c.tp) if c.tp else None
+                if parsed is not None and not hit.span.parent_span_id:
+                    # the caller's own (SDK) span sent this traceparent: it is the client span's parent
+                    self._remember_alias(hit.local_trace, parsed[0])
+                    hit.span.parent_span_id = parsed[1]
                 return
         if c.tp:
             parsed = parse_traceparent(c.tp)
@@ -427,8 +437,8 @@ class Assembler:
                         m.sum.is_monotonic = True
                     dp = m.sum.data_points.add(start_time_unix_nano=st.start_ns, time_unix_nano=now, as_int=n)
                     dp.attributes.extend(attrs(dict(labels)))
-            if st.gone:
-                del self.procs[pid]
+            if st.gone and time.monotonic() - st.gone_at > 10 * self.window + 5:
+                del self.procs[pid]  # its last events and metrics are out
         return b if b.msg.resource_metrics else None
 
 
