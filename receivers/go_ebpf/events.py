@@ -173,6 +173,9 @@ class Assembler:
         self.index_size = client_index_size
         self.seen_no_offsets: set[int] = set()
         self.unknown_process = 0
+        # attribute lists repeat (same method, code, peer): built once, copied into each span
+        self._attr_cache: dict[tuple[tuple[str, Any], ...], list[Any]] = {}
+        self._last_attrs: dict[str, Any] = {}
 
     # ---- processes ----
     def add_process(self, pid: int, resource: dict[str, Any]) -> None:
@@ -366,13 +369,21 @@ class Assembler:
                 elif c.flags & E_NONSTATUS_ERR:
                     sp.status.code = trace_pb2.Status.STATUS_CODE_ERROR
                     a["error.type"] = "_OTHER"
-        sp.attributes.extend(attrs(a))
+        key = tuple(a.items())
+        kvs = self._attr_cache.get(key)
+        if kvs is None:
+            kvs = attrs(a)
+            if len(self._attr_cache) >= 8192:
+                self._attr_cache.clear()
+            self._attr_cache[key] = kvs
+        sp.attributes.extend(kvs)
+        self._last_attrs = a
         return sp
 
     # ---- metrics ----
     def _metrics(self, st: ProcState, c: Call, sp: trace_pb2.Span) -> None:
         dur = max(0, c.end_ns - c.start_ns) / 1e9
-        a = {kv.key: kv.value for kv in sp.attributes}
+        a = self._last_attrs
         trace_local = sp.span_id
         if c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
             name = "rpc.server.call.duration" if c.type == T_GRPC_SERVER else "rpc.client.call.duration"
@@ -382,7 +393,7 @@ class Assembler:
             name = "http.server.request.duration" if c.type == T_HTTP_SERVER else "http.client.request.duration"
             keys = ("http.request.method", "http.route", "http.response.status_code", "server.address",
                     "server.port", "error.type")
-        labels = tuple((k, _pyval(a[k])) for k in keys if k in a)
+        labels = tuple((k, a[k]) for k in keys if k in a)
         self._observe(st, name, labels, dur, c, trace_local, DURATION_BOUNDS)
         if c.deadline_ns is not None and c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
             budget = c.deadline_ns - c.start_ns
