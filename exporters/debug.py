@@ -25,10 +25,13 @@ class Config(ComponentConfig):
 
 _ITEMS = {
     Signal.TRACES: ("resource_spans", "scope_spans", "spans", "spans"),
-    Signal.METRICS: ("resource_metrics", "scope_metrics", "metrics", "metrics"),
+    Signal.METRICS: ("resource_metrics", "scope_metrics", "metrics", "data points"),
     Signal.LOGS: ("resource_logs", "scope_logs", "log_records", "log records"),
     Signal.PROFILES: ("resource_profiles", "scope_profiles", "profiles", "profiles"),
 }
+
+
+_SINGULAR = {Signal.TRACES: "span", Signal.METRICS: "metric", Signal.LOGS: "log record", Signal.PROFILES: "profile"}
 
 
 def _item_line(signal: Signal, item: Any) -> str:
@@ -84,7 +87,7 @@ class DebugExporter(Exporter):
                         lines.append("      " + _item_line(self.signal, item))
                     else:
                         body = text_format.MessageToString(item, indent=8)
-                        lines.append(f"      {word[:-1] if word.endswith('s') else word}:\n{body.rstrip()}")
+                        lines.append(f"      {_SINGULAR[self.signal]}:\n{body.rstrip()}")
         return "\n".join(lines) + "\n"
 
     async def consume(self, batch: Batch) -> None:

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 
 from gotel.component import ComponentConfig
+from gotel.config.types import Duration
 from gotel.exporterhelper import QueueConfig, RetryConfig
 
 
@@ -47,7 +48,7 @@ class ClientConfig(ComponentConfig):
     headers: dict[str, SecretStr] = Field(default_factory=dict)
     tls: TLSClientConfig = Field(default_factory=TLSClientConfig)
     compression: Literal["gzip", "none", ""] = "gzip"
-    timeout: float = Field(5.0, gt=0, description="seconds for one send attempt")
+    timeout: Duration = Field(5.0, gt=0, description="one send attempt: 5s, 500ms or seconds as a number")
     sending_queue: QueueConfig = Field(default_factory=QueueConfig)
     retry_on_failure: RetryConfig = Field(default_factory=RetryConfig)
 

@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import Field
 
 from gotel.component import ComponentConfig, Context, Exporter
+from gotel.config.types import Duration
 from gotel.pdata import Batch, Signal
 
 
@@ -34,11 +35,11 @@ class ExportError(Exception):
 
 class RetryConfig(ComponentConfig):
     enabled: bool = True
-    initial_interval: float = Field(5.0, gt=0, description="seconds before the first retry")
+    initial_interval: Duration = Field(5.0, gt=0, description="seconds before the first retry")
     randomization_factor: float = Field(0.5, ge=0, le=1)
     multiplier: float = Field(1.5, ge=1)
-    max_interval: float = Field(30.0, gt=0, description="cap of one backoff, seconds")
-    max_elapsed_time: float = Field(300.0, ge=0, description="give up after this many seconds; 0 = never")
+    max_interval: Duration = Field(30.0, gt=0, description="cap of one backoff, seconds")
+    max_elapsed_time: Duration = Field(300.0, ge=0, description="give up after this many seconds; 0 = never")
 
 
 class QueueConfig(ComponentConfig):

@@ -15,7 +15,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from gotel.component import ComponentID, Kind
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # default_telemetry() holds it while Telemetry() registers families
 
 
 class Telemetry:

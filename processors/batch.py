@@ -71,6 +71,7 @@ class BatchProcessor(Processor):
             self.ctx.telemetry.processed(self.signal, n, n)
             await self.next.consume(batch)
             return
+        self.ctx.telemetry.processed(self.signal, n, 0)
         self._pending.append(batch)
         if not self._count:
             self._deadline = time.monotonic() + self.cfg.timeout
@@ -107,7 +108,7 @@ class BatchProcessor(Processor):
 
     async def _send(self, part: Batch) -> None:
         n = part.item_count()
-        self.ctx.telemetry.processed(self.signal, n, n)
+        self.ctx.telemetry.processed(self.signal, 0, n)
         try:
             await self.next.consume(part)
         except ConsumerError as e:

@@ -51,6 +51,9 @@ from gotel.pdata import Batch, Signal, batch_type
 
 REFUSED_RETRY_AFTER = 1.0  # seconds a refused sender is asked to wait (RetryInfo / Retry-After)
 
+# Request metadata key for the connection's peer address (overwrites any client-sent value).
+PEER_KEY = "gotel-peer"
+
 
 class ServerTLS(ComponentConfig):
     cert_file: str
@@ -215,6 +218,8 @@ class OTLPReceiver(Receiver):
     def _grpc_handler(self, signal: Signal) -> grpc.RpcMethodHandler:
         async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+            # The connection's own address, never a client-sent value: k8s_attributes associates by it.
+            md[PEER_KEY] = context.peer() or ""
             try:
                 await self._push(signal, self._decode(signal, request, False), md)
             except Rejected as r:
@@ -311,6 +316,7 @@ class OTLPReceiver(Receiver):
                         grpc.StatusCode.INVALID_ARGUMENT, 400, f"unreadable body ({enc or 'identity'}): {str(e).strip()}"
                     ) from None
                 md = {k.lower(): v for k, v in request.headers.items()}
+                md[PEER_KEY] = str(request.remote or "")
                 await self._push(signal, self._decode(signal, body, json_body), md)
             except Rejected as r:
                 self._log_rejected(signal, r, str(request.remote or ""))

@@ -262,10 +262,10 @@ class SyntheticReceiver(Receiver):
         while True:
             now = time.monotonic()
             due = int((now - start) * rate) - done
-            if due > rate:  # more than a second behind: skip ahead rather than burst
-                skipped = due - int(rate)
-                done += skipped
-                due -= skipped
+            cap = max(int(rate), bs)
+            if due > cap:  # more than a second (or a batch) behind: skip ahead rather than burst
+                done += due - cap
+                due = cap
             if limit:
                 due = min(due, limit - done)
             while due > 0:

@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # The one install step (make bootstrap, make run, make test, the Dockerfile): idempotent, seconds on a second run.
-# Usage: scripts/bootstrap.sh [--no-venv] [--no-kernel]
+# Usage: scripts/bootstrap.sh [--no-venv] [--no-kernel] [--runtime] [--no-apt]
+#   --runtime  the agent image: only the Debian packages the agent runs with, no test extras in the venv
+#   --no-apt   never install Debian packages (an image at start-up: only the kernel-header links are made)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${GOTEL_VENV:-$ROOT/.venv}
 WANT_VENV=1
 WANT_KERNEL=1
+RUNTIME=0
+WANT_APT=1
 for arg in "$@"; do
   case "$arg" in
     --no-venv) WANT_VENV=0 ;;
     --no-kernel) WANT_KERNEL=0 ;;
+    --runtime) RUNTIME=1 ;;
+    --no-apt) WANT_APT=0 ;;
     *) echo "bootstrap: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -20,19 +26,23 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # 1. Debian packages: BCC and its Python bindings, a kernel header set, Go 1.19, gRPC Go sources,
 #    sys/sdt.h, Prometheus, bpftool, and the network tools the tests use.
-APT_PACKAGES=(python3-bpfcc libbpfcc linux-headers-cloud-amd64 golang-go golang-google-grpc-dev
-  systemtap-sdt-dev prometheus bpftool iproute2 nftables procps make gcc)
+RUNTIME_PACKAGES=(python3 python3-venv python3-bpfcc libbpfcc linux-headers-cloud-amd64 bpftool iproute2 procps)
+APT_PACKAGES=("${RUNTIME_PACKAGES[@]}" golang-go golang-google-grpc-dev
+  systemtap-sdt-dev prometheus nftables make gcc)
+if [ "$RUNTIME" = 1 ]; then APT_PACKAGES=("${RUNTIME_PACKAGES[@]}"); fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
+if [ ${#missing[@]} -gt 0 ] && [ "$WANT_APT" = 0 ]; then
+  log "warning: Debian packages missing (not installed with --no-apt): ${missing[*]}"
+elif [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian starts a prometheus service on install; the tests start their own on loopback.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+if [ "$RUNTIME" = 0 ] && command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
   $SUDO systemctl stop prometheus || true
 fi
 
@@ -72,11 +82,13 @@ if [ "$WANT_VENV" = 1 ]; then
     "$PY" -m venv "$VENV"
   fi
   stamp="$VENV/.gotel-installed"
-  want=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
+  extras=".[test]"
+  if [ "$RUNTIME" = 1 ]; then extras="."; fi
+  want=$( (cat pyproject.toml setup.py; echo "$extras") | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x "$VENV/bin/gotel" ]; then
-    log "installing gotel and its test extras into $VENV"
+    if [ "$RUNTIME" = 1 ]; then log "installing gotel into $VENV"; else log "installing gotel and its test extras into $VENV"; fi
     "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
-    "$VENV/bin/pip" install -q -e ".[test]" 2>&1 | { grep -v -e "^WARNING: Location" -e "BuildBackendWarning" -e "^  " || true; }
+    "$VENV/bin/pip" install -q -e "$extras" 2>&1 | { grep -v -e "^WARNING: Location" -e "BuildBackendWarning" -e "^  " || true; }
     echo "$want" > "$stamp"
   fi
   # 5. Let the virtualenv see Debian's BCC bindings, and nothing else from dist-packages.

@@ -142,15 +142,24 @@ class ProcessWatcher:
         prog.open_ring_buffer("proc_events", on_event)
         self._program = prog
 
-    def _consider(self, pid: int) -> None:
-        if pid in self.selected:
-            return
+    def _evaluate(self, pid: int) -> ProcessInfo | None:
+        """Reads /proc (any thread): the process's facts when the selector picks it."""
         info = process_info(pid, with_ports=self.selector.needs_ports(), go_only=self.selector.go_only)
         if info is None or _is_self(info) or not is_alive(pid):
-            return
-        if self.selector.selects(info):
-            self.selected[pid] = info
+            return None
+        return info if self.selector.selects(info) else None
+
+    def _add(self, info: ProcessInfo) -> None:
+        """Loop thread only: asyncio.Queue and `selected` are not thread-safe."""
+        if info.pid not in self.selected:
+            self.selected[info.pid] = info
             self._queue.put_nowait(ProcessAdded(info))
+
+    def _consider(self, pid: int) -> None:
+        if pid not in self.selected:
+            info = self._evaluate(pid)
+            if info is not None:
+                self._add(info)
 
     def _remove(self, pid: int) -> None:
         info = self.selected.pop(pid, None)
@@ -180,15 +189,24 @@ class ProcessWatcher:
         alive, gone = await loop.run_in_executor(None, self._scan)
         for pid in gone:
             self._remove(pid)
-        # Reading /proc for every pid is cheap (the Go check is cached per binary) but not free.
-        await loop.run_in_executor(None, self._consider_many, alive)
+        # Reading /proc for every pid is cheap (the Go check is cached per binary) but not free: a worker
+        # thread reads, the loop thread records and publishes.
+        known = set(self.selected)
+        found = await loop.run_in_executor(None, self._evaluate_many, [p for p in alive if p not in known])
+        for info in found:
+            self._add(info)
 
-    def _consider_many(self, pids: list[int]) -> None:
+    def _evaluate_many(self, pids: list[int]) -> list[ProcessInfo]:
+        out = []
         for pid in pids:
             try:
-                self._consider(pid)
+                info = self._evaluate(pid)
             except Exception:  # a process racing with us must never stop discovery
                 log.debug("considering pid %d", pid, exc_info=True)
+                continue
+            if info is not None:
+                out.append(info)
+        return out
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -73,3 +73,25 @@ async def test_selectors_by_port_cmdline_and_exclude(goapp: Callable[..., Any]) 
     async with ProcessWatcher(sel, use_bpf=False) as w:  # the /proc-only mode pull receivers use
         assert set(w.selected) == {b.pid}
         assert not w.bpf_active
+
+
+async def test_proc_only_mode_delivers_events() -> None:
+    """Without BPF (unprivileged pull receivers) the 1 s rescan finds and loses processes, and its
+    events reach a waiting consumer (found on a worker thread, published on the loop)."""
+    binary = goapps.build("runtime", "go1.27")
+    async with ProcessWatcher(DiscoveryConfig(exe_paths=[str(binary)]), use_bpf=False) as w:
+        assert not w.bpf_active
+        waiter = asyncio.create_task(w.next_event(10))
+        await asyncio.sleep(0.2)  # the consumer is already waiting when the process appears
+        proc = subprocess.Popen([str(binary), "-pprof", "127.0.0.1:0"], stdout=subprocess.DEVNULL)
+        try:
+            t0 = time.monotonic()
+            ev = await waiter
+            assert isinstance(ev, ProcessAdded) and ev.pid == proc.pid
+            assert time.monotonic() - t0 < 3
+            proc.kill()
+            proc.wait()
+            await _next(w, ProcessRemoved, proc.pid, 3)
+        finally:
+            proc.kill()
+            proc.wait()

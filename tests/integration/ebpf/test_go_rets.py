@@ -5,6 +5,7 @@ program keeps running."""
 from __future__ import annotations
 
 import ctypes
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,9 @@ from gotel.golang import analyze
 from tests.integration.ebpf.conftest import TOOLCHAINS, gotel_uprobe_events, read_text_byte
 
 CALLS = 100_000
-FUNCS = ["main.shortLived", "runtime.newproc1"]
+# shortLived runs exactly once per goroutine; newproc1 creates them; gfget (a free g, or nil) has two
+# RETs, both taken during a burst
+FUNCS = ["main.shortLived", "runtime.newproc1", "runtime.gfget"]
 
 
 @pytest.mark.parametrize("stripped", [False, True], ids=["plain", "stripped"])
@@ -43,13 +46,22 @@ def test_every_ret_fires_as_often_as_the_entry(goapp: Callable[..., Any], toolch
         before = _counts(prog, sites)
         answer = app.get_json(f"/goroutines?n={CALLS}", timeout=120)
         assert answer["created"] == CALLS
+        # the handler answers once every goroutine called wg.Done(); their RETs run a moment later
+        deadline = time.monotonic() + 15
         counts = _counts(prog, sites)
+        while time.monotonic() < deadline and any(counts[(f, False)] != counts[(f, True)] for f in FUNCS):
+            time.sleep(0.1)
+            counts = _counts(prog, sites)
         delta = {k: counts[k] - before[k] for k in counts}
         for f in FUNCS:
             entries, rets = delta[(f, False)], delta[(f, True)]
             assert entries == rets, f"{f}: {entries} entries but {rets} returns"
         assert delta[("main.shortLived", False)] == CALLS
         assert delta[("runtime.newproc1", False)] >= CALLS
+        assert delta[("runtime.gfget", False)] >= CALLS
+        per_site = _site_counts(prog, sites)
+        gfget_rets = [n for s, n in zip(sites, per_site, strict=True) if s.symbol == "runtime.gfget" and s.is_return]
+        assert len(gfget_rets) >= 2 and all(n > 0 for n in gfget_rets), f"every RET taken: {gfget_rets}"
         assert app.alive()
         assert app.get_json("/truth")["goroutines_created"] >= CALLS
         targets.remove_process(app.pid)
@@ -59,10 +71,13 @@ def test_every_ret_fires_as_often_as_the_entry(goapp: Callable[..., Any], toolch
     assert gotel_uprobe_events() == []
 
 
-def _counts(prog: BpfProgram, sites: list[Site]) -> dict[tuple[str, bool], int]:
+def _site_counts(prog: BpfProgram, sites: list[Site]) -> list[int]:
     hits = prog.table("gocount_hits")
+    return [int(sum(hits[ctypes.c_int(i)])) for i in range(len(sites))]
+
+
+def _counts(prog: BpfProgram, sites: list[Site]) -> dict[tuple[str, bool], int]:
     out: dict[tuple[str, bool], int] = {}
-    for i, s in enumerate(sites):
-        k = (s.symbol, s.is_return)
-        out[k] = out.get(k, 0) + int(sum(hits[ctypes.c_int(i)]))
+    for s, n in zip(sites, _site_counts(prog, sites), strict=True):
+        out[(s.symbol, s.is_return)] = out.get((s.symbol, s.is_return), 0) + n
     return out

@@ -100,3 +100,16 @@ def test_inspect_bad_targets() -> None:
     assert code == 1 and "no such file" in err
     code, _, err = run_inspect("999999999")
     assert code == 1 and "no process 999999999" in err
+
+
+@pytest.mark.parametrize("toolchain", TOOLCHAINS)
+def test_inspect_module_mode_build_lists_main_module_and_dependencies(toolchain: str) -> None:
+    path = str(goapps.build("modapp", toolchain))
+    code, out, err = run_inspect(path)
+    assert code == 0, err
+    got = json.loads(out)
+    want = go_version_m(toolchain, path)
+    assert want["mods"], "module-mode build: go version -m lists mod/dep lines"
+    assert got["modules"] == want["mods"]
+    assert got["main_module"].split()[0] in want["mods"]
+    assert got["build_settings"] == want["settings"]

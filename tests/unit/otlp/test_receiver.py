@@ -495,3 +495,20 @@ async def test_mtls_receiver_requires_client_certificate(
         await good.shutdown()
     assert sum(b.item_count() for b in running.mem[Signal.TRACES].batches) == 3
     assert dropped == 2
+
+
+async def test_peer_address_is_the_connection_not_a_client_claim(harness: Harness, running: Running) -> None:
+    """k8s_attributes associates by connection address: a client must not be able to claim another pod's IP."""
+    r = await running(harness, both())
+    batch = samples.sample(Signal.TRACES)
+    spoof = (("gotel-peer", "ipv4:10.9.9.9:1234"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{r.grpc_port}") as ch:
+        await STUBS[Signal.TRACES](ch).Export(batch.peek(), metadata=spoof, timeout=10)
+    async with aiohttp.ClientSession() as s:
+        url = f"http://127.0.0.1:{r.http_port}/v1/traces"
+        body = batch.peek().SerializeToString()
+        async with s.post(url, data=body, headers={"Content-Type": "application/x-protobuf", "gotel-peer": "10.9.9.9"}) as resp:
+            assert resp.status == 200
+    grpc_md, http_md = running.mem[Signal.TRACES].metadata
+    assert grpc_md["gotel-peer"].startswith("ipv4:127.0.0.1:")
+    assert http_md["gotel-peer"] == "127.0.0.1"

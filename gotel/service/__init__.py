@@ -1,0 +1,1 @@
+"""The pipeline process: graph, fan-out, routing, telemetry endpoint, life cycle."""

@@ -1,0 +1,158 @@
+"""The pipeline graph (DESIGN.md section 4): shared receivers and exporters, processors per pipeline.
+
+receiver ─► fan-out over the pipelines that list it ─► processor chain (one instance per
+pipeline) ─► fan-out over the pipeline's exporters (one instance per exporter id and signal).
+Start order exporters → processors → receivers; stop order the reverse, so nothing is ever
+pushed into a component that is not running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from dataclasses import dataclass, field
+
+from gotel.component import Component, ComponentID, Consumer, Context, Exporter, Kind, Processor, Receiver
+from gotel.config.model import ComponentEntry, Config
+from gotel.pdata import Signal
+from gotel.service.fanout import fanout
+from gotel.telemetry import Telemetry
+
+log = logging.getLogger("gotel.service")
+
+
+@dataclass
+class Pipeline:
+    name: str
+    signal: Signal
+    processors: list[tuple[ComponentID, Processor]] = field(default_factory=list)
+    entry: Consumer | None = None
+
+
+@dataclass
+class ReceiverNode:
+    """A receiver and the consumer per signal its data goes to."""
+
+    entry: ComponentEntry
+    sinks: dict[Signal, Consumer]
+    instance: Receiver | None = None  # only for in-process receivers
+
+    @property
+    def in_process(self) -> bool:
+        return bool(getattr(self.entry.factory, "in_process", False))
+
+
+def make_context(tel: Telemetry, cid: ComponentID, kind: Kind, signal: Signal | None = None) -> Context:
+    return Context(
+        id=cid,
+        kind=kind,
+        logger=logging.getLogger(f"gotel.{kind.value}.{cid}"),
+        telemetry=tel.component(cid, kind),
+        signal=signal,
+    )
+
+
+async def shutdown_with_deadline(comp: Component, name: str, deadline: float) -> None:
+    """Calls shutdown(deadline=...) where supported; never waits past the deadline or raises."""
+    remaining = max(0.1, deadline - time.monotonic())
+    try:
+        if "deadline" in inspect.signature(comp.shutdown).parameters:
+            coro = comp.shutdown(deadline=remaining)  # type: ignore[call-arg]
+        else:
+            coro = comp.shutdown()
+        await asyncio.wait_for(coro, remaining + 1.0)
+    except TimeoutError:
+        log.error("%s did not shut down within the deadline", name)
+    except Exception:
+        log.exception("%s failed to shut down", name)
+
+
+class Graph:
+    def __init__(self, cfg: Config, tel: Telemetry) -> None:
+        self.cfg = cfg
+        self.tel = tel
+        self.exporters: dict[tuple[ComponentID, Signal], Exporter] = {}
+        self.pipelines: dict[str, Pipeline] = {}
+        self.receivers: dict[ComponentID, ReceiverNode] = {}
+        self.started: list[tuple[str, Component]] = []
+        self._build()
+
+    def _exporter(self, cid: ComponentID, signal: Signal) -> Exporter:
+        key = (cid, signal)
+        exp = self.exporters.get(key)
+        if exp is None:
+            entry = self.cfg.exporters[cid]
+            exp = entry.factory.create(signal, entry.config, make_context(self.tel, cid, Kind.EXPORTER, signal))  # type: ignore[attr-defined]
+            self.exporters[key] = exp
+        return exp
+
+    def _build(self) -> None:
+        receiver_targets: dict[tuple[ComponentID, Signal], list[Consumer]] = {}
+        for name, spec in self.cfg.service.pipelines.items():
+            p = Pipeline(name, spec.signal)
+            nxt: Consumer = fanout([self._exporter(e, spec.signal) for e in spec.exporters])
+            chain: list[tuple[ComponentID, Processor]] = []
+            for pid in reversed(spec.processors):
+                entry = self.cfg.processors[pid]
+                ctx = make_context(self.tel, pid, Kind.PROCESSOR, spec.signal)
+                ctx.extras["pipeline"] = name
+                proc = entry.factory.create(spec.signal, entry.config, nxt, ctx)  # type: ignore[attr-defined]
+                chain.append((pid, proc))
+                nxt = proc
+            p.processors = list(reversed(chain))
+            p.entry = nxt
+            self.pipelines[name] = p
+            for rid in spec.receivers:
+                receiver_targets.setdefault((rid, spec.signal), []).append(nxt)
+        for (rid, signal), targets in receiver_targets.items():
+            node = self.receivers.get(rid)
+            if node is None:
+                node = self.receivers[rid] = ReceiverNode(self.cfg.receivers[rid], {})
+            node.sinks[signal] = fanout(targets)
+        for rid, node in self.receivers.items():
+            if node.in_process:
+                node.instance = node.entry.factory.create(  # type: ignore[attr-defined]
+                    node.entry.config, node.sinks, make_context(self.tel, rid, Kind.RECEIVER)
+                )
+
+    def processor_instances(self) -> list[tuple[str, Processor]]:
+        """In stop order: pipeline by pipeline, first processor first."""
+        return [(f"processor {pid} in pipeline {p.name}", proc) for p in self.pipelines.values() for pid, proc in p.processors]
+
+    async def start_exporters_and_processors(self) -> None:
+        for (cid, signal), exp in self.exporters.items():
+            await self._start(f"exporter {cid} ({signal})", exp)
+        # Downstream first: a processor may push from start() (timers), so its next must be up.
+        for name, proc in reversed(self.processor_instances()):
+            await self._start(name, proc)
+
+    async def start_receivers(self) -> None:
+        for rid, node in self.receivers.items():
+            if node.instance is not None:
+                await self._start(f"receiver {rid}", node.instance)
+
+    async def _start(self, name: str, comp: Component) -> None:
+        log.debug("starting %s", name)
+        await comp.start()
+        self.started.append((name, comp))
+
+    async def shutdown(self, deadline: float) -> None:
+        """Receivers, then processors (flushing into exporters still running), then exporters."""
+        started = {id(c) for _, c in self.started}
+        for rid, node in self.receivers.items():
+            if node.instance is not None and id(node.instance) in started:
+                await shutdown_with_deadline(node.instance, f"receiver {rid}", deadline)
+        for name, proc in self.processor_instances():
+            if id(proc) in started:
+                await shutdown_with_deadline(proc, name, deadline)
+        # Exporters drain their queues side by side, within one shared deadline.
+        await asyncio.gather(
+            *(
+                shutdown_with_deadline(exp, f"exporter {cid} ({signal})", deadline)
+                for (cid, signal), exp in self.exporters.items()
+                if id(exp) in started
+            )
+        )
+        self.started.clear()

@@ -1,0 +1,216 @@
+"""The pipeline process: graph, internal entry point, receiver processes, self-telemetry, signals.
+
+Start: exporters → processors → in-process receivers (the internal otlp entry point among them) →
+receiver processes. SIGTERM/SIGINT: receiver processes stop first (flushing into the still-running
+pipeline), then in-process receivers, then processors flush, then exporters drain their queues —
+all within service.shutdown_timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from typing import Any
+
+from pydantic import ValidationError
+
+from gotel.component import Component, ComponentID, Kind, Receiver, ReceiverFactory
+from gotel.config.model import Config
+from gotel.pdata import Signal
+from gotel.registry import registry
+from gotel.selfmetrics import MergedRegistry, families_to_otlp
+from gotel.service.graph import Graph, make_context, shutdown_with_deadline
+from gotel.service.router import Router
+from gotel.service.server import StartupError, TelemetryServer
+from gotel.supervisor import Supervisor
+from gotel.telemetry import Telemetry, default_telemetry
+
+log = logging.getLogger("gotel.service")
+INTERNAL_RECEIVER = ComponentID("otlp", "_internal")
+
+
+def internal_receiver_config(factory: ReceiverFactory, socket_path: str) -> Any:
+    """The otlp receiver's config for a gRPC unix socket (the collector's shape)."""
+    shapes = [
+        # As large as the otlp exporter's default send limit: a receiver process's big requests
+        # (profiles with their dictionaries) must not be refused on the local hop.
+        {"protocols": {"grpc": {"endpoint": f"unix://{socket_path}", "max_recv_msg_size_mib": 64}}},
+        {"protocols": {"grpc": {"endpoint": f"unix://{socket_path}"}}},
+        {"protocols": {"grpc": {"endpoint": socket_path, "transport": "unix"}}},
+        {"grpc": {"endpoint": f"unix://{socket_path}"}},
+    ]
+    last: Exception | None = None
+    for shape in shapes:
+        try:
+            return factory.config.model_validate(shape)
+        except ValidationError as e:
+            last = e
+    raise RuntimeError(f"the otlp receiver accepts no unix-socket config: {last}")
+
+
+def runtime_dir() -> str:
+    """A private (0700) directory for the internal socket."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if not base or not os.path.isdir(base):
+        base = None
+    d = tempfile.mkdtemp(prefix="gotel-", dir=base)
+    os.chmod(d, 0o700)
+    return d
+
+
+class Service:
+    def __init__(self, cfg: Config, tel: Telemetry | None = None, log_level: str = "info") -> None:
+        self.cfg = cfg
+        self.tel = tel or default_telemetry()
+        self.log_level = log_level
+        self.merged = MergedRegistry(self.tel.registry)
+        self.graph = Graph(cfg, self.tel)
+        self.ready = False
+        self.rundir: str | None = None
+        self.internal: Receiver | None = None
+        self.supervisor: Supervisor | None = None
+        self.server: TelemetryServer | None = None
+        self._feeder: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self.socket_path: str | None = None
+        self.extensions: list[tuple[ComponentID, Component]] = []
+
+    # --- readiness --------------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        receivers = self.supervisor.status() if self.supervisor else {}
+        ready = self.ready and all(r["up"] for r in receivers.values())
+        return ready, {"ready": ready, "started": self.ready, "receivers": receivers}
+
+    # --- life cycle -------------------------------------------------------------------------------
+
+    def _out_of_process(self) -> dict[ComponentID, list[Signal]]:
+        return {rid: list(node.sinks) for rid, node in self.graph.receivers.items() if not node.in_process}
+
+    async def start(self) -> None:
+        addr = self.cfg.service.telemetry.metrics.address
+        if addr:
+            level = self.cfg.service.telemetry.metrics.level
+            self.server = TelemetryServer(addr, self.merged, self.readiness, metrics_enabled=level != "none")
+            await self.server.start()
+        # Extensions first (health checks, auth providers): components may rely on them.
+        for eid in self.cfg.service.extensions:
+            entry = self.cfg.extensions[eid]
+            ext = entry.factory.create(entry.config, make_context(self.tel, eid, Kind.EXTENSION))  # type: ignore[attr-defined]
+            await ext.start()
+            self.extensions.append((eid, ext))
+        await self.graph.start_exporters_and_processors()
+        children = self._out_of_process()
+        if children:
+            self.rundir = runtime_dir()
+            self.socket_path = os.path.join(self.rundir, "otlp.sock")
+            await self._start_internal(children)
+        await self.graph.start_receivers()
+        if children:
+            assert self.socket_path is not None
+            self.supervisor = Supervisor(
+                f"unix://{self.socket_path}", self.cfg.service.supervisor, self.tel, self.log_level,
+                telemetry_interval=min(2.0, self.cfg.service.telemetry.metrics.interval),
+            )
+            for rid, signals in children.items():
+                self.supervisor.add(self.cfg.receivers[rid], signals)
+            await self.supervisor.start()
+        if self.cfg.service.telemetry.metrics.pipelines and self.cfg.service.telemetry.metrics.level != "none":
+            self._feeder = asyncio.create_task(self._feed_self_metrics(), name="self-metrics")
+        self.ready = True
+        log.info("gotel started: %s", self.cfg.summary())
+
+    async def _start_internal(self, children: dict[ComponentID, list[Signal]]) -> None:
+        factory = registry().get(Kind.RECEIVER, "otlp")
+        if not isinstance(factory, ReceiverFactory):
+            problems = "; ".join(e for e in registry().errors if " otlp:" in e)
+            raise StartupError(f"receiver processes need the otlp receiver, which is not installed ({problems})")
+        assert self.socket_path is not None
+        cfg = internal_receiver_config(factory, self.socket_path)
+        sinks: dict[Signal, Any] = {}
+        for signal_ in Signal:
+            routes = {str(rid): self.graph.receivers[rid].sinks[signal_]
+                      for rid, sigs in children.items() if signal_ in sigs}
+            on_tel = self.merged.update if signal_ == Signal.METRICS else None
+            sinks[signal_] = Router(signal_, routes, on_tel)
+        self.internal = factory.create(cfg, sinks, make_context(self.tel, INTERNAL_RECEIVER, Kind.RECEIVER))
+        await self.internal.start()
+
+    async def _feed_self_metrics(self) -> None:
+        targets = [self.graph.pipelines[p].entry for p in self.cfg.service.telemetry.metrics.pipelines]
+        resource = {"service.name": "gotel", "service.instance.id": f"{os.uname().nodename}:{os.getpid()}",
+                    "process.pid": os.getpid()}
+        while True:
+            await asyncio.sleep(self.cfg.service.telemetry.metrics.interval)
+            batch = families_to_otlp(self.merged.collect(), resource)
+            for t in targets:
+                assert t is not None
+                try:
+                    await t.consume(batch.copy() if len(targets) > 1 else batch)
+                except Exception as e:
+                    log.warning("self-metrics not accepted by the pipeline: %s", e)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        signals_seen = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            if signals_seen == 1:
+                log.info("received %s: shutting down (again to force)", signal.Signals(signum).name)
+                self._stop.set()
+            else:
+                log.warning("second signal: exiting without draining")
+                os._exit(1)
+
+        for s in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(s, on_signal, s)
+        try:
+            try:
+                await self.start()
+            except StartupError as e:
+                log.error("gotel failed to start: %s", e)
+                await self.shutdown()
+                return 1
+            except Exception:
+                log.exception("gotel failed to start")
+                await self.shutdown()
+                return 1
+            await self._stop.wait()
+            await self.shutdown()
+            return 0
+        finally:
+            for s in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(s)
+
+    async def shutdown(self) -> None:
+        started = time.monotonic()
+        deadline = started + self.cfg.service.shutdown_timeout
+        self.ready = False
+        if self._feeder is not None:
+            self._feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feeder
+        if self.supervisor is not None:
+            await self.supervisor.stop(min(self.cfg.service.supervisor.stop_timeout, max(0.5, deadline - time.monotonic())))
+        if self.internal is not None:
+            await shutdown_with_deadline(self.internal, f"receiver {INTERNAL_RECEIVER}", deadline)
+        await self.graph.shutdown(deadline)
+        for eid, ext in reversed(self.extensions):
+            await shutdown_with_deadline(ext, f"extension {eid}", deadline)
+        self.extensions.clear()
+        if self.server is not None:
+            await self.server.stop()
+        if self.rundir:
+            shutil.rmtree(self.rundir, ignore_errors=True)
+        log.info("gotel stopped in %.2fs", time.monotonic() - started)

@@ -1,0 +1,111 @@
+"""Supervisor: exponential restart backoff (capped), state reporting, secrets passed on stdin only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sys
+import time
+
+import pytest
+from pydantic import SecretStr
+
+from gotel.component import ComponentConfig, ComponentID, Kind
+from gotel.config.model import ComponentEntry, SupervisorConfig
+from gotel.config.types import Duration
+from gotel.pdata import Signal
+from gotel.receivers.synthetic import factory as synthetic
+from gotel.supervisor import Child, Supervisor, config_to_json
+from gotel.telemetry import Telemetry
+
+
+class Secretive(ComponentConfig):
+    token: SecretStr
+    headers: dict[str, SecretStr] = {}
+    every: Duration = 1.5
+
+
+def test_config_to_json_reveals_secrets_for_the_child_only() -> None:
+    cfg = Secretive(token=SecretStr("s3cr3t"), headers={"authorization": SecretStr("Bearer x")}, every="200ms")  # type: ignore[arg-type]
+    assert "s3cr3t" not in repr(cfg)
+    data = config_to_json(cfg)
+    assert data == {"token": "s3cr3t", "headers": {"authorization": "Bearer x"}, "every": "200ms"}
+    assert Secretive.model_validate(data).every == 0.2
+
+
+class Crashing(Supervisor):
+    """Children that print a line and exit 3 at once."""
+
+    def command(self, child: Child) -> list[str]:
+        return [sys.executable, "-c", "import sys; sys.stdin.read(); print('boom: bad probe', file=sys.stderr); sys.exit(3)"]
+
+
+async def test_restart_backoff_doubles_and_is_capped(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gotel.supervisor")
+    tel = Telemetry()
+    sup = Crashing("unix:///nonexistent", SupervisorConfig(initial_backoff=0.1, max_backoff=0.4, stable_after=60), tel)
+    entry = ComponentEntry(ComponentID("synthetic"), Kind.RECEIVER, synthetic, synthetic.config())
+    sup.add(entry, [Signal.TRACES])
+    starts: list[float] = []
+    orig = sup._spawn
+
+    async def spawn(child: Child) -> asyncio.subprocess.Process:
+        starts.append(time.monotonic())
+        return await orig(child)
+
+    sup._spawn = spawn  # type: ignore[method-assign]
+    await sup.start()
+    deadline = time.monotonic() + 20
+    while len(starts) < 6 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await sup.stop()
+    assert len(starts) >= 6
+    # the announced waits double from initial_backoff and stop at max_backoff
+    waits = [float(m) for m in re.findall(r"restarting in ([0-9.]+)s", caplog.text)]
+    assert waits[:5] == [0.1, 0.2, 0.4, 0.4, 0.4]
+    # and the real gaps between spawns are at least those waits
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert all(g >= w - 0.01 for g, w in zip(gaps, waits, strict=False))
+    restarts = tel.registry.get_sample_value("gotel_receiver_restarts_total", {"component": "synthetic", "kind": "receiver"})
+    assert restarts is not None and restarts >= 5
+    assert tel.registry.get_sample_value("gotel_receiver_up", {"component": "synthetic", "kind": "receiver"}) == 0
+    assert "receiver synthetic exited with code 3 after" in caplog.text
+    assert "(last output: boom: bad probe)" in caplog.text
+    status = sup.status()["synthetic"]
+    assert status["up"] is False and status["restarts"] >= 5
+
+
+def test_spec_carries_config_signals_and_parent() -> None:
+    sup = Supervisor("unix:///x.sock", SupervisorConfig(), Telemetry())
+    cfg = synthetic.config.model_validate({"spans_per_second": 5, "service_name": "a"})
+    sup.add(ComponentEntry(ComponentID("synthetic", "one"), Kind.RECEIVER, synthetic, cfg), [Signal.LOGS, Signal.TRACES])
+    child = sup.children[ComponentID("synthetic", "one")]
+    spec = json.loads(sup.spec(child))
+    assert spec["type"] == "synthetic" and spec["signals"] == ["logs", "traces"]
+    assert synthetic.config.model_validate(spec["config"]) == cfg
+    cmd = sup.command(child)
+    assert cmd[-5:] == ["receiver", "synthetic/one", "--internal", "--endpoint", "unix:///x.sock"]
+    assert "spans_per_second" not in " ".join(cmd)  # config never in argv
+
+
+class Chatty(Supervisor):
+    """A child writing a 3 MB line (more than any pipe buffer or stream limit) before exiting."""
+
+    def command(self, child: Child) -> list[str]:
+        return [sys.executable, "-c",
+                "import sys; sys.stdin.read(); sys.stderr.write('x' * 3_000_000 + '\\nlast words\\n'); sys.exit(0)"]
+
+
+async def test_huge_log_lines_never_block_the_child(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.INFO, logger="gotel.supervisor")
+    sup = Chatty("unix:///nonexistent", SupervisorConfig(initial_backoff=5), Telemetry())
+    sup.add(ComponentEntry(ComponentID("synthetic"), Kind.RECEIVER, synthetic, synthetic.config()), [Signal.TRACES])
+    await sup.start()
+    deadline = time.monotonic() + 20
+    while "exited with code 0" not in caplog.text and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await sup.stop()
+    assert "(last output: last words)" in caplog.text
+    assert capsys.readouterr().err.count("x") >= 3_000_000
