@@ -121,7 +121,10 @@ struct tp_val {
 };
 
 GOTEL_RINGBUF(go_events, RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(scratch, struct gev, 1);
+/* Uprobe programs are preemptible on recent kernels (migrate_disable, not preempt_disable), so a per-CPU
+ * scratch buffer could be shared by two programs interleaved on one CPU. Records are therefore built in
+ * place in their own map slot (or ring-buffer reservation), starting from this never-written zero value. */
+BPF_ARRAY(zero_gev, struct gev, 1);
 BPF_HASH(srv_ongoing, struct gotel_go_key, struct gev, 16384);   /* grpc + http servers, by goroutine */
 BPF_HASH(cli_start, struct gotel_go_key, struct gev, 16384);     /* client call entered, by goroutine */
 BPF_HASH(cli_streams, struct gotel_go_key, struct gev, 32768);  /* grpc client stream, by clientStream (not LRU: LRU maps evict early) */
@@ -144,14 +147,6 @@ static __always_inline u64 rd64(u64 addr) {
     return v;
 }
 
-static __always_inline struct gev *new_scratch(void) {
-    u32 z = 0;
-    struct gev *e = scratch.lookup(&z);
-    if (!e)
-        return 0;
-    __builtin_memset(e, 0, sizeof(*e));
-    return e;
-}
 
 static __always_inline void read_str_at(char *dst, u32 size, u64 base, u64 off) {
     if (!base || !KNOWN(off))
@@ -393,7 +388,16 @@ int grpc_server_start(struct pt_regs *ctx) {
     struct gotel_go_proc *p = gotel_go_current();
     if (!p)
         return 0;
-    struct gev *e = new_scratch();
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    u32 z = 0;
+    struct gev *zero = zero_gev.lookup(&z);
+    if (!zero)
+        return 0;
+    if (srv_ongoing.update(&k, zero)) {
+        gotel_count_lost(GOTEL_LOST_FULL);  /* table of calls in progress full */
+        return 0;
+    }
+    struct gev *e = srv_ongoing.lookup(&k);
     if (!e)
         return 0;
     u64 t = GO_PARAM3(ctx), stream = GO_PARAM4(ctx);
@@ -437,8 +441,6 @@ int grpc_server_start(struct pt_regs *ctx) {
         read_tcpaddr(p, t + o_l, e->lip, &e->liplen, &e->lport);
         e->flags |= E_ADDR;
     }
-    struct gotel_go_key k = gotel_go_key_of(ctx);
-    srv_ongoing.update(&k, e);
     struct active a = {e->trace_hi, e->trace_lo, e->span_id};
     go_active.update(&k, &a);
     return 0;
@@ -480,7 +482,16 @@ int grpc_client_start(struct pt_regs *ctx) {
     struct gotel_go_proc *p = gotel_go_current();
     if (!p)
         return 0;
-    struct gev *e = new_scratch();
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    u32 z = 0;
+    struct gev *zero = zero_gev.lookup(&z);
+    if (!zero)
+        return 0;
+    if (cli_start.update(&k, zero)) {
+        gotel_count_lost(GOTEL_LOST_FULL);  /* table of calls in progress full */
+        return 0;
+    }
+    struct gev *e = cli_start.lookup(&k);
     if (!e)
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -491,8 +502,6 @@ int grpc_client_start(struct pt_regs *ctx) {
     gotel_go_read_str(e->method, STR_LEN, GO_PARAM5(ctx), GO_PARAM6(ctx));
     ctx_deadline(p, e, GO_PARAM1(ctx), GO_PARAM2(ctx));
     set_parent(e, tgid, GO_GOROUTINE(ctx));
-    struct gotel_go_key k = gotel_go_key_of(ctx);
-    cli_start.update(&k, e);
     return 0;
 }
 
@@ -564,13 +573,8 @@ int grpc_client_finish(struct pt_regs *ctx) {
             u64 o_bt = gotel_go_offset(p, O_CS_BEGINTIME), o_hdr = gotel_go_offset(p, O_CS_CALLHDR);
             if (!KNOWN(o_bt) || !KNOWN(o_hdr))
                 return 0;
-            e = new_scratch();
-            if (!e)
-                return 0;
-            e->pid = ck.tgid;
-            e->type = T_GRPC_CLIENT;
             if (cli_done.lookup(&ck))
-                return 0;  /* grpc calls finish more than once; the first call counted */  /* grpc calls finish more than once; the first call counted */
+                return 0;  /* grpc calls finish more than once; the first call counted */
             u64 bt[2] = {};
             bpf_probe_read_user(bt, sizeof(bt), (void *)(cs + o_bt));
             if (!bt[0] && !bt[1]) {
@@ -579,6 +583,19 @@ int grpc_client_finish(struct pt_regs *ctx) {
             }
             u8 one = 1;
             cli_done.update(&ck, &one);
+            u32 z = 0;
+            struct gev *zero = zero_gev.lookup(&z);
+            if (!zero)
+                return 0;
+            if (cli_streams.update(&ck, zero)) {
+                gotel_count_lost(GOTEL_LOST_FULL);
+                return 0;
+            }
+            e = cli_streams.lookup(&ck);
+            if (!e)
+                return 0;
+            e->pid = ck.tgid;
+            e->type = T_GRPC_CLIENT;
             e->aux = bt[0];
             e->obj = bt[1];
             e->flags |= E_BEGIN_WALL;
@@ -595,6 +612,7 @@ int grpc_client_finish(struct pt_regs *ctx) {
             read_error(p, e, GO_PARAM2(ctx), GO_PARAM3(ctx));
             client_addr(p, e, cs);
             emit(e, bpf_ktime_get_ns());
+            cli_streams.delete(&ck);
             return 0;
         }
         read_error(p, e, GO_PARAM2(ctx), GO_PARAM3(ctx));
@@ -621,7 +639,16 @@ int http_server_start(struct pt_regs *ctx) {
     struct gotel_go_proc *p = gotel_go_current();
     if (!p)
         return 0;
-    struct gev *e = new_scratch();
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    u32 z = 0;
+    struct gev *zero = zero_gev.lookup(&z);
+    if (!zero)
+        return 0;
+    if (srv_ongoing.update(&k, zero)) {
+        gotel_count_lost(GOTEL_LOST_FULL);  /* table of calls in progress full */
+        return 0;
+    }
+    struct gev *e = srv_ongoing.lookup(&k);
     if (!e)
         return 0;
     u64 rw = GO_PARAM3(ctx), req = GO_PARAM4(ctx);
@@ -642,8 +669,6 @@ int http_server_start(struct pt_regs *ctx) {
         read_str_at(e->path, STR_LEN, rd64(req + o_url), gotel_go_offset(p, O_URL_PATH));
     read_str_at(e->msg, STR_LEN, req, gotel_go_offset(p, O_REQ_REMOTEADDR));  /* "ip:port" of the peer */
     read_str_at(e->tp, TP_LEN, req, gotel_go_offset(p, O_REQ_HOST));
-    struct gotel_go_key k = gotel_go_key_of(ctx);
-    srv_ongoing.update(&k, e);
     struct active a = {e->trace_hi, e->trace_lo, e->span_id};
     go_active.update(&k, &a);
     return 0;
@@ -686,7 +711,16 @@ int http_client_start(struct pt_regs *ctx) {
     struct gotel_go_proc *p = gotel_go_current();
     if (!p)
         return 0;
-    struct gev *e = new_scratch();
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    u32 z = 0;
+    struct gev *zero = zero_gev.lookup(&z);
+    if (!zero)
+        return 0;
+    if (cli_start.update(&k, zero)) {
+        gotel_count_lost(GOTEL_LOST_FULL);  /* table of calls in progress full */
+        return 0;
+    }
+    struct gev *e = cli_start.lookup(&k);
     if (!e)
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -706,8 +740,6 @@ int http_client_start(struct pt_regs *ctx) {
         read_str_at(e->tp, TP_LEN, u, gotel_go_offset(p, O_URL_SCHEME));
     }
     set_parent(e, tgid, GO_GOROUTINE(ctx));
-    struct gotel_go_key k = gotel_go_key_of(ctx);
-    cli_start.update(&k, e);
     return 0;
 }
 
