@@ -26,7 +26,6 @@ from gotel.telemetry import Telemetry  # noqa: E402
 from tests.helpers import goapps  # noqa: E402
 from tests.helpers.otlp_sink import OTLPGrpcSink  # noqa: E402
 
-
 _STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 

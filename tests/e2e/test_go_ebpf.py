@@ -76,7 +76,7 @@ service:
                        "-down-code", "14", toolchain="go1.27")
 
         def trace_complete(front_pid: int) -> bool:
-            by_pid = {}
+            by_pid: dict[tuple[int, int], list[Any]] = {}
             for res, s in spans_of(sink):
                 by_pid.setdefault((res["process.pid"], s.kind), []).append((res, s))
             return bool(by_pid.get((front_pid, 2)) and by_pid.get((front_pid, 3)) and by_pid.get((back.pid, 2)))

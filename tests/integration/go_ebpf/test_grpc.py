@@ -106,7 +106,7 @@ class Env:
         self.sink.stop()
 
 
-async def until(pred: Callable[[], bool], timeout: float) -> None:
+async def until(pred: Callable[..., object], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:
