@@ -65,8 +65,10 @@ _EB = "go_ebpf"
 _T = "google.golang.org/grpc/internal/transport"
 _SPB = "google.golang.org/genproto/googleapis/rpc/status.Status"
 for _spec in (
-    ProbeSpec("grpc.server.handle_stream", ("google.golang.org/grpc.(*Server).handleStream",), _EB,
-              "gRPC server call (entry + every RET)", module=GRPC, returns=True, optional=True,
+    # the seed "grpc.server.handle_stream" (method only) stays as the substrate defined it; this one lists
+    # every field go_ebpf reads at the same function
+    ProbeSpec("grpc.server.call", ("google.golang.org/grpc.(*Server).handleStream",), _EB,
+              "gRPC server call fields: deadline, addresses, stream id (entry + every RET)", module=GRPC, returns=True, optional=True,
               offsets=(FieldRef(f"{_T}.Stream", "method", "rpc.method"),
                        FieldRef(f"{_T}.Stream", "ctx", "gotel.rpc.deadline.timeout"),
                        FieldRef("context.timerCtx", "deadline", "gotel.rpc.deadline.timeout"),
