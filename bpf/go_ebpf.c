@@ -1,0 +1,765 @@
+/* go_ebpf: gRPC and net/http spans from uprobes on Go functions (receivers/go_ebpf).
+ *
+ * Entry probes and probes on every RET (never uretprobes). Requests are paired by (pid, goroutine) or by
+ * the gRPC clientStream pointer; struct offsets and code addresses come per binary from
+ * gotel_go_offsets (DWARF + symbol table, filled by user space; GOTEL_GO_OFFSET_UNKNOWN when unknown, and
+ * then the field is simply not read). One finished request = one ring-buffer record, submitted without a
+ * wake-up. Trace ids here are local: user space continues incoming traceparents and stitches client and
+ * server spans of traced processes (receivers/go_ebpf/assemble.py). */
+#include "gotel_go.h"
+#include "gotel_ringbuf.h"
+
+/* offsets table indices: keep in sync with receivers/go_ebpf/layout.py */
+#define O_STREAM_METHOD 0
+#define O_STREAM_ID 1
+#define O_STREAM_CTX 2
+#define O_H2S_REMOTE 3
+#define O_H2S_LOCAL 4
+#define O_TCPADDR_IP 5
+#define O_TCPADDR_PORT 6
+#define O_STATUS_S 7
+#define O_SPB_CODE 8
+#define O_SPB_MSG 9
+#define O_ERROR_E 10
+#define O_CS_ATTEMPT 11
+#define O_ATT_T 12
+#define O_ATT_S 13
+#define O_H2C_REMOTE 14
+#define O_H2C_LOCAL 15
+#define O_TIMERCTX_DEADLINE 16
+#define A_TIMERCTX_VALUE 17
+#define A_VALUECTX_VALUE 18
+#define A_CANCELCTX_VALUE 19
+#define A_STATUSERR_ERROR 20
+#define A_IOEOF 21
+#define O_MHF_FIELDS 22
+#define O_FH_STREAMID 23
+#define O_HF_SIZE 24
+#define O_HF_VALUE 25
+#define O_REQ_METHOD 26
+#define O_REQ_URL 27
+#define O_URL_PATH 28
+#define O_REQ_REMOTEADDR 29
+#define O_REQ_HOST 30
+#define O_RESP_STATUS 31
+#define O_REQ_PATTERN 32
+#define O_URL_SCHEME 33
+#define O_URL_HOST 34
+#define O_RESPONSE_STATUSCODE 35
+#define O_CS_CTX 36
+#define O_CS_CALLHDR 37
+#define O_CALLHDR_METHOD 38
+#define O_CS_BEGINTIME 39
+
+/* gotel_go_proc.flags */
+#define F_ERROR_VIA_STATUS 1   /* status.Error{s *Status} (newer grpc) instead of {e *spb.Status} */
+#define F_NEWPROC1_GO117 2     /* callergp is newproc1's 4th argument */
+#define F_OPHDR_CTX 4          /* operateHeaders(ctx, frame, ...) (grpc >= 1.60) */
+
+#define T_GRPC_SERVER 1
+#define T_GRPC_CLIENT 2
+#define T_HTTP_SERVER 3
+#define T_HTTP_CLIENT 4
+
+/* event flags */
+#define E_DEADLINE 1
+#define E_STATUS 2       /* code/message read from a status */
+#define E_NONSTATUS_ERR 4 /* an error that is not a gRPC status */
+#define E_TRACEPARENT 8
+#define E_PARENT 16
+#define E_ADDR 32
+#define E_NO_OFFSETS 64  /* the binary lacks DWARF: attributes needing offsets were not read */
+#define E_STREAM_ID 128
+#define E_BEGIN_WALL 256 /* start missed (call began before the pid was traced): aux/obj hold clientStream.beginTime */
+
+#define STR_LEN 96
+#define TP_LEN 56
+
+struct gev {
+    u64 start_ns;
+    u64 end_ns;
+    u32 pid;
+    u32 type;
+    u64 span_id;
+    u64 parent_span_id;
+    u64 trace_hi;
+    u64 trace_lo;
+    u64 dl_wall;
+    s64 dl_ext;
+    s32 code;
+    u32 flags;
+    u32 stream_id;
+    u16 lport;
+    u16 rport;
+    u8 lip[16];
+    u8 rip[16];
+    u8 liplen;
+    u8 riplen;
+    u8 pad[6];
+    u64 obj;           /* stream / clientStream / response pointer (pairing) */
+    u64 aux;           /* transport pointer (server) */
+    char method[STR_LEN];
+    char msg[STR_LEN];
+    char path[STR_LEN];
+    char tp[TP_LEN];
+};
+
+struct active {
+    u64 trace_hi;
+    u64 trace_lo;
+    u64 span_id;
+};
+
+struct tp_key {
+    u32 tgid;
+    u32 stream_id;
+    u64 transport;
+};
+
+struct tp_val {
+    char tp[TP_LEN];
+};
+
+GOTEL_RINGBUF(go_events, RINGBUF_PAGES);
+/* Uprobe programs are preemptible on recent kernels (migrate_disable, not preempt_disable), so a per-CPU
+ * scratch buffer could be shared by two programs interleaved on one CPU. Records are therefore built in
+ * place in their own map slot (or ring-buffer reservation), starting from this never-written zero value. */
+BPF_ARRAY(zero_gev, struct gev, 1);
+BPF_HASH(srv_ongoing, struct gotel_go_key, struct gev, 16384);   /* grpc + http servers, by goroutine */
+BPF_HASH(cli_start, struct gotel_go_key, struct gev, 16384);     /* client call entered, by goroutine */
+BPF_HASH(cli_streams, struct gotel_go_key, struct gev, 32768);  /* grpc client stream, by clientStream (not LRU: LRU maps evict early) */
+BPF_HASH(go_active, struct gotel_go_key, struct active, 16384);  /* goroutine -> span it serves */
+BPF_TABLE("lru_hash", struct gotel_go_key, u64, go_parent, 65536);        /* goroutine -> creator goroutine */
+BPF_HASH(newproc_caller, u64, u64, 1024);                        /* thread -> callergp during newproc1 */
+BPF_TABLE("lru_hash", struct tp_key, struct tp_val, incoming_tp, 16384);  /* traceparent by (transport, stream id) */
+BPF_PERCPU_ARRAY(tp_scratch, struct tp_val, 1);
+BPF_TABLE("lru_hash", struct gotel_go_key, u8, cli_done, 16384);
+/* 0: client finish without a recorded start (span lost, counted) */
+BPF_PERCPU_ARRAY(go_unmatched, u64, 2);
+static __always_inline void unmatched_inc(int i) { u64 *v = go_unmatched.lookup(&i); if (v) (*v)++; }  /* clientStreams already finished */
+
+#define barrier_var(v) asm volatile("" : "+r"(v))
+#define KNOWN(o) ((o) != GOTEL_GO_OFFSET_UNKNOWN)
+
+static __always_inline u64 rd64(u64 addr) {
+    u64 v = 0;
+    bpf_probe_read_user(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+
+static __always_inline void read_str_at(char *dst, u32 size, u64 base, u64 off) {
+    if (!base || !KNOWN(off))
+        return;
+    u64 s[2] = {};
+    if (bpf_probe_read_user(s, sizeof(s), (void *)(base + off)) < 0) {
+        gotel_count_lost(GOTEL_LOST_READ);
+        return;
+    }
+    gotel_go_read_str(dst, size, s[0], s[1]);
+}
+
+/* Walks a context.Context chain (valueCtx/cancelCtx/timerCtx, parent at offset 0) for the first
+ * timerCtx and copies its deadline (time.Time wall, ext). Concrete types are recognised by the itab's
+ * Value method (context.Context's 4th method: itab.fun[3] at +48), which needs no itab symbols. */
+static __always_inline void ctx_deadline(struct gotel_go_proc *p, struct gev *e, u64 tab, u64 data) {
+    u64 off = gotel_go_offset(p, O_TIMERCTX_DEADLINE);
+    u64 a_timer = gotel_go_offset(p, A_TIMERCTX_VALUE);
+    u64 a_value = gotel_go_offset(p, A_VALUECTX_VALUE);
+    u64 a_cancel = gotel_go_offset(p, A_CANCELCTX_VALUE);
+    if (!KNOWN(off) || !KNOWN(a_timer))
+        return;
+#pragma unroll
+    for (int i = 0; i < 10; i++) {
+        if (!tab || !data)
+            return;
+        u64 fn = rd64(tab + 48);
+        if (fn == a_timer) {
+            u64 t[2] = {};
+            if (bpf_probe_read_user(t, sizeof(t), (void *)(data + off)) == 0) {
+                e->dl_wall = t[0];
+                e->dl_ext = (s64)t[1];
+                e->flags |= E_DEADLINE;
+            }
+            return;
+        }
+        if (fn != a_value && fn != a_cancel)
+            return;
+        u64 parent[2] = {};
+        if (bpf_probe_read_user(parent, sizeof(parent), (void *)data) < 0)
+            return;
+        tab = parent[0];
+        data = parent[1];
+    }
+}
+
+static __always_inline void read_tcpaddr(struct gotel_go_proc *p, u64 iface_addr, u8 *ip, u8 *iplen, u16 *port) {
+    u64 a[2] = {};
+    if (bpf_probe_read_user(a, sizeof(a), (void *)iface_addr) < 0 || !a[1])
+        return;
+    u64 o_ip = gotel_go_offset(p, O_TCPADDR_IP), o_port = gotel_go_offset(p, O_TCPADDR_PORT);
+    if (!KNOWN(o_ip) || !KNOWN(o_port))
+        return;
+    u64 pt = rd64(a[1] + o_port);
+    *port = (u16)pt;
+    u64 sl[2] = {};
+    bpf_probe_read_user(sl, sizeof(sl), (void *)(a[1] + o_ip));
+    if (sl[1] == 4 || sl[1] == 16) {
+        bpf_probe_read_user(ip, sl[1] & 16 ? 16 : 4, (void *)sl[0]);
+        *iplen = sl[1];
+    }
+}
+
+/* The span serving this goroutine or one of its creators (up to 4 levels of `go` statements). */
+static __always_inline struct active *find_active(u32 tgid, u64 g) {
+    struct gotel_go_key k = {};
+    k.tgid = tgid;
+    k.goroutine = g;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        struct active *a = go_active.lookup(&k);
+        if (a)
+            return a;
+        u64 *pg = go_parent.lookup(&k);
+        if (!pg)
+            return 0;
+        k.goroutine = *pg;
+    }
+    return 0;
+}
+
+static __always_inline void set_parent(struct gev *e, u32 tgid, u64 g) {
+    struct active *a = find_active(tgid, g);
+    if (a) {
+        e->trace_hi = a->trace_hi;
+        e->trace_lo = a->trace_lo;
+        e->parent_span_id = a->span_id;
+        e->flags |= E_PARENT;
+    } else {
+        e->trace_hi = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+        e->trace_lo = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+    }
+    e->span_id = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+}
+
+static __always_inline void emit(struct gev *st, u64 end) {
+    struct gev *e = gotel_reserved(go_events.ringbuf_reserve(sizeof(struct gev)));
+    if (!e)
+        return;
+    bpf_probe_read_kernel(e, sizeof(*e), st);
+    e->end_ns = end;
+    go_events.ringbuf_submit(e, GOTEL_RB_FLAGS);
+}
+
+/* Reads code and message of a *status.Status (st) or *status.Error (err, through Error.e or Error.s). */
+static __always_inline void read_spb(struct gotel_go_proc *p, struct gev *e, u64 spb) {
+    u64 o_code = gotel_go_offset(p, O_SPB_CODE);
+    if (!spb || !KNOWN(o_code))
+        return;
+    s32 code = 0;
+    if (bpf_probe_read_user(&code, sizeof(code), (void *)(spb + o_code)) < 0) {
+        gotel_count_lost(GOTEL_LOST_READ);
+        return;
+    }
+    e->code = code;
+    e->flags |= E_STATUS;
+    read_str_at(e->msg, STR_LEN, spb, gotel_go_offset(p, O_SPB_MSG));
+}
+
+static __always_inline void read_error(struct gotel_go_proc *p, struct gev *e, u64 tab, u64 data) {
+    e->flags &= ~(E_STATUS | E_NONSTATUS_ERR);
+    e->code = 0;
+    if (!tab)
+        return;  /* nil error: OK */
+    if (!KNOWN(gotel_go_offset(p, O_ERROR_E)) || !KNOWN(gotel_go_offset(p, O_SPB_CODE))) {
+        e->flags |= E_NO_OFFSETS;  /* no DWARF: the code cannot be read, and is not guessed */
+        return;
+    }
+    u64 eof = gotel_go_offset(p, A_IOEOF);
+    if (KNOWN(eof)) {
+        u64 v[2] = {};
+        bpf_probe_read_user(v, sizeof(v), (void *)eof);
+        if (v[0] == tab && v[1] == data)
+            return;  /* io.EOF ends a stream successfully */
+    }
+    u64 a_err = gotel_go_offset(p, A_STATUSERR_ERROR);
+    u64 o_e = gotel_go_offset(p, O_ERROR_E);
+    if (KNOWN(a_err) && KNOWN(o_e) && rd64(tab + 24) == a_err) {
+        u64 x = rd64(data + o_e);
+        if (p->flags & F_ERROR_VIA_STATUS)
+            x = x ? rd64(x + gotel_go_offset(p, O_STATUS_S)) : 0;
+        read_spb(p, e, x);
+        if (e->flags & E_STATUS)
+            return;
+    }
+    e->code = 2;  /* UNKNOWN, as grpc-go's status.Convert does for a non-status error */
+    e->flags |= E_NONSTATUS_ERR;
+}
+
+/* ---- runtime: goroutine creation tree -------------------------------------------------------------- */
+
+int go_newproc1(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    u64 tid = bpf_get_current_pid_tgid();
+    u64 a2 = GO_PARAM2(ctx), a4 = GO_PARAM4(ctx);
+    barrier_var(a2);
+    barrier_var(a4);
+    u64 caller = (p->flags & F_NEWPROC1_GO117) ? a4 : a2;
+    newproc_caller.update(&tid, &caller);
+    return 0;
+}
+
+int go_newproc1_ret(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    u64 tid = bpf_get_current_pid_tgid();
+    u64 *caller = newproc_caller.lookup(&tid);
+    if (!caller)
+        return 0;
+    u64 parent = *caller;
+    newproc_caller.delete(&tid);
+    struct gotel_go_key k = {};
+    k.tgid = tid >> 32;
+    k.goroutine = GO_PARAM1(ctx);
+    go_parent.update(&k, &parent);
+    return 0;
+}
+
+/* ---- gRPC server ----------------------------------------------------------------------------------- */
+
+/* operateHeaders: the incoming HEADERS frame; remember a traceparent for the stream it opens. */
+int grpc_operate_headers(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    u64 o_fields = gotel_go_offset(p, O_MHF_FIELDS), o_sid = gotel_go_offset(p, O_FH_STREAMID);
+    u64 hf_size = gotel_go_offset(p, O_HF_SIZE), o_val = gotel_go_offset(p, O_HF_VALUE);
+    if (!KNOWN(o_fields) || !KNOWN(o_sid) || !KNOWN(hf_size) || !KNOWN(o_val) || hf_size > 128)
+        return 0;
+    u64 t = GO_PARAM1(ctx);
+    u64 a2 = GO_PARAM2(ctx), a4 = GO_PARAM4(ctx);
+    barrier_var(a2);
+    barrier_var(a4);
+    u64 frame = (p->flags & F_OPHDR_CTX) ? a4 : a2;
+    u64 fields[2] = {};
+    if (bpf_probe_read_user(fields, sizeof(fields), (void *)(frame + o_fields)) < 0)
+        return 0;
+    u64 hf = rd64(frame);  /* *HeadersFrame, embedded pointer at offset 0 */
+    u32 sid = 0;
+    bpf_probe_read_user(&sid, sizeof(sid), (void *)(hf + o_sid));
+    u32 z = 0;
+    struct tp_val *tv = tp_scratch.lookup(&z);
+    if (!tv)
+        return 0;
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        if (i >= fields[1])
+            break;
+        u64 f = fields[0] + i * hf_size;
+        u64 name[2] = {};
+        bpf_probe_read_user(name, sizeof(name), (void *)f);
+        if (name[1] != 11)
+            continue;
+        char nb[12] = {};
+        bpf_probe_read_user(nb, 11, (void *)name[0]);
+        if (nb[0] != 't' || nb[5] != 'p' || nb[10] != 't' || nb[1] != 'r' || nb[6] != 'a')
+            continue;
+        u64 val[2] = {};
+        bpf_probe_read_user(val, sizeof(val), (void *)(f + o_val));
+        if (val[1] != 55)
+            break;
+        __builtin_memset(tv->tp, 0, TP_LEN);
+        bpf_probe_read_user(tv->tp, 55, (void *)val[0]);
+        struct tp_key k = {};
+        k.tgid = bpf_get_current_pid_tgid() >> 32;
+        k.stream_id = sid;
+        k.transport = t;
+        incoming_tp.update(&k, tv);
+        break;
+    }
+    return 0;
+}
+
+/* (*Server).handleStream(t ServerTransport, stream *Stream, ...): a server call starts. */
+int grpc_server_start(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    u32 z = 0;
+    struct gev *zero = zero_gev.lookup(&z);
+    if (!zero)
+        return 0;
+    if (srv_ongoing.update(&k, zero)) {
+        gotel_count_lost(GOTEL_LOST_FULL);  /* table of calls in progress full */
+        return 0;
+    }
+    struct gev *e = srv_ongoing.lookup(&k);
+    if (!e)
+        return 0;
+    u64 t = GO_PARAM3(ctx), stream = GO_PARAM4(ctx);
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    e->start_ns = bpf_ktime_get_ns();
+    e->pid = tgid;
+    e->type = T_GRPC_SERVER;
+    e->obj = stream;
+    e->aux = t;
+    e->trace_hi = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+    e->trace_lo = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+    e->span_id = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+    u64 o_method = gotel_go_offset(p, O_STREAM_METHOD);
+    if (!KNOWN(o_method))
+        e->flags |= E_NO_OFFSETS;
+    read_str_at(e->method, STR_LEN, stream, o_method);
+    u64 o_id = gotel_go_offset(p, O_STREAM_ID);
+    if (KNOWN(o_id)) {
+        bpf_probe_read_user(&e->stream_id, sizeof(u32), (void *)(stream + o_id));
+        e->flags |= E_STREAM_ID;
+        struct tp_key k = {};
+        k.tgid = tgid;
+        k.stream_id = e->stream_id;
+        k.transport = t;
+        struct tp_val *tv = incoming_tp.lookup(&k);
+        if (tv) {
+            bpf_probe_read_kernel(e->tp, TP_LEN, tv->tp);
+            e->flags |= E_TRACEPARENT;
+            incoming_tp.delete(&k);
+        }
+    }
+    u64 o_ctx = gotel_go_offset(p, O_STREAM_CTX);
+    if (KNOWN(o_ctx)) {
+        u64 c[2] = {};
+        bpf_probe_read_user(c, sizeof(c), (void *)(stream + o_ctx));
+        ctx_deadline(p, e, c[0], c[1]);
+    }
+    u64 o_r = gotel_go_offset(p, O_H2S_REMOTE), o_l = gotel_go_offset(p, O_H2S_LOCAL);
+    if (KNOWN(o_r) && KNOWN(o_l) && t) {
+        read_tcpaddr(p, t + o_r, e->rip, &e->riplen, &e->rport);
+        read_tcpaddr(p, t + o_l, e->lip, &e->liplen, &e->lport);
+        e->flags |= E_ADDR;
+    }
+    struct active a = {e->trace_hi, e->trace_lo, e->span_id};
+    go_active.update(&k, &a);
+    return 0;
+}
+
+/* (*http2Server).WriteStatus(s *Stream, st *status.Status): the call's status, on the handler goroutine. */
+int grpc_server_status(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    struct gev *e = srv_ongoing.lookup(&k);
+    if (!e || e->obj != GO_PARAM2(ctx) || (e->flags & E_STATUS))
+        return 0;
+    u64 st = GO_PARAM3(ctx);
+    u64 o_s = gotel_go_offset(p, O_STATUS_S);
+    if (!st || !KNOWN(o_s))
+        return 0;
+    read_spb(p, e, rd64(st + o_s));
+    return 0;
+}
+
+int grpc_server_end(struct pt_regs *ctx) {
+    if (!gotel_go_current())
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    struct gev *e = srv_ongoing.lookup(&k);
+    if (!e || e->type != T_GRPC_SERVER)
+        return 0;
+    emit(e, bpf_ktime_get_ns());
+    srv_ongoing.delete(&k);
+    go_active.delete(&k);
+    return 0;
+}
+
+/* ---- gRPC client: newClientStream (unary Invoke goes through it too) ... clientStream.finish ------- */
+
+int grpc_client_start(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    u32 z = 0;
+    struct gev *zero = zero_gev.lookup(&z);
+    if (!zero)
+        return 0;
+    if (cli_start.update(&k, zero)) {
+        gotel_count_lost(GOTEL_LOST_FULL);  /* table of calls in progress full */
+        return 0;
+    }
+    struct gev *e = cli_start.lookup(&k);
+    if (!e)
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    e->start_ns = bpf_ktime_get_ns();
+    e->pid = tgid;
+    e->type = T_GRPC_CLIENT;
+    /* newClientStream(ctx Context, desc *StreamDesc, cc *ClientConn, method string, opts ...CallOption) */
+    gotel_go_read_str(e->method, STR_LEN, GO_PARAM5(ctx), GO_PARAM6(ctx));
+    ctx_deadline(p, e, GO_PARAM1(ctx), GO_PARAM2(ctx));
+    set_parent(e, tgid, GO_GOROUTINE(ctx));
+    return 0;
+}
+
+/* at newClientStream's RETs: (ClientStream, error) in ax/bx and cx/di */
+int grpc_client_started(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    struct gev *e = cli_start.lookup(&k);
+    if (!e)
+        return 0;
+    u64 cs = GO_PARAM2(ctx);
+    struct gotel_go_key ck = {};
+    ck.tgid = k.tgid;
+    ck.goroutine = cs;
+    if (cs && !GO_PARAM3(ctx)) {
+        e->obj = cs;
+        if (cli_streams.update(&ck, e))
+            gotel_count_lost(GOTEL_LOST_FULL);  /* table full (streams never finished): counted, not silent */
+        cli_done.delete(&ck);  /* a reused clientStream address */
+    } else if (GO_PARAM3(ctx)) {
+        /* failed before a stream existed (e.g. the deadline expired while waiting for the resolver) */
+        read_error(p, e, GO_PARAM3(ctx), GO_PARAM4(ctx));
+        emit(e, bpf_ktime_get_ns());
+    }
+    cli_start.delete(&k);
+    return 0;
+}
+
+static __always_inline void client_addr(struct gotel_go_proc *p, struct gev *e, u64 cs) {
+    u64 o_att = gotel_go_offset(p, O_CS_ATTEMPT), o_t = gotel_go_offset(p, O_ATT_T), o_s = gotel_go_offset(p, O_ATT_S);
+    u64 o_r = gotel_go_offset(p, O_H2C_REMOTE), o_l = gotel_go_offset(p, O_H2C_LOCAL);
+    u64 o_id = gotel_go_offset(p, O_STREAM_ID);
+    if (!KNOWN(o_att) || !KNOWN(o_t) || !KNOWN(o_s))
+        return;
+    u64 att = rd64(cs + o_att);
+    if (!att)
+        return;
+    u64 s = rd64(att + o_s);
+    if (s && KNOWN(o_id)) {
+        bpf_probe_read_user(&e->stream_id, sizeof(u32), (void *)(s + o_id));
+        e->flags |= E_STREAM_ID;
+    }
+    u64 t = rd64(att + o_t + 8);  /* ClientTransport interface: data word */
+    if (t && KNOWN(o_r) && KNOWN(o_l)) {
+        read_tcpaddr(p, t + o_r, e->rip, &e->riplen, &e->rport);
+        read_tcpaddr(p, t + o_l, e->lip, &e->liplen, &e->lport);
+        e->flags |= E_ADDR;
+    }
+}
+
+/* (*clientStream).finish(err error): the first call ends the client span (later calls are no-ops in grpc). */
+int grpc_client_finish(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_key ck = {};
+    ck.tgid = bpf_get_current_pid_tgid() >> 32;
+    ck.goroutine = GO_PARAM1(ctx);
+    struct gev *e = cli_streams.lookup(&ck);
+    if (!e) {
+        /* finish inside newClientStream (the attempt failed): the stream is not registered yet */
+        struct gotel_go_key k = gotel_go_key_of(ctx);
+        e = cli_start.lookup(&k);
+        if (!e) {
+            /* the call started before this process was traced: rebuild it from the clientStream */
+            u64 cs = GO_PARAM1(ctx);
+            u64 o_bt = gotel_go_offset(p, O_CS_BEGINTIME), o_hdr = gotel_go_offset(p, O_CS_CALLHDR);
+            if (!KNOWN(o_bt) || !KNOWN(o_hdr))
+                return 0;
+            if (cli_done.lookup(&ck))
+                return 0;  /* grpc calls finish more than once; the first call counted */
+            u64 bt[2] = {};
+            bpf_probe_read_user(bt, sizeof(bt), (void *)(cs + o_bt));
+            if (!bt[0] && !bt[1]) {
+                unmatched_inc(0);  /* no start time anywhere (grpc sets beginTime only with a stats handler) */
+                return 0;
+            }
+            u8 one = 1;
+            cli_done.update(&ck, &one);
+            u32 z = 0;
+            struct gev *zero = zero_gev.lookup(&z);
+            if (!zero)
+                return 0;
+            if (cli_streams.update(&ck, zero)) {
+                gotel_count_lost(GOTEL_LOST_FULL);
+                return 0;
+            }
+            e = cli_streams.lookup(&ck);
+            if (!e)
+                return 0;
+            e->pid = ck.tgid;
+            e->type = T_GRPC_CLIENT;
+            e->aux = bt[0];
+            e->obj = bt[1];
+            e->flags |= E_BEGIN_WALL;
+            read_str_at(e->method, STR_LEN, rd64(cs + o_hdr), gotel_go_offset(p, O_CALLHDR_METHOD));
+            u64 o_ctx = gotel_go_offset(p, O_CS_CTX);
+            if (KNOWN(o_ctx)) {
+                u64 c[2] = {};
+                bpf_probe_read_user(c, sizeof(c), (void *)(cs + o_ctx));
+                ctx_deadline(p, e, c[0], c[1]);
+            }
+            set_parent(e, ck.tgid, GO_GOROUTINE(ctx));
+            e->flags &= ~E_PARENT;  /* finish may run on another goroutine: no parent claimed */
+            e->parent_span_id = 0;
+            read_error(p, e, GO_PARAM2(ctx), GO_PARAM3(ctx));
+            client_addr(p, e, cs);
+            emit(e, bpf_ktime_get_ns());
+            cli_streams.delete(&ck);
+            return 0;
+        }
+        read_error(p, e, GO_PARAM2(ctx), GO_PARAM3(ctx));
+        client_addr(p, e, GO_PARAM1(ctx));
+        e->obj = GO_PARAM1(ctx);
+        emit(e, bpf_ktime_get_ns());
+        cli_start.delete(&k);  /* grpc_client_started then finds nothing to do */
+        u8 one = 1;
+        cli_done.update(&ck, &one);
+        return 0;
+    }
+    read_error(p, e, GO_PARAM2(ctx), GO_PARAM3(ctx));
+    client_addr(p, e, GO_PARAM1(ctx));
+    emit(e, bpf_ktime_get_ns());
+    cli_streams.delete(&ck);
+    u8 one = 1;
+    cli_done.update(&ck, &one);
+    return 0;
+}
+
+/* ---- net/http server: serverHandler.ServeHTTP(rw ResponseWriter, req *Request) ------------------ */
+
+int http_server_start(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    u32 z = 0;
+    struct gev *zero = zero_gev.lookup(&z);
+    if (!zero)
+        return 0;
+    if (srv_ongoing.update(&k, zero)) {
+        gotel_count_lost(GOTEL_LOST_FULL);  /* table of calls in progress full */
+        return 0;
+    }
+    struct gev *e = srv_ongoing.lookup(&k);
+    if (!e)
+        return 0;
+    u64 rw = GO_PARAM3(ctx), req = GO_PARAM4(ctx);
+    e->start_ns = bpf_ktime_get_ns();
+    e->pid = bpf_get_current_pid_tgid() >> 32;
+    e->type = T_HTTP_SERVER;
+    e->obj = rw;
+    e->aux = req;
+    e->trace_hi = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+    e->trace_lo = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+    e->span_id = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+    u64 o_m = gotel_go_offset(p, O_REQ_METHOD);
+    if (!KNOWN(o_m))
+        e->flags |= E_NO_OFFSETS;
+    read_str_at(e->method, STR_LEN, req, o_m);
+    u64 o_url = gotel_go_offset(p, O_REQ_URL);
+    if (KNOWN(o_url))
+        read_str_at(e->path, STR_LEN, rd64(req + o_url), gotel_go_offset(p, O_URL_PATH));
+    read_str_at(e->msg, STR_LEN, req, gotel_go_offset(p, O_REQ_REMOTEADDR));  /* "ip:port" of the peer */
+    read_str_at(e->tp, TP_LEN, req, gotel_go_offset(p, O_REQ_HOST));
+    struct active a = {e->trace_hi, e->trace_lo, e->span_id};
+    go_active.update(&k, &a);
+    return 0;
+}
+
+int http_server_end(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    struct gev *e = srv_ongoing.lookup(&k);
+    if (!e || e->type != T_HTTP_SERVER)
+        return 0;
+    u64 o_st = gotel_go_offset(p, O_RESP_STATUS);
+    if (KNOWN(o_st)) {
+        /* rw is a *response for HTTP/1.x (the status field is only read through its offset) */
+        u64 st = rd64(e->obj + o_st);
+        e->code = (s32)st;
+        e->flags |= E_STATUS;
+    }
+    u64 o_pat = gotel_go_offset(p, O_REQ_PATTERN);
+    if (KNOWN(o_pat)) {
+        u64 s[2] = {};
+        bpf_probe_read_user(s, sizeof(s), (void *)(e->aux + o_pat));
+        if (s[1]) {
+            char *dst = e->path;
+            gotel_go_read_str(dst, STR_LEN, s[0], s[1]);
+            e->flags |= E_STREAM_ID;  /* path holds the route pattern */
+        }
+    }
+    emit(e, bpf_ktime_get_ns());
+    srv_ongoing.delete(&k);
+    go_active.delete(&k);
+    return 0;
+}
+
+/* ---- net/http client: (*Transport).roundTrip(req *Request) (*Response, error) -------------------- */
+
+int http_client_start(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    u32 z = 0;
+    struct gev *zero = zero_gev.lookup(&z);
+    if (!zero)
+        return 0;
+    if (cli_start.update(&k, zero)) {
+        gotel_count_lost(GOTEL_LOST_FULL);  /* table of calls in progress full */
+        return 0;
+    }
+    struct gev *e = cli_start.lookup(&k);
+    if (!e)
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 req = GO_PARAM2(ctx);
+    e->start_ns = bpf_ktime_get_ns();
+    e->pid = tgid;
+    e->type = T_HTTP_CLIENT;
+    u64 o_m = gotel_go_offset(p, O_REQ_METHOD);
+    if (!KNOWN(o_m))
+        e->flags |= E_NO_OFFSETS;
+    read_str_at(e->method, STR_LEN, req, o_m);
+    u64 o_url = gotel_go_offset(p, O_REQ_URL);
+    if (KNOWN(o_url)) {
+        u64 u = rd64(req + o_url);
+        read_str_at(e->path, STR_LEN, u, gotel_go_offset(p, O_URL_PATH));
+        read_str_at(e->msg, STR_LEN, u, gotel_go_offset(p, O_URL_HOST));  /* host[:port], never userinfo */
+        read_str_at(e->tp, TP_LEN, u, gotel_go_offset(p, O_URL_SCHEME));
+    }
+    set_parent(e, tgid, GO_GOROUTINE(ctx));
+    return 0;
+}
+
+int http_client_end(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    struct gev *e = cli_start.lookup(&k);
+    if (!e || e->type != T_HTTP_CLIENT)
+        return 0;
+    u64 resp = GO_PARAM1(ctx);
+    u64 o_sc = gotel_go_offset(p, O_RESPONSE_STATUSCODE);
+    if (resp && KNOWN(o_sc)) {
+        e->code = (s32)rd64(resp + o_sc);
+        e->flags |= E_STATUS;
+    }
+    if (GO_PARAM2(ctx))
+        e->flags |= E_NONSTATUS_ERR;
+    emit(e, bpf_ktime_get_ns());
+    cli_start.delete(&k);
+    return 0;
+}

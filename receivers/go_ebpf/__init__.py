@@ -1,0 +1,258 @@
+"""The `go_ebpf` receiver: gRPC and net/http spans and RED metrics from uprobes on unmodified Go programs.
+
+    receivers:
+      go_ebpf:
+        discovery: {exe_paths: ["*/grpcapp"]}
+        legacy_grpc_status_code: false
+        stitch_window: 0.5
+
+See docs/go_ebpf.md for the attributes, versions handled and what degrades without DWARF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from gotel.component import ComponentConfig, Consumer, ConsumerError, Context, Receiver, ReceiverFactory
+from gotel.discovery import DiscoveryConfig, ProcessAdded, ProcessInfo, ProcessRemoved, ProcessWatcher
+from gotel.pdata import Batch, Signal
+from gotel.receivers.go_ebpf import probes as _probes  # noqa: F401  (registers probe specs for `gotel inspect`)
+from gotel.receivers.go_ebpf.events import Assembler, decode
+
+_BURST = 2048
+
+
+class Config(ComponentConfig):
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig, description="which Go processes to trace")
+    grpc: bool = Field(True, description="trace gRPC servers and clients")
+    http: bool = Field(True, description="trace net/http servers and clients")
+    legacy_grpc_status_code: bool = Field(False, description="also emit the integer rpc.grpc.status_code")
+    poll_interval: float = Field(0.05, gt=0, le=5, description="seconds between ring-buffer drains")
+    flush_interval: float = Field(0.5, gt=0, description="seconds between pushes of spans")
+    export_interval: float = Field(10.0, gt=0, description="seconds between pushes of metrics")
+    stitch_window: float = Field(0.5, ge=0, description="seconds a finished span waits for its remote parent")
+    ring_buffer_pages: int = Field(2048, ge=1, description="ring buffer size in 4 KiB pages (a power of two)")
+
+    @field_validator("ring_buffer_pages")
+    @classmethod
+    def _pow2(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"ring_buffer_pages must be a power of two, not {v}")
+        return v
+
+
+class GoEbpfReceiver(Receiver):
+    def __init__(self, cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> None:
+        self.cfg = cfg
+        self.sinks = sinks
+        self.ctx = ctx
+        self.log = ctx.logger or logging.getLogger(__name__)
+        self.asm = Assembler(legacy_status_code=cfg.legacy_grpc_status_code, stitch_window=cfg.stitch_window)
+        self.program: Any = None
+        self.targets: Any = None
+        self.watcher: ProcessWatcher | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._raw: list[bytes] = []
+        self._lost: Any = None
+        self._mono_to_unix = time.time_ns() - time.monotonic_ns()
+        self.attached_pids: set[int] = set()
+        self.events_seen = 0
+        self._attach_failures = ctx.telemetry.counter(
+            "go_ebpf_attach_failures", "Processes go_ebpf could not attach to.", ("reason",))
+        self._unmatched_seen = 0
+        self._unmatched = ctx.telemetry.counter(
+            "go_ebpf_unmatched_calls", "Client calls whose end was seen without their start (span lost).", ())
+        self._degraded = ctx.telemetry.counter(
+            "go_ebpf_degraded_processes", "Traced processes whose binary lacks DWARF (fewer attributes).", ())
+
+    async def start(self) -> None:
+        from gotel.ebpf.goprobes import GoTargets
+        from gotel.ebpf.program import BpfProgram, LostCounter
+        from gotel.receivers.go_ebpf.layout import offset_names
+
+        loop = asyncio.get_running_loop()
+        defines = {"RINGBUF_PAGES": self.cfg.ring_buffer_pages}
+        self.program = await loop.run_in_executor(None, lambda: BpfProgram("go_ebpf.c", defines=defines))
+        self.targets = GoTargets(self.program, offset_names())
+        self.program.collect_ring_buffer("go_events", self._raw)
+        self._lost = LostCounter(self.program, self.ctx.telemetry, "go_ebpf")
+        self.watcher = ProcessWatcher(self.cfg.discovery)
+        await self.watcher.start()
+        self._tasks = [asyncio.create_task(self._watch(), name="go_ebpf-watch"),
+                       asyncio.create_task(self._drain_loop(), name="go_ebpf-drain")]
+
+    async def _watch(self) -> None:
+        assert self.watcher is not None
+        loop = asyncio.get_running_loop()
+        async for ev in self.watcher.events():
+            try:
+                if isinstance(ev, ProcessAdded):
+                    await loop.run_in_executor(None, self._add, ev.info)
+                elif isinstance(ev, ProcessRemoved):
+                    self._drain_once()
+                    self.targets.remove_process(ev.pid)
+                    self.asm.remove_process(ev.pid)
+                    self.attached_pids.discard(ev.pid)
+            except Exception:
+                self.log.exception("go_ebpf: handling %s", ev)
+
+    def trace_pid(self, pid: int, exe: str, service_name: str | None = None) -> None:
+        """Registers a process by hand (selectors bypassed), e.g. one that is about to exec `exe`: its
+        earliest calls are traced, which discovery (milliseconds after exec) can miss."""
+        import os
+
+        name = os.path.basename(exe)
+        self._add(ProcessInfo(pid=pid, exe=exe, cmdline=[exe], is_go=True, service_name=service_name or name),
+                  exe_path=exe)
+
+    def _add(self, info: ProcessInfo, exe_path: str | None = None) -> None:
+        from gotel.receivers.go_ebpf.probes import plan_for
+
+        exe = exe_path or f"/proc/{info.pid}/exe"
+        if info.pid in self.attached_pids and exe_path is None:
+            return  # registered by trace_pid before its exec
+        try:
+            plan = plan_for(exe, grpc=self.cfg.grpc, http=self.cfg.http)
+        except Exception as e:
+            self.log.warning("go_ebpf: cannot analyse pid %d (%s): %s", info.pid, info.exe, e)
+            self._attach_failures.labels("analysis").inc()
+            return
+        if not plan.sites:
+            self.log.info("go_ebpf: pid %d (%s) has no gRPC or net/http functions to trace", info.pid, info.exe)
+            return
+        # resource first: events may arrive as soon as the probes are on
+        self.asm.add_process(info.pid, {
+            "service.name": info.service_name,
+            "process.pid": info.pid,
+            "process.executable.name": info.exe_name,
+            "process.executable.path": info.exe.removesuffix(" (deleted)"),
+            "process.runtime.name": "go",
+            "process.runtime.version": plan.go_version or "",
+        })
+        try:
+            self.targets.add_process(info.pid, exe, plan.sites, plan.layout.offsets, plan.layout.flags)
+        except Exception as e:
+            self.log.warning("go_ebpf: cannot attach to pid %d (%s): %s", info.pid, info.exe, e)
+            self._attach_failures.labels("attach").inc()
+            self.asm.remove_process(info.pid)
+            return
+        self.attached_pids.add(info.pid)
+        self.log.info("go_ebpf: traced pid %d (%s, %s): %s", info.pid, info.exe, plan.go_version,
+                      ", ".join(plan.probe_ids))
+        for note in plan.layout.notes:
+            self.log.warning("go_ebpf: pid %d (%s): %s", info.pid, info.exe, note)
+        if plan.layout.missing and not plan.has_dwarf:
+            self._degraded.labels().inc()
+            self.log.warning("go_ebpf: pid %d (%s) lacks DWARF; missing: %s", info.pid, info.exe,
+                             ", ".join(plan.layout.missing))
+
+    def _drain_once(self) -> int:
+        if self.program is None:
+            return 0
+        self.program.consume()
+        raw, self._raw[:] = self._raw[:], []
+        now = time.monotonic()
+        for rec in raw:
+            c = decode(rec, self._mono_to_unix)
+            if c is None:
+                self.ctx.telemetry.dropped(Signal.TRACES, 1, "short_record")
+                continue
+            try:
+                self.asm.handle(c, now)
+            except Exception:  # a malformed record must not cost the rest of the batch
+                self.log.exception("go_ebpf: cannot turn a record into a span")
+                self.ctx.telemetry.dropped(Signal.TRACES, 1, "bad_record")
+        self.events_seen += len(raw)
+        if self.asm.unknown_process:
+            self.ctx.telemetry.dropped(Signal.TRACES, self.asm.unknown_process, "unknown_process")
+            self.asm.unknown_process = 0
+        return len(raw)
+
+    async def _drain_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_flush = loop.time() + self.cfg.flush_interval
+        next_export = loop.time() + self.cfg.export_interval
+        busy = False
+        while True:
+            await asyncio.sleep(0 if busy else self.cfg.poll_interval)
+            try:
+                busy = self._drain_once() >= _BURST
+                self._lost.update()
+                self._count_unmatched()
+                now = loop.time()
+                if now >= next_flush:
+                    next_flush = now + self.cfg.flush_interval
+                    await self._push(Signal.TRACES, self.asm.take_traces(time.monotonic()))
+                if now >= next_export:
+                    next_export = now + self.cfg.export_interval
+                    await self._push(Signal.METRICS, self.asm.take_metrics())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("go_ebpf drain pass failed; continuing")
+
+    def unmatched(self) -> int:
+        """Client calls lost because their start was not recorded, since load."""
+        if self.program is None:
+            return self._unmatched_seen
+        return int(sum(self.program.table("go_unmatched")[__import__("ctypes").c_int(0)]))
+
+    def _count_unmatched(self) -> None:
+        n = self.unmatched()
+        if n > self._unmatched_seen:
+            self._unmatched.labels().inc(n - self._unmatched_seen)
+            self.ctx.telemetry.dropped(Signal.TRACES, n - self._unmatched_seen, "call_start_not_seen")
+            self._unmatched_seen = n
+
+    async def _push(self, signal: Signal, batch: Batch | None) -> None:
+        if batch is None:
+            return
+        sink = self.sinks.get(signal)
+        if sink is None:
+            return
+        n = batch.item_count()
+        try:
+            await sink.consume(batch)
+            self.ctx.telemetry.accepted(signal, n)
+        except ConsumerError:
+            self.ctx.telemetry.refused(signal, n)
+            self.ctx.telemetry.dropped(signal, n, "refused_downstream")
+
+    async def shutdown(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []
+        if self.watcher is not None:
+            await self.watcher.close()
+        if self.program is not None:
+            self._drain_once()
+            await self._push(Signal.TRACES, self.asm.take_traces(time.monotonic(), flush_all=True))
+            await self._push(Signal.METRICS, self.asm.take_metrics())
+            if self.targets is not None:
+                self.targets.close()
+            self.program.close()
+            self.program = None
+
+
+def _create(cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> GoEbpfReceiver:
+    return GoEbpfReceiver(cfg, sinks, ctx)
+
+
+factory = ReceiverFactory(
+    type="go_ebpf",
+    config=Config,
+    signals=frozenset({Signal.TRACES, Signal.METRICS}),
+    description="gRPC and net/http spans and RED metrics from uprobes on Go programs (eBPF)",
+    create=_create,
+    needs_bpf=True,
+)

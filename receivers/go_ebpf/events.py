@@ -1,0 +1,470 @@
+"""Decoding go_ebpf.c records and turning them into OTLP spans and RED metrics (pure Python, unit-testable).
+
+Trace ids from BPF are local (random per server span, inherited by client calls it makes, also through
+goroutines it spawns). Here they are joined into real traces: a server span that carried a W3C
+traceparent continues it, and a server span whose caller is a client span of a traced process on this
+host (same TCP connection and HTTP/2 stream id) becomes that client span's child. Finished spans wait
+`stitch_window` seconds so that both halves of a call are seen before export.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import struct
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from gotel.pdata import Metrics, Traces, attrs
+
+SCOPE = "gotel.receivers.go_ebpf"
+
+T_GRPC_SERVER, T_GRPC_CLIENT, T_HTTP_SERVER, T_HTTP_CLIENT = 1, 2, 3, 4
+E_DEADLINE, E_STATUS, E_NONSTATUS_ERR, E_TRACEPARENT, E_PARENT, E_ADDR, E_NO_OFFSETS, E_STREAM_ID, E_BEGIN_WALL = (
+    1, 2, 4, 8, 16, 32, 64, 128, 256)
+STR_LEN, TP_LEN = 96, 56
+RECORD = struct.Struct(f"<QQIIQQQQQqiIIHH16s16sBB6xQQ{STR_LEN}s{STR_LEN}s{STR_LEN}s{TP_LEN}s")
+
+CODES = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+         "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+         "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"]
+# semconv (rpc spans, gRPC): codes that are errors when reported by a server
+SERVER_ERROR_CODES = frozenset({2, 4, 12, 13, 14, 15})
+
+_WALL_TO_INTERNAL = (1884 * 365 + 1884 // 4 - 1884 // 100 + 1884 // 400) * 86400
+_UNIX_TO_INTERNAL = (1969 * 365 + 1969 // 4 - 1969 // 100 + 1969 // 400) * 86400
+
+
+def go_time_unix_ns(wall: int, ext: int) -> int:
+    """A Go time.Time {wall, ext} as Unix nanoseconds."""
+    nsec = wall & ((1 << 30) - 1)
+    sec = _WALL_TO_INTERNAL + ((wall << 1 & (1 << 64) - 1) >> 31) if wall >> 63 else ext
+    return (sec - _UNIX_TO_INTERNAL) * 1_000_000_000 + nsec
+
+
+def _cstr(b: bytes) -> str:
+    return b.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _ip(b: bytes, n: int) -> str | None:
+    if n == 4:
+        return str(ipaddress.IPv4Address(b[:4]))
+    if n == 16:
+        a = ipaddress.IPv6Address(b[:16])
+        return str(a.ipv4_mapped or a)
+    return None
+
+
+@dataclass
+class Call:
+    type: int
+    pid: int
+    start_ns: int  # unix
+    end_ns: int
+    span_id: int
+    parent_span_id: int
+    trace: tuple[int, int]
+    flags: int
+    code: int
+    stream_id: int
+    lport: int
+    rport: int
+    lip: str | None
+    rip: str | None
+    method: str
+    msg: str
+    path: str
+    tp: str
+    deadline_ns: int | None  # unix
+
+
+def decode(rec: bytes, mono_to_unix: int) -> Call | None:
+    if len(rec) < RECORD.size:
+        return None
+    (start, end, pid, typ, sid, psid, thi, tlo, dlw, dle, code, flags, stream_id, lport, rport, lip, rip,
+     liplen, riplen, _obj, _aux, method, msg, path, tp) = RECORD.unpack_from(rec)
+    start_unix = go_time_unix_ns(_aux, _obj) if flags & E_BEGIN_WALL else start + mono_to_unix
+    return Call(typ, pid, start_unix, end + mono_to_unix, sid, psid, (thi, tlo), flags, code, stream_id,
+                lport, rport, _ip(lip, liplen), _ip(rip, riplen), _cstr(method), _cstr(msg), _cstr(path),
+                _cstr(tp), go_time_unix_ns(dlw, dle) if flags & E_DEADLINE else None)
+
+
+def parse_traceparent(tp: str) -> tuple[bytes, bytes] | None:
+    parts = tp.strip().split("-")
+    if len(parts) < 4 or len(parts[0]) != 2 or len(parts[1]) != 32 or len(parts[2]) != 16 or parts[0] == "ff":
+        return None
+    try:
+        tid, sid = bytes.fromhex(parts[1]), bytes.fromhex(parts[2])
+    except ValueError:
+        return None
+    if tid == bytes(16) or sid == bytes(8):
+        return None
+    return tid, sid
+
+
+def split_method(full: str) -> tuple[str, str]:
+    m = full.lstrip("/")
+    svc, _, meth = m.rpartition("/")
+    return svc, meth
+
+
+_QUERY_SECRET = ("?", "#")
+
+
+@dataclass
+class Hist:
+    bounds: list[float]
+    counts: list[int]
+    n: int = 0
+    total: float = 0.0
+    lo: float = float("inf")
+    hi: float = float("-inf")
+    exemplar: tuple[float, int, bytes, bytes] | None = None  # value, time, trace id, span id
+
+    def add(self, x: float, t_ns: int, trace_id: bytes, span_id: bytes) -> None:
+        self.counts[bisect.bisect_left(self.bounds, x)] += 1
+        self.n += 1
+        self.total += x
+        self.lo, self.hi = min(self.lo, x), max(self.hi, x)
+        if self.exemplar is None or x >= self.exemplar[0]:  # the slowest call since the last export
+            self.exemplar = (x, t_ns, trace_id, span_id)
+
+
+DURATION_BOUNDS = [0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
+BUDGET_BOUNDS = [0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.5, 2.0]
+
+
+@dataclass
+class _Pending:
+    span: trace_pb2.Span
+    call: Call
+    ready_at: float
+    local_trace: tuple[int, int]
+
+
+@dataclass
+class ProcState:
+    resource: dict[str, Any]
+    start_ns: int
+    hists: dict[tuple[str, tuple[tuple[str, Any], ...]], Hist] = field(default_factory=dict)
+    counters: dict[tuple[str, tuple[tuple[str, Any], ...]], int] = field(default_factory=dict)
+    gone: bool = False
+    gone_at: float = 0.0
+
+
+class Assembler:
+    """Calls -> spans (stitched into traces) and RED metrics per process."""
+
+    def __init__(self, *, legacy_status_code: bool = False, stitch_window: float = 0.5,
+                 client_index_size: int = 100_000) -> None:
+        self.legacy = legacy_status_code
+        self.window = stitch_window
+        self.procs: dict[int, ProcState] = {}
+        self.pending: list[_Pending] = []
+        # local trace id -> (trace id, parent span id or None) once known
+        self.alias: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        # (client ip, client port, server port, stream id) -> the client span (kept after its export)
+        self.clients: OrderedDict[tuple[Any, ...], _Pending] = OrderedDict()
+        self.index_size = client_index_size
+        self.seen_no_offsets: set[int] = set()
+        self.unknown_process = 0
+        # attribute lists repeat (same method, code, peer): built once, copied into each span
+        self._attr_cache: dict[tuple[tuple[str, Any], ...], list[Any]] = {}
+        self._last_attrs: dict[str, Any] = {}
+
+    # ---- processes ----
+    def add_process(self, pid: int, resource: dict[str, Any]) -> None:
+        self.procs[pid] = ProcState(resource, time.time_ns())
+
+    def remove_process(self, pid: int) -> None:
+        st = self.procs.get(pid)
+        if st is not None:
+            st.gone = True
+            st.gone_at = time.monotonic()
+
+    # ---- spans ----
+    def _trace_of(self, local: tuple[int, int]) -> bytes:
+        seen = 0
+        t = self.alias.get(local)
+        while t is not None and len(t) == 32 and seen < 8:  # alias to another local trace (hex key)
+            nxt = (int(t[:16], 16), int(t[16:], 16))
+            t = self.alias.get(nxt, None)
+            local = nxt
+            seen += 1
+        if t is not None and len(t) == 16:
+            return t
+        return local[0].to_bytes(8, "big") + local[1].to_bytes(8, "big")
+
+    def _remember_alias(self, local: tuple[int, int], target: bytes) -> None:
+        self.alias[local] = target
+        if len(self.alias) > self.index_size:
+            self.alias.popitem(last=False)
+
+    def handle(self, c: Call, now: float) -> None:
+        st = self.procs.get(c.pid)
+        if st is None:
+            self.unknown_process += 1  # the receiver counts these as dropped
+            return
+        if c.flags & E_NO_OFFSETS:
+            self.seen_no_offsets.add(c.pid)
+        sp = self._span(c)
+        p = _Pending(sp, c, now + self.window, c.trace)
+        if c.type in (T_GRPC_CLIENT,) and c.flags & E_STREAM_ID and c.lport:
+            key = (c.lip, c.lport, c.rport, c.stream_id)
+            self.clients[key] = p
+            if len(self.clients) > self.index_size:
+                self.clients.popitem(last=False)
+        self.pending.append(p)
+        self._metrics(st, c, sp)
+
+    def _link_server(self, p: _Pending) -> None:
+        c = p.call
+        if c.type not in (T_GRPC_SERVER, T_HTTP_SERVER) or p.span.parent_span_id:
+            return
+        if c.type == T_GRPC_SERVER and c.flags & E_STREAM_ID and c.rport:
+            hit = self.clients.get((c.rip, c.rport, c.lport, c.stream_id))
+            if hit is not None:
+                thi, tlo = hit.local_trace
+                p.span.parent_span_id = hit.span.span_id
+                self._remember_alias(c.trace, f"{thi:016x}{tlo:016x}".encode())
+                parsed = parse_traceparent(c.tp) if c.tp else None
+                if parsed is not None and not hit.span.parent_span_id:
+                    # the caller's own (SDK) span sent this traceparent: it is the client span's parent
+                    self._remember_alias(hit.local_trace, parsed[0])
+                    hit.span.parent_span_id = parsed[1]
+                return
+        if c.tp:
+            parsed = parse_traceparent(c.tp)
+            if parsed is not None:
+                self._remember_alias(c.trace, parsed[0])
+                p.span.parent_span_id = parsed[1]
+
+    def take_traces(self, now: float, flush_all: bool = False) -> Traces | None:
+        if not self.pending:
+            return None
+        for p in self.pending:
+            self._link_server(p)
+        ready = [p for p in self.pending if flush_all or p.ready_at <= now]
+        if not ready:
+            return None
+        self.pending = [p for p in self.pending if not (flush_all or p.ready_at <= now)]
+        by_pid: dict[int, list[trace_pb2.Span]] = {}
+        for p in ready:
+            p.span.trace_id = self._trace_of(p.local_trace)
+            by_pid.setdefault(p.call.pid, []).append(p.span)
+        b = Traces()
+        for pid, spans in by_pid.items():
+            rs = b.msg.resource_spans.add()
+            rs.resource.attributes.extend(attrs(self._resource(pid)))
+            ss = rs.scope_spans.add()
+            ss.scope.name = SCOPE
+            ss.spans.extend(spans)
+        return b
+
+    def _resource(self, pid: int) -> dict[str, Any]:
+        st = self.procs.get(pid)
+        return st.resource if st else {"process.pid": pid}
+
+    def _span(self, c: Call) -> trace_pb2.Span:
+        sp = trace_pb2.Span(span_id=c.span_id.to_bytes(8, "big"), start_time_unix_nano=c.start_ns,
+                            end_time_unix_nano=c.end_ns)
+        if c.flags & E_PARENT:
+            sp.parent_span_id = c.parent_span_id.to_bytes(8, "big")
+        a: dict[str, Any] = {}
+        if c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
+            server = c.type == T_GRPC_SERVER
+            sp.kind = trace_pb2.Span.SPAN_KIND_SERVER if server else trace_pb2.Span.SPAN_KIND_CLIENT
+            svc, meth = split_method(c.method)
+            sp.name = f"{svc}/{meth}" if c.method else ("grpc.server" if server else "grpc.client")
+            a["rpc.system"] = "grpc"
+            if c.method:
+                a["rpc.service"], a["rpc.method"] = svc, meth
+            if c.flags & (E_STATUS | E_NONSTATUS_ERR) or (not server and not c.flags & E_NO_OFFSETS):
+                name = CODES[c.code] if 0 <= c.code < len(CODES) else str(c.code)
+                a["rpc.response.status_code"] = name
+                if self.legacy:
+                    a["rpc.grpc.status_code"] = c.code
+                is_err = c.code != 0 and (not server or c.code in SERVER_ERROR_CODES)
+                if is_err:
+                    sp.status.code = trace_pb2.Status.STATUS_CODE_ERROR
+                    sp.status.message = c.msg
+                    a["error.type"] = name
+                if c.code != 0 and c.msg:
+                    a["rpc.grpc.status_message"] = c.msg
+            elif c.flags & E_NO_OFFSETS and not server:
+                a["gotel.missing"] = "rpc.response.status_code, addresses (binary has no DWARF)"
+            elif server and c.flags & E_NO_OFFSETS:
+                a["gotel.missing"] = "rpc.method, rpc.response.status_code, deadline, addresses (binary has no DWARF)"
+            if c.flags & E_ADDR:
+                if server:
+                    if c.lip:
+                        a["server.address"] = c.lip
+                    a["server.port"] = c.lport
+                    if c.rip:
+                        a["client.address"] = c.rip
+                    a["client.port"] = c.rport
+                else:
+                    if c.rip:
+                        a["server.address"] = c.rip
+                    a["server.port"] = c.rport
+                    if c.lip:
+                        a["network.local.address"] = c.lip
+                    a["network.local.port"] = c.lport
+            if c.deadline_ns is not None:
+                a["gotel.rpc.deadline.timeout"] = (c.deadline_ns - c.start_ns) / 1e9
+                a["gotel.rpc.deadline.remaining"] = (c.deadline_ns - c.end_ns) / 1e9
+                a["gotel.rpc.deadline.exceeded"] = c.code == 4 or c.end_ns >= c.deadline_ns
+        else:
+            server = c.type == T_HTTP_SERVER
+            sp.kind = trace_pb2.Span.SPAN_KIND_SERVER if server else trace_pb2.Span.SPAN_KIND_CLIENT
+            method = c.method or "_OTHER"
+            a["http.request.method"] = method
+            if server:
+                route = c.path if c.flags & E_STREAM_ID else ""
+                if route:
+                    # Go 1.22+ mux patterns may carry the method ("GET /users/{id}")
+                    route = route.split(" ", 1)[-1]
+                    a["http.route"] = route
+                elif c.path:
+                    a["url.path"] = c.path
+                sp.name = f"{method} {route}" if route else method
+                if c.msg:
+                    host, _, port = c.msg.rpartition(":")
+                    a["client.address"] = host.strip("[]")
+                    if port.isdigit():
+                        a["client.port"] = int(port)
+                if c.tp:
+                    host, _, port = c.tp.rpartition(":")
+                    a["server.address"] = host if port.isdigit() else c.tp
+                    if port.isdigit():
+                        a["server.port"] = int(port)
+                status = c.code if c.flags & E_STATUS else 0
+                if c.flags & E_STATUS:
+                    status = status or 200  # nothing written: net/http answers 200
+                    a["http.response.status_code"] = status
+                    if status >= 500:
+                        sp.status.code = trace_pb2.Status.STATUS_CODE_ERROR
+                        a["error.type"] = str(status)
+            else:
+                sp.name = method
+                host = c.msg
+                if c.tp or host:
+                    a["url.full"] = f"{c.tp or 'http'}://{host}{c.path}"
+                    h, _, port = host.rpartition(":")
+                    a["server.address"] = h if port.isdigit() else host
+                    if port.isdigit():
+                        a["server.port"] = int(port)
+                    elif c.tp in ("http", "https"):
+                        a["server.port"] = 80 if c.tp == "http" else 443
+                if c.flags & E_STATUS:
+                    a["http.response.status_code"] = c.code
+                    if c.code >= 400:
+                        sp.status.code = trace_pb2.Status.STATUS_CODE_ERROR
+                        a["error.type"] = str(c.code)
+                elif c.flags & E_NONSTATUS_ERR:
+                    sp.status.code = trace_pb2.Status.STATUS_CODE_ERROR
+                    a["error.type"] = "_OTHER"
+        key = tuple(a.items())
+        kvs = self._attr_cache.get(key)
+        if kvs is None:
+            kvs = attrs(a)
+            if len(self._attr_cache) >= 8192:
+                self._attr_cache.clear()
+            self._attr_cache[key] = kvs
+        sp.attributes.extend(kvs)
+        self._last_attrs = a
+        return sp
+
+    # ---- metrics ----
+    def _metrics(self, st: ProcState, c: Call, sp: trace_pb2.Span) -> None:
+        dur = max(0, c.end_ns - c.start_ns) / 1e9
+        a = self._last_attrs
+        trace_local = sp.span_id
+        if c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
+            name = "rpc.server.call.duration" if c.type == T_GRPC_SERVER else "rpc.client.call.duration"
+            keys = ("rpc.system", "rpc.service", "rpc.method", "rpc.response.status_code", "server.address",
+                    "server.port")
+        else:
+            name = "http.server.request.duration" if c.type == T_HTTP_SERVER else "http.client.request.duration"
+            keys = ("http.request.method", "http.route", "http.response.status_code", "server.address",
+                    "server.port", "error.type")
+        labels = tuple((k, a[k]) for k in keys if k in a)
+        self._observe(st, name, labels, dur, c, trace_local, DURATION_BOUNDS)
+        if c.deadline_ns is not None and c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
+            budget = c.deadline_ns - c.start_ns
+            side = "server" if c.type == T_GRPC_SERVER else "client"
+            blabels = tuple((k, v) for k, v in labels if k in ("rpc.system", "rpc.service", "rpc.method"))
+            if budget > 0:
+                self._observe(st, f"gotel.rpc.{side}.deadline.budget_used", blabels,
+                              (c.end_ns - c.start_ns) / budget, c, trace_local, BUDGET_BOUNDS)
+            if c.code == 4:
+                key = (f"gotel.rpc.{side}.deadline_exceeded", blabels)
+                st.counters[key] = st.counters.get(key, 0) + 1
+
+    def _observe(self, st: ProcState, name: str, labels: tuple[tuple[str, Any], ...], x: float, c: Call,
+                 span_id: bytes, bounds: list[float]) -> None:
+        h = st.hists.get((name, labels))
+        if h is None:
+            h = st.hists[(name, labels)] = Hist(bounds, [0] * (len(bounds) + 1))
+        # exemplar trace id is resolved at export (it may still be aliased)
+        h.add(x, c.end_ns, c.trace[0].to_bytes(8, "big") + c.trace[1].to_bytes(8, "big"), span_id)
+        h.exemplar = h.exemplar if h.exemplar is None else h.exemplar
+
+    def take_metrics(self) -> Metrics | None:
+        now = time.time_ns()
+        b = Metrics()
+        for pid, st in list(self.procs.items()):
+            if st.hists or st.counters:
+                rm = b.msg.resource_metrics.add()
+                rm.resource.attributes.extend(attrs(st.resource))
+                sm = rm.scope_metrics.add()
+                sm.scope.name = SCOPE
+                made: dict[str, Any] = {}
+                for (name, labels), h in st.hists.items():
+                    m = made.get(name)
+                    if m is None:
+                        unit = "1" if name.endswith("budget_used") else "s"
+                        m = made[name] = sm.metrics.add(name=name, unit=unit, description=_DESC.get(name, ""))
+                        m.histogram.aggregation_temporality = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+                    dp = m.histogram.data_points.add(start_time_unix_nano=st.start_ns, time_unix_nano=now,
+                                                     count=h.n, sum=h.total, min=h.lo, max=h.hi,
+                                                     explicit_bounds=h.bounds, bucket_counts=h.counts)
+                    dp.attributes.extend(attrs(dict(labels)))
+                    if h.exemplar is not None:
+                        v, t, tid, sid = h.exemplar
+                        local = (int.from_bytes(tid[:8], "big"), int.from_bytes(tid[8:], "big"))
+                        dp.exemplars.add(time_unix_nano=t, as_double=v, trace_id=self._trace_of(local), span_id=sid)
+                        h.exemplar = None
+                for (name, labels), n in st.counters.items():
+                    m = made.get(name)
+                    if m is None:
+                        m = made[name] = sm.metrics.add(name=name, unit="{call}", description=_DESC.get(name, ""))
+                        m.sum.aggregation_temporality = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+                        m.sum.is_monotonic = True
+                    dp = m.sum.data_points.add(start_time_unix_nano=st.start_ns, time_unix_nano=now, as_int=n)
+                    dp.attributes.extend(attrs(dict(labels)))
+            if st.gone and time.monotonic() - st.gone_at > 10 * self.window + 5:
+                del self.procs[pid]  # its last events and metrics are out
+        return b if b.msg.resource_metrics else None
+
+
+_DESC = {
+    "rpc.server.call.duration": "Duration of gRPC calls served (uprobes).",
+    "rpc.client.call.duration": "Duration of gRPC calls made (uprobes).",
+    "http.server.request.duration": "Duration of HTTP requests served.",
+    "http.client.request.duration": "Duration of HTTP requests made.",
+    "gotel.rpc.server.deadline.budget_used": "Elapsed time / the caller's deadline budget, per served call.",
+    "gotel.rpc.client.deadline.budget_used": "Elapsed time / the deadline budget, per call made.",
+    "gotel.rpc.server.deadline_exceeded": "Served calls that ended DEADLINE_EXCEEDED.",
+    "gotel.rpc.client.deadline_exceeded": "Calls made that ended DEADLINE_EXCEEDED.",
+}
+
+
+def _pyval(av: Any) -> Any:
+    k = av.WhichOneof("value")
+    return getattr(av, k) if k else None

@@ -1,0 +1,174 @@
+"""Per-binary facts for bpf/go_ebpf.c: which functions to probe and the struct offsets / code addresses
+it reads, from the binary's build info, symbol table and DWARF (never guessed: unknown stays unknown).
+
+The index of each entry in OFFSETS is its slot in the BPF offsets table (O_* / A_* in go_ebpf.c).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from gotel.ebpf.probespecs import version_at_least
+from gotel.golang import GoAnalysisError, GoBinary
+
+log = logging.getLogger(__name__)
+
+_T = "google.golang.org/grpc/internal/transport"
+_ST = "google.golang.org/grpc/internal/status"
+_SPB = "google.golang.org/genproto/googleapis/rpc/status.Status"
+_G = "google.golang.org/grpc"
+GRPC = "google.golang.org/grpc"
+
+# (struct type alternatives, field) or ("addr", function/var symbol alternatives); the attribute lost when unknown
+OffsetSpec = tuple[str, tuple[str, ...], str, str]
+OFFSETS: list[OffsetSpec] = [
+    ("field", (f"{_T}.Stream", f"{_T}.ServerStream"), "method", "rpc.method (server)"),  # 0
+    ("field", (f"{_T}.Stream",), "id", "server/client stitching"),  # 1
+    ("field", (f"{_T}.Stream",), "ctx", "deadline (server)"),  # 2
+    ("field", (f"{_T}.http2Server",), "remoteAddr", "client.address"),  # 3
+    ("field", (f"{_T}.http2Server",), "localAddr", "server.address"),  # 4
+    ("field", ("net.TCPAddr",), "IP", "addresses"),  # 5
+    ("field", ("net.TCPAddr",), "Port", "ports"),  # 6
+    ("field", (f"{_ST}.Status",), "s", "rpc.response.status_code (server)"),  # 7
+    ("field", (_SPB,), "Code", "rpc.response.status_code"),  # 8
+    ("field", (_SPB,), "Message", "status message"),  # 9
+    ("field", (f"{_ST}.Error",), "e|s", "rpc.response.status_code (client)"),  # 10
+    ("field", (f"{_G}.clientStream",), "attempt", "server.address (client)"),  # 11
+    ("field", (f"{_G}.csAttempt",), "t", "server.address (client)"),  # 12
+    ("field", (f"{_G}.csAttempt",), "s", "server/client stitching"),  # 13
+    ("field", (f"{_T}.http2Client",), "remoteAddr", "server.address (client)"),  # 14
+    ("field", (f"{_T}.http2Client",), "localAddr", "client port (stitching)"),  # 15
+    ("field", ("context.timerCtx",), "deadline", "deadline"),  # 16
+    ("func", ("context.(*timerCtx).Value",), "", "deadline"),  # 17
+    ("func", ("context.(*valueCtx).Value",), "", "deadline"),  # 18
+    ("func", ("context.(*cancelCtx).Value",), "", "deadline"),  # 19
+    ("func", (f"{_ST}.(*Error).Error",), "", "rpc.response.status_code (client)"),  # 20
+    ("var", ("io.EOF",), "", "OK status of client streams ending with io.EOF"),  # 21
+    ("field", ("golang.org/x/net/http2.MetaHeadersFrame", "net/http.http2MetaHeadersFrame"), "Fields", "traceparent (gRPC)"),  # 22
+    ("field", ("golang.org/x/net/http2.FrameHeader", "net/http.http2FrameHeader"), "StreamID", "traceparent (gRPC)"),  # 23
+    ("size", ("golang.org/x/net/http2/hpack.HeaderField", "vendor/golang.org/x/net/http2/hpack.HeaderField"), "", "traceparent (gRPC)"),  # 24
+    ("field", ("golang.org/x/net/http2/hpack.HeaderField", "vendor/golang.org/x/net/http2/hpack.HeaderField"), "Value", "traceparent (gRPC)"),  # 25
+    ("field", ("net/http.Request",), "Method", "http.request.method"),  # 26
+    ("field", ("net/http.Request",), "URL", "url.path"),  # 27
+    ("field", ("net/url.URL",), "Path", "url.path"),  # 28
+    ("field", ("net/http.Request",), "RemoteAddr", "client.address (http)"),  # 29
+    ("field", ("net/http.Request",), "Host", "server.address (http)"),  # 30
+    ("field", ("net/http.response",), "status", "http.response.status_code (server)"),  # 31
+    ("field", ("net/http.Request",), "Pattern", "http.route (Go >= 1.23)"),  # 32
+    ("field", ("net/url.URL",), "Scheme", "url.full"),  # 33
+    ("field", ("net/url.URL",), "Host", "url.full / server.address"),  # 34
+    ("field", ("net/http.Response",), "StatusCode", "http.response.status_code (client)"),  # 35
+    ("field", (f"{_G}.clientStream",), "ctx", "deadline (client)"),  # 36
+    ("field", (f"{_G}.clientStream",), "callHdr", "calls in flight at attach"),  # 37
+    ("field", (f"{_T}.CallHdr",), "Method", "calls in flight at attach"),  # 38
+    ("field", (f"{_G}.clientStream",), "beginTime", "calls in flight at attach"),  # 39
+]
+
+F_ERROR_VIA_STATUS = 1
+F_NEWPROC1_GO117 = 2
+F_OPHDR_CTX = 4
+
+# functions probed: (id, symbol alternatives, entry program, RET program or None)
+PROBES: list[tuple[str, tuple[str, ...], str | None, str | None]] = [
+    ("runtime.newproc1", ("runtime.newproc1",), "go_newproc1", "go_newproc1_ret"),
+    ("grpc.server.handle_stream", (f"{_G}.(*Server).handleStream",), "grpc_server_start", "grpc_server_end"),
+    ("grpc.server.write_status", (f"{_T}.(*http2Server).WriteStatus", f"{_T}.(*http2Server).writeStatus"),
+     "grpc_server_status", None),
+    ("grpc.server.operate_headers", (f"{_T}.(*http2Server).operateHeaders",), "grpc_operate_headers", None),
+    ("grpc.client.new_stream", (f"{_G}.newClientStream",), "grpc_client_start", "grpc_client_started"),
+    ("grpc.client.finish", (f"{_G}.(*clientStream).finish",), "grpc_client_finish", None),
+    ("http.server.serve", ("net/http.serverHandler.ServeHTTP",), "http_server_start", "http_server_end"),
+    ("http.client.roundtrip", ("net/http.(*Transport).roundTrip",), "http_client_start", "http_client_end"),
+]
+
+
+@dataclass
+class Layout:
+    """What one binary gives go_ebpf.c."""
+
+    offsets: dict[str, int | None]
+    flags: int
+    missing: list[str] = field(default_factory=list)  # attributes lost, for logs and inspect
+    grpc_version: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def offset_names() -> list[str]:
+    return [f"{kind}:{'/'.join(types)}.{fld}" for kind, types, fld, _ in OFFSETS]
+
+
+def _symbols(gb: GoBinary) -> dict[str, int]:
+    """Data symbols (io.EOF) from .symtab; empty for stripped binaries."""
+    from elftools.elf.elffile import ELFFile
+
+    out: dict[str, int] = {}
+    if not gb.has_symtab:
+        return out
+    with open(gb.path, "rb") as f:
+        st = ELFFile(f).get_section_by_name(".symtab")
+        if st is None:
+            return out
+        for s in st.iter_symbols():  # type: ignore[attr-defined]
+            if s.name == "io.EOF":
+                out[s.name] = int(s["st_value"])
+    return out
+
+
+def _field(gb: GoBinary, types: tuple[str, ...], fld: str) -> int | None:
+    for t in types:
+        for f in fld.split("|"):
+            try:
+                return gb.struct_offset(t, f)
+            except GoAnalysisError:
+                continue
+    return None
+
+
+def layout_for(gb: GoBinary) -> Layout:
+    names = offset_names()
+    vals: dict[str, int | None] = {}
+    missing: list[str] = []
+    syms: dict[str, int] | None = None
+    flags = 0
+    for name, (kind, types, fld, attr) in zip(names, OFFSETS, strict=True):
+        v: int | None = None
+        if kind == "field":
+            v = _field(gb, types, fld) if gb.has_dwarf else None
+        elif kind == "size":
+            if gb.has_dwarf:
+                for t in types:
+                    try:
+                        v = gb.structs.size(t)
+                        break
+                    except GoAnalysisError:
+                        continue
+        elif kind == "func":
+            # a function address is in .gopclntab even when stripped, but without DWARF its companion
+            # field offsets are unknown anyway
+            f = gb.functions.get(types[0])
+            v = f.entry if f is not None else None
+        elif kind == "var":
+            syms = _symbols(gb) if syms is None else syms
+            v = syms.get(types[0])
+        vals[name] = v
+        if v is None and attr not in missing:
+            missing.append(attr)
+    grpc_v = gb.module_version(GRPC)
+    notes: list[str] = []
+    if gb.has_dwarf:
+        try:
+            gb.struct_offset(f"{_ST}.Error", "s")
+            flags |= F_ERROR_VIA_STATUS
+        except GoAnalysisError:
+            pass
+    if gb.go_version and not version_at_least(gb.go_version, "1.18"):
+        flags |= F_NEWPROC1_GO117
+    if grpc_v and version_at_least(grpc_v, "1.60"):
+        flags |= F_OPHDR_CTX
+    elif grpc_v is None and gb.functions.get(f"{_G}.(*Server).handleStream") is not None:
+        notes.append("grpc version unknown (GOPATH build without module info): assuming grpc < 1.60 signatures")
+    if not gb.has_dwarf:
+        notes.append("no DWARF: server method names, status codes, deadlines, addresses and traceparent "
+                     "continuation are unavailable; spans keep timing, client method names and parenting")
+    return Layout(vals, flags, missing, grpc_v, notes)

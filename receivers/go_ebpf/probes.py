@@ -1,0 +1,104 @@
+"""Which sites go_ebpf attaches in one binary, and its probe specs for `gotel inspect`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gotel.ebpf.goprobes import Site
+from gotel.ebpf.probespecs import FieldRef, ProbeSpec, register
+from gotel.ebpf.targets import body_address, ret_addresses
+from gotel.golang import analyze
+from gotel.golang.binary import FileIdentity
+from gotel.receivers.go_ebpf.layout import GRPC, PROBES, Layout, layout_for
+
+
+@dataclass
+class Plan:
+    sites: list[Site]
+    layout: Layout
+    go_version: str | None
+    has_dwarf: bool
+    probe_ids: list[str] = field(default_factory=list)
+
+
+_PLANS: dict[tuple[FileIdentity, bool, bool], Plan] = {}
+
+
+def plan_for(exe: str, *, grpc: bool = True, http: bool = True) -> Plan:
+    """Cached per binary file: a new process of a known binary costs one stat."""
+    key = (FileIdentity.of(exe), grpc, http)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = _plan(exe, grpc, http)
+        while len(_PLANS) > 256:
+            del _PLANS[next(iter(_PLANS))]
+    return plan
+
+
+def _plan(exe: str, grpc: bool, http: bool) -> Plan:
+    gb = analyze(exe)
+    layout = layout_for(gb)
+    sites: list[Site] = []
+    ids: list[str] = []
+    has_any = False
+    for pid_, syms, entry_fn, ret_fn in PROBES:
+        if pid_.startswith("grpc.") and not grpc or pid_.startswith("http.") and not http:
+            continue
+        sym = next((s for s in syms if gb.functions.get(s) is not None), None)
+        if sym is None:
+            continue
+        if pid_ != "runtime.newproc1":
+            has_any = True
+        ids.append(pid_)
+        if entry_fn:
+            addr = body_address(gb, sym)
+            if addr is not None:
+                sites.append(Site(addr, entry_fn, sym))
+        if ret_fn:
+            sites += [Site(r, ret_fn, sym, is_return=True) for r in ret_addresses(gb, sym)]
+    if not has_any:
+        sites, ids = [], []
+    return Plan(sites, layout, gb.go_version, gb.has_dwarf, ids)
+
+
+_EB = "go_ebpf"
+_T = "google.golang.org/grpc/internal/transport"
+_SPB = "google.golang.org/genproto/googleapis/rpc/status.Status"
+for _spec in (
+    # the seed "grpc.server.handle_stream" (method only) stays as the substrate defined it; this one lists
+    # every field go_ebpf reads at the same function
+    ProbeSpec("grpc.server.call", ("google.golang.org/grpc.(*Server).handleStream",), _EB,
+              "gRPC server call fields: deadline, addresses, stream id (entry + every RET)", module=GRPC, returns=True, optional=True,
+              offsets=(FieldRef(f"{_T}.Stream", "method", "rpc.method"),
+                       FieldRef(f"{_T}.Stream", "ctx", "gotel.rpc.deadline.timeout"),
+                       FieldRef("context.timerCtx", "deadline", "gotel.rpc.deadline.timeout"),
+                       FieldRef(f"{_T}.http2Server", "remoteAddr", "client.address"),
+                       FieldRef("net.TCPAddr", "Port", "server.port"))),
+    ProbeSpec("grpc.server.write_status", (f"{_T}.(*http2Server).WriteStatus", f"{_T}.(*http2Server).writeStatus"),
+              _EB, "gRPC server status code", module=GRPC, optional=True,
+              offsets=(FieldRef("google.golang.org/grpc/internal/status.Status", "s", "rpc.response.status_code"),
+                       FieldRef(_SPB, "Code", "rpc.response.status_code"))),
+    ProbeSpec("grpc.server.operate_headers", (f"{_T}.(*http2Server).operateHeaders",), _EB,
+              "incoming gRPC headers: traceparent", module=GRPC, optional=True,
+              offsets=(FieldRef("golang.org/x/net/http2.MetaHeadersFrame", "Fields", "traceparent continuation"),)),
+    ProbeSpec("grpc.client.invoke", ("google.golang.org/grpc.newClientStream",), _EB,
+              "gRPC client call start, unary and streaming (method is an argument: no offsets needed)",
+              module=GRPC, returns=True, optional=True,
+              offsets=(FieldRef("context.timerCtx", "deadline", "gotel.rpc.deadline.timeout"),)),
+    ProbeSpec("grpc.client.new_stream", ("google.golang.org/grpc.(*clientStream).finish",), _EB,
+              "gRPC client call end with the real status (unary and streaming)", module=GRPC, optional=True,
+              offsets=(FieldRef("google.golang.org/grpc/internal/status.Error", "e", "rpc.response.status_code"),
+                       FieldRef(_SPB, "Code", "rpc.response.status_code"),
+                       FieldRef("google.golang.org/grpc.clientStream", "attempt", "server.address"))),
+    ProbeSpec("http.server.request", ("net/http.serverHandler.ServeHTTP",), _EB,
+              "HTTP server request (entry + every RET)", returns=True, optional=True,
+              offsets=(FieldRef("net/http.Request", "Method", "http.request.method"),
+                       FieldRef("net/url.URL", "Path", "url.path"),
+                       FieldRef("net/http.response", "status", "http.response.status_code"))),
+    ProbeSpec("http.client.roundtrip", ("net/http.(*Transport).roundTrip",), _EB, "HTTP client request",
+              returns=True, optional=True,
+              offsets=(FieldRef("net/http.Request", "Method", "http.request.method"),
+                       FieldRef("net/url.URL", "Host", "url.full"),
+                       FieldRef("net/http.Response", "StatusCode", "http.response.status_code"))),
+):
+    register(_spec)

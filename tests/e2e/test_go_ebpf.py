@@ -1,0 +1,114 @@
+"""`gotel run` with the go_ebpf receiver (its own process) against grpcapp servers started after the agent:
+attach, one trace across two traced processes, OTEL_SERVICE_NAME, detach on exit and reattach after a
+restart, exported to a real OTLP/gRPC server."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gotel.pdata import attr_dict
+from tests.e2e.agent import Agent
+from tests.helpers import goapps
+from tests.helpers.otlp_sink import OTLPGrpcSink
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def sink() -> Iterator[OTLPGrpcSink]:
+    s = OTLPGrpcSink().start()
+    yield s
+    s.stop()
+
+
+def spans_of(sink: OTLPGrpcSink) -> list[tuple[dict[str, Any], Any]]:
+    return [(attr_dict(rs.resource.attributes), s) for r in list(sink.received.traces) for rs in r.resource_spans
+            for ss in rs.scope_spans for s in ss.spans]
+
+
+def server(toolchain: str, service: str) -> goapps.RunningApp:
+    env = dict(os.environ, OTEL_SERVICE_NAME=service)
+    return goapps.RunningApp([str(goapps.build("grpcapp", toolchain)), "server"], env=env)
+
+
+def wait(pred: Any, timeout: float, what: str, a: Agent) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not seen within {timeout}s\n{a.output()[-3000:]}")
+
+
+def test_gotel_run_traces_late_processes_across_restarts(tmp_path: Path, sink: OTLPGrpcSink) -> None:
+    binary = goapps.build("grpcapp", "go1.27")
+    cfg = f"""
+receivers:
+  go_ebpf:
+    discovery: {{exe_paths: ["{binary}"]}}
+    flush_interval: 0.2
+    stitch_window: 0.3
+exporters:
+  otlp:
+    endpoint: http://{sink.address}
+service:
+  telemetry: {{metrics: {{address: "@TELEMETRY@"}}}}
+  pipelines:
+    traces: {{receivers: [go_ebpf], exporters: [otlp]}}
+"""
+    a = Agent(cfg, tmp_path).start()
+    apps: list[goapps.RunningApp] = []
+    try:
+        a.wait_ready(60)
+        front, back = server("go1.27", "front"), server("go1.27", "back")  # started after gotel
+        apps += [front, back]
+        down = f"127.0.0.1:{back.ports['grpc']}"
+
+        def call(target: goapps.RunningApp) -> None:
+            # the caller is attached a moment later than its first call could be: call until traced
+            goapps.run("grpcapp", "client", "-target", f"127.0.0.1:{target.ports['grpc']}", "-downstream", down,
+                       "-down-code", "14", toolchain="go1.27")
+
+        def trace_complete(front_pid: int) -> bool:
+            by_pid: dict[tuple[int, int], list[Any]] = {}
+            for res, s in spans_of(sink):
+                by_pid.setdefault((res["process.pid"], s.kind), []).append((res, s))
+            return bool(by_pid.get((front_pid, 2)) and by_pid.get((front_pid, 3)) and by_pid.get((back.pid, 2)))
+
+        end = time.monotonic() + 20
+        while not trace_complete(front.pid) and time.monotonic() < end:
+            call(front)
+            time.sleep(0.3)
+        wait(lambda: trace_complete(front.pid), 5, "front server -> client -> back server", a)
+        fs = [(r, s) for r, s in spans_of(sink) if r["process.pid"] == front.pid and s.kind == 2][-1]
+        fc = [(r, s) for r, s in spans_of(sink) if r["process.pid"] == front.pid and s.kind == 3
+              and s.parent_span_id == fs[1].span_id]
+        assert fc, "the downstream call is the child of the front server span"
+        bs = [(r, s) for r, s in spans_of(sink) if r["process.pid"] == back.pid and s.parent_span_id == fc[0][1].span_id]
+        assert bs and bs[0][1].trace_id == fs[1].trace_id == fc[0][1].trace_id
+        assert fs[0]["service.name"] == "front" and bs[0][0]["service.name"] == "back"
+        assert fs[0]["process.executable.name"] == binary.name
+        assert attr_dict(fc[0][1].attributes)["rpc.response.status_code"] == "UNAVAILABLE"
+
+        # restart the front server: the old process is detached, the new one traced under its new pid
+        old = front.pid
+        front.stop()
+        front = server("go1.27", "front")
+        apps.append(front)
+        assert front.pid != old
+        end = time.monotonic() + 20
+        while not trace_complete(front.pid) and time.monotonic() < end:
+            call(front)
+            time.sleep(0.3)
+        wait(lambda: trace_complete(front.pid), 5, "spans of the restarted front server", a)
+        assert a.metric("gotel_ebpf_lost_events_total") == 0
+    finally:
+        for app in apps:
+            app.stop()
+        a.stop()

@@ -1,0 +1,121 @@
+"""go_ebpf's user-space half without BPF: record decoding, Go time conversion, span attributes, and how
+traces are joined (traceparent continuation, cross-process stitching)."""
+
+from __future__ import annotations
+
+import datetime
+import struct
+
+from gotel.pdata import attr_dict
+from gotel.receivers.go_ebpf.events import (
+    CODES,
+    E_ADDR,
+    E_DEADLINE,
+    E_PARENT,
+    E_STATUS,
+    E_STREAM_ID,
+    RECORD,
+    T_GRPC_CLIENT,
+    T_GRPC_SERVER,
+    Assembler,
+    decode,
+    go_time_unix_ns,
+    parse_traceparent,
+)
+
+LO = b"\x7f\x00\x00\x01" + bytes(12)
+
+
+def go_wall(unix_ns: int) -> tuple[int, int]:
+    """time.Now()-style {wall, ext} with the monotonic bit, as Go stores it."""
+    sec, nsec = divmod(unix_ns, 1_000_000_000)
+    wall_sec = sec + 62135596800 - 59453308800  # unix -> seconds since 1885
+    return (1 << 63) | (wall_sec << 30) | nsec, 123456789
+
+
+def rec(typ: int, *, start: int = 1_000, end: int = 2_000, span: int = 7, parent: int = 0, trace: tuple[int, int] = (1, 2),
+        code: int = 0, flags: int = 0, stream: int = 1, lport: int = 0, rport: int = 0, method: bytes = b"/p.S/M",
+        msg: bytes = b"", tp: bytes = b"", dl: tuple[int, int] = (0, 0)) -> bytes:
+    return RECORD.pack(start, end, 42, typ, span, parent, trace[0], trace[1], dl[0], dl[1], code, flags, stream, lport,
+                       rport, LO, LO, 4, 4, 0, 0, method, msg, b"", tp)
+
+
+def test_go_time_to_unix() -> None:
+    t = 1_795_376_115_511_545_503
+    assert go_time_unix_ns(*go_wall(t)) == t
+    # without the monotonic bit, ext holds seconds since year 1
+    d = datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)
+    secs = int(d.timestamp()) + 62135596800
+    assert go_time_unix_ns(5, secs) == int(d.timestamp()) * 1_000_000_000 + 5
+
+
+def test_traceparent_parsing() -> None:
+    assert parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01") == (
+        bytes.fromhex("0af7651916cd43dd8448eb211c80319c"), bytes.fromhex("b7ad6b7169203331"))
+    for bad in ("", "00-zz-b7ad6b7169203331-01", "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "00-00000000000000000000000000000000-b7ad6b7169203331-01"):
+        assert parse_traceparent(bad) is None
+
+
+def spans(a: Assembler) -> dict[int, object]:
+    b = a.take_traces(1e9, flush_all=True)
+    assert b is not None
+    return {int.from_bytes(s.span_id, "big"): s for rs in b.msg.resource_spans for ss in rs.scope_spans for s in ss.spans}
+
+
+def test_server_span_attributes_and_error_semantics() -> None:
+    a = Assembler(legacy_status_code=True)
+    a.add_process(42, {"service.name": "svc", "process.pid": 42})
+    dl = go_wall(1_000 + 50_000_000 + 10**18)
+    for i, code in enumerate((0, 5, 13)):
+        a.handle(decode(rec(T_GRPC_SERVER, span=10 + i, code=code, flags=E_STATUS | E_ADDR | E_DEADLINE,
+                            lport=50051, rport=40000, msg=b"why", dl=dl), 10**18), 0.0)
+    out = spans(a)
+    ok, notfound, internal = (attr_dict(out[i].attributes) for i in (10, 11, 12))  # type: ignore[attr-defined]
+    assert ok["rpc.response.status_code"] == "OK" and ok["rpc.grpc.status_code"] == 0
+    assert ok["rpc.service"] == "p.S" and ok["rpc.method"] == "M" and ok["server.port"] == 50051
+    assert ok["client.address"] == "127.0.0.1" and ok["client.port"] == 40000
+    assert abs(ok["gotel.rpc.deadline.timeout"] - 0.05) < 1e-6
+    assert out[11].status.code == 0  # type: ignore[attr-defined]  # NOT_FOUND is no server error
+    assert out[12].status.code == 2 and internal["error.type"] == "INTERNAL"  # type: ignore[attr-defined]
+    assert notfound["rpc.grpc.status_message"] == "why"
+    assert CODES[4] == "DEADLINE_EXCEEDED" and CODES[1] == "CANCELLED" and len(CODES) == 17
+
+
+def test_stitching_and_traceparent_across_processes() -> None:
+    """caller SDK span (traceparent) -> client span (pid 42) -> server span (pid 43) -> its client child."""
+    a = Assembler(stitch_window=0.1)
+    a.add_process(42, {"process.pid": 42})
+    a.add_process(43, {"process.pid": 43})
+    tp = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    srv = bytearray(rec(T_GRPC_SERVER, span=20, trace=(5, 6), flags=E_STATUS | E_ADDR | E_STREAM_ID, stream=3,
+                        lport=50051, rport=40000, tp=tp))
+    struct.pack_into("<I", srv, 16, 43)  # pid 43
+    child = bytearray(rec(T_GRPC_CLIENT, span=21, parent=20, trace=(5, 6), flags=E_STATUS | E_PARENT))
+    struct.pack_into("<I", child, 16, 43)
+    cli = rec(T_GRPC_CLIENT, span=30, trace=(8, 9), flags=E_STATUS | E_ADDR | E_STREAM_ID, stream=3, lport=40000,
+              rport=50051)
+    for r in (bytes(child), bytes(srv), cli):  # the server side finishes first
+        a.handle(decode(r, 0), 0.0)
+    out = spans(a)
+    want = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
+    assert {s.trace_id for s in out.values()} == {want}  # type: ignore[attr-defined]
+    assert out[30].parent_span_id.hex() == "b7ad6b7169203331"  # type: ignore[attr-defined]
+    assert int.from_bytes(out[20].parent_span_id, "big") == 30  # type: ignore[attr-defined]
+    assert int.from_bytes(out[21].parent_span_id, "big") == 20  # type: ignore[attr-defined]
+
+
+def test_metrics_with_exemplars_and_deadline_counts() -> None:
+    a = Assembler()
+    a.add_process(42, {"process.pid": 42})
+    dl = go_wall(10**18 + 1_000 + 50_000_000)
+    a.handle(decode(rec(T_GRPC_CLIENT, end=1_000 + 60_000_000, code=4, flags=E_STATUS | E_DEADLINE, dl=dl), 10**18), 0.0)
+    m = a.take_metrics()
+    assert m is not None
+    by = {x.name: x for rm in m.msg.resource_metrics for sm in rm.scope_metrics for x in sm.metrics}
+    h = by["rpc.client.call.duration"].histogram.data_points[0]
+    assert h.count == 1 and abs(h.sum - 0.059999) < 1e-3 and by["rpc.client.call.duration"].unit == "s"
+    assert h.exemplars[0].span_id == (7).to_bytes(8, "big") and len(h.exemplars[0].trace_id) == 16
+    assert by["gotel.rpc.client.deadline_exceeded"].sum.data_points[0].as_int == 1
+    bu = by["gotel.rpc.client.deadline.budget_used"].histogram.data_points[0]
+    assert abs(bu.sum - 1.2) < 0.01
