@@ -78,11 +78,34 @@ def register(spec: ProbeSpec) -> ProbeSpec:
     return spec
 
 
+_PLUGINS_LOADED = False
+
+
+def _load_plugins() -> None:
+    """Receivers declare their probe specs under the `gotel.probespecs` entry-point group, so that
+    `gotel inspect` reports every probe without importing (and compiling) the receivers themselves."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="gotel.probespecs"):
+        try:
+            ep.load()
+        except Exception as e:  # a broken plugin must not hide the others
+            import logging
+
+            logging.getLogger(__name__).warning("probe specs %s cannot be loaded: %s", ep.value, e)
+
+
 def all_specs() -> list[ProbeSpec]:
+    _load_plugins()
     return list(_REGISTRY.values())
 
 
 def get(spec_id: str) -> ProbeSpec:
+    _load_plugins()
     return _REGISTRY[spec_id]
 
 

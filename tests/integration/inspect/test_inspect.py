@@ -75,6 +75,15 @@ def test_inspect_agrees_with_go_version_m(app: str, toolchain: str, stripped: bo
             assert grpc["lost_attributes"] == ["rpc.method"]
     else:
         assert grpc["status"] == "not-present"
+    # go_ebpf's own probe specs come through the gotel.probespecs entry points, without importing receivers
+    call = probes["grpc.server.call"]
+    assert call["receiver"] == "go_ebpf"
+    if app == "grpcapp":
+        assert call["status"] == ("degraded" if stripped else "ok")
+        if stripped:
+            assert call["lost_attributes"], "a stripped binary must say which attributes go_ebpf loses"
+    else:
+        assert call["status"] == "not-present"
 
 
 def test_inspect_a_running_process_with_usdt_probes(goapp: Callable[..., Any]) -> None:
