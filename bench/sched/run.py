@@ -172,12 +172,31 @@ async def paired(app: goapps.RunningApp, interval: float, slow: bool, pairs: int
     return {"off": off, "on": on, "progs": progs, "secs": secs}
 
 
+async def never_traced(app: goapps.RunningApp, interval: float) -> tuple[dict[str, list[int]], float]:
+    """Programs' cost for tasks never traced (what the rest of a node pays): sched (with syscalls) loaded,
+    tracing only this process, while the fixture runs. The untraced windows above are not that: the
+    fixture's threads were traced before, and their 'maybe traced' filter entries stay set (bpf/sched.c)."""
+    r = sched.SchedReceiver(sched.Config(discovery={"pids": [os.getpid()]}, collection_interval=interval,
+                                         slow_syscalls=True), sinks(Signal.METRICS, Signal.LOGS), make_ctx("sched"))
+    await r.start()
+    try:
+        s0, t0 = await asyncio.to_thread(prog_stats, r.prog.bpf), time.monotonic()
+        await asyncio.to_thread(window, app)
+        secs = time.monotonic() - t0
+        acc: dict[str, list[int]] = {}
+        add_delta(acc, s0, await asyncio.to_thread(prog_stats, r.prog.bpf))
+    finally:
+        await r.shutdown()
+    return acc, secs
+
+
 def nanmean(xs: list[float]) -> float:
     xs = [x for x in xs if x == x]
     return statistics.mean(xs) if xs else float("nan")
 
 
-def report(title: str, pure: list[Window], res: dict[bool, dict[str, Any]]) -> None:
+def report(title: str, pure: list[Window], res: dict[bool, dict[str, Any]],
+           never: tuple[dict[str, list[int]], float]) -> None:
     base = nanmean([w.rate for w in pure])
     base_cpu = nanmean([w.cpu_ns for w in pure])
     print(f"\n== {title}")
@@ -207,13 +226,18 @@ def report(title: str, pure: list[Window], res: dict[bool, dict[str, Any]]) -> N
             for name, (ns, cnt) in sorted(progs.items()):
                 if cnt:
                     print(f"    {name:45s} {cnt / secs:>10,.0f} runs/s  {ns / cnt:6.0f} ns/run")
+    progs, secs = never
+    print("sched (all) loaded, the fixture never traced (the cost every other task on the node pays):")
+    for name, (ns, cnt) in sorted(progs.items()):
+        if cnt > secs * 1000:
+            print(f"    sched/{name:39s} {cnt / secs:>10,.0f} runs/s  {ns / cnt:6.0f} ns/run")
 
 
-def measure(app: goapps.RunningApp, args: argparse.Namespace) -> tuple[list[Window], dict[bool, dict[str, Any]]]:
+def measure(app: goapps.RunningApp, args: argparse.Namespace) -> tuple[Any, ...]:
     pure = [window(app), window(app)]
     res = {slow: asyncio.run(paired(app, args.interval, slow, args.pairs)) for slow in (False, True)}
     pure += [window(app), window(app)]
-    return pure, res
+    return pure, res, asyncio.run(never_traced(app, args.interval))
 
 
 def main() -> int:
@@ -240,8 +264,8 @@ def main() -> int:
         STATS.write_text(old_stats)
     print(f"{args.toolchain} fixture; {os.cpu_count()} CPUs shared with other work; 3 s windows; receivers collect "
           f"every {args.interval:.0f} s; a switch = one ping-pong read woken (one voluntary context switch)")
-    for title, pure, res in out:
-        report(title, pure, res)
+    for title, pure, res, never in out:
+        report(title, pure, res, never)
     return 0
 
 
