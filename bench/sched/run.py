@@ -225,7 +225,7 @@ def report(title: str, pure: list[Window], res: dict[bool, dict[str, Any]],
                   f"{ns_all / 1e6 / secs:.0f} ms/s ({100 * ns_all / 1e9 / secs:.1f}% of one core)")
             for name, (ns, cnt) in sorted(progs.items()):
                 if cnt:
-                    print(f"    {name:45s} {cnt / secs:>10,.1f} runs/s  {ns / cnt:6.0f} ns/run")
+                    print(f"    {name:45s} {cnt / secs:>10,.{0 if cnt > 10 * secs else 1}f} runs/s  {ns / cnt:6.0f} ns/run")
     progs, secs = never
     print("sched (all) loaded, the fixture never traced (the cost every other task on the node pays):")
     for name, (ns, cnt) in sorted(progs.items()):
