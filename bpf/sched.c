@@ -3,6 +3,10 @@
  * Cost model: these programs run on every context switch, wake-up and syscall of the whole node, so
  *  - a per-CPU slot remembers whether the task on this CPU is traced: a syscall or switch of an
  *    untraced task costs an array lookup, no hash lookup;
+ *  - `maybe`, indexed by tid & MAYBE_MASK, is 1 wherever a traced thread was ever added (by user space
+ *    or here); only then is `threads` looked up for a woken or switched-in task. Entries are only ever
+ *    set to 1 (no read-modify-write, so no lost update between user space and BPF) and never cleared:
+ *    collisions and threads gone since cost a hash lookup that finds nothing, never a missed thread;
  *  - a traced thread's figures (run-queue histogram, off-CPU time and counts) live in its own map
  *    element, updated in place: no element is inserted or deleted on a hot path (a hash update
  *    allocates, a lookup does not); a thread that exits folds its figures into `dead` (rare);
@@ -91,6 +95,8 @@ BPF_HASH(park_ranges, u32, struct park, 4096);
 BPF_HASH(threads, u32, struct thread_info, 65536);  /* traced threads only */
 BPF_HASH(dead, struct dead_key, struct figures, 4096);
 BPF_PERCPU_ARRAY(cur, struct oncpu, 1);
+#define MAYBE_MASK 0xffff
+BPF_ARRAY(maybe, u8, MAYBE_MASK + 1);
 BPF_PERCPU_HASH(sc_slow, struct sc_key, struct total, 16384);
 BPF_STACK_TRACE(stacks, 4096);
 GOTEL_RINGBUF(slow_events, 64);
@@ -108,13 +114,22 @@ static __always_inline u32 log2l(u64 v) {
     return r;
 }
 
+/* The thread, if traced; an inlined array lookup for (almost all) untraced ones. */
+static __always_inline struct thread_info *traced_thread(u32 tid) {
+    u32 k = tid & MAYBE_MASK;
+    u8 *m = maybe.lookup(&k);
+    if (!m || !*m)
+        return 0;
+    return threads.lookup(&tid);
+}
+
 /* This CPU's slot, made to describe `tid` (the current task); a hash lookup only when it did not. */
 static __always_inline struct oncpu *current_slot(u32 tid) {
     int zero = 0;
     struct oncpu *c = cur.lookup(&zero);
     if (!c || c->tid == tid)
         return c;
-    struct thread_info *ti = threads.lookup(&tid);
+    struct thread_info *ti = traced_thread(tid);
     c->tid = tid;
     c->traced = ti ? 1 : 0;
     c->tgid = ti ? ti->tgid : 0;
@@ -127,13 +142,16 @@ static __always_inline struct thread_info *add_thread(u32 tid, u32 tgid) {
     struct thread_info n = {};
     n.tgid = tgid;
     n.cgid = bpf_get_current_cgroup_id();
+    u32 k = tid & MAYBE_MASK;
+    u8 one = 1;
+    maybe.update(&k, &one);
     threads.update(&tid, &n);
     return threads.lookup(&tid);
 }
 
 TRACEPOINT_PROBE(sched, sched_wakeup) {
     u32 tid = args->pid;
-    struct thread_info *ti = threads.lookup(&tid);
+    struct thread_info *ti = traced_thread(tid);
     if (ti)
         ti->runnable_ts = bpf_ktime_get_ns();
     return 0;
@@ -163,14 +181,14 @@ TRACEPOINT_PROBE(sched, sched_switch) {
     struct oncpu *c = cur.lookup(&zero);
     struct thread_info *pi = 0;
     if (prev != 0 && !(c && c->tid == prev && !c->traced)) {
-        pi = threads.lookup(&prev);
+        pi = traced_thread(prev);
         if (pi) {
             u32 tgid = bpf_get_current_pid_tgid() >> 32;
             if (pi->tgid != tgid)
                 pi->tgid = tgid; /* a forked child first taken for a thread of its parent */
         }
     }
-    struct thread_info *ni = next != 0 ? threads.lookup(&next) : 0;
+    struct thread_info *ni = next != 0 ? traced_thread(next) : 0;
     if (c) {
         if (pi && c->tid == prev) {
             pi->sc_ts = c->sc_ts; /* its syscall in flight, if any, goes with it */

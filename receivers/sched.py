@@ -32,6 +32,7 @@ from gotel.syscalls_x86_64 import name as syscall_name
 
 SCOPE = "gotel/receiver/sched"
 SLOTS = 40
+MAYBE_MASK = 0xFFFF  # bpf/sched.c MAYBE_MASK: the "maybe traced" filter is indexed by tid & MAYBE_MASK
 TRACEFS = "/sys/kernel/tracing"
 
 # Syscalls the Go runtime (and most programs) park in on purpose: idle Ms in futex, the netpoller in
@@ -196,7 +197,9 @@ class SchedReceiver(TargetedReceiver):
         except procfs.ProcessGone:
             return
         self._set_park_ranges(info)
+        maybe = self.prog.table("maybe")
         for tid in tids:
+            maybe[ctypes.c_uint32(tid & MAYBE_MASK)] = ctypes.c_uint8(1)  # before `threads`: see bpf/sched.c
             leaf = threads.Leaf()
             leaf.tgid = info.pid
             leaf.cgid = cgid
