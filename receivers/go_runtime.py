@@ -29,7 +29,7 @@ from gotel.discovery import DiscoveryConfig, ProcessInfo
 from gotel.discovery.procfs import exe_path_for_reading
 from gotel.ebpf.targets import body_address, ret_addresses
 from gotel.golang import GoAnalysisError, GoBinary, analyze
-from gotel.otlpmetrics import LogsBuilder, MetricsBuilder, log2_bounds_seconds
+from gotel.otlpbuild import LogsBuilder, MetricsBuilder, log2_bounds_seconds
 from gotel.pdata import Batch, Signal
 from gotel.periodic import TargetedReceiver
 
@@ -335,7 +335,7 @@ class GoRuntimeReceiver(TargetedReceiver):
         cycles = self.gc_cycles()
         if self._lost is not None:
             self._lost.update()
-        mb = MetricsBuilder(SCOPE)
+        mb = MetricsBuilder(SCOPE, time_ns=time.time_ns())
         start = self._start_ns
         hist: dict[tuple[int, int], list[int]] = {}
         for k, v in self.prog.table("pauses").items():
@@ -345,7 +345,7 @@ class GoRuntimeReceiver(TargetedReceiver):
         for pid in sorted(self.by_pid):
             res = self._resource(pid)
             c = self.read_counts(pid)
-            mb.sum(res, "go.gc.cycles", c["gcs"], unit="{gc_cycle}", start_ns=start,
+            mb.sum(res, "go.gc.cycles", c["gcs"], unit="{gc_cycle}", start=start,
                    desc="Completed GC cycles (mark termination finished).")
             last = self._last_gcs.get(pid)
             if last is not None and now > last[0]:
@@ -359,28 +359,28 @@ class GoRuntimeReceiver(TargetedReceiver):
                 name = "go.stw.pause.duration" if kind == 0 else "go.gc.pause.duration"
                 attrs = {} if kind == 0 else {"go.gc.pause.phase": KINDS[kind]}
                 mb.histogram(res, name, bounds=bounds, counts=counts, total=c["stw_ns"][kind] / 1e9, unit="s",
-                             attributes=attrs, start_ns=start,
+                             attributes=attrs, start=start,
                              desc="Stop-the-world pauses (GC: by phase; go.stw: for other reasons).")
-            mb.sum(res, "go.goroutine.created", c["created"], unit="{goroutine}", start_ns=start,
+            mb.sum(res, "go.goroutine.created", c["created"], unit="{goroutine}", start=start,
                    desc="Goroutines created (runtime.newproc1).")
             if self.cfg.goroutine_creators:
                 for fn, n in self.creators(pid).items():
-                    mb.sum(res, "go.goroutine.created.by_function", n, unit="{goroutine}", start_ns=start,
+                    mb.sum(res, "go.goroutine.created.by_function", n, unit="{goroutine}", start=start,
                            attributes={"code.function.name": fn},
                            desc="Goroutines created, by the function holding the go statement.")
-            mb.sum(res, "go.goroutine.exited", c["exited"], unit="{goroutine}", start_ns=start,
+            mb.sum(res, "go.goroutine.exited", c["exited"], unit="{goroutine}", start=start,
                    desc="Goroutines that returned or called runtime.Goexit (runtime.goexit1).")
             live = self.live_goroutines(pid)
             if live is not None:
                 mb.sum(res, "go.goroutine.count", live, unit="{goroutine}", monotonic=False,
                        desc="Live goroutines (runtime.NumGoroutine's count), read from the process's memory.")
             mb.sum(res, "go.goroutine.net_change", c["created"] - c["exited"], unit="{goroutine}",
-                   monotonic=False, start_ns=start,
+                   monotonic=False, start=start,
                    desc="Goroutines created minus exited since the receiver started tracing the process.")
             if self.cfg.mark_assist:
-                mb.sum(res, "go.gc.assist.time", c["assist_ns"] / 1e9, unit="s", start_ns=start,
+                mb.sum(res, "go.gc.assist.time", c["assist_ns"] / 1e9, unit="s", start=start,
                        desc="Time goroutines spent assisting the GC mark phase.")
-        out: list[Batch] = [mb.result()]
+        out: list[Batch] = [mb.batch()]
         if self.cfg.gc_logs and cycles:
             lb = LogsBuilder(SCOPE)
             for g in cycles:
@@ -388,7 +388,7 @@ class GoRuntimeReceiver(TargetedReceiver):
                     continue
                 lb.add(
                     self._resource(g.pid),
-                    time_ns=g.start_ns or g.end_ns,
+                    ts=g.start_ns or g.end_ns,
                     body=(f"GC cycle: {(g.end_ns - g.start_ns) / 1e6:.2f} ms, stop-the-world "
                           f"sweep termination {g.sweep_termination_ns / 1e3:.0f} us, "
                           f"mark termination {g.mark_termination_ns / 1e3:.0f} us"),
@@ -402,7 +402,7 @@ class GoRuntimeReceiver(TargetedReceiver):
                         "go.gc.pause.count": g.pauses,
                     },
                 )
-            out.append(lb.result())
+            out.append(lb.batch())
         return out
 
 

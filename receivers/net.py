@@ -22,7 +22,7 @@ from pydantic import Field
 from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.discovery import DiscoveryConfig, ProcessInfo
 from gotel.discovery.procfs import listening_ports
-from gotel.otlpmetrics import MetricsBuilder
+from gotel.otlpbuild import MetricsBuilder
 from gotel.pdata import Batch, Signal
 from gotel.periodic import TargetedReceiver
 
@@ -247,28 +247,28 @@ class NetReceiver(TargetedReceiver):
         if self.prog is None:
             return []
         data = self.read()
-        mb = MetricsBuilder(SCOPE)
+        mb = MetricsBuilder(SCOPE, time_ns=time.time_ns())
         start = self._start_ns
         for (pid, peer), n in data["retrans"].items():
             if pid in self.targets:
                 mb.sum(self._resource(pid), "process.network.tcp.retransmits", n, unit="{segment}",
-                       attributes=dict(peer), start_ns=start,
+                       attributes=dict(peer), start=start,
                        desc="TCP segments retransmitted on the process's connections (tcp:tcp_retransmit_skb).")
         for (pid, peer), n in data["states"].items():
             if pid in self.targets:
                 mb.sum(self._resource(pid), "process.network.tcp.state_changes", n, unit="{transition}",
-                       attributes=dict(peer), start_ns=start,
+                       attributes=dict(peer), start=start,
                        desc="TCP state transitions into network.connection.state (sock:inet_sock_set_state).")
         for (pid, reason, proto), n in data["drops"].items():
             attrs = {"gotel.drop.reason": reason, "network.type": proto}
             if pid in self.targets:
                 mb.sum(self._resource(pid), "process.network.packet.drops", n, unit="{packet}", attributes=attrs,
-                       start_ns=start, desc="Packets the kernel dropped for the process, by drop reason.")
+                       start=start, desc="Packets the kernel dropped for the process, by drop reason.")
             elif pid == 0 and self.cfg.node_drops:
                 mb.sum({"host.name": socket.gethostname()}, "gotel.network.packet.drops", n, unit="{packet}",
-                       attributes=attrs, start_ns=start,
+                       attributes=attrs, start=start,
                        desc="Packets the kernel dropped on this node, by drop reason (skb:kfree_skb).")
-        return [mb.result()]
+        return [mb.batch()]
 
 
 def create(cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> Receiver:
