@@ -96,12 +96,10 @@ class GoRuntimeReceiver(TargetedReceiver):
     def __init__(self, cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> None:
         super().__init__(sinks, ctx, cfg.collection_interval, cfg.discovery)
         self.cfg = cfg
-        self.prog: Any = None
         self.binaries: dict[Any, _Binary] = {}
         self.by_pid: dict[int, _Binary] = {}
         self._gcs: list[GcCycle] = []
         self._lock = threading.Lock()
-        self._start_ns = time.time_ns()
         self._last_gcs: dict[int, tuple[float, int]] = {}
         self._lost: Any = None
         self._untraceable = ctx.telemetry.counter(
@@ -117,11 +115,6 @@ class GoRuntimeReceiver(TargetedReceiver):
         self.prog.open_ring_buffer("gc_events", self._on_gc)
         self._lost = LostCounter(self.prog, self.ctx.telemetry, "go_runtime")
         self._start_ns = time.time_ns()
-
-    def teardown(self) -> None:
-        if self.prog is not None:
-            self.prog.close()
-            self.prog = None
 
     def _attach(self, info: ProcessInfo) -> _Binary:
         from gotel.ebpf.program import BinaryKey
@@ -316,17 +309,11 @@ class GoRuntimeReceiver(TargetedReceiver):
         return out
 
     def _resource(self, pid: int) -> dict[str, Any]:
-        info = self.targets.get(pid)
-        res: dict[str, Any] = {"process.pid": pid}
+        res = super()._resource(pid)
         b = self.by_pid.get(pid)
         if b is not None and b.version:
             res["process.runtime.name"] = "go"
             res["process.runtime.version"] = b.version
-        if info is not None:
-            res["process.executable.name"] = info.exe_name
-            res["service.name"] = info.service_name
-            if info.container_id:
-                res["container.id"] = info.container_id
         return res
 
     def collect(self) -> list[Batch]:

@@ -113,13 +113,11 @@ class NetReceiver(TargetedReceiver):
     def __init__(self, cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> None:
         super().__init__(sinks, ctx, cfg.collection_interval, cfg.discovery)
         self.cfg = cfg
-        self.prog: Any = None
         self.reasons: dict[int, str] = {}
         self._listening: dict[int, set[int]] = {}
         self._retrans: dict[tuple[Any, ...], int] = {}
         self._states: dict[tuple[Any, ...], int] = {}
         self._unattributed = {"retrans": 0, "states": 0}
-        self._start_ns = time.time_ns()
 
     def setup(self) -> None:
         from gotel.ebpf.program import BpfProgram
@@ -133,11 +131,6 @@ class NetReceiver(TargetedReceiver):
         self.reasons = drop_reasons(kfree)
         self.prog = BpfProgram("net.c", defines=defines)
         self._start_ns = time.time_ns()
-
-    def teardown(self) -> None:
-        if self.prog is not None:
-            self.prog.close()
-            self.prog = None
 
     def on_added(self, info: ProcessInfo) -> None:
         if self.prog is not None:
@@ -232,16 +225,6 @@ class NetReceiver(TargetedReceiver):
         else:
             a["network.peer.port"] = rport
         return a
-
-    def _resource(self, pid: int) -> dict[str, Any]:
-        info = self.targets.get(pid)
-        res: dict[str, Any] = {"process.pid": pid}
-        if info is not None:
-            res["process.executable.name"] = info.exe_name
-            res["service.name"] = info.service_name
-            if info.container_id:
-                res["container.id"] = info.container_id
-        return res
 
     def collect(self) -> list[Batch]:
         if self.prog is None:

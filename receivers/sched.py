@@ -144,12 +144,10 @@ class SchedReceiver(TargetedReceiver):
     def __init__(self, cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> None:
         super().__init__(sinks, ctx, cfg.collection_interval, cfg.discovery)
         self.cfg = cfg
-        self.prog: Any = None
         self.cgroups: CgroupNames | None = None
         self._slow: list[SlowSyscall] = []
         self._slow_lock = threading.Lock()
         self._go: dict[int, tuple[Any, int]] = {}  # pid -> (GoBinary, load bias) for Go symbols
-        self._start_ns = time.time_ns()
         self._lost: Any = None
         self._dropped_logs = ctx.telemetry.counter(
             "sched_slow_syscall_logs_dropped", "Slow-syscall log records beyond max_slow_syscall_logs.", ()
@@ -173,11 +171,6 @@ class SchedReceiver(TargetedReceiver):
         self.prog.open_ring_buffer("slow_events", self._on_slow)
         self._lost = LostCounter(self.prog, self.ctx.telemetry, "sched")
         self._start_ns = time.time_ns()
-
-    def teardown(self) -> None:
-        if self.prog is not None:
-            self.prog.close()
-            self.prog = None
 
     def on_added(self, info: ProcessInfo) -> None:
         if self.prog is None:
@@ -288,16 +281,6 @@ class SchedReceiver(TargetedReceiver):
         return []
 
     # ---- collection ----
-
-    def _resource(self, pid: int) -> dict[str, Any]:
-        info = self.targets.get(pid)
-        res: dict[str, Any] = {"process.pid": pid}
-        if info is not None:
-            res["process.executable.name"] = info.exe_name
-            res["service.name"] = info.service_name
-            if info.container_id:
-                res["container.id"] = info.container_id
-        return res
 
     def read_maps(self) -> dict[str, Any]:
         """Cumulative figures per (process, cgroup) and per process: live threads plus exited ones."""
