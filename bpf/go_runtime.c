@@ -10,6 +10,7 @@
  * bpf_ktime_get_ns() are the same CLOCK_MONOTONIC.
  */
 #include <uapi/linux/ptrace.h>
+#include "gotel_log2.h"
 #include "gotel_ringbuf.h"
 
 #define F_STW_REASON 1  /* stopTheWorldWithSema(reason stwReason) in AX (Go >= 1.21) */
@@ -107,19 +108,6 @@ BPF_PERCPU_HASH(pauses, struct pause_key, u64, 16384);
 BPF_PERCPU_HASH(creators, struct creator_key, u64, 65536);
 BPF_HASH(assist_start, struct assist_key, u64, 65536);
 GOTEL_RINGBUF(gc_events, 16);
-
-static __always_inline u32 log2l(u64 v) {
-    u32 r = 0;
-#pragma unroll
-    for (int i = 0; i < 6; i++) {
-        u32 shift = 32 >> i;
-        if (v >= (1ULL << shift)) {
-            v >>= shift;
-            r += shift;
-        }
-    }
-    return r;
-}
 
 static __always_inline struct counters *counters_of(u32 tgid) {
     struct counters zero = {};
@@ -224,7 +212,7 @@ int stw_start_ret(struct pt_regs *ctx) {
         c->stw_ns[kind] += d;
         c->stw_count[kind]++;
     }
-    struct pause_key pk = {.tgid = tgid, .kind = kind, .slot = log2l(d)};
+    struct pause_key pk = {.tgid = tgid, .kind = kind, .slot = gotel_log2(d)};
     if (pk.slot >= SLOTS)
         pk.slot = SLOTS - 1;
     u64 zero = 0;

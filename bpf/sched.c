@@ -21,6 +21,7 @@
  * from the sched_switch format at run time; anything else, including the preempt bit, is runnable),
  * IGNORED(nr) (syscalls never reported as slow: an expression on nr), SLOW_SYSCALLS (trace syscalls).
  */
+#include "gotel_log2.h"
 #include "gotel_ringbuf.h"
 
 #define SLOTS 40
@@ -100,19 +101,6 @@ BPF_ARRAY(maybe, u8, MAYBE_MASK + 1);
 BPF_PERCPU_HASH(sc_slow, struct sc_key, struct total, 16384);
 BPF_STACK_TRACE(stacks, 4096);
 GOTEL_RINGBUF(slow_events, 64);
-
-static __always_inline u32 log2l(u64 v) {
-    u32 r = 0;
-#pragma unroll
-    for (int i = 0; i < 6; i++) {
-        u32 shift = 32 >> i;
-        if (v >= (1ULL << shift)) {
-            v >>= shift;
-            r += shift;
-        }
-    }
-    return r;
-}
 
 /* The thread, if traced; an inlined array lookup for (almost all) untraced ones. */
 static __always_inline struct thread_info *traced_thread(u32 tid) {
@@ -223,7 +211,7 @@ TRACEPOINT_PROBE(sched, sched_switch) {
     if (ts && ts <= now) {
         u64 d = now - ts;
         ni->runnable_ts = 0;
-        u32 slot = log2l(d);
+        u32 slot = gotel_log2(d);
         if (slot >= SLOTS)
             slot = SLOTS - 1;
         ni->f.hist[slot]++;

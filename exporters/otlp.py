@@ -18,7 +18,13 @@ from gotel import __version__
 from gotel.clientconfig import ClientConfig
 from gotel.component import Context, Exporter, ExporterFactory
 from gotel.exporterhelper import ExportError, QueuedExporter, Sender
-from gotel.otlp import STATUS_DETAILS_KEY, WIRE, partial_success, retry_info_delay, unix_path
+from gotel.otlp import (
+    STATUS_DETAILS_KEY,
+    WIRE,
+    report_partial_success,
+    retry_info_delay,
+    unix_path,
+)
 from gotel.pdata import Batch, Signal
 
 # OTLP spec "Failures": retryable gRPC codes. RESOURCE_EXHAUSTED only when the server sent RetryInfo.
@@ -136,16 +142,7 @@ class GrpcSender(Sender):
             resp = self.wire.response.FromString(resp_bytes)
         except Exception:
             return  # an unreadable response to a successful call is the server's problem, not data loss
-        ps = partial_success(self.signal, resp)
-        if ps is None:
-            return
-        rejected, message = ps
-        if rejected:
-            self.ctx.telemetry.dropped(self.signal, rejected, "partial_success")
-        self.log.warning(
-            "%s: backend accepted the request partially: %d of %d %s rejected: %s",
-            self.ctx.id, rejected, batch.item_count(), self.signal, message or "(no message)",
-        )
+        report_partial_success(self.signal, resp, batch, self.ctx)
 
     async def shutdown(self) -> None:
         if self._channel is not None:

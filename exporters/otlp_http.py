@@ -28,7 +28,7 @@ from gotel.otlp import (
     json_to_message,
     message_to_json,
     parse_retry_after,
-    partial_success,
+    report_partial_success,
     status_message,
     unix_path,
 )
@@ -159,16 +159,7 @@ class HttpSender(Sender):
                 resp = self.wire.response.FromString(data)
         except Exception:
             return
-        ps = partial_success(self.signal, resp)
-        if ps is None:
-            return
-        rejected, message = ps
-        if rejected:
-            self.ctx.telemetry.dropped(self.signal, rejected, "partial_success")
-        self.log.warning(
-            "%s: backend accepted the request partially: %d of %d %s rejected: %s",
-            self.ctx.id, rejected, batch.item_count(), self.signal, message or "(no message)",
-        )
+        report_partial_success(self.signal, resp, batch, self.ctx)
 
     async def shutdown(self) -> None:
         if self._session is not None:

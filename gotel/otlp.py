@@ -15,7 +15,7 @@ import socket
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -28,7 +28,10 @@ from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 i
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from gotel import otlpjson
-from gotel.pdata import Signal, batch_type
+from gotel.pdata import Batch, Signal, batch_type
+
+if TYPE_CHECKING:
+    from gotel.component import Context
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,21 @@ def partial_success(signal: Signal, response: Message) -> tuple[int, str] | None
     if rejected == 0 and not ps.error_message:
         return None
     return rejected, str(ps.error_message)
+
+
+def report_partial_success(signal: Signal, response: Message, batch: Batch, ctx: Context) -> None:
+    """What both OTLP exporters do with a partial success: count the rejected items as dropped (the spec
+    forbids retrying them) and say once what the backend objected to."""
+    ps = partial_success(signal, response)
+    if ps is None:
+        return
+    rejected, message = ps
+    if rejected:
+        ctx.telemetry.dropped(signal, rejected, "partial_success")
+    ctx.logger.warning(
+        "%s: backend accepted the request partially: %d of %d %s rejected: %s",
+        ctx.id, rejected, batch.item_count(), signal, message or "(no message)",
+    )
 
 
 # --- OTLP/JSON (gotel.otlpjson does the mapping; this adds the receiver's error messages) ----------

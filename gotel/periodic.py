@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -118,6 +119,8 @@ class TargetedReceiver(PeriodicReceiver):
         super().__init__(sinks, ctx, interval_s)
         self.discovery = discovery
         self.targets: dict[int, ProcessInfo] = {}
+        self.prog: Any = None  # the BpfProgram setup() loads; teardown() closes it
+        self._start_ns = time.time_ns()  # start time of the cumulative sums (setup() re-stamps it)
         self._watcher: Any = None
         self._watch_task: asyncio.Task[None] | None = None
         self._drain_task: asyncio.Task[None] | None = None
@@ -134,6 +137,22 @@ class TargetedReceiver(PeriodicReceiver):
     def drain(self) -> list[Batch]:
         """Blocking: drain event buffers; returns batches to push at once (e.g. log records)."""
         return []
+
+    def teardown(self) -> None:
+        if self.prog is not None:
+            self.prog.close()
+            self.prog = None
+
+    def _resource(self, pid: int) -> dict[str, Any]:
+        """Resource attributes of a traced process: what discovery learnt about it when it was selected."""
+        info = self.targets.get(pid)
+        res: dict[str, Any] = {"process.pid": pid}
+        if info is not None:
+            res["process.executable.name"] = info.exe_name
+            res["service.name"] = info.service_name
+            if info.container_id:
+                res["container.id"] = info.container_id
+        return res
 
     async def start(self) -> None:
         from gotel.discovery import ProcessWatcher

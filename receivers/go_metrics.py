@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import Field, field_validator, model_validator
 
 from gotel.component import ComponentConfig, Consumer, ConsumerError, Context, Receiver, ReceiverFactory
-from gotel.durations import Duration
+from gotel.config.types import Duration
 from gotel.otlpbuild import MetricsBuilder
 from gotel.pdata import Signal
 from gotel.targets import Target

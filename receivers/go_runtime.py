@@ -29,7 +29,7 @@ from gotel.discovery import DiscoveryConfig, ProcessInfo
 from gotel.discovery.procfs import exe_path_for_reading
 from gotel.ebpf.targets import body_address, ret_addresses
 from gotel.golang import GoAnalysisError, GoBinary, analyze
-from gotel.otlpmetrics import LogsBuilder, MetricsBuilder, log2_bounds_seconds
+from gotel.otlpbuild import LogsBuilder, MetricsBuilder, log2_bounds_seconds
 from gotel.pdata import Batch, Signal
 from gotel.periodic import TargetedReceiver
 
@@ -96,12 +96,10 @@ class GoRuntimeReceiver(TargetedReceiver):
     def __init__(self, cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> None:
         super().__init__(sinks, ctx, cfg.collection_interval, cfg.discovery)
         self.cfg = cfg
-        self.prog: Any = None
         self.binaries: dict[Any, _Binary] = {}
         self.by_pid: dict[int, _Binary] = {}
         self._gcs: list[GcCycle] = []
         self._lock = threading.Lock()
-        self._start_ns = time.time_ns()
         self._last_gcs: dict[int, tuple[float, int]] = {}
         self._lost: Any = None
         self._untraceable = ctx.telemetry.counter(
@@ -117,11 +115,6 @@ class GoRuntimeReceiver(TargetedReceiver):
         self.prog.open_ring_buffer("gc_events", self._on_gc)
         self._lost = LostCounter(self.prog, self.ctx.telemetry, "go_runtime")
         self._start_ns = time.time_ns()
-
-    def teardown(self) -> None:
-        if self.prog is not None:
-            self.prog.close()
-            self.prog = None
 
     def _attach(self, info: ProcessInfo) -> _Binary:
         from gotel.ebpf.program import BinaryKey
@@ -316,17 +309,11 @@ class GoRuntimeReceiver(TargetedReceiver):
         return out
 
     def _resource(self, pid: int) -> dict[str, Any]:
-        info = self.targets.get(pid)
-        res: dict[str, Any] = {"process.pid": pid}
+        res = super()._resource(pid)
         b = self.by_pid.get(pid)
         if b is not None and b.version:
             res["process.runtime.name"] = "go"
             res["process.runtime.version"] = b.version
-        if info is not None:
-            res["process.executable.name"] = info.exe_name
-            res["service.name"] = info.service_name
-            if info.container_id:
-                res["container.id"] = info.container_id
         return res
 
     def collect(self) -> list[Batch]:
@@ -335,7 +322,7 @@ class GoRuntimeReceiver(TargetedReceiver):
         cycles = self.gc_cycles()
         if self._lost is not None:
             self._lost.update()
-        mb = MetricsBuilder(SCOPE)
+        mb = MetricsBuilder(SCOPE, time_ns=time.time_ns())
         start = self._start_ns
         hist: dict[tuple[int, int], list[int]] = {}
         for k, v in self.prog.table("pauses").items():
@@ -345,7 +332,7 @@ class GoRuntimeReceiver(TargetedReceiver):
         for pid in sorted(self.by_pid):
             res = self._resource(pid)
             c = self.read_counts(pid)
-            mb.sum(res, "go.gc.cycles", c["gcs"], unit="{gc_cycle}", start_ns=start,
+            mb.sum(res, "go.gc.cycles", c["gcs"], unit="{gc_cycle}", start=start,
                    desc="Completed GC cycles (mark termination finished).")
             last = self._last_gcs.get(pid)
             if last is not None and now > last[0]:
@@ -359,28 +346,28 @@ class GoRuntimeReceiver(TargetedReceiver):
                 name = "go.stw.pause.duration" if kind == 0 else "go.gc.pause.duration"
                 attrs = {} if kind == 0 else {"go.gc.pause.phase": KINDS[kind]}
                 mb.histogram(res, name, bounds=bounds, counts=counts, total=c["stw_ns"][kind] / 1e9, unit="s",
-                             attributes=attrs, start_ns=start,
+                             attributes=attrs, start=start,
                              desc="Stop-the-world pauses (GC: by phase; go.stw: for other reasons).")
-            mb.sum(res, "go.goroutine.created", c["created"], unit="{goroutine}", start_ns=start,
+            mb.sum(res, "go.goroutine.created", c["created"], unit="{goroutine}", start=start,
                    desc="Goroutines created (runtime.newproc1).")
             if self.cfg.goroutine_creators:
                 for fn, n in self.creators(pid).items():
-                    mb.sum(res, "go.goroutine.created.by_function", n, unit="{goroutine}", start_ns=start,
+                    mb.sum(res, "go.goroutine.created.by_function", n, unit="{goroutine}", start=start,
                            attributes={"code.function.name": fn},
                            desc="Goroutines created, by the function holding the go statement.")
-            mb.sum(res, "go.goroutine.exited", c["exited"], unit="{goroutine}", start_ns=start,
+            mb.sum(res, "go.goroutine.exited", c["exited"], unit="{goroutine}", start=start,
                    desc="Goroutines that returned or called runtime.Goexit (runtime.goexit1).")
             live = self.live_goroutines(pid)
             if live is not None:
                 mb.sum(res, "go.goroutine.count", live, unit="{goroutine}", monotonic=False,
                        desc="Live goroutines (runtime.NumGoroutine's count), read from the process's memory.")
             mb.sum(res, "go.goroutine.net_change", c["created"] - c["exited"], unit="{goroutine}",
-                   monotonic=False, start_ns=start,
+                   monotonic=False, start=start,
                    desc="Goroutines created minus exited since the receiver started tracing the process.")
             if self.cfg.mark_assist:
-                mb.sum(res, "go.gc.assist.time", c["assist_ns"] / 1e9, unit="s", start_ns=start,
+                mb.sum(res, "go.gc.assist.time", c["assist_ns"] / 1e9, unit="s", start=start,
                        desc="Time goroutines spent assisting the GC mark phase.")
-        out: list[Batch] = [mb.result()]
+        out: list[Batch] = [mb.batch()]
         if self.cfg.gc_logs and cycles:
             lb = LogsBuilder(SCOPE)
             for g in cycles:
@@ -388,7 +375,7 @@ class GoRuntimeReceiver(TargetedReceiver):
                     continue
                 lb.add(
                     self._resource(g.pid),
-                    time_ns=g.start_ns or g.end_ns,
+                    ts=g.start_ns or g.end_ns,
                     body=(f"GC cycle: {(g.end_ns - g.start_ns) / 1e6:.2f} ms, stop-the-world "
                           f"sweep termination {g.sweep_termination_ns / 1e3:.0f} us, "
                           f"mark termination {g.mark_termination_ns / 1e3:.0f} us"),
@@ -402,7 +389,7 @@ class GoRuntimeReceiver(TargetedReceiver):
                         "go.gc.pause.count": g.pauses,
                     },
                 )
-            out.append(lb.result())
+            out.append(lb.batch())
         return out
 
 

@@ -22,7 +22,7 @@ from pydantic import Field
 from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.discovery import DiscoveryConfig, ProcessInfo
 from gotel.discovery.procfs import listening_ports
-from gotel.otlpmetrics import MetricsBuilder
+from gotel.otlpbuild import MetricsBuilder
 from gotel.pdata import Batch, Signal
 from gotel.periodic import TargetedReceiver
 
@@ -113,13 +113,11 @@ class NetReceiver(TargetedReceiver):
     def __init__(self, cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> None:
         super().__init__(sinks, ctx, cfg.collection_interval, cfg.discovery)
         self.cfg = cfg
-        self.prog: Any = None
         self.reasons: dict[int, str] = {}
         self._listening: dict[int, set[int]] = {}
         self._retrans: dict[tuple[Any, ...], int] = {}
         self._states: dict[tuple[Any, ...], int] = {}
         self._unattributed = {"retrans": 0, "states": 0}
-        self._start_ns = time.time_ns()
 
     def setup(self) -> None:
         from gotel.ebpf.program import BpfProgram
@@ -133,11 +131,6 @@ class NetReceiver(TargetedReceiver):
         self.reasons = drop_reasons(kfree)
         self.prog = BpfProgram("net.c", defines=defines)
         self._start_ns = time.time_ns()
-
-    def teardown(self) -> None:
-        if self.prog is not None:
-            self.prog.close()
-            self.prog = None
 
     def on_added(self, info: ProcessInfo) -> None:
         if self.prog is not None:
@@ -233,42 +226,32 @@ class NetReceiver(TargetedReceiver):
             a["network.peer.port"] = rport
         return a
 
-    def _resource(self, pid: int) -> dict[str, Any]:
-        info = self.targets.get(pid)
-        res: dict[str, Any] = {"process.pid": pid}
-        if info is not None:
-            res["process.executable.name"] = info.exe_name
-            res["service.name"] = info.service_name
-            if info.container_id:
-                res["container.id"] = info.container_id
-        return res
-
     def collect(self) -> list[Batch]:
         if self.prog is None:
             return []
         data = self.read()
-        mb = MetricsBuilder(SCOPE)
+        mb = MetricsBuilder(SCOPE, time_ns=time.time_ns())
         start = self._start_ns
         for (pid, peer), n in data["retrans"].items():
             if pid in self.targets:
                 mb.sum(self._resource(pid), "process.network.tcp.retransmits", n, unit="{segment}",
-                       attributes=dict(peer), start_ns=start,
+                       attributes=dict(peer), start=start,
                        desc="TCP segments retransmitted on the process's connections (tcp:tcp_retransmit_skb).")
         for (pid, peer), n in data["states"].items():
             if pid in self.targets:
                 mb.sum(self._resource(pid), "process.network.tcp.state_changes", n, unit="{transition}",
-                       attributes=dict(peer), start_ns=start,
+                       attributes=dict(peer), start=start,
                        desc="TCP state transitions into network.connection.state (sock:inet_sock_set_state).")
         for (pid, reason, proto), n in data["drops"].items():
             attrs = {"gotel.drop.reason": reason, "network.type": proto}
             if pid in self.targets:
                 mb.sum(self._resource(pid), "process.network.packet.drops", n, unit="{packet}", attributes=attrs,
-                       start_ns=start, desc="Packets the kernel dropped for the process, by drop reason.")
+                       start=start, desc="Packets the kernel dropped for the process, by drop reason.")
             elif pid == 0 and self.cfg.node_drops:
                 mb.sum({"host.name": socket.gethostname()}, "gotel.network.packet.drops", n, unit="{packet}",
-                       attributes=attrs, start_ns=start,
+                       attributes=attrs, start=start,
                        desc="Packets the kernel dropped on this node, by drop reason (skb:kfree_skb).")
-        return [mb.result()]
+        return [mb.batch()]
 
 
 def create(cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> Receiver:

@@ -15,7 +15,7 @@ from pydantic import Field
 from gotel import procfs
 from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.discovery import DiscoveryConfig
-from gotel.otlpmetrics import MetricsBuilder
+from gotel.otlpbuild import MetricsBuilder
 from gotel.pdata import Batch, Signal
 from gotel.periodic import PeriodicReceiver, select_now
 
@@ -62,14 +62,14 @@ class ProcessReceiver(PeriodicReceiver):
         return set(select_now(self.cfg.discovery))
 
     def collect(self) -> list[Batch]:
-        mb = MetricsBuilder(SCOPE)
+        mb = MetricsBuilder(SCOPE, time_ns=time.time_ns())
         seen_cgroups: set[str] = set()
         for pid in sorted(self.pids()):
             try:
                 self._collect_pid(mb, pid, seen_cgroups)
             except procfs.ProcessGone:
                 self._gone.inc()
-        return [mb.result()]
+        return [mb.batch()]
 
     def _collect_pid(self, mb: MetricsBuilder, pid: int, seen_cgroups: set[str]) -> None:
         st = procfs.proc_stat(pid)
@@ -80,7 +80,7 @@ class ProcessReceiver(PeriodicReceiver):
         if cid:
             res["container.id"] = cid
         start_ns = int((self.btime + st.starttime_ticks / procfs.CLK_TCK) * 1e9)
-        kw: dict[str, Any] = {"start_ns": start_ns}
+        kw: dict[str, Any] = {"start": start_ns}
         mb.sum(res, "process.cpu.time", st.utime_s, unit="s", attributes={"cpu.mode": "user"}, **kw)
         mb.sum(res, "process.cpu.time", st.stime_s, unit="s", attributes={"cpu.mode": "system"}, **kw)
         mb.sum(res, "process.thread.count", st.num_threads, unit="{thread}", monotonic=False)
@@ -135,7 +135,7 @@ class ProcessReceiver(PeriodicReceiver):
         if cid:
             res["container.id"] = cid
         start = self._cg_first_seen.setdefault(cg.path, time.time_ns())
-        kw: dict[str, Any] = {"start_ns": start}
+        kw: dict[str, Any] = {"start": start}
         if cg.cpu_usage_s is not None:
             mb.sum(res, "container.cpu.time", cg.cpu_usage_s, unit="s", **kw)
         if cg.cpu_user_s is not None and cg.cpu_system_s is not None:

@@ -24,7 +24,7 @@ from gotel import procfs
 from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.discovery import DiscoveryConfig, ProcessInfo
 from gotel.discovery.procfs import exe_path_for_reading
-from gotel.otlpmetrics import LogsBuilder, MetricsBuilder, log2_bounds_seconds
+from gotel.otlpbuild import LogsBuilder, MetricsBuilder, log2_bounds_seconds
 from gotel.pdata import Batch, Signal
 from gotel.periodic import TargetedReceiver
 from gotel.syscalls_x86_64 import NUMBERS
@@ -145,12 +145,10 @@ class SchedReceiver(TargetedReceiver):
     def __init__(self, cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> None:
         super().__init__(sinks, ctx, cfg.collection_interval, cfg.discovery)
         self.cfg = cfg
-        self.prog: Any = None
         self.cgroups: CgroupNames | None = None
         self._slow: list[SlowSyscall] = []
         self._slow_lock = threading.Lock()
         self._go: dict[int, tuple[Any, int]] = {}  # pid -> (GoBinary, load bias) for Go symbols
-        self._start_ns = time.time_ns()
         self._lost: Any = None
         self._dropped_logs = ctx.telemetry.counter(
             "sched_slow_syscall_logs_dropped", "Slow-syscall log records beyond max_slow_syscall_logs.", ()
@@ -174,11 +172,6 @@ class SchedReceiver(TargetedReceiver):
         self.prog.open_ring_buffer("slow_events", self._on_slow)
         self._lost = LostCounter(self.prog, self.ctx.telemetry, "sched")
         self._start_ns = time.time_ns()
-
-    def teardown(self) -> None:
-        if self.prog is not None:
-            self.prog.close()
-            self.prog = None
 
     def on_added(self, info: ProcessInfo) -> None:
         if self.prog is None:
@@ -292,16 +285,6 @@ class SchedReceiver(TargetedReceiver):
 
     # ---- collection ----
 
-    def _resource(self, pid: int) -> dict[str, Any]:
-        info = self.targets.get(pid)
-        res: dict[str, Any] = {"process.pid": pid}
-        if info is not None:
-            res["process.executable.name"] = info.exe_name
-            res["service.name"] = info.service_name
-            if info.container_id:
-                res["container.id"] = info.container_id
-        return res
-
     def read_maps(self) -> dict[str, Any]:
         """Cumulative figures per (process, cgroup) and per process: live threads plus exited ones."""
         hist: dict[tuple[int, int], list[int]] = {}
@@ -338,7 +321,7 @@ class SchedReceiver(TargetedReceiver):
         if self._lost is not None:
             self._lost.update()
         m = self.read_maps()
-        mb = MetricsBuilder(SCOPE)
+        mb = MetricsBuilder(SCOPE, time_ns=time.time_ns())
         bounds = log2_bounds_seconds(SLOTS - 1)
         start = self._start_ns
         per_proc: dict[int, tuple[list[int], int]] = {}
@@ -353,7 +336,7 @@ class SchedReceiver(TargetedReceiver):
                 continue
             mb.histogram(
                 self._resource(tgid), "process.sched.runqueue.latency", bounds=bounds, counts=counts,
-                total=ns / 1e9, unit="s", start_ns=start,
+                total=ns / 1e9, unit="s", start=start,
                 desc="Time threads were runnable before they got a CPU (wake-up or preemption to on-CPU).",
             )
         if self.cfg.per_cgroup and self.cgroups is not None:
@@ -363,7 +346,7 @@ class SchedReceiver(TargetedReceiver):
                 path = self.cgroups.name(cgid) or f"id:{cgid}"
                 mb.histogram(
                     {"gotel.cgroup.path": path, "gotel.cgroup.id": cgid}, "container.sched.runqueue.latency",
-                    bounds=bounds, counts=counts, total=ns / 1e9, unit="s", start_ns=start,
+                    bounds=bounds, counts=counts, total=ns / 1e9, unit="s", start=start,
                     desc="Run-queue latency of the selected processes' threads in this cgroup.",
                 )
         for (tgid, vol), (ns, n) in m["off"].items():
@@ -371,18 +354,18 @@ class SchedReceiver(TargetedReceiver):
                 continue
             typ = {"gotel.offcpu.type": "voluntary" if vol else "involuntary"}
             res = self._resource(tgid)
-            mb.sum(res, "process.sched.offcpu.time", ns / 1e9, unit="s", attributes=typ, start_ns=start,
+            mb.sum(res, "process.sched.offcpu.time", ns / 1e9, unit="s", attributes=typ, start=start,
                    desc="Time threads spent off CPU: blocked (voluntary) or preempted (involuntary).")
-            mb.sum(res, "process.sched.offcpu.count", n, unit="{switch}", attributes=typ, start_ns=start)
+            mb.sum(res, "process.sched.offcpu.count", n, unit="{switch}", attributes=typ, start=start)
         for (tgid, nr), (ns, n) in m["slow"].items():
             if tgid not in self.targets:
                 continue
             a = {"gotel.syscall.name": syscall_name(nr)}
             res = self._resource(tgid)
-            mb.sum(res, "process.syscall.slow.count", n, unit="{syscall}", attributes=a, start_ns=start,
+            mb.sum(res, "process.syscall.slow.count", n, unit="{syscall}", attributes=a, start=start,
                    desc=f"Syscalls that took at least {self.cfg.slow_syscall_threshold_ms} ms.")
-            mb.sum(res, "process.syscall.slow.time", ns / 1e9, unit="s", attributes=a, start_ns=start)
-        out: list[Batch] = [mb.result()]
+            mb.sum(res, "process.syscall.slow.time", ns / 1e9, unit="s", attributes=a, start=start)
+        out: list[Batch] = [mb.batch()]
         logs = self._slow_logs()
         if logs is not None:
             out.append(logs)
@@ -402,10 +385,9 @@ class SchedReceiver(TargetedReceiver):
             func = next((f for f in e.stack if not _is_runtime_frame(f)), e.stack[0] if e.stack else "")
             lb.add(
                 self._resource(e.pid),
-                time_ns=e.time_ns,
+                ts=e.time_ns,
                 body=f"slow syscall {e.syscall}: {e.duration_ns / 1e6:.1f} ms in {func or '?'}",
-                severity_text="WARN",
-                severity_number=13,
+                severity="WARN",
                 event_name="gotel.syscall.slow",
                 attributes={
                     "gotel.syscall.name": e.syscall,
@@ -415,7 +397,7 @@ class SchedReceiver(TargetedReceiver):
                     "code.stacktrace": "\n".join(e.stack),
                 },
             )
-        return lb.result()
+        return lb.batch()
 
 
 def load_bias(pid: int, path: str) -> int:

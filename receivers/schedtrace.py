@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from gotel.component import ComponentConfig, Consumer, ConsumerError, Context, Receiver, ReceiverFactory
-from gotel.durations import Duration
+from gotel.config.types import Duration
 from gotel.otlpbuild import MetricsBuilder
 from gotel.pdata import Signal
 

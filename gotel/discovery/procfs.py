@@ -7,16 +7,14 @@ returns None/empty instead of raising.
 from __future__ import annotations
 
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from gotel import cgroup
+
 PROC = Path("/proc")
-
-_CONTAINER_RE = re.compile(r"([0-9a-f]{64})(?:\.scope)?$")
-
 
 def read_exe(pid: int) -> str | None:
     try:
@@ -57,18 +55,9 @@ def is_alive(pid: int) -> bool:
 
 
 def container_id(pid: int) -> str | None:
-    """The container id from /proc/PID/cgroup (docker, containerd, cri-o, podman cgroup names)."""
-    try:
-        text = (PROC / str(pid) / "cgroup").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        path = line.rsplit(":", 1)[-1]
-        for part in reversed(path.split("/")):
-            m = _CONTAINER_RE.search(part)
-            if m:
-                return m.group(1)
-    return None
+    """The container id from /proc/PID/cgroup, parsed by gotel.cgroup (every runtime and cgroup driver)."""
+    info = cgroup.read_pid(pid, str(PROC))
+    return (info.container_id or None) if info is not None else None
 
 
 def _socket_inodes(pid: int) -> set[int]:

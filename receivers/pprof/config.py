@@ -7,8 +7,8 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from gotel.component import ComponentConfig
+from gotel.config.types import Duration
 from gotel.discovery import DiscoveryConfig as ProcessSelection
-from gotel.durations import Duration
 
 
 class ProfileConfig(ComponentConfig):

@@ -7,9 +7,10 @@ import zlib
 from typing import Any
 
 from gotel.component import ComponentID, Context, Kind
-from gotel.pdata import Batch, Signal
+from gotel.pdata import Signal
 from gotel.proto import pprof_profile_pb2 as pb
 from gotel.telemetry import Telemetry
+from tests.helpers.memsink import MemorySink
 
 
 def make_profile(sample_types: list[tuple[str, str]], samples: list[tuple[list[str], list[int]]],
@@ -62,16 +63,8 @@ HEAP_TYPES = [("alloc_objects", "count"), ("alloc_space", "bytes"), ("inuse_obje
 MUTEX_TYPES = [("contentions", "count"), ("delay", "nanoseconds")]
 
 
-class MemSink:
-    """Records batches; optionally refuses."""
-
-    mutates = False
-
-    def __init__(self) -> None:
-        self.batches: list[Batch] = []
-
-    async def consume(self, batch: Batch) -> None:
-        self.batches.append(batch)
+class MemSink(MemorySink):
+    """Records batches (tests.helpers.memsink) and hands back their requests."""
 
     def requests(self) -> list[Any]:
         return [b.peek() for b in self.batches]

@@ -25,7 +25,10 @@ START_ARGS = {"grpcapp": ["server"], "httpapp": ["server"], "runtime": [], "usdt
 
 def test_offsets_file_identical_in_every_fixture() -> None:
     texts = {a: (goapps.SRC / a / "offsets.go").read_text() for a in goapps.APPS}
-    assert len(set(texts.values())) == 1, "offsets.go differs between fixtures; copy grpcapp's"
+    assert len(set(texts.values())) == 1, "offsets.go differs between fixtures"
+    common = (goapps.SRC / "common" / "offsets.go").resolve()
+    for a in goapps.APPS:  # one file, linked: an edit cannot reach one fixture and miss the others
+        assert (goapps.SRC / a / "offsets.go").resolve() == common, f"{a}/offsets.go is not the link to common/"
 
 
 @pytest.mark.parametrize(("app", "toolchain", "stripped"), goapps.all_variants())

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -105,3 +106,18 @@ def test_gotel_itself_is_never_a_target() -> None:
     agent = _p(pid=1, exe=os.path.realpath(sys.executable), cmdline=[sys.executable, "-m", "gotel", "run"])
     assert _is_self(agent)
     assert not _is_self(_p(pid=1))
+
+
+def test_container_id_skips_crio_conmon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Discovery reads the id the way gotel.cgroup does: the CRI-O container, never its conmon monitor."""
+    from gotel.discovery import procfs
+
+    cid, conmon = "a1" * 32, "b2" * 32
+    proc = tmp_path
+    (proc / "4242").mkdir()
+    (proc / "4242" / "cgroup").write_text(
+        f"0::/kubepods.slice/kubepods-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice/crio-{cid}.scope/"
+        f"crio-conmon-{conmon}.scope\n")
+    monkeypatch.setattr(procfs, "PROC", proc)
+    assert container_id(4242) == cid
+    assert container_id(4243) is None  # gone

@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import socket
 
-from gotel.durations import parse_duration
+from gotel.config.types import parse_duration
 from gotel.targets import Target, _decode_ip, listening_sockets
 
 
