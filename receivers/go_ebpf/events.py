@@ -175,16 +175,19 @@ _PACK_Q = struct.Struct("<Q").pack
 _PACK_D = struct.Struct("<d").pack
 
 
-def _kv_double(key: bytes, x: float) -> bytes:
-    return _ld(0x4A, _ld(0x0A, key) + b"\x12\x09\x21" + _PACK_D(x))  # AnyValue.double_value (field 4, fixed64)
+def _kv_double_prefix(key: bytes) -> bytes:
+    """Span.attributes KeyValue{key, AnyValue.double_value} up to the 8 bytes of the double (fixed length)."""
+    inner = _ld(0x0A, key) + b"\x12\x09\x21"
+    return b"\x4a" + _varint(len(inner) + 8) + inner
 
 
 def _kv_bool(key: bytes, x: bool) -> bytes:
     return _ld(0x4A, _ld(0x0A, key) + (b"\x12\x02\x10\x01" if x else b"\x12\x02\x10\x00"))
 
 
-_K_TIMEOUT, _K_REMAINING, _K_EXCEEDED = (b"gotel.rpc.deadline.timeout", b"gotel.rpc.deadline.remaining",
-                                         b"gotel.rpc.deadline.exceeded")
+_P_TIMEOUT = _kv_double_prefix(b"gotel.rpc.deadline.timeout")
+_P_REMAINING = _kv_double_prefix(b"gotel.rpc.deadline.remaining")
+_EXCEEDED = (_kv_bool(b"gotel.rpc.deadline.exceeded", False), _kv_bool(b"gotel.rpc.deadline.exceeded", True))
 
 
 class _Pending:
@@ -207,6 +210,10 @@ class _Pending:
         if self.parent_span_id:
             head += b"\x22\x08" + self.parent_span_id
         return _ld(0x12, head + self.body)  # ScopeSpans.spans (field 2)
+
+
+# flags that do not change a span's name, attributes or status (times and deadlines are encoded per call)
+_SHAPE_FLAGS = ~(E_DEADLINE | E_PARENT | E_BEGIN_WALL)
 
 
 class _SpanParts:
@@ -244,8 +251,8 @@ class Assembler:
         self.index_size = client_index_size
         self.seen_no_offsets: set[int] = set()
         self.unknown_process = 0
-        # attribute lists repeat (same method, code, peer): built once, copied into each span
-        self._attr_cache: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+        # span shapes repeat (same method, code, peer): encoded once
+        self._shapes: dict[tuple[Any, ...], tuple[bytes, bytes, bytes, dict[str, Any]]] = {}
         self._last_attrs: dict[str, Any] = {}
 
     # ---- processes ----
@@ -343,9 +350,26 @@ class Assembler:
         return st.resource if st else {"process.pid": pid}
 
     def _span(self, c: Call) -> bytes:
-        """The encoded Span fields from name on; attributes that repeat come from a cache of encoded bytes."""
-        sp = _SpanParts()
+        """The encoded Span fields from name on. Calls of one shape (method, code, peer, ...) share name, kind,
+        attributes and status: encoded once per shape; per call only the times and deadlines are encoded."""
+        key = (c.type, c.flags & _SHAPE_FLAGS, c.code, c.method, c.msg, c.path, c.tp, c.lip, c.rip, c.lport, c.rport)
+        shape = self._shapes.get(key)
+        if shape is None:
+            if len(self._shapes) >= 8192:
+                self._shapes.clear()
+            shape = self._shapes[key] = self._shape(c)
+        head, attr_bytes, status, self._last_attrs = shape
         extra = b""
+        if c.deadline_ns is not None and c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
+            # vary per call: encoded here, not part of the shape
+            extra = (_P_TIMEOUT + _PACK_D((c.deadline_ns - c.start_ns) / 1e9)
+                     + _P_REMAINING + _PACK_D((c.deadline_ns - c.end_ns) / 1e9)
+                     + _EXCEEDED[c.code == 4 or c.end_ns >= c.deadline_ns])
+        return head + b"\x39" + _PACK_Q(c.start_ns) + b"\x41" + _PACK_Q(c.end_ns) + attr_bytes + extra + status
+
+    def _shape(self, c: Call) -> tuple[bytes, bytes, bytes, dict[str, Any]]:
+        """(name + kind, attributes, status) encoded, and the attributes (for metric labels)."""
+        sp = _SpanParts()
         a: dict[str, Any] = {}
         if c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
             server = c.type == T_GRPC_SERVER
@@ -386,11 +410,6 @@ class Assembler:
                     if c.lip:
                         a["network.local.address"] = c.lip
                     a["network.local.port"] = c.lport
-            if c.deadline_ns is not None:
-                # vary per call: encoded here, not part of the cached attribute bytes
-                extra = (_kv_double(_K_TIMEOUT, (c.deadline_ns - c.start_ns) / 1e9)
-                         + _kv_double(_K_REMAINING, (c.deadline_ns - c.end_ns) / 1e9)
-                         + _kv_bool(_K_EXCEEDED, c.code == 4 or c.end_ns >= c.deadline_ns))
         else:
             server = c.type == T_HTTP_SERVER
             sp.kind = 2 if server else 3  # Span.SpanKind SERVER / CLIENT
@@ -441,20 +460,14 @@ class Assembler:
                 elif c.flags & E_NONSTATUS_ERR:
                     sp.status_code = 2  # Status.STATUS_CODE_ERROR
                     a["error.type"] = "_OTHER"
-        key = (sp.name, sp.kind, tuple(a.items()))
-        fixed = self._attr_cache.get(key)
-        if fixed is None:
-            name_kind = _ld(0x2A, sp.name.encode()) + b"\x30" + _varint(sp.kind)
-            fixed = self._attr_cache[key] = (name_kind, b"".join(_ld(0x4A, kv.SerializeToString()) for kv in attrs(a)))
-            if len(self._attr_cache) >= 8192:
-                self._attr_cache.clear()
-        self._last_attrs = a
-        body = fixed[0] + b"\x39" + _PACK_Q(c.start_ns) + b"\x41" + _PACK_Q(c.end_ns) + fixed[1] + extra
+        head = _ld(0x2A, sp.name.encode()) + b"\x30" + _varint(sp.kind)
+        attr_bytes = b"".join(_ld(0x4A, kv.SerializeToString()) for kv in attrs(a))
+        status_b = b""
         if sp.status_code:
             st = (_ld(0x12, sp.status_message.encode()) if sp.status_message else b"") + b"\x18" + _varint(
                 sp.status_code)
-            body += _ld(0x7A, st)
-        return body
+            status_b = _ld(0x7A, st)
+        return head, attr_bytes, status_b, a
 
     # ---- metrics ----
     def _metrics(self, st: ProcState, c: Call, span_id: bytes) -> None:
