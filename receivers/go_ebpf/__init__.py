@@ -60,6 +60,7 @@ class GoEbpfReceiver(Receiver):
         self.watcher: ProcessWatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._raw: list[bytes] = []
+        self._images: dict[int, Any] = {}  # pid -> BinaryKey of the executable its probes were set up for
         self._lost: Any = None
         self._mono_to_unix = time.time_ns() - time.monotonic_ns()
         self.attached_pids: set[int] = set()
@@ -96,12 +97,42 @@ class GoEbpfReceiver(Receiver):
                 if isinstance(ev, ProcessAdded):
                     await loop.run_in_executor(None, self._add, ev.info)
                 elif isinstance(ev, ProcessRemoved):
-                    self._drain_once()
-                    self.targets.remove_process(ev.pid)
-                    self.asm.remove_process(ev.pid)
-                    self.attached_pids.discard(ev.pid)
+                    if self._same_image(ev.pid):
+                        # Discovery reports an exec it had already seen (its /proc rescan can select the new
+                        # image before the exec event is read) as remove + add. Dropping the pid's probes
+                        # until the re-add (~10 ms of analysis) lost the calls made meanwhile, unrecorded.
+                        # Checked again later in case the process was only on its way out.
+                        loop.call_later(1.0, self._recheck, ev.pid)
+                        continue
+                    self._remove(ev.pid)
             except Exception:
                 self.log.exception("go_ebpf: handling %s", ev)
+
+    def _remove(self, pid: int) -> None:
+        self._drain_once()
+        self.targets.remove_process(pid)
+        self.asm.remove_process(pid)
+        self.attached_pids.discard(pid)
+        self._images.pop(pid, None)
+
+    def _recheck(self, pid: int) -> None:
+        if pid in self._images and not self._same_image(pid):
+            try:
+                self._remove(pid)
+            except Exception:
+                self.log.exception("go_ebpf: removing pid %d", pid)
+
+    def _same_image(self, pid: int) -> bool:
+        """pid is alive and still runs the binary it was attached with (so its probes and offsets apply)."""
+        from gotel.ebpf.program import BinaryKey
+
+        key = self._images.get(pid)
+        if key is None:
+            return False
+        try:
+            return BinaryKey.of(f"/proc/{pid}/exe") == key
+        except OSError:
+            return False  # exited (or a zombie: no exe any more)
 
     def trace_pid(self, pid: int, exe: str, service_name: str | None = None) -> None:
         """Registers a process by hand (selectors bypassed), e.g. one that is about to exec `exe`: its
@@ -137,7 +168,8 @@ class GoEbpfReceiver(Receiver):
             "process.runtime.version": plan.go_version or "",
         })
         try:
-            self.targets.add_process(info.pid, exe, plan.sites, plan.layout.offsets, plan.layout.flags)
+            self._images[info.pid] = self.targets.add_process(info.pid, exe, plan.sites, plan.layout.offsets,
+                                                              plan.layout.flags)
         except Exception as e:
             self.log.warning("go_ebpf: cannot attach to pid %d (%s): %s", info.pid, info.exe, e)
             self._attach_failures.labels("attach").inc()

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.proto.metrics.v1 import metrics_pb2
-from opentelemetry.proto.trace.v1 import trace_pb2
 
 from gotel.pdata import Metrics, Traces, attrs
 
@@ -51,7 +50,21 @@ def _cstr(b: bytes) -> str:
     return b.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
+_IP_CACHE: dict[bytes, str | None] = {}
+
+
 def _ip(b: bytes, n: int) -> str | None:
+    """Peers repeat: formatted once per address (ipaddress costs a few us per call)."""
+    key = b[:n] if n in (4, 16) else b""
+    s = _IP_CACHE.get(key, "")
+    if s == "":
+        if len(_IP_CACHE) >= 4096:
+            _IP_CACHE.clear()
+        s = _IP_CACHE[key] = _ip_text(b, n)
+    return s
+
+
+def _ip_text(b: bytes, n: int) -> str | None:
     if n == 4:
         return str(ipaddress.IPv4Address(b[:4]))
     if n == 16:
@@ -139,12 +152,77 @@ DURATION_BOUNDS = [0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1
 BUDGET_BOUNDS = [0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.5, 2.0]
 
 
-@dataclass
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _SMALL[n]
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL = [bytes((i,)) for i in range(0x80)]
+
+
+def _ld(tag: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (tag byte already shifted: field << 3 | 2)."""
+    return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+_PACK_Q = struct.Struct("<Q").pack
+_PACK_D = struct.Struct("<d").pack
+
+
+def _kv_double_prefix(key: bytes) -> bytes:
+    """Span.attributes KeyValue{key, AnyValue.double_value} up to the 8 bytes of the double (fixed length)."""
+    inner = _ld(0x0A, key) + b"\x12\x09\x21"
+    return b"\x4a" + _varint(len(inner) + 8) + inner
+
+
+def _kv_bool(key: bytes, x: bool) -> bytes:
+    return _ld(0x4A, _ld(0x0A, key) + (b"\x12\x02\x10\x01" if x else b"\x12\x02\x10\x00"))
+
+
+_P_TIMEOUT = _kv_double_prefix(b"gotel.rpc.deadline.timeout")
+_P_REMAINING = _kv_double_prefix(b"gotel.rpc.deadline.remaining")
+_EXCEEDED = (_kv_bool(b"gotel.rpc.deadline.exceeded", False), _kv_bool(b"gotel.rpc.deadline.exceeded", True))
+
+
 class _Pending:
-    span: trace_pb2.Span
-    call: Call
-    ready_at: float
-    local_trace: tuple[int, int]
+    """A finished call waiting for export: the span is kept as encoded pieces (no protobuf objects) because
+    building Span messages cost ~40 us each; only the ids that stitching may still change stay separate."""
+
+    __slots__ = ("body", "call", "local_trace", "parent_span_id", "ready_at", "span_id")
+
+    def __init__(self, span_id: bytes, parent_span_id: bytes, body: bytes, call: Call, ready_at: float,
+                 local_trace: tuple[int, int]) -> None:
+        self.span_id = span_id
+        self.parent_span_id = parent_span_id
+        self.body = body  # every Span field after parent_span_id (name, kind, times, attributes, status)
+        self.call = call
+        self.ready_at = ready_at
+        self.local_trace = local_trace
+
+    def encode(self, trace_id: bytes) -> bytes:
+        head = b"\x0a\x10" + trace_id + b"\x12\x08" + self.span_id
+        if self.parent_span_id:
+            head += b"\x22\x08" + self.parent_span_id
+        return _ld(0x12, head + self.body)  # ScopeSpans.spans (field 2)
+
+
+# flags that do not change a span's name, attributes or status (times and deadlines are encoded per call)
+_SHAPE_FLAGS = ~(E_DEADLINE | E_PARENT | E_BEGIN_WALL)
+
+
+class _SpanParts:
+    """The span fields _span decides on (name, kind, status) before they are encoded."""
+
+    __slots__ = ("kind", "name", "status_code", "status_message")
+
+    def __init__(self) -> None:
+        self.name, self.kind, self.status_code, self.status_message = "", 0, 0, ""
 
 
 @dataclass
@@ -173,8 +251,8 @@ class Assembler:
         self.index_size = client_index_size
         self.seen_no_offsets: set[int] = set()
         self.unknown_process = 0
-        # attribute lists repeat (same method, code, peer): built once, copied into each span
-        self._attr_cache: dict[tuple[tuple[str, Any], ...], list[Any]] = {}
+        # span shapes repeat (same method, code, peer): encoded once
+        self._shapes: dict[tuple[Any, ...], tuple[bytes, bytes, bytes, dict[str, Any]]] = {}
         self._last_attrs: dict[str, Any] = {}
 
     # ---- processes ----
@@ -212,37 +290,37 @@ class Assembler:
             return
         if c.flags & E_NO_OFFSETS:
             self.seen_no_offsets.add(c.pid)
-        sp = self._span(c)
-        p = _Pending(sp, c, now + self.window, c.trace)
+        p = _Pending(c.span_id.to_bytes(8, "big"), c.parent_span_id.to_bytes(8, "big") if c.flags & E_PARENT else b"",
+                     self._span(c), c, now + self.window, c.trace)
         if c.type in (T_GRPC_CLIENT,) and c.flags & E_STREAM_ID and c.lport:
             key = (c.lip, c.lport, c.rport, c.stream_id)
             self.clients[key] = p
             if len(self.clients) > self.index_size:
                 self.clients.popitem(last=False)
         self.pending.append(p)
-        self._metrics(st, c, sp)
+        self._metrics(st, c, p.span_id)
 
     def _link_server(self, p: _Pending) -> None:
         c = p.call
-        if c.type not in (T_GRPC_SERVER, T_HTTP_SERVER) or p.span.parent_span_id:
+        if c.type not in (T_GRPC_SERVER, T_HTTP_SERVER) or p.parent_span_id:
             return
         if c.type == T_GRPC_SERVER and c.flags & E_STREAM_ID and c.rport:
             hit = self.clients.get((c.rip, c.rport, c.lport, c.stream_id))
             if hit is not None:
                 thi, tlo = hit.local_trace
-                p.span.parent_span_id = hit.span.span_id
+                p.parent_span_id = hit.span_id
                 self._remember_alias(c.trace, f"{thi:016x}{tlo:016x}".encode())
                 parsed = parse_traceparent(c.tp) if c.tp else None
-                if parsed is not None and not hit.span.parent_span_id:
+                if parsed is not None and not hit.parent_span_id:
                     # the caller's own (SDK) span sent this traceparent: it is the client span's parent
                     self._remember_alias(hit.local_trace, parsed[0])
-                    hit.span.parent_span_id = parsed[1]
+                    hit.parent_span_id = parsed[1]
                 return
         if c.tp:
             parsed = parse_traceparent(c.tp)
             if parsed is not None:
                 self._remember_alias(c.trace, parsed[0])
-                p.span.parent_span_id = parsed[1]
+                p.parent_span_id = parsed[1]
 
     def take_traces(self, now: float, flush_all: bool = False) -> Traces | None:
         if not self.pending:
@@ -253,32 +331,49 @@ class Assembler:
         if not ready:
             return None
         self.pending = [p for p in self.pending if not (flush_all or p.ready_at <= now)]
-        by_pid: dict[int, list[trace_pb2.Span]] = {}
+        by_pid: dict[int, list[bytes]] = {}
+        trace_of: dict[tuple[int, int], bytes] = {}
         for p in ready:
-            p.span.trace_id = self._trace_of(p.local_trace)
-            by_pid.setdefault(p.call.pid, []).append(p.span)
-        b = Traces()
+            tid = trace_of.get(p.local_trace)
+            if tid is None:
+                tid = trace_of[p.local_trace] = self._trace_of(p.local_trace)
+            by_pid.setdefault(p.call.pid, []).append(p.encode(tid))
+        out = []
         for pid, spans in by_pid.items():
-            rs = b.msg.resource_spans.add()
-            rs.resource.attributes.extend(attrs(self._resource(pid)))
-            ss = rs.scope_spans.add()
-            ss.scope.name = SCOPE
-            ss.spans.extend(spans)
-        return b
+            res = b"".join(_ld(0x0A, kv.SerializeToString()) for kv in attrs(self._resource(pid)))
+            scope = _ld(0x0A, _ld(0x0A, SCOPE.encode()))  # ScopeSpans.scope = InstrumentationScope{name}
+            out.append(_ld(0x0A, _ld(0x0A, res) + _ld(0x12, scope + b"".join(spans))))
+        return Traces(raw=b"".join(out), count=len(ready))
 
     def _resource(self, pid: int) -> dict[str, Any]:
         st = self.procs.get(pid)
         return st.resource if st else {"process.pid": pid}
 
-    def _span(self, c: Call) -> trace_pb2.Span:
-        sp = trace_pb2.Span(span_id=c.span_id.to_bytes(8, "big"), start_time_unix_nano=c.start_ns,
-                            end_time_unix_nano=c.end_ns)
-        if c.flags & E_PARENT:
-            sp.parent_span_id = c.parent_span_id.to_bytes(8, "big")
+    def _span(self, c: Call) -> bytes:
+        """The encoded Span fields from name on. Calls of one shape (method, code, peer, ...) share name, kind,
+        attributes and status: encoded once per shape; per call only the times and deadlines are encoded."""
+        key = (c.type, c.flags & _SHAPE_FLAGS, c.code, c.method, c.msg, c.path, c.tp, c.lip, c.rip, c.lport, c.rport)
+        shape = self._shapes.get(key)
+        if shape is None:
+            if len(self._shapes) >= 8192:
+                self._shapes.clear()
+            shape = self._shapes[key] = self._shape(c)
+        head, attr_bytes, status, self._last_attrs = shape
+        extra = b""
+        if c.deadline_ns is not None and c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
+            # vary per call: encoded here, not part of the shape
+            extra = (_P_TIMEOUT + _PACK_D((c.deadline_ns - c.start_ns) / 1e9)
+                     + _P_REMAINING + _PACK_D((c.deadline_ns - c.end_ns) / 1e9)
+                     + _EXCEEDED[c.code == 4 or c.end_ns >= c.deadline_ns])
+        return head + b"\x39" + _PACK_Q(c.start_ns) + b"\x41" + _PACK_Q(c.end_ns) + attr_bytes + extra + status
+
+    def _shape(self, c: Call) -> tuple[bytes, bytes, bytes, dict[str, Any]]:
+        """(name + kind, attributes, status) encoded, and the attributes (for metric labels)."""
+        sp = _SpanParts()
         a: dict[str, Any] = {}
         if c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
             server = c.type == T_GRPC_SERVER
-            sp.kind = trace_pb2.Span.SPAN_KIND_SERVER if server else trace_pb2.Span.SPAN_KIND_CLIENT
+            sp.kind = 2 if server else 3  # Span.SpanKind SERVER / CLIENT
             svc, meth = split_method(c.method)
             sp.name = f"{svc}/{meth}" if c.method else ("grpc.server" if server else "grpc.client")
             a["rpc.system"] = "grpc"
@@ -291,8 +386,8 @@ class Assembler:
                     a["rpc.grpc.status_code"] = c.code
                 is_err = c.code != 0 and (not server or c.code in SERVER_ERROR_CODES)
                 if is_err:
-                    sp.status.code = trace_pb2.Status.STATUS_CODE_ERROR
-                    sp.status.message = c.msg
+                    sp.status_code = 2  # Status.STATUS_CODE_ERROR
+                    sp.status_message = c.msg
                     a["error.type"] = name
                 if c.code != 0 and c.msg:
                     a["rpc.grpc.status_message"] = c.msg
@@ -315,13 +410,9 @@ class Assembler:
                     if c.lip:
                         a["network.local.address"] = c.lip
                     a["network.local.port"] = c.lport
-            if c.deadline_ns is not None:
-                a["gotel.rpc.deadline.timeout"] = (c.deadline_ns - c.start_ns) / 1e9
-                a["gotel.rpc.deadline.remaining"] = (c.deadline_ns - c.end_ns) / 1e9
-                a["gotel.rpc.deadline.exceeded"] = c.code == 4 or c.end_ns >= c.deadline_ns
         else:
             server = c.type == T_HTTP_SERVER
-            sp.kind = trace_pb2.Span.SPAN_KIND_SERVER if server else trace_pb2.Span.SPAN_KIND_CLIENT
+            sp.kind = 2 if server else 3  # Span.SpanKind SERVER / CLIENT
             method = c.method or "_OTHER"
             a["http.request.method"] = method
             if server:
@@ -348,7 +439,7 @@ class Assembler:
                     status = status or 200  # nothing written: net/http answers 200
                     a["http.response.status_code"] = status
                     if status >= 500:
-                        sp.status.code = trace_pb2.Status.STATUS_CODE_ERROR
+                        sp.status_code = 2  # Status.STATUS_CODE_ERROR
                         a["error.type"] = str(status)
             else:
                 sp.name = method
@@ -364,27 +455,25 @@ class Assembler:
                 if c.flags & E_STATUS:
                     a["http.response.status_code"] = c.code
                     if c.code >= 400:
-                        sp.status.code = trace_pb2.Status.STATUS_CODE_ERROR
+                        sp.status_code = 2  # Status.STATUS_CODE_ERROR
                         a["error.type"] = str(c.code)
                 elif c.flags & E_NONSTATUS_ERR:
-                    sp.status.code = trace_pb2.Status.STATUS_CODE_ERROR
+                    sp.status_code = 2  # Status.STATUS_CODE_ERROR
                     a["error.type"] = "_OTHER"
-        key = tuple(a.items())
-        kvs = self._attr_cache.get(key)
-        if kvs is None:
-            kvs = attrs(a)
-            if len(self._attr_cache) >= 8192:
-                self._attr_cache.clear()
-            self._attr_cache[key] = kvs
-        sp.attributes.extend(kvs)
-        self._last_attrs = a
-        return sp
+        head = _ld(0x2A, sp.name.encode()) + b"\x30" + _varint(sp.kind)
+        attr_bytes = b"".join(_ld(0x4A, kv.SerializeToString()) for kv in attrs(a))
+        status_b = b""
+        if sp.status_code:
+            st = (_ld(0x12, sp.status_message.encode()) if sp.status_message else b"") + b"\x18" + _varint(
+                sp.status_code)
+            status_b = _ld(0x7A, st)
+        return head, attr_bytes, status_b, a
 
     # ---- metrics ----
-    def _metrics(self, st: ProcState, c: Call, sp: trace_pb2.Span) -> None:
+    def _metrics(self, st: ProcState, c: Call, span_id: bytes) -> None:
         dur = max(0, c.end_ns - c.start_ns) / 1e9
         a = self._last_attrs
-        trace_local = sp.span_id
+        trace_local = span_id
         if c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
             name = "rpc.server.call.duration" if c.type == T_GRPC_SERVER else "rpc.client.call.duration"
             keys = ("rpc.system", "rpc.service", "rpc.method", "rpc.response.status_code", "server.address",
