@@ -171,7 +171,7 @@ class _Cache:
             if hit is not None:
                 self._by_identity.move_to_end(ident)
                 self.hits += 1
-                return hit
+                return _live_path(hit, path)
         ids = ElfImage(path)  # a copy of the same build elsewhere (another container layer): match by build id
         try:
             go_id, gnu_id = ids.build_ids()
@@ -183,7 +183,7 @@ class _Cache:
                 hit = self._by_build_id[key]
                 self._remember(ident, hit)
                 self.hits += 1
-                return hit
+                return _live_path(hit, path)
         gb = GoBinary(path, ident)
         with self._lock:
             self.misses += 1
@@ -203,6 +203,14 @@ class _Cache:
         with self._lock:
             self._by_identity.clear()
             self._by_build_id.clear()
+
+
+def _live_path(gb: GoBinary, path: str | os.PathLike[str]) -> GoBinary:
+    """A cached analysis keeps its mapped image, but the path it was first read through may be gone
+    (/proc/PID/exe of a process that exited): whoever opens gb.path again gets one that exists."""
+    if not os.path.exists(gb.path):
+        gb.path = Path(path)
+    return gb
 
 
 _CACHE = _Cache()
