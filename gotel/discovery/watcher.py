@@ -173,9 +173,18 @@ class ProcessWatcher:
         pending, self._pending = self._pending, []
         for kind, pid in pending:
             if kind == _EXEC:
-                if pid in self.selected:  # exec replaced the program: a new target (or none)
-                    self._remove(pid)
-                self._consider(pid)
+                known = self.selected.get(pid)
+                if known is None:
+                    self._consider(pid)
+                    continue
+                # exec replaced the program: a new target (or none) — unless a rescan already picked up
+                # the post-exec program, when removing and re-adding would blind its tracers for a moment.
+                info = self._evaluate(pid)
+                if info is not None and (info.dev, info.ino, info.exe) == (known.dev, known.ino, known.exe):
+                    continue
+                self._remove(pid)
+                if info is not None:
+                    self._add(info)
             elif kind == _EXIT:
                 self._remove(pid)
 
