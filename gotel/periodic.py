@@ -15,10 +15,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from gotel.component import Consumer, ConsumerError, Context, Receiver
+from gotel.component import Consumer, Context, Receiver
 from gotel.discovery import DiscoveryConfig, ProcessInfo, process_info
 from gotel.discovery.procfs import all_pids
 from gotel.pdata import Batch, Signal
+from gotel.receiverhelper import push
 
 
 class PeriodicReceiver(Receiver):
@@ -54,19 +55,7 @@ class PeriodicReceiver(Receiver):
 
     async def push(self, batches: list[Batch]) -> None:
         for b in batches:
-            n = b.item_count()
-            if n == 0:
-                continue
-            sink = self.sinks.get(b.signal)
-            if sink is None:
-                continue  # the signal is not used by any pipeline
-            try:
-                await sink.consume(b)
-                self.ctx.telemetry.accepted(b.signal, n)
-            except ConsumerError as e:
-                self.ctx.telemetry.refused(b.signal, n)
-                self.ctx.telemetry.dropped(b.signal, n, "refused" if not e.permanent else "rejected")
-                self.log.warning("%s: %d %s items not accepted: %s", self.ctx.id, n, b.signal, e)
+            await push(self.sinks.get(b.signal), b, self.ctx)
 
     async def _run(self) -> None:
         while not self._stop.is_set():

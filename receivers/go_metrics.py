@@ -21,10 +21,11 @@ from urllib.parse import urlsplit
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import Field, field_validator, model_validator
 
-from gotel.component import ComponentConfig, Consumer, ConsumerError, Context, Receiver, ReceiverFactory
+from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.config.types import Duration
 from gotel.otlpbuild import MetricsBuilder
 from gotel.pdata import Signal
+from gotel.receiverhelper import push
 from gotel.targets import Target
 
 SCOPE = "gotel.receivers.go_metrics"
@@ -286,13 +287,7 @@ class GoMetricsReceiver(Receiver):
         self.up.labels(t.describe()).set(1)
         if self._last_err.pop(t.key, None):
             self.ctx.logger.info("go_metrics %s: scraping again", t.describe())
-        if self.sink is not None:
-            try:
-                await self.sink.consume(mb.batch())
-                self.ctx.telemetry.accepted(Signal.METRICS, n)
-            except ConsumerError:
-                self.ctx.telemetry.refused(Signal.METRICS, n)
-                self.ctx.telemetry.dropped(Signal.METRICS, n, "refused")
+        await push(self.sink, mb.batch(), self.ctx)
         return n
 
     def _fail(self, t: Target, cls: str, msg: str) -> None:

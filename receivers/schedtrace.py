@@ -24,10 +24,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from gotel.component import ComponentConfig, Consumer, ConsumerError, Context, Receiver, ReceiverFactory
+from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.config.types import Duration
 from gotel.otlpbuild import MetricsBuilder
 from gotel.pdata import Signal
+from gotel.receiverhelper import push
 
 SCOPE = "gotel.receivers.schedtrace"
 _SCHED = re.compile(r"SCHED (\d+)ms: (.*)$")
@@ -222,15 +223,8 @@ class SchedtraceReceiver(Receiver):
     async def _run(self) -> None:
         while True:
             mb = self.poll()
-            if not mb.empty() and self.sink is not None:
-                b = mb.batch()
-                n = b.item_count()
-                try:
-                    await self.sink.consume(b)
-                    self.ctx.telemetry.accepted(Signal.METRICS, n)
-                except ConsumerError:
-                    self.ctx.telemetry.refused(Signal.METRICS, n)
-                    self.ctx.telemetry.dropped(Signal.METRICS, n, "refused")
+            if not mb.empty():
+                await push(self.sink, mb.batch(), self.ctx)
             await asyncio.sleep(self.cfg.poll_interval)
 
     async def shutdown(self) -> None:

@@ -39,9 +39,10 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from pydantic import Field, field_validator, model_validator
 
-from gotel.component import ComponentConfig, Consumer, ConsumerError, Context, Receiver, ReceiverFactory
+from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.discovery import DiscoveryConfig, ProcessAdded, ProcessInfo, ProcessRemoved, ProcessWatcher
 from gotel.pdata import Batch, Logs, Metrics, Signal, Traces, attrs
+from gotel.receiverhelper import push
 
 SCOPE = "gotel.receivers.usdt"
 _ARG_RE = re.compile(r"^arg(\d+)(?::(int|uint|str))?$")
@@ -632,18 +633,8 @@ class UsdtReceiver(Receiver):
         await self._push(Signal.LOGS, self.agg.take_logs())
 
     async def _push(self, signal: Signal, batch: Batch | None) -> None:
-        if batch is None:
-            return
-        sink = self.sinks.get(signal)
-        n = batch.item_count()
-        if sink is None:
-            return
-        try:
-            await sink.consume(batch)
-            self.ctx.telemetry.accepted(signal, n)
-        except ConsumerError:
-            self.ctx.telemetry.refused(signal, n)
-            self.ctx.telemetry.dropped(signal, n, "refused_downstream")
+        if batch is not None:
+            await push(self.sinks.get(signal), batch, self.ctx)
 
     async def shutdown(self) -> None:
         for t in self._tasks:

@@ -20,9 +20,10 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from gotel.component import ComponentConfig, Consumer, ConsumerError, Context, Receiver, ReceiverFactory
+from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.discovery import DiscoveryConfig, ProcessAdded, ProcessInfo, ProcessRemoved, ProcessWatcher
 from gotel.pdata import Batch, Signal
+from gotel.receiverhelper import push
 from gotel.receivers.go_ebpf import probes as _probes  # noqa: F401  (registers probe specs for `gotel inspect`)
 from gotel.receivers.go_ebpf.events import Assembler, decode
 
@@ -244,18 +245,8 @@ class GoEbpfReceiver(Receiver):
             self._unmatched_seen = n
 
     async def _push(self, signal: Signal, batch: Batch | None) -> None:
-        if batch is None:
-            return
-        sink = self.sinks.get(signal)
-        if sink is None:
-            return
-        n = batch.item_count()
-        try:
-            await sink.consume(batch)
-            self.ctx.telemetry.accepted(signal, n)
-        except ConsumerError:
-            self.ctx.telemetry.refused(signal, n)
-            self.ctx.telemetry.dropped(signal, n, "refused_downstream")
+        if batch is not None:
+            await push(self.sinks.get(signal), batch, self.ctx)
 
     async def shutdown(self) -> None:
         for t in self._tasks:

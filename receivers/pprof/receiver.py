@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from gotel import pprof
-from gotel.component import Consumer, ConsumerError, Context, Receiver
+from gotel.component import Consumer, Context, Receiver
 from gotel.otlpbuild import DELTA, LogsBuilder, MetricsBuilder
 from gotel.pdata import Batch, Profiles, Signal
 from gotel.profconv import DELTA_ATTR, PROFILE_TYPE_ATTR, ProfilesBuilder
 from gotel.proto import pprof_profile_pb2 as pb
+from gotel.receiverhelper import push
 from gotel.targets import LocalProcessSource, StaticSource, Target, TargetSource
 
 from . import contention, goroutines
@@ -515,16 +516,7 @@ class PprofReceiver(Receiver):
         return lock
 
     async def push(self, signal: Signal, batch: Batch) -> None:
-        sink = self.sinks.get(signal)
-        if sink is None:
-            return
-        n = batch.item_count()
-        try:
-            await sink.consume(batch)
-            self.ctx.telemetry.accepted(signal, n)
-        except ConsumerError as e:
-            self.ctx.telemetry.refused(signal, n)
-            self.ctx.telemetry.dropped(signal, n, "refused" if not e.permanent else "rejected")
+        await push(self.sinks.get(signal), batch, self.ctx)
 
     def _static_targets(self) -> list[Target]:
         out = []
