@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import logging
 import os
 import re
@@ -39,10 +38,10 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from pydantic import Field, field_validator, model_validator
 
-from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
+from gotel.component import ComponentConfig, Consumer, Context, ReceiverFactory
 from gotel.discovery import DiscoveryConfig, ProcessAdded, ProcessInfo, ProcessRemoved, ProcessWatcher
-from gotel.pdata import Batch, Logs, Metrics, Signal, Traces, attrs
-from gotel.receiverhelper import push
+from gotel.ebpf.streaming import RingBufferReceiver
+from gotel.pdata import Logs, Metrics, Signal, Traces, attrs
 
 SCOPE = "gotel.receivers.usdt"
 _ARG_RE = re.compile(r"^arg(\d+)(?::(int|uint|str))?$")
@@ -244,7 +243,6 @@ class Event:
     unreadable: int  # bit i: argument i could not be read
 
 
-_BURST = 2048
 
 
 def record_layout(str_len: int) -> struct.Struct:
@@ -524,7 +522,7 @@ class Aggregator:
 # ---- the receiver ---------------------------------------------------------------------------------------
 
 
-class UsdtReceiver(Receiver):
+class UsdtReceiver(RingBufferReceiver):
     def __init__(self, cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> None:
         self.cfg = cfg
         self.sinks = sinks
@@ -562,10 +560,7 @@ class UsdtReceiver(Receiver):
         self._lost = LostCounter(self.program, self.ctx.telemetry, "usdt")
         self.watcher = ProcessWatcher(self.cfg.discovery)
         await self.watcher.start()
-        self._tasks = [
-            asyncio.create_task(self._watch(), name="usdt-watch"),
-            asyncio.create_task(self._drain_loop(), name="usdt-drain"),
-        ]
+        self._start_tasks()
 
     async def _watch(self) -> None:
         assert self.watcher is not None
@@ -605,55 +600,16 @@ class UsdtReceiver(Receiver):
             self.agg.handle(e)
         return len(raw)
 
-    async def _drain_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_flush = loop.time() + self.cfg.flush_interval
-        next_export = loop.time() + self.cfg.export_interval
-        busy = False
-        while True:
-            # a big batch means a burst: drain again at once instead of letting the buffer fill up
-            await asyncio.sleep(0 if busy else self.cfg.poll_interval)
-            try:
-                busy = self._drain_once() >= _BURST
-                self._lost.update()
-                now = loop.time()
-                if now >= next_flush:
-                    next_flush = now + self.cfg.flush_interval
-                    await self._flush()
-                if now >= next_export:
-                    next_export = now + self.cfg.export_interval
-                    await self._push(Signal.METRICS, self.agg.take_metrics())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.log.exception("usdt drain pass failed; continuing")
-
-    async def _flush(self) -> None:
+    async def _flush(self, final: bool = False) -> None:
         await self._push(Signal.TRACES, self.agg.take_traces())
         await self._push(Signal.LOGS, self.agg.take_logs())
 
-    async def _push(self, signal: Signal, batch: Batch | None) -> None:
-        if batch is not None:
-            await push(self.sinks.get(signal), batch, self.ctx)
+    async def _export(self) -> None:
+        await self._push(Signal.METRICS, self.agg.take_metrics())
 
-    async def shutdown(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks = []
-        if self.watcher is not None:
-            await self.watcher.close()
-        if self.program is not None:
-            self._drain_once()
-            await self._flush()
-            await self._push(Signal.METRICS, self.agg.take_metrics())
-            if self.attacher is not None:
-                self.attacher.close()
-            self.program.close()
-            self.program = None
-
+    def _detach(self) -> None:
+        if self.attacher is not None:
+            self.attacher.close()
 
 def _create(cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> UsdtReceiver:
     return UsdtReceiver(cfg, sinks, ctx)

@@ -12,7 +12,6 @@ See docs/go_ebpf.md for the attributes, versions handled and what degrades witho
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -20,14 +19,12 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
+from gotel.component import ComponentConfig, Consumer, Context, ReceiverFactory
 from gotel.discovery import DiscoveryConfig, ProcessAdded, ProcessInfo, ProcessRemoved, ProcessWatcher
-from gotel.pdata import Batch, Signal
-from gotel.receiverhelper import push
+from gotel.ebpf.streaming import RingBufferReceiver
+from gotel.pdata import Signal
 from gotel.receivers.go_ebpf import probes as _probes  # noqa: F401  (registers probe specs for `gotel inspect`)
 from gotel.receivers.go_ebpf.events import Assembler, decode
-
-_BURST = 2048
 
 
 class Config(ComponentConfig):
@@ -49,7 +46,7 @@ class Config(ComponentConfig):
         return v
 
 
-class GoEbpfReceiver(Receiver):
+class GoEbpfReceiver(RingBufferReceiver):
     def __init__(self, cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> None:
         self.cfg = cfg
         self.sinks = sinks
@@ -87,8 +84,7 @@ class GoEbpfReceiver(Receiver):
         self._lost = LostCounter(self.program, self.ctx.telemetry, "go_ebpf")
         self.watcher = ProcessWatcher(self.cfg.discovery)
         await self.watcher.start()
-        self._tasks = [asyncio.create_task(self._watch(), name="go_ebpf-watch"),
-                       asyncio.create_task(self._drain_loop(), name="go_ebpf-drain")]
+        self._start_tasks()
 
     async def _watch(self) -> None:
         assert self.watcher is not None
@@ -208,29 +204,6 @@ class GoEbpfReceiver(Receiver):
             self.asm.unknown_process = 0
         return len(raw)
 
-    async def _drain_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_flush = loop.time() + self.cfg.flush_interval
-        next_export = loop.time() + self.cfg.export_interval
-        busy = False
-        while True:
-            await asyncio.sleep(0 if busy else self.cfg.poll_interval)
-            try:
-                busy = self._drain_once() >= _BURST
-                self._lost.update()
-                self._count_unmatched()
-                now = loop.time()
-                if now >= next_flush:
-                    next_flush = now + self.cfg.flush_interval
-                    await self._push(Signal.TRACES, self.asm.take_traces(time.monotonic()))
-                if now >= next_export:
-                    next_export = now + self.cfg.export_interval
-                    await self._push(Signal.METRICS, self.asm.take_metrics())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.log.exception("go_ebpf drain pass failed; continuing")
-
     def unmatched(self) -> int:
         """Client calls lost because their start was not recorded, since load."""
         if self.program is None:
@@ -244,28 +217,19 @@ class GoEbpfReceiver(Receiver):
             self.ctx.telemetry.dropped(Signal.TRACES, n - self._unmatched_seen, "call_start_not_seen")
             self._unmatched_seen = n
 
-    async def _push(self, signal: Signal, batch: Batch | None) -> None:
-        if batch is not None:
-            await push(self.sinks.get(signal), batch, self.ctx)
+    def _after_drain(self) -> None:
+        super()._after_drain()
+        self._count_unmatched()
 
-    async def shutdown(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks = []
-        if self.watcher is not None:
-            await self.watcher.close()
-        if self.program is not None:
-            self._drain_once()
-            await self._push(Signal.TRACES, self.asm.take_traces(time.monotonic(), flush_all=True))
-            await self._push(Signal.METRICS, self.asm.take_metrics())
-            if self.targets is not None:
-                self.targets.close()
-            self.program.close()
-            self.program = None
+    async def _flush(self, final: bool = False) -> None:
+        await self._push(Signal.TRACES, self.asm.take_traces(time.monotonic(), flush_all=final))
 
+    async def _export(self) -> None:
+        await self._push(Signal.METRICS, self.asm.take_metrics())
+
+    def _detach(self) -> None:
+        if self.targets is not None:
+            self.targets.close()
 
 def _create(cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> GoEbpfReceiver:
     return GoEbpfReceiver(cfg, sinks, ctx)

@@ -1,0 +1,105 @@
+"""The life cycle shared by eBPF receivers that stream events from one ring buffer (go_ebpf, usdt).
+
+A watcher task follows discovery; a drain task empties the ring buffer on a short timer (at once again
+after a burst, so the buffer does not fill), hands spans/logs on every flush interval and metrics on
+every export interval; shutdown stops both, drains what is left, sends it, then detaches. Subclasses
+say what a drain, a flush and an export are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from gotel.component import Receiver
+from gotel.pdata import Batch, Signal
+from gotel.receiverhelper import push
+
+# records in one drain that mean a burst: drain again at once
+BURST = 2048
+
+
+class RingBufferReceiver(Receiver):
+    # set by subclasses (in __init__ / start())
+    cfg: Any  # has poll_interval, flush_interval, export_interval
+    sinks: Any
+    ctx: Any
+    log: Any
+    program: Any = None
+    watcher: Any = None
+    _lost: Any = None
+    _tasks: list[asyncio.Task[None]]
+
+    # --- what subclasses provide --------------------------------------------------------------------
+
+    def _drain_once(self) -> int:
+        """Drains the ring buffer and handles what it held; returns the number of records."""
+        raise NotImplementedError
+
+    async def _watch(self) -> None:
+        raise NotImplementedError
+
+    async def _flush(self, final: bool = False) -> None:
+        """Hands on spans and logs (all of them when final)."""
+
+    async def _export(self) -> None:
+        """Hands on metrics."""
+
+    def _after_drain(self) -> None:
+        """Per drain pass: loss counters."""
+        if self._lost is not None:
+            self._lost.update()
+
+    def _detach(self) -> None:
+        """Removes the probes (before the program is closed)."""
+
+    # --- shared -------------------------------------------------------------------------------------
+
+    def _start_tasks(self) -> None:
+        name = str(self.ctx.id)
+        self._tasks = [asyncio.create_task(self._watch(), name=f"{name}-watch"),
+                       asyncio.create_task(self._drain_loop(), name=f"{name}-drain")]
+
+    async def _push(self, signal: Signal, batch: Batch | None) -> None:
+        if batch is not None:
+            await push(self.sinks.get(signal), batch, self.ctx)
+
+    async def _drain_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_flush = loop.time() + self.cfg.flush_interval
+        next_export = loop.time() + self.cfg.export_interval
+        busy = False
+        while True:
+            await asyncio.sleep(0 if busy else self.cfg.poll_interval)
+            try:
+                busy = self._drain_once() >= BURST
+                self._after_drain()
+                now = loop.time()
+                if now >= next_flush:
+                    next_flush = now + self.cfg.flush_interval
+                    await self._flush()
+                if now >= next_export:
+                    next_export = now + self.cfg.export_interval
+                    await self._export()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("%s: drain pass failed; continuing", self.ctx.id)
+
+    async def shutdown(self) -> None:
+        for t in getattr(self, "_tasks", []):
+            t.cancel()
+        for t in getattr(self, "_tasks", []):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []
+        if self.watcher is not None:
+            await self.watcher.close()
+        if self.program is not None:
+            self._drain_once()
+            await self._flush(final=True)
+            await self._export()
+            self._detach()
+            self.program.close()
+            self.program = None
