@@ -135,6 +135,7 @@ BPF_TABLE("lru_hash", struct tp_key, struct tp_val, incoming_tp, 16384);  /* tra
 BPF_PERCPU_ARRAY(tp_scratch, struct tp_val, 1);
 BPF_TABLE("lru_hash", struct gotel_go_key, u8, cli_done, 16384);
 /* 0: client finish without a recorded start (span lost, counted) */
+/* 1: a call whose goroutine ended before its end was seen (span lost, counted) */
 BPF_PERCPU_ARRAY(go_unmatched, u64, 2);
 static __always_inline void unmatched_inc(int i) { u64 *v = go_unmatched.lookup(&i); if (v) (*v)++; }  /* clientStreams already finished */
 
@@ -311,20 +312,44 @@ int go_newproc1(struct pt_regs *ctx) {
     return 0;
 }
 
-int go_newproc1_ret(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
-    u64 tid = bpf_get_current_pid_tgid();
+static __always_inline void record_parent(u64 tid, u64 newg) {
     u64 *caller = newproc_caller.lookup(&tid);
     if (!caller)
-        return 0;
+        return;
     u64 parent = *caller;
     newproc_caller.delete(&tid);
     struct gotel_go_key k = {};
     k.tgid = tid >> 32;
-    k.goroutine = GO_PARAM1(ctx);
+    k.goroutine = newg;
     go_parent.update(&k, &parent);
+    /* A g is reused after its goroutine exits: whatever is still keyed by it belonged to a goroutine
+     * that ended mid-call (a server call without a status, a client call that failed before its stream
+     * existed). It must not parent the new goroutine's calls; it is counted, not silently kept. */
+    if (srv_ongoing.lookup(&k)) {
+        srv_ongoing.delete(&k);
+        unmatched_inc(1);
+    }
+    if (cli_start.lookup(&k)) {
+        cli_start.delete(&k);
+        unmatched_inc(1);
+    }
+    go_active.delete(&k);
+}
+
+/* newproc1's RETs (single-stepped; only where the enqueue call below is not found): the new g in ax */
+int go_newproc1_ret(struct pt_regs *ctx) {
+    if (!gotel_go_current())
+        return 0;
+    record_parent(bpf_get_current_pid_tgid(), GO_PARAM1(ctx));
+    return 0;
+}
+
+/* The `call runtime.runqput(pp, newg, true)` that follows newproc1 in newproc's closure: a call is
+ * emulated by uprobes (no single-step), and newg is its second argument. */
+int go_newproc_enqueue(struct pt_regs *ctx) {
+    if (!gotel_go_current())
+        return 0;
+    record_parent(bpf_get_current_pid_tgid(), GO_PARAM2(ctx));
     return 0;
 }
 
@@ -389,6 +414,10 @@ int grpc_server_start(struct pt_regs *ctx) {
     if (!p)
         return 0;
     struct gotel_go_key k = gotel_go_key_of(ctx);
+    u64 t = GO_PARAM3(ctx), stream = GO_PARAM4(ctx);
+    struct gev *prev = srv_ongoing.lookup(&k);
+    if (prev && prev->type == T_GRPC_SERVER && prev->obj == stream)
+        return 0;  /* the entry probe again, after morestack restarted the function */
     u32 z = 0;
     struct gev *zero = zero_gev.lookup(&z);
     if (!zero)
@@ -400,7 +429,6 @@ int grpc_server_start(struct pt_regs *ctx) {
     struct gev *e = srv_ongoing.lookup(&k);
     if (!e)
         return 0;
-    u64 t = GO_PARAM3(ctx), stream = GO_PARAM4(ctx);
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     e->start_ns = bpf_ktime_get_ns();
     e->pid = tgid;
@@ -446,33 +474,28 @@ int grpc_server_start(struct pt_regs *ctx) {
     return 0;
 }
 
-/* (*http2Server).WriteStatus(s *Stream, st *status.Status): the call's status, on the handler goroutine. */
+/* (*http2Server).WriteStatus(s *Stream, st *status.Status), on the handler goroutine: the status goes to
+ * the caller now, which ends the server span. (handleStream's RETs would say so ~1 us later, but a RET is
+ * single-stepped: 10+ us a call in a VM.) */
+static __always_inline void server_end(struct gotel_go_key *k, struct gev *e) {
+    emit(e, bpf_ktime_get_ns());
+    srv_ongoing.delete(k);
+    go_active.delete(k);
+}
+
 int grpc_server_status(struct pt_regs *ctx) {
     struct gotel_go_proc *p = gotel_go_current();
     if (!p)
         return 0;
     struct gotel_go_key k = gotel_go_key_of(ctx);
     struct gev *e = srv_ongoing.lookup(&k);
-    if (!e || e->obj != GO_PARAM2(ctx) || (e->flags & E_STATUS))
+    if (!e || e->type != T_GRPC_SERVER || e->obj != GO_PARAM2(ctx))
         return 0;
     u64 st = GO_PARAM3(ctx);
     u64 o_s = gotel_go_offset(p, O_STATUS_S);
-    if (!st || !KNOWN(o_s))
-        return 0;
-    read_spb(p, e, rd64(st + o_s));
-    return 0;
-}
-
-int grpc_server_end(struct pt_regs *ctx) {
-    if (!gotel_go_current())
-        return 0;
-    struct gotel_go_key k = gotel_go_key_of(ctx);
-    struct gev *e = srv_ongoing.lookup(&k);
-    if (!e || e->type != T_GRPC_SERVER)
-        return 0;
-    emit(e, bpf_ktime_get_ns());
-    srv_ongoing.delete(&k);
-    go_active.delete(&k);
+    if (st && KNOWN(o_s))
+        read_spb(p, e, rd64(st + o_s));
+    server_end(&k, e);
     return 0;
 }
 
@@ -528,6 +551,28 @@ int grpc_client_started(struct pt_regs *ctx) {
         read_error(p, e, GO_PARAM3(ctx), GO_PARAM4(ctx));
         emit(e, bpf_ktime_get_ns());
     }
+    cli_start.delete(&k);
+    return 0;
+}
+
+/* (*clientStream).newAttemptLocked(cs, ...) runs inside newClientStream once the clientStream exists: the
+ * call is re-keyed from its goroutine to the clientStream, which finish receives wherever it runs. (An
+ * entry probe is emulated; newClientStream's RETs, the alternative, are single-stepped.) */
+int grpc_client_attempt(struct pt_regs *ctx) {
+    if (!gotel_go_current())
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    struct gev *e = cli_start.lookup(&k);
+    if (!e)
+        return 0;  /* a retry's attempt: the stream is registered already */
+    u64 cs = GO_PARAM1(ctx);
+    struct gotel_go_key ck = {};
+    ck.tgid = k.tgid;
+    ck.goroutine = cs;
+    e->obj = cs;
+    if (cli_streams.update(&ck, e))
+        gotel_count_lost(GOTEL_LOST_FULL);  /* table full (streams never finished): counted, not silent */
+    cli_done.delete(&ck);  /* a reused clientStream address */
     cli_start.delete(&k);
     return 0;
 }
@@ -674,14 +719,7 @@ int http_server_start(struct pt_regs *ctx) {
     return 0;
 }
 
-int http_server_end(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
-    struct gotel_go_key k = gotel_go_key_of(ctx);
-    struct gev *e = srv_ongoing.lookup(&k);
-    if (!e || e->type != T_HTTP_SERVER)
-        return 0;
+static __always_inline void http_server_done(struct gotel_go_proc *p, struct gotel_go_key *k, struct gev *e) {
     u64 o_st = gotel_go_offset(p, O_RESP_STATUS);
     if (KNOWN(o_st)) {
         /* rw is a *response for HTTP/1.x (the status field is only read through its offset) */
@@ -700,8 +738,35 @@ int http_server_end(struct pt_regs *ctx) {
         }
     }
     emit(e, bpf_ktime_get_ns());
-    srv_ongoing.delete(&k);
-    go_active.delete(&k);
+    srv_ongoing.delete(k);
+    go_active.delete(k);
+}
+
+/* (*response).finishRequest(w): (*conn).serve calls it right after the handler returned (an entry probe is
+ * emulated, ServeHTTP's RETs would be single-stepped). The status is final unless nothing was written,
+ * in which case finishRequest answers 200 (the decoder reads 0 so). */
+int http_server_finish(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    struct gev *e = srv_ongoing.lookup(&k);
+    if (!e || e->type != T_HTTP_SERVER || e->obj != GO_PARAM1(ctx))
+        return 0;
+    http_server_done(p, &k, e);
+    return 0;
+}
+
+/* ServeHTTP's RETs: only for binaries without finishRequest */
+int http_server_end(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    struct gev *e = srv_ongoing.lookup(&k);
+    if (!e || e->type != T_HTTP_SERVER)
+        return 0;
+    http_server_done(p, &k, e);
     return 0;
 }
 

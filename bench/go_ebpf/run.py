@@ -87,8 +87,7 @@ async def main() -> None:
         await r.start()
         while srv.pid not in r.attached_pids:
             await asyncio.sleep(0.05)
-        names = {"go_newproc1", "go_newproc1_ret", "grpc_operate_headers", "grpc_server_start", "grpc_server_status",
-                 "grpc_server_end", "grpc_client_start", "grpc_client_started", "grpc_client_finish"}
+        names = {s.fn_name for s in r.targets._binaries[next(iter(r.targets._binaries))].sites}
         old_stats = _STATS.read_text().strip()
         _STATS.write_text("1")  # restored below; costs two clock reads per program run while on
         st0 = prog_stats(names)
@@ -129,6 +128,22 @@ async def main() -> None:
             if batch is not None:
                 await exp.consume(batch)
         replay_cpu = time.process_time() - c0
+        # where the agent's CPU goes, per record, without the exporter
+        asm2 = Assembler(stitch_window=0.0)
+        asm2.add_process(srv.pid, resource)
+        t_dec = t_handle = t_take = 0.0
+        for i in range(0, len(captured), 4096):
+            chunk = captured[i:i + 4096]
+            c1 = time.perf_counter()
+            calls = [decode(rec, 0) for rec in chunk]
+            c2 = time.perf_counter()
+            for c in calls:
+                if c is not None:
+                    asm2.handle(c, 0.0)
+            c3 = time.perf_counter()
+            asm2.take_traces(1.0, flush_all=True)
+            t_dec, t_handle, t_take = t_dec + c2 - c1, t_handle + c3 - c2, t_take + time.perf_counter() - c3
+        per_rec = 1e6 / max(len(captured), 1)
         while sink.received.span_count() - before < len(captured) and time.monotonic() - w0 < 60:
             await asyncio.sleep(0.01)
         replay_el = time.monotonic() - w0
@@ -155,6 +170,10 @@ async def main() -> None:
         print(f"spans exported to OTLP: {got} of {args.calls} calls, ring-buffer losses counted: {lost}, "
               f"unaccounted: {args.calls - got - lost}")
         print(f"ring buffer -> OTLP export during the run: {got / el:,.0f} spans/s (bounded by the fixture's rate)")
+        print(f"agent CPU per record, by stage: decode {t_dec * per_rec:.1f} us, spans + metrics {t_handle * per_rec:.1f} us, "
+              f"OTLP encoding {t_take * per_rec:.1f} us")
+        print("bpf ns per run, by program:", {k: round((st1[k][1] - st0.get(k, (0, 0))[1]) / max(v, 1))
+                                               for k, v in sorted(per.items()) if v})
         print(f"pipeline capacity (captured records -> decode -> spans -> OTLP exporter -> sink): "
               f"{replay_got:,} of {len(captured):,} spans in {replay_el:.2f} s = {replay_got / replay_el:,.0f} spans/s "
               f"(goal >= 50,000); agent CPU for it {replay_cpu / max(len(captured), 1) * 1e6:.1f} us per span")

@@ -46,6 +46,77 @@ def body_address(gb: GoBinary, symbol: str) -> int | None:
     return f.entry
 
 
+def entry_site(gb: GoBinary, symbol: str) -> tuple[int, bool] | None:
+    """Where an entry probe costs least, and whether it can fire twice for one call.
+
+    A single-stepped uprobe costs 10-13 us a hit in a VM, an emulated one under 1 us
+    (gotel.golang.disasm.uprobe_emulated). Past the stack check Go >= 1.21 pushes rbp: emulated, once per
+    call. Go <= 1.20 subtracts from rsp there, which is single-stepped, so the probe goes on the check's
+    own conditional jump: emulated, arguments still in registers, but run again when morestack restarts
+    the function -- the programs placed there must be idempotent (True in the answer says so).
+    """
+    f = gb.functions.get(symbol)
+    if f is None:
+        return None
+    from gotel.golang.disasm import decode, uprobe_emulated
+
+    code = bytes(gb.image.data[f.file_offset : f.file_offset + min(f.size, 64)])
+    insns = decode(code, f.entry, 8)
+    for i in range(1, min(len(insns) - 1, 6)):
+        addr, _size, mnem, ops, raw = insns[i]
+        prev = insns[i - 1]
+        if mnem in ("jbe", "jna", "jb") and prev[2] == "cmp" and "r14" in prev[3]:
+            try:
+                target = int(ops, 16)
+            except ValueError:
+                break
+            if target <= addr:  # the morestack block sits after the body
+                break
+            nxt = insns[i + 1]
+            if uprobe_emulated(nxt[4]):
+                return nxt[0], False
+            return addr, True
+    if insns and uprobe_emulated(insns[0][4]):
+        return f.entry, False
+    body = body_address(gb, symbol)
+    return (body, False) if body is not None else None
+
+
+def call_sites_to(gb: GoBinary, callee: str) -> list[int]:
+    """Addresses of the direct calls to `callee` in the binary's code (indirect calls are not found)."""
+    f = gb.functions.get(callee)
+    text = gb.image.sections.get(".text")
+    if f is None or text is None:
+        return []
+    from gotel.golang.disasm import call_sites
+
+    return call_sites(bytes(gb.image.data[text.offset : text.offset + text.size]), text.addr, {f.entry})[f.entry]
+
+
+def call_after(gb: GoBinary, site: int, callee: str, *, window: int = 12) -> int | None:
+    """The next direct call to `callee` after the call instruction at `site`, in straight-line code.
+
+    A call instruction is emulated by uprobes and has its arguments in registers by the ABI, so it is
+    where a result of the earlier call can be read cheaply once the caller passes it on.
+    """
+    f = gb.functions.get(callee)
+    if f is None:
+        return None
+    from gotel.golang.disasm import decode
+
+    off = gb.image.vaddr_to_offset(site)
+    insns = decode(bytes(gb.image.data[off : off + 16 * window]), site, window + 1)[1:]
+    for addr, _size, mnem, ops, _raw in insns:
+        if mnem == "call":
+            try:
+                return addr if int(ops, 16) == f.entry else None
+            except ValueError:
+                return None
+        if mnem.startswith("j") or mnem.startswith("ret") or mnem == "int3":
+            return None
+    return None
+
+
 def ret_addresses(gb: GoBinary, symbol: str) -> list[int]:
     """Virtual addresses of every RET in the function (never a uretprobe on Go code)."""
     f = gb.functions.get(symbol)

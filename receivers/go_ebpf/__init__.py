@@ -12,6 +12,7 @@ See docs/go_ebpf.md for the attributes, versions handled and what degrades witho
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import time
 from collections.abc import Mapping
@@ -65,9 +66,10 @@ class GoEbpfReceiver(RingBufferReceiver):
         self.events_seen = 0
         self._attach_failures = ctx.telemetry.counter(
             "go_ebpf_attach_failures", "Processes go_ebpf could not attach to.", ("reason",))
-        self._unmatched_seen = 0
+        self._unmatched_seen = [0, 0]
         self._unmatched = ctx.telemetry.counter(
-            "go_ebpf_unmatched_calls", "Client calls whose end was seen without their start (span lost).", ())
+            "go_ebpf_unmatched_calls", "Calls seen only in part (span lost): the end without the start "
+            "(start_not_seen), or a goroutine that ended before the call's end (end_not_seen).", ("reason",))
         self._degraded = ctx.telemetry.counter(
             "go_ebpf_degraded_processes", "Traced processes whose binary lacks DWARF (fewer attributes).", ())
 
@@ -204,18 +206,19 @@ class GoEbpfReceiver(RingBufferReceiver):
             self.asm.unknown_process = 0
         return len(raw)
 
-    def unmatched(self) -> int:
-        """Client calls lost because their start was not recorded, since load."""
+    def unmatched(self, which: int = 0) -> int:
+        """Calls lost since load: 0, the end seen without the start; 1, the goroutine gone before the end."""
         if self.program is None:
-            return self._unmatched_seen
-        return int(sum(self.program.table("go_unmatched")[__import__("ctypes").c_int(0)]))
+            return self._unmatched_seen[which]
+        return int(sum(self.program.table("go_unmatched")[ctypes.c_int(which)]))
 
     def _count_unmatched(self) -> None:
-        n = self.unmatched()
-        if n > self._unmatched_seen:
-            self._unmatched.labels().inc(n - self._unmatched_seen)
-            self.ctx.telemetry.dropped(Signal.TRACES, n - self._unmatched_seen, "call_start_not_seen")
-            self._unmatched_seen = n
+        for which, reason in enumerate(("call_start_not_seen", "call_end_not_seen")):
+            n = self.unmatched(which)
+            if n > self._unmatched_seen[which]:
+                self._unmatched.labels(reason.removeprefix("call_")).inc(n - self._unmatched_seen[which])
+                self.ctx.telemetry.dropped(Signal.TRACES, n - self._unmatched_seen[which], reason)
+                self._unmatched_seen[which] = n
 
     def _after_drain(self) -> None:
         super()._after_drain()

@@ -69,17 +69,37 @@ F_ERROR_VIA_STATUS = 1
 F_NEWPROC1_GO117 = 2
 F_OPHDR_CTX = 4
 
-# functions probed: (id, symbol alternatives, entry program, RET program or None)
-PROBES: list[tuple[str, tuple[str, ...], str | None, str | None]] = [
-    ("runtime.newproc1", ("runtime.newproc1",), "go_newproc1", "go_newproc1_ret"),
-    ("grpc.server.handle_stream", (f"{_G}.(*Server).handleStream",), "grpc_server_start", "grpc_server_end"),
-    ("grpc.server.write_status", (f"{_T}.(*http2Server).WriteStatus", f"{_T}.(*http2Server).writeStatus"),
-     "grpc_server_status", None),
-    ("grpc.server.operate_headers", (f"{_T}.(*http2Server).operateHeaders",), "grpc_operate_headers", None),
-    ("grpc.client.new_stream", (f"{_G}.newClientStream",), "grpc_client_start", "grpc_client_started"),
-    ("grpc.client.finish", (f"{_G}.(*clientStream).finish",), "grpc_client_finish", None),
-    ("http.server.serve", ("net/http.serverHandler.ServeHTTP",), "http_server_start", "http_server_end"),
-    ("http.client.roundtrip", ("net/http.(*Transport).roundTrip",), "http_client_start", "http_client_end"),
+@dataclass(frozen=True)
+class Probe:
+    """One probed function. Ends are read where a uprobe costs least (see gotel.ebpf.targets.entry_site):
+    RETs are single-stepped (10+ us a hit in a VM), so `ret` programs go on only as a fallback, when the
+    cheaper site named by `then_call` or `ret_unless` is missing from the binary."""
+
+    id: str
+    symbols: tuple[str, ...]
+    entry: str | None
+    ret: str | None = None
+    ret_unless: str | None = None  # a probe id: when that function exists, `ret` is not attached
+    then_call: tuple[str, str] | None = None  # (callee, program): the next call to callee after each call of this
+
+
+PROBES: list[Probe] = [
+    Probe("runtime.newproc1", ("runtime.newproc1",), "go_newproc1", ret="go_newproc1_ret",
+          then_call=("runtime.runqput", "go_newproc_enqueue")),
+    Probe("grpc.server.handle_stream", (f"{_G}.(*Server).handleStream",), "grpc_server_start"),
+    # ends the server span: WriteStatus exists in every grpc-go
+    Probe("grpc.server.write_status", (f"{_T}.(*http2Server).WriteStatus", f"{_T}.(*http2Server).writeStatus"),
+          "grpc_server_status"),
+    Probe("grpc.server.operate_headers", (f"{_T}.(*http2Server).operateHeaders",), "grpc_operate_headers"),
+    Probe("grpc.client.new_stream", (f"{_G}.newClientStream",), "grpc_client_start", ret="grpc_client_started",
+          ret_unless="grpc.client.attempt"),
+    Probe("grpc.client.attempt", (f"{_G}.(*clientStream).newAttemptLocked",), "grpc_client_attempt"),
+    Probe("grpc.client.finish", (f"{_G}.(*clientStream).finish",), "grpc_client_finish"),
+    Probe("http.server.serve", ("net/http.serverHandler.ServeHTTP",), "http_server_start", ret="http_server_end",
+          ret_unless="http.server.finish"),
+    Probe("http.server.finish", ("net/http.(*response).finishRequest",), "http_server_finish"),
+    # no cheaper end found for the client: its RETs carry (*Response, error)
+    Probe("http.client.roundtrip", ("net/http.(*Transport).roundTrip",), "http_client_start", ret="http_client_end"),
 ]
 
 

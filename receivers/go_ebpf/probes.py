@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from gotel.ebpf.goprobes import Site
 from gotel.ebpf.probespecs import FieldRef, ProbeSpec, register
-from gotel.ebpf.targets import body_address, ret_addresses
+from gotel.ebpf.targets import call_after, call_sites_to, entry_site, ret_addresses
 from gotel.golang import analyze
 from gotel.golang.binary import FileIdentity
 from gotel.receivers.go_ebpf.layout import GRPC, PROBES, Layout, layout_for
@@ -38,25 +38,30 @@ def plan_for(exe: str, *, grpc: bool = True, http: bool = True) -> Plan:
 def _plan(exe: str, grpc: bool, http: bool) -> Plan:
     gb = analyze(exe)
     layout = layout_for(gb)
+    wanted = [p for p in PROBES if not (p.id.startswith("grpc.") and not grpc or p.id.startswith("http.") and not http)]
+    found = {p.id: sym for p in wanted if (sym := next((s for s in p.symbols if gb.functions.get(s) is not None), None))}
     sites: list[Site] = []
     ids: list[str] = []
-    has_any = False
-    for pid_, syms, entry_fn, ret_fn in PROBES:
-        if pid_.startswith("grpc.") and not grpc or pid_.startswith("http.") and not http:
-            continue
-        sym = next((s for s in syms if gb.functions.get(s) is not None), None)
+    for p in wanted:
+        sym = found.get(p.id)
         if sym is None:
             continue
-        if pid_ != "runtime.newproc1":
-            has_any = True
-        ids.append(pid_)
-        if entry_fn:
-            addr = body_address(gb, sym)
-            if addr is not None:
-                sites.append(Site(addr, entry_fn, sym))
-        if ret_fn:
-            sites += [Site(r, ret_fn, sym, is_return=True) for r in ret_addresses(gb, sym)]
-    if not has_any:
+        ids.append(p.id)
+        if p.entry:
+            at = entry_site(gb, sym)
+            if at is not None:
+                sites.append(Site(at[0], p.entry, sym))
+        ends: list[Site] = []
+        if p.then_call:
+            callee, prog = p.then_call
+            for call in call_sites_to(gb, sym):
+                nxt = call_after(gb, call, callee)
+                if nxt is not None:
+                    ends.append(Site(nxt, prog, callee))
+        if p.ret and not ends and (p.ret_unless is None or p.ret_unless not in found):
+            ends = [Site(r, p.ret, sym, is_return=True) for r in ret_addresses(gb, sym)]
+        sites += ends
+    if not any(i != "runtime.newproc1" for i in ids):
         sites, ids = [], []
     return Plan(sites, layout, gb.go_version, gb.has_dwarf, ids)
 
@@ -68,14 +73,15 @@ for _spec in (
     # the seed "grpc.server.handle_stream" (method only) stays as the substrate defined it; this one lists
     # every field go_ebpf reads at the same function
     ProbeSpec("grpc.server.call", ("google.golang.org/grpc.(*Server).handleStream",), _EB,
-              "gRPC server call fields: deadline, addresses, stream id (entry + every RET)", module=GRPC, returns=True, optional=True,
+              "gRPC server call start: method, deadline, addresses, stream id (entry; the span ends at WriteStatus)",
+              module=GRPC, optional=True,
               offsets=(FieldRef(f"{_T}.Stream", "method", "rpc.method"),
                        FieldRef(f"{_T}.Stream", "ctx", "gotel.rpc.deadline.timeout"),
                        FieldRef("context.timerCtx", "deadline", "gotel.rpc.deadline.timeout"),
                        FieldRef(f"{_T}.http2Server", "remoteAddr", "client.address"),
                        FieldRef("net.TCPAddr", "Port", "server.port"))),
     ProbeSpec("grpc.server.write_status", (f"{_T}.(*http2Server).WriteStatus", f"{_T}.(*http2Server).writeStatus"),
-              _EB, "gRPC server status code", module=GRPC, optional=True,
+              _EB, "gRPC server status code and span end", module=GRPC, optional=True,
               offsets=(FieldRef("google.golang.org/grpc/internal/status.Status", "s", "rpc.response.status_code"),
                        FieldRef(_SPB, "Code", "rpc.response.status_code"))),
     ProbeSpec("grpc.server.operate_headers", (f"{_T}.(*http2Server).operateHeaders",), _EB,
@@ -83,15 +89,18 @@ for _spec in (
               offsets=(FieldRef("golang.org/x/net/http2.MetaHeadersFrame", "Fields", "traceparent continuation"),)),
     ProbeSpec("grpc.client.invoke", ("google.golang.org/grpc.newClientStream",), _EB,
               "gRPC client call start, unary and streaming (method is an argument: no offsets needed)",
-              module=GRPC, returns=True, optional=True,
+              module=GRPC, optional=True,
               offsets=(FieldRef("context.timerCtx", "deadline", "gotel.rpc.deadline.timeout"),)),
+    ProbeSpec("grpc.client.attempt", ("google.golang.org/grpc.(*clientStream).newAttemptLocked",), _EB,
+              "gRPC client stream created: the call is followed by its clientStream from here (else newClientStream's RETs)",
+              module=GRPC, optional=True),
     ProbeSpec("grpc.client.new_stream", ("google.golang.org/grpc.(*clientStream).finish",), _EB,
               "gRPC client call end with the real status (unary and streaming)", module=GRPC, optional=True,
               offsets=(FieldRef("google.golang.org/grpc/internal/status.Error", "e", "rpc.response.status_code"),
                        FieldRef(_SPB, "Code", "rpc.response.status_code"),
                        FieldRef("google.golang.org/grpc.clientStream", "attempt", "server.address"))),
     ProbeSpec("http.server.request", ("net/http.serverHandler.ServeHTTP",), _EB,
-              "HTTP server request (entry + every RET)", returns=True, optional=True,
+              "HTTP server request (entry; ends at (*response).finishRequest, else at every RET)", optional=True,
               offsets=(FieldRef("net/http.Request", "Method", "http.request.method"),
                        FieldRef("net/url.URL", "Path", "url.path"),
                        FieldRef("net/http.response", "status", "http.response.status_code"))),
