@@ -104,12 +104,6 @@ struct gev {
     char tp[TP_LEN];
 };
 
-struct active {
-    u64 trace_hi;
-    u64 trace_lo;
-    u64 span_id;
-};
-
 struct tp_key {
     u32 tgid;
     u32 stream_id;
@@ -125,10 +119,20 @@ GOTEL_RINGBUF(go_events, RINGBUF_PAGES);
  * scratch buffer could be shared by two programs interleaved on one CPU. Records are therefore built in
  * place in their own map slot (or ring-buffer reservation), starting from this never-written zero value. */
 BPF_ARRAY(zero_gev, struct gev, 1);
+/* a served connection's addresses, by (tgid, *http2Server); `ident` tells a reused transport address apart */
+struct conn_addr {
+    u64 ident[2];  /* the remote and local *net.TCPAddr pointers */
+    u16 lport;
+    u16 rport;
+    u8 lip[16];
+    u8 rip[16];
+    u8 liplen;
+    u8 riplen;
+};
+BPF_TABLE("lru_hash", struct gotel_go_key, struct conn_addr, srv_conn_addr, 4096);
 BPF_HASH(srv_ongoing, struct gotel_go_key, struct gev, 16384);   /* grpc + http servers, by goroutine */
 BPF_HASH(cli_start, struct gotel_go_key, struct gev, 16384);     /* client call entered, by goroutine */
 BPF_HASH(cli_streams, struct gotel_go_key, struct gev, 32768);  /* grpc client stream, by clientStream (not LRU: LRU maps evict early) */
-BPF_HASH(go_active, struct gotel_go_key, struct active, 16384);  /* goroutine -> span it serves */
 BPF_TABLE("lru_hash", struct gotel_go_key, u64, go_parent, 65536);        /* goroutine -> creator goroutine */
 BPF_HASH(newproc_caller, u64, u64, 1024);                        /* thread -> callergp during newproc1 */
 BPF_TABLE("lru_hash", struct tp_key, struct tp_val, incoming_tp, 16384);  /* traceparent by (transport, stream id) */
@@ -163,7 +167,8 @@ static __always_inline void read_str_at(char *dst, u32 size, u64 base, u64 off) 
 /* Walks a context.Context chain (valueCtx/cancelCtx/timerCtx, parent at offset 0) for the first
  * timerCtx and copies its deadline (time.Time wall, ext). Concrete types are recognised by the itab's
  * Value method (context.Context's 4th method: itab.fun[3] at +48), which needs no itab symbols. */
-static __always_inline void ctx_deadline(struct gotel_go_proc *p, struct gev *e, u64 tab, u64 data) {
+static __always_inline void ctx_deadline_walk(struct gotel_go_proc *p, struct gev *e, u64 tab, u64 data,
+                                              bool stop_at_cancel) {
     u64 off = gotel_go_offset(p, O_TIMERCTX_DEADLINE);
     u64 a_timer = gotel_go_offset(p, A_TIMERCTX_VALUE);
     u64 a_value = gotel_go_offset(p, A_VALUECTX_VALUE);
@@ -186,12 +191,25 @@ static __always_inline void ctx_deadline(struct gotel_go_proc *p, struct gev *e,
         }
         if (fn != a_value && fn != a_cancel)
             return;
+        if (stop_at_cancel && fn == a_cancel)
+            return;
         u64 parent[2] = {};
         if (bpf_probe_read_user(parent, sizeof(parent), (void *)data) < 0)
             return;
         tab = parent[0];
         data = parent[1];
     }
+}
+
+static __always_inline void ctx_deadline(struct gotel_go_proc *p, struct gev *e, u64 tab, u64 data) {
+    ctx_deadline_walk(p, e, tab, data, false);
+}
+
+/* A served stream's context is WithTimeout(transport ctx, grpc-timeout) or WithCancel(transport ctx) under a
+ * few values (peer, metadata): the first cancelCtx up the chain means no deadline, and the walk stops there
+ * instead of climbing the transport's own chain on every call. */
+static __always_inline void server_ctx_deadline(struct gotel_go_proc *p, struct gev *e, u64 tab, u64 data) {
+    ctx_deadline_walk(p, e, tab, data, true);
 }
 
 static __always_inline void read_tcpaddr(struct gotel_go_proc *p, u64 iface_addr, u8 *ip, u8 *iplen, u16 *port) {
@@ -211,14 +229,15 @@ static __always_inline void read_tcpaddr(struct gotel_go_proc *p, u64 iface_addr
     }
 }
 
-/* The span serving this goroutine or one of its creators (up to 4 levels of `go` statements). */
-static __always_inline struct active *find_active(u32 tgid, u64 g) {
+/* The span serving this goroutine or one of its creators (up to 4 levels of `go` statements): the server
+ * call in progress on it (srv_ongoing holds its ids; no second table to keep in step). */
+static __always_inline struct gev *find_active(u32 tgid, u64 g) {
     struct gotel_go_key k = {};
     k.tgid = tgid;
     k.goroutine = g;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-        struct active *a = go_active.lookup(&k);
+        struct gev *a = srv_ongoing.lookup(&k);
         if (a)
             return a;
         u64 *pg = go_parent.lookup(&k);
@@ -230,7 +249,7 @@ static __always_inline struct active *find_active(u32 tgid, u64 g) {
 }
 
 static __always_inline void set_parent(struct gev *e, u32 tgid, u64 g) {
-    struct active *a = find_active(tgid, g);
+    struct gev *a = find_active(tgid, g);
     if (a) {
         e->trace_hi = a->trace_hi;
         e->trace_lo = a->trace_lo;
@@ -325,15 +344,10 @@ static __always_inline void record_parent(u64 tid, u64 newg) {
     /* A g is reused after its goroutine exits: whatever is still keyed by it belonged to a goroutine
      * that ended mid-call (a server call without a status, a client call that failed before its stream
      * existed). It must not parent the new goroutine's calls; it is counted, not silently kept. */
-    if (srv_ongoing.lookup(&k)) {
-        srv_ongoing.delete(&k);
+    if (srv_ongoing.delete(&k) == 0)
         unmatched_inc(1);
-    }
-    if (cli_start.lookup(&k)) {
-        cli_start.delete(&k);
+    if (cli_start.delete(&k) == 0)
         unmatched_inc(1);
-    }
-    go_active.delete(&k);
 }
 
 /* newproc1's RETs (single-stepped; only where the enqueue call below is not found): the new g in ax */
@@ -355,6 +369,56 @@ int go_newproc_enqueue(struct pt_regs *ctx) {
 
 /* ---- gRPC server ----------------------------------------------------------------------------------- */
 
+static __always_inline bool is_traceparent(u64 name_ptr) {
+    char nb[12] = {};
+    bpf_probe_read_user(nb, 11, (void *)name_ptr);
+    return nb[0] == 't' && nb[5] == 'p' && nb[10] == 't' && nb[1] == 'r' && nb[6] == 'a';
+}
+
+#define HF_STD 40  /* hpack.HeaderField{Name, Value string; Sensitive bool} on amd64 */
+#define HF_BATCH 8
+
+/* The address of the `traceparent` field among the first 16 header fields, or 0. With the usual field
+ * layout, 8 fields are read in one copy (one helper call instead of one per field). */
+static __always_inline u64 find_traceparent(u64 base, u64 n, u64 hf_size, u64 o_val) {
+    if (hf_size == HF_STD && o_val == 16) {
+        u64 buf[HF_BATCH * HF_STD / 8];
+#pragma unroll
+        for (int b = 0; b < 2; b++) {
+            u64 first = b * HF_BATCH;
+            if (first >= n)
+                return 0;
+            u64 cnt = n - first;
+            if (cnt > HF_BATCH)
+                cnt = HF_BATCH;
+            u64 size = cnt * HF_STD;
+            if (size > sizeof(buf))
+                return 0;
+            if (bpf_probe_read_user(buf, size, (void *)(base + first * HF_STD)) < 0)
+                return 0;
+#pragma unroll
+            for (int j = 0; j < HF_BATCH; j++) {
+                if (j >= cnt)
+                    break;
+                if (buf[j * 5 + 1] == 11 && is_traceparent(buf[j * 5]))
+                    return base + (first + j) * HF_STD;
+            }
+        }
+        return 0;
+    }
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        if (i >= n)
+            break;
+        u64 f = base + i * hf_size;
+        u64 name[2] = {};
+        bpf_probe_read_user(name, sizeof(name), (void *)f);
+        if (name[1] == 11 && is_traceparent(name[0]))
+            return f;
+    }
+    return 0;
+}
+
 /* operateHeaders: the incoming HEADERS frame; remember a traceparent for the stream it opens. */
 int grpc_operate_headers(struct pt_regs *ctx) {
     struct gotel_go_proc *p = gotel_go_current();
@@ -372,39 +436,27 @@ int grpc_operate_headers(struct pt_regs *ctx) {
     u64 fields[2] = {};
     if (bpf_probe_read_user(fields, sizeof(fields), (void *)(frame + o_fields)) < 0)
         return 0;
-    u64 hf = rd64(frame);  /* *HeadersFrame, embedded pointer at offset 0 */
-    u32 sid = 0;
-    bpf_probe_read_user(&sid, sizeof(sid), (void *)(hf + o_sid));
+    u64 f = find_traceparent(fields[0], fields[1], hf_size, o_val);
+    if (!f)
+        return 0;
+    u64 val[2] = {};
+    bpf_probe_read_user(val, sizeof(val), (void *)(f + o_val));
+    if (val[1] != 55)
+        return 0;
     u32 z = 0;
     struct tp_val *tv = tp_scratch.lookup(&z);
     if (!tv)
         return 0;
-#pragma unroll
-    for (int i = 0; i < 16; i++) {
-        if (i >= fields[1])
-            break;
-        u64 f = fields[0] + i * hf_size;
-        u64 name[2] = {};
-        bpf_probe_read_user(name, sizeof(name), (void *)f);
-        if (name[1] != 11)
-            continue;
-        char nb[12] = {};
-        bpf_probe_read_user(nb, 11, (void *)name[0]);
-        if (nb[0] != 't' || nb[5] != 'p' || nb[10] != 't' || nb[1] != 'r' || nb[6] != 'a')
-            continue;
-        u64 val[2] = {};
-        bpf_probe_read_user(val, sizeof(val), (void *)(f + o_val));
-        if (val[1] != 55)
-            break;
-        __builtin_memset(tv->tp, 0, TP_LEN);
-        bpf_probe_read_user(tv->tp, 55, (void *)val[0]);
-        struct tp_key k = {};
-        k.tgid = bpf_get_current_pid_tgid() >> 32;
-        k.stream_id = sid;
-        k.transport = t;
-        incoming_tp.update(&k, tv);
-        break;
-    }
+    __builtin_memset(tv->tp, 0, TP_LEN);
+    bpf_probe_read_user(tv->tp, 55, (void *)val[0]);
+    u64 hf = rd64(frame);  /* *HeadersFrame, embedded pointer at offset 0 */
+    u32 sid = 0;
+    bpf_probe_read_user(&sid, sizeof(sid), (void *)(hf + o_sid));
+    struct tp_key k = {};
+    k.tgid = bpf_get_current_pid_tgid() >> 32;
+    k.stream_id = sid;
+    k.transport = t;
+    incoming_tp.update(&k, tv);
     return 0;
 }
 
@@ -461,16 +513,39 @@ int grpc_server_start(struct pt_regs *ctx) {
     if (KNOWN(o_ctx)) {
         u64 c[2] = {};
         bpf_probe_read_user(c, sizeof(c), (void *)(stream + o_ctx));
-        ctx_deadline(p, e, c[0], c[1]);
+        server_ctx_deadline(p, e, c[0], c[1]);
     }
     u64 o_r = gotel_go_offset(p, O_H2S_REMOTE), o_l = gotel_go_offset(p, O_H2S_LOCAL);
     if (KNOWN(o_r) && KNOWN(o_l) && t) {
-        read_tcpaddr(p, t + o_r, e->rip, &e->riplen, &e->rport);
-        read_tcpaddr(p, t + o_l, e->lip, &e->liplen, &e->lport);
+        /* a connection's addresses do not change: read once per transport, then copied */
+        struct gotel_go_key tk = {};
+        tk.tgid = tgid;
+        tk.goroutine = t;
+        u64 ident[2] = {rd64(t + o_r + 8), rd64(t + o_l + 8)};  /* interface data words */
+        struct conn_addr *ca = srv_conn_addr.lookup(&tk);
+        if (ca && ca->ident[0] == ident[0] && ca->ident[1] == ident[1] && ident[0]) {
+            bpf_probe_read_kernel(e->lip, sizeof(e->lip), ca->lip);
+            bpf_probe_read_kernel(e->rip, sizeof(e->rip), ca->rip);
+            e->liplen = ca->liplen;
+            e->riplen = ca->riplen;
+            e->lport = ca->lport;
+            e->rport = ca->rport;
+        } else {
+            read_tcpaddr(p, t + o_r, e->rip, &e->riplen, &e->rport);
+            read_tcpaddr(p, t + o_l, e->lip, &e->liplen, &e->lport);
+            struct conn_addr n = {};
+            n.ident[0] = ident[0];
+            n.ident[1] = ident[1];
+            bpf_probe_read_kernel(n.lip, sizeof(n.lip), e->lip);
+            bpf_probe_read_kernel(n.rip, sizeof(n.rip), e->rip);
+            n.liplen = e->liplen;
+            n.riplen = e->riplen;
+            n.lport = e->lport;
+            n.rport = e->rport;
+            srv_conn_addr.update(&tk, &n);
+        }
         e->flags |= E_ADDR;
     }
-    struct active a = {e->trace_hi, e->trace_lo, e->span_id};
-    go_active.update(&k, &a);
     return 0;
 }
 
@@ -480,7 +555,6 @@ int grpc_server_start(struct pt_regs *ctx) {
 static __always_inline void server_end(struct gotel_go_key *k, struct gev *e) {
     emit(e, bpf_ktime_get_ns());
     srv_ongoing.delete(k);
-    go_active.delete(k);
 }
 
 int grpc_server_status(struct pt_regs *ctx) {
@@ -714,8 +788,6 @@ int http_server_start(struct pt_regs *ctx) {
         read_str_at(e->path, STR_LEN, rd64(req + o_url), gotel_go_offset(p, O_URL_PATH));
     read_str_at(e->msg, STR_LEN, req, gotel_go_offset(p, O_REQ_REMOTEADDR));  /* "ip:port" of the peer */
     read_str_at(e->tp, TP_LEN, req, gotel_go_offset(p, O_REQ_HOST));
-    struct active a = {e->trace_hi, e->trace_lo, e->span_id};
-    go_active.update(&k, &a);
     return 0;
 }
 
@@ -739,7 +811,6 @@ static __always_inline void http_server_done(struct gotel_go_proc *p, struct got
     }
     emit(e, bpf_ktime_get_ns());
     srv_ongoing.delete(k);
-    go_active.delete(k);
 }
 
 /* (*response).finishRequest(w): (*conn).serve calls it right after the handler returned (an entry probe is

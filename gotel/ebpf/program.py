@@ -135,6 +135,7 @@ class BpfProgram:
         self._lock = threading.Lock()
         # libbpf's ring_buffer__consume loses records when two threads call it at once.
         self._consume_lock = threading.Lock()
+        self._rings: list[tuple[Any, list[bytes]]] = []  # (gotel.ebpf.ringbuf.RingReader, records)
         self.bpf = BPF(text=text.encode(), cflags=flags)
         self._binaries: dict[BinaryKey, _Attached] = {}
         self._closed = False
@@ -238,21 +239,21 @@ class BpfProgram:
         self.bpf[name.encode()].open_ring_buffer(_cb)
 
     def collect_ring_buffer(self, name: str, into: list[bytes]) -> None:
-        """Appends every record's bytes to `into`: the cheapest callback (one copy), decode in batches."""
-        string_at = ctypes.string_at
-        append = into.append
+        """Appends every record's bytes to `into` on consume(), read straight from the mapped ring (no
+        callback per record: gotel.ebpf.ringbuf); decode in batches."""
+        from gotel.ebpf.ringbuf import RingReader
 
-        def _cb(_ctx: Any, data: Any, size: int) -> int:
-            append(string_at(data, size))
-            return 0
-
-        self.bpf[name.encode()].open_ring_buffer(_cb)
+        t = self.bpf[name.encode()]
+        self._rings.append((RingReader(t.map_fd, t.max_entries), into))
 
     def consume(self) -> None:
         """Drains every open ring buffer without waiting (the caller's timer sets the pace)."""
         with self._consume_lock:
             if not self._closed:
-                self.bpf.ring_buffer_consume()
+                for reader, into in self._rings:
+                    reader.drain(into)
+                if self.bpf._ringbuf_manager:
+                    self.bpf.ring_buffer_consume()
 
     def lost_counts(self) -> tuple[int, int]:
         """(ring buffer full, user-memory read failed) since load, summed over CPUs (gotel_ringbuf.h)."""
@@ -276,6 +277,9 @@ class BpfProgram:
         for key in list(self._binaries):
             self.detach_binary(key)
         with self._consume_lock:  # never free the ring buffers under a running consume()
+            for reader, _into in self._rings:
+                reader.close()
+            self._rings.clear()
             self.bpf.cleanup()
 
 

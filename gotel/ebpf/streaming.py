@@ -18,6 +18,8 @@ from gotel.receiverhelper import push
 
 # records in one drain that mean a burst: drain again at once
 BURST = 2048
+# seconds between reads of the loss counters
+COUNTS_INTERVAL = 1.0
 
 
 class RingBufferReceiver(Receiver):
@@ -47,7 +49,7 @@ class RingBufferReceiver(Receiver):
         """Hands on metrics."""
 
     def _after_drain(self) -> None:
-        """Per drain pass: loss counters."""
+        """Loss counters: once a second and at shutdown."""
         if self._lost is not None:
             self._lost.update()
 
@@ -69,13 +71,16 @@ class RingBufferReceiver(Receiver):
         loop = asyncio.get_running_loop()
         next_flush = loop.time() + self.cfg.flush_interval
         next_export = loop.time() + self.cfg.export_interval
+        next_counts = loop.time()
         busy = False
         while True:
             await asyncio.sleep(0 if busy else self.cfg.poll_interval)
             try:
                 busy = self._drain_once() >= BURST
-                self._after_drain()
                 now = loop.time()
+                if now >= next_counts:  # loss counters are BPF map reads: once a second is enough
+                    next_counts = now + COUNTS_INTERVAL
+                    self._after_drain()
                 if now >= next_flush:
                     next_flush = now + self.cfg.flush_interval
                     await self._flush()
@@ -98,6 +103,7 @@ class RingBufferReceiver(Receiver):
             await self.watcher.close()
         if self.program is not None:
             self._drain_once()
+            self._after_drain()
             await self._flush(final=True)
             await self._export()
             self._detach()

@@ -33,7 +33,7 @@ class Config(ComponentConfig):
     grpc: bool = Field(True, description="trace gRPC servers and clients")
     http: bool = Field(True, description="trace net/http servers and clients")
     legacy_grpc_status_code: bool = Field(False, description="also emit the integer rpc.grpc.status_code")
-    poll_interval: float = Field(0.05, gt=0, le=5, description="seconds between ring-buffer drains")
+    poll_interval: float = Field(0.1, gt=0, le=5, description="seconds between ring-buffer drains")
     flush_interval: float = Field(0.5, gt=0, description="seconds between pushes of spans")
     export_interval: float = Field(10.0, gt=0, description="seconds between pushes of metrics")
     stitch_window: float = Field(0.5, ge=0, description="seconds a finished span waits for its remote parent")

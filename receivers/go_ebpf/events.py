@@ -46,8 +46,17 @@ def go_time_unix_ns(wall: int, ext: int) -> int:
     return (sec - _UNIX_TO_INTERNAL) * 1_000_000_000 + nsec
 
 
+_STR_CACHE: dict[bytes, str] = {}
+
+
 def _cstr(b: bytes) -> str:
-    return b.split(b"\0", 1)[0].decode("utf-8", "replace")
+    """Method names, peers and paths repeat: decoded once per distinct field value."""
+    s = _STR_CACHE.get(b)
+    if s is None:
+        if len(_STR_CACHE) >= 8192:
+            _STR_CACHE.clear()
+        s = _STR_CACHE[b] = b.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return s
 
 
 _IP_CACHE: dict[bytes, str | None] = {}
@@ -73,7 +82,7 @@ def _ip_text(b: bytes, n: int) -> str | None:
     return None
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     type: int
     pid: int
@@ -137,15 +146,15 @@ class Hist:
     total: float = 0.0
     lo: float = float("inf")
     hi: float = float("-inf")
-    exemplar: tuple[float, int, bytes, bytes] | None = None  # value, time, trace id, span id
+    exemplar: tuple[float, int, tuple[int, int], bytes] | None = None  # value, time, local trace id, span id
 
-    def add(self, x: float, t_ns: int, trace_id: bytes, span_id: bytes) -> None:
+    def add(self, x: float, t_ns: int, trace: tuple[int, int], span_id: bytes) -> None:
         self.counts[bisect.bisect_left(self.bounds, x)] += 1
         self.n += 1
         self.total += x
         self.lo, self.hi = min(self.lo, x), max(self.hi, x)
         if self.exemplar is None or x >= self.exemplar[0]:  # the slowest call since the last export
-            self.exemplar = (x, t_ns, trace_id, span_id)
+            self.exemplar = (x, t_ns, trace, span_id)
 
 
 DURATION_BOUNDS = [0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
@@ -188,6 +197,22 @@ def _kv_bool(key: bytes, x: bool) -> bytes:
 _P_TIMEOUT = _kv_double_prefix(b"gotel.rpc.deadline.timeout")
 _P_REMAINING = _kv_double_prefix(b"gotel.rpc.deadline.remaining")
 _EXCEEDED = (_kv_bool(b"gotel.rpc.deadline.exceeded", False), _kv_bool(b"gotel.rpc.deadline.exceeded", True))
+
+
+_Labels = tuple[tuple[str, Any], ...]
+_MetricKey = tuple[str, _Labels, _Labels]  # duration metric name, its labels, the deadline metrics' labels
+_RPC_KEYS = ("rpc.system", "rpc.service", "rpc.method", "rpc.response.status_code", "server.address", "server.port")
+_HTTP_KEYS = ("http.request.method", "http.route", "http.response.status_code", "server.address", "server.port",
+              "error.type")
+
+
+def _metric_key(typ: int, a: dict[str, Any]) -> _MetricKey:
+    if typ in (T_GRPC_SERVER, T_GRPC_CLIENT):
+        name = "rpc.server.call.duration" if typ == T_GRPC_SERVER else "rpc.client.call.duration"
+        labels = tuple((k, a[k]) for k in _RPC_KEYS if k in a)
+        return name, labels, tuple((k, v) for k, v in labels if k in ("rpc.system", "rpc.service", "rpc.method"))
+    name = "http.server.request.duration" if typ == T_HTTP_SERVER else "http.client.request.duration"
+    return name, tuple((k, a[k]) for k in _HTTP_KEYS if k in a), ()
 
 
 class _Pending:
@@ -252,8 +277,8 @@ class Assembler:
         self.seen_no_offsets: set[int] = set()
         self.unknown_process = 0
         # span shapes repeat (same method, code, peer): encoded once
-        self._shapes: dict[tuple[Any, ...], tuple[bytes, bytes, bytes, dict[str, Any]]] = {}
-        self._last_attrs: dict[str, Any] = {}
+        self._shapes: dict[tuple[Any, ...], tuple[bytes, bytes, bytes, _MetricKey]] = {}
+        self._last_metric: _MetricKey = ("", (), ())
 
     # ---- processes ----
     def add_process(self, pid: int, resource: dict[str, Any]) -> None:
@@ -357,8 +382,9 @@ class Assembler:
         if shape is None:
             if len(self._shapes) >= 8192:
                 self._shapes.clear()
-            shape = self._shapes[key] = self._shape(c)
-        head, attr_bytes, status, self._last_attrs = shape
+            head_, attrs_b, status_, a = self._shape(c)
+            shape = self._shapes[key] = (head_, attrs_b, status_, _metric_key(c.type, a))
+        head, attr_bytes, status, self._last_metric = shape
         extra = b""
         if c.deadline_ns is not None and c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
             # vary per call: encoded here, not part of the shape
@@ -472,25 +498,14 @@ class Assembler:
     # ---- metrics ----
     def _metrics(self, st: ProcState, c: Call, span_id: bytes) -> None:
         dur = max(0, c.end_ns - c.start_ns) / 1e9
-        a = self._last_attrs
-        trace_local = span_id
-        if c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
-            name = "rpc.server.call.duration" if c.type == T_GRPC_SERVER else "rpc.client.call.duration"
-            keys = ("rpc.system", "rpc.service", "rpc.method", "rpc.response.status_code", "server.address",
-                    "server.port")
-        else:
-            name = "http.server.request.duration" if c.type == T_HTTP_SERVER else "http.client.request.duration"
-            keys = ("http.request.method", "http.route", "http.response.status_code", "server.address",
-                    "server.port", "error.type")
-        labels = tuple((k, a[k]) for k in keys if k in a)
-        self._observe(st, name, labels, dur, c, trace_local, DURATION_BOUNDS)
+        name, labels, blabels = self._last_metric  # the shape's, set by _span
+        self._observe(st, name, labels, dur, c, span_id, DURATION_BOUNDS)
         if c.deadline_ns is not None and c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
             budget = c.deadline_ns - c.start_ns
             side = "server" if c.type == T_GRPC_SERVER else "client"
-            blabels = tuple((k, v) for k, v in labels if k in ("rpc.system", "rpc.service", "rpc.method"))
             if budget > 0:
                 self._observe(st, f"gotel.rpc.{side}.deadline.budget_used", blabels,
-                              (c.end_ns - c.start_ns) / budget, c, trace_local, BUDGET_BOUNDS)
+                              (c.end_ns - c.start_ns) / budget, c, span_id, BUDGET_BOUNDS)
             if c.code == 4:
                 key = (f"gotel.rpc.{side}.deadline_exceeded", blabels)
                 st.counters[key] = st.counters.get(key, 0) + 1
@@ -501,8 +516,7 @@ class Assembler:
         if h is None:
             h = st.hists[(name, labels)] = Hist(bounds, [0] * (len(bounds) + 1))
         # exemplar trace id is resolved at export (it may still be aliased)
-        h.add(x, c.end_ns, c.trace[0].to_bytes(8, "big") + c.trace[1].to_bytes(8, "big"), span_id)
-        h.exemplar = h.exemplar if h.exemplar is None else h.exemplar
+        h.add(x, c.end_ns, c.trace, span_id)
 
     def take_metrics(self) -> Metrics | None:
         now = time.time_ns()
@@ -525,8 +539,7 @@ class Assembler:
                                                      explicit_bounds=h.bounds, bucket_counts=h.counts)
                     dp.attributes.extend(attrs(dict(labels)))
                     if h.exemplar is not None:
-                        v, t, tid, sid = h.exemplar
-                        local = (int.from_bytes(tid[:8], "big"), int.from_bytes(tid[8:], "big"))
+                        v, t, local, sid = h.exemplar
                         dp.exemplars.add(time_unix_nano=t, as_double=v, trace_id=self._trace_of(local), span_id=sid)
                         h.exemplar = None
                 for (name, labels), n in st.counters.items():
