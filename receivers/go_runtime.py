@@ -9,7 +9,7 @@ Functions probed, Go 1.19 to 1.27:
   returned "world started" stamp ends the pause), runtime.gcMarkTermination (entry: the next
   mark-termination restart ends the cycle), runtime.gcStart / runtime.gcMarkDone (entry and RETs: the
   pause kind on Go < 1.21, which passes no reason), runtime.newproc1 (entry: a goroutine is created;
-  callerpc in CX names the function with the `go` statement), runtime.goexit1 (entry: one ends),
+  callerpc in CX names the function with the `go` statement), runtime.goexit0 (entry, on g0: one ends),
   runtime.gcAssistAlloc (optional, entry and RETs: mark-assist time).
 """
 
@@ -27,7 +27,7 @@ from pydantic import Field
 from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.discovery import DiscoveryConfig, ProcessInfo
 from gotel.discovery.procfs import exe_path_for_reading
-from gotel.ebpf.targets import body_address, ret_addresses
+from gotel.ebpf.targets import body_address, entry_site, ret_addresses
 from gotel.golang import GoAnalysisError, GoBinary, analyze
 from gotel.otlpbuild import LogsBuilder, MetricsBuilder, log2_bounds_seconds
 from gotel.pdata import Batch, Signal
@@ -142,6 +142,16 @@ class GoRuntimeReceiver(TargetedReceiver):
                 raise NotTraceable(f"{name} not found in the {gb.go_version} binary")
             return a
 
+        def g0_entry(name: str) -> int:
+            # Per-goroutine functions run on the system stack, whose check never sends them to morestack:
+            # the check's own branch is a site the kernel emulates (on Go <= 1.20 the instruction after
+            # it is single-stepped, 10+ us a goroutine in a VM) and it fires once per call there.
+            at = entry_site(gb, name)
+            return at[0] if at is not None else entry(name)
+
+        # goexit0 (reached through mcall, on g0) rather than goexit1 (on the exiting goroutine's stack)
+        exit_fn = "runtime.goexit0" if gb.functions.get("runtime.goexit0") is not None else None
+
         def rets(name: str) -> list[int]:
             r = ret_addresses(gb, name)
             if not r:
@@ -153,8 +163,8 @@ class GoRuntimeReceiver(TargetedReceiver):
             (entry("runtime.stopTheWorldWithSema"), "stw_stop"),
             (entry("runtime.startTheWorldWithSema"), "stw_start_entry"),
             (entry("runtime.gcMarkTermination"), "mark_termination"),
-            (entry("runtime.newproc1"), "newproc1"),
-            (entry("runtime.goexit1"), "goexit1"),
+            (g0_entry("runtime.newproc1"), "newproc1"),
+            (g0_entry(exit_fn) if exit_fn else entry("runtime.goexit1"), "goexit1"),
         ]
         plan += [(a, "stw_start_ret") for a in rets("runtime.startTheWorldWithSema")]
         if minor < 21:
@@ -356,7 +366,7 @@ class GoRuntimeReceiver(TargetedReceiver):
                            attributes={"code.function.name": fn},
                            desc="Goroutines created, by the function holding the go statement.")
             mb.sum(res, "go.goroutine.exited", c["exited"], unit="{goroutine}", start=start,
-                   desc="Goroutines that returned or called runtime.Goexit (runtime.goexit1).")
+                   desc="Goroutines that returned or called runtime.Goexit (runtime.goexit0).")
             live = self.live_goroutines(pid)
             if live is not None:
                 mb.sum(res, "go.goroutine.count", live, unit="{goroutine}", monotonic=False,

@@ -179,8 +179,9 @@ _EB = "go_ebpf"
 _GRPC = "google.golang.org/grpc"
 
 for _spec in (
-    ProbeSpec("runtime.newproc1", ("runtime.newproc1",), _RT, "goroutine creation: parent/child tree", returns=True),
-    ProbeSpec("runtime.goexit1", ("runtime.goexit1",), _RT, "goroutine exit"),
+    ProbeSpec("runtime.newproc1", ("runtime.newproc1",), _RT,
+              "goroutine creation (entry; go_ebpf reads the new g at the runqput call that follows)"),
+    ProbeSpec("runtime.goexit1", ("runtime.goexit0", "runtime.goexit1"), _RT, "goroutine exit (on g0)"),
     ProbeSpec("runtime.casgstatus", ("runtime.casgstatus",), _RT, "goroutine state changes (hot: gated)"),
     ProbeSpec("runtime.gcStart", ("runtime.gcStart",), _RT, "GC cycle start"),
     ProbeSpec("runtime.gcMarkDone", ("runtime.gcMarkDone",), _RT, "GC mark phase done"),
