@@ -60,7 +60,9 @@ def test_inspect_agrees_with_go_version_m(app: str, toolchain: str, stripped: bo
     assert got["functions_from"] == ("pclntab" if stripped else "symtab")
     probes = {p["id"]: p for p in got["probes"]}
     # functions are found in stripped binaries too (.gopclntab), with their RETs
-    assert probes["runtime.newproc1"]["status"] == "ok" and probes["runtime.newproc1"]["ret_probes"] >= 1
+    assert probes["runtime.newproc1"]["status"] == "ok"
+    stw = probes["runtime.startTheWorldWithSema"]
+    assert stw["status"] == "ok" and stw["ret_probes"] >= 1
     http = probes["http.server.request"]  # every fixture serves net/http/pprof
     if stripped:
         assert http["status"] == "degraded" and http["attachable"]
@@ -70,7 +72,7 @@ def test_inspect_agrees_with_go_version_m(app: str, toolchain: str, stripped: bo
         assert http["status"] == "ok" and http["lost_attributes"] == []
     grpc = probes["grpc.server.handle_stream"]
     if app == "grpcapp":
-        assert grpc["status"] == ("degraded" if stripped else "ok") and grpc["ret_probes"] >= 1
+        assert grpc["status"] == ("degraded" if stripped else "ok")
         if stripped:
             assert grpc["lost_attributes"] == ["rpc.method"]
     else:
