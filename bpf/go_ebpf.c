@@ -50,6 +50,8 @@
 #define O_CS_CALLHDR 37
 #define O_CALLHDR_METHOD 38
 #define O_CS_BEGINTIME 39
+#define O_G_M 40
+#define O_M_CURG 41
 
 /* gotel_go_proc.flags */
 #define F_ERROR_VIA_STATUS 1   /* status.Error{s *Status} (newer grpc) instead of {e *spb.Status} */
@@ -331,14 +333,9 @@ int go_newproc1(struct pt_regs *ctx) {
     return 0;
 }
 
-static __always_inline void record_parent(u64 tid, u64 newg) {
-    u64 *caller = newproc_caller.lookup(&tid);
-    if (!caller)
-        return;
-    u64 parent = *caller;
-    newproc_caller.delete(&tid);
+static __always_inline void set_creator(u32 tgid, u64 newg, u64 parent) {
     struct gotel_go_key k = {};
-    k.tgid = tid >> 32;
+    k.tgid = tgid;
     k.goroutine = newg;
     go_parent.update(&k, &parent);
     /* A g is reused after its goroutine exits: whatever is still keyed by it belonged to a goroutine
@@ -350,6 +347,16 @@ static __always_inline void record_parent(u64 tid, u64 newg) {
         unmatched_inc(1);
 }
 
+/* the creator newproc1's entry saved for this thread */
+static __always_inline void record_parent(u64 tid, u64 newg) {
+    u64 *caller = newproc_caller.lookup(&tid);
+    if (!caller)
+        return;
+    u64 parent = *caller;
+    newproc_caller.delete(&tid);
+    set_creator(tid >> 32, newg, parent);
+}
+
 /* newproc1's RETs (single-stepped; only where the enqueue call below is not found): the new g in ax */
 int go_newproc1_ret(struct pt_regs *ctx) {
     if (!gotel_go_current())
@@ -359,11 +366,23 @@ int go_newproc1_ret(struct pt_regs *ctx) {
 }
 
 /* The `call runtime.runqput(pp, newg, true)` that follows newproc1 in newproc's closure: a call is
- * emulated by uprobes (no single-step), and newg is its second argument. */
+ * emulated by uprobes (no single-step), and newg is its second argument. The closure runs on g0 through
+ * systemstack, so the goroutine that executed `go` is g0.m.curg: with those two offsets from DWARF
+ * newproc1's entry is not probed at all (one hit per goroutine instead of two). */
 int go_newproc_enqueue(struct pt_regs *ctx) {
-    if (!gotel_go_current())
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
         return 0;
-    record_parent(bpf_get_current_pid_tgid(), GO_PARAM2(ctx));
+    u64 tid = bpf_get_current_pid_tgid();
+    u64 o_m = gotel_go_offset(p, O_G_M), o_curg = gotel_go_offset(p, O_M_CURG);
+    if (KNOWN(o_m) && KNOWN(o_curg)) {
+        u64 m = rd64(GO_GOROUTINE(ctx) + o_m);
+        u64 creator = m ? rd64(m + o_curg) : 0;
+        if (creator)
+            set_creator(tid >> 32, GO_PARAM2(ctx), creator);
+        return 0;
+    }
+    record_parent(tid, GO_PARAM2(ctx));
     return 0;
 }
 

@@ -105,15 +105,34 @@ class Call:
     deadline_ns: int | None  # unix
 
 
+_HEAD = struct.Struct(RECORD.format[: RECORD.format.index(f"{STR_LEN}s")])  # every field before the strings
+_STRS_AT = _HEAD.size
+_TP_AT = RECORD.size - TP_LEN
+_STRS_CACHE: dict[bytes, tuple[str, str, str]] = {}
+
+
+def _strings(rec: bytes) -> tuple[str, str, str]:
+    """method, msg and path: one key for the three (they repeat together), decoded once."""
+    key = rec[_STRS_AT:_TP_AT]
+    v = _STRS_CACHE.get(key)
+    if v is None:
+        if len(_STRS_CACHE) >= 8192:
+            _STRS_CACHE.clear()
+        v = _STRS_CACHE[key] = (_cstr(key[:STR_LEN]), _cstr(key[STR_LEN:2 * STR_LEN]), _cstr(key[2 * STR_LEN:]))
+    return v
+
+
 def decode(rec: bytes, mono_to_unix: int) -> Call | None:
     if len(rec) < RECORD.size:
         return None
     (start, end, pid, typ, sid, psid, thi, tlo, dlw, dle, code, flags, stream_id, lport, rport, lip, rip,
-     liplen, riplen, _obj, _aux, method, msg, path, tp) = RECORD.unpack_from(rec)
+     liplen, riplen, _obj, _aux) = _HEAD.unpack_from(rec)
+    method, msg, path = _strings(rec)
+    tp = _cstr(rec[_TP_AT:RECORD.size]) if rec[_TP_AT] else ""
     start_unix = go_time_unix_ns(_aux, _obj) if flags & E_BEGIN_WALL else start + mono_to_unix
     return Call(typ, pid, start_unix, end + mono_to_unix, sid, psid, (thi, tlo), flags, code, stream_id,
-                lport, rport, _ip(lip, liplen), _ip(rip, riplen), _cstr(method), _cstr(msg), _cstr(path),
-                _cstr(tp), go_time_unix_ns(dlw, dle) if flags & E_DEADLINE else None)
+                lport, rport, _ip(lip, liplen), _ip(rip, riplen), method, msg, path, tp,
+                go_time_unix_ns(dlw, dle) if flags & E_DEADLINE else None)
 
 
 def parse_traceparent(tp: str) -> tuple[bytes, bytes] | None:
@@ -152,7 +171,10 @@ class Hist:
         self.counts[bisect.bisect_left(self.bounds, x)] += 1
         self.n += 1
         self.total += x
-        self.lo, self.hi = min(self.lo, x), max(self.hi, x)
+        if x < self.lo:
+            self.lo = x
+        if x > self.hi:
+            self.hi = x
         if self.exemplar is None or x >= self.exemplar[0]:  # the slowest call since the last export
             self.exemplar = (x, t_ns, trace, span_id)
 
@@ -231,10 +253,12 @@ class _Pending:
         self.local_trace = local_trace
 
     def encode(self, trace_id: bytes) -> bytes:
-        head = b"\x0a\x10" + trace_id + b"\x12\x08" + self.span_id
         if self.parent_span_id:
-            head += b"\x22\x08" + self.parent_span_id
-        return _ld(0x12, head + self.body)  # ScopeSpans.spans (field 2)
+            span = b"\x0a\x10" + trace_id + b"\x12\x08" + self.span_id + b"\x22\x08" + self.parent_span_id + self.body
+        else:
+            span = b"\x0a\x10" + trace_id + b"\x12\x08" + self.span_id + self.body
+        n = len(span)
+        return b"\x12" + (_SMALL[n] if n < 0x80 else _varint(n)) + span  # ScopeSpans.spans (field 2)
 
 
 # flags that do not change a span's name, attributes or status (times and deadlines are encoded per call)
@@ -317,7 +341,7 @@ class Assembler:
             self.seen_no_offsets.add(c.pid)
         p = _Pending(c.span_id.to_bytes(8, "big"), c.parent_span_id.to_bytes(8, "big") if c.flags & E_PARENT else b"",
                      self._span(c), c, now + self.window, c.trace)
-        if c.type in (T_GRPC_CLIENT,) and c.flags & E_STREAM_ID and c.lport:
+        if c.type == T_GRPC_CLIENT and c.flags & E_STREAM_ID and c.lport:
             key = (c.lip, c.lport, c.rport, c.stream_id)
             self.clients[key] = p
             if len(self.clients) > self.index_size:

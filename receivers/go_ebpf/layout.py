@@ -63,6 +63,9 @@ OFFSETS: list[OffsetSpec] = [
     ("field", (f"{_G}.clientStream",), "callHdr", "calls in flight at attach"),  # 37
     ("field", (f"{_T}.CallHdr",), "Method", "calls in flight at attach"),  # 38
     ("field", (f"{_G}.clientStream",), "beginTime", "calls in flight at attach"),  # 39
+    # the creator of a new goroutine read on g0 as m.curg (without them newproc1's entry is probed: no loss)
+    ("field", ("runtime.g",), "m", ""),  # 40
+    ("field", ("runtime.m",), "curg", ""),  # 41
 ]
 
 F_ERROR_VIA_STATUS = 1
@@ -81,11 +84,14 @@ class Probe:
     ret: str | None = None
     ret_unless: str | None = None  # a probe id: when that function exists, `ret` is not attached
     then_call: tuple[str, str] | None = None  # (callee, program): the next call to callee after each call of this
+    # offsets (OFFSETS indexes) that, when all known and then_call's sites exist, make the entry probe unneeded
+    entry_unless_offsets: tuple[int, ...] = ()
 
 
 PROBES: list[Probe] = [
+    # the creator is newproc1's argument, or m.curg read at the enqueue site (one probe hit per goroutine)
     Probe("runtime.newproc1", ("runtime.newproc1",), "go_newproc1", ret="go_newproc1_ret",
-          then_call=("runtime.runqput", "go_newproc_enqueue")),
+          then_call=("runtime.runqput", "go_newproc_enqueue"), entry_unless_offsets=(40, 41)),
     Probe("grpc.server.handle_stream", (f"{_G}.(*Server).handleStream",), "grpc_server_start"),
     # ends the server span: WriteStatus exists in every grpc-go
     Probe("grpc.server.write_status", (f"{_T}.(*http2Server).WriteStatus", f"{_T}.(*http2Server).writeStatus"),
@@ -172,7 +178,7 @@ def layout_for(gb: GoBinary) -> Layout:
             syms = _symbols(gb) if syms is None else syms
             v = syms.get(types[0])
         vals[name] = v
-        if v is None and attr not in missing:
+        if v is None and attr and attr not in missing:
             missing.append(attr)
     grpc_v = gb.module_version(GRPC)
     notes: list[str] = []

@@ -9,7 +9,7 @@ from gotel.ebpf.probespecs import FieldRef, ProbeSpec, register
 from gotel.ebpf.targets import call_after, call_sites_to, entry_site, ret_addresses
 from gotel.golang import analyze
 from gotel.golang.binary import FileIdentity
-from gotel.receivers.go_ebpf.layout import GRPC, PROBES, Layout, layout_for
+from gotel.receivers.go_ebpf.layout import GRPC, PROBES, Layout, layout_for, offset_names
 
 
 @dataclass
@@ -47,10 +47,6 @@ def _plan(exe: str, grpc: bool, http: bool) -> Plan:
         if sym is None:
             continue
         ids.append(p.id)
-        if p.entry:
-            at = entry_site(gb, sym)
-            if at is not None:
-                sites.append(Site(at[0], p.entry, sym))
         ends: list[Site] = []
         if p.then_call:
             callee, prog = p.then_call
@@ -58,6 +54,13 @@ def _plan(exe: str, grpc: bool, http: bool) -> Plan:
                 nxt = call_after(gb, call, callee)
                 if nxt is not None:
                     ends.append(Site(nxt, prog, callee))
+        names = offset_names()
+        entry_needed = not (ends and p.entry_unless_offsets
+                            and all(layout.offsets.get(names[i]) is not None for i in p.entry_unless_offsets))
+        if p.entry and entry_needed:
+            at = entry_site(gb, sym)
+            if at is not None:
+                sites.append(Site(at[0], p.entry, sym))
         if p.ret and not ends and (p.ret_unless is None or p.ret_unless not in found):
             ends = [Site(r, p.ret, sym, is_return=True) for r in ret_addresses(gb, sym)]
         sites += ends
