@@ -18,6 +18,31 @@ def function_address(gb: GoBinary, symbol: str) -> int | None:
     return None if f is None else f.entry
 
 
+Insn = tuple[int, int, str, str, bytes]  # address, size, mnemonic, operands, bytes
+
+
+def _prologue(gb: GoBinary, symbol: str) -> tuple[int, list[Insn], int | None] | None:
+    """(entry, the first instructions, index of the stack check's forward jump to morestack or None)."""
+    f = gb.functions.get(symbol)
+    if f is None:
+        return None
+    from gotel.golang.disasm import decode
+
+    insns = decode(bytes(gb.image.data[f.file_offset : f.file_offset + min(f.size, 64)]), f.entry, 8)
+    for i in range(1, min(len(insns) - 1, 6)):
+        addr, _size, mnem, ops, _raw = insns[i]
+        prev = insns[i - 1]
+        if mnem in ("jbe", "jna", "jb") and prev[2] == "cmp" and "r14" in prev[3]:
+            try:
+                target = int(ops, 16)
+            except ValueError:
+                break
+            if target > addr:  # the morestack block sits after the body
+                return f.entry, insns, i
+            break
+    return f.entry, insns, None
+
+
 def body_address(gb: GoBinary, symbol: str) -> int | None:
     """The first instruction after the function's stack-check prologue, else its entry.
 
@@ -26,24 +51,11 @@ def body_address(gb: GoBinary, symbol: str) -> int | None:
     (stackguard0 = stackPreempt) take that path, so a probe at the entry fires twice for one call now
     and then; a probe after the check fires exactly once per call, with the argument registers intact.
     """
-    f = gb.functions.get(symbol)
-    if f is None:
+    p = _prologue(gb, symbol)
+    if p is None:
         return None
-    import capstone
-
-    code = bytes(gb.image.data[f.file_offset : f.file_offset + min(f.size, 64)])
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    insns = list(md.disasm(code, f.entry))[:8]
-    for i in range(1, min(len(insns) - 1, 6)):
-        ins, prev = insns[i], insns[i - 1]
-        if ins.mnemonic in ("jbe", "jna", "jb") and prev.mnemonic == "cmp" and "r14" in prev.op_str:
-            try:
-                target = int(ins.op_str, 16)
-            except ValueError:
-                break
-            if target > ins.address:  # the morestack block sits after the body
-                return int(insns[i + 1].address)
-    return f.entry
+    entry, insns, check = p
+    return insns[check + 1][0] if check is not None else entry
 
 
 def entry_site(gb: GoBinary, symbol: str) -> tuple[int, bool] | None:
@@ -55,31 +67,16 @@ def entry_site(gb: GoBinary, symbol: str) -> tuple[int, bool] | None:
     own conditional jump: emulated, arguments still in registers, but run again when morestack restarts
     the function -- the programs placed there must be idempotent (True in the answer says so).
     """
-    f = gb.functions.get(symbol)
-    if f is None:
-        return None
-    from gotel.golang.disasm import decode, uprobe_emulated
+    from gotel.golang.disasm import uprobe_emulated
 
-    code = bytes(gb.image.data[f.file_offset : f.file_offset + min(f.size, 64)])
-    insns = decode(code, f.entry, 8)
-    for i in range(1, min(len(insns) - 1, 6)):
-        addr, _size, mnem, ops, raw = insns[i]
-        prev = insns[i - 1]
-        if mnem in ("jbe", "jna", "jb") and prev[2] == "cmp" and "r14" in prev[3]:
-            try:
-                target = int(ops, 16)
-            except ValueError:
-                break
-            if target <= addr:  # the morestack block sits after the body
-                break
-            nxt = insns[i + 1]
-            if uprobe_emulated(nxt[4]):
-                return nxt[0], False
-            return addr, True
-    if insns and uprobe_emulated(insns[0][4]):
-        return f.entry, False
-    body = body_address(gb, symbol)
-    return (body, False) if body is not None else None
+    p = _prologue(gb, symbol)
+    if p is None:
+        return None
+    entry, insns, check = p
+    if check is not None:
+        nxt = insns[check + 1]
+        return (nxt[0], False) if uprobe_emulated(nxt[4]) else (insns[check][0], True)
+    return entry, False
 
 
 def call_sites_to(gb: GoBinary, callee: str) -> list[int]:
