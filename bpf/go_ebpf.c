@@ -231,6 +231,33 @@ static __always_inline void read_tcpaddr(struct gotel_go_proc *p, u64 iface_addr
     }
 }
 
+/* A new call in progress keyed by goroutine, zeroed in its map slot (see zero_gev); NULL when the table is
+ * full (counted). One function per table: BCC rewrites map methods in place, so a map cannot be passed
+ * as an argument or used inside a macro. */
+static __always_inline struct gev *srv_begin(struct gotel_go_key *k) {
+    u32 z = 0;
+    struct gev *zero = zero_gev.lookup(&z);
+    if (!zero)
+        return 0;
+    if (srv_ongoing.update(k, zero)) {
+        gotel_count_lost(GOTEL_LOST_FULL);
+        return 0;
+    }
+    return srv_ongoing.lookup(k);
+}
+
+static __always_inline struct gev *cli_begin(struct gotel_go_key *k) {
+    u32 z = 0;
+    struct gev *zero = zero_gev.lookup(&z);
+    if (!zero)
+        return 0;
+    if (cli_start.update(k, zero)) {
+        gotel_count_lost(GOTEL_LOST_FULL);
+        return 0;
+    }
+    return cli_start.lookup(k);
+}
+
 /* The span serving this goroutine or one of its creators (up to 4 levels of `go` statements): the server
  * call in progress on it (srv_ongoing holds its ids; no second table to keep in step). */
 static __always_inline struct gev *find_active(u32 tgid, u64 g) {
@@ -489,15 +516,7 @@ int grpc_server_start(struct pt_regs *ctx) {
     struct gev *prev = srv_ongoing.lookup(&k);
     if (prev && prev->type == T_GRPC_SERVER && prev->obj == stream)
         return 0;  /* the entry probe again, after morestack restarted the function */
-    u32 z = 0;
-    struct gev *zero = zero_gev.lookup(&z);
-    if (!zero)
-        return 0;
-    if (srv_ongoing.update(&k, zero)) {
-        gotel_count_lost(GOTEL_LOST_FULL);  /* table of calls in progress full */
-        return 0;
-    }
-    struct gev *e = srv_ongoing.lookup(&k);
+    struct gev *e = srv_begin(&k);
     if (!e)
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -599,15 +618,7 @@ int grpc_client_start(struct pt_regs *ctx) {
     if (!p)
         return 0;
     struct gotel_go_key k = gotel_go_key_of(ctx);
-    u32 z = 0;
-    struct gev *zero = zero_gev.lookup(&z);
-    if (!zero)
-        return 0;
-    if (cli_start.update(&k, zero)) {
-        gotel_count_lost(GOTEL_LOST_FULL);  /* table of calls in progress full */
-        return 0;
-    }
-    struct gev *e = cli_start.lookup(&k);
+    struct gev *e = cli_begin(&k);
     if (!e)
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -778,15 +789,7 @@ int http_server_start(struct pt_regs *ctx) {
     if (!p)
         return 0;
     struct gotel_go_key k = gotel_go_key_of(ctx);
-    u32 z = 0;
-    struct gev *zero = zero_gev.lookup(&z);
-    if (!zero)
-        return 0;
-    if (srv_ongoing.update(&k, zero)) {
-        gotel_count_lost(GOTEL_LOST_FULL);  /* table of calls in progress full */
-        return 0;
-    }
-    struct gev *e = srv_ongoing.lookup(&k);
+    struct gev *e = srv_begin(&k);
     if (!e)
         return 0;
     u64 rw = GO_PARAM3(ctx), req = GO_PARAM4(ctx);
@@ -867,15 +870,7 @@ int http_client_start(struct pt_regs *ctx) {
     if (!p)
         return 0;
     struct gotel_go_key k = gotel_go_key_of(ctx);
-    u32 z = 0;
-    struct gev *zero = zero_gev.lookup(&z);
-    if (!zero)
-        return 0;
-    if (cli_start.update(&k, zero)) {
-        gotel_count_lost(GOTEL_LOST_FULL);  /* table of calls in progress full */
-        return 0;
-    }
-    struct gev *e = cli_start.lookup(&k);
+    struct gev *e = cli_begin(&k);
     if (!e)
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
