@@ -231,10 +231,21 @@ static __always_inline void read_tcpaddr(struct gotel_go_proc *p, u64 iface_addr
     }
 }
 
-/* A new call in progress keyed by goroutine, zeroed in its map slot (see zero_gev); NULL when the table is
- * full (counted). One function per table: BCC rewrites map methods in place, so a map cannot be passed
- * as an argument or used inside a macro. */
-static __always_inline struct gev *srv_begin(struct gotel_go_key *k) {
+static __always_inline u64 rand64(void) {
+    return ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+}
+
+static __always_inline void call_init(struct gev *e, u32 type) {
+    e->start_ns = bpf_ktime_get_ns();
+    e->pid = bpf_get_current_pid_tgid() >> 32;
+    e->type = type;
+}
+
+/* A new call in progress keyed by goroutine, zeroed in its map slot (see zero_gev) with its start time,
+ * pid and type; NULL when the table is full (counted). One function per table: BCC rewrites map methods
+ * in place, so a map cannot be passed as an argument or used inside a macro. A server call starts a new
+ * local trace (stitched to its caller later, in the agent). */
+static __always_inline struct gev *srv_begin(struct gotel_go_key *k, u32 type) {
     u32 z = 0;
     struct gev *zero = zero_gev.lookup(&z);
     if (!zero)
@@ -243,10 +254,17 @@ static __always_inline struct gev *srv_begin(struct gotel_go_key *k) {
         gotel_count_lost(GOTEL_LOST_FULL);
         return 0;
     }
-    return srv_ongoing.lookup(k);
+    struct gev *e = srv_ongoing.lookup(k);
+    if (!e)
+        return 0;
+    e->trace_hi = rand64();
+    e->trace_lo = rand64();
+    e->span_id = rand64();
+    call_init(e, type);
+    return e;
 }
 
-static __always_inline struct gev *cli_begin(struct gotel_go_key *k) {
+static __always_inline struct gev *cli_begin(struct gotel_go_key *k, u32 type) {
     u32 z = 0;
     struct gev *zero = zero_gev.lookup(&z);
     if (!zero)
@@ -255,7 +273,10 @@ static __always_inline struct gev *cli_begin(struct gotel_go_key *k) {
         gotel_count_lost(GOTEL_LOST_FULL);
         return 0;
     }
-    return cli_start.lookup(k);
+    struct gev *e = cli_start.lookup(k);
+    if (e)
+        call_init(e, type);
+    return e;
 }
 
 /* The span serving this goroutine or one of its creators (up to 4 levels of `go` statements): the server
@@ -285,10 +306,10 @@ static __always_inline void set_parent(struct gev *e, u32 tgid, u64 g) {
         e->parent_span_id = a->span_id;
         e->flags |= E_PARENT;
     } else {
-        e->trace_hi = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
-        e->trace_lo = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+        e->trace_hi = rand64();
+        e->trace_lo = rand64();
     }
-    e->span_id = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+    e->span_id = rand64();
 }
 
 static __always_inline void emit(struct gev *st, u64 end) {
@@ -516,18 +537,12 @@ int grpc_server_start(struct pt_regs *ctx) {
     struct gev *prev = srv_ongoing.lookup(&k);
     if (prev && prev->type == T_GRPC_SERVER && prev->obj == stream)
         return 0;  /* the entry probe again, after morestack restarted the function */
-    struct gev *e = srv_begin(&k);
+    struct gev *e = srv_begin(&k, T_GRPC_SERVER);
     if (!e)
         return 0;
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    e->start_ns = bpf_ktime_get_ns();
-    e->pid = tgid;
-    e->type = T_GRPC_SERVER;
+    u32 tgid = e->pid;
     e->obj = stream;
     e->aux = t;
-    e->trace_hi = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
-    e->trace_lo = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
-    e->span_id = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
     u64 o_method = gotel_go_offset(p, O_STREAM_METHOD);
     if (!KNOWN(o_method))
         e->flags |= E_NO_OFFSETS;
@@ -618,13 +633,10 @@ int grpc_client_start(struct pt_regs *ctx) {
     if (!p)
         return 0;
     struct gotel_go_key k = gotel_go_key_of(ctx);
-    struct gev *e = cli_begin(&k);
+    struct gev *e = cli_begin(&k, T_GRPC_CLIENT);
     if (!e)
         return 0;
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    e->start_ns = bpf_ktime_get_ns();
-    e->pid = tgid;
-    e->type = T_GRPC_CLIENT;
+    u32 tgid = e->pid;
     /* newClientStream(ctx Context, desc *StreamDesc, cc *ClientConn, method string, opts ...CallOption) */
     gotel_go_read_str(e->method, STR_LEN, GO_PARAM5(ctx), GO_PARAM6(ctx));
     ctx_deadline(p, e, GO_PARAM1(ctx), GO_PARAM2(ctx));
@@ -789,18 +801,12 @@ int http_server_start(struct pt_regs *ctx) {
     if (!p)
         return 0;
     struct gotel_go_key k = gotel_go_key_of(ctx);
-    struct gev *e = srv_begin(&k);
+    struct gev *e = srv_begin(&k, T_HTTP_SERVER);
     if (!e)
         return 0;
     u64 rw = GO_PARAM3(ctx), req = GO_PARAM4(ctx);
-    e->start_ns = bpf_ktime_get_ns();
-    e->pid = bpf_get_current_pid_tgid() >> 32;
-    e->type = T_HTTP_SERVER;
     e->obj = rw;
     e->aux = req;
-    e->trace_hi = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
-    e->trace_lo = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
-    e->span_id = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
     u64 o_m = gotel_go_offset(p, O_REQ_METHOD);
     if (!KNOWN(o_m))
         e->flags |= E_NO_OFFSETS;
@@ -870,14 +876,11 @@ int http_client_start(struct pt_regs *ctx) {
     if (!p)
         return 0;
     struct gotel_go_key k = gotel_go_key_of(ctx);
-    struct gev *e = cli_begin(&k);
+    struct gev *e = cli_begin(&k, T_HTTP_CLIENT);
     if (!e)
         return 0;
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u32 tgid = e->pid;
     u64 req = GO_PARAM2(ctx);
-    e->start_ns = bpf_ktime_get_ns();
-    e->pid = tgid;
-    e->type = T_HTTP_CLIENT;
     u64 o_m = gotel_go_offset(p, O_REQ_METHOD);
     if (!KNOWN(o_m))
         e->flags |= E_NO_OFFSETS;
