@@ -16,8 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import resource
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -40,10 +43,15 @@ sys.path.insert(0, sys.argv[1])
 from tests.helpers.otlp_sink import OTLPGrpcSink
 sink = OTLPGrpcSink().start()
 print(sink.address, flush=True)
+seen = total = 0
 for line in sys.stdin:
     if line.strip() != "count":
         break
-    print(sink.received.span_count(), flush=True)
+    reqs = sink.received.traces
+    for r in reqs[seen:]:  # counted once each: polling must not cost the sink more than receiving
+        total += sum(len(ss.spans) for rs in r.resource_spans for ss in rs.scope_spans)
+    seen = len(reqs)
+    print(total, flush=True)
 sink.stop()
 """
 
@@ -60,6 +68,7 @@ class SinkProcess:
         assert self._proc.stdout is not None and self._proc.stdin is not None
         self._in, self._out = self._proc.stdin, self._proc.stdout
         self.address = self._out.readline().strip()
+        self.pid = self._proc.pid
 
     def span_count(self) -> int:
         self._in.write("count\n")
@@ -86,10 +95,34 @@ def prog_stats(names: set[str]) -> dict[str, tuple[int, int]]:
     return res
 
 
-def saturate(binary: str, target: str, n: int) -> float:
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process (uprobe traps and BPF runs count as its system time)."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / _TICK
+
+
+@dataclass
+class Phase:
+    """One saturation run: its rate and the CPU each process spent per call during it."""
+
+    rate: float
+    cpu_us: dict[str, float]
+
+
+def saturate(binary: str, target: str, n: int, pids: dict[str, int] | None = None) -> Phase:
+    """pids: running processes whose CPU is charged per call; the client's own comes from its rusage."""
+    pids = pids or {}
+    before = {k: proc_cpu(p) for k, p in pids.items()}
+    ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     app = goapps.RunningApp([binary, "client", "-target", target, "-n", str(n), "-concurrency", "8", "-quiet"])
     app.wait(300)
-    return float(app.records()[-1]["calls_per_s"])
+    ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = {k: (proc_cpu(p) - before[k]) / n * 1e6 for k, p in pids.items()}
+    cpu["client"] = (ch1.ru_utime + ch1.ru_stime - ch0.ru_utime - ch0.ru_stime) / n * 1e6
+    return Phase(float(app.records()[-1]["calls_per_s"]), cpu)
 
 
 async def main() -> None:
@@ -109,8 +142,9 @@ async def main() -> None:
         return Context(ComponentID(name), kind, logging.getLogger(name), tel.component(name, kind))
 
     try:
+        watched = {"server": srv.pid, "sink": sink.pid}
         saturate(binary, target, 2000)  # warm-up
-        base = saturate(binary, target, args.calls)
+        base_before = saturate(binary, target, args.calls, watched)
         ecfg = otlp_exp.Config.model_validate({"endpoint": sink.address, "tls": {"insecure": True},
                                                "compression": args.compression})
         exp = otlp_exp.factory.create(Signal.TRACES, ecfg, ctx("otlp", Kind.EXPORTER))
@@ -133,14 +167,17 @@ async def main() -> None:
         _STATS.write_text("1")  # restored below; costs two clock reads per program run while on
         st0 = prog_stats(names)
         t0 = time.monotonic()
-        cpu0 = time.process_time()
-        traced = await asyncio.to_thread(saturate, binary, target, args.calls)
+        cpu0, sink0 = time.process_time(), proc_cpu(sink.pid)
+        traced = await asyncio.to_thread(saturate, binary, target, args.calls, {"server": srv.pid})
         st1 = prog_stats(names)
         _STATS.write_text(old_stats)
         while sink.span_count() + r.program.lost_counts()[0] < args.calls and time.monotonic() - t0 < 60:
             await asyncio.sleep(0.05)
         el = time.monotonic() - t0
         agent_cpu = time.process_time() - cpu0
+        # the spans' export finishes after the last call: the agent's and the sink's CPU until then count
+        traced.cpu_us["agent"] = agent_cpu / args.calls * 1e6
+        traced.cpu_us["sink"] = (proc_cpu(sink.pid) - sink0) / args.calls * 1e6
         got, lost = sink.span_count(), r.program.lost_counts()[0]
         # agent CPU at ~1,000 calls/s, measured: 10 callers, each call held 10 ms by the server
         rate_calls = 5000
@@ -156,8 +193,10 @@ async def main() -> None:
         await r.shutdown()
         # untraced again once the probes are off: the baseline is the mean of before and after, so that a
         # machine that got slower or faster during the run does not pass for tracing overhead
-        base_after = saturate(binary, target, args.calls)
-        base_before, base = base, (base + base_after) / 2
+        after = saturate(binary, target, args.calls, watched)
+        base = (base_before.rate + after.rate) / 2
+        base_cpu = {k: (base_before.cpu_us[k] + after.cpu_us[k]) / 2 for k in after.cpu_us}
+        base_cpu["agent"] = 0.0
         go_ebpf_mod.decode = decode  # type: ignore[assignment]
         # capacity: the captured records again, as fast as the agent can turn them into exported spans
         asm = Assembler(stitch_window=0.0)
@@ -194,12 +233,22 @@ async def main() -> None:
         replay_el = time.monotonic() - w0
         replay_got = sink.span_count() - before
         await exp.shutdown()
-        print(f"untraced: {base:,.0f} calls/s (before tracing {base_before:,.0f}, after {base_after:,.0f}; 8 concurrent "
-              f"callers, 2 cores); OTLP exporter compression: {args.compression}")
-        print(f"traced (server side): {traced:,.0f} calls/s = {traced / base:.1%} of untraced "
+        print(f"untraced: {base:,.0f} calls/s (before tracing {base_before.rate:,.0f}, after {after.rate:,.0f}; 8 "
+              f"concurrent callers, 2 cores); OTLP exporter compression: {args.compression}")
+        print(f"traced (server side): {traced.rate:,.0f} calls/s = {traced.rate / base:.1%} of untraced "
               f"(goal >= 90%)")
-        added_us = (1 / traced - 1 / base) * 1e6 * 2  # 2 cores busy: wall time per call x cores
+        added_us = (1 / traced.rate - 1 / base) * 1e6 * 2  # 2 cores busy: wall time per call x cores
         print(f"added cost per request: {added_us:.2f} us of CPU (derived: (1/traced - 1/untraced) x 2 cores; goal < 2 us)")
+        print("CPU per call, measured per process (us): untraced | traced | added")
+        roles = {"server": "server (selected; uprobe traps and BPF runs are its system time)",
+                 "client": "client (same binary, not selected)", "agent": "agent (gotel: drain, spans, OTLP export)",
+                 "sink": "OTLP sink (stands in for the collector)"}
+        for k, label in roles.items():
+            b, t = base_cpu.get(k, 0.0), traced.cpu_us.get(k, 0.0)
+            print(f"  {label:<66} {b:7.1f} | {t:7.1f} | {t - b:+7.1f}")
+        tracing = sum(traced.cpu_us[k] - base_cpu[k] for k in ("server", "client", "agent"))
+        print(f"added CPU per request by tracing, measured (server + client + agent): {tracing:.1f} us "
+              f"(goal < 2 us); the sink's {traced.cpu_us['sink'] - base_cpu['sink']:+.1f} us is the collector's work")
         print(f"agent (this Python process: drain, spans, OTLP export; the sink is another process) CPU: {agent_cpu / args.calls * 1e6:.1f} us per "
               f"span; at 1,000 calls/s that is {agent_cpu / args.calls * 1000:.1%} of one core (goal < 2%)")
         print(f"agent CPU measured at {rate_calls / rate_el:,.0f} calls/s (10 callers, 10 ms server delay): "
@@ -210,8 +259,8 @@ async def main() -> None:
         print("bpf runs per program:", {k: round(v / args.calls, 2) for k, v in sorted(per.items())})
         runs = sum(per.values())
         ns = sum(st1[k][1] - st0.get(k, (0, 0))[1] for k in st1)
-        print(f"bpf_stats: {runs / args.calls:.1f} BPF program runs per call (server + client processes, the binary is "
-              f"shared), {ns / max(runs, 1):.0f} ns per run, {ns / args.calls / 1000:.2f} us of BPF time per call; the "
+        print(f"bpf_stats: {runs / args.calls:.1f} BPF program runs per call (probes are attached to the selected "
+              f"server process only), {ns / max(runs, 1):.0f} ns per run, {ns / args.calls / 1000:.2f} us of BPF time per call; the "
               f"rest of the kernel share is the uprobe trap + single-step per hit")
         print(f"spans exported to OTLP: {got} of {args.calls} calls, ring-buffer losses counted: {lost}, "
               f"unaccounted: {args.calls - got - lost}")

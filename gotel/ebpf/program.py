@@ -1,4 +1,4 @@
-"""One compiled BCC program per receiver, with uprobes attached per binary and detached cleanly.
+"""One compiled BCC program per receiver, with uprobes attached per binary or per process and detached cleanly.
 
 Uprobes are created through perf_event_open (BCC's default when the kernel has the uprobe PMU, as every
 kernel >= 4.17 does), so they live exactly as long as their file descriptor: closing the program, or the
@@ -13,7 +13,7 @@ import os
 import re
 import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -137,20 +137,28 @@ class BpfProgram:
         self._consume_lock = threading.Lock()
         self._rings: list[tuple[Any, list[bytes]]] = []  # (gotel.ebpf.ringbuf.RingReader, records)
         self.bpf = BPF(text=text.encode(), cflags=flags)
-        self._binaries: dict[BinaryKey, _Attached] = {}
+        self._binaries: dict[Hashable, _Attached] = {}  # by BinaryKey, or (BinaryKey, pid)
         self._closed = False
 
     # ---- uprobes -------------------------------------------------------------------------------
 
     def attach_uprobe(
-        self, path: str, vaddr: int, fn_name: str, key: BinaryKey | None = None, semaphore: int = 0
+        self,
+        path: str,
+        vaddr: int,
+        fn_name: str,
+        key: Hashable | None = None,
+        semaphore: int = 0,
+        pid: int = -1,
     ) -> None:
-        """A uprobe at a virtual address of the binary (symbol value or RET address), for every process.
+        """A uprobe at a virtual address of the binary (symbol value or RET address).
 
-        Attached with pid=-1 so one probe serves every process running the binary, including ones
-        started later; the BPF side filters by its pid map. `semaphore` (a USDT semaphore's virtual
-        address) makes the kernel itself raise the semaphore in every process mapping the binary
-        while the probe exists, and drop it when the fd closes — also when gotel is killed.
+        pid=-1: one probe serves every process running the binary, including ones started later; the
+        BPF side filters by its pid map. A pid: the kernel writes the breakpoint only into that
+        process's memory, so other processes of the binary never trap. `key` groups probes for
+        detach() (default: the binary). `semaphore` (a USDT semaphore's virtual address, pid=-1 only)
+        makes the kernel itself raise the semaphore in every process mapping the binary while the probe
+        exists, and drop it when the fd closes — also when gotel is killed.
         """
         key = key or BinaryKey.of(path)
         if semaphore:
@@ -160,9 +168,10 @@ class BpfProgram:
             return
         before = set(self.bpf.uprobe_fds)
         try:
-            self.bpf.attach_uprobe(name=path.encode(), addr=vaddr, fn_name=fn_name.encode(), pid=-1)
+            self.bpf.attach_uprobe(name=path.encode(), addr=vaddr, fn_name=fn_name.encode(), pid=pid)
         except Exception as e:
-            raise ProbeAttachError(f"cannot attach {fn_name} at {vaddr:#x} in {path}: {e}") from e
+            who = "" if pid == -1 else f" for pid {pid}"
+            raise ProbeAttachError(f"cannot attach {fn_name} at {vaddr:#x} in {path}{who}: {e}") from e
         new = [ev for ev in self.bpf.uprobe_fds if ev not in before]
         with self._lock:
             self._binaries.setdefault(key, _Attached(path)).events.extend(new)
@@ -192,17 +201,18 @@ class BpfProgram:
             )
         return int(fd)
 
-    def attached(self, key: BinaryKey) -> bool:
+    def attached(self, key: Hashable) -> bool:
         return key in self._binaries
 
-    def probe_count(self, key: BinaryKey | None = None) -> int:
+    def probe_count(self, key: Hashable | None = None) -> int:
         if key is not None:
             a = self._binaries.get(key)
             return len(a.events) + len(a.fds) if a else 0
         return sum(len(a.events) + len(a.fds) for a in self._binaries.values())
 
-    def detach_binary(self, key: BinaryKey) -> int:
-        """Closes every uprobe on the binary (when its last traced process is gone); returns how many."""
+    def detach_binary(self, key: Hashable) -> int:
+        """Closes every uprobe attached under key (a binary whose last traced process is gone, or one
+        process's own probes); returns how many."""
         with self._lock:
             a = self._binaries.pop(key, None)
         if a is None:

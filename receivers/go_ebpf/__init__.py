@@ -16,6 +16,7 @@ import ctypes
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -72,6 +73,9 @@ class GoEbpfReceiver(RingBufferReceiver):
             "(start_not_seen), or a goroutine that ended before the call's end (end_not_seen).", ("reason",))
         self._degraded = ctx.telemetry.counter(
             "go_ebpf_degraded_processes", "Traced processes whose binary lacks DWARF (fewer attributes).", ())
+        # attaching and detaching, one at a time and off the event loop: BCC's probe table is not
+        # thread-safe, and closing a process's probes waits ~0.1 s per RCU grace period
+        self._attacher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="go_ebpf-attach")
 
     async def start(self) -> None:
         from gotel.ebpf.goprobes import GoTargets
@@ -94,7 +98,7 @@ class GoEbpfReceiver(RingBufferReceiver):
         async for ev in self.watcher.events():
             try:
                 if isinstance(ev, ProcessAdded):
-                    await loop.run_in_executor(None, self._add, ev.info)
+                    await loop.run_in_executor(self._attacher, self._add, ev.info)
                 elif isinstance(ev, ProcessRemoved):
                     if self._same_image(ev.pid):
                         # Discovery reports an exec it had already seen (its /proc rescan can select the new
@@ -109,13 +113,13 @@ class GoEbpfReceiver(RingBufferReceiver):
 
     def _remove(self, pid: int) -> None:
         self._drain_once()
-        self.targets.remove_process(pid)
+        self.targets.remove_process(pid, detach=lambda key: self._attacher.submit(self.program.detach_binary, key))
         self.asm.remove_process(pid)
         self.attached_pids.discard(pid)
         self._images.pop(pid, None)
 
     def _recheck(self, pid: int) -> None:
-        if pid in self._images and not self._same_image(pid):
+        if self.program is not None and pid in self._images and not self._same_image(pid):
             try:
                 self._remove(pid)
             except Exception:
@@ -231,6 +235,7 @@ class GoEbpfReceiver(RingBufferReceiver):
         await self._push(Signal.METRICS, self.asm.take_metrics())
 
     def _detach(self) -> None:
+        self._attacher.shutdown(wait=True)  # detaches still queued run before the program closes
         if self.targets is not None:
             self.targets.close()
 
