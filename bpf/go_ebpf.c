@@ -135,7 +135,13 @@ BPF_TABLE("lru_hash", struct gotel_go_key, struct conn_addr, srv_conn_addr, 4096
 BPF_HASH(srv_ongoing, struct gotel_go_key, struct gev, 16384);   /* grpc + http servers, by goroutine */
 BPF_HASH(cli_start, struct gotel_go_key, struct gev, 16384);     /* client call entered, by goroutine */
 BPF_HASH(cli_streams, struct gotel_go_key, struct gev, 32768);  /* grpc client stream, by clientStream (not LRU: LRU maps evict early) */
-BPF_TABLE("lru_hash", struct gotel_go_key, u64, go_parent, 65536);        /* goroutine -> creator goroutine */
+/* goroutine -> the goroutine serving the call it was started under (by that goroutine or any of its
+ * descendants), and that call's span id: a descendant's calls are children of that call while it lasts */
+struct go_anc {
+    u64 g;
+    u64 span_id;
+};
+BPF_TABLE("lru_hash", struct gotel_go_key, struct go_anc, go_parent, 65536);
 BPF_HASH(newproc_caller, u64, u64, 1024);                        /* thread -> callergp during newproc1 */
 BPF_TABLE("lru_hash", struct tp_key, struct tp_val, incoming_tp, 16384);  /* traceparent by (transport, stream id) */
 BPF_PERCPU_ARRAY(tp_scratch, struct tp_val, 1);
@@ -279,23 +285,23 @@ static __always_inline struct gev *cli_begin(struct gotel_go_key *k, u32 type) {
     return e;
 }
 
-/* The span serving this goroutine or one of its creators (up to 4 levels of `go` statements): the server
- * call in progress on it (srv_ongoing holds its ids; no second table to keep in step). */
+/* The span serving this goroutine, or the one its creator chain started under while it still runs:
+ * resolved when each goroutine is created (set_creator), so no chain is walked here and intermediate
+ * goroutines may have exited (and had their g reused) long before the call. */
 static __always_inline struct gev *find_active(u32 tgid, u64 g) {
     struct gotel_go_key k = {};
     k.tgid = tgid;
     k.goroutine = g;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        struct gev *a = srv_ongoing.lookup(&k);
-        if (a)
-            return a;
-        u64 *pg = go_parent.lookup(&k);
-        if (!pg)
-            return 0;
-        k.goroutine = *pg;
-    }
-    return 0;
+    struct gev *a = srv_ongoing.lookup(&k);
+    if (a)
+        return a;
+    struct go_anc *pa = go_parent.lookup(&k);
+    if (!pa)
+        return 0;
+    u64 sid = pa->span_id;
+    k.goroutine = pa->g;
+    a = srv_ongoing.lookup(&k);
+    return a && a->span_id == sid ? a : 0;
 }
 
 static __always_inline void set_parent(struct gev *e, u32 tgid, u64 g) {
@@ -385,7 +391,6 @@ static __always_inline void set_creator(u32 tgid, u64 newg, u64 parent) {
     struct gotel_go_key k = {};
     k.tgid = tgid;
     k.goroutine = newg;
-    go_parent.update(&k, &parent);
     /* A g is reused after its goroutine exits: whatever is still keyed by it belonged to a goroutine
      * that ended mid-call (a server call without a status, a client call that failed before its stream
      * existed). It must not parent the new goroutine's calls; it is counted, not silently kept. */
@@ -393,6 +398,29 @@ static __always_inline void set_creator(u32 tgid, u64 newg, u64 parent) {
         unmatched_inc(1);
     if (cli_start.delete(&k) == 0)
         unmatched_inc(1);
+    /* Only a goroutine started under a served call needs an entry; it names the serving goroutine and
+     * its call directly (inherited from the creator's entry), so any depth of `go` statements works.
+     * Most goroutines (a transport's per-stream handler, started by its reader) are under none, and two
+     * lookups are far cheaper than an LRU insert (~0.4 us here). A reused g's old entry goes. */
+    struct gotel_go_key pk = {};
+    pk.tgid = tgid;
+    pk.goroutine = parent;
+    struct go_anc a = {};
+    struct gev *s = srv_ongoing.lookup(&pk);
+    if (s) {
+        a.g = parent;
+        a.span_id = s->span_id;
+        go_parent.update(&k, &a);
+        return;
+    }
+    struct go_anc *pa = go_parent.lookup(&pk);
+    if (pa) {
+        a.g = pa->g;
+        a.span_id = pa->span_id;
+        go_parent.update(&k, &a);
+        return;
+    }
+    go_parent.delete(&k);
 }
 
 /* the creator newproc1's entry saved for this thread */

@@ -204,7 +204,9 @@ async def test_deadline_exceeded(env: Env) -> None:
 async def test_trace_structure_and_traceparent(env: Env) -> None:
     a, b = await env.server(), await env.server()
     tp_trace, tp_span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
-    for go_flag in ((), ("-downstream-go",)):
+    # the downstream call made by the handler's goroutine, by one it started, and six goroutines down (each
+    # intermediate one exits at once, so its g is reused while the call is still being made)
+    for go_flag in ((), ("-downstream-go",), ("-downstream-go", "-go-depth", "6")):
         env.sink.received.traces.clear()
         pid, _ = await env.client(a, "-downstream", f"127.0.0.1:{b.ports['grpc']}", *go_flag, "-down-code", "7",
                          "-traceparent", f"00-{tp_trace}-{tp_span}-01")
