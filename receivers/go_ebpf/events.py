@@ -401,7 +401,10 @@ class Assembler:
     def _span(self, c: Call) -> bytes:
         """The encoded Span fields from name on. Calls of one shape (method, code, peer, ...) share name, kind,
         attributes and status: encoded once per shape; per call only the times and deadlines are encoded."""
-        key = (c.type, c.flags & _SHAPE_FLAGS, c.code, c.method, c.msg, c.path, c.tp, c.lip, c.rip, c.lport, c.rport)
+        # a gRPC call's tp is its incoming traceparent, new on every call and not part of the span's shape
+        # (HTTP records carry the server host or URL scheme there, which is)
+        key = (c.type, c.flags & _SHAPE_FLAGS, c.code, c.method, c.msg, c.path, c.tp if c.type > T_GRPC_CLIENT else "",
+               c.lip, c.rip, c.lport, c.rport)
         shape = self._shapes.get(key)
         if shape is None:
             if len(self._shapes) >= 8192:
