@@ -607,6 +607,9 @@ class UsdtReceiver(RingBufferReceiver):
     async def _export(self) -> None:
         await self._push(Signal.METRICS, self.agg.take_metrics())
 
+    def _ring_fd(self) -> int | None:
+        return int(self.program.table("usdt_events").map_fd) if self.program is not None else None
+
     def _detach(self) -> None:
         if self.attacher is not None:
             self.attacher.close()

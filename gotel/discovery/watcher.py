@@ -1,7 +1,8 @@
 """Notices selected processes starting and exiting: BPF tracepoints for speed, /proc rescans for safety.
 
 `sched:sched_process_exec` and `sched:sched_process_exit` feed a tiny BPF program (bpf/procwatch.c)
-whose ring buffer is drained every `poll_interval`, so a new Go process is seen within ~0.1 s.
+whose ring buffer is drained at most every `poll_interval`, so a new Go process is seen within ~0.1 s;
+while no process starts or exits, the watcher sleeps on the ring's fd instead of waking on a timer.
 A full /proc rescan every `rescan_interval` catches anything the tracepoints cannot show (processes
 that existed before start, a lost event, a port opened after exec). Without BPF (no privileges, pull
 receivers run unprivileged) the rescan alone runs, every second.
@@ -21,6 +22,7 @@ from typing import Any
 
 from gotel.discovery.procfs import ProcessInfo, all_pids, is_alive, process_info
 from gotel.discovery.selector import DiscoveryConfig
+from gotel.ebpf.wakeup import readable
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +168,10 @@ class ProcessWatcher:
         if info is not None:
             self._queue.put_nowait(ProcessRemoved(pid, info.exe))
 
-    def _drain(self) -> None:
+    def _drain(self) -> int:
+        """Handles the exec/exit events that came in; returns how many."""
         if self._program is None:
-            return
+            return 0
         self._program.consume()
         pending, self._pending = self._pending, []
         for kind, pid in pending:
@@ -187,6 +190,7 @@ class ProcessWatcher:
                     self._add(info)
             elif kind == _EXIT:
                 self._remove(pid)
+        return len(pending)
 
     def _scan(self) -> tuple[list[int], list[int]]:
         alive = set(all_pids())
@@ -221,10 +225,14 @@ class ProcessWatcher:
         loop = asyncio.get_running_loop()
         assert self.rescan_interval is not None
         next_rescan = loop.time() + self.rescan_interval
+        events = 0
         while True:
             await asyncio.sleep(self.poll_interval if self.bpf_active else min(self.poll_interval * 10, 1.0))
+            if self._program is not None and events == 0:
+                # nothing came in the last drain: sleep on the ring until an exec or exit (or the rescan)
+                await readable(self._program.table("proc_events").map_fd, next_rescan - loop.time())
             try:
-                self._drain()
+                events = self._drain()
                 if loop.time() >= next_rescan:
                     await self._rescan()
                     next_rescan = loop.time() + self.rescan_interval

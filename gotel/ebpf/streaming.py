@@ -1,9 +1,11 @@
 """The life cycle shared by eBPF receivers that stream events from one ring buffer (go_ebpf, usdt).
 
-A watcher task follows discovery; a drain task empties the ring buffer on a short timer (at once again
-after a burst, so the buffer does not fill), hands spans/logs on every flush interval and metrics on
-every export interval; shutdown stops both, drains what is left, sends it, then detaches. Subclasses
-say what a drain, a flush and an export are.
+A watcher task follows discovery; a drain task empties the ring buffer at most once per poll interval
+while records flow (at once again after a burst, so the buffer does not fill) and, once a drain finds it
+empty, sleeps on the buffer's fd until a record arrives or a flush or export is due (gotel.ebpf.wakeup:
+an idle agent does not wake ten times a second); it hands spans/logs on every flush interval and
+metrics on every export interval; shutdown stops both, drains what is left, sends it, then detaches.
+Subclasses say what a drain, a flush and an export are.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 from typing import Any
 
 from gotel.component import Receiver
+from gotel.ebpf.wakeup import readable
 from gotel.pdata import Batch, Signal
 from gotel.receiverhelper import push
 
@@ -56,6 +59,15 @@ class RingBufferReceiver(Receiver):
     def _detach(self) -> None:
         """Removes the probes (before the program is closed)."""
 
+    def _ring_fd(self) -> int | None:
+        """The ring buffer's fd to sleep on while it is empty; None: poll on the timer only."""
+        return None
+
+    def _holding(self) -> bool:
+        """Whether records handled so far wait for a flush (an idle receiver holding none need not wake
+        for flushes)."""
+        return True
+
     # --- shared -------------------------------------------------------------------------------------
 
     def _start_tasks(self) -> None:
@@ -72,11 +84,15 @@ class RingBufferReceiver(Receiver):
         next_flush = loop.time() + self.cfg.flush_interval
         next_export = loop.time() + self.cfg.export_interval
         next_counts = loop.time()
-        busy = False
+        n = 0
         while True:
-            await asyncio.sleep(0 if busy else self.cfg.poll_interval)
+            await asyncio.sleep(0 if n >= BURST else self.cfg.poll_interval)
+            fd = self._ring_fd() if n == 0 else None
+            if fd is not None:
+                due = min(next_export, next_flush if self._holding() else next_export)
+                await readable(fd, due - loop.time())
             try:
-                busy = self._drain_once() >= BURST
+                n = self._drain_once()
                 now = loop.time()
                 if now >= next_counts:  # loss counters are BPF map reads: once a second is enough
                     next_counts = now + COUNTS_INTERVAL

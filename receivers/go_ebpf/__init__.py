@@ -234,6 +234,12 @@ class GoEbpfReceiver(RingBufferReceiver):
     async def _export(self) -> None:
         await self._push(Signal.METRICS, self.asm.take_metrics())
 
+    def _ring_fd(self) -> int | None:
+        return int(self.program.table("go_events").map_fd) if self.program is not None else None
+
+    def _holding(self) -> bool:
+        return bool(self.asm.pending)
+
     def _detach(self) -> None:
         self._attacher.shutdown(wait=True)  # detaches still queued run before the program closes
         if self.targets is not None:
