@@ -107,6 +107,24 @@ class Call:
 
 _HEAD = struct.Struct(RECORD.format[: RECORD.format.index(f"{STR_LEN}s")])  # every field before the strings
 _STRS_AT = _HEAD.size
+# the same, with the two addresses and their lengths skipped (decoded together, from one cache)
+_HEAD_NO_ADDR = struct.Struct(RECORD.format[: RECORD.format.index("16s16sBB")] + "34x"
+                              + RECORD.format[RECORD.format.index("16s16sBB") + 8: RECORD.format.index(f"{STR_LEN}s")])
+_ADDR_AT = struct.calcsize(RECORD.format[: RECORD.format.index("16s16sBB")])
+_ADDR_END = _ADDR_AT + 34
+_ADDR_CACHE: dict[bytes, tuple[str | None, str | None]] = {}
+
+
+def _addrs(rec: bytes) -> tuple[str | None, str | None]:
+    """(local, remote) address text: a connection's pair repeats on every call, decoded once."""
+    key = rec[_ADDR_AT:_ADDR_END]
+    v = _ADDR_CACHE.get(key)
+    if v is None:
+        if len(_ADDR_CACHE) >= 4096:
+            _ADDR_CACHE.clear()
+        v = _ADDR_CACHE[key] = (_ip(key[:16], key[32]), _ip(key[16:32], key[33]))
+    return v
+
 _TP_AT = RECORD.size - TP_LEN
 _STRS_CACHE: dict[bytes, tuple[str, str, str]] = {}
 
@@ -125,13 +143,14 @@ def _strings(rec: bytes) -> tuple[str, str, str]:
 def decode(rec: bytes, mono_to_unix: int) -> Call | None:
     if len(rec) < RECORD.size:
         return None
-    (start, end, pid, typ, sid, psid, thi, tlo, dlw, dle, code, flags, stream_id, lport, rport, lip, rip,
-     liplen, riplen, _obj, _aux) = _HEAD.unpack_from(rec)
+    (start, end, pid, typ, sid, psid, thi, tlo, dlw, dle, code, flags, stream_id, lport, rport, _obj,
+     _aux) = _HEAD_NO_ADDR.unpack_from(rec)
     method, msg, path = _strings(rec)
+    lip, rip = _addrs(rec)
     tp = _cstr(rec[_TP_AT:RECORD.size]) if rec[_TP_AT] else ""
     start_unix = go_time_unix_ns(_aux, _obj) if flags & E_BEGIN_WALL else start + mono_to_unix
     return Call(typ, pid, start_unix, end + mono_to_unix, sid, psid, (thi, tlo), flags, code, stream_id,
-                lport, rport, _ip(lip, liplen), _ip(rip, riplen), method, msg, path, tp,
+                lport, rport, lip, rip, method, msg, path, tp,
                 go_time_unix_ns(dlw, dle) if flags & E_DEADLINE else None)
 
 
@@ -237,6 +256,22 @@ def _metric_key(typ: int, a: dict[str, Any]) -> _MetricKey:
     return name, tuple((k, a[k]) for k in _HTTP_KEYS if k in a), ()
 
 
+class _MetricSlot:
+    """A span shape's metric series: their keys built once, and each process's histograms found by pid
+    (hashing the label tuples on every call cost more than the histogram update)."""
+
+    __slots__ = ("budget", "budget_key", "duration", "duration_key", "exceeded_key")
+
+    def __init__(self, typ: int, key: _MetricKey) -> None:
+        name, labels, blabels = key
+        self.duration_key = (name, labels)
+        side = "server" if typ == T_GRPC_SERVER else "client"
+        self.budget_key = (f"gotel.rpc.{side}.deadline.budget_used", blabels)
+        self.exceeded_key = (f"gotel.rpc.{side}.deadline_exceeded", blabels)
+        self.duration: dict[ProcState, Hist] = {}
+        self.budget: dict[ProcState, Hist] = {}
+
+
 class _Pending:
     """A finished call waiting for export: the span is kept as encoded pieces (no protobuf objects) because
     building Span messages cost ~40 us each; only the ids that stitching may still change stay separate."""
@@ -252,13 +287,17 @@ class _Pending:
         self.ready_at = ready_at
         self.local_trace = local_trace
 
-    def encode(self, trace_id: bytes) -> bytes:
+    def encode_into(self, parts: list[bytes], trace_id: bytes) -> None:
+        """Appends the span as ScopeSpans.spans (field 2) pieces: trace id, span id, parent, the rest."""
+        body = self.body
         if self.parent_span_id:
-            span = b"\x0a\x10" + trace_id + b"\x12\x08" + self.span_id + b"\x22\x08" + self.parent_span_id + self.body
+            n = 38 + len(body)  # 2 + 16 (trace id) + 2 + 8 (span id) + 2 + 8 (parent)
+            parts += (b"\x12", _SMALL[n] if n < 0x80 else _varint(n), b"\x0a\x10", trace_id, b"\x12\x08",
+                      self.span_id, b"\x22\x08", self.parent_span_id, body)
         else:
-            span = b"\x0a\x10" + trace_id + b"\x12\x08" + self.span_id + self.body
-        n = len(span)
-        return b"\x12" + (_SMALL[n] if n < 0x80 else _varint(n)) + span  # ScopeSpans.spans (field 2)
+            n = 28 + len(body)
+            parts += (b"\x12", _SMALL[n] if n < 0x80 else _varint(n), b"\x0a\x10", trace_id, b"\x12\x08",
+                      self.span_id, body)
 
 
 # flags that do not change a span's name, attributes or status (times and deadlines are encoded per call)
@@ -274,7 +313,7 @@ class _SpanParts:
         self.name, self.kind, self.status_code, self.status_message = "", 0, 0, ""
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: a pid reused by a new process gets new series
 class ProcState:
     resource: dict[str, Any]
     start_ns: int
@@ -301,8 +340,8 @@ class Assembler:
         self.seen_no_offsets: set[int] = set()
         self.unknown_process = 0
         # span shapes repeat (same method, code, peer): encoded once
-        self._shapes: dict[tuple[Any, ...], tuple[bytes, bytes, bytes, _MetricKey]] = {}
-        self._last_metric: _MetricKey = ("", (), ())
+        self._shapes: dict[tuple[Any, ...], tuple[bytes, bytes, bytes, _MetricSlot]] = {}
+        self._last_metric = _MetricSlot(0, ("", (), ()))
 
     # ---- processes ----
     def add_process(self, pid: int, resource: dict[str, Any]) -> None:
@@ -380,18 +419,23 @@ class Assembler:
         if not ready:
             return None
         self.pending = [p for p in self.pending if not (flush_all or p.ready_at <= now)]
+        # each process's spans as a list of byte pieces, joined once per process (no bytes per span)
         by_pid: dict[int, list[bytes]] = {}
         trace_of: dict[tuple[int, int], bytes] = {}
         for p in ready:
-            tid = trace_of.get(p.local_trace)
+            lt = p.local_trace
+            tid = trace_of.get(lt)
             if tid is None:
-                tid = trace_of[p.local_trace] = self._trace_of(p.local_trace)
-            by_pid.setdefault(p.call.pid, []).append(p.encode(tid))
+                tid = trace_of[lt] = self._trace_of(lt)
+            parts = by_pid.get(p.call.pid)
+            if parts is None:
+                parts = by_pid[p.call.pid] = []
+            p.encode_into(parts, tid)
         out = []
-        for pid, spans in by_pid.items():
+        for pid, parts in by_pid.items():
             res = b"".join(_ld(0x0A, kv.SerializeToString()) for kv in attrs(self._resource(pid)))
             scope = _ld(0x0A, _ld(0x0A, SCOPE.encode()))  # ScopeSpans.scope = InstrumentationScope{name}
-            out.append(_ld(0x0A, _ld(0x0A, res) + _ld(0x12, scope + b"".join(spans))))
+            out.append(_ld(0x0A, _ld(0x0A, res) + _ld(0x12, scope + b"".join(parts))))
         return Traces(raw=b"".join(out), count=len(ready))
 
     def _resource(self, pid: int) -> dict[str, Any]:
@@ -410,7 +454,7 @@ class Assembler:
             if len(self._shapes) >= 8192:
                 self._shapes.clear()
             head_, attrs_b, status_, a = self._shape(c)
-            shape = self._shapes[key] = (head_, attrs_b, status_, _metric_key(c.type, a))
+            shape = self._shapes[key] = (head_, attrs_b, status_, _MetricSlot(c.type, _metric_key(c.type, a)))
         head, attr_bytes, status, self._last_metric = shape
         extra = b""
         if c.deadline_ns is not None and c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
@@ -524,26 +568,30 @@ class Assembler:
 
     # ---- metrics ----
     def _metrics(self, st: ProcState, c: Call, span_id: bytes) -> None:
-        dur = max(0, c.end_ns - c.start_ns) / 1e9
-        name, labels, blabels = self._last_metric  # the shape's, set by _span
-        self._observe(st, name, labels, dur, c, span_id, DURATION_BOUNDS)
+        slot = self._last_metric  # the shape's, set by _span
+        d = c.end_ns - c.start_ns
+        h = slot.duration.get(st)
+        if h is None:
+            h = slot.duration[st] = self._hist(st, slot.duration_key, DURATION_BOUNDS)
+        h.add(d / 1e9 if d > 0 else 0.0, c.end_ns, c.trace, span_id)
         if c.deadline_ns is not None and c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
             budget = c.deadline_ns - c.start_ns
-            side = "server" if c.type == T_GRPC_SERVER else "client"
             if budget > 0:
-                self._observe(st, f"gotel.rpc.{side}.deadline.budget_used", blabels,
-                              (c.end_ns - c.start_ns) / budget, c, span_id, BUDGET_BOUNDS)
+                h = slot.budget.get(st)
+                if h is None:
+                    h = slot.budget[st] = self._hist(st, slot.budget_key, BUDGET_BOUNDS)
+                h.add(d / budget, c.end_ns, c.trace, span_id)
             if c.code == 4:
-                key = (f"gotel.rpc.{side}.deadline_exceeded", blabels)
-                st.counters[key] = st.counters.get(key, 0) + 1
+                st.counters[slot.exceeded_key] = st.counters.get(slot.exceeded_key, 0) + 1
 
-    def _observe(self, st: ProcState, name: str, labels: tuple[tuple[str, Any], ...], x: float, c: Call,
-                 span_id: bytes, bounds: list[float]) -> None:
-        h = st.hists.get((name, labels))
+    @staticmethod
+    def _hist(st: ProcState, key: tuple[str, _Labels], bounds: list[float]) -> Hist:
+        """The process's histogram for a series (exemplar trace ids are resolved at export: they may still
+        be aliased)."""
+        h = st.hists.get(key)
         if h is None:
-            h = st.hists[(name, labels)] = Hist(bounds, [0] * (len(bounds) + 1))
-        # exemplar trace id is resolved at export (it may still be aliased)
-        h.add(x, c.end_ns, c.trace, span_id)
+            h = st.hists[key] = Hist(bounds, [0] * (len(bounds) + 1))
+        return h
 
     def take_metrics(self) -> Metrics | None:
         now = time.time_ns()

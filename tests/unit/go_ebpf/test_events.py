@@ -137,3 +137,20 @@ def test_incoming_traceparents_share_one_span_shape() -> None:
         assert s.trace_id == (i + 1).to_bytes(16, "big")  # type: ignore[attr-defined]
         assert s.parent_span_id == (i + 1).to_bytes(8, "big")  # type: ignore[attr-defined]
         assert attr_dict(s.attributes)["rpc.method"] == "M"  # type: ignore[attr-defined]
+
+
+def test_a_reused_pid_gets_its_own_metric_series() -> None:
+    """Calls of one shape share their histogram lookup; a new process under an old pid still counts apart."""
+    a = Assembler()
+    a.add_process(42, {"service.name": "old", "process.pid": 42})
+    for _ in range(3):
+        a.handle(decode(rec(T_GRPC_SERVER, flags=E_STATUS), 0), 0.0)
+    a.remove_process(42)
+    a.add_process(42, {"service.name": "new", "process.pid": 42})
+    a.handle(decode(rec(T_GRPC_SERVER, flags=E_STATUS), 0), 0.0)
+    m = a.take_metrics()
+    assert m is not None
+    counts = {attr_dict(rm.resource.attributes)["service.name"]: x.histogram.data_points[0].count
+              for rm in m.msg.resource_metrics for sm in rm.scope_metrics for x in sm.metrics
+              if x.name == "rpc.server.call.duration"}
+    assert counts == {"new": 1}
