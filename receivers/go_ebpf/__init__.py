@@ -34,7 +34,10 @@ class Config(ComponentConfig):
     grpc: bool = Field(True, description="trace gRPC servers and clients")
     http: bool = Field(True, description="trace net/http servers and clients")
     legacy_grpc_status_code: bool = Field(False, description="also emit the integer rpc.grpc.status_code")
-    poll_interval: float = Field(0.1, gt=0, le=5, description="seconds between ring-buffer drains")
+    poll_interval: float = Field(
+        0.25, gt=0, le=5,
+        description="least seconds between ring-buffer drains while records flow (a drain of >= 2048 records "
+                    "is followed by another at once; spans leave every flush_interval anyway)")
     flush_interval: float = Field(0.5, gt=0, description="seconds between pushes of spans")
     export_interval: float = Field(10.0, gt=0, description="seconds between pushes of metrics")
     stitch_window: float = Field(0.5, ge=0, description="seconds a finished span waits for its remote parent")
@@ -178,7 +181,6 @@ class GoEbpfReceiver(RingBufferReceiver):
             self._attach_failures.labels("attach").inc()
             self.asm.remove_process(info.pid)
             return
-        self.attached_pids.add(info.pid)
         self.log.info("go_ebpf: traced pid %d (%s, %s): %s", info.pid, info.exe, plan.go_version,
                       ", ".join(plan.probe_ids))
         for note in plan.layout.notes:
@@ -187,6 +189,7 @@ class GoEbpfReceiver(RingBufferReceiver):
             self._degraded.labels().inc()
             self.log.warning("go_ebpf: pid %d (%s) lacks DWARF; missing: %s", info.pid, info.exe,
                              ", ".join(plan.layout.missing))
+        self.attached_pids.add(info.pid)  # last: whoever waits for it also sees what was said about it
 
     def _drain_once(self) -> int:
         if self.program is None:
