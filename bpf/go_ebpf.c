@@ -865,8 +865,7 @@ static __always_inline void http_server_done(struct gotel_go_proc *p, struct got
             e->flags |= E_STREAM_ID;  /* path holds the route pattern */
         }
     }
-    emit(e, bpf_ktime_get_ns());
-    srv_ongoing.delete(k);
+    server_end(k, e);
 }
 
 /* (*response).finishRequest(w): (*conn).serve calls it right after the handler returned (an entry probe is

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,16 @@ def own_prog_ids(pid: int | None = None) -> list[int]:
             if line.startswith("prog_id:"):
                 ids.append(int(line.split()[1]))
     return sorted(set(ids))
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 10) -> bool:
+    """Polls pred until it holds or timeout seconds pass; returns its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
 
 
 def read_text_byte(pid: int, address: int) -> int:

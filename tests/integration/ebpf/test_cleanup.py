@@ -7,14 +7,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gotel.ebpf.usdt import read_probes
 from gotel.golang.elf import ElfImage
-from tests.integration.ebpf.conftest import gotel_uprobe_events, own_prog_ids, prog_exists, read_text_byte
+from tests.integration.ebpf.conftest import (
+    gotel_uprobe_events,
+    own_prog_ids,
+    prog_exists,
+    read_text_byte,
+    wait_until,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -36,15 +41,6 @@ GoTargets(go).add_process(pid, f"/proc/{pid}/exe", sites)
 print(json.dumps({"probes": prog.probe_count(), "go_sites": [s.vaddr for s in sites]}), flush=True)
 time.sleep(600)
 """
-
-
-def _wait_until(pred: Callable[[], bool], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def test_sigkill_of_the_loader_leaves_nothing_behind(goapp: Callable[..., Any]) -> None:
@@ -73,13 +69,13 @@ def test_sigkill_of_the_loader_leaves_nothing_behind(goapp: Callable[..., Any]) 
         if loader.poll() is None:
             loader.kill()
             loader.wait()
-    assert _wait_until(lambda: [read_text_byte(app.pid, a) for a in sites] == before), "int3 left in the target"
+    assert wait_until(lambda: [read_text_byte(app.pid, a) for a in sites] == before), "int3 left in the target"
     img = ElfImage(str(app.binary))  # the Go sites hold their original instructions again
     original = [img.data[img.vaddr_to_offset(a)] for a in go_sites]
     img.close()
-    assert _wait_until(lambda: [read_text_byte(app.pid, a) for a in go_sites] == original)
+    assert wait_until(lambda: [read_text_byte(app.pid, a) for a in go_sites] == original)
     assert 0xCC not in original
-    assert _wait_until(lambda: not any(prog_exists(i) for i in ids)), "BPF programs outlived their loader"
+    assert wait_until(lambda: not any(prog_exists(i) for i in ids)), "BPF programs outlived their loader"
     assert app.get_json("/semaphore") == {"guarded": 0}  # the kernel dropped the semaphore with the probe
     assert gotel_uprobe_events() == []
     assert app.alive()

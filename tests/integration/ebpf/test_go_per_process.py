@@ -4,7 +4,6 @@ an unselected replica) keeps its original code and never traps."""
 from __future__ import annotations
 
 import ctypes
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +11,7 @@ from gotel.ebpf.goprobes import GoTargets
 from gotel.ebpf.program import BpfProgram
 from gotel.ebpf.targets import function_sites
 from gotel.golang.elf import ElfImage
-from tests.integration.ebpf.conftest import read_text_byte
+from tests.integration.ebpf.conftest import read_text_byte, wait_until
 
 
 class CKey(ctypes.Structure):
@@ -21,15 +20,6 @@ class CKey(ctypes.Structure):
 
 def _bytes(pid: int, addrs: list[int]) -> list[int]:
     return [read_text_byte(pid, a) for a in addrs]
-
-
-def _until(pred: Callable[[], bool], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def test_probes_are_written_into_selected_processes_only(goapp: Callable[..., Any]) -> None:
@@ -61,17 +51,17 @@ def test_probes_are_written_into_selected_processes_only(goapp: Callable[..., An
         assert b.get_json("/goroutines?n=500", timeout=60)["created"] == 500
         assert entries() == n0  # the unselected process ran the function untraced
         assert a.get_json("/goroutines?n=500", timeout=60)["created"] == 500
-        assert _until(lambda: entries() - n0 == 500)
+        assert wait_until(lambda: entries() - n0 == 500)
 
         targets.add_process(b.pid, f"/proc/{b.pid}/exe", sites)
         assert _bytes(b.pid, addrs) == [0xCC] * len(addrs)
         assert prog.probe_count() == 2 * len(sites)
         targets.remove_process(a.pid)  # its probes come off; b's stay
-        assert _until(lambda: _bytes(a.pid, addrs) == original)
+        assert wait_until(lambda: _bytes(a.pid, addrs) == original)
         assert _bytes(b.pid, addrs) == [0xCC] * len(addrs)
         assert prog.probe_count() == len(sites)
         targets.close()
-        assert _until(lambda: _bytes(b.pid, addrs) == original)
+        assert wait_until(lambda: _bytes(b.pid, addrs) == original)
         assert prog.probe_count() == 0
 
         # one attachment per binary instead: every process of the binary traps, selected or not
@@ -80,6 +70,6 @@ def test_probes_are_written_into_selected_processes_only(goapp: Callable[..., An
         assert _bytes(b.pid, addrs) == [0xCC] * len(addrs)
         assert _bytes(c.pid, addrs) == [0xCC] * len(addrs)
         shared.close()
-        assert _until(lambda: _bytes(c.pid, addrs) == original)
+        assert wait_until(lambda: _bytes(c.pid, addrs) == original)
     finally:
         prog.close()
