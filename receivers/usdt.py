@@ -523,6 +523,8 @@ class Aggregator:
 
 
 class UsdtReceiver(RingBufferReceiver):
+    ring = "usdt_events"
+
     def __init__(self, cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> None:
         self.cfg = cfg
         self.sinks = sinks
@@ -556,7 +558,7 @@ class UsdtReceiver(RingBufferReceiver):
         self.attacher = UsdtAttacher(
             self.program, [WantedProbe(i, q, dict(slots.get(q, {}))) for i, q in enumerate(self.probes)]
         )
-        self.program.collect_ring_buffer("usdt_events", self._raw)
+        self.program.collect_ring_buffer(self.ring, self._raw)
         self._lost = LostCounter(self.program, self.ctx.telemetry, "usdt")
         self.watcher = ProcessWatcher(self.cfg.discovery)
         await self.watcher.start()
@@ -606,9 +608,6 @@ class UsdtReceiver(RingBufferReceiver):
 
     async def _export(self) -> None:
         await self._push(Signal.METRICS, self.agg.take_metrics())
-
-    def _ring_fd(self) -> int | None:
-        return int(self.program.table("usdt_events").map_fd) if self.program is not None else None
 
     def _detach(self) -> None:
         if self.attacher is not None:

@@ -230,7 +230,7 @@ class ProcessWatcher:
             await asyncio.sleep(self.poll_interval if self.bpf_active else min(self.poll_interval * 10, 1.0))
             if self._program is not None and events == 0:
                 # nothing came in the last drain: sleep on the ring until an exec or exit (or the rescan)
-                await readable(self._program.table("proc_events").map_fd, next_rescan - loop.time())
+                await readable(self._program.ring_fd("proc_events"), next_rescan - loop.time())
             try:
                 events = self._drain()
                 if loop.time() >= next_rescan:

@@ -279,6 +279,10 @@ class BpfProgram:
     def table(self, name: str) -> Any:
         return self.bpf[name.encode()]
 
+    def ring_fd(self, name: str) -> int:
+        """A ring buffer map's fd: readable while the ring holds records (gotel.ebpf.wakeup)."""
+        return int(self.table(name).map_fd)
+
     def close(self) -> None:
         """Detaches every probe and tracepoint and frees the program; safe to call twice."""
         if self._closed:

@@ -35,6 +35,7 @@ class RingBufferReceiver(Receiver):
     watcher: Any = None
     _lost: Any = None
     _tasks: list[asyncio.Task[None]]
+    ring: str | None = None  # the ring buffer map's name: slept on while empty (None: poll on the timer)
 
     # --- what subclasses provide --------------------------------------------------------------------
 
@@ -60,8 +61,7 @@ class RingBufferReceiver(Receiver):
         """Removes the probes (before the program is closed)."""
 
     def _ring_fd(self) -> int | None:
-        """The ring buffer's fd to sleep on while it is empty; None: poll on the timer only."""
-        return None
+        return self.program.ring_fd(self.ring) if self.ring and self.program is not None else None
 
     def _holding(self) -> bool:
         """Whether records handled so far wait for a flush (an idle receiver holding none need not wake

@@ -52,6 +52,8 @@ class Config(ComponentConfig):
 
 
 class GoEbpfReceiver(RingBufferReceiver):
+    ring = "go_events"
+
     def __init__(self, cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> None:
         self.cfg = cfg
         self.sinks = sinks
@@ -89,7 +91,7 @@ class GoEbpfReceiver(RingBufferReceiver):
         defines = {"RINGBUF_PAGES": self.cfg.ring_buffer_pages}
         self.program = await loop.run_in_executor(None, lambda: BpfProgram("go_ebpf.c", defines=defines))
         self.targets = GoTargets(self.program, offset_names())
-        self.program.collect_ring_buffer("go_events", self._raw)
+        self.program.collect_ring_buffer(self.ring, self._raw)
         self._lost = LostCounter(self.program, self.ctx.telemetry, "go_ebpf")
         self.watcher = ProcessWatcher(self.cfg.discovery)
         await self.watcher.start()
@@ -236,9 +238,6 @@ class GoEbpfReceiver(RingBufferReceiver):
 
     async def _export(self) -> None:
         await self._push(Signal.METRICS, self.asm.take_metrics())
-
-    def _ring_fd(self) -> int | None:
-        return int(self.program.table("go_events").map_fd) if self.program is not None else None
 
     def _holding(self) -> bool:
         return bool(self.asm.pending)
