@@ -16,9 +16,10 @@ import ctypes
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gotel.ebpf.program import BinaryKey, BpfProgram
+from gotel.ebpf.program import BinaryKey, BpfProgram, ProbeAttachError
 
 MAX_OFFSETS = 64
+MAX_BINARIES = 1024  # GOTEL_GO_MAX_BINARIES: gotel_go_offsets is an array indexed by binary id
 OFFSET_UNKNOWN = (1 << 64) - 1
 
 
@@ -64,7 +65,7 @@ class GoTargets:
         self.offsets = program.table("gotel_go_offsets")
         self._binaries: dict[BinaryKey, _Binary] = {}
         self._pid_binary: dict[int, BinaryKey] = {}
-        self._next_id = 1
+        self._free_ids = list(range(MAX_BINARIES - 1, 0, -1))  # 0 is never used: a zeroed proc entry
 
     def add_process(
         self,
@@ -88,8 +89,9 @@ class GoTargets:
         b = self._binaries.get(key)
         new_binary = b is None
         if b is None:
-            b = _Binary(self._next_id, exe, tuple(sites))
-            self._next_id += 1
+            if not self._free_ids:
+                raise ProbeAttachError(f"{exe}: more than {MAX_BINARIES - 1} distinct Go binaries traced at once")
+            b = _Binary(self._free_ids.pop(), exe, tuple(sites))
             table = CGoOffsets()
             for i, name in enumerate(self.offset_names):
                 v = (offsets or {}).get(name)
@@ -105,7 +107,7 @@ class GoTargets:
             except Exception:
                 self.program.detach_binary(akey)
                 if new_binary:
-                    del self.offsets[ctypes.c_uint32(b.bin_id)]
+                    self._free_ids.append(b.bin_id)  # an array slot: overwritten by its next binary
                 raise
         self._binaries[key] = b
         b.pids.add(pid)
@@ -137,8 +139,7 @@ class GoTargets:
             del self._binaries[key]
             if not self.per_process:
                 detach(key)
-            with contextlib.suppress(KeyError):
-                del self.offsets[ctypes.c_uint32(b.bin_id)]
+            self._free_ids.append(b.bin_id)  # an array slot: no process names it any more
 
     def bin_id(self, key: BinaryKey) -> int | None:
         b = self._binaries.get(key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from gotel.ebpf.goprobes import MAX_OFFSETS
 from gotel.ebpf.probespecs import version_at_least
 from gotel.golang import GoAnalysisError, GoBinary
 
@@ -67,6 +68,9 @@ OFFSETS: list[OffsetSpec] = [
     ("field", ("runtime.g",), "m", ""),  # 40
     ("field", ("runtime.m",), "curg", ""),  # 41
 ]
+# the table's last slots are the BPF side's own (L_ITAB_* in go_ebpf.c: context itabs it has recognised)
+LEARNED_SLOTS = 3
+assert len(OFFSETS) <= MAX_OFFSETS - LEARNED_SLOTS, "the offsets table is full"
 
 F_ERROR_VIA_STATUS = 1
 F_NEWPROC1_GO117 = 2
