@@ -7,7 +7,7 @@ The untraced baseline is measured before attaching and again after detaching; th
 
 Agent CPU at ~1,000 requests/s is measured with 11 callers against a server that holds each call 10 ms,
 and also derived from the agent's CPU per span at saturation. Pipeline capacity (ring-buffer records -> OTLP export) is measured by replaying the records the
-traced run produced (captured as the receiver drained them) through decode -> spans -> the OTLP exporter ->
+traced run produced (captured as the receiver drained them) through spans -> the OTLP exporter ->
 the sink, timed until the sink holds every span.
 """
 
@@ -26,12 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import gotel.receivers.go_ebpf as go_ebpf_mod  # noqa: E402
 from gotel.component import ComponentID, Context, Kind  # noqa: E402
 from gotel.exporters import otlp as otlp_exp  # noqa: E402
 from gotel.pdata import Signal  # noqa: E402
 from gotel.receivers.go_ebpf import Config, factory  # noqa: E402
-from gotel.receivers.go_ebpf.events import Assembler, decode  # noqa: E402
+from gotel.receivers.go_ebpf.events import Assembler  # noqa: E402
 from gotel.telemetry import Telemetry  # noqa: E402
 from tests.helpers import goapps  # noqa: E402
 
@@ -152,12 +151,13 @@ async def main() -> None:
         r = factory.create(Config.model_validate({"discovery": {"pids": [srv.pid]}}), {Signal.TRACES: exp},
                            ctx("go_ebpf", Kind.RECEIVER))
         captured: list[bytes] = []
+        real_add = r.asm.add
 
-        def capture(rec: bytes, mono_to_unix: int) -> object:
+        def capture(rec: bytes, mono_to_unix: int, now: float) -> bool:
             captured.append(rec)
-            return decode(rec, mono_to_unix)
+            return real_add(rec, mono_to_unix, now)
 
-        go_ebpf_mod.decode = capture  # type: ignore[assignment]  # bench only: keep the raw records
+        r.asm.add = capture  # type: ignore[method-assign]  # bench only: keep the raw records
         await r.start()
         while srv.pid not in r.attached_pids:
             await asyncio.sleep(0.05)
@@ -202,7 +202,6 @@ async def main() -> None:
         base = (base_before.rate + after.rate) / 2
         base_cpu = {k: (base_before.cpu_us[k] + after.cpu_us[k]) / 2 for k in after.cpu_us}
         base_cpu["agent"] = 0.0
-        go_ebpf_mod.decode = decode  # type: ignore[assignment]
         # capacity: the captured records again, as fast as the agent can turn them into exported spans
         asm = Assembler(stitch_window=0.0)
         asm.add_process(srv.pid, resource)
@@ -210,9 +209,7 @@ async def main() -> None:
         c0, w0 = time.process_time(), time.monotonic()
         for i in range(0, len(captured), 4096):  # drain-sized chunks, one OTLP batch each
             for rec in captured[i:i + 4096]:
-                c = decode(rec, 0)
-                if c is not None:
-                    asm.handle(c, 0.0)
+                asm.add(rec, 0, 0.0)
             batch = asm.take_traces(1.0, flush_all=True)
             if batch is not None:
                 await exp.consume(batch)
@@ -220,18 +217,15 @@ async def main() -> None:
         # where the agent's CPU goes, per record, without the exporter
         asm2 = Assembler(stitch_window=0.0)
         asm2.add_process(srv.pid, resource)
-        t_dec = t_handle = t_take = 0.0
+        t_add = t_take = 0.0
         for i in range(0, len(captured), 4096):
             chunk = captured[i:i + 4096]
-            c1 = time.perf_counter()
-            calls = [decode(rec, 0) for rec in chunk]
             c2 = time.perf_counter()
-            for c in calls:
-                if c is not None:
-                    asm2.handle(c, 0.0)
+            for rec in chunk:
+                asm2.add(rec, 0, 0.0)
             c3 = time.perf_counter()
             asm2.take_traces(1.0, flush_all=True)
-            t_dec, t_handle, t_take = t_dec + c2 - c1, t_handle + c3 - c2, t_take + time.perf_counter() - c3
+            t_add, t_take = t_add + c3 - c2, t_take + time.perf_counter() - c3
         per_rec = 1e6 / max(len(captured), 1)
         while sink.span_count() - before < len(captured) and time.monotonic() - w0 < 60:
             await asyncio.sleep(0.01)
@@ -271,11 +265,11 @@ async def main() -> None:
         print(f"spans exported to OTLP: {got} of {args.calls} calls, ring-buffer losses counted: {lost}, "
               f"unaccounted: {args.calls - got - lost}")
         print(f"ring buffer -> OTLP export during the run: {got / el:,.0f} spans/s (bounded by the fixture's rate)")
-        print(f"agent CPU per record, by stage: decode {t_dec * per_rec:.1f} us, spans + metrics {t_handle * per_rec:.1f} us, "
-              f"OTLP encoding {t_take * per_rec:.1f} us")
+        print(f"agent CPU per record, by stage: record -> pending span + metrics {t_add * per_rec:.1f} us, "
+              f"stitching + OTLP encoding {t_take * per_rec:.1f} us")
         print("bpf ns per run, by program:", {k: round((st1[k][1] - st0.get(k, (0, 0))[1]) / max(v, 1))
                                                for k, v in sorted(per.items()) if v})
-        print(f"pipeline capacity (captured records -> decode -> spans -> OTLP exporter -> sink): "
+        print(f"pipeline capacity (captured records -> spans -> OTLP exporter -> sink): "
               f"{replay_got:,} of {len(captured):,} spans in {replay_el:.2f} s = {replay_got / replay_el:,.0f} spans/s "
               f"(goal >= 50,000); agent CPU for it {replay_cpu / max(len(captured), 1) * 1e6:.1f} us per span")
     finally:

@@ -29,29 +29,28 @@ class RingReader:
         self._mask = size - 1
         self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._data = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
-        self._view = memoryview(self._data)
 
     def drain(self, into: list[bytes], limit: int = 1 << 30) -> int:
         """Appends the committed records' bytes to `into` (at most `limit`), in order; returns how many."""
         cons = _U64.unpack_from(self._cons, 0)[0]
         prod = _U64.unpack_from(self._data, 0)[0]
-        base, mask, view, u32 = self._page + _HDR, self._mask, self._view, _U32.unpack_from
+        # slicing the mmap copies a record into bytes once (a memoryview slice first costs ~0.14 us more)
+        base, mask, data, u32 = self._page + _HDR, self._mask, self._data, _U32.unpack_from
         append = into.append
         n = 0
         while cons < prod and n < limit:
             off = base + (cons & mask)
-            hdr = u32(view, off - _HDR)[0]
+            hdr = u32(data, off - _HDR)[0]
             if hdr & _BUSY:
                 break  # the producer has not committed it yet: the next drain takes it
             length = hdr & ~(_BUSY | _DISCARD)
             if not hdr & _DISCARD:
-                append(bytes(view[off:off + length]))
+                append(data[off:off + length])
                 n += 1
             cons += (length + _HDR + 7) & ~7
         _U64.pack_into(self._cons, 0, cons)
         return n
 
     def close(self) -> None:
-        self._view.release()
         self._data.close()
         self._cons.close()

@@ -26,7 +26,7 @@ from gotel.discovery import DiscoveryConfig, ProcessAdded, ProcessInfo, ProcessR
 from gotel.ebpf.streaming import RingBufferReceiver
 from gotel.pdata import Signal
 from gotel.receivers.go_ebpf import probes as _probes  # noqa: F401  (registers probe specs for `gotel inspect`)
-from gotel.receivers.go_ebpf.events import Assembler, decode
+from gotel.receivers.go_ebpf.events import Assembler
 
 
 class Config(ComponentConfig):
@@ -199,13 +199,11 @@ class GoEbpfReceiver(RingBufferReceiver):
         self.program.consume()
         raw, self._raw[:] = self._raw[:], []
         now = time.monotonic()
+        add, mono_to_unix = self.asm.add, self._mono_to_unix
         for rec in raw:
-            c = decode(rec, self._mono_to_unix)
-            if c is None:
-                self.ctx.telemetry.dropped(Signal.TRACES, 1, "short_record")
-                continue
             try:
-                self.asm.handle(c, now)
+                if not add(rec, mono_to_unix, now):
+                    self.ctx.telemetry.dropped(Signal.TRACES, 1, "short_record")
             except Exception:  # a malformed record must not cost the rest of the batch
                 self.log.exception("go_ebpf: cannot turn a record into a span")
                 self.ctx.telemetry.dropped(Signal.TRACES, 1, "bad_record")

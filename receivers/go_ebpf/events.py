@@ -9,6 +9,7 @@ host (same TCP connection and HTTP/2 stream id) becomes that client span's child
 
 from __future__ import annotations
 
+import binascii
 import bisect
 import ipaddress
 import struct
@@ -46,17 +47,8 @@ def go_time_unix_ns(wall: int, ext: int) -> int:
     return (sec - _UNIX_TO_INTERNAL) * 1_000_000_000 + nsec
 
 
-_STR_CACHE: dict[bytes, str] = {}
-
-
 def _cstr(b: bytes) -> str:
-    """Method names, peers and paths repeat: decoded once per distinct field value."""
-    s = _STR_CACHE.get(b)
-    if s is None:
-        if len(_STR_CACHE) >= 8192:
-            _STR_CACHE.clear()
-        s = _STR_CACHE[b] = b.split(b"\0", 1)[0].decode("utf-8", "replace")
-    return s
+    return b.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 _IP_CACHE: dict[bytes, str | None] = {}
@@ -84,13 +76,15 @@ def _ip_text(b: bytes, n: int) -> str | None:
 
 @dataclass(slots=True)
 class Call:
+    """One record, every field decoded: built once per span shape (and for inspection), not per call."""
+
     type: int
     pid: int
     start_ns: int  # unix
     end_ns: int
-    span_id: int
-    parent_span_id: int
-    trace: tuple[int, int]
+    span_id: bytes  # as BPF wrote them: ids are opaque, never converted to integers and back
+    parent_span_id: bytes
+    trace: bytes  # local trace id (16 bytes)
     flags: int
     code: int
     stream_id: int
@@ -105,66 +99,49 @@ class Call:
     deadline_ns: int | None  # unix
 
 
-_HEAD = struct.Struct(RECORD.format[: RECORD.format.index(f"{STR_LEN}s")])  # every field before the strings
-_STRS_AT = _HEAD.size
-# the same, with the two addresses and their lengths skipped (decoded together, from one cache)
-_HEAD_NO_ADDR = struct.Struct(RECORD.format[: RECORD.format.index("16s16sBB")] + "34x"
-                              + RECORD.format[RECORD.format.index("16s16sBB") + 8: RECORD.format.index(f"{STR_LEN}s")])
+# every fixed field (ids as bytes), the two addresses and their lengths skipped
+_FIXED = struct.Struct("<QQII8s8s16sQqiIIHH34x6xQQ")
 _ADDR_AT = struct.calcsize(RECORD.format[: RECORD.format.index("16s16sBB")])
+_PORTS_AT = _ADDR_AT - 4  # lport, rport, the two addresses and their lengths: one slice in a span's shape
 _ADDR_END = _ADDR_AT + 34
-_ADDR_CACHE: dict[bytes, tuple[str | None, str | None]] = {}
-
-
-def _addrs(rec: bytes) -> tuple[str | None, str | None]:
-    """(local, remote) address text: a connection's pair repeats on every call, decoded once."""
-    key = rec[_ADDR_AT:_ADDR_END]
-    v = _ADDR_CACHE.get(key)
-    if v is None:
-        if len(_ADDR_CACHE) >= 4096:
-            _ADDR_CACHE.clear()
-        v = _ADDR_CACHE[key] = (_ip(key[:16], key[32]), _ip(key[16:32], key[33]))
-    return v
-
+_STRS_AT = _FIXED.size
 _TP_AT = RECORD.size - TP_LEN
-_STRS_CACHE: dict[bytes, tuple[str, str, str]] = {}
-
-
-def _strings(rec: bytes) -> tuple[str, str, str]:
-    """method, msg and path: one key for the three (they repeat together), decoded once."""
-    key = rec[_STRS_AT:_TP_AT]
-    v = _STRS_CACHE.get(key)
-    if v is None:
-        if len(_STRS_CACHE) >= 8192:
-            _STRS_CACHE.clear()
-        v = _STRS_CACHE[key] = (_cstr(key[:STR_LEN]), _cstr(key[STR_LEN:2 * STR_LEN]), _cstr(key[2 * STR_LEN:]))
-    return v
+assert _FIXED.size == struct.calcsize(RECORD.format[: RECORD.format.index(f"{STR_LEN}s")])
 
 
 def decode(rec: bytes, mono_to_unix: int) -> Call | None:
     if len(rec) < RECORD.size:
         return None
-    (start, end, pid, typ, sid, psid, thi, tlo, dlw, dle, code, flags, stream_id, lport, rport, _obj,
-     _aux) = _HEAD_NO_ADDR.unpack_from(rec)
-    method, msg, path = _strings(rec)
-    lip, rip = _addrs(rec)
-    tp = _cstr(rec[_TP_AT:RECORD.size]) if rec[_TP_AT] else ""
-    start_unix = go_time_unix_ns(_aux, _obj) if flags & E_BEGIN_WALL else start + mono_to_unix
-    return Call(typ, pid, start_unix, end + mono_to_unix, sid, psid, (thi, tlo), flags, code, stream_id,
-                lport, rport, lip, rip, method, msg, path, tp,
-                go_time_unix_ns(dlw, dle) if flags & E_DEADLINE else None)
+    (start, end, pid, typ, sid, psid, trace, dlw, dle, code, flags, stream_id, lport, rport, obj,
+     aux) = _FIXED.unpack_from(rec)
+    a = rec[_ADDR_AT:_ADDR_END]
+    s = _STRS_AT
+    start_unix = go_time_unix_ns(aux, obj) if flags & E_BEGIN_WALL else start + mono_to_unix
+    return Call(typ, pid, start_unix, end + mono_to_unix, sid, psid if flags & E_PARENT else b"", trace, flags,
+                code, stream_id, lport, rport, _ip(a[:16], a[32]), _ip(a[16:32], a[33]), _cstr(rec[s:s + STR_LEN]),
+                _cstr(rec[s + STR_LEN:s + 2 * STR_LEN]), _cstr(rec[s + 2 * STR_LEN:_TP_AT]),
+                _cstr(rec[_TP_AT:RECORD.size]), go_time_unix_ns(dlw, dle) if flags & E_DEADLINE else None)
 
 
-def parse_traceparent(tp: str) -> tuple[bytes, bytes] | None:
-    parts = tp.strip().split("-")
-    if len(parts) < 4 or len(parts[0]) != 2 or len(parts[1]) != 32 or len(parts[2]) != 16 or parts[0] == "ff":
+def parse_traceparent(tp: str | bytes) -> tuple[bytes, bytes] | None:
+    """W3C traceparent -> (trace id, parent span id); None when it is not a valid one."""
+    raw = tp.encode("ascii", "replace") if isinstance(tp, str) else tp
+    raw = raw.split(b"\0", 1)[0].strip()
+    if len(raw) < 55 or raw[2:3] != b"-" or raw[35:36] != b"-" or raw[52:53] != b"-" or raw[:2] == b"ff":
         return None
+    if len(raw) > 55 and (raw[:2] == b"00" or raw[55:56] != b"-"):
+        return None  # version 00 is exactly 55 characters; later versions extend it after a dash
     try:
-        tid, sid = bytes.fromhex(parts[1]), bytes.fromhex(parts[2])
-    except ValueError:
+        tid, sid = binascii.a2b_hex(raw[3:35]), binascii.a2b_hex(raw[36:52])
+        binascii.a2b_hex(raw[:2] + raw[53:55])
+    except (binascii.Error, ValueError):
         return None
-    if tid == bytes(16) or sid == bytes(8):
+    if tid == _ZERO16 or sid == _ZERO16[:8]:
         return None
     return tid, sid
+
+
+_ZERO16 = bytes(16)
 
 
 def split_method(full: str) -> tuple[str, str]:
@@ -184,9 +161,9 @@ class Hist:
     total: float = 0.0
     lo: float = float("inf")
     hi: float = float("-inf")
-    exemplar: tuple[float, int, tuple[int, int], bytes] | None = None  # value, time, local trace id, span id
+    exemplar: tuple[float, int, bytes, bytes] | None = None  # value, time, local trace id, span id
 
-    def add(self, x: float, t_ns: int, trace: tuple[int, int], span_id: bytes) -> None:
+    def add(self, x: float, t_ns: int, trace: bytes, span_id: bytes) -> None:
         self.counts[bisect.bisect_left(self.bounds, x)] += 1
         self.n += 1
         self.total += x
@@ -274,18 +251,28 @@ class _MetricSlot:
 
 class _Pending:
     """A finished call waiting for export: the span is kept as encoded pieces (no protobuf objects) because
-    building Span messages cost ~40 us each; only the ids that stitching may still change stay separate."""
+    building Span messages cost ~40 us each; only the ids that stitching may still change stay separate,
+    with what stitching matches on."""
 
-    __slots__ = ("body", "call", "local_trace", "parent_span_id", "ready_at", "span_id")
+    __slots__ = ("body", "flags", "ip", "lport", "parent_span_id", "pid", "ready_at", "rport", "span_id",
+                 "stream_id", "tp", "trace", "type")
 
-    def __init__(self, span_id: bytes, parent_span_id: bytes, body: bytes, call: Call, ready_at: float,
-                 local_trace: tuple[int, int]) -> None:
+    def __init__(self, span_id: bytes, parent_span_id: bytes, body: bytes, ready_at: float, trace: bytes,
+                 pid: int, typ: int, flags: int, stream_id: int, lport: int, rport: int, ip: str | None,
+                 tp: bytes) -> None:
         self.span_id = span_id
         self.parent_span_id = parent_span_id
         self.body = body  # every Span field after parent_span_id (name, kind, times, attributes, status)
-        self.call = call
         self.ready_at = ready_at
-        self.local_trace = local_trace
+        self.trace = trace  # local trace id from BPF
+        self.pid = pid
+        self.type = typ
+        self.flags = flags
+        self.stream_id = stream_id
+        self.lport = lport
+        self.rport = rport
+        self.ip = ip  # the peer's address (server span) or the local one (client span): stitching keys
+        self.tp = tp  # incoming traceparent (gRPC server), raw
 
     def encode_into(self, parts: list[bytes], trace_id: bytes) -> None:
         """Appends the span as ScopeSpans.spans (field 2) pieces: trace id, span id, parent, the rest."""
@@ -298,6 +285,24 @@ class _Pending:
             n = 28 + len(body)
             parts += (b"\x12", _SMALL[n] if n < 0x80 else _varint(n), b"\x0a\x10", trace_id, b"\x12\x08",
                       self.span_id, body)
+
+
+class _Shape:
+    """What calls of one shape (type, code, method, message, peer, ...) share: the encoded span fields
+    around the times, the peer text stitching needs, and the metric series."""
+
+    __slots__ = ("attrs", "ip", "metric", "pre", "status", "tail")
+
+    def __init__(self, pre: bytes, attrs_b: bytes, status: bytes, ip: str | None, metric: _MetricSlot) -> None:
+        self.pre = pre + b"\x39"  # name, kind, then the start time's tag
+        self.attrs = attrs_b
+        self.status = status
+        self.tail = attrs_b + status  # after the times, for a call without deadline attributes
+        self.ip = ip
+        self.metric = metric
+
+
+_TIMES = struct.Struct("<QBQ").pack  # start, end's tag (0x41), end: fixed64 both
 
 
 # flags that do not change a span's name, attributes or status (times and deadlines are encoded per call)
@@ -332,16 +337,15 @@ class Assembler:
         self.window = stitch_window
         self.procs: dict[int, ProcState] = {}
         self.pending: list[_Pending] = []
-        # local trace id -> (trace id, parent span id or None) once known
-        self.alias: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        # local trace id -> the trace id it continues (bytes) or the local trace it joins (a 1-tuple)
+        self.alias: OrderedDict[bytes, bytes | tuple[bytes]] = OrderedDict()
         # (client ip, client port, server port, stream id) -> the client span (kept after its export)
         self.clients: OrderedDict[tuple[Any, ...], _Pending] = OrderedDict()
         self.index_size = client_index_size
         self.seen_no_offsets: set[int] = set()
         self.unknown_process = 0
         # span shapes repeat (same method, code, peer): encoded once
-        self._shapes: dict[tuple[Any, ...], tuple[bytes, bytes, bytes, _MetricSlot]] = {}
-        self._last_metric = _MetricSlot(0, ("", (), ()))
+        self._shapes: dict[tuple[Any, ...], _Shape] = {}
 
     # ---- processes ----
     def add_process(self, pid: int, resource: dict[str, Any]) -> None:
@@ -354,60 +358,112 @@ class Assembler:
             st.gone_at = time.monotonic()
 
     # ---- spans ----
-    def _trace_of(self, local: tuple[int, int]) -> bytes:
-        seen = 0
+    def _trace_of(self, local: bytes) -> bytes:
+        """The trace id of a local trace: a continued traceparent's, its caller's local trace's, or its own."""
         t = self.alias.get(local)
-        while t is not None and len(t) == 32 and seen < 8:  # alias to another local trace (hex key)
-            nxt = (int(t[:16], 16), int(t[16:], 16))
-            t = self.alias.get(nxt, None)
-            local = nxt
+        seen = 0
+        while isinstance(t, tuple) and seen < 8:  # another local trace (a traced caller's)
+            local = t[0]
+            t = self.alias.get(local)
             seen += 1
-        if t is not None and len(t) == 16:
-            return t
-        return local[0].to_bytes(8, "big") + local[1].to_bytes(8, "big")
+        return t if isinstance(t, bytes) else local
 
-    def _remember_alias(self, local: tuple[int, int], target: bytes) -> None:
+    def _remember_alias(self, local: bytes, target: bytes | tuple[bytes]) -> None:
+        """target: a trace id (bytes), or another local trace id as a 1-tuple."""
         self.alias[local] = target
         if len(self.alias) > self.index_size:
             self.alias.popitem(last=False)
 
-    def handle(self, c: Call, now: float) -> None:
-        st = self.procs.get(c.pid)
+    def add(self, rec: bytes, mono_to_unix: int, now: float) -> bool:
+        """One ring-buffer record -> a pending span and its metrics; False when it is too short to be one.
+
+        The per-call path: one unpack, the shape found by raw slices of the record, and only the times,
+        ids and deadline encoded; everything else is decoded once per shape (_new_shape)."""
+        if len(rec) < RECORD.size:
+            return False
+        (start, end, pid, typ, sid, psid, trace, dlw, dle, code, flags, stream_id, lport, rport, obj,
+         aux) = _FIXED.unpack_from(rec)
+        st = self.procs.get(pid)
         if st is None:
             self.unknown_process += 1  # the receiver counts these as dropped
-            return
-        if c.flags & E_NO_OFFSETS:
-            self.seen_no_offsets.add(c.pid)
-        p = _Pending(c.span_id.to_bytes(8, "big"), c.parent_span_id.to_bytes(8, "big") if c.flags & E_PARENT else b"",
-                     self._span(c), c, now + self.window, c.trace)
-        if c.type == T_GRPC_CLIENT and c.flags & E_STREAM_ID and c.lport:
-            key = (c.lip, c.lport, c.rport, c.stream_id)
-            self.clients[key] = p
+            return True
+        if flags & E_NO_OFFSETS:
+            self.seen_no_offsets.add(pid)
+        # a gRPC call's tp is its incoming traceparent, new on every call and not part of the span's shape
+        # (HTTP records carry the server host or URL scheme there, which is)
+        tp = rec[_TP_AT:RECORD.size] if rec[_TP_AT] else b""
+        key = (typ, flags & _SHAPE_FLAGS, code, rec[_PORTS_AT:_ADDR_END], rec[_STRS_AT:_TP_AT],
+               tp if typ > T_GRPC_CLIENT else b"")
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._new_shape(key, rec, mono_to_unix)
+        end += mono_to_unix
+        start = go_time_unix_ns(aux, obj) if flags & E_BEGIN_WALL else start + mono_to_unix
+        if flags & E_DEADLINE and typ <= T_GRPC_CLIENT:
+            deadline = go_time_unix_ns(dlw, dle)
+            # vary per call: encoded here, not part of the shape
+            body = b"".join((shape.pre, _TIMES(start, 0x41, end), shape.attrs,
+                             _P_TIMEOUT, _PACK_D((deadline - start) / 1e9), _P_REMAINING,
+                             _PACK_D((deadline - end) / 1e9), _EXCEEDED[code == 4 or end >= deadline],
+                             shape.status))
+        else:
+            deadline = 0
+            body = shape.pre + _TIMES(start, 0x41, end) + shape.tail
+        if not flags & E_PARENT:
+            psid = b""
+        p = _Pending(sid, psid, body, now + self.window, trace, pid, typ, flags, stream_id, lport, rport, shape.ip,
+                     tp if typ == T_GRPC_SERVER else b"")
+        if typ == T_GRPC_CLIENT and flags & E_STREAM_ID and lport:
+            self.clients[(shape.ip, lport, rport, stream_id)] = p
             if len(self.clients) > self.index_size:
                 self.clients.popitem(last=False)
         self.pending.append(p)
-        self._metrics(st, c, p.span_id)
+        # RED metrics, in the shape's series for this process
+        slot = shape.metric
+        d = end - start
+        h = slot.duration.get(st)
+        if h is None:
+            h = slot.duration[st] = self._hist(st, slot.duration_key, DURATION_BOUNDS)
+        h.add(d / 1e9 if d > 0 else 0.0, end, trace, sid)
+        if deadline:
+            budget = deadline - start
+            if budget > 0:
+                h = slot.budget.get(st)
+                if h is None:
+                    h = slot.budget[st] = self._hist(st, slot.budget_key, BUDGET_BOUNDS)
+                h.add(d / budget, end, trace, sid)
+            if code == 4:
+                st.counters[slot.exceeded_key] = st.counters.get(slot.exceeded_key, 0) + 1
+        return True
+
+    def _new_shape(self, key: tuple[Any, ...], rec: bytes, mono_to_unix: int) -> _Shape:
+        c = decode(rec, mono_to_unix)
+        assert c is not None  # add() checked the length
+        if len(self._shapes) >= 8192:
+            self._shapes.clear()
+        pre, attrs_b, status, a = self._shape(c)
+        ip = c.rip if c.type == T_GRPC_SERVER else c.lip
+        shape = self._shapes[key] = _Shape(pre, attrs_b, status, ip, _MetricSlot(c.type, _metric_key(c.type, a)))
+        return shape
 
     def _link_server(self, p: _Pending) -> None:
-        c = p.call
-        if c.type not in (T_GRPC_SERVER, T_HTTP_SERVER) or p.parent_span_id:
+        if p.type not in (T_GRPC_SERVER, T_HTTP_SERVER) or p.parent_span_id:
             return
-        if c.type == T_GRPC_SERVER and c.flags & E_STREAM_ID and c.rport:
-            hit = self.clients.get((c.rip, c.rport, c.lport, c.stream_id))
+        if p.type == T_GRPC_SERVER and p.flags & E_STREAM_ID and p.rport:
+            hit = self.clients.get((p.ip, p.rport, p.lport, p.stream_id))
             if hit is not None:
-                thi, tlo = hit.local_trace
                 p.parent_span_id = hit.span_id
-                self._remember_alias(c.trace, f"{thi:016x}{tlo:016x}".encode())
-                parsed = parse_traceparent(c.tp) if c.tp else None
+                self._remember_alias(p.trace, (hit.trace,))
+                parsed = parse_traceparent(p.tp) if p.tp else None
                 if parsed is not None and not hit.parent_span_id:
                     # the caller's own (SDK) span sent this traceparent: it is the client span's parent
-                    self._remember_alias(hit.local_trace, parsed[0])
+                    self._remember_alias(hit.trace, parsed[0])
                     hit.parent_span_id = parsed[1]
                 return
-        if c.tp:
-            parsed = parse_traceparent(c.tp)
+        if p.tp:
+            parsed = parse_traceparent(p.tp)
             if parsed is not None:
-                self._remember_alias(c.trace, parsed[0])
+                self._remember_alias(p.trace, parsed[0])
                 p.parent_span_id = parsed[1]
 
     def take_traces(self, now: float, flush_all: bool = False) -> Traces | None:
@@ -421,15 +477,13 @@ class Assembler:
         self.pending = [p for p in self.pending if not (flush_all or p.ready_at <= now)]
         # each process's spans as a list of byte pieces, joined once per process (no bytes per span)
         by_pid: dict[int, list[bytes]] = {}
-        trace_of: dict[tuple[int, int], bytes] = {}
+        alias = self.alias.get
         for p in ready:
-            lt = p.local_trace
-            tid = trace_of.get(lt)
-            if tid is None:
-                tid = trace_of[lt] = self._trace_of(lt)
-            parts = by_pid.get(p.call.pid)
+            t = alias(p.trace)
+            tid = p.trace if t is None else t if isinstance(t, bytes) else self._trace_of(p.trace)
+            parts = by_pid.get(p.pid)
             if parts is None:
-                parts = by_pid[p.call.pid] = []
+                parts = by_pid[p.pid] = []
             p.encode_into(parts, tid)
         out = []
         for pid, parts in by_pid.items():
@@ -441,28 +495,6 @@ class Assembler:
     def _resource(self, pid: int) -> dict[str, Any]:
         st = self.procs.get(pid)
         return st.resource if st else {"process.pid": pid}
-
-    def _span(self, c: Call) -> bytes:
-        """The encoded Span fields from name on. Calls of one shape (method, code, peer, ...) share name, kind,
-        attributes and status: encoded once per shape; per call only the times and deadlines are encoded."""
-        # a gRPC call's tp is its incoming traceparent, new on every call and not part of the span's shape
-        # (HTTP records carry the server host or URL scheme there, which is)
-        key = (c.type, c.flags & _SHAPE_FLAGS, c.code, c.method, c.msg, c.path, c.tp if c.type > T_GRPC_CLIENT else "",
-               c.lip, c.rip, c.lport, c.rport)
-        shape = self._shapes.get(key)
-        if shape is None:
-            if len(self._shapes) >= 8192:
-                self._shapes.clear()
-            head_, attrs_b, status_, a = self._shape(c)
-            shape = self._shapes[key] = (head_, attrs_b, status_, _MetricSlot(c.type, _metric_key(c.type, a)))
-        head, attr_bytes, status, self._last_metric = shape
-        extra = b""
-        if c.deadline_ns is not None and c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
-            # vary per call: encoded here, not part of the shape
-            extra = (_P_TIMEOUT + _PACK_D((c.deadline_ns - c.start_ns) / 1e9)
-                     + _P_REMAINING + _PACK_D((c.deadline_ns - c.end_ns) / 1e9)
-                     + _EXCEEDED[c.code == 4 or c.end_ns >= c.deadline_ns])
-        return head + b"\x39" + _PACK_Q(c.start_ns) + b"\x41" + _PACK_Q(c.end_ns) + attr_bytes + extra + status
 
     def _shape(self, c: Call) -> tuple[bytes, bytes, bytes, dict[str, Any]]:
         """(name + kind, attributes, status) encoded, and the attributes (for metric labels)."""
@@ -567,23 +599,6 @@ class Assembler:
         return head, attr_bytes, status_b, a
 
     # ---- metrics ----
-    def _metrics(self, st: ProcState, c: Call, span_id: bytes) -> None:
-        slot = self._last_metric  # the shape's, set by _span
-        d = c.end_ns - c.start_ns
-        h = slot.duration.get(st)
-        if h is None:
-            h = slot.duration[st] = self._hist(st, slot.duration_key, DURATION_BOUNDS)
-        h.add(d / 1e9 if d > 0 else 0.0, c.end_ns, c.trace, span_id)
-        if c.deadline_ns is not None and c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
-            budget = c.deadline_ns - c.start_ns
-            if budget > 0:
-                h = slot.budget.get(st)
-                if h is None:
-                    h = slot.budget[st] = self._hist(st, slot.budget_key, BUDGET_BOUNDS)
-                h.add(d / budget, c.end_ns, c.trace, span_id)
-            if c.code == 4:
-                st.counters[slot.exceeded_key] = st.counters.get(slot.exceeded_key, 0) + 1
-
     @staticmethod
     def _hist(st: ProcState, key: tuple[str, _Labels], bounds: list[float]) -> Hist:
         """The process's histogram for a series (exemplar trace ids are resolved at export: they may still

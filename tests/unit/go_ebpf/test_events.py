@@ -57,10 +57,35 @@ def test_traceparent_parsing() -> None:
         assert parse_traceparent(bad) is None
 
 
+def test_traceparent_parsing_from_record_bytes() -> None:
+    """The BPF side copies the header's 55 bytes into a NUL-padded field; a later version may extend it."""
+    raw = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" + bytes(1)
+    assert parse_traceparent(raw) == (bytes.fromhex("0af7651916cd43dd8448eb211c80319c"),
+                                      bytes.fromhex("b7ad6b7169203331"))
+    assert parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-xyz") is not None
+    for bad in (b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-xyz",
+                b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-zz",
+                b"00-0af7651916cd43dd8448eb211c80319c_b7ad6b7169203331-01",
+                b"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01"):
+        assert parse_traceparent(bad) is None, bad
+
+
+def test_decode_keeps_ids_as_written_and_short_records_are_refused() -> None:
+    r = rec(T_GRPC_CLIENT, span=7, parent=9, trace=(1, 2), flags=E_STATUS | E_PARENT, lport=40000, rport=50051)
+    c = decode(r, 10)
+    assert c is not None
+    assert c.span_id == (7).to_bytes(8, "little") and c.parent_span_id == (9).to_bytes(8, "little")
+    assert c.trace == (1).to_bytes(8, "little") + (2).to_bytes(8, "little")
+    assert (c.method, c.msg, c.lip, c.lport, c.rport, c.start_ns) == ("/p.S/M", "", "127.0.0.1", 40000, 50051, 1_010)
+    a = Assembler()
+    a.add_process(42, {"process.pid": 42})
+    assert decode(r[:-1], 0) is None and not a.add(r[:-1], 0, 0.0) and not a.pending
+
+
 def spans(a: Assembler) -> dict[int, object]:
     b = a.take_traces(1e9, flush_all=True)
     assert b is not None
-    return {int.from_bytes(s.span_id, "big"): s for rs in b.msg.resource_spans for ss in rs.scope_spans for s in ss.spans}
+    return {int.from_bytes(s.span_id, "little"): s for rs in b.msg.resource_spans for ss in rs.scope_spans for s in ss.spans}
 
 
 def test_server_span_attributes_and_error_semantics() -> None:
@@ -68,8 +93,8 @@ def test_server_span_attributes_and_error_semantics() -> None:
     a.add_process(42, {"service.name": "svc", "process.pid": 42})
     dl = go_wall(1_000 + 50_000_000 + 10**18)
     for i, code in enumerate((0, 5, 13)):
-        a.handle(decode(rec(T_GRPC_SERVER, span=10 + i, code=code, flags=E_STATUS | E_ADDR | E_DEADLINE,
-                            lport=50051, rport=40000, msg=b"why", dl=dl), 10**18), 0.0)
+        assert a.add(rec(T_GRPC_SERVER, span=10 + i, code=code, flags=E_STATUS | E_ADDR | E_DEADLINE,
+                            lport=50051, rport=40000, msg=b"why", dl=dl), 10**18, 0.0)
     out = spans(a)
     ok, notfound, internal = (attr_dict(out[i].attributes) for i in (10, 11, 12))  # type: ignore[attr-defined]
     assert ok["rpc.response.status_code"] == "OK" and ok["rpc.grpc.status_code"] == 0
@@ -96,26 +121,26 @@ def test_stitching_and_traceparent_across_processes() -> None:
     cli = rec(T_GRPC_CLIENT, span=30, trace=(8, 9), flags=E_STATUS | E_ADDR | E_STREAM_ID, stream=3, lport=40000,
               rport=50051)
     for r in (bytes(child), bytes(srv), cli):  # the server side finishes first
-        a.handle(decode(r, 0), 0.0)
+        assert a.add(r, 0, 0.0)
     out = spans(a)
     want = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
     assert {s.trace_id for s in out.values()} == {want}  # type: ignore[attr-defined]
     assert out[30].parent_span_id.hex() == "b7ad6b7169203331"  # type: ignore[attr-defined]
-    assert int.from_bytes(out[20].parent_span_id, "big") == 30  # type: ignore[attr-defined]
-    assert int.from_bytes(out[21].parent_span_id, "big") == 20  # type: ignore[attr-defined]
+    assert int.from_bytes(out[20].parent_span_id, "little") == 30  # type: ignore[attr-defined]
+    assert int.from_bytes(out[21].parent_span_id, "little") == 20  # type: ignore[attr-defined]
 
 
 def test_metrics_with_exemplars_and_deadline_counts() -> None:
     a = Assembler()
     a.add_process(42, {"process.pid": 42})
     dl = go_wall(10**18 + 1_000 + 50_000_000)
-    a.handle(decode(rec(T_GRPC_CLIENT, end=1_000 + 60_000_000, code=4, flags=E_STATUS | E_DEADLINE, dl=dl), 10**18), 0.0)
+    assert a.add(rec(T_GRPC_CLIENT, end=1_000 + 60_000_000, code=4, flags=E_STATUS | E_DEADLINE, dl=dl), 10**18, 0.0)
     m = a.take_metrics()
     assert m is not None
     by = {x.name: x for rm in m.msg.resource_metrics for sm in rm.scope_metrics for x in sm.metrics}
     h = by["rpc.client.call.duration"].histogram.data_points[0]
     assert h.count == 1 and abs(h.sum - 0.059999) < 1e-3 and by["rpc.client.call.duration"].unit == "s"
-    assert h.exemplars[0].span_id == (7).to_bytes(8, "big") and len(h.exemplars[0].trace_id) == 16
+    assert h.exemplars[0].span_id == (7).to_bytes(8, "little") and len(h.exemplars[0].trace_id) == 16
     assert by["gotel.rpc.client.deadline_exceeded"].sum.data_points[0].as_int == 1
     bu = by["gotel.rpc.client.deadline.budget_used"].histogram.data_points[0]
     assert abs(bu.sum - 1.2) < 0.01
@@ -128,8 +153,8 @@ def test_incoming_traceparents_share_one_span_shape() -> None:
     a.add_process(42, {"process.pid": 42})
     for i in range(50):
         tp = f"00-{i + 1:032x}-{i + 1:016x}-01".encode()
-        a.handle(decode(rec(T_GRPC_SERVER, span=100 + i, trace=(9, i), flags=E_STATUS | E_ADDR, lport=50051,
-                            rport=40000, tp=tp), 0), 0.0)
+        assert a.add(rec(T_GRPC_SERVER, span=100 + i, trace=(9, i), flags=E_STATUS | E_ADDR, lport=50051,
+                            rport=40000, tp=tp), 0, 0.0)
     assert len(a._shapes) == 1
     out = spans(a)
     for i in range(50):
@@ -144,10 +169,10 @@ def test_a_reused_pid_gets_its_own_metric_series() -> None:
     a = Assembler()
     a.add_process(42, {"service.name": "old", "process.pid": 42})
     for _ in range(3):
-        a.handle(decode(rec(T_GRPC_SERVER, flags=E_STATUS), 0), 0.0)
+        assert a.add(rec(T_GRPC_SERVER, flags=E_STATUS), 0, 0.0)
     a.remove_process(42)
     a.add_process(42, {"service.name": "new", "process.pid": 42})
-    a.handle(decode(rec(T_GRPC_SERVER, flags=E_STATUS), 0), 0.0)
+    assert a.add(rec(T_GRPC_SERVER, flags=E_STATUS), 0, 0.0)
     m = a.take_metrics()
     assert m is not None
     counts = {attr_dict(rm.resource.attributes)["service.name"]: x.histogram.data_points[0].count
