@@ -129,6 +129,8 @@ async def main() -> None:
     ap.add_argument("--toolchain", default="go1.27")
     ap.add_argument("--compression", default="gzip", choices=["gzip", "none"],
                     help="the OTLP exporter's (gzip is its default)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="extra untraced/traced/untraced rounds for the throughput ratio (this VM's speed drifts)")
     args = ap.parse_args()
     binary = str(goapps.build("grpcapp", args.toolchain))
     srv = goapps.start("grpcapp", "server", toolchain=args.toolchain)
@@ -231,11 +233,30 @@ async def main() -> None:
             await asyncio.sleep(0.01)
         replay_el = time.monotonic() - w0
         replay_got = sink.span_count() - before
+        # the throughput ratio again, in short rounds each with its own untraced baseline before and after:
+        # the VM's speed drifts by 20-40 % over a minute, and one long round can land on a slow stretch
+        ratios = [traced.rate / base]
+        for _ in range(args.rounds):
+            n = args.calls // 2
+            u1 = saturate(binary, target, n)
+            r2 = factory.create(Config.model_validate({"discovery": {"pids": [srv.pid]}}), {Signal.TRACES: exp},
+                                ctx("go_ebpf", Kind.RECEIVER))
+            await r2.start()
+            while srv.pid not in r2.attached_pids:
+                await asyncio.sleep(0.05)
+            t2 = await asyncio.to_thread(saturate, binary, target, n)
+            await r2.shutdown()
+            u2 = saturate(binary, target, n)
+            ratios.append(t2.rate / ((u1.rate + u2.rate) / 2))
         await exp.shutdown()
         print(f"untraced: {base:,.0f} calls/s (before tracing {base_before.rate:,.0f}, after {after.rate:,.0f}; 8 "
               f"concurrent callers, 2 cores); OTLP exporter compression: {args.compression}")
         print(f"traced (server side): {traced.rate:,.0f} calls/s = {traced.rate / base:.1%} of untraced "
               f"(goal >= 90%)")
+        if len(ratios) > 1:
+            srt = sorted(ratios)
+            print(f"traced / untraced over {len(ratios)} rounds (each against its own before/after baseline): "
+                  f"{', '.join(f'{x:.1%}' for x in ratios)}; median {srt[len(srt) // 2]:.1%} (goal >= 90%)")
         added_us = (1 / traced.rate - 1 / base) * 1e6 * 2  # 2 cores busy: wall time per call x cores
         print(f"added cost per request: {added_us:.2f} us of CPU (derived: (1/traced - 1/untraced) x 2 cores; goal < 2 us)")
         print("CPU per call, measured per process (us): untraced | traced | added")
