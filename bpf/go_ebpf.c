@@ -53,7 +53,8 @@
 #define O_G_M 40
 #define O_M_CURG 41
 /* written by the BPF side, not user space (which leaves them GOTEL_GO_OFFSET_UNKNOWN): the itab of
- * context.Context for *timerCtx, *valueCtx and *cancelCtx in this binary, once a walk has recognised it */
+ * context.Context for *timerCtx, *valueCtx and *cancelCtx in this binary, once a walk has recognised it
+ * (in the order of A_TIMERCTX_VALUE, A_VALUECTX_VALUE, A_CANCELCTX_VALUE: ctx_kind indexes both) */
 #define L_ITAB_TIMER (GOTEL_GO_MAX_OFFSETS - 3)
 #define L_ITAB_VALUE (GOTEL_GO_MAX_OFFSETS - 2)
 #define L_ITAB_CANCEL (GOTEL_GO_MAX_OFFSETS - 1)
@@ -182,28 +183,21 @@ static __always_inline void read_str_at(char *dst, u32 size, u64 base, u64 off) 
  * Value method (context.Context's 4th method: itab.fun[3] at +48), which needs no itab symbols; each
  * itab recognised is remembered in the binary's offsets (one itab per concrete type), so a walk then
  * compares pointers instead of reading every itab (a user-memory read costs ~80 ns here). */
-#define CTX_TIMER 1
+#define CTX_TIMER 1   /* kind k: itab learned in slot L_ITAB_TIMER + k - 1, Value method A_TIMERCTX_VALUE + k - 1 */
 #define CTX_VALUE 2
 #define CTX_CANCEL 3
 static __always_inline int ctx_kind(struct gotel_go_offsets *o, u64 tab) {
-    if (tab == o->off[L_ITAB_VALUE])
-        return CTX_VALUE;
-    if (tab == o->off[L_ITAB_CANCEL])
-        return CTX_CANCEL;
-    if (tab == o->off[L_ITAB_TIMER])
-        return CTX_TIMER;
+#pragma unroll
+    for (int k = 0; k < 3; k++)
+        if (tab == o->off[L_ITAB_TIMER + k])
+            return k + 1;
     u64 fn = rd64(tab + 48);
-    if (fn == o->off[A_VALUECTX_VALUE]) {
-        o->off[L_ITAB_VALUE] = tab;
-        return CTX_VALUE;
-    }
-    if (fn == o->off[A_CANCELCTX_VALUE]) {
-        o->off[L_ITAB_CANCEL] = tab;
-        return CTX_CANCEL;
-    }
-    if (fn == o->off[A_TIMERCTX_VALUE]) {
-        o->off[L_ITAB_TIMER] = tab;
-        return CTX_TIMER;
+#pragma unroll
+    for (int k = 0; k < 3; k++) {
+        if (fn == o->off[A_TIMERCTX_VALUE + k]) {
+            o->off[L_ITAB_TIMER + k] = tab;
+            return k + 1;
+        }
     }
     return 0;
 }
