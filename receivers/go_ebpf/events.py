@@ -446,7 +446,11 @@ class Assembler:
         shape = self._shapes[key] = _Shape(pre, attrs_b, status, ip, _MetricSlot(c.type, _metric_key(c.type, a)))
         return shape
 
-    def _link_server(self, p: _Pending) -> None:
+    def _link_server(self, p: _Pending, ready: bool) -> None:
+        """Parent a server span on its traced caller's client span, else (once it is due) on its traceparent.
+
+        The caller's client span ends after the server span, so its record can arrive a poll later: the
+        traceparent fallback waits until the span is due, or a traced caller would lose its child."""
         if p.type not in (T_GRPC_SERVER, T_HTTP_SERVER) or p.parent_span_id:
             return
         if p.type == T_GRPC_SERVER and p.flags & E_STREAM_ID and p.rport:
@@ -460,7 +464,7 @@ class Assembler:
                     self._remember_alias(hit.trace, parsed[0])
                     hit.parent_span_id = parsed[1]
                 return
-        if p.tp:
+        if p.tp and ready:
             parsed = parse_traceparent(p.tp)
             if parsed is not None:
                 self._remember_alias(p.trace, parsed[0])
@@ -470,7 +474,7 @@ class Assembler:
         if not self.pending:
             return None
         for p in self.pending:
-            self._link_server(p)
+            self._link_server(p, flush_all or p.ready_at <= now)
         ready = [p for p in self.pending if flush_all or p.ready_at <= now]
         if not ready:
             return None
