@@ -118,9 +118,10 @@ class NetReceiver(TargetedReceiver):
         self._retrans: dict[tuple[Any, ...], int] = {}
         self._states: dict[tuple[Any, ...], int] = {}
         self._unattributed = {"retrans": 0, "states": 0}
+        self._lost: Any = None
 
     def setup(self) -> None:
-        from gotel.ebpf.program import BpfProgram
+        from gotel.ebpf.program import BpfProgram, LostCounter
 
         defines: dict[str, Any] = {}
         if _has_field(_format("tcp/tcp_retransmit_skb"), "err"):
@@ -130,6 +131,7 @@ class NetReceiver(TargetedReceiver):
             defines["HAS_RX_SK"] = 1
         self.reasons = drop_reasons(kfree)
         self.prog = BpfProgram("net.c", defines=defines)
+        self._lost = LostCounter(self.prog, self.ctx.telemetry, "net")
         self._start_ns = time.time_ns()
 
     def on_added(self, info: ProcessInfo) -> None:
@@ -230,6 +232,8 @@ class NetReceiver(TargetedReceiver):
         if self.prog is None:
             return []
         data = self.read()
+        if self._lost is not None:
+            self._lost.update()  # tracepoint runs the kernel skipped: counts these metrics are missing
         mb = MetricsBuilder(SCOPE, time_ns=time.time_ns())
         start = self._start_ns
         for (pid, peer), n in data["retrans"].items():

@@ -276,6 +276,22 @@ class BpfProgram:
             out.append(int(sum(t[ctypes.c_int(i)])))
         return out[0], out[1]
 
+    def skipped_runs(self) -> int:
+        """Runs of this program's functions the kernel skipped since load, because they would have nested
+        on one CPU (a tracepoint hit inside another BPF program, a softirq on top of a probe): their events
+        were neither counted nor delivered. The kernel keeps it per function as fdinfo `recursion_misses`."""
+        n = 0
+        for fn in list(self.bpf.funcs.values()):
+            try:
+                with open(f"/proc/self/fdinfo/{fn.fd}") as f:
+                    for line in f:
+                        if line.startswith("recursion_misses:"):
+                            n += int(line.split()[1])
+                            break
+            except (OSError, ValueError, IndexError):
+                continue  # closed meanwhile, or a kernel before 5.12 (no such line)
+        return n
+
     def table(self, name: str) -> Any:
         return self.bpf[name.encode()]
 
@@ -302,18 +318,21 @@ class LostCounter:
 
     def __init__(self, program: BpfProgram, telemetry: Any, what: str) -> None:
         self.program = program
-        self._last = (0, 0)
+        self._last = (0, 0, 0)
         self._c = telemetry.counter(
-            "ebpf_lost_events", "Events the BPF side could not deliver (ring buffer full) or read.", ("program", "reason")
+            "ebpf_lost_events",
+            "Events the BPF side could not deliver (ring buffer full), read, or see (a nested run the kernel skipped).",
+            ("program", "reason")
         )
         self.what = what
 
-    def update(self) -> tuple[int, int]:
+    def update(self) -> tuple[int, int, int]:
+        """(ring buffer full, unreadable, skipped nested runs) since the last update."""
         full, unreadable = self.program.lost_counts()
-        d_full, d_read = full - self._last[0], unreadable - self._last[1]
-        self._last = (full, unreadable)
-        if d_full:
-            self._c.labels(self.what, "ringbuf_full").inc(d_full)
-        if d_read:
-            self._c.labels(self.what, "unreadable").inc(d_read)
-        return d_full, d_read
+        skipped = self.program.skipped_runs()
+        d = (full - self._last[0], unreadable - self._last[1], skipped - self._last[2])
+        self._last = (full, unreadable, skipped)
+        for reason, n in zip(("ringbuf_full", "unreadable", "skipped_nested"), d, strict=True):
+            if n:
+                self._c.labels(self.what, reason).inc(n)
+        return d

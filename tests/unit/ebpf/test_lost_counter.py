@@ -12,9 +12,13 @@ from gotel.telemetry import Telemetry
 class _FakeProgram:
     def __init__(self) -> None:
         self.counts = (0, 0)
+        self.skipped = 0
 
     def lost_counts(self) -> tuple[int, int]:
         return self.counts
+
+    def skipped_runs(self) -> int:
+        return self.skipped
 
 
 def test_deltas_are_exported_with_reasons() -> None:
@@ -22,9 +26,9 @@ def test_deltas_are_exported_with_reasons() -> None:
     prog: Any = _FakeProgram()
     lc = LostCounter(prog, t.component("usdt", Kind.RECEIVER), "usdt")
     prog.counts = (3, 1)
-    assert lc.update() == (3, 1)
-    prog.counts = (5, 1)
-    assert lc.update() == (2, 0)
+    assert lc.update() == (3, 1, 0)
+    prog.counts, prog.skipped = (5, 1), 4
+    assert lc.update() == (2, 0, 4)
 
     def val(reason: str) -> float | None:
         return t.registry.get_sample_value(
@@ -33,3 +37,4 @@ def test_deltas_are_exported_with_reasons() -> None:
 
     assert val("ringbuf_full") == 5
     assert val("unreadable") == 1
+    assert val("skipped_nested") == 4
