@@ -107,25 +107,46 @@ def test_server_span_attributes_and_error_semantics() -> None:
     assert CODES[4] == "DEADLINE_EXCEEDED" and CODES[1] == "CANCELLED" and len(CODES) == 17
 
 
-def test_stitching_and_traceparent_across_processes() -> None:
-    """caller SDK span (traceparent) -> client span (pid 42) -> server span (pid 43) -> its client child."""
-    a = Assembler(stitch_window=0.1)
+TP = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+TP_TRACE, TP_SPAN = bytes.fromhex("0af7651916cd43dd8448eb211c80319c"), "b7ad6b7169203331"
+
+
+def server_rec() -> bytes:
+    """Span 20 of pid 43: a gRPC server call on :50051 from :40000, stream 3, with the caller's traceparent."""
+    srv = bytearray(rec(T_GRPC_SERVER, span=20, trace=(5, 6), flags=E_STATUS | E_ADDR | E_STREAM_ID, stream=3,
+                        lport=50051, rport=40000, tp=TP))
+    struct.pack_into("<I", srv, 16, 43)  # pid 43
+    return bytes(srv)
+
+
+def client_rec() -> bytes:
+    """Span 30 of pid 42: the client call that server_rec() served."""
+    return rec(T_GRPC_CLIENT, span=30, trace=(8, 9), flags=E_STATUS | E_ADDR | E_STREAM_ID, stream=3, lport=40000,
+               rport=50051)
+
+
+def two_processes(window: float) -> Assembler:
+    a = Assembler(stitch_window=window)
     a.add_process(42, {"process.pid": 42})
     a.add_process(43, {"process.pid": 43})
-    tp = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    srv = bytearray(rec(T_GRPC_SERVER, span=20, trace=(5, 6), flags=E_STATUS | E_ADDR | E_STREAM_ID, stream=3,
-                        lport=50051, rport=40000, tp=tp))
-    struct.pack_into("<I", srv, 16, 43)  # pid 43
+    return a
+
+
+def only_span(b: object) -> object:
+    (s,) = [s for rs in b.msg.resource_spans for ss in rs.scope_spans for s in ss.spans]  # type: ignore[attr-defined]
+    return s
+
+
+def test_stitching_and_traceparent_across_processes() -> None:
+    """caller SDK span (traceparent) -> client span (pid 42) -> server span (pid 43) -> its client child."""
+    a = two_processes(0.1)
     child = bytearray(rec(T_GRPC_CLIENT, span=21, parent=20, trace=(5, 6), flags=E_STATUS | E_PARENT))
     struct.pack_into("<I", child, 16, 43)
-    cli = rec(T_GRPC_CLIENT, span=30, trace=(8, 9), flags=E_STATUS | E_ADDR | E_STREAM_ID, stream=3, lport=40000,
-              rport=50051)
-    for r in (bytes(child), bytes(srv), cli):  # the server side finishes first
+    for r in (bytes(child), server_rec(), client_rec()):  # the server side finishes first
         assert a.add(r, 0, 0.0)
     out = spans(a)
-    want = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
-    assert {s.trace_id for s in out.values()} == {want}  # type: ignore[attr-defined]
-    assert out[30].parent_span_id.hex() == "b7ad6b7169203331"  # type: ignore[attr-defined]
+    assert {s.trace_id for s in out.values()} == {TP_TRACE}  # type: ignore[attr-defined]
+    assert out[30].parent_span_id.hex() == TP_SPAN  # type: ignore[attr-defined]
     assert int.from_bytes(out[20].parent_span_id, "little") == 30  # type: ignore[attr-defined]
     assert int.from_bytes(out[21].parent_span_id, "little") == 20  # type: ignore[attr-defined]
 
@@ -133,41 +154,23 @@ def test_stitching_and_traceparent_across_processes() -> None:
 def test_a_poll_between_server_and_client_records_keeps_the_caller_as_parent() -> None:
     """The traced caller's client record arrives a poll after the server's: the server span must still be
     the client span's child, not its traceparent's (a CI run under load caught the earlier greedy fallback)."""
-    a = Assembler(stitch_window=0.5)
-    a.add_process(42, {"process.pid": 42})
-    a.add_process(43, {"process.pid": 43})
-    tp = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    srv = bytearray(rec(T_GRPC_SERVER, span=20, trace=(5, 6), flags=E_STATUS | E_ADDR | E_STREAM_ID, stream=3,
-                        lport=50051, rport=40000, tp=tp))
-    struct.pack_into("<I", srv, 16, 43)
-    assert a.add(bytes(srv), 0, 10.0)
+    a = two_processes(0.5)
+    assert a.add(server_rec(), 0, 10.0)
     assert a.take_traces(10.1) is None  # not due yet; nothing decided
-    cli = rec(T_GRPC_CLIENT, span=30, trace=(8, 9), flags=E_STATUS | E_ADDR | E_STREAM_ID, stream=3, lport=40000,
-              rport=50051)
-    assert a.add(cli, 0, 10.2)
-    b = a.take_traces(10.6)  # the server span is due, the client's not yet
-    assert b is not None
-    (s20,) = [s for rs in b.msg.resource_spans for ss in rs.scope_spans for s in ss.spans]
-    assert int.from_bytes(s20.parent_span_id, "little") == 30
+    assert a.add(client_rec(), 0, 10.2)
+    s20 = only_span(a.take_traces(10.6))  # the server span is due, the client's not yet
+    assert int.from_bytes(s20.parent_span_id, "little") == 30  # type: ignore[attr-defined]
     out = spans(a)
-    want = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
-    assert s20.trace_id == want and out[30].trace_id == want  # type: ignore[attr-defined]
-    assert out[30].parent_span_id.hex() == "b7ad6b7169203331"  # type: ignore[attr-defined]
+    assert s20.trace_id == TP_TRACE and out[30].trace_id == TP_TRACE  # type: ignore[attr-defined]
+    assert out[30].parent_span_id.hex() == TP_SPAN  # type: ignore[attr-defined]
 
 
 def test_a_server_span_without_a_traced_caller_continues_its_traceparent_once_due() -> None:
-    a = Assembler(stitch_window=0.5)
-    a.add_process(43, {"process.pid": 43})
-    srv = bytearray(rec(T_GRPC_SERVER, span=20, trace=(5, 6), flags=E_STATUS | E_ADDR | E_STREAM_ID, stream=3,
-                        lport=50051, rport=40000, tp=b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"))
-    struct.pack_into("<I", srv, 16, 43)
-    assert a.add(bytes(srv), 0, 10.0)
+    a = two_processes(0.5)
+    assert a.add(server_rec(), 0, 10.0)
     assert a.take_traces(10.1) is None
-    b = a.take_traces(10.6)
-    assert b is not None
-    (s20,) = [s for rs in b.msg.resource_spans for ss in rs.scope_spans for s in ss.spans]
-    assert s20.trace_id.hex() == "0af7651916cd43dd8448eb211c80319c"
-    assert s20.parent_span_id.hex() == "b7ad6b7169203331"
+    s20 = only_span(a.take_traces(10.6))
+    assert s20.trace_id == TP_TRACE and s20.parent_span_id.hex() == TP_SPAN  # type: ignore[attr-defined]
 
 
 def test_metrics_with_exemplars_and_deadline_counts() -> None:
