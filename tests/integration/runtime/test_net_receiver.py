@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from gotel.ebpf.program import BpfProgram
 from gotel.pdata import Signal
 from gotel.receivers.net import Config, NetReceiver, drop_reasons
 from tests.helpers.memsink import make_ctx, sinks
@@ -62,6 +63,23 @@ def _recursion_misses() -> int:
     return sum(p.get("recursion_misses", 0) for p in json.loads(out) if "tcp_retransmit" in p.get("name", ""))
 
 
+# An independent witness of the same tracepoint: every successful retransmission on a connection to or
+# from PORT, counted without the receiver's owner lookup, attribution, draining or aggregation.
+WITNESS = r"""
+#include <net/sock.h>
+BPF_ARRAY(hits, u64, 1);
+RAW_TRACEPOINT_PROBE(tcp_retransmit_skb) {
+    struct sock *sk = (struct sock *)ctx->args[0];
+    u16 num = 0, dport = 0;
+    bpf_probe_read_kernel(&num, sizeof(num), &sk->__sk_common.skc_num);
+    bpf_probe_read_kernel(&dport, sizeof(dport), &sk->__sk_common.skc_dport);
+    if ((int)ctx->args[2] == 0 && (num == PORT || ntohs(dport) == PORT))
+        hits.atomic_increment(0);
+    return 0;
+}
+"""
+
+
 @pytest.fixture
 def lossy_netns() -> Iterator[str]:
     """A network namespace whose loopback drops 30% of the data segments arriving at PORT (nftables;
@@ -87,12 +105,14 @@ async def test_retransmissions_equal_kernel_counters(lossy_netns: str) -> None:
     server = _spawn(lossy_netns, SERVER)
     client = _spawn(lossy_netns, CLIENT)
     r: NetReceiver | None = None
+    witness: BpfProgram | None = None
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         s = sinks(Signal.METRICS)
         r = NetReceiver(Config(discovery={"pids": [client.pid, server.pid], "go_only": False},
                                collection_interval=3600), s, make_ctx("net"))
         await r.start()
+        witness = BpfProgram(WITNESS, defines={"PORT": PORT})
         assert client.pid in r.targets and server.pid in r.targets
         before = _snmp(lossy_netns)
         assert client.stdin is not None and client.stdout is not None
@@ -106,10 +126,16 @@ async def test_retransmissions_equal_kernel_counters(lossy_netns: str) -> None:
         # the client retransmits dropped requests; the server may retransmit a reply by tail-loss probe
         # before the client's delayed ACK: both are in the namespace's RetransSegs
         ours = r.retransmits(client.pid) + r.retransmits(server.pid)
-        # RetransSegs also counts retransmissions whose transmit then failed (TCPRetransFail), which the
-        # receiver leaves out by design, and a skipped program run is the kernel's count, not ours to lose
+        # exact against every hit of the tracepoint on this connection
+        assert witness is not None and ours == witness.table("hits")[0].value, r.read()["retrans"]
+        # and against the kernel's counter. RetransSegs also counts retransmissions whose transmit then
+        # failed (TCPRetransFail), which the receiver leaves out by design, and skipped program runs (the
+        # kernel's count, exported as lost). Under CPU contention (~1 run in 10 with a busy loop beside
+        # it) RetransSegs moved by one more than the tracepoint ever reported, host-wide and for 2 s after;
+        # not a miss of ours (the witness agrees), so one segment is allowed, never more.
         failed = after["TCPRetransFail"] - before["TCPRetransFail"]
-        assert ours == kernel - failed - _recursion_misses(), (r.read()["retrans"], failed)
+        expect = kernel - failed - _recursion_misses()
+        assert expect - 1 <= ours <= expect, (r.read()["retrans"], kernel, failed)
         assert r.retransmits(client.pid) > 0
         # (no assertion on r.unattributed(): it is node-wide, and any other retransmission on the host
         # during the window lands there)
@@ -139,6 +165,8 @@ async def test_retransmissions_equal_kernel_counters(lossy_netns: str) -> None:
                    for a, _ in drops)
         assert any(a["network.type"] == "ipv4" for a, _ in drops)
     finally:
+        if witness is not None:
+            witness.close()
         if r is not None:
             await r.shutdown()
         for p in (client, server):
