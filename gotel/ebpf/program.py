@@ -281,15 +281,18 @@ class BpfProgram:
         on one CPU (a tracepoint hit inside another BPF program, a softirq on top of a probe): their events
         were neither counted nor delivered. The kernel keeps it per function as fdinfo `recursion_misses`."""
         n = 0
-        for fn in list(self.bpf.funcs.values()):
+        for fn in list(self.bpf.funcs.values()):  # read once a second per receiver: raw reads, half the cost
             try:
-                with open(f"/proc/self/fdinfo/{fn.fd}") as f:
-                    for line in f:
-                        if line.startswith("recursion_misses:"):
-                            n += int(line.split()[1])
-                            break
-            except (OSError, ValueError, IndexError):
-                continue  # closed meanwhile, or a kernel before 5.12 (no such line)
+                fd = os.open(f"/proc/self/fdinfo/{fn.fd}", os.O_RDONLY)
+                try:
+                    text = os.read(fd, 4096)
+                finally:
+                    os.close(fd)
+                at = text.find(b"\nrecursion_misses:")
+                if at >= 0:  # absent before Linux 5.12
+                    n += int(text[at + 18 : text.index(b"\n", at + 1)])
+            except (OSError, ValueError):
+                continue  # closed meanwhile
         return n
 
     def table(self, name: str) -> Any:
