@@ -98,4 +98,9 @@ if [ "$WANT_VENV" = 1 ]; then
     log "linked BCC bindings into $site"
   fi
 fi
+if [ "$RUNTIME" = 0 ] && [ "$WANT_VENV" = 1 ]; then
+  # 6. From the Go module proxy: the real peers the tests talk to (Jaeger v2, an OpenTelemetry Collector)
+  #    and the grpc-go versions of the fixture matrix, cached outside the work tree by content.
+  scripts/bootstrap_go.sh
+fi
 log "ok"
