@@ -23,7 +23,7 @@ from gotel.config.model import (
     TelemetryConfig,
 )
 from gotel.config.source import Path, Source, load_source
-from gotel.config.types import parse_duration
+from gotel.config.types import format_duration, parse_duration
 from gotel.pdata import Signal
 from gotel.registry import Registry, registry
 
@@ -103,6 +103,29 @@ def report_validation_error(src: Source, base: Path, exc: ValidationError, model
             src.error(path, msg)
 
 
+def report_renamed_keys(src: Source, base: Path, body: Any, model: type[BaseModel]) -> None:
+    """A warning per deprecated key written, at its line, with the line to write instead."""
+    if not isinstance(body, dict):
+        return
+    for old, r in getattr(model, "renamed_keys", {}).items():
+        if old in body:
+            try:
+                example = f"{r.new}: {format_duration(parse_duration(r.convert(body[old])))}" if r.unit else r.new
+            except ValueError:
+                example = r.new
+            src.error((*base, old), f'"{old}" is deprecated: write {example}', warning=True)
+    for key, value in body.items():
+        f = model.model_fields.get(str(key))
+        sub, container = _model_in(f.annotation) if f is not None else (None, False)
+        if sub is None:
+            continue
+        if not container:
+            report_renamed_keys(src, (*base, str(key)), value, sub)
+        elif isinstance(value, dict | list):
+            for k, v in value.items() if isinstance(value, dict) else enumerate(value):
+                report_renamed_keys(src, (*base, str(key), str(k)), v, sub)
+
+
 class _Validator:
     def __init__(self, src: Source, reg: Registry) -> None:
         self.src = src
@@ -167,6 +190,7 @@ class _Validator:
             body = self.mapping(raw, path, f"the config of {kind.value} {key}")
             if body is None:
                 continue
+            report_renamed_keys(self.src, path, body, factory.config)
             try:
                 model = factory.config.model_validate(body)
             except ValidationError as e:
@@ -185,6 +209,7 @@ class _Validator:
         if "telemetry" in svc:
             t = self.mapping(svc["telemetry"], ("service", "telemetry"), "service::telemetry")
             if t is not None:
+                report_renamed_keys(self.src, ("service", "telemetry"), t, TelemetryConfig)
                 try:
                     sc.telemetry = TelemetryConfig.model_validate(t)
                 except ValidationError as e:
@@ -192,6 +217,7 @@ class _Validator:
         if "supervisor" in svc:
             s = self.mapping(svc["supervisor"], ("service", "supervisor"), "service::supervisor")
             if s is not None:
+                report_renamed_keys(self.src, ("service", "supervisor"), s, SupervisorConfig)
                 try:
                     sc.supervisor = SupervisorConfig.model_validate(s)
                 except ValidationError as e:
