@@ -276,3 +276,52 @@ def test_components_shows_durations_as_durations(capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert re.search(r"profiles\.cpu\.interval\s+│ duration\s+│ 15s", out), out
     assert re.search(r"diagnostics\.blocked_threshold\s+│ duration\s+│ 30m", out), out
+
+
+# --- the shipped configs write durations as durations ---------------------------------------------------
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
+
+
+def bare_durations(model: type[BaseModel], body: Any, path: str) -> list[str]:
+    """Duration keys written as bare numbers (valid, but not how the collector writes them)."""
+    if not isinstance(body, dict):
+        return []
+    out = []
+    for key, value in body.items():
+        f = model.model_fields.get(str(key)) or next((x for x in model.model_fields.values() if x.alias == key), None)
+        if f is None:  # the loader validated the file: an unknown key would have failed there
+            continue
+        if _is_duration(f.annotation, f.metadata) and isinstance(value, int | float) and not isinstance(value, bool):
+            out.append(f"{path}::{key}: {value!r}")
+        for m in _models(f.annotation):
+            items = value if isinstance(value, list) else [value]
+            for v in items:
+                out += bare_durations(m, v, f"{path}::{key}")
+    return out
+
+
+@pytest.mark.parametrize("file", sorted([CONFIG_DIR / "default.yaml", *(CONFIG_DIR / "examples").glob("*.yaml")]),
+                         ids=lambda p: p.name)
+def test_shipped_configs_write_durations_as_durations(file: Path) -> None:
+    text = file.read_text()
+    # references without a default get a value (a number only where one is expected)
+    env = {n: "1" if n.endswith("PID") else "x" for n in re.findall(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)\}", text)}
+    cfg = load_config(str(file), text=text, env=env)
+    assert not [w for w in cfg.warnings if "deprecated" in w.message]
+    reg = registry()
+    import yaml
+
+    data = yaml.safe_load(text)
+    problems = []
+    for section, kind in (("receivers", Kind.RECEIVER), ("processors", Kind.PROCESSOR), ("exporters", Kind.EXPORTER)):
+        for cid, body in (data.get(section) or {}).items():
+            factory = reg.get(kind, ComponentID.parse(cid).type)
+            assert factory is not None, cid
+            problems += bare_durations(factory.config, body or {}, f"{section}::{cid}")
+    svc = data.get("service") or {}
+    problems += bare_durations(TelemetryConfig, svc.get("telemetry") or {}, "service::telemetry")
+    problems += bare_durations(SupervisorConfig, svc.get("supervisor") or {}, "service::supervisor")
+    if isinstance(svc.get("shutdown_timeout"), int | float):
+        problems.append(f"service::shutdown_timeout: {svc['shutdown_timeout']!r}")
+    assert problems == []
