@@ -23,7 +23,7 @@ from gotel.config.model import (
     TelemetryConfig,
 )
 from gotel.config.source import Path, Source, load_source
-from gotel.config.types import format_duration, parse_duration
+from gotel.config.types import format_duration, is_duration_metadata, parse_duration
 from gotel.pdata import Signal
 from gotel.registry import Registry, registry
 
@@ -82,6 +82,24 @@ def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
     return sorted(cur.model_fields) if cur is not None else []
 
 
+def _is_duration_at(model: type[BaseModel], loc: tuple[str, ...]) -> bool:
+    """Whether loc names a Duration field, so that its bounds are reported as durations."""
+    cur: type[BaseModel] | None = model
+    i = 0
+    while cur is not None and i < len(loc) - 1:
+        f = cur.model_fields.get(loc[i])
+        if f is None:
+            return False
+        cur, container = _model_in(f.annotation)
+        i += 2 if container else 1
+    f = cur.model_fields.get(loc[-1]) if cur is not None and i == len(loc) - 1 else None
+    return f is not None and is_duration_metadata(f.metadata)
+
+
+_BOUNDS = {"greater_than": ("gt", "more than"), "greater_than_equal": ("ge", "at least"),
+           "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most")}
+
+
 def report_validation_error(src: Source, base: Path, exc: ValidationError, model: type[BaseModel]) -> None:
     """Maps pydantic errors to `::` paths and YAML lines; unknown keys are named, with a suggestion."""
     for err in exc.errors():
@@ -93,6 +111,10 @@ def report_validation_error(src: Source, base: Path, exc: ValidationError, model
             src.error(path, _unknown_key(loc[-1], _fields_at(model, loc[:-1])))
         elif typ == "missing":
             src.error(path[:-1], f'missing required key "{loc[-1]}"')
+        elif typ in _BOUNDS and loc and _is_duration_at(model, loc):
+            bound, words = _BOUNDS[typ]
+            got = format_duration(err["input"])
+            src.error(path, f"must be {words} {format_duration(err['ctx'][bound])} (got {got})")
         else:
             msg = str(err["msg"]).removeprefix("Value error, ")
             inp = err.get("input")

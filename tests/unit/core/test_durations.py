@@ -248,6 +248,28 @@ def test_bad_duration_is_one_error_with_its_line(tmp_path: Path, capsys: pytest.
     ]
 
 
+def test_bounds_of_a_duration_are_written_as_durations() -> None:
+    text = ("receivers:\n"
+            "  pprof:\n"
+            "    targets: [{endpoint: 'http://127.0.0.1:1'}]\n"
+            "    profiles: {heap: {interval: 500ms}}\n"
+            "  go_ebpf: {poll_interval: 6s}\n"
+            "  sched: {collection_interval: 0s}\n"
+            "exporters: {debug: {}}\n"
+            "service:\n"
+            "  pipelines:\n"
+            "    profiles: {receivers: [pprof], exporters: [debug]}\n"
+            "    traces: {receivers: [go_ebpf], exporters: [debug]}\n"
+            "    metrics: {receivers: [sched], exporters: [debug]}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config("b.yaml", text=text)
+    assert [str(i) for i in e.value.issues] == [
+        "b.yaml:4 receivers::pprof::profiles::heap::interval: must be at least 1s (got 500ms)",
+        "b.yaml:5 receivers::go_ebpf::poll_interval: must be at most 5s (got 6s)",
+        "b.yaml:6 receivers::sched::collection_interval: must be more than 0s (got 0s)",
+    ]
+
+
 def test_service_shutdown_timeout_is_a_duration() -> None:
     text = _sched_yaml("    collection_interval: 2s\n") + "  shutdown_timeout: 1m30s\n"
     assert load_config("s.yaml", text=text).service.shutdown_timeout == 90.0
