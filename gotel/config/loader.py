@@ -70,29 +70,28 @@ def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     return None, False
 
 
-def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
+def _model_at(model: type[BaseModel], loc: tuple[str, ...]) -> type[BaseModel] | None:
+    """The model that holds the keys under loc (list and dict levels skipped), if there is one."""
     cur: type[BaseModel] | None = model
     i = 0
     while cur is not None and i < len(loc):
         f = cur.model_fields.get(loc[i])
         if f is None:
-            return []
+            return None
         cur, container = _model_in(f.annotation)
         i += 2 if container else 1
+    return cur if i >= len(loc) else None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
+    cur = _model_at(model, loc)
     return sorted(cur.model_fields) if cur is not None else []
 
 
 def _is_duration_at(model: type[BaseModel], loc: tuple[str, ...]) -> bool:
     """Whether loc names a Duration field, so that its bounds are reported as durations."""
-    cur: type[BaseModel] | None = model
-    i = 0
-    while cur is not None and i < len(loc) - 1:
-        f = cur.model_fields.get(loc[i])
-        if f is None:
-            return False
-        cur, container = _model_in(f.annotation)
-        i += 2 if container else 1
-    f = cur.model_fields.get(loc[-1]) if cur is not None and i == len(loc) - 1 else None
+    cur = _model_at(model, loc[:-1])
+    f = cur.model_fields.get(loc[-1]) if cur is not None else None
     return f is not None and is_duration_metadata(f.metadata)
 
 
