@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import re
+import types
+import typing
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
@@ -22,6 +24,7 @@ UNIT_NAMES = {"ns": "nanoseconds", "us": "microseconds", "ms": "milliseconds", "
               "h": "hours"}
 EXAMPLES = "e.g. 10s, 250ms, 1m30s, 1h, 500us"
 UNITS_TEXT = "ns, us, ms, s, m, h"
+MAX_SECONDS = (2**63 - 1) / 1e9  # Go's time.Duration is int64 nanoseconds (~292 years)
 PATTERN = r"^\+?(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+$|^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
 
 
@@ -44,6 +47,8 @@ def parse_duration(v: Any) -> float:
         raise ValueError(f"invalid duration {v!r}: must be finite ({EXAMPLES})")
     if x < 0:
         raise ValueError(f"invalid duration {v!r}: must not be negative")
+    if x > MAX_SECONDS:
+        raise _bad(str(v), "too large: at most 2562047h, as in Go")
     return float(x) or 0.0  # -0 -> 0
 
 
@@ -68,8 +73,8 @@ def _parse_go(v: str, s: str) -> float:
             raise _bad(v, f"unknown unit {unit!r}, expected one of {UNITS_TEXT}")
         total += float(m.group()) * _UNITS[unit]
         i = k
-    if not math.isfinite(total):
-        raise _bad(v, "too large")
+    if total > MAX_SECONDS:
+        raise _bad(v, "too large: at most 2562047h, as in Go")
     if neg and total:
         raise ValueError(f"invalid duration {v!r}: must not be negative")
     return total
@@ -115,8 +120,20 @@ Duration = Annotated[
 
 
 def is_duration_metadata(metadata: list[Any]) -> bool:
-    """True when a field's metadata is the Duration type's (for the schema and the consistency test)."""
+    """True when a field's metadata is the Duration type's."""
     return any(isinstance(m, BeforeValidator) and m.func is parse_duration for m in metadata)
+
+
+def is_duration_field(annotation: Any, metadata: list[Any]) -> bool:
+    """A pydantic field (annotation and FieldInfo.metadata) holding a Duration, optional (`Duration | None`) or not."""
+    if is_duration_metadata(metadata):
+        return True
+    if typing.get_origin(annotation) is typing.Annotated:
+        return is_duration_metadata(list(getattr(annotation, "__metadata__", ())))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(is_duration_field(a, []) for a in args)
+    return False
 
 
 class ConfigJsonSchema(GenerateJsonSchema):

@@ -23,7 +23,7 @@ from gotel.config.model import (
     TelemetryConfig,
 )
 from gotel.config.source import Path, Source, load_source
-from gotel.config.types import format_duration, is_duration_metadata, parse_duration
+from gotel.config.types import format_duration, is_duration_field, parse_duration
 from gotel.pdata import Signal
 from gotel.registry import Registry, registry
 
@@ -92,11 +92,24 @@ def _is_duration_at(model: type[BaseModel], loc: tuple[str, ...]) -> bool:
     """Whether loc names a Duration field, so that its bounds are reported as durations."""
     cur = _model_at(model, loc[:-1])
     f = cur.model_fields.get(loc[-1]) if cur is not None else None
-    return f is not None and is_duration_metadata(f.metadata)
+    return f is not None and is_duration_field(f.annotation, f.metadata)
 
 
 _BOUNDS = {"greater_than": ("gt", "more than"), "greater_than_equal": ("ge", "at least"),
            "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most")}
+
+
+def _written_path(src: Source, base: Path, loc: tuple[str, ...], model: type[BaseModel]) -> Path:
+    """The path as written: a renamed key's value is reported at its old key when that was used."""
+    path = (*base, *loc)
+    if not loc or path in src.lines:
+        return path
+    m = _model_at(model, loc[:-1])
+    for old, r in getattr(m, "renamed_keys", {}).items():
+        alt = (*base, *loc[:-1], old)
+        if r.new == loc[-1] and alt in src.lines:
+            return alt
+    return path
 
 
 def report_validation_error(src: Source, base: Path, exc: ValidationError, model: type[BaseModel]) -> None:
@@ -104,7 +117,7 @@ def report_validation_error(src: Source, base: Path, exc: ValidationError, model
     for err in exc.errors():
         # pydantic adds union/validator tags such as "function-after[...]" to loc; they are not keys.
         loc = tuple(str(x) for x in err["loc"] if not (isinstance(x, str) and "[" in x))
-        path = (*base, *loc)
+        path = _written_path(src, base, loc, model)
         typ = err["type"]
         if typ == "extra_forbidden":
             src.error(path, _unknown_key(loc[-1], _fields_at(model, loc[:-1])))
@@ -112,7 +125,8 @@ def report_validation_error(src: Source, base: Path, exc: ValidationError, model
             src.error(path[:-1], f'missing required key "{loc[-1]}"')
         elif typ in _BOUNDS and loc and _is_duration_at(model, loc):
             bound, words = _BOUNDS[typ]
-            got = format_duration(err["input"])
+            inp = err.get("input")  # parsed seconds, or as written when the bound wraps an optional duration
+            got = inp if isinstance(inp, str) else format_duration(inp) if isinstance(inp, int | float) else repr(inp)
             src.error(path, f"must be {words} {format_duration(err['ctx'][bound])} (got {got})")
         else:
             msg = str(err["msg"]).removeprefix("Value error, ")
@@ -369,9 +383,10 @@ def _tidy(src: Source) -> None:
     out = []
     for i in src.issues:
         key = (i.line, i.path)
-        if key in seen and not i.warning:
-            continue
-        seen.add(key)
+        if not i.warning:  # a warning at a place (a deprecated key) never hides an error there
+            if key in seen:
+                continue
+            seen.add(key)
         out.append(i)
     src.issues[:] = sorted(out, key=lambda i: (i.line or 0))
 

@@ -6,6 +6,6 @@ configs import `Duration` from here.
 
 from __future__ import annotations
 
-from gotel.duration import ConfigJsonSchema, Duration, format_duration, is_duration_metadata, parse_duration
+from gotel.duration import ConfigJsonSchema, Duration, format_duration, is_duration_field, parse_duration
 
-__all__ = ["ConfigJsonSchema", "Duration", "format_duration", "is_duration_metadata", "parse_duration"]
+__all__ = ["ConfigJsonSchema", "Duration", "format_duration", "is_duration_field", "parse_duration"]

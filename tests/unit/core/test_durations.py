@@ -15,7 +15,7 @@ from gotel.cli import main
 from gotel.component import ComponentConfig, ComponentID, Kind, RenamedKey
 from gotel.config import ConfigError, load_config
 from gotel.config.model import SupervisorConfig, TelemetryConfig
-from gotel.config.types import Duration, format_duration, is_duration_metadata, parse_duration
+from gotel.config.types import Duration, format_duration, is_duration_field, parse_duration
 from gotel.registry import registry
 
 # --- the grammar: Go's time.ParseDuration, plus a bare number meaning seconds ---------------------------
@@ -43,6 +43,8 @@ def test_parses_what_the_collector_writes(text: Any, seconds: float) -> None:
     ("-5s", "must not be negative"),
     (-1, "must not be negative"),
     ("", "empty"),
+    ("2562048h", "too large: at most 2562047h"),
+    (1e300, "too large"),
     (float("inf"), "must be finite"),
     ("nan", "expected a number"),
     (True, "got bool"),
@@ -80,17 +82,6 @@ UNIT_WORDS = {"ns", "us", "ms", "s", "sec", "secs", "second", "seconds", "min", 
               "hour", "hours", "day", "days", "millis", "micros", "nanos", "msec", "usec", "nsec"}
 
 
-def _is_duration(ann: Any, metadata: list[Any]) -> bool:
-    if is_duration_metadata(metadata):
-        return True
-    if typing.get_origin(ann) is typing.Annotated:
-        return is_duration_metadata(list(getattr(ann, "__metadata__", ())))
-    if typing.get_origin(ann) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(ann) if a is not type(None)]
-        return bool(args) and all(_is_duration(a, []) for a in args)
-    return False
-
-
 def _models(ann: Any) -> list[type[BaseModel]]:
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return [ann]
@@ -118,7 +109,7 @@ def time_field_problems(model: type[BaseModel], where: str, seen: set[type[BaseM
         words = set(name.lower().split("_"))
         if _unit_suffix(name):
             out.append(f"{where}::{name}: the unit is in the key (write {name.rsplit('_', 1)[0]}: 10ms instead)")
-        elif words & TIME_WORDS and not nested and f.annotation is not bool and not _is_duration(f.annotation, f.metadata):
+        elif words & TIME_WORDS and not nested and f.annotation is not bool and not is_duration_field(f.annotation, f.metadata):
             out.append(f"{where}::{name}: {f.annotation!r} is not gotel.config.types.Duration")
         for m in nested:
             out += time_field_problems(m, f"{where}::{name}", seen)
@@ -213,6 +204,16 @@ def test_deprecated_key_warns_naming_the_new_one_and_keeps_its_unit() -> None:
         'give only "slow_syscall_threshold"']
 
 
+def test_bad_value_under_a_deprecated_key_is_an_error_at_that_key() -> None:
+    """The warning at the same line must not hide the error (nor drop the receiver silently)."""
+    with pytest.raises(ConfigError) as e:
+        _sched(_sched_yaml("    collection_interval: 2s\n    slow_syscall_threshold_ms: 10sec\n"))
+    assert [str(i) for i in e.value.issues] == [
+        "t.yaml:4 receivers::sched::slow_syscall_threshold_ms: invalid duration '10sec': unknown unit 'sec', "
+        "expected one of ns, us, ms, s, m, h (e.g. 10s, 250ms, 1m30s, 1h, 500us; a bare number is seconds)"]
+    assert [w.path for w in e.value.warnings] == ["receivers::sched::slow_syscall_threshold_ms"]
+
+
 def test_deprecated_keys_in_nested_models_warn_at_their_line() -> None:
     text = ("receivers:\n"
             "  pprof:\n"
@@ -252,7 +253,7 @@ def test_bounds_of_a_duration_are_written_as_durations() -> None:
     text = ("receivers:\n"
             "  pprof:\n"
             "    targets: [{endpoint: 'http://127.0.0.1:1'}]\n"
-            "    profiles: {heap: {interval: 500ms}}\n"
+            "    profiles: {heap: {interval: 500ms}, cpu: {duration: 0s}}\n"
             "  go_ebpf: {poll_interval: 6s}\n"
             "  sched: {collection_interval: 0s}\n"
             "exporters: {debug: {}}\n"
@@ -264,6 +265,7 @@ def test_bounds_of_a_duration_are_written_as_durations() -> None:
     with pytest.raises(ConfigError) as e:
         load_config("b.yaml", text=text)
     assert [str(i) for i in e.value.issues] == [
+        "b.yaml:4 receivers::pprof::profiles::cpu::duration: must be more than 0s (got 0s)",
         "b.yaml:4 receivers::pprof::profiles::heap::interval: must be at least 1s (got 500ms)",
         "b.yaml:5 receivers::go_ebpf::poll_interval: must be at most 5s (got 6s)",
         "b.yaml:6 receivers::sched::collection_interval: must be more than 0s (got 0s)",
@@ -314,7 +316,7 @@ def bare_durations(model: type[BaseModel], body: Any, path: str) -> list[str]:
         f = model.model_fields.get(str(key)) or next((x for x in model.model_fields.values() if x.alias == key), None)
         if f is None:  # the loader validated the file: an unknown key would have failed there
             continue
-        if _is_duration(f.annotation, f.metadata) and isinstance(value, int | float) and not isinstance(value, bool):
+        if is_duration_field(f.annotation, f.metadata) and isinstance(value, int | float) and not isinstance(value, bool):
             out.append(f"{path}::{key}: {value!r}")
         for m in _models(f.annotation):
             items = value if isinstance(value, list) else [value]
