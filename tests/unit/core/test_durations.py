@@ -90,8 +90,8 @@ def _models(ann: Any) -> list[type[BaseModel]]:
 
 def _unit_suffix(name: str) -> bool:
     words = name.lower().split("_")
-    # a rate (spans_per_second) is not a duration
-    return len(words) > 1 and words[-1] in UNIT_WORDS and words[-2] != "per"
+    # a rate (spans_per_second) is not a duration; a key that is only a unit (seconds: 10) is
+    return words[-1] in UNIT_WORDS and (len(words) == 1 or words[-2] != "per")
 
 
 def time_field_problems(model: type[BaseModel], where: str, seen: set[type[BaseModel]] | None = None) -> list[str]:
@@ -108,7 +108,8 @@ def time_field_problems(model: type[BaseModel], where: str, seen: set[type[BaseM
         nested = _models(f.annotation)
         words = set(name.lower().split("_"))
         if _unit_suffix(name):
-            out.append(f"{where}::{name}: the unit is in the key (write {name.rsplit('_', 1)[0]}: 10ms instead)")
+            better = name.rsplit("_", 1)[0] if "_" in name else "duration"
+            out.append(f"{where}::{name}: the unit is in the key (write {better}: 10ms instead)")
         elif words & TIME_WORDS and not nested and f.annotation is not bool and not is_duration_field(f.annotation, f.metadata):
             out.append(f"{where}::{name}: {f.annotation!r} is not gotel.config.types.Duration")
         for m in nested:
@@ -151,6 +152,7 @@ def test_the_walk_finds_a_bad_field_in_a_nested_model() -> None:
     class Middle(ComponentConfig):
         items: list[Inner] = Field(default_factory=list)
         retry_delay_ms: Duration = 0.1
+        minutes: int = 3
 
     class Outer(ComponentConfig):
         renamed_keys = types.MappingProxyType({"poll_ms": RenamedKey("poll", "ms")})
@@ -160,6 +162,7 @@ def test_the_walk_finds_a_bad_field_in_a_nested_model() -> None:
     problems = time_field_problems(Outer, "x")
     assert sorted(problems) == [
         "x::middle::items::flush_timeout: <class 'float'> is not gotel.config.types.Duration",
+        "x::middle::minutes: the unit is in the key (write duration: 10ms instead)",
         "x::middle::retry_delay_ms: the unit is in the key (write retry_delay: 10ms instead)",
         "x::poll_ms: renamed to 'poll', which is not a key",
     ]
