@@ -35,6 +35,7 @@ from gotel.component import (
     ReceiverFactory,
     RefusedError,
 )
+from gotel.config.types import Duration
 from gotel.otlp import (
     CONTENT_JSON,
     CONTENT_PROTOBUF,
@@ -78,7 +79,7 @@ class GRPCServer(ComponentConfig):
 class CORS(ComponentConfig):
     allowed_origins: list[str] = Field(default_factory=list, description="origins (wildcards allowed)")
     allowed_headers: list[str] = Field(default_factory=list)
-    max_age: int = Field(0, ge=0, description="seconds browsers may cache a preflight answer")
+    max_age: Duration = Field(0.0, ge=0, description="how long browsers may cache a preflight answer (whole seconds)")
 
 
 class HTTPServer(ComponentConfig):
@@ -353,7 +354,7 @@ class OTLPReceiver(Receiver):
             "Vary": "Origin",
         }
         if h.cors.max_age:
-            headers["Access-Control-Max-Age"] = str(h.cors.max_age)
+            headers["Access-Control-Max-Age"] = str(round(h.cors.max_age))
         return web.Response(status=204, headers=headers)
 
     async def _start_http(self, h: HTTPServer) -> None:
