@@ -50,7 +50,7 @@ from gotel.otlp import (
     secure_unix_socket,
     unix_path,
 )
-from gotel.pdata import Batch, Signal, batch_type
+from gotel.pdata import Batch, Signal, batch_type, invalid_ids
 
 REFUSED_RETRY_AFTER = 1.0  # seconds a refused sender is asked to wait (RetryInfo / Retry-After)
 
@@ -272,6 +272,9 @@ class OTLPReceiver(Receiver):
             "HTTP connections the otlp receiver closed on a timeout (header, read or write).", ("reason",),
         )
         self._inflight = 0  # HTTP requests being read and handled (max_concurrent_requests)
+        # The pipeline's internal hop (otlp/_internal, a private unix socket) carries only what gotel's
+        # own receiver processes built; every other instance is an edge and checks ids (~1 us a span).
+        self._check_ids = ctx.id.name != "_internal"
         self._guard: _Guard | None = None
 
     # --- the part both protocols share -----------------------------------------------------------
@@ -294,6 +297,11 @@ class OTLPReceiver(Receiver):
             raise Rejected(
                 grpc.StatusCode.INVALID_ARGUMENT, 400, f"malformed {what} {signal} request: {e}"
             ) from None
+        bad = invalid_ids(batch) if self._check_ids else None
+        if bad is not None:
+            # Refused whole, as the collector's pdata does: never merged beside other senders' data.
+            self._malformed.labels(signal.value, "invalid_id").inc()
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, 400, f"invalid {signal} request: {bad}")
         return batch
 
     async def _push(self, signal: Signal, batch: Batch, metadata: Mapping[str, str]) -> None:
