@@ -216,6 +216,7 @@ class _GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     async def _handle_request(self, request: Any, start_time: Any, request_handler: Any) -> Any:
+        self._busy = True  # also for a pipelined request whose headers came in during the last one
         try:
             return await super()._handle_request(request, start_time, request_handler)
         finally:
