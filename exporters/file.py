@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, PlainSerializer
 
 from gotel.component import ALL_SIGNALS, ComponentConfig, Context, Exporter, ExporterFactory
 from gotel.config.types import Duration
@@ -46,7 +46,7 @@ def _mode(v: object) -> int:
     return v
 
 
-FileMode = Annotated[int, BeforeValidator(_mode)]
+FileMode = Annotated[int, BeforeValidator(_mode), PlainSerializer(lambda v: f"0{v:o}", when_used="json")]
 
 
 class Rotation(ComponentConfig):
@@ -61,8 +61,11 @@ class Config(ComponentConfig):
     rotation: Rotation | None = Field(None, description="size-based rotation; off when absent")
     flush_interval: Duration = Field(1.0, gt=0, description="how often buffered writes reach the file")
     queue_size: int = Field(1000, ge=1, description="requests waiting for the writer thread before new ones are dropped")
-    file_mode: FileMode = Field(0o600, description="permissions of the files written (octal, e.g. 0640); set on open")
-    directory_mode: FileMode = Field(0o700, description="permissions of a directory the exporter creates")
+    # Defaults given as text so that `gotel components` shows them in octal; validated into ints.
+    file_mode: FileMode = Field("0600", validate_default=True,  # type: ignore[assignment]
+                                description="permissions of the files written (octal, e.g. 0640); set on open")
+    directory_mode: FileMode = Field("0700", validate_default=True,  # type: ignore[assignment]
+                                     description="permissions of a directory the exporter creates")
 
 
 def stat_mode(fd: int) -> int:
