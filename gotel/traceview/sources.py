@@ -164,7 +164,12 @@ UNLIMITED_DEPTH = 1000
 
 
 class JaegerSource:
-    """Jaeger's api_v3 HTTP endpoints on the query port (16686)."""
+    """Jaeger's api_v3 HTTP endpoints on the query port (16686).
+
+    Traces are asked for raw: Jaeger's display adjusters would otherwise add `@jaeger@warnings`
+    attributes (to every span whose parent was not traced, and wherever clock skew was seen) and could
+    move spans in time, so the same trace would read differently from Jaeger and from the file.
+    """
 
     def __init__(self, url: str, timeout: float = 10.0, ca_file: str | None = None) -> None:
         if "://" not in url:
@@ -234,7 +239,7 @@ class JaegerSource:
     def find(self, q: Query) -> list[Trace]:
         if not q.service:
             raise SourceError("Jaeger needs a service to search (--service); list them with `gotel traces services`")
-        params: dict[str, str] = {"query.service_name": q.service}
+        params: dict[str, str] = {"query.service_name": q.service, "query.raw_traces": "true"}
         if q.operation:
             params["query.operation_name"] = q.operation
         if q.start_min_ns is not None:
@@ -259,7 +264,7 @@ class JaegerSource:
     def get(self, trace_id: str) -> Trace:
         tid = normalise_trace_id(trace_id)
         try:
-            docs = self._get(f"/api/v3/traces/{tid}", what=f"trace {tid}")
+            docs = self._get(f"/api/v3/traces/{tid}", {"raw_traces": "true"}, what=f"trace {tid}")
         except NotFound:
             raise NotFound(f"trace {tid} was not found in Jaeger at {self.base} (wrong id, or it has aged "
                            "out of Jaeger's storage)") from None

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from gotel.commands import traces
 from gotel.exporters import file as file_exporter
 from gotel.exporters import jaeger
-from gotel.pdata import Signal, Traces, get_attr
+from gotel.pdata import Signal, Traces, attrs, get_attr
 from gotel.traceview.sources import JaegerSource, Query, SourceError
 from tests.helpers.certs import make_certs
 from tests.helpers.exporter_ctx import make_ctx
@@ -146,6 +147,46 @@ async def test_show_from_jaeger_equals_what_was_sent(jaeger_and_batch: tuple[Rea
             assert s["attributes"] == w["attributes"]
             assert [(e["offset_ns"] + t0, e["name"], e["attributes"]) for e in s["events"]] == w["events"]
             assert [(lk["trace_id"], lk["span_id"], lk["attributes"]) for lk in s["links"]] == w["links"]
+
+
+async def test_orphans_and_skewed_clocks_are_shown_as_sent(real_jaeger: RealJaeger, tmp_path: Path) -> None:
+    """A server span whose caller was not traced (an orphan) and a child on another host that starts
+    before its parent (clock skew): what eBPF tracing gives every day. `show` reads them from Jaeger
+    exactly as sent, the same as from the file, without Jaeger's display adjustments."""
+    now = time.time_ns()
+    tid, orphan_tid = os.urandom(16), os.urandom(16)
+    b = Traces()
+    front = b.msg.resource_spans.add()
+    front.resource.attributes.extend(attrs({"service.name": "skew-front"}))
+    fs = front.scope_spans.add()
+    fs.spans.add(trace_id=tid, span_id=b"\x01" * 8, name="GET /", kind=trace_pb2.Span.SPAN_KIND_SERVER,
+                 start_time_unix_nano=now - 50 * 10**6, end_time_unix_nano=now - 10 * 10**6)
+    back = b.msg.resource_spans.add()
+    back.resource.attributes.extend(attrs({"service.name": "skew-back"}))
+    bs = back.scope_spans.add()
+    bs.spans.add(trace_id=tid, span_id=b"\x02" * 8, parent_span_id=b"\x01" * 8, name="/b.B/Get",
+                 kind=trace_pb2.Span.SPAN_KIND_SERVER, start_time_unix_nano=now - 80 * 10**6,  # 30 ms early
+                 end_time_unix_nano=now - 60 * 10**6)
+    bs.spans.add(trace_id=orphan_tid, span_id=b"\x03" * 8, parent_span_id=b"\x09" * 8, name="/b.B/Put",
+                 kind=trace_pb2.Span.SPAN_KIND_SERVER, start_time_unix_nano=now - 5 * 10**6, end_time_unix_nano=now)
+    path = tmp_path / "t.json"
+    await _send(b, real_jaeger.otlp_grpc, path)
+    await asyncio.to_thread(real_jaeger.wait_spans, tid.hex(), 2)
+    await asyncio.to_thread(real_jaeger.wait_spans, orphan_tid.hex(), 1)
+    sent = sent_view(b)
+    for t in (tid.hex(), orphan_tid.hex()):
+        c1, j, e1 = await acli("show", t, "--jaeger", real_jaeger.query_url, "--json")
+        c2, f, e2 = await acli("show", t, "--file", str(path), "--json")
+        assert (c1, c2) == (0, 0), (e1, e2)
+        assert json.loads(j) == json.loads(f)
+        tree = json.loads(j)["tree"]
+        t0 = json.loads(j)["start_unix_nano"]
+        for s in tree:
+            w = sent[(t, s["span_id"])]
+            assert (s["start_offset_ns"] + t0, s["duration_ns"], s["attributes"]) == (
+                w["start"], w["end"] - w["start"], w["attributes"])
+    code, out, _ = await acli("list", "--jaeger", real_jaeger.query_url, "--service", "skew-back", "--json")
+    assert code == 0 and {x["trace_id"] for x in json.loads(out)} == {tid.hex(), orphan_tid.hex()}
 
 
 async def test_waterfall_shows_what_matters(sources: tuple[str, str, dict[str, str]]) -> None:
