@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import socket
 import ssl
 import subprocess
@@ -167,9 +168,10 @@ class RealJaeger:
                 return self
             except JaegerStartError as e:
                 err = e
-                self.stop()
+                self._end()
                 if "address already in use" not in str(e):
                     break
+        self.stop()
         assert err is not None
         raise err
 
@@ -195,7 +197,12 @@ class RealJaeger:
             time.sleep(0.05)
         raise JaegerStartError(f"jaeger not ready after {self.ready_timeout}s:\n{self.log()[-3000:]}")
 
-    def stop(self, grace: float = 10.0) -> None:
+    def stop(self) -> None:
+        """Ends Jaeger (by its pid) and removes its config and log."""
+        self._end()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _end(self, grace: float = 10.0) -> None:
         p, self.proc = self.proc, None
         if p is None or p.poll() is not None:
             return

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,6 +200,19 @@ async def test_retries_while_jaeger_refuses() -> None:
         assert len(server.grpc.received.traces) == 2  # each batch delivered once
     finally:
         await server.stop()
+
+
+def test_real_jaeger_listens_only_on_its_loopback_ports() -> None:
+    """The helper's Jaeger opens exactly the four ports it was given, all on 127.0.0.1 (Jaeger's
+    defaults would add :8888 metrics and self-tracing), and leaves nothing behind."""
+    with RealJaeger() as j:
+        assert j.proc is not None
+        pid, workdir = j.proc.pid, j._dir
+        ss = subprocess.run(["ss", "-Hltnup"], capture_output=True, text=True, check=True).stdout
+        mine = sorted(ln.split()[4] for ln in ss.splitlines() if f"pid={pid}," in ln)
+        assert mine == sorted(f"127.0.0.1:{p}" for p in j.ports.values())
+    assert j.proc is None and not os.path.exists(f"/proc/{pid}")  # ended and reaped
+    assert not workdir.exists()
 
 
 @pytest.mark.parametrize("endpoint,says", [
