@@ -176,7 +176,6 @@ class JaegerSource:
             url = "http://" + url
         self.base = url.rstrip("/")
         self.timeout = timeout
-        self.ca_file = ca_file
         self._tls: ssl.SSLContext | None = None
         if self.base.startswith("https://"):
             try:
