@@ -18,7 +18,7 @@ from tests.e2e.agent import GOTEL, Agent
 from tests.helpers import goapps
 from tests.helpers.jaeger_real import RealJaeger
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 def server(service: str) -> goapps.RunningApp:
