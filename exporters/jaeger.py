@@ -2,8 +2,8 @@
 
 Jaeger ingests OTLP natively (since 1.35, on by default since 1.46; v2 is a collector distribution), so
 the sending is the ``otlp`` / ``otlp_http`` exporters' senders. What this adds is what Jaeger needs to
-show spans well: a ``service.name`` on every resource (Jaeger files spans under it; without one they
-land in "OTLPResourceNoServiceName"), and a span kind. Events and links pass through untouched.
+show spans well: a ``service.name`` on every resource (Jaeger files spans under it; without one, Jaeger
+v2 files them all under "missing-service-name", v1 under "OTLPResourceNoServiceName"), and a span kind. Events and links pass through untouched.
 Configs written for Jaeger's legacy ports and agents get an error that says what to use instead.
 """
 
