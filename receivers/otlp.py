@@ -47,7 +47,7 @@ from gotel.otlp import (
     secure_unix_socket,
     unix_path,
 )
-from gotel.pdata import Batch, Signal, batch_type
+from gotel.pdata import Batch, Profiles, Signal, batch_type
 
 REFUSED_RETRY_AFTER = 1.0  # seconds a refused sender is asked to wait (RetryInfo / Retry-After)
 
@@ -186,6 +186,8 @@ class OTLPReceiver(Receiver):
             raise Rejected(
                 grpc.StatusCode.INVALID_ARGUMENT, 400, f"malformed {what} {signal} request: {e}"
             ) from None
+        if isinstance(batch, Profiles):
+            batch.resolve_string_refs()  # the collector sends resource attributes as string-table indices
         return batch
 
     async def _push(self, signal: Signal, batch: Batch, metadata: Mapping[str, str]) -> None:
