@@ -12,7 +12,7 @@ import pytest
 
 from gotel.exporters import otlp as otlp_exp
 from gotel.exporters import otlp_http as otlp_http_exp
-from gotel.pdata import Batch, Profiles, Signal
+from gotel.pdata import Batch, Profiles, Signal, attr_dict
 from gotel.profconv import pprof_to_otlp
 from tests.helpers import otlp_samples, pprofkit
 from tests.helpers.exporter_ctx import make_ctx, metric_value
@@ -82,3 +82,33 @@ async def test_gotel_exporter_delivers_every_signal_to_the_collector(
         # without a batch step in between, each request gotel sent is one line of the file
         assert len(got) == len(want), signal
         assert items(signal, got) == items(signal, want), f"{signal}: what the collector wrote differs from what gotel sent"
+
+
+@pytest.mark.parametrize("variant", ["otlp-gzip", "otlp_http-proto-gzip"])
+async def test_gotel_exporter_headers_reach_the_collector(variant: str, otelcol: Callable[..., Collector]) -> None:
+    """`headers` arrive as the request's client metadata: the collector's attributes processor copies
+    them into the spans (from_context), so the file shows what the collector saw."""
+    cfg, grpc_port, http_port = sink_config((Signal.TRACES,))
+    for proto in ("grpc", "http"):
+        cfg["receivers"]["otlp"]["protocols"][proto]["include_metadata"] = True
+    cfg["processors"] = {"attributes": {"actions": [
+        {"key": "tenant", "from_context": "metadata.x-scope-orgid", "action": "insert"},
+        {"key": "auth", "from_context": "metadata.authorization", "action": "insert"},
+    ]}}
+    cfg["service"]["pipelines"]["traces"]["processors"] = ["attributes"]
+    col = otelcol(cfg)
+    module, make_cfg = EXPORTERS[variant]
+    ecfg = module.Config.model_validate({**make_cfg(grpc_port, http_port),
+                                         "headers": {"X-Scope-OrgID": "tenant-7", "authorization": "Bearer s3cret"}})
+    exp = module.factory.create(Signal.TRACES, ecfg, make_ctx("otlp"))
+    await exp.start()
+    try:
+        await exp.consume(otlp_samples.traces(3))
+    finally:
+        await exp.shutdown()
+    (req,) = col.wait_requests(Signal.TRACES, lambda reqs: len(reqs) >= 1)
+    spans = [s for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    assert len(spans) == 3
+    for s in spans:
+        a = attr_dict(s.attributes)
+        assert a["tenant"] == "tenant-7" and a["auth"] == "Bearer s3cret", a
