@@ -9,6 +9,7 @@ bytes, the collector's requests)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,9 +25,12 @@ SHARED = Path(__file__).with_name("shared-config.yaml")
 GOTEL = str(Path(sys.executable).with_name("gotel"))
 
 
-def gotel_validate(path: Path) -> subprocess.CompletedProcess[str]:
+RELAY = Path(__file__).resolve().parents[3] / "config" / "examples" / "otlp-relay.yaml"
+
+
+def gotel_validate(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([GOTEL, "validate", "-c", str(path)], capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, env=env)
 
 
 def test_shared_config_is_accepted_by_both() -> None:
@@ -38,6 +42,16 @@ def test_shared_config_is_accepted_by_both() -> None:
     # profiles pipelines exist in the collector only behind its feature gate
     c = otelcol.validate(SHARED, feature_gates=())
     assert c.returncode != 0 and otelcol.PROFILES_GATE in c.stdout + c.stderr
+
+
+def test_relay_example_is_accepted_by_both() -> None:
+    """gotel's own OTLP relay example (config/examples/otlp-relay.yaml) is a valid collector config too."""
+    env = dict(os.environ, OTLP_TOKEN="t0ken")  # gotel refuses an unset variable without a default
+    g = gotel_validate(RELAY, env)
+    assert g.returncode == 0, g.stdout + g.stderr
+    c = subprocess.run([str(otelcol.binary()), "validate", "--config", str(RELAY)], capture_output=True,
+                       text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    assert c.returncode == 0, c.stdout + c.stderr
 
 
 @pytest.mark.parametrize("mistake, where", [
