@@ -1,11 +1,11 @@
 """The real collector's own `otlp_grpc` and `otlp_http` exporters (v0.161.0) deliver all four signals to
-gotel's `otlp` receiver, and gotel's pipeline gets every item exactly once over each protocol.
+gotel's `otlp` receiver, and gotel's pipeline gets every item exactly once.
 
 Data enters the collector through its `otlp` receiver (sent by gotel's `otlp` exporter, whose delivery
-tests/integration/collector/test_gotel_exporters.py checks) and leaves through both collector exporters
-of every pipeline: one to a gRPC-only gotel receiver, one to an HTTP-only one. Profiles: the collector
-sends resource attributes as indices into the profile dictionary's string table; gotel's pipeline must
-see them as plain attributes."""
+test_gotel_exporters.py checks) and leaves through the collector exporter under test, with its default
+compression (gzip) or none, protobuf or JSON. Profiles: over OTLP/HTTP the collector sends resource
+attributes as indices into the profile dictionary's string table; gotel's pipeline must see them as
+plain attributes."""
 
 from __future__ import annotations
 
@@ -26,47 +26,44 @@ from tests.integration.collector.test_gotel_exporters import batches
 
 pytestmark = pytest.mark.slow
 
-
-class GotelSide:
-    """Two gotel otlp receivers on ephemeral loopback ports, one per protocol, each with its own sinks."""
-
-    def __init__(self) -> None:
-        self.grpc_sinks, self.http_sinks = sinks(*Signal), sinks(*Signal)
-        cfg_g = otlp_recv.Config.model_validate({"protocols": {"grpc": {"endpoint": "127.0.0.1:0"}}})
-        cfg_h = otlp_recv.Config.model_validate({"protocols": {"http": {"endpoint": "127.0.0.1:0"}}})
-        self.grpc = otlp_recv.OTLPReceiver(cfg_g, self.grpc_sinks, make_ctx("otlp", "grpc"))
-        self.http = otlp_recv.OTLPReceiver(cfg_h, self.http_sinks, make_ctx("otlp", "http"))
+# collector exporter type -> its config, given gotel's gRPC and HTTP ports
+EXPORTERS: dict[str, tuple[str, Callable[[int, int], dict[str, Any]]]] = {
+    "otlp_grpc-gzip": ("otlp_grpc", lambda g, h: {"endpoint": f"127.0.0.1:{g}", "tls": {"insecure": True}}),
+    "otlp_grpc-none": ("otlp_grpc", lambda g, h: {"endpoint": f"127.0.0.1:{g}", "tls": {"insecure": True},
+                                                  "compression": "none"}),
+    "otlp_http-proto-gzip": ("otlp_http", lambda g, h: {"endpoint": f"http://127.0.0.1:{h}"}),
+    "otlp_http-json-none": ("otlp_http", lambda g, h: {"endpoint": f"http://127.0.0.1:{h}", "encoding": "json",
+                                                       "compression": "none"}),
+}
 
 
 @pytest.fixture
-async def gotel_side() -> AsyncIterator[GotelSide]:
-    g = GotelSide()
-    await g.grpc.start()
-    await g.http.start()
+async def gotel_receiver() -> AsyncIterator[tuple[otlp_recv.OTLPReceiver, dict[Signal, MemorySink]]]:
+    """gotel's otlp receiver, gRPC and HTTP on ephemeral loopback ports, every signal into a memory sink."""
+    s = sinks(*Signal)
+    cfg = otlp_recv.Config.model_validate({"protocols": {"grpc": {"endpoint": "127.0.0.1:0"},
+                                                         "http": {"endpoint": "127.0.0.1:0"}}})
+    r = otlp_recv.OTLPReceiver(cfg, s, make_ctx("otlp"))
+    await r.start()
     try:
-        yield g
+        yield r, s
     finally:
-        await g.grpc.shutdown()
-        await g.http.shutdown()
+        await r.shutdown()
 
 
-def requests(sink: MemorySink) -> list[Any]:
-    return [b.peek() for b in sink.batches]
-
-
-async def test_collector_exporters_deliver_every_signal_to_gotel(
-        gotel_side: GotelSide, otelcol: Callable[..., Collector]) -> None:
+@pytest.mark.parametrize("variant", sorted(EXPORTERS))
+async def test_collector_exporter_delivers_every_signal_to_gotel(
+        variant: str, gotel_receiver: tuple[otlp_recv.OTLPReceiver, dict[Signal, MemorySink]],
+        otelcol: Callable[..., Collector]) -> None:
+    recv, side = gotel_receiver
+    assert recv.grpc_port and recv.http_port
+    typ, make_cfg = EXPORTERS[variant]
     in_port = free_port()
-    cfg = {
+    col = otelcol({
         "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{in_port}"}}}},
-        "exporters": {
-            "otlp_grpc": {"endpoint": f"127.0.0.1:{gotel_side.grpc.grpc_port}", "tls": {"insecure": True}},
-            "otlp_http": {"endpoint": f"http://127.0.0.1:{gotel_side.http.http_port}"},
-        },
-        "service": {"pipelines": {s.value: {"receivers": ["otlp"], "exporters": ["otlp_grpc", "otlp_http"]}
-                                  for s in Signal}},
-    }
-    col = otelcol(cfg)
+        "exporters": {typ: make_cfg(recv.grpc_port, recv.http_port)},
+        "service": {"pipelines": {s.value: {"receivers": ["otlp"], "exporters": [typ]} for s in Signal}},
+    })
     ecfg = otlp_exp.Config.model_validate({"endpoint": f"http://127.0.0.1:{in_port}"})
     sent: dict[Signal, list[Batch]] = {}
     for signal in Signal:
@@ -79,24 +76,19 @@ async def test_collector_exporters_deliver_every_signal_to_gotel(
         finally:
             await exp.shutdown()
 
-    want_counts = {s: sum(b.item_count() for b in sent[s]) for s in Signal}
+    def count(signal: Signal) -> int:
+        return sum(b.item_count() for b in side[signal].batches)
 
-    def count(sink: MemorySink) -> int:
-        return sum(b.item_count() for b in sink.batches)
-
-    loop_end = asyncio.get_running_loop().time() + 30
-    while asyncio.get_running_loop().time() < loop_end:
-        if all(count(side[s]) >= want_counts[s] for side in (gotel_side.grpc_sinks, gotel_side.http_sinks)
-               for s in Signal):
-            break
+    want = {s: sum(b.item_count() for b in sent[s]) for s in Signal}
+    end = asyncio.get_running_loop().time() + 30
+    while any(count(s) < want[s] for s in Signal) and asyncio.get_running_loop().time() < end:
         await asyncio.sleep(0.1)
-    for proto, side in (("grpc", gotel_side.grpc_sinks), ("http", gotel_side.http_sinks)):
-        for signal in Signal:
-            got = requests(side[signal])
-            assert items(signal, got) == items(signal, [b.peek() for b in sent[signal]]), \
-                f"{signal} over {proto}: gotel's pipeline got other items than were sent\n{col.log()}"
-        # profiles: gotel's pipeline reads the resource attributes as plain ones, not string-table indices
-        resources = [attr_dict(rp.resource.attributes) for r in requests(side[Signal.PROFILES])
-                     for rp in r.resource_profiles]
-        assert {"service.name": "shop", "process.pid": 77, "host.arch": "amd64"} in resources, (proto, resources)
-        assert all(r.get("service.name") for r in resources), (proto, resources)
+    for signal in Signal:
+        got = [b.peek() for b in side[signal].batches]
+        assert items(signal, got) == items(signal, [b.peek() for b in sent[signal]]), \
+            f"{signal}: gotel's pipeline got other items than were sent\n{col.log()}"
+    # gotel's pipeline reads profile resource attributes as plain attributes, not string-table indices
+    resources = [attr_dict(rp.resource.attributes) for b in side[Signal.PROFILES].batches
+                 for rp in b.peek().resource_profiles]
+    assert {"service.name": "shop", "process.pid": 77, "host.arch": "amd64"} in resources, resources
+    assert all(r.get("service.name") for r in resources), resources
