@@ -32,7 +32,6 @@ from gotel.pdata import Profiles, Signal, batch_type, value_of
 from tests.helpers.peers import peer_binary
 from tests.helpers.prometheus_server import free_port
 
-RELEASE = "v0.161.0"  # the collector's release line in tests/peers/otelcol/go.mod
 PROFILES_GATE = "service.profilesSupport"
 
 

@@ -22,7 +22,7 @@ from gotel.receivers.go_ebpf.events import CODES
 from tests.helpers import goapps
 from tests.helpers.otelcol import Collector, sink_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 GOTEL = str(Path(sys.executable).with_name("gotel"))
 SERVER, CLIENT = 2, 3
