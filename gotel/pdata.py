@@ -303,8 +303,18 @@ class Profiles(Batch):
 
 
 def _has_refs(kvs: Iterable[KeyValue]) -> bool:
-    return any(kv.key_strindex or kv.value.WhichOneof("value") in ("string_value_strindex", "kvlist_value", "array_value")
-               for kv in kvs)
+    return any(kv.key_strindex or _value_has_refs(kv.value) for kv in kvs)
+
+
+def _value_has_refs(av: AnyValue) -> bool:
+    kind = av.WhichOneof("value")
+    if kind == "string_value_strindex":
+        return True
+    if kind == "kvlist_value":
+        return _has_refs(av.kvlist_value.values)
+    if kind == "array_value":
+        return any(_value_has_refs(x) for x in av.array_value.values)
+    return False
 
 
 def _resolve_kvs(kvs: Iterable[KeyValue], table: list[str]) -> None:
