@@ -125,6 +125,11 @@ class PyroscopeSender(Sender):
         if self._session is not None:
             await self._session.close()
 
+    def _malformed(self, n: int, why: str) -> None:
+        """A profile that refers outside its dictionary is left out, counted and named; the rest go on."""
+        self.ctx.telemetry.dropped(Signal.PROFILES, n, "malformed")
+        self.ctx.logger.warning("%s: dropped %d malformed profile(s): %s", self.ctx.id, n, why)
+
     def labels(self, g: PprofGroup) -> dict[str, str]:
         res = g.resource
         out: dict[str, str] = {}
@@ -144,7 +149,7 @@ class PyroscopeSender(Sender):
 
     async def send(self, batch: Batch) -> None:
         assert self._session is not None, "start() was not called"
-        groups = [g for g in otlp_to_pprof(batch.peek()) if g.profile.sample]
+        groups = [g for g in otlp_to_pprof(batch.peek(), on_drop=self._malformed) if g.profile.sample]
         if not groups:
             return
         if self.cfg.protocol == "push":

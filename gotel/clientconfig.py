@@ -1,19 +1,90 @@
 """Client-side settings shared by network exporters, named as in the collector (confighttp/configtls).
 
 Header values are kept as pydantic SecretStr so that printing a config, or an error about it, never
-shows a token.
+shows a token. Tokens need not be in the config file either: ``headers: {authorization: "Bearer
+${env:TOKEN}"}`` takes one from the environment, ``headers_file`` from a private file.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import ssl
+import stat
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
-from pydantic import Field, SecretStr
+import yaml
+from pydantic import Field, SecretStr, model_validator
 
 from gotel.component import ComponentConfig
 from gotel.config.types import Duration
 from gotel.exporterhelper import QueueConfig, RetryConfig
+
+log = logging.getLogger("gotel.config")
+# Header names whose values are credentials: a literal one in argv is worth a warning.
+SENSITIVE_HEADER = re.compile(r"auth|token|key|secret|passw|cookie|session|credential", re.I)
+
+
+def read_headers_file(path: str) -> dict[str, str]:
+    """A headers file: a YAML mapping of header name to value (``authorization: Bearer ...``).
+
+    Raises ValueError naming the file and the problem, never a value. Warns when other users can
+    read the file, as ssh does for keys."""
+    try:
+        st = os.stat(path)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ValueError(f"headers file {path}: {e.strerror or e}") from None
+    if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("headers file %s is readable by other users (mode %04o): chmod 600 it",
+                    path, stat.S_IMODE(st.st_mode))
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"headers file {path}:{line} not a YAML mapping of header: value") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"headers file {path}: not a YAML mapping of header: value")
+    out: dict[str, str] = {}
+    for k, v in data.items():
+        if not isinstance(k, str) or not k.strip() or isinstance(v, dict | list) or v is None:
+            raise ValueError(f"headers file {path}: entry {k!r} must be a header name with a text value")
+        out[k.strip().lower()] = str(v)
+    return out
+
+
+def parse_header_args(args: Iterable[str], env: Mapping[str, str]) -> tuple[dict[str, str], list[str], list[str]]:
+    """``KEY=VALUE`` command-line headers -> (headers, errors, warnings).
+
+    ``${env:NAME}`` in a value is expanded here, so that quoting it ('Bearer ${env:TOKEN}') keeps the
+    token out of argv, which every local user can read in /proc/PID/cmdline. A literal credential
+    still works, with a warning."""
+    from gotel.config.source import expand_env
+
+    headers: dict[str, str] = {}
+    errors: list[str] = []
+    warnings: list[str] = []
+    for h in args:
+        k, sep, v = h.partition("=")
+        k = k.strip().lower()
+        if not sep or not k:
+            errors.append(f"--header {k or h!r}: expected KEY=VALUE")
+            continue
+        value, errs, _whole = expand_env(v, env)
+        errors.extend(f"--header {k}: {e}" for e in errs)
+        if value == v and v and SENSITIVE_HEADER.search(k):
+            warnings.append(
+                f"--header '{k}' holds a literal value, visible to every local user in the process list: put "
+                "${env:NAME} in the value, quoted so that the shell leaves it to gotel, or use --header-file FILE"
+            )
+        headers[k] = value
+    return headers, errors, warnings
 
 
 class TLSClientConfig(ComponentConfig):
@@ -46,11 +117,24 @@ class ClientConfig(ComponentConfig):
 
     endpoint: str
     headers: dict[str, SecretStr] = Field(default_factory=dict)
+    headers_file: str | None = Field(
+        None, description="YAML file of header: value added to headers (read at start; keeps tokens out of the config)"
+    )
     tls: TLSClientConfig = Field(default_factory=TLSClientConfig)
     compression: Literal["gzip", "none", ""] = "gzip"
     timeout: Duration = Field(5.0, gt=0, description="one send attempt: 5s, 500ms or seconds as a number")
     sending_queue: QueueConfig = Field(default_factory=QueueConfig)
     retry_on_failure: RetryConfig = Field(default_factory=RetryConfig)
+
+    @model_validator(mode="after")
+    def _read_headers_file(self) -> ClientConfig:
+        if self.headers_file:
+            have = {h.lower(): x.get_secret_value() for h, x in self.headers.items()}
+            for k, v in read_headers_file(self.headers_file).items():
+                if k in have and have[k] != v:  # (equal: this config was validated before)
+                    raise ValueError(f"header {k} is set both in headers and in headers_file {self.headers_file}")
+                self.headers[k] = SecretStr(v)
+        return self
 
     def header_values(self) -> dict[str, str]:
         return {k: v.get_secret_value() for k, v in self.headers.items()}

@@ -16,8 +16,9 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
+from gotel.duration import UNIT_NAMES, parse_duration
 from gotel.pdata import Batch, Signal
 
 if TYPE_CHECKING:
@@ -32,10 +33,49 @@ class Kind(StrEnum):
     CONNECTOR = "connector"
 
 
+@dataclass(frozen=True)
+class RenamedKey:
+    """A config key's new name. `unit` (a Go duration unit such as "ms") is what a bare number under
+    the old key meant, so `slow_syscall_threshold_ms: 10` still means 10ms; a duration string carries its own."""
+
+    new: str
+    unit: str | None = None
+
+    def convert(self, value: Any) -> Any:
+        if self.unit is not None and not isinstance(value, bool):
+            try:
+                return float(value) * parse_duration("1" + self.unit)
+            except (TypeError, ValueError):
+                pass  # "10ms" (or garbage, which the new key's type reports)
+        return value
+
+
+def _schema_renamed(schema: dict[str, Any], cls: type) -> None:
+    """Old names appear in the JSON schema (and `gotel components TYPE`) as deprecated properties."""
+    for old, r in getattr(cls, "renamed_keys", {}).items():
+        unit = f"; a bare number here is {UNIT_NAMES.get(r.unit, r.unit)}" if r.unit else ""
+        schema.setdefault("properties", {})[old] = {"deprecated": True, "description": f"deprecated: use {r.new}{unit}"}
+
+
 class ComponentConfig(BaseModel):
     """Base of every component's config: unknown keys are errors, not silence."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, json_schema_extra=_schema_renamed)
+    # old key -> its new name: still accepted (the config loader warns, naming the new key)
+    renamed_keys: ClassVar[Mapping[str, RenamedKey]] = MappingProxyType({})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rename_old_keys(cls, data: Any) -> Any:
+        if not cls.renamed_keys or not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, r in cls.renamed_keys.items():
+            if old in data:
+                if r.new in data:
+                    raise ValueError(f'"{old}" is the deprecated name of "{r.new}": give only "{r.new}"')
+                data[r.new] = r.convert(data.pop(old))
+        return data
 
 
 @dataclass(frozen=True, order=True)

@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import Field
 
 from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
+from gotel.config.types import Duration
 from gotel.discovery import DiscoveryConfig, ProcessInfo
 from gotel.discovery.procfs import exe_path_for_reading
 from gotel.ebpf.targets import body_address, entry_site, ret_addresses
@@ -42,7 +43,7 @@ MIN_GO = 17  # register ABI
 
 
 class Config(ComponentConfig):
-    collection_interval: float = Field(10.0, gt=0, description="seconds between two readings of the maps")
+    collection_interval: Duration = Field(10.0, gt=0, description="time between two readings of the maps")
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     gc_logs: bool = Field(True, description="one log record per GC cycle (when a logs pipeline uses this receiver)")
     goroutine_creators: bool = Field(True, description="goroutine creations per creating function")

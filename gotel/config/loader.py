@@ -23,7 +23,7 @@ from gotel.config.model import (
     TelemetryConfig,
 )
 from gotel.config.source import Path, Source, load_source
-from gotel.config.types import parse_duration
+from gotel.config.types import format_duration, is_duration_field, parse_duration
 from gotel.pdata import Signal
 from gotel.registry import Registry, registry
 
@@ -70,16 +70,46 @@ def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     return None, False
 
 
-def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
+def _model_at(model: type[BaseModel], loc: tuple[str, ...]) -> type[BaseModel] | None:
+    """The model that holds the keys under loc (list and dict levels skipped), if there is one."""
     cur: type[BaseModel] | None = model
     i = 0
     while cur is not None and i < len(loc):
         f = cur.model_fields.get(loc[i])
         if f is None:
-            return []
+            return None
         cur, container = _model_in(f.annotation)
         i += 2 if container else 1
+    return cur if i >= len(loc) else None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
+    cur = _model_at(model, loc)
     return sorted(cur.model_fields) if cur is not None else []
+
+
+def _is_duration_at(model: type[BaseModel], loc: tuple[str, ...]) -> bool:
+    """Whether loc names a Duration field, so that its bounds are reported as durations."""
+    cur = _model_at(model, loc[:-1])
+    f = cur.model_fields.get(loc[-1]) if cur is not None else None
+    return f is not None and is_duration_field(f.annotation, f.metadata)
+
+
+_BOUNDS = {"greater_than": ("gt", "more than"), "greater_than_equal": ("ge", "at least"),
+           "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most")}
+
+
+def _written_path(src: Source, base: Path, loc: tuple[str, ...], model: type[BaseModel]) -> Path:
+    """The path as written: a renamed key's value is reported at its old key when that was used."""
+    path = (*base, *loc)
+    if not loc or path in src.lines:
+        return path
+    m = _model_at(model, loc[:-1])
+    for old, r in getattr(m, "renamed_keys", {}).items():
+        alt = (*base, *loc[:-1], old)
+        if r.new == loc[-1] and alt in src.lines:
+            return alt
+    return path
 
 
 def report_validation_error(src: Source, base: Path, exc: ValidationError, model: type[BaseModel]) -> None:
@@ -87,12 +117,17 @@ def report_validation_error(src: Source, base: Path, exc: ValidationError, model
     for err in exc.errors():
         # pydantic adds union/validator tags such as "function-after[...]" to loc; they are not keys.
         loc = tuple(str(x) for x in err["loc"] if not (isinstance(x, str) and "[" in x))
-        path = (*base, *loc)
+        path = _written_path(src, base, loc, model)
         typ = err["type"]
         if typ == "extra_forbidden":
             src.error(path, _unknown_key(loc[-1], _fields_at(model, loc[:-1])))
         elif typ == "missing":
             src.error(path[:-1], f'missing required key "{loc[-1]}"')
+        elif typ in _BOUNDS and loc and _is_duration_at(model, loc):
+            bound, words = _BOUNDS[typ]
+            inp = err.get("input")  # parsed seconds, or as written when the bound wraps an optional duration
+            got = inp if isinstance(inp, str) else format_duration(inp) if isinstance(inp, int | float) else repr(inp)
+            src.error(path, f"must be {words} {format_duration(err['ctx'][bound])} (got {got})")
         else:
             msg = str(err["msg"]).removeprefix("Value error, ")
             inp = err.get("input")
@@ -101,6 +136,29 @@ def report_validation_error(src: Source, base: Path, exc: ValidationError, model
                 if len(s) <= 60 and s not in msg:
                     msg += f" (got {s})"
             src.error(path, msg)
+
+
+def report_renamed_keys(src: Source, base: Path, body: Any, model: type[BaseModel]) -> None:
+    """A warning per deprecated key written, at its line, with the line to write instead."""
+    if not isinstance(body, dict):
+        return
+    for old, r in getattr(model, "renamed_keys", {}).items():
+        if old in body:
+            try:
+                example = f"{r.new}: {format_duration(parse_duration(r.convert(body[old])))}" if r.unit else r.new
+            except ValueError:
+                example = r.new
+            src.error((*base, old), f'"{old}" is deprecated: write {example}', warning=True)
+    for key, value in body.items():
+        f = model.model_fields.get(str(key))
+        sub, container = _model_in(f.annotation) if f is not None else (None, False)
+        if sub is None:
+            continue
+        if not container:
+            report_renamed_keys(src, (*base, str(key)), value, sub)
+        elif isinstance(value, dict | list):
+            for k, v in value.items() if isinstance(value, dict) else enumerate(value):
+                report_renamed_keys(src, (*base, str(key), str(k)), v, sub)
 
 
 class _Validator:
@@ -167,6 +225,7 @@ class _Validator:
             body = self.mapping(raw, path, f"the config of {kind.value} {key}")
             if body is None:
                 continue
+            report_renamed_keys(self.src, path, body, factory.config)
             try:
                 model = factory.config.model_validate(body)
             except ValidationError as e:
@@ -185,6 +244,7 @@ class _Validator:
         if "telemetry" in svc:
             t = self.mapping(svc["telemetry"], ("service", "telemetry"), "service::telemetry")
             if t is not None:
+                report_renamed_keys(self.src, ("service", "telemetry"), t, TelemetryConfig)
                 try:
                     sc.telemetry = TelemetryConfig.model_validate(t)
                 except ValidationError as e:
@@ -192,6 +252,7 @@ class _Validator:
         if "supervisor" in svc:
             s = self.mapping(svc["supervisor"], ("service", "supervisor"), "service::supervisor")
             if s is not None:
+                report_renamed_keys(self.src, ("service", "supervisor"), s, SupervisorConfig)
                 try:
                     sc.supervisor = SupervisorConfig.model_validate(s)
                 except ValidationError as e:
@@ -322,9 +383,10 @@ def _tidy(src: Source) -> None:
     out = []
     for i in src.issues:
         key = (i.line, i.path)
-        if key in seen and not i.warning:
-            continue
-        seen.add(key)
+        if not i.warning:  # a warning at a place (a deprecated key) never hides an error there
+            if key in seen:
+                continue
+            seen.add(key)
         out.append(i)
     src.issues[:] = sorted(out, key=lambda i: (i.line or 0))
 

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 import time
 from typing import Any
 
@@ -27,6 +26,7 @@ from gotel.registry import registry
 from gotel.selfmetrics import MergedRegistry, families_to_otlp
 from gotel.service.graph import Graph, make_context, shutdown_with_deadline
 from gotel.service.router import Router
+from gotel.service.rundir import runtime_dir
 from gotel.service.server import StartupError, TelemetryServer
 from gotel.supervisor import Supervisor
 from gotel.telemetry import Telemetry, default_telemetry
@@ -52,16 +52,6 @@ def internal_receiver_config(factory: ReceiverFactory, socket_path: str) -> Any:
         except ValidationError as e:
             last = e
     raise RuntimeError(f"the otlp receiver accepts no unix-socket config: {last}")
-
-
-def runtime_dir() -> str:
-    """A private (0700) directory for the internal socket."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if not base or not os.path.isdir(base):
-        base = None
-    d = tempfile.mkdtemp(prefix="gotel-", dir=base)
-    os.chmod(d, 0o700)
-    return d
 
 
 class Service:

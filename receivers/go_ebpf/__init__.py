@@ -4,7 +4,7 @@
       go_ebpf:
         discovery: {exe_paths: ["*/grpcapp"]}
         legacy_grpc_status_code: false
-        stitch_window: 0.5
+        stitch_window: 500ms
 
 See docs/go_ebpf.md for the attributes, versions handled and what degrades without DWARF.
 """
@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from gotel.component import ComponentConfig, Consumer, Context, ReceiverFactory
+from gotel.config.types import Duration
 from gotel.discovery import DiscoveryConfig, ProcessAdded, ProcessInfo, ProcessRemoved, ProcessWatcher
 from gotel.ebpf.streaming import RingBufferReceiver
 from gotel.pdata import Signal
@@ -34,13 +35,13 @@ class Config(ComponentConfig):
     grpc: bool = Field(True, description="trace gRPC servers and clients")
     http: bool = Field(True, description="trace net/http servers and clients")
     legacy_grpc_status_code: bool = Field(False, description="also emit the integer rpc.grpc.status_code")
-    poll_interval: float = Field(
+    poll_interval: Duration = Field(
         0.25, gt=0, le=5,
-        description="least seconds between ring-buffer drains while records flow (a drain of >= 2048 records "
+        description="least time between ring-buffer drains while records flow (a drain of >= 2048 records "
                     "is followed by another at once; spans leave every flush_interval anyway)")
-    flush_interval: float = Field(0.5, gt=0, description="seconds between pushes of spans")
-    export_interval: float = Field(10.0, gt=0, description="seconds between pushes of metrics")
-    stitch_window: float = Field(0.5, ge=0, description="seconds a finished span waits for its remote parent")
+    flush_interval: Duration = Field(0.5, gt=0, description="time between pushes of spans")
+    export_interval: Duration = Field(10.0, gt=0, description="time between pushes of metrics")
+    stitch_window: Duration = Field(0.5, ge=0, description="how long a finished span waits for its remote parent")
     ring_buffer_pages: int = Field(2048, ge=1, description="ring buffer size in 4 KiB pages (a power of two)")
 
     @field_validator("ring_buffer_pages")

@@ -172,7 +172,7 @@ class Fetcher:
                               "another profiler (or go tool pprof) holds the CPU profiler; gotel waits for the next interval", status)
         if "writetimeout" in low or "write timeout" in low:
             raise ScrapeError("write_timeout", f"{url}: {text[:160]!r}",
-                              "the profile duration exceeds the server's WriteTimeout: lower cpu.seconds", status)
+                              "the profile duration exceeds the server's WriteTimeout: lower cpu.duration", status)
         raise ScrapeError("http_error", f"{url} answered {status}: {text[:160]!r}", status=status)
 
     async def probe(self, target: Target, path: str) -> bool:

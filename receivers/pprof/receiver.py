@@ -126,7 +126,7 @@ class TargetRunner:
         self.label = target.describe()
         self.deltas: dict[str, DeltaState] = {}
         d = self.cfg.diagnostics
-        self.leaks = goroutines.LeakDetector(d.leak_scrapes, d.leak_min_goroutines, d.blocked_minutes, d.max_buckets)
+        self.leaks = goroutines.LeakDetector(d.leak_scrapes, d.leak_min_goroutines, d.blocked_threshold / 60, d.max_buckets)
         self.leak_reported: dict[goroutines.BucketKey, int] = {}
         self.last_goroutines: tuple[float, int] | None = None
         self.last_error: dict[str, str] = {}
