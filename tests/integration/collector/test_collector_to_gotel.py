@@ -2,8 +2,8 @@
 gotel's `otlp` receiver, and gotel's pipeline gets every item exactly once.
 
 Data enters the collector through its `otlp` receiver (sent by gotel's `otlp` exporter, whose delivery
-test_gotel_exporters.py checks) and leaves through the collector exporter under test, with its default
-compression (gzip) or none, protobuf or JSON. Profiles: over OTLP/HTTP the collector sends resource
+test_gotel_exporters.py checks) and leaves through the collector exporter under test: gRPC with gzip
+(its default) or none; HTTP with protobuf or JSON, gzip (its default), zstd, snappy, zlib, deflate or none. Profiles: over OTLP/HTTP the collector sends resource
 attributes as indices into the profile dictionary's string table; gotel's pipeline must see them as
 plain attributes."""
 
@@ -34,6 +34,9 @@ EXPORTERS: dict[str, tuple[str, Callable[[int, int], dict[str, Any]]]] = {
     "otlp_http-proto-gzip": ("otlp_http", lambda g, h: {"endpoint": f"http://127.0.0.1:{h}"}),
     "otlp_http-json-none": ("otlp_http", lambda g, h: {"endpoint": f"http://127.0.0.1:{h}", "encoding": "json",
                                                        "compression": "none"}),
+    # the other encodings the collector's HTTP client offers and gotel's receiver decodes (lz4 it does not)
+    **{f"otlp_http-proto-{c}": ("otlp_http", lambda g, h, c=c: {"endpoint": f"http://127.0.0.1:{h}", "compression": c})
+       for c in ("zstd", "snappy", "zlib", "deflate")},
 }
 
 
