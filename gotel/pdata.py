@@ -283,6 +283,58 @@ class Profiles(Batch):
     def split(self, max_items: int) -> list[Batch]:
         return [self]
 
+    def resolve_string_refs(self) -> bool:
+        """Resource and scope attributes whose key or string value is an index into the dictionary's
+        string table (`key_strindex`, `string_value_strindex`: how the collector's pdata sends them, at
+        least since v0.161.0) become plain strings, as the collector does on receipt, so that every component
+        reads `service.name` the same way. Returns whether anything changed; untouched batches keep
+        their wire bytes."""
+        scopes = [(rp.resource.attributes, [sp.scope.attributes for sp in rp.scope_profiles])
+                  for rp in self.peek().resource_profiles]
+        if not any(_has_refs(kvs) for res, scs in scopes for kvs in (res, *scs)):
+            return False
+        m = self.msg
+        table = list(m.dictionary.string_table)
+        for rp in m.resource_profiles:
+            _resolve_kvs(rp.resource.attributes, table)
+            for sp in rp.scope_profiles:
+                _resolve_kvs(sp.scope.attributes, table)
+        return True
+
+
+def _has_refs(kvs: Iterable[KeyValue]) -> bool:
+    return any(kv.key_strindex or _value_has_refs(kv.value) for kv in kvs)
+
+
+def _value_has_refs(av: AnyValue) -> bool:
+    kind = av.WhichOneof("value")
+    if kind == "string_value_strindex":
+        return True
+    if kind == "kvlist_value":
+        return _has_refs(av.kvlist_value.values)
+    if kind == "array_value":
+        return any(_value_has_refs(x) for x in av.array_value.values)
+    return False
+
+
+def _resolve_kvs(kvs: Iterable[KeyValue], table: list[str]) -> None:
+    for kv in kvs:
+        if kv.key_strindex and not kv.key and kv.key_strindex < len(table):
+            kv.key = table[kv.key_strindex]
+            kv.key_strindex = 0
+        _resolve_value(kv.value, table)
+
+
+def _resolve_value(av: AnyValue, table: list[str]) -> None:
+    kind = av.WhichOneof("value")
+    if kind == "string_value_strindex" and 0 <= av.string_value_strindex < len(table):
+        av.string_value = table[av.string_value_strindex]
+    elif kind == "kvlist_value":
+        _resolve_kvs(av.kvlist_value.values, table)
+    elif kind == "array_value":
+        for x in av.array_value.values:
+            _resolve_value(x, table)
+
 
 BATCH_TYPES: dict[Signal, type[Batch]] = {
     Signal.TRACES: Traces,

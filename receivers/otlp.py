@@ -50,7 +50,7 @@ from gotel.otlp import (
     secure_unix_socket,
     unix_path,
 )
-from gotel.pdata import Batch, Signal, batch_type, invalid_ids
+from gotel.pdata import Batch, Profiles, Signal, batch_type, invalid_ids
 
 REFUSED_RETRY_AFTER = 1.0  # seconds a refused sender is asked to wait (RetryInfo / Retry-After)
 
@@ -303,6 +303,8 @@ class OTLPReceiver(Receiver):
             # Refused whole, as the collector's pdata does: never merged beside other senders' data.
             self._malformed.labels(signal.value, "invalid_id").inc()
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, 400, f"invalid {signal} request: {bad}")
+        if isinstance(batch, Profiles):
+            batch.resolve_string_refs()  # the collector sends resource attributes as string-table indices
         return batch
 
     async def _push(self, signal: Signal, batch: Batch, metadata: Mapping[str, str]) -> None:
