@@ -430,7 +430,7 @@ class LokiExporter(Exporter):
         self.ctx = ctx
         self.conv = Converter(cfg, ctx)
         self.queue = QueuedExporter(Signal.LOGS, ctx, PushSender(cfg, ctx), queue=cfg.sending_queue,
-                                    retry=cfg.retry_on_failure, timeout=cfg.timeout)
+                                    retry=cfg.retry_on_failure, timeout=cfg.timeout, storable=False)
         self._last_log = 0.0
 
     async def start(self) -> None:

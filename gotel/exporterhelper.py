@@ -91,7 +91,11 @@ class StorageExtension(Protocol):
     def client(self, kind: Kind, cid: ComponentID, name: str) -> Awaitable[StorageClient]: ...
 
 
-class StorageUnavailableError(RuntimeError):
+class StorageError(RuntimeError):
+    """A storage extension cannot serve (directory missing, database locked or unreadable)."""
+
+
+class StorageUnavailableError(StorageError):
     """sending_queue.storage names an extension that is not running in this process."""
 
 
@@ -163,6 +167,7 @@ class QueuedExporter(Exporter):
         retry: RetryConfig | None = None,
         timeout: float = 5.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        storable: bool = True,
     ) -> None:
         self.signal = signal
         self.ctx = ctx
@@ -171,6 +176,8 @@ class QueuedExporter(Exporter):
         self.rcfg = retry or RetryConfig()
         self.timeout = timeout
         self._sleep = sleep
+        # False when consume() gets converted requests rather than the signal's batches (loki)
+        self.storable = storable
         # (batch, units, storage index): the batch itself in memory, or None and the index on disk
         self._q: deque[tuple[Batch | None, int, int]] = deque()
         self._size = 0
@@ -218,6 +225,9 @@ class QueuedExporter(Exporter):
     async def start(self) -> None:
         self._cond = asyncio.Condition()
         if self.qcfg.enabled and self.qcfg.storage:
+            if not self.storable:
+                raise StorageError(f"{self.ctx.id}: sending_queue::storage is not supported by this exporter "
+                                   "(its queue holds converted requests); remove it to use the in-memory queue")
             self._store = await storage_client(self.ctx, self.qcfg.storage, str(self.signal))
             await self._recover()
         await self.sender.start()

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from gotel.component import Component, ComponentID, Kind, Receiver, ReceiverFactory
 from gotel.config.model import Config
+from gotel.exporterhelper import StorageError
 from gotel.pdata import Signal
 from gotel.registry import registry
 from gotel.selfmetrics import MergedRegistry, families_to_otlp
@@ -103,9 +104,16 @@ class Service:
         for eid in self.cfg.service.extensions:
             entry = self.cfg.extensions[eid]
             ext = entry.factory.create(entry.config, make_context(self.tel, eid, Kind.EXTENSION))  # type: ignore[attr-defined]
-            await ext.start()
+            try:
+                await ext.start()
+            except StorageError as e:
+                raise StartupError(f"extension {eid}: {e}") from e
             self.extensions.append((eid, ext))
-        await self.graph.start_exporters_and_processors()
+            self.graph.extensions[eid] = ext
+        try:
+            await self.graph.start_exporters_and_processors()
+        except StorageError as e:
+            raise StartupError(str(e)) from e
         children = self._out_of_process()
         if children:
             self.rundir = runtime_dir()

@@ -1,0 +1,91 @@
+"""The file_storage extension and the persistent sending queue built on it, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from gotel.component import ComponentID, Context, Kind
+from gotel.exporterhelper import ExportError, QueueConfig, QueuedExporter, RetryConfig, Sender, StorageError
+from gotel.extensions.file_storage import Config, FileStorage
+from gotel.pdata import Batch, Signal
+from gotel.telemetry import Telemetry
+from tests.helpers.otlp_samples import traces
+
+
+def ctx(cid: str, kind: Kind, exts: dict[ComponentID, object] | None = None) -> Context:
+    c = Context(ComponentID.parse(cid), kind, logging.getLogger(cid), Telemetry().component(cid, kind))
+    if exts is not None:
+        c.extras["extensions"] = exts
+    return c
+
+
+class Backend(Sender):
+    def __init__(self) -> None:
+        self.down = True
+        self.got: list[int] = []  # span ids, as the integers otlp_samples numbers them by
+
+    async def send(self, batch: Batch) -> None:
+        if self.down:
+            raise ExportError("down", retryable=True, reason="unavailable")
+        self.got.extend(int.from_bytes(s.span_id, "big") for s in batch.peek().resource_spans[0].scope_spans[0].spans)  # type: ignore[attr-defined]
+
+
+async def test_missing_directory_is_one_clear_error(tmp_path: Path) -> None:
+    ext = FileStorage(Config(directory=str(tmp_path / "nope")), ctx("file_storage", Kind.EXTENSION))
+    with pytest.raises(StorageError, match=r"directory .*nope does not exist \(create it, or set create_directory: true\)"):
+        await ext.start()
+    ok = FileStorage(Config(directory=str(tmp_path / "made"), create_directory=True), ctx("file_storage", Kind.EXTENSION))
+    await ok.start()
+    assert (tmp_path / "made").stat().st_mode & 0o777 == 0o750
+    await ok.shutdown()
+
+
+async def test_a_database_belongs_to_one_client(tmp_path: Path) -> None:
+    a = FileStorage(Config(directory=str(tmp_path), timeout=0.2), ctx("file_storage", Kind.EXTENSION))
+    await a.start()
+    c1 = await a.client(Kind.EXPORTER, ComponentID("otlp"), "traces")
+    with pytest.raises(StorageError, match=r"exporter_otlp_traces.db is in use by another process \(waited 0.2s"):
+        await a.client(Kind.EXPORTER, ComponentID("otlp"), "traces")
+    await c1.set("k", b"v")
+    assert await c1.get("k") == b"v" and await c1.keys("k") == ["k"] and await c1.keys("x") == []
+    await a.shutdown()
+
+
+async def test_storage_must_name_a_running_extension() -> None:
+    e = QueuedExporter(Signal.TRACES, ctx("otlp", Kind.EXPORTER, {}), Backend(), QueueConfig(storage="file_storage/q"))
+    with pytest.raises(StorageError, match=r"sending_queue::storage: file_storage/q is not a running storage extension"):
+        await e.start()
+
+
+async def test_queue_on_disk_survives_an_abandoned_process(tmp_path: Path) -> None:
+    """A first exporter stops at its deadline with the backend down: its batches stay on disk and a new
+    exporter (a new run) sends them, oldest first, then deletes them."""
+    fs = FileStorage(Config(directory=str(tmp_path)), ctx("file_storage", Kind.EXTENSION))
+    await fs.start()
+    exts: dict[ComponentID, object] = {ComponentID("file_storage"): fs}
+    retry = RetryConfig(initial_interval=0.05, max_interval=0.05, max_elapsed_time=0)
+    b1 = Backend()
+    e1 = QueuedExporter(Signal.TRACES, ctx("otlp", Kind.EXPORTER, exts), b1,
+                        QueueConfig(storage="file_storage", num_consumers=2), retry)
+    await e1.start()
+    for i in range(10):
+        await e1.consume(traces(10, start=i * 10))
+    await asyncio.sleep(0.2)
+    await e1.shutdown(deadline=0.3)
+    assert b1.got == []
+    b2 = Backend()
+    b2.down = False
+    e2 = QueuedExporter(Signal.TRACES, ctx("otlp", Kind.EXPORTER, exts), b2,
+                        QueueConfig(storage="file_storage", num_consumers=1), retry)
+    await e2.start()
+    await e2.shutdown(deadline=5)
+    assert b2.got == list(range(1, 101))
+    e3 = QueuedExporter(Signal.TRACES, ctx("otlp", Kind.EXPORTER, exts), b2, QueueConfig(storage="file_storage"), retry)
+    await e3.start()
+    assert e3._size == 0  # everything acknowledged was deleted
+    await e3.shutdown()
+    await fs.shutdown()
