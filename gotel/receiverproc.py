@@ -140,12 +140,14 @@ async def run_receiver(
         deadline = loop.time() + shutdown_timeout
         if receiver is not None:
             await shutdown_with_deadline(receiver, f"receiver {cid}", _mono(deadline, loop))
+        await asyncio.gather(*(shutdown_with_deadline(e, f"exporter for {s}", _mono(deadline, loop))
+                               for s, e in sinks.items()))
         if tel_task is not None:
+            # the final snapshot after the sinks drained: the pipeline gets this process's complete
+            # account (accepted, sent, dropped), which it carries over to the next process
             tel_stop.set()
             with contextlib.suppress(Exception):
                 await tel_task
-        await asyncio.gather(*(shutdown_with_deadline(e, f"exporter for {s}", _mono(deadline, loop))
-                               for s, e in sinks.items()))
         if tel_exporter is not None:
             await shutdown_with_deadline(tel_exporter, "telemetry exporter", _mono(deadline, loop))
     return code

@@ -23,13 +23,13 @@ from pydantic import ValidationError
 from gotel.component import Component, ComponentID, Kind, Receiver, ReceiverFactory
 from gotel.config.model import Config
 from gotel.exporterhelper import StorageError
-from gotel.pdata import Signal
+from gotel.pdata import Metrics, Signal
 from gotel.registry import registry
 from gotel.selfmetrics import MergedRegistry, families_to_otlp
 from gotel.service.graph import Graph, make_context, shutdown_with_deadline
 from gotel.service.router import Router
 from gotel.service.server import StartupError, TelemetryServer
-from gotel.supervisor import Supervisor
+from gotel.supervisor import CounterCarry, Supervisor
 from gotel.telemetry import Telemetry, default_telemetry
 
 log = logging.getLogger("gotel.service")
@@ -81,6 +81,8 @@ class Service:
         self._stop = asyncio.Event()
         self.socket_path: str | None = None
         self.extensions: list[tuple[ComponentID, Component]] = []
+        self.routers: list[Router] = []
+        self.carry = CounterCarry()  # receiver processes' counters, continued across their restarts
 
     # --- readiness --------------------------------------------------------------------------------
 
@@ -125,6 +127,7 @@ class Service:
             self.supervisor = Supervisor(
                 f"unix://{self.socket_path}", self.cfg.service.supervisor, self.tel, self.log_level,
                 telemetry_interval=min(2.0, self.cfg.service.telemetry.metrics.interval),
+                carry=self.carry, received=self._received,
             )
             for rid, signals in children.items():
                 self.supervisor.add(self.cfg.receivers[rid], signals)
@@ -145,10 +148,17 @@ class Service:
         for signal_ in Signal:
             routes = {str(rid): self.graph.receivers[rid].sinks[signal_]
                       for rid, sigs in children.items() if signal_ in sigs}
-            on_tel = self.merged.update if signal_ == Signal.METRICS else None
+            on_tel = self._receiver_telemetry if signal_ == Signal.METRICS else None
             sinks[signal_] = Router(signal_, routes, on_tel)
+            self.routers.append(sinks[signal_])
         self.internal = factory.create(cfg, sinks, make_context(self.tel, INTERNAL_RECEIVER, Kind.RECEIVER))
         await self.internal.start()
+
+    def _receiver_telemetry(self, rid: str, batch: Metrics) -> None:
+        self.merged.update(rid, self.carry.apply(rid, batch))
+
+    def _received(self, rid: str) -> dict[str, int]:
+        return {str(r.signal): r.received[rid] for r in self.routers}
 
     async def _feed_self_metrics(self) -> None:
         targets = [self.graph.pipelines[p].entry for p in self.cfg.service.telemetry.metrics.pipelines]
