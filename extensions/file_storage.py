@@ -212,11 +212,11 @@ class FileStorage(Component):
         d = self.cfg.directory
         if not os.path.isdir(d):
             if not self.cfg.create_directory:
-                raise StorageError(f"{self.ctx.id}: directory {d} does not exist "
+                raise StorageError(f"directory {d} does not exist "
                                    "(create it, or set create_directory: true)")
             os.makedirs(d, mode=int(self.cfg.directory_permissions, 8), exist_ok=True)
         if not os.access(d, os.W_OK | os.X_OK):
-            raise StorageError(f"{self.ctx.id}: directory {d} is not writable by this process")
+            raise StorageError(f"directory {d} is not writable by this process")
         if self.cfg.compaction.on_rebound:
             self._rebound = asyncio.create_task(self._rebound_loop(), name=f"{self.ctx.id}-compaction")
 
