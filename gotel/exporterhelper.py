@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import struct
 import time
@@ -195,6 +196,8 @@ class QueuedExporter(Exporter):
         self._delivered = 0
         self._dropped: Counter[str] = Counter()
         self._recovered = 0
+        # level of the exit summary when nothing was dropped (a receiver process's local hop: debug)
+        self.clean_summary_level = logging.INFO
         self.log = ctx.logger
 
     # --- accounting -------------------------------------------------------------------------------
@@ -467,4 +470,4 @@ class QueuedExporter(Exporter):
             line += f", {kept} batches kept in {self.qcfg.storage} for the next start"
             if self._recovered:
                 line += f" ({self._recovered} batches were recovered at start)"
-        (self.log.warning if dropped else self.log.info)("exporter summary: %s", line)
+        self.log.log(logging.WARNING if dropped else self.clean_summary_level, "exporter summary: %s", line)

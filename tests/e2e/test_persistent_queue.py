@@ -9,9 +9,11 @@ import re
 import signal
 import stat
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -127,3 +129,68 @@ def test_kill_9_mid_outage_then_restart_delivers_every_span(sink: OTLPGrpcSink, 
     line = [ln for ln in out.splitlines() if "exporter summary: otlp (traces)" in ln]
     assert len(line) == 1 and f"delivered {len(ids)}, dropped 0" in line[0], out
     assert "0 batches kept in file_storage" in line[0], line
+
+
+class SlowSink(OTLPGrpcSink):
+    """The real OTLP/gRPC test server, answering each request after `delay` seconds."""
+
+    delay = 0.05
+
+    def _take_failure(self) -> Any:
+        time.sleep(self.delay)
+        return super()._take_failure()
+
+
+def test_kill_9_while_draining_resends_at_most_the_requests_in_flight(tmp_path: Path) -> None:
+    """The at-least-once window: kill -9 while the queue drains into a healthy backend; after the
+    restart every acknowledged span arrives, and the only duplicates are those of requests the
+    consumers had in flight (num_consumers = 4 requests of 100 spans)."""
+    port = free_port()
+    store = tmp_path / "queue"
+    sink = SlowSink().start()
+    try:
+        sink.fail_with(grpc.StatusCode.UNAVAILABLE)
+        runs = []
+        for i in range(3):
+            (tmp_path / f"run{i}").mkdir()
+            runs.append(Agent(config(port, sink, store), tmp_path / f"run{i}"))
+        first = runs[0].start()
+        try:
+            first.wait_ready(60)
+            send_requests(port, 80)  # 8,000 spans queued on disk while the backend is down
+            os.kill(first.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+            first.proc.wait(10)  # type: ignore[union-attr]
+        finally:
+            first.kill()
+        sink.fail_with(None)
+        second = runs[1].start()
+        try:
+            # draining at ~4 requests per 50 ms: kill it a quarter of the way through
+            assert sink.wait_for(lambda r: r.span_count() >= 2000, 60), second.output()
+            os.kill(second.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+            second.proc.wait(10)  # type: ignore[union-attr]
+        finally:
+            second.kill()
+        got_before = sink.received.span_count()
+        assert got_before < 8000
+        third = runs[2].start()
+        try:
+            assert sink.wait_for(lambda r: len({s.trace_id for s in r.spans()}) >= 8000, 60), third.output()
+            assert third.stop(signal.SIGTERM) == 0
+        finally:
+            third.kill()
+    finally:
+        sink.stop()
+    ids = Counter(s.trace_id for s in sink.received.spans())
+    assert len(ids) == 8000
+    dups = sum(n - 1 for n in ids.values())
+    assert max(ids.values()) <= 2
+    assert dups <= 4 * PER_REQUEST, dups
+    print(f"kill -9 while draining: {got_before} spans delivered before the kill, {dups} sent twice")
+
+
+def send_requests(port: int, n: int) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        call = ch.unary_unary(TRACE_EXPORT)
+        for r in range(n):
+            call(traces(PER_REQUEST, start=r * PER_REQUEST).to_bytes(), timeout=10)
