@@ -336,7 +336,7 @@ class QueuedExporter(Exporter):
                 raise
             except _KeptOnDisk:
                 pass
-            except Exception as e:  # storage failed: the batch stays where it is, counted as not sent
+            except Exception as e:  # storage failed: the batch stays on disk, sent again after a restart
                 self.log.error("%s: sending queue storage %s failed: %s", self.ctx.id, self.qcfg.storage, e)
             finally:
                 self._size -= units
@@ -453,10 +453,13 @@ class QueuedExporter(Exporter):
             await self.sender.shutdown()
         finally:
             if self._store is not None:
-                kept_total = len(await self._store.keys(_ITEM))
-                await self._store.close()
+                try:
+                    kept = len(await self._store.keys(_ITEM))
+                except Exception as e:
+                    self.log.error("%s: cannot read %s at shutdown: %s", self.ctx.id, self.qcfg.storage, e)
+                with contextlib.suppress(Exception):
+                    await self._store.close()
                 self._store = None
-                kept = kept_total
             self._summary(kept)
 
     def _summary(self, kept: int) -> None:

@@ -47,6 +47,10 @@ class PeriodicReceiver(Receiver):
     def teardown(self) -> None:
         """Blocking clean-up (detach BPF); must be safe after a failed or missing setup()."""
 
+    def drain(self) -> list[Batch]:
+        """Blocking: drain event buffers; returns batches to push at once (e.g. log records)."""
+        return []
+
     async def start(self) -> None:
         await asyncio.to_thread(self.setup)
         self._started = True
@@ -83,14 +87,13 @@ class PeriodicReceiver(Receiver):
                 await self._task
             self._task = None
 
-    async def _final_flush(self, *, drain: bool = False) -> None:
-        """The last partial interval, pushed before teardown. Failures are logged, never fatal."""
+    async def _final_flush(self) -> None:
+        """The last events and partial interval, pushed before teardown. Failures are logged, never fatal."""
         if not self._started:
             return
         self._started = False
         try:
-            if drain and isinstance(self, TargetedReceiver):
-                await self.push(await asyncio.to_thread(self.drain))
+            await self.push(await asyncio.to_thread(self.drain))
             await self.collect_now()
         except asyncio.CancelledError:
             raise
@@ -150,10 +153,6 @@ class TargetedReceiver(PeriodicReceiver):
 
     def on_removed(self, pid: int) -> None:
         """Blocking: stop tracing a process (it exited or no longer matches)."""
-
-    def drain(self) -> list[Batch]:
-        """Blocking: drain event buffers; returns batches to push at once (e.g. log records)."""
-        return []
 
     def teardown(self) -> None:
         if self.prog is not None:
@@ -242,7 +241,7 @@ class TargetedReceiver(PeriodicReceiver):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._drain_task
             await self._stop_timer()
-            await self._final_flush(drain=True)
+            await self._final_flush()
         finally:
             for t in (self._watch_task, self._drain_task, self._task):
                 if t is not None:
