@@ -90,3 +90,21 @@ async def test_queue_on_disk_survives_an_abandoned_process(tmp_path: Path, fsync
     assert e3._size == 0  # everything acknowledged was deleted
     await e3.shutdown()
     await fs.shutdown()
+
+
+async def test_rebound_compaction_gives_the_space_back(tmp_path: Path) -> None:
+    """on_rebound: the file grew past the needed threshold, the data fell below the trigger: VACUUM."""
+    cfg = Config(directory=str(tmp_path), compaction={"on_rebound": True, "rebound_needed_threshold_mib": 4,
+                                                      "rebound_trigger_threshold_mib": 1})
+    fs = FileStorage(cfg, ctx("file_storage", Kind.EXTENSION))
+    await fs.start()
+    c = await fs.client(Kind.EXPORTER, ComponentID("otlp"), "traces")
+    db = tmp_path / "exporter_otlp_traces.db"
+    for i in range(8):
+        await c.set(f"q.{i}", bytes(1 << 20))
+    assert not await c.compact_if_needed()  # 8 MiB in use: not below the trigger
+    for i in range(8):
+        await c.delete(f"q.{i}")
+    assert await c.compact_if_needed()
+    assert db.stat().st_size < 1 << 20
+    await fs.shutdown()
