@@ -74,6 +74,9 @@ def config_to_json(cfg: BaseModel) -> Any:
     return merge(json_safe, revealed)
 
 
+# Wait after a child died before its in-flight account is taken (its last requests may be mid-consume).
+IN_FLIGHT_SETTLE_S = 0.2
+
 _Key = tuple[str, tuple[tuple[str, str], ...]]  # (metric name, sorted attributes)
 
 
@@ -275,6 +278,9 @@ class Supervisor:
                     await asyncio.wait_for(fwd, 2.0)
                 child.up = False
                 child.tel.set_up(False)
+                if code != 0:
+                    # requests the pipeline was still handling when the child died complete first
+                    await asyncio.sleep(IN_FLIGHT_SETTLE_S)
                 self._count_in_flight(child)
             if self._stopping.is_set():
                 return
