@@ -88,6 +88,14 @@ class StorageClient(Protocol):
     async def close(self) -> None: ...
 
 
+class QueueCodec(Protocol):
+    """How an exporter whose queue holds converted requests (not the signal's batches) stores them."""
+
+    def encode(self, item: Any) -> bytes: ...
+
+    def decode(self, raw: bytes, count: int) -> Any: ...
+
+
 class StorageExtension(Protocol):
     def client(self, kind: Kind, cid: ComponentID, name: str) -> Awaitable[StorageClient]: ...
 
@@ -169,6 +177,7 @@ class QueuedExporter(Exporter):
         timeout: float = 5.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         storable: bool = True,
+        codec: QueueCodec | None = None,
     ) -> None:
         self.signal = signal
         self.ctx = ctx
@@ -177,8 +186,9 @@ class QueuedExporter(Exporter):
         self.rcfg = retry or RetryConfig()
         self.timeout = timeout
         self._sleep = sleep
-        # False when consume() gets converted requests rather than the signal's batches (loki)
+        # False when consume() gets converted requests that cannot be stored; a codec stores them
         self.storable = storable
+        self.codec = codec
         # (batch, units, storage index). With storage the batch is also kept in memory (no read back, no
         # parse on the way out); None for what a previous run left on disk.
         self._q: deque[tuple[Batch | None, int, int]] = deque()
@@ -288,7 +298,8 @@ class QueuedExporter(Exporter):
             try:
                 # durable before consume() returns: what the receiver acknowledged survives a kill
                 # to_bytes() caches the wire bytes: the sender does not serialize again
-                await self._store.set(f"{_ITEM}{idx:020d}", _HEAD.pack(units, batch.item_count()) + batch.to_bytes())
+                raw = self.codec.encode(batch) if self.codec is not None else batch.to_bytes()
+                await self._store.set(f"{_ITEM}{idx:020d}", _HEAD.pack(units, batch.item_count()) + raw)
             except Exception as e:
                 async with self._cond:
                     self._size -= units
@@ -352,6 +363,9 @@ class QueuedExporter(Exporter):
             return None
         try:
             _units, count = _HEAD.unpack_from(raw)
+            if self.codec is not None:
+                out: Batch = self.codec.decode(raw[_HEAD.size:], count)
+                return out
             return batch_type(self.signal)(raw=raw[_HEAD.size:], count=count)
         except Exception as e:
             self.ctx.telemetry.dropped(self.signal, 1, "storage_corrupt")

@@ -108,3 +108,39 @@ async def test_rebound_compaction_gives_the_space_back(tmp_path: Path) -> None:
     assert await c.compact_if_needed()
     assert db.stat().st_size < 1 << 20
     await fs.shutdown()
+
+
+@pytest.mark.parametrize("encoding", ["protobuf", "json"])
+async def test_loki_push_requests_survive_in_storage(tmp_path: Path, encoding: str) -> None:
+    """Loki's queue holds converted push requests: they are stored with its codec and sent by the next run."""
+    from gotel.exporters import loki
+    from tests.helpers.loki_server import LokiServer
+    from tests.unit.exporters.test_loki import logs
+
+    server = await LokiServer().start()
+    fs = FileStorage(Config(directory=str(tmp_path)), ctx("file_storage", Kind.EXTENSION))
+    await fs.start()
+    exts: dict[ComponentID, object] = {ComponentID("file_storage"): fs}
+    try:
+        cfg = loki.Config(endpoint=server.url + "/loki/api/v1/push", encoding=encoding,
+                          retry_on_failure=RetryConfig(initial_interval=0.05, max_interval=0.05, max_elapsed_time=0),
+                          sending_queue=QueueConfig(storage="file_storage"))
+        server.fail_next(503, times=10_000)
+        first = loki.create(Signal.LOGS, cfg, ctx("loki", Kind.EXPORTER, exts))
+        await first.start()
+        await first.consume(logs(30))
+        await first.consume(logs(20, line="second {i}"))
+        await asyncio.sleep(0.2)
+        await first.shutdown(deadline=0.3)
+        assert server.entries() == []
+        server.forced.clear()
+        server.requests.clear()
+        second = loki.create(Signal.LOGS, cfg, ctx("loki", Kind.EXPORTER, exts))
+        await second.start()
+        await second.shutdown()
+        lines = sorted(e.line for _, e in server.entries())
+        assert len(lines) == 50
+        assert lines == sorted([f"request {i} done" for i in range(30)] + [f"second {i}" for i in range(20)])
+    finally:
+        await fs.shutdown()
+        await server.stop()
