@@ -203,8 +203,8 @@ class JaegerExporter(Exporter):
         assert isinstance(batch, Traces)
         await self.queue.consume(self.prepare(batch))
 
-    async def shutdown(self) -> None:
-        await self.queue.shutdown()
+    async def shutdown(self, deadline: float = 10.0) -> None:
+        await self.queue.shutdown(deadline)  # the service's remaining shutdown_timeout
 
 
 def create(signal: Signal, cfg: Config, ctx: Context) -> JaegerExporter:

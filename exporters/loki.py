@@ -10,6 +10,7 @@ QueuedExporter's; a 413 splits the request in halves, which are sent at once.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import re
@@ -141,6 +142,21 @@ def _regroup(flat: list[tuple[str, dict[str, str], tuple[int, bytes, Any]]]) -> 
             s = streams[sel] = (sel, lab, [])
         s[2].append(e)
     return PushBatch(list(streams.values()))
+
+
+class PushBatchCodec:
+    """PushBatch <-> bytes for a persistent sending queue (sending_queue.storage): JSON, entries base64."""
+
+    @staticmethod
+    def encode(item: Any) -> bytes:
+        b: PushBatch = item
+        return json.dumps([[sel, lab, [[ts, base64.b64encode(e).decode(), row] for ts, e, row in entries]]
+                           for sel, lab, entries in b.streams], separators=(",", ":")).encode()
+
+    @staticmethod
+    def decode(raw: bytes, count: int) -> PushBatch:
+        return PushBatch([(sel, lab, [(ts, base64.b64decode(e), row) for ts, e, row in entries])
+                          for sel, lab, entries in json.loads(raw)])
 
 
 def selector(labels: dict[str, str]) -> str:
@@ -430,7 +446,7 @@ class LokiExporter(Exporter):
         self.ctx = ctx
         self.conv = Converter(cfg, ctx)
         self.queue = QueuedExporter(Signal.LOGS, ctx, PushSender(cfg, ctx), queue=cfg.sending_queue,
-                                    retry=cfg.retry_on_failure, timeout=cfg.timeout)
+                                    retry=cfg.retry_on_failure, timeout=cfg.timeout, codec=PushBatchCodec())
         self._last_log = 0.0
 
     async def start(self) -> None:
@@ -452,8 +468,8 @@ class LokiExporter(Exporter):
                                         self.ctx.id, ", ".join(f"{k}={v}" for k, v in sorted(diff.items())))
         await self.queue.consume(pb)  # type: ignore[arg-type]
 
-    async def shutdown(self) -> None:
-        await self.queue.shutdown()
+    async def shutdown(self, deadline: float = 10.0) -> None:
+        await self.queue.shutdown(deadline)  # the service's remaining shutdown_timeout
 
 
 def _otlp_exporter(cfg: Config, ctx: Context) -> Exporter:

@@ -223,8 +223,8 @@ class RemoteWriteExporter(Exporter):
                     continue
                 await queue.consume(WriteBatch(raw, p, nsamples))  # type: ignore[arg-type]
 
-    async def shutdown(self) -> None:
-        await asyncio.gather(*(s.shutdown() for s in self.shards))
+    async def shutdown(self, deadline: float = 10.0) -> None:
+        await asyncio.gather(*(s.shutdown(deadline) for s in self.shards))  # the service's remaining shutdown_timeout
 
 
 def create(signal: Signal, cfg: Config, ctx: Context) -> RemoteWriteExporter:

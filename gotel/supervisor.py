@@ -9,6 +9,12 @@ metrics registry, marked ``gotel-telemetry: 1``, which the pipeline merges into 
 
 A child dies with the pipeline process (PR_SET_PDEATHSIG) and runs in its own session, so a
 Ctrl-C in a terminal reaches the pipeline, which then stops receivers first, in order.
+
+Counters survive restarts: the pipeline keeps each receiver's last snapshot and, when a new process
+of that receiver reports (another process.pid), adds the previous process's totals to everything the
+new one counts (CounterCarry). A process that dies (killed, crashed) loses what its sink held for the
+pipeline; the supervisor counts it as dropped with reason ``receiver_exit``: the items the process
+had accepted by its last snapshot, less those it dropped itself and those the pipeline received.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +36,7 @@ from pydantic import BaseModel, SecretBytes, SecretStr
 
 from gotel.component import ComponentID, Kind
 from gotel.config.model import ComponentEntry, SupervisorConfig
-from gotel.pdata import Signal
+from gotel.pdata import Metrics, Signal, attr_dict
 from gotel.receiverproc import EXIT_CANNOT_RUN
 from gotel.telemetry import ComponentTelemetry, Telemetry
 
@@ -67,6 +74,77 @@ def config_to_json(cfg: BaseModel) -> Any:
     return merge(json_safe, revealed)
 
 
+# Wait after a child died before its in-flight account is taken (its last requests may be mid-consume).
+IN_FLIGHT_SETTLE_S = 0.2
+
+_Key = tuple[str, tuple[tuple[str, str], ...]]  # (metric name, sorted attributes)
+
+
+@dataclass
+class _Carried:
+    pid: Any = None
+    start_ns: int = 0
+    base: dict[_Key, float] = field(default_factory=dict)  # totals of the processes before this one
+    last: dict[_Key, float] = field(default_factory=dict)  # this process's latest values, as it sent them
+
+
+class CounterCarry:
+    """Monotonic counters of receiver processes, continued across restarts (see the module docstring).
+
+    Gauges pass unchanged. Increments a killed process made after its last snapshot (at most one
+    telemetry interval) are unknown to the pipeline and stay uncounted; a clean exit sends a final one.
+    """
+
+    def __init__(self) -> None:
+        self._by_receiver: dict[str, _Carried] = {}
+
+    def apply(self, rid: str, batch: Metrics) -> Metrics:
+        st = self._by_receiver.setdefault(rid, _Carried())
+        for rm in batch.msg.resource_metrics:
+            pid = attr_dict(rm.resource.attributes).get("process.pid")
+            if pid != st.pid:
+                if st.pid is not None:  # a new process of this receiver: the old one's totals carry over
+                    for key, total in st.last.items():
+                        st.base[key] = st.base.get(key, 0.0) + total
+                    st.last = {}
+                st.pid = pid
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    if m.WhichOneof("data") != "sum" or not m.sum.is_monotonic:
+                        continue
+                    for dp in m.sum.data_points:
+                        k: _Key = (m.name, tuple(sorted((a, str(v)) for a, v in attr_dict(dp.attributes).items())))
+                        v = dp.as_double if dp.HasField("as_double") else float(dp.as_int)
+                        st.last[k] = v
+                        if not st.start_ns:
+                            st.start_ns = dp.start_time_unix_nano
+                        dp.start_time_unix_nano = st.start_ns
+                        dp.as_double = v + st.base.get(k, 0.0)
+        return batch
+
+    def in_flight(self, rid: str, received: Mapping[str, int]) -> dict[str, int]:
+        """Per signal: what the current process of `rid` had accepted by its last snapshot and neither
+        dropped itself nor delivered (`received`: what the pipeline got from it since it started)."""
+        st = self._by_receiver.get(rid)
+        if st is None:
+            return {}
+        accepted: dict[str, float] = {}
+        dropped: dict[str, float] = {}
+        for (name, labels), v in st.last.items():
+            lab = dict(labels)
+            sig = lab.get("signal", "")
+            if name == "gotel_receiver_accepted_items" and lab.get("component") == rid:
+                accepted[sig] = accepted.get(sig, 0.0) + v
+            elif name == "gotel_dropped_items" and lab.get("component", "").endswith("/sink"):
+                dropped[sig] = dropped.get(sig, 0.0) + v
+        out = {}
+        for sig, n in accepted.items():
+            lost = int(n - dropped.get(sig, 0.0) - received.get(sig, 0))
+            if lost > 0:
+                out[sig] = lost
+        return out
+
+
 @dataclass
 class Child:
     entry: ComponentEntry
@@ -78,6 +156,7 @@ class Child:
     started_at: float = 0.0
     last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=20))
     task: asyncio.Task[None] | None = None
+    received_at_start: dict[str, int] = field(default_factory=dict)
 
     @property
     def id(self) -> ComponentID:
@@ -92,6 +171,8 @@ class Supervisor:
         tel: Telemetry,
         log_level: str = "info",
         telemetry_interval: float = 5.0,
+        carry: CounterCarry | None = None,
+        received: Callable[[str], dict[str, int]] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.cfg = cfg
@@ -100,6 +181,9 @@ class Supervisor:
         self.telemetry_interval = telemetry_interval
         self.children: dict[ComponentID, Child] = {}
         self._stopping = asyncio.Event()
+        self.carry = carry or CounterCarry()
+        # items the pipeline received from a receiver, per signal (the internal entry point's routers)
+        self.received = received or (lambda _rid: {})
 
     def add(self, entry: ComponentEntry, signals: list[Signal]) -> None:
         t = self.tel.component(entry.id, Kind.RECEIVER)
@@ -183,6 +267,7 @@ class Supervisor:
                 code: int | None = None
             else:
                 child.proc = proc
+                child.received_at_start = self.received(str(child.id))
                 child.up = True
                 child.tel.set_up(True)
                 log.info("receiver %s started (pid %d)", child.id, proc.pid)
@@ -193,6 +278,10 @@ class Supervisor:
                     await asyncio.wait_for(fwd, 2.0)
                 child.up = False
                 child.tel.set_up(False)
+                if code != 0:
+                    # requests the pipeline was still handling when the child died complete first
+                    await asyncio.sleep(IN_FLIGHT_SETTLE_S)
+                self._count_in_flight(child)
             if self._stopping.is_set():
                 return
             ran = time.monotonic() - child.started_at
@@ -211,6 +300,17 @@ class Supervisor:
             backoff = min(backoff * 2, self.cfg.max_backoff)
             child.restarts += 1
             child.tel.restarted()
+
+    def _count_in_flight(self, child: Child) -> None:
+        """What a process that ended still held for the pipeline: counted, and said once."""
+        now = self.received(str(child.id))
+        since = {s: n - child.received_at_start.get(s, 0) for s, n in now.items()}
+        lost = self.carry.in_flight(str(child.id), since)
+        for sig, n in lost.items():
+            child.tel.dropped(sig, n, "receiver_exit")
+        if lost:
+            log.warning("receiver %s ended with %s in flight to the pipeline: counted as dropped (receiver_exit)",
+                        child.id, ", ".join(f"{n} {s}" for s, n in sorted(lost.items())))
 
     async def stop(self, timeout: float | None = None) -> None:
         """SIGTERM to every receiver (they flush what they hold), SIGKILL after the timeout."""

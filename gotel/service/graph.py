@@ -77,6 +77,8 @@ class Graph:
         self.pipelines: dict[str, Pipeline] = {}
         self.receivers: dict[ComponentID, ReceiverNode] = {}
         self.started: list[tuple[str, Component]] = []
+        # running extensions by id: components look them up (sending_queue.storage)
+        self.extensions: dict[ComponentID, Component] = {}
         self._build()
 
     def _exporter(self, cid: ComponentID, signal: Signal) -> Exporter:
@@ -84,7 +86,9 @@ class Graph:
         exp = self.exporters.get(key)
         if exp is None:
             entry = self.cfg.exporters[cid]
-            exp = entry.factory.create(signal, entry.config, make_context(self.tel, cid, Kind.EXPORTER, signal))  # type: ignore[attr-defined]
+            ctx = make_context(self.tel, cid, Kind.EXPORTER, signal)
+            ctx.extras["extensions"] = self.extensions  # filled by the service before exporters start
+            exp = entry.factory.create(signal, entry.config, ctx)  # type: ignore[attr-defined]
             self.exporters[key] = exp
         return exp
 

@@ -21,14 +21,15 @@ from pydantic import ValidationError
 
 from gotel.component import Component, ComponentID, Kind, Receiver, ReceiverFactory
 from gotel.config.model import Config
-from gotel.pdata import Signal
+from gotel.exporterhelper import StorageError
+from gotel.pdata import Metrics, Signal
 from gotel.registry import registry
 from gotel.selfmetrics import MergedRegistry, families_to_otlp
 from gotel.service.graph import Graph, make_context, shutdown_with_deadline
 from gotel.service.router import Router
 from gotel.service.rundir import runtime_dir
 from gotel.service.server import StartupError, TelemetryServer
-from gotel.supervisor import Supervisor
+from gotel.supervisor import CounterCarry, Supervisor
 from gotel.telemetry import Telemetry, default_telemetry
 
 log = logging.getLogger("gotel.service")
@@ -70,6 +71,8 @@ class Service:
         self._stop = asyncio.Event()
         self.socket_path: str | None = None
         self.extensions: list[tuple[ComponentID, Component]] = []
+        self.routers: list[Router] = []
+        self.carry = CounterCarry()  # receiver processes' counters, continued across their restarts
 
     # --- readiness --------------------------------------------------------------------------------
 
@@ -93,9 +96,16 @@ class Service:
         for eid in self.cfg.service.extensions:
             entry = self.cfg.extensions[eid]
             ext = entry.factory.create(entry.config, make_context(self.tel, eid, Kind.EXTENSION))  # type: ignore[attr-defined]
-            await ext.start()
+            try:
+                await ext.start()
+            except StorageError as e:
+                raise StartupError(f"extension {eid}: {e}") from e
             self.extensions.append((eid, ext))
-        await self.graph.start_exporters_and_processors()
+            self.graph.extensions[eid] = ext
+        try:
+            await self.graph.start_exporters_and_processors()
+        except StorageError as e:
+            raise StartupError(str(e)) from e
         children = self._out_of_process()
         if children:
             self.rundir = runtime_dir()
@@ -107,6 +117,7 @@ class Service:
             self.supervisor = Supervisor(
                 f"unix://{self.socket_path}", self.cfg.service.supervisor, self.tel, self.log_level,
                 telemetry_interval=min(2.0, self.cfg.service.telemetry.metrics.interval),
+                carry=self.carry, received=self._received,
             )
             for rid, signals in children.items():
                 self.supervisor.add(self.cfg.receivers[rid], signals)
@@ -127,10 +138,17 @@ class Service:
         for signal_ in Signal:
             routes = {str(rid): self.graph.receivers[rid].sinks[signal_]
                       for rid, sigs in children.items() if signal_ in sigs}
-            on_tel = self.merged.update if signal_ == Signal.METRICS else None
+            on_tel = self._receiver_telemetry if signal_ == Signal.METRICS else None
             sinks[signal_] = Router(signal_, routes, on_tel)
+            self.routers.append(sinks[signal_])
         self.internal = factory.create(cfg, sinks, make_context(self.tel, INTERNAL_RECEIVER, Kind.RECEIVER))
         await self.internal.start()
+
+    def _receiver_telemetry(self, rid: str, batch: Metrics) -> None:
+        self.merged.update(rid, self.carry.apply(rid, batch))
+
+    def _received(self, rid: str) -> dict[str, int]:
+        return {str(r.signal): r.received[rid] for r in self.routers}
 
     async def _feed_self_metrics(self) -> None:
         targets = [self.graph.pipelines[p].entry for p in self.cfg.service.telemetry.metrics.pipelines]
