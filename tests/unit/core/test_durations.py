@@ -78,6 +78,8 @@ def test_format_parse_round_trip_to_the_nanosecond(seconds: float) -> None:
 TIME_WORDS = {"interval", "timeout", "timeouts", "threshold", "age", "period", "wait", "delay", "backoff", "ttl",
               "expiration", "expiry", "expire", "window", "elapsed", "duration", "after", "deadline", "grace",
               "linger", "lifetime", "time", "idle", "keepalive", "retention", "cooldown", "every", "staleness"}
+# a key that names another unit (the collector's rebound_needed_threshold_mib) is a size or a count, not a time
+NON_TIME_UNITS = {"mib", "kib", "gib", "bytes", "percent", "percentage", "count", "items", "spans", "ratio"}
 UNIT_WORDS = {"ns", "us", "ms", "s", "sec", "secs", "second", "seconds", "min", "mins", "minute", "minutes",
               "hour", "hours", "day", "days", "millis", "micros", "nanos", "msec", "usec", "nsec"}
 
@@ -110,7 +112,7 @@ def time_field_problems(model: type[BaseModel], where: str, seen: set[type[BaseM
         if _unit_suffix(name):
             better = name.rsplit("_", 1)[0] if "_" in name else "duration"
             out.append(f"{where}::{name}: the unit is in the key (write {better}: 10ms instead)")
-        elif words & TIME_WORDS and not nested and f.annotation is not bool and not is_duration_field(f.annotation, f.metadata):
+        elif words & TIME_WORDS and not words & NON_TIME_UNITS and not nested and f.annotation is not bool and not is_duration_field(f.annotation, f.metadata):
             out.append(f"{where}::{name}: {f.annotation!r} is not gotel.config.types.Duration")
         for m in nested:
             out += time_field_problems(m, f"{where}::{name}", seen)
