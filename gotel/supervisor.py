@@ -29,6 +29,7 @@ from pydantic import BaseModel, SecretBytes, SecretStr
 
 from gotel.component import ComponentID, Kind
 from gotel.config.model import ComponentEntry, SupervisorConfig
+from gotel.logs import LOG_LINE
 from gotel.pdata import Signal
 from gotel.receiverproc import EXIT_CANNOT_RUN
 from gotel.telemetry import ComponentTelemetry, Telemetry
@@ -169,6 +170,10 @@ class Supervisor:
                 return
             text = line.decode("utf-8", "replace").rstrip("\n")
             child.last_lines.append(text)
+            if not LOG_LINE.match(line) and not log.isEnabledFor(logging.DEBUG):
+                # raw output of a C library (BCC, LLVM, grpc core) or of a crash: kept for the exit
+                # message (last_lines); the console shows it at --log-level debug
+                continue
             out.write(text + "\n")
             out.flush()
 
