@@ -97,6 +97,46 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
+def tcp_socket_inodes(local_port: int, *, listen_only: bool, remote_port: int | None = None) -> set[int]:
+    """Inodes of the TCP sockets of this network namespace with that local port (and remote port),
+    LISTEN ones only or any state, from /proc/net/tcp{,6}."""
+    out: set[int] = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (PROC / "net" / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) < 10 or (listen_only and f[3] != "0A"):
+                continue
+            if int(f[1].rsplit(":", 1)[1], 16) != local_port:
+                continue
+            if remote_port is not None and int(f[2].rsplit(":", 1)[1], 16) != remote_port:
+                continue
+            if f[9] != "0":
+                out.add(int(f[9]))
+    return out
+
+
+def socket_owner(inodes: set[int]) -> int | None:
+    """The pid of a process holding one of these sockets (a scan of /proc/*/fd), or None."""
+    if not inodes:
+        return None
+    for pid in all_pids():
+        if _socket_inodes(pid) & inodes:
+            return pid
+    return None
+
+
+def process_name(pid: int) -> str:
+    """The process's command name (/proc/PID/comm), '' if gone."""
+    try:
+        return (PROC / str(pid) / "comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 # ---- is it a Go program? ------------------------------------------------------------------------------
 
 _GO_SECTIONS = (b".go.buildinfo", b".gopclntab", b".note.go.buildid")
