@@ -197,10 +197,11 @@ class GoEbpfReceiver(RingBufferReceiver):
         self.log.info("go_ebpf: traced pid %d (%s, %s): %s", info.pid, info.exe, plan.go_version,
                       ", ".join(plan.probe_ids))
         for note in plan.layout.notes:
-            self.notes.note(logging.WARNING, info.exe, info.pid, note)
+            self.log.warning("go_ebpf: pid %d (%s): %s", info.pid, info.exe, note)
         if plan.layout.missing and not plan.has_dwarf:
             self._degraded.labels().inc()
-            self.notes.note(logging.WARNING, info.exe, info.pid, "lacks DWARF; missing: " + ", ".join(plan.layout.missing))
+            self.log.warning("go_ebpf: pid %d (%s) lacks DWARF; missing: %s", info.pid, info.exe,
+                             ", ".join(plan.layout.missing))
         self.attached_pids.add(info.pid)  # last: whoever waits for it also sees what was said about it
 
     def _drain_once(self) -> int:
