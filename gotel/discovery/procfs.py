@@ -60,7 +60,8 @@ def container_id(pid: int) -> str | None:
     return (info.container_id or None) if info is not None else None
 
 
-def _socket_inodes(pid: int) -> set[int]:
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets the process holds (its /proc/PID/fd links)."""
     out: set[int] = set()
     fd_dir = PROC / str(pid) / "fd"
     try:
@@ -79,7 +80,7 @@ def _socket_inodes(pid: int) -> set[int]:
 
 def listening_ports(pid: int) -> set[int]:
     """TCP ports the process listens on, from its own network namespace's /proc/PID/net/tcp{,6}."""
-    inodes = _socket_inodes(pid)
+    inodes = socket_inodes(pid)
     if not inodes:
         return set()
     ports: set[int] = set()
@@ -97,13 +98,15 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
-def tcp_socket_inodes(local_port: int, *, listen_only: bool, remote_port: int | None = None) -> set[int]:
-    """Inodes of the TCP sockets of this network namespace with that local port (and remote port),
-    LISTEN ones only or any state, from /proc/net/tcp{,6}."""
+def tcp_socket_inodes(local_port: int, *, listen_only: bool, remote_port: int | None = None,
+                      netns_of: int | None = None) -> set[int]:
+    """Inodes of the TCP sockets with that local port (and remote port), LISTEN ones only or any state,
+    from /proc/net/tcp{,6} of our network namespace, or of process `netns_of`'s."""
     out: set[int] = set()
+    base = PROC / "net" if netns_of is None else PROC / str(netns_of) / "net"
     for name in ("tcp", "tcp6"):
         try:
-            lines = (PROC / "net" / name).read_text().splitlines()[1:]
+            lines = (base / name).read_text().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
@@ -124,7 +127,7 @@ def socket_owner(inodes: set[int]) -> int | None:
     if not inodes:
         return None
     for pid in all_pids():
-        if _socket_inodes(pid) & inodes:
+        if socket_inodes(pid) & inodes:
             return pid
     return None
 

@@ -29,6 +29,7 @@ from gotel.logs import PerBinary
 from gotel.pdata import Signal
 from gotel.receivers.go_ebpf import probes as _probes  # noqa: F401  (registers probe specs for `gotel inspect`)
 from gotel.receivers.go_ebpf.events import Assembler
+from gotel.receivers.go_ebpf.selffilter import SelfFilter
 
 
 class Config(ComponentConfig):
@@ -62,6 +63,7 @@ class GoEbpfReceiver(RingBufferReceiver):
         self.ctx = ctx
         self.log = ctx.logger or logging.getLogger(__name__)
         self.asm = Assembler(legacy_status_code=cfg.legacy_grpc_status_code, stitch_window=cfg.stitch_window)
+        self.asm.self_filter = SelfFilter(ctx.telemetry)  # gotel's own scrapes are not the target's requests
         self.program: Any = None
         self.targets: Any = None
         self.watcher: ProcessWatcher | None = None
