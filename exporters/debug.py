@@ -148,7 +148,7 @@ class _Summary:
             self.emit()
 
 
-_SUMMARIES: dict[tuple[str, int], _Summary] = {}
+_SUMMARIES: dict[tuple[str, Any], _Summary] = {}  # (exporter id, the Telemetry it counts in)
 
 
 class DebugExporter(Exporter):
@@ -193,7 +193,7 @@ class DebugExporter(Exporter):
 
     def _shared_summary(self) -> _Summary:
         if self._summary is None:
-            key = (str(self.ctx.id), id(self.ctx.telemetry.t))
+            key = (str(self.ctx.id), self.ctx.telemetry.t)
             summary = _SUMMARIES.get(key)
             if summary is None:
                 summary = _SUMMARIES[key] = _Summary(str(self.ctx.id), self.ctx.telemetry.t.registry,
@@ -220,7 +220,7 @@ class DebugExporter(Exporter):
                 with contextlib.suppress(asyncio.CancelledError):
                     await summary.task
             summary.emit()
-            _SUMMARIES.pop((summary.name, id(self.ctx.telemetry.t)), None)
+            _SUMMARIES.pop((summary.name, self.ctx.telemetry.t), None)
 
     async def consume(self, batch: Batch) -> None:
         n = batch.item_count()
