@@ -115,7 +115,7 @@ def busy(listener: Listener) -> str | None:
         infos = socket.getaddrinfo(host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as e:
         return f"{listener.key}: cannot resolve {listener.host!r}: {e}"
-    for family, stype, proto, _name, sockaddr in infos[:1]:
+    for family, stype, proto, _name, sockaddr in {i[4]: i for i in infos}.values():  # every address it binds
         with socket.socket(family, stype, proto) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no clash
             try:
