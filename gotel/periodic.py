@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -19,7 +20,8 @@ from typing import Any
 
 from gotel.component import Consumer, Context, Receiver
 from gotel.discovery import DiscoveryConfig, ProcessInfo, process_info
-from gotel.discovery.procfs import all_pids
+from gotel.discovery.procfs import all_pids, is_alive
+from gotel.logs import PerBinary, exception_line
 from gotel.pdata import Batch, Signal
 from gotel.receiverhelper import push
 
@@ -147,6 +149,7 @@ class TargetedReceiver(PeriodicReceiver):
         # on_added/on_removed run in worker threads that a cancelled task does not stop: teardown
         # waits for the one in flight instead of detaching under its feet
         self._apply_lock = threading.Lock()
+        self.per_binary = PerBinary(self.log, str(ctx.id))
 
     def on_added(self, info: ProcessInfo) -> None:
         """Blocking: start tracing a process."""
@@ -192,8 +195,11 @@ class TargetedReceiver(PeriodicReceiver):
             self.targets[ev.info.pid] = ev.info
             try:
                 await asyncio.to_thread(self._locked, self.on_added, ev.info)
-            except Exception:
-                self.log.exception("%s: cannot trace pid %d", self.ctx.id, ev.info.pid)
+            except Exception as e:
+                if not is_alive(ev.info.pid):  # a short-lived process (a `go build` step): nothing wrong
+                    self.log.debug("%s: pid %d exited before it was traced: %s", self.ctx.id, ev.info.pid, e)
+                else:
+                    self.per_binary.note(logging.ERROR, ev.info.exe, ev.info.pid, f"cannot trace: {exception_line(e)}")
         else:
             self.targets.pop(ev.pid, None)
             try:

@@ -36,6 +36,7 @@ from pydantic import BaseModel, SecretBytes, SecretStr
 
 from gotel.component import ComponentID, Kind
 from gotel.config.model import ComponentEntry, SupervisorConfig
+from gotel.logs import LOG_LINE
 from gotel.pdata import Metrics, Signal, attr_dict
 from gotel.receiverproc import EXIT_CANNOT_RUN
 from gotel.telemetry import ComponentTelemetry, Telemetry
@@ -238,6 +239,8 @@ class Supervisor:
     async def _forward(self, child: Child, stream: asyncio.StreamReader) -> None:
         """Child log lines (already prefixed with [receiver id]) go to our stderr as they come."""
         out = sys.stderr
+        shown = True  # whether the line in progress (when longer than the limit) is being shown
+        head = True  # at the start of a line
         while True:
             try:
                 line = await stream.readuntil(b"\n")
@@ -247,12 +250,21 @@ class Supervisor:
                 # A line longer than the stream's limit: pass it on in pieces (nothing lost) so
                 # that the child never blocks on a full stderr pipe.
                 piece = await stream.read(max(1, e.consumed))
-                out.write(piece.decode("utf-8", "replace"))
+                if head:
+                    shown = bool(LOG_LINE.match(piece)) or log.isEnabledFor(logging.DEBUG)
+                head = False
+                if shown:
+                    out.write(piece.decode("utf-8", "replace"))
                 continue
             if not line:
                 return
+            continued, head = not head, True
             text = line.decode("utf-8", "replace").rstrip("\n")
             child.last_lines.append(text)
+            if not (shown if continued else LOG_LINE.match(line)) and not log.isEnabledFor(logging.DEBUG):
+                # raw output of a C library (BCC, LLVM, grpc core) or of a crash: kept for the exit
+                # message (last_lines); the console shows it at --log-level debug
+                continue
             out.write(text + "\n")
             out.flush()
 

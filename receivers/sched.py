@@ -10,6 +10,7 @@ stack, the slowest ones first, at most `max_slow_syscall_logs` per interval.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import re
 import threading
@@ -211,8 +212,8 @@ class SchedReceiver(TargetedReceiver):
             gb = analyze(path)
             bias = load_bias(info.pid, path)
         except (GoAnalysisError, OSError) as e:
-            self.log.info("%s: no functions for pid %d (%s): Go's own sleeps may show as slow syscalls",
-                          self.ctx.id, info.pid, e)
+            self.per_binary.note(logging.INFO, info.exe, info.pid,
+                                 f"no functions ({e}): Go's own sleeps may show as slow syscalls")
             return
         self._go[info.pid] = (gb, bias)
         table = self.prog.table("park_ranges")

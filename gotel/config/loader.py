@@ -186,7 +186,15 @@ class _Validator:
         for section, kind in SECTIONS.items():
             self.components(kind, section, top.get(section))
         self.service(top.get("service"))
+        self.ports()
         return self.cfg
+
+    def ports(self) -> None:
+        """Two listeners on one host:port: an error at the later key, naming the earlier one."""
+        from gotel.config.ports import clash_message, clashes, listeners
+
+        for first, later in clashes(listeners(self.cfg)):
+            self.src.error(later.path, clash_message(first, later))
 
     def _load_problem(self, kind: Kind, typ: str) -> str | None:
         group = f"gotel.{kind.value}s "

@@ -173,6 +173,7 @@ def evaluate_all(b: BinaryFacts, specs: Iterable[ProbeSpec] | None = None) -> li
 
 
 # ---- seed: what reference/ebpf-go.md lists; go_ebpf / go_runtime refine these -------------------------
+# Ids are the names the receivers' logs use (go_ebpf: receivers/go_ebpf/layout.PROBES).
 
 _RT = "go_runtime"
 _EB = "go_ebpf"
@@ -193,7 +194,7 @@ for _spec in (
     ProbeSpec("runtime.chansend1", ("runtime.chansend1",), _RT, "channel send (span links)", optional=True),
     ProbeSpec("runtime.chanrecv1", ("runtime.chanrecv1",), _RT, "channel receive (span links)", optional=True),
     ProbeSpec(
-        "http.server.request",
+        "http.server.serve",
         ("net/http.serverHandler.ServeHTTP",),
         _EB,
         "HTTP server request start",
@@ -259,22 +260,11 @@ for _spec in (
         optional=True,
     ),
     ProbeSpec(
-        "grpc.client.invoke",
-        ("google.golang.org/grpc.(*ClientConn).Invoke",),
-        _EB,
-        "gRPC unary client call (method is a string argument: no offsets needed)",
-        module=_GRPC,
-        returns=True,
-        optional=True,
-        offsets=(FieldRef("google.golang.org/grpc/internal/status.Status", "s", "rpc.response.status_code"),),
-    ),
-    ProbeSpec(
         "grpc.client.new_stream",
-        ("google.golang.org/grpc.(*ClientConn).NewStream",),
+        ("google.golang.org/grpc.newClientStream",),
         _EB,
-        "gRPC streaming client call",
+        "gRPC client call start, unary and streaming",
         module=_GRPC,
-        returns=True,
         optional=True,
     ),
 ):

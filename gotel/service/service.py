@@ -87,6 +87,11 @@ class Service:
         return {rid: list(node.sinks) for rid, node in self.graph.receivers.items() if not node.in_process}
 
     async def start(self) -> None:
+        from gotel.config.ports import busy_ports
+
+        busy = await asyncio.to_thread(busy_ports, self.cfg)  # before anything binds: one line per port
+        if busy:
+            raise StartupError("; ".join(busy))
         addr = self.cfg.service.telemetry.metrics.address
         if addr:
             level = self.cfg.service.telemetry.metrics.level

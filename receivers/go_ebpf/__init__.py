@@ -24,10 +24,13 @@ from pydantic import Field, field_validator
 from gotel.component import ComponentConfig, Consumer, Context, ReceiverFactory
 from gotel.config.types import Duration
 from gotel.discovery import DiscoveryConfig, ProcessAdded, ProcessInfo, ProcessRemoved, ProcessWatcher
+from gotel.discovery.procfs import is_alive
 from gotel.ebpf.streaming import RingBufferReceiver
+from gotel.logs import PerBinary
 from gotel.pdata import Signal
 from gotel.receivers.go_ebpf import probes as _probes  # noqa: F401  (registers probe specs for `gotel inspect`)
 from gotel.receivers.go_ebpf.events import Assembler
+from gotel.receivers.go_ebpf.selffilter import SelfFilter
 
 
 class Config(ComponentConfig):
@@ -61,6 +64,7 @@ class GoEbpfReceiver(RingBufferReceiver):
         self.ctx = ctx
         self.log = ctx.logger or logging.getLogger(__name__)
         self.asm = Assembler(legacy_status_code=cfg.legacy_grpc_status_code, stitch_window=cfg.stitch_window)
+        self.asm.self_filter = SelfFilter(ctx.telemetry)  # gotel's own scrapes are not the target's requests
         self.program: Any = None
         self.targets: Any = None
         self.watcher: ProcessWatcher | None = None
@@ -79,6 +83,7 @@ class GoEbpfReceiver(RingBufferReceiver):
             "(start_not_seen), or a goroutine that ended before the call's end (end_not_seen).", ("reason",))
         self._degraded = ctx.telemetry.counter(
             "go_ebpf_degraded_processes", "Traced processes whose binary lacks DWARF (fewer attributes).", ())
+        self.notes = PerBinary(self.log, "go_ebpf")  # per-process messages, summarised per binary
         # attaching and detaching, one at a time and off the event loop: BCC's probe table is not
         # thread-safe, and closing a process's probes waits ~0.1 s per RCU grace period
         self._attacher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="go_ebpf-attach")
@@ -161,11 +166,15 @@ class GoEbpfReceiver(RingBufferReceiver):
         try:
             plan = plan_for(exe, grpc=self.cfg.grpc, http=self.cfg.http)
         except Exception as e:
-            self.log.warning("go_ebpf: cannot analyse pid %d (%s): %s", info.pid, info.exe, e)
+            if not is_alive(info.pid):  # short-lived (a `go build` step): exited before it was analysed
+                self.log.debug("go_ebpf: pid %d exited before it was analysed: %s", info.pid, e)
+                self._attach_failures.labels("exited").inc()
+                return
+            self.notes.note(logging.WARNING, info.exe, info.pid, f"cannot analyse: {e}")
             self._attach_failures.labels("analysis").inc()
             return
         if not plan.sites:
-            self.log.info("go_ebpf: pid %d (%s) has no gRPC or net/http functions to trace", info.pid, info.exe)
+            self.notes.note(logging.INFO, info.exe, info.pid, "has no gRPC or net/http functions to trace")
             return
         # resource first: events may arrive as soon as the probes are on
         self.asm.add_process(info.pid, {
@@ -180,8 +189,12 @@ class GoEbpfReceiver(RingBufferReceiver):
             self._images[info.pid] = self.targets.add_process(info.pid, exe, plan.sites, plan.layout.offsets,
                                                               plan.layout.flags)
         except Exception as e:
-            self.log.warning("go_ebpf: cannot attach to pid %d (%s): %s", info.pid, info.exe, e)
-            self._attach_failures.labels("attach").inc()
+            exited = not is_alive(info.pid)
+            self._attach_failures.labels("exited" if exited else "attach").inc()
+            if exited:
+                self.log.debug("go_ebpf: pid %d exited before it was attached: %s", info.pid, e)
+            else:
+                self.notes.note(logging.WARNING, info.exe, info.pid, f"cannot attach: {e}")
             self.asm.remove_process(info.pid)
             return
         self.log.info("go_ebpf: traced pid %d (%s, %s): %s", info.pid, info.exe, plan.go_version,

@@ -344,6 +344,7 @@ class Assembler:
         self.index_size = client_index_size
         self.seen_no_offsets: set[int] = set()
         self.unknown_process = 0
+        self.self_filter: Any = None  # selffilter.SelfFilter: drops calls gotel itself made
         # span shapes repeat (same method, code, peer): encoded once
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
 
@@ -397,6 +398,8 @@ class Assembler:
         shape = self._shapes.get(key)
         if shape is None:
             shape = self._new_shape(key, rec, mono_to_unix)
+        if self.self_filter is not None and self.self_filter.drop(typ, shape, rec, pid):
+            return True  # a request of gotel's own (a pprof scrape): not the target's traffic; counted
         end += mono_to_unix
         start = go_time_unix_ns(aux, obj) if flags & E_BEGIN_WALL else start + mono_to_unix
         if flags & E_DEADLINE and typ <= T_GRPC_CLIENT:

@@ -73,9 +73,8 @@ _EB = "go_ebpf"
 _T = "google.golang.org/grpc/internal/transport"
 _SPB = "google.golang.org/genproto/googleapis/rpc/status.Status"
 for _spec in (
-    # the seed "grpc.server.handle_stream" (method only) stays as the substrate defined it; this one lists
-    # every field go_ebpf reads at the same function
-    ProbeSpec("grpc.server.call", ("google.golang.org/grpc.(*Server).handleStream",), _EB,
+    # ids are the ones the agent's log names (layout.PROBES): `gotel inspect` and the log agree
+    ProbeSpec("grpc.server.handle_stream", ("google.golang.org/grpc.(*Server).handleStream",), _EB,
               "gRPC server call start: method, deadline, addresses, stream id (entry; the span ends at WriteStatus)",
               module=GRPC, optional=True,
               offsets=(FieldRef(f"{_T}.Stream", "method", "rpc.method"),
@@ -90,19 +89,19 @@ for _spec in (
     ProbeSpec("grpc.server.operate_headers", (f"{_T}.(*http2Server).operateHeaders",), _EB,
               "incoming gRPC headers: traceparent", module=GRPC, optional=True,
               offsets=(FieldRef("golang.org/x/net/http2.MetaHeadersFrame", "Fields", "traceparent continuation"),)),
-    ProbeSpec("grpc.client.invoke", ("google.golang.org/grpc.newClientStream",), _EB,
+    ProbeSpec("grpc.client.new_stream", ("google.golang.org/grpc.newClientStream",), _EB,
               "gRPC client call start, unary and streaming (method is an argument: no offsets needed)",
               module=GRPC, optional=True,
               offsets=(FieldRef("context.timerCtx", "deadline", "gotel.rpc.deadline.timeout"),)),
     ProbeSpec("grpc.client.attempt", ("google.golang.org/grpc.(*clientStream).newAttemptLocked",), _EB,
               "gRPC client stream created: the call is followed by its clientStream from here (else newClientStream's RETs)",
               module=GRPC, optional=True),
-    ProbeSpec("grpc.client.new_stream", ("google.golang.org/grpc.(*clientStream).finish",), _EB,
+    ProbeSpec("grpc.client.finish", ("google.golang.org/grpc.(*clientStream).finish",), _EB,
               "gRPC client call end with the real status (unary and streaming)", module=GRPC, optional=True,
               offsets=(FieldRef("google.golang.org/grpc/internal/status.Error", "e", "rpc.response.status_code"),
                        FieldRef(_SPB, "Code", "rpc.response.status_code"),
                        FieldRef("google.golang.org/grpc.clientStream", "attempt", "server.address"))),
-    ProbeSpec("http.server.request", ("net/http.serverHandler.ServeHTTP",), _EB,
+    ProbeSpec("http.server.serve", ("net/http.serverHandler.ServeHTTP",), _EB,
               "HTTP server request (entry; ends at (*response).finishRequest, else at every RET)", optional=True,
               offsets=(FieldRef("net/http.Request", "Method", "http.request.method"),
                        FieldRef("net/url.URL", "Path", "url.path"),
