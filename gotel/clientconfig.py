@@ -136,10 +136,17 @@ class AuthenticatorMissingError(RuntimeError):
     """auth::authenticator names no running client authenticator (validation normally catches this)."""
 
 
-def auth_headers(ctx: Context, auth: AuthConfig | None) -> dict[str, str]:
+class NamesAuthenticator(Protocol):
+    """An `auth:` config: AuthConfig, or the Loki/remote-write HTTPAuth with its optional authenticator."""
+
+    @property
+    def authenticator(self) -> str | None: ...
+
+
+def auth_headers(ctx: Context, auth: NamesAuthenticator | None) -> dict[str, str]:
     """The headers of the authenticator `auth` names, looked up by id among the running extensions
-    (as sending_queue.storage is); {} without `auth`."""
-    if auth is None:
+    (as sending_queue.storage is); {} without one."""
+    if auth is None or not auth.authenticator:
         return {}
     exts: dict[ComponentID, Any] = ctx.extras.get("extensions", {})
     ext = exts.get(ComponentID.parse(auth.authenticator))

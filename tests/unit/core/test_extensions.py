@@ -16,8 +16,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gotel.component import ComponentID, Context, Kind
 from gotel.config import ConfigError, load_config
 from gotel.extensions.health_check import HealthCheck
+from gotel.service.server import StartupError
 from gotel.service.service import Service
 from gotel.telemetry import Telemetry
 from tests.helpers.otlp_http_sink import OTLPHttpSink
@@ -176,9 +178,10 @@ async def test_health_check_answers_like_the_collector_from_the_same_state_as_re
     assert cfg.extensions[next(iter(cfg.extensions))].config.endpoint == "127.0.0.1:0"
     svc = Service(cfg, Telemetry())
     # before the service is ready: 503, the collector's "not available" answer
-    early = HealthCheck(cfg.extensions[next(iter(cfg.extensions))].config,
-                        type("C", (), {"extras": {"health": svc.readiness}, "id": "health_check/early",
-                                       "logger": logging.getLogger("t")})())  # type: ignore[arg-type]
+    ectx = Context(ComponentID("health_check", "early"), Kind.EXTENSION, logging.getLogger("t"),
+                   Telemetry().component("health_check/early", Kind.EXTENSION))
+    ectx.extras["health"] = svc.readiness
+    early = HealthCheck(cfg.extensions[next(iter(cfg.extensions))].config, ectx)
     await early.start()
     try:
         assert early.bound is not None
@@ -225,3 +228,66 @@ def test_pprof_and_zpages_are_one_warning_each_with_the_reason() -> None:
     assert set(warnings) == {"extensions::pprof", "extensions::zpages"}
     assert "Python program" in warnings["extensions::pprof"] and "pyroscope-io" in warnings["extensions::pprof"]
     assert "/readyz" in warnings["extensions::zpages"]
+
+
+@pytest.mark.parametrize("mode", ["push", "otlp"])
+async def test_loki_takes_an_authenticator_extension(mode: str) -> None:
+    """The Loki exporter (push API and OTLP mode) sends the extension's header, asked per request."""
+    from gotel.exporters import loki
+    from gotel.extensions.auth import BearerConfig, BearerTokenAuth
+    from tests.helpers.loki_server import LokiServer
+    from tests.helpers.otlp_samples import logs
+
+    server = await LokiServer().start()
+    aid = ComponentID("bearertokenauth", "loki")
+    ext = BearerTokenAuth(BearerConfig(token=TOKEN, scheme="", header="X-Api-Key"),  # type: ignore[arg-type]
+                          Context(aid, Kind.EXTENSION, logging.getLogger("a"), Telemetry().component("a", Kind.EXTENSION)))
+    ctx = Context(ComponentID("loki"), Kind.EXPORTER, logging.getLogger("l"), Telemetry().component("loki", Kind.EXPORTER))
+    ctx.extras["extensions"] = {aid: ext}
+    try:
+        path = "/loki/api/v1/push" if mode == "push" else "/otlp"
+        cfg = loki.Config(endpoint=server.url + path, mode=mode,  # type: ignore[arg-type]
+                          auth={"authenticator": "bearertokenauth/loki"})  # type: ignore[arg-type]
+        exp = loki.create(loki.Signal.LOGS, cfg, ctx)
+        await exp.start()
+        await exp.consume(logs(3))
+        await exp.shutdown()
+    finally:
+        await server.stop()
+    assert server.requests and all(r["headers"].get("X-Api-Key") == TOKEN for r in server.requests)
+    assert all("Authorization" not in r["headers"] for r in server.requests)
+
+
+async def test_start_failures_are_one_line_without_the_secret(tmp_path: Path) -> None:
+    """A taken health port and an unreadable token file stop the start with one clear line."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = config(f"""\
+            extensions:
+              health_check: {{endpoint: "127.0.0.1:{port}"}}
+              bearertokenauth: {{filename: {tmp_path}/absent, token: {TOKEN}}}
+            receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:0"}}}}}}}}
+            exporters: {{debug: {{}}}}
+            service:
+              extensions: [health_check]
+              telemetry: {{metrics: {{address: ""}}}}
+              pipelines: {{traces: {{receivers: [otlp], exporters: [debug]}}}}
+            """)
+        svc = Service(cfg, Telemetry())
+        with pytest.raises(StartupError) as e:
+            await svc.start()
+        await svc.shutdown()
+        assert f"health_check: cannot serve on 127.0.0.1:{port}" in str(e.value)
+        assert "extensions::health_check::endpoint" in str(e.value)
+    from gotel.extensions.auth import BearerConfig, BearerTokenAuth
+
+    auth = BearerTokenAuth(BearerConfig(filename=str(tmp_path / "absent"), token=TOKEN),  # type: ignore[arg-type]
+                           Context(ComponentID("bearertokenauth"), Kind.EXTENSION, logging.getLogger("a"),
+                                   Telemetry().component("a", Kind.EXTENSION)))
+    with pytest.raises(StartupError) as e2:
+        await auth.start()
+    assert "cannot read token file" in str(e2.value) and TOKEN not in str(e2.value)
