@@ -222,7 +222,7 @@ class PushSender(Sender):
         auth = cfg.auth.header()
         if auth:
             headers["Authorization"] = auth
-        self.http = HTTPPoster(cfg.endpoint, headers, cfg.tls, cfg.timeout)
+        self.http = HTTPPoster(cfg.endpoint, headers, cfg.tls, cfg.timeout, auth=cfg.auth.dynamic(ctx))
         self.rejected = ctx.telemetry.counter("loki_exporter_rejected_entries",
                                               "Entries Loki rejected with 400, by Loki's reason.", ("reason",))
         self.splits = ctx.telemetry.counter("loki_exporter_splits", "Requests split in two after a 413 answer.")
@@ -484,6 +484,7 @@ def _otlp_exporter(cfg: Config, ctx: Context) -> Exporter:
         "timeout": cfg.timeout,
         "sending_queue": cfg.sending_queue.model_dump(),
         "retry_on_failure": cfg.retry_on_failure.model_dump(),
+        "auth": {"authenticator": cfg.auth.authenticator} if cfg.auth.authenticator else None,
     }
     if cfg.tenant_id:
         raw["headers"]["X-Scope-OrgID"] = cfg.tenant_id

@@ -25,7 +25,7 @@ import aiohttp
 from pydantic import Field, SecretStr, model_validator
 
 from gotel import pprof
-from gotel.clientconfig import BasicAuth, ClientConfig
+from gotel.clientconfig import BasicAuth, ClientConfig, auth_headers
 from gotel.component import Context, ExporterFactory
 from gotel.exporterhelper import ExportError, QueuedExporter, Sender
 from gotel.pdata import Batch, Signal
@@ -188,6 +188,7 @@ class PyroscopeSender(Sender):
     async def _post(self, url: str, data: Any, headers: Mapping[str, str], params: Mapping[str, str] | None) -> None:
         assert self._session is not None
         try:
+            headers = {**headers, **auth_headers(self.ctx, self.cfg.auth)}
             async with self._session.post(url, data=data, headers=headers, params=params) as r:
                 body = await r.read()
                 if 200 <= r.status < 300:

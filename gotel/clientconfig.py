@@ -13,12 +13,12 @@ import re
 import ssl
 import stat
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import yaml
 from pydantic import Field, SecretStr, model_validator
 
-from gotel.component import ComponentConfig
+from gotel.component import ComponentConfig, ComponentID, Context
 from gotel.config.types import Duration
 from gotel.exporterhelper import QueueConfig, RetryConfig
 
@@ -112,6 +112,51 @@ class BasicAuth(ComponentConfig):
     password: SecretStr
 
 
+class AuthConfig(ComponentConfig):
+    """The collector's `auth:` key of a client: a client authenticator extension, by id."""
+
+    authenticator: str = Field(description="id of a client authenticator extension (bearertokenauth[/name], "
+                               "basicauth[/name]) listed in service::extensions")
+
+    @model_validator(mode="after")
+    def _id(self) -> AuthConfig:
+        ComponentID.parse(self.authenticator)  # ValueError: invalid component id
+        return self
+
+
+@runtime_checkable
+class ClientAuthenticator(Protocol):
+    """What a client authenticator extension offers exporters: the headers of the next request
+    (asked per request, so that a token file's new content is used at once)."""
+
+    def auth_headers(self) -> dict[str, str]: ...
+
+
+class AuthenticatorMissingError(RuntimeError):
+    """auth::authenticator names no running client authenticator (validation normally catches this)."""
+
+
+class NamesAuthenticator(Protocol):
+    """An `auth:` config: AuthConfig, or the Loki/remote-write HTTPAuth with its optional authenticator."""
+
+    @property
+    def authenticator(self) -> str | None: ...
+
+
+def auth_headers(ctx: Context, auth: NamesAuthenticator | None) -> dict[str, str]:
+    """The headers of the authenticator `auth` names, looked up by id among the running extensions
+    (as sending_queue.storage is); {} without one."""
+    if auth is None or not auth.authenticator:
+        return {}
+    exts: dict[ComponentID, Any] = ctx.extras.get("extensions", {})
+    ext = exts.get(ComponentID.parse(auth.authenticator))
+    if not isinstance(ext, ClientAuthenticator):
+        raise AuthenticatorMissingError(
+            f"{ctx.id}: auth::authenticator: {auth.authenticator} is not a running client authenticator "
+            "(list it under extensions and service::extensions)")
+    return ext.auth_headers()
+
+
 class ClientConfig(ComponentConfig):
     """The common part of every push exporter's config."""
 
@@ -125,6 +170,7 @@ class ClientConfig(ComponentConfig):
     timeout: Duration = Field(5.0, gt=0, description="one send attempt: 5s, 500ms or seconds as a number")
     sending_queue: QueueConfig = Field(default_factory=QueueConfig)
     retry_on_failure: RetryConfig = Field(default_factory=RetryConfig)
+    auth: AuthConfig | None = Field(None, description="authenticator: bearertokenauth[/name] or basicauth[/name]")
 
     @model_validator(mode="after")
     def _read_headers_file(self) -> ClientConfig:

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from gotel.component import ComponentID, Kind
+from gotel.config.collector import COMPAT_DOC, is_collector_type
 from gotel.config.model import (
     ComponentEntry,
     Config,
@@ -221,6 +222,9 @@ class _Validator:
                 if problem:
                     self.src.error(path, f'{kind.value} type "{cid.type}" is installed but cannot be loaded: {problem}')
                     continue
+                if is_collector_type(kind, cid.type):  # the collector's, not a typo: one error, no guess
+                    self.src.error(path, f'gotel has no {kind.value} "{cid.type}" yet (see {COMPAT_DOC})')
+                    continue
                 valid = self.reg.types(kind) if kind != Kind.CONNECTOR else []
                 aliases = sorted(self.reg.aliases[kind]) if kind in self.reg.aliases else []
                 listing = ", ".join(valid) if valid else "none are installed"
@@ -239,6 +243,9 @@ class _Validator:
             except ValidationError as e:
                 report_validation_error(self.src, path, e, factory.config)
                 continue
+            reason = getattr(factory, "ignored", "")  # accepted for collector configs, not run (pprof)
+            if reason:
+                self.src.error(path, f"{kind.value} {key} is accepted and ignored: {reason}", warning=True)
             out[cid] = ComponentEntry(cid, kind, factory, model, self.src.line(path))
 
     def service(self, value: Any) -> None:
@@ -271,8 +278,30 @@ class _Validator:
             except ValueError as e:
                 self.src.error(("service", "shutdown_timeout"), str(e))
         sc.extensions = self.id_list(svc.get("extensions"), ("service", "extensions"), Kind.EXTENSION, None)
+        self.authenticators()
         self.pipelines(svc.get("pipelines"))
         self.unused()
+
+    def authenticators(self) -> None:
+        """Each component's auth::authenticator names a configured, enabled client authenticator."""
+        for section, kind in SECTIONS.items():
+            for cid, entry in self.cfg.section(kind).items():
+                name = getattr(getattr(entry.config, "auth", None), "authenticator", None)
+                if not isinstance(name, str):
+                    continue
+                path = (section, str(cid), "auth", "authenticator")
+                ext = self.cfg.extensions.get(ComponentID.parse(name))
+                if ext is None:
+                    if not self._section_had("extensions", name):  # else reported there
+                        names = ", ".join(self._written("extensions")) or "none"
+                        self.src.error(path, f'extension "{name}" is not configured (configured: {names})')
+                elif not getattr(ext.factory, "client_auth", False):
+                    self.src.error(path, f'extension "{name}" is a {ext.factory.type} extension, not a client '
+                                   "authenticator (bearertokenauth, basicauth)")
+                elif getattr(ext.config, "client_auth", True) is None:
+                    self.src.error(path, f'extension "{name}" has no client_auth: it cannot authenticate a client')
+                elif ext.id not in self.cfg.service.extensions:
+                    self.src.error(path, f'extension "{name}" is not listed in service::extensions, so it does not run')
 
     def id_list(self, value: Any, path: Path, kind: Kind, signal: Signal | None) -> list[ComponentID]:
         if value is None:
@@ -300,7 +329,10 @@ class _Validator:
             entry = configured.get(cid)
             if entry is None:
                 names = ", ".join(self._written(section)) or "none"
-                if not self._section_had(section, item):
+                # an id written in its section (or under connectors, which are exporters and receivers
+                # of pipelines) that failed there was reported there: no second error here
+                if not self._section_had(section, item) and not (
+                        kind in (Kind.RECEIVER, Kind.EXPORTER) and self._section_had("connectors", item)):
                     self.src.error(path, f'{kind.value} "{item}" is not configured (configured: {names})', line=line)
                 continue
             if signal is not None and signal not in entry.factory.signals:

@@ -63,6 +63,7 @@ class Service:
         self.merged = MergedRegistry(self.tel.registry)
         self.graph = Graph(cfg, self.tel)
         self.ready = False
+        self.up_since: float | None = None  # UNIX time the service became ready (health_check's upSince)
         self.rundir: str | None = None
         self.internal: Receiver | None = None
         self.supervisor: Supervisor | None = None
@@ -79,7 +80,7 @@ class Service:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         receivers = self.supervisor.status() if self.supervisor else {}
         ready = self.ready and all(r["up"] for r in receivers.values())
-        return ready, {"ready": ready, "started": self.ready, "receivers": receivers}
+        return ready, {"ready": ready, "started": self.ready, "up_since": self.up_since, "receivers": receivers}
 
     # --- life cycle -------------------------------------------------------------------------------
 
@@ -100,7 +101,9 @@ class Service:
         # Extensions first (health checks, auth providers): components may rely on them.
         for eid in self.cfg.service.extensions:
             entry = self.cfg.extensions[eid]
-            ext = entry.factory.create(entry.config, make_context(self.tel, eid, Kind.EXTENSION))  # type: ignore[attr-defined]
+            ectx = make_context(self.tel, eid, Kind.EXTENSION)
+            ectx.extras["health"] = self.readiness  # health_check serves the same state as /readyz
+            ext = entry.factory.create(entry.config, ectx)  # type: ignore[attr-defined]
             try:
                 await ext.start()
             except StorageError as e:
@@ -130,6 +133,7 @@ class Service:
         if self.cfg.service.telemetry.metrics.pipelines and self.cfg.service.telemetry.metrics.level != "none":
             self._feeder = asyncio.create_task(self._feed_self_metrics(), name="self-metrics")
         self.ready = True
+        self.up_since = time.time()
         log.info("gotel started: %s", self.cfg.summary())
 
     async def _start_internal(self, children: dict[ComponentID, list[Signal]]) -> None:

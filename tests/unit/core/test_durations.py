@@ -79,7 +79,8 @@ TIME_WORDS = {"interval", "timeout", "timeouts", "threshold", "age", "period", "
               "expiration", "expiry", "expire", "window", "elapsed", "duration", "after", "deadline", "grace",
               "linger", "lifetime", "time", "idle", "keepalive", "retention", "cooldown", "every", "staleness"}
 # a key that names another unit (the collector's rebound_needed_threshold_mib) is a size or a count, not a time
-NON_TIME_UNITS = {"mib", "kib", "gib", "bytes", "percent", "percentage", "count", "items", "spans", "ratio"}
+# (and health_check's exporter_failure_threshold counts failures)
+NON_TIME_UNITS = {"mib", "kib", "gib", "bytes", "percent", "percentage", "count", "items", "spans", "ratio", "failure"}
 UNIT_WORDS = {"ns", "us", "ms", "s", "sec", "secs", "second", "seconds", "min", "mins", "minute", "minutes",
               "hour", "hours", "day", "days", "millis", "micros", "nanos", "msec", "usec", "nsec"}
 
