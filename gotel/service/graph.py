@@ -1,6 +1,7 @@
 """The pipeline graph (DESIGN.md section 4): shared receivers and exporters, processors per pipeline.
 
-receiver ─► fan-out over the pipelines that list it ─► processor chain (one instance per
+receiver ─► fan-out over the pipelines that list it (a copy for each pipeline that mutates anywhere
+along its chain, see fanout.pipeline_entry) ─► processor chain (one instance per
 pipeline) ─► fan-out over the pipeline's exporters (one instance per exporter id and signal).
 Start order exporters → processors → receivers; stop order the reverse, so nothing is ever
 pushed into a component that is not running.
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from gotel.component import Component, ComponentID, Consumer, Context, Exporter, Kind, Processor, Receiver
 from gotel.config.model import ComponentEntry, Config
 from gotel.pdata import Signal
-from gotel.service.fanout import fanout
+from gotel.service.fanout import fanout, pipeline_entry
 from gotel.telemetry import Telemetry
 
 log = logging.getLogger("gotel.service")
@@ -96,7 +97,8 @@ class Graph:
         receiver_targets: dict[tuple[ComponentID, Signal], list[Consumer]] = {}
         for name, spec in self.cfg.service.pipelines.items():
             p = Pipeline(name, spec.signal)
-            nxt: Consumer = fanout([self._exporter(e, spec.signal) for e in spec.exporters])
+            exporters = fanout([self._exporter(e, spec.signal) for e in spec.exporters])
+            nxt: Consumer = exporters
             chain: list[tuple[ComponentID, Processor]] = []
             for pid in reversed(spec.processors):
                 entry = self.cfg.processors[pid]
@@ -106,10 +108,10 @@ class Graph:
                 chain.append((pid, proc))
                 nxt = proc
             p.processors = list(reversed(chain))
-            p.entry = nxt
+            p.entry = pipeline_entry([proc for _, proc in p.processors], exporters)
             self.pipelines[name] = p
             for rid in spec.receivers:
-                receiver_targets.setdefault((rid, spec.signal), []).append(nxt)
+                receiver_targets.setdefault((rid, spec.signal), []).append(p.entry)
         for (rid, signal), targets in receiver_targets.items():
             node = self.receivers.get(rid)
             if node is None:
