@@ -136,13 +136,22 @@ class Context:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+SHUTDOWN_DEADLINE = 10.0
+"""Seconds a component has to stop when its caller names no deadline (tests, tools)."""
+
+
 class Component:
-    """Life cycle shared by all components. shutdown() must be safe without start()."""
+    """Life cycle shared by all components.
+
+    shutdown(deadline) is called once with the seconds left of service.shutdown_timeout: the component
+    flushes what it holds and returns within them (the service stops waiting after that). It must be
+    safe without start() and without a deadline argument.
+    """
 
     async def start(self) -> None:
         return None
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = SHUTDOWN_DEADLINE) -> None:
         return None
 
 

@@ -10,12 +10,21 @@ pushed into a component that is not running.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from dataclasses import dataclass, field
 
-from gotel.component import Component, ComponentID, Consumer, Context, Exporter, Kind, Processor, Receiver
+from gotel.component import (
+    Component,
+    ComponentID,
+    Consumer,
+    Context,
+    Exporter,
+    Kind,
+    Processor,
+    Receiver,
+    ReceiverFactory,
+)
 from gotel.config.model import ComponentEntry, Config
 from gotel.pdata import Signal
 from gotel.service.fanout import fanout, pipeline_entry
@@ -36,13 +45,13 @@ class Pipeline:
 class ReceiverNode:
     """A receiver and the consumer per signal its data goes to."""
 
-    entry: ComponentEntry
+    entry: ComponentEntry[ReceiverFactory]
     sinks: dict[Signal, Consumer]
     instance: Receiver | None = None  # only for in-process receivers
 
     @property
     def in_process(self) -> bool:
-        return bool(getattr(self.entry.factory, "in_process", False))
+        return self.entry.factory.in_process
 
 
 def make_context(tel: Telemetry, cid: ComponentID, kind: Kind, signal: Signal | None = None) -> Context:
@@ -56,14 +65,10 @@ def make_context(tel: Telemetry, cid: ComponentID, kind: Kind, signal: Signal | 
 
 
 async def shutdown_with_deadline(comp: Component, name: str, deadline: float) -> None:
-    """Calls shutdown(deadline=...) where supported; never waits past the deadline or raises."""
+    """Gives the component the seconds left until `deadline` (monotonic); never waits past it or raises."""
     remaining = max(0.1, deadline - time.monotonic())
     try:
-        if "deadline" in inspect.signature(comp.shutdown).parameters:
-            coro = comp.shutdown(deadline=remaining)  # type: ignore[call-arg]
-        else:
-            coro = comp.shutdown()
-        await asyncio.wait_for(coro, remaining + 1.0)
+        await asyncio.wait_for(comp.shutdown(remaining), remaining + 1.0)
     except TimeoutError:
         log.error("%s did not shut down within the deadline", name)
     except Exception:
@@ -89,7 +94,7 @@ class Graph:
             entry = self.cfg.exporters[cid]
             ctx = make_context(self.tel, cid, Kind.EXPORTER, signal)
             ctx.extras["extensions"] = self.extensions  # filled by the service before exporters start
-            exp = entry.factory.create(signal, entry.config, ctx)  # type: ignore[attr-defined]
+            exp = entry.factory.create(signal, entry.config, ctx)
             self.exporters[key] = exp
         return exp
 
@@ -104,7 +109,7 @@ class Graph:
                 entry = self.cfg.processors[pid]
                 ctx = make_context(self.tel, pid, Kind.PROCESSOR, spec.signal)
                 ctx.extras["pipeline"] = name
-                proc = entry.factory.create(spec.signal, entry.config, nxt, ctx)  # type: ignore[attr-defined]
+                proc = entry.factory.create(spec.signal, entry.config, nxt, ctx)
                 chain.append((pid, proc))
                 nxt = proc
             p.processors = list(reversed(chain))
@@ -119,7 +124,7 @@ class Graph:
             node.sinks[signal] = fanout(targets)
         for rid, node in self.receivers.items():
             if node.in_process:
-                node.instance = node.entry.factory.create(  # type: ignore[attr-defined]
+                node.instance = node.entry.factory.create(
                     node.entry.config, node.sinks, make_context(self.tel, rid, Kind.RECEIVER)
                 )
 

@@ -95,7 +95,7 @@ class Service:
         # Extensions first (health checks, auth providers): components may rely on them.
         for eid in self.cfg.service.extensions:
             entry = self.cfg.extensions[eid]
-            ext = entry.factory.create(entry.config, make_context(self.tel, eid, Kind.EXTENSION))  # type: ignore[attr-defined]
+            ext = entry.factory.create(entry.config, make_context(self.tel, eid, Kind.EXTENSION))
             try:
                 await ext.start()
             except StorageError as e:

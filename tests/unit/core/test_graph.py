@@ -113,7 +113,7 @@ class RecExporter(Exporter):
     async def start(self) -> None:
         EVENTS.append("start " + self.name)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         EVENTS.append("stop " + self.name)
 
     async def consume(self, batch: Batch) -> None:
@@ -129,7 +129,7 @@ class RecProcessor(Processor):
     async def start(self) -> None:
         EVENTS.append("start " + self.name)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         EVENTS.append("stop " + self.name)
 
     async def consume(self, batch: Batch) -> None:
@@ -144,7 +144,7 @@ class RecReceiver(Receiver):
     async def start(self) -> None:
         EVENTS.append("start " + self.name)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         EVENTS.append("stop " + self.name)
 
 
@@ -216,7 +216,7 @@ class RecExtension(Component):
     async def start(self) -> None:
         EVENTS.append("start " + self.name)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         EVENTS.append("stop " + self.name)
 
 
