@@ -186,11 +186,11 @@ class Factory:
         return self.config()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReceiverFactory(Factory):
     """create(config, sinks-per-signal, context). One instance per receiver id serves all its signals."""
 
-    create: Callable[[Any, Mapping[Signal, Consumer], Context], Receiver] = field(default=None)  # type: ignore[assignment]
+    create: Callable[[Any, Mapping[Signal, Consumer], Context], Receiver]
     # The otlp receiver is the pipeline's own entry point and runs inside the pipeline process;
     # every other receiver runs in an OS process of its own (DESIGN.md section 1).
     in_process: bool = False
@@ -199,25 +199,25 @@ class ReceiverFactory(Factory):
     kind: ClassVar[Kind] = Kind.RECEIVER
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProcessorFactory(Factory):
     """create(signal, config, next, context). One instance per pipeline."""
 
-    create: Callable[[Signal, Any, Consumer, Context], Processor] = field(default=None)  # type: ignore[assignment]
+    create: Callable[[Signal, Any, Consumer, Context], Processor]
     kind: ClassVar[Kind] = Kind.PROCESSOR
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExporterFactory(Factory):
     """create(signal, config, context). One instance per exporter id and signal."""
 
-    create: Callable[[Signal, Any, Context], Exporter] = field(default=None)  # type: ignore[assignment]
+    create: Callable[[Signal, Any, Context], Exporter]
     kind: ClassVar[Kind] = Kind.EXPORTER
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExtensionFactory(Factory):
-    create: Callable[[Any, Context], Component] = field(default=None)  # type: ignore[assignment]
+    create: Callable[[Any, Context], Component]
     kind: ClassVar[Kind] = Kind.EXTENSION
 
 
