@@ -12,25 +12,18 @@ import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from gotel.duration import UNIT_NAMES, parse_duration
+from gotel.ids import ComponentID as ComponentID
+from gotel.ids import Kind as Kind
 from gotel.pdata import Batch, Signal
 
 if TYPE_CHECKING:
     from gotel.telemetry import ComponentTelemetry
-
-
-class Kind(StrEnum):
-    RECEIVER = "receiver"
-    PROCESSOR = "processor"
-    EXPORTER = "exporter"
-    EXTENSION = "extension"
-    CONNECTOR = "connector"
 
 
 @dataclass(frozen=True)
@@ -76,25 +69,6 @@ class ComponentConfig(BaseModel):
                     raise ValueError(f'"{old}" is the deprecated name of "{r.new}": give only "{r.new}"')
                 data[r.new] = r.convert(data.pop(old))
         return data
-
-
-@dataclass(frozen=True, order=True)
-class ComponentID:
-    type: str
-    name: str = ""
-
-    @classmethod
-    def parse(cls, s: str) -> ComponentID:
-        s = s.strip()
-        if not s:
-            raise ValueError("empty component id")
-        typ, sep, name = s.partition("/")
-        if not typ or (sep and not name):
-            raise ValueError(f"invalid component id {s!r}: expected type[/name]")
-        return cls(typ, name)
-
-    def __str__(self) -> str:
-        return f"{self.type}/{self.name}" if self.name else self.type
 
 
 class ConsumerError(Exception):
@@ -229,3 +203,6 @@ REQUEST_METADATA: ContextVar[Mapping[str, str]] = ContextVar(
     "gotel_request_metadata", default=MappingProxyType({})
 )
 RECEIVER_ID_HEADER = "gotel-receiver"
+# A receiver process's exit status when the host lacks what it needs (BPF, capabilities, headers):
+# EX_CONFIG. A quick restart will not help, so the supervisor waits its longest backoff.
+EXIT_CANNOT_RUN = 78
