@@ -236,7 +236,7 @@ class FileStorage(Component):
                 except Exception as e:
                     self.log.warning("%s: compacting %s failed: %s", self.ctx.id, c.path, e)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         if self._rebound is not None:
             self._rebound.cancel()
             with contextlib.suppress(asyncio.CancelledError):

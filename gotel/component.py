@@ -12,25 +12,18 @@ import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from gotel.duration import UNIT_NAMES, parse_duration
+from gotel.ids import ComponentID as ComponentID
+from gotel.ids import Kind as Kind
 from gotel.pdata import Batch, Signal
 
 if TYPE_CHECKING:
     from gotel.telemetry import ComponentTelemetry
-
-
-class Kind(StrEnum):
-    RECEIVER = "receiver"
-    PROCESSOR = "processor"
-    EXPORTER = "exporter"
-    EXTENSION = "extension"
-    CONNECTOR = "connector"
 
 
 @dataclass(frozen=True)
@@ -78,25 +71,6 @@ class ComponentConfig(BaseModel):
         return data
 
 
-@dataclass(frozen=True, order=True)
-class ComponentID:
-    type: str
-    name: str = ""
-
-    @classmethod
-    def parse(cls, s: str) -> ComponentID:
-        s = s.strip()
-        if not s:
-            raise ValueError("empty component id")
-        typ, sep, name = s.partition("/")
-        if not typ or (sep and not name):
-            raise ValueError(f"invalid component id {s!r}: expected type[/name]")
-        return cls(typ, name)
-
-    def __str__(self) -> str:
-        return f"{self.type}/{self.name}" if self.name else self.type
-
-
 class ConsumerError(Exception):
     """Raised by consume(): the data was not accepted."""
 
@@ -136,13 +110,22 @@ class Context:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+SHUTDOWN_DEADLINE = 10.0
+"""Seconds a component has to stop when its caller names no deadline (tests, tools)."""
+
+
 class Component:
-    """Life cycle shared by all components. shutdown() must be safe without start()."""
+    """Life cycle shared by all components.
+
+    shutdown(deadline) is called once with the seconds left of service.shutdown_timeout: the component
+    flushes what it holds and returns within them (the service stops waiting after that). It must be
+    safe without start() and without a deadline argument.
+    """
 
     async def start(self) -> None:
         return None
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = SHUTDOWN_DEADLINE) -> None:
         return None
 
 
@@ -177,11 +160,11 @@ class Factory:
         return self.config()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReceiverFactory(Factory):
     """create(config, sinks-per-signal, context). One instance per receiver id serves all its signals."""
 
-    create: Callable[[Any, Mapping[Signal, Consumer], Context], Receiver] = field(default=None)  # type: ignore[assignment]
+    create: Callable[[Any, Mapping[Signal, Consumer], Context], Receiver]
     # The otlp receiver is the pipeline's own entry point and runs inside the pipeline process;
     # every other receiver runs in an OS process of its own (DESIGN.md section 1).
     in_process: bool = False
@@ -190,25 +173,25 @@ class ReceiverFactory(Factory):
     kind: ClassVar[Kind] = Kind.RECEIVER
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProcessorFactory(Factory):
     """create(signal, config, next, context). One instance per pipeline."""
 
-    create: Callable[[Signal, Any, Consumer, Context], Processor] = field(default=None)  # type: ignore[assignment]
+    create: Callable[[Signal, Any, Consumer, Context], Processor]
     kind: ClassVar[Kind] = Kind.PROCESSOR
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExporterFactory(Factory):
     """create(signal, config, context). One instance per exporter id and signal."""
 
-    create: Callable[[Signal, Any, Context], Exporter] = field(default=None)  # type: ignore[assignment]
+    create: Callable[[Signal, Any, Context], Exporter]
     kind: ClassVar[Kind] = Kind.EXPORTER
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExtensionFactory(Factory):
-    create: Callable[[Any, Context], Component] = field(default=None)  # type: ignore[assignment]
+    create: Callable[[Any, Context], Component]
     kind: ClassVar[Kind] = Kind.EXTENSION
 
 
@@ -220,3 +203,6 @@ REQUEST_METADATA: ContextVar[Mapping[str, str]] = ContextVar(
     "gotel_request_metadata", default=MappingProxyType({})
 )
 RECEIVER_ID_HEADER = "gotel-receiver"
+# A receiver process's exit status when the host lacks what it needs (BPF, capabilities, headers):
+# EX_CONFIG. A quick restart will not help, so the supervisor waits its longest backoff.
+EXIT_CANNOT_RUN = 78

@@ -102,7 +102,7 @@ class PeriodicReceiver(Receiver):
         except Exception:
             self.log.exception("%s: final collection at shutdown failed", self.ctx.id)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         try:
             await self._stop_timer()
             await self._final_flush()
@@ -235,7 +235,7 @@ class TargetedReceiver(PeriodicReceiver):
             except Exception:
                 self.log.exception("%s: draining events failed", self.ctx.id)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         self._stop.set()
         try:
             if self._watch_task is not None:

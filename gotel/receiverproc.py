@@ -16,7 +16,15 @@ import time
 from importlib.metadata import entry_points
 from typing import Any
 
-from gotel.component import RECEIVER_ID_HEADER, ComponentID, Exporter, ExporterFactory, Kind, ReceiverFactory
+from gotel.component import (
+    EXIT_CANNOT_RUN,
+    RECEIVER_ID_HEADER,
+    ComponentID,
+    Exporter,
+    ExporterFactory,
+    Kind,
+    ReceiverFactory,
+)
 from gotel.ebpf.checks import BpfUnavailableError, require_bpf
 from gotel.exporterhelper import QueuedExporter
 from gotel.pdata import Signal
@@ -26,10 +34,6 @@ from gotel.service.graph import make_context, shutdown_with_deadline
 from gotel.telemetry import default_telemetry
 
 log = logging.getLogger("gotel.receiver")
-
-# EX_CONFIG: this host lacks what the receiver needs (BPF, capabilities, headers); a quick restart will
-# not help, so the supervisor waits its longest backoff before trying again.
-EXIT_CANNOT_RUN = 78
 
 
 def load_one(kind: Kind, typ: str) -> tuple[Any, str]:

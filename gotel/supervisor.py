@@ -34,11 +34,10 @@ from typing import Any
 
 from pydantic import BaseModel, SecretBytes, SecretStr
 
-from gotel.component import ComponentID, Kind
+from gotel.component import EXIT_CANNOT_RUN, ComponentID, Kind
 from gotel.config.model import ComponentEntry, SupervisorConfig
 from gotel.logs import LOG_LINE
 from gotel.pdata import Metrics, Signal, attr_dict
-from gotel.receiverproc import EXIT_CANNOT_RUN
 from gotel.telemetry import ComponentTelemetry, Telemetry
 
 log = logging.getLogger("gotel.supervisor")

@@ -429,7 +429,7 @@ class K8sAttributesProcessor(Processor):
         return acquire(key, lambda: MetadataStore(api, key, delete_grace=cfg.pod_delete_grace_period, logger=self.log),
                        needs)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         store, self.store = self.store, None
         if store is not None:
             for h in self._hooks:

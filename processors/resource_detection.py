@@ -206,7 +206,7 @@ class ResourceDetectionProcessor(Processor):
         return acquire(key, lambda: MetadataStore(api, key, logger=self.ctx.logger),
                        Needs(pod_labels=KeyFilter(keys=[APP_NAME_LABEL])))
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         store, self.store = self.store, None
         if store is not None:
             await asyncio.to_thread(release, store)

@@ -601,7 +601,7 @@ class OTLPReceiver(Receiver):
             await self.shutdown()
             raise
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
             self._grpc = None

@@ -1,6 +1,7 @@
 """The pipeline graph (DESIGN.md section 4): shared receivers and exporters, processors per pipeline.
 
-receiver ─► fan-out over the pipelines that list it ─► processor chain (one instance per
+receiver ─► fan-out over the pipelines that list it (a copy for each pipeline that mutates anywhere
+along its chain, see fanout.pipeline_entry) ─► processor chain (one instance per
 pipeline) ─► fan-out over the pipeline's exporters (one instance per exporter id and signal).
 Start order exporters → processors → receivers; stop order the reverse, so nothing is ever
 pushed into a component that is not running.
@@ -9,15 +10,24 @@ pushed into a component that is not running.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from dataclasses import dataclass, field
 
-from gotel.component import Component, ComponentID, Consumer, Context, Exporter, Kind, Processor, Receiver
+from gotel.component import (
+    Component,
+    ComponentID,
+    Consumer,
+    Context,
+    Exporter,
+    Kind,
+    Processor,
+    Receiver,
+    ReceiverFactory,
+)
 from gotel.config.model import ComponentEntry, Config
 from gotel.pdata import Signal
-from gotel.service.fanout import fanout
+from gotel.service.fanout import fanout, pipeline_entry
 from gotel.telemetry import Telemetry
 
 log = logging.getLogger("gotel.service")
@@ -35,13 +45,13 @@ class Pipeline:
 class ReceiverNode:
     """A receiver and the consumer per signal its data goes to."""
 
-    entry: ComponentEntry
+    entry: ComponentEntry[ReceiverFactory]
     sinks: dict[Signal, Consumer]
     instance: Receiver | None = None  # only for in-process receivers
 
     @property
     def in_process(self) -> bool:
-        return bool(getattr(self.entry.factory, "in_process", False))
+        return self.entry.factory.in_process
 
 
 def make_context(tel: Telemetry, cid: ComponentID, kind: Kind, signal: Signal | None = None) -> Context:
@@ -55,14 +65,10 @@ def make_context(tel: Telemetry, cid: ComponentID, kind: Kind, signal: Signal | 
 
 
 async def shutdown_with_deadline(comp: Component, name: str, deadline: float) -> None:
-    """Calls shutdown(deadline=...) where supported; never waits past the deadline or raises."""
+    """Gives the component the seconds left until `deadline` (monotonic); never waits past it or raises."""
     remaining = max(0.1, deadline - time.monotonic())
     try:
-        if "deadline" in inspect.signature(comp.shutdown).parameters:
-            coro = comp.shutdown(deadline=remaining)  # type: ignore[call-arg]
-        else:
-            coro = comp.shutdown()
-        await asyncio.wait_for(coro, remaining + 1.0)
+        await asyncio.wait_for(comp.shutdown(remaining), remaining + 1.0)
     except TimeoutError:
         log.error("%s did not shut down within the deadline", name)
     except Exception:
@@ -88,7 +94,7 @@ class Graph:
             entry = self.cfg.exporters[cid]
             ctx = make_context(self.tel, cid, Kind.EXPORTER, signal)
             ctx.extras["extensions"] = self.extensions  # filled by the service before exporters start
-            exp = entry.factory.create(signal, entry.config, ctx)  # type: ignore[attr-defined]
+            exp = entry.factory.create(signal, entry.config, ctx)
             self.exporters[key] = exp
         return exp
 
@@ -96,20 +102,21 @@ class Graph:
         receiver_targets: dict[tuple[ComponentID, Signal], list[Consumer]] = {}
         for name, spec in self.cfg.service.pipelines.items():
             p = Pipeline(name, spec.signal)
-            nxt: Consumer = fanout([self._exporter(e, spec.signal) for e in spec.exporters])
+            exporters = fanout([self._exporter(e, spec.signal) for e in spec.exporters])
+            nxt: Consumer = exporters
             chain: list[tuple[ComponentID, Processor]] = []
             for pid in reversed(spec.processors):
                 entry = self.cfg.processors[pid]
                 ctx = make_context(self.tel, pid, Kind.PROCESSOR, spec.signal)
                 ctx.extras["pipeline"] = name
-                proc = entry.factory.create(spec.signal, entry.config, nxt, ctx)  # type: ignore[attr-defined]
+                proc = entry.factory.create(spec.signal, entry.config, nxt, ctx)
                 chain.append((pid, proc))
                 nxt = proc
             p.processors = list(reversed(chain))
-            p.entry = nxt
+            p.entry = pipeline_entry([proc for _, proc in p.processors], exporters)
             self.pipelines[name] = p
             for rid in spec.receivers:
-                receiver_targets.setdefault((rid, spec.signal), []).append(nxt)
+                receiver_targets.setdefault((rid, spec.signal), []).append(p.entry)
         for (rid, signal), targets in receiver_targets.items():
             node = self.receivers.get(rid)
             if node is None:
@@ -117,7 +124,7 @@ class Graph:
             node.sinks[signal] = fanout(targets)
         for rid, node in self.receivers.items():
             if node.in_process:
-                node.instance = node.entry.factory.create(  # type: ignore[attr-defined]
+                node.instance = node.entry.factory.create(
                     node.entry.config, node.sinks, make_context(self.tel, rid, Kind.RECEIVER)
                 )
 

@@ -17,15 +17,13 @@ import signal
 import time
 from typing import Any
 
-from pydantic import ValidationError
-
-from gotel.component import Component, ComponentID, Kind, Receiver, ReceiverFactory
+from gotel.component import Component, ComponentID, Kind, Receiver
 from gotel.config.model import Config
 from gotel.exporterhelper import StorageError
 from gotel.pdata import Metrics, Signal
-from gotel.registry import registry
 from gotel.selfmetrics import MergedRegistry, families_to_otlp
 from gotel.service.graph import Graph, make_context, shutdown_with_deadline
+from gotel.service.internal import INTERNAL_RECEIVER, internal_receiver
 from gotel.service.router import Router
 from gotel.service.rundir import runtime_dir
 from gotel.service.server import StartupError, TelemetryServer
@@ -33,26 +31,6 @@ from gotel.supervisor import CounterCarry, Supervisor
 from gotel.telemetry import Telemetry, default_telemetry
 
 log = logging.getLogger("gotel.service")
-INTERNAL_RECEIVER = ComponentID("otlp", "_internal")
-
-
-def internal_receiver_config(factory: ReceiverFactory, socket_path: str) -> Any:
-    """The otlp receiver's config for a gRPC unix socket (the collector's shape)."""
-    shapes = [
-        # As large as the otlp exporter's default send limit: a receiver process's big requests
-        # (profiles with their dictionaries) must not be refused on the local hop.
-        {"protocols": {"grpc": {"endpoint": f"unix://{socket_path}", "max_recv_msg_size_mib": 64}}},
-        {"protocols": {"grpc": {"endpoint": f"unix://{socket_path}"}}},
-        {"protocols": {"grpc": {"endpoint": socket_path, "transport": "unix"}}},
-        {"grpc": {"endpoint": f"unix://{socket_path}"}},
-    ]
-    last: Exception | None = None
-    for shape in shapes:
-        try:
-            return factory.config.model_validate(shape)
-        except ValidationError as e:
-            last = e
-    raise RuntimeError(f"the otlp receiver accepts no unix-socket config: {last}")
 
 
 class Service:
@@ -103,7 +81,7 @@ class Service:
             entry = self.cfg.extensions[eid]
             ectx = make_context(self.tel, eid, Kind.EXTENSION)
             ectx.extras["health"] = self.readiness  # health_check serves the same state as /readyz
-            ext = entry.factory.create(entry.config, ectx)  # type: ignore[attr-defined]
+            ext = entry.factory.create(entry.config, ectx)
             try:
                 await ext.start()
             except StorageError as e:
@@ -137,12 +115,7 @@ class Service:
         log.info("gotel started: %s", self.cfg.summary())
 
     async def _start_internal(self, children: dict[ComponentID, list[Signal]]) -> None:
-        factory = registry().get(Kind.RECEIVER, "otlp")
-        if not isinstance(factory, ReceiverFactory):
-            problems = "; ".join(e for e in registry().errors if " otlp:" in e)
-            raise StartupError(f"receiver processes need the otlp receiver, which is not installed ({problems})")
         assert self.socket_path is not None
-        cfg = internal_receiver_config(factory, self.socket_path)
         sinks: dict[Signal, Any] = {}
         for signal_ in Signal:
             routes = {str(rid): self.graph.receivers[rid].sinks[signal_]
@@ -150,7 +123,8 @@ class Service:
             on_tel = self._receiver_telemetry if signal_ == Signal.METRICS else None
             sinks[signal_] = Router(signal_, routes, on_tel)
             self.routers.append(sinks[signal_])
-        self.internal = factory.create(cfg, sinks, make_context(self.tel, INTERNAL_RECEIVER, Kind.RECEIVER))
+        ctx = make_context(self.tel, INTERNAL_RECEIVER, Kind.RECEIVER)
+        self.internal = internal_receiver(self.socket_path, sinks, ctx)
         await self.internal.start()
 
     def _receiver_telemetry(self, rid: str, batch: Metrics) -> None:

@@ -582,7 +582,7 @@ class PprofReceiver(Receiver):
         """For tests and benchmarks: the first target refresh has happened."""
         await asyncio.wait_for(self._refreshed.wait(), timeout)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
