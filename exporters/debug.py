@@ -20,7 +20,14 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from pydantic import Field
 
-from gotel.component import ALL_SIGNALS, ComponentConfig, Context, Exporter, ExporterFactory
+from gotel.component import (
+    ALL_SIGNALS,
+    SHUTDOWN_DEADLINE,
+    ComponentConfig,
+    Context,
+    Exporter,
+    ExporterFactory,
+)
 from gotel.config.types import Duration
 from gotel.pdata import Batch, Signal, attr_dict
 
@@ -209,7 +216,7 @@ class DebugExporter(Exporter):
             if summary.task is None:
                 summary.task = asyncio.create_task(summary.run(), name=f"{self.ctx.id}-summary")
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = SHUTDOWN_DEADLINE) -> None:
         summary = self._summary
         if summary is None or summary.users == 0:
             return

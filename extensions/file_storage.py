@@ -24,7 +24,15 @@ from typing import Any, TypeVar
 
 from pydantic import Field, field_validator
 
-from gotel.component import Component, ComponentConfig, ComponentID, Context, ExtensionFactory, Kind
+from gotel.component import (
+    SHUTDOWN_DEADLINE,
+    Component,
+    ComponentConfig,
+    ComponentID,
+    Context,
+    ExtensionFactory,
+    Kind,
+)
 from gotel.config.types import Duration
 from gotel.exporterhelper import StorageError
 
@@ -236,7 +244,7 @@ class FileStorage(Component):
                 except Exception as e:
                     self.log.warning("%s: compacting %s failed: %s", self.ctx.id, c.path, e)
 
-    async def shutdown(self, deadline: float = 10.0) -> None:
+    async def shutdown(self, deadline: float = SHUTDOWN_DEADLINE) -> None:
         if self._rebound is not None:
             self._rebound.cancel()
             with contextlib.suppress(asyncio.CancelledError):

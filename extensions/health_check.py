@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field, field_validator
 
-from gotel.component import Component, ComponentConfig, Context, ExtensionFactory
+from gotel.component import SHUTDOWN_DEADLINE, Component, ComponentConfig, Context, ExtensionFactory
 from gotel.config.types import Duration
 from gotel.service.server import StartupError
 
@@ -141,7 +141,7 @@ class HealthCheck(Component):
         self.bound = socks[0].getsockname()[:2] if socks else (host, int(port))
         self.log.info("%s: health on http%s://%s:%d%s", self.ctx.id, "s" if sslctx else "", *self.bound, self.cfg.path)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = SHUTDOWN_DEADLINE) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

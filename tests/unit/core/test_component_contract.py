@@ -33,6 +33,7 @@ REQUIRED: dict[tuple[Kind, str], dict[str, Any]] = {
     (Kind.EXPORTER, "otlp_http"): {"endpoint": "http://127.0.0.1:9"},
     (Kind.EXPORTER, "prometheus_remote_write"): {"endpoint": "http://127.0.0.1:9/api/v1/write"},
     (Kind.EXPORTER, "pyroscope"): {"endpoint": "http://127.0.0.1:9"},
+    (Kind.EXTENSION, "bearertokenauth"): {"token": "never-sent"},
 }
 
 
