@@ -1,0 +1,114 @@
+"""OTTL conditions (the collector's OpenTelemetry Transformation Language, boolean part) over OTLP protobuf.
+
+`compile_condition` parses and compiles one condition for a signal, in a given context or one inferred
+from its paths' context prefixes (``span.name``, ``resource.attributes["k"]``) as the collector's
+context inference does; `ConditionSet` evaluates a list of them ORed, under an error mode. A condition
+gotel cannot parse or evaluate is an OttlSyntaxError with its column, at config time, never a silent pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from gotel.ottl.compiler import (
+    CONTEXT_OF_CONVERTER,
+    OttlRuntimeError,
+    calls,
+    compile_tree,
+    path_contexts,
+)
+from gotel.ottl.contexts import HIERARCHY, Item
+from gotel.ottl.grammar import OttlSyntaxError, parse
+
+ErrorMode = Literal["ignore", "silent", "propagate"]
+
+__all__ = ["HIERARCHY", "Condition", "ConditionSet", "ErrorMode", "Item", "OttlEvalError", "OttlRuntimeError",
+           "OttlSyntaxError", "compile_condition"]
+
+
+class OttlEvalError(Exception):
+    """A condition failed under error_mode propagate: the batch it was evaluated for is refused."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    text: str
+    context: str
+    evaluate: Callable[[Item], bool]
+
+
+def infer_context(text: str, signal: str) -> str:
+    """The lowest context a condition's path prefixes name (the collector's context inference)."""
+    tree = parse(text)
+    order = HIERARCHY[signal]
+    found: str | None = None
+    for ctx, p in path_contexts(tree, signal):
+        if ctx is None:
+            prefixes = ", ".join(f"{c}." for c in order)
+            raise OttlSyntaxError(f'path "{p.text()}" needs a context prefix ({prefixes}) to infer the context '
+                                  "from; or give the group a context:", p.col)
+        if found is None or order.index(ctx) > order.index(found):
+            found = ctx
+    for call in calls(tree):
+        need = CONTEXT_OF_CONVERTER.get(call.name)
+        if need is None or need not in order:
+            continue
+        if found is not None and found != need:
+            raise OttlSyntaxError(f"{call.name} is available only in the {need} context, but the paths of this "
+                                  f"condition put it in the {found} context: split it, or give a context:", call.col)
+        found = need
+    if found is None:
+        raise OttlSyntaxError("cannot infer the context: no path names one (write e.g. "
+                              f"{order[-1]}.attributes[\"k\"]), or give the group a context:", 1)
+    return found
+
+
+def compile_condition(text: str, signal: str, context: str | None = None) -> Condition:
+    """Parses and compiles; raises OttlSyntaxError (with the column) for anything gotel cannot evaluate."""
+    if context is None:
+        context = infer_context(text, signal)
+    if context not in HIERARCHY[signal]:
+        raise OttlSyntaxError(f'unknown {signal} context "{context}" (valid: {", ".join(HIERARCHY[signal])})', 1)
+    return Condition(text, context, compile_tree(parse(text), signal, context))
+
+
+class ConditionSet:
+    """Conditions ORed, as the collector's ConditionSequence: an error is logged (ignore), passed over
+    (silent) or raised as OttlEvalError (propagate); a failed condition never matches."""
+
+    def __init__(self, conditions: Sequence[Condition], error_mode: ErrorMode, logger: logging.Logger,
+                 where: str) -> None:
+        self.conditions = list(conditions)
+        self.error_mode = error_mode
+        self.logger = logger
+        self.where = where
+        self.errors = 0
+        self._last_log = 0.0
+        self._evals = [c.evaluate for c in self.conditions]
+
+    def __bool__(self) -> bool:
+        return bool(self.conditions)
+
+    def matches(self, it: Item) -> bool:
+        for i, ev in enumerate(self._evals):
+            try:
+                if ev(it):
+                    return True
+            except (OttlRuntimeError, TypeError, ValueError, IndexError) as e:
+                self._failed(self.conditions[i], e)
+        return False
+
+    def _failed(self, c: Condition, e: Exception) -> None:
+        self.errors += 1
+        msg = f'{self.where}: condition "{c.text}" failed: {e}'
+        if self.error_mode == "propagate":
+            raise OttlEvalError(msg) from e
+        if self.error_mode == "ignore":
+            now = time.monotonic()
+            if now - self._last_log >= 1.0:  # one line a second, not one per item
+                self._last_log = now
+                self.logger.warning("%s (error_mode ignore: treated as no match; %d so far)", msg, self.errors)
