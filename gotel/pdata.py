@@ -75,6 +75,10 @@ class Batch:
             self._msg = m
         return self._msg
 
+    def cached_bytes(self) -> bytes | None:
+        """The wire bytes when they are at hand (received, or serialized since the last change), else None."""
+        return self._raw
+
     def to_bytes(self) -> bytes:
         if self._raw is None:
             assert self._msg is not None

@@ -190,6 +190,11 @@ class _Stage:
     item: ConditionSet
     sub: ConditionSet
 
+    def cannot_match(self, raw: bytes | None) -> bool:
+        """Whether the request's wire bytes prove that no condition of this stage matches anything in it."""
+        sets = [s for s in (self.resource, self.scope, self.item, self.sub) if s]
+        return raw is not None and all(s.cannot_match(raw) for s in sets)
+
 
 def _points(m: Any) -> Any:
     kind = m.WhichOneof("data")
@@ -263,7 +268,7 @@ class FilterProcessor(Processor):
             await self.next.consume(batch)
             return
         try:
-            changed, subs = self._filter(batch.peek())
+            changed, subs = self._filter(batch.peek(), batch.cached_bytes())
         except OttlEvalError as e:
             self.ctx.telemetry.processed(self.signal, n_in, 0)
             self.ctx.telemetry.dropped(self.signal, n_in, "filter_error")
@@ -285,73 +290,118 @@ class FilterProcessor(Processor):
             return  # everything was filtered out: nothing goes on (the collector skips the rest too)
         await self.next.consume(batch)
 
-    def _filter(self, msg: Any) -> tuple[bool, int]:
-        """Runs every stage over the request in place; returns (anything removed, span events removed)."""
+    def _filter(self, msg: Any, raw: bytes | None) -> tuple[bool, int]:
+        """Runs every stage over the request in place; returns (anything removed, span events removed).
+        A stage whose conditions the wire bytes rule out only removes what is empty (as evaluating
+        would): what stages before it removed can only take bytes away, so the proof holds for each."""
+        changed = False
+        subs = 0
+        for st in self.stages:
+            if st.cannot_match(raw):
+                changed |= self._prune(st, msg)
+            else:
+                c, n = self._walk(st, msg)
+                changed |= c
+                subs += n
+        return changed, subs
+
+    def _prune(self, st: _Stage, msg: Any) -> bool:
+        """What a stage removes when none of its conditions matches: empty resources, empty scopes (when it
+        has conditions below the resource), metrics without data points (when it has data point conditions)."""
+        res_f, scope_f, item_f, sub_of, drop_emptied = _SHAPE[self.signal]
+        below_res = bool(st.scope or st.item or st.sub)
+        below_scope = bool(st.item or st.sub)
+        resources = getattr(msg, res_f)
+        drop_r: list[int] = []
+        changed = False
+        for ri, rs in enumerate(resources):
+            scopes = getattr(rs, scope_f)
+            if below_res:
+                drop_s: list[int] = []
+                for si, ss in enumerate(scopes):
+                    items = getattr(ss, item_f)
+                    if below_scope and st.sub and drop_emptied and sub_of is not None:
+                        drop_i = [ii for ii, item in enumerate(items) if (p := sub_of(item)) is not None and not p]
+                        if drop_i:
+                            _delete(items, drop_i)
+                            changed = True
+                    if below_scope and not items:
+                        drop_s.append(si)
+                if drop_s:
+                    _delete(scopes, drop_s)
+                    changed = True
+            if not scopes:
+                drop_r.append(ri)
+        if drop_r:
+            _delete(resources, drop_r)
+            changed = True
+        return changed
+
+    def _walk(self, st: _Stage, msg: Any) -> tuple[bool, int]:
         res_f, scope_f, item_f, sub_of, drop_emptied = _SHAPE[self.signal]
         it = Item()
         changed = False
         subs_dropped = 0
         resources = getattr(msg, res_f)
-        for st in self.stages:
-            below_res = bool(st.scope or st.item or st.sub)
-            below_scope = bool(st.item or st.sub)
-            drop_r: list[int] = []
-            for ri, rs in enumerate(resources):
-                it.resource = rs.resource
-                if st.resource and st.resource.matches(it):
-                    drop_r.append(ri)
-                    continue
-                scopes = getattr(rs, scope_f)
-                if not below_res:
-                    if not scopes:
-                        drop_r.append(ri)
-                    continue
-                drop_s: list[int] = []
-                for si, ss in enumerate(scopes):
-                    it.scope = ss.scope
-                    if st.scope and st.scope.matches(it):
-                        drop_s.append(si)
-                        continue
-                    items = getattr(ss, item_f)
-                    if not below_scope:
-                        if not items:
-                            drop_s.append(si)
-                        continue
-                    drop_i: list[int] = []
-                    for ii, item in enumerate(items):
-                        it.item = item
-                        if st.item and st.item.matches(it):
-                            drop_i.append(ii)
-                            continue
-                        if st.sub and sub_of is not None:
-                            points = sub_of(item)
-                            if points is None:
-                                continue
-                            drop_p: list[int] = []
-                            for pi, p in enumerate(points):
-                                it.sub = p
-                                if st.sub.matches(it):
-                                    drop_p.append(pi)
-                            if drop_p:
-                                _delete(points, drop_p)
-                                changed = True
-                                if not drop_emptied:
-                                    subs_dropped += len(drop_p)
-                            if drop_emptied and not points:
-                                drop_i.append(ii)
-                    if drop_i:
-                        _delete(items, drop_i)
-                        changed = True
-                    if not items:
-                        drop_s.append(si)
-                if drop_s:
-                    _delete(scopes, drop_s)
-                    changed = True
+        below_res = bool(st.scope or st.item or st.sub)
+        below_scope = bool(st.item or st.sub)
+        drop_r: list[int] = []
+        for ri, rs in enumerate(resources):
+            it.resource = rs.resource
+            if st.resource and st.resource.matches(it):
+                drop_r.append(ri)
+                continue
+            scopes = getattr(rs, scope_f)
+            if not below_res:
                 if not scopes:
                     drop_r.append(ri)
-            if drop_r:
-                _delete(resources, drop_r)
+                continue
+            drop_s: list[int] = []
+            for si, ss in enumerate(scopes):
+                it.scope = ss.scope
+                if st.scope and st.scope.matches(it):
+                    drop_s.append(si)
+                    continue
+                items = getattr(ss, item_f)
+                if not below_scope:
+                    if not items:
+                        drop_s.append(si)
+                    continue
+                drop_i: list[int] = []
+                for ii, item in enumerate(items):
+                    it.item = item
+                    if st.item and st.item.matches(it):
+                        drop_i.append(ii)
+                        continue
+                    if st.sub and sub_of is not None:
+                        points = sub_of(item)
+                        if points is None:
+                            continue
+                        drop_p: list[int] = []
+                        for pi, p in enumerate(points):
+                            it.sub = p
+                            if st.sub.matches(it):
+                                drop_p.append(pi)
+                        if drop_p:
+                            _delete(points, drop_p)
+                            changed = True
+                            if not drop_emptied:
+                                subs_dropped += len(drop_p)
+                        if drop_emptied and not points:
+                            drop_i.append(ii)
+                if drop_i:
+                    _delete(items, drop_i)
+                    changed = True
+                if not items:
+                    drop_s.append(si)
+            if drop_s:
+                _delete(scopes, drop_s)
                 changed = True
+            if not scopes:
+                drop_r.append(ri)
+        if drop_r:
+            _delete(resources, drop_r)
+            changed = True
         return changed, subs_dropped
 
 

@@ -23,10 +23,11 @@ from gotel.ottl.compiler import (
 )
 from gotel.ottl.contexts import HIERARCHY, Item
 from gotel.ottl.grammar import OttlSyntaxError, parse
+from gotel.ottl.literals import Needs, required, required_any
 
 ErrorMode = Literal["ignore", "silent", "propagate"]
 
-__all__ = ["HIERARCHY", "Condition", "ConditionSet", "ErrorMode", "Item", "OttlEvalError", "OttlRuntimeError",
+__all__ = ["HIERARCHY", "Condition", "Needs", "ConditionSet", "ErrorMode", "Item", "OttlEvalError", "OttlRuntimeError",
            "OttlSyntaxError", "compile_condition"]
 
 
@@ -39,6 +40,9 @@ class Condition:
     text: str
     context: str
     evaluate: Callable[[Item], bool]
+    # byte strings one of which a request must contain for this condition to match any of its items
+    # (None: no such proof); see gotel.ottl.literals
+    needs: Needs = None
 
 
 def infer_context(text: str, signal: str) -> str:
@@ -73,7 +77,8 @@ def compile_condition(text: str, signal: str, context: str | None = None) -> Con
         context = infer_context(text, signal)
     if context not in HIERARCHY[signal]:
         raise OttlSyntaxError(f'unknown {signal} context "{context}" (valid: {", ".join(HIERARCHY[signal])})', 1)
-    return Condition(text, context, compile_tree(parse(text), signal, context))
+    tree = parse(text)
+    return Condition(text, context, compile_tree(tree, signal, context), required(tree))
 
 
 class ConditionSet:
@@ -89,6 +94,11 @@ class ConditionSet:
         self.errors = 0
         self._last_log = 0.0
         self._evals = [c.evaluate for c in self.conditions]
+        self.needs: Needs = required_any([c.needs for c in self.conditions])
+
+    def cannot_match(self, raw: bytes) -> bool:
+        """True when raw (a whole request) holds none of the bytes every match needs."""
+        return self.needs is not None and not any(b in raw for b in self.needs)
 
     def __bool__(self) -> bool:
         return bool(self.conditions)

@@ -9,6 +9,7 @@ that the caller's error_mode decides about.
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections.abc import Callable
 from typing import Any
@@ -56,6 +57,12 @@ def _ordered(a: Any, b: Any, op: str) -> bool:
     if op == ">":
         return bool(a > b)
     return bool(a >= b)
+
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+}
+_SWAPPED = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 
 
 def compare(a: Any, b: Any, op: str) -> bool:
@@ -162,6 +169,9 @@ class _Compiler:
             inner = self.cond(n.value)
             return lambda it: not inner(it)
         if isinstance(n, Compare):
+            fast = self._compare_constant(n)
+            if fast is not None:
+                return fast
             left, right, op = self.value(n.left), self.value(n.right), n.op
             return lambda it: compare(left(it), right(it), op)
         if isinstance(n, Literal) and isinstance(n.value, bool):
@@ -179,6 +189,45 @@ class _Compiler:
 
             return boolean
         raise OttlSyntaxError("expected a condition", n.col)
+
+    def _constant(self, n: Node) -> tuple[bool, Any]:
+        if isinstance(n, Literal):
+            return True, n.value
+        if isinstance(n, Enum):
+            self.value(n)  # unknown enums are errors
+            return True, cx.ENUMS[self.context][n.name]
+        return False, None
+
+    def _compare_constant(self, n: Compare) -> Callable[[cx.Item], bool] | None:
+        """The same semantics as compare(), specialised for a literal or enum side (the common case):
+        one type test and one comparison per item instead of compare()'s dispatch."""
+        op = n.op
+        const, v = self._constant(n.right)
+        other = n.left
+        if not const:
+            const, v = self._constant(n.left)
+            other = n.right
+            op = _SWAPPED[op]
+        if not const or isinstance(v, bool | bytes) or self._constant(other)[0]:
+            return None
+        get = self.value(other)
+        if v is None:
+            if op == "==":
+                return lambda it: get(it) is None
+            if op == "!=":
+                return lambda it: get(it) is not None
+            return None
+        cmp = _OPS[op]
+        if isinstance(v, str):
+            if op == "!=":
+                return lambda it: not ((x := get(it)).__class__ is str and x == v)
+            return lambda it: (x := get(it)).__class__ is str and cmp(x, v)
+        if isinstance(v, int | float):
+            num = (int, float)
+            if op == "!=":
+                return lambda it: not ((x := get(it)).__class__ in num and x == v)
+            return lambda it: (x := get(it)).__class__ in num and cmp(x, v)
+        return None
 
     # value level
     def value(self, n: Node) -> Getter:

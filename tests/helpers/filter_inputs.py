@@ -87,6 +87,7 @@ def metrics() -> Batch:
     _gauge(sm, "k8s.pod.phase", [(4, {"pod": "a"}), (2, {"pod": "b"})])
     _gauge(sm, "bad.metric.holder", [(1, {"bad.metric": "true"}), (1, {"ok": "1"})])
     sm.metrics.add(name="typeless")
+    sm.metrics.add(name="empty.gauge").gauge.SetInParent()  # a gauge without data points
     r = m.resource_metrics.add()
     r.resource.attributes.append(kv("service.name", "my_service_name"))
     _gauge(r.scope_metrics.add(), "g", [(1, {}), (2, {})])

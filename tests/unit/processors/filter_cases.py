@@ -17,7 +17,7 @@ R1 = {"my_label": "abc123", "service.name": "other"}
 R2 = {"service.name": "my_service_name"}
 R3 = {"my_label": "xyz"}
 R1_ALL = [("my.metric", 1), ("other.metric", 2), ("latency", 1), ("quantiles", 1), ("k8s.pod.phase", 2),
-          ("bad.metric.holder", 2), ("typeless", None)]
+          ("bad.metric.holder", 2), ("typeless", None), ("empty.gauge", 0)]
 
 
 README_OTTL = {  # the README's first (per-context) example
@@ -68,7 +68,8 @@ CASES: list[tuple[str, dict[str, Any], Signal, Any]] = [
                           ("fast-http", [])])]),
         (DB, [("", [("on-my-pod", [])])])]),
     ("readme-advanced-metrics", README_ADVANCED, Signal.METRICS, [
-        (R1, [("meter", [("other.metric", 2), ("k8s.pod.phase", 2), ("bad.metric.holder", 2), ("typeless", None)])]),
+        (R1, [("meter", [("other.metric", 2), ("k8s.pod.phase", 2), ("bad.metric.holder", 2), ("typeless", None),
+                         ("empty.gauge", 0)])]),
         (R2, [("", [("g", 2)])]),
         (R3, [("", [("my.metric", 1)])])]),
     ("readme-advanced-logs", README_ADVANCED, Signal.LOGS, KEPT_LOGS),
@@ -77,10 +78,11 @@ CASES: list[tuple[str, dict[str, Any], Signal, Any]] = [
          (LOCAL, [("", [("on-localhost", [])])]),
          (WEB, [("lib.a", ALL_A), ("lib.b", [("app_3", [])]), ("lib.empty", [])])]),
     ("drop-typeless-metrics", {"metric_conditions": ["metric.type == METRIC_DATA_TYPE_NONE"]}, Signal.METRICS, [
-        (R1, [("meter", R1_ALL[:-1])]), (R2, [("", [("g", 2)])]), (R3, [("", [("my.metric", 1)])])]),
+        (R1, [("meter", [x for x in R1_ALL if x[0] != "typeless"])]), (R2, [("", [("g", 2)])]),
+        (R3, [("", [("my.metric", 1)])])]),
     ("drop-metric-and-value", {"metric_conditions": ['metric.name == "k8s.pod.phase" and datapoint.value_int == 4']},
      Signal.METRICS, [
-         (R1, [("meter", [(n, 1 if n == "k8s.pod.phase" else c) for n, c in R1_ALL])]),
+         (R1, [("meter", [(n, 1 if n == "k8s.pod.phase" else c) for n, c in R1_ALL if n != "empty.gauge"])]),
          (R2, [("", [("g", 2)])]), (R3, [("", [("my.metric", 1)])])]),
     ("drop-non-http-spans", {"trace_conditions": ['span.attributes["http.request.method"] == nil']}, Signal.TRACES, [
         (WEB, [("lib.a", [("slow-error", []), ("slow-ok", []), ("fast-http", [])])])]),
@@ -91,6 +93,13 @@ CASES: list[tuple[str, dict[str, Any], Signal, Any]] = [
     ("drop-fast-non-error-spans", {"trace_conditions": [
         '(span.end_time - span.start_time) < Duration("1s") and span.status.code != STATUS_CODE_ERROR']},
      Signal.TRACES, [(WEB, [("lib.a", [("slow-error", []), ("slow-ok", [])])])]),
+    # no item can match (the literals are nowhere in the request): what is empty still goes
+    ("nothing-matches-traces", {"traces": {"span": ['name == "absent-name"']}}, Signal.TRACES, [
+        (LOCAL, [("", [("on-localhost", [])])]),
+        (WEB, [("lib.a", ALL_A), ("lib.b", [("app_3", [])])]),
+        (DB, [("", [("on-my-pod", [])])])]),
+    ("nothing-matches-metrics", {"metrics": {"datapoint": ['attributes["x"] == "absent"']}}, Signal.METRICS, [
+        (R1, [("meter", R1_ALL[:-1])]), (R2, [("", [("g", 2)])]), (R3, [("", [("my.metric", 1)])])]),
     ("has-attr-key-on-datapoint", {"metrics": {"metric": ['HasAttrKeyOnDatapoint("bad.metric")']}}, Signal.METRICS, [
         (R1, [("meter", [x for x in R1_ALL if x[0] != "bad.metric.holder"])]),
         (R2, [("", [("g", 2)])]), (R3, [("", [("my.metric", 1)])])]),

@@ -56,6 +56,19 @@ async def test_filter_case(tel: Tel, cfg: dict[str, Any], signal: Signal, want: 
     assert tel.value("dropped_items_total", reason="filtered", **lbl) == n_in - n_out
 
 
+@pytest.mark.parametrize(("cfg", "signal", "want"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+async def test_same_result_without_wire_bytes(tel: Tel, cfg: dict[str, Any], signal: Signal, want: Any) -> None:
+    """A batch built in process (no wire bytes to rule conditions out by) is evaluated item by item."""
+    src = INPUT[signal]()
+    msg = src.request_type()
+    msg.CopyFrom(src.peek())
+    batch = type(src)(msg)
+    assert batch.cached_bytes() is None
+    sink = Sink()
+    await processor(tel, cfg, signal, sink).consume(batch)
+    assert inputs.summary([b.peek() for b in sink.got]) == want
+
+
 async def test_span_events_dropped_are_counted(tel: Tel) -> None:
     sink = Sink()
     p = processor(tel, {"traces": {"spanevent": ['IsMatch(name, "grpc")']}}, Signal.TRACES, sink)

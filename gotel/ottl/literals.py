@@ -1,0 +1,87 @@
+"""What bytes a condition needs to see: a cheap proof that no item of a request can match.
+
+Protobuf carries strings as raw UTF-8, so `attributes["http.route"] == "/healthz"` can only be true for
+an item of a request whose wire bytes contain b"/healthz". `required(tree)` returns byte strings of which
+at least one must occur in the request for the condition to hold anywhere in it, or None when the
+condition gives no such proof (numbers, negations, regexes with operators). A processor that finds none
+of them in a received request skips evaluating it item by item.
+"""
+
+from __future__ import annotations
+
+import re
+
+from gotel.ottl.grammar import BoolOp, Call, Compare, Literal, Node, Not, Path
+
+# Paths whose value is always a protobuf string field, exactly as it is on the wire.
+_STRING_FIELDS = frozenset({"name", "status.message", "severity_text", "trace_state", "event_name", "version",
+                            "description", "unit"})
+_CONTEXTS = frozenset({"resource", "scope", "instrumentation_scope", "span", "spanevent", "metric", "datapoint",
+                       "log"})
+_META = re.compile(r"[.^$*+?{}\[\]\\|()]")
+
+Needs = frozenset[bytes] | None
+
+
+def _field(n: Node) -> str | None:
+    if not isinstance(n, Path):
+        return None
+    names = n.names[1:] if n.names[0] in _CONTEXTS and len(n.names) > 1 else n.names
+    return ".".join(names)
+
+
+def _string_valued(n: Node) -> bool:
+    """A path whose value, when it is a string, is that string's bytes on the wire (an attribute value,
+    a map body's entry, a string field): equal to a string literal means those bytes are there."""
+    f = _field(n)
+    assert f is None or isinstance(n, Path)
+    return f is not None and (f in ("attributes", "body") and (f == "body" or bool(n.keys))  # type: ignore[attr-defined]
+                              or f in _STRING_FIELDS and not n.keys)  # type: ignore[attr-defined]
+
+
+def _regex_literal(pattern: str) -> str | None:
+    """The literal text every match of pattern contains, for patterns that are a plain string with
+    optional ^, $ and leading/trailing .* (IsMatch(body, ".*password.*"))."""
+    p = pattern.removeprefix("^").removesuffix("$")
+    while p.startswith(".*"):
+        p = p[2:]
+    while p.endswith(".*") and not p.endswith("\\.*"):
+        p = p[:-2]
+    return p if p and not _META.search(p) else None
+
+
+def required(n: Node) -> Needs:
+    if isinstance(n, Compare) and n.op == "==":
+        for a, b in ((n.left, n.right), (n.right, n.left)):
+            if _string_valued(a) and isinstance(b, Literal) and isinstance(b.value, str) and b.value:
+                return frozenset({b.value.encode()})
+        return None
+    if isinstance(n, Call) and n.name == "IsMatch" and len(n.args) == 2:
+        pat = n.args[1]
+        # only string fields: IsMatch reads a number, a map or bytes as its JSON or hex text
+        target = n.args[0]
+        if _field(target) in _STRING_FIELDS and isinstance(pat, Literal) and isinstance(pat.value, str) \
+                and not target.keys:  # type: ignore[attr-defined]
+            lit = _regex_literal(pat.value)
+            return frozenset({lit.encode()}) if lit else None
+        return None
+    if isinstance(n, Literal) and n.value is False:
+        return frozenset()
+    if isinstance(n, BoolOp):
+        parts = [required(x) for x in n.items]
+        if n.op == "and":
+            known = [p for p in parts if p is not None]
+            return min(known, key=len) if known else None
+        if any(p is None for p in parts):
+            return None
+        return frozenset().union(*parts)  # type: ignore[arg-type]
+    if isinstance(n, Not):
+        return None
+    return None
+
+
+def required_any(needs: list[Needs]) -> Needs:
+    """For conditions ORed: all of them must give a proof."""
+    if any(x is None for x in needs):
+        return None
+    return frozenset().union(*needs)  # type: ignore[arg-type]
