@@ -345,10 +345,14 @@ class FilterProcessor(Processor):
         resources = getattr(msg, res_f)
         below_res = bool(st.scope or st.item or st.sub)
         below_scope = bool(st.item or st.sub)
+        res_match = st.resource.matches if st.resource else None
+        scope_match = st.scope.matches if st.scope else None
+        item_match = st.item.matches if st.item else None
+        sub_match = st.sub.matches if st.sub and sub_of is not None else None
         drop_r: list[int] = []
         for ri, rs in enumerate(resources):
             it.resource = rs.resource
-            if st.resource and st.resource.matches(it):
+            if res_match is not None and res_match(it):
                 drop_r.append(ri)
                 continue
             scopes = getattr(rs, scope_f)
@@ -359,7 +363,7 @@ class FilterProcessor(Processor):
             drop_s: list[int] = []
             for si, ss in enumerate(scopes):
                 it.scope = ss.scope
-                if st.scope and st.scope.matches(it):
+                if scope_match is not None and scope_match(it):
                     drop_s.append(si)
                     continue
                 items = getattr(ss, item_f)
@@ -370,17 +374,17 @@ class FilterProcessor(Processor):
                 drop_i: list[int] = []
                 for ii, item in enumerate(items):
                     it.item = item
-                    if st.item and st.item.matches(it):
+                    if item_match is not None and item_match(it):
                         drop_i.append(ii)
                         continue
-                    if st.sub and sub_of is not None:
-                        points = sub_of(item)
+                    if sub_match is not None:
+                        points = sub_of(item)  # type: ignore[misc]
                         if points is None:
                             continue
                         drop_p: list[int] = []
                         for pi, p in enumerate(points):
                             it.sub = p
-                            if st.sub.matches(it):
+                            if sub_match(it):
                                 drop_p.append(pi)
                         if drop_p:
                             _delete(points, drop_p)

@@ -95,6 +95,8 @@ class ConditionSet:
         self._last_log = 0.0
         self._evals = [c.evaluate for c in self.conditions]
         self.needs: Needs = required_any([c.needs for c in self.conditions])
+        if len(self._evals) == 1:
+            self.matches = self._match_one  # type: ignore[method-assign]
 
     def cannot_match(self, raw: bytes) -> bool:
         """True when raw (a whole request) holds none of the bytes every match needs."""
@@ -102,6 +104,13 @@ class ConditionSet:
 
     def __bool__(self) -> bool:
         return bool(self.conditions)
+
+    def _match_one(self, it: Item) -> bool:
+        try:
+            return self._evals[0](it)
+        except (OttlRuntimeError, TypeError, ValueError, IndexError) as e:
+            self._failed(self.conditions[0], e)
+            return False
 
     def matches(self, it: Item) -> bool:
         for i, ev in enumerate(self._evals):

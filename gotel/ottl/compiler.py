@@ -210,6 +210,10 @@ class _Compiler:
             op = _SWAPPED[op]
         if not const or isinstance(v, bool | bytes) or self._constant(other)[0]:
             return None
+        if isinstance(v, str) and op in ("==", "!=") and isinstance(other, Path):
+            fast = self._attribute_equals(other, v, op == "!=")
+            if fast is not None:
+                return fast
         get = self.value(other)
         if v is None:
             if op == "==":
@@ -228,6 +232,24 @@ class _Compiler:
                 return lambda it: not ((x := get(it)).__class__ in num and x == v)
             return lambda it: (x := get(it)).__class__ in num and cmp(x, v)
         return None
+
+    def _attribute_equals(self, p: Path, want: str, negate: bool) -> Callable[[cx.Item], bool] | None:
+        """attributes["k"] == "v" read straight from the KeyValue list: the most common condition there is."""
+        ctx, names = self.path_context(p)
+        if names != ["attributes"] or len(p.keys) != 1 or not isinstance(p.keys[0], str) \
+                or not cx.has_attributes(ctx) or ctx not in self.visible:
+            return None
+        key = p.keys[0]
+        msg = cx.MESSAGE[ctx]
+
+        def equals(it: cx.Item) -> bool:
+            for kv in msg(it).attributes:
+                if kv.key == key:
+                    av = kv.value
+                    return (av.WhichOneof("value") == "string_value" and av.string_value == want) is not negate
+            return negate
+
+        return equals
 
     # value level
     def value(self, n: Node) -> Getter:
