@@ -93,22 +93,24 @@ def _temporality(m: Any) -> int:
     return int(getattr(m, kind).aggregation_temporality) if kind in ("sum", "histogram", "exponential_histogram") else 0
 
 
-def _dp_field(name: str, default: Any) -> Callable[[Any], Any]:
+def _dp_field(name: str) -> Callable[[Any], Any]:
+    """A field some data point types have (count, sum, ...): nil on the others, as the collector's."""
+
     def get(dp: Any) -> Any:
-        try:
-            return getattr(dp, name)
-        except AttributeError:
-            return default
+        return getattr(dp, name, None)
 
     return get
 
 
 def _number_value(kind: str) -> Callable[[Any], Any]:
+    """value_int / value_double: the number point's field (0 when it holds the other type), nil for
+    histogram and summary points, as pdata's IntValue()/DoubleValue() in the collector."""
+    zero = 0 if kind == "as_int" else 0.0
+
     def get(dp: Any) -> Any:
-        try:
-            return getattr(dp, kind) if dp.WhichOneof("value") == kind else type(getattr(dp, kind))()
-        except (AttributeError, ValueError):
-            return 0 if kind == "as_int" else 0.0
+        if not hasattr(dp, "as_int"):
+            return None
+        return getattr(dp, kind) if dp.WhichOneof("value") == kind else zero
 
     return get
 
@@ -156,8 +158,8 @@ FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "time_unix_nano": lambda d: int(d.time_unix_nano),
         "start_time": lambda d: Time(d.start_time_unix_nano), "time": lambda d: Time(d.time_unix_nano),
         "value_int": _number_value("as_int"), "value_double": _number_value("as_double"),
-        "flags": lambda d: int(d.flags), "count": _dp_field("count", 0), "sum": _dp_field("sum", 0.0),
-        "scale": _dp_field("scale", 0), "zero_count": _dp_field("zero_count", 0),
+        "flags": lambda d: int(d.flags), "count": _dp_field("count"), "sum": _dp_field("sum"),
+        "scale": _dp_field("scale"), "zero_count": _dp_field("zero_count"),
     },
     "log": {
         "severity_number": lambda r: int(r.severity_number), "severity_text": lambda r: r.severity_text,

@@ -100,6 +100,25 @@ CASES: list[tuple[str, dict[str, Any], Signal, Any]] = [
         (DB, [("", [("on-my-pod", [])])])]),
     ("nothing-matches-metrics", {"metrics": {"datapoint": ['attributes["x"] == "absent"']}}, Signal.METRICS, [
         (R1, [("meter", R1_ALL[:-1])]), (R2, [("", [("g", 2)])]), (R3, [("", [("my.metric", 1)])])]),
+    ("legacy-resource-list", {"traces": {"resource": ['attributes["host.name"] == "localhost"']}}, Signal.TRACES, [
+        (WEB, [("lib.a", ALL_A), ("lib.b", [("app_3", [])]), ("lib.empty", [])]),
+        (DB, [("", [("on-my-pod", [])])])]),
+    ("inferred-lowest-context", {"trace_conditions": [
+        'resource.attributes["host.name"] == "localhost" or spanevent.name == "db"']}, Signal.TRACES, [
+        (LOCAL, [("", [("on-localhost", [])])]),
+        (WEB, [("lib.a", [(n, [e for e in evs if e != "db"]) for n, evs in ALL_A]), ("lib.b", [("app_3", [])])]),
+        (DB, [("", [("on-my-pod", [])])])]),
+    ("datapoint-values", {"metric_conditions": ['datapoint.attributes["http.method"] == "GET"',
+                                                "datapoint.value_double > 3", "datapoint.count == 2",
+                                                "datapoint.value_int == nil and datapoint.sum == nil"]},
+     Signal.METRICS, [
+         (R1, [("meter", [x for x in R1_ALL if x[0] not in ("other.metric", "latency", "empty.gauge")])]),
+         (R2, [("", [("g", 2)])]), (R3, [("", [("my.metric", 1)])])]),
+    ("metric-fields", {"metrics": {"metric": ["aggregation_temporality == AGGREGATION_TEMPORALITY_CUMULATIVE",
+                                              'unit == "ms" or description == "x"']}}, Signal.METRICS, [
+        (R1, [("meter", [x for x in R1_ALL if x[0] not in ("other.metric", "latency")])]),
+        (R2, [("", [("g", 2)])]), (R3, [("", [("my.metric", 1)])])]),
+    ("legacy-log-resource", {"logs": {"resource": ['attributes["service.name"] == "app"']}}, Signal.LOGS, []),
     ("has-attr-key-on-datapoint", {"metrics": {"metric": ['HasAttrKeyOnDatapoint("bad.metric")']}}, Signal.METRICS, [
         (R1, [("meter", [x for x in R1_ALL if x[0] != "bad.metric.holder"])]),
         (R2, [("", [("g", 2)])]), (R3, [("", [("my.metric", 1)])])]),
