@@ -79,3 +79,61 @@ def timestamp(ns: int) -> bytes:
     if nanos:
         out += b"\x10" + varint(nanos)
     return out
+
+
+# --- reading: where the items of a serialized OTLP export request lie ---
+
+
+def _len_fields(buf: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
+    """(field number, start, end) of every length-delimited field in buf[start:end]; others skipped."""
+    out = []
+    i = start
+    while i < end:
+        b = buf[i]
+        i += 1
+        tag = b & 0x7F
+        shift = 7
+        while b >= 0x80:
+            b = buf[i]
+            i += 1
+            tag |= (b & 0x7F) << shift
+            shift += 7
+        wt = tag & 7
+        if wt == 2:
+            b = buf[i]
+            i += 1
+            n = b & 0x7F
+            shift = 7
+            while b >= 0x80:
+                b = buf[i]
+                i += 1
+                n |= (b & 0x7F) << shift
+                shift += 7
+            out.append((tag >> 3, i, i + n))
+            i += n
+        elif wt == 0:
+            while buf[i] >= 0x80:
+                i += 1
+            i += 1
+        elif wt == 1:
+            i += 8
+        elif wt == 5:
+            i += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wt} at byte {i}")
+    if i != end:
+        raise ValueError("truncated protobuf message")
+    return out
+
+
+def otlp_item_ranges(raw: bytes) -> list[list[list[tuple[int, int]]]]:
+    """For an Export{Trace,Metrics,Logs}ServiceRequest: per resource, per scope, the byte range of each
+    span / metric / log record, in the order the parsed message lists them (field 1 of the request,
+    field 2 of a resource, field 2 of a scope: the same numbers in all three signals)."""
+    out = []
+    for f, s, e in _len_fields(raw, 0, len(raw)):
+        if f != 1:
+            continue
+        out.append([[(s3, e3) for f3, s3, e3 in _len_fields(raw, s2, e2) if f3 == 2]
+                    for f2, s2, e2 in _len_fields(raw, s, e) if f2 == 2])
+    return out

@@ -14,6 +14,7 @@ validated: one gotel cannot evaluate is a config error at its line and column, n
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
@@ -38,6 +39,7 @@ from gotel.ottl import (
     compile_condition,
 )
 from gotel.pdata import Batch, Signal
+from gotel.protowire import otlp_item_ranges
 
 _LEGACY_MATCH = ("include", "exclude", "regexp")
 _SIGNAL_OF = {"trace_conditions": "traces", "metric_conditions": "metrics", "log_conditions": "logs"}
@@ -209,6 +211,37 @@ _SHAPE: dict[Signal, tuple[str, str, str, Callable[[Any], Any] | None, bool]] = 
 }
 
 
+_Found = dict[tuple[int, int], set[int]]
+_NONE: frozenset[int] = frozenset()
+
+
+class _ItemIndex:
+    """Byte ranges of a received request's items, to find the items a string occurs in."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        flat = [(s, e, ri, si, ii)
+                for ri, scopes in enumerate(otlp_item_ranges(raw))
+                for si, items in enumerate(scopes)
+                for ii, (s, e) in enumerate(items)]
+        self.flat = flat
+        self.starts = [f[0] for f in flat]
+
+    def containing(self, needles: frozenset[bytes]) -> _Found:
+        out: _Found = {}
+        raw, flat, starts = self.raw, self.flat, self.starts
+        for needle in needles:
+            pos = raw.find(needle)
+            while pos != -1:
+                k = bisect_right(starts, pos) - 1
+                if k >= 0:
+                    _, end, ri, si, ii = flat[k]
+                    if pos + len(needle) <= end:
+                        out.setdefault((ri, si), set()).add(ii)
+                pos = raw.find(needle, pos + 1)
+        return out
+
+
 def _delete(rep: Any, idx: list[int]) -> None:
     for i in reversed(idx):
         del rep[i]
@@ -296,13 +329,27 @@ class FilterProcessor(Processor):
         would): what stages before it removed can only take bytes away, so the proof holds for each."""
         changed = False
         subs = 0
+        where: _ItemIndex | None = None
         for st in self.stages:
             if st.cannot_match(raw):
                 changed |= self._prune(st, msg)
-            else:
-                c, n = self._walk(st, msg)
-                changed |= c
-                subs += n
+                continue
+            cand_item = cand_sub = None
+            # items whose own bytes lack what a match needs are not looked at; the index is valid while
+            # the message is still the one the bytes encode (and metrics emptied of points go too: all)
+            if raw is not None and not changed and not (st.sub and self.signal == Signal.METRICS):
+                for cset, slot in ((st.item, "item"), (st.sub, "sub")):
+                    if cset and cset.item_needs is not None:
+                        if where is None:
+                            where = _ItemIndex(raw)
+                        found = where.containing(cset.item_needs)
+                        if slot == "item":
+                            cand_item = found
+                        else:
+                            cand_sub = found
+            c, n = self._walk(st, msg, cand_item, cand_sub)
+            changed |= c
+            subs += n
         return changed, subs
 
     def _prune(self, st: _Stage, msg: Any) -> bool:
@@ -337,7 +384,10 @@ class FilterProcessor(Processor):
             changed = True
         return changed
 
-    def _walk(self, st: _Stage, msg: Any) -> tuple[bool, int]:
+    def _walk(self, st: _Stage, msg: Any, cand_item: _Found | None = None,
+              cand_sub: _Found | None = None) -> tuple[bool, int]:
+        """One stage over the message. cand_item / cand_sub: per (resource, scope) the indices of the items
+        that may match the item / span event conditions (None: every item may)."""
         res_f, scope_f, item_f, sub_of, drop_emptied = _SHAPE[self.signal]
         it = Item()
         changed = False
@@ -372,12 +422,21 @@ class FilterProcessor(Processor):
                         drop_s.append(si)
                     continue
                 drop_i: list[int] = []
-                for ii, item in enumerate(items):
+                key = (ri, si)
+                ci = None if cand_item is None else cand_item.get(key, _NONE)
+                cs = None if cand_sub is None else cand_sub.get(key, _NONE)
+                if (item_match is not None and ci is None) or (sub_match is not None and cs is None):
+                    indices: Any = range(len(items))
+                else:
+                    indices = sorted((ci if item_match is not None and ci is not None else _NONE)
+                                     | (cs if sub_match is not None and cs is not None else _NONE))
+                for ii in indices:
+                    item = items[ii]
                     it.item = item
-                    if item_match is not None and item_match(it):
+                    if item_match is not None and (ci is None or ii in ci) and item_match(it):
                         drop_i.append(ii)
                         continue
-                    if sub_match is not None:
+                    if sub_match is not None and (cs is None or ii in cs):
                         points = sub_of(item)  # type: ignore[misc]
                         if points is None:
                             continue

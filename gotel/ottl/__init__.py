@@ -23,7 +23,7 @@ from gotel.ottl.compiler import (
 )
 from gotel.ottl.contexts import HIERARCHY, Item
 from gotel.ottl.grammar import OttlSyntaxError, parse
-from gotel.ottl.literals import Needs, required, required_any
+from gotel.ottl.literals import OWN, Needs, required, required_any
 
 ErrorMode = Literal["ignore", "silent", "propagate"]
 
@@ -43,6 +43,8 @@ class Condition:
     # byte strings one of which a request must contain for this condition to match any of its items
     # (None: no such proof); see gotel.ottl.literals
     needs: Needs = None
+    # the same, within the bytes of the item (span, metric, log record) being decided
+    item_needs: Needs = None
 
 
 def infer_context(text: str, signal: str) -> str:
@@ -78,7 +80,9 @@ def compile_condition(text: str, signal: str, context: str | None = None) -> Con
     if context not in HIERARCHY[signal]:
         raise OttlSyntaxError(f'unknown {signal} context "{context}" (valid: {", ".join(HIERARCHY[signal])})', 1)
     tree = parse(text)
-    return Condition(text, context, compile_tree(tree, signal, context), required(tree))
+    own = OWN.get(context)
+    return Condition(text, context, compile_tree(tree, signal, context), required(tree, context),
+                     required(tree, context, own) if own is not None else None)
 
 
 class ConditionSet:
@@ -95,6 +99,7 @@ class ConditionSet:
         self._last_log = 0.0
         self._evals = [c.evaluate for c in self.conditions]
         self.needs: Needs = required_any([c.needs for c in self.conditions])
+        self.item_needs: Needs = required_any([c.item_needs for c in self.conditions])
         if len(self._evals) == 1:
             self.matches = self._match_one  # type: ignore[method-assign]
 

@@ -23,17 +23,39 @@ _META = re.compile(r"[.^$*+?{}\[\]\\|()]")
 Needs = frozenset[bytes] | None
 
 
-def _field(n: Node) -> str | None:
-    if not isinstance(n, Path):
+# What lies inside an item's bytes: a span holds its events, a metric its data points.
+OWN: dict[str, frozenset[str]] = {
+    "span": frozenset({"span"}), "spanevent": frozenset({"span", "spanevent"}), "metric": frozenset({"metric"}),
+    "datapoint": frozenset({"metric", "datapoint"}), "log": frozenset({"log"}),
+}
+
+
+class _Scope:
+    """Which paths may give a proof: all (a whole request), or those of the item's own contexts."""
+
+    def __init__(self, context: str, own: frozenset[str] | None) -> None:
+        self.context = context
+        self.own = own
+
+    def allows(self, n: Path) -> bool:
+        if self.own is None:
+            return True
+        first = "scope" if n.names[0] == "instrumentation_scope" else n.names[0]
+        ctx = first if first in _CONTEXTS and len(n.names) > 1 else self.context
+        return ctx in self.own
+
+
+def _field(n: Node, scope: _Scope | None = None) -> str | None:
+    if not isinstance(n, Path) or scope is not None and not scope.allows(n):
         return None
     names = n.names[1:] if n.names[0] in _CONTEXTS and len(n.names) > 1 else n.names
     return ".".join(names)
 
 
-def _string_valued(n: Node) -> bool:
+def _string_valued(n: Node, scope: _Scope) -> bool:
     """A path whose value, when it is a string, is that string's bytes on the wire (an attribute value,
     a map body's entry, a string field): equal to a string literal means those bytes are there."""
-    f = _field(n)
+    f = _field(n, scope)
     assert f is None or isinstance(n, Path)
     return f is not None and (f in ("attributes", "body") and (f == "body" or bool(n.keys))  # type: ignore[attr-defined]
                               or f in _STRING_FIELDS and not n.keys)  # type: ignore[attr-defined]
@@ -50,17 +72,23 @@ def _regex_literal(pattern: str) -> str | None:
     return p if p and not _META.search(p) else None
 
 
-def required(n: Node) -> Needs:
+def required(n: Node, context: str = "", own: frozenset[str] | None = None) -> Needs:
+    """Byte strings one of which must be in the request (own=None) or, with own, inside the bytes of
+    the item being decided (paths of other contexts then give no proof)."""
+    return _required(n, _Scope(context, own))
+
+
+def _required(n: Node, scope: _Scope) -> Needs:
     if isinstance(n, Compare) and n.op == "==":
         for a, b in ((n.left, n.right), (n.right, n.left)):
-            if _string_valued(a) and isinstance(b, Literal) and isinstance(b.value, str) and b.value:
+            if _string_valued(a, scope) and isinstance(b, Literal) and isinstance(b.value, str) and b.value:
                 return frozenset({b.value.encode()})
         return None
     if isinstance(n, Call) and n.name == "IsMatch" and len(n.args) == 2:
         pat = n.args[1]
         # only string fields: IsMatch reads a number, a map or bytes as its JSON or hex text
         target = n.args[0]
-        if _field(target) in _STRING_FIELDS and isinstance(pat, Literal) and isinstance(pat.value, str) \
+        if _field(target, scope) in _STRING_FIELDS and isinstance(pat, Literal) and isinstance(pat.value, str) \
                 and not target.keys:  # type: ignore[attr-defined]
             lit = _regex_literal(pat.value)
             return frozenset({lit.encode()}) if lit else None
@@ -68,7 +96,7 @@ def required(n: Node) -> Needs:
     if isinstance(n, Literal) and n.value is False:
         return frozenset()
     if isinstance(n, BoolOp):
-        parts = [required(x) for x in n.items]
+        parts = [_required(x, scope) for x in n.items]
         if n.op == "and":
             known = [p for p in parts if p is not None]
             return min(known, key=len) if known else None

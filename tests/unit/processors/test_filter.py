@@ -14,7 +14,7 @@ from gotel.pdata import Batch, Signal, Traces
 from gotel.processors.filter import Config, FilterProcessor
 from tests.helpers import filter_inputs as inputs
 from tests.unit.core.conftest import Tel
-from tests.unit.processors.filter_cases import CASES
+from tests.unit.processors.filter_cases import ALL_A, CASES
 
 INPUT = {Signal.TRACES: inputs.traces, Signal.METRICS: inputs.metrics, Signal.LOGS: inputs.logs}
 
@@ -199,3 +199,49 @@ async def test_is_root_span(tel: Tel) -> None:
     p = processor(tel, {"trace_conditions": [{"context": "span", "conditions": ["IsRootSpan()"]}]}, Signal.TRACES, sink)
     await p.consume(b)
     assert [s.name for s in sink.got[0].peek().resource_spans[0].scope_spans[0].spans] == ["child"]
+
+
+@pytest.mark.parametrize("signal", [Signal.TRACES, Signal.METRICS, Signal.LOGS])
+def test_item_ranges_are_the_parsed_items(signal: Signal) -> None:
+    """The byte ranges the filter uses to skip items are exactly the items the parsed message lists,
+    also for requests concatenated by the batch processor."""
+    from gotel.protowire import otlp_item_ranges
+
+    b = INPUT[signal]()
+    batch = type(b).concat([b, INPUT[signal]()])
+    raw = batch.to_bytes()
+    res_f, scope_f, item_f = {Signal.TRACES: ("resource_spans", "scope_spans", "spans"),
+                              Signal.METRICS: ("resource_metrics", "scope_metrics", "metrics"),
+                              Signal.LOGS: ("resource_logs", "scope_logs", "log_records")}[signal]
+    msg = type(batch).parse(raw).peek()
+    ranges = otlp_item_ranges(raw)
+    assert [[len(s) for s in r] for r in ranges] == \
+        [[len(getattr(s, item_f)) for s in getattr(r, scope_f)] for r in getattr(msg, res_f)]
+    for ri, r in enumerate(getattr(msg, res_f)):
+        for si, s in enumerate(getattr(r, scope_f)):
+            for ii, item in enumerate(getattr(s, item_f)):
+                start, end = ranges[ri][si][ii]
+                assert type(item).FromString(raw[start:end]) == item
+
+
+async def test_only_items_holding_the_bytes_are_evaluated(tel: Tel) -> None:
+    """attributes["k"] == "v" is evaluated only for the spans whose own bytes hold "v"; a condition
+    that also reads the resource is evaluated for every span."""
+    calls: list[str] = []
+    for conds, want in ((['span.attributes["container.name"] == "app_container_1"'], ["c1"]),
+                        (['span.attributes["container.name"] == "app_container_1" or '
+                          'resource.attributes["host.name"] == "db-1"'], None)):
+        sink = Sink()
+        p = processor(tel, {"trace_conditions": conds}, Signal.TRACES, sink)
+        cset = p.stages[0].item
+        inner = cset.matches
+
+        def spy(it: Any, inner: Any = inner) -> bool:
+            calls.append(it.item.name)
+            return bool(inner(it))
+
+        cset.matches = spy  # type: ignore[method-assign]
+        calls.clear()
+        await p.consume(inputs.traces())
+        assert calls == (want if want is not None else
+                         ["on-localhost", *[n for n, _ in ALL_A], "app_3", "on-my-pod"])
