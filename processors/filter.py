@@ -341,7 +341,11 @@ class FilterProcessor(Processor):
                 for cset, slot in ((st.item, "item"), (st.sub, "sub")):
                     if cset and cset.item_needs is not None:
                         if where is None:
-                            where = _ItemIndex(raw)
+                            try:
+                                where = _ItemIndex(raw)
+                            except (ValueError, IndexError):  # framing the scanner does not read (groups)
+                                raw = None
+                                break
                         found = where.containing(cset.item_needs)
                         if slot == "item":
                             cand_item = found

@@ -245,3 +245,17 @@ async def test_only_items_holding_the_bytes_are_evaluated(tel: Tel) -> None:
         await p.consume(inputs.traces())
         assert calls == (want if want is not None else
                          ["on-localhost", *[n for n, _ in ALL_A], "app_3", "on-my-pod"])
+
+
+async def test_framing_the_scanner_cannot_read_falls_back_to_every_item(tel: Tel) -> None:
+    """An unknown field encoded as a (deprecated) group is valid protobuf the item scanner does not read:
+    every item is then evaluated, with the same result."""
+    from gotel.protowire import varint
+
+    raw = inputs.traces().to_bytes() + varint((99 << 3) | 3) + varint((99 << 3) | 4)
+    batch = Traces.parse(raw)
+    sink = Sink()
+    await processor(tel, {"trace_conditions": ['span.attributes["container.name"] == "app_container_1"']},
+                    Signal.TRACES, sink).consume(batch)
+    names = [n for _, scopes in inputs.summary([b.peek() for b in sink.got]) for _, items in scopes for n, _ in items]
+    assert "c1" not in names and len(names) == 9
