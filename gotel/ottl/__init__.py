@@ -23,7 +23,7 @@ from gotel.ottl.compiler import (
 )
 from gotel.ottl.contexts import HIERARCHY, Item
 from gotel.ottl.grammar import OttlSyntaxError, parse
-from gotel.ottl.literals import OWN, Needs, required, required_any
+from gotel.ottl.literals import OWN, Needs, may_fail, required, required_any
 
 ErrorMode = Literal["ignore", "silent", "propagate"]
 
@@ -45,6 +45,7 @@ class Condition:
     needs: Needs = None
     # the same, within the bytes of the item (span, metric, log record) being decided
     item_needs: Needs = None
+    may_fail: bool = True
 
 
 def infer_context(text: str, signal: str) -> str:
@@ -82,7 +83,7 @@ def compile_condition(text: str, signal: str, context: str | None = None) -> Con
     tree = parse(text)
     own = OWN.get(context)
     return Condition(text, context, compile_tree(tree, signal, context), required(tree, context),
-                     required(tree, context, own) if own is not None else None)
+                     required(tree, context, own) if own is not None else None, may_fail(tree))
 
 
 class ConditionSet:
@@ -98,8 +99,11 @@ class ConditionSet:
         self.errors = 0
         self._last_log = 0.0
         self._evals = [c.evaluate for c in self.conditions]
-        self.needs: Needs = required_any([c.needs for c in self.conditions])
-        self.item_needs: Needs = required_any([c.item_needs for c in self.conditions])
+        # byte proofs skip evaluations: never for a condition whose error would refuse the batch
+        provable = [c for c in self.conditions if not (error_mode == "propagate" and c.may_fail)]
+        whole = len(provable) == len(self.conditions)
+        self.needs: Needs = required_any([c.needs for c in provable]) if whole else None
+        self.item_needs: Needs = required_any([c.item_needs for c in provable]) if whole else None
         if len(self._evals) == 1:
             self.matches = self._match_one  # type: ignore[method-assign]
 

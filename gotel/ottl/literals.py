@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from gotel.ottl.grammar import BoolOp, Call, Compare, Literal, Node, Not, Path
+from gotel.ottl.grammar import BoolOp, Call, Compare, Enum, Literal, Node, Not, Path
 
 # Paths whose value is always a protobuf string field, exactly as it is on the wire.
 _STRING_FIELDS = frozenset({"name", "status.message", "severity_text", "trace_state", "event_name", "version",
@@ -106,6 +106,27 @@ def _required(n: Node, scope: _Scope) -> Needs:
     if isinstance(n, Not):
         return None
     return None
+
+
+_SAFE_CALLS = frozenset({"IsMatch", "IsString", "IsBool", "IsInt", "IsDouble", "IsMap", "IsList", "IsRootSpan",
+                         "HasAttrKeyOnDatapoint", "HasAttrOnDatapoint", "Duration"})
+
+
+def may_fail(n: Node) -> bool:
+    """Whether evaluating the condition can raise (Len of a number, arithmetic, indexing a non-map).
+    Under error_mode propagate such an error refuses the batch, so a condition that may fail is never
+    skipped by a byte proof: skipping it could hide the error the collector would report."""
+    if isinstance(n, Call):
+        return n.name not in _SAFE_CALLS or any(may_fail(a) for a in n.args)
+    if isinstance(n, Path):
+        return len(n.keys) > 1 or bool(n.keys) and not isinstance(n.keys[0], str)
+    if isinstance(n, BoolOp):
+        return any(may_fail(x) for x in n.items)
+    if isinstance(n, Not):
+        return may_fail(n.value)
+    if isinstance(n, Compare):
+        return may_fail(n.left) or may_fail(n.right)
+    return not isinstance(n, Literal | Enum)  # arithmetic, negation
 
 
 def required_any(needs: list[Needs]) -> Needs:

@@ -259,3 +259,15 @@ async def test_framing_the_scanner_cannot_read_falls_back_to_every_item(tel: Tel
                     Signal.TRACES, sink).consume(batch)
     names = [n for _, scopes in inputs.summary([b.peek() for b in sink.got]) for _, items in scopes for n, _ in items]
     assert "c1" not in names and len(names) == 9
+
+
+async def test_propagate_is_not_skipped_by_a_byte_proof(tel: Tel) -> None:
+    """Len(...) fails on spans without the attribute; the bytes prove "/nowhere" absent, yet under
+    propagate the condition is evaluated (the collector would refuse the batch), under ignore it need not."""
+    cond = ['Len(span.attributes["missing"]) > 1 and span.attributes["http.route"] == "/nowhere"']
+    with pytest.raises(PermanentError):
+        await processor(tel, {"error_mode": "propagate", "trace_conditions": cond}, Signal.TRACES,
+                        Sink()).consume(inputs.traces())
+    sink = Sink()
+    await processor(tel, {"error_mode": "ignore", "trace_conditions": cond}, Signal.TRACES, sink).consume(inputs.traces())
+    assert sum(b.item_count() for b in sink.got) == 10
