@@ -212,7 +212,10 @@ _SHAPE: dict[Signal, tuple[str, str, str, Callable[[Any], Any] | None, bool]] = 
 
 
 _Found = dict[tuple[int, int], set[int]]
-_NONE: frozenset[int] = frozenset()
+# (conditions every item needs evaluated, per (resource, scope) the items some proved condition may match
+# with the conditions to evaluate for each)
+_Plan = tuple[tuple[int, ...], dict[tuple[int, int], dict[int, tuple[int, ...]]]]
+_NO_ITEMS: dict[int, tuple[int, ...]] = {}
 
 
 class _ItemIndex:
@@ -226,6 +229,23 @@ class _ItemIndex:
                 for ii, (s, e) in enumerate(items)]
         self.flat = flat
         self.starts = [f[0] for f in flat]
+
+    def plan(self, cset: ConditionSet) -> _Plan | None:
+        """Which conditions of cset to evaluate for which item: those without a byte proof for every
+        item, the others only for items whose own bytes hold what they need. None: no proof at all."""
+        proofs = cset.item_proofs
+        if all(p is None for p in proofs):
+            return None
+        base = tuple(k for k, p in enumerate(proofs) if p is None)
+        per: dict[tuple[int, int], dict[int, set[int]]] = {}
+        for k, p in enumerate(proofs):
+            if p is None:
+                continue
+            for key, iis in self.containing(p).items():
+                d = per.setdefault(key, {})
+                for ii in iis:
+                    d.setdefault(ii, set(base)).add(k)
+        return base, {key: {ii: tuple(sorted(ks)) for ii, ks in d.items()} for key, d in per.items()}
 
     def containing(self, needles: frozenset[bytes]) -> _Found:
         out: _Found = {}
@@ -334,24 +354,19 @@ class FilterProcessor(Processor):
             if st.cannot_match(raw):
                 changed |= self._prune(st, msg)
                 continue
-            cand_item = cand_sub = None
-            # items whose own bytes lack what a match needs are not looked at; the index is valid while
+            plan_item = plan_sub = None
+            # conditions an item's own bytes rule out are not evaluated for it; the index is valid while
             # the message is still the one the bytes encode (and metrics emptied of points go too: all)
             if raw is not None and not changed and not (st.sub and self.signal == Signal.METRICS):
-                for cset, slot in ((st.item, "item"), (st.sub, "sub")):
-                    if cset and cset.item_needs is not None:
-                        if where is None:
-                            try:
-                                where = _ItemIndex(raw)
-                            except (ValueError, IndexError):  # framing the scanner does not read (groups)
-                                raw = None
-                                break
-                        found = where.containing(cset.item_needs)
-                        if slot == "item":
-                            cand_item = found
-                        else:
-                            cand_sub = found
-            c, n = self._walk(st, msg, cand_item, cand_sub)
+                try:
+                    if where is None and any(p is not None for c in (st.item, st.sub) for p in c.item_proofs):
+                        where = _ItemIndex(raw)
+                except (ValueError, IndexError):  # framing the scanner does not read (groups)
+                    raw = None
+                if where is not None and raw is not None:
+                    plan_item = where.plan(st.item) if st.item else None
+                    plan_sub = where.plan(st.sub) if st.sub else None
+            c, n = self._walk(st, msg, plan_item, plan_sub)
             changed |= c
             subs += n
         return changed, subs
@@ -388,10 +403,10 @@ class FilterProcessor(Processor):
             changed = True
         return changed
 
-    def _walk(self, st: _Stage, msg: Any, cand_item: _Found | None = None,
-              cand_sub: _Found | None = None) -> tuple[bool, int]:
-        """One stage over the message. cand_item / cand_sub: per (resource, scope) the indices of the items
-        that may match the item / span event conditions (None: every item may)."""
+    def _walk(self, st: _Stage, msg: Any, plan_item: _Plan | None = None,
+              plan_sub: _Plan | None = None) -> tuple[bool, int]:
+        """One stage over the message. plan_item / plan_sub: which item / span event conditions to
+        evaluate for which item (None: all of them for every item)."""
         res_f, scope_f, item_f, sub_of, drop_emptied = _SHAPE[self.signal]
         it = Item()
         changed = False
@@ -427,27 +442,38 @@ class FilterProcessor(Processor):
                     continue
                 drop_i: list[int] = []
                 key = (ri, si)
-                ci = None if cand_item is None else cand_item.get(key, _NONE)
-                cs = None if cand_sub is None else cand_sub.get(key, _NONE)
-                if (item_match is not None and ci is None) or (sub_match is not None and cs is None):
+                ci = None if plan_item is None else plan_item[1].get(key, _NO_ITEMS)
+                cs = None if plan_sub is None else plan_sub[1].get(key, _NO_ITEMS)
+                if (item_match is not None and (plan_item is None or plan_item[0])) or \
+                        (sub_match is not None and (plan_sub is None or plan_sub[0])):
                     indices: Any = range(len(items))
                 else:
-                    indices = sorted((ci if item_match is not None and ci is not None else _NONE)
-                                     | (cs if sub_match is not None and cs is not None else _NONE))
+                    indices = sorted({*(ci or ()), *(cs or ())})
                 for ii in indices:
                     item = items[ii]
                     it.item = item
-                    if item_match is not None and (ci is None or ii in ci) and item_match(it):
-                        drop_i.append(ii)
-                        continue
-                    if sub_match is not None and (cs is None or ii in cs):
+                    if item_match is not None:
+                        if ci is None:
+                            hit = item_match(it)
+                        else:
+                            which = ci.get(ii, plan_item[0])  # type: ignore[index]
+                            hit = bool(which) and st.item.matches_some(it, which)
+                        if hit:
+                            drop_i.append(ii)
+                            continue
+                    sub_which: tuple[int, ...] | None = None
+                    if cs is not None:
+                        sub_which = cs.get(ii, plan_sub[0])  # type: ignore[index]
+                        if not sub_which:
+                            continue
+                    if sub_match is not None:
                         points = sub_of(item)  # type: ignore[misc]
                         if points is None:
                             continue
                         drop_p: list[int] = []
                         for pi, p in enumerate(points):
                             it.sub = p
-                            if sub_match(it):
+                            if sub_match(it) if sub_which is None else st.sub.matches_some(it, sub_which):
                                 drop_p.append(pi)
                         if drop_p:
                             _delete(points, drop_p)

@@ -104,6 +104,9 @@ class ConditionSet:
         whole = len(provable) == len(self.conditions)
         self.needs: Needs = required_any([c.needs for c in provable]) if whole else None
         self.item_needs: Needs = required_any([c.item_needs for c in provable]) if whole else None
+        # per condition, what an item's own bytes must hold for it to match (None: no proof)
+        self.item_proofs: list[Needs] = [None if error_mode == "propagate" and c.may_fail else c.item_needs
+                                         for c in self.conditions]
         if len(self._evals) == 1:
             self.matches = self._match_one  # type: ignore[method-assign]
 
@@ -120,6 +123,17 @@ class ConditionSet:
         except (OttlRuntimeError, TypeError, ValueError, IndexError) as e:
             self._failed(self.conditions[0], e)
             return False
+
+    def matches_some(self, it: Item, which: Sequence[int]) -> bool:
+        """matches() over the conditions at these indices only (the others cannot match this item)."""
+        evals = self._evals
+        for i in which:
+            try:
+                if evals[i](it):
+                    return True
+            except (OttlRuntimeError, TypeError, ValueError, IndexError) as e:
+                self._failed(self.conditions[i], e)
+        return False
 
     def matches(self, it: Item) -> bool:
         for i, ev in enumerate(self._evals):

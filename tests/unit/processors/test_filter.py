@@ -234,17 +234,37 @@ async def test_only_items_holding_the_bytes_are_evaluated(tel: Tel) -> None:
         sink = Sink()
         p = processor(tel, {"trace_conditions": conds}, Signal.TRACES, sink)
         cset = p.stages[0].item
-        inner = cset.matches
+        inner = cset._evals[0]
 
         def spy(it: Any, inner: Any = inner) -> bool:
             calls.append(it.item.name)
             return bool(inner(it))
 
-        cset.matches = spy  # type: ignore[method-assign]
+        cset._evals[0] = spy
         calls.clear()
         await p.consume(inputs.traces())
         assert calls == (want if want is not None else
                          ["on-localhost", *[n for n, _ in ALL_A], "app_3", "on-my-pod"])
+
+
+async def test_each_condition_is_evaluated_where_its_bytes_are(tel: Tel) -> None:
+    """Of ORed conditions, one with a byte proof runs only on the spans holding its bytes, one without
+    on every span, in the written order."""
+    calls: list[tuple[int, str]] = []
+    p = processor(tel, {"trace_conditions": ['span.attributes["container.name"] == "app_container_2"',
+                                             "span.kind == SPAN_KIND_CONSUMER"]}, Signal.TRACES, Sink())
+    cset = p.stages[0].item
+    for k, inner in enumerate(list(cset._evals)):
+        def spy(it: Any, inner: Any = inner, k: int = k) -> bool:
+            calls.append((k, it.item.name))
+            return bool(inner(it))
+
+        cset._evals[k] = spy
+    await p.consume(inputs.traces())
+    assert [n for k, n in calls if k == 0] == ["c2"]
+    assert [n for k, n in calls if k == 1] == ["on-localhost", *[n for n, _ in ALL_A if n != "c2"], "app_3",
+                                              "on-my-pod"]
+    assert calls.index((0, "c2")) < calls.index((1, "slow-error"))
 
 
 async def test_framing_the_scanner_cannot_read_falls_back_to_every_item(tel: Tel) -> None:
