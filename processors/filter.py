@@ -13,6 +13,7 @@ validated: one gotel cannot evaluate is a config error at its line and column, n
 
 from __future__ import annotations
 
+import contextlib
 import time
 from bisect import bisect_right
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from gotel.ottl import (
     compile_condition,
 )
 from gotel.pdata import Batch, Signal
-from gotel.protowire import otlp_item_ranges
+from gotel.protowire import Layout, otlp_layout, otlp_without
 
 _LEGACY_MATCH = ("include", "exclude", "regexp")
 _SIGNAL_OF = {"trace_conditions": "traces", "metric_conditions": "metrics", "log_conditions": "logs"}
@@ -223,10 +224,11 @@ class _ItemIndex:
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
+        self.layout = otlp_layout(raw)
         flat = [(s, e, ri, si, ii)
-                for ri, scopes in enumerate(otlp_item_ranges(raw))
-                for si, items in enumerate(scopes)
-                for ii, (s, e) in enumerate(items)]
+                for ri, (_, scopes) in enumerate(self.layout)
+                for si, (_, items) in enumerate(scopes)
+                for ii, (_, s, e) in enumerate(items)]
         self.flat = flat
         self.starts = [f[0] for f in flat]
 
@@ -262,6 +264,18 @@ class _ItemIndex:
         return out
 
 
+@dataclass
+class _Deleted:
+    """What a stage removed, by index in the request as received: enough to cut the same parts out of
+    its wire bytes instead of serializing the edited message (valid while nothing inside an item
+    changed, i.e. no span event or data point was removed)."""
+
+    resources: set[int]
+    scopes: dict[int, set[int]]
+    items: dict[tuple[int, int], set[int]]
+    inside_items: bool = False
+
+
 def _delete(rep: Any, idx: list[int]) -> None:
     for i in reversed(idx):
         del rep[i]
@@ -276,6 +290,8 @@ class FilterProcessor(Processor):
         self.ctx = ctx
         self.stages = self._stages(signal, cfg, ctx)
         self._last_log = 0.0
+        self.deleted: _Deleted | None = None
+        self.layout: Layout | None = None
 
     @staticmethod
     def _stages(signal: Signal, cfg: Config, ctx: Context) -> list[_Stage]:
@@ -332,7 +348,13 @@ class FilterProcessor(Processor):
                                         self.signal, e)
             raise PermanentError(str(e)) from e
         if changed:
+            raw = batch.cached_bytes()
             batch.msg  # noqa: B018 - the message was edited in place: its cached wire bytes are stale
+            d = self.deleted
+            if raw is not None and d is not None and not d.inside_items:
+                with contextlib.suppress(ValueError, IndexError):  # else the exporter serializes
+                    layout = self.layout if self.layout is not None else otlp_layout(raw)
+                    batch.set_wire(otlp_without(raw, layout, d.resources, d.scopes, d.items))
         n_out = batch.item_count() if changed else n_in
         self.ctx.telemetry.processed(self.signal, n_in, n_out)
         if n_in > n_out:
@@ -350,9 +372,11 @@ class FilterProcessor(Processor):
         changed = False
         subs = 0
         where: _ItemIndex | None = None
+        self.deleted = _Deleted(set(), {}, {}) if raw is not None and len(self.stages) == 1 else None
+        self.layout = None
         for st in self.stages:
             if st.cannot_match(raw):
-                changed |= self._prune(st, msg)
+                changed |= self._prune(st, msg, self.deleted)
                 continue
             plan_item = plan_sub = None
             # conditions an item's own bytes rule out are not evaluated for it; the index is valid while
@@ -364,14 +388,15 @@ class FilterProcessor(Processor):
                 except (ValueError, IndexError):  # framing the scanner does not read (groups)
                     raw = None
                 if where is not None and raw is not None:
+                    self.layout = where.layout
                     plan_item = where.plan(st.item) if st.item else None
                     plan_sub = where.plan(st.sub) if st.sub else None
-            c, n = self._walk(st, msg, plan_item, plan_sub)
+            c, n = self._walk(st, msg, plan_item, plan_sub, self.deleted)
             changed |= c
             subs += n
         return changed, subs
 
-    def _prune(self, st: _Stage, msg: Any) -> bool:
+    def _prune(self, st: _Stage, msg: Any, deleted: _Deleted | None = None) -> bool:
         """What a stage removes when none of its conditions matches: empty resources, empty scopes (when it
         has conditions below the resource), metrics without data points (when it has data point conditions)."""
         res_f, scope_f, item_f, sub_of, drop_emptied = _SHAPE[self.signal]
@@ -391,20 +416,26 @@ class FilterProcessor(Processor):
                         if drop_i:
                             _delete(items, drop_i)
                             changed = True
+                            if deleted is not None:
+                                deleted.items[(ri, si)] = set(drop_i)
                     if below_scope and not items:
                         drop_s.append(si)
                 if drop_s:
                     _delete(scopes, drop_s)
                     changed = True
+                    if deleted is not None:
+                        deleted.scopes[ri] = set(drop_s)
             if not scopes:
                 drop_r.append(ri)
         if drop_r:
             _delete(resources, drop_r)
             changed = True
+            if deleted is not None:
+                deleted.resources.update(drop_r)
         return changed
 
-    def _walk(self, st: _Stage, msg: Any, plan_item: _Plan | None = None,
-              plan_sub: _Plan | None = None) -> tuple[bool, int]:
+    def _walk(self, st: _Stage, msg: Any, plan_item: _Plan | None = None, plan_sub: _Plan | None = None,
+              deleted: _Deleted | None = None) -> tuple[bool, int]:
         """One stage over the message. plan_item / plan_sub: which item / span event conditions to
         evaluate for which item (None: all of them for every item)."""
         res_f, scope_f, item_f, sub_of, drop_emptied = _SHAPE[self.signal]
@@ -478,6 +509,8 @@ class FilterProcessor(Processor):
                         if drop_p:
                             _delete(points, drop_p)
                             changed = True
+                            if deleted is not None:
+                                deleted.inside_items = True
                             if not drop_emptied:
                                 subs_dropped += len(drop_p)
                         if drop_emptied and not points:
@@ -485,16 +518,22 @@ class FilterProcessor(Processor):
                 if drop_i:
                     _delete(items, drop_i)
                     changed = True
+                    if deleted is not None:
+                        deleted.items[key] = set(drop_i)
                 if not items:
                     drop_s.append(si)
             if drop_s:
                 _delete(scopes, drop_s)
                 changed = True
+                if deleted is not None:
+                    deleted.scopes[ri] = set(drop_s)
             if not scopes:
                 drop_r.append(ri)
         if drop_r:
             _delete(resources, drop_r)
             changed = True
+            if deleted is not None:
+                deleted.resources.update(drop_r)
         return changed, subs_dropped
 
 

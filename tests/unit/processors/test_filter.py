@@ -47,7 +47,9 @@ async def test_filter_case(tel: Tel, cfg: dict[str, Any], signal: Signal, want: 
     await p.consume(batch)
     got = inputs.summary([b.peek() for b in sink.got])
     assert got == want
-    # the wire bytes downstream are the edited message's, not the stale input's
+    # the wire bytes downstream (cut out of the input's, or serialized) encode the edited message exactly
+    for b in sink.got:
+        assert b.request_type.FromString(b.to_bytes()) == b.peek()
     assert [inputs.summary([type(b).parse(b.to_bytes()).peek()]) for b in sink.got] == [want] * len(sink.got)
     n_out = sum(b.item_count() for b in sink.got)
     lbl = {"component": "filter", "kind": "processor", "signal": signal.value}
@@ -291,3 +293,21 @@ async def test_propagate_is_not_skipped_by_a_byte_proof(tel: Tel) -> None:
     sink = Sink()
     await processor(tel, {"error_mode": "ignore", "trace_conditions": cond}, Signal.TRACES, sink).consume(inputs.traces())
     assert sum(b.item_count() for b in sink.got) == 10
+
+
+@pytest.mark.parametrize(("cfg", "cut"), [
+    ({"trace_conditions": ['span.attributes["container.name"] == "app_container_1"']}, True),
+    ({"trace_conditions": ['resource.attributes["host.name"] == "localhost"']}, True),
+    ({"traces": {"span": ["kind == SPAN_KIND_SERVER"]}}, True),  # no byte proof: every span evaluated
+    ({"traces": {"spanevent": ['name == "db"']}}, False),  # a span's own bytes change: serialized
+    ({"traces": {"span": ['name == "app_3"'], "spanevent": ['name == "db"']}}, False),
+])
+async def test_dropped_items_are_cut_out_of_the_received_bytes(tel: Tel, cfg: dict[str, Any], cut: bool) -> None:
+    """Dropping whole items leaves wire bytes for the exporter (cut out, not re-encoded), exactly the
+    edited message's; dropping span events leaves none, so the exporter serializes."""
+    sink = Sink()
+    await processor(tel, cfg, Signal.TRACES, sink).consume(inputs.traces())
+    b = sink.got[0]
+    assert (b.cached_bytes() is not None) is cut
+    assert b.request_type.FromString(b.to_bytes()) == b.peek()
+    assert b.item_count() < 10 or not cut
