@@ -14,6 +14,7 @@ from gotel.receivers.go_ebpf.events import (
     E_PARENT,
     E_STATUS,
     E_STREAM_ID,
+    HOPS,
     RECORD,
     T_GRPC_CLIENT,
     T_GRPC_SERVER,
@@ -37,7 +38,7 @@ def rec(typ: int, *, start: int = 1_000, end: int = 2_000, span: int = 7, parent
         code: int = 0, flags: int = 0, stream: int = 1, lport: int = 0, rport: int = 0, method: bytes = b"/p.S/M",
         msg: bytes = b"", tp: bytes = b"", dl: tuple[int, int] = (0, 0)) -> bytes:
     return RECORD.pack(start, end, 42, typ, span, parent, trace[0], trace[1], dl[0], dl[1], code, flags, stream, lport,
-                       rport, LO, LO, 4, 4, 0, 0, method, msg, b"", tp)
+                       rport, LO, LO, 4, 4, 0, 0, method, msg, b"", tp) + bytes(HOPS.size)
 
 
 def test_go_time_to_unix() -> None:

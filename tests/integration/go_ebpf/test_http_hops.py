@@ -1,0 +1,144 @@
+"""One trace across HTTP hops (issue 22): go_ebpf joins a net/http server span to the traced client span
+that sent the request, by the connection and the request's order on it (HTTP/1.1) or its stream id
+(HTTP/2), plain and TLS, and continues an incoming W3C traceparent/tracestate. Real BPF, the httpapp
+fixture on Go 1.19, the machine's Go 1.26 and Go 1.27, exported to a real OTLP server.
+
+The truth is the programs' own logs: each client request asks for a status no other request in its round
+asks for (`-vary-status`), so the client span and the server span of one request are paired by the status
+both programs report, independently of anything gotel joins on."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import threading
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gotel.pdata import attr_dict
+from tests.helpers import goapps
+from tests.integration.go_ebpf.test_grpc import CLIENT, SERVER, Env, _find_pid, until
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(params=goapps.TOOLCHAINS)
+async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    e = Env(request.param, stripped=False)
+    e.binary = goapps.build("httpapp", request.param)
+    await e.start()
+    try:
+        yield e
+    finally:
+        await e.close()
+
+
+async def server(env: Env, *args: str) -> goapps.RunningApp:
+    app = await asyncio.to_thread(goapps.start, "httpapp", "server", "-log", *args, toolchain=env.toolchain)
+    env.apps.append(app)
+    await until(lambda: app.pid in env.r.attached_pids, 10)
+    return app
+
+
+async def client(env: Env, url: str, *args: str) -> tuple[int, list[dict[str, Any]]]:
+    """Runs `httpapp client`, registered with the receiver before it execs (its first request comes
+    milliseconds after start); returns (pid, its JSON lines)."""
+    gate = Path(tempfile.mkdtemp(prefix="go_ebpf-")) / "go"
+    script = f'while [ ! -e {gate} ]; do sleep 0.002; done; exec "$0" "$@"'
+    argv = ["sh", "-c", script, str(env.binary), "client", "-url", url, *args]
+    box: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: box.setdefault("app", goapps.RunningApp(argv)), daemon=True)
+    t.start()
+    pid = await asyncio.to_thread(_find_pid, str(gate))
+    env.r.trace_pid(pid, str(env.binary))
+    gate.touch()
+    await asyncio.to_thread(t.join, 60)
+    app: goapps.RunningApp = box["app"]
+    try:
+        assert await asyncio.to_thread(app.wait, 120) == 0, app.stderr()
+        return app.pid, app.records()
+    finally:
+        app.stop()
+        gate.unlink(missing_ok=True)
+        gate.parent.rmdir()
+
+
+def by_status(env: Env, pid: int, kind: int) -> dict[int, Any]:
+    out: dict[int, Any] = {}
+    for _, s in env.spans(pid, kind):
+        st = attr_dict(s.attributes)["http.response.status_code"]
+        assert st not in out, f"two spans with status {st}"
+        out[st] = s
+    return out
+
+
+async def one_round(env: Env, srv: goapps.RunningApp, scheme: str, *args: str, n: int = 60,
+                    cafile: str = "") -> list[dict[str, Any]]:
+    """n requests from a traced client process; every server span must be the child of its client span."""
+    env.sink.received.traces.clear()
+    handled_before = len([r for r in srv.records() if r.get("event") == "handled"])
+    url = f"{scheme}://127.0.0.1:{srv.ports['http']}/users/7"
+    ca = ("-ca", cafile) if cafile else ()
+    pid, recs = await client(env, url, "-n", str(n), "-concurrency", "3", "-vary-status", "-quiet=false", *ca, *args)
+    calls = [r for r in recs if "i" in r]
+    assert len(calls) == n and all("error" not in r for r in calls), calls[:3]
+    statuses = {r["status"] for r in calls}
+    assert len(statuses) == n
+    await until(lambda: len([r for r in srv.records() if r.get("event") == "handled"]) == handled_before + n, 10)
+    handled = [r for r in srv.records() if r.get("event") == "handled"][handled_before:]
+    assert {r["status"] for r in handled} == statuses  # the server's own log: the same n requests
+    await until(lambda: len(env.spans(srv.pid, SERVER)) >= n and len(env.spans(pid, CLIENT)) >= n, 15)
+    await asyncio.sleep(0.5)  # anything extra would arrive now
+    servers, clients = by_status(env, srv.pid, SERVER), by_status(env, pid, CLIENT)
+    assert set(servers) == statuses and set(clients) == statuses  # exact counts, each status once
+    wrong = [(st, servers[st].parent_span_id.hex(), clients[st].span_id.hex()) for st in statuses
+             if servers[st].parent_span_id != clients[st].span_id or servers[st].trace_id != clients[st].trace_id]
+    assert not wrong, f"{len(wrong)} of {n} server spans not the child of their client span: {wrong[:5]}"
+    assert len({s.trace_id for s in servers.values()}) == n  # one trace per request
+    return calls
+
+
+async def test_http1_two_processes_fresh_and_reused(env: Env) -> None:
+    srv = await server(env)
+    calls = await one_round(env, srv, "http", "-fresh")
+    assert not any(r["reused"] for r in calls)
+    calls = await one_round(env, srv, "http")
+    assert sum(r["reused"] for r in calls) >= len(calls) - 3  # keep-alive: 3 callers, 3 connections at most
+    assert {r["proto"] for r in calls} == {"HTTP/1.1"}
+
+
+async def test_incoming_traceparent_and_tracestate(env: Env) -> None:
+    """An SDK-instrumented caller (here: Python sending the W3C headers) and the traced Go server form one
+    trace, on every Go version (http.Header's map layout changed in Go 1.24)."""
+    srv = await server(env)
+    tp_trace, tp_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    ts = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+    # extra headers, so that the traceparent is one field among many (more than one map group/bucket)
+    extra = {f"X-Filler-{i}": "v" * i for i in range(12)}
+    for n_extra in (0, 4, 12):
+        env.sink.received.traces.clear()
+        req = urllib.request.Request(f"http://127.0.0.1:{srv.ports['http']}/echo?status={210 + n_extra}",
+                                     headers={"traceparent": f"00-{tp_trace}-{tp_span}-01", "tracestate": ts,
+                                              **dict(list(extra.items())[:n_extra])})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 210 + n_extra
+        handled = srv.wait_for(lambda r, st=210 + n_extra: r.get("event") == "handled" and r["status"] == st)
+        assert handled["traceparent"] == f"00-{tp_trace}-{tp_span}-01" and handled["tracestate"] == ts
+        await until(lambda: env.spans(srv.pid, SERVER), 10)
+        (_, s), = env.spans(srv.pid, SERVER)
+        assert s.trace_id.hex() == tp_trace and s.parent_span_id.hex() == tp_span, n_extra
+        assert s.trace_state == ts
+    # a traced Go caller sending a traceparent of its own (as an SDK-instrumented Go program does): its
+    # client span continues it, and the server span is that client span's child
+    env.sink.received.traces.clear()
+    pid, _ = await client(env, f"http://127.0.0.1:{srv.ports['http']}/echo?status=202",
+                          "-traceparent", f"00-{tp_trace}-{tp_span}-01")
+    await until(lambda: env.spans(srv.pid, SERVER) and env.spans(pid, CLIENT), 10)
+    (_, s), = env.spans(srv.pid, SERVER)
+    (_, c), = env.spans(pid, CLIENT)
+    assert c.trace_id.hex() == tp_trace and c.parent_span_id.hex() == tp_span
+    assert s.trace_id.hex() == tp_trace and s.parent_span_id == c.span_id
