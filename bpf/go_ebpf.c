@@ -79,11 +79,10 @@
 #define H_H2ST_ID (H_BASE + 22)
 #define H_H2ST_SC (H_BASE + 23)
 #define H_H2SC_CONN (H_BASE + 24)
-#define H_RESPONSE_BODY (H_BASE + 25)   /* net/http.Response.Body (io.ReadCloser) */
-#define HA_H2BODY_CLOSE (H_BASE + 26)   /* http2transportResponseBody.Close: the body itab's fun[0] */
-#define H_H2CS_ID (H_BASE + 27)
-#define H_H2CS_CC (H_BASE + 28)
-#define H_H2CC_TCONN (H_BASE + 29)
+#define H_H2REQ_HEADER (H_BASE + 25)    /* the Header of the request encodeAndWriteHeaders gets */
+#define H_H2CS_ID (H_BASE + 26)
+#define H_H2CS_CC (H_BASE + 27)
+#define H_H2CC_TCONN (H_BASE + 28)
 #define F_HTTP_SWISS_MAP (1 << 16)      /* gotel_go_proc.flags: http.Header is a swiss-table map (Go >= 1.24) */
 /* event flags */
 #define E_HTTP_CONN (1 << 16)  /* HTTP: addresses set, stream_id = the request's order on its HTTP/1 connection or its HTTP/2 stream id */
@@ -1014,6 +1013,18 @@ static __always_inline struct hconn *h2_conn(struct gotel_go_proc *p, struct got
     return http_conns.lookup(&k);
 }
 
+/* (*http2serverConn).serve(sc) / (*http2ClientConn).readLoop(cc): a new HTTP/2 connection, before any stream
+ * on it: whatever is cached under its object's address belonged to an earlier connection. */
+int http2_conn_new(struct pt_regs *ctx) {
+    if (!gotel_go_current())
+        return 0;
+    struct gotel_go_key k = {};
+    k.tgid = bpf_get_current_pid_tgid() >> 32;
+    k.goroutine = GO_PARAM1(ctx);
+    http_conns.delete(&k);
+    return 0;
+}
+
 /* (*conn).serve(c, ctx): an accepted HTTP/1 connection (every request on it is served by this goroutine):
  * its addresses, and a request count from zero (a reused *conn address starts over here). */
 int http_conn_serve(struct pt_regs *ctx) {
@@ -1036,29 +1047,32 @@ int http_conn_serve(struct pt_regs *ctx) {
     return 0;
 }
 
-/* Server start, HTTP/1: the request's order on its connection (only for connections seen from their start:
- * the order of a connection accepted before the process was traced is unknown, and not guessed).
- * HTTP/2: the stream id and the connection's addresses. The ResponseWriter's itab tells which. */
-static __always_inline void http_server_conn(struct gotel_go_proc *p, struct gev *e, u64 rw_tab, u64 rw) {
+/* Server start, HTTP/1 (the ResponseWriter's itab tells): the request's order on its connection, counted
+ * whether or not its span can be recorded (a missed count would shift every later request). Only for
+ * connections seen from their start: the order on one accepted before the process was traced is unknown,
+ * and not guessed. NULL otherwise. */
+static __always_inline struct hconn *http1_server_count(struct gotel_go_proc *p, u64 rw_tab, u64 rw, u32 *seq) {
     struct gotel_go_offsets *o = gotel_go_offsets_of(p);
     if (!o || !rw_tab || !rw)
-        return;
-    u64 fn = rd64(rw_tab + 24);
-    if (fn == o->off[HA_RESP_HEADER]) {
-        u64 o_c = o->off[H_RESP_CONN];
-        if (!KNOWN(o_c))
-            return;
-        struct gotel_go_key k = {};
-        k.tgid = e->pid;
-        k.goroutine = rd64(rw + o_c);
-        struct hconn *h = http_conns.lookup(&k);
-        if (!h)
-            return;
-        h->count++;  /* one goroutine serves the connection: requests are counted in order */
-        hconn_copy(e, h, (u32)h->count, 0);
-        return;
-    }
-    if (fn != o->off[HA_H2RW_HEADER])
+        return 0;
+    u64 o_c = o->off[H_RESP_CONN];
+    if (!KNOWN(o_c) || rd64(rw_tab + 24) != o->off[HA_RESP_HEADER])
+        return 0;
+    struct gotel_go_key k = {};
+    k.tgid = bpf_get_current_pid_tgid() >> 32;
+    k.goroutine = rd64(rw + o_c);
+    struct hconn *h = http_conns.lookup(&k);
+    if (!h)
+        return 0;
+    h->count++;  /* one goroutine serves the connection: requests are counted in order */
+    *seq = (u32)h->count;
+    return h;
+}
+
+/* Server start, HTTP/2: the stream id and the connection's addresses. */
+static __always_inline void http2_server_conn(struct gotel_go_proc *p, struct gev *e, u64 rw_tab, u64 rw) {
+    struct gotel_go_offsets *o = gotel_go_offsets_of(p);
+    if (!o || !rw_tab || !rw || rd64(rw_tab + 24) != o->off[HA_H2RW_HEADER])
         return;
     u64 o_rws = o->off[H_H2RW_RWS], o_st = o->off[H_H2RWS_STREAM], o_id = o->off[H_H2ST_ID], o_sc = o->off[H_H2ST_SC];
     if (!KNOWN(o_rws) || !KNOWN(o_st) || !KNOWN(o_id) || !KNOWN(o_sc))
@@ -1176,11 +1190,14 @@ int http_pconn_roundtrip(struct pt_regs *ctx) {
     if (!o)
         return 0;
     struct gotel_go_key gk = gotel_go_key_of(ctx);
-    struct gev *e = cli_start.lookup(&gk);
-    if (!e || e->type != T_HTTP_CLIENT)
-        return 0;
-    e->flags &= ~(E_HTTP_CONN | E_HTTP2);
     u64 pc = GO_PARAM1(ctx), o_conn = o->off[H_PC_CONN], o_nw = o->off[H_PC_NWRITE];
+    struct gev *e = cli_start.lookup(&gk);
+    if (e && e->type != T_HTTP_CLIENT)
+        e = 0;
+    if (e && e->obj == pc && (e->flags & E_HTTP_CONN))
+        return 0;  /* the entry probe again, after morestack restarted the function (Go <= 1.20) */
+    if (e)
+        e->flags &= ~(E_HTTP_CONN | E_HTTP2);
     if (!pc || !KNOWN(o_conn) || !KNOWN(o_nw))
         return 0;
     struct gotel_go_key k = {};
@@ -1202,30 +1219,61 @@ int http_pconn_roundtrip(struct pt_regs *ctx) {
     }
     if (!h)
         return 0;
-    h->count++;
-    hconn_copy(e, h, (u32)h->count, 0);
+    h->count++;  /* counted even without a span to put it in: a missed count would shift later requests */
+    if (e) {
+        e->obj = pc;
+        hconn_copy(e, h, (u32)h->count, 0);
+    }
     return 0;
 }
 
-/* At (*Transport).roundTrip's RETs: an HTTP/2 response's body is the stream (transportResponseBody{cs}, a
- * pointer-shaped value stored directly in the interface): its id and connection. */
-static __always_inline void http2_client_stream(struct gotel_go_proc *p, struct gev *e, u64 resp) {
+/* An HTTP/2 request's stream, by (tgid, the request's header map), from encodeAndWriteHeaders (on the
+ * goroutine that writes the request) to (*Transport).roundTrip's RETs (on the caller's). */
+struct h2req {
+    u64 cc;
+    u32 id;
+};
+BPF_TABLE("lru_hash", struct gotel_go_key, struct h2req, h2_reqs, 16384);
+
+/* (*http2clientStream).encodeAndWriteHeaders(cs, req): the stream id is assigned (addStreamLocked). */
+int http2_client_headers(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
     struct gotel_go_offsets *o = gotel_go_offsets_of(p);
-    if (!o || !resp)
+    if (!o)
+        return 0;
+    u64 o_h = o->off[H_H2REQ_HEADER], o_id = o->off[H_H2CS_ID], o_cc = o->off[H_H2CS_CC];
+    if (!KNOWN(o_h) || !KNOWN(o_id) || !KNOWN(o_cc))
+        return 0;
+    u64 cs = GO_PARAM1(ctx), req = GO_PARAM2(ctx);
+    struct gotel_go_key k = {};
+    k.tgid = bpf_get_current_pid_tgid() >> 32;
+    k.goroutine = rd64(req + o_h);
+    if (!cs || !k.goroutine)
+        return 0;
+    struct h2req v = {};
+    bpf_probe_read_user(&v.id, sizeof(v.id), (void *)(cs + o_id));
+    v.cc = rd64(cs + o_cc);
+    h2_reqs.update(&k, &v);
+    return 0;
+}
+
+/* At (*Transport).roundTrip's RETs: the HTTP/2 stream the request went out on (aux: its header map). */
+static __always_inline void http2_client_stream(struct gotel_go_proc *p, struct gev *e) {
+    struct gotel_go_offsets *o = gotel_go_offsets_of(p);
+    if (!o || !e->aux)
         return;
-    u64 o_b = o->off[H_RESPONSE_BODY], o_id = o->off[H_H2CS_ID], o_cc = o->off[H_H2CS_CC];
-    if (!KNOWN(o_b) || !KNOWN(o_id) || !KNOWN(o_cc))
+    struct gotel_go_key k = {};
+    k.tgid = e->pid;
+    k.goroutine = e->aux;
+    struct h2req *v = h2_reqs.lookup(&k);
+    if (!v)
         return;
-    u64 b[2] = {};
-    bpf_probe_read_user(b, sizeof(b), (void *)(resp + o_b));
-    if (!b[0] || !b[1] || rd64(b[0] + 24) != o->off[HA_H2BODY_CLOSE])
-        return;
-    u64 cs = b[1];
-    u32 id = 0;
-    bpf_probe_read_user(&id, sizeof(id), (void *)(cs + o_id));
-    struct hconn *h = h2_conn(p, o, e->pid, rd64(cs + o_cc), o->off[H_H2CC_TCONN]);
-    if (h && id)
-        hconn_copy(e, h, id, E_HTTP2);
+    struct hconn *h = h2_conn(p, o, e->pid, v->cc, o->off[H_H2CC_TCONN]);
+    if (h && v->id)
+        hconn_copy(e, h, v->id, E_HTTP2);
+    h2_reqs.delete(&k);
 }
 
 /* (*http2responseWriter).handlerDone(rw): the HTTP/2 handler returned (on its goroutine): the span ends
@@ -1256,10 +1304,15 @@ int http_server_start(struct pt_regs *ctx) {
     if (!p)
         return 0;
     struct gotel_go_key k = gotel_go_key_of(ctx);
+    u64 rw = GO_PARAM3(ctx), req = GO_PARAM4(ctx);
+    struct gev *prev = srv_ongoing.lookup(&k);
+    if (prev && prev->type == T_HTTP_SERVER && prev->obj == rw)
+        return 0;  /* the entry probe again, after morestack restarted the function */
+    u32 seq = 0;
+    struct hconn *h1 = http1_server_count(p, GO_PARAM2(ctx), rw, &seq);  /* HTTP hops */
     struct gev *e = srv_begin(&k, T_HTTP_SERVER);
     if (!e)
         return 0;
-    u64 rw = GO_PARAM3(ctx), req = GO_PARAM4(ctx);
     e->obj = rw;
     e->aux = req;
     u64 o_m = gotel_go_offset(p, O_REQ_METHOD);
@@ -1271,7 +1324,10 @@ int http_server_start(struct pt_regs *ctx) {
         read_str_at(e->path, STR_LEN, rd64(req + o_url), gotel_go_offset(p, O_URL_PATH));
     read_str_at(e->msg, STR_LEN, req, gotel_go_offset(p, O_REQ_REMOTEADDR));  /* "ip:port" of the peer */
     read_str_at(e->tp, TP_LEN, req, gotel_go_offset(p, O_REQ_HOST));
-    http_server_conn(p, e, GO_PARAM2(ctx), rw);  /* HTTP hops */
+    if (h1)  /* HTTP hops */
+        hconn_copy(e, h1, seq, 0);
+    else
+        http2_server_conn(p, e, GO_PARAM2(ctx), rw);
     http_header_scan(p, e, req);
     return 0;
 }
@@ -1352,6 +1408,9 @@ int http_client_start(struct pt_regs *ctx) {
         read_str_at(e->msg, STR_LEN, u, gotel_go_offset(p, O_URL_HOST));  /* host[:port], never userinfo */
         read_str_at(e->tp, TP_LEN, u, gotel_go_offset(p, O_URL_SCHEME));
     }
+    u64 o_hdr = gotel_go_offset(p, H_REQ_HEADER);
+    if (KNOWN(o_hdr))
+        e->aux = rd64(req + o_hdr);  /* HTTP hops: finds an HTTP/2 request's stream */
     set_parent(e, tgid, GO_GOROUTINE(ctx));
     return 0;
 }
@@ -1372,8 +1431,8 @@ int http_client_end(struct pt_regs *ctx) {
     }
     if (GO_PARAM2(ctx))
         e->flags |= E_NONSTATUS_ERR;
-    else if (!(e->flags & E_HTTP_CONN))
-        http2_client_stream(p, e, resp);  /* HTTP hops */
+    if (!(e->flags & E_HTTP_CONN))
+        http2_client_stream(p, e);  /* HTTP hops */
     emit(e, bpf_ktime_get_ns());
     cli_start.delete(&k);
     return 0;

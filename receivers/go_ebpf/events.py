@@ -265,8 +265,8 @@ class _Pending:
     building Span messages cost ~40 us each; only the ids that stitching may still change stay separate,
     with what stitching matches on."""
 
-    __slots__ = ("body", "flags", "ip", "lport", "parent_span_id", "pid", "ready_at", "rport", "span_id",
-                 "stream_id", "tp", "trace", "ts", "type")
+    __slots__ = ("body", "end", "flags", "ip", "lport", "parent_span_id", "pid", "ready_at", "rport", "span_id",
+                 "start", "stream_id", "tp", "trace", "ts", "type")
 
     def __init__(self, span_id: bytes, parent_span_id: bytes, body: bytes, ready_at: float, trace: bytes,
                  pid: int, typ: int, flags: int, stream_id: int, lport: int, rport: int, ip: str | None,
@@ -285,6 +285,7 @@ class _Pending:
         self.ip = ip  # the peer's address (server span) or the local one (client span): stitching keys
         self.tp = tp  # incoming traceparent (gRPC and HTTP servers), raw
         self.ts = ""  # the W3C tracestate that comes with a continued traceparent (HTTP server)
+        self.start = self.end = 0  # unix ns: a caller's span covers the start of its callee's
 
     def encode_into(self, parts: list[bytes], trace_id: bytes) -> None:
         """Appends the span as ScopeSpans.spans (field 2) pieces: trace id, span id, parent, the rest."""
@@ -438,6 +439,7 @@ class Assembler:
                     ip = _ip(rec[_ADDR_AT:_ADDR_AT + 16], rec[_ADDR_AT + 32])
         p = _Pending(sid, psid, body, now + self.window, trace, pid, typ, flags, stream_id, lport, rport, ip,
                      tp if typ in (T_GRPC_SERVER, T_HTTP_SERVER) else b"")
+        p.start, p.end = start, end
         if http and flags & E_HTTP_TS and flags & E_HTTP_TP:
             p.ts = _cstr(rec[_HOPS_TS:RECORD_SIZE])
         if (typ == T_GRPC_CLIENT and flags & E_STREAM_ID or typ == T_HTTP_CLIENT and flags & E_HTTP_CONN) and lport:
@@ -484,7 +486,10 @@ class Assembler:
         # (HTTP/1) or its stream id (HTTP/2)
         if (p.flags & E_STREAM_ID if p.type == T_GRPC_SERVER else p.flags & E_HTTP_CONN) and p.rport:
             hit = self.clients.get((p.ip, p.rport, p.lport, p.stream_id))
-            if hit is not None and hit.type == p.type + 1:
+            # the client span must cover the server span's start: an index entry left by an earlier connection
+            # that had the same ports (a client port reused after a fresh connection closed) does not, and the
+            # right client record may come a poll later
+            if hit is not None and hit.type == p.type + 1 and hit.start <= p.start <= hit.end:
                 p.parent_span_id = hit.span_id
                 self._remember_alias(p.trace, (hit.trace,))
                 parsed = parse_traceparent(p.tp) if p.tp else None

@@ -103,7 +103,9 @@ HTTP_OFFSETS: list[OffsetSpec] = [
     ("mapfmt", (), "e", "traceparent (HTTP)"),  # 80
     ("mapfmt", (), "f", "traceparent (HTTP)"),  # 81
     # HTTP/2 server (bundled in net/http, or net/http/internal/http2 from Go 1.27)
-    ("func", (f"{_NH}.(*http2responseWriter).Header", "net/http/internal/http2.(*responseWriter).Header"), "",
+    # Go 1.27 hands the handler net/http.http2ResponseWriter{*responseWriter}: pointer-shaped, so the
+    # interface's data word is the inner responseWriter and its itab holds the value method
+    ("func", (f"{_NH}.(*http2responseWriter).Header", f"{_NH}.http2ResponseWriter.Header"), "",
      "HTTP/2 server (stitching, status)"),  # 82
     ("field", _h2("responseWriter"), "rws", "HTTP/2 server (stitching, status)"),  # 83
     ("field", _h2("responseWriterState"), "stream", "HTTP/2 server (stitching)"),  # 84
@@ -111,13 +113,12 @@ HTTP_OFFSETS: list[OffsetSpec] = [
     ("field", _h2("stream"), "id", "HTTP/2 server (stitching)"),  # 86
     ("field", _h2("stream"), "sc", "HTTP/2 server (stitching)"),  # 87
     ("field", _h2("serverConn"), "conn", "HTTP/2 server (stitching)"),  # 88
-    # HTTP/2 client: the response body names its stream
-    ("field", (f"{_NH}.Response",), "Body", "HTTP/2 client (stitching)"),  # 89
-    ("func", (f"{_NH}.http2transportResponseBody.Close", "net/http/internal/http2.transportResponseBody.Close"),
-     "", "HTTP/2 client (stitching)"),  # 90
-    ("field", _h2("clientStream"), "ID", "HTTP/2 client (stitching)"),  # 91
-    ("field", _h2("clientStream"), "cc", "HTTP/2 client (stitching)"),  # 92
-    ("field", _h2("ClientConn"), "tconn", "HTTP/2 client (stitching)"),  # 93
+    # HTTP/2 client: the stream a request went out on, found by the request's header map (shared by the
+    # shallow copies the transport makes, and by Go 1.27's internal ClientRequest)
+    ("field", ("net/http/internal/http2.ClientRequest", f"{_NH}.Request"), "Header", "HTTP/2 client (stitching)"),  # 89
+    ("field", _h2("clientStream"), "ID", "HTTP/2 client (stitching)"),  # 90
+    ("field", _h2("clientStream"), "cc", "HTTP/2 client (stitching)"),  # 91
+    ("field", _h2("ClientConn"), "tconn", "HTTP/2 client (stitching)"),  # 92
 ]
 assert len(OFFSETS) <= HTTP_SLOT, "OFFSETS reached the HTTP block: move HTTP_SLOT (and H_BASE in go_ebpf.c)"
 ALL_OFFSETS: list[OffsetSpec | None] = [*OFFSETS, *[None] * (HTTP_SLOT - len(OFFSETS)), *HTTP_OFFSETS]
@@ -171,6 +172,14 @@ PROBES: list[Probe] = [
     Probe("http.client.conn", ("net/http.(*persistConn).roundTrip",), "http_pconn_roundtrip"),
     Probe("http.server.h2_done", ("net/http.(*http2responseWriter).handlerDone",
                                   "net/http/internal/http2.(*responseWriter).handlerDone"), "http2_server_done"),
+    # a new HTTP/2 connection (one call each): its object's cached addresses are dropped (Go reuses the
+    # addresses of the serverConn/ClientConn and its tls.Conn quickly when connections churn)
+    Probe("http.server.h2_conn", ("net/http.(*http2serverConn).serve", "net/http/internal/http2.(*serverConn).serve"),
+          "http2_conn_new"),
+    Probe("http.client.h2_conn", ("net/http.(*http2ClientConn).readLoop",
+                                  "net/http/internal/http2.(*ClientConn).readLoop"), "http2_conn_new"),
+    Probe("http.client.h2_headers", ("net/http.(*http2clientStream).encodeAndWriteHeaders",
+                                     "net/http/internal/http2.(*clientStream).encodeAndWriteHeaders"), "http2_client_headers"),
 ]
 
 

@@ -97,7 +97,12 @@ async def one_round(env: Env, srv: goapps.RunningApp, scheme: str, *args: str, n
     assert set(servers) == statuses and set(clients) == statuses  # exact counts, each status once
     wrong = [(st, servers[st].parent_span_id.hex(), clients[st].span_id.hex()) for st in statuses
              if servers[st].parent_span_id != clients[st].span_id or servers[st].trace_id != clients[st].trace_id]
-    assert not wrong, f"{len(wrong)} of {n} server spans not the child of their client span: {wrong[:5]}"
+    if wrong:
+        for st, _, _ in wrong[:3]:
+            print("WRONG", st, attr_dict(servers[st].attributes), servers[st].start_time_unix_nano,
+                  servers[st].end_time_unix_nano, clients[st].start_time_unix_nano, clients[st].end_time_unix_nano,
+                  [r for r in calls if r["status"] == st])
+    assert not wrong, f"{args}: {len(wrong)} of {n} server spans not the child of their client span: {wrong[:5]}"
     assert len({s.trace_id for s in servers.values()}) == n  # one trace per request
     return calls
 
@@ -142,3 +147,17 @@ async def test_incoming_traceparent_and_tracestate(env: Env) -> None:
     (_, c), = env.spans(pid, CLIENT)
     assert c.trace_id.hex() == tp_trace and c.parent_span_id.hex() == tp_span
     assert s.trace_id.hex() == tp_trace and s.parent_span_id == c.span_id
+
+
+async def test_tls_http1_and_http2_two_processes(env: Env, tmp_path: Path) -> None:
+    cert = str(tmp_path / "cert.pem")
+    srv = await server(env, "-tls", "-cert-out", cert)
+    calls = await one_round(env, srv, "https", "-fresh", cafile=cert)
+    assert {r["proto"] for r in calls} == {"HTTP/1.1"} and not any(r["reused"] for r in calls)
+    calls = await one_round(env, srv, "https", cafile=cert)
+    assert {r["proto"] for r in calls} == {"HTTP/1.1"} and sum(r["reused"] for r in calls) >= len(calls) - 3
+    # HTTP/2: requests multiplexed on one connection, told apart by their stream ids
+    calls = await one_round(env, srv, "https", "-h2", cafile=cert)
+    assert {r["proto"] for r in calls} == {"HTTP/2.0"} and sum(r["reused"] for r in calls) >= len(calls) - 3
+    calls = await one_round(env, srv, "https", "-h2", "-fresh", cafile=cert)
+    assert {r["proto"] for r in calls} == {"HTTP/2.0"}
