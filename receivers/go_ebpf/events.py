@@ -383,6 +383,16 @@ class Assembler:
             seen += 1
         return t if isinstance(t, bytes) else local
 
+    def _local_root(self, local: bytes) -> bytes:
+        """The local trace a local trace joins through traced callers (itself when it joins none)."""
+        t = self.alias.get(local)
+        seen = 0
+        while isinstance(t, tuple) and seen < 8:
+            local = t[0]
+            t = self.alias.get(local)
+            seen += 1
+        return local
+
     def _remember_alias(self, local: bytes, target: bytes | tuple[bytes]) -> None:
         """target: a trace id (bytes), or another local trace id as a 1-tuple."""
         self.alias[local] = target
@@ -511,12 +521,29 @@ class Assembler:
     def take_traces(self, now: float, flush_all: bool = False) -> Traces | None:
         if not self.pending:
             return None
+        waiting: set[bytes] = set()  # local traces whose server span may still get a parent (and trace id)
         for p in self.pending:
-            self._link_server(p, flush_all or p.ready_at <= now)
-        ready = [p for p in self.pending if flush_all or p.ready_at <= now]
+            due = flush_all or p.ready_at <= now
+            self._link_server(p, due)
+            if not due and not p.parent_span_id and p.type in (T_GRPC_SERVER, T_HTTP_SERVER):
+                waiting.add(p.trace)
+        if flush_all:
+            ready, self.pending = self.pending, []
+        else:
+            # a call made while serving waits for its server span to be stitched (it ends first, and would
+            # otherwise leave with the local trace id), for at most `hold` seconds past its own time
+            hold = max(2.0, 4 * self.window)
+            keep: list[_Pending] = []
+            ready = []
+            for p in self.pending:
+                if p.ready_at <= now and (not waiting or self._local_root(p.trace) not in waiting
+                                          or p.ready_at + hold <= now):
+                    ready.append(p)
+                else:
+                    keep.append(p)
+            self.pending = keep
         if not ready:
             return None
-        self.pending = [p for p in self.pending if not (flush_all or p.ready_at <= now)]
         # each process's spans as a list of byte pieces, joined once per process (no bytes per span)
         by_pid: dict[int, list[bytes]] = {}
         alias = self.alias.get

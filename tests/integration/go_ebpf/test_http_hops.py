@@ -10,8 +10,12 @@ both programs report, independently of anything gotel joins on."""
 from __future__ import annotations
 
 import asyncio
+import json
+import ssl
 import tempfile
 import threading
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -67,10 +71,15 @@ async def client(env: Env, url: str, *args: str) -> tuple[int, list[dict[str, An
         gate.parent.rmdir()
 
 
-def by_status(env: Env, pid: int, kind: int) -> dict[int, Any]:
+def by_status(env: Env, pid: int, kind: int, port: int) -> dict[int, Any]:
+    """Spans by status, on the fixture's HTTP port only (other programs on this machine may pull its pprof
+    endpoint, which is served by the same net/http)."""
     out: dict[int, Any] = {}
     for _, s in env.spans(pid, kind):
-        st = attr_dict(s.attributes)["http.response.status_code"]
+        a = attr_dict(s.attributes)
+        if a.get("server.port") != port:
+            continue
+        st = a["http.response.status_code"]
         assert st not in out, f"two spans with status {st}"
         out[st] = s
     return out
@@ -91,9 +100,11 @@ async def one_round(env: Env, srv: goapps.RunningApp, scheme: str, *args: str, n
     await until(lambda: len([r for r in srv.records() if r.get("event") == "handled"]) == handled_before + n, 10)
     handled = [r for r in srv.records() if r.get("event") == "handled"][handled_before:]
     assert {r["status"] for r in handled} == statuses  # the server's own log: the same n requests
-    await until(lambda: len(env.spans(srv.pid, SERVER)) >= n and len(env.spans(pid, CLIENT)) >= n, 15)
+    await until(lambda: len(by_status(env, srv.pid, SERVER, srv.ports["http"])) >= n
+                and len(env.spans(pid, CLIENT)) >= n, 15)
     await asyncio.sleep(0.5)  # anything extra would arrive now
-    servers, clients = by_status(env, srv.pid, SERVER), by_status(env, pid, CLIENT)
+    port = srv.ports["http"]
+    servers, clients = by_status(env, srv.pid, SERVER, port), by_status(env, pid, CLIENT, port)
     assert set(servers) == statuses and set(clients) == statuses  # exact counts, each status once
     wrong = [(st, servers[st].parent_span_id.hex(), clients[st].span_id.hex()) for st in statuses
              if servers[st].parent_span_id != clients[st].span_id or servers[st].trace_id != clients[st].trace_id]
@@ -133,8 +144,8 @@ async def test_incoming_traceparent_and_tracestate(env: Env) -> None:
             assert r.status == 210 + n_extra
         handled = srv.wait_for(lambda r, st=210 + n_extra: r.get("event") == "handled" and r["status"] == st)
         assert handled["traceparent"] == f"00-{tp_trace}-{tp_span}-01" and handled["tracestate"] == ts
-        await until(lambda: env.spans(srv.pid, SERVER), 10)
-        (_, s), = env.spans(srv.pid, SERVER)
+        await until(lambda: by_status(env, srv.pid, SERVER, srv.ports["http"]), 10)
+        (s,) = by_status(env, srv.pid, SERVER, srv.ports["http"]).values()
         assert s.trace_id.hex() == tp_trace and s.parent_span_id.hex() == tp_span, n_extra
         assert s.trace_state == ts
     # a traced Go caller sending a traceparent of its own (as an SDK-instrumented Go program does): its
@@ -142,8 +153,8 @@ async def test_incoming_traceparent_and_tracestate(env: Env) -> None:
     env.sink.received.traces.clear()
     pid, _ = await client(env, f"http://127.0.0.1:{srv.ports['http']}/echo?status=202",
                           "-traceparent", f"00-{tp_trace}-{tp_span}-01")
-    await until(lambda: env.spans(srv.pid, SERVER) and env.spans(pid, CLIENT), 10)
-    (_, s), = env.spans(srv.pid, SERVER)
+    await until(lambda: by_status(env, srv.pid, SERVER, srv.ports["http"]) and env.spans(pid, CLIENT), 10)
+    (s,) = by_status(env, srv.pid, SERVER, srv.ports["http"]).values()
     (_, c), = env.spans(pid, CLIENT)
     assert c.trace_id.hex() == tp_trace and c.parent_span_id.hex() == tp_span
     assert s.trace_id.hex() == tp_trace and s.parent_span_id == c.span_id
@@ -161,3 +172,52 @@ async def test_tls_http1_and_http2_two_processes(env: Env, tmp_path: Path) -> No
     assert {r["proto"] for r in calls} == {"HTTP/2.0"} and sum(r["reused"] for r in calls) >= len(calls) - 3
     calls = await one_round(env, srv, "https", "-h2", "-fresh", cafile=cert)
     assert {r["proto"] for r in calls} == {"HTTP/2.0"}
+
+
+@pytest.mark.parametrize("mode", ["http1", "http1-fresh", "tls-http1", "tls-http2"])
+async def test_one_process_client_and_server(env: Env, mode: str, tmp_path: Path) -> None:
+    """One traced process serves a request and, while serving it, calls itself (from the handler's goroutine
+    or one it starts): SDK caller (traceparent) -> outer server span -> client span -> served downstream
+    request, one trace with the right parents, for every request."""
+    cert = str(tmp_path / "cert.pem")
+    tls_on = mode.startswith("tls")
+    args = [*(("-tls", "-cert-out", cert, "-ca", cert) if tls_on else ()),
+            *(("-h2",) if mode == "tls-http2" else ()), *(("-fresh",) if mode.endswith("fresh") else ())]
+    srv = await server(env, *args)
+    scheme = "https" if tls_on else "http"
+    ssl_ctx = ssl.create_default_context(cafile=cert) if tls_on else None
+    base = f"{scheme}://127.0.0.1:{srv.ports['http']}"
+    tp_trace = "5bf92f3577b34da6a3ce929d0e0e4736"
+    n = 24
+
+    def call(i: int) -> int:
+        down = f"{base}/users/{i}?status={400 + i}"
+        url = f"{base}/echo?status={210 + i}&downstream={urllib.parse.quote(down, safe='')}" + (
+            "&downstream_go=1" if i % 2 else "")
+        req = urllib.request.Request(url, headers={"traceparent": f"00-{tp_trace}-{i + 1:016x}-01"})
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=ssl_ctx) as r:
+                body = json.loads(r.read())
+                assert body["downstream"]["status"] == 400 + i, body
+                return int(r.status)
+        except urllib.error.HTTPError as err:
+            return int(err.code)
+
+    env.sink.received.traces.clear()
+    for i in range(n):
+        assert await asyncio.to_thread(call, i) == 210 + i
+    await until(lambda: len([r for r in srv.records() if r.get("event") == "handled"]) >= 2 * n, 10)
+    handled = [r for r in srv.records() if r.get("event") == "handled"]
+    assert len(handled) == 2 * n
+    assert {r["proto"] for r in handled if r["status"] >= 400} == {"HTTP/2.0" if mode == "tls-http2" else "HTTP/1.1"}
+    await until(lambda: len(by_status(env, srv.pid, SERVER, srv.ports["http"])) >= 2 * n
+                and len(env.spans(srv.pid, CLIENT)) >= n, 15)
+    await asyncio.sleep(0.5)
+    port = srv.ports["http"]
+    servers, clients = by_status(env, srv.pid, SERVER, port), by_status(env, srv.pid, CLIENT, port)
+    assert len(servers) == 2 * n and len(clients) == n, (sorted(servers), sorted(clients))
+    for i in range(n):
+        outer, c, inner = servers[210 + i], clients[400 + i], servers[400 + i]
+        assert outer.trace_id.hex() == tp_trace and outer.parent_span_id.hex() == f"{i + 1:016x}"
+        assert c.trace_id == outer.trace_id and c.parent_span_id == outer.span_id, (mode, i)
+        assert inner.trace_id == outer.trace_id and inner.parent_span_id == c.span_id, (mode, i)
