@@ -221,3 +221,27 @@ async def test_one_process_client_and_server(env: Env, mode: str, tmp_path: Path
         assert outer.trace_id.hex() == tp_trace and outer.parent_span_id.hex() == f"{i + 1:016x}"
         assert c.trace_id == outer.trace_id and c.parent_span_id == outer.span_id, (mode, i)
         assert inner.trace_id == outer.trace_id and inner.parent_span_id == c.span_id, (mode, i)
+
+
+async def test_stripped_binaries_are_not_joined_by_guess() -> None:
+    """Without DWARF no connection, order or header can be read: every request still gives both spans, and
+    none is joined (nothing is guessed); the traceparent is not read either."""
+    env = Env("go1.27", stripped=True)
+    env.binary = goapps.build("httpapp", "go1.27", stripped=True)
+    await env.start()
+    try:
+        app = await asyncio.to_thread(goapps.start, "httpapp", "server", "-log", toolchain="go1.27", stripped=True)
+        env.apps.append(app)
+        await until(lambda: app.pid in env.r.attached_pids, 10)
+        n = 20
+        pid, recs = await client(env, f"http://127.0.0.1:{app.ports['http']}/echo", "-n", str(n),
+                                 "-traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        assert len([r for r in recs if "i" in r]) == n
+        # stripped: no server.port attribute to filter on; the client's spans are this run's only
+        await until(lambda: len(env.spans(pid, CLIENT)) >= n and len(env.spans(app.pid, SERVER)) >= n, 15)
+        await asyncio.sleep(0.5)
+        assert len(env.spans(pid, CLIENT)) == n
+        assert not any(s.parent_span_id for _, s in env.spans(app.pid, SERVER))
+        assert len({s.trace_id for _, s in env.spans(app.pid, SERVER)}) == len(env.spans(app.pid, SERVER))
+    finally:
+        await env.close()
