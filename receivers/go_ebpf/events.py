@@ -265,8 +265,8 @@ class _Pending:
     building Span messages cost ~40 us each; only the ids that stitching may still change stay separate,
     with what stitching matches on."""
 
-    __slots__ = ("body", "end", "flags", "ip", "lport", "parent_span_id", "pid", "ready_at", "rport", "span_id",
-                 "start", "stream_id", "tp", "trace", "ts", "type")
+    __slots__ = ("body", "end", "flags", "ip", "lport", "netns", "parent_span_id", "pid", "ready_at", "rport",
+                 "span_id", "start", "stream_id", "tp", "trace", "ts", "type")
 
     def __init__(self, span_id: bytes, parent_span_id: bytes, body: bytes, ready_at: float, trace: bytes,
                  pid: int, typ: int, flags: int, stream_id: int, lport: int, rport: int, ip: str | None,
@@ -286,6 +286,7 @@ class _Pending:
         self.tp = tp  # incoming traceparent (gRPC and HTTP servers), raw
         self.ts = ""  # the W3C tracestate that comes with a continued traceparent (HTTP server)
         self.start = self.end = 0  # unix ns: a caller's span covers the start of its callee's
+        self.netns = 0  # the process's network namespace, for loopback connections only
 
     def encode_into(self, parts: list[bytes], trace_id: bytes) -> None:
         """Appends the span as ScopeSpans.spans (field 2) pieces: trace id, span id, parent, the rest."""
@@ -341,6 +342,7 @@ class ProcState:
     counters: dict[tuple[str, tuple[tuple[str, Any], ...]], int] = field(default_factory=dict)
     gone: bool = False
     gone_at: float = 0.0
+    netns: int = 0  # network namespace inode: loopback connections are joined only inside one
 
 
 class Assembler:
@@ -363,8 +365,8 @@ class Assembler:
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
 
     # ---- processes ----
-    def add_process(self, pid: int, resource: dict[str, Any]) -> None:
-        self.procs[pid] = ProcState(resource, time.time_ns())
+    def add_process(self, pid: int, resource: dict[str, Any], netns: int = 0) -> None:
+        self.procs[pid] = ProcState(resource, time.time_ns(), netns=netns)
 
     def remove_process(self, pid: int) -> None:
         st = self.procs.get(pid)
@@ -452,8 +454,11 @@ class Assembler:
         p.start, p.end = start, end
         if http and flags & E_HTTP_TS and flags & E_HTTP_TP:
             p.ts = _cstr(rec[_HOPS_TS:RECORD_SIZE])
+        if ip is not None and (ip.startswith("127.") or ip == "::1"):
+            # the same loopback 4-tuple exists in every network namespace (pods): joined only within one
+            p.netns = st.netns
         if (typ == T_GRPC_CLIENT and flags & E_STREAM_ID or typ == T_HTTP_CLIENT and flags & E_HTTP_CONN) and lport:
-            self.clients[(ip, lport, rport, stream_id)] = p
+            self.clients[(ip, lport, rport, stream_id, p.netns)] = p
             if len(self.clients) > self.index_size:
                 self.clients.popitem(last=False)
         self.pending.append(p)
@@ -495,7 +500,7 @@ class Assembler:
         # gRPC: the connection and the HTTP/2 stream id; HTTP: the connection and the request's order on it
         # (HTTP/1) or its stream id (HTTP/2)
         if (p.flags & E_STREAM_ID if p.type == T_GRPC_SERVER else p.flags & E_HTTP_CONN) and p.rport:
-            hit = self.clients.get((p.ip, p.rport, p.lport, p.stream_id))
+            hit = self.clients.get((p.ip, p.rport, p.lport, p.stream_id, p.netns))
             # the client span must cover the server span's start: an index entry left by an earlier connection
             # that had the same ports (a client port reused after a fresh connection closed) does not, and the
             # right client record may come a poll later

@@ -289,3 +289,17 @@ def test_http_traceparent_and_tracestate_continued_and_children_wait_for_it() ->
     assert out[20].trace_id == TP_TRACE and out[20].parent_span_id.hex() == TP_SPAN  # type: ignore[attr-defined]
     assert out[20].trace_state == "rojo=1"  # type: ignore[attr-defined]
     assert out[41].trace_id == TP_TRACE  # type: ignore[attr-defined]
+
+
+def test_loopback_connections_join_only_inside_one_network_namespace() -> None:
+    """127.0.0.1:40000 -> 127.0.0.1:8080 exists in every pod's namespace: never joined across them."""
+    for same in (True, False):
+        a = Assembler(stitch_window=0.1)
+        a.add_process(42, {"process.pid": 42}, netns=1)
+        a.add_process(43, {"process.pid": 43}, netns=1 if same else 2)
+        assert a.add(http_rec(T_HTTP_SERVER, span=21, pid=43, seq=1, lport=8080, rport=40000, start=10, end=50,
+                              trace=(5, 1)), 0, 0.0)
+        assert a.add(http_rec(T_HTTP_CLIENT, span=31, pid=42, seq=1, lport=40000, rport=8080, start=0, end=60,
+                              trace=(8, 1)), 0, 0.0)
+        out = spans(a)
+        assert (int.from_bytes(out[21].parent_span_id, "little") == 31) == same  # type: ignore[attr-defined]
