@@ -11,6 +11,8 @@ GOTEL_NO_TRIM=1 turns all of it off (bench/footprint measures the agent with and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -19,6 +21,10 @@ import os
 
 log = logging.getLogger(__name__)
 
+# How often a long-running gotel process returns its C heap's free pages: binaries analysed and
+# programs compiled after start-up (new processes to trace), and batches, leave freed heap behind
+# too. A trim takes about a millisecond.
+TRIM_INTERVAL = 10.0
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 RECEIVER_ARENAS = 2
 
@@ -66,3 +72,13 @@ def settle() -> None:
         return
     gc.collect()
     trim()
+
+
+async def trim_until(stop: asyncio.Event, interval: float = TRIM_INTERVAL) -> None:
+    """Waits for stop: settle() at once (start-up is over), then trim() every interval, off the loop."""
+    settle()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+        if not stop.is_set() and enabled():
+            await asyncio.to_thread(trim)

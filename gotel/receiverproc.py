@@ -19,7 +19,7 @@ from typing import Any
 from gotel.component import RECEIVER_ID_HEADER, ComponentID, Exporter, ExporterFactory, Kind, ReceiverFactory
 from gotel.ebpf.checks import BpfUnavailableError, require_bpf
 from gotel.exporterhelper import QueuedExporter
-from gotel.memory import settle, trim
+from gotel.memory import trim_until
 from gotel.pdata import Signal
 from gotel.registry import GROUPS, registry
 from gotel.selfmetrics import TELEMETRY_HEADER, MergedRegistry, families_to_otlp
@@ -31,10 +31,6 @@ log = logging.getLogger("gotel.receiver")
 # EX_CONFIG: this host lacks what the receiver needs (BPF, capabilities, headers); a quick restart will
 # not help, so the supervisor waits its longest backoff before trying again.
 EXIT_CANNOT_RUN = 78
-# How often a receiver process returns its C heap's free pages (memory.trim): binaries analysed and
-# programs compiled after start-up (new processes to trace) leave freed heap behind too. A trim of a
-# receiver's heap takes about a millisecond.
-TRIM_INTERVAL = 10.0
 
 
 def load_one(kind: Kind, typ: str) -> tuple[Any, str]:
@@ -139,12 +135,7 @@ async def run_receiver(
         receiver = factory.create(config, sinks, make_context(tel, cid, Kind.RECEIVER))
         await receiver.start()
         log.info("receiver %s running: %s to %s", cid, ", ".join(signals), exporter_cfg.get("endpoint"))
-        settle()
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), TRIM_INTERVAL)
-            if not stop.is_set():
-                await asyncio.to_thread(trim)
+        await trim_until(stop)  # the C heap's free pages go back to the kernel while the receiver runs
     except BpfUnavailableError as e:
         # Not a crash: the host lacks what the receiver needs. The message lists each fix.
         log.error("receiver %s cannot run: %s", cid, e)

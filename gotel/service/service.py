@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from gotel.component import Component, ComponentID, Kind, Receiver, ReceiverFactory
 from gotel.config.model import Config
 from gotel.exporterhelper import StorageError
+from gotel.memory import trim_until
 from gotel.pdata import Metrics, Signal
 from gotel.registry import registry
 from gotel.selfmetrics import MergedRegistry, families_to_otlp
@@ -194,7 +195,7 @@ class Service:
                 log.exception("gotel failed to start")
                 await self.shutdown()
                 return 1
-            await self._stop.wait()
+            await trim_until(self._stop)  # start-up's and batches' freed C heap goes back to the kernel
             await self.shutdown()
             return 0
         finally:
