@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import gc
 import logging
 import os
@@ -40,7 +39,8 @@ def _c() -> ctypes.CDLL | None:
     global _libc
     if _libc is None:
         try:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            # not ctypes.util.find_library: it forks `ldconfig -p`, and gRPC's threads may be running
+            lib = ctypes.CDLL("libc.so.6")
             lib.malloc_trim  # noqa: B018  # raises AttributeError when absent
             lib.mallopt  # noqa: B018
         except (OSError, AttributeError):
