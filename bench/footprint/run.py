@@ -3,8 +3,9 @@
     .venv/bin/python bench/footprint/run.py [--settle 20] [--calls 2000]
 
 The embedded default config (go_ebpf, go_runtime, process, pprof; its two fixed ports replaced by free
-ones) runs with `gotel run` while it traces the grpcapp fixture's server, which a client drives with
-calls. Measured in the same run, one after the other against the same server:
+ones, and each receiver's discovery narrowed to the fixture's pid: other Go processes on a shared host
+would make the figure theirs) runs with `gotel run` while it traces the grpcapp fixture's server, which
+a client drives with calls. Measured in the same run, one after the other against the same server:
 
 * a bare Python interpreter (`python -c` sleeping): the floor of any Python process here;
 * the agent with GOTEL_NO_TRIM=1: no malloc_trim after BPF compiles, no MALLOC_ARENA_MAX for the
@@ -15,7 +16,7 @@ Start-up peak: the largest PSS sum over the agent's tree while it starts and att
 0.1 s), and each process's VmHWM (peak RSS, shared pages counted in full). Steady: the median of five
 samples, one a second, after the calls and --settle seconds. The tree is found by pid, never by name.
 Goal (issue 20): steady PSS <= 200 MB in all. Never fails on the figures: it prints them and ratios.
-Needs root (the eBPF receivers).
+Needs root (the eBPF receivers). docs/performance.md explains the figures.
 """
 
 from __future__ import annotations
