@@ -6,7 +6,8 @@ returns the top of the heap by itself; malloc_trim(0) also releases the free pag
 Each thread that allocates may get its own arena (up to 8 per core), and every arena keeps its own
 free pages; a receiver process has a few busy threads (gRPC, the executor), so two arenas suffice.
 
-GOTEL_NO_TRIM=1 turns all of it off (bench/footprint measures the agent with and without).
+GOTEL_NO_TRIM=1 turns all of it off (bench/footprint measures the agent with and without). Sharing
+import pages between receiver processes is gotel.forkserver's (GOTEL_NO_FORKSERVER=1).
 """
 
 from __future__ import annotations

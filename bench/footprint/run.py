@@ -8,9 +8,10 @@ would make the figure theirs) runs with `gotel run` while it traces the grpcapp 
 a client drives with calls. Measured in the same run, one after the other against the same server:
 
 * a bare Python interpreter (`python -c` sleeping): the floor of any Python process here;
-* the agent with GOTEL_NO_TRIM=1: no malloc_trim after BPF compiles, no MALLOC_ARENA_MAX for the
-  receiver processes, no gc.freeze (the "before" of gotel.memory);
-* the agent as it ships.
+* "before": the agent with GOTEL_NO_TRIM=1 GOTEL_NO_FORKSERVER=1: no malloc_trim, no arena cap
+  (gotel.memory), every receiver process a fresh interpreter (no gotel.forkserver);
+* "trim only": GOTEL_NO_FORKSERVER=1;
+* "shipped": the agent as it ships (trims, and receiver processes forked from the fork server).
 
 Start-up peak: the largest PSS sum over the agent's tree while it starts and attaches (sampled every
 0.1 s), and each process's VmHWM (peak RSS, shared pages counted in full). Steady: the median of five
@@ -126,29 +127,35 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="gotel-footprint-") as tmp:
             bare = bare_python()
-            runs = [run_agent(label, env, server, args.calls, args.settle, Path(tmp))
-                    for label, env in (("untrimmed", {"GOTEL_NO_TRIM": "1"}), ("shipped", {}))]
+            runs = [run_agent(label, env, server, args.calls, args.settle, Path(tmp)) for label, env in (
+                ("before", {"GOTEL_NO_TRIM": "1", "GOTEL_NO_FORKSERVER": "1"}),
+                ("trim only", {"GOTEL_NO_FORKSERVER": "1"}),
+                ("shipped", {}))]
     finally:
         server.stop()
-    before, after = runs
+    before, trim_only, after = runs
+    nan = float("nan")
     print(f"bare Python interpreter: {bare:.1f} MB PSS")
-    print("steady PSS per process (MB): untrimmed (GOTEL_NO_TRIM=1) | shipped | ratio   [private MB shipped; "
-          "PSS anon / file shipped]")
-    by_name = {m.name: m for m in before.steady}
-    for m in after.steady:
-        b = by_name.get(m.name)
-        bp = _mb(b.kib["Pss"]) if b else float("nan")
-        ap_ = _mb(m.kib["Pss"])
-        print(f"  {m.name:<22} {bp:7.1f} | {ap_:7.1f} | {ap_ / bp:5.2f}x   [{_mb(m.kib['Private_Clean'] + m.kib['Private_Dirty']):6.1f}; "
-              f"{_mb(m.kib.get('Pss_Anon', 0)):6.1f} / {_mb(m.kib.get('Pss_File', 0)):6.1f}]  = {ap_ / bare:4.1f}x bare Python")
-    print(f"  {'total':<22} {before.steady_pss:7.1f} | {after.steady_pss:7.1f} | {after.steady_pss / before.steady_pss:5.2f}x"
-          f"   (goal <= 200 MB: {'met' if after.steady_pss <= 200 else 'NOT met'})")
-    print(f"start-up peak, PSS summed over the tree (MB): untrimmed {before.peak_pss:.1f} | shipped {after.peak_pss:.1f}"
-          f" | {after.peak_pss / before.peak_pss:.2f}x")
-    print("start-up peak RSS per process, VmHWM (MB; shared pages counted in each): untrimmed | shipped")
-    for name, v in after.hwm.items():
-        print(f"  {name:<22} {before.hwm.get(name, float('nan')):7.1f} | {v:7.1f}")
-    print(f"time until go_ebpf traced the server: untrimmed {before.startup_s:.1f} s | shipped {after.startup_s:.1f} s")
+    print("steady PSS per process (MB): before | trim only | shipped | shipped/before   [shipped: private MB; "
+          "PSS anon / file]")
+    pss = [{m.name: _mb(m.kib["Pss"]) for m in r.steady} for r in runs]
+    names = list(dict.fromkeys([m.name for r in runs for m in r.steady]))
+    shipped = {m.name: m for m in after.steady}
+    for name in names:
+        b, t, a = (p.get(name, nan) for p in pss)
+        m = shipped.get(name)
+        extra = (f"[{_mb(m.kib['Private_Clean'] + m.kib['Private_Dirty']):6.1f}; {_mb(m.kib.get('Pss_Anon', 0)):6.1f} / "
+                 f"{_mb(m.kib.get('Pss_File', 0)):6.1f}]") if m else ""
+        print(f"  {name:<22} {b:7.1f} | {t:7.1f} | {a:7.1f} | {a / b:5.2f}x   {extra}")
+    print(f"  {'total':<22} {before.steady_pss:7.1f} | {trim_only.steady_pss:7.1f} | {after.steady_pss:7.1f} | "
+          f"{after.steady_pss / before.steady_pss:5.2f}x   (goal <= 200 MB: {'met' if after.steady_pss <= 200 else 'NOT met'})")
+    print(f"  = {after.steady_pss / bare:.1f}x a bare Python interpreter")
+    print(f"start-up peak, PSS summed over the tree (MB): before {before.peak_pss:.1f} | trim only "
+          f"{trim_only.peak_pss:.1f} | shipped {after.peak_pss:.1f} | {after.peak_pss / before.peak_pss:.2f}x")
+    print("start-up peak RSS per process, VmHWM (MB; shared pages counted in each): before | trim only | shipped")
+    for name in names:
+        print(f"  {name:<22} " + " | ".join(f"{r.hwm.get(name, nan):7.1f}" for r in runs))
+    print("time until go_ebpf traced the server (s): " + " | ".join(f"{r.label} {r.startup_s:.1f}" for r in runs))
 
 
 if __name__ == "__main__":

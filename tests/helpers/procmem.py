@@ -57,12 +57,20 @@ def tree(root: int) -> list[int]:
 
 
 def _name(pid: int) -> str:
-    """'gotel run' for the supervisor, 'receiver go_ebpf' for a receiver process, else the command."""
+    """'gotel run' for the supervisor, 'receiver go_ebpf' for a receiver process, 'forkserver' for the
+    process the receiver processes are forked from, else the command."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
     except OSError:
         return "?"
+    if "gotel.forkserver" in argv:  # the fork server, or a receiver process it forked (named by comm)
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            return "?"
+        return "forkserver" if comm == "gotel-fork" else f"receiver {comm}"
     if "receiver" in argv and argv.index("receiver") + 1 < len(argv):
         return "receiver " + argv[argv.index("receiver") + 1]
     if "run" in argv:
