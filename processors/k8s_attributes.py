@@ -14,7 +14,7 @@ import ipaddress
 import os
 import re
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -30,9 +30,11 @@ from gotel.component import (
     ProcessorFactory,
 )
 from gotel.config.types import Duration
-from gotel.k8s.model import KeyFilter, PodInfo
-from gotel.k8s.store import DEFAULT_DELETE_GRACE, MetadataStore, Needs, StoreKey, acquire, release
+from gotel.k8s.model import DEFAULT_DELETE_GRACE, KeyFilter, PodInfo
 from gotel.pdata import Batch, Signal, kv
+
+if TYPE_CHECKING:  # the kubernetes client is imported only when a pipeline uses the processor
+    from gotel.k8s.store import MetadataStore, Needs
 
 # --- attribute names ---
 
@@ -251,6 +253,8 @@ class _Extractor:
                             for f in cfg.annotations]
 
     def needs(self) -> Needs:
+        from gotel.k8s.store import Needs
+
         n = Needs()
 
         def kf(items: list[FieldExtract], frm: str) -> KeyFilter:
@@ -417,6 +421,7 @@ class K8sAttributesProcessor(Processor):
     def _acquire(self) -> MetadataStore:
         needs = self.extract.needs()
         from gotel.k8s.client import api_client
+        from gotel.k8s.store import MetadataStore, StoreKey, acquire
 
         cfg = self.cfg
         api = api_client(cfg.auth_type, cfg.kube_config_path or None, cfg.context or None)
@@ -434,6 +439,8 @@ class K8sAttributesProcessor(Processor):
         if store is not None:
             for h in self._hooks:
                 store.remove_hook(h)
+            from gotel.k8s.store import release
+
             await asyncio.to_thread(release, store)
 
     # --- data path ---
