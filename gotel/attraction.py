@@ -65,7 +65,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
     except re.error as e:
-        raise ValueError(f'invalid regex in "pattern" {pattern!r}: {e}') from None
+        raise ValueError(f'invalid regex in "pattern" `{pattern}`: {e}') from None
 
 
 def action_problem(a: ActionConfig) -> str | None:
@@ -109,9 +109,9 @@ def action_problem(a: ActionConfig) -> str | None:
             return str(e)
         if act == "extract":
             if rx.groups == 0 or not rx.groupindex:
-                return f'"pattern" {a.pattern!r} has no named groups (write (?P<name>...))'
+                return f'"pattern" `{a.pattern}` has no named groups (write (?P<name>...))'
             if len(rx.groupindex) != rx.groups:
-                return f'"pattern" {a.pattern!r} has an unnamed group: every group must be named'
+                return f'"pattern" `{a.pattern}` has an unnamed group: every group must be named, or (?:...)'
     return None
 
 

@@ -179,6 +179,9 @@ class ProcessorFactory(Factory):
     """create(signal, config, next, context). One instance per pipeline."""
 
     create: Callable[[Signal, Any, Consumer, Context], Processor]
+    # Rules that depend on the pipeline's signal (the config alone cannot know it): a one-line problem
+    # with the config in a pipeline of that signal, or None. The config loader reports it at validation.
+    signal_problem: Callable[[Any, Signal], str | None] | None = None
     kind: ClassVar[Kind] = Kind.PROCESSOR
 
 

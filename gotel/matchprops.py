@@ -127,7 +127,7 @@ def _regex(p: str, where: str) -> re.Pattern[str]:
     try:
         return re.compile(p)
     except re.error as e:
-        raise ValueError(f"{where}: invalid regex {p!r}: {e}") from None
+        raise ValueError(f"{where}: invalid regex `{p}`: {e}") from None
 
 
 StrMatch = Callable[[str], bool]

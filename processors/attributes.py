@@ -88,6 +88,10 @@ class AttributesProcessor(Processor):
                     apply(it.attributes)
 
 
+def _signal_problem(cfg: Config, signal: Signal) -> str | None:
+    return problem(cfg.include, cfg.exclude, signal)
+
+
 def _create(signal: Signal, cfg: Config, nxt: Consumer, ctx: Context) -> Processor:
     return AttributesProcessor(signal, cfg, nxt, ctx)
 
@@ -99,4 +103,5 @@ factory = ProcessorFactory(
     description="insert, update, upsert, delete, hash (SHA-256), extract, convert span/log/data point attributes; "
     "include/exclude by service, name, kind, attributes, resource, library, log body/severity, metric name.",
     create=_create,
+    signal_problem=_signal_problem,
 )
