@@ -23,10 +23,6 @@ SPAN_KINDS = ("SPAN_KIND_CLIENT", "SPAN_KIND_CONSUMER", "SPAN_KIND_INTERNAL", "S
               "SPAN_KIND_SERVER")
 _KIND_NAMES = ("SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT",
                "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER")
-SEVERITY_NAMES = {"UNSPECIFIED": 0, "TRACE": 1, "TRACE2": 2, "TRACE3": 3, "TRACE4": 4, "DEBUG": 5, "DEBUG2": 6,
-                  "DEBUG3": 7, "DEBUG4": 8, "INFO": 9, "INFO2": 10, "INFO3": 11, "INFO4": 12, "WARN": 13,
-                  "WARN2": 14, "WARN3": 15, "WARN4": 16, "ERROR": 17, "ERROR2": 18, "ERROR3": 19, "ERROR4": 20,
-                  "FATAL": 21, "FATAL2": 22, "FATAL3": 23, "FATAL4": 24}
 NIL_SERVICE = "<nil-service-name>"
 
 
@@ -46,19 +42,9 @@ class LibraryMatch(ComponentConfig):
 
 
 class SeverityNumberMatch(ComponentConfig):
-    min: int | str = Field(0, description="lowest severity number (or name: INFO, WARN, ...) that matches")
-    match_undefined: bool = False
-
-    def min_number(self) -> int:
-        if isinstance(self.min, int):
-            return self.min
-        return SEVERITY_NAMES[self.min.upper()]
-
-    @model_validator(mode="after")
-    def _name(self) -> SeverityNumberMatch:
-        if isinstance(self.min, str) and self.min.upper() not in SEVERITY_NAMES:
-            raise ValueError(f'unknown severity "{self.min}" (valid: a number or {", ".join(SEVERITY_NAMES)})')
-        return self
+    # a number, as the collector takes it (it refuses names such as "WARN")
+    min: int = Field(0, ge=0, le=24, description="lowest severity number that matches (9 = INFO, 13 = WARN, 17 = ERROR)")
+    match_undefined: bool = Field(False, description="whether records without a severity number match")
 
 
 class MatchProperties(ComponentConfig):
@@ -120,6 +106,11 @@ class MatchProperties(ComponentConfig):
                     or self.log_severity_texts or self.log_severity_number is not None):
                 return ('give at least one of "attributes", "resources", "libraries", "log_bodies", '
                         '"log_severity_texts" or "log_severity_number" for log records')
+        elif signal == Signal.METRICS:
+            bad = [f for f in ("span_names", "span_kinds", "log_bodies", "log_severity_texts", "log_severity_number",
+                               "services", "attributes", "libraries") if getattr(self, f)]
+            if bad:
+                return f"{', '.join(bad)} cannot be used for metrics (only metric_names, and resources)"
         return None
 
 
@@ -195,7 +186,7 @@ class Matcher:
         self.bodies = _string_set(mp.log_bodies, rx) if mp.log_bodies else None
         self.sev_texts = _string_set(mp.log_severity_texts, rx) if mp.log_severity_texts else None
         sn = mp.log_severity_number
-        self.sev_num = (sn.min_number(), sn.match_undefined) if sn is not None else None
+        self.sev_num = (sn.min, sn.match_undefined) if sn is not None else None
         self.libraries = [(_string_set([lib.name], rx), _string_set([lib.version], rx) if lib.version is not None
                            else None) for lib in mp.libraries]
         self.attrs = _Attrs(mp.attributes, rx)

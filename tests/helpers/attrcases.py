@@ -264,6 +264,10 @@ def cases() -> list[Case]:
             "exclude": {"match_type": "strict", "metric_names": ["rpc.duration"]},
             "actions": [{"key": "code", "action": "convert", "converted_type": "int"}]}, Signal.METRICS,
             metrics([("http.server.duration", [{"code": "200"}]), ("rpc.duration", [{"code": "5"}])])),
+        Case("metric_resources", "attributes", {
+            "include": {"match_type": "strict", "resources": [{"key": "service.name", "value": "other"}]},
+            "actions": [{"key": "seen", "value": True, "action": "insert"}]}, Signal.METRICS,
+            metrics([("m1", [{}]), ("m2", [{"a": 1}])])),
         Case("resource_readme", "resource", {"attributes": [
             {"key": "cloud.availability_zone", "value": "zone-1", "action": "upsert"},
             {"key": "k8s.cluster.name", "from_attribute": "k8s-cluster", "action": "insert"},

@@ -137,6 +137,8 @@ def test_logs_and_metrics_matching() -> None:
     h = hashlib.sha256(b"u1").hexdigest()
     assert run("metric_names") == [{"user": h, "region": "eu"}, {"region": "eu"}, {"user": "u2"}]
     assert run("metric_names_exclude") == [{"code": 200}, {"code": "5"}]
+    # `resources` is accepted for metrics and, as in the collector, restricts nothing
+    assert run("metric_resources") == [{"seen": True}, {"a": 1, "seen": True}]
 
 
 def test_from_context_reads_the_request_metadata() -> None:
@@ -240,6 +242,16 @@ def test_match_properties_errors() -> None:
                   {"traces": ["attributes"]}) == [
         'processors::attributes: in a traces pipeline: include: span_kinds "server" is not a span kind (valid: '
         'SPAN_KIND_CLIENT, SPAN_KIND_CONSUMER, SPAN_KIND_INTERNAL, SPAN_KIND_PRODUCER, SPAN_KIND_SERVER)']
+    assert errors({"attributes": {"actions": act, "include": {"match_type": "strict",
+                                                              "log_severity_number": {"min": "WARN"}}}},
+                  {"logs": ["attributes"]}) == [  # the collector refuses a name too
+        "processors::attributes::include::log_severity_number::min: Input should be a valid integer, unable to "
+        "parse string as an integer (got 'WARN')"]
+    assert errors({"attributes": {"actions": act, "include": {"match_type": "strict", "services": ["a"],
+                                                              "libraries": [{"name": "x"}]}}},
+                  {"metrics": ["attributes"]}) == [
+        "processors::attributes: in a metrics pipeline: include: services, libraries cannot be used for metrics "
+        "(only metric_names, and resources)"]
     assert errors({"attributes": {"actions": []}}, {"traces": ["attributes"]}) == [
         'processors::attributes: missing required key "actions" (a list of attribute actions)']
     assert errors({"attributes": {"actions": act}}, {"profiles": ["attributes"]}) == [
