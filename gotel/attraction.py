@@ -257,25 +257,20 @@ def context_value(name: str) -> str | None:
 
 
 Kvs = Any  # a protobuf repeated KeyValue field
-Op = Callable[[Kvs], None]
+# An action on (the KeyValue field, the list of its keys): the keys are read once per item and kept in
+# step with the field, so that finding a key is a C-level list scan instead of a Python loop over messages.
+Op = Callable[[Kvs, list[str]], None]
 
 
-def _find(kvs: Kvs, key: str) -> Any:
-    for x in kvs:
-        if x.key == key:
-            return x
-    return None
-
-
-def _remove(kvs: Kvs, key: str) -> None:
-    for i, x in enumerate(kvs):
-        if x.key == key:
-            del kvs[i]
-            return
-
-
-def _matching_keys(rx: re.Pattern[str] | None, kvs: Kvs) -> list[str]:
-    return [x.key for x in kvs if rx.search(x.key)] if rx is not None else []
+def _key_bytes(key: str) -> bytes:
+    """How a KeyValue with this key starts on the wire (field 1, length, UTF-8)."""
+    data = key.encode()
+    n, head = len(data), bytearray(b"\x0a")
+    while n >= 0x80:
+        head.append((n & 0x7F) | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + data
 
 
 class AttrActions:
@@ -284,10 +279,30 @@ class AttrActions:
     def __init__(self, actions: list[ActionConfig]) -> None:
         self.ops: list[Op] = [self._op(a) for a in actions]
         self.uses_context = any(a.from_context for a in actions)
+        # Wire patterns without which an action can do nothing (None: it may act on any item).
+        triggers = [self._trigger(a) for a in actions]
+        self.triggers: list[bytes] | None = (
+            None if any(t is None for t in triggers) else [t for ts in triggers if ts for t in ts])
 
     def apply(self, kvs: Kvs) -> None:
+        keys = [x.key for x in kvs]
         for op in self.ops:
-            op(kvs)
+            op(kvs, keys)
+
+    def may_act(self, wire: bytes) -> bool:
+        """False when the encoded request holds none of the keys every action needs: nothing to do."""
+        return self.triggers is None or any(t in wire for t in self.triggers)
+
+    @staticmethod
+    def _trigger(a: ActionConfig) -> list[bytes] | None:
+        act = a.action.lower()
+        if act in ("insert", "update", "upsert"):
+            if a.from_attribute:
+                return [_key_bytes(a.from_attribute)]
+            return [_key_bytes(a.key)] if act == "update" else None
+        if a.pattern and act in ("delete", "hash"):
+            return None
+        return [_key_bytes(a.key)]
 
     @staticmethod
     def _op(a: ActionConfig) -> Op:  # noqa: C901 - one small closure per action kind
@@ -298,7 +313,7 @@ class AttrActions:
             src_attr, src_ctx = a.from_attribute, a.from_context
             do_insert, do_update = act != "update", act != "insert"
 
-            def set_op(kvs: Kvs) -> None:
+            def set_op(kvs: Kvs, keys: list[str]) -> None:
                 if const is not None:
                     val = const
                 elif src_ctx:
@@ -306,70 +321,73 @@ class AttrActions:
                     if s is None:
                         return
                     val = any_value(s)
+                elif src_attr in keys:
+                    if src_attr == key:
+                        return  # copying an attribute onto itself
+                    val = kvs[keys.index(src_attr)].value
                 else:
-                    found = _find(kvs, src_attr)
-                    if found is None:
-                        return
-                    val = found.value
-                cur = _find(kvs, key)
-                if cur is None:
-                    if do_insert:
-                        kv = kvs.add()
-                        kv.key = key
-                        kv.value.CopyFrom(val)
-                elif do_update and cur.value is not val:
-                    cur.value.CopyFrom(val)
+                    return
+                if key in keys:
+                    if do_update:
+                        kvs[keys.index(key)].value.CopyFrom(val)
+                elif do_insert:
+                    kvs.add(key=key).value.CopyFrom(val)
+                    keys.append(key)
 
             return set_op
         if act == "delete":
 
-            def delete_op(kvs: Kvs) -> None:
-                if key:
-                    _remove(kvs, key)
-                for k in _matching_keys(rx, kvs):
-                    _remove(kvs, k)
+            def delete_op(kvs: Kvs, keys: list[str]) -> None:
+                if key in keys:
+                    i = keys.index(key)
+                    del kvs[i]
+                    del keys[i]
+                if rx is not None:
+                    for k in [k for k in keys if rx.search(k)]:
+                        if k in keys:  # a duplicate key is removed once per match, as the collector does
+                            i = keys.index(k)
+                            del kvs[i]
+                            del keys[i]
 
             return delete_op
         if act == "hash":
 
-            def hash_one(kvs: Kvs, k: str) -> None:
-                found = _find(kvs, k)
-                if found is not None:
-                    found.value.string_value = hash_value(found.value)
-
-            def hash_op(kvs: Kvs) -> None:
-                if key:
-                    hash_one(kvs, key)
-                for k in _matching_keys(rx, kvs):
-                    hash_one(kvs, k)
+            def hash_op(kvs: Kvs, keys: list[str]) -> None:
+                if key in keys:
+                    v = kvs[keys.index(key)].value
+                    v.string_value = hash_value(v)
+                if rx is not None:
+                    for k in [k for k in keys if rx.search(k)]:
+                        v = kvs[keys.index(k)].value
+                        v.string_value = hash_value(v)
 
             return hash_op
         if act == "extract":
             assert rx is not None
             names = sorted(rx.groupindex, key=rx.groupindex.__getitem__)
 
-            def extract_op(kvs: Kvs) -> None:
-                found = _find(kvs, key)
-                if found is None or found.value.WhichOneof("value") != "string_value":
+            def extract_op(kvs: Kvs, keys: list[str]) -> None:
+                if key not in keys:
                     return
-                m = rx.search(found.value.string_value)
+                v = kvs[keys.index(key)].value
+                if v.WhichOneof("value") != "string_value":
+                    return
+                m = rx.search(v.string_value)
                 if m is None:
                     return
                 for name in names:
-                    v = m.group(name) or ""  # Go gives "" for a group that did not take part
-                    cur = _find(kvs, name)
-                    if cur is None:
-                        cur = kvs.add()
-                        cur.key = name
-                    cur.value.string_value = v
+                    g = m.group(name) or ""  # Go gives "" for a group that did not take part
+                    if name in keys:
+                        kvs[keys.index(name)].value.string_value = g
+                    else:
+                        kvs.add(key=name).value.string_value = g
+                        keys.append(name)
 
             return extract_op
         to = a.converted_type
 
-        def convert_op(kvs: Kvs) -> None:
-            found = _find(kvs, key)
-            if found is not None:
-                convert_value(found.value, to)
+        def convert_op(kvs: Kvs, keys: list[str]) -> None:
+            if key in keys:
+                convert_value(kvs[keys.index(key)].value, to)
 
         return convert_op
-

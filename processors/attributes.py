@@ -53,6 +53,9 @@ class AttributesProcessor(Processor):
         await self.next.consume(batch)
 
     def process(self, batch: Batch) -> None:
+        wire = batch.cached_bytes()
+        if wire is not None and not self.engine.may_act(wire):
+            return  # none of the keys the actions need is in the request: its bytes pass untouched
         apply = self.engine.apply
         if self.signal == Signal.METRICS:
             inc = self.include.names if self.include is not None else None

@@ -32,6 +32,9 @@ class ResourceProcessor(Processor):
         await self.next.consume(batch)
 
     def process(self, batch: Batch) -> None:
+        wire = batch.cached_bytes()
+        if wire is not None and not self.engine.may_act(wire):
+            return  # none of the keys the actions need is in the request: its bytes pass untouched
         apply = self.engine.apply
         for r in batch.resources():
             apply(r.resource.attributes)

@@ -31,7 +31,7 @@ FACTORIES = {"attributes": attributes.factory, "resource": resource.factory}
 def gotel_output(case: Case) -> Batch:
     f = FACTORIES[case.processor]
     proc: Any = f.create(case.signal, f.config.model_validate(case.config), None, make_ctx(f"{case.processor}/x"))  # type: ignore[arg-type]
-    b = case.batch.copy()
+    b = type(case.batch).from_bytes(case.batch.to_bytes())  # as a receiver hands it on: wire bytes first
     token = REQUEST_METADATA.set(case.metadata)
     try:
         proc.process(b)

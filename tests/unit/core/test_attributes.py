@@ -158,6 +158,21 @@ def test_resource_processor_examples() -> None:
                                             "pid": 42, "image_name": "shop", "image_tag": "1.2"}]
 
 
+def test_a_request_without_the_keys_passes_untouched_and_one_with_them_is_acted_on() -> None:
+    f = attributes.factory
+    cfg = f.config.model_validate({"actions": [{"key": "password", "action": "delete"},
+                                               {"key": "user.email", "action": "hash"}]})
+    proc: Any = f.create(Signal.TRACES, cfg, MemorySink(), make_ctx("attributes"))
+    clean = spans({"user": "a", "passwords": 1}, {"x": "my password"})  # near misses: a longer key, a value
+    b = type(clean).from_bytes(clean.to_bytes())
+    proc.process(b)
+    assert b.cached_bytes() == clean.to_bytes()  # never parsed
+    dirty = spans({"user": "a"}, {"password": "p", "user.email": ""})
+    b = type(dirty).from_bytes(dirty.to_bytes())
+    proc.process(b)
+    assert attrs_of(b) == [{"user": "a"}, {"user.email": hashlib.sha256(b"").hexdigest()}]
+
+
 # --- configuration -----------------------------------------------------------------------------------
 
 def _config(processors: dict[str, Any], pipelines: dict[str, list[str]]) -> str:
