@@ -4,8 +4,8 @@ processor (span, log record and data point attributes) and the `resource` proces
 Actions run in the order written, each on a repeated ``KeyValue`` field of the OTLP message in place:
 
 * ``insert`` / ``update`` / ``upsert``: a value from ``value`` (typed as YAML typed it), ``from_attribute``
-  (another attribute of the same item; absent -> nothing happens) or ``from_context`` (the request that
-  carried the batch, see below);
+  (another attribute of the same item) or ``from_context`` (the request that carried the batch, see
+  below); when the source gives nothing, ``default_value`` if set, else nothing happens;
 * ``delete`` / ``hash``: the attribute ``key`` and every attribute whose key the regex ``pattern`` finds;
   ``hash`` is the collector's SHA-256: the lower-case hex digest of the value's bytes (a string's UTF-8, an
   int's or a double's 8 little-endian bytes, a bool's one byte 0/1); other kinds become "";
@@ -44,6 +44,7 @@ class ActionConfig(ComponentConfig):
     key: str = Field("", description="the attribute acted upon; required except for delete/hash with a pattern")
     action: str = Field(description="insert | update | upsert | delete | hash | extract | convert (any case)")
     value: Any = Field(None, description="insert/update/upsert: the value, typed as written in YAML")
+    default_value: Any = Field(None, description="insert/update/upsert: the value when the source gives none")
     from_attribute: str = Field("", description="insert/update/upsert: copy the value of this attribute")
     from_context: str = Field("", description="insert/update/upsert: metadata.<name>, client.address, auth.<name>")
     pattern: str = Field("", description="delete/hash: regex on attribute keys; extract: regex with named groups")
@@ -82,8 +83,8 @@ def action_problem(a: ActionConfig) -> str | None:
         return f'action "{act}" needs "key"'
     if act in ("insert", "update", "upsert"):
         n = _sources(a)
-        if n == 0:
-            return f'action "{act}" needs one of "value", "from_attribute" or "from_context"'
+        if n == 0 and a.default_value is None:
+            return f'action "{act}" needs one of "value", "from_attribute", "from_context" or "default_value"'
         if n > 1:
             return f'action "{act}" takes only one of "value", "from_attribute" or "from_context"'
         if a.pattern:
@@ -297,7 +298,7 @@ class AttrActions:
     def _trigger(a: ActionConfig) -> list[bytes] | None:
         act = a.action.lower()
         if act in ("insert", "update", "upsert"):
-            if a.from_attribute:
+            if a.from_attribute and a.default_value is None:
                 return [_key_bytes(a.from_attribute)]
             return [_key_bytes(a.key)] if act == "update" else None
         if a.pattern and act in ("delete", "hash"):
@@ -310,21 +311,22 @@ class AttrActions:
         rx = re.compile(a.pattern) if a.pattern else None
         if act in ("insert", "update", "upsert"):
             const = any_value(a.value) if a.value is not None else None
+            default = any_value(a.default_value) if a.default_value is not None else None
             src_attr, src_ctx = a.from_attribute, a.from_context
             do_insert, do_update = act != "update", act != "insert"
 
             def set_op(kvs: Kvs, keys: list[str]) -> None:
+                s = context_value(src_ctx) if src_ctx and const is None else None
                 if const is not None:
                     val = const
-                elif src_ctx:
-                    s = context_value(src_ctx)
-                    if s is None:
-                        return
+                elif s is not None:
                     val = any_value(s)
-                elif src_attr in keys:
+                elif src_attr and src_attr in keys:
                     if src_attr == key:
                         return  # copying an attribute onto itself
                     val = kvs[keys.index(src_attr)].value
+                elif default is not None:
+                    val = default
                 else:
                     return
                 if key in keys:

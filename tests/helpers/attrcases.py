@@ -231,6 +231,14 @@ def cases() -> list[Case]:
             {"key": "tenant", "from_context": "x-tenant", "action": "upsert"},
             {"key": "absent", "from_context": "metadata.nope", "action": "upsert"}]}, t,
             spans({"tenant": "old"}, {}), metadata={"origin": "edge-1", "x-tenant": "acme"}),
+        Case("readme_default_value", "attributes", {"actions": [
+            {"key": "region", "from_attribute": "cloud.region", "default_value": "us-east-1", "action": "insert"},
+            {"key": "tenant_id", "from_context": "metadata.tenant", "default_value": "default-tenant",
+             "action": "upsert"},
+            {"key": "tier", "default_value": 3, "action": "insert"},
+            {"key": "zone", "from_attribute": "cloud.zone", "default_value": "z0", "action": "update"}]}, t,
+            spans({"cloud.region": "eu-west-1", "zone": "a", "cloud.zone": "b"}, {"region": "kept", "zone": "a"},
+                  {}), metadata={"x-other": "1"}),
         Case("log_body_regexp", "attributes", {
             "include": {"match_type": "regexp", "log_bodies": ["AUTH.*"]},
             "actions": [{"key": "password", "action": "update", "value": "obfuscated"},

@@ -141,6 +141,15 @@ def test_logs_and_metrics_matching() -> None:
     assert run("metric_resources") == [{"seen": True}, {"a": 1, "seen": True}]
 
 
+def test_default_value_when_the_source_gives_nothing() -> None:
+    assert run("readme_default_value") == [
+        {"cloud.region": "eu-west-1", "zone": "b", "cloud.zone": "b", "region": "eu-west-1",
+         "tenant_id": "default-tenant", "tier": 3},
+        {"region": "kept", "zone": "z0", "tenant_id": "default-tenant", "tier": 3},
+        {"region": "us-east-1", "tenant_id": "default-tenant", "tier": 3}]
+    assert run("readme_default_value", metadata={"tenant": "acme"})[0]["tenant_id"] == "acme"
+
+
 def test_from_context_reads_the_request_metadata() -> None:
     assert run("from_context") == [{"tenant": "acme", "origin": "edge-1"}, {"origin": "edge-1", "tenant": "acme"}]
     assert run("from_context", metadata={}) == [{"tenant": "old"}, {}]  # no request: nothing to copy
@@ -197,7 +206,8 @@ def test_every_documented_example_validates() -> None:
      'unknown action "frobnicate" (valid: insert, update, upsert, delete, hash, extract, convert)'),
     ({"action": "insert", "value": 1}, 'action "insert" needs "key"'),
     ({"action": "hash"}, 'action "hash" needs "key" or "pattern"'),
-    ({"key": "x", "action": "upsert"}, 'action "upsert" needs one of "value", "from_attribute" or "from_context"'),
+    ({"key": "x", "action": "upsert"},
+     'action "upsert" needs one of "value", "from_attribute", "from_context" or "default_value"'),
     ({"key": "x", "action": "upsert", "value": 1, "from_attribute": "y"},
      'action "upsert" takes only one of "value", "from_attribute" or "from_context"'),
     ({"key": "x", "action": "extract", "pattern": r"(\d+)"},
@@ -224,8 +234,8 @@ def test_resource_actions_are_checked_the_same_way() -> None:
     with pytest.raises(ConfigError) as e:
         load_config("t.yaml", text=text, env={})
     assert [str(i) for i in e.value.issues] == [
-        't.yaml:9 processors::resource::attributes::0: action "insert" needs one of "value", "from_attribute" '
-        'or "from_context"']
+        't.yaml:9 processors::resource::attributes::0: action "insert" needs one of "value", "from_attribute", '
+        '"from_context" or "default_value"']
 
 
 def test_match_properties_errors() -> None:
