@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gotel.pdata import Batch, Logs, Metrics, Signal, Traces, kv
+from tests.helpers import otlp_samples
 
 
 @dataclass
@@ -292,4 +293,8 @@ def cases() -> list[Case]:
             {"key": "pid", "action": "convert", "converted_type": "int"},
             {"action": "delete", "pattern": "^tmp\\."}]}, Signal.METRICS,
             metrics([("m", [{}])], res={"host.id": "abc", "image": "shop:1.2", "pid": "42", "tmp.a": 1})),
+        Case("resource_profiles", "resource", {"attributes": [
+            {"key": "service.name", "action": "hash"},
+            {"key": "deployment.environment", "value": "prod", "action": "insert"}]}, Signal.PROFILES,
+            otlp_samples.profiles()),
     ]

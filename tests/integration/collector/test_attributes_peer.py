@@ -88,7 +88,7 @@ async def test_documented_examples_match_the_collector(otelcol: Callable[..., Co
                                                    "processors": [f"{c.processor}/{c.name}"],
                                                    "exporters": [f"file/{c.name}"]}
     col = otelcol({"receivers": receivers, "processors": processors, "exporters": exporters,
-                   "service": {"pipelines": pipelines}}, feature_gates=())
+                   "service": {"pipelines": pipelines}})  # with profiles support (the resource case)
     for c in all_cases:
         exp = otlp_exp.factory.create(c.signal, otlp_exp.Config.model_validate(
             {"endpoint": f"http://127.0.0.1:{ports[c.name]}", "headers": c.metadata}), make_ctx("otlp"))

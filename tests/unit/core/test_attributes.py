@@ -163,6 +163,8 @@ def test_resource_processor_examples() -> None:
         {"k8s-cluster": "prod", "cloud.availability_zone": "zone-1", "k8s.cluster.name": "prod"},
         {"service.name": "x", "cloud.availability_zone": "zone-1"}]
     assert run("resource_demo_profiler") == [{"container.name": "cart", "service.name": "cart"}]
+    assert run("resource_profiles") == [{"service.name": hashlib.sha256(b"checkout").hexdigest(),
+                                         "deployment.environment": "prod"}]
     assert run("resource_all_actions") == [{"host.id": hashlib.sha256(b"abc").hexdigest(), "image": "shop:1.2",
                                             "pid": 42, "image_name": "shop", "image_tag": "1.2"}]
 
