@@ -23,7 +23,9 @@ limit unless its batch processor keeps `metadata_keys`).
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import math
 import re
 import struct
@@ -34,7 +36,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from gotel.component import REQUEST_METADATA, ComponentConfig, connection_ip
-from gotel.pdata import any_value
+from gotel.pdata import any_value, value_of
 
 ACTIONS = ("insert", "update", "upsert", "delete", "hash", "extract", "convert")
 CONVERTED_TYPES = ("int", "double", "string")
@@ -201,14 +203,8 @@ def as_string(av: Any) -> str:
     if kind == "double_value":
         return format_double(av.double_value)
     if kind == "bytes_value":
-        import base64
-
         return base64.b64encode(av.bytes_value).decode()
     if kind in ("array_value", "kvlist_value"):
-        import json
-
-        from gotel.pdata import value_of
-
         return json.dumps(value_of(av), separators=(",", ":"), default=str)
     return ""
 
@@ -279,7 +275,6 @@ class AttrActions:
 
     def __init__(self, actions: list[ActionConfig]) -> None:
         self.ops: list[Op] = [self._op(a) for a in actions]
-        self.uses_context = any(a.from_context for a in actions)
         # Wire patterns without which an action can do nothing (None: it may act on any item).
         triggers = [self._trigger(a) for a in actions]
         self.triggers: list[bytes] | None = (

@@ -177,8 +177,6 @@ class Matcher:
 
     def __init__(self, mp: MatchProperties, signal: Signal) -> None:
         rx = mp.match_type == "regexp"
-        self.signal = signal
-        self.metric_only = signal == Signal.METRICS
         self.names = _string_set(mp.metric_names, rx) if mp.metric_names else None
         self.services = _string_set(mp.services, rx) if mp.services else None
         self.span_names = _string_set(mp.span_names, rx) if mp.span_names else None
