@@ -436,17 +436,16 @@ def _mask_group(m: re.Match[str], *, g: int, mask: Callable[[str], str]) -> str:
 
 
 def _remove_keys(kvs: Any, keys: Iterable[str]) -> None:
-    """Removes the first entry of each key, as pdata's Map.Remove does."""
-    pending = set(keys)
-    if not pending:
-        return
-    gone = []
-    for i, kv in enumerate(kvs):
-        if kv.key in pending:
-            pending.discard(kv.key)
-            gone.append(i)
-    for i in reversed(gone):
-        del kvs[i]
+    """pdata's Map.Remove, key by key: the first entry of the key is replaced by the last entry (so the
+    order of what remains is the collector's, not the original one)."""
+    for key in keys:
+        for i, kv in enumerate(kvs):
+            if kv.key == key:
+                last = len(kvs) - 1
+                if i != last:
+                    kvs[i].CopyFrom(kvs[last])
+                del kvs[last]
+                break
 
 
 def _get(attrs: Any, key: str) -> Any:
