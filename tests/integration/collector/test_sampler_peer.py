@@ -26,6 +26,7 @@ SENTINEL = b"\xff" * 16  # a trace every config keeps (sampling.priority 1), sen
 
 # name -> (config, tracestates given to the spans in turn)
 CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "readme": ({"sampling_percentage": 15}, [""]),  # the README's first example
     "seed22_10": ({"sampling_percentage": 10, "hash_seed": 22}, [""]),
     "seed22_33": ({"sampling_percentage": 33.3, "hash_seed": 22}, [""]),
     "seed4242_10": ({"sampling_percentage": 10, "hash_seed": 4242}, [""]),
@@ -138,20 +139,29 @@ def log_batches(rng: random.Random) -> list[Batch]:
             if i % 3:
                 r.trace_id = rng.randbytes(16)
             r.attributes.append(kv("user.id", f"u{rng.randrange(1 << 30)}"))
+            r.attributes.append(kv("logID", rng.randrange(50)))  # repeats: the same id, the same decision
             if i % 7 == 0:
                 r.attributes.append(kv("prio", rng.choice([0, 50, 100, 12.5])))
+            if i % 5 == 0:
+                r.attributes.append(kv("priority", rng.choice([0, 100, 80.0, -1, "x"])))
             if i % 11 == 0:
                 r.attributes.append(kv("sampling.threshold", rng.choice(["8", "c", "0", "xyz"])))
         out.append(Logs.parse(b.to_bytes()))
     end = Logs()
     r = end.msg.resource_logs.add().scope_logs.add().log_records.add(time_unix_nano=10**9)
     r.attributes.append(kv("prio", 100))
+    r.attributes.append(kv("priority", 100))
     r.trace_id = SENTINEL
     out.append(Logs.parse(end.to_bytes()))
     return out
 
 
+# The README's examples (plus `prio`, so that the end marker is always kept)
 LOG_CASES: dict[str, dict[str, Any]] = {
+    "readme_15": {"sampling_percentage": 15, "sampling_priority": "prio"},
+    "readme_record": {"sampling_percentage": 15, "attribute_source": "record", "from_attribute": "logID",
+                      "sampling_priority": "prio"},
+    "readme_priority": {"sampling_percentage": 15, "sampling_priority": "priority"},
     "by_trace": {"sampling_percentage": 25, "hash_seed": 7, "sampling_priority": "prio"},
     "by_record": {"sampling_percentage": 25, "hash_seed": 7, "attribute_source": "record",
                   "from_attribute": "user.id", "sampling_priority": "prio"},
