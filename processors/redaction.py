@@ -218,6 +218,10 @@ class Redactor:
         self.all_types = cfg.redact_all_types
         self.summary = cfg.summary
         self.mask = self._masker(cfg.hash_function, cfg.hmac_key.get_secret_value().encode())
+        # one search that fails for most values, before the per-rule work
+        self.any_rx = _union([p for p in cfg.blocked_values] + [p for p, _ in (CREDENTIAL_VALUES if preset else ())])
+        self._keys: dict[str, int] = {}
+        self._vals: dict[str, tuple[bool, str | None]] = {}
 
     @staticmethod
     def _masker(name: str, key: bytes) -> Callable[[str], str]:
@@ -246,6 +250,8 @@ class Redactor:
         return self.mask(s)  # the collector's `.*` matches a whole value once, an empty one too
 
     def process_string(self, s: str) -> str:
+        if self.any_rx is not None and not self.any_rx.search(s):
+            return s
         for rx in self.block_rx:
             if rx.search(s):
                 s = go_replace_all(rx, s, lambda m: self.mask(m.group()))
@@ -256,51 +262,88 @@ class Redactor:
     # --- attribute lists ---
     def attrs(self, attrs: Any) -> None:
         """The collector's processAttrs on one repeated KeyValue field."""
+        if not attrs:
+            return
         redacted: list[str] = []
         masked: list[str] = []
         allowed: list[str] = []
         ignored: list[str] = []
+        keys, vals = self._keys, self._vals
+        names: list[str] = []
         for kv in attrs:
             k = kv.key
-            if self.ignore_key(k):
+            names.append(k)
+            what = keys.get(k)
+            if what is None:
+                what = self._key_decision(k)
+            if what == _IGNORE:
                 ignored.append(k)
                 continue
-            if self.redact_key(k):
+            if what == _REDACT:
                 redacted.append(k)
                 continue
             av = kv.value
-            s = (av.string_value if av.WhichOneof("value") == "string_value" else
-                 as_string(av) if self.all_types else "")
-            if self.allow_value(s):
+            # pdata's Str(): "" for a value that is not a string; AsString() with redact_all_types
+            s = av.string_value if not self.all_types or av.HasField("string_value") else as_string(av)
+            hit = vals.get(s)
+            if hit is None:
+                hit = self._value_decision(s)
+            if hit[0]:
                 allowed.append(k)
                 continue
-            if self.mask_key(k):
+            if what == _MASK_KEY:
                 masked.append(k)
                 av.string_value = self.mask_all(s)
                 continue
-            new = self.process_string(s)
-            if new != s:
+            if hit[1] is not None:
                 masked.append(k)
-                av.string_value = new
-        _remove_keys(attrs, redacted)
-        self.summarize(attrs, redacted, REDACTED_KEYS, REDACTED_COUNT)
-        self.summarize(attrs, masked, MASKED_KEYS, MASKED_COUNT)
-        self.summarize(attrs, allowed, ALLOWED_KEYS, ALLOWED_COUNT)
-        self.summarize(attrs, ignored, "", IGNORED_COUNT)
+                av.string_value = hit[1]
+        if redacted:
+            _remove_keys(attrs, redacted, names)
+        if self.summary in ("debug", "info") and (redacted or masked or allowed or ignored):
+            self.summarize(attrs, redacted, REDACTED_KEYS, REDACTED_COUNT, names)
+            self.summarize(attrs, masked, MASKED_KEYS, MASKED_COUNT, names)
+            self.summarize(attrs, allowed, ALLOWED_KEYS, ALLOWED_COUNT, names)
+            self.summarize(attrs, ignored, "", IGNORED_COUNT, names)
 
-    def summarize(self, attrs: Any, keys: list[str], keys_attr: str, count_attr: str) -> None:
+    def _key_decision(self, k: str) -> int:
+        """What a key's rules say, cached (keys repeat in every span)."""
+        what = (_IGNORE if self.ignore_key(k) else _REDACT if self.redact_key(k)
+                else _MASK_KEY if self.mask_key(k) else _CHECK)
+        if len(self._keys) >= _CACHE_MAX:
+            self._keys.clear()
+        self._keys[k] = what
+        return what
+
+    def _value_decision(self, s: str) -> tuple[bool, str | None]:
+        """(allowed by allowed_values, the masked value or None when unchanged), cached."""
+        if self.allow_value(s):
+            out: tuple[bool, str | None] = (True, None)
+        else:
+            new = self.process_string(s)
+            out = (False, new if new != s else None)
+        if len(self._vals) >= _CACHE_MAX:
+            self._vals.clear()
+        if len(s) <= _CACHE_VALUE_LEN:
+            self._vals[s] = out
+        return out
+
+    def summarize(self, attrs: Any, keys: list[str], keys_attr: str, count_attr: str,
+                  names: list[str] | None = None) -> None:
         if not keys or self.summary not in ("debug", "info"):
             return
+        if names is None:
+            names = [kv.key for kv in attrs]
         if self.summary == "debug" and keys_attr:
-            old = _get(attrs, keys_attr)
+            old = _get(attrs, keys_attr, names)
             if old is not None and old.WhichOneof("value") == "string_value" and old.string_value:
                 keys = keys + old.string_value.split(",")
-            _put(attrs, keys_attr).string_value = ",".join(sorted(keys))
+            _put(attrs, keys_attr, names).string_value = ",".join(sorted(keys))
         n = len(keys)
-        old = _get(attrs, count_attr)
+        old = _get(attrs, count_attr, names)
         if old is not None:
             n += old.int_value if old.WhichOneof("value") == "int_value" else 0
-        _put(attrs, count_attr).int_value = n
+        _put(attrs, count_attr, names).int_value = n
 
     # --- log bodies (the collector redacts map/array bodies key by key, strings by value) ---
     def body(self, body: Any, attrs: Any) -> None:
@@ -428,6 +471,28 @@ class Redactor:
             self.profile_labels(m.dictionary)
 
 
+_CHECK, _IGNORE, _REDACT, _MASK_KEY = range(4)
+_CACHE_MAX = 65536
+_CACHE_VALUE_LEN = 256
+
+
+def _union(patterns: list[str]) -> re.Pattern[str] | None:
+    """All patterns as one alternation (a pre-check: no match means no rule matches), or None when
+    they cannot be joined (a pattern with global flags other than a leading (?i) on every one)."""
+    if not patterns:
+        return None
+    parts = []
+    for p in patterns:
+        p = p.replace(r"\z", r"\Z")
+        if p.startswith("(?i)"):
+            p = "(?i:" + p[4:] + ")"
+        parts.append(f"(?:{p})")
+    try:
+        return re.compile("|".join(parts))
+    except re.error:
+        return None
+
+
 def _mask_group(m: re.Match[str], *, g: int, mask: Callable[[str], str]) -> str:
     a, b = m.span(g)
     base = m.start()
@@ -435,33 +500,41 @@ def _mask_group(m: re.Match[str], *, g: int, mask: Callable[[str], str]) -> str:
     return whole[: a - base] + mask(m.group(g)) + whole[b - base:]
 
 
-def _remove_keys(kvs: Any, keys: Iterable[str]) -> None:
+def _remove_keys(kvs: Any, keys: Iterable[str], names: list[str] | None = None) -> None:
     """pdata's Map.Remove, key by key: the first entry of the key is replaced by the last entry (so the
-    order of what remains is the collector's, not the original one)."""
+    order of what remains is the collector's, not the original one). `names` mirrors the keys of kvs
+    (kept in step) so that lookups run at C speed."""
+    if names is None:
+        names = [kv.key for kv in kvs]
     for key in keys:
-        for i, kv in enumerate(kvs):
-            if kv.key == key:
-                last = len(kvs) - 1
-                if i != last:
-                    kvs[i].CopyFrom(kvs[last])
-                del kvs[last]
-                break
+        try:
+            i = names.index(key)
+        except ValueError:
+            continue
+        last = len(names) - 1
+        if i != last:
+            kvs[i].CopyFrom(kvs[last])
+            names[i] = names[last]
+        del kvs[last]
+        names.pop()
 
 
-def _get(attrs: Any, key: str) -> Any:
-    for kv in attrs:
-        if kv.key == key:
-            return kv.value
-    return None
+def _get(attrs: Any, key: str, names: list[str]) -> Any:
+    try:
+        return attrs[names.index(key)].value
+    except ValueError:
+        return None
 
 
-def _put(attrs: Any, key: str) -> Any:
+def _put(attrs: Any, key: str, names: list[str]) -> Any:
     """The value of `key`, cleared for a new value (appended when absent), as pdata's Put*."""
-    for kv in attrs:
-        if kv.key == key:
-            kv.value.Clear()
-            return kv.value
-    return attrs.add(key=key).value
+    try:
+        v = attrs[names.index(key)].value
+        v.Clear()
+        return v
+    except ValueError:
+        names.append(key)
+        return attrs.add(key=key).value
 
 
 class RedactionProcessor(Processor):
