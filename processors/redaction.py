@@ -268,11 +268,9 @@ class Redactor:
         masked: list[str] = []
         allowed: list[str] = []
         ignored: list[str] = []
-        keys, vals = self._keys, self._vals
-        names: list[str] = []
+        keys, vals, all_types = self._keys, self._vals, self.all_types
         for kv in attrs:
             k = kv.key
-            names.append(k)
             what = keys.get(k)
             if what is None:
                 what = self._key_decision(k)
@@ -284,10 +282,10 @@ class Redactor:
                 continue
             av = kv.value
             # pdata's Str(): "" for a value that is not a string; AsString() with redact_all_types
-            s = av.string_value if not self.all_types or av.HasField("string_value") else as_string(av)
-            hit = vals.get(s)
-            if hit is None:
-                hit = self._value_decision(s)
+            s = av.string_value if not all_types or av.HasField("string_value") else as_string(av)
+            hit = vals.get(s) or self._value_decision(s)
+            if hit is _UNCHANGED and what == _CHECK:  # the common case: nothing to do
+                continue
             if hit[0]:
                 allowed.append(k)
                 continue
@@ -298,9 +296,13 @@ class Redactor:
             if hit[1] is not None:
                 masked.append(k)
                 av.string_value = hit[1]
+        summary = self.summary in ("debug", "info") and bool(redacted or masked or allowed or ignored)
+        if not redacted and not summary:
+            return
+        names = [kv.key for kv in attrs]
         if redacted:
             _remove_keys(attrs, redacted, names)
-        if self.summary in ("debug", "info") and (redacted or masked or allowed or ignored):
+        if summary:
             self.summarize(attrs, redacted, REDACTED_KEYS, REDACTED_COUNT, names)
             self.summarize(attrs, masked, MASKED_KEYS, MASKED_COUNT, names)
             self.summarize(attrs, allowed, ALLOWED_KEYS, ALLOWED_COUNT, names)
@@ -321,7 +323,7 @@ class Redactor:
             out: tuple[bool, str | None] = (True, None)
         else:
             new = self.process_string(s)
-            out = (False, new if new != s else None)
+            out = (False, new) if new != s else _UNCHANGED
         if len(self._vals) >= _CACHE_MAX:
             self._vals.clear()
         if len(s) <= _CACHE_VALUE_LEN:
@@ -473,6 +475,7 @@ class Redactor:
 
 _CHECK, _IGNORE, _REDACT, _MASK_KEY = range(4)
 _CACHE_MAX = 65536
+_UNCHANGED: tuple[bool, str | None] = (False, None)
 _CACHE_VALUE_LEN = 256
 
 
