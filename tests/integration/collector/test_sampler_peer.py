@@ -37,6 +37,10 @@ CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
                      ["", "ot=th:8", "ot=th:c;rv:fffffffffffff0,b=1", "a=1,ot=th:0", "ot=th:zz", "ot=rv:01234567890abc"]),
     "equalizing": ({"sampling_percentage": 10, "mode": "equalizing", "sampling_precision": 2},
                    ["", "ot=th:f", "ot=th:8;x:y", "ot=th:e"]),
+    "seed1_open": ({"sampling_percentage": 50, "hash_seed": 1, "fail_closed": False},
+                   ["", "ot=rv:80000000000000", "ot=th:8", "ot=bad syntax", "x=1,ot=th:0;rv:00000000000001"]),
+    "zero": ({"sampling_percentage": 0}, ["", "ot=th:8"]),  # only sampling.priority keeps anything
+    "all": ({"sampling_percentage": 100, "hash_seed": 3}, ["", "a=b"]),
     "open": ({"sampling_percentage": 10, "mode": "proportional", "fail_closed": False}, ["", "ot=bad syntax"]),
 }
 N = 10_000
@@ -53,6 +57,8 @@ def trace_batches(states: list[str], rng: random.Random) -> list[Batch]:
             s.trace_state = states[i % len(states)]
             if i % 997 == 5:
                 s.attributes.append(kv("sampling.priority", 0))  # never kept
+            elif i % 991 == 7:
+                s.attributes.append(kv("sampling.priority", rng.choice([1, "2.5", 0.5])))  # always kept
         out.append(Traces.parse(b.to_bytes()))
     end = Traces()
     s = end.msg.resource_spans.add().scope_spans.add().spans.add(name="end", trace_id=SENTINEL, span_id=b"\x01" * 8)
@@ -119,12 +125,16 @@ async def test_same_traces_kept_as_the_collector(otelcol: Callable[..., Collecto
         assert set(ours) == set(theirs), f"{name}: {len(ours)} kept by gotel, {len(theirs)} by the collector"
         assert ours == theirs, f"{name}: tracestates differ"
         pct = pcfg["sampling_percentage"]
+        if name == "zero":
+            # the 11 spans with a positive sampling.priority; an arriving th:8 is not raised to th:0
+            assert len(ours) == 11 and set(ours.values()) == {"ot=th:0", "ot=th:8"}, ours
         if states == [""]:  # plain traces: the rate is what was asked for, within 4 sigma
             want = N * pct / 100
             assert abs(len(ours) - want) < 4 * (want * (1 - pct / 100)) ** 0.5, (name, len(ours))
         if name == "seed22_10":
             # hash_seed mode writes the randomness it used and the 10 % threshold (0x3333 << 42 -> e666)
-            assert all(ts.startswith("ot=rv:") and ts.endswith(";th:e668") for ts in ours.values()), \
+            # (sampling.priority > 0 keeps a span at th:0)
+            assert all(ts.startswith("ot=rv:") and ts.endswith((";th:e668", ";th:0")) for ts in ours.values()), \
                 list(ours.values())[:3]
 
 
