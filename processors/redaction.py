@@ -128,9 +128,39 @@ class Config(ComponentConfig):
         return self
 
 
+def go_to_python(pattern: str) -> str:
+    """A Go (RE2) regex in Python's syntax. The syntax users write is shared; what differs: Go's `\\z`
+    is Python's `\\Z`, and Go's `$` (without the m flag) matches only at the very end, where Python's
+    also matches before a final newline."""
+    multiline = re.match(r"\(\?[a-zA-Z]*m", pattern) is not None
+    out: list[str] = []
+    i, in_class = 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            out.append(r"\Z" if nxt == "z" and not in_class else c + nxt)
+            i += 2
+            continue
+        if in_class:
+            if c == "]" and not (out and out[-1] in ("[", "[^")):
+                in_class = False
+        elif c == "[":
+            in_class = True
+            if pattern[i + 1:i + 2] == "^":
+                out.append("[^")
+                i += 2
+                continue
+        elif c == "$" and not multiline:
+            c = r"\Z"
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def compile_go(pattern: str) -> re.Pattern[str]:
-    """A Go (RE2) regex as Python's: the syntax users write is shared; `\\z` is Python's `\\Z`."""
-    return re.compile(pattern.replace(r"\z", r"\Z"))
+    """Go's classes (`\\d`, `\\w`, `\\s`, `\\b`) are ASCII: so are these."""
+    return re.compile(go_to_python(pattern), re.ASCII)
 
 
 def go_replace_all(rx: re.Pattern[str], s: str, fn: Callable[[re.Match[str]], str]) -> str:
@@ -247,7 +277,11 @@ class Redactor:
         return any(rx.search(k) for rx in self.block_key_rx)
 
     def mask_all(self, s: str) -> str:
-        return self.mask(s)  # the collector's `.*` matches a whole value once, an empty one too
+        """The collector masks a blocked key's value with the regex `.*`: once per line (`.` stops at a
+        newline), an empty value once too."""
+        if "\n" not in s:
+            return self.mask(s)
+        return go_replace_all(_DOT_STAR, s, lambda m: self.mask(m.group()))
 
     def process_string(self, s: str) -> str:
         if self.any_rx is not None and not self.any_rx.search(s):
@@ -475,6 +509,7 @@ class Redactor:
 
 _CHECK, _IGNORE, _REDACT, _MASK_KEY = range(4)
 _CACHE_MAX = 65536
+_DOT_STAR = re.compile(".*")
 _UNCHANGED: tuple[bool, str | None] = (False, None)
 _CACHE_VALUE_LEN = 256
 
@@ -486,12 +521,12 @@ def _union(patterns: list[str]) -> re.Pattern[str] | None:
         return None
     parts = []
     for p in patterns:
-        p = p.replace(r"\z", r"\Z")
+        p = go_to_python(p)
         if p.startswith("(?i)"):
             p = "(?i:" + p[4:] + ")"
         parts.append(f"(?:{p})")
     try:
-        return re.compile("|".join(parts))
+        return re.compile("|".join(parts), re.ASCII)
     except re.error:
         return None
 

@@ -32,6 +32,9 @@ CASES: dict[str, dict[str, Any]] = {
     "sha3_types": {"allow_all_keys": True, "redact_all_types": True, "blocked_key_patterns": ["^c.*", "phone"],
                    "blocked_values": ["1", "true", ".*mycompany.*"], "allowed_values": ["^support"],
                    "hash_function": "sha3", "summary": "debug"},
+    # Go's regex dialect where Python's differs: ASCII classes, `$` only at the very end
+    "go_syntax": {"allow_all_keys": True, "blocked_values": [r"\w+ö", r"e$", r"\d+", "(?i)BOB", "é.r", r"\bline\d\z"],
+                  "summary": "debug"},
     "blocked_keys_plain": {"allowed_keys": ["phone", "client", "note", "count", "user"],
                            "blocked_key_patterns": ["phone|count"], "blocked_values": ["x*"], "summary": "debug"},
 }
@@ -42,7 +45,7 @@ VALUES: list[Any] = [
     "paid with 4111111111111111", "5555555555554444", "bob@mycompany.com", "ops@support.mycompany.com",
     "support.mycompany.com is here", "from 10.1.2.3 to 192.168.0.1", "fe80:0:0:0:202:b3ff:fe1e:8329", "plain",
     "card 4222222222222 then 5105105105105100", 1234, 4111111111111111, 2.5, True, False, "xxx", "bob and bob",
-    b"\x01\x02",
+    b"\x01\x02", "héllo wörld 123", "ends with e\n", "ÄBC résumé Bob", "mañana\nline2 e",
 ]
 
 
