@@ -226,7 +226,8 @@ def as_string(av: Any) -> str:
         return _go_float(av.double_value)
     if kind == "bytes_value":
         return base64.b64encode(av.bytes_value).decode()
-    return json.dumps(_raw(av), separators=(",", ":"), ensure_ascii=False)
+    # encoding/json: map keys sorted, no HTML escaping, UTF-8 kept
+    return json.dumps(_raw(av), separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
 class Redactor:

@@ -46,6 +46,7 @@ VALUES: list[Any] = [
     "support.mycompany.com is here", "from 10.1.2.3 to 192.168.0.1", "fe80:0:0:0:202:b3ff:fe1e:8329", "plain",
     "card 4222222222222 then 5105105105105100", 1234, 4111111111111111, 2.5, True, False, "xxx", "bob and bob",
     b"\x01\x02", "héllo wörld 123", "ends with e\n", "ÄBC résumé Bob", "mañana\nline2 e",
+    {"b": 1, "a": "4111111111111111", "c": [True, "bob"]}, ["x", 2, "5105105105105100"],
 ]
 
 
