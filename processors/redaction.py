@@ -18,6 +18,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable
+from decimal import Decimal
 from functools import partial
 from typing import Any, Literal
 
@@ -193,9 +194,9 @@ def _go_float(f: float) -> str:
         mant, _, exp = r.partition("e")
         e = int(exp)
         return f"{mant}e{'-' if e < 0 else '+'}{abs(e)}"
-    if f == int(f) and a < 1e21:
-        return str(int(f))
-    return repr(f)
+    # strconv 'f' with the shortest digits that round-trip (Python's repr digits, written out)
+    out = format(Decimal(repr(f)), "f")
+    return out.rstrip("0").rstrip(".") if "." in out else out
 
 
 def _raw(av: Any) -> Any:

@@ -47,6 +47,7 @@ VALUES: list[Any] = [
     "card 4222222222222 then 5105105105105100", 1234, 4111111111111111, 2.5, True, False, "xxx", "bob and bob",
     b"\x01\x02", "héllo wörld 123", "ends with e\n", "ÄBC résumé Bob", "mañana\nline2 e",
     {"b": 1, "a": "4111111111111111", "c": [True, "bob"]}, ["x", 2, "5105105105105100"],
+    1e-7, 123456789012345680000.0, 0.00001, 1e16, 12345678.9,  # (-0.0 leaves the file exporter as 0)
 ]
 
 
@@ -136,6 +137,10 @@ async def test_redaction_matches_the_collector_item_by_item(otelcol: Callable[..
             theirs = col.wait_requests(sig, partial(has_items, sig, len(want)), name=f"{name}_{sig.value}")
             got = items(sig, theirs)
             diff = [(a, b) for a, b in zip(want, got, strict=True) if a != b]
-            assert not diff, f"{name} {sig.value}: {len(diff)} of {len(want)} items differ, first:\n" \
-                             f"gotel:     {diff[0][0]!r}\ncollector: {diff[0][1]!r}"
+            if diff:
+                a, b = diff[0]
+                at = next(i for i in range(min(len(a), len(b))) if a[i] != b[i])
+                raise AssertionError(f"{name} {sig.value}: {len(diff)} of {len(want)} items differ, first at byte "
+                                     f"{at}:\ngotel:     {a[max(0, at - 150):at + 150]!r}\n"
+                                     f"collector: {b[max(0, at - 150):at + 150]!r}")
             assert ours.peek() != batch.peek(), f"{name} {sig.value}: the case redacted nothing"
