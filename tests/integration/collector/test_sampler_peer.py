@@ -156,6 +156,9 @@ def log_batches(rng: random.Random) -> list[Batch]:
                 r.attributes.append(kv("priority", rng.choice([0, 100, 80.0, -1, "x"])))
             if i % 11 == 0:
                 r.attributes.append(kv("sampling.threshold", rng.choice(["8", "c", "0", "xyz"])))
+            if i % 13 == 0:
+                r.attributes.append(kv("sampling.randomness", rng.choice(["80000000000000", "ffffffffffffff",
+                                                                         "0000000000000f", "123"])))
         out.append(Logs.parse(b.to_bytes()))
     end = Logs()
     r = end.msg.resource_logs.add().scope_logs.add().log_records.add(time_unix_nano=10**9)
@@ -176,6 +179,8 @@ LOG_CASES: dict[str, dict[str, Any]] = {
     "by_record": {"sampling_percentage": 25, "hash_seed": 7, "attribute_source": "record",
                   "from_attribute": "user.id", "sampling_priority": "prio"},
     "proportional": {"sampling_percentage": 40, "mode": "proportional", "sampling_priority": "prio"},
+    "equalizing_open": {"sampling_percentage": 30, "mode": "equalizing", "sampling_priority": "prio",
+                        "fail_closed": False},
 }
 
 
