@@ -254,6 +254,9 @@ class Redactor:
         self.any_rx = _union([p for p in cfg.blocked_values] + [p for p, _ in (CREDENTIAL_VALUES if preset else ())])
         self._keys: dict[str, int] = {}
         self._vals: dict[str, tuple[bool, str | None]] = {}
+        # attributes removed and values masked so far (read and reset by the processor)
+        self.removed = 0
+        self.masked = 0
 
     @staticmethod
     def _masker(name: str, key: bytes) -> Callable[[str], str]:
@@ -332,6 +335,9 @@ class Redactor:
             if hit[1] is not None:
                 masked.append(k)
                 av.string_value = hit[1]
+        if redacted or masked:
+            self.removed += len(redacted)
+            self.masked += len(masked)
         summary = self.summary in ("debug", "info") and bool(redacted or masked or allowed or ignored)
         if not redacted and not summary:
             return
@@ -585,9 +591,20 @@ class RedactionProcessor(Processor):
         self.next = nxt
         self.ctx = ctx
         self.redactor = Redactor(cfg)
+        self._counter = ctx.telemetry.counter(
+            "processor_redaction_attributes", "attributes removed (action=redacted) or masked (action=masked)",
+            ("signal", "action"))
 
     async def consume(self, batch: Batch) -> None:
-        self.redactor.batch(self.signal, batch)
+        red = self.redactor
+        red.batch(self.signal, batch)
+        if red.removed:
+            self._counter.labels(self.signal.value, "redacted").inc(red.removed)
+        if red.masked:
+            self._counter.labels(self.signal.value, "masked").inc(red.masked)
+        red.removed = red.masked = 0
+        n = batch.item_count()
+        self.ctx.telemetry.processed(self.signal, n, n)
         await self.next.consume(batch)
 
 

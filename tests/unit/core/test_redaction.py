@@ -241,13 +241,17 @@ def test_processor_on_the_pipeline_masks_metrics_data_points() -> None:
         async def consume(self, batch: Batch) -> None:
             got.append(batch)
 
+    tel = Tel()
     proc = red.factory.create(Signal.METRICS, red.Config.model_validate({"preset": "credentials"}), Sink(),
-                              Tel().ctx("redaction", Kind.PROCESSOR))
+                              tel.ctx("redaction", Kind.PROCESSOR))
     import asyncio
 
     asyncio.run(proc.consume(b))
     dp = got[0].peek().resource_metrics[0].scope_metrics[0].metrics[0].sum.data_points[0]
     assert attr_dict(dp.attributes) == {"api_key": "****", "path": "/a?token=****"}
+    labels = {"component": "redaction", "kind": "processor", "signal": "metrics"}
+    assert tel.value("processor_redaction_attributes_total", **labels, action="masked") == 2
+    assert tel.value("processor_redaction_attributes_total", **labels, action="redacted") == 0
 
 
 # --- config ---
