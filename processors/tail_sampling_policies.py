@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from enum import IntEnum
 from fractions import Fraction
 from typing import Any
@@ -257,18 +257,20 @@ class PolicyCfg(CompositeSubPolicy):
 class TraceData:
     """One trace at decision time: its id, counts and spans (ResourceSpans messages)."""
 
-    __slots__ = ("resource_spans", "size", "span_count", "trace_id")
+    __slots__ = ("_spans", "resource_spans", "size", "span_count", "trace_id")
 
     def __init__(self, trace_id: bytes, span_count: int, size: int, resource_spans: Any) -> None:
         self.trace_id = trace_id
         self.span_count = span_count
         self.size = size
         self.resource_spans = resource_spans
+        self._spans: list[Any] | None = None
 
-    def spans(self) -> Iterator[Any]:
-        for rs in self.resource_spans:
-            for ss in rs.scope_spans:
-                yield from ss.spans
+    def spans(self) -> list[Any]:
+        """Every span, in order (listed once: several policies walk them)."""
+        if self._spans is None:
+            self._spans = [sp for rs in self.resource_spans for ss in rs.scope_spans for sp in ss.spans]
+        return self._spans
 
 
 Policy = Callable[[TraceData], Decision]
