@@ -479,3 +479,60 @@ def test_latency_accepts_the_collectors_ms_keys_and_durations() -> None:
     b = Config.model_validate(cfg_of({"name": "l", "type": "latency", "latency": {"threshold": "1.5s"}}))
     assert a.policies[0].latency == b.policies[0].latency
     assert a.policies[0].latency is not None and a.policies[0].latency.threshold == 1.5
+
+
+# --- through `gotel validate`, as a user sees it --------------------------------------------------------------
+
+
+def _pipeline_yaml(processor: dict[str, Any]) -> str:
+    return yaml.safe_dump({
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:4317"}}}},
+        "processors": {"tail_sampling": processor},
+        "exporters": {"debug": {}},
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": ["tail_sampling"],
+                                             "exporters": ["debug"]}}},
+    }, sort_keys=False)
+
+
+@pytest.mark.parametrize("example", ["readme", "practical", "docs"])
+def test_gotel_validate_accepts_the_documented_examples(example: str, tmp_path: Any,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    from gotel.cli import main
+
+    if example == "docs":  # the example in docs/tail_sampling.md, as written there
+        doc = (Path(__file__).resolve().parents[3] / "docs" / "tail_sampling.md").read_text()
+        text = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+        body = yaml.safe_load(text)["processors"]["tail_sampling"]
+    else:
+        body = README if example == "readme" else PRACTICAL
+    f = tmp_path / "c.yaml"
+    f.write_text(_pipeline_yaml(body))
+    assert main(["validate", "-c", str(f)]) == 0, capsys.readouterr().err
+
+
+def test_gotel_validate_names_a_bad_key_and_a_missing_policy_type_with_their_place(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from gotel.cli import main
+
+    f = tmp_path / "c.yaml"
+    f.write_text(_pipeline_yaml({"decision_wait": "5s", "policies": [
+        {"name": "slow", "type": "latency", "latency": {"threshold_ms": 100, "upper_treshold_ms": 200}},
+        {"name": "ts", "type": "trace_state", "trace_state": {"key": "k", "values": ["v"]}}]}))
+    assert main(["validate", "-c", str(f)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3, err
+    assert err[0].startswith(f"{f}:") and "processors::tail_sampling::policies::0::latency::upper_treshold_ms" in err[0]
+    assert "processors::tail_sampling::policies::1" in err[1] and "type 'trace_state' is the collector's" in err[1]
+    assert err[2] == f"{f}: 2 errors"
+
+
+async def test_start_and_shutdown_run_the_decision_ticker() -> None:
+    rig = Rig(cfg_of({"name": "all", "type": "always_sample"}))
+    await rig.proc.start()
+    assert rig.proc._ticker is not None and not rig.proc._ticker.done()
+    await rig.proc.consume(batch({1: [{}]}))
+    await rig.proc.shutdown(deadline=1.0)
+    assert rig.proc._ticker is None
+    assert trace_ids(rig.sink.batches) == {tid(1)}
