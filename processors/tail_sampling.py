@@ -163,6 +163,8 @@ class TailSamplingProcessor(Processor):
         self.sampled_cache = _LRU(cfg.decision_cache.sampled_cache_size)
         self.non_sampled_cache = _LRU(cfg.decision_cache.non_sampled_cache_size)
         self._ticker: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._dropped_early = 0
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._tally: dict[tuple[int, tuple[str, ...]], int] = {}
         self._last_log = 0.0
@@ -191,11 +193,14 @@ class TailSamplingProcessor(Processor):
         return min(1.0, max(0.01, self.wait / 4))
 
     async def start(self) -> None:
-        self._ticker = asyncio.create_task(self._run(), name=f"{self.ctx.id}-decide")
+        self._stop = asyncio.Event()
+        self._ticker = asyncio.create_task(self._run(self._stop), name=f"{self.ctx.id}-decide")
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick_interval())
+    async def _run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.tick_interval())
+                return
             try:
                 await self.tick()
             except Exception:
@@ -203,9 +208,12 @@ class TailSamplingProcessor(Processor):
 
     async def shutdown(self, deadline: float = 10.0) -> None:
         if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+            # a tick in progress finishes (its sampled spans are already out of memory), then the loop ends
+            self._stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._ticker), max(0.1, deadline / 2))
+            except TimeoutError:
+                self._ticker.cancel()
             self._ticker = None
         if self.cfg.drop_pending_traces_on_shutdown:
             for tr in self.due.values():
@@ -276,7 +284,7 @@ class TailSamplingProcessor(Processor):
             del self.due[tid]
             self._count(self.m_too_early, (), 1)
             self._count(self.m_too_early_spans, (), tr.spans)
-            self.ctx.telemetry.dropped(self.signal, tr.spans, "tail_sampling_dropped_too_early")
+            self._dropped_early += tr.spans
         tr.chunks = []
         tr.decision = EVICTED
 
@@ -355,6 +363,9 @@ class TailSamplingProcessor(Processor):
         for key, n in self._tally.items():
             self._children[key].inc(n)
         self._tally.clear()
+        if self._dropped_early:
+            self.ctx.telemetry.dropped(self.signal, self._dropped_early, "tail_sampling_dropped_too_early")
+            self._dropped_early = 0
         self.m_on_memory.set(len(self.traces))
         self.m_bytes.set(self.bytes)
 
