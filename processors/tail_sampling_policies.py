@@ -7,7 +7,7 @@ and span attributes, an attribute of another type reads as the type's zero value
 ``Value.Int()``/``Str()``/``Bool()``), ``invert_match`` is a plain not-sampled/sampled answer (the
 deprecated "inverted" decisions are gone from the collector's policies), and ``drop`` is the one veto.
 ``deadline_missed`` is gotel's own: go_ebpf sees both sides of a call and marks missed deadlines.
-Stateful policies (rate_limiting, composite) read the processor's clock, so tests need no sleeps.
+Stateful policies (rate_limiting, bytes_limiting, composite) read the processor's clock: tests need no sleeps.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class Decision(IntEnum):
 
 STATUS_CODES = {"UNSET": 0, "OK": 1, "ERROR": 2}
 # Collector policy types gotel's tail_sampling does not evaluate: named in the error so it is not a typo.
-COLLECTOR_ONLY_TYPES = ("trace_state", "ottl_condition", "bytes_limiting", "trace_flags", "not")
+COLLECTOR_ONLY_TYPES = ("ottl_condition",)
 
 
 class LatencyCfg(ComponentConfig):
@@ -121,6 +121,16 @@ class RateLimitingCfg(ComponentConfig):
     burst_capacity: int = Field(0, ge=0, description="token bucket size in spans; 0 = 2 x spans_per_second")
 
 
+class BytesLimitingCfg(ComponentConfig):
+    bytes_per_second: int = Field(..., ge=0)
+    burst_capacity: int = Field(0, ge=0, description="token bucket size in bytes; 0 = 2 x bytes_per_second")
+
+
+class TraceStateCfg(ComponentConfig):
+    key: str = Field(..., min_length=1)
+    values: list[str] = Field(..., min_length=1)
+
+
 class SpanCountCfg(ComponentConfig):
     min_spans: int = Field(0, ge=0)
     max_spans: int = Field(0, ge=0, description="0 = no upper bound")
@@ -149,7 +159,8 @@ class DeadlineMissedCfg(ComponentConfig):
 
 
 LEAF_TYPES = ("always_sample", "latency", "numeric_attribute", "probabilistic", "status_code", "string_attribute",
-              "rate_limiting", "span_count", "boolean_attribute", "deadline_missed")
+              "rate_limiting", "bytes_limiting", "span_count", "trace_state", "trace_flags", "boolean_attribute",
+              "deadline_missed")
 
 
 class SharedPolicy(ComponentConfig):
@@ -164,7 +175,9 @@ class SharedPolicy(ComponentConfig):
     status_code: StatusCodeCfg | None = None
     string_attribute: StringAttributeCfg | None = None
     rate_limiting: RateLimitingCfg | None = None
+    bytes_limiting: BytesLimitingCfg | None = None
     span_count: SpanCountCfg | None = None
+    trace_state: TraceStateCfg | None = None
     boolean_attribute: BooleanAttributeCfg | None = None
     deadline_missed: DeadlineMissedCfg | None = None
 
@@ -183,8 +196,10 @@ class SharedPolicy(ComponentConfig):
 
     @model_validator(mode="after")
     def _typed(self) -> SharedPolicy:
-        need = {"latency", "numeric_attribute", "status_code", "string_attribute", "boolean_attribute"}
-        if self.type in need and getattr(self, self.type) is None:
+        need = {"latency", "numeric_attribute", "status_code", "string_attribute", "boolean_attribute",
+                "bytes_limiting", "trace_state", "not", "and", "composite", "drop"}
+        attr = {"and": "and_", "not": "not_"}.get(self.type, self.type)
+        if self.type in need and getattr(self, attr, None) is None:
             raise ValueError(f"policy {self.name!r} of type {self.type} needs its {self.type}: block")
         return self
 
@@ -193,12 +208,26 @@ class SharedPolicy(ComponentConfig):
         return LEAF_TYPES
 
 
+class NotCfg(ComponentConfig):
+    not_sub_policy: SharedPolicy
+
+
+class AndSubPolicy(SharedPolicy):
+    """What `and` and `drop` hold: a policy that decides by itself, or `not` of one."""
+
+    not_: NotCfg | None = Field(None, alias="not")
+
+    @classmethod
+    def allowed(cls) -> tuple[str, ...]:
+        return (*LEAF_TYPES, "not")
+
+
 class AndCfg(ComponentConfig):
-    and_sub_policy: list[SharedPolicy] = Field(..., min_length=1)
+    and_sub_policy: list[AndSubPolicy] = Field(..., min_length=1)
 
 
 class DropCfg(ComponentConfig):
-    drop_sub_policy: list[SharedPolicy] = Field(..., min_length=1)
+    drop_sub_policy: list[AndSubPolicy] = Field(..., min_length=1)
 
 
 class CompositeSubPolicy(SharedPolicy):
@@ -238,17 +267,11 @@ class CompositeCfg(ComponentConfig):
 class PolicyCfg(CompositeSubPolicy):
     composite: CompositeCfg | None = None
     drop: DropCfg | None = None
+    not_: NotCfg | None = Field(None, alias="not")
 
     @classmethod
     def allowed(cls) -> tuple[str, ...]:
-        return (*LEAF_TYPES, "and", "composite", "drop")
-
-    @model_validator(mode="after")
-    def _combined(self) -> PolicyCfg:
-        for t, block in (("and", self.and_), ("composite", self.composite), ("drop", self.drop)):
-            if self.type == t and block is None:
-                raise ValueError(f"policy {self.name!r} of type {t} needs its {t}: block")
-        return self
+        return (*LEAF_TYPES, "and", "composite", "drop", "not")
 
 
 # --- what a policy sees -------------------------------------------------------------------------------
@@ -458,6 +481,62 @@ def rate_limiting(cfg: RateLimitingCfg, clock: Clock) -> Policy:
     return lambda td: Decision.SAMPLED if bucket.allow(td.span_count) else Decision.NOT_SAMPLED
 
 
+def bytes_limiting(cfg: BytesLimitingCfg, clock: Clock) -> Policy:
+    """A token bucket of bytes; a trace's size is its OTLP request size, as the collector's TracesSize."""
+    bucket = TokenBucket(cfg.bytes_per_second, cfg.burst_capacity or 2 * cfg.bytes_per_second, clock)
+    return lambda td: Decision.SAMPLED if bucket.allow(td.size) else Decision.NOT_SAMPLED
+
+
+_TS_KEY = re.compile(r"[a-z0-9][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13}")
+_TS_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+
+
+def parse_trace_state(raw: str) -> dict[str, str] | None:
+    """W3C tracestate as the Go SDK's ParseTraceState reads it; None when it is invalid (then the collector's
+    policy does not match the span)."""
+    out: dict[str, str] = {}
+    if not raw:
+        return out
+    for member in raw.split(","):
+        member = member.strip(" \t")
+        if not member:
+            continue
+        key, sep, value = member.partition("=")
+        if not sep or not _TS_KEY.fullmatch(key) or not _TS_VALUE.fullmatch(value) or key in out:
+            return None
+        out[key] = value
+        if len(out) > 32:
+            return None
+    return out
+
+
+def trace_state(cfg: TraceStateCfg) -> Policy:
+    key = cfg.key
+    values = frozenset(v for v in cfg.values if v and len(key) + len(v) < 256)
+
+    def hit(sp: Any) -> bool:
+        ts = parse_trace_state(sp.trace_state)
+        return ts is not None and ts.get(key, "") in values
+
+    return lambda td: _any_span(td, hit)
+
+
+def trace_flags() -> Policy:
+    return lambda td: _any_span(td, lambda sp: bool(sp.flags & 0x01))
+
+
+def not_policy(sub: Policy) -> Policy:
+    def decide(td: TraceData) -> Decision:
+        d = sub(td)
+        if d == Decision.SAMPLED:
+            return Decision.NOT_SAMPLED
+        if d == Decision.NOT_SAMPLED:
+            return Decision.SAMPLED
+        return d
+
+    return decide
+
+
 def span_count(cfg: SpanCountCfg) -> Policy:
     lo, hi = cfg.min_spans, cfg.max_spans
 
@@ -564,6 +643,14 @@ def build(cfg: SharedPolicy, clock: Clock) -> Policy:
         return rate_limiting(cfg.rate_limiting or RateLimitingCfg(), clock)
     if t == "span_count":
         return span_count(cfg.span_count or SpanCountCfg())
+    if t == "trace_flags":
+        return trace_flags()
+    if t == "bytes_limiting" and cfg.bytes_limiting is not None:
+        return bytes_limiting(cfg.bytes_limiting, clock)
+    if t == "trace_state" and cfg.trace_state is not None:
+        return trace_state(cfg.trace_state)
+    if t == "not" and isinstance(cfg, AndSubPolicy | PolicyCfg) and cfg.not_ is not None:
+        return not_policy(build(cfg.not_.not_sub_policy, clock))
     if t == "deadline_missed":
         return deadline_missed(cfg.deadline_missed or DeadlineMissedCfg())
     if t == "numeric_attribute" and cfg.numeric_attribute is not None:

@@ -1,7 +1,8 @@
 """Known traces for tail_sampling tests: spans described as plain dicts, built into one OTLP request.
 
 A trace is a list of span dicts: {"service", "name", "start_ms", "dur_ms", "status" (0/1/2), "attrs",
-"res" (extra resource attributes)}. Spans of one service share a ResourceSpans; trace ids are fixed
+"res" (extra resource attributes),
+"trace_state" (W3C tracestate), "flags" (OTLP span flags)}. Spans of one service share a ResourceSpans; trace ids are fixed
 16-byte values derived from a small integer so tests can name traces by number.
 """
 
@@ -49,6 +50,8 @@ def request(traces: dict[int, list[dict[str, Any]]]) -> ExportTraceServiceReques
             sp.start_time_unix_nano = start
             sp.end_time_unix_nano = start + int(s.get("dur_ms", 1) * 1_000_000)
             sp.status.code = s.get("status", 0)
+            sp.trace_state = s.get("trace_state", "")
+            sp.flags = s.get("flags", 0)
             sp.attributes.extend(attrs(s.get("attrs", {})))
     return req
 

@@ -64,6 +64,16 @@ drop_beats_sample:
   - {name: d, type: drop, drop: {drop_sub_policy: [
       {name: h, type: string_attribute, string_attribute: {key: url.path, values: [\\/health, \\/metrics], enabled_regex_matching: true}},
       {name: e, type: status_code, status_code: {status_codes: [OK, UNSET]}}]}}
+trace_state:
+  - {name: p, type: trace_state, trace_state: {key: key3, values: [value1, value2]}}
+trace_flags:
+  - {name: p, type: trace_flags}
+not_in_drop:
+  - {name: all, type: always_sample}
+  - {name: d, type: drop, drop: {drop_sub_policy: [
+      {name: n, type: not, not: {not_sub_policy: {name: e, type: status_code, status_code: {status_codes: [ERROR]}}}}]}}
+not_top:
+  - {name: n, type: not, not: {not_sub_policy: {name: s, type: string_attribute, string_attribute: {key: key2, values: [value1]}}}}
 composite:
   - {name: c, type: composite, composite: {
       max_total_spans_per_second: 100000000,
@@ -94,7 +104,13 @@ def known_traces(n: int = 400) -> dict[int, list[dict[str, Any]]]:
             if rnd.random() < 0.2:
                 attrs["url.path"] = rnd.choice(["/health", "/metrics", "/api/v1", "/healthz"])
             res = {"key1": rnd.randint(0, 120)} if rnd.random() < 0.1 else {}
-            spans.append({"service": rnd.choice(["a", "b", "c"]), "start_ms": rnd.randint(0, 4000) if i else 0,
+            extra: dict[str, Any] = {}
+            if rnd.random() < 0.3:
+                extra["trace_state"] = rnd.choice(["key3=value1", "foo=bar,key3=value2", "key3=value3",
+                                                   "Key3=value1", "key3=value1,key3=value2", "a=1, key3=value1"])
+            if rnd.random() < 0.3:
+                extra["flags"] = rnd.choice([0x1, 0x100, 0x101, 0x300])
+            spans.append({**extra, "service": rnd.choice(["a", "b", "c"]), "start_ms": rnd.randint(0, 4000) if i else 0,
                           "dur_ms": rnd.choice([1, 50, 2999, 3001, 4999, 5000, 5001, 7000, 9999, 10000, 10001, 12000]),
                           "status": rnd.choice([0, 1, 2]), "attrs": attrs, "res": res})
         out[t] = spans

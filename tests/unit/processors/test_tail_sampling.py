@@ -87,7 +87,9 @@ policies:
     {name: test-policy-7, type: string_attribute,
      string_attribute: {key: key2, values: [value1, val*], enabled_regex_matching: true, cache_max_size: 10}},
     {name: test-policy-8, type: rate_limiting, rate_limiting: {spans_per_second: 35}},
+    {name: test-policy-9, type: bytes_limiting, bytes_limiting: {bytes_per_second: 1024000, burst_capacity: 2048000}},
     {name: test-policy-10, type: span_count, span_count: {min_spans: 2, max_spans: 20}},
+    {name: test-policy-11, type: trace_state, trace_state: { key: key3, values: [value1, value2] }},
     {name: test-policy-12, type: boolean_attribute, boolean_attribute: {key: key4, value: true}},
     {name: and-policy-1, type: and, and: {and_sub_policy: [
         {name: test-and-policy-1, type: numeric_attribute, numeric_attribute: {key: key1, min_value: 50, max_value: 100}},
@@ -119,12 +121,13 @@ def test_readme_example_validates_and_names_the_policies_gotel_lacks() -> None:
     assert [p.name for p in cfg.policies][:3] == ["test-policy-1", "test-policy-2", "test-policy-3"]
     assert cfg.decision_wait == 10.0 and cfg.num_traces == 100
     assert cfg.decision_cache.sampled_cache_size == 100_000
+    # test-policy-13 of the README is an OTTL condition: the one policy type gotel lacks, named as such
     lacking = dict(README, policies=[*README["policies"], {
-        "name": "test-policy-9", "type": "bytes_limiting",
-        "bytes_limiting": {"bytes_per_second": 1024000, "burst_capacity": 2048000}}])
+        "name": "test-policy-13", "type": "ottl_condition",
+        "ottl_condition": {"error_mode": "ignore", "span": ['attributes["test_attr_key_1"] == "test_attr_val_1"']}}])
     with pytest.raises(ValidationError) as e:
         Config.model_validate(lacking)
-    assert "type 'bytes_limiting' is the collector's, gotel's tail_sampling does not have it" in str(e.value)
+    assert "type 'ottl_condition' is the collector's, gotel's tail_sampling does not have it" in str(e.value)
 
 
 @pytest.mark.parametrize(("policy", "traces", "kept"), [
@@ -158,6 +161,10 @@ def test_readme_example_validates_and_names_the_policies_gotel_lacks() -> None:
         3: [{"attrs": {"key1": 60}}, {"attrs": {"key2": "value2"}}], 4: [{"attrs": {"key1": 10, "key2": "value1"}}]},
      {1, 3}),
     ("test-policy-1", {1: [{}], 2: [{"status": ERR}]}, {1, 2}),
+    ("test-policy-11", {  # trace_state key3 in (value1, value2); an invalid tracestate matches nothing
+        1: [{"trace_state": "key3=value1"}], 2: [{"trace_state": "foo=bar,key3=value2"}],
+        3: [{"trace_state": "key3=value3"}], 4: [{"trace_state": "Key3=value1"}], 5: [{}],
+        6: [{}, {"trace_state": "a=1, key3=value1"}]}, {1, 2, 6}),
 ])
 async def test_readme_policy_on_known_traces(policy: str, traces: dict[int, list[dict[str, Any]]], kept: set[int]) -> None:
     rig = Rig(cfg_of(readme_policy(policy)))
@@ -203,6 +210,32 @@ async def test_readme_rate_limiting_spends_a_token_bucket_on_the_clock() -> None
     rig.clock.t += 2.0  # 70 tokens back
     assert await rig.run({n: [{}] * 10 for n in range(100, 108)}) == set(range(100, 107))
     assert await rig.run({200: [{}] * 71}) == set()  # more than the bucket holds: never
+
+
+async def test_readme_bytes_limiting_spends_a_bucket_of_request_bytes() -> None:
+    # the bucket holds 2,048,000 bytes: traces of ~300 KB (their request size) pass until it is spent; the
+    # next decisions, 100 ms later, have what is left plus 102,400 bytes
+    rig = Rig(cfg_of(readme_policy("test-policy-9"), decision_wait="100ms"))
+    big = {n: [{"attrs": {"blob": "x" * 300_000}}] for n in range(8)}
+    size = len(request({0: big[0]}).SerializeToString())
+    kept = await rig.run(big)
+    assert kept == set(range(2_048_000 // size))
+    left = 2_048_000 - len(kept) * size + 102_400
+    assert len(await rig.run({n + 100: v for n, v in big.items()})) == left // size >= 1
+
+
+async def test_trace_flags_and_not() -> None:
+    rig = Rig(cfg_of({"name": "f", "type": "trace_flags"}))
+    assert await rig.run({1: [{"flags": 0x101}], 2: [{"flags": 0x100}], 3: [{}, {"flags": 1}]}) == {1, 3}
+    rig = Rig(cfg_of({"name": "n", "type": "not", "not": {"not_sub_policy": {
+        "name": "e", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}}}}))
+    assert await rig.run({1: [{"status": ERR}], 2: [{"status": OK}], 3: [{}, {"status": ERR}]}) == {2}
+    # `not` inside `drop`: drop every trace that has no error
+    rig = Rig(cfg_of({"name": "all", "type": "always_sample"},
+                     {"name": "d", "type": "drop", "drop": {"drop_sub_policy": [{"name": "n", "type": "not", "not": {
+                         "not_sub_policy": {"name": "e", "type": "status_code",
+                                            "status_code": {"status_codes": ["ERROR"]}}}}]}}))
+    assert await rig.run({1: [{"status": ERR}], 2: [{"status": OK}]}) == {1}
 
 
 async def test_readme_composite_shares_the_rate_in_sub_policy_order() -> None:
@@ -519,12 +552,12 @@ def test_gotel_validate_names_a_bad_key_and_a_missing_policy_type_with_their_pla
     f = tmp_path / "c.yaml"
     f.write_text(_pipeline_yaml({"decision_wait": "5s", "policies": [
         {"name": "slow", "type": "latency", "latency": {"threshold_ms": 100, "upper_treshold_ms": 200}},
-        {"name": "ts", "type": "trace_state", "trace_state": {"key": "k", "values": ["v"]}}]}))
+        {"name": "ts", "type": "ottl_condition", "ottl_condition": {"span": ['name == "x"']}}]}))
     assert main(["validate", "-c", str(f)]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3, err
     assert err[0].startswith(f"{f}:") and "processors::tail_sampling::policies::0::latency::upper_treshold_ms" in err[0]
-    assert "processors::tail_sampling::policies::1" in err[1] and "type 'trace_state' is the collector's" in err[1]
+    assert "processors::tail_sampling::policies::1" in err[1] and "type 'ottl_condition' is the collector's" in err[1]
     assert err[2] == f"{f}: 2 errors"
 
 
