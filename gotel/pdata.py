@@ -82,7 +82,8 @@ class Batch:
         self._count = None
 
     def cached_bytes(self) -> bytes | None:
-        """The wire bytes when they are at hand (received, or serialized since the last change), else None."""
+        """The wire bytes while they still describe the message (nothing has touched it), else None:
+        a processor can look for what it needs in them before it pays for parsing."""
         return self._raw
 
     def to_bytes(self) -> bytes:
