@@ -75,6 +75,12 @@ class Batch:
             self._msg = m
         return self._msg
 
+    def set_wire(self, raw: bytes) -> None:
+        """Records wire bytes that encode the message as it now is (framed by hand, e.g. a request with
+        some items cut out), so that nobody serializes it again."""
+        self._raw = raw
+        self._count = None
+
     def cached_bytes(self) -> bytes | None:
         """The wire bytes while they still describe the message (nothing has touched it), else None:
         a processor can look for what it needs in them before it pays for parsing."""
