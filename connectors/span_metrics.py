@@ -437,7 +437,8 @@ class SpanMetrics(Connector):
         p.start_time_unix_nano = self._last_flush if delta else s.start
         p.time_unix_nano = now
         p.count, p.sum = s.count, s.total
-        p.scale, p.zero_count = e.scale, e.zero
+        # the scale of a histogram with no non-zero value is 0, as the collector's says
+        p.scale, p.zero_count = (e.scale if e.counts else 0), e.zero
         if e.counts:
             lo, hi = min(e.counts), max(e.counts)
             p.positive.offset = lo
