@@ -152,14 +152,18 @@ class ExpoHist:
     scale: int = MAX_SCALE
     zero: int = 0
     counts: dict[int, int] = field(default_factory=dict)
+    lo: int = 0
+    hi: int = -1  # lo..hi: the bucket index range in use (empty while hi < lo)
 
     def add(self, v: float) -> None:
         if v <= 0:
             self.zero += 1
             return
         idx = _bucket_index_exp(v, self.scale)
-        if self.counts:
-            lo, hi = min(min(self.counts), idx), max(max(self.counts), idx)
+        if self.hi < self.lo:
+            self.lo = self.hi = idx
+        elif idx < self.lo or idx > self.hi:
+            lo, hi = min(self.lo, idx), max(self.hi, idx)
             change = 0
             while hi - lo + 1 > self.max_size:
                 lo >>= 1
@@ -172,6 +176,7 @@ class ExpoHist:
                 self.counts = merged
                 self.scale -= change
                 idx = _bucket_index_exp(v, self.scale)
+            self.lo, self.hi = min(lo, idx), max(hi, idx)
         self.counts[idx] = self.counts.get(idx, 0) + 1
 
 
@@ -194,6 +199,9 @@ class ResourceState:
     calls: dict[tuple[Any, ...], Series] = field(default_factory=dict)
     hist: dict[tuple[Any, ...], Series] = field(default_factory=dict)
     events: dict[tuple[Any, ...], Series] = field(default_factory=dict)
+    # raw span values -> series (see SpanMetrics.aggregate)
+    calls_fast: dict[tuple[Any, ...], Series] = field(default_factory=dict)
+    hist_fast: dict[tuple[Any, ...], Series] = field(default_factory=dict)
 
 
 def _value_key(av: AnyValue) -> Any:
@@ -323,48 +331,82 @@ class SpanMetrics(Connector):
                 res.CopyFrom(rs.resource)
                 st = self.resources[rkey] = ResourceState(res, now, mono)
             st.last_seen = mono
+            calls_fast, hist_fast = st.calls_fast, st.hist_fast
+            exemplars = cfg.exemplars.enabled
             for ss in rs.scope_spans:
                 scope_dims: list[tuple[str, AnyValue]] = []
                 if ss.scope.name in self.scopes:
                     scope_dims = [(SCOPE_NAME_DIM, any_value(ss.scope.name)),
                                   (SCOPE_VERSION_DIM, any_value(ss.scope.version))]
+                scope_key = (ss.scope.name, ss.scope.version) if scope_dims else ()
                 for span in ss.spans:
-                    head: list[tuple[str, AnyValue]] = []
-                    for d in self.defaults:
-                        if d == SERVICE_NAME:
-                            head.append((d, svc))
-                        elif d == SPAN_NAME:
-                            head.append((d, any_value(span.name)))
-                        elif d == SPAN_KIND:
-                            head.append((d, any_value(_KIND.get(span.kind, str(span.kind)))))
-                        else:
-                            head.append((d, any_value(_STATUS.get(span.status.code, str(span.status.code)))))
-                    head += scope_dims
+                    # The series of most spans is found by the raw values of its dimensions: one tuple,
+                    # one dict lookup per metric; attributes are built only for a series not seen yet.
                     span_attrs = {kv.key: kv.value for kv in span.attributes} if want_attrs else {}
-                    common = head + self._dims(base_dims, span_attrs, res_attrs) if base_dims else head
-                    dur = (span.end_time_unix_nano - span.start_time_unix_nano) / div \
-                        if span.end_time_unix_nano > span.start_time_unix_nano else 0.0
-                    c = self._series(st.calls, common + self._dims(calls_dims, span_attrs, res_attrs)
-                                     if calls_dims else common, now, False)
+                    raw = (span.name, span.kind, span.status.code, scope_key)
+                    if base_dims:
+                        raw += self._raw(base_dims, span_attrs, res_attrs)
+                    ckey = raw + self._raw(calls_dims, span_attrs, res_attrs) if calls_dims else raw
+                    start, end = span.start_time_unix_nano, span.end_time_unix_nano
+                    dur = (end - start) / div if end > start else 0.0
+                    c = calls_fast.get(ckey)
+                    if c is None:
+                        common = self._common(svc, span, scope_dims, base_dims, span_attrs, res_attrs)
+                        c = calls_fast[ckey] = self._series(
+                            st.calls, common + self._dims(calls_dims, span_attrs, res_attrs), now, False)
                     c.count += 1
-                    self._exemplar(c, span, dur, span.end_time_unix_nano)
+                    if exemplars:
+                        self._exemplar(c, span, dur, end)
                     if hist_on:
-                        h = self._series(st.hist, common + self._dims(hist_dims, span_attrs, res_attrs)
-                                         if hist_dims else common, now, True)
+                        hkey = raw + self._raw(hist_dims, span_attrs, res_attrs) if hist_dims else raw
+                        h = hist_fast.get(hkey)
+                        if h is None:
+                            common = self._common(svc, span, scope_dims, base_dims, span_attrs, res_attrs)
+                            h = hist_fast[hkey] = self._series(
+                                st.hist, common + self._dims(hist_dims, span_attrs, res_attrs), now, True)
                         h.count += 1
                         h.total += dur
                         if h.buckets is not None:
                             h.buckets[bisect_left(bounds, dur)] += 1
                         elif h.expo is not None:
                             h.expo.add(dur)
-                        self._exemplar(h, span, dur, span.end_time_unix_nano)
-                    if cfg.events.enabled:
+                        if exemplars:
+                            self._exemplar(h, span, dur, end)
+                    if cfg.events.enabled and span.events:
+                        common = self._common(svc, span, scope_dims, base_dims, span_attrs, res_attrs)
                         for ev in span.events:
                             ev_attrs = {kv.key: kv.value for kv in ev.attributes}
                             e = self._series(st.events, common + self._dims(cfg.events.dimensions, ev_attrs, {}),
                                              now, False)
                             e.count += 1
-                            self._exemplar(e, span, dur, ev.time_unix_nano)
+                            if exemplars:
+                                self._exemplar(e, span, dur, ev.time_unix_nano)
+
+    def _common(self, svc: AnyValue, span: Any, scope_dims: list[tuple[str, AnyValue]], base_dims: list[Dimension],
+                span_attrs: dict[str, AnyValue], res_attrs: dict[str, AnyValue]) -> list[tuple[str, AnyValue]]:
+        """The default dimensions (less the excluded ones), the scope's, then `dimensions`."""
+        head: list[tuple[str, AnyValue]] = []
+        for d in self.defaults:
+            if d == SERVICE_NAME:
+                head.append((d, svc))
+            elif d == SPAN_NAME:
+                head.append((d, any_value(span.name)))
+            elif d == SPAN_KIND:
+                head.append((d, any_value(_KIND.get(span.kind, str(span.kind)))))
+            else:
+                head.append((d, any_value(_STATUS.get(span.status.code, str(span.status.code)))))
+        return head + scope_dims + self._dims(base_dims, span_attrs, res_attrs)
+
+    @staticmethod
+    def _raw(dims: list[Dimension], span_attrs: dict[str, AnyValue], res_attrs: dict[str, AnyValue]) -> tuple[Any, ...]:
+        """The values `dims` would take, as a hashable key (None where one is left out)."""
+        out: list[Any] = []
+        for d in dims:
+            v = span_attrs.get(d.name)
+            if v is None:
+                v = res_attrs.get(d.name)
+            out.append(None if v is None else v.SerializeToString())  # cheaper than reading the oneof
+        return tuple(out)
 
     def build(self) -> ExportMetricsServiceRequest | None:
         """The metrics of every live resource; resets them when delta, expires idle ones when asked."""
@@ -403,15 +445,13 @@ class SpanMetrics(Connector):
                         p.bucket_counts.extend(s.buckets)
                         self._put_exemplars(p, s)
             self._sums(sm, self.names["events"], st.events, now, delta)
-        for st in self.resources.values():
-            for table in (st.calls, st.hist, st.events):
-                if delta:
-                    table.clear()
-                else:
+        if delta:
+            self.resources.clear()  # series, caches and all: the next window starts empty
+        else:
+            for st in self.resources.values():
+                for table in (st.calls, st.hist, st.events):
                     for s in table.values():
                         s.exemplars.clear()
-        if delta:
-            self.resources.clear()
         self._last_flush = now
         return req if req.resource_metrics else None
 
@@ -440,9 +480,8 @@ class SpanMetrics(Connector):
         # the scale of a histogram with no non-zero value is 0, as the collector's says
         p.scale, p.zero_count = (e.scale if e.counts else 0), e.zero
         if e.counts:
-            lo, hi = min(e.counts), max(e.counts)
-            p.positive.offset = lo
-            p.positive.bucket_counts.extend(e.counts.get(i, 0) for i in range(lo, hi + 1))
+            p.positive.offset = e.lo
+            p.positive.bucket_counts.extend(e.counts.get(i, 0) for i in range(e.lo, e.hi + 1))
         self._put_exemplars(p, s)
 
     @staticmethod
