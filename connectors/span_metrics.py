@@ -343,7 +343,7 @@ class SpanMetrics(Connector):
                     # The series of most spans is found by the raw values of its dimensions: one tuple,
                     # one dict lookup per metric; attributes are built only for a series not seen yet.
                     span_attrs = {kv.key: kv.value for kv in span.attributes} if want_attrs else {}
-                    raw = (span.name, span.kind, span.status.code, scope_key)
+                    raw: tuple[Any, ...] = (span.name, span.kind, span.status.code, scope_key)
                     if base_dims:
                         raw += self._raw(base_dims, span_attrs, res_attrs)
                     ckey = raw + self._raw(calls_dims, span_attrs, res_attrs) if calls_dims else raw
