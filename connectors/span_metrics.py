@@ -144,7 +144,7 @@ def _bucket_index_exp(value: float, scale: int) -> int:
     return math.floor(math.log(value) * (2.0**scale / math.log(2)))
 
 
-@dataclass
+@dataclass(slots=True)
 class ExpoHist:
     """A base-2 exponential histogram that halves its resolution when its buckets would exceed max_size."""
 
@@ -180,9 +180,9 @@ class ExpoHist:
         self.counts[idx] = self.counts.get(idx, 0) + 1
 
 
-@dataclass
+@dataclass(slots=True)
 class Series:
-    attrs: list[KeyValue]
+    attrs: bytes  # a serialized data point holding only the attributes: merged into the output point
     count: int = 0
     total: float = 0.0
     buckets: list[int] | None = None
@@ -288,7 +288,12 @@ class SpanMetrics(Connector):
             if s is not None:
                 return s
             key, dims = okey, [(OVERFLOW_KEY, any_value(True))]
-        s = Series([KeyValue(key=k, value=v) for k, v in dims], start=now)
+        # Kept serialized (~a tenth of the memory of KeyValue messages); the field number of
+        # `attributes` differs between point types, so the point type of the output serializes it.
+        holder = (metrics_pb2.ExponentialHistogramDataPoint() if self.expo_size else metrics_pb2.HistogramDataPoint()) \
+            if hist else metrics_pb2.NumberDataPoint()
+        holder.attributes.extend(KeyValue(key=k, value=v) for k, v in dims)
+        s = Series(holder.SerializeToString(), start=now)
         if hist:
             if self.expo_size:
                 s.expo = ExpoHist(self.expo_size)
@@ -436,7 +441,7 @@ class SpanMetrics(Connector):
                     m.histogram.aggregation_temporality = self.temporality
                     for s in st.hist.values():
                         p = m.histogram.data_points.add()
-                        p.attributes.extend(s.attrs)
+                        p.MergeFromString(s.attrs)
                         p.start_time_unix_nano = self._last_flush if delta else s.start
                         p.time_unix_nano = now
                         p.count, p.sum = s.count, s.total
@@ -464,7 +469,7 @@ class SpanMetrics(Connector):
         m.sum.aggregation_temporality = self.temporality
         for s in table.values():
             p = m.sum.data_points.add()
-            p.attributes.extend(s.attrs)
+            p.MergeFromString(s.attrs)
             p.start_time_unix_nano = self._last_flush if delta else s.start
             p.time_unix_nano = now
             p.as_int = s.count
@@ -473,7 +478,7 @@ class SpanMetrics(Connector):
     def _expo_point(self, p: Any, s: Series, now: int, delta: bool) -> None:
         assert s.expo is not None
         e = s.expo
-        p.attributes.extend(s.attrs)
+        p.MergeFromString(s.attrs)
         p.start_time_unix_nano = self._last_flush if delta else s.start
         p.time_unix_nano = now
         p.count, p.sum = s.count, s.total
