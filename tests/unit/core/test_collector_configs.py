@@ -39,7 +39,7 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         {"receivers": ["otlp"], "processors": ["batch"], "exporters": ["prometheus", "debug", "otlp"],
          "extensions": ["health_check", "pprof", "zpages"]}),
     "grafana_lgtm.yaml": (
-        ["receivers::prometheus/collector", "connectors::servicegraph", "connectors::count"],
+        ["receivers::prometheus/collector", "connectors::count"],
         {"receivers": ["otlp"], "processors": ["batch"],
          "exporters": ["otlphttp/metrics", "otlphttp/traces", "otlphttp/logs", "debug/metrics"]}),
 }
@@ -103,16 +103,16 @@ def test_connector_used_in_pipelines_is_one_error_not_three() -> None:
     text = textwrap.dedent("""\
         receivers: {otlp: {protocols: {grpc: {endpoint: "127.0.0.1:0"}}}}
         exporters: {debug: {}}
-        connectors: {servicegraph: {}}
+        connectors: {count: {}}
         service:
           pipelines:
-            traces: {receivers: [otlp], exporters: [servicegraph]}
-            metrics: {receivers: [servicegraph], exporters: [debug]}
+            traces: {receivers: [otlp], exporters: [count]}
+            metrics: {receivers: [count], exporters: [debug]}
         """)
     with pytest.raises(ConfigError) as e:
         load_config("c.yaml", text=text, env={})
     assert [str(i) for i in e.value.issues] == [
-        f'c.yaml:3 connectors::servicegraph: gotel has no connector "servicegraph" yet {DOC}']
+        f'c.yaml:3 connectors::count: gotel has no connector "count" yet {DOC}']
 
 
 def test_a_typo_is_still_unknown_with_a_suggestion() -> None:
