@@ -157,3 +157,27 @@ def test_a_connector_that_failed_is_not_also_not_configured() -> None:
             traces: {receivers: [otlp], exporters: [forward]}
             traces/2: {receivers: [forward], exporters: [debug]}
         """) == ['c.yaml:3 connectors::forward::bogus: unknown key "bogus"']
+
+
+def test_an_id_that_is_both_a_receiver_and_a_connector_is_ambiguous() -> None:
+    from gotel.component import ALL_SIGNALS, ConnectorFactory, ExporterFactory, ReceiverFactory
+    from gotel.connectors import forward
+    from gotel.registry import Registry
+    from tests.unit.core.test_graph import Cfg, RecExporter, RecReceiver
+
+    r = Registry()
+    r.add(ReceiverFactory(type="dual", config=Cfg, signals=ALL_SIGNALS, create=RecReceiver, in_process=True))
+    r.add(ExporterFactory(type="ee", config=Cfg, signals=ALL_SIGNALS, create=RecExporter))
+    r.add(ConnectorFactory(type="dual", config=forward.Config, signals=ALL_SIGNALS,
+                           pairs=forward.factory.pairs, create=forward.factory.create))
+    with pytest.raises(ConfigError) as e:
+        load_config("c.yaml", text=textwrap.dedent("""\
+            receivers: {dual: }
+            exporters: {ee: }
+            connectors: {dual: }
+            service:
+              pipelines:
+                traces: {receivers: [dual], exporters: [ee]}
+            """), env={}, reg=r)
+    assert [str(i) for i in e.value.issues] == [
+        "c.yaml:3 connectors::dual: ambiguous id dual: both a receiver and a connector have it; rename one (type/name)"]
