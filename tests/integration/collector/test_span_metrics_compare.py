@@ -12,6 +12,7 @@ import pytest
 
 from gotel.connectors import span_metrics as sm
 from gotel.exporters import otlp as otlp_exp
+from gotel.otlpbuild import DELTA
 from gotel.pdata import Signal, Traces, attrs, value_of
 from tests.helpers.exporter_ctx import make_ctx
 from tests.helpers.otelcol import Collector
@@ -54,6 +55,10 @@ def spans() -> Traces:
             if i % 5 == 0:
                 a["http.status_code"] = 200 + (i % 10)
             s.attributes.extend(attrs(a))
+            for e in range(i % 3):  # span events, for the events metric
+                ev = s.events.add()
+                ev.name, ev.time_unix_nano = "exception", s.start_time_unix_nano + e
+                ev.attributes.extend(attrs({"exception.type": ["io.EOF", "context.Canceled"][e]}))
     return b
 
 
@@ -71,10 +76,16 @@ def series(reqs: list[Any]) -> dict[tuple[Any, ...], Any]:
                         key = (m.name, m.unit, kind, res, tuple(sorted(
                             (kv.key, repr(value_of(kv.value))) for kv in p.attributes
                             if kv.key != "collector.instance.id")))
+                        delta = getattr(m, kind).aggregation_temporality == DELTA
                         if kind == "sum":
-                            out[key] = (m.sum.is_monotonic, m.sum.aggregation_temporality, p.as_int)
+                            prev = out.get(key, (0, 0, 0))[2] if delta else 0  # deltas add up
+                            out[key] = (m.sum.is_monotonic, m.sum.aggregation_temporality, prev + p.as_int)
                         elif kind == "histogram":
+                            before = out.get(key) if delta else None
                             out[key] = (p.count, round(p.sum, 6), list(p.explicit_bounds), list(p.bucket_counts))
+                            if before is not None:
+                                out[key] = (before[0] + p.count, round(before[1] + p.sum, 6), list(p.explicit_bounds),
+                                            [x + y for x, y in zip(before[3], p.bucket_counts, strict=True)])
                         else:
                             out[key] = (p.count, round(p.sum, 6), p.scale, p.zero_count, p.positive.offset,
                                         list(p.positive.bucket_counts))
@@ -93,6 +104,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "exponential": {"histogram": {"exponential": {"max_size": 8}}},
     "exponential_wide": {"histogram": {"exponential": {"max_size": 160}}},
     "cardinality_limit": {"aggregation_cardinality_limit": 4},
+    "delta": {"aggregation_temporality": "AGGREGATION_TEMPORALITY_DELTA"},
+    "events": {"events": {"enabled": True, "dimensions": [{"name": "exception.type"}]}},
 }
 
 
@@ -133,6 +146,8 @@ async def test_same_series_as_the_collector(name: str, otelcol: Callable[..., Co
     assert sorted(ours) == sorted(theirs)
     for k in ours:
         assert ours[k] == theirs[k], k
+    if name == "events":
+        assert any(k[0] == "traces.span.metrics.events" for k in ours)
     if name == "cardinality_limit":  # 4 series per resource and metric, then the overflow one
         assert sum(("otel.metric.overflow", "True") in k[4] for k in ours) == 4
     if name.startswith("exponential"):
