@@ -9,6 +9,7 @@ ProcessorFactory or ExporterFactory. Factories are found through entry points
 from __future__ import annotations
 
 import builtins
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -188,6 +189,9 @@ class ProcessorFactory(Factory):
     """create(signal, config, next, context). One instance per pipeline."""
 
     create: Callable[[Signal, Any, Consumer, Context], Processor]
+    # Rules that depend on the pipeline's signal (the config alone cannot know it): a one-line problem
+    # with the config in a pipeline of that signal, or None. The config loader reports it at validation.
+    signal_problem: Callable[[Any, Signal], str | None] | None = None
     kind: ClassVar[Kind] = Kind.PROCESSOR
 
 
@@ -224,6 +228,32 @@ REQUEST_METADATA: ContextVar[Mapping[str, str]] = ContextVar(
     "gotel_request_metadata", default=MappingProxyType({})
 )
 RECEIVER_ID_HEADER = "gotel-receiver"
+# The peer address of the request, set by the receiver in REQUEST_METADATA (gRPC context.peer() such as
+# "ipv4:10.1.2.3:51234", or an HTTP remote address). Never a client header such as X-Forwarded-For: a
+# client could then claim another pod's identity. The receiver must overwrite a client-sent value.
+PEER_METADATA_KEY = "gotel-peer"
+
+
+def ip_of(s: str) -> str:
+    """'ipv4:10.1.2.3:4317', 'ipv6:[::1]:4317', '10.1.2.3:80', '10.1.2.3' -> the address, or ''."""
+    if s.startswith(("ipv4:", "ipv6:")):
+        s = s[5:]
+    if s.startswith("["):
+        s = s[1 : s.find("]")]
+    elif s.count(":") == 1:
+        s = s.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(s))
+    except ValueError:
+        return ""
+
+
+def connection_ip() -> str:
+    """The IP address of the connection whose request is being consumed, or ''."""
+    v = REQUEST_METADATA.get().get(PEER_METADATA_KEY)
+    return ip_of(v.strip()) if v else ""
+
+
 # A receiver process's exit status when the host lacks what it needs (BPF, capabilities, headers):
 # EX_CONFIG. A quick restart will not help, so the supervisor waits its longest backoff.
 EXIT_CANNOT_RUN = 78

@@ -75,6 +75,11 @@ class Batch:
             self._msg = m
         return self._msg
 
+    def cached_bytes(self) -> bytes | None:
+        """The wire bytes while they still describe the message (nothing has touched it), else None:
+        a processor can look for what it needs in them before it pays for parsing."""
+        return self._raw
+
     def to_bytes(self) -> bytes:
         if self._raw is None:
             assert self._msg is not None

@@ -27,6 +27,7 @@ from gotel.component import (
 )
 from gotel.ebpf.checks import BpfUnavailableError, require_bpf
 from gotel.exporterhelper import QueuedExporter
+from gotel.memory import trim_until
 from gotel.pdata import Signal
 from gotel.registry import GROUPS, registry
 from gotel.selfmetrics import TELEMETRY_HEADER, MergedRegistry, families_to_otlp
@@ -138,7 +139,7 @@ async def run_receiver(
         receiver = factory.create(config, sinks, make_context(tel, cid, Kind.RECEIVER))
         await receiver.start()
         log.info("receiver %s running: %s to %s", cid, ", ".join(signals), exporter_cfg.get("endpoint"))
-        await stop.wait()
+        await trim_until(stop)  # the C heap's free pages go back to the kernel while the receiver runs
     except BpfUnavailableError as e:
         # Not a crash: the host lacks what the receiver needs. The message lists each fix.
         log.error("receiver %s cannot run: %s", cid, e)

@@ -1,7 +1,8 @@
 """Receiver processes: start, watch, restart with backoff, forward logs, report state (DESIGN.md §1).
 
 Each receiver whose factory is not ``in_process`` runs as
-``python -m gotel receiver TYPE/NAME --internal --endpoint unix:///<runtime dir>/otlp.sock``.
+``gotel receiver TYPE/NAME --internal --endpoint unix:///<runtime dir>/otlp.sock``, forked from the
+fork server (gotel.forkserver: shared import pages) or, without one, exec'd as ``python -m gotel ...``.
 Its validated config reaches it on stdin as JSON (never argv or environment: they are readable by
 other users through /proc and may hold secrets). The child pushes OTLP to the pipeline's internal
 otlp receiver with metadata ``gotel-receiver: <id>``; every few seconds it also pushes its own
@@ -36,6 +37,8 @@ from pydantic import BaseModel, SecretBytes, SecretStr
 
 from gotel.component import EXIT_CANNOT_RUN, ComponentID, Kind
 from gotel.config.model import ComponentEntry, SupervisorConfig
+from gotel.forkserver import ForkedProcess, ForkServerClient
+from gotel.forkserver import enabled as forkserver_enabled
 from gotel.logs import LOG_LINE
 from gotel.pdata import Metrics, Signal, attr_dict
 from gotel.telemetry import ComponentTelemetry, Telemetry
@@ -150,7 +153,7 @@ class Child:
     entry: ComponentEntry
     signals: list[Signal]
     tel: ComponentTelemetry
-    proc: asyncio.subprocess.Process | None = None
+    proc: asyncio.subprocess.Process | ForkedProcess | None = None
     up: bool = False
     restarts: int = 0
     started_at: float = 0.0
@@ -184,6 +187,9 @@ class Supervisor:
         self.carry = carry or CounterCarry()
         # items the pipeline received from a receiver, per signal (the internal entry point's routers)
         self.received = received or (lambda _rid: {})
+        # receiver processes forked from one that imported their modules (gotel.forkserver): their
+        # import pages are shared; None, or not alive, and they are exec'd fresh
+        self.forkserver: ForkServerClient | None = None
 
     def add(self, entry: ComponentEntry, signals: list[Signal]) -> None:
         t = self.tel.component(entry.id, Kind.RECEIVER)
@@ -204,7 +210,7 @@ class Supervisor:
         return [sys.executable, "-m", "gotel", "--log-level", self.log_level, "receiver", str(child.id),
                 "--internal", "--endpoint", self.endpoint]
 
-    def spec(self, child: Child) -> bytes:
+    def spec(self, child: Child, parent_pid: int | None = None) -> bytes:
         return json.dumps({
             "type": child.entry.factory.type,
             "config": config_to_json(child.entry.config),
@@ -212,16 +218,31 @@ class Supervisor:
             "telemetry_interval": self.telemetry_interval,
             # The child sets PR_SET_PDEATHSIG itself and checks that this is still its parent: no
             # preexec_fn, so the spawn is a plain fork+exec that gRPC's fork handlers never see.
-            "parent_pid": os.getpid(),
+            "parent_pid": os.getpid() if parent_pid is None else parent_pid,
         }).encode()
 
     async def start(self) -> None:
+        if forkserver_enabled() and self.children:
+            fs = ForkServerClient()
+            try:
+                await fs.start(sorted({c.entry.factory.type for c in self.children.values()}))
+                self.forkserver = fs
+            except OSError as e:
+                log.warning("no fork server (%s): receiver processes start as fresh interpreters", e)
         for child in self.children.values():
             child.task = asyncio.create_task(self._watch(child), name=f"supervise-{child.id}")
 
-    async def _spawn(self, child: Child) -> asyncio.subprocess.Process:
+    async def _spawn(self, child: Child) -> asyncio.subprocess.Process | ForkedProcess:
+        fs, cmd = self.forkserver, self.command(child)
+        if fs is not None and fs.alive and cmd[:3] == [sys.executable, "-m", "gotel"]:
+            try:
+                # the child's parent is the fork server, which dies with us: the child checks that one
+                return await fs.spawn(cmd[3:], self.spec(child, fs.pid), 1 << 20)
+            except OSError as e:
+                log.warning("the fork server cannot start receiver %s (%s): starting a fresh interpreter",
+                            child.id, e)
         proc = await asyncio.create_subprocess_exec(
-            *self.command(child),
+            *cmd,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -346,3 +367,5 @@ class Supervisor:
         for c in self.children.values():
             c.up = False
             c.tel.set_up(False)
+        if self.forkserver is not None:
+            await self.forkserver.stop()

@@ -51,6 +51,9 @@ def _internal(args: argparse.Namespace, cid: ComponentID) -> int:
     setup_logging(args.log_level, prefix=f"[receiver {cid}]")
     spec = json.loads(sys.stdin.read())
     die_with_parent(int(spec.get("parent_pid", 0)))
+    from gotel.memory import limit_arenas
+
+    limit_arenas()  # before gRPC and the executor start their threads
     from gotel.receiverproc import load_one
 
     factory, problem = load_one(Kind.RECEIVER, spec["type"])

@@ -365,6 +365,11 @@ class _Validator:
                     line=line,
                 )
                 continue
+            check = getattr(entry.factory, "signal_problem", None)
+            if check is not None and signal is not None:
+                problem = check(entry.config, signal)
+                if problem:  # reported at the processor; it is still the one this pipeline names
+                    self.src.error((section, item), f"in a {signal.value} pipeline: {problem}")
             out.append(cid)
         return out
 

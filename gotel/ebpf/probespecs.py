@@ -19,7 +19,9 @@ MIN_GO = "1.17"  # register ABI (ABIInternal) on amd64; older Go passes argument
 
 @dataclass(frozen=True)
 class FieldRef:
-    """A struct field whose offset a probe reads, by DWARF type name ("net/http.Request") and field path."""
+    """A struct field whose offset a probe reads, by DWARF type name ("net/http.Request") and field path.
+    Alternatives (a type renamed between versions) are separated by "|" in `type`, and, when the field's name
+    changed too, in `field` (paired in order); the offset is known when one alternative is."""
 
     type: str
     field: str
@@ -118,6 +120,13 @@ def version_at_least(have: str, want: str) -> bool:
     return _vtuple(have) >= _vtuple(want)
 
 
+def _field_known(b: BinaryFacts, f: FieldRef) -> bool:
+    types, fields = f.type.split("|"), f.field.split("|")
+    if len(fields) != len(types):
+        fields = [f.field] * len(types)
+    return any(b.struct_offset(t, fl) is not None for t, fl in zip(types, fields, strict=True))
+
+
 def evaluate(spec: ProbeSpec, b: BinaryFacts) -> Verdict:
     v = Verdict(spec, "ok")
     if b.go_version is None:
@@ -159,7 +168,7 @@ def evaluate(spec: ProbeSpec, b: BinaryFacts) -> Verdict:
             v.status = "unavailable"
             v.reasons.append(f"no RET instruction found in {v.symbol}")
             return v
-    missing = [f for f in spec.offsets if b.struct_offset(f.type, f.field) is None]
+    missing = [f for f in spec.offsets if not _field_known(b, f)]
     if missing:
         v.status = "degraded"
         why = "no DWARF in the binary" if not b.has_dwarf else "field not found in DWARF"

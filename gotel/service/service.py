@@ -20,6 +20,7 @@ from typing import Any
 from gotel.component import Component, ComponentID, Kind, Receiver
 from gotel.config.model import Config
 from gotel.exporterhelper import StorageError
+from gotel.memory import trim_until
 from gotel.pdata import Metrics, Signal
 from gotel.selfmetrics import MergedRegistry, families_to_otlp
 from gotel.service.graph import Graph, make_context, shutdown_with_deadline
@@ -177,7 +178,7 @@ class Service:
                 log.exception("gotel failed to start")
                 await self.shutdown()
                 return 1
-            await self._stop.wait()
+            await trim_until(self._stop)  # start-up's and batches' freed C heap goes back to the kernel
             await self.shutdown()
             return 0
         finally:

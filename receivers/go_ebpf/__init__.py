@@ -184,7 +184,7 @@ class GoEbpfReceiver(RingBufferReceiver):
             "process.executable.path": info.exe.removesuffix(" (deleted)"),
             "process.runtime.name": "go",
             "process.runtime.version": plan.go_version or "",
-        })
+        }, netns=_netns(info.pid))
         try:
             self._images[info.pid] = self.targets.add_process(info.pid, exe, plan.sites, plan.layout.offsets,
                                                               plan.layout.flags)
@@ -258,6 +258,16 @@ class GoEbpfReceiver(RingBufferReceiver):
         self._attacher.shutdown(wait=True)  # detaches still queued run before the program closes
         if self.targets is not None:
             self.targets.close()
+
+def _netns(pid: int) -> int:
+    """The inode of the process's network namespace (0 when unreadable: loopback joins then assume one)."""
+    import os
+
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return 0
+
 
 def _create(cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> GoEbpfReceiver:
     return GoEbpfReceiver(cfg, sinks, ctx)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.agent import GOTEL, Agent, alive, children_of
+from tests.e2e.agent import GOTEL, Agent, alive
 from tests.helpers.otlp_sink import OTLPGrpcSink
+from tests.helpers.procmem import tree
 
 _PIPELINE_CFG = """
 receivers:
@@ -64,7 +65,9 @@ def _wait(pred: object, timeout: float = 20.0) -> bool:
 
 def _receiver_pids(agent: Agent) -> list[int]:
     assert agent.proc is not None
-    return [p for p in children_of(agent.proc.pid) if "receiver" in _cmdline(p)]
+    status = agent.ready()
+    assert status is not None
+    return [int(r["pid"]) for r in status["receivers"].values() if r["pid"]]
 
 
 def test_tokens_reach_the_backend_but_never_argv(tmp_path: Path, rundir: Path,
@@ -103,7 +106,8 @@ service:
         pids = _receiver_pids(a)
         assert pids, "the synthetic receiver runs in its own process"
         assert a.proc is not None
-        for pid in [a.proc.pid, *pids]:
+        assert set(pids) <= set(tree(a.proc.pid))
+        for pid in tree(a.proc.pid):  # the agent, the fork server, the receivers
             line = _cmdline(pid)
             assert TOKEN not in line, f"pid {pid}: {line}"
         # The receiver process got the secret (its config) over its stdin pipe.
@@ -217,7 +221,7 @@ def test_killed_pipelines_folder_is_removed_at_next_start_and_a_live_ones_kept(
         assert live.proc is not None and crashed.proc is not None
         live_dir = next(n for n in _folders(rundir) if n.startswith(f"gotel-run-{live.proc.pid}-"))
         crashed_dir = next(n for n in _folders(rundir) if n.startswith(f"gotel-run-{crashed.proc.pid}-"))
-        kids = children_of(crashed.proc.pid)
+        kids = tree(crashed.proc.pid)[1:]
         crashed.proc.send_signal(signal.SIGKILL)
         crashed.proc.wait(10)
         assert _wait(lambda: not any(alive(k) for k in kids), 10)  # its receivers die with it

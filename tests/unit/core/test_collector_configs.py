@@ -26,8 +26,8 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
              "extensions": ["zpages", "health_check"]}),
     "otel_demo.yaml": (
         ["receivers::httpcheck/frontend-proxy", "receivers::redis", "receivers::hostmetrics",
-         "exporters::opensearch", "processors::transform", "processors::resource"],
-        {"receivers": ["otlp"], "processors": ["batch", "memory_limiter"],
+         "exporters::opensearch", "processors::transform"],
+        {"receivers": ["otlp"], "processors": ["batch", "memory_limiter", "resource"],
          "exporters": ["debug", "otlp", "otlphttp/prometheus"]}),
     "jaeger_v2.yaml": (
         ["extensions::healthcheckv2", "extensions::expvar", "extensions::jaeger_query", "extensions::jaeger_storage",

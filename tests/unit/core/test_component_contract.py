@@ -29,6 +29,8 @@ from tests.unit.core.conftest import Tel
 REQUIRED: dict[tuple[Kind, str], dict[str, Any]] = {
     (Kind.RECEIVER, "usdt"): {"counters": [{"probe": "gotelfix:req_end", "name": "app.requests"}]},
     (Kind.PROCESSOR, "memory_limiter"): {"limit_mib": 100},
+    (Kind.PROCESSOR, "attributes"): {"actions": [{"key": "k", "action": "delete"}]},
+    (Kind.PROCESSOR, "resource"): {"attributes": [{"key": "k", "action": "delete"}]},
     (Kind.EXPORTER, "loki"): {"endpoint": "http://127.0.0.1:9/loki/api/v1/push"},
     (Kind.EXPORTER, "otlp"): {"endpoint": "127.0.0.1:9"},
     (Kind.EXPORTER, "otlp_http"): {"endpoint": "http://127.0.0.1:9"},

@@ -81,6 +81,8 @@ TIME_WORDS = {"interval", "timeout", "timeouts", "threshold", "age", "period", "
 # a key that names another unit (the collector's rebound_needed_threshold_mib) is a size or a count, not a time
 # (and health_check's exporter_failure_threshold counts failures)
 NON_TIME_UNITS = {"mib", "kib", "gib", "bytes", "percent", "percentage", "count", "items", "spans", "ratio", "failure"}
+# the collector's own keys that only look like a unit: log_severity_number's `min` is the lowest severity
+NOT_UNITS = {("SeverityNumberMatch", "min")}
 UNIT_WORDS = {"ns", "us", "ms", "s", "sec", "secs", "second", "seconds", "min", "mins", "minute", "minutes",
               "hour", "hours", "day", "days", "millis", "micros", "nanos", "msec", "usec", "nsec"}
 
@@ -110,7 +112,7 @@ def time_field_problems(model: type[BaseModel], where: str, seen: set[type[BaseM
     for name, f in model.model_fields.items():
         nested = _models(f.annotation)
         words = set(name.lower().split("_"))
-        if _unit_suffix(name):
+        if _unit_suffix(name) and (model.__name__, name) not in NOT_UNITS:
             better = name.rsplit("_", 1)[0] if "_" in name else "duration"
             out.append(f"{where}::{name}: the unit is in the key (write {better}: 10ms instead)")
         elif words & TIME_WORDS and not words & NON_TIME_UNITS and not nested and f.annotation is not bool and not is_duration_field(f.annotation, f.metadata):
