@@ -28,7 +28,7 @@ COLLECTOR_TYPES: dict[Kind, frozenset[str]] = {
         active_directory_ds aerospike apachespark bigip cloudfoundry
         """),
     Kind.PROCESSOR: _names("""
-        batch memory_limiter filter redaction probabilistic_sampler tail_sampling
+        batch memory_limiter filter redaction probabilistic_sampler
         transform span k8sattributes k8s_attributes resourcedetection resource_detection
         cumulativetodelta deltatocumulative deltatorate groupbyattrs groupbytrace interval
         metricstransform metricsgeneration metricstarttime logdedup geoip schema remotetap

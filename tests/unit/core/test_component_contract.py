@@ -31,6 +31,7 @@ REQUIRED: dict[tuple[Kind, str], dict[str, Any]] = {
     (Kind.PROCESSOR, "memory_limiter"): {"limit_mib": 100},
     (Kind.PROCESSOR, "attributes"): {"actions": [{"key": "k", "action": "delete"}]},
     (Kind.PROCESSOR, "resource"): {"attributes": [{"key": "k", "action": "delete"}]},
+    (Kind.PROCESSOR, "tail_sampling"): {"policies": [{"name": "all", "type": "always_sample"}]},
     (Kind.EXPORTER, "loki"): {"endpoint": "http://127.0.0.1:9/loki/api/v1/push"},
     (Kind.EXPORTER, "otlp"): {"endpoint": "127.0.0.1:9"},
     (Kind.EXPORTER, "otlp_http"): {"endpoint": "http://127.0.0.1:9"},
