@@ -2,7 +2,8 @@
 
 Every receiver, processor and exporter module exposes ``factory``: a ReceiverFactory,
 ProcessorFactory or ExporterFactory. Factories are found through entry points
-(``gotel.receivers``, ``gotel.processors``, ``gotel.exporters``, ``gotel.extensions``).
+(``gotel.receivers``, ``gotel.processors``, ``gotel.exporters``, ``gotel.connectors``,
+``gotel.extensions``).
 """
 
 from __future__ import annotations
@@ -148,6 +149,15 @@ class Exporter(Component):
         raise NotImplementedError
 
 
+class Connector(Component):
+    """The exporter of one pipeline and the receiver of others: consumes one signal, emits one."""
+
+    mutates: bool = False
+
+    async def consume(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class Factory:
     type: str
@@ -197,6 +207,17 @@ class ExporterFactory(Factory):
 class ExtensionFactory(Factory):
     create: Callable[[Any, Context], Component]
     kind: ClassVar[Kind] = Kind.EXTENSION
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectorFactory(Factory):
+    """create(from_signal, to_signal, config, next, context). One instance per connector id and signal
+    pair; `next` fans out over the pipelines that list the connector as a receiver of `to_signal`.
+    `signals` are the signals it consumes; `pairs` the (from, to) pairs it supports."""
+
+    create: Callable[[Signal, Signal, Any, Consumer, Context], Connector]
+    pairs: frozenset[tuple[Signal, Signal]]
+    kind: ClassVar[Kind] = Kind.CONNECTOR
 
 
 ALL_SIGNALS = frozenset(Signal)

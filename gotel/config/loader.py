@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from gotel.component import ComponentID, Kind
 from gotel.config.collector import COMPAT_DOC, is_collector_type
+from gotel.config.connectors import connector_rules
 from gotel.config.model import (
     ComponentEntry,
     Config,
@@ -216,16 +217,16 @@ class _Validator:
             except ValueError as e:
                 self.src.error(path, str(e))
                 continue
-            factory = self.reg.get(kind, cid.type) if kind != Kind.CONNECTOR else None
+            factory = self.reg.get(kind, cid.type)
             if factory is None:
-                problem = self._load_problem(kind, cid.type) if kind != Kind.CONNECTOR else None
+                problem = self._load_problem(kind, cid.type)
                 if problem:
                     self.src.error(path, f'{kind.value} type "{cid.type}" is installed but cannot be loaded: {problem}')
                     continue
                 if is_collector_type(kind, cid.type):  # the collector's, not a typo: one error, no guess
                     self.src.error(path, f'gotel has no {kind.value} "{cid.type}" yet (see {COMPAT_DOC})')
                     continue
-                valid = self.reg.types(kind) if kind != Kind.CONNECTOR else []
+                valid = self.reg.types(kind)
                 aliases = sorted(self.reg.aliases[kind]) if kind in self.reg.aliases else []
                 listing = ", ".join(valid) if valid else "none are installed"
                 msg = f'unknown {kind.value} type "{cid.type}" (valid: {listing})'
@@ -246,6 +247,11 @@ class _Validator:
             reason = getattr(factory, "ignored", "")  # accepted for collector configs, not run (pprof)
             if reason:
                 self.src.error(path, f"{kind.value} {key} is accepted and ignored: {reason}", warning=True)
+            if kind == Kind.CONNECTOR and (cid in self.cfg.receivers or cid in self.cfg.exporters):
+                other = "receiver" if cid in self.cfg.receivers else "exporter"
+                self.src.error(path, f"ambiguous id {key}: both a {other} and a connector have it; "
+                               "rename one (type/name)")
+                continue
             out[cid] = ComponentEntry(cid, kind, factory, model, self.src.line(path))
 
     def service(self, value: Any) -> None:
@@ -327,13 +333,29 @@ class _Validator:
                 self.src.error(path, f'{kind.value} "{item}" is listed twice', line=line)
                 continue
             entry = configured.get(cid)
+            as_connector = kind in (Kind.RECEIVER, Kind.EXPORTER)  # connectors are both
+            if entry is None and as_connector:
+                entry = self.cfg.connectors.get(cid)
             if entry is None:
-                names = ", ".join(self._written(section)) or "none"
-                # an id written in its section (or under connectors, which are exporters and receivers
-                # of pipelines) that failed there was reported there: no second error here
+                written = self._written(section) + (self._written("connectors") if as_connector else [])
+                names = ", ".join(sorted(written)) or "none"
+                # an id written in its section (or under connectors) that failed there was reported
+                # there: no second error here
                 if not self._section_had(section, item) and not (
-                        kind in (Kind.RECEIVER, Kind.EXPORTER) and self._section_had("connectors", item)):
+                        as_connector and self._section_had("connectors", item)):
                     self.src.error(path, f'{kind.value} "{item}" is not configured (configured: {names})', line=line)
+                continue
+            if entry.kind == Kind.CONNECTOR and signal is not None:
+                # as an exporter it consumes the pipeline's signal; as a receiver it emits it
+                side = 0 if kind == Kind.EXPORTER else 1
+                sigs = {pair[side] for pair in entry.factory.pairs}
+                if signal not in sigs:
+                    role = "exporter" if kind == Kind.EXPORTER else "receiver"
+                    ok = ", ".join(sorted(s.value for s in sigs)) or "none"
+                    self.src.error(path, f'connector "{item}" cannot be the {role} of a {signal.value} pipeline '
+                                   f"(type {entry.factory.type} as {role}: {ok})", line=line)
+                    continue
+                out.append(cid)
                 continue
             if signal is not None and signal not in entry.factory.signals:
                 supported = ", ".join(sorted(s.value for s in entry.factory.signals)) or "none"
@@ -397,6 +419,7 @@ class _Validator:
             self.cfg.service.pipelines[name] = PipelineSpec(
                 name, signal, lists["receivers"], lists["processors"], lists["exporters"], self.src.line(ppath)
             )
+        connector_rules(self.src, self.cfg)
         for p in sorted(fed):
             spec = self.cfg.service.pipelines.get(p)
             tpath = ("service", "telemetry", "metrics", "pipelines")
@@ -411,6 +434,7 @@ class _Validator:
             for k, ids in ((Kind.RECEIVER, spec.receivers), (Kind.PROCESSOR, spec.processors), (Kind.EXPORTER, spec.exporters)):
                 used.update((k, c) for c in ids)
         used.update((Kind.EXTENSION, c) for c in self.cfg.service.extensions)
+        used.update((Kind.CONNECTOR, c) for k, c in list(used) if c in self.cfg.connectors)
         for section, kind in SECTIONS.items():
             for cid in self.cfg.section(kind):
                 if (kind, cid) not in used:

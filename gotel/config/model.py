@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from gotel.component import (
     ComponentConfig,
     ComponentID,
+    ConnectorFactory,
     ExporterFactory,
     ExtensionFactory,
     Factory,
@@ -101,7 +102,7 @@ class Config:
     processors: dict[ComponentID, ComponentEntry[ProcessorFactory]] = field(default_factory=dict)
     exporters: dict[ComponentID, ComponentEntry[ExporterFactory]] = field(default_factory=dict)
     extensions: dict[ComponentID, ComponentEntry[ExtensionFactory]] = field(default_factory=dict)
-    connectors: dict[ComponentID, ComponentEntry[Factory]] = field(default_factory=dict)
+    connectors: dict[ComponentID, ComponentEntry[ConnectorFactory]] = field(default_factory=dict)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     warnings: list[Issue] = field(default_factory=list)
 
@@ -125,6 +126,7 @@ class Config:
                 n(len(self.receivers), "receiver"),
                 n(len(self.processors), "processor"),
                 n(len(self.exporters), "exporter"),
+                *([n(len(self.connectors), "connector")] if self.connectors else []),
                 n(len(self.service.pipelines), "pipeline"),
             ]
         )

@@ -26,7 +26,7 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
              "extensions": ["zpages", "health_check"]}),
     "otel_demo.yaml": (
         ["receivers::httpcheck/frontend-proxy", "receivers::redis", "receivers::hostmetrics",
-         "exporters::opensearch", "processors::transform", "connectors::spanmetrics"],
+         "exporters::opensearch", "processors::transform"],
         {"receivers": ["otlp"], "processors": ["batch", "memory_limiter", "resource"],
          "exporters": ["debug", "otlp", "otlphttp/prometheus"]}),
     "jaeger_v2.yaml": (
@@ -39,8 +39,7 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         {"receivers": ["otlp"], "processors": ["batch"], "exporters": ["prometheus", "debug", "otlp"],
          "extensions": ["health_check", "pprof", "zpages"]}),
     "grafana_lgtm.yaml": (
-        ["receivers::prometheus/collector", "connectors::servicegraph", "connectors::span_metrics",
-         "connectors::forward", "connectors::count"],
+        ["receivers::prometheus/collector", "connectors::count"],
         {"receivers": ["otlp"], "processors": ["batch"],
          "exporters": ["otlphttp/metrics", "otlphttp/traces", "otlphttp/logs", "debug/metrics"]}),
 }
@@ -104,16 +103,16 @@ def test_connector_used_in_pipelines_is_one_error_not_three() -> None:
     text = textwrap.dedent("""\
         receivers: {otlp: {protocols: {grpc: {endpoint: "127.0.0.1:0"}}}}
         exporters: {debug: {}}
-        connectors: {spanmetrics: {}}
+        connectors: {count: {}}
         service:
           pipelines:
-            traces: {receivers: [otlp], exporters: [spanmetrics]}
-            metrics: {receivers: [spanmetrics], exporters: [debug]}
+            traces: {receivers: [otlp], exporters: [count]}
+            metrics: {receivers: [count], exporters: [debug]}
         """)
     with pytest.raises(ConfigError) as e:
         load_config("c.yaml", text=text, env={})
     assert [str(i) for i in e.value.issues] == [
-        f'c.yaml:3 connectors::spanmetrics: gotel has no connector "spanmetrics" yet {DOC}']
+        f'c.yaml:3 connectors::count: gotel has no connector "count" yet {DOC}']
 
 
 def test_a_typo_is_still_unknown_with_a_suggestion() -> None:

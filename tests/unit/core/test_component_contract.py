@@ -13,6 +13,7 @@ from gotel.component import (
     SHUTDOWN_DEADLINE,
     Component,
     ComponentID,
+    ConnectorFactory,
     ExporterFactory,
     ExtensionFactory,
     Factory,
@@ -68,13 +69,16 @@ def _create(kind: Kind, f: Factory, tel: Tel, tmp_path: Path) -> Component:
     if isinstance(f, ExporterFactory):
         assert signal is not None
         return f.create(signal, cfg, ctx)
+    if isinstance(f, ConnectorFactory):
+        src, dst = sorted(f.pairs)[0]
+        return f.create(src, dst, cfg, Sink(), ctx)
     assert isinstance(f, ExtensionFactory)
     return f.create(cfg, ctx)
 
 
 def test_every_kind_is_installed() -> None:
     kinds = {k for k, _ in _factories()}
-    assert kinds == {Kind.RECEIVER, Kind.PROCESSOR, Kind.EXPORTER, Kind.EXTENSION}
+    assert kinds == {Kind.RECEIVER, Kind.PROCESSOR, Kind.EXPORTER, Kind.CONNECTOR, Kind.EXTENSION}
     assert len(_factories()) >= 25
 
 
