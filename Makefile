@@ -6,8 +6,13 @@ PYTEST_ARGS ?=
 
 .PHONY: bootstrap run test lint bench clean
 
+BOOTSTRAP_ARGS ?=
+
 bootstrap:
-	@scripts/bootstrap.sh
+	@scripts/bootstrap.sh $(BOOTSTRAP_ARGS)
+
+# the agent needs none of the tests' peers built from the Go module proxy (Jaeger, a collector)
+run: BOOTSTRAP_ARGS = --no-test-peers
 
 run: bootstrap
 	$(VENV)/bin/gotel run $(if $(CONFIG),--config $(CONFIG),)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one install step (make bootstrap, make run, make test, the Dockerfile): idempotent, seconds on a second run.
-# Usage: scripts/bootstrap.sh [--no-venv] [--no-kernel] [--runtime] [--no-apt]
+# Usage: scripts/bootstrap.sh [--no-venv] [--no-kernel] [--runtime] [--no-apt] [--no-test-peers]
 #   --runtime  the agent image: only the Debian packages the agent runs with, no test extras in the venv
 #   --no-apt   never install Debian packages (an image at start-up: only the kernel-header links are made)
+#   --no-test-peers  skip what only the tests need from the Go module proxy (`make run` passes it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -11,12 +12,14 @@ WANT_VENV=1
 WANT_KERNEL=1
 RUNTIME=0
 WANT_APT=1
+WANT_PEERS=1
 for arg in "$@"; do
   case "$arg" in
     --no-venv) WANT_VENV=0 ;;
     --no-kernel) WANT_KERNEL=0 ;;
     --runtime) RUNTIME=1 ;;
     --no-apt) WANT_APT=0 ;;
+    --no-test-peers) WANT_PEERS=0 ;;
     *) echo "bootstrap: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -98,7 +101,7 @@ if [ "$WANT_VENV" = 1 ]; then
     log "linked BCC bindings into $site"
   fi
 fi
-if [ "$RUNTIME" = 0 ] && [ "$WANT_VENV" = 1 ]; then
+if [ "$RUNTIME" = 0 ] && [ "$WANT_VENV" = 1 ] && [ "$WANT_PEERS" = 1 ]; then
   # 6. From the Go module proxy: the real peers the tests talk to (Jaeger v2, an OpenTelemetry Collector)
   #    and the grpc-go versions of the fixture matrix, cached outside the work tree by content.
   scripts/bootstrap_go.sh
