@@ -52,6 +52,10 @@
 #define O_CS_BEGINTIME 39
 #define O_G_M 40
 #define O_M_CURG 41
+/* grpc-go eras (issue 14): appended block, see layout.py */
+#define O_SS_STREAM 42   /* ServerStream.Stream (grpc >= 1.69) */
+#define O_CLS_STREAM 43  /* ClientStream.Stream (grpc >= 1.69) */
+#define O_ATT_BEGINTIME 44  /* csAttempt.beginTime (grpc >= 1.58: no longer in clientStream) */
 /* written by the BPF side, not user space (which leaves them GOTEL_GO_OFFSET_UNKNOWN): the itab of
  * context.Context for *timerCtx, *valueCtx and *cancelCtx in this binary, once a walk has recognised it
  * (in the order of A_TIMERCTX_VALUE, A_VALUECTX_VALUE, A_CANCELCTX_VALUE: ctx_kind indexes both) */
@@ -63,6 +67,9 @@
 #define F_ERROR_VIA_STATUS 1   /* status.Error{s *Status} (newer grpc) instead of {e *spb.Status} */
 #define F_NEWPROC1_GO117 2     /* callergp is newproc1's 4th argument */
 #define F_OPHDR_CTX 4          /* operateHeaders(ctx, frame, ...) (grpc >= 1.60) */
+/* grpc-go eras (issue 14): high bits, see layout.py */
+#define F_SS_STREAM_PTR (1 << 8)   /* ServerStream embeds *Stream (1.69-1.76), else Stream (1.77+) */
+#define F_CLS_STREAM_PTR (1 << 9)  /* ClientStream embeds *Stream (1.69-1.76), else Stream (1.77+) */
 
 #define T_GRPC_SERVER 1
 #define T_GRPC_CLIENT 2
@@ -617,7 +624,16 @@ static __always_inline bool stream_window(u64 stream, u64 o_id, u64 o_ctx, u64 o
     return true;
 }
 
-/* (*Server).handleStream(t ServerTransport, stream *Stream, ...): a server call starts. */
+/* The transport.Stream inside what grpc passes around: the object itself before grpc 1.69, the Stream
+ * embedded in a ServerStream/ClientStream after (through a pointer in 1.69-1.76). */
+static __always_inline u64 stream_base(struct gotel_go_proc *p, u64 obj, int slot, u32 ptr_flag) {
+    u64 off = gotel_go_offset(p, slot);
+    if (!obj || !KNOWN(off))
+        return obj;
+    return (p->flags & ptr_flag) ? rd64(obj + off) : obj + off;
+}
+
+/* (*Server).handleStream(t ServerTransport, stream *Stream | *ServerStream, ...): a server call starts. */
 int grpc_server_start(struct pt_regs *ctx) {
     struct gotel_go_proc *p = gotel_go_current();
     if (!p)
@@ -631,8 +647,9 @@ int grpc_server_start(struct pt_regs *ctx) {
     if (!e)
         return 0;
     u32 tgid = e->pid;
-    e->obj = stream;
+    e->obj = stream;  /* what WriteStatus/writeStatus receives */
     e->aux = t;
+    stream = stream_base(p, stream, O_SS_STREAM, F_SS_STREAM_PTR);
     u64 o_method = gotel_go_offset(p, O_STREAM_METHOD);
     u64 o_id = gotel_go_offset(p, O_STREAM_ID);
     u64 o_ctx = gotel_go_offset(p, O_STREAM_CTX);
@@ -804,7 +821,7 @@ static __always_inline void client_addr(struct gotel_go_proc *p, struct gev *e, 
     u64 att = rd64(cs + o_att);
     if (!att)
         return;
-    u64 s = rd64(att + o_s);
+    u64 s = stream_base(p, rd64(att + o_s), O_CLS_STREAM, F_CLS_STREAM_PTR);
     if (s && KNOWN(o_id)) {
         bpf_probe_read_user(&e->stream_id, sizeof(u32), (void *)(s + o_id));
         e->flags |= E_STREAM_ID;
@@ -834,12 +851,23 @@ int grpc_client_finish(struct pt_regs *ctx) {
             /* the call started before this process was traced: rebuild it from the clientStream */
             u64 cs = GO_PARAM1(ctx);
             u64 o_bt = gotel_go_offset(p, O_CS_BEGINTIME), o_hdr = gotel_go_offset(p, O_CS_CALLHDR);
-            if (!KNOWN(o_bt) || !KNOWN(o_hdr))
+            u64 bt_at = cs + o_bt;
+            if (!KNOWN(o_bt)) {
+                /* grpc >= 1.58 keeps it in the attempt */
+                u64 o_abt = gotel_go_offset(p, O_ATT_BEGINTIME), o_att = gotel_go_offset(p, O_CS_ATTEMPT);
+                if (!KNOWN(o_abt) || !KNOWN(o_att))
+                    return 0;
+                u64 att = rd64(cs + o_att);
+                if (!att)
+                    return 0;
+                bt_at = att + o_abt;
+            }
+            if (!KNOWN(o_hdr))
                 return 0;
             if (cli_done.lookup(&ck))
                 return 0;  /* grpc calls finish more than once; the first call counted */
             u64 bt[2] = {};
-            bpf_probe_read_user(bt, sizeof(bt), (void *)(cs + o_bt));
+            bpf_probe_read_user(bt, sizeof(bt), (void *)bt_at);
             if (!bt[0] && !bt[1]) {
                 unmatched_inc(0);  /* no start time anywhere (grpc sets beginTime only with a stats handler) */
                 return 0;

@@ -118,6 +118,16 @@ def version_at_least(have: str, want: str) -> bool:
     return _vtuple(have) >= _vtuple(want)
 
 
+def _offset_any(b: BinaryFacts, f: FieldRef) -> int | None:
+    """A field named with alternatives ("T1|T2", "a|b": renamed across library versions): the first found."""
+    for t in f.type.split("|"):
+        for fld in f.field.split("|"):
+            off = b.struct_offset(t, fld)
+            if off is not None:
+                return off
+    return None
+
+
 def evaluate(spec: ProbeSpec, b: BinaryFacts) -> Verdict:
     v = Verdict(spec, "ok")
     if b.go_version is None:
@@ -159,7 +169,7 @@ def evaluate(spec: ProbeSpec, b: BinaryFacts) -> Verdict:
             v.status = "unavailable"
             v.reasons.append(f"no RET instruction found in {v.symbol}")
             return v
-    missing = [f for f in spec.offsets if b.struct_offset(f.type, f.field) is None]
+    missing = [f for f in spec.offsets if _offset_any(b, f) is None]
     if missing:
         v.status = "degraded"
         why = "no DWARF in the binary" if not b.has_dwarf else "field not found in DWARF"

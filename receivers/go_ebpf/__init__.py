@@ -27,6 +27,7 @@ from gotel.ebpf.streaming import RingBufferReceiver
 from gotel.pdata import Signal
 from gotel.receivers.go_ebpf import probes as _probes  # noqa: F401  (registers probe specs for `gotel inspect`)
 from gotel.receivers.go_ebpf.events import Assembler
+from gotel.receivers.go_ebpf.layout import grpc_losses
 
 
 class Config(ComponentConfig):
@@ -76,6 +77,7 @@ class GoEbpfReceiver(RingBufferReceiver):
         self._unmatched = ctx.telemetry.counter(
             "go_ebpf_unmatched_calls", "Calls seen only in part (span lost): the end without the start "
             "(start_not_seen), or a goroutine that ended before the call's end (end_not_seen).", ("reason",))
+        self._said: set[int] = set()  # plans (one per binary) whose losses were logged
         self._degraded = ctx.telemetry.counter(
             "go_ebpf_degraded_processes", "Traced processes whose binary lacks DWARF (fewer attributes).", ())
         # attaching and detaching, one at a time and off the event loop: BCC's probe table is not
@@ -174,7 +176,7 @@ class GoEbpfReceiver(RingBufferReceiver):
             "process.executable.path": info.exe.removesuffix(" (deleted)"),
             "process.runtime.name": "go",
             "process.runtime.version": plan.go_version or "",
-        })
+        }, grpc_missing=", ".join(grpc_losses(plan.layout.missing)))
         try:
             self._images[info.pid] = self.targets.add_process(info.pid, exe, plan.sites, plan.layout.offsets,
                                                               plan.layout.flags)
@@ -185,12 +187,16 @@ class GoEbpfReceiver(RingBufferReceiver):
             return
         self.log.info("go_ebpf: traced pid %d (%s, %s): %s", info.pid, info.exe, plan.go_version,
                       ", ".join(plan.probe_ids))
-        for note in plan.layout.notes:
-            self.log.warning("go_ebpf: pid %d (%s): %s", info.pid, info.exe, note)
         if plan.layout.missing and not plan.has_dwarf:
             self._degraded.labels().inc()
-            self.log.warning("go_ebpf: pid %d (%s) lacks DWARF; missing: %s", info.pid, info.exe,
-                             ", ".join(plan.layout.missing))
+        if id(plan) not in self._said:  # once per binary, DWARF or not
+            self._said.add(id(plan))
+            for note in plan.layout.notes:
+                self.log.warning("go_ebpf: pid %d (%s): %s", info.pid, info.exe, note)
+            if plan.layout.missing:
+                why = "lacks DWARF" if not plan.has_dwarf else "has DWARF but not every field go_ebpf reads"
+                self.log.warning("go_ebpf: pid %d (%s, grpc %s) %s; missing: %s", info.pid, info.exe,
+                                 plan.layout.grpc_version or "unknown", why, ", ".join(plan.layout.missing))
         self.attached_pids.add(info.pid)  # last: whoever waits for it also sees what was said about it
 
     def _drain_once(self) -> int:

@@ -37,6 +37,7 @@ TOOLCHAINS = ("go1.19", "go1.27")
 # tests/fixtures/goapps/grpcmatrix/README.md) is built with every toolchain here that supports it.
 MATRIX_TOOLCHAINS = ("go1.19", "go1.26", "go1.27")
 MATRIX = SRC / "grpcmatrix"
+GRPC_MODULE = "google.golang.org/grpc"
 DEBIAN_GRPC = "v1.33"  # grpcapp in GOPATH mode against Debian's golang-google-grpc-dev
 MACHINE_GO = Path("/usr/local/go/bin/go")
 # Debian's gRPC 1.33 sources (golang-google-grpc-dev) live here; fixtures build in GOPATH mode against them.
