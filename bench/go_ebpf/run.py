@@ -1,7 +1,10 @@
 """go_ebpf overhead: fixture gRPC unary throughput at saturation untraced vs traced (same run), the added
 latency per request derived from it, and spans/s delivered from the ring buffer to a real OTLP/gRPC server.
 
-    .venv/bin/python bench/go_ebpf/run.py [--calls 40000] [--compression gzip|none]
+    .venv/bin/python bench/go_ebpf/run.py [--calls 40000] [--compression gzip|none] [--grpc v1.33,v1.85.0]
+
+--grpc picks the fixture builds (grpc-go versions of tests/fixtures/goapps/grpcmatrix; v1.33 is Debian's,
+GOPATH mode): each is measured in turn in the same run, and a summary compares them.
 
 The untraced baseline is measured before attaching and again after detaching; their mean is the baseline.
 
@@ -131,9 +134,31 @@ async def main() -> None:
                     help="the OTLP exporter's (gzip is its default)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="extra untraced/traced/untraced rounds for the throughput ratio (this VM's speed drifts)")
+    ap.add_argument("--grpc", default=goapps.DEBIAN_GRPC,
+                    help=f"comma-separated grpc-go fixture builds, measured one after another in this run "
+                         f"(known: {', '.join(goapps.grpc_versions())})")
     args = ap.parse_args()
-    binary = str(goapps.build("grpcapp", args.toolchain))
-    srv = goapps.start("grpcapp", "server", toolchain=args.toolchain)
+    versions = [v.strip() for v in args.grpc.split(",") if v.strip()]
+    for v in versions:
+        if v not in goapps.grpc_versions():
+            ap.error(f"--grpc {v}: not a fixture build (known: {', '.join(goapps.grpc_versions())})")
+    summary: list[tuple[str, dict[str, float]]] = []
+    for v in versions:
+        print(f"== grpc-go {v} ({args.toolchain}) ==", flush=True)
+        summary.append((v, await bench(goapps.grpc_app(v), args)))
+    if len(summary) > 1:
+        first = summary[0][1]
+        print("== side by side (same run) ==")
+        print(f"{'grpc-go':<10} {'untraced/s':>11} {'traced/s':>9} {'median ratio':>12} {'added us (derived)':>18} "
+              f"{'added us (measured)':>19} {'vs ' + summary[0][0] + ' (added, measured)':>26}")
+        for v, f in summary:
+            print(f"{v:<10} {f['untraced']:>11,.0f} {f['traced']:>9,.0f} {f['ratio']:>12.1%} {f['added_us']:>18.2f} "
+                  f"{f['tracing_us']:>19.1f} {f['tracing_us'] / max(first['tracing_us'], 1e-9):>26.2f}")
+
+
+async def bench(app: str, args: argparse.Namespace) -> dict[str, float]:
+    binary = str(goapps.build(app, args.toolchain))
+    srv = goapps.start(app, "server", toolchain=args.toolchain)
     target = f"127.0.0.1:{srv.ports['grpc']}"
     sink = SinkProcess()
     tel = Telemetry()
@@ -293,6 +318,9 @@ async def main() -> None:
         print(f"pipeline capacity (captured records -> spans -> OTLP exporter -> sink): "
               f"{replay_got:,} of {len(captured):,} spans in {replay_el:.2f} s = {replay_got / replay_el:,.0f} spans/s "
               f"(goal >= 50,000); agent CPU for it {replay_cpu / max(len(captured), 1) * 1e6:.1f} us per span")
+        srt = sorted(ratios)
+        return {"untraced": base, "traced": traced.rate, "ratio": srt[len(srt) // 2], "added_us": added_us,
+                "tracing_us": tracing}
     finally:
         srv.stop()
         sink.stop()
