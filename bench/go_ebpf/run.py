@@ -82,18 +82,39 @@ class SinkProcess:
         self._proc.wait(10)
 
 
-def prog_stats(names: set[str]) -> dict[str, tuple[int, int]]:
-    """run_cnt and run_time_ns of this receiver's BPF programs (bpftool names are cut at 15 chars)."""
+def prog_stats(names: set[str], own: bool = True) -> dict[str, tuple[int, int]]:
+    """run_cnt and run_time_ns of this receiver's BPF programs (bpftool names are cut at 15 chars): only those
+    this process holds, since another agent on the machine may have loaded go_ebpf too (and may even trace the
+    same server: its runs doubled the count once)."""
     import json
 
     out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=False).stdout
+    mine = _own_prog_ids()
     res: dict[str, tuple[int, int]] = {}
     for p in json.loads(out or "[]"):
         n = p.get("name", "")
+        if (p.get("id") in mine) != own:
+            continue
         if any(n in (x, x[:15]) for x in names):
             c, t = res.get(n, (0, 0))
             res[n] = (c + p.get("run_cnt", 0), t + p.get("run_time_ns", 0))
     return res
+
+
+def _own_prog_ids() -> set[int]:
+    """Ids of the BPF programs this process holds a descriptor of (/proc/self/fdinfo says prog_id)."""
+    ids: set[int] = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -191,12 +212,13 @@ async def bench(app: str, args: argparse.Namespace) -> dict[str, float]:
         names = {s.fn_name for s in r.targets._binaries[next(iter(r.targets._binaries))].sites}
         old_stats = _STATS.read_text().strip()
         _STATS.write_text("1")  # restored below; costs two clock reads per program run while on
-        st0 = prog_stats(names)
+        st0, foreign0 = prog_stats(names), prog_stats(names, own=False)
         t0 = time.monotonic()
         cpu0, sink0 = time.process_time(), proc_cpu(sink.pid)
         traced = await asyncio.to_thread(saturate, binary, target, args.calls, {"server": srv.pid})
-        st1 = prog_stats(names)
+        st1, foreign1 = prog_stats(names), prog_stats(names, own=False)
         _STATS.write_text(old_stats)
+        foreign = sum(c for c, _ in foreign1.values()) - sum(c for c, _ in foreign0.values())
         while sink.span_count() + r.program.lost_counts()[0] < args.calls and time.monotonic() - t0 < 60:
             await asyncio.sleep(0.05)
         el = time.monotonic() - t0
@@ -308,6 +330,10 @@ async def bench(app: str, args: argparse.Namespace) -> dict[str, float]:
         print(f"bpf_stats: {runs / args.calls:.1f} BPF program runs per call (probes are attached to the selected "
               f"server process only), {ns / max(runs, 1):.0f} ns per run, {ns / args.calls / 1000:.2f} us of BPF time per call; the "
               f"rest of the kernel share is the uprobe trap + single-step per hit")
+        if foreign > 0:
+            print(f"WARNING: go_ebpf programs of another process on this machine ran {foreign / args.calls:.2f} "
+                  f"times per call during the traced run (another agent tracing this server?): the figures "
+                  f"above include its cost")
         print(f"spans exported to OTLP: {got} of {args.calls} calls, ring-buffer losses counted: {lost}, "
               f"unaccounted: {args.calls - got - lost}")
         print(f"ring buffer -> OTLP export during the run: {got / el:,.0f} spans/s (bounded by the fixture's rate)")

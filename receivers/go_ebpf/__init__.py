@@ -150,8 +150,10 @@ class GoEbpfReceiver(RingBufferReceiver):
         import os
 
         name = os.path.basename(exe)
-        self._add(ProcessInfo(pid=pid, exe=exe, cmdline=[exe], is_go=True, service_name=service_name or name),
-                  exe_path=exe)
+        info = ProcessInfo(pid=pid, exe=exe, cmdline=[exe], is_go=True, service_name=service_name or name)
+        # on the attach thread, as discovery's adds and removes are: BCC's probe table is not thread-safe, and
+        # an attach made beside a detach there failed ("cannot attach uprobe, probe entry may not exist")
+        self._attacher.submit(self._add, info, exe).result()
 
     def _add(self, info: ProcessInfo, exe_path: str | None = None) -> None:
         from gotel.receivers.go_ebpf.probes import plan_for
