@@ -915,10 +915,23 @@ int grpc_client_finish(struct pt_regs *ctx) {
         cli_done.update(&ck, &one);
         return 0;
     }
-    read_error(p, e, GO_PARAM2(ctx), GO_PARAM3(ctx));
-    client_addr(p, e, GO_PARAM1(ctx));
-    emit(e, bpf_ktime_get_ns());
-    cli_streams.delete(&ck);
+    /* finish can run on two goroutines at once (a stream's context watcher and its reader when the
+     * deadline passes; grpc takes its lock after this entry): the record is built in its reservation and
+     * only the one whose delete removes the entry submits it, or the call would be two spans */
+    struct gev *r = gotel_reserved(go_events.ringbuf_reserve(sizeof(struct gev)));
+    if (!r) {
+        cli_streams.delete(&ck);
+        return 0;
+    }
+    __builtin_memcpy(r, e, sizeof(*r));
+    read_error(p, r, GO_PARAM2(ctx), GO_PARAM3(ctx));
+    client_addr(p, r, GO_PARAM1(ctx));
+    r->end_ns = bpf_ktime_get_ns();
+    if (cli_streams.delete(&ck) != 0) {
+        go_events.ringbuf_discard(r, 0);
+        return 0;
+    }
+    go_events.ringbuf_submit(r, GOTEL_RB_FLAGS);
     u8 one = 1;
     cli_done.update(&ck, &one);
     return 0;
