@@ -28,6 +28,7 @@ COPY gotel/ gotel/
 COPY receivers/ receivers/
 COPY processors/ processors/
 COPY exporters/ exporters/
+COPY extensions/ extensions/
 COPY bpf/ bpf/
 COPY config/ config/
 

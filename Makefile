@@ -16,8 +16,8 @@ test: bootstrap
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 lint: bootstrap
-	$(VENV)/bin/ruff check gotel receivers processors exporters tests bench
-	$(VENV)/bin/mypy gotel receivers processors exporters
+	$(VENV)/bin/ruff check gotel receivers processors exporters connectors extensions tests bench
+	$(VENV)/bin/mypy gotel receivers processors exporters connectors extensions
 
 # Every benchmark prints its figures beside a baseline measured in the same run; none fails on time.
 bench: bootstrap

@@ -7,6 +7,8 @@ MAPPED = {
     "receivers": "gotel.receivers",
     "processors": "gotel.processors",
     "exporters": "gotel.exporters",
+    "connectors": "gotel.connectors",
+    "extensions": "gotel.extensions",
     "bpf": "gotel.bpf",
     "config": "gotel.defaults",
 }

@@ -56,6 +56,46 @@
 #define O_SS_STREAM 42   /* ServerStream.Stream (grpc >= 1.69) */
 #define O_CLS_STREAM 43  /* ClientStream.Stream (grpc >= 1.69) */
 #define O_ATT_BEGINTIME 44  /* csAttempt.beginTime (grpc >= 1.58: no longer in clientStream) */
+/* ---- HTTP hops (issue 22): offsets from slot H_BASE (receivers/go_ebpf/layout.py HTTP_OFFSETS) ---- */
+#define H_BASE 64
+#define H_RESP_CONN (H_BASE + 0)        /* net/http.response.conn */
+#define H_CONN_RWC (H_BASE + 1)         /* net/http.conn.rwc (net.Conn) */
+#define H_PC_CONN (H_BASE + 2)          /* net/http.persistConn.conn (net.Conn) */
+#define H_PC_NWRITE (H_BASE + 3)        /* net/http.persistConn.nwrite */
+#define H_TCPCONN_FD (H_BASE + 4)       /* net.TCPConn.conn.fd */
+#define H_NETFD_LADDR (H_BASE + 5)
+#define H_NETFD_RADDR (H_BASE + 6)
+#define H_TLS_CONN (H_BASE + 7)         /* crypto/tls.Conn.conn (net.Conn) */
+#define HA_TLS_LOCALADDR (H_BASE + 8)   /* crypto/tls.(*Conn).LocalAddr: a net.Conn itab's fun[1] */
+#define HA_TCP_LOCALADDR (H_BASE + 9)   /* net.(*TCPConn).LocalAddr */
+#define HA_RESP_HEADER (H_BASE + 10)    /* net/http.(*response).Header: an HTTP/1 ResponseWriter itab's fun[0] */
+#define H_REQ_HEADER (H_BASE + 11)      /* net/http.Request.Header */
+#define H_MAP_A (H_BASE + 12)           /* classic: hmap.B; swiss: Map.dirLen */
+#define H_MAP_B (H_BASE + 13)           /* classic: hmap.buckets; swiss: Map.dirPtr */
+#define H_MAP_C (H_BASE + 14)           /* classic: hmap.oldbuckets; swiss: table.groups */
+#define H_MAP_D (H_BASE + 15)           /* classic: bucket.keys; swiss: group.slots */
+#define H_MAP_E (H_BASE + 16)           /* classic: bucket.elems; swiss: slot size */
+#define H_MAP_F (H_BASE + 17)           /* classic: bucket size; swiss: group size */
+#define HA_H2RW_HEADER (H_BASE + 18)    /* (*http2responseWriter).Header: an HTTP/2 ResponseWriter itab's fun[0] */
+#define H_H2RW_RWS (H_BASE + 19)
+#define H_H2RWS_STREAM (H_BASE + 20)
+#define H_H2RWS_STATUS (H_BASE + 21)
+#define H_H2ST_ID (H_BASE + 22)
+#define H_H2ST_SC (H_BASE + 23)
+#define H_H2SC_CONN (H_BASE + 24)
+#define H_H2REQ_HEADER (H_BASE + 25)    /* the Header of the request encodeAndWriteHeaders gets */
+#define H_H2CS_ID (H_BASE + 26)
+#define H_H2CS_CC (H_BASE + 27)
+#define H_H2CC_TCONN (H_BASE + 28)
+#define F_HTTP_SWISS_MAP (1 << 16)      /* gotel_go_proc.flags: http.Header is a swiss-table map (Go >= 1.24) */
+/* event flags */
+#define E_HTTP_CONN (1 << 16)  /* HTTP: addresses set, stream_id = the request's order on its HTTP/1 connection or its HTTP/2 stream id */
+#define E_HTTP2 (1 << 17)
+#define E_HTTP_TP (1 << 18)    /* in_tp holds the request's traceparent header */
+#define E_HTTP_TS (1 << 19)    /* in_ts holds its tracestate header */
+#define TS_LEN 96
+/* ---- end of the HTTP hops block */
+
 /* written by the BPF side, not user space (which leaves them GOTEL_GO_OFFSET_UNKNOWN): the itab of
  * context.Context for *timerCtx, *valueCtx and *cancelCtx in this binary, once a walk has recognised it
  * (in the order of A_TIMERCTX_VALUE, A_VALUECTX_VALUE, A_CANCELCTX_VALUE: ctx_kind indexes both) */
@@ -117,6 +157,9 @@ struct gev {
     char msg[STR_LEN];
     char path[STR_LEN];
     char tp[TP_LEN];
+    /* ---- HTTP hops (issue 22): appended (receivers/go_ebpf/events.py HOPS) */
+    char in_tp[TP_LEN];  /* HTTP server: incoming traceparent header */
+    char in_ts[TS_LEN];  /* HTTP server: incoming tracestate header */
 };
 
 struct tp_key {
@@ -937,6 +980,364 @@ int grpc_client_finish(struct pt_regs *ctx) {
     return 0;
 }
 
+static __always_inline void http_server_pattern(struct gotel_go_proc *p, struct gev *e);
+
+/* ---- HTTP hops (issue 22): connections, HTTP/2 streams and incoming trace context of net/http ------ */
+
+/* A connection's addresses, read once (HTTP/1 server: at (*conn).serve; client: at its first request;
+ * HTTP/2: at its first stream), and the number of HTTP/1 requests seen on it so far. */
+struct hconn {
+    u64 ident;  /* the net.Conn's data pointer: tells a reused object address apart */
+    u64 count;
+    u16 lport;
+    u16 rport;
+    u8 lip[16];
+    u8 rip[16];
+    u8 liplen;
+    u8 riplen;
+};
+BPF_TABLE("lru_hash", struct gotel_go_key, struct hconn, http_conns, 16384);
+
+/* The addresses of a net.Conn interface stored at `iface`: a *net.TCPConn, or a *tls.Conn over one. An
+ * implementation is recognised by its itab's LocalAddr method (fun[1]), so other conns are never misread. */
+static __always_inline bool netconn_addrs(struct gotel_go_proc *p, struct gotel_go_offsets *o, u64 iface,
+                                          struct hconn *h) {
+    u64 c[2] = {};
+    if (bpf_probe_read_user(c, sizeof(c), (void *)iface) < 0 || !c[0] || !c[1])
+        return false;
+    h->ident = c[1];
+    u64 fn = rd64(c[0] + 32);
+    u64 o_tls = o->off[H_TLS_CONN];
+    if (fn == o->off[HA_TLS_LOCALADDR] && KNOWN(o_tls)) {
+        if (bpf_probe_read_user(c, sizeof(c), (void *)(c[1] + o_tls)) < 0 || !c[0] || !c[1])
+            return false;
+        fn = rd64(c[0] + 32);
+    }
+    u64 o_fd = o->off[H_TCPCONN_FD], o_l = o->off[H_NETFD_LADDR], o_r = o->off[H_NETFD_RADDR];
+    if (fn != o->off[HA_TCP_LOCALADDR] || !KNOWN(o_fd) || !KNOWN(o_l) || !KNOWN(o_r))
+        return false;
+    u64 fd = rd64(c[1] + o_fd);
+    if (!fd)
+        return false;
+    read_tcpaddr(p, fd + o_l, h->lip, &h->liplen, &h->lport);
+    read_tcpaddr(p, fd + o_r, h->rip, &h->riplen, &h->rport);
+    return h->lport && h->rport;
+}
+
+static __always_inline void hconn_copy(struct gev *e, struct hconn *h, u32 id, u32 flags) {
+    __builtin_memcpy(e->lip, h->lip, sizeof(e->lip));
+    __builtin_memcpy(e->rip, h->rip, sizeof(e->rip));
+    e->liplen = h->liplen;
+    e->riplen = h->riplen;
+    e->lport = h->lport;
+    e->rport = h->rport;
+    e->stream_id = id;
+    e->flags |= E_HTTP_CONN | flags;
+}
+
+/* An HTTP/2 connection's addresses by its object (serverConn or ClientConn), cached; false when unknown. */
+static __always_inline struct hconn *h2_conn(struct gotel_go_proc *p, struct gotel_go_offsets *o, u32 tgid,
+                                             u64 obj, u64 o_conn) {
+    if (!obj || !KNOWN(o_conn))
+        return 0;
+    struct gotel_go_key k = {};
+    k.tgid = tgid;
+    k.goroutine = obj;
+    u64 ident = rd64(obj + o_conn + 8);
+    struct hconn *h = http_conns.lookup(&k);
+    if (h && h->ident == ident && ident)
+        return h;
+    struct hconn n = {};
+    if (!netconn_addrs(p, o, obj + o_conn, &n))
+        return 0;
+    http_conns.update(&k, &n);
+    return http_conns.lookup(&k);
+}
+
+/* (*http2serverConn).serve(sc) / (*http2ClientConn).readLoop(cc): a new HTTP/2 connection, before any stream
+ * on it: whatever is cached under its object's address belonged to an earlier connection. */
+int http2_conn_new(struct pt_regs *ctx) {
+    if (!gotel_go_current())
+        return 0;
+    struct gotel_go_key k = {};
+    k.tgid = bpf_get_current_pid_tgid() >> 32;
+    k.goroutine = GO_PARAM1(ctx);
+    http_conns.delete(&k);
+    return 0;
+}
+
+/* (*conn).serve(c, ctx): an accepted HTTP/1 connection (every request on it is served by this goroutine):
+ * its addresses, and a request count from zero (a reused *conn address starts over here). */
+int http_conn_serve(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_offsets *o = gotel_go_offsets_of(p);
+    if (!o)
+        return 0;
+    u64 c = GO_PARAM1(ctx), o_rwc = o->off[H_CONN_RWC];
+    struct gotel_go_key k = {};
+    k.tgid = bpf_get_current_pid_tgid() >> 32;
+    k.goroutine = c;
+    struct hconn n = {};
+    if (!c || !KNOWN(o_rwc) || !netconn_addrs(p, o, c + o_rwc, &n)) {
+        http_conns.delete(&k);
+        return 0;
+    }
+    http_conns.update(&k, &n);
+    return 0;
+}
+
+/* Server start, HTTP/1 (the ResponseWriter's itab tells): the request's order on its connection, counted
+ * whether or not its span can be recorded (a missed count would shift every later request). Only for
+ * connections seen from their start: the order on one accepted before the process was traced is unknown,
+ * and not guessed. NULL otherwise. */
+static __always_inline struct hconn *http1_server_count(struct gotel_go_proc *p, u64 rw_tab, u64 rw, u32 *seq) {
+    struct gotel_go_offsets *o = gotel_go_offsets_of(p);
+    if (!o || !rw_tab || !rw)
+        return 0;
+    u64 o_c = o->off[H_RESP_CONN];
+    if (!KNOWN(o_c) || rd64(rw_tab + 24) != o->off[HA_RESP_HEADER])
+        return 0;
+    struct gotel_go_key k = {};
+    k.tgid = bpf_get_current_pid_tgid() >> 32;
+    k.goroutine = rd64(rw + o_c);
+    struct hconn *h = http_conns.lookup(&k);
+    if (!h)
+        return 0;
+    h->count++;  /* one goroutine serves the connection: requests are counted in order */
+    *seq = (u32)h->count;
+    return h;
+}
+
+/* Server start, HTTP/2: the stream id and the connection's addresses. */
+static __always_inline void http2_server_conn(struct gotel_go_proc *p, struct gev *e, u64 rw_tab, u64 rw) {
+    struct gotel_go_offsets *o = gotel_go_offsets_of(p);
+    if (!o || !rw_tab || !rw || rd64(rw_tab + 24) != o->off[HA_H2RW_HEADER])
+        return;
+    u64 o_rws = o->off[H_H2RW_RWS], o_st = o->off[H_H2RWS_STREAM], o_id = o->off[H_H2ST_ID], o_sc = o->off[H_H2ST_SC];
+    if (!KNOWN(o_rws) || !KNOWN(o_st) || !KNOWN(o_id) || !KNOWN(o_sc))
+        return;
+    u64 st = rd64(rd64(rw + o_rws) + o_st);
+    if (!st)
+        return;
+    u32 id = 0;
+    bpf_probe_read_user(&id, sizeof(id), (void *)(st + o_id));
+    struct hconn *h = h2_conn(p, o, e->pid, rd64(st + o_sc), o->off[H_H2SC_CONN]);
+    if (h && id)
+        hconn_copy(e, h, id, E_HTTP2);
+}
+
+/* One http.Header slot: is it Traceparent or Tracestate (canonical keys), and then its first value. */
+static __always_inline void hdr_slot(struct gev *e, u64 key, u64 elem) {
+    u64 k[2] = {};
+    if (bpf_probe_read_user(k, sizeof(k), (void *)key) < 0 || (k[1] != 11 && k[1] != 10))
+        return;
+    char nb[12] = {};
+    if (bpf_probe_read_user(nb, 10, (void *)k[0]) < 0)
+        return;
+    bool tp = k[1] == 11 && nb[0] == 'T' && nb[1] == 'r' && nb[2] == 'a' && nb[3] == 'c' && nb[4] == 'e' &&
+              nb[5] == 'p' && nb[6] == 'a' && nb[7] == 'r' && nb[8] == 'e' && nb[9] == 'n';
+    bool ts = k[1] == 10 && nb[0] == 'T' && nb[1] == 'r' && nb[2] == 'a' && nb[3] == 'c' && nb[4] == 'e' &&
+              nb[5] == 's' && nb[6] == 't' && nb[7] == 'a' && nb[8] == 't' && nb[9] == 'e';
+    if (!tp && !ts)
+        return;
+    u64 sl[2] = {};  /* []string: the first value */
+    if (bpf_probe_read_user(sl, sizeof(sl), (void *)elem) < 0 || !sl[0] || !sl[1])
+        return;
+    u64 v[2] = {};
+    if (bpf_probe_read_user(v, sizeof(v), (void *)sl[0]) < 0 || !v[1])
+        return;
+    if (tp && !(e->flags & E_HTTP_TP) && v[1] >= 55 && v[1] < TP_LEN) {
+        gotel_go_read_str(e->in_tp, TP_LEN, v[0], v[1]);
+        e->flags |= E_HTTP_TP;
+    } else if (ts && !(e->flags & E_HTTP_TS) && v[1] < TS_LEN) {  /* a longer one is not cut (it would lie) */
+        gotel_go_read_str(e->in_ts, TS_LEN, v[0], v[1]);
+        e->flags |= E_HTTP_TS;
+    }
+}
+
+/* The request's traceparent and tracestate, from its http.Header map (map[string][]string), walked with the
+ * layout DWARF gave: classic buckets (tophash >= 5: full) or swiss groups (ctrl byte < 0x80: full). Up to
+ * 4 buckets/groups (32 slots; headers of up to ~28 fields); a map in the middle of growing, or larger, is
+ * not read. */
+static __always_inline void http_header_scan(struct gotel_go_proc *p, struct gev *e, u64 req) {
+    struct gotel_go_offsets *o = gotel_go_offsets_of(p);
+    if (!o)
+        return;
+    u64 o_h = o->off[H_REQ_HEADER], ma = o->off[H_MAP_A], mb = o->off[H_MAP_B], mc = o->off[H_MAP_C];
+    u64 md = o->off[H_MAP_D], me = o->off[H_MAP_E], mf = o->off[H_MAP_F];
+    if (!KNOWN(o_h) || !KNOWN(ma) || !KNOWN(mb) || !KNOWN(mc) || !KNOWN(md) || !KNOWN(me) || !KNOWN(mf) || mf > 1024)
+        return;
+    u64 m = rd64(req + o_h);
+    if (!m)
+        return;
+    bool swiss = p->flags & F_HTTP_SWISS_MAP;
+    u64 base = 0, n = 0, kstride, estride, eoff;
+    if (swiss) {
+        u64 dirlen = rd64(m + ma), dir = rd64(m + mb);
+        if (!dir)
+            return;
+        if (dirlen == 0) {  /* a small map: dirPtr is its one group */
+            base = dir;
+            n = 1;
+        } else if (dirlen == 1) {
+            u64 g[2] = {};  /* table.groups: {data, lengthMask} */
+            bpf_probe_read_user(g, sizeof(g), (void *)(rd64(dir) + mc));
+            base = g[0];
+            n = g[1] + 1;
+        }
+        kstride = me;
+        estride = me;
+        eoff = md + 16;  /* slot {key string; elem []string} */
+    } else {
+        u8 B = 0;
+        bpf_probe_read_user(&B, 1, (void *)(m + ma));
+        if (B > 2 || rd64(m + mc))
+            return;
+        base = rd64(m + mb);
+        n = 1ULL << B;
+        kstride = 16;
+        estride = 24;
+        eoff = me;
+    }
+    if (!base || n > 4)
+        return;
+    for (int gi = 0; gi < 4; gi++) {
+        if (gi >= n)
+            break;
+        u64 g = base + gi * mf;
+        u64 ctrl = rd64(g);
+        for (int i = 0; i < 8; i++) {
+            u8 cb = ctrl >> (8 * i);
+            if (swiss ? (cb & 0x80) : cb < 5)
+                continue;
+            hdr_slot(e, g + md + i * kstride, g + eoff + i * estride);
+            if ((e->flags & (E_HTTP_TP | E_HTTP_TS)) == (E_HTTP_TP | E_HTTP_TS))
+                return;
+        }
+    }
+}
+
+/* (*persistConn).roundTrip(pc, treq): the HTTP/1 connection a client request goes out on, on the goroutine
+ * of (*Transport).roundTrip. Nothing was written on a new connection (nwrite 0): its count starts there;
+ * a connection first seen later (dialled before the process was traced) gets no order. The last attempt
+ * wins when the transport retries on another connection. */
+int http_pconn_roundtrip(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_offsets *o = gotel_go_offsets_of(p);
+    if (!o)
+        return 0;
+    struct gotel_go_key gk = gotel_go_key_of(ctx);
+    u64 pc = GO_PARAM1(ctx), o_conn = o->off[H_PC_CONN], o_nw = o->off[H_PC_NWRITE];
+    struct gev *e = cli_start.lookup(&gk);
+    if (e && e->type != T_HTTP_CLIENT)
+        e = 0;
+    if (e && e->obj == pc && (e->flags & E_HTTP_CONN))
+        return 0;  /* the entry probe again, after morestack restarted the function (Go <= 1.20) */
+    if (e)
+        e->flags &= ~(E_HTTP_CONN | E_HTTP2);
+    if (!pc || !KNOWN(o_conn) || !KNOWN(o_nw))
+        return 0;
+    struct gotel_go_key k = {};
+    k.tgid = gk.tgid;
+    k.goroutine = pc;
+    u64 ident = rd64(pc + o_conn + 8);
+    struct hconn *h = http_conns.lookup(&k);
+    if (rd64(pc + o_nw) == 0) {
+        struct hconn n = {};
+        if (!netconn_addrs(p, o, pc + o_conn, &n)) {
+            http_conns.delete(&k);
+            return 0;
+        }
+        http_conns.update(&k, &n);
+        h = http_conns.lookup(&k);
+    } else if (h && h->ident != ident) {
+        http_conns.delete(&k);  /* the address of a connection that began before tracing */
+        return 0;
+    }
+    if (!h)
+        return 0;
+    h->count++;  /* counted even without a span to put it in: a missed count would shift later requests */
+    if (e) {
+        e->obj = pc;
+        hconn_copy(e, h, (u32)h->count, 0);
+    }
+    return 0;
+}
+
+/* An HTTP/2 request's stream, by (tgid, the request's header map), from encodeAndWriteHeaders (on the
+ * goroutine that writes the request) to (*Transport).roundTrip's RETs (on the caller's). */
+struct h2req {
+    u64 cc;
+    u32 id;
+};
+BPF_TABLE("lru_hash", struct gotel_go_key, struct h2req, h2_reqs, 16384);
+
+/* (*http2clientStream).encodeAndWriteHeaders(cs, req): the stream id is assigned (addStreamLocked). */
+int http2_client_headers(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_offsets *o = gotel_go_offsets_of(p);
+    if (!o)
+        return 0;
+    u64 o_h = o->off[H_H2REQ_HEADER], o_id = o->off[H_H2CS_ID], o_cc = o->off[H_H2CS_CC];
+    if (!KNOWN(o_h) || !KNOWN(o_id) || !KNOWN(o_cc))
+        return 0;
+    u64 cs = GO_PARAM1(ctx), req = GO_PARAM2(ctx);
+    struct gotel_go_key k = {};
+    k.tgid = bpf_get_current_pid_tgid() >> 32;
+    k.goroutine = rd64(req + o_h);
+    if (!cs || !k.goroutine)
+        return 0;
+    struct h2req v = {};
+    bpf_probe_read_user(&v.id, sizeof(v.id), (void *)(cs + o_id));
+    v.cc = rd64(cs + o_cc);
+    h2_reqs.update(&k, &v);
+    return 0;
+}
+
+/* At (*Transport).roundTrip's RETs: the HTTP/2 stream the request went out on (aux: its header map). */
+static __always_inline void http2_client_stream(struct gotel_go_proc *p, struct gev *e) {
+    struct gotel_go_offsets *o = gotel_go_offsets_of(p);
+    if (!o || !e->aux)
+        return;
+    struct gotel_go_key k = {};
+    k.tgid = e->pid;
+    k.goroutine = e->aux;
+    struct h2req *v = h2_reqs.lookup(&k);
+    if (!v)
+        return;
+    struct hconn *h = h2_conn(p, o, e->pid, v->cc, o->off[H_H2CC_TCONN]);
+    if (h && v->id)
+        hconn_copy(e, h, v->id, E_HTTP2);
+    h2_reqs.delete(&k);
+}
+
+/* (*http2responseWriter).handlerDone(rw): the HTTP/2 handler returned (on its goroutine): the span ends
+ * with the status it wrote (0: nothing written, net/http answers 200). */
+int http2_server_done(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    struct gev *e = srv_ongoing.lookup(&k);
+    if (!e || e->type != T_HTTP_SERVER || e->obj != GO_PARAM1(ctx))
+        return 0;
+    struct gotel_go_offsets *o = gotel_go_offsets_of(p);
+    if (o && KNOWN(o->off[H_H2RW_RWS]) && KNOWN(o->off[H_H2RWS_STATUS])) {
+        e->code = (s32)rd64(rd64(e->obj + o->off[H_H2RW_RWS]) + o->off[H_H2RWS_STATUS]);
+        e->flags |= E_STATUS;
+    }
+    http_server_pattern(p, e);
+    server_end(&k, e);
+    return 0;
+}
+/* ---- end of the HTTP hops block */
+
 /* ---- net/http server: serverHandler.ServeHTTP(rw ResponseWriter, req *Request) ------------------ */
 
 int http_server_start(struct pt_regs *ctx) {
@@ -944,10 +1345,15 @@ int http_server_start(struct pt_regs *ctx) {
     if (!p)
         return 0;
     struct gotel_go_key k = gotel_go_key_of(ctx);
+    u64 rw = GO_PARAM3(ctx), req = GO_PARAM4(ctx);
+    struct gev *prev = srv_ongoing.lookup(&k);
+    if (prev && prev->type == T_HTTP_SERVER && prev->obj == rw)
+        return 0;  /* the entry probe again, after morestack restarted the function */
+    u32 seq = 0;
+    struct hconn *h1 = http1_server_count(p, GO_PARAM2(ctx), rw, &seq);  /* HTTP hops */
     struct gev *e = srv_begin(&k, T_HTTP_SERVER);
     if (!e)
         return 0;
-    u64 rw = GO_PARAM3(ctx), req = GO_PARAM4(ctx);
     e->obj = rw;
     e->aux = req;
     u64 o_m = gotel_go_offset(p, O_REQ_METHOD);
@@ -959,6 +1365,11 @@ int http_server_start(struct pt_regs *ctx) {
         read_str_at(e->path, STR_LEN, rd64(req + o_url), gotel_go_offset(p, O_URL_PATH));
     read_str_at(e->msg, STR_LEN, req, gotel_go_offset(p, O_REQ_REMOTEADDR));  /* "ip:port" of the peer */
     read_str_at(e->tp, TP_LEN, req, gotel_go_offset(p, O_REQ_HOST));
+    if (h1)  /* HTTP hops */
+        hconn_copy(e, h1, seq, 0);
+    else
+        http2_server_conn(p, e, GO_PARAM2(ctx), rw);
+    http_header_scan(p, e, req);
     return 0;
 }
 
@@ -970,6 +1381,11 @@ static __always_inline void http_server_done(struct gotel_go_proc *p, struct got
         e->code = (s32)st;
         e->flags |= E_STATUS;
     }
+    http_server_pattern(p, e);
+    server_end(k, e);
+}
+
+static __always_inline void http_server_pattern(struct gotel_go_proc *p, struct gev *e) {
     u64 o_pat = gotel_go_offset(p, O_REQ_PATTERN);
     if (KNOWN(o_pat)) {
         u64 s[2] = {};
@@ -980,7 +1396,6 @@ static __always_inline void http_server_done(struct gotel_go_proc *p, struct got
             e->flags |= E_STREAM_ID;  /* path holds the route pattern */
         }
     }
-    server_end(k, e);
 }
 
 /* (*response).finishRequest(w): (*conn).serve calls it right after the handler returned (an entry probe is
@@ -1034,6 +1449,9 @@ int http_client_start(struct pt_regs *ctx) {
         read_str_at(e->msg, STR_LEN, u, gotel_go_offset(p, O_URL_HOST));  /* host[:port], never userinfo */
         read_str_at(e->tp, TP_LEN, u, gotel_go_offset(p, O_URL_SCHEME));
     }
+    u64 o_hdr = gotel_go_offset(p, H_REQ_HEADER);
+    if (KNOWN(o_hdr))
+        e->aux = rd64(req + o_hdr);  /* HTTP hops: finds an HTTP/2 request's stream */
     set_parent(e, tgid, GO_GOROUTINE(ctx));
     return 0;
 }
@@ -1054,6 +1472,8 @@ int http_client_end(struct pt_regs *ctx) {
     }
     if (GO_PARAM2(ctx))
         e->flags |= E_NONSTATUS_ERR;
+    if (!(e->flags & E_HTTP_CONN))
+        http2_client_stream(p, e);  /* HTTP hops */
     emit(e, bpf_ktime_get_ns());
     cli_start.delete(&k);
     return 0;

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import logging
 import os
 import queue
 import struct
@@ -18,9 +19,9 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field, PlainSerializer
 
 from gotel.component import ALL_SIGNALS, ComponentConfig, Context, Exporter, ExporterFactory
 from gotel.config.types import Duration
@@ -28,6 +29,24 @@ from gotel.otlpjson import to_json
 from gotel.pdata import Batch, Signal
 
 MIB = 1 << 20
+log = logging.getLogger("gotel.exporter.file")
+
+
+def _mode(v: object) -> int:
+    """0600 (YAML's octal int), "0600", "600" or "0o600" -> 0o600."""
+    if isinstance(v, bool):
+        raise ValueError("a file mode such as 0600")
+    if isinstance(v, str):
+        text = v.strip().lower().removeprefix("0o")
+        if not text or any(c not in "01234567" for c in text):
+            raise ValueError(f"{v!r} is not an octal file mode such as 0600")
+        v = int(text, 8)
+    if not isinstance(v, int) or not 0 <= v <= 0o777:
+        raise ValueError(f"{v!r} is not a file mode between 0000 and 0777")
+    return v
+
+
+FileMode = Annotated[int, BeforeValidator(_mode), PlainSerializer(lambda v: f"0{v:o}", when_used="json")]
 
 
 class Rotation(ComponentConfig):
@@ -42,6 +61,15 @@ class Config(ComponentConfig):
     rotation: Rotation | None = Field(None, description="size-based rotation; off when absent")
     flush_interval: Duration = Field(1.0, gt=0, description="how often buffered writes reach the file")
     queue_size: int = Field(1000, ge=1, description="requests waiting for the writer thread before new ones are dropped")
+    # Defaults given as text so that `gotel components` shows them in octal; validated into ints.
+    file_mode: FileMode = Field("0600", validate_default=True,  # type: ignore[assignment]
+                                description="permissions of the files written (octal, e.g. 0640); set on open")
+    directory_mode: FileMode = Field("0700", validate_default=True,  # type: ignore[assignment]
+                                     description="permissions of a directory the exporter creates")
+
+
+def stat_mode(fd: int) -> int:
+    return os.fstat(fd).st_mode & 0o777
 
 
 @dataclass
@@ -66,13 +94,20 @@ class _Writer:
     def start(self) -> None:
         self.users += 1
         if self.thread is None:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            os.makedirs(os.path.dirname(self.path) or ".", mode=self.cfg.directory_mode, exist_ok=True)
             self._open()
             self.thread = threading.Thread(target=self._run, name=f"file-exporter:{self.path}", daemon=True)
             self.thread.start()
 
     def _open(self) -> None:
-        self.f = open(self.path, "ab")  # noqa: SIM115 - kept open for the writer's life
+        # Telemetry can hold anything (URLs, user ids, tokens in attributes): private unless configured.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self.cfg.file_mode)
+        try:
+            if stat_mode(fd) != self.cfg.file_mode:
+                os.fchmod(fd, self.cfg.file_mode)  # the umask narrowed it, or an older run left 0644
+        except OSError as e:
+            log.warning("file exporter: cannot set mode %04o on %s: %s", self.cfg.file_mode, self.path, e.strerror or e)
+        self.f = os.fdopen(fd, "ab")
         self.size = os.path.getsize(self.path)
 
     def _encode(self, batch: Batch) -> bytes:

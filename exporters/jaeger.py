@@ -2,8 +2,8 @@
 
 Jaeger ingests OTLP natively (since 1.35, on by default since 1.46; v2 is a collector distribution), so
 the sending is the ``otlp`` / ``otlp_http`` exporters' senders. What this adds is what Jaeger needs to
-show spans well: a ``service.name`` on every resource (Jaeger files spans under it; without one they
-land in "OTLPResourceNoServiceName"), and a span kind. Events and links pass through untouched.
+show spans well: a ``service.name`` on every resource (Jaeger files spans under it; without one, Jaeger
+v2 files them all under "missing-service-name", v1 under "OTLPResourceNoServiceName"), and a span kind. Events and links pass through untouched.
 Configs written for Jaeger's legacy ports and agents get an error that says what to use instead.
 """
 
@@ -203,8 +203,8 @@ class JaegerExporter(Exporter):
         assert isinstance(batch, Traces)
         await self.queue.consume(self.prepare(batch))
 
-    async def shutdown(self) -> None:
-        await self.queue.shutdown()
+    async def shutdown(self, deadline: float = 10.0) -> None:
+        await self.queue.shutdown(deadline)  # the service's remaining shutdown_timeout
 
 
 def create(signal: Signal, cfg: Config, ctx: Context) -> JaegerExporter:

@@ -10,6 +10,7 @@ QueuedExporter's; a 413 splits the request in halves, which are sent at once.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import re
@@ -143,6 +144,21 @@ def _regroup(flat: list[tuple[str, dict[str, str], tuple[int, bytes, Any]]]) -> 
     return PushBatch(list(streams.values()))
 
 
+class PushBatchCodec:
+    """PushBatch <-> bytes for a persistent sending queue (sending_queue.storage): JSON, entries base64."""
+
+    @staticmethod
+    def encode(item: Any) -> bytes:
+        b: PushBatch = item
+        return json.dumps([[sel, lab, [[ts, base64.b64encode(e).decode(), row] for ts, e, row in entries]]
+                           for sel, lab, entries in b.streams], separators=(",", ":")).encode()
+
+    @staticmethod
+    def decode(raw: bytes, count: int) -> PushBatch:
+        return PushBatch([(sel, lab, [(ts, base64.b64decode(e), row) for ts, e, row in entries])
+                          for sel, lab, entries in json.loads(raw)])
+
+
 def selector(labels: dict[str, str]) -> str:
     """{a="x", b="y"} with Prometheus string escaping."""
     return "{" + ", ".join(f'{k}="{_esc(v)}"' for k, v in sorted(labels.items())) + "}"
@@ -206,7 +222,7 @@ class PushSender(Sender):
         auth = cfg.auth.header()
         if auth:
             headers["Authorization"] = auth
-        self.http = HTTPPoster(cfg.endpoint, headers, cfg.tls, cfg.timeout)
+        self.http = HTTPPoster(cfg.endpoint, headers, cfg.tls, cfg.timeout, auth=cfg.auth.dynamic(ctx))
         self.rejected = ctx.telemetry.counter("loki_exporter_rejected_entries",
                                               "Entries Loki rejected with 400, by Loki's reason.", ("reason",))
         self.splits = ctx.telemetry.counter("loki_exporter_splits", "Requests split in two after a 413 answer.")
@@ -430,7 +446,7 @@ class LokiExporter(Exporter):
         self.ctx = ctx
         self.conv = Converter(cfg, ctx)
         self.queue = QueuedExporter(Signal.LOGS, ctx, PushSender(cfg, ctx), queue=cfg.sending_queue,
-                                    retry=cfg.retry_on_failure, timeout=cfg.timeout)
+                                    retry=cfg.retry_on_failure, timeout=cfg.timeout, codec=PushBatchCodec())
         self._last_log = 0.0
 
     async def start(self) -> None:
@@ -452,8 +468,8 @@ class LokiExporter(Exporter):
                                         self.ctx.id, ", ".join(f"{k}={v}" for k, v in sorted(diff.items())))
         await self.queue.consume(pb)  # type: ignore[arg-type]
 
-    async def shutdown(self) -> None:
-        await self.queue.shutdown()
+    async def shutdown(self, deadline: float = 10.0) -> None:
+        await self.queue.shutdown(deadline)  # the service's remaining shutdown_timeout
 
 
 def _otlp_exporter(cfg: Config, ctx: Context) -> Exporter:
@@ -468,6 +484,7 @@ def _otlp_exporter(cfg: Config, ctx: Context) -> Exporter:
         "timeout": cfg.timeout,
         "sending_queue": cfg.sending_queue.model_dump(),
         "retry_on_failure": cfg.retry_on_failure.model_dump(),
+        "auth": {"authenticator": cfg.auth.authenticator} if cfg.auth.authenticator else None,
     }
     if cfg.tenant_id:
         raw["headers"]["X-Scope-OrgID"] = cfg.tenant_id

@@ -15,7 +15,7 @@ import grpc.aio
 from pydantic import Field, model_validator
 
 from gotel import __version__
-from gotel.clientconfig import ClientConfig
+from gotel.clientconfig import ClientConfig, auth_headers
 from gotel.component import Context, Exporter, ExporterFactory
 from gotel.exporterhelper import ExportError, QueuedExporter, Sender
 from gotel.otlp import (
@@ -131,7 +131,8 @@ class GrpcSender(Sender):
         if self._call is None:
             await self.start()
         try:
-            resp: bytes = await self._call(batch.to_bytes(), timeout=self.cfg.timeout, metadata=self._md or None)
+            md = self._md + tuple((k.lower(), v) for k, v in auth_headers(self.ctx, self.cfg.auth).items())
+            resp: bytes = await self._call(batch.to_bytes(), timeout=self.cfg.timeout, metadata=md or None)
         except grpc.aio.AioRpcError as e:
             raise classify(e) from None
         if resp:

@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from yarl import URL
 
 from gotel import __version__
-from gotel.clientconfig import ClientConfig
+from gotel.clientconfig import ClientConfig, auth_headers
 from gotel.component import Context, Exporter, ExporterFactory
 from gotel.exporterhelper import ExportError, QueuedExporter, Sender
 from gotel.otlp import (
@@ -129,7 +129,8 @@ class HttpSender(Sender):
         assert self._session is not None
         body = await self._body(batch)
         try:
-            async with self._session.post(self.url, data=body, headers=self._headers, allow_redirects=False) as resp:
+            headers = {**self._headers, **auth_headers(self.ctx, self.cfg.auth)} if self.cfg.auth else self._headers
+            async with self._session.post(self.url, data=body, headers=headers, allow_redirects=False) as resp:
                 data = await resp.read()
                 status = resp.status
                 ctype = resp.headers.get("Content-Type", "")

@@ -246,7 +246,7 @@ class PrometheusExporter(Exporter):
         resp.headers["Content-Type"] = ct
         return resp
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         if self._runner is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._runner.cleanup(), 5)

@@ -135,13 +135,14 @@ class WriteBatch:
 
 
 class RemoteWriteSender(Sender):
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, ctx: Context | None = None) -> None:
         headers = {**HEADERS, **{k: v.get_secret_value() for k, v in cfg.headers.items()}}
         auth = cfg.auth.header()
         if auth:
             headers["Authorization"] = auth
         self.retry_429 = cfg.retry_on_http_429
-        self.http = HTTPPoster(cfg.endpoint, headers, cfg.tls, cfg.timeout)
+        self.http = HTTPPoster(cfg.endpoint, headers, cfg.tls, cfg.timeout,
+                               auth=cfg.auth.dynamic(ctx) if ctx is not None else None)
 
     async def start(self) -> None:
         await self.http.start()
@@ -183,7 +184,7 @@ class RemoteWriteExporter(Exporter):
         self.builder = Builder(self.conv, self.nshards, cfg.max_batch_size_bytes)
         self.shards = [
             QueuedExporter(
-                Signal.METRICS, ctx, RemoteWriteSender(cfg),
+                Signal.METRICS, ctx, RemoteWriteSender(cfg, ctx),
                 queue=QueueConfig(enabled=q.enabled, num_consumers=1, sizer="requests", queue_size=q.queue_size),
                 retry=cfg.retry_on_failure, timeout=cfg.timeout,
             )
@@ -223,8 +224,8 @@ class RemoteWriteExporter(Exporter):
                     continue
                 await queue.consume(WriteBatch(raw, p, nsamples))  # type: ignore[arg-type]
 
-    async def shutdown(self) -> None:
-        await asyncio.gather(*(s.shutdown() for s in self.shards))
+    async def shutdown(self, deadline: float = 10.0) -> None:
+        await asyncio.gather(*(s.shutdown(deadline) for s in self.shards))  # the service's remaining shutdown_timeout
 
 
 def create(signal: Signal, cfg: Config, ctx: Context) -> RemoteWriteExporter:

@@ -25,7 +25,7 @@ import aiohttp
 from pydantic import Field, SecretStr, model_validator
 
 from gotel import pprof
-from gotel.clientconfig import BasicAuth, ClientConfig
+from gotel.clientconfig import BasicAuth, ClientConfig, auth_headers
 from gotel.component import Context, ExporterFactory
 from gotel.exporterhelper import ExportError, QueuedExporter, Sender
 from gotel.pdata import Batch, Signal
@@ -125,6 +125,11 @@ class PyroscopeSender(Sender):
         if self._session is not None:
             await self._session.close()
 
+    def _malformed(self, n: int, why: str) -> None:
+        """A profile that refers outside its dictionary is left out, counted and named; the rest go on."""
+        self.ctx.telemetry.dropped(Signal.PROFILES, n, "malformed")
+        self.ctx.logger.warning("%s: dropped %d malformed profile(s): %s", self.ctx.id, n, why)
+
     def labels(self, g: PprofGroup) -> dict[str, str]:
         res = g.resource
         out: dict[str, str] = {}
@@ -144,7 +149,7 @@ class PyroscopeSender(Sender):
 
     async def send(self, batch: Batch) -> None:
         assert self._session is not None, "start() was not called"
-        groups = [g for g in otlp_to_pprof(batch.peek()) if g.profile.sample]
+        groups = [g for g in otlp_to_pprof(batch.peek(), on_drop=self._malformed) if g.profile.sample]
         if not groups:
             return
         if self.cfg.protocol == "push":
@@ -183,6 +188,7 @@ class PyroscopeSender(Sender):
     async def _post(self, url: str, data: Any, headers: Mapping[str, str], params: Mapping[str, str] | None) -> None:
         assert self._session is not None
         try:
+            headers = {**headers, **auth_headers(self.ctx, self.cfg.auth)}
             async with self._session.post(url, data=data, headers=headers, params=params) as r:
                 body = await r.read()
                 if 200 <= r.status < 300:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -42,6 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     setup_logging(args.log_level)
+    if args.log_level != "debug":
+        # grpc core logs to fd 2 itself (e.g. add_port.cc on a busy port) what its Python API raises
+        # anyway, and gotel says once, on one line; at debug its lines stay. Set before grpc loads;
+        # receiver processes inherit it. An explicit GRPC_VERBOSITY wins.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except KeyboardInterrupt:

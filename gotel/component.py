@@ -2,59 +2,75 @@
 
 Every receiver, processor and exporter module exposes ``factory``: a ReceiverFactory,
 ProcessorFactory or ExporterFactory. Factories are found through entry points
-(``gotel.receivers``, ``gotel.processors``, ``gotel.exporters``, ``gotel.extensions``).
+(``gotel.receivers``, ``gotel.processors``, ``gotel.exporters``, ``gotel.connectors``,
+``gotel.extensions``).
 """
 
 from __future__ import annotations
 
 import builtins
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
+from gotel.duration import UNIT_NAMES, parse_duration
+from gotel.ids import ComponentID as ComponentID
+from gotel.ids import Kind as Kind
 from gotel.pdata import Batch, Signal
 
 if TYPE_CHECKING:
     from gotel.telemetry import ComponentTelemetry
 
 
-class Kind(StrEnum):
-    RECEIVER = "receiver"
-    PROCESSOR = "processor"
-    EXPORTER = "exporter"
-    EXTENSION = "extension"
-    CONNECTOR = "connector"
+@dataclass(frozen=True)
+class RenamedKey:
+    """A config key's new name. `unit` (a Go duration unit such as "ms") is what a bare number under
+    the old key meant, so `slow_syscall_threshold_ms: 10` still means 10ms; a duration string carries its own."""
+
+    new: str
+    unit: str | None = None
+
+    def convert(self, value: Any) -> Any:
+        if self.unit is not None and not isinstance(value, bool):
+            try:
+                return float(value) * parse_duration("1" + self.unit)
+            except (TypeError, ValueError):
+                pass  # "10ms" (or garbage, which the new key's type reports)
+        return value
+
+
+def _schema_renamed(schema: dict[str, Any], cls: type) -> None:
+    """Old names appear in the JSON schema (and `gotel components TYPE`) as deprecated properties."""
+    for old, r in getattr(cls, "renamed_keys", {}).items():
+        unit = f"; a bare number here is {UNIT_NAMES.get(r.unit, r.unit)}" if r.unit else ""
+        schema.setdefault("properties", {})[old] = {"deprecated": True, "description": f"deprecated: use {r.new}{unit}"}
 
 
 class ComponentConfig(BaseModel):
     """Base of every component's config: unknown keys are errors, not silence."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, json_schema_extra=_schema_renamed)
+    # old key -> its new name: still accepted (the config loader warns, naming the new key)
+    renamed_keys: ClassVar[Mapping[str, RenamedKey]] = MappingProxyType({})
 
-
-@dataclass(frozen=True, order=True)
-class ComponentID:
-    type: str
-    name: str = ""
-
+    @model_validator(mode="before")
     @classmethod
-    def parse(cls, s: str) -> ComponentID:
-        s = s.strip()
-        if not s:
-            raise ValueError("empty component id")
-        typ, sep, name = s.partition("/")
-        if not typ or (sep and not name):
-            raise ValueError(f"invalid component id {s!r}: expected type[/name]")
-        return cls(typ, name)
-
-    def __str__(self) -> str:
-        return f"{self.type}/{self.name}" if self.name else self.type
+    def _rename_old_keys(cls, data: Any) -> Any:
+        if not cls.renamed_keys or not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, r in cls.renamed_keys.items():
+            if old in data:
+                if r.new in data:
+                    raise ValueError(f'"{old}" is the deprecated name of "{r.new}": give only "{r.new}"')
+                data[r.new] = r.convert(data.pop(old))
+        return data
 
 
 class ConsumerError(Exception):
@@ -96,13 +112,22 @@ class Context:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+SHUTDOWN_DEADLINE = 10.0
+"""Seconds a component has to stop when its caller names no deadline (tests, tools)."""
+
+
 class Component:
-    """Life cycle shared by all components. shutdown() must be safe without start()."""
+    """Life cycle shared by all components.
+
+    shutdown(deadline) is called once with the seconds left of service.shutdown_timeout: the component
+    flushes what it holds and returns within them (the service stops waiting after that). It must be
+    safe without start() and without a deadline argument.
+    """
 
     async def start(self) -> None:
         return None
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = SHUTDOWN_DEADLINE) -> None:
         return None
 
 
@@ -124,6 +149,15 @@ class Exporter(Component):
         raise NotImplementedError
 
 
+class Connector(Component):
+    """The exporter of one pipeline and the receiver of others: consumes one signal, emits one."""
+
+    mutates: bool = False
+
+    async def consume(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class Factory:
     type: str
@@ -137,11 +171,11 @@ class Factory:
         return self.config()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReceiverFactory(Factory):
     """create(config, sinks-per-signal, context). One instance per receiver id serves all its signals."""
 
-    create: Callable[[Any, Mapping[Signal, Consumer], Context], Receiver] = field(default=None)  # type: ignore[assignment]
+    create: Callable[[Any, Mapping[Signal, Consumer], Context], Receiver]
     # The otlp receiver is the pipeline's own entry point and runs inside the pipeline process;
     # every other receiver runs in an OS process of its own (DESIGN.md section 1).
     in_process: bool = False
@@ -150,26 +184,40 @@ class ReceiverFactory(Factory):
     kind: ClassVar[Kind] = Kind.RECEIVER
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProcessorFactory(Factory):
     """create(signal, config, next, context). One instance per pipeline."""
 
-    create: Callable[[Signal, Any, Consumer, Context], Processor] = field(default=None)  # type: ignore[assignment]
+    create: Callable[[Signal, Any, Consumer, Context], Processor]
+    # Rules that depend on the pipeline's signal (the config alone cannot know it): a one-line problem
+    # with the config in a pipeline of that signal, or None. The config loader reports it at validation.
+    signal_problem: Callable[[Any, Signal], str | None] | None = None
     kind: ClassVar[Kind] = Kind.PROCESSOR
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExporterFactory(Factory):
     """create(signal, config, context). One instance per exporter id and signal."""
 
-    create: Callable[[Signal, Any, Context], Exporter] = field(default=None)  # type: ignore[assignment]
+    create: Callable[[Signal, Any, Context], Exporter]
     kind: ClassVar[Kind] = Kind.EXPORTER
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExtensionFactory(Factory):
-    create: Callable[[Any, Context], Component] = field(default=None)  # type: ignore[assignment]
+    create: Callable[[Any, Context], Component]
     kind: ClassVar[Kind] = Kind.EXTENSION
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectorFactory(Factory):
+    """create(from_signal, to_signal, config, next, context). One instance per connector id and signal
+    pair; `next` fans out over the pipelines that list the connector as a receiver of `to_signal`.
+    `signals` are the signals it consumes; `pairs` the (from, to) pairs it supports."""
+
+    create: Callable[[Signal, Signal, Any, Consumer, Context], Connector]
+    pairs: frozenset[tuple[Signal, Signal]]
+    kind: ClassVar[Kind] = Kind.CONNECTOR
 
 
 ALL_SIGNALS = frozenset(Signal)
@@ -180,3 +228,32 @@ REQUEST_METADATA: ContextVar[Mapping[str, str]] = ContextVar(
     "gotel_request_metadata", default=MappingProxyType({})
 )
 RECEIVER_ID_HEADER = "gotel-receiver"
+# The peer address of the request, set by the receiver in REQUEST_METADATA (gRPC context.peer() such as
+# "ipv4:10.1.2.3:51234", or an HTTP remote address). Never a client header such as X-Forwarded-For: a
+# client could then claim another pod's identity. The receiver must overwrite a client-sent value.
+PEER_METADATA_KEY = "gotel-peer"
+
+
+def ip_of(s: str) -> str:
+    """'ipv4:10.1.2.3:4317', 'ipv6:[::1]:4317', '10.1.2.3:80', '10.1.2.3' -> the address, or ''."""
+    if s.startswith(("ipv4:", "ipv6:")):
+        s = s[5:]
+    if s.startswith("["):
+        s = s[1 : s.find("]")]
+    elif s.count(":") == 1:
+        s = s.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(s))
+    except ValueError:
+        return ""
+
+
+def connection_ip() -> str:
+    """The IP address of the connection whose request is being consumed, or ''."""
+    v = REQUEST_METADATA.get().get(PEER_METADATA_KEY)
+    return ip_of(v.strip()) if v else ""
+
+
+# A receiver process's exit status when the host lacks what it needs (BPF, capabilities, headers):
+# EX_CONFIG. A quick restart will not help, so the supervisor waits its longest backoff.
+EXIT_CANNOT_RUN = 78

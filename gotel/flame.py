@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from html import escape
@@ -87,6 +88,11 @@ def load(source: str, seconds: int = 5, timeout: float = 60.0) -> list[tuple[str
         try:
             with urllib.request.urlopen(url, timeout=timeout + seconds) as r:
                 data = r.read()
+        except urllib.error.HTTPError as e:
+            # net/http/pprof says why in the body (e.g. "Could not enable CPU profiling: cpu profiling
+            # already in use"): that is the useful part, not the status line
+            body = e.read(4096).decode("utf-8", "replace").strip()
+            raise FlameError(f"{url} answered {e.code}: {' '.join(body.split()) or e.reason}") from None
         except OSError as e:
             raise FlameError(f"cannot fetch {url}: {e}") from None
         try:
@@ -112,27 +118,98 @@ def load(source: str, seconds: int = 5, timeout: float = 60.0) -> list[tuple[str
     return profs
 
 
-def pick_type(p: pb.Profile, wanted: str | None) -> int:
+# The default sample type of a file that holds several kinds of profile: the first one present.
+# CPU time says where a program spends itself; heap, contention and goroutine counts come after.
+PREFERENCE = ("cpu", "inuse_space", "alloc_space", "delay", "contentions", "goroutine", "alloc_objects",
+              "inuse_objects", "samples")
+
+
+@dataclass
+class Holding:
+    """One sample type (with its unit) of a set of profiles: how many profiles have it, their total."""
+
+    type: str
+    unit: str
+    profiles: int = 0
+    total: int = 0
+    sources: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        names = sorted(set(self.sources))
+        more = f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
+        return (f"{self.type} ({self.unit}): {self.profiles} profile{'s' if self.profiles != 1 else ''}, "
+                f"total {fmt_value(self.total, self.unit)}{more}")
+
+
+def holdings(named: list[tuple[str, pb.Profile]]) -> list[Holding]:
+    """Every (sample type, unit) in the profiles, in PREFERENCE order, then as first seen."""
+    out: dict[tuple[str, str], Holding] = {}
+    for name, p in named:
+        for i, (t, u) in enumerate(pprof.sample_type_names(p)):
+            h = out.setdefault((t, u), Holding(t, u))
+            h.profiles += 1
+            h.total += sum(s.value[i] for s in p.sample if len(s.value) > i and s.value[i] > 0)
+            h.sources.append(name)
+    rank = {t: n for n, t in enumerate(PREFERENCE)}
+    order = list(out)
+    return sorted(out.values(), key=lambda h: (rank.get(h.type, len(rank)), order.index((h.type, h.unit))))
+
+
+def _default_type(p: pb.Profile) -> str:
     names = pprof.sample_type_names(p)
-    if wanted:
-        for i, (t, _u) in enumerate(names):
-            if t == wanted:
-                return i
-        raise FlameError(f"sample type {wanted!r} not in profile (has: {', '.join(t for t, _u in names)})")
     if p.default_sample_type:
         dst = p.string_table[p.default_sample_type]
-        for i, (t, _u) in enumerate(names):
-            if t == dst:
-                return i
-    return len(names) - 1
+        if any(t == dst for t, _u in names):
+            return dst
+    return names[-1][0] if names else ""
 
 
-def tree(profiles: list[pb.Profile], type_name: str | None) -> tuple[Node, str, str]:
+@dataclass
+class Selection:
+    """One sample type and unit, and the profiles that have it (with the index of that type in each)."""
+
+    type: str
+    unit: str
+    profiles: list[tuple[pb.Profile, int]]
+    skipped: int = 0  # profiles without this sample type
+
+
+def select(named: list[tuple[str, pb.Profile]], wanted: str | None) -> Selection:
+    """The profiles of one sample type: `wanted`, else CPU when present (PREFERENCE), else the first
+    profile's default. Values of different units are never added up."""
+    if not named:
+        raise FlameError("no profiles")
+    held = holdings(named)
+    if wanted:
+        matches = [h for h in held if h.type == wanted]
+        if not matches:
+            raise FlameError(f"sample type {wanted!r} not in profile; it holds:\n  " + "\n  ".join(h.describe() for h in held))
+        chosen = max(matches, key=lambda h: h.profiles)
+    else:
+        preferred = [h for h in held if h.type in PREFERENCE]
+        if preferred:
+            chosen = preferred[0]
+        else:
+            dflt = _default_type(named[0][1])
+            chosen = next(h for h in held if h.type == dflt)
+    picked: list[tuple[pb.Profile, int]] = []
+    for _name, p in named:
+        for i, (t, u) in enumerate(pprof.sample_type_names(p)):
+            if (t, u) == (chosen.type, chosen.unit):
+                picked.append((p, i))
+                break
+    return Selection(chosen.type, chosen.unit, picked, len(named) - len(picked))
+
+
+def pick_type(p: pb.Profile, wanted: str | None) -> int:
+    """Index of a sample type in one profile (select() does this for a set of profiles)."""
+    sel = select([("", p)], wanted)
+    return sel.profiles[0][1]
+
+
+def tree(sel: Selection) -> Node:
     root = Node("all")
-    unit = tname = ""
-    for p in profiles:
-        i = pick_type(p, type_name)
-        tname, unit = pprof.sample_type_names(p)[i]
+    for p, i in sel.profiles:
         res = pprof.Resolver(p)
         for s in p.sample:
             v = s.value[i]
@@ -145,7 +222,7 @@ def tree(profiles: list[pb.Profile], type_name: str | None) -> tuple[Node, str, 
                 node = node.child(fr.function)
                 node.total += v
             node.self_value += v
-    return root, tname, unit
+    return root
 
 
 # --- formatting --------------------------------------------------------------------------------
@@ -219,15 +296,12 @@ def _depth(n: Node) -> int:
     return best
 
 
-def top(profiles: list[pb.Profile], type_name: str | None, n: int) -> tuple[list[tuple[str, int, int]], int, str, str]:
-    """[(function, flat, cum)] by flat value, the total, the sample type and its unit."""
+def top(sel: Selection, n: int) -> tuple[list[tuple[str, int, int]], int]:
+    """[(function, flat, cum)] by flat value, and the total."""
     flat: dict[str, int] = {}
     cum: dict[str, int] = {}
     total = 0
-    tname = unit = ""
-    for p in profiles:
-        i = pick_type(p, type_name)
-        tname, unit = pprof.sample_type_names(p)[i]
+    for p, i in sel.profiles:
         res = pprof.Resolver(p)
         for s in p.sample:
             v = s.value[i]
@@ -240,4 +314,4 @@ def top(profiles: list[pb.Profile], type_name: str | None, n: int) -> tuple[list
             for fn in {f.function for f in frames}:
                 cum[fn] = cum.get(fn, 0) + v
     rows = sorted(((fn, flat.get(fn, 0), c) for fn, c in cum.items()), key=lambda r: (r[1], r[2]), reverse=True)
-    return rows[:n], total, tname, unit
+    return rows[:n], total

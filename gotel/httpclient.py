@@ -10,30 +10,37 @@ import base64
 import email.utils
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 from pydantic import Field, SecretStr, model_validator
 
 from gotel import __version__
-from gotel.clientconfig import BasicAuth, TLSClientConfig
-from gotel.component import ComponentConfig
+from gotel.clientconfig import BasicAuth, TLSClientConfig, auth_headers
+from gotel.component import ComponentConfig, Context
 from gotel.exporterhelper import ExportError
 
 USER_AGENT = f"gotel/{__version__}"
 
 
 class HTTPAuth(ComponentConfig):
-    """Basic or bearer authentication; the secrets never reach logs (SecretStr)."""
+    """Basic or bearer authentication, or the collector's authenticator extension; the secrets never
+    reach logs (SecretStr)."""
 
     basic: BasicAuth | None = None
     bearer_token: SecretStr | None = None
+    authenticator: str | None = Field(None, description="id of a client authenticator extension "
+                                      "(bearertokenauth[/name], basicauth[/name]), as in the collector")
 
     @model_validator(mode="after")
     def _one(self) -> HTTPAuth:
-        if self.basic is not None and self.bearer_token is not None:
-            raise ValueError("use either basic or bearer_token, not both")
+        if sum(x is not None for x in (self.basic, self.bearer_token, self.authenticator)) > 1:
+            raise ValueError("use one of basic, bearer_token and authenticator")
         return self
+
+    def dynamic(self, ctx: Context) -> Callable[[], dict[str, str]] | None:
+        """Per-request headers of the authenticator extension, if one is named."""
+        return (lambda: auth_headers(ctx, self)) if self.authenticator else None
 
     def header(self) -> str | None:
         if self.basic is not None:
@@ -72,8 +79,10 @@ def short(body: bytes, limit: int = 300) -> str:
 class HTTPPoster:
     """A keep-alive aiohttp session bound to one URL, TLS settings and fixed headers."""
 
-    def __init__(self, url: str, headers: Mapping[str, str], tls: TLSClientConfig, timeout: float) -> None:
+    def __init__(self, url: str, headers: Mapping[str, str], tls: TLSClientConfig, timeout: float,
+                 auth: Callable[[], Mapping[str, str]] | None = None) -> None:
         self.url = url
+        self.auth = auth  # an authenticator extension's headers, asked per request (tokens rotate)
         self.headers = {"User-Agent": USER_AGENT, **headers}
         self.tls = tls
         self.timeout = timeout
@@ -97,6 +106,8 @@ class HTTPPoster:
         h = dict(self.headers)
         if headers:
             h.update(headers)
+        if self.auth is not None:
+            h.update(self.auth())
         try:
             async with self._session.post(self.url, data=body, headers=h) as resp:
                 data = await resp.read()

@@ -75,6 +75,17 @@ class Batch:
             self._msg = m
         return self._msg
 
+    def set_wire(self, raw: bytes) -> None:
+        """Records wire bytes that encode the message as it now is (framed by hand, e.g. a request with
+        some items cut out), so that nobody serializes it again."""
+        self._raw = raw
+        self._count = None
+
+    def cached_bytes(self) -> bytes | None:
+        """The wire bytes while they still describe the message (nothing has touched it), else None:
+        a processor can look for what it needs in them before it pays for parsing."""
+        return self._raw
+
     def to_bytes(self) -> bytes:
         if self._raw is None:
             assert self._msg is not None
@@ -283,6 +294,58 @@ class Profiles(Batch):
     def split(self, max_items: int) -> list[Batch]:
         return [self]
 
+    def resolve_string_refs(self) -> bool:
+        """Resource and scope attributes whose key or string value is an index into the dictionary's
+        string table (`key_strindex`, `string_value_strindex`: how the collector's pdata sends them, at
+        least since v0.161.0) become plain strings, as the collector does on receipt, so that every component
+        reads `service.name` the same way. Returns whether anything changed; untouched batches keep
+        their wire bytes."""
+        scopes = [(rp.resource.attributes, [sp.scope.attributes for sp in rp.scope_profiles])
+                  for rp in self.peek().resource_profiles]
+        if not any(_has_refs(kvs) for res, scs in scopes for kvs in (res, *scs)):
+            return False
+        m = self.msg
+        table = list(m.dictionary.string_table)
+        for rp in m.resource_profiles:
+            _resolve_kvs(rp.resource.attributes, table)
+            for sp in rp.scope_profiles:
+                _resolve_kvs(sp.scope.attributes, table)
+        return True
+
+
+def _has_refs(kvs: Iterable[KeyValue]) -> bool:
+    return any(kv.key_strindex or _value_has_refs(kv.value) for kv in kvs)
+
+
+def _value_has_refs(av: AnyValue) -> bool:
+    kind = av.WhichOneof("value")
+    if kind == "string_value_strindex":
+        return True
+    if kind == "kvlist_value":
+        return _has_refs(av.kvlist_value.values)
+    if kind == "array_value":
+        return any(_value_has_refs(x) for x in av.array_value.values)
+    return False
+
+
+def _resolve_kvs(kvs: Iterable[KeyValue], table: list[str]) -> None:
+    for kv in kvs:
+        if kv.key_strindex and not kv.key and kv.key_strindex < len(table):
+            kv.key = table[kv.key_strindex]
+            kv.key_strindex = 0
+        _resolve_value(kv.value, table)
+
+
+def _resolve_value(av: AnyValue, table: list[str]) -> None:
+    kind = av.WhichOneof("value")
+    if kind == "string_value_strindex" and 0 <= av.string_value_strindex < len(table):
+        av.string_value = table[av.string_value_strindex]
+    elif kind == "kvlist_value":
+        _resolve_kvs(av.kvlist_value.values, table)
+    elif kind == "array_value":
+        for x in av.array_value.values:
+            _resolve_value(x, table)
+
 
 BATCH_TYPES: dict[Signal, type[Batch]] = {
     Signal.TRACES: Traces,
@@ -364,3 +427,84 @@ def set_attr(kvs: Any, key: str, value: Any, *, overwrite: bool = True) -> bool:
 def iter_resources(batch: Batch) -> Iterator[Any]:
     """Each Resource* entry of a batch, for processors that work on resource attributes."""
     yield from batch.resources()
+
+
+# --- the pdata rules the collector enforces when it decodes a request -------------------------------
+
+TRACE_ID_SIZE = 16
+SPAN_ID_SIZE = 8
+PROFILE_ID_SIZE = 16
+
+
+def _id_error(where: str, value: bytes, size: int) -> str | None:
+    n = len(value)
+    if n == 0 or n == size:
+        return None
+    return f"{where} is {n} bytes long, must be {size} (or empty)"
+
+
+def _exemplar_holders(metric: Any) -> Iterator[tuple[str, Any]]:
+    kind = metric.WhichOneof("data")
+    if kind in ("gauge", "sum", "histogram", "exponential_histogram"):
+        for i, dp in enumerate(getattr(metric, kind).data_points):
+            yield f"{kind}.data_points[{i}]", dp
+
+
+def invalid_ids(batch: Batch) -> str | None:
+    """The first trace, span or profile id of the wrong length, named by its path; None if all are valid.
+
+    The collector's pdata refuses such a request as a whole when it decodes it (TraceID must be 16
+    bytes, SpanID 8, either may be empty). Checking at the receiver keeps one sender's bad id from
+    being merged into a batch that a strict backend then refuses with everyone's data in it.
+    """
+    m = batch.peek()
+    if batch.signal == Signal.TRACES:
+        for i, rs in enumerate(m.resource_spans):
+            for j, ss in enumerate(rs.scope_spans):
+                for k, sp in enumerate(ss.spans):
+                    tl, sl, pl = len(sp.trace_id), len(sp.span_id), len(sp.parent_span_id)
+                    if tl in (0, 16) and sl in (0, 8) and pl in (0, 8) and not sp.links:
+                        continue
+                    w = f"resource_spans[{i}].scope_spans[{j}].spans[{k}]"
+                    e = (_id_error(f"{w}.trace_id", sp.trace_id, TRACE_ID_SIZE)
+                         or _id_error(f"{w}.span_id", sp.span_id, SPAN_ID_SIZE)
+                         or _id_error(f"{w}.parent_span_id", sp.parent_span_id, SPAN_ID_SIZE))
+                    for n, ln in enumerate(sp.links):
+                        e = e or (_id_error(f"{w}.links[{n}].trace_id", ln.trace_id, TRACE_ID_SIZE)
+                                  or _id_error(f"{w}.links[{n}].span_id", ln.span_id, SPAN_ID_SIZE))
+                    if e:
+                        return e
+    elif batch.signal == Signal.LOGS:
+        for i, rl in enumerate(m.resource_logs):
+            for j, sl_ in enumerate(rl.scope_logs):
+                for k, lr in enumerate(sl_.log_records):
+                    w = f"resource_logs[{i}].scope_logs[{j}].log_records[{k}]"
+                    e = (_id_error(f"{w}.trace_id", lr.trace_id, TRACE_ID_SIZE)
+                         or _id_error(f"{w}.span_id", lr.span_id, SPAN_ID_SIZE))
+                    if e:
+                        return e
+    elif batch.signal == Signal.METRICS:
+        for i, rm in enumerate(m.resource_metrics):
+            for j, sm in enumerate(rm.scope_metrics):
+                for k, metric in enumerate(sm.metrics):
+                    for w, dp in _exemplar_holders(metric):
+                        for n, ex in enumerate(dp.exemplars):
+                            at = f"resource_metrics[{i}].scope_metrics[{j}].metrics[{k}].{w}.exemplars[{n}]"
+                            e = (_id_error(f"{at}.trace_id", ex.trace_id, TRACE_ID_SIZE)
+                                 or _id_error(f"{at}.span_id", ex.span_id, SPAN_ID_SIZE))
+                            if e:
+                                return e
+    elif batch.signal == Signal.PROFILES:
+        for i, rp in enumerate(m.resource_profiles):
+            for j, sp_ in enumerate(rp.scope_profiles):
+                for k, prof in enumerate(sp_.profiles):
+                    e = _id_error(f"resource_profiles[{i}].scope_profiles[{j}].profiles[{k}].profile_id",
+                                  prof.profile_id, PROFILE_ID_SIZE)
+                    if e:
+                        return e
+        for n, ln in enumerate(m.dictionary.link_table):
+            e = (_id_error(f"dictionary.link_table[{n}].trace_id", ln.trace_id, TRACE_ID_SIZE)
+                 or _id_error(f"dictionary.link_table[{n}].span_id", ln.span_id, SPAN_ID_SIZE))
+            if e:
+                return e
+    return None

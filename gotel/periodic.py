@@ -3,12 +3,15 @@
 Collection runs in a worker thread (reading /proc or BPF maps blocks), pushing runs on the event loop.
 A refused batch is counted as dropped with its reason; a failing collection is logged and retried at
 the next tick, never fatal: the figures are cumulative, so the next push carries what was missed.
+At shutdown the timer stops, then one last collection (and drain) pushes the partial interval:
+without it everything since the last tick (up to a whole interval) would be lost uncounted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -17,7 +20,8 @@ from typing import Any
 
 from gotel.component import Consumer, Context, Receiver
 from gotel.discovery import DiscoveryConfig, ProcessInfo, process_info
-from gotel.discovery.procfs import all_pids
+from gotel.discovery.procfs import all_pids, is_alive
+from gotel.logs import PerBinary, exception_line
 from gotel.pdata import Batch, Signal
 from gotel.receiverhelper import push
 
@@ -32,6 +36,7 @@ class PeriodicReceiver(Receiver):
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._started = False  # setup() succeeded: only then is there anything to flush
 
     # subclasses implement these
     def setup(self) -> None:
@@ -44,8 +49,13 @@ class PeriodicReceiver(Receiver):
     def teardown(self) -> None:
         """Blocking clean-up (detach BPF); must be safe after a failed or missing setup()."""
 
+    def drain(self) -> list[Batch]:
+        """Blocking: drain event buffers; returns batches to push at once (e.g. log records)."""
+        return []
+
     async def start(self) -> None:
         await asyncio.to_thread(self.setup)
+        self._started = True
         self._task = asyncio.create_task(self._run(), name=f"{self.ctx.id}-collect")
 
     async def collect_now(self) -> None:
@@ -70,14 +80,37 @@ class PeriodicReceiver(Receiver):
             except Exception:
                 self.log.exception("%s: collection failed; retrying at the next interval", self.ctx.id)
 
-    async def shutdown(self) -> None:
+    async def _stop_timer(self) -> None:
+        """Stops the collection timer, letting a collection in progress finish (cancelling it would
+        lose the batch it is pushing); the caller's deadline bounds the wait."""
         self._stop.set()
         if self._task is not None:
-            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
-        await asyncio.to_thread(self.teardown)
+
+    async def _final_flush(self) -> None:
+        """The last events and partial interval, pushed before teardown. Failures are logged, never fatal."""
+        if not self._started:
+            return
+        self._started = False
+        try:
+            await self.push(await asyncio.to_thread(self.drain))
+            await self.collect_now()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("%s: final collection at shutdown failed", self.ctx.id)
+
+    async def shutdown(self, deadline: float = 10.0) -> None:
+        try:
+            await self._stop_timer()
+            await self._final_flush()
+        finally:
+            if self._task is not None:  # cancelled by the caller's deadline while waiting
+                self._task.cancel()
+                self._task = None
+            await asyncio.to_thread(self.teardown)
 
 
 def select_now(discovery: DiscoveryConfig) -> dict[int, ProcessInfo]:
@@ -116,16 +149,13 @@ class TargetedReceiver(PeriodicReceiver):
         # on_added/on_removed run in worker threads that a cancelled task does not stop: teardown
         # waits for the one in flight instead of detaching under its feet
         self._apply_lock = threading.Lock()
+        self.per_binary = PerBinary(self.log, str(ctx.id))
 
     def on_added(self, info: ProcessInfo) -> None:
         """Blocking: start tracing a process."""
 
     def on_removed(self, pid: int) -> None:
         """Blocking: stop tracing a process (it exited or no longer matches)."""
-
-    def drain(self) -> list[Batch]:
-        """Blocking: drain event buffers; returns batches to push at once (e.g. log records)."""
-        return []
 
     def teardown(self) -> None:
         if self.prog is not None:
@@ -147,6 +177,7 @@ class TargetedReceiver(PeriodicReceiver):
         from gotel.discovery import ProcessWatcher
 
         await asyncio.to_thread(self.setup)
+        self._started = True
         self._watcher = ProcessWatcher(self.discovery)
         await self._watcher.start()
         # the watcher's initial scan queued an event per selected process: apply them before returning
@@ -164,8 +195,11 @@ class TargetedReceiver(PeriodicReceiver):
             self.targets[ev.info.pid] = ev.info
             try:
                 await asyncio.to_thread(self._locked, self.on_added, ev.info)
-            except Exception:
-                self.log.exception("%s: cannot trace pid %d", self.ctx.id, ev.info.pid)
+            except Exception as e:
+                if not is_alive(ev.info.pid):  # a short-lived process (a `go build` step): nothing wrong
+                    self.log.debug("%s: pid %d exited before it was traced: %s", self.ctx.id, ev.info.pid, e)
+                else:
+                    self.per_binary.note(logging.ERROR, ev.info.exe, ev.info.pid, f"cannot trace: {exception_line(e)}")
         else:
             self.targets.pop(ev.pid, None)
             try:
@@ -190,7 +224,10 @@ class TargetedReceiver(PeriodicReceiver):
 
     async def _drain_loop(self) -> None:
         while not self._stop.is_set():
-            await asyncio.sleep(self.drain_interval_s)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.drain_interval_s)
+            if self._stop.is_set():
+                return  # the final drain runs in shutdown(), after the collection timer stopped
             try:
                 await self.push(await asyncio.to_thread(self.drain))
             except asyncio.CancelledError:
@@ -198,21 +235,25 @@ class TargetedReceiver(PeriodicReceiver):
             except Exception:
                 self.log.exception("%s: draining events failed", self.ctx.id)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         self._stop.set()
-        for t in (self._watch_task, self._drain_task):
-            if t is not None:
-                t.cancel()
+        try:
+            if self._watch_task is not None:
+                self._watch_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-        self._watch_task = self._drain_task = None
-        if self._watcher is not None:
-            await self._watcher.close()
-            self._watcher = None
-        self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
-        await asyncio.to_thread(self._locked, self.teardown)
+                    await self._watch_task
+            # the drain loop and the timer end at their next wake-up: a push in progress completes
+            if self._drain_task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._drain_task
+            await self._stop_timer()
+            await self._final_flush()
+        finally:
+            for t in (self._watch_task, self._drain_task, self._task):
+                if t is not None:
+                    t.cancel()
+            self._watch_task = self._drain_task = self._task = None
+            if self._watcher is not None:
+                await self._watcher.close()
+                self._watcher = None
+            await asyncio.to_thread(self._locked, self.teardown)

@@ -53,33 +53,55 @@ def decode(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> pb.Profile:
 
 
 def validate(p: pb.Profile) -> None:
+    """Every index and id the profile holds points at something: later code indexes without checks.
+    The message names the field, e.g. ``mapping[0].filename 57: string_table has 12 entries``."""
     n_str = len(p.string_table)
     if n_str == 0 or p.string_table[0] != "":
         raise PprofError("not a pprof profile: string_table[0] must be the empty string")
     if not p.sample_type:
         raise PprofError("not a pprof profile: no sample_type")
-    for vt in p.sample_type:
-        if not (0 <= vt.type < n_str and 0 <= vt.unit < n_str):
-            raise PprofError("not a pprof profile: sample_type refers outside the string table")
+
+    def string(i: int, field: str) -> None:
+        if not 0 <= i < n_str:
+            raise PprofError(f"not a pprof profile: {field} {i}: string_table has {n_str} entries")
+
+    for n, vt in enumerate(p.sample_type):
+        string(vt.type, f"sample_type[{n}].type")
+        string(vt.unit, f"sample_type[{n}].unit")
+    string(p.period_type.type, "period_type.type")
+    string(p.period_type.unit, "period_type.unit")
+    string(p.drop_frames, "drop_frames")
+    string(p.keep_frames, "keep_frames")
+    string(p.default_sample_type, "default_sample_type")
+    for n, c in enumerate(p.comment):
+        string(c, f"comment[{n}]")
     n_types = len(p.sample_type)
     loc_ids = {loc.id for loc in p.location}
     fn_ids = {f.id for f in p.function}
-    for f in p.function:
-        if not (0 <= f.name < n_str and 0 <= f.filename < n_str and 0 <= f.system_name < n_str):
-            raise PprofError(f"not a pprof profile: function {f.id} refers outside the string table")
+    map_ids = {m.id for m in p.mapping}
+    for n, m in enumerate(p.mapping):
+        string(m.filename, f"mapping[{n}].filename")
+        string(m.build_id, f"mapping[{n}].build_id")
+    for n, f in enumerate(p.function):
+        string(f.name, f"function[{n}].name")
+        string(f.system_name, f"function[{n}].system_name")
+        string(f.filename, f"function[{n}].filename")
     for loc in p.location:
+        if loc.mapping_id and loc.mapping_id not in map_ids:
+            raise PprofError(f"not a pprof profile: location {loc.id} refers to unknown mapping {loc.mapping_id}")
         for ln in loc.line:
             if ln.function_id not in fn_ids:
                 raise PprofError(f"not a pprof profile: location {loc.id} refers to unknown function {ln.function_id}")
-    for s in p.sample:
+    for n, s in enumerate(p.sample):
         if len(s.value) != n_types:
-            raise PprofError(f"not a pprof profile: a sample has {len(s.value)} values for {n_types} sample types")
+            raise PprofError(f"not a pprof profile: sample[{n}] has {len(s.value)} values for {n_types} sample types")
         for lid in s.location_id:
             if lid not in loc_ids:
-                raise PprofError(f"not a pprof profile: a sample refers to unknown location {lid}")
-        for lb in s.label:
-            if not (0 <= lb.key < n_str and 0 <= lb.str < n_str and 0 <= lb.num_unit < n_str):
-                raise PprofError("not a pprof profile: a label refers outside the string table")
+                raise PprofError(f"not a pprof profile: sample[{n}] refers to unknown location {lid}")
+        for k, lb in enumerate(s.label):
+            string(lb.key, f"sample[{n}].label[{k}].key")
+            string(lb.str, f"sample[{n}].label[{k}].str")
+            string(lb.num_unit, f"sample[{n}].label[{k}].num_unit")
 
 
 def encode(p: pb.Profile, compress: bool = True) -> bytes:

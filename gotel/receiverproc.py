@@ -16,8 +16,18 @@ import time
 from importlib.metadata import entry_points
 from typing import Any
 
-from gotel.component import RECEIVER_ID_HEADER, ComponentID, Exporter, ExporterFactory, Kind, ReceiverFactory
+from gotel.component import (
+    EXIT_CANNOT_RUN,
+    RECEIVER_ID_HEADER,
+    ComponentID,
+    Exporter,
+    ExporterFactory,
+    Kind,
+    ReceiverFactory,
+)
 from gotel.ebpf.checks import BpfUnavailableError, require_bpf
+from gotel.exporterhelper import QueuedExporter
+from gotel.memory import trim_until
 from gotel.pdata import Signal
 from gotel.registry import GROUPS, registry
 from gotel.selfmetrics import TELEMETRY_HEADER, MergedRegistry, families_to_otlp
@@ -25,10 +35,6 @@ from gotel.service.graph import make_context, shutdown_with_deadline
 from gotel.telemetry import default_telemetry
 
 log = logging.getLogger("gotel.receiver")
-
-# EX_CONFIG: this host lacks what the receiver needs (BPF, capabilities, headers); a quick restart will
-# not help, so the supervisor waits its longest backoff before trying again.
-EXIT_CANNOT_RUN = 78
 
 
 def load_one(kind: Kind, typ: str) -> tuple[Any, str]:
@@ -97,6 +103,11 @@ async def run_receiver(
         tcfg = ef.config.model_validate({**exporter_cfg, "headers": {**headers, TELEMETRY_HEADER: "1"}})
         tel_exporter = ef.create(Signal.METRICS, tcfg,
                                  make_context(tel, ComponentID(exporter_type, "telemetry"), Kind.EXPORTER, Signal.METRICS))
+    for e in (*sinks.values(), tel_exporter):
+        if isinstance(e, QueuedExporter):
+            # the local hop's exit account: a line only when something was dropped (the pipeline
+            # counts what it received; one clean line per receiver and signal would say nothing)
+            e.clean_summary_level = logging.DEBUG
     for e in sinks.values():
         await e.start()
     if tel_exporter is not None:
@@ -128,7 +139,7 @@ async def run_receiver(
         receiver = factory.create(config, sinks, make_context(tel, cid, Kind.RECEIVER))
         await receiver.start()
         log.info("receiver %s running: %s to %s", cid, ", ".join(signals), exporter_cfg.get("endpoint"))
-        await stop.wait()
+        await trim_until(stop)  # the C heap's free pages go back to the kernel while the receiver runs
     except BpfUnavailableError as e:
         # Not a crash: the host lacks what the receiver needs. The message lists each fix.
         log.error("receiver %s cannot run: %s", cid, e)
@@ -140,12 +151,14 @@ async def run_receiver(
         deadline = loop.time() + shutdown_timeout
         if receiver is not None:
             await shutdown_with_deadline(receiver, f"receiver {cid}", _mono(deadline, loop))
+        await asyncio.gather(*(shutdown_with_deadline(e, f"exporter for {s}", _mono(deadline, loop))
+                               for s, e in sinks.items()))
         if tel_task is not None:
+            # the final snapshot after the sinks drained: the pipeline gets this process's complete
+            # account (accepted, sent, dropped), which it carries over to the next process
             tel_stop.set()
             with contextlib.suppress(Exception):
                 await tel_task
-        await asyncio.gather(*(shutdown_with_deadline(e, f"exporter for {s}", _mono(deadline, loop))
-                               for s, e in sinks.items()))
         if tel_exporter is not None:
             await shutdown_with_deadline(tel_exporter, "telemetry exporter", _mono(deadline, loop))
     return code

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
 from gotel.component import (
+    ConnectorFactory,
     ExporterFactory,
     ExtensionFactory,
     Factory,
@@ -22,6 +23,7 @@ GROUPS: dict[Kind, str] = {
     Kind.RECEIVER: "gotel.receivers",
     Kind.PROCESSOR: "gotel.processors",
     Kind.EXPORTER: "gotel.exporters",
+    Kind.CONNECTOR: "gotel.connectors",
     Kind.EXTENSION: "gotel.extensions",
 }
 
@@ -29,6 +31,7 @@ _EXPECTED: dict[Kind, type[Factory]] = {
     Kind.RECEIVER: ReceiverFactory,
     Kind.PROCESSOR: ProcessorFactory,
     Kind.EXPORTER: ExporterFactory,
+    Kind.CONNECTOR: ConnectorFactory,
     Kind.EXTENSION: ExtensionFactory,
 }
 

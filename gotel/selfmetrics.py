@@ -2,7 +2,8 @@
 
 Receiver processes ship their prometheus registry to the pipeline process as OTLP metrics (a
 request marked with the ``gotel-telemetry`` header); the pipeline process merges those samples
-into its own families for the Prometheus endpoint, and converts the merged view to OTLP when
+into its own families for the Prometheus endpoint (series of a receiver process's internal
+components carry a `receiver` label, so each series appears once), and converts the merged view to OTLP when
 self-telemetry is fed into a metrics pipeline. Counters become monotonic cumulative sums, gauges
 gauges; label names become attribute keys.
 """
@@ -103,6 +104,12 @@ class MergedRegistry:
 
     def update(self, source: str, batch: Metrics) -> None:
         fams = otlp_to_families(batch)
+        for fam in fams:
+            # Every receiver process has internal components of the same ids (otlp/sink,
+            # otlp/telemetry): their series get the receiver's id in a `receiver` label, or the
+            # endpoint would repeat one series per receiver process with different values.
+            fam.samples = [smp if smp.labels.get("component", source) == source
+                           else smp._replace(labels={**smp.labels, "receiver": source}) for smp in fam.samples]
         with self._lock:
             self._snapshots[source] = fams
 
@@ -130,4 +137,21 @@ class MergedRegistry:
                 copy.samples.extend(fam.samples)
                 merged[fam.name] = copy
         for name in order:
-            yield merged[name]
+            yield _unique(merged[name])
+
+
+def _unique(fam: PromMetric) -> PromMetric:
+    """The family with each series once (the first wins): a repeated series makes the exposition
+    invalid and Prometheus keeps an arbitrary one of its values."""
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    keep = []
+    for smp in fam.samples:
+        key = (smp.name, tuple(sorted(smp.labels.items())))
+        if key not in seen:
+            seen.add(key)
+            keep.append(smp)
+    if len(keep) == len(fam.samples):
+        return fam
+    out = PromMetric(fam.name, fam.documentation, fam.type)
+    out.samples.extend(keep)
+    return out

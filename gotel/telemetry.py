@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.metrics import MetricWrapperBase
 
-from gotel.component import ComponentID, Kind
+from gotel.ids import ComponentID, Kind
 
 _LOCK = threading.RLock()  # default_telemetry() holds it while Telemetry() registers families
 

@@ -136,7 +136,7 @@ class BatchProcessor(Processor):
             except Exception:
                 self.ctx.logger.exception("%s: flush failed", self.ctx.id)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         self._stopped = True
         if self._timer is not None:
             self._timer.cancel()

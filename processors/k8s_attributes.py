@@ -10,29 +10,32 @@ resource); a new one goes through the association rules.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import re
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from gotel.cgroup import PidCgroupCache
+from gotel.component import PEER_METADATA_KEY as PEER_METADATA_KEY
 from gotel.component import (
-    REQUEST_METADATA,
     ComponentConfig,
     Consumer,
     Context,
     Processor,
     ProcessorFactory,
 )
+from gotel.component import connection_ip as _connection_ip
+from gotel.component import ip_of as _ip_of
 from gotel.config.types import Duration
-from gotel.k8s.model import KeyFilter, PodInfo
-from gotel.k8s.store import DEFAULT_DELETE_GRACE, MetadataStore, Needs, StoreKey, acquire, release
+from gotel.k8s.model import DEFAULT_DELETE_GRACE, KeyFilter, PodInfo
 from gotel.pdata import Batch, Signal, kv
+
+if TYPE_CHECKING:  # the kubernetes client is imported only when a pipeline uses the processor
+    from gotel.k8s.store import MetadataStore, Needs
 
 # --- attribute names ---
 
@@ -62,10 +65,6 @@ ASSOC_NAMES = {
     "k8s.pod.name": "name",
     "k8s.namespace.name": "namespace",
 }
-# The peer address of the request, set by the receiver in REQUEST_METADATA (gRPC context.peer() such as
-# "ipv4:10.1.2.3:51234", or an HTTP remote address). Never a client header such as X-Forwarded-For: a
-# client could then claim another pod's identity. The receiver must overwrite a client-sent value.
-PEER_METADATA_KEY = "gotel-peer"
 
 _CRONJOB_FROM_JOB = re.compile(r"^(.*)-\d+$")
 _DEPLOYMENT_FROM_RS = re.compile(r"^(.*)-[0-9a-z]{1,10}$")
@@ -212,25 +211,6 @@ def _value(av: Any) -> Any:
     return getattr(av, kind) if kind else None
 
 
-def _connection_ip() -> str:
-    v = REQUEST_METADATA.get().get(PEER_METADATA_KEY)
-    return _ip_of(v.strip()) if v else ""
-
-
-def _ip_of(s: str) -> str:
-    """'ipv4:10.1.2.3:4317', 'ipv6:[::1]:4317', '10.1.2.3:80', '10.1.2.3' -> the address, or ''."""
-    if s.startswith(("ipv4:", "ipv6:")):
-        s = s[5:]
-    if s.startswith("["):
-        s = s[1 : s.find("]")]
-    elif s.count(":") == 1:
-        s = s.split(":", 1)[0]
-    try:
-        return str(ipaddress.ip_address(s))
-    except ValueError:
-        return ""
-
-
 class _Rule:
     __slots__ = ("sources",)
 
@@ -251,6 +231,8 @@ class _Extractor:
                             for f in cfg.annotations]
 
     def needs(self) -> Needs:
+        from gotel.k8s.store import Needs
+
         n = Needs()
 
         def kf(items: list[FieldExtract], frm: str) -> KeyFilter:
@@ -417,6 +399,7 @@ class K8sAttributesProcessor(Processor):
     def _acquire(self) -> MetadataStore:
         needs = self.extract.needs()
         from gotel.k8s.client import api_client
+        from gotel.k8s.store import MetadataStore, StoreKey, acquire
 
         cfg = self.cfg
         api = api_client(cfg.auth_type, cfg.kube_config_path or None, cfg.context or None)
@@ -429,11 +412,13 @@ class K8sAttributesProcessor(Processor):
         return acquire(key, lambda: MetadataStore(api, key, delete_grace=cfg.pod_delete_grace_period, logger=self.log),
                        needs)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         store, self.store = self.store, None
         if store is not None:
             for h in self._hooks:
                 store.remove_hook(h)
+            from gotel.k8s.store import release
+
             await asyncio.to_thread(release, store)
 
     # --- data path ---

@@ -157,7 +157,7 @@ class MemoryLimiter(Processor):
         self.ctx.telemetry.processed(self.signal, n, n)
         await self.next.consume(batch)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -15,7 +15,7 @@ import os
 import platform
 import socket
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote
 
 from pydantic import Field
@@ -24,8 +24,10 @@ from gotel.cgroup import PidCgroupCache, process_start_time
 from gotel.component import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
 from gotel.config.types import Duration
 from gotel.k8s.model import KeyFilter
-from gotel.k8s.store import MetadataStore, Needs, StoreKey, acquire, release
 from gotel.pdata import Batch, Signal, kv, set_attr, value_of
+
+if TYPE_CHECKING:  # the kubernetes client is imported only when a pipeline uses the processor
+    from gotel.k8s.store import MetadataStore
 
 Detector = Literal["env", "system", "process", "container", "k8s"]
 APP_NAME_LABEL = "app.kubernetes.io/name"
@@ -197,6 +199,7 @@ class ResourceDetectionProcessor(Processor):
 
     def _acquire(self) -> MetadataStore:
         from gotel.k8s.client import api_client
+        from gotel.k8s.store import MetadataStore, Needs, StoreKey, acquire
 
         k = self.cfg.k8s
         api = api_client(k.auth_type, k.kube_config_path or None, k.context or None)
@@ -206,9 +209,11 @@ class ResourceDetectionProcessor(Processor):
         return acquire(key, lambda: MetadataStore(api, key, logger=self.ctx.logger),
                        Needs(pod_labels=KeyFilter(keys=[APP_NAME_LABEL])))
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         store, self.store = self.store, None
         if store is not None:
+            from gotel.k8s.store import release
+
             await asyncio.to_thread(release, store)
 
     async def consume(self, batch: Batch) -> None:

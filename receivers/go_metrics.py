@@ -302,7 +302,7 @@ class GoMetricsReceiver(Receiver):
             await self.scrape(t, path, kind)
             await asyncio.sleep(self.cfg.interval)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

@@ -16,6 +16,7 @@ Functions probed, Go 1.19 to 1.27:
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from typing import Any
 from pydantic import Field
 
 from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
+from gotel.config.types import Duration
 from gotel.discovery import DiscoveryConfig, ProcessInfo
 from gotel.discovery.procfs import exe_path_for_reading
 from gotel.ebpf.targets import body_address, entry_site, ret_addresses
@@ -42,7 +44,7 @@ MIN_GO = 17  # register ABI
 
 
 class Config(ComponentConfig):
-    collection_interval: float = Field(10.0, gt=0, description="seconds between two readings of the maps")
+    collection_interval: Duration = Field(10.0, gt=0, description="time between two readings of the maps")
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     gc_logs: bool = Field(True, description="one log record per GC cycle (when a logs pipeline uses this receiver)")
     goroutine_creators: bool = Field(True, description="goroutine creations per creating function")
@@ -181,13 +183,14 @@ class GoRuntimeReceiver(TargetedReceiver):
             self.prog.detach_binary(key)
             raise
         b = _Binary(key=key, path=path, version=gb.go_version, flags=flags, gb=gb)
-        self._goroutine_layout(b)
+        if (why := self._goroutine_layout(b)) is not None:
+            self.per_binary.note(logging.INFO, info.exe, info.pid, why)
         self.binaries[key] = b
-        self.log.info("%s: %d probes on %s (%s, functions from %s)", self.ctx.id, len(plan), info.exe,
-                      gb.go_version, gb.functions.source)
+        self.per_binary.note(logging.INFO, info.exe, info.pid,
+                             f"{len(plan)} probes ({gb.go_version}, functions from {gb.functions.source})")
         return b
 
-    def _goroutine_layout(self, b: _Binary) -> None:
+    def _goroutine_layout(self, b: _Binary) -> str | None:
         """Where runtime.allgs is and the offsets of g.atomicstatus/g.startpc, for the live count."""
         assert b.gb is not None
         try:
@@ -195,12 +198,13 @@ class GoRuntimeReceiver(TargetedReceiver):
             b.g_startpc = b.gb.struct_offset("runtime.g", "startpc")
             symtab = b.gb.image.elf.get_section_by_name(".symtab")
             if symtab is None:
-                return
+                return None
             syms = symtab.get_symbol_by_name("runtime.allgs")  # type: ignore[attr-defined]
             if syms:
                 b.allgs = int(syms[0]["st_value"])
         except GoAnalysisError as e:
-            self.log.info("%s: no live goroutine count for %s: %s", self.ctx.id, b.path, e)
+            return f"no live goroutine count: {e}"
+        return None
 
     def live_goroutines(self, pid: int) -> int | None:
         """Goroutines alive now, as runtime.NumGoroutine counts them: every g in runtime.allgs that is
@@ -241,7 +245,7 @@ class GoRuntimeReceiver(TargetedReceiver):
             b = self._attach(info)
         except NotTraceable as e:
             self._untraceable.labels(str(e).split(":")[0][:60]).inc()
-            self.log.warning("%s: not tracing pid %d (%s): %s", self.ctx.id, info.pid, info.exe, e)
+            self.per_binary.note(logging.WARNING, info.exe, info.pid, f"not tracing: {e}")
             return
         b.pids.add(info.pid)
         self.by_pid[info.pid] = b

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import Field
 
 from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
+from gotel.config.types import Duration
 from gotel.discovery import DiscoveryConfig, ProcessInfo
 from gotel.discovery.procfs import listening_ports
 from gotel.otlpbuild import MetricsBuilder
@@ -36,7 +37,7 @@ ETH_P = {0x0800: "ipv4", 0x86DD: "ipv6", 0x0806: "arp"}
 
 
 class Config(ComponentConfig):
-    collection_interval: float = Field(10.0, gt=0, description="seconds between two readings of the maps")
+    collection_interval: Duration = Field(10.0, gt=0, description="time between two readings of the maps")
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     node_drops: bool = Field(True, description="also report drops not attributable to a selected process")
 

@@ -8,6 +8,7 @@ batches that keep their wire bytes, so an unmodified batch is exported without r
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fnmatch
 import logging
@@ -21,7 +22,7 @@ import aiohttp
 import grpc
 import grpc.aio
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from pydantic import Field, model_validator
 
 from gotel.component import (
@@ -35,6 +36,8 @@ from gotel.component import (
     ReceiverFactory,
     RefusedError,
 )
+from gotel.config.types import Duration
+from gotel.inflate import ENCODINGS, CorruptBody, TooLarge, decoder
 from gotel.otlp import (
     CONTENT_JSON,
     CONTENT_PROTOBUF,
@@ -47,7 +50,7 @@ from gotel.otlp import (
     secure_unix_socket,
     unix_path,
 )
-from gotel.pdata import Batch, Signal, batch_type
+from gotel.pdata import Batch, Profiles, Signal, batch_type, invalid_ids
 
 REFUSED_RETRY_AFTER = 1.0  # seconds a refused sender is asked to wait (RetryInfo / Retry-After)
 
@@ -78,12 +81,21 @@ class GRPCServer(ComponentConfig):
 class CORS(ComponentConfig):
     allowed_origins: list[str] = Field(default_factory=list, description="origins (wildcards allowed)")
     allowed_headers: list[str] = Field(default_factory=list)
-    max_age: int = Field(0, ge=0, description="seconds browsers may cache a preflight answer")
+    max_age: Duration = Field(0.0, ge=0, description="how long browsers may cache a preflight answer (whole seconds)")
 
 
 class HTTPServer(ComponentConfig):
     endpoint: str = Field("127.0.0.1:4318", description="host:port or unix:///path/to.sock")
-    max_request_body_size: int = Field(20 << 20, gt=0, description="bytes after decompression; larger gets 413")
+    max_request_body_size: int = Field(
+        20 << 20, gt=0, description="bytes, both as sent and after decompression (checked while inflating); larger gets 413"
+    )
+    max_concurrent_requests: int = Field(
+        8, gt=0, description="requests read at once; more get 503 with Retry-After (memory: this x max_request_body_size)"
+    )
+    read_timeout: Duration = Field(0.0, ge=0, description="whole request incl. body; 0 = none (the collector's default)")
+    read_header_timeout: Duration = Field(60.0, ge=0, description="request line and headers; 0 = read_timeout")
+    write_timeout: Duration = Field(30.0, ge=0, description="from the end of the headers until the response is written; 0 = none")
+    idle_timeout: Duration = Field(60.0, ge=0, description="keep-alive wait for the next request; 0 = read_timeout")
     tls: ServerTLS | None = None
     cors: CORS | None = None
     traces_url_path: str = "/v1/traces"
@@ -139,6 +151,97 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
+class _Guard:
+    """Per-server timeouts for hostile or stuck HTTP clients, with Go's net/http semantics."""
+
+    def __init__(self, h: HTTPServer, closed: Callable[[str], None]) -> None:
+        self.header = h.read_header_timeout or h.read_timeout
+        self.idle = h.idle_timeout or h.read_timeout
+        self.read = h.read_timeout
+        self.write = h.write_timeout
+        self.closed = closed
+
+
+class _GuardedHandler(RequestHandler):
+    """aiohttp's connection handler plus a header deadline: from accept for the first request, from
+    the first byte of each later one (aiohttp itself bounds only the idle wait, and counts a slow
+    header as idle). A connection that misses it is closed, as Go's ReadHeaderTimeout does."""
+
+    def __init__(self, manager: web.Server, *, guard: _Guard, **kw: Any) -> None:
+        super().__init__(manager, **kw)
+        self._guard = guard
+        self._hdr_handle: asyncio.TimerHandle | None = None
+        self.request_started = 0.0  # loop time the current request's first byte arrived
+        self._busy = False
+
+    def _stop_keepalive(self) -> None:
+        h = getattr(self, "_keepalive_handle", None)
+        if h is not None:
+            h.cancel()
+            self._keepalive_handle = None
+
+    def _start_header_deadline(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.request_started = loop.time()
+        if self._guard.header > 0:
+            self._hdr_handle = loop.call_later(self._guard.header, self._header_timeout)
+
+    def _header_timeout(self) -> None:
+        self._hdr_handle = None
+        if not self._busy and self.transport is not None:
+            self._guard.closed("header_timeout")
+            self.force_close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._stop_keepalive()
+        self._start_header_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._busy and self._hdr_handle is None:
+            self._stop_keepalive()  # the idle wait is over: now the header deadline runs
+            self._start_header_deadline()
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:  # a request's headers are complete
+            self._busy = True
+            if self._hdr_handle is not None:
+                self._hdr_handle.cancel()
+                self._hdr_handle = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._hdr_handle is not None:
+            self._hdr_handle.cancel()
+            self._hdr_handle = None
+        super().connection_lost(exc)
+
+    async def _handle_request(self, request: Any, start_time: Any, request_handler: Any) -> Any:
+        self._busy = True  # also for a pipelined request whose headers came in during the last one
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        finally:
+            self._busy = False
+
+
+class _GuardedServer(web.Server):
+    _guard: _Guard
+
+    def __call__(self) -> RequestHandler:
+        return _GuardedHandler(self, guard=self._guard, loop=self._loop, **self._kwargs)
+
+
+class _GuardedRunner(web.AppRunner):
+    def __init__(self, app: web.Application, guard: _Guard, **kw: Any) -> None:
+        super().__init__(app, **kw)
+        self._guard = guard
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _GuardedServer  # the app's own Server, making _GuardedHandler connections
+        server._guard = self._guard  # type: ignore[attr-defined]
+        return server
+
+
 class Rejected(Exception):
     """A request the receiver answers with an error: gRPC code, HTTP status, message."""
 
@@ -165,6 +268,15 @@ class OTLPReceiver(Receiver):
         self._malformed = ctx.telemetry.counter(
             "otlp_receiver_rejected_requests", "Requests the otlp receiver refused, by reason.", ("signal", "reason")
         )
+        self._closed = ctx.telemetry.counter(
+            "otlp_receiver_closed_connections",
+            "HTTP connections the otlp receiver closed on a timeout (header, read or write).", ("reason",),
+        )
+        self._inflight = 0  # HTTP requests being read and handled (max_concurrent_requests)
+        # The pipeline's internal hop (otlp/_internal, a private unix socket) carries only what gotel's
+        # own receiver processes built; every other instance is an edge and checks ids (~1 us a span).
+        self._check_ids = ctx.id.name != "_internal"
+        self._guard: _Guard | None = None
 
     # --- the part both protocols share -----------------------------------------------------------
 
@@ -186,6 +298,13 @@ class OTLPReceiver(Receiver):
             raise Rejected(
                 grpc.StatusCode.INVALID_ARGUMENT, 400, f"malformed {what} {signal} request: {e}"
             ) from None
+        bad = invalid_ids(batch) if self._check_ids else None
+        if bad is not None:
+            # Refused whole, as the collector's pdata does: never merged beside other senders' data.
+            self._malformed.labels(signal.value, "invalid_id").inc()
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, 400, f"invalid {signal} request: {bad}")
+        if isinstance(batch, Profiles):
+            batch.resolve_string_refs()  # the collector sends resource attributes as string-table indices
         return batch
 
     async def _push(self, signal: Signal, batch: Batch, metadata: Mapping[str, str]) -> None:
@@ -285,8 +404,54 @@ class OTLPReceiver(Receiver):
             return web.Response(status=r.http, body=message_to_json(st), content_type=CONTENT_JSON, headers=headers)
         return web.Response(status=r.http, body=st.SerializeToString(), content_type=CONTENT_PROTOBUF, headers=headers)
 
-    def _http_handler(self, signal: Signal, max_body: int) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def _read_body(self, request: web.Request, signal: Signal, enc: str, max_body: int) -> bytes:
+        """The body, inflated while it arrives and never past max_body (compressed or not)."""
+        too_large = Rejected(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, 413,
+            f"request body larger than max_request_body_size ({max_body} bytes)"
+            + (f" once inflated ({enc})" if enc not in ("", "identity") else ""),
+        )
+        if request.content_length is not None and request.content_length > max_body:
+            self._malformed.labels(signal.value, "too_large").inc()
+            raise too_large
+        dec = decoder(enc, max_body)
+        guard = self._guard
+        deadline = None
+        if guard is not None and guard.read > 0:
+            started = getattr(request.protocol, "request_started", 0.0) or asyncio.get_running_loop().time()
+            deadline = started + guard.read
+        received = 0
+        try:
+            async with asyncio.timeout_at(deadline):
+                async for chunk in request.content.iter_any():
+                    received += len(chunk)
+                    if received > max_body:
+                        raise TooLarge
+                    dec.feed(chunk)
+            return dec.finish()
+        except TooLarge:
+            self._malformed.labels(signal.value, "too_large").inc()
+            raise too_large from None
+        except TimeoutError:
+            self._malformed.labels(signal.value, "read_timeout").inc()
+            if guard is not None:
+                guard.closed("read_timeout")
+            raise Rejected(
+                grpc.StatusCode.DEADLINE_EXCEEDED, 408,
+                f"request body not received within read_timeout ({guard.read if guard else 0:g}s)",
+            ) from None
+        except CorruptBody as e:
+            self._malformed.labels(signal.value, "bad_body").inc()
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, 400, str(e)) from None
+        except (RequestPayloadError, aiohttp.http_exceptions.HttpProcessingError, ValueError) as e:
+            self._malformed.labels(signal.value, "bad_body").inc()
+            raise Rejected(
+                grpc.StatusCode.INVALID_ARGUMENT, 400, f"unreadable body ({enc or 'identity'}): {str(e).strip()}"
+            ) from None
+
+    def _http_handler(self, signal: Signal, h: HTTPServer) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         resp_proto = WIRE[signal].response().SerializeToString()
+        max_body = h.max_request_body_size
 
         async def handle(request: web.Request) -> web.StreamResponse:
             ctype = request.content_type.lower()
@@ -299,33 +464,63 @@ class OTLPReceiver(Receiver):
                         f"unsupported Content-Type {ctype!r}: use {CONTENT_PROTOBUF} or {CONTENT_JSON}",
                     )
                 enc = request.headers.get("Content-Encoding", "").strip().lower()
-                if enc not in ("", "identity", "gzip", "deflate"):
+                if enc not in ENCODINGS:
                     self._malformed.labels(signal.value, "unsupported_encoding").inc()
                     raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, 400, f"unsupported Content-Encoding {enc!r}")
+                if self._inflight >= h.max_concurrent_requests:
+                    self._malformed.labels(signal.value, "too_many_requests").inc()
+                    raise Rejected(
+                        grpc.StatusCode.UNAVAILABLE, 503,
+                        f"more than max_concurrent_requests ({h.max_concurrent_requests}) at once, retry later",
+                        REFUSED_RETRY_AFTER,
+                    )
+                # The slot is held until the pipeline took the batch: it bounds both the bodies held in
+                # memory and the requests waiting on a back-pressuring pipeline.
+                self._inflight += 1
                 try:
-                    body = await request.read()
-                except web.HTTPRequestEntityTooLarge:
-                    self._malformed.labels(signal.value, "too_large").inc()
-                    raise Rejected(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED, 413,
-                        f"request body larger than max_request_body_size ({max_body} bytes)",
-                    ) from None
-                except (RequestPayloadError, aiohttp.http_exceptions.HttpProcessingError, ValueError) as e:
-                    self._malformed.labels(signal.value, "bad_body").inc()
-                    raise Rejected(
-                        grpc.StatusCode.INVALID_ARGUMENT, 400, f"unreadable body ({enc or 'identity'}): {str(e).strip()}"
-                    ) from None
-                md = {k.lower(): v for k, v in request.headers.items()}
-                md[PEER_KEY] = str(request.remote or "")
-                await self._push(signal, self._decode(signal, body, json_body), md)
+                    body = await self._read_body(request, signal, enc, max_body)
+                    md = {k.lower(): v for k, v in request.headers.items()}
+                    md[PEER_KEY] = str(request.remote or "")
+                    batch = self._decode(signal, body, json_body)
+                    del body
+                    await self._push(signal, batch, md)
+                finally:
+                    self._inflight -= 1
             except Rejected as r:
                 self._log_rejected(signal, r, str(request.remote or ""))
-                return self._cors(request, self._http_error(r, json_body))
+                resp = self._http_error(r, json_body)
+                if r.http in (408, 413):
+                    resp.force_close()  # the rest of the body is not worth reading
+                return self._cors(request, resp)
             if json_body:
                 return self._cors(request, web.Response(body=b"{}", content_type=CONTENT_JSON))
             return self._cors(request, web.Response(body=resp_proto, content_type=CONTENT_PROTOBUF))
 
         return handle
+
+    @web.middleware
+    async def _write_deadline(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """write_timeout: the response must be written within it from the end of the headers, or the
+        connection is closed (Go's WriteTimeout). The response is written here, inside the deadline."""
+        guard = self._guard
+        if guard is None or guard.write <= 0:
+            return await handler(request)
+
+        def expire() -> None:
+            guard.closed("write_timeout")
+            if request.transport is not None:
+                request.transport.close()
+
+        timer = asyncio.get_running_loop().call_later(guard.write, expire)
+        try:
+            resp = await handler(request)
+            await resp.prepare(request)
+            await resp.write_eof()
+            return resp
+        finally:
+            timer.cancel()
 
     def _origin_allowed(self, origin: str | None) -> bool:
         h = self.cfg.protocols.http
@@ -353,17 +548,22 @@ class OTLPReceiver(Receiver):
             "Vary": "Origin",
         }
         if h.cors.max_age:
-            headers["Access-Control-Max-Age"] = str(h.cors.max_age)
+            headers["Access-Control-Max-Age"] = str(round(h.cors.max_age))
         return web.Response(status=204, headers=headers)
 
     async def _start_http(self, h: HTTPServer) -> None:
-        app = web.Application(client_max_size=h.max_request_body_size)
+        guard = _Guard(h, lambda reason: self._closed.labels(reason).inc())
+        self._guard = guard
+        app = web.Application(client_max_size=h.max_request_body_size, middlewares=[self._write_deadline])
         for s in self.sinks:
             p = getattr(h, f"{s.value}_url_path")
-            app.router.add_post(p, self._http_handler(s, h.max_request_body_size))
+            app.router.add_post(p, self._http_handler(s, h))
             if h.cors is not None:
                 app.router.add_route("OPTIONS", p, self._preflight)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Bodies are inflated by _read_body (bounded), never by aiohttp's parser (unbounded queue).
+        # keepalive_timeout is aiohttp's idle wait; 0 in the config means no limit, as in Go.
+        runner = _GuardedRunner(app, guard, access_log=None, handle_signals=False, auto_decompress=False,
+                                keepalive_timeout=guard.idle or 1e9)
         await runner.setup()
         sslctx = _server_ssl(h.tls) if h.tls is not None else None
         path = unix_path(h.endpoint)
@@ -401,7 +601,7 @@ class OTLPReceiver(Receiver):
             await self.shutdown()
             raise
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
             self._grpc = None

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from gotel import procfs
 from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
+from gotel.config.types import Duration
 from gotel.discovery import DiscoveryConfig
 from gotel.otlpbuild import MetricsBuilder
 from gotel.pdata import Batch, Signal
@@ -23,7 +24,7 @@ SCOPE = "gotel/receiver/process"
 
 
 class Config(ComponentConfig):
-    collection_interval: float = Field(10.0, gt=0, description="seconds between two readings")
+    collection_interval: Duration = Field(10.0, gt=0, description="time between two readings")
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     fds: bool = Field(True, description="count open file descriptors by kind (a readlink per fd)")
     cgroups: bool = Field(True, description="per-cgroup (container) CPU, throttling, memory and pressure")

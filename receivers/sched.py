@@ -10,18 +10,21 @@ stack, the slowest ones first, at most `max_slow_syscall_logs` per interval.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import re
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import Field, field_validator
 
 from gotel import procfs
-from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
+from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory, RenamedKey
+from gotel.config.types import Duration, format_duration
 from gotel.discovery import DiscoveryConfig, ProcessInfo
 from gotel.discovery.procfs import exe_path_for_reading
 from gotel.otlpbuild import LogsBuilder, MetricsBuilder, log2_bounds_seconds
@@ -47,14 +50,15 @@ PARK_FUNCS = ("runtime.usleep", "runtime.usleep_no_g", "runtime.futex", "runtime
 
 
 class Config(ComponentConfig):
-    collection_interval: float = Field(10.0, gt=0, description="seconds between two readings of the maps")
+    renamed_keys = MappingProxyType({"slow_syscall_threshold_ms": RenamedKey("slow_syscall_threshold", "ms")})
+    collection_interval: Duration = Field(10.0, gt=0, description="time between two readings of the maps")
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     slow_syscalls: bool = Field(
         True,
         description="track syscalls to find slow ones: two raw tracepoints on every syscall of the node "
         "(~100-200 ns each on a traced thread): the costliest part of this receiver on syscall-heavy loads",
     )
-    slow_syscall_threshold_ms: float = Field(10.0, gt=0, description="a syscall at least this long is slow")
+    slow_syscall_threshold: Duration = Field(0.01, gt=0, description="a syscall at least this long is slow")
     ignore_syscalls: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORED))
     max_slow_syscall_logs: int = Field(20, ge=0, description="log records per interval, slowest first")
     per_cgroup: bool = Field(True, description="also emit cgroup-level run-queue histograms")
@@ -162,7 +166,7 @@ class SchedReceiver(TargetedReceiver):
         self.cgroups = CgroupNames()
         ignored = " || ".join(f"(nr) == {NUMBERS[n]}" for n in sorted(set(self.cfg.ignore_syscalls))) or "0"
         defines: dict[str, Any] = {
-            "SLOW_NS": f"{int(self.cfg.slow_syscall_threshold_ms * 1e6)}ULL",
+            "SLOW_NS": f"{round(self.cfg.slow_syscall_threshold * 1e9)}ULL",
             "BLOCKED_MASK": hex(blocked_mask()),
             "IGNORED(nr)": f"({ignored})",
         }
@@ -208,8 +212,8 @@ class SchedReceiver(TargetedReceiver):
             gb = analyze(path)
             bias = load_bias(info.pid, path)
         except (GoAnalysisError, OSError) as e:
-            self.log.info("%s: no functions for pid %d (%s): Go's own sleeps may show as slow syscalls",
-                          self.ctx.id, info.pid, e)
+            self.per_binary.note(logging.INFO, info.exe, info.pid,
+                                 f"no functions ({e}): Go's own sleeps may show as slow syscalls")
             return
         self._go[info.pid] = (gb, bias)
         table = self.prog.table("park_ranges")
@@ -363,7 +367,7 @@ class SchedReceiver(TargetedReceiver):
             a = {"gotel.syscall.name": syscall_name(nr)}
             res = self._resource(tgid)
             mb.sum(res, "process.syscall.slow.count", n, unit="{syscall}", attributes=a, start=start,
-                   desc=f"Syscalls that took at least {self.cfg.slow_syscall_threshold_ms} ms.")
+                   desc=f"Syscalls that took at least {format_duration(self.cfg.slow_syscall_threshold)}.")
             mb.sum(res, "process.syscall.slow.time", ns / 1e9, unit="s", attributes=a, start=start)
         out: list[Batch] = [mb.batch()]
         logs = self._slow_logs()

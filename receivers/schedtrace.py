@@ -227,7 +227,7 @@ class SchedtraceReceiver(Receiver):
                 await push(self.sink, mb.batch(), self.ctx)
             await asyncio.sleep(self.cfg.poll_interval)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -286,7 +286,7 @@ class SyntheticReceiver(Receiver):
                 return
             await asyncio.sleep(tick if rate * tick >= 1 else 1.0 / rate)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         for t in self.tasks:
             t.cancel()
         for t in self.tasks:

@@ -39,6 +39,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from pydantic import Field, field_validator, model_validator
 
 from gotel.component import ComponentConfig, Consumer, Context, ReceiverFactory
+from gotel.config.types import Duration
 from gotel.discovery import DiscoveryConfig, ProcessAdded, ProcessInfo, ProcessRemoved, ProcessWatcher
 from gotel.ebpf.streaming import RingBufferReceiver
 from gotel.pdata import Logs, Metrics, Signal, Traces, attrs
@@ -165,11 +166,11 @@ class Config(ComponentConfig):
     histograms: list[HistogramSpec] = Field(default_factory=list)
     spans: list[SpanSpec] = Field(default_factory=list)
     logs: list[LogSpec] = Field(default_factory=list)
-    poll_interval: float = Field(0.1, gt=0, le=5, description="seconds between ring-buffer drains")
+    poll_interval: Duration = Field(0.1, gt=0, le=5, description="time between ring-buffer drains")
     ring_buffer_pages: int = Field(1024, ge=1, description="ring buffer size in 4 KiB pages (a power of two)")
     max_string_len: int = Field(128, ge=8, le=1024, description="bytes kept of a string argument (NUL included)")
-    flush_interval: float = Field(1.0, gt=0, description="seconds between pushes of spans and logs")
-    export_interval: float = Field(10.0, gt=0, description="seconds between pushes of metrics")
+    flush_interval: Duration = Field(1.0, gt=0, description="time between pushes of spans and logs")
+    export_interval: Duration = Field(10.0, gt=0, description="time between pushes of metrics")
 
     @field_validator("ring_buffer_pages")
     @classmethod

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from gotel.component import Kind, ReceiverFactory
+from gotel.config.types import ConfigJsonSchema
 from gotel.registry import registry
 
 
@@ -27,7 +28,7 @@ def describe() -> dict[str, Any]:
                 "aliases": list(f.aliases),
                 "signals": sorted(s.value for s in f.signals),
                 "description": f.description,
-                "schema": f.config.model_json_schema(),
+                "schema": f.config.model_json_schema(schema_generator=ConfigJsonSchema),
             }
             if isinstance(f, ReceiverFactory):
                 item["in_process"] = f.in_process
@@ -38,17 +39,39 @@ def describe() -> dict[str, Any]:
     return out
 
 
-def _keys(schema: dict[str, Any]) -> list[tuple[str, str, str]]:
-    props = schema.get("properties", {})
+def _type(p: dict[str, Any]) -> str:
+    if p.get("format") == "duration":
+        return "duration"
+    if p.get("deprecated"):
+        return "deprecated"
+    if "$ref" in p:
+        return str(p["$ref"]).split("/")[-1]
+    return str(p.get("type") or " | ".join(_type(x) for x in p.get("anyOf", [])))
+
+
+def _nested(p: dict[str, Any], defs: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
+    """(ref name, key suffix, schema) of the model a property holds, directly, optionally or as list items."""
+    for q, suffix in ((p, "."), *((x, ".") for x in p.get("anyOf", [])), (p.get("items") or {}, "[].")):
+        ref = str(q.get("$ref", ""))
+        if ref.startswith("#/$defs/") and ref[8:] in defs:
+            return ref[8:], suffix, defs[ref[8:]]
+    return None
+
+
+def _keys(schema: dict[str, Any], defs: dict[str, Any] | None = None, prefix: str = "",
+          seen: frozenset[str] = frozenset()) -> list[tuple[str, str, str]]:
+    """One row per key, nested models' keys included as a.b (a[].b for lists of them)."""
+    defs = schema.get("$defs", {}) if defs is None else defs
     rows = []
-    for name, p in props.items():
-        typ = p.get("type") or " | ".join(x.get("type", x.get("$ref", "?").split("/")[-1]) for x in p.get("anyOf", []))
-        if not typ and "$ref" in p:
-            typ = p["$ref"].split("/")[-1]
-        default = "" if "default" not in p else json.dumps(p["default"])
+    for name, p in schema.get("properties", {}).items():
+        typ = _type(p)
+        default = "" if "default" not in p else p["default"] if typ == "duration" else json.dumps(p["default"])
         if name in schema.get("required", []):
             default = "(required)"
-        rows.append((name, str(typ), default + (f"  {p['description']}" if p.get("description") else "")))
+        rows.append((prefix + name, str(typ), default + (f"  {p['description']}" if p.get("description") else "")))
+        sub = _nested(p, defs)
+        if sub is not None and sub[0] not in seen:
+            rows += _keys(sub[2], defs, prefix + name + sub[1], seen | {sub[0]})
     return rows
 
 

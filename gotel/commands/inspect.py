@@ -113,6 +113,7 @@ _STYLE = {"ok": "green", "degraded": "yellow", "unavailable": "red", "not-presen
 
 def _print_rich(info: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     c = Console(width=None if sys.stdout.isatty() else 160)
@@ -163,9 +164,9 @@ def _print_rich(info: dict[str, Any]) -> None:
         t.add_column("RETs", justify="right")
         t.add_column("symbol / why not / lost attributes", overflow="fold")
         for p in info["probes"]:
-            detail = p["symbol"]
+            detail = escape(p["symbol"])
             if p["reasons"]:
-                detail += "\n" + "; ".join(p["reasons"])
+                detail += "\n" + escape("; ".join(p["reasons"]))  # type names such as map.group[string] are not markup
             if p["lost_attributes"]:
                 detail += "\n[yellow]loses " + ", ".join(p["lost_attributes"]) + "[/yellow]"
             st = p["status"]

@@ -38,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="config file that configures the receiver")
     p.add_argument("--endpoint", required=True, help="unix:///path, http://host:4317, https://host:4317 (or an OTLP/HTTP URL)")
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
-    p.add_argument("--header", action="append", default=[], metavar="KEY=VALUE", help="sent with every request (auth)")
+    p.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
+                   help="sent with every request; quote ${env:NAME} in VALUE to keep a token out of the process list")
+    p.add_argument("--header-file", metavar="FILE", help="YAML file of header: value sent with every request (auth)")
     p.add_argument("--compression", choices=["gzip", "none"], default=None)
     p.add_argument("--signals", help="comma-separated signals (default: those its pipelines use, else all it supports)")
     p.add_argument("--internal", action="store_true", help=argparse.SUPPRESS)
@@ -49,6 +51,9 @@ def _internal(args: argparse.Namespace, cid: ComponentID) -> int:
     setup_logging(args.log_level, prefix=f"[receiver {cid}]")
     spec = json.loads(sys.stdin.read())
     die_with_parent(int(spec.get("parent_pid", 0)))
+    from gotel.memory import limit_arenas
+
+    limit_arenas()  # before gRPC and the executor start their threads
     from gotel.receiverproc import load_one
 
     factory, problem = load_one(Kind.RECEIVER, spec["type"])
@@ -102,13 +107,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         used = {p.signal for p in cfg.service.pipelines.values() if cid in p.receivers}
         signals = sorted(used or factory.signals)
-    headers = {}
-    for h in args.header:
-        k, sep, v = h.partition("=")
-        if not sep:
-            print(f"gotel receiver: --header {h!r}: expected KEY=VALUE", file=sys.stderr)
-            return 2
-        headers[k.strip().lower()] = v
+    from gotel.clientconfig import parse_header_args, read_headers_file
+
+    headers, errors, warnings = parse_header_args(args.header, os.environ)
+    for w in warnings:
+        log.warning("%s", w)
+    if args.header_file:
+        try:
+            headers.update(read_headers_file(args.header_file))
+        except ValueError as err:
+            errors.append(f"--header-file: {err}")
+    if errors:
+        for msg in errors:
+            print(f"gotel receiver: {msg}", file=sys.stderr)
+        return 2
     from gotel.receiverproc import run_receiver, sink_config
 
     typ, ecfg = sink_config(args.endpoint, args.protocol, headers, args.compression, None)

@@ -2,6 +2,7 @@
 
   gotel traces list  --jaeger http://127.0.0.1:16686 --service checkout --min-duration 100ms --errors
   gotel traces show  TRACE_ID --file ./gotel-data/traces.json
+  gotel traces services --jaeger https://jaeger.internal:16686 --ca-file ca.pem
   gotel traces services | operations --service S
 """
 
@@ -21,6 +22,7 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--jaeger", metavar="URL", help="Jaeger query service (api_v3), e.g. http://127.0.0.1:16686")
     g.add_argument("--file", metavar="PATH", help="the file exporter's output (file, glob or directory)")
+    p.add_argument("--ca-file", metavar="PATH", help="CA certificate(s) to trust for an https:// --jaeger")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-color", action="store_true", help="plain text")
 
@@ -73,9 +75,11 @@ def _source(args: argparse.Namespace) -> Any:
     from gotel.traceview.sources import FileSource, JaegerSource
 
     if args.file:
+        if args.ca_file:
+            raise SystemExit("gotel traces: --ca-file goes with an https:// --jaeger, not --file")
         return FileSource(args.file)
     if args.jaeger:
-        return JaegerSource(args.jaeger)
+        return JaegerSource(args.jaeger, ca_file=args.ca_file)
     raise SystemExit("gotel traces: say where the traces are: --jaeger URL (query port 16686) or --file PATH")
 
 
@@ -91,9 +95,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.traces_cmd:
         args._parser.print_help()
         return 2
-    src = _source(args)
     con = render.console(no_color=args.no_color)
     err = render.Console(stderr=True, no_color=args.no_color, highlight=False)
+    try:
+        src = _source(args)
+    except SourceError as e:
+        err.print(f"[bold red]error:[/] {e}")
+        return 1
     try:
         if args.traces_cmd == "list":
             q = Query(service=args.service, operation=args.operation,

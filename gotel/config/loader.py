@@ -13,6 +13,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from gotel.component import ComponentID, Kind
+from gotel.config.collector import COMPAT_DOC, is_collector_type
+from gotel.config.connectors import connector_rules
 from gotel.config.model import (
     ComponentEntry,
     Config,
@@ -23,7 +25,7 @@ from gotel.config.model import (
     TelemetryConfig,
 )
 from gotel.config.source import Path, Source, load_source
-from gotel.config.types import parse_duration
+from gotel.config.types import format_duration, is_duration_field, parse_duration
 from gotel.pdata import Signal
 from gotel.registry import Registry, registry
 
@@ -70,16 +72,46 @@ def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     return None, False
 
 
-def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
+def _model_at(model: type[BaseModel], loc: tuple[str, ...]) -> type[BaseModel] | None:
+    """The model that holds the keys under loc (list and dict levels skipped), if there is one."""
     cur: type[BaseModel] | None = model
     i = 0
     while cur is not None and i < len(loc):
         f = cur.model_fields.get(loc[i])
         if f is None:
-            return []
+            return None
         cur, container = _model_in(f.annotation)
         i += 2 if container else 1
+    return cur if i >= len(loc) else None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
+    cur = _model_at(model, loc)
     return sorted(cur.model_fields) if cur is not None else []
+
+
+def _is_duration_at(model: type[BaseModel], loc: tuple[str, ...]) -> bool:
+    """Whether loc names a Duration field, so that its bounds are reported as durations."""
+    cur = _model_at(model, loc[:-1])
+    f = cur.model_fields.get(loc[-1]) if cur is not None else None
+    return f is not None and is_duration_field(f.annotation, f.metadata)
+
+
+_BOUNDS = {"greater_than": ("gt", "more than"), "greater_than_equal": ("ge", "at least"),
+           "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most")}
+
+
+def _written_path(src: Source, base: Path, loc: tuple[str, ...], model: type[BaseModel]) -> Path:
+    """The path as written: a renamed key's value is reported at its old key when that was used."""
+    path = (*base, *loc)
+    if not loc or path in src.lines:
+        return path
+    m = _model_at(model, loc[:-1])
+    for old, r in getattr(m, "renamed_keys", {}).items():
+        alt = (*base, *loc[:-1], old)
+        if r.new == loc[-1] and alt in src.lines:
+            return alt
+    return path
 
 
 def report_validation_error(src: Source, base: Path, exc: ValidationError, model: type[BaseModel]) -> None:
@@ -87,12 +119,17 @@ def report_validation_error(src: Source, base: Path, exc: ValidationError, model
     for err in exc.errors():
         # pydantic adds union/validator tags such as "function-after[...]" to loc; they are not keys.
         loc = tuple(str(x) for x in err["loc"] if not (isinstance(x, str) and "[" in x))
-        path = (*base, *loc)
+        path = _written_path(src, base, loc, model)
         typ = err["type"]
         if typ == "extra_forbidden":
             src.error(path, _unknown_key(loc[-1], _fields_at(model, loc[:-1])))
         elif typ == "missing":
             src.error(path[:-1], f'missing required key "{loc[-1]}"')
+        elif typ in _BOUNDS and loc and _is_duration_at(model, loc):
+            bound, words = _BOUNDS[typ]
+            inp = err.get("input")  # parsed seconds, or as written when the bound wraps an optional duration
+            got = inp if isinstance(inp, str) else format_duration(inp) if isinstance(inp, int | float) else repr(inp)
+            src.error(path, f"must be {words} {format_duration(err['ctx'][bound])} (got {got})")
         else:
             msg = str(err["msg"]).removeprefix("Value error, ")
             inp = err.get("input")
@@ -101,6 +138,29 @@ def report_validation_error(src: Source, base: Path, exc: ValidationError, model
                 if len(s) <= 60 and s not in msg:
                     msg += f" (got {s})"
             src.error(path, msg)
+
+
+def report_renamed_keys(src: Source, base: Path, body: Any, model: type[BaseModel]) -> None:
+    """A warning per deprecated key written, at its line, with the line to write instead."""
+    if not isinstance(body, dict):
+        return
+    for old, r in getattr(model, "renamed_keys", {}).items():
+        if old in body:
+            try:
+                example = f"{r.new}: {format_duration(parse_duration(r.convert(body[old])))}" if r.unit else r.new
+            except ValueError:
+                example = r.new
+            src.error((*base, old), f'"{old}" is deprecated: write {example}', warning=True)
+    for key, value in body.items():
+        f = model.model_fields.get(str(key))
+        sub, container = _model_in(f.annotation) if f is not None else (None, False)
+        if sub is None:
+            continue
+        if not container:
+            report_renamed_keys(src, (*base, str(key)), value, sub)
+        elif isinstance(value, dict | list):
+            for k, v in value.items() if isinstance(value, dict) else enumerate(value):
+                report_renamed_keys(src, (*base, str(key), str(k)), v, sub)
 
 
 class _Validator:
@@ -128,7 +188,15 @@ class _Validator:
         for section, kind in SECTIONS.items():
             self.components(kind, section, top.get(section))
         self.service(top.get("service"))
+        self.ports()
         return self.cfg
+
+    def ports(self) -> None:
+        """Two listeners on one host:port: an error at the later key, naming the earlier one."""
+        from gotel.config.ports import clash_message, clashes, listeners
+
+        for first, later in clashes(listeners(self.cfg)):
+            self.src.error(later.path, clash_message(first, later))
 
     def _load_problem(self, kind: Kind, typ: str) -> str | None:
         group = f"gotel.{kind.value}s "
@@ -149,13 +217,16 @@ class _Validator:
             except ValueError as e:
                 self.src.error(path, str(e))
                 continue
-            factory = self.reg.get(kind, cid.type) if kind != Kind.CONNECTOR else None
+            factory = self.reg.get(kind, cid.type)
             if factory is None:
-                problem = self._load_problem(kind, cid.type) if kind != Kind.CONNECTOR else None
+                problem = self._load_problem(kind, cid.type)
                 if problem:
                     self.src.error(path, f'{kind.value} type "{cid.type}" is installed but cannot be loaded: {problem}')
                     continue
-                valid = self.reg.types(kind) if kind != Kind.CONNECTOR else []
+                if is_collector_type(kind, cid.type):  # the collector's, not a typo: one error, no guess
+                    self.src.error(path, f'gotel has no {kind.value} "{cid.type}" yet (see {COMPAT_DOC})')
+                    continue
+                valid = self.reg.types(kind)
                 aliases = sorted(self.reg.aliases[kind]) if kind in self.reg.aliases else []
                 listing = ", ".join(valid) if valid else "none are installed"
                 msg = f'unknown {kind.value} type "{cid.type}" (valid: {listing})'
@@ -167,10 +238,19 @@ class _Validator:
             body = self.mapping(raw, path, f"the config of {kind.value} {key}")
             if body is None:
                 continue
+            report_renamed_keys(self.src, path, body, factory.config)
             try:
                 model = factory.config.model_validate(body)
             except ValidationError as e:
                 report_validation_error(self.src, path, e, factory.config)
+                continue
+            reason = getattr(factory, "ignored", "")  # accepted for collector configs, not run (pprof)
+            if reason:
+                self.src.error(path, f"{kind.value} {key} is accepted and ignored: {reason}", warning=True)
+            if kind == Kind.CONNECTOR and (cid in self.cfg.receivers or cid in self.cfg.exporters):
+                other = "receiver" if cid in self.cfg.receivers else "exporter"
+                self.src.error(path, f"ambiguous id {key}: both a {other} and a connector have it; "
+                               "rename one (type/name)")
                 continue
             out[cid] = ComponentEntry(cid, kind, factory, model, self.src.line(path))
 
@@ -185,6 +265,7 @@ class _Validator:
         if "telemetry" in svc:
             t = self.mapping(svc["telemetry"], ("service", "telemetry"), "service::telemetry")
             if t is not None:
+                report_renamed_keys(self.src, ("service", "telemetry"), t, TelemetryConfig)
                 try:
                     sc.telemetry = TelemetryConfig.model_validate(t)
                 except ValidationError as e:
@@ -192,6 +273,7 @@ class _Validator:
         if "supervisor" in svc:
             s = self.mapping(svc["supervisor"], ("service", "supervisor"), "service::supervisor")
             if s is not None:
+                report_renamed_keys(self.src, ("service", "supervisor"), s, SupervisorConfig)
                 try:
                     sc.supervisor = SupervisorConfig.model_validate(s)
                 except ValidationError as e:
@@ -202,8 +284,30 @@ class _Validator:
             except ValueError as e:
                 self.src.error(("service", "shutdown_timeout"), str(e))
         sc.extensions = self.id_list(svc.get("extensions"), ("service", "extensions"), Kind.EXTENSION, None)
+        self.authenticators()
         self.pipelines(svc.get("pipelines"))
         self.unused()
+
+    def authenticators(self) -> None:
+        """Each component's auth::authenticator names a configured, enabled client authenticator."""
+        for section, kind in SECTIONS.items():
+            for cid, entry in self.cfg.section(kind).items():
+                name = getattr(getattr(entry.config, "auth", None), "authenticator", None)
+                if not isinstance(name, str):
+                    continue
+                path = (section, str(cid), "auth", "authenticator")
+                ext = self.cfg.extensions.get(ComponentID.parse(name))
+                if ext is None:
+                    if not self._section_had("extensions", name):  # else reported there
+                        names = ", ".join(self._written("extensions")) or "none"
+                        self.src.error(path, f'extension "{name}" is not configured (configured: {names})')
+                elif not getattr(ext.factory, "client_auth", False):
+                    self.src.error(path, f'extension "{name}" is a {ext.factory.type} extension, not a client '
+                                   "authenticator (bearertokenauth, basicauth)")
+                elif getattr(ext.config, "client_auth", True) is None:
+                    self.src.error(path, f'extension "{name}" has no client_auth: it cannot authenticate a client')
+                elif ext.id not in self.cfg.service.extensions:
+                    self.src.error(path, f'extension "{name}" is not listed in service::extensions, so it does not run')
 
     def id_list(self, value: Any, path: Path, kind: Kind, signal: Signal | None) -> list[ComponentID]:
         if value is None:
@@ -229,10 +333,29 @@ class _Validator:
                 self.src.error(path, f'{kind.value} "{item}" is listed twice', line=line)
                 continue
             entry = configured.get(cid)
+            as_connector = kind in (Kind.RECEIVER, Kind.EXPORTER)  # connectors are both
+            if entry is None and as_connector:
+                entry = self.cfg.connectors.get(cid)
             if entry is None:
-                names = ", ".join(self._written(section)) or "none"
-                if not self._section_had(section, item):
+                written = self._written(section) + (self._written("connectors") if as_connector else [])
+                names = ", ".join(sorted(written)) or "none"
+                # an id written in its section (or under connectors) that failed there was reported
+                # there: no second error here
+                if not self._section_had(section, item) and not (
+                        as_connector and self._section_had("connectors", item)):
                     self.src.error(path, f'{kind.value} "{item}" is not configured (configured: {names})', line=line)
+                continue
+            if entry.kind == Kind.CONNECTOR and signal is not None:
+                # as an exporter it consumes the pipeline's signal; as a receiver it emits it
+                side = 0 if kind == Kind.EXPORTER else 1
+                sigs = {pair[side] for pair in entry.factory.pairs}
+                if signal not in sigs:
+                    role = "exporter" if kind == Kind.EXPORTER else "receiver"
+                    ok = ", ".join(sorted(s.value for s in sigs)) or "none"
+                    self.src.error(path, f'connector "{item}" cannot be the {role} of a {signal.value} pipeline '
+                                   f"(type {entry.factory.type} as {role}: {ok})", line=line)
+                    continue
+                out.append(cid)
                 continue
             if signal is not None and signal not in entry.factory.signals:
                 supported = ", ".join(sorted(s.value for s in entry.factory.signals)) or "none"
@@ -242,6 +365,11 @@ class _Validator:
                     line=line,
                 )
                 continue
+            check = getattr(entry.factory, "signal_problem", None)
+            if check is not None and signal is not None:
+                problem = check(entry.config, signal)
+                if problem:  # reported at the processor; it is still the one this pipeline names
+                    self.src.error((section, item), f"in a {signal.value} pipeline: {problem}")
             out.append(cid)
         return out
 
@@ -291,6 +419,7 @@ class _Validator:
             self.cfg.service.pipelines[name] = PipelineSpec(
                 name, signal, lists["receivers"], lists["processors"], lists["exporters"], self.src.line(ppath)
             )
+        connector_rules(self.src, self.cfg)
         for p in sorted(fed):
             spec = self.cfg.service.pipelines.get(p)
             tpath = ("service", "telemetry", "metrics", "pipelines")
@@ -305,6 +434,7 @@ class _Validator:
             for k, ids in ((Kind.RECEIVER, spec.receivers), (Kind.PROCESSOR, spec.processors), (Kind.EXPORTER, spec.exporters)):
                 used.update((k, c) for c in ids)
         used.update((Kind.EXTENSION, c) for c in self.cfg.service.extensions)
+        used.update((Kind.CONNECTOR, c) for k, c in list(used) if c in self.cfg.connectors)
         for section, kind in SECTIONS.items():
             for cid in self.cfg.section(kind):
                 if (kind, cid) not in used:
@@ -322,9 +452,10 @@ def _tidy(src: Source) -> None:
     out = []
     for i in src.issues:
         key = (i.line, i.path)
-        if key in seen and not i.warning:
-            continue
-        seen.add(key)
+        if not i.warning:  # a warning at a place (a deprecated key) never hides an error there
+            if key in seen:
+                continue
+            seen.add(key)
         out.append(i)
     src.issues[:] = sorted(out, key=lambda i: (i.line or 0))
 

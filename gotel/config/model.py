@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import Field, field_validator
 
-from gotel.component import ComponentConfig, ComponentID, Factory, Kind
+from gotel.component import (
+    ComponentConfig,
+    ComponentID,
+    ConnectorFactory,
+    ExporterFactory,
+    ExtensionFactory,
+    Factory,
+    Kind,
+    ProcessorFactory,
+    ReceiverFactory,
+)
 from gotel.config.source import Issue
 from gotel.config.types import Duration
 from gotel.pdata import Signal
@@ -50,13 +60,18 @@ class SupervisorConfig(ComponentConfig):
     stop_timeout: Duration = Field(5.0, gt=0, description="SIGTERM to SIGKILL for a receiver process")
 
 
+F = TypeVar("F", bound=Factory)
+
+
 @dataclass
-class ComponentEntry:
-    """One configured component: the id as written, its factory (aliases resolved) and validated config."""
+class ComponentEntry(Generic[F]):
+    """One configured component: the id as written, its factory (aliases resolved) and validated config.
+    Typed by its kind's factory, so `entry.factory.create(...)` is checked against that kind's contract
+    (the registry admits only factories of the kind's class)."""
 
     id: ComponentID
     kind: Kind
-    factory: Factory
+    factory: F
     config: Any
     line: int | None = None
 
@@ -83,22 +98,24 @@ class ServiceConfig:
 @dataclass
 class Config:
     file: str
-    receivers: dict[ComponentID, ComponentEntry] = field(default_factory=dict)
-    processors: dict[ComponentID, ComponentEntry] = field(default_factory=dict)
-    exporters: dict[ComponentID, ComponentEntry] = field(default_factory=dict)
-    extensions: dict[ComponentID, ComponentEntry] = field(default_factory=dict)
-    connectors: dict[ComponentID, ComponentEntry] = field(default_factory=dict)
+    receivers: dict[ComponentID, ComponentEntry[ReceiverFactory]] = field(default_factory=dict)
+    processors: dict[ComponentID, ComponentEntry[ProcessorFactory]] = field(default_factory=dict)
+    exporters: dict[ComponentID, ComponentEntry[ExporterFactory]] = field(default_factory=dict)
+    extensions: dict[ComponentID, ComponentEntry[ExtensionFactory]] = field(default_factory=dict)
+    connectors: dict[ComponentID, ComponentEntry[ConnectorFactory]] = field(default_factory=dict)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     warnings: list[Issue] = field(default_factory=list)
 
-    def section(self, kind: Kind) -> dict[ComponentID, ComponentEntry]:
-        return {
+    def section(self, kind: Kind) -> dict[ComponentID, ComponentEntry[Any]]:
+        """The loader fills each section with factories the registry checked are of the kind's class."""
+        sections: dict[Kind, dict[ComponentID, ComponentEntry[Any]]] = {
             Kind.RECEIVER: self.receivers,
             Kind.PROCESSOR: self.processors,
             Kind.EXPORTER: self.exporters,
             Kind.EXTENSION: self.extensions,
             Kind.CONNECTOR: self.connectors,
-        }[kind]
+        }
+        return sections[kind]
 
     def summary(self) -> str:
         def n(count: int, word: str) -> str:
@@ -109,6 +126,7 @@ class Config:
                 n(len(self.receivers), "receiver"),
                 n(len(self.processors), "processor"),
                 n(len(self.exporters), "exporter"),
+                *([n(len(self.connectors), "connector")] if self.connectors else []),
                 n(len(self.service.pipelines), "pipeline"),
             ]
         )

@@ -60,7 +60,8 @@ def container_id(pid: int) -> str | None:
     return (info.container_id or None) if info is not None else None
 
 
-def _socket_inodes(pid: int) -> set[int]:
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets the process holds (its /proc/PID/fd links)."""
     out: set[int] = set()
     fd_dir = PROC / str(pid) / "fd"
     try:
@@ -79,7 +80,7 @@ def _socket_inodes(pid: int) -> set[int]:
 
 def listening_ports(pid: int) -> set[int]:
     """TCP ports the process listens on, from its own network namespace's /proc/PID/net/tcp{,6}."""
-    inodes = _socket_inodes(pid)
+    inodes = socket_inodes(pid)
     if not inodes:
         return set()
     ports: set[int] = set()
@@ -95,6 +96,48 @@ def listening_ports(pid: int) -> set[int]:
             if int(f[9]) in inodes:
                 ports.add(int(f[1].rsplit(":", 1)[1], 16))
     return ports
+
+
+def tcp_socket_inodes(local_port: int, *, listen_only: bool, remote_port: int | None = None,
+                      netns_of: int | None = None) -> set[int]:
+    """Inodes of the TCP sockets with that local port (and remote port), LISTEN ones only or any state,
+    from /proc/net/tcp{,6} of our network namespace, or of process `netns_of`'s."""
+    out: set[int] = set()
+    base = PROC / "net" if netns_of is None else PROC / str(netns_of) / "net"
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (base / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) < 10 or (listen_only and f[3] != "0A"):
+                continue
+            if int(f[1].rsplit(":", 1)[1], 16) != local_port:
+                continue
+            if remote_port is not None and int(f[2].rsplit(":", 1)[1], 16) != remote_port:
+                continue
+            if f[9] != "0":
+                out.add(int(f[9]))
+    return out
+
+
+def socket_owner(inodes: set[int]) -> int | None:
+    """The pid of a process holding one of these sockets (a scan of /proc/*/fd), or None."""
+    if not inodes:
+        return None
+    for pid in all_pids():
+        if socket_inodes(pid) & inodes:
+            return pid
+    return None
+
+
+def process_name(pid: int) -> str:
+    """The process's command name (/proc/PID/comm), '' if gone."""
+    try:
+        return (PROC / str(pid) / "comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 # ---- is it a Go program? ------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ MIN_GO = "1.17"  # register ABI (ABIInternal) on amd64; older Go passes argument
 
 @dataclass(frozen=True)
 class FieldRef:
-    """A struct field whose offset a probe reads, by DWARF type name ("net/http.Request") and field path."""
+    """A struct field whose offset a probe reads, by DWARF type name ("net/http.Request") and field path.
+    Alternatives (a type renamed between versions) are separated by "|" in `type`, and, when the field's name
+    changed too, in `field` (paired in order); the offset is known when one alternative is."""
 
     type: str
     field: str
@@ -118,14 +120,15 @@ def version_at_least(have: str, want: str) -> bool:
     return _vtuple(have) >= _vtuple(want)
 
 
-def _offset_any(b: BinaryFacts, f: FieldRef) -> int | None:
-    """A field named with alternatives ("T1|T2", "a|b": renamed across library versions): the first found."""
-    for t in f.type.split("|"):
-        for fld in f.field.split("|"):
-            off = b.struct_offset(t, fld)
-            if off is not None:
-                return off
-    return None
+def _field_known(b: BinaryFacts, f: FieldRef) -> bool:
+    """Alternatives: types and fields paired in order when both list the same number (a type renamed
+    together with its field); otherwise every field name is tried on every type (a field renamed in place)."""
+    types, fields = f.type.split("|"), f.field.split("|")
+    if len(types) == len(fields) > 1:
+        pairs = list(zip(types, fields, strict=True))
+    else:
+        pairs = [(t, fl) for t in types for fl in fields]
+    return any(b.struct_offset(t, fl) is not None for t, fl in pairs)
 
 
 def evaluate(spec: ProbeSpec, b: BinaryFacts) -> Verdict:
@@ -169,7 +172,7 @@ def evaluate(spec: ProbeSpec, b: BinaryFacts) -> Verdict:
             v.status = "unavailable"
             v.reasons.append(f"no RET instruction found in {v.symbol}")
             return v
-    missing = [f for f in spec.offsets if _offset_any(b, f) is None]
+    missing = [f for f in spec.offsets if not _field_known(b, f)]
     if missing:
         v.status = "degraded"
         why = "no DWARF in the binary" if not b.has_dwarf else "field not found in DWARF"
@@ -183,6 +186,7 @@ def evaluate_all(b: BinaryFacts, specs: Iterable[ProbeSpec] | None = None) -> li
 
 
 # ---- seed: what reference/ebpf-go.md lists; go_ebpf / go_runtime refine these -------------------------
+# Ids are the names the receivers' logs use (go_ebpf: receivers/go_ebpf/layout.PROBES).
 
 _RT = "go_runtime"
 _EB = "go_ebpf"
@@ -203,7 +207,7 @@ for _spec in (
     ProbeSpec("runtime.chansend1", ("runtime.chansend1",), _RT, "channel send (span links)", optional=True),
     ProbeSpec("runtime.chanrecv1", ("runtime.chanrecv1",), _RT, "channel receive (span links)", optional=True),
     ProbeSpec(
-        "http.server.request",
+        "http.server.serve",
         ("net/http.serverHandler.ServeHTTP",),
         _EB,
         "HTTP server request start",
@@ -269,22 +273,11 @@ for _spec in (
         optional=True,
     ),
     ProbeSpec(
-        "grpc.client.invoke",
-        ("google.golang.org/grpc.(*ClientConn).Invoke",),
-        _EB,
-        "gRPC unary client call (method is a string argument: no offsets needed)",
-        module=_GRPC,
-        returns=True,
-        optional=True,
-        offsets=(FieldRef("google.golang.org/grpc/internal/status.Status", "s", "rpc.response.status_code"),),
-    ),
-    ProbeSpec(
         "grpc.client.new_stream",
-        ("google.golang.org/grpc.(*ClientConn).NewStream",),
+        ("google.golang.org/grpc.newClientStream",),
         _EB,
-        "gRPC streaming client call",
+        "gRPC client call start, unary and streaming",
         module=_GRPC,
-        returns=True,
         optional=True,
     ),
 ):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gotel.ebpf.checks import require_bpf
+from gotel.memory import trim
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ class BpfProgram:
         self._consume_lock = threading.Lock()
         self._rings: list[tuple[Any, list[bytes]]] = []  # (gotel.ebpf.ringbuf.RingReader, records)
         self.bpf = BPF(text=text.encode(), cflags=flags)
+        trim()  # clang/LLVM's freed heap: tens of MB per compile otherwise stay with the process
         self._binaries: dict[Hashable, _Attached] = {}  # by BinaryKey, or (BinaryKey, pid)
         self._closed = False
 

@@ -108,7 +108,7 @@ class RingBufferReceiver(Receiver):
             except Exception:
                 self.log.exception("%s: drain pass failed; continuing", self.ctx.id)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         for t in getattr(self, "_tasks", []):
             t.cancel()
         for t in getattr(self, "_tasks", []):

@@ -17,6 +17,9 @@ _intern = sys.intern
 
 IGNORE_ANNOTATION = "opentelemetry.io/k8s-processor/ignore"
 RUNTIME_PREFIXES = ("containerd://", "cri-o://", "docker://")
+# seconds a deleted pod's metadata stays (late telemetry of a pod that just ended); here, not in
+# gotel.k8s.store, so that a processor's config can name it without importing the kubernetes client
+DEFAULT_DELETE_GRACE = 120.0
 
 
 class KeyFilter:

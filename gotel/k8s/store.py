@@ -23,6 +23,7 @@ from kubernetes import client as kclient
 
 from gotel.k8s.informer import Informer
 from gotel.k8s.model import (
+    DEFAULT_DELETE_GRACE,
     KeyFilter,
     MetaInfo,
     OwnerInfo,
@@ -33,8 +34,6 @@ from gotel.k8s.model import (
 )
 
 log = logging.getLogger(__name__)
-
-DEFAULT_DELETE_GRACE = 120.0
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""Fan-out: one producer, several consumers. Only consumers that mutate get copies; readers share."""
+"""Fan-out: one producer, several consumers. Only consumers that mutate get copies; readers share.
+
+Whether a pipeline mutates is decided for the pipeline as a whole (the collector's MutatesData,
+aggregated per pipeline): a read-only first processor may hand the batch on to a mutating one.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +48,31 @@ class Fanout:
             if all(isinstance(e, RefusedError) for e in errors):
                 raise RefusedError(msg)
             raise ConsumerError(msg)
+
+
+def chain_mutates(processors: Sequence[Consumer], exporters: Consumer) -> bool:
+    """Does a pipeline change the batches it is given? Yes when any processor mutates, or when its
+    exporter side does: a processor that only reads still passes the caller's batch on."""
+    return exporters.mutates or any(p.mutates for p in processors)
+
+
+class PipelineEntry:
+    """A pipeline's first consumer, carrying the pipeline's capability rather than its own."""
+
+    def __init__(self, first: Consumer, mutates: bool) -> None:
+        self.first = first
+        self.mutates = mutates
+
+    async def consume(self, batch: Batch) -> None:
+        await self.first.consume(batch)
+
+
+def pipeline_entry(processors: Sequence[Consumer], exporters: Consumer) -> Consumer:
+    """The consumer a receiver's fan-out sees for one pipeline; wrapped only when the first
+    consumer's own answer differs from the pipeline's."""
+    first = processors[0] if processors else exporters
+    mutates = chain_mutates(processors, exporters)
+    return first if first.mutates == mutates else PipelineEntry(first, mutates)
 
 
 def fanout(consumers: Sequence[Consumer]) -> Consumer:

@@ -1,23 +1,38 @@
 """The pipeline graph (DESIGN.md section 4): shared receivers and exporters, processors per pipeline.
 
-receiver ─► fan-out over the pipelines that list it ─► processor chain (one instance per
+receiver ─► fan-out over the pipelines that list it (a copy for each pipeline that mutates anywhere
+along its chain, see fanout.pipeline_entry) ─► processor chain (one instance per
 pipeline) ─► fan-out over the pipeline's exporters (one instance per exporter id and signal).
-Start order exporters → processors → receivers; stop order the reverse, so nothing is ever
-pushed into a component that is not running.
+A connector is one of those exporters and the receiver of other pipelines: one instance per
+connector id and signal pair, whose output fans out over its receiving pipelines by the same
+copy rule as a receiver's. Pipelines are built downstream first (the loader rejected cycles).
+Start order exporters → processors and connectors (downstream first) → receivers; stop order
+the reverse, so nothing is ever pushed into a component that is not running.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from dataclasses import dataclass, field
 
-from gotel.component import Component, ComponentID, Consumer, Context, Exporter, Kind, Processor, Receiver
+from gotel.component import (
+    Component,
+    ComponentID,
+    Connector,
+    Consumer,
+    Context,
+    Exporter,
+    Kind,
+    Processor,
+    Receiver,
+    ReceiverFactory,
+)
+from gotel.config.connectors import edges
 from gotel.config.model import ComponentEntry, Config
 from gotel.pdata import Signal
-from gotel.service.fanout import fanout
+from gotel.service.fanout import fanout, pipeline_entry
 from gotel.telemetry import Telemetry
 
 log = logging.getLogger("gotel.service")
@@ -29,19 +44,22 @@ class Pipeline:
     signal: Signal
     processors: list[tuple[ComponentID, Processor]] = field(default_factory=list)
     entry: Consumer | None = None
+    # connector instances this pipeline exports to, and those that feed it
+    exports_to: list[tuple[ComponentID, Signal, Signal]] = field(default_factory=list)
+    fed_by: list[tuple[ComponentID, Signal, Signal]] = field(default_factory=list)
 
 
 @dataclass
 class ReceiverNode:
     """A receiver and the consumer per signal its data goes to."""
 
-    entry: ComponentEntry
+    entry: ComponentEntry[ReceiverFactory]
     sinks: dict[Signal, Consumer]
     instance: Receiver | None = None  # only for in-process receivers
 
     @property
     def in_process(self) -> bool:
-        return bool(getattr(self.entry.factory, "in_process", False))
+        return self.entry.factory.in_process
 
 
 def make_context(tel: Telemetry, cid: ComponentID, kind: Kind, signal: Signal | None = None) -> Context:
@@ -55,14 +73,10 @@ def make_context(tel: Telemetry, cid: ComponentID, kind: Kind, signal: Signal | 
 
 
 async def shutdown_with_deadline(comp: Component, name: str, deadline: float) -> None:
-    """Calls shutdown(deadline=...) where supported; never waits past the deadline or raises."""
+    """Gives the component the seconds left until `deadline` (monotonic); never waits past it or raises."""
     remaining = max(0.1, deadline - time.monotonic())
     try:
-        if "deadline" in inspect.signature(comp.shutdown).parameters:
-            coro = comp.shutdown(deadline=remaining)  # type: ignore[call-arg]
-        else:
-            coro = comp.shutdown()
-        await asyncio.wait_for(coro, remaining + 1.0)
+        await asyncio.wait_for(comp.shutdown(remaining), remaining + 1.0)
     except TimeoutError:
         log.error("%s did not shut down within the deadline", name)
     except Exception:
@@ -76,7 +90,10 @@ class Graph:
         self.exporters: dict[tuple[ComponentID, Signal], Exporter] = {}
         self.pipelines: dict[str, Pipeline] = {}
         self.receivers: dict[ComponentID, ReceiverNode] = {}
+        self.connectors: dict[tuple[ComponentID, Signal, Signal], Connector] = {}
         self.started: list[tuple[str, Component]] = []
+        # running extensions by id: components look them up (sending_queue.storage)
+        self.extensions: dict[ComponentID, Component] = {}
         self._build()
 
     def _exporter(self, cid: ComponentID, signal: Signal) -> Exporter:
@@ -84,28 +101,83 @@ class Graph:
         exp = self.exporters.get(key)
         if exp is None:
             entry = self.cfg.exporters[cid]
-            exp = entry.factory.create(signal, entry.config, make_context(self.tel, cid, Kind.EXPORTER, signal))  # type: ignore[attr-defined]
+            ctx = make_context(self.tel, cid, Kind.EXPORTER, signal)
+            ctx.extras["extensions"] = self.extensions  # filled by the service before exporters start
+            exp = entry.factory.create(signal, entry.config, ctx)
             self.exporters[key] = exp
         return exp
 
+    def _connector(self, p: Pipeline, cid: ComponentID) -> list[Consumer]:
+        """The instances of connector `cid` that pipeline `p` exports to: one per signal of the
+        (already built) pipelines receiving from it that the connector can make from p's signal."""
+        entry = self.cfg.connectors[cid]
+        factory = entry.factory
+        targets: dict[Signal, list[Consumer]] = {}
+        for q in self.pipelines.values():
+            if cid in self.cfg.service.pipelines[q.name].receivers and (p.signal, q.signal) in factory.pairs:
+                assert q.entry is not None
+                targets.setdefault(q.signal, []).append(q.entry)
+        out: list[Consumer] = []
+        for to, entries in targets.items():
+            key = (cid, p.signal, to)
+            conn = self.connectors.get(key)
+            if conn is None:
+                ctx = make_context(self.tel, cid, Kind.CONNECTOR, p.signal)
+                ctx.extras["to_signal"] = to
+                conn = self.connectors[key] = factory.create(p.signal, to, entry.config, fanout(entries), ctx)
+                for q in self.pipelines.values():
+                    if q.signal == to and cid in self.cfg.service.pipelines[q.name].receivers:
+                        q.fed_by.append(key)
+            p.exports_to.append(key)
+            out.append(conn)
+        return out
+
+    def _order(self) -> list[str]:
+        """Pipeline names, downstream before upstream (a connector's receivers before its exporters)."""
+        names = list(self.cfg.service.pipelines)
+        succ: dict[str, set[str]] = {n: set() for n in names}
+        for a, _, b in edges(self.cfg):
+            succ[a].add(b)
+        done: list[str] = []
+        seen: set[str] = set()
+
+        def visit(n: str) -> None:
+            if n in seen:
+                return
+            seen.add(n)
+            for m in sorted(succ[n]):
+                visit(m)
+            done.append(n)
+
+        for n in names:
+            visit(n)
+        return done
+
     def _build(self) -> None:
         receiver_targets: dict[tuple[ComponentID, Signal], list[Consumer]] = {}
-        for name, spec in self.cfg.service.pipelines.items():
+        for name in self._order():
+            spec = self.cfg.service.pipelines[name]
             p = Pipeline(name, spec.signal)
-            nxt: Consumer = fanout([self._exporter(e, spec.signal) for e in spec.exporters])
+            outs: list[Consumer] = []
+            for e in spec.exporters:
+                outs.extend(self._connector(p, e) if e in self.cfg.connectors else [self._exporter(e, spec.signal)])
+            exporters = fanout(outs)
+            nxt: Consumer = exporters
             chain: list[tuple[ComponentID, Processor]] = []
             for pid in reversed(spec.processors):
                 entry = self.cfg.processors[pid]
                 ctx = make_context(self.tel, pid, Kind.PROCESSOR, spec.signal)
                 ctx.extras["pipeline"] = name
-                proc = entry.factory.create(spec.signal, entry.config, nxt, ctx)  # type: ignore[attr-defined]
+                proc = entry.factory.create(spec.signal, entry.config, nxt, ctx)
                 chain.append((pid, proc))
                 nxt = proc
             p.processors = list(reversed(chain))
-            p.entry = nxt
+            p.entry = pipeline_entry([proc for _, proc in p.processors], exporters)
             self.pipelines[name] = p
             for rid in spec.receivers:
-                receiver_targets.setdefault((rid, spec.signal), []).append(nxt)
+                if rid in self.cfg.connectors:
+                    continue  # fed by the connector's instances, made with the upstream pipelines
+                receiver_targets.setdefault((rid, spec.signal), []).append(p.entry)
         for (rid, signal), targets in receiver_targets.items():
             node = self.receivers.get(rid)
             if node is None:
@@ -113,18 +185,27 @@ class Graph:
             node.sinks[signal] = fanout(targets)
         for rid, node in self.receivers.items():
             if node.in_process:
-                node.instance = node.entry.factory.create(  # type: ignore[attr-defined]
+                node.instance = node.entry.factory.create(
                     node.entry.config, node.sinks, make_context(self.tel, rid, Kind.RECEIVER)
                 )
 
-    def processor_instances(self) -> list[tuple[str, Processor]]:
-        """In stop order: pipeline by pipeline, first processor first."""
-        return [(f"processor {pid} in pipeline {p.name}", proc) for p in self.pipelines.values() for pid, proc in p.processors]
+    def processor_instances(self) -> list[tuple[str, Processor | Connector]]:
+        """In stop order: upstream pipelines first; in each, the connectors feeding it (once all the
+        pipelines exporting to them have stopped), then its processors, first processor first."""
+        out: list[tuple[str, Processor | Connector]] = []
+        seen: set[tuple[ComponentID, Signal, Signal]] = set()
+        for p in reversed(list(self.pipelines.values())):  # built downstream first
+            for key in p.fed_by:
+                if key not in seen:
+                    seen.add(key)
+                    out.append((f"connector {key[0]} ({key[1]} -> {key[2]})", self.connectors[key]))
+            out.extend((f"processor {pid} in pipeline {p.name}", proc) for pid, proc in p.processors)
+        return out
 
     async def start_exporters_and_processors(self) -> None:
         for (cid, signal), exp in self.exporters.items():
             await self._start(f"exporter {cid} ({signal})", exp)
-        # Downstream first: a processor may push from start() (timers), so its next must be up.
+        # Downstream first: a processor or connector may push from start() (timers), so its next must be up.
         for name, proc in reversed(self.processor_instances()):
             await self._start(name, proc)
 

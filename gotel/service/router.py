@@ -9,6 +9,7 @@ process's own metrics and go to the telemetry merger, not to pipelines.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 from gotel.component import RECEIVER_ID_HEADER, REQUEST_METADATA, Consumer, PermanentError
@@ -28,6 +29,9 @@ class Router:
         self.signal = signal
         self.routes = routes
         self.on_telemetry = on_telemetry
+        # items each receiver process delivered (accepted downstream): the supervisor's side of the
+        # hop's account, to count what a dying process still had in flight
+        self.received: Counter[str] = Counter()
 
     async def consume(self, batch: Batch) -> None:
         md = REQUEST_METADATA.get()
@@ -40,4 +44,6 @@ class Router:
         if c is None:
             known = ", ".join(sorted(self.routes)) or "none"
             raise PermanentError(f"no {self.signal} pipeline takes data from receiver {rid!r} (known: {known})")
+        n = batch.item_count()
         await c.consume(batch)
+        self.received[rid] += n

@@ -14,54 +14,24 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 import time
 from typing import Any
 
-from pydantic import ValidationError
-
-from gotel.component import Component, ComponentID, Kind, Receiver, ReceiverFactory
+from gotel.component import Component, ComponentID, Kind, Receiver
 from gotel.config.model import Config
-from gotel.pdata import Signal
-from gotel.registry import registry
+from gotel.exporterhelper import StorageError
+from gotel.memory import trim_until
+from gotel.pdata import Metrics, Signal
 from gotel.selfmetrics import MergedRegistry, families_to_otlp
 from gotel.service.graph import Graph, make_context, shutdown_with_deadline
+from gotel.service.internal import INTERNAL_RECEIVER, internal_receiver
 from gotel.service.router import Router
+from gotel.service.rundir import runtime_dir
 from gotel.service.server import StartupError, TelemetryServer
-from gotel.supervisor import Supervisor
+from gotel.supervisor import CounterCarry, Supervisor
 from gotel.telemetry import Telemetry, default_telemetry
 
 log = logging.getLogger("gotel.service")
-INTERNAL_RECEIVER = ComponentID("otlp", "_internal")
-
-
-def internal_receiver_config(factory: ReceiverFactory, socket_path: str) -> Any:
-    """The otlp receiver's config for a gRPC unix socket (the collector's shape)."""
-    shapes = [
-        # As large as the otlp exporter's default send limit: a receiver process's big requests
-        # (profiles with their dictionaries) must not be refused on the local hop.
-        {"protocols": {"grpc": {"endpoint": f"unix://{socket_path}", "max_recv_msg_size_mib": 64}}},
-        {"protocols": {"grpc": {"endpoint": f"unix://{socket_path}"}}},
-        {"protocols": {"grpc": {"endpoint": socket_path, "transport": "unix"}}},
-        {"grpc": {"endpoint": f"unix://{socket_path}"}},
-    ]
-    last: Exception | None = None
-    for shape in shapes:
-        try:
-            return factory.config.model_validate(shape)
-        except ValidationError as e:
-            last = e
-    raise RuntimeError(f"the otlp receiver accepts no unix-socket config: {last}")
-
-
-def runtime_dir() -> str:
-    """A private (0700) directory for the internal socket."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if not base or not os.path.isdir(base):
-        base = None
-    d = tempfile.mkdtemp(prefix="gotel-", dir=base)
-    os.chmod(d, 0o700)
-    return d
 
 
 class Service:
@@ -72,6 +42,7 @@ class Service:
         self.merged = MergedRegistry(self.tel.registry)
         self.graph = Graph(cfg, self.tel)
         self.ready = False
+        self.up_since: float | None = None  # UNIX time the service became ready (health_check's upSince)
         self.rundir: str | None = None
         self.internal: Receiver | None = None
         self.supervisor: Supervisor | None = None
@@ -80,13 +51,15 @@ class Service:
         self._stop = asyncio.Event()
         self.socket_path: str | None = None
         self.extensions: list[tuple[ComponentID, Component]] = []
+        self.routers: list[Router] = []
+        self.carry = CounterCarry()  # receiver processes' counters, continued across their restarts
 
     # --- readiness --------------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         receivers = self.supervisor.status() if self.supervisor else {}
         ready = self.ready and all(r["up"] for r in receivers.values())
-        return ready, {"ready": ready, "started": self.ready, "receivers": receivers}
+        return ready, {"ready": ready, "started": self.ready, "up_since": self.up_since, "receivers": receivers}
 
     # --- life cycle -------------------------------------------------------------------------------
 
@@ -94,6 +67,11 @@ class Service:
         return {rid: list(node.sinks) for rid, node in self.graph.receivers.items() if not node.in_process}
 
     async def start(self) -> None:
+        from gotel.config.ports import busy_ports
+
+        busy = await asyncio.to_thread(busy_ports, self.cfg)  # before anything binds: one line per port
+        if busy:
+            raise StartupError("; ".join(busy))
         addr = self.cfg.service.telemetry.metrics.address
         if addr:
             level = self.cfg.service.telemetry.metrics.level
@@ -102,10 +80,19 @@ class Service:
         # Extensions first (health checks, auth providers): components may rely on them.
         for eid in self.cfg.service.extensions:
             entry = self.cfg.extensions[eid]
-            ext = entry.factory.create(entry.config, make_context(self.tel, eid, Kind.EXTENSION))  # type: ignore[attr-defined]
-            await ext.start()
+            ectx = make_context(self.tel, eid, Kind.EXTENSION)
+            ectx.extras["health"] = self.readiness  # health_check serves the same state as /readyz
+            ext = entry.factory.create(entry.config, ectx)
+            try:
+                await ext.start()
+            except StorageError as e:
+                raise StartupError(f"extension {eid}: {e}") from e
             self.extensions.append((eid, ext))
-        await self.graph.start_exporters_and_processors()
+            self.graph.extensions[eid] = ext
+        try:
+            await self.graph.start_exporters_and_processors()
+        except StorageError as e:
+            raise StartupError(str(e)) from e
         children = self._out_of_process()
         if children:
             self.rundir = runtime_dir()
@@ -117,6 +104,7 @@ class Service:
             self.supervisor = Supervisor(
                 f"unix://{self.socket_path}", self.cfg.service.supervisor, self.tel, self.log_level,
                 telemetry_interval=min(2.0, self.cfg.service.telemetry.metrics.interval),
+                carry=self.carry, received=self._received,
             )
             for rid, signals in children.items():
                 self.supervisor.add(self.cfg.receivers[rid], signals)
@@ -124,23 +112,27 @@ class Service:
         if self.cfg.service.telemetry.metrics.pipelines and self.cfg.service.telemetry.metrics.level != "none":
             self._feeder = asyncio.create_task(self._feed_self_metrics(), name="self-metrics")
         self.ready = True
+        self.up_since = time.time()
         log.info("gotel started: %s", self.cfg.summary())
 
     async def _start_internal(self, children: dict[ComponentID, list[Signal]]) -> None:
-        factory = registry().get(Kind.RECEIVER, "otlp")
-        if not isinstance(factory, ReceiverFactory):
-            problems = "; ".join(e for e in registry().errors if " otlp:" in e)
-            raise StartupError(f"receiver processes need the otlp receiver, which is not installed ({problems})")
         assert self.socket_path is not None
-        cfg = internal_receiver_config(factory, self.socket_path)
         sinks: dict[Signal, Any] = {}
         for signal_ in Signal:
             routes = {str(rid): self.graph.receivers[rid].sinks[signal_]
                       for rid, sigs in children.items() if signal_ in sigs}
-            on_tel = self.merged.update if signal_ == Signal.METRICS else None
+            on_tel = self._receiver_telemetry if signal_ == Signal.METRICS else None
             sinks[signal_] = Router(signal_, routes, on_tel)
-        self.internal = factory.create(cfg, sinks, make_context(self.tel, INTERNAL_RECEIVER, Kind.RECEIVER))
+            self.routers.append(sinks[signal_])
+        ctx = make_context(self.tel, INTERNAL_RECEIVER, Kind.RECEIVER)
+        self.internal = internal_receiver(self.socket_path, sinks, ctx)
         await self.internal.start()
+
+    def _receiver_telemetry(self, rid: str, batch: Metrics) -> None:
+        self.merged.update(rid, self.carry.apply(rid, batch))
+
+    def _received(self, rid: str) -> dict[str, int]:
+        return {str(r.signal): r.received[rid] for r in self.routers}
 
     async def _feed_self_metrics(self) -> None:
         targets = [self.graph.pipelines[p].entry for p in self.cfg.service.telemetry.metrics.pipelines]
@@ -186,7 +178,7 @@ class Service:
                 log.exception("gotel failed to start")
                 await self.shutdown()
                 return 1
-            await self._stop.wait()
+            await trim_until(self._stop)  # start-up's and batches' freed C heap goes back to the kernel
             await self.shutdown()
             return 0
         finally:

@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import socket
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -158,26 +159,45 @@ def _json_docs(body: bytes) -> list[Any]:
     return out
 
 
-class JaegerSource:
-    """Jaeger's api_v3 HTTP endpoints on the query port (16686)."""
+# `--limit 0` asks for every match; Jaeger needs a number (and its memory store refuses more than max_traces).
+UNLIMITED_DEPTH = 1000
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+
+class JaegerSource:
+    """Jaeger's api_v3 HTTP endpoints on the query port (16686).
+
+    Traces are asked for raw: Jaeger's display adjusters would otherwise add `@jaeger@warnings`
+    attributes (to every span whose parent was not traced, and wherever clock skew was seen) and could
+    move spans in time, so the same trace would read differently from Jaeger and from the file.
+    """
+
+    def __init__(self, url: str, timeout: float = 10.0, ca_file: str | None = None) -> None:
         if "://" not in url:
             url = "http://" + url
         self.base = url.rstrip("/")
         self.timeout = timeout
+        self._tls: ssl.SSLContext | None = None
+        if self.base.startswith("https://"):
+            try:
+                self._tls = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as e:
+                raise SourceError(f"--ca-file {ca_file}: cannot load a CA certificate from it: {e}") from None
+        elif ca_file:
+            raise SourceError(f"--ca-file is for https:// query services; {self.base} is plain HTTP")
 
     def _get(self, path: str, params: dict[str, str] | None = None, what: str = "") -> list[Any]:
         url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
         req = urllib.request.Request(url, headers={"Accept": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._tls) as r:
                 body = r.read()
                 ctype = r.headers.get("Content-Type", "")
         except urllib.error.HTTPError as e:
             detail = _error_message(e.read())
             if e.code == 404:
                 raise NotFound(detail or f"{what or path}: not found") from None
+            if e.code == 400 and "HTTPS server" in detail:
+                raise SourceError(f"{self.base} takes TLS: use https:// ({detail})") from None
             if e.code == 400:
                 raise SourceError(f"Jaeger rejected the query: {detail or 'bad request'}") from None
             raise SourceError(f"Jaeger answered {e.code} for {path}: {detail or e.reason}") from None
@@ -187,6 +207,11 @@ class JaegerSource:
                 why = "connection refused"
             elif isinstance(reason, socket.gaierror):
                 why = f"cannot resolve the host ({reason.strerror})"
+            elif isinstance(reason, ssl.SSLCertVerificationError):
+                raise SourceError(f"Jaeger's query service at {self.base}: TLS certificate not trusted "
+                                  f"({reason.verify_message}); give its CA with --ca-file") from None
+            elif isinstance(reason, ssl.SSLError):
+                why = f"TLS failed ({reason.reason or reason}); is this an https:// port?"
             else:
                 why = str(reason)
             raise SourceError(f"cannot reach Jaeger's query service at {self.base}: {why}. Is Jaeger running, "
@@ -213,7 +238,7 @@ class JaegerSource:
     def find(self, q: Query) -> list[Trace]:
         if not q.service:
             raise SourceError("Jaeger needs a service to search (--service); list them with `gotel traces services`")
-        params: dict[str, str] = {"query.service_name": q.service}
+        params: dict[str, str] = {"query.service_name": q.service, "query.raw_traces": "true"}
         if q.operation:
             params["query.operation_name"] = q.operation
         if q.start_min_ns is not None:
@@ -225,9 +250,10 @@ class JaegerSource:
         if q.max_duration_ns:
             params["query.duration_max"] = go_duration(q.max_duration_ns)
         # Errors are filtered here, after the search: ask for more so that `--errors --limit N` finds N.
+        # Jaeger's HTTP gateway calls the depth `query.num_traces` (the proto's search_depth is ignored
+        # there) and its memory store refuses a search without one.
         depth = q.limit * 10 if q.errors_only else q.limit
-        if depth:
-            params["query.search_depth"] = str(depth)
+        params["query.num_traces"] = str(depth or UNLIMITED_DEPTH)
         try:
             docs = self._get("/api/v3/traces", params, what="search")
         except NotFound:
@@ -237,7 +263,7 @@ class JaegerSource:
     def get(self, trace_id: str) -> Trace:
         tid = normalise_trace_id(trace_id)
         try:
-            docs = self._get(f"/api/v3/traces/{tid}", what=f"trace {tid}")
+            docs = self._get(f"/api/v3/traces/{tid}", {"raw_traces": "true"}, what=f"trace {tid}")
         except NotFound:
             raise NotFound(f"trace {tid} was not found in Jaeger at {self.base} (wrong id, or it has aged "
                            "out of Jaeger's storage)") from None

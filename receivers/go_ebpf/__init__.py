@@ -4,7 +4,7 @@
       go_ebpf:
         discovery: {exe_paths: ["*/grpcapp"]}
         legacy_grpc_status_code: false
-        stitch_window: 0.5
+        stitch_window: 500ms
 
 See docs/go_ebpf.md for the attributes, versions handled and what degrades without DWARF.
 """
@@ -22,12 +22,16 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from gotel.component import ComponentConfig, Consumer, Context, ReceiverFactory
+from gotel.config.types import Duration
 from gotel.discovery import DiscoveryConfig, ProcessAdded, ProcessInfo, ProcessRemoved, ProcessWatcher
+from gotel.discovery.procfs import is_alive
 from gotel.ebpf.streaming import RingBufferReceiver
+from gotel.logs import PerBinary
 from gotel.pdata import Signal
 from gotel.receivers.go_ebpf import probes as _probes  # noqa: F401  (registers probe specs for `gotel inspect`)
 from gotel.receivers.go_ebpf.events import Assembler
 from gotel.receivers.go_ebpf.layout import grpc_losses
+from gotel.receivers.go_ebpf.selffilter import SelfFilter
 
 
 class Config(ComponentConfig):
@@ -35,13 +39,13 @@ class Config(ComponentConfig):
     grpc: bool = Field(True, description="trace gRPC servers and clients")
     http: bool = Field(True, description="trace net/http servers and clients")
     legacy_grpc_status_code: bool = Field(False, description="also emit the integer rpc.grpc.status_code")
-    poll_interval: float = Field(
+    poll_interval: Duration = Field(
         0.25, gt=0, le=5,
-        description="least seconds between ring-buffer drains while records flow (a drain of >= 2048 records "
+        description="least time between ring-buffer drains while records flow (a drain of >= 2048 records "
                     "is followed by another at once; spans leave every flush_interval anyway)")
-    flush_interval: float = Field(0.5, gt=0, description="seconds between pushes of spans")
-    export_interval: float = Field(10.0, gt=0, description="seconds between pushes of metrics")
-    stitch_window: float = Field(0.5, ge=0, description="seconds a finished span waits for its remote parent")
+    flush_interval: Duration = Field(0.5, gt=0, description="time between pushes of spans")
+    export_interval: Duration = Field(10.0, gt=0, description="time between pushes of metrics")
+    stitch_window: Duration = Field(0.5, ge=0, description="how long a finished span waits for its remote parent")
     ring_buffer_pages: int = Field(2048, ge=1, description="ring buffer size in 4 KiB pages (a power of two)")
 
     @field_validator("ring_buffer_pages")
@@ -61,6 +65,7 @@ class GoEbpfReceiver(RingBufferReceiver):
         self.ctx = ctx
         self.log = ctx.logger or logging.getLogger(__name__)
         self.asm = Assembler(legacy_status_code=cfg.legacy_grpc_status_code, stitch_window=cfg.stitch_window)
+        self.asm.self_filter = SelfFilter(ctx.telemetry)  # gotel's own scrapes are not the target's requests
         self.program: Any = None
         self.targets: Any = None
         self.watcher: ProcessWatcher | None = None
@@ -80,6 +85,7 @@ class GoEbpfReceiver(RingBufferReceiver):
         self._said: set[int] = set()  # plans (one per binary) whose losses were logged
         self._degraded = ctx.telemetry.counter(
             "go_ebpf_degraded_processes", "Traced processes whose binary lacks DWARF (fewer attributes).", ())
+        self.notes = PerBinary(self.log, "go_ebpf")  # per-process messages, summarised per binary
         # attaching and detaching, one at a time and off the event loop: BCC's probe table is not
         # thread-safe, and closing a process's probes waits ~0.1 s per RCU grace period
         self._attacher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="go_ebpf-attach")
@@ -164,11 +170,15 @@ class GoEbpfReceiver(RingBufferReceiver):
         try:
             plan = plan_for(exe, grpc=self.cfg.grpc, http=self.cfg.http)
         except Exception as e:
-            self.log.warning("go_ebpf: cannot analyse pid %d (%s): %s", info.pid, info.exe, e)
+            if not is_alive(info.pid):  # short-lived (a `go build` step): exited before it was analysed
+                self.log.debug("go_ebpf: pid %d exited before it was analysed: %s", info.pid, e)
+                self._attach_failures.labels("exited").inc()
+                return
+            self.notes.note(logging.WARNING, info.exe, info.pid, f"cannot analyse: {e}")
             self._attach_failures.labels("analysis").inc()
             return
         if not plan.sites:
-            self.log.info("go_ebpf: pid %d (%s) has no gRPC or net/http functions to trace", info.pid, info.exe)
+            self.notes.note(logging.INFO, info.exe, info.pid, "has no gRPC or net/http functions to trace")
             return
         # resource first: events may arrive as soon as the probes are on
         self.asm.add_process(info.pid, {
@@ -178,13 +188,17 @@ class GoEbpfReceiver(RingBufferReceiver):
             "process.executable.path": info.exe.removesuffix(" (deleted)"),
             "process.runtime.name": "go",
             "process.runtime.version": plan.go_version or "",
-        }, grpc_missing=", ".join(grpc_losses(plan.layout.missing)))
+        }, grpc_missing=", ".join(grpc_losses(plan.layout.missing)), netns=_netns(info.pid))
         try:
             self._images[info.pid] = self.targets.add_process(info.pid, exe, plan.sites, plan.layout.offsets,
                                                               plan.layout.flags)
         except Exception as e:
-            self.log.warning("go_ebpf: cannot attach to pid %d (%s): %s", info.pid, info.exe, e)
-            self._attach_failures.labels("attach").inc()
+            exited = not is_alive(info.pid)
+            self._attach_failures.labels("exited" if exited else "attach").inc()
+            if exited:
+                self.log.debug("go_ebpf: pid %d exited before it was attached: %s", info.pid, e)
+            else:
+                self.notes.note(logging.WARNING, info.exe, info.pid, f"cannot attach: {e}")
             self.asm.remove_process(info.pid)
             return
         self.log.info("go_ebpf: traced pid %d (%s, %s): %s", info.pid, info.exe, plan.go_version,
@@ -252,6 +266,16 @@ class GoEbpfReceiver(RingBufferReceiver):
         self._attacher.shutdown(wait=True)  # detaches still queued run before the program closes
         if self.targets is not None:
             self.targets.close()
+
+def _netns(pid: int) -> int:
+    """The inode of the process's network namespace (0 when unreadable: loopback joins then assume one)."""
+    import os
+
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return 0
+
 
 def _create(cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> GoEbpfReceiver:
     return GoEbpfReceiver(cfg, sinks, ctx)

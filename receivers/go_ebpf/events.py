@@ -29,6 +29,16 @@ E_DEADLINE, E_STATUS, E_NONSTATUS_ERR, E_TRACEPARENT, E_PARENT, E_ADDR, E_NO_OFF
     1, 2, 4, 8, 16, 32, 64, 128, 256)
 STR_LEN, TP_LEN = 96, 56
 RECORD = struct.Struct(f"<QQIIQQQQQqiIIHH16s16sBB6xQQ{STR_LEN}s{STR_LEN}s{STR_LEN}s{TP_LEN}s")
+# ---- HTTP hops (issue 22): fields appended to the record (struct gev), and their flags
+TS_LEN = 96
+HOPS = struct.Struct(f"<{TP_LEN}s{TS_LEN}s")  # incoming traceparent, tracestate (HTTP server)
+RECORD_SIZE = RECORD.size + HOPS.size
+E_HTTP_CONN = 1 << 16  # addresses set; stream_id: the request's order on its HTTP/1 connection, or its HTTP/2 stream
+E_HTTP2 = 1 << 17
+E_HTTP_TP = 1 << 18
+E_HTTP_TS = 1 << 19
+_HOPS_TP, _HOPS_TS = RECORD.size, RECORD.size + TP_LEN
+# ---- end of the HTTP hops block
 
 CODES = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
          "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
@@ -106,11 +116,12 @@ _PORTS_AT = _ADDR_AT - 4  # lport, rport, the two addresses and their lengths: o
 _ADDR_END = _ADDR_AT + 34
 _STRS_AT = _FIXED.size
 _TP_AT = RECORD.size - TP_LEN
+_TP_END = RECORD.size
 assert _FIXED.size == struct.calcsize(RECORD.format[: RECORD.format.index(f"{STR_LEN}s")])
 
 
 def decode(rec: bytes, mono_to_unix: int) -> Call | None:
-    if len(rec) < RECORD.size:
+    if len(rec) < RECORD_SIZE:
         return None
     (start, end, pid, typ, sid, psid, trace, dlw, dle, code, flags, stream_id, lport, rport, obj,
      aux) = _FIXED.unpack_from(rec)
@@ -120,7 +131,7 @@ def decode(rec: bytes, mono_to_unix: int) -> Call | None:
     return Call(typ, pid, start_unix, end + mono_to_unix, sid, psid if flags & E_PARENT else b"", trace, flags,
                 code, stream_id, lport, rport, _ip(a[:16], a[32]), _ip(a[16:32], a[33]), _cstr(rec[s:s + STR_LEN]),
                 _cstr(rec[s + STR_LEN:s + 2 * STR_LEN]), _cstr(rec[s + 2 * STR_LEN:_TP_AT]),
-                _cstr(rec[_TP_AT:RECORD.size]), go_time_unix_ns(dlw, dle) if flags & E_DEADLINE else None)
+                _cstr(rec[_TP_AT:_TP_END]), go_time_unix_ns(dlw, dle) if flags & E_DEADLINE else None)
 
 
 def parse_traceparent(tp: str | bytes) -> tuple[bytes, bytes] | None:
@@ -257,8 +268,8 @@ class _Pending:
     building Span messages cost ~40 us each; only the ids that stitching may still change stay separate,
     with what stitching matches on."""
 
-    __slots__ = ("body", "flags", "ip", "lport", "parent_span_id", "pid", "ready_at", "rport", "span_id",
-                 "stream_id", "tp", "trace", "type")
+    __slots__ = ("body", "end", "flags", "ip", "lport", "netns", "parent_span_id", "pid", "ready_at", "rport",
+                 "span_id", "start", "stream_id", "tp", "trace", "ts", "type")
 
     def __init__(self, span_id: bytes, parent_span_id: bytes, body: bytes, ready_at: float, trace: bytes,
                  pid: int, typ: int, flags: int, stream_id: int, lport: int, rport: int, ip: str | None,
@@ -275,11 +286,16 @@ class _Pending:
         self.lport = lport
         self.rport = rport
         self.ip = ip  # the peer's address (server span) or the local one (client span): stitching keys
-        self.tp = tp  # incoming traceparent (gRPC server), raw
+        self.tp = tp  # incoming traceparent (gRPC and HTTP servers), raw
+        self.ts = ""  # the W3C tracestate that comes with a continued traceparent (HTTP server)
+        self.start = self.end = 0  # unix ns: a caller's span covers the start of its callee's
+        self.netns = 0  # the process's network namespace, for loopback connections only
 
     def encode_into(self, parts: list[bytes], trace_id: bytes) -> None:
         """Appends the span as ScopeSpans.spans (field 2) pieces: trace id, span id, parent, the rest."""
         body = self.body
+        if self.ts:  # Span.trace_state (field 3): encoded here, as it is rare
+            body = _ld(0x1A, self.ts.encode()) + body
         if self.parent_span_id:
             n = 38 + len(body)  # 2 + 16 (trace id) + 2 + 8 (span id) + 2 + 8 (parent)
             parts += (b"\x12", _SMALL[n] if n < 0x80 else _varint(n), b"\x0a\x10", trace_id, b"\x12\x08",
@@ -309,7 +325,7 @@ _TIMES = struct.Struct("<QBQ").pack  # start, end's tag (0x41), end: fixed64 bot
 
 
 # flags that do not change a span's name, attributes or status (times and deadlines are encoded per call)
-_SHAPE_FLAGS = ~(E_DEADLINE | E_PARENT | E_BEGIN_WALL)
+_SHAPE_FLAGS = ~(E_DEADLINE | E_PARENT | E_BEGIN_WALL | E_HTTP_CONN | E_HTTP2 | E_HTTP_TP | E_HTTP_TS)
 
 
 class _SpanParts:
@@ -330,6 +346,7 @@ class ProcState:
     gone: bool = False
     gone_at: float = 0.0
     grpc_missing: str = ""  # what the binary's gRPC spans lack (its layout), for gotel.missing
+    netns: int = 0  # network namespace inode: loopback connections are joined only inside one
 
 
 class Assembler:
@@ -348,12 +365,13 @@ class Assembler:
         self.index_size = client_index_size
         self.seen_no_offsets: set[int] = set()
         self.unknown_process = 0
+        self.self_filter: Any = None  # selffilter.SelfFilter: drops calls gotel itself made
         # span shapes repeat (same method, code, peer): encoded once
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
 
     # ---- processes ----
-    def add_process(self, pid: int, resource: dict[str, Any], grpc_missing: str = "") -> None:
-        self.procs[pid] = ProcState(resource, time.time_ns(), grpc_missing=grpc_missing)
+    def add_process(self, pid: int, resource: dict[str, Any], grpc_missing: str = "", netns: int = 0) -> None:
+        self.procs[pid] = ProcState(resource, time.time_ns(), grpc_missing=grpc_missing, netns=netns)
 
     def remove_process(self, pid: int) -> None:
         st = self.procs.get(pid)
@@ -372,6 +390,16 @@ class Assembler:
             seen += 1
         return t if isinstance(t, bytes) else local
 
+    def _local_root(self, local: bytes) -> bytes:
+        """The local trace a local trace joins through traced callers (itself when it joins none)."""
+        t = self.alias.get(local)
+        seen = 0
+        while isinstance(t, tuple) and seen < 8:
+            local = t[0]
+            t = self.alias.get(local)
+            seen += 1
+        return local
+
     def _remember_alias(self, local: bytes, target: bytes | tuple[bytes]) -> None:
         """target: a trace id (bytes), or another local trace id as a 1-tuple."""
         self.alias[local] = target
@@ -383,7 +411,7 @@ class Assembler:
 
         The per-call path: one unpack, the shape found by raw slices of the record, and only the times,
         ids and deadline encoded; everything else is decoded once per shape (_new_shape)."""
-        if len(rec) < RECORD.size:
+        if len(rec) < RECORD_SIZE:
             return False
         (start, end, pid, typ, sid, psid, trace, dlw, dle, code, flags, stream_id, lport, rport, obj,
          aux) = _FIXED.unpack_from(rec)
@@ -395,12 +423,17 @@ class Assembler:
             self.seen_no_offsets.add(pid)
         # a gRPC call's tp is its incoming traceparent, new on every call and not part of the span's shape
         # (HTTP records carry the server host or URL scheme there, which is)
-        tp = rec[_TP_AT:RECORD.size] if rec[_TP_AT] else b""
-        key = (typ, flags & _SHAPE_FLAGS, code, rec[_PORTS_AT:_ADDR_END], rec[_STRS_AT:_TP_AT],
-               tp if typ > T_GRPC_CLIENT else b"", st.grpc_missing if typ <= T_GRPC_CLIENT else "")
+        tp = rec[_TP_AT:_TP_END] if rec[_TP_AT] else b""
+        http = typ > T_GRPC_CLIENT
+        # HTTP attributes come from the strings (peer, host, URL), not the connection's addresses: a new
+        # connection (port) makes no new shape; gRPC spans also carry what their binary's layout lacks
+        key = (typ, flags & _SHAPE_FLAGS, code, b"" if http else rec[_PORTS_AT:_ADDR_END], rec[_STRS_AT:_TP_AT],
+               tp if http else b"", "" if http else st.grpc_missing)
         shape = self._shapes.get(key)
         if shape is None:
             shape = self._new_shape(key, rec, mono_to_unix, key[-1])
+        if self.self_filter is not None and self.self_filter.drop(typ, shape, rec, pid):
+            return True  # a request of gotel's own (a pprof scrape): not the target's traffic; counted
         end += mono_to_unix
         start = go_time_unix_ns(aux, obj) if flags & E_BEGIN_WALL else start + mono_to_unix
         if flags & E_DEADLINE and typ <= T_GRPC_CLIENT:
@@ -417,10 +450,24 @@ class Assembler:
             body = shape.pre + _TIMES(start, 0x41, end) + shape.tail
         if not flags & E_PARENT:
             psid = b""
-        p = _Pending(sid, psid, body, now + self.window, trace, pid, typ, flags, stream_id, lport, rport, shape.ip,
-                     tp if typ == T_GRPC_SERVER else b"")
-        if typ == T_GRPC_CLIENT and flags & E_STREAM_ID and lport:
-            self.clients[(shape.ip, lport, rport, stream_id)] = p
+        ip = shape.ip
+        if http:
+            tp = rec[_HOPS_TP:_HOPS_TS] if flags & E_HTTP_TP else b""
+            if flags & E_HTTP_CONN:  # the client's address: the server's peer, the client's local one
+                if typ == T_HTTP_SERVER:
+                    ip = _ip(rec[_ADDR_AT + 16:_ADDR_AT + 32], rec[_ADDR_AT + 33])
+                else:
+                    ip = _ip(rec[_ADDR_AT:_ADDR_AT + 16], rec[_ADDR_AT + 32])
+        p = _Pending(sid, psid, body, now + self.window, trace, pid, typ, flags, stream_id, lport, rport, ip,
+                     tp if typ in (T_GRPC_SERVER, T_HTTP_SERVER) else b"")
+        p.start, p.end = start, end
+        if http and flags & E_HTTP_TS and flags & E_HTTP_TP:
+            p.ts = _cstr(rec[_HOPS_TS:RECORD_SIZE])
+        if ip is not None and (ip.startswith("127.") or ip == "::1"):
+            # the same loopback 4-tuple exists in every network namespace (pods): joined only within one
+            p.netns = st.netns
+        if (typ == T_GRPC_CLIENT and flags & E_STREAM_ID or typ == T_HTTP_CLIENT and flags & E_HTTP_CONN) and lport:
+            self.clients[(ip, lport, rport, stream_id, p.netns)] = p
             if len(self.clients) > self.index_size:
                 self.clients.popitem(last=False)
         self.pending.append(p)
@@ -461,9 +508,14 @@ class Assembler:
         traceparent fallback waits until the span is due, or a traced caller would lose its child."""
         if p.type not in (T_GRPC_SERVER, T_HTTP_SERVER) or p.parent_span_id:
             return
-        if p.type == T_GRPC_SERVER and p.flags & E_STREAM_ID and p.rport:
-            hit = self.clients.get((p.ip, p.rport, p.lport, p.stream_id))
-            if hit is not None:
+        # gRPC: the connection and the HTTP/2 stream id; HTTP: the connection and the request's order on it
+        # (HTTP/1) or its stream id (HTTP/2)
+        if (p.flags & E_STREAM_ID if p.type == T_GRPC_SERVER else p.flags & E_HTTP_CONN) and p.rport:
+            hit = self.clients.get((p.ip, p.rport, p.lport, p.stream_id, p.netns))
+            # the client span must cover the server span's start: an index entry left by an earlier connection
+            # that had the same ports (a client port reused after a fresh connection closed) does not, and the
+            # right client record may come a poll later
+            if hit is not None and hit.type == p.type + 1 and hit.start <= p.start <= hit.end:
                 p.parent_span_id = hit.span_id
                 self._remember_alias(p.trace, (hit.trace,))
                 parsed = parse_traceparent(p.tp) if p.tp else None
@@ -471,22 +523,43 @@ class Assembler:
                     # the caller's own (SDK) span sent this traceparent: it is the client span's parent
                     self._remember_alias(hit.trace, parsed[0])
                     hit.parent_span_id = parsed[1]
+                    hit.ts = p.ts
+                p.ts = ""
                 return
         if p.tp and ready:
             parsed = parse_traceparent(p.tp)
             if parsed is not None:
                 self._remember_alias(p.trace, parsed[0])
                 p.parent_span_id = parsed[1]
+            else:
+                p.ts = ""  # a tracestate belongs to the traceparent it came with
 
     def take_traces(self, now: float, flush_all: bool = False) -> Traces | None:
         if not self.pending:
             return None
+        waiting: set[bytes] = set()  # local traces whose server span may still get a parent (and trace id)
         for p in self.pending:
-            self._link_server(p, flush_all or p.ready_at <= now)
-        ready = [p for p in self.pending if flush_all or p.ready_at <= now]
+            due = flush_all or p.ready_at <= now
+            self._link_server(p, due)
+            if not due and not p.parent_span_id and p.type in (T_GRPC_SERVER, T_HTTP_SERVER):
+                waiting.add(p.trace)
+        if flush_all:
+            ready, self.pending = self.pending, []
+        else:
+            # a call made while serving waits for its server span to be stitched (it ends first, and would
+            # otherwise leave with the local trace id), for at most `hold` seconds past its own time
+            hold = max(2.0, 4 * self.window)
+            keep: list[_Pending] = []
+            ready = []
+            for p in self.pending:
+                if p.ready_at <= now and (not waiting or self._local_root(p.trace) not in waiting
+                                          or p.ready_at + hold <= now):
+                    ready.append(p)
+                else:
+                    keep.append(p)
+            self.pending = keep
         if not ready:
             return None
-        self.pending = [p for p in self.pending if not (flush_all or p.ready_at <= now)]
         # each process's spans as a list of byte pieces, joined once per process (no bytes per span)
         by_pid: dict[int, list[bytes]] = {}
         alias = self.alias.get

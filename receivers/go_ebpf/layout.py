@@ -75,9 +75,66 @@ OFFSETS: list[OffsetSpec] = [
     ("field", (f"{_T}.ClientStream",), "Stream", ""),  # 43
     ("field", (f"{_G}.csAttempt",), "beginTime", ""),  # 44 the call's start once it moved to the attempt
 ]
+
+# ---- HTTP hops (issue 22): a block of its own from slot HTTP_SLOT (H_* in go_ebpf.c), so that entries
+# appended to OFFSETS above and this block merge without renumbering. Kinds as above, plus "mapfmt":
+# the http.Header map's layout (classic buckets before Go 1.24, swiss tables after), from DWARF.
+_NH = "net/http"
+_H2 = ("net/http.http2", "net/http/internal/http2.")  # bundled h2 up to Go 1.26, its own package in 1.27
+HTTP_SLOT = 64
+
+
+def _h2(t: str) -> tuple[str, ...]:
+    return tuple(f"{p}{t}" for p in _H2)
+
+
+HTTP_OFFSETS: list[OffsetSpec] = [
+    ("field", (f"{_NH}.response",), "conn", "HTTP/1 server connection (stitching)"),  # 64
+    ("field", (f"{_NH}.conn",), "rwc", "HTTP/1 server connection (stitching)"),  # 65
+    ("field", (f"{_NH}.persistConn",), "conn", "HTTP/1 client connection (stitching)"),  # 66
+    ("field", (f"{_NH}.persistConn",), "nwrite", "HTTP/1 client connection (stitching)"),  # 67
+    ("field", ("net.TCPConn",), "conn.fd", "HTTP connection addresses"),  # 68
+    ("field", ("net.netFD",), "laddr", "HTTP connection addresses"),  # 69
+    ("field", ("net.netFD",), "raddr", "HTTP connection addresses"),  # 70
+    ("field", ("crypto/tls.Conn",), "conn", "HTTPS connection addresses"),  # 71
+    ("func", ("crypto/tls.(*Conn).LocalAddr",), "", "HTTPS connection addresses"),  # 72
+    ("func", ("net.(*TCPConn).LocalAddr",), "", "HTTP connection addresses"),  # 73
+    ("func", (f"{_NH}.(*response).Header",), "", "HTTP/1 server connection (stitching)"),  # 74
+    ("field", (f"{_NH}.Request",), "Header", "traceparent (HTTP)"),  # 75
+    # the header map: classic (hmap.B, hmap.buckets, hmap.oldbuckets, bucket keys, elems, size) or swiss
+    # (Map.dirLen, Map.dirPtr, table.groups, group slots, slot size, group size)
+    ("mapfmt", (), "a", "traceparent (HTTP)"),  # 76
+    ("mapfmt", (), "b", "traceparent (HTTP)"),  # 77
+    ("mapfmt", (), "c", "traceparent (HTTP)"),  # 78
+    ("mapfmt", (), "d", "traceparent (HTTP)"),  # 79
+    ("mapfmt", (), "e", "traceparent (HTTP)"),  # 80
+    ("mapfmt", (), "f", "traceparent (HTTP)"),  # 81
+    # HTTP/2 server (bundled in net/http, or net/http/internal/http2 from Go 1.27)
+    # Go 1.27 hands the handler net/http.http2ResponseWriter{*responseWriter}: pointer-shaped, so the
+    # interface's data word is the inner responseWriter and its itab holds the value method
+    ("func", (f"{_NH}.(*http2responseWriter).Header", f"{_NH}.http2ResponseWriter.Header"), "",
+     "HTTP/2 server (stitching, status)"),  # 82
+    ("field", _h2("responseWriter"), "rws", "HTTP/2 server (stitching, status)"),  # 83
+    ("field", _h2("responseWriterState"), "stream", "HTTP/2 server (stitching)"),  # 84
+    ("field", _h2("responseWriterState"), "status", "http.response.status_code (HTTP/2 server)"),  # 85
+    ("field", _h2("stream"), "id", "HTTP/2 server (stitching)"),  # 86
+    ("field", _h2("stream"), "sc", "HTTP/2 server (stitching)"),  # 87
+    ("field", _h2("serverConn"), "conn", "HTTP/2 server (stitching)"),  # 88
+    # HTTP/2 client: the stream a request went out on, found by the request's header map (shared by the
+    # shallow copies the transport makes, and by Go 1.27's internal ClientRequest)
+    ("field", ("net/http/internal/http2.ClientRequest", f"{_NH}.Request"), "Header", "HTTP/2 client (stitching)"),  # 89
+    ("field", _h2("clientStream"), "ID", "HTTP/2 client (stitching)"),  # 90
+    ("field", _h2("clientStream"), "cc", "HTTP/2 client (stitching)"),  # 91
+    ("field", _h2("ClientConn"), "tconn", "HTTP/2 client (stitching)"),  # 92
+]
+assert len(OFFSETS) <= HTTP_SLOT, "OFFSETS reached the HTTP block: move HTTP_SLOT (and H_BASE in go_ebpf.c)"
+ALL_OFFSETS: list[OffsetSpec | None] = [*OFFSETS, *[None] * (HTTP_SLOT - len(OFFSETS)), *HTTP_OFFSETS]
+F_HTTP_SWISS_MAP = 1 << 16  # http.Header is a swiss-table map (Go >= 1.24)
+# ---- end of the HTTP hops block
+
 # the table's last slots are the BPF side's own (L_ITAB_* in go_ebpf.c: context itabs it has recognised)
 LEARNED_SLOTS = 3
-assert len(OFFSETS) <= MAX_OFFSETS - LEARNED_SLOTS, "the offsets table is full"
+assert len(ALL_OFFSETS) <= MAX_OFFSETS - LEARNED_SLOTS, "the offsets table is full"
 
 F_ERROR_VIA_STATUS = 1
 F_NEWPROC1_GO117 = 2
@@ -120,6 +177,19 @@ PROBES: list[Probe] = [
     Probe("http.server.finish", ("net/http.(*response).finishRequest",), "http_server_finish"),
     # no cheaper end found for the client: its RETs carry (*Response, error)
     Probe("http.client.roundtrip", ("net/http.(*Transport).roundTrip",), "http_client_start", ret="http_client_end"),
+    # ---- HTTP hops (issue 22): connections and HTTP/2 ends
+    Probe("http.server.conn", ("net/http.(*conn).serve",), "http_conn_serve"),
+    Probe("http.client.conn", ("net/http.(*persistConn).roundTrip",), "http_pconn_roundtrip"),
+    Probe("http.server.h2_done", ("net/http.(*http2responseWriter).handlerDone",
+                                  "net/http/internal/http2.(*responseWriter).handlerDone"), "http2_server_done"),
+    # a new HTTP/2 connection (one call each): its object's cached addresses are dropped (Go reuses the
+    # addresses of the serverConn/ClientConn and its tls.Conn quickly when connections churn)
+    Probe("http.server.h2_conn", ("net/http.(*http2serverConn).serve", "net/http/internal/http2.(*serverConn).serve"),
+          "http2_conn_new"),
+    Probe("http.client.h2_conn", ("net/http.(*http2ClientConn).readLoop",
+                                  "net/http/internal/http2.(*ClientConn).readLoop"), "http2_conn_new"),
+    Probe("http.client.h2_headers", ("net/http.(*http2clientStream).encodeAndWriteHeaders",
+                                     "net/http/internal/http2.(*clientStream).encodeAndWriteHeaders"), "http2_client_headers"),
 ]
 
 
@@ -136,7 +206,8 @@ class Layout:
 
 
 def offset_names() -> list[str]:
-    return [f"{kind}:{'/'.join(types)}.{fld}" for kind, types, fld, _ in OFFSETS]
+    return [f"unused:{i}" if spec is None else f"{spec[0]}:{'/'.join(spec[1])}.{spec[2]}"
+            for i, spec in enumerate(ALL_OFFSETS)]
 
 
 def _symbols(gb: GoBinary) -> dict[str, int]:
@@ -193,9 +264,16 @@ def layout_for(gb: GoBinary) -> Layout:
     missing: list[str] = []
     syms: dict[str, int] | None = None
     flags = 0
-    for name, (kind, types, fld, attr) in zip(names, OFFSETS, strict=True):
+    hdr = header_map_layout(gb) if gb.has_dwarf else None
+    for name, spec in zip(names, ALL_OFFSETS, strict=True):
+        if spec is None:
+            vals[name] = None
+            continue
+        kind, types, fld, attr = spec
         v: int | None = None
-        if kind == "field":
+        if kind == "mapfmt":
+            v = hdr[1]["abcdef".index(fld)] if hdr is not None else None
+        elif kind == "field":
             got = _field(gb, types, fld) if gb.has_dwarf else None
             if got is not None:
                 v, resolved[name] = got
@@ -210,7 +288,7 @@ def layout_for(gb: GoBinary) -> Layout:
         elif kind == "func":
             # a function address is in .gopclntab even when stripped, but without DWARF its companion
             # field offsets are unknown anyway
-            f = gb.functions.get(types[0])
+            f = next((f for t in types if (f := gb.functions.get(t)) is not None), None)
             v = f.entry if f is not None else None
         elif kind == "var":
             syms = _symbols(gb) if syms is None else syms
@@ -246,6 +324,10 @@ def layout_for(gb: GoBinary) -> Layout:
     if has_grpc and (grpc_v is None or not grpc_v.startswith("v")):
         # nothing is assumed from a version number anyway: DWARF names every field read (no note needed)
         log.debug("%s: grpc version %s; its layout is read from DWARF by field name", gb.path, grpc_v or "unknown")
+    if hdr is not None and hdr[0]:
+        flags |= F_HTTP_SWISS_MAP
+    if gb.has_dwarf and gb.functions.get("net/http.serverHandler.ServeHTTP") is not None and hdr is None:
+        notes.append("http.Header's map layout is not in DWARF: incoming HTTP traceparents are not read")
     if not gb.has_dwarf:
         notes.append("no DWARF: server method names, status codes, deadlines, addresses and traceparent "
                      "continuation are unavailable; spans keep timing, client method names and parenting")
@@ -292,3 +374,25 @@ def describe(layout: Layout) -> dict[str, object]:
         "missing": list(layout.missing),
         "notes": list(layout.notes),
     }
+
+
+def header_map_layout(gb: GoBinary) -> tuple[bool, tuple[int, int, int, int, int, int]] | None:
+    """(swiss, six numbers) describing map[string][]string (http.Header) for go_ebpf.c's header scan, from
+    DWARF; None when the binary does not describe it. Classic maps (Go < 1.24): hmap.B, hmap.buckets,
+    hmap.oldbuckets, and the bucket's keys and elems offsets and size. Swiss maps (Go >= 1.24): Map.dirLen,
+    Map.dirPtr, table.groups, the group's slots offset, the slot size, the group size."""
+    s = gb.structs
+    try:
+        if s.has_type("internal/runtime/maps.Map"):
+            g = "noalg.map.group[string][]string"
+            slots, gsize = s.offset(g, "slots"), s.size(g)
+            slot = (gsize - slots) // 8  # 8 slots a group, each struct { key string; elem []string }
+            if slot != 40:
+                return None  # not the key/elem layout go_ebpf.c reads (key at 0, elem at 16)
+            return True, (s.offset("internal/runtime/maps.Map", "dirLen"), s.offset("internal/runtime/maps.Map", "dirPtr"),
+                          s.offset("internal/runtime/maps.table", "groups"), slots, slot, gsize)
+        b = "noalg.map.bucket[string][]string"
+        return False, (s.offset("runtime.hmap", "B"), s.offset("runtime.hmap", "buckets"),
+                       s.offset("runtime.hmap", "oldbuckets"), s.offset(b, "keys"), s.offset(b, "elems"), s.size(b))
+    except GoAnalysisError:
+        return None

@@ -73,9 +73,8 @@ _EB = "go_ebpf"
 _T = "google.golang.org/grpc/internal/transport"
 _SPB = "google.golang.org/genproto/googleapis/rpc/status.Status"
 for _spec in (
-    # the seed "grpc.server.handle_stream" (method only) stays as the substrate defined it; this one lists
-    # every field go_ebpf reads at the same function
-    ProbeSpec("grpc.server.call", ("google.golang.org/grpc.(*Server).handleStream",), _EB,
+    # ids are the ones the agent's log names (layout.PROBES): `gotel inspect` and the log agree
+    ProbeSpec("grpc.server.handle_stream", ("google.golang.org/grpc.(*Server).handleStream",), _EB,
               "gRPC server call start: method, deadline, addresses, stream id (entry; the span ends at WriteStatus)",
               module=GRPC, optional=True,
               offsets=(FieldRef(f"{_T}.Stream", "method", "rpc.method"),
@@ -90,14 +89,14 @@ for _spec in (
     ProbeSpec("grpc.server.operate_headers", (f"{_T}.(*http2Server).operateHeaders",), _EB,
               "incoming gRPC headers: traceparent", module=GRPC, optional=True,
               offsets=(FieldRef("golang.org/x/net/http2.MetaHeadersFrame", "Fields", "traceparent continuation"),)),
-    ProbeSpec("grpc.client.invoke", ("google.golang.org/grpc.newClientStream",), _EB,
+    ProbeSpec("grpc.client.new_stream", ("google.golang.org/grpc.newClientStream",), _EB,
               "gRPC client call start, unary and streaming (method is an argument: no offsets needed)",
               module=GRPC, optional=True,
               offsets=(FieldRef("context.timerCtx", "deadline", "gotel.rpc.deadline.timeout"),)),
     ProbeSpec("grpc.client.attempt", ("google.golang.org/grpc.(*clientStream).newAttemptLocked",), _EB,
               "gRPC client stream created: the call is followed by its clientStream from here (else newClientStream's RETs)",
               module=GRPC, optional=True),
-    ProbeSpec("grpc.client.new_stream", ("google.golang.org/grpc.(*clientStream).finish",), _EB,
+    ProbeSpec("grpc.client.finish", ("google.golang.org/grpc.(*clientStream).finish",), _EB,
               "gRPC client call end with the real status (unary and streaming)", module=GRPC, optional=True,
               offsets=(FieldRef("google.golang.org/grpc/internal/status.Error", "e|s", "rpc.response.status_code"),
                        FieldRef(_SPB, "Code", "rpc.response.status_code"),
@@ -105,7 +104,7 @@ for _spec in (
                        # renamed in grpc 1.71
                        FieldRef("google.golang.org/grpc.csAttempt", "t|transport", "server.address"),
                        FieldRef("google.golang.org/grpc.csAttempt", "s|transportStream", "server/client stitching"))),
-    ProbeSpec("http.server.request", ("net/http.serverHandler.ServeHTTP",), _EB,
+    ProbeSpec("http.server.serve", ("net/http.serverHandler.ServeHTTP",), _EB,
               "HTTP server request (entry; ends at (*response).finishRequest, else at every RET)", optional=True,
               offsets=(FieldRef("net/http.Request", "Method", "http.request.method"),
                        FieldRef("net/url.URL", "Path", "url.path"),
@@ -115,5 +114,35 @@ for _spec in (
               offsets=(FieldRef("net/http.Request", "Method", "http.request.method"),
                        FieldRef("net/url.URL", "Host", "url.full"),
                        FieldRef("net/http.Response", "StatusCode", "http.response.status_code"))),
+    # ---- HTTP hops (issue 22)
+    ProbeSpec("http.server.trace_context", ("net/http.serverHandler.ServeHTTP",), _EB,
+              "incoming W3C traceparent/tracestate, read from http.Header with the map layout DWARF gives "
+              "(classic buckets before Go 1.24, swiss groups after)", optional=True,
+              offsets=(FieldRef("net/http.Request", "Header", "traceparent continuation (HTTP)"),
+                       FieldRef("noalg.map.group[string][]string|noalg.map.bucket[string][]string", "slots|keys",
+                                "traceparent continuation (HTTP)"),
+                       FieldRef("internal/runtime/maps.Map|runtime.hmap", "dirPtr|buckets",
+                                "traceparent continuation (HTTP)"))),
+    ProbeSpec("http.server.conn", ("net/http.(*conn).serve",), _EB,
+              "an accepted HTTP/1 connection: addresses and request order (server span -> client span)",
+              optional=True,
+              offsets=(FieldRef("net/http.conn", "rwc", "HTTP/1 stitching"),
+                       FieldRef("net/http.response", "conn", "HTTP/1 stitching"),
+                       FieldRef("net.netFD", "laddr", "HTTP/1 stitching"))),
+    ProbeSpec("http.client.conn", ("net/http.(*persistConn).roundTrip",), _EB,
+              "the HTTP/1 connection a client request goes out on, and its order there", optional=True,
+              offsets=(FieldRef("net/http.persistConn", "conn", "HTTP/1 stitching"),
+                       FieldRef("net/http.persistConn", "nwrite", "HTTP/1 stitching"))),
+    ProbeSpec("http.server.h2_done", ("net/http.(*http2responseWriter).handlerDone",
+                                      "net/http/internal/http2.(*responseWriter).handlerDone"), _EB,
+              "HTTP/2 server span end and status; stream id and connection (stitching)", optional=True,
+              offsets=(FieldRef("net/http.http2responseWriterState|net/http/internal/http2.responseWriterState",
+                                "status", "http.response.status_code (HTTP/2)"),
+                       FieldRef("net/http.http2stream|net/http/internal/http2.stream", "id", "HTTP/2 stitching"))),
+    ProbeSpec("http.client.h2_headers", ("net/http.(*http2clientStream).encodeAndWriteHeaders",
+                                         "net/http/internal/http2.(*clientStream).encodeAndWriteHeaders"), _EB,
+              "the HTTP/2 stream a client request goes out on (stitching)", optional=True,
+              offsets=(FieldRef("net/http.http2clientStream|net/http/internal/http2.clientStream", "ID",
+                                "HTTP/2 stitching"),)),
 ):
     register(_spec)

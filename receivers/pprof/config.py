@@ -2,33 +2,36 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from gotel.component import ComponentConfig
-from gotel.config.types import Duration
+from gotel.component import ComponentConfig, RenamedKey
+from gotel.config.types import Duration, format_duration
 from gotel.discovery import DiscoveryConfig as ProcessSelection
 
 
 class ProfileConfig(ComponentConfig):
     enabled: bool = True
-    interval: Duration = Field(15.0, ge=1.0, description="seconds between two scrapes of this profile")
+    interval: Duration = Field(15.0, ge=1.0, description="time between two scrapes of this profile")
     path: str | None = Field(None, description="path relative to path_prefix, e.g. 'allocs' (default: the type's own)")
 
 
 class CPUConfig(ProfileConfig):
-    seconds: Duration | None = Field(
-        None, gt=0, description="CPU profile length; default interval - 1s (a scrape never overlaps the next)")
+    renamed_keys = MappingProxyType({"seconds": RenamedKey("duration", "s")})
+    duration: Duration | None = Field(
+        None, gt=0, description="CPU profile length (?seconds=); default interval - 1s (a scrape never overlaps the next)")
 
     @model_validator(mode="after")
     def _fits(self) -> CPUConfig:
-        if self.seconds is not None and self.seconds > self.interval - 0.5:
-            raise ValueError(f"cpu.seconds ({self.seconds:g}) must be at least 0.5s shorter than cpu.interval ({self.interval:g})")
+        if self.duration is not None and self.duration > self.interval - 0.5:
+            raise ValueError(f"cpu.duration ({format_duration(self.duration)}) must be at least 500ms shorter than "
+                             f"cpu.interval ({format_duration(self.interval)})")
         return self
 
     def profile_seconds(self) -> int:
-        s = self.seconds if self.seconds is not None else self.interval - 1.0
+        s = self.duration if self.duration is not None else self.interval - 1.0
         return max(1, int(s))
 
 
@@ -87,9 +90,11 @@ class DiscoveryConfig(ProcessSelection):
 
 
 class DiagnosticsConfig(ComponentConfig):
+    renamed_keys = MappingProxyType({"blocked_minutes": RenamedKey("blocked_threshold", "m")})
     leak_scrapes: int = Field(3, ge=1, description="K: a bucket growing over K consecutive dumps is a finding")
     leak_min_goroutines: int = Field(5, ge=1, description="ignore growing buckets smaller than this")
-    blocked_minutes: int = Field(30, ge=0, description="report goroutines blocked on chan/lock/sync this long (0: off)")
+    blocked_threshold: Duration = Field(
+        1800.0, ge=0, description="report goroutines blocked on chan/lock/sync this long (0: off; Go counts whole minutes)")
     max_buckets: int = Field(2000, ge=10, description="goroutine buckets remembered per target")
     contention_top: int = Field(5, ge=0, description="lock sites reported per mutex/block scrape")
     contention_min_rate: float = Field(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import re
 import time
 import zlib
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from gotel import pprof
 from gotel.netns import NetnsError, NetnsSocketFactory
 from gotel.targets import Target
 
@@ -63,6 +65,15 @@ def check_pprof_body(body: bytes, content_type: str) -> None:
     wire, field = body[0] & 7, body[0] >> 3
     if wire not in (0, 1, 2, 5) or not 1 <= field <= 15:
         raise ScrapeError("not_pprof", f"body is neither gzip nor a pprof protobuf (first bytes {body[:8].hex()}, {content_type or 'no content type'})")
+
+
+_INDEX_LINK = re.compile(rb"""href=['"]?(?:\./)?goroutine\?debug=1""")
+
+
+def is_pprof_index(body: bytes) -> bool:
+    """The index page net/http/pprof serves (every Go version since 1.x: the same heading and links)."""
+    head = body[:65536]
+    return b"Types of profiles available" in head and _INDEX_LINK.search(head) is not None
 
 
 class Fetcher:
@@ -172,17 +183,25 @@ class Fetcher:
                               "another profiler (or go tool pprof) holds the CPU profiler; gotel waits for the next interval", status)
         if "writetimeout" in low or "write timeout" in low:
             raise ScrapeError("write_timeout", f"{url}: {text[:160]!r}",
-                              "the profile duration exceeds the server's WriteTimeout: lower cpu.seconds", status)
+                              "the profile duration exceeds the server's WriteTimeout: lower cpu.duration", status)
         raise ScrapeError("http_error", f"{url} answered {status}: {text[:160]!r}", status=status)
 
     async def probe(self, target: Target, path: str) -> bool:
-        """True when ``path`` is a pprof index page (used by discovery)."""
+        """True when the port answers as pprof (used by discovery): the net/http/pprof index page (its
+        "Types of profiles available" table with profile links), else a goroutine profile that decodes.
+        A 200 is not enough: a catch-all handler answers 200 to /debug/pprof/ too, even echoing the path."""
+        t = min(self.timeout, 3.0)
         try:
-            r = await self.get(target, path, timeout=min(self.timeout, 3.0), expect="any")
+            r = await self.get(target, path, timeout=t, expect="any")
+            if is_pprof_index(r.body):
+                return True
         except ScrapeError:
+            pass
+        try:
+            r = await self.get(target, path.rstrip("/") + "/goroutine", timeout=t, expect="pprof")
+            return any(st == "goroutine" for st, _u in pprof.sample_type_names(pprof.decode(r.body)))
+        except (ScrapeError, pprof.PprofError):
             return False
-        head = r.body[:4096]
-        return b"/debug/pprof/" in head or b"Types of profiles available" in head or b"goroutine" in head
 
     async def close(self) -> None:
         for s in self._sessions.values():

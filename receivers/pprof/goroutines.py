@@ -234,7 +234,7 @@ class Finding:
 class LeakDetector:
     """Per-target bucket history. Memory is bounded by ``max_buckets`` (the largest are kept)."""
 
-    def __init__(self, k: int = 3, min_goroutines: int = 5, blocked_minutes: int = 30,
+    def __init__(self, k: int = 3, min_goroutines: int = 5, blocked_minutes: float = 30,
                  max_buckets: int = 2000) -> None:
         self.k = max(1, k)
         self.min_goroutines = min_goroutines

@@ -20,6 +20,7 @@ from typing import Any
 
 from gotel import pprof
 from gotel.component import Consumer, Context, Receiver
+from gotel.discovery.procfs import is_alive
 from gotel.otlpbuild import DELTA, LogsBuilder, MetricsBuilder
 from gotel.pdata import Batch, Profiles, Signal
 from gotel.profconv import DELTA_ATTR, PROFILE_TYPE_ATTR, ProfilesBuilder
@@ -126,7 +127,7 @@ class TargetRunner:
         self.label = target.describe()
         self.deltas: dict[str, DeltaState] = {}
         d = self.cfg.diagnostics
-        self.leaks = goroutines.LeakDetector(d.leak_scrapes, d.leak_min_goroutines, d.blocked_minutes, d.max_buckets)
+        self.leaks = goroutines.LeakDetector(d.leak_scrapes, d.leak_min_goroutines, d.blocked_threshold / 60, d.max_buckets)
         self.leak_reported: dict[goroutines.BucketKey, int] = {}
         self.last_goroutines: tuple[float, int] | None = None
         self.last_error: dict[str, str] = {}
@@ -255,6 +256,8 @@ class TargetRunner:
         if self.last_error.get(kind.name) != e.cls:  # log on change, not on every interval
             self.last_error[kind.name] = e.cls
             level = logging.INFO if e.cls in ("empty_profile", "not_found") else logging.WARNING
+            if self.t.pid and e.cls in ("refused", "unreachable", "timeout") and not is_alive(self.t.pid):
+                level = logging.DEBUG  # the program exited mid-scrape: discovery drops it, nothing is wrong
             self.r.log.log(level, "pprof %s %s: %s: %s", self.label, kind.name, e.cls, msg)
 
     def _succeeded(self, kind: Kind, metrics: MetricsBuilder, dur: float, nbytes: int, nsamples: int) -> None:
@@ -579,7 +582,7 @@ class PprofReceiver(Receiver):
         """For tests and benchmarks: the first target refresh has happened."""
         await asyncio.wait_for(self._refreshed.wait(), timeout)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

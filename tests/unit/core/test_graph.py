@@ -113,7 +113,7 @@ class RecExporter(Exporter):
     async def start(self) -> None:
         EVENTS.append("start " + self.name)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         EVENTS.append("stop " + self.name)
 
     async def consume(self, batch: Batch) -> None:
@@ -129,7 +129,7 @@ class RecProcessor(Processor):
     async def start(self) -> None:
         EVENTS.append("start " + self.name)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         EVENTS.append("stop " + self.name)
 
     async def consume(self, batch: Batch) -> None:
@@ -144,7 +144,7 @@ class RecReceiver(Receiver):
     async def start(self) -> None:
         EVENTS.append("start " + self.name)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         EVENTS.append("stop " + self.name)
 
 
@@ -216,7 +216,7 @@ class RecExtension(Component):
     async def start(self) -> None:
         EVENTS.append("start " + self.name)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, deadline: float = 10.0) -> None:
         EVENTS.append("stop " + self.name)
 
 
@@ -273,3 +273,59 @@ async def test_service_extensions_and_self_metrics_pipeline() -> None:
     assert {kv.key: kv.value.string_value for kv in dp.attributes} == {"component": "rr", "kind": "receiver", "signal": "traces"}
     res = {kv.key for kv in m.peek().resource_metrics[0].resource.attributes}
     assert {"service.name", "process.pid", "service.instance.id"} <= res
+
+
+# --- copies decided per pipeline (issue 16) ---------------------------------------------------------
+
+
+def test_a_pipeline_mutates_when_any_processor_or_its_exporter_side_does() -> None:
+    from gotel.service.fanout import PipelineEntry, chain_mutates, pipeline_entry
+
+    reader, mutator, exp, mexp = Rec(False), Rec(True), Rec(False), Rec(True)
+    assert not chain_mutates([], exp)
+    assert not chain_mutates([reader, reader], exp)
+    assert chain_mutates([reader, mutator], exp)  # a read-only first processor does not decide
+    assert chain_mutates([mutator, reader], exp)
+    assert chain_mutates([reader], mexp)
+    assert chain_mutates([], mexp)
+    # the entry is the first processor itself unless its own answer differs from the pipeline's
+    assert pipeline_entry([reader, reader], exp) is reader
+    assert pipeline_entry([mutator, reader], exp) is mutator
+    assert pipeline_entry([], exp) is exp
+    wrapped = pipeline_entry([reader, mutator], exp)
+    assert isinstance(wrapped, PipelineEntry) and wrapped.mutates and wrapped.first is reader
+
+
+class MutatingProcessor(RecProcessor):
+    async def consume(self, batch: Batch) -> None:
+        if self.mutates:
+            batch.msg.resource_spans[0].resource.attributes.append(kv("touched.by", self.name))
+        await self.next.consume(batch)
+
+
+async def test_a_later_mutating_processor_gets_its_own_copy_at_the_receiver_fanout() -> None:
+    r = Registry()
+    r.add(ReceiverFactory(type="rr", config=Cfg, signals=ALL_SIGNALS, create=RecReceiver, in_process=True))
+    r.add(ProcessorFactory(type="pp", config=Cfg, signals=ALL_SIGNALS, create=MutatingProcessor))
+    r.add(ExporterFactory(type="ee", config=Cfg, signals=ALL_SIGNALS, create=RecExporter))
+    text = """\
+    receivers: {rr: }
+    processors:
+      pp/read: {mutate: false}
+      pp/write: {mutate: true}
+    exporters: {ee/a: , ee/b: }
+    service:
+      pipelines:
+        traces/a: {receivers: [rr], processors: [pp/read, pp/write], exporters: [ee/a]}
+        traces/b: {receivers: [rr], processors: [pp/read], exporters: [ee/b]}
+    """
+    cfg = load_config("c.yaml", text=textwrap.dedent(text), env={}, reg=r)
+    g = Graph(cfg, Telemetry())
+    rr: Any = next(iter(g.receivers.values())).instance
+    batch = spans(4)
+    await rr.sinks[Signal.TRACES].consume(batch)
+    got = {str(c): e for (c, _), e in g.exporters.items()}
+    a, b = got["ee/a"].got[0], got["ee/b"].got[0]  # type: ignore[attr-defined]
+    assert b is batch and a is not batch  # the reading pipeline shares the original, the writer copies
+    assert [x.key for x in a.peek().resource_spans[0].resource.attributes] == ["touched.by"]
+    assert list(b.peek().resource_spans[0].resource.attributes) == []

@@ -200,3 +200,23 @@ async def test_a_full_queue_still_drops_and_counts(rcv: Receiver) -> None:
     assert metric_value(ctx, "gotel_dropped_items_total", reason="queue_full") == 8
     assert metric_value(ctx, "gotel_exporter_sent_items_total") == 8
     assert len(rcv.series) == 8 and len(rcv.requests) == 2
+
+
+async def test_an_authenticator_extension_signs_every_request(rcv: Receiver) -> None:
+    import base64
+
+    from gotel.component import ComponentID
+    from gotel.extensions.auth import BasicAuth, BasicConfig
+
+    aid = ComponentID("basicauth", "prw")
+    ext = BasicAuth(BasicConfig(client_auth={"username": "bob", "password": "pw-41"}),  # type: ignore[arg-type]
+                    make_ctx("basicauth/prw"))
+    ctx = make_ctx("prometheus_remote_write")
+    ctx.extras["extensions"] = {aid: ext}
+    cfg = prw.Config(endpoint=rcv.url, auth={"authenticator": "basicauth/prw"})  # type: ignore[arg-type]
+    exp = prw.RemoteWriteExporter(cfg, ctx)
+    await exp.start()
+    await exp.consume(batch([(time.time_ns(), 1.0)]))
+    await exp.shutdown()
+    assert rcv.requests and {h["Authorization"] for h in rcv.requests} == {
+        "Basic " + base64.b64encode(b"bob:pw-41").decode()}

@@ -11,12 +11,18 @@ from gotel.receivers.go_ebpf.events import (
     CODES,
     E_ADDR,
     E_DEADLINE,
+    E_HTTP_CONN,
+    E_HTTP_TP,
+    E_HTTP_TS,
     E_PARENT,
     E_STATUS,
     E_STREAM_ID,
+    HOPS,
     RECORD,
     T_GRPC_CLIENT,
     T_GRPC_SERVER,
+    T_HTTP_CLIENT,
+    T_HTTP_SERVER,
     Assembler,
     decode,
     go_time_unix_ns,
@@ -37,7 +43,7 @@ def rec(typ: int, *, start: int = 1_000, end: int = 2_000, span: int = 7, parent
         code: int = 0, flags: int = 0, stream: int = 1, lport: int = 0, rport: int = 0, method: bytes = b"/p.S/M",
         msg: bytes = b"", tp: bytes = b"", dl: tuple[int, int] = (0, 0)) -> bytes:
     return RECORD.pack(start, end, 42, typ, span, parent, trace[0], trace[1], dl[0], dl[1], code, flags, stream, lport,
-                       rport, LO, LO, 4, 4, 0, 0, method, msg, b"", tp)
+                       rport, LO, LO, 4, 4, 0, 0, method, msg, b"", tp) + bytes(HOPS.size)
 
 
 def test_go_time_to_unix() -> None:
@@ -248,3 +254,78 @@ def test_deadline_exceeded_is_the_callers_own_and_propagated_is_told_apart() -> 
     by = {x.name: x for rm in m.msg.resource_metrics for sm in rm.scope_metrics for x in sm.metrics}
     assert by["gotel.rpc.client.deadline_exceeded"].sum.data_points[0].as_int == 1
     assert by["gotel.rpc.client.deadline_propagated"].sum.data_points[0].as_int == 1
+
+
+# ---- HTTP hops (issue 22)
+
+def http_rec(typ: int, *, span: int, pid: int, seq: int, lport: int, rport: int, start: int, end: int,
+             trace: tuple[int, int] = (1, 2), flags: int = 0, parent: int = 0, tp: bytes = b"",
+             ts: bytes = b"") -> bytes:
+    """An HTTP record with its connection (E_HTTP_CONN: addresses, and seq = order or stream id) and the
+    incoming traceparent/tracestate fields appended after the gRPC record."""
+    base = bytearray(rec(typ, start=start, end=end, span=span, parent=parent, trace=trace, code=200,
+                         flags=flags | E_STATUS | E_HTTP_CONN | (E_HTTP_TP if tp else 0) | (E_HTTP_TS if ts else 0),
+                         stream=seq, lport=lport, rport=rport, method=b"GET"))
+    struct.pack_into("<I", base, 16, pid)
+    HOPS.pack_into(base, RECORD.size, tp, ts)
+    return bytes(base)
+
+
+def test_http_server_joins_the_client_span_of_its_connection_and_order() -> None:
+    a = two_processes(0.1)
+    for seq in (1, 2):  # two requests on one keep-alive connection, :40000 -> :8080
+        t0 = seq * 1000
+        assert a.add(http_rec(T_HTTP_SERVER, span=20 + seq, pid=43, seq=seq, lport=8080, rport=40000, start=t0 + 10,
+                              end=t0 + 50, trace=(5, seq)), 0, 0.0)
+        assert a.add(http_rec(T_HTTP_CLIENT, span=30 + seq, pid=42, seq=seq, lport=40000, rport=8080, start=t0,
+                              end=t0 + 60, trace=(8, seq)), 0, 0.0)
+    out = spans(a)
+    for seq in (1, 2):
+        assert int.from_bytes(out[20 + seq].parent_span_id, "little") == 30 + seq  # type: ignore[attr-defined]
+        assert out[20 + seq].trace_id == out[30 + seq].trace_id  # type: ignore[attr-defined]
+
+
+def test_a_stale_client_span_of_a_reused_port_is_not_a_parent() -> None:
+    """A fresh connection got the port of an earlier one: the earlier client span (ended before this server
+    span began) must not parent it; the right client record, a poll later, does."""
+    a = two_processes(0.5)
+    assert a.add(http_rec(T_HTTP_CLIENT, span=31, pid=42, seq=1, lport=40000, rport=8080, start=0, end=100), 0, 0.0)
+    a.take_traces(1.0)
+    assert a.add(http_rec(T_HTTP_SERVER, span=22, pid=43, seq=1, lport=8080, rport=40000, start=5000, end=5050,
+                          tp=TP, ts=b"k=v"), 0, 2.0)
+    assert a.take_traces(2.1) is None  # not due; the stale entry was not taken
+    assert a.add(http_rec(T_HTTP_CLIENT, span=32, pid=42, seq=1, lport=40000, rport=8080, start=4990, end=5060), 0, 2.2)
+    out = spans(a)
+    assert int.from_bytes(out[22].parent_span_id, "little") == 32  # type: ignore[attr-defined]
+    # the traceparent the caller's SDK sent parents the client span, with its tracestate
+    assert out[32].parent_span_id.hex() == TP_SPAN and out[32].trace_state == "k=v"  # type: ignore[attr-defined]
+    assert out[22].trace_id == TP_TRACE and out[22].trace_state == ""  # type: ignore[attr-defined]
+
+
+def test_http_traceparent_and_tracestate_continued_and_children_wait_for_it() -> None:
+    """An untraced SDK caller: the server span continues its traceparent once due; a call made while serving
+    (ended first) waits for that, and leaves with the continued trace id."""
+    a = two_processes(0.5)
+    assert a.add(http_rec(T_HTTP_CLIENT, span=41, pid=43, seq=1, lport=41000, rport=9090, start=20, end=40,
+                          trace=(5, 6), flags=E_PARENT, parent=20), 0, 10.0)
+    assert a.add(http_rec(T_HTTP_SERVER, span=20, pid=43, seq=1, lport=8080, rport=40000, start=10, end=50,
+                          trace=(5, 6), tp=TP, ts=b"rojo=1"), 0, 10.2)
+    assert a.take_traces(10.6) is None  # the child is due, its server span is not: it waits
+    out = spans(a)
+    assert out[20].trace_id == TP_TRACE and out[20].parent_span_id.hex() == TP_SPAN  # type: ignore[attr-defined]
+    assert out[20].trace_state == "rojo=1"  # type: ignore[attr-defined]
+    assert out[41].trace_id == TP_TRACE  # type: ignore[attr-defined]
+
+
+def test_loopback_connections_join_only_inside_one_network_namespace() -> None:
+    """127.0.0.1:40000 -> 127.0.0.1:8080 exists in every pod's namespace: never joined across them."""
+    for same in (True, False):
+        a = Assembler(stitch_window=0.1)
+        a.add_process(42, {"process.pid": 42}, netns=1)
+        a.add_process(43, {"process.pid": 43}, netns=1 if same else 2)
+        assert a.add(http_rec(T_HTTP_SERVER, span=21, pid=43, seq=1, lport=8080, rport=40000, start=10, end=50,
+                              trace=(5, 1)), 0, 0.0)
+        assert a.add(http_rec(T_HTTP_CLIENT, span=31, pid=42, seq=1, lport=40000, rport=8080, start=0, end=60,
+                              trace=(8, 1)), 0, 0.0)
+        out = spans(a)
+        assert (int.from_bytes(out[21].parent_span_id, "little") == 31) == same  # type: ignore[attr-defined]

@@ -16,7 +16,8 @@ def test_defaults_and_derived_cpu_seconds() -> None:
 
 @pytest.mark.parametrize("cfg,needle", [
     ({"targets": [{"endpoint": "127.0.0.1:6060"}]}, "must start with http"),
-    ({"profiles": {"cpu": {"interval": 10, "seconds": 10}}}, "at least 0.5s shorter"),
+    ({"profiles": {"cpu": {"interval": 10, "duration": 10}}}, "cpu.duration (10s) must be at least 500ms shorter"),
+    ({"profiles": {"cpu": {"interval": "10s", "seconds": 10}}}, "cpu.duration (10s) must be at least 500ms shorter"),
     ({"profiles": {"heap": {"intervall": 10}}}, "intervall"),
     ({"profiles": {"heapp": {}}}, "heapp"),
     ({"targets": [{"endpoint": "http://x:1", "netns": "/var/run/netns/a", "netns_pid": 3}]}, "not both"),

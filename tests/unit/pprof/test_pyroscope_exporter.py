@@ -170,3 +170,21 @@ async def test_tls_with_private_ca(tmp_path: Path) -> None:
         assert counter(ctx, "gotel_dropped_items_total", signal="profiles", reason="tls_error") == 4
     finally:
         await srv.stop()
+
+
+async def test_malformed_profile_is_a_counted_drop_naming_the_field(
+    server: PyroscopeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    good, p = batch()
+    req = good.msg
+    # A second resource whose profile points past the stack table, beside the good one.
+    rp = req.resource_profiles.add()
+    rp.resource.CopyFrom(req.resource_profiles[0].resource)
+    op = rp.scope_profiles.add().profiles.add()
+    op.CopyFrom(req.resource_profiles[0].scope_profiles[0].profiles[0])
+    op.samples[0].stack_index = 4242
+    ctx = await export(server, "push", good)
+    assert len(server.series) == 1 and pprof.totals(server.series[0].profiles[0]) == pprof.totals(p)
+    assert counter(ctx, "gotel_dropped_items_total", signal="profiles", reason="malformed") == 1
+    assert "samples[0].stack_index 4242: stack_table has" in caplog.text
+    assert "Traceback" not in caplog.text

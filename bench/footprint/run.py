@@ -1,0 +1,162 @@
+"""Memory of the default agent: PSS steady and at start-up, per process and summed over its process tree.
+
+    .venv/bin/python bench/footprint/run.py [--settle 20] [--calls 2000]
+
+The embedded default config (go_ebpf, go_runtime, process, pprof; its two fixed ports replaced by free
+ones, and each receiver's discovery narrowed to the fixture's pid: other Go processes on a shared host
+would make the figure theirs) runs with `gotel run` while it traces the grpcapp fixture's server, which
+a client drives with calls. Measured in the same run, one after the other against the same server:
+
+* a bare Python interpreter (`python -c` sleeping): the floor of any Python process here;
+* "before": the agent with GOTEL_NO_TRIM=1 GOTEL_NO_FORKSERVER=1: no malloc_trim, no arena cap
+  (gotel.memory), every receiver process a fresh interpreter (no gotel.forkserver);
+* "trim only": GOTEL_NO_FORKSERVER=1;
+* "shipped": the agent as it ships (trims, and receiver processes forked from the fork server).
+
+Start-up peak: the largest PSS sum over the agent's tree while it starts and attaches (sampled every
+0.1 s), and each process's VmHWM (peak RSS, shared pages counted in full). Steady: the median of five
+samples, one a second, after the calls and --settle seconds. The tree is found by pid, never by name.
+Goal (issue 20): steady PSS <= 200 MB in all. Never fails on the figures: it prints them and ratios.
+Needs root (the eBPF receivers). docs/performance.md explains the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.e2e.agent import GOTEL, free_port  # noqa: E402
+from tests.helpers import goapps  # noqa: E402
+from tests.helpers.procmem import ProcMem, default_config, proc_mem, total_pss_mib, tree_mem  # noqa: E402
+
+MB = 1e6 / 1024  # KiB per MB (the issue's figures are in MB)
+
+
+@dataclass
+class Run:
+    label: str
+    peak_pss: float  # MB, largest sum over the tree during start-up
+    steady: list[ProcMem]  # the median sample's processes
+    steady_pss: float  # MB, median of the samples' sums
+    hwm: dict[str, float]  # MB VmHWM per process name, at the end
+    startup_s: float  # until go_ebpf traced the server
+
+
+def _mb(kib: float) -> float:
+    return kib / MB
+
+
+def bare_python() -> float:
+    """PSS (MB) of an idle interpreter: what any Python process costs on this host."""
+    p = subprocess.Popen([sys.executable, "-c", "import sys, time; print(1, flush=True); time.sleep(60)"],
+                         stdout=subprocess.PIPE)
+    try:
+        assert p.stdout is not None
+        p.stdout.readline()
+        time.sleep(0.5)
+        m = proc_mem(p.pid)
+        assert m is not None
+        return _mb(m.kib["Pss"])
+    finally:
+        p.kill()
+        p.wait()
+
+
+def run_agent(label: str, env_extra: dict[str, str], server: goapps.RunningApp, calls: int, settle: float,
+              workdir: Path) -> Run:
+    wd = workdir / label.replace(" ", "_")
+    wd.mkdir()
+    cfg = wd / "config.yaml"
+    cfg.write_text(default_config(free_port(), free_port(), server.pid))
+    log = wd / "gotel.log"
+    env = {**os.environ, **env_extra}
+    with open(log, "wb") as out:
+        agent = subprocess.Popen([GOTEL, "run", "-c", str(cfg)], cwd=wd, stdout=out, stderr=subprocess.STDOUT,
+                                 env=env)
+    try:
+        t0 = time.monotonic()
+        peak = 0.0
+        traced = f"traced pid {server.pid} "
+        while traced not in log.read_text(errors="replace"):
+            if agent.poll() is not None or time.monotonic() - t0 > 180:
+                raise SystemExit(f"{label}: agent did not trace the server:\n{log.read_text(errors='replace')[-3000:]}")
+            peak = max(peak, _mb(sum(m.kib["Pss"] for m in tree_mem(agent.pid))))
+            time.sleep(0.1)
+        startup = time.monotonic() - t0
+        for _ in range(20):  # the other receivers may still be starting
+            peak = max(peak, _mb(sum(m.kib["Pss"] for m in tree_mem(agent.pid))))
+            time.sleep(0.1)
+        goapps.run("grpcapp", "client", "-target", f"127.0.0.1:{server.ports['grpc']}", "-n", str(calls),
+                   toolchain="go1.27")
+        time.sleep(settle)
+        samples = []
+        for _ in range(5):
+            mems = tree_mem(agent.pid)
+            samples.append((total_pss_mib(mems), mems))
+            time.sleep(1)
+        samples.sort(key=lambda s: s[0])
+        steady = samples[len(samples) // 2][1]
+        hwm = {m.name: _mb(m.hwm_kib) for m in tree_mem(agent.pid)}
+        return Run(label, peak, steady, _mb(sum(m.kib["Pss"] for m in steady)), hwm, startup)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(30)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait(10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--settle", type=float, default=20.0, help="seconds after the calls before sampling")
+    ap.add_argument("--calls", type=int, default=2000)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench/footprint needs root: the default agent's eBPF receivers load BPF programs")
+    server = goapps.RunningApp([str(goapps.build("grpcapp", "go1.27")), "server"])
+    try:
+        with tempfile.TemporaryDirectory(prefix="gotel-footprint-") as tmp:
+            bare = bare_python()
+            runs = [run_agent(label, env, server, args.calls, args.settle, Path(tmp)) for label, env in (
+                ("before", {"GOTEL_NO_TRIM": "1", "GOTEL_NO_FORKSERVER": "1"}),
+                ("trim only", {"GOTEL_NO_FORKSERVER": "1"}),
+                ("shipped", {}))]
+    finally:
+        server.stop()
+    before, trim_only, after = runs
+    nan = float("nan")
+    print(f"bare Python interpreter: {bare:.1f} MB PSS")
+    print("steady PSS per process (MB): before | trim only | shipped | shipped/before   [shipped: private MB; "
+          "PSS anon / file]")
+    pss = [{m.name: _mb(m.kib["Pss"]) for m in r.steady} for r in runs]
+    names = list(dict.fromkeys([m.name for r in runs for m in r.steady]))
+    shipped = {m.name: m for m in after.steady}
+    for name in names:
+        b, t, a = (p.get(name, nan) for p in pss)
+        m = shipped.get(name)
+        extra = (f"[{_mb(m.kib['Private_Clean'] + m.kib['Private_Dirty']):6.1f}; {_mb(m.kib.get('Pss_Anon', 0)):6.1f} / "
+                 f"{_mb(m.kib.get('Pss_File', 0)):6.1f}]") if m else ""
+        print(f"  {name:<22} {b:7.1f} | {t:7.1f} | {a:7.1f} | {a / b:5.2f}x   {extra}")
+    print(f"  {'total':<22} {before.steady_pss:7.1f} | {trim_only.steady_pss:7.1f} | {after.steady_pss:7.1f} | "
+          f"{after.steady_pss / before.steady_pss:5.2f}x   (goal <= 200 MB: {'met' if after.steady_pss <= 200 else 'NOT met'})")
+    print(f"  = {after.steady_pss / bare:.1f}x a bare Python interpreter")
+    print(f"start-up peak, PSS summed over the tree (MB): before {before.peak_pss:.1f} | trim only "
+          f"{trim_only.peak_pss:.1f} | shipped {after.peak_pss:.1f} | {after.peak_pss / before.peak_pss:.2f}x")
+    print("start-up peak RSS per process, VmHWM (MB; shared pages counted in each): before | trim only | shipped")
+    for name in names:
+        print(f"  {name:<22} " + " | ".join(f"{r.hwm.get(name, nan):7.1f}" for r in runs))
+    print("time until go_ebpf traced the server (s): " + " | ".join(f"{r.label} {r.startup_s:.1f}" for r in runs))
+
+
+if __name__ == "__main__":
+    main()

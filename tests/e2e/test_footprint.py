@@ -1,0 +1,69 @@
+"""The default agent's memory: PSS summed over its whole process tree while it traces a Go gRPC server.
+
+A node agent is judged by what it takes from the node. The bound here is generous (the supervisor, the
+fork server and four receiver processes, two of which hold a BCC-compiled program); bench/footprint
+carries the goal (<= 200 MB) and prints the figures per process. The tree is found by pid, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from gotel.forkserver import enabled as forkserver_enabled
+from gotel.memory import TRIM_INTERVAL
+from tests.e2e.agent import GOTEL, free_port
+from tests.helpers import goapps
+from tests.helpers.procmem import default_config, total_pss_mib, tree_mem
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the default agent's eBPF receivers need root"),
+]
+
+# Measured here (bench/footprint, per process): ~300 MiB shipped, ~350 MiB with GOTEL_NO_FORKSERVER=1,
+# ~450 MiB with GOTEL_NO_TRIM=1 GOTEL_NO_FORKSERVER=1. The bound keeps room for host noise.
+BOUND_MIB = 340
+
+
+def test_default_agent_pss_while_tracing_a_grpc_server(tmp_path: Path) -> None:
+    server = goapps.RunningApp([str(goapps.build("grpcapp", "go1.27")), "server"])
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(default_config(free_port(), free_port(), server.pid))
+    log = tmp_path / "gotel.log"
+    with open(log, "wb") as out:
+        agent = subprocess.Popen([GOTEL, "run", "-c", str(cfg)], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        end = time.monotonic() + 180
+        while f"traced pid {server.pid} " not in log.read_text(errors="replace"):
+            assert agent.poll() is None and time.monotonic() < end, log.read_text(errors="replace")[-4000:]
+            time.sleep(0.2)
+        goapps.run("grpcapp", "client", "-target", f"127.0.0.1:{server.ports['grpc']}", "-n", "500",
+                   toolchain="go1.27")
+        spans = tmp_path / "gotel-data" / "traces.jsonl"
+        while not (spans.exists() and spans.stat().st_size > 0):  # the traced calls went all the way through
+            assert time.monotonic() < end, log.read_text(errors="replace")[-4000:]
+            time.sleep(0.2)
+        time.sleep(TRIM_INTERVAL + 2)  # steady: every process trimmed once since the calls
+        mems = tree_mem(agent.pid)
+        names = sorted(m.name for m in mems)
+        expected = ["gotel run", "receiver go_ebpf", "receiver go_runtime", "receiver pprof", "receiver process"]
+        assert names == sorted(expected + ["forkserver"] * forkserver_enabled()), names
+        total = total_pss_mib(mems)
+        detail = ", ".join(f"{m.name} {m.pss_mib:.0f}" for m in mems)
+        assert total < BOUND_MIB, f"default agent PSS {total:.0f} MiB >= {BOUND_MIB} MiB ({detail})"
+        print(f"default agent PSS {total:.0f} MiB ({detail})")
+        assert all(m.pss_mib > 1 for m in mems), detail  # a sum of real readings, not of empty files
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(30)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait(10)
+        server.stop()
