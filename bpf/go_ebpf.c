@@ -52,6 +52,10 @@
 #define O_CS_BEGINTIME 39
 #define O_G_M 40
 #define O_M_CURG 41
+/* grpc-go eras (issue 14): appended block, see layout.py */
+#define O_SS_STREAM 42   /* ServerStream.Stream (grpc >= 1.69) */
+#define O_CLS_STREAM 43  /* ClientStream.Stream (grpc >= 1.69) */
+#define O_ATT_BEGINTIME 44  /* csAttempt.beginTime (grpc >= 1.58: no longer in clientStream) */
 /* ---- HTTP hops (issue 22): offsets from slot H_BASE (receivers/go_ebpf/layout.py HTTP_OFFSETS) ---- */
 #define H_BASE 64
 #define H_RESP_CONN (H_BASE + 0)        /* net/http.response.conn */
@@ -103,6 +107,9 @@
 #define F_ERROR_VIA_STATUS 1   /* status.Error{s *Status} (newer grpc) instead of {e *spb.Status} */
 #define F_NEWPROC1_GO117 2     /* callergp is newproc1's 4th argument */
 #define F_OPHDR_CTX 4          /* operateHeaders(ctx, frame, ...) (grpc >= 1.60) */
+/* grpc-go eras (issue 14): high bits, see layout.py */
+#define F_SS_STREAM_PTR (1 << 8)   /* ServerStream embeds *Stream (1.69-1.76), else Stream (1.77+) */
+#define F_CLS_STREAM_PTR (1 << 9)  /* ClientStream embeds *Stream (1.69-1.76), else Stream (1.77+) */
 
 #define T_GRPC_SERVER 1
 #define T_GRPC_CLIENT 2
@@ -660,7 +667,16 @@ static __always_inline bool stream_window(u64 stream, u64 o_id, u64 o_ctx, u64 o
     return true;
 }
 
-/* (*Server).handleStream(t ServerTransport, stream *Stream, ...): a server call starts. */
+/* The transport.Stream inside what grpc passes around: the object itself before grpc 1.69, the Stream
+ * embedded in a ServerStream/ClientStream after (through a pointer in 1.69-1.76). */
+static __always_inline u64 stream_base(struct gotel_go_proc *p, u64 obj, int slot, u32 ptr_flag) {
+    u64 off = gotel_go_offset(p, slot);
+    if (!obj || !KNOWN(off))
+        return obj;
+    return (p->flags & ptr_flag) ? rd64(obj + off) : obj + off;
+}
+
+/* (*Server).handleStream(t ServerTransport, stream *Stream | *ServerStream, ...): a server call starts. */
 int grpc_server_start(struct pt_regs *ctx) {
     struct gotel_go_proc *p = gotel_go_current();
     if (!p)
@@ -674,8 +690,9 @@ int grpc_server_start(struct pt_regs *ctx) {
     if (!e)
         return 0;
     u32 tgid = e->pid;
-    e->obj = stream;
+    e->obj = stream;  /* what WriteStatus/writeStatus receives */
     e->aux = t;
+    stream = stream_base(p, stream, O_SS_STREAM, F_SS_STREAM_PTR);
     u64 o_method = gotel_go_offset(p, O_STREAM_METHOD);
     u64 o_id = gotel_go_offset(p, O_STREAM_ID);
     u64 o_ctx = gotel_go_offset(p, O_STREAM_CTX);
@@ -847,7 +864,7 @@ static __always_inline void client_addr(struct gotel_go_proc *p, struct gev *e, 
     u64 att = rd64(cs + o_att);
     if (!att)
         return;
-    u64 s = rd64(att + o_s);
+    u64 s = stream_base(p, rd64(att + o_s), O_CLS_STREAM, F_CLS_STREAM_PTR);
     if (s && KNOWN(o_id)) {
         bpf_probe_read_user(&e->stream_id, sizeof(u32), (void *)(s + o_id));
         e->flags |= E_STREAM_ID;
@@ -877,12 +894,23 @@ int grpc_client_finish(struct pt_regs *ctx) {
             /* the call started before this process was traced: rebuild it from the clientStream */
             u64 cs = GO_PARAM1(ctx);
             u64 o_bt = gotel_go_offset(p, O_CS_BEGINTIME), o_hdr = gotel_go_offset(p, O_CS_CALLHDR);
-            if (!KNOWN(o_bt) || !KNOWN(o_hdr))
+            u64 bt_at = cs + o_bt;
+            if (!KNOWN(o_bt)) {
+                /* grpc >= 1.58 keeps it in the attempt */
+                u64 o_abt = gotel_go_offset(p, O_ATT_BEGINTIME), o_att = gotel_go_offset(p, O_CS_ATTEMPT);
+                if (!KNOWN(o_abt) || !KNOWN(o_att))
+                    return 0;
+                u64 att = rd64(cs + o_att);
+                if (!att)
+                    return 0;
+                bt_at = att + o_abt;
+            }
+            if (!KNOWN(o_hdr))
                 return 0;
             if (cli_done.lookup(&ck))
                 return 0;  /* grpc calls finish more than once; the first call counted */
             u64 bt[2] = {};
-            bpf_probe_read_user(bt, sizeof(bt), (void *)(cs + o_bt));
+            bpf_probe_read_user(bt, sizeof(bt), (void *)bt_at);
             if (!bt[0] && !bt[1]) {
                 unmatched_inc(0);  /* no start time anywhere (grpc sets beginTime only with a stats handler) */
                 return 0;
@@ -930,10 +958,23 @@ int grpc_client_finish(struct pt_regs *ctx) {
         cli_done.update(&ck, &one);
         return 0;
     }
-    read_error(p, e, GO_PARAM2(ctx), GO_PARAM3(ctx));
-    client_addr(p, e, GO_PARAM1(ctx));
-    emit(e, bpf_ktime_get_ns());
-    cli_streams.delete(&ck);
+    /* finish can run on two goroutines at once (a stream's context watcher and its reader when the
+     * deadline passes; grpc takes its lock after this entry): the record is built in its reservation and
+     * only the one whose delete removes the entry submits it, or the call would be two spans */
+    struct gev *r = gotel_reserved(go_events.ringbuf_reserve(sizeof(struct gev)));
+    if (!r) {
+        cli_streams.delete(&ck);
+        return 0;
+    }
+    __builtin_memcpy(r, e, sizeof(*r));
+    read_error(p, r, GO_PARAM2(ctx), GO_PARAM3(ctx));
+    client_addr(p, r, GO_PARAM1(ctx));
+    r->end_ns = bpf_ktime_get_ns();
+    if (cli_streams.delete(&ck) != 0) {
+        go_events.ringbuf_discard(r, 0);
+        return 0;
+    }
+    go_events.ringbuf_submit(r, GOTEL_RB_FLAGS);
     u8 one = 1;
     cli_done.update(&ck, &one);
     return 0;

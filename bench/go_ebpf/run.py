@@ -1,7 +1,10 @@
 """go_ebpf overhead: fixture gRPC unary throughput at saturation untraced vs traced (same run), the added
 latency per request derived from it, and spans/s delivered from the ring buffer to a real OTLP/gRPC server.
 
-    .venv/bin/python bench/go_ebpf/run.py [--calls 40000] [--compression gzip|none]
+    .venv/bin/python bench/go_ebpf/run.py [--calls 40000] [--compression gzip|none] [--grpc v1.33,v1.85.0]
+
+--grpc picks the fixture builds (grpc-go versions of tests/fixtures/goapps/grpcmatrix; v1.33 is Debian's,
+GOPATH mode): each is measured in turn in the same run, and a summary compares them.
 
 The untraced baseline is measured before attaching and again after detaching; their mean is the baseline.
 
@@ -79,18 +82,39 @@ class SinkProcess:
         self._proc.wait(10)
 
 
-def prog_stats(names: set[str]) -> dict[str, tuple[int, int]]:
-    """run_cnt and run_time_ns of this receiver's BPF programs (bpftool names are cut at 15 chars)."""
+def prog_stats(names: set[str], own: bool = True) -> dict[str, tuple[int, int]]:
+    """run_cnt and run_time_ns of this receiver's BPF programs (bpftool names are cut at 15 chars): only those
+    this process holds, since another agent on the machine may have loaded go_ebpf too (and may even trace the
+    same server: its runs doubled the count once)."""
     import json
 
     out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=False).stdout
+    mine = _own_prog_ids()
     res: dict[str, tuple[int, int]] = {}
     for p in json.loads(out or "[]"):
         n = p.get("name", "")
+        if (p.get("id") in mine) != own:
+            continue
         if any(n in (x, x[:15]) for x in names):
             c, t = res.get(n, (0, 0))
             res[n] = (c + p.get("run_cnt", 0), t + p.get("run_time_ns", 0))
     return res
+
+
+def _own_prog_ids() -> set[int]:
+    """Ids of the BPF programs this process holds a descriptor of (/proc/self/fdinfo says prog_id)."""
+    ids: set[int] = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -131,9 +155,31 @@ async def main() -> None:
                     help="the OTLP exporter's (gzip is its default)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="extra untraced/traced/untraced rounds for the throughput ratio (this VM's speed drifts)")
+    ap.add_argument("--grpc", default=goapps.DEBIAN_GRPC,
+                    help=f"comma-separated grpc-go fixture builds, measured one after another in this run "
+                         f"(known: {', '.join(goapps.grpc_versions())})")
     args = ap.parse_args()
-    binary = str(goapps.build("grpcapp", args.toolchain))
-    srv = goapps.start("grpcapp", "server", toolchain=args.toolchain)
+    versions = [v.strip() for v in args.grpc.split(",") if v.strip()]
+    for v in versions:
+        if v not in goapps.grpc_versions():
+            ap.error(f"--grpc {v}: not a fixture build (known: {', '.join(goapps.grpc_versions())})")
+    summary: list[tuple[str, dict[str, float]]] = []
+    for v in versions:
+        print(f"== grpc-go {v} ({args.toolchain}) ==", flush=True)
+        summary.append((v, await bench(goapps.grpc_app(v), args)))
+    if len(summary) > 1:
+        first = summary[0][1]
+        print("== side by side (same run) ==")
+        print(f"{'grpc-go':<10} {'untraced/s':>11} {'traced/s':>9} {'median ratio':>12} {'added us (derived)':>18} "
+              f"{'added us (measured)':>19} {'vs ' + summary[0][0] + ' (added, measured)':>26}")
+        for v, f in summary:
+            print(f"{v:<10} {f['untraced']:>11,.0f} {f['traced']:>9,.0f} {f['ratio']:>12.1%} {f['added_us']:>18.2f} "
+                  f"{f['tracing_us']:>19.1f} {f['tracing_us'] / max(first['tracing_us'], 1e-9):>26.2f}")
+
+
+async def bench(app: str, args: argparse.Namespace) -> dict[str, float]:
+    binary = str(goapps.build(app, args.toolchain))
+    srv = goapps.start(app, "server", toolchain=args.toolchain)
     target = f"127.0.0.1:{srv.ports['grpc']}"
     sink = SinkProcess()
     tel = Telemetry()
@@ -166,12 +212,13 @@ async def main() -> None:
         names = {s.fn_name for s in r.targets._binaries[next(iter(r.targets._binaries))].sites}
         old_stats = _STATS.read_text().strip()
         _STATS.write_text("1")  # restored below; costs two clock reads per program run while on
-        st0 = prog_stats(names)
+        st0, foreign0 = prog_stats(names), prog_stats(names, own=False)
         t0 = time.monotonic()
         cpu0, sink0 = time.process_time(), proc_cpu(sink.pid)
         traced = await asyncio.to_thread(saturate, binary, target, args.calls, {"server": srv.pid})
-        st1 = prog_stats(names)
+        st1, foreign1 = prog_stats(names), prog_stats(names, own=False)
         _STATS.write_text(old_stats)
+        foreign = sum(c for c, _ in foreign1.values()) - sum(c for c, _ in foreign0.values())
         while sink.span_count() + r.program.lost_counts()[0] < args.calls and time.monotonic() - t0 < 60:
             await asyncio.sleep(0.05)
         el = time.monotonic() - t0
@@ -283,6 +330,10 @@ async def main() -> None:
         print(f"bpf_stats: {runs / args.calls:.1f} BPF program runs per call (probes are attached to the selected "
               f"server process only), {ns / max(runs, 1):.0f} ns per run, {ns / args.calls / 1000:.2f} us of BPF time per call; the "
               f"rest of the kernel share is the uprobe trap + single-step per hit")
+        if foreign > 0:
+            print(f"WARNING: go_ebpf programs of another process on this machine ran {foreign / args.calls:.2f} "
+                  f"times per call during the traced run (another agent tracing this server?): the figures "
+                  f"above include its cost")
         print(f"spans exported to OTLP: {got} of {args.calls} calls, ring-buffer losses counted: {lost}, "
               f"unaccounted: {args.calls - got - lost}")
         print(f"ring buffer -> OTLP export during the run: {got / el:,.0f} spans/s (bounded by the fixture's rate)")
@@ -293,6 +344,9 @@ async def main() -> None:
         print(f"pipeline capacity (captured records -> spans -> OTLP exporter -> sink): "
               f"{replay_got:,} of {len(captured):,} spans in {replay_el:.2f} s = {replay_got / replay_el:,.0f} spans/s "
               f"(goal >= 50,000); agent CPU for it {replay_cpu / max(len(captured), 1) * 1e6:.1f} us per span")
+        srt = sorted(ratios)
+        return {"untraced": base, "traced": traced.rate, "ratio": srt[len(srt) // 2], "added_us": added_us,
+                "tracing_us": tracing}
     finally:
         srv.stop()
         sink.stop()

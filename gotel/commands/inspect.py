@@ -84,6 +84,12 @@ def collect(target: str, receiver: str | None = None) -> dict[str, Any]:
     out["build_id"] = gb.build_id
     verdicts = evaluate_all(facts)
     out["probes"] = [_verdict_json(v) for v in verdicts if receiver is None or v.spec.receiver == receiver]
+    if receiver in (None, "go_ebpf") and any(v.spec.receiver == "go_ebpf" and v.symbol and "grpc" in v.spec.id
+                                              for v in verdicts):
+        from gotel.receivers.go_ebpf.layout import describe, layout_for
+
+        # go_ebpf's own reading of the binary's gRPC layout: which name each renamed field has here
+        out["go_ebpf_grpc"] = describe(layout_for(gb))
     return out
 
 
@@ -139,6 +145,18 @@ def _print_rich(info: dict[str, Any]) -> None:
         c.print(t)
     else:
         c.print("USDT probes: none")
+    g = info.get("go_ebpf_grpc")
+    if g:
+        t = Table(title=f"go_ebpf gRPC layout (grpc {g['grpc_version'] or 'version unknown'}: read by field name)",
+                  show_edge=False)
+        t.add_column("what")
+        t.add_column("this binary has", overflow="fold")
+        for k in ("server_addresses", "client_transport", "client_stream", "status_error", "stream",
+                  "operate_headers", "call_start"):
+            t.add_row(k.replace("_", " "), str(g[k]) if g[k] else "[yellow]not found[/yellow]")
+        if g["missing"]:
+            t.add_row("[yellow]loses[/yellow]", "[yellow]" + ", ".join(g["missing"]) + "[/yellow]")
+        c.print(t)
     if info["probes"]:
         t = Table(title="gotel probes", show_edge=False)
         t.add_column("probe", no_wrap=True)

@@ -121,10 +121,14 @@ def version_at_least(have: str, want: str) -> bool:
 
 
 def _field_known(b: BinaryFacts, f: FieldRef) -> bool:
+    """Alternatives: types and fields paired in order when both list the same number (a type renamed
+    together with its field); otherwise every field name is tried on every type (a field renamed in place)."""
     types, fields = f.type.split("|"), f.field.split("|")
-    if len(fields) != len(types):
-        fields = [f.field] * len(types)
-    return any(b.struct_offset(t, fl) is not None for t, fl in zip(types, fields, strict=True))
+    if len(types) == len(fields) > 1:
+        pairs = list(zip(types, fields, strict=True))
+    else:
+        pairs = [(t, fl) for t in types for fl in fields]
+    return any(b.struct_offset(t, fl) is not None for t, fl in pairs)
 
 
 def evaluate(spec: ProbeSpec, b: BinaryFacts) -> Verdict:

@@ -140,6 +140,12 @@ class GoBinary:
         with self._lock:
             return structs.chain(type_name, field)
 
+    def func_params(self, name: str) -> tuple[str, ...] | None:
+        """Parameter names of a function from DWARF (None: not in DWARF); raises NoDWARF without it."""
+        structs = self.structs
+        with self._lock:
+            return structs.func_params(name)
+
     # -- USDT ---------------------------------------------------------------------------------------------
     def usdt_probes(self) -> tuple[USDTProbe, ...]:
         if self._probes is None:

@@ -24,6 +24,7 @@ from elftools.elf.elffile import ELFFile
 from gotel.golang.errors import FieldNotFound, NoDWARF, TypeNotFound
 
 _TYPE_TAGS = ("DW_TAG_structure_type", "DW_TAG_typedef")
+_FUNC_TAGS = ("DW_TAG_subprogram",)
 
 
 # The sections type lookups read. pyelftools would otherwise decompress and keep every debug section
@@ -74,12 +75,15 @@ class StructIndex:
         self._types: dict[str, DIE | None] = {}
         self._fields: dict[int, dict[str, tuple[int, DIE]]] = {}
         self._prefixes: list[bytes] = []
+        self._fn_prefixes: list[bytes] = []
+        self._params: dict[str, tuple[str, ...] | None] = {}
         self._info = b""
         if dwarf is not None:
             self._info = dwarf.debug_info_sec.stream.getvalue()  # type: ignore[union-attr]
             # Every abbreviation table in use (with cgo, C units from the external linker have their own).
             tables = {cu["debug_abbrev_offset"] for cu in dwarf.iter_CUs()}
             prefixes: set[bytes] = set()
+            fn_prefixes: set[bytes] = set()
             for table_off in sorted(tables):
                 table = dwarf.get_abbrev_table(table_off)
                 code = 1
@@ -89,11 +93,14 @@ class StructIndex:
                     except (KeyError, IndexError):
                         break
                     specs = ab["attr_spec"]
-                    if (ab["tag"] in _TYPE_TAGS and specs and specs[0].name == "DW_AT_name"
-                            and specs[0].form == "DW_FORM_string"):
-                        prefixes.add(_uleb(code))
+                    if specs and specs[0].name == "DW_AT_name" and specs[0].form == "DW_FORM_string":
+                        if ab["tag"] in _TYPE_TAGS:
+                            prefixes.add(_uleb(code))
+                        elif ab["tag"] in _FUNC_TAGS:
+                            fn_prefixes.add(_uleb(code))
                     code += 1
             self._prefixes = sorted(prefixes)
+            self._fn_prefixes = sorted(fn_prefixes)
 
     def _require(self) -> DWARFInfo:
         if self.dwarf is None:
@@ -109,6 +116,31 @@ class StructIndex:
         if die is None:
             raise TypeNotFound(f"{self.path}: no type {name!r} in DWARF")
         return die
+
+    def func_params(self, name: str) -> tuple[str, ...] | None:
+        """Names of a function's parameters (receiver first, results left out) as DWARF declares them, or
+        None when the function is not there: signatures that changed across versions of a library are told
+        apart by what the binary says, not by its version number."""
+        dwarf = self._require()
+        if name not in self._params:
+            self._params[name] = self._func_search(dwarf, name)
+        return self._params[name]
+
+    def _func_search(self, dwarf: DWARFInfo, name: str) -> tuple[str, ...] | None:
+        needle = name.encode() + b"\0"
+        info = self._info
+        pos = info.find(needle)
+        while pos > 0:
+            for prefix in self._fn_prefixes:
+                start = pos - len(prefix)
+                if info[start:pos] == prefix:
+                    die = self._die_at(dwarf, start)
+                    if die is not None and die.tag in _FUNC_TAGS and _name(die) == name:
+                        return tuple(_name(c) for c in die.iter_children()
+                                     if c.tag == "DW_TAG_formal_parameter"
+                                     and not _attr(c, "DW_AT_variable_parameter"))
+            pos = info.find(needle, pos + 1)
+        return None
 
     def _search(self, dwarf: DWARFInfo, name: str) -> DIE | None:
         needle = name.encode() + b"\0"

@@ -30,6 +30,7 @@ from gotel.logs import PerBinary
 from gotel.pdata import Signal
 from gotel.receivers.go_ebpf import probes as _probes  # noqa: F401  (registers probe specs for `gotel inspect`)
 from gotel.receivers.go_ebpf.events import Assembler
+from gotel.receivers.go_ebpf.layout import grpc_losses
 from gotel.receivers.go_ebpf.selffilter import SelfFilter
 
 
@@ -81,6 +82,7 @@ class GoEbpfReceiver(RingBufferReceiver):
         self._unmatched = ctx.telemetry.counter(
             "go_ebpf_unmatched_calls", "Calls seen only in part (span lost): the end without the start "
             "(start_not_seen), or a goroutine that ended before the call's end (end_not_seen).", ("reason",))
+        self._said: set[int] = set()  # plans (one per binary) whose losses were logged
         self._degraded = ctx.telemetry.counter(
             "go_ebpf_degraded_processes", "Traced processes whose binary lacks DWARF (fewer attributes).", ())
         self.notes = PerBinary(self.log, "go_ebpf")  # per-process messages, summarised per binary
@@ -154,8 +156,10 @@ class GoEbpfReceiver(RingBufferReceiver):
         import os
 
         name = os.path.basename(exe)
-        self._add(ProcessInfo(pid=pid, exe=exe, cmdline=[exe], is_go=True, service_name=service_name or name),
-                  exe_path=exe)
+        info = ProcessInfo(pid=pid, exe=exe, cmdline=[exe], is_go=True, service_name=service_name or name)
+        # on the attach thread, as discovery's adds and removes are: BCC's probe table is not thread-safe, and
+        # an attach made beside a detach there failed ("cannot attach uprobe, probe entry may not exist")
+        self._attacher.submit(self._add, info, exe).result()
 
     def _add(self, info: ProcessInfo, exe_path: str | None = None) -> None:
         from gotel.receivers.go_ebpf.probes import plan_for
@@ -184,7 +188,7 @@ class GoEbpfReceiver(RingBufferReceiver):
             "process.executable.path": info.exe.removesuffix(" (deleted)"),
             "process.runtime.name": "go",
             "process.runtime.version": plan.go_version or "",
-        }, netns=_netns(info.pid))
+        }, grpc_missing=", ".join(grpc_losses(plan.layout.missing)), netns=_netns(info.pid))
         try:
             self._images[info.pid] = self.targets.add_process(info.pid, exe, plan.sites, plan.layout.offsets,
                                                               plan.layout.flags)
@@ -199,12 +203,16 @@ class GoEbpfReceiver(RingBufferReceiver):
             return
         self.log.info("go_ebpf: traced pid %d (%s, %s): %s", info.pid, info.exe, plan.go_version,
                       ", ".join(plan.probe_ids))
-        for note in plan.layout.notes:
-            self.log.warning("go_ebpf: pid %d (%s): %s", info.pid, info.exe, note)
         if plan.layout.missing and not plan.has_dwarf:
             self._degraded.labels().inc()
-            self.log.warning("go_ebpf: pid %d (%s) lacks DWARF; missing: %s", info.pid, info.exe,
-                             ", ".join(plan.layout.missing))
+        if id(plan) not in self._said:  # once per binary, DWARF or not
+            self._said.add(id(plan))
+            for note in plan.layout.notes:
+                self.log.warning("go_ebpf: pid %d (%s): %s", info.pid, info.exe, note)
+            if plan.layout.missing:
+                why = "lacks DWARF" if not plan.has_dwarf else "has DWARF but not every field go_ebpf reads"
+                self.log.warning("go_ebpf: pid %d (%s, grpc %s) %s; missing: %s", info.pid, info.exe,
+                                 plan.layout.grpc_version or "unknown", why, ", ".join(plan.layout.missing))
         self.attached_pids.add(info.pid)  # last: whoever waits for it also sees what was said about it
 
     def _drain_once(self) -> int:

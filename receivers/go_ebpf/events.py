@@ -226,6 +226,8 @@ def _kv_bool(key: bytes, x: bool) -> bytes:
 _P_TIMEOUT = _kv_double_prefix(b"gotel.rpc.deadline.timeout")
 _P_REMAINING = _kv_double_prefix(b"gotel.rpc.deadline.remaining")
 _EXCEEDED = (_kv_bool(b"gotel.rpc.deadline.exceeded", False), _kv_bool(b"gotel.rpc.deadline.exceeded", True))
+# DEADLINE_EXCEEDED with time left: not this call's budget but one further down the chain that ran out
+_PROPAGATED = _kv_bool(b"gotel.rpc.deadline.propagated", True)
 
 
 _Labels = tuple[tuple[str, Any], ...]
@@ -248,7 +250,7 @@ class _MetricSlot:
     """A span shape's metric series: their keys built once, and each process's histograms found by pid
     (hashing the label tuples on every call cost more than the histogram update)."""
 
-    __slots__ = ("budget", "budget_key", "duration", "duration_key", "exceeded_key")
+    __slots__ = ("budget", "budget_key", "duration", "duration_key", "exceeded_key", "propagated_key")
 
     def __init__(self, typ: int, key: _MetricKey) -> None:
         name, labels, blabels = key
@@ -256,6 +258,7 @@ class _MetricSlot:
         side = "server" if typ == T_GRPC_SERVER else "client"
         self.budget_key = (f"gotel.rpc.{side}.deadline.budget_used", blabels)
         self.exceeded_key = (f"gotel.rpc.{side}.deadline_exceeded", blabels)
+        self.propagated_key = (f"gotel.rpc.{side}.deadline_propagated", blabels)
         self.duration: dict[ProcState, Hist] = {}
         self.budget: dict[ProcState, Hist] = {}
 
@@ -342,6 +345,7 @@ class ProcState:
     counters: dict[tuple[str, tuple[tuple[str, Any], ...]], int] = field(default_factory=dict)
     gone: bool = False
     gone_at: float = 0.0
+    grpc_missing: str = ""  # what the binary's gRPC spans lack (its layout), for gotel.missing
     netns: int = 0  # network namespace inode: loopback connections are joined only inside one
 
 
@@ -366,8 +370,8 @@ class Assembler:
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
 
     # ---- processes ----
-    def add_process(self, pid: int, resource: dict[str, Any], netns: int = 0) -> None:
-        self.procs[pid] = ProcState(resource, time.time_ns(), netns=netns)
+    def add_process(self, pid: int, resource: dict[str, Any], grpc_missing: str = "", netns: int = 0) -> None:
+        self.procs[pid] = ProcState(resource, time.time_ns(), grpc_missing=grpc_missing, netns=netns)
 
     def remove_process(self, pid: int) -> None:
         st = self.procs.get(pid)
@@ -422,23 +426,25 @@ class Assembler:
         tp = rec[_TP_AT:_TP_END] if rec[_TP_AT] else b""
         http = typ > T_GRPC_CLIENT
         # HTTP attributes come from the strings (peer, host, URL), not the connection's addresses: a new
-        # connection (port) makes no new shape
+        # connection (port) makes no new shape; gRPC spans also carry what their binary's layout lacks
         key = (typ, flags & _SHAPE_FLAGS, code, b"" if http else rec[_PORTS_AT:_ADDR_END], rec[_STRS_AT:_TP_AT],
-               tp if http else b"")
+               tp if http else b"", "" if http else st.grpc_missing)
         shape = self._shapes.get(key)
         if shape is None:
-            shape = self._new_shape(key, rec, mono_to_unix)
+            shape = self._new_shape(key, rec, mono_to_unix, key[-1])
         if self.self_filter is not None and self.self_filter.drop(typ, shape, rec, pid):
             return True  # a request of gotel's own (a pprof scrape): not the target's traffic; counted
         end += mono_to_unix
         start = go_time_unix_ns(aux, obj) if flags & E_BEGIN_WALL else start + mono_to_unix
         if flags & E_DEADLINE and typ <= T_GRPC_CLIENT:
             deadline = go_time_unix_ns(dlw, dle)
-            # vary per call: encoded here, not part of the shape
+            # vary per call: encoded here, not part of the shape. Exceeded: this call's own deadline passed
+            # (no time left at return), whatever the code; DEADLINE_EXCEEDED with time left is propagated.
+            exceeded = end >= deadline
             body = b"".join((shape.pre, _TIMES(start, 0x41, end), shape.attrs,
                              _P_TIMEOUT, _PACK_D((deadline - start) / 1e9), _P_REMAINING,
-                             _PACK_D((deadline - end) / 1e9), _EXCEEDED[code == 4 or end >= deadline],
-                             shape.status))
+                             _PACK_D((deadline - end) / 1e9), _EXCEEDED[exceeded],
+                             _PROPAGATED if code == 4 and not exceeded else b"", shape.status))
         else:
             deadline = 0
             body = shape.pre + _TIMES(start, 0x41, end) + shape.tail
@@ -479,16 +485,18 @@ class Assembler:
                 if h is None:
                     h = slot.budget[st] = self._hist(st, slot.budget_key, BUDGET_BOUNDS)
                 h.add(d / budget, end, trace, sid)
-            if code == 4:
+            if end >= deadline:
                 st.counters[slot.exceeded_key] = st.counters.get(slot.exceeded_key, 0) + 1
+            elif code == 4:
+                st.counters[slot.propagated_key] = st.counters.get(slot.propagated_key, 0) + 1
         return True
 
-    def _new_shape(self, key: tuple[Any, ...], rec: bytes, mono_to_unix: int) -> _Shape:
+    def _new_shape(self, key: tuple[Any, ...], rec: bytes, mono_to_unix: int, missing: str = "") -> _Shape:
         c = decode(rec, mono_to_unix)
         assert c is not None  # add() checked the length
         if len(self._shapes) >= 8192:
             self._shapes.clear()
-        pre, attrs_b, status, a = self._shape(c)
+        pre, attrs_b, status, a = self._shape(c, missing)
         ip = c.rip if c.type == T_GRPC_SERVER else c.lip
         shape = self._shapes[key] = _Shape(pre, attrs_b, status, ip, _MetricSlot(c.type, _metric_key(c.type, a)))
         return shape
@@ -573,8 +581,9 @@ class Assembler:
         st = self.procs.get(pid)
         return st.resource if st else {"process.pid": pid}
 
-    def _shape(self, c: Call) -> tuple[bytes, bytes, bytes, dict[str, Any]]:
-        """(name + kind, attributes, status) encoded, and the attributes (for metric labels)."""
+    def _shape(self, c: Call, missing: str = "") -> tuple[bytes, bytes, bytes, dict[str, Any]]:
+        """(name + kind, attributes, status) encoded, and the attributes (for metric labels); `missing`:
+        what the process's binary cannot give its gRPC spans (its layout)."""
         sp = _SpanParts()
         a: dict[str, Any] = {}
         if c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
@@ -601,6 +610,8 @@ class Assembler:
                 a["gotel.missing"] = "rpc.response.status_code, addresses (binary has no DWARF)"
             elif server and c.flags & E_NO_OFFSETS:
                 a["gotel.missing"] = "rpc.method, rpc.response.status_code, deadline, addresses (binary has no DWARF)"
+            if missing and "gotel.missing" not in a:
+                a["gotel.missing"] = missing
             if c.flags & E_ADDR:
                 if server:
                     if c.lip:
@@ -729,8 +740,12 @@ _DESC = {
     "http.client.request.duration": "Duration of HTTP requests made.",
     "gotel.rpc.server.deadline.budget_used": "Elapsed time / the caller's deadline budget, per served call.",
     "gotel.rpc.client.deadline.budget_used": "Elapsed time / the deadline budget, per call made.",
-    "gotel.rpc.server.deadline_exceeded": "Served calls that ended DEADLINE_EXCEEDED.",
-    "gotel.rpc.client.deadline_exceeded": "Calls made that ended DEADLINE_EXCEEDED.",
+    "gotel.rpc.server.deadline_exceeded": "Served calls that ended after their caller's deadline.",
+    "gotel.rpc.client.deadline_exceeded": "Calls made that ended after their own deadline.",
+    "gotel.rpc.server.deadline_propagated": "Served calls that ended DEADLINE_EXCEEDED with time left (a "
+                                            "deadline further down ran out).",
+    "gotel.rpc.client.deadline_propagated": "Calls made that got DEADLINE_EXCEEDED with time left (a "
+                                            "deadline further down ran out).",
 }
 
 

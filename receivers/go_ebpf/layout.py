@@ -27,8 +27,8 @@ OFFSETS: list[OffsetSpec] = [
     ("field", (f"{_T}.Stream", f"{_T}.ServerStream"), "method", "rpc.method (server)"),  # 0
     ("field", (f"{_T}.Stream",), "id", "server/client stitching"),  # 1
     ("field", (f"{_T}.Stream",), "ctx", "deadline (server)"),  # 2
-    ("field", (f"{_T}.http2Server",), "remoteAddr", "client.address"),  # 3
-    ("field", (f"{_T}.http2Server",), "localAddr", "server.address"),  # 4
+    ("field", (f"{_T}.http2Server",), "remoteAddr|peer.Addr", "client.address"),  # 3 (peer: grpc >= 1.60)
+    ("field", (f"{_T}.http2Server",), "localAddr|peer.LocalAddr", "server.address"),  # 4
     ("field", ("net.TCPAddr",), "IP", "addresses"),  # 5
     ("field", ("net.TCPAddr",), "Port", "ports"),  # 6
     ("field", (f"{_ST}.Status",), "s", "rpc.response.status_code (server)"),  # 7
@@ -36,8 +36,8 @@ OFFSETS: list[OffsetSpec] = [
     ("field", (_SPB,), "Message", "status message"),  # 9
     ("field", (f"{_ST}.Error",), "e|s", "rpc.response.status_code (client)"),  # 10
     ("field", (f"{_G}.clientStream",), "attempt", "server.address (client)"),  # 11
-    ("field", (f"{_G}.csAttempt",), "t", "server.address (client)"),  # 12
-    ("field", (f"{_G}.csAttempt",), "s", "server/client stitching"),  # 13
+    ("field", (f"{_G}.csAttempt",), "t|transport", "server.address (client)"),  # 12 (transport: grpc >= 1.71)
+    ("field", (f"{_G}.csAttempt",), "s|transportStream", "server/client stitching"),  # 13
     ("field", (f"{_T}.http2Client",), "remoteAddr", "server.address (client)"),  # 14
     ("field", (f"{_T}.http2Client",), "localAddr", "client port (stitching)"),  # 15
     ("field", ("context.timerCtx",), "deadline", "deadline"),  # 16
@@ -63,10 +63,17 @@ OFFSETS: list[OffsetSpec] = [
     ("field", (f"{_G}.clientStream",), "ctx", "deadline (client)"),  # 36
     ("field", (f"{_G}.clientStream",), "callHdr", "calls in flight at attach"),  # 37
     ("field", (f"{_T}.CallHdr",), "Method", "calls in flight at attach"),  # 38
-    ("field", (f"{_G}.clientStream",), "beginTime", "calls in flight at attach"),  # 39
+    ("field", (f"{_G}.clientStream",), "beginTime", ""),  # 39 (grpc < 1.58; else 44; missing: see layout_for)
     # the creator of a new goroutine read on g0 as m.curg (without them newproc1's entry is probed: no loss)
     ("field", ("runtime.g",), "m", ""),  # 40
     ("field", ("runtime.m",), "curg", ""),  # 41
+    # ---- grpc-go layout eras (issue 14): appended, existing slots are never renumbered ----
+    # grpc >= 1.69 hands handleStream/writeStatus a *ServerStream and csAttempt holds a *ClientStream, each
+    # embedding the Stream: as a pointer (1.69-1.76, F_SS_STREAM_PTR / F_CLS_STREAM_PTR) or a value (1.77+).
+    # Absent before 1.69 (the Stream itself is passed): not a loss, hence no attribute.
+    ("field", (f"{_T}.ServerStream",), "Stream", ""),  # 42
+    ("field", (f"{_T}.ClientStream",), "Stream", ""),  # 43
+    ("field", (f"{_G}.csAttempt",), "beginTime", ""),  # 44 the call's start once it moved to the attempt
 ]
 
 # ---- HTTP hops (issue 22): a block of its own from slot HTTP_SLOT (H_* in go_ebpf.c), so that entries
@@ -132,6 +139,9 @@ assert len(ALL_OFFSETS) <= MAX_OFFSETS - LEARNED_SLOTS, "the offsets table is fu
 F_ERROR_VIA_STATUS = 1
 F_NEWPROC1_GO117 = 2
 F_OPHDR_CTX = 4
+# grpc-go eras (issue 14), high bits so that other flags can be added below them
+F_SS_STREAM_PTR = 1 << 8  # ServerStream embeds *Stream (1.69-1.76)
+F_CLS_STREAM_PTR = 1 << 9  # ClientStream embeds *Stream (1.69-1.76)
 
 @dataclass(frozen=True)
 class Probe:
@@ -192,6 +202,7 @@ class Layout:
     missing: list[str] = field(default_factory=list)  # attributes lost, for logs and inspect
     grpc_version: str | None = None
     notes: list[str] = field(default_factory=list)
+    resolved: dict[str, str] = field(default_factory=dict)  # offset name -> the alternative DWARF had
 
 
 def offset_names() -> list[str]:
@@ -216,19 +227,40 @@ def _symbols(gb: GoBinary) -> dict[str, int]:
     return out
 
 
-def _field(gb: GoBinary, types: tuple[str, ...], fld: str) -> int | None:
+def _field(gb: GoBinary, types: tuple[str, ...], fld: str) -> tuple[int, str] | None:
+    """The first alternative (type, then `a|b` field) that DWARF has: (offset, "Type.field")."""
     for t in types:
         for f in fld.split("|"):
             try:
-                return gb.struct_offset(t, f)
+                return gb.struct_offset(t, f), f"{t.rsplit('/', 1)[-1]}.{f}"
             except GoAnalysisError:
                 continue
     return None
 
 
+def _embeds_pointer(gb: GoBinary, typ: str) -> bool | None:
+    """Whether `typ` embeds *Stream (True) or Stream (False); None when it has no Stream (grpc < 1.69)."""
+    try:
+        return len(gb.field_chain(typ, "Stream.id")) > 1
+    except GoAnalysisError:
+        return None
+
+
+def _has_type(gb: GoBinary, typ: str) -> bool:
+    try:
+        return gb.structs.has_type(typ)
+    except GoAnalysisError:
+        return False
+
+
+# What each grpc-go era needs that older go_ebpf did not know, by the names DWARF gives (docs/go_ebpf.md)
+OPERATE_HEADERS = f"{_T}.(*http2Server).operateHeaders"
+
+
 def layout_for(gb: GoBinary) -> Layout:
     names = offset_names()
     vals: dict[str, int | None] = {}
+    resolved: dict[str, str] = {}
     missing: list[str] = []
     syms: dict[str, int] | None = None
     flags = 0
@@ -242,7 +274,9 @@ def layout_for(gb: GoBinary) -> Layout:
         if kind == "mapfmt":
             v = hdr[1]["abcdef".index(fld)] if hdr is not None else None
         elif kind == "field":
-            v = _field(gb, types, fld) if gb.has_dwarf else None
+            got = _field(gb, types, fld) if gb.has_dwarf else None
+            if got is not None:
+                v, resolved[name] = got
         elif kind == "size":
             if gb.has_dwarf:
                 for t in types:
@@ -260,9 +294,13 @@ def layout_for(gb: GoBinary) -> Layout:
             syms = _symbols(gb) if syms is None else syms
             v = syms.get(types[0])
         vals[name] = v
-        if v is None and attr and attr not in missing:
+        if v is None and attr and attr not in missing and _applies(gb, kind, types):
             missing.append(attr)
+    if vals[names[39]] is None and vals[names[44]] is None and _applies(gb, "field", (f"{_G}.clientStream",)):
+        missing.append("calls in flight at attach")
     grpc_v = gb.module_version(GRPC)
+    has_grpc = gb.functions.get(f"{_G}.(*Server).handleStream") is not None or \
+        gb.functions.get(f"{_G}.newClientStream") is not None
     notes: list[str] = []
     if gb.has_dwarf:
         try:
@@ -270,12 +308,22 @@ def layout_for(gb: GoBinary) -> Layout:
             flags |= F_ERROR_VIA_STATUS
         except GoAnalysisError:
             pass
+        if _embeds_pointer(gb, f"{_T}.ServerStream"):
+            flags |= F_SS_STREAM_PTR
+        if _embeds_pointer(gb, f"{_T}.ClientStream"):
+            flags |= F_CLS_STREAM_PTR
+        if has_grpc and gb.functions.get(OPERATE_HEADERS) is not None:
+            params = gb.func_params(OPERATE_HEADERS)
+            if params is not None and len(params) > 1 and params[1] == "ctx":
+                flags |= F_OPHDR_CTX  # operateHeaders(ctx, frame, ...) (grpc >= 1.60)
+            elif params is None or len(params) < 2 or params[1] != "frame":
+                vals[names[22]] = None  # a signature not known: where the frame is cannot be told
+                missing.append("traceparent (gRPC): operateHeaders signature not recognised")
     if gb.go_version and not version_at_least(gb.go_version, "1.18"):
         flags |= F_NEWPROC1_GO117
-    if grpc_v and version_at_least(grpc_v, "1.60"):
-        flags |= F_OPHDR_CTX
-    elif grpc_v is None and gb.functions.get(f"{_G}.(*Server).handleStream") is not None:
-        notes.append("grpc version unknown (GOPATH build without module info): assuming grpc < 1.60 signatures")
+    if has_grpc and (grpc_v is None or not grpc_v.startswith("v")):
+        # nothing is assumed from a version number anyway: DWARF names every field read (no note needed)
+        log.debug("%s: grpc version %s; its layout is read from DWARF by field name", gb.path, grpc_v or "unknown")
     if hdr is not None and hdr[0]:
         flags |= F_HTTP_SWISS_MAP
     if gb.has_dwarf and gb.functions.get("net/http.serverHandler.ServeHTTP") is not None and hdr is None:
@@ -283,7 +331,49 @@ def layout_for(gb: GoBinary) -> Layout:
     if not gb.has_dwarf:
         notes.append("no DWARF: server method names, status codes, deadlines, addresses and traceparent "
                      "continuation are unavailable; spans keep timing, client method names and parenting")
-    return Layout(vals, flags, missing, grpc_v, notes)
+    return Layout(vals, flags, missing, grpc_v, notes, resolved)
+
+
+def _applies(gb: GoBinary, kind: str, types: tuple[str, ...]) -> bool:
+    """A field is lost only where its struct exists: a type of another era (or of a library the program
+    does not link) is no loss. Without DWARF nothing can be told apart, so every field counts."""
+    if kind != "field" or not gb.has_dwarf:
+        return True
+    return any(_has_type(gb, t) for t in types)
+
+
+def grpc_losses(missing: list[str]) -> list[str]:
+    """The losses that concern gRPC spans (the rest are net/http's)."""
+    return [m for m in missing if "http" not in m and "url." not in m]
+
+
+def describe(layout: Layout) -> dict[str, object]:
+    """What `gotel inspect` shows of a binary's gRPC layout: which name of each renamed field it has, how its
+    streams are passed, and what it loses."""
+    names = offset_names()
+
+    def got(i: int) -> str | None:
+        return layout.resolved.get(names[i])
+
+    f = layout.flags
+    if got(42) is None:
+        stream = "handleStream gets *Stream (grpc < 1.69)"
+    elif f & F_SS_STREAM_PTR:
+        stream = "ServerStream/ClientStream embed *Stream (grpc 1.69-1.76)"
+    else:
+        stream = "ServerStream/ClientStream embed Stream by value (grpc >= 1.77)"
+    return {
+        "grpc_version": layout.grpc_version,
+        "server_addresses": got(3),
+        "client_transport": got(12),
+        "client_stream": got(13),
+        "status_error": got(10),
+        "stream": stream,
+        "operate_headers": "(ctx, frame, ...)" if f & F_OPHDR_CTX else "(frame, ...)",
+        "call_start": got(39) or got(44),
+        "missing": list(layout.missing),
+        "notes": list(layout.notes),
+    }
 
 
 def header_map_layout(gb: GoBinary) -> tuple[bool, tuple[int, int, int, int, int, int]] | None:

