@@ -30,7 +30,7 @@ from gotel.logs import PerBinary
 from gotel.pdata import Signal
 from gotel.receivers.go_ebpf import probes as _probes  # noqa: F401  (registers probe specs for `gotel inspect`)
 from gotel.receivers.go_ebpf.events import Assembler
-from gotel.receivers.go_ebpf.layout import grpc_losses
+from gotel.receivers.go_ebpf.layout import grpc_losses, traced_losses
 from gotel.receivers.go_ebpf.selffilter import SelfFilter
 
 
@@ -209,10 +209,11 @@ class GoEbpfReceiver(RingBufferReceiver):
             self._said.add(id(plan))
             for note in plan.layout.notes:
                 self.log.warning("go_ebpf: pid %d (%s): %s", info.pid, info.exe, note)
-            if plan.layout.missing:
+            lost = traced_losses(plan.layout.missing, plan.probe_ids)
+            if lost:
                 why = "lacks DWARF" if not plan.has_dwarf else "has DWARF but not every field go_ebpf reads"
                 self.log.warning("go_ebpf: pid %d (%s, grpc %s) %s; missing: %s", info.pid, info.exe,
-                                 plan.layout.grpc_version or "unknown", why, ", ".join(plan.layout.missing))
+                                 plan.layout.grpc_version or "unknown", why, ", ".join(lost))
         self.attached_pids.add(info.pid)  # last: whoever waits for it also sees what was said about it
 
     def _drain_once(self) -> int:

@@ -347,6 +347,15 @@ def grpc_losses(missing: list[str]) -> list[str]:
     return [m for m in missing if "http" not in m and "url." not in m]
 
 
+def traced_losses(missing: list[str], probe_ids: list[str]) -> list[str]:
+    """The losses of what a binary actually has: a program without gRPC loses no gRPC attribute (and one
+    without net/http no HTTP attribute), whatever its DWARF lacks."""
+    grpc = any(i.startswith("grpc.") for i in probe_ids)
+    http = any(i.startswith("http.") for i in probe_ids)
+    g = set(grpc_losses(missing))
+    return [m for m in missing if (grpc if m in g else http)]
+
+
 def describe(layout: Layout) -> dict[str, object]:
     """What `gotel inspect` shows of a binary's gRPC layout: which name of each renamed field it has, how its
     streams are passed, and what it loses."""

@@ -66,6 +66,10 @@ def _plan(exe: str, grpc: bool, http: bool) -> Plan:
         sites += ends
     if not any(i != "runtime.newproc1" for i in ids):
         sites, ids = [], []
+    if "http.server.serve" in ids:
+        # the ServeHTTP entry probe also reads the incoming traceparent: named as inspect names it (whether the
+        # header map can be read is the per-binary note, as for every other DWARF loss)
+        ids.append("http.server.trace_context")
     return Plan(sites, layout, gb.go_version, gb.has_dwarf, ids)
 
 
