@@ -29,6 +29,7 @@ COPY receivers/ receivers/
 COPY processors/ processors/
 COPY exporters/ exporters/
 COPY extensions/ extensions/
+COPY connectors/ connectors/
 COPY bpf/ bpf/
 COPY config/ config/
 
