@@ -29,11 +29,11 @@ from gotel.component import (
     Connector,
     ConnectorFactory,
     Consumer,
-    ConsumerError,
     Context,
 )
 from gotel.config.types import Duration
-from gotel.pdata import Batch, Metrics, Signal, attrs, value_of
+from gotel.connectorhelper import send_metrics
+from gotel.pdata import Batch, Signal, attrs, value_of
 
 SCOPE = "traces_service_graph"
 DEFAULT_BUCKETS_S = (0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1, 1.4, 2, 5, 10, 15)
@@ -313,13 +313,7 @@ class ServiceGraph(Connector):
             req = self.build()
             if req is None:
                 return
-            batch = Metrics(req)
-            try:
-                await self.next.consume(batch)
-            except ConsumerError as e:
-                n = batch.item_count()
-                self.ctx.telemetry.dropped(Signal.METRICS, n, "refused downstream")
-                self.ctx.logger.warning("service graph flush of %d points not accepted: %s", n, e)
+            await send_metrics(req, self.next, self.ctx, "service graph")
 
 
 def _create(src: Signal, dst: Signal, cfg: Config, nxt: Consumer, ctx: Context) -> ServiceGraph:

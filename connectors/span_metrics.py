@@ -28,11 +28,11 @@ from gotel.component import (
     Connector,
     ConnectorFactory,
     Consumer,
-    ConsumerError,
     Context,
 )
 from gotel.config.types import Duration
-from gotel.pdata import Batch, Metrics, Signal, any_value
+from gotel.connectorhelper import send_metrics
+from gotel.pdata import Batch, Signal, any_value
 
 SCOPE = "spanmetricsconnector"  # the collector's scope name, so both sources look alike downstream
 DEFAULT_BUCKETS_MS = (2, 4, 6, 8, 10, 50, 100, 200, 400, 800, 1000, 1400, 2000, 5000, 10000, 15000)
@@ -500,13 +500,7 @@ class SpanMetrics(Connector):
             req = self.build()
             if req is None:
                 return
-            batch = Metrics(req)
-            try:
-                await self.next.consume(batch)
-            except ConsumerError as e:
-                n = batch.item_count()
-                self.ctx.telemetry.dropped(Signal.METRICS, n, "refused downstream")
-                self.ctx.logger.warning("span metrics flush of %d points not accepted: %s", n, e)
+            await send_metrics(req, self.next, self.ctx, "span metrics")
 
 
 def _create(src: Signal, dst: Signal, cfg: Config, nxt: Consumer, ctx: Context) -> SpanMetrics:
