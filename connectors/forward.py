@@ -3,8 +3,15 @@
 
 from __future__ import annotations
 
-from gotel.component import ALL_SIGNALS, ComponentConfig, Connector, ConnectorFactory, Consumer, Context
-from gotel.pdata import Batch, Signal
+from gotel.component.contract import (
+    ALL_SIGNALS,
+    ComponentConfig,
+    Connector,
+    ConnectorFactory,
+    Consumer,
+    Context,
+)
+from gotel.pdata.batch import Batch, Signal
 
 
 class Config(ComponentConfig):

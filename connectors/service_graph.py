@@ -23,7 +23,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from pydantic import Field
 
-from gotel.component import (
+from gotel.component.contract import (
     SHUTDOWN_DEADLINE,
     ComponentConfig,
     Connector,
@@ -32,8 +32,8 @@ from gotel.component import (
     Context,
 )
 from gotel.config.types import Duration
-from gotel.connectorhelper import send_metrics
-from gotel.pdata import Batch, Signal, attrs, value_of
+from gotel.connectorhelper.flush import send_metrics
+from gotel.pdata.batch import Batch, Signal, attrs, value_of
 
 SCOPE = "traces_service_graph"
 DEFAULT_BUCKETS_S = (0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1, 1.4, 2, 5, 10, 15)

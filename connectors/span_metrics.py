@@ -22,7 +22,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from pydantic import Field, field_validator, model_validator
 
-from gotel.component import (
+from gotel.component.contract import (
     SHUTDOWN_DEADLINE,
     ComponentConfig,
     Connector,
@@ -31,8 +31,8 @@ from gotel.component import (
     Context,
 )
 from gotel.config.types import Duration
-from gotel.connectorhelper import send_metrics
-from gotel.pdata import Batch, Signal, any_value
+from gotel.connectorhelper.flush import send_metrics
+from gotel.pdata.batch import Batch, Signal, any_value
 
 SCOPE = "spanmetricsconnector"  # the collector's scope name, so both sources look alike downstream
 DEFAULT_BUCKETS_MS = (2, 4, 6, 8, 10, 50, 100, 200, 400, 800, 1000, 1400, 2000, 5000, 10000, 15000)

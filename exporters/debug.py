@@ -20,7 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from pydantic import Field
 
-from gotel.component import (
+from gotel.component.contract import (
     ALL_SIGNALS,
     SHUTDOWN_DEADLINE,
     ComponentConfig,
@@ -29,7 +29,7 @@ from gotel.component import (
     ExporterFactory,
 )
 from gotel.config.types import Duration
-from gotel.pdata import Batch, Signal, attr_dict
+from gotel.pdata.batch import Batch, Signal, attr_dict
 
 
 class Config(ComponentConfig):

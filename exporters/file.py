@@ -23,10 +23,10 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, PlainSerializer
 
-from gotel.component import ALL_SIGNALS, ComponentConfig, Context, Exporter, ExporterFactory
+from gotel.component.contract import ALL_SIGNALS, ComponentConfig, Context, Exporter, ExporterFactory
 from gotel.config.types import Duration
-from gotel.otlpjson import to_json
-from gotel.pdata import Batch, Signal
+from gotel.pdata.batch import Batch, Signal
+from gotel.pdata.otlpjson import to_json
 
 MIB = 1 << 20
 log = logging.getLogger("gotel.exporter.file")

@@ -15,12 +15,12 @@ from urllib.parse import urlsplit
 from opentelemetry.proto.trace.v1 import trace_pb2
 from pydantic import Field, model_validator
 
-from gotel.clientconfig import ClientConfig
-from gotel.component import Context, Exporter, ExporterFactory
-from gotel.exporterhelper import QueuedExporter
+from gotel.component.contract import Context, Exporter, ExporterFactory
+from gotel.exporterhelper.clientconfig import ClientConfig
+from gotel.exporterhelper.queue import QueuedExporter
 from gotel.exporters import otlp as otlp_grpc
 from gotel.exporters import otlp_http
-from gotel.pdata import Batch, Signal, Traces, get_attr, set_attr
+from gotel.pdata.batch import Batch, Signal, Traces, get_attr, set_attr
 
 LEGACY_PORTS = {
     14250: "the legacy jaeger.api_v2 gRPC collector port (model.proto)",

@@ -21,14 +21,14 @@ from typing import Any, Literal
 import cramjam
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from gotel.clientconfig import TLSClientConfig
-from gotel.component import ComponentConfig, Context, Exporter, ExporterFactory
+from gotel.component.contract import ComponentConfig, Context, Exporter, ExporterFactory
 from gotel.config.types import Duration
-from gotel.exporterhelper import ExportError, QueueConfig, QueuedExporter, RetryConfig, Sender
-from gotel.httpclient import HTTPAuth, HTTPPoster, retry_after, short
-from gotel.pdata import Batch, Logs, Signal, value_of
-from gotel.promnames import LABEL_NAME_RE, label_name
-from gotel.protowire import label_pair, ld, varint
+from gotel.exporterhelper.clientconfig import TLSClientConfig
+from gotel.exporterhelper.http import HTTPAuth, HTTPPoster, retry_after, short
+from gotel.exporterhelper.queue import ExportError, QueueConfig, QueuedExporter, RetryConfig, Sender
+from gotel.formats.promnames import LABEL_NAME_RE, label_name
+from gotel.pdata.batch import Batch, Logs, Signal, value_of
+from gotel.pdata.wire import label_pair, ld, varint
 
 _SMALL = [bytes([i]) for i in range(128)]
 # structuredMetadata entries for the 16-byte trace id and 8-byte span id, up to the hex value

@@ -1,7 +1,7 @@
 """The ``otlp`` (alias ``otlp_grpc``) exporter: OTLP/gRPC for all four signals.
 
 Batches leave as the wire bytes they arrived with when nothing changed them (identity serializer):
-no protobuf round trip on the hot path. Queueing and retries are gotel.exporterhelper's; this module
+no protobuf round trip on the hot path. Queueing and retries are gotel.exporterhelper.queue's; this module
 makes one attempt and classifies the outcome as the OTLP specification says.
 """
 
@@ -15,17 +15,17 @@ import grpc.aio
 from pydantic import Field, model_validator
 
 from gotel import __version__
-from gotel.clientconfig import ClientConfig, auth_headers
-from gotel.component import Context, Exporter, ExporterFactory
-from gotel.exporterhelper import ExportError, QueuedExporter, Sender
-from gotel.otlp import (
+from gotel.component.contract import Context, Exporter, ExporterFactory
+from gotel.exporterhelper.clientconfig import ClientConfig, auth_headers
+from gotel.exporterhelper.queue import ExportError, QueuedExporter, Sender
+from gotel.pdata.batch import Batch, Signal
+from gotel.pdata.otlp import (
     STATUS_DETAILS_KEY,
     WIRE,
     report_partial_success,
     retry_info_delay,
     unix_path,
 )
-from gotel.pdata import Batch, Signal
 
 # OTLP spec "Failures": retryable gRPC codes. RESOURCE_EXHAUSTED only when the server sent RetryInfo.
 RETRYABLE = frozenset(

@@ -3,7 +3,7 @@
 URLs follow the collector: ``endpoint`` + ``/v1/traces`` (``/v1/metrics``, ``/v1/logs``,
 ``/v1development/profiles``) unless ``traces_endpoint`` (...) gives the full URL of one signal.
 429/502/503/504 are retried honouring ``Retry-After``; any other 4xx/5xx drops the batch with the
-status as reason. Queueing and retries are gotel.exporterhelper's.
+status as reason. Queueing and retries are gotel.exporterhelper.queue's.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from pydantic import Field, model_validator
 from yarl import URL
 
 from gotel import __version__
-from gotel.clientconfig import ClientConfig, auth_headers
-from gotel.component import Context, Exporter, ExporterFactory
-from gotel.exporterhelper import ExportError, QueuedExporter, Sender
-from gotel.otlp import (
+from gotel.component.contract import Context, Exporter, ExporterFactory
+from gotel.exporterhelper.clientconfig import ClientConfig, auth_headers
+from gotel.exporterhelper.queue import ExportError, QueuedExporter, Sender
+from gotel.pdata.batch import Batch, Signal
+from gotel.pdata.otlp import (
     CONTENT_JSON,
     CONTENT_PROTOBUF,
     WIRE,
@@ -32,7 +33,6 @@ from gotel.otlp import (
     status_message,
     unix_path,
 )
-from gotel.pdata import Batch, Signal
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 GZIP_LEVEL = 6

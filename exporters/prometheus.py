@@ -1,6 +1,6 @@
 """`prometheus` exporter: a scrape endpoint serving what the pipeline's metrics add up to.
 
-Text 0.0.4 or OpenMetrics 1.0 by content negotiation; names and labels from gotel.promconv, the
+Text 0.0.4 or OpenMetrics 1.0 by content negotiation; names and labels from gotel.formats.promconv, the
 same as the remote-write exporter. Delta temporality is accumulated into cumulative series; series
 not updated for ``metric_expiration`` drop out (the collector's default is 5 minutes).
 """
@@ -20,11 +20,11 @@ from prometheus_client.openmetrics import exposition as omfmt
 from prometheus_client.samples import Exemplar as PExemplar
 from pydantic import Field, field_validator
 
-from gotel.component import ComponentConfig, Context, Exporter, ExporterFactory
+from gotel.component.contract import ComponentConfig, Context, Exporter, ExporterFactory
 from gotel.config.types import Duration
-from gotel.pdata import Batch, Metrics, Signal
-from gotel.promconv import Converter, ConvertOptions, Series, Stats, format_le
-from gotel.promnames import LABEL_NAME_RE, METRIC_NAME_RE
+from gotel.formats.promconv import Converter, ConvertOptions, Series, Stats, format_le
+from gotel.formats.promnames import LABEL_NAME_RE, METRIC_NAME_RE
+from gotel.pdata.batch import Batch, Metrics, Signal
 
 OPENMETRICS_CT = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 TEXT_CT = "text/plain; version=0.0.4; charset=utf-8"

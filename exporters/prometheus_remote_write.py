@@ -1,7 +1,7 @@
 """`prometheus_remote_write` exporter: remote-write 1.0 (prometheus.WriteRequest, block snappy).
 
-Conversion (names, labels, delta -> cumulative) is gotel.promconv's, shared with the scrape exporter;
-gotel.remotewrite reads number data points straight from the request bytes (the hot path).
+Conversion (names, labels, delta -> cumulative) is gotel.formats.promconv's, shared with the scrape exporter;
+gotel.formats.remotewrite reads number data points straight from the request bytes (the hot path).
 Series are sharded by their label set over ``remote_write_queue.num_consumers`` queues with one
 sender each, so samples of one series always leave in time order while several connections work in
 parallel. Queueing and retries are QueuedExporter's: 5xx retried (and 429 when
@@ -17,15 +17,15 @@ from typing import Any
 import cramjam
 from pydantic import Field, SecretStr, field_validator
 
-from gotel.clientconfig import TLSClientConfig
-from gotel.component import ComponentConfig, Context, Exporter, ExporterFactory
+from gotel.component.contract import ComponentConfig, Context, Exporter, ExporterFactory
 from gotel.config.types import Duration
-from gotel.exporterhelper import ExportError, QueueConfig, QueuedExporter, RetryConfig, Sender
-from gotel.httpclient import HTTPAuth, HTTPPoster, retry_after, short
-from gotel.pdata import Batch, Metrics, Signal
-from gotel.promconv import Converter, ConvertOptions
-from gotel.promnames import LABEL_NAME_RE, METRIC_NAME_RE
-from gotel.remotewrite import Builder, Built
+from gotel.exporterhelper.clientconfig import TLSClientConfig
+from gotel.exporterhelper.http import HTTPAuth, HTTPPoster, retry_after, short
+from gotel.exporterhelper.queue import ExportError, QueueConfig, QueuedExporter, RetryConfig, Sender
+from gotel.formats.promconv import Converter, ConvertOptions
+from gotel.formats.promnames import LABEL_NAME_RE, METRIC_NAME_RE
+from gotel.formats.remotewrite import Builder, Built
+from gotel.pdata.batch import Batch, Metrics, Signal
 
 HEADERS = {
     "Content-Encoding": "snappy",

@@ -24,12 +24,12 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import Field, SecretStr, model_validator
 
-from gotel import pprof
-from gotel.clientconfig import BasicAuth, ClientConfig, auth_headers
-from gotel.component import Context, ExporterFactory
-from gotel.exporterhelper import ExportError, QueuedExporter, Sender
-from gotel.pdata import Batch, Signal
-from gotel.profconv import DELTA_ATTR, PROFILE_TYPE_ATTR, PprofGroup, otlp_to_pprof
+from gotel.component.contract import Context, ExporterFactory
+from gotel.exporterhelper.clientconfig import BasicAuth, ClientConfig, auth_headers
+from gotel.exporterhelper.queue import ExportError, QueuedExporter, Sender
+from gotel.formats import pprof
+from gotel.formats.profconv import DELTA_ATTR, PROFILE_TYPE_ATTR, PprofGroup, otlp_to_pprof
+from gotel.pdata.batch import Batch, Signal
 from gotel.proto import pyroscope_push_pb2 as push
 
 PUSH_PATH = "/push.v1.PusherService/Push"

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import Field, SecretStr, model_validator
 
-from gotel.component import Component, ComponentConfig, Context, ExtensionFactory
+from gotel.component.contract import Component, ComponentConfig, Context, ExtensionFactory
 from gotel.service.server import StartupError
 
 

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from pydantic import Field, field_validator
 
-from gotel.component import (
+from gotel.component.contract import (
     SHUTDOWN_DEADLINE,
     Component,
     ComponentConfig,
@@ -34,7 +34,7 @@ from gotel.component import (
     Kind,
 )
 from gotel.config.types import Duration
-from gotel.exporterhelper import StorageError
+from gotel.exporterhelper.queue import StorageError
 
 T = TypeVar("T")
 DEFAULT_DIRECTORY = "/var/lib/gotel/file_storage"
@@ -173,7 +173,7 @@ class FileClient:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    # --- the client API (gotel.exporterhelper.StorageClient) --------------------------------------
+    # --- the client API (gotel.exporterhelper.queue.StorageClient) --------------------------------------
 
     async def open(self) -> None:
         try:

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field, field_validator
 
-from gotel.component import SHUTDOWN_DEADLINE, Component, ComponentConfig, Context, ExtensionFactory
+from gotel.component.contract import SHUTDOWN_DEADLINE, Component, ComponentConfig, Context, ExtensionFactory
 from gotel.config.types import Duration
 from gotel.service.server import StartupError
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
-from gotel.component import Component, ComponentConfig, Context, ExtensionFactory
+from gotel.component.contract import Component, ComponentConfig, Context, ExtensionFactory
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,3 @@
-from gotel.cli import main
+from gotel.cli.main import main
 
 raise SystemExit(main())

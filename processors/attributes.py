@@ -1,6 +1,6 @@
 """`attributes` processor: the collector's attribute actions on span, log record and metric data point
-attributes (the engine is gotel.attraction, shared with `resource`), limited to the items chosen by
-`include`/`exclude` (gotel.matchprops). For metrics, as in the collector, `include`/`exclude` choose
+attributes (the engine is gotel.processorhelper.attraction, shared with `resource`), limited to the items chosen by
+`include`/`exclude` (gotel.processorhelper.matchprops). For metrics, as in the collector, `include`/`exclude` choose
 metrics by `metric_names`; every data point of a chosen metric is acted on."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from gotel.attraction import ActionConfig, AttrActions
-from gotel.component import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
-from gotel.matchprops import Matcher, MatchProperties, problem
-from gotel.pdata import Batch, Signal
+from gotel.component.contract import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
+from gotel.pdata.batch import Batch, Signal
+from gotel.processorhelper.attraction import ActionConfig, AttrActions
+from gotel.processorhelper.matchprops import Matcher, MatchProperties, problem
 
 SIGNALS = frozenset((Signal.TRACES, Signal.METRICS, Signal.LOGS))
 

@@ -12,7 +12,7 @@ import time
 
 from pydantic import Field, model_validator
 
-from gotel.component import (
+from gotel.component.contract import (
     ALL_SIGNALS,
     ComponentConfig,
     Consumer,
@@ -23,7 +23,7 @@ from gotel.component import (
     RefusedError,
 )
 from gotel.config.types import Duration
-from gotel.pdata import Batch, Signal
+from gotel.pdata.batch import Batch, Signal
 
 
 class Config(ComponentConfig):

@@ -22,7 +22,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, ValidationInfo, model_validator
 
-from gotel.component import (
+from gotel.component.contract import (
     ComponentConfig,
     Consumer,
     Context,
@@ -39,8 +39,8 @@ from gotel.ottl import (
     OttlSyntaxError,
     compile_condition,
 )
-from gotel.pdata import Batch, Signal
-from gotel.protowire import Layout, otlp_layout, otlp_without
+from gotel.pdata.batch import Batch, Signal
+from gotel.pdata.wire import Layout, otlp_layout, otlp_without
 
 _LEGACY_MATCH = ("include", "exclude", "regexp")
 _SIGNAL_OF = {"trace_conditions": "traces", "metric_conditions": "metrics", "log_conditions": "logs"}

@@ -19,20 +19,20 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from gotel.cgroup import PidCgroupCache
-from gotel.component import PEER_METADATA_KEY as PEER_METADATA_KEY
-from gotel.component import (
+from gotel.component.contract import PEER_METADATA_KEY as PEER_METADATA_KEY
+from gotel.component.contract import (
     ComponentConfig,
     Consumer,
     Context,
     Processor,
     ProcessorFactory,
 )
-from gotel.component import connection_ip as _connection_ip
-from gotel.component import ip_of as _ip_of
+from gotel.component.contract import connection_ip as _connection_ip
+from gotel.component.contract import ip_of as _ip_of
 from gotel.config.types import Duration
+from gotel.host.cgroup import PidCgroupCache
 from gotel.k8s.model import DEFAULT_DELETE_GRACE, KeyFilter, PodInfo
-from gotel.pdata import Batch, Signal, kv
+from gotel.pdata.batch import Batch, Signal, kv
 
 if TYPE_CHECKING:  # the kubernetes client is imported only when a pipeline uses the processor
     from gotel.k8s.store import MetadataStore, Needs

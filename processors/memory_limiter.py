@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from pydantic import Field, model_validator
 
-from gotel.component import (
+from gotel.component.contract import (
     ALL_SIGNALS,
     ComponentConfig,
     Consumer,
@@ -26,7 +26,7 @@ from gotel.component import (
     RefusedError,
 )
 from gotel.config.types import Duration
-from gotel.pdata import Batch, Signal
+from gotel.pdata.batch import Batch, Signal
 
 MIB = 1 << 20
 

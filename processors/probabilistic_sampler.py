@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from gotel.component import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
-from gotel.pdata import Batch, Signal
+from gotel.component.contract import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
+from gotel.pdata.batch import Batch, Signal
 
 MAX_ADJUSTED = 1 << 56
 NUM_HEX = 14

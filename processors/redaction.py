@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from gotel.component import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
-from gotel.pdata import Batch, Signal
+from gotel.component.contract import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
+from gotel.pdata.batch import Batch, Signal
 
 MASK = "****"
 REDACTED_KEYS, REDACTED_COUNT = "redaction.redacted.keys", "redaction.redacted.count"

@@ -1,13 +1,13 @@
-"""`resource` processor: the collector's attribute actions (gotel.attraction, the engine `attributes`
+"""`resource` processor: the collector's attribute actions (gotel.processorhelper.attraction, the engine `attributes`
 uses too) on the resource attributes of every batch, for every signal."""
 
 from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from gotel.attraction import ActionConfig, AttrActions
-from gotel.component import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
-from gotel.pdata import Batch, Signal
+from gotel.component.contract import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
+from gotel.pdata.batch import Batch, Signal
+from gotel.processorhelper.attraction import ActionConfig, AttrActions
 
 
 class Config(ComponentConfig):

@@ -20,11 +20,11 @@ from urllib.parse import unquote
 
 from pydantic import Field
 
-from gotel.cgroup import PidCgroupCache, process_start_time
-from gotel.component import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
+from gotel.component.contract import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
 from gotel.config.types import Duration
+from gotel.host.cgroup import PidCgroupCache, process_start_time
 from gotel.k8s.model import KeyFilter
-from gotel.pdata import Batch, Signal, kv, set_attr, value_of
+from gotel.pdata.batch import Batch, Signal, kv, set_attr, value_of
 
 if TYPE_CHECKING:  # the kubernetes client is imported only when a pipeline uses the processor
     from gotel.k8s.store import MetadataStore

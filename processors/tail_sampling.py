@@ -23,7 +23,7 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from pydantic import Field, model_validator
 
-from gotel.component import (
+from gotel.component.contract import (
     ComponentConfig,
     Consumer,
     ConsumerError,
@@ -33,9 +33,9 @@ from gotel.component import (
     RefusedError,
 )
 from gotel.config.types import Duration
-from gotel.pdata import Batch, Signal, Traces
+from gotel.pdata.batch import Batch, Signal, Traces
+from gotel.pdata.wire import ld
 from gotel.processors.tail_sampling_policies import Decision, PolicyCfg, TraceData, build
-from gotel.protowire import ld
 
 # Charges per held trace and per held chunk, beyond the chunk's bytes: the Python objects that hold
 # them (trace record, id, map and queue entries; bytes object and list slot). Measured with tracemalloc

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from gotel.component import ComponentConfig
+from gotel.component.contract import ComponentConfig
 from gotel.config.types import Duration
 
 

@@ -3,7 +3,7 @@
 OpenTelemetry Go runtime semantic conventions (go.goroutine.count, go.memory.*, go.processor.limit,
 go.config.gogc, go.schedule.duration) plus GC pauses.
 
-Targets use gotel.targets (static list, optionally reached inside a network namespace), so a
+Targets use gotel.receiverhelper.targets (static list, optionally reached inside a network namespace), so a
 loopback-only /metrics of a pod is read the same way as its pprof endpoint.
 """
 
@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import Field, field_validator, model_validator
 
-from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
+from gotel.component.contract import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.config.types import Duration
-from gotel.otlpbuild import MetricsBuilder
-from gotel.pdata import Signal
-from gotel.receiverhelper import push
-from gotel.targets import Target
+from gotel.pdata.batch import Signal
+from gotel.pdata.builders import MetricsBuilder
+from gotel.receiverhelper.outcome import push
+from gotel.receiverhelper.targets import Target
 
 SCOPE = "gotel.receivers.go_metrics"
 

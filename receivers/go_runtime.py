@@ -25,15 +25,15 @@ from typing import Any
 
 from pydantic import Field
 
-from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
+from gotel.component.contract import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.config.types import Duration
 from gotel.discovery import DiscoveryConfig, ProcessInfo
 from gotel.discovery.procfs import exe_path_for_reading
 from gotel.ebpf.targets import body_address, entry_site, ret_addresses
 from gotel.golang import GoAnalysisError, GoBinary, analyze
-from gotel.otlpbuild import LogsBuilder, MetricsBuilder, log2_bounds_seconds
-from gotel.pdata import Batch, Signal
-from gotel.periodic import TargetedReceiver
+from gotel.pdata.batch import Batch, Signal
+from gotel.pdata.builders import LogsBuilder, MetricsBuilder, log2_bounds_seconds
+from gotel.receiverhelper.periodic import TargetedReceiver
 
 SCOPE = "gotel/receiver/go_runtime"
 SLOTS = 40

@@ -19,13 +19,13 @@ from typing import Any
 
 from pydantic import Field
 
-from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
+from gotel.component.contract import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.config.types import Duration
 from gotel.discovery import DiscoveryConfig, ProcessInfo
 from gotel.discovery.procfs import listening_ports
-from gotel.otlpbuild import MetricsBuilder
-from gotel.pdata import Batch, Signal
-from gotel.periodic import TargetedReceiver
+from gotel.pdata.batch import Batch, Signal
+from gotel.pdata.builders import MetricsBuilder
+from gotel.receiverhelper.periodic import TargetedReceiver
 
 SCOPE = "gotel/receiver/net"
 TRACEFS = "/sys/kernel/tracing"

@@ -25,7 +25,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from pydantic import Field, model_validator
 
-from gotel.component import (
+from gotel.component.contract import (
     REQUEST_METADATA,
     ComponentConfig,
     Consumer,
@@ -37,8 +37,8 @@ from gotel.component import (
     RefusedError,
 )
 from gotel.config.types import Duration
-from gotel.inflate import ENCODINGS, CorruptBody, TooLarge, decoder
-from gotel.otlp import (
+from gotel.pdata.batch import Batch, Profiles, Signal, batch_type, invalid_ids
+from gotel.pdata.otlp import (
     CONTENT_JSON,
     CONTENT_PROTOBUF,
     STATUS_DETAILS_KEY,
@@ -50,7 +50,7 @@ from gotel.otlp import (
     secure_unix_socket,
     unix_path,
 )
-from gotel.pdata import Batch, Profiles, Signal, batch_type, invalid_ids
+from gotel.receiverhelper.inflate import ENCODINGS, CorruptBody, TooLarge, decoder
 
 REFUSED_RETRY_AFTER = 1.0  # seconds a refused sender is asked to wait (RetryInfo / Retry-After)
 

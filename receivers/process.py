@@ -12,13 +12,13 @@ from typing import Any
 
 from pydantic import Field
 
-from gotel import procfs
-from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
+from gotel.component.contract import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.config.types import Duration
 from gotel.discovery import DiscoveryConfig
-from gotel.otlpbuild import MetricsBuilder
-from gotel.pdata import Batch, Signal
-from gotel.periodic import PeriodicReceiver, select_now
+from gotel.host import procfs
+from gotel.pdata.batch import Batch, Signal
+from gotel.pdata.builders import MetricsBuilder
+from gotel.receiverhelper.periodic import PeriodicReceiver, select_now
 
 SCOPE = "gotel/receiver/process"
 

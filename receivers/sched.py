@@ -22,16 +22,16 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from gotel import procfs
-from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory, RenamedKey
+from gotel.component.contract import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory, RenamedKey
 from gotel.config.types import Duration, format_duration
 from gotel.discovery import DiscoveryConfig, ProcessInfo
 from gotel.discovery.procfs import exe_path_for_reading
-from gotel.otlpbuild import LogsBuilder, MetricsBuilder, log2_bounds_seconds
-from gotel.pdata import Batch, Signal
-from gotel.periodic import TargetedReceiver
-from gotel.syscalls_x86_64 import NUMBERS
-from gotel.syscalls_x86_64 import name as syscall_name
+from gotel.host import procfs
+from gotel.host.syscalls_x86_64 import NUMBERS
+from gotel.host.syscalls_x86_64 import name as syscall_name
+from gotel.pdata.batch import Batch, Signal
+from gotel.pdata.builders import LogsBuilder, MetricsBuilder, log2_bounds_seconds
+from gotel.receiverhelper.periodic import TargetedReceiver
 
 SCOPE = "gotel/receiver/sched"
 SLOTS = 40

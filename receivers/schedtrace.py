@@ -24,11 +24,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from gotel.component import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
+from gotel.component.contract import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.config.types import Duration
-from gotel.otlpbuild import MetricsBuilder
-from gotel.pdata import Signal
-from gotel.receiverhelper import push
+from gotel.pdata.batch import Signal
+from gotel.pdata.builders import MetricsBuilder
+from gotel.receiverhelper.outcome import push
 
 SCOPE = "gotel.receivers.schedtrace"
 _SCHED = re.compile(r"SCHED (\d+)ms: (.*)$")

@@ -42,7 +42,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from pydantic import Field
 
 from gotel import __version__
-from gotel.component import (
+from gotel.component.contract import (
     ALL_SIGNALS,
     ComponentConfig,
     Consumer,
@@ -50,7 +50,7 @@ from gotel.component import (
     Receiver,
     ReceiverFactory,
 )
-from gotel.pdata import BATCH_TYPES, Batch, Logs, Metrics, Profiles, Signal, Traces, attrs, kv
+from gotel.pdata.batch import BATCH_TYPES, Batch, Logs, Metrics, Profiles, Signal, Traces, attrs, kv
 
 Scalar = str | int | float | bool
 

@@ -38,11 +38,11 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from pydantic import Field, field_validator, model_validator
 
-from gotel.component import ComponentConfig, Consumer, Context, ReceiverFactory
+from gotel.component.contract import ComponentConfig, Consumer, Context, ReceiverFactory
 from gotel.config.types import Duration
 from gotel.discovery import DiscoveryConfig, ProcessAdded, ProcessInfo, ProcessRemoved, ProcessWatcher
 from gotel.ebpf.streaming import RingBufferReceiver
-from gotel.pdata import Logs, Metrics, Signal, Traces, attrs
+from gotel.pdata.batch import Logs, Metrics, Signal, Traces, attrs
 
 SCOPE = "gotel.receivers.usdt"
 _ARG_RE = re.compile(r"^arg(\d+)(?::(int|uint|str))?$")

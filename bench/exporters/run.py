@@ -27,12 +27,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import cramjam  # noqa: E402
 
-from gotel.component import ComponentID, Context, Kind  # noqa: E402
+from gotel.component.contract import ComponentID, Context, Kind  # noqa: E402
 from gotel.exporters import loki  # noqa: E402
 from gotel.exporters import prometheus_remote_write as prw
-from gotel.pdata import Logs, Metrics, attrs  # noqa: E402
+from gotel.pdata.batch import Logs, Metrics, attrs  # noqa: E402
 from gotel.proto import logproto_pb2, remote_write_pb2  # noqa: E402
-from gotel.telemetry import Telemetry  # noqa: E402
+from gotel.telemetry.counters import Telemetry  # noqa: E402
 from tests.helpers import metricsdata as md  # noqa: E402
 
 

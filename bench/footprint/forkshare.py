@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.helpers.procmem import tree_mem  # noqa: E402
 
-COMMON = ["gotel.receiverproc", "gotel.exporters.otlp", "gotel.commands.receiver", "gotel.memory"]
+COMMON = ["gotel.receiverhelper.process", "gotel.exporters.otlp", "gotel.cli.commands.receiver", "gotel.host.memory"]
 PLUGIN = {"go_ebpf": "gotel.receivers.go_ebpf", "go_runtime": "gotel.receivers.go_runtime",
           "process": "gotel.receivers.process", "pprof": "gotel.receivers.pprof"}
 SETTLE = 8.0
@@ -38,8 +38,7 @@ def become(name: str, ready_w: int) -> None:
     """One receiver-like process: its imports, its BPF compile, a trim; then it idles until killed."""
     for m in (*COMMON, PLUGIN[name]):
         importlib.import_module(m)
-    from gotel import memory
-
+    from gotel.host import memory
     memory.limit_arenas()
     if name in ("go_ebpf", "go_runtime"):
         from gotel.ebpf.program import BpfProgram

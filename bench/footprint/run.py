@@ -9,7 +9,7 @@ a client drives with calls. Measured in the same run, one after the other agains
 
 * a bare Python interpreter (`python -c` sleeping): the floor of any Python process here;
 * "before": the agent with GOTEL_NO_TRIM=1 GOTEL_NO_FORKSERVER=1: no malloc_trim, no arena cap
-  (gotel.memory), every receiver process a fresh interpreter (no gotel.forkserver);
+  (gotel.host.memory), every receiver process a fresh interpreter (no gotel.service.forkserver);
 * "trim only": GOTEL_NO_FORKSERVER=1;
 * "shipped": the agent as it ships (trims, and receiver processes forked from the fork server).
 

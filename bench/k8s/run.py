@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from gotel.k8s.client import api_client  # noqa: E402
 from gotel.k8s.store import MetadataStore, StoreKey  # noqa: E402
-from gotel.pdata import Signal, Traces, attrs  # noqa: E402
+from gotel.pdata.batch import Signal, Traces, attrs  # noqa: E402
 from tests.helpers.kube_api import KubeAPIServer, make_pod, make_replicaset  # noqa: E402
 
 N_PODS = 10_000
@@ -170,9 +170,9 @@ async def time_consumer(consumer: Any, raws: list[bytes], rounds: int, cold: boo
 
 
 async def bench_enrichment() -> None:
-    from gotel.component import ComponentID, Context, Kind
+    from gotel.component.contract import ComponentID, Context, Kind
     from gotel.processors.k8s_attributes import Config, K8sAttributesProcessor
-    from gotel.telemetry import Telemetry
+    from gotel.telemetry.counters import Telemetry
 
     n = 2000
     with tempfile.TemporaryDirectory() as d, KubeAPIServer() as srv:

@@ -50,7 +50,7 @@ def cpu_seconds(pid: int) -> float:
 
 def build_requests(n_distinct: int) -> list[bytes]:
     """Spans shaped like gotel's eBPF HTTP server spans (ids, times, ~8 attributes, resource attributes)."""
-    from gotel.pdata import Traces, attrs
+    from gotel.pdata.batch import Traces, attrs
 
     out = []
     for r in range(n_distinct):
@@ -196,11 +196,11 @@ def pipeline_main(
     storage_dir: str | None = None,
 ) -> None:
     _pin(0)
-    from gotel.component import ComponentID, Context, Kind
+    from gotel.component.contract import ComponentID, Context, Kind
     from gotel.exporters import otlp as otlp_exp
-    from gotel.pdata import Signal
+    from gotel.pdata.batch import Signal
     from gotel.receivers import otlp as otlp_rcv
-    from gotel.telemetry import Telemetry
+    from gotel.telemetry.counters import Telemetry
 
     logging.basicConfig(level=logging.WARNING)
     tel = Telemetry()

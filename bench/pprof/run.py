@@ -26,13 +26,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from gotel import pprof, profconv  # noqa: E402
-from gotel.pdata import Batch, Signal  # noqa: E402
+from gotel.formats import pprof, profconv  # noqa: E402
+from gotel.pdata.batch import Batch, Signal  # noqa: E402
+from gotel.receiverhelper.targets import Target  # noqa: E402
 from gotel.receivers.pprof import factory  # noqa: E402
 from gotel.receivers.pprof.delta import DeltaState  # noqa: E402
 from gotel.receivers.pprof.fetch import Fetcher  # noqa: E402
 from gotel.receivers.pprof.receiver import KINDS, PprofReceiver, _jitter  # noqa: E402
-from gotel.targets import Target  # noqa: E402
 from tests.helpers import goapps  # noqa: E402
 from tests.helpers.pprofkit import context  # noqa: E402
 

@@ -49,7 +49,7 @@ RESOURCE = {"attributes": [{"key": "k8s.cluster.name", "value": "prod-eu", "acti
 
 
 def build_requests(n_distinct: int) -> list[bytes]:
-    from gotel.pdata import Traces, attrs
+    from gotel.pdata.batch import Traces, attrs
 
     out = []
     for r in range(n_distinct):
@@ -95,7 +95,7 @@ def main() -> None:
     args = ap.parse_args()
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {0})
-    from gotel.pdata import Signal, Traces
+    from gotel.pdata.batch import Signal, Traces
     from gotel.processors import attributes, resource
     from tests.helpers.exporter_ctx import make_ctx
 

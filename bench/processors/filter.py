@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gotel.component import ComponentID, Context, Kind
-from gotel.pdata import Batch, Signal, Traces
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.pdata.batch import Batch, Signal, Traces
 from gotel.processors.filter import Config, FilterProcessor
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 
 HEALTH = 'span.attributes["http.route"] == "/healthz"'
 SCENARIOS: dict[str, tuple[list[str], int]] = {  # name -> (conditions, 1 health-check span in N; 0 = none)

@@ -36,7 +36,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def build_requests(n: int) -> list[bytes]:
-    from gotel.pdata import Traces, attrs
+    from gotel.pdata.batch import Traces, attrs
 
     out = []
     for r in range(n):
@@ -69,7 +69,7 @@ def _pin() -> None:
 
 def measure(reqs: list[bytes], step: Callable[[Any], None] | None, rounds: int) -> float:
     """Spans per CPU-second of: bytes -> batch -> step -> bytes."""
-    from gotel.pdata import Traces
+    from gotel.pdata.batch import Traces
 
     n = 0
     t0 = time.process_time()
@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--spans", type=int, default=100_000, help="spans per measurement (default 100000)")
     args = ap.parse_args()
     _pin()
-    from gotel.pdata import Signal
+    from gotel.pdata.batch import Signal
     from gotel.processors.redaction import Config, Redactor
 
     n_req = max(1, args.spans // SPANS_PER_REQUEST)

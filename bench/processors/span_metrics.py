@@ -23,10 +23,10 @@ import time
 import tracemalloc
 from typing import Any
 
-from gotel.component import ComponentID, Context, Kind
+from gotel.component.contract import ComponentID, Context, Kind
 from gotel.connectors import span_metrics as sm
-from gotel.pdata import Batch, Signal, Traces, attrs
-from gotel.telemetry import Telemetry
+from gotel.pdata.batch import Batch, Signal, Traces, attrs
+from gotel.telemetry.counters import Telemetry
 
 GOAL = 200_000  # spans/s per core (issue 17)
 

@@ -42,7 +42,7 @@ POLICIES = [
 
 
 def build_requests(n: int, spread: bool, first_trace: int = 0) -> list[bytes]:
-    from gotel.pdata import Traces, attrs
+    from gotel.pdata.batch import Traces, attrs
 
     traces_per_req = SPANS_PER_REQUEST // SPANS_PER_TRACE
     out = []
@@ -87,10 +87,10 @@ class Count:
 
 
 def processor(cfg: dict[str, Any], sink: Count, clock: list[float]) -> Any:
-    from gotel.component import ComponentID, Context, Kind
-    from gotel.pdata import Signal
+    from gotel.component.contract import ComponentID, Context, Kind
+    from gotel.pdata.batch import Signal
     from gotel.processors.tail_sampling import Config, TailSamplingProcessor
-    from gotel.telemetry import Telemetry
+    from gotel.telemetry.counters import Telemetry
 
     t = Telemetry()
     cid = ComponentID.parse("tail_sampling")
@@ -99,7 +99,7 @@ def processor(cfg: dict[str, Any], sink: Count, clock: list[float]) -> Any:
 
 
 def pass_through(reqs: list[bytes]) -> float:
-    from gotel.pdata import Traces
+    from gotel.pdata.batch import Traces
 
     best = 0.0
     for _ in range(3):
@@ -113,7 +113,7 @@ def pass_through(reqs: list[bytes]) -> float:
 
 
 def through_tail_sampling(reqs: list[bytes]) -> tuple[float, int]:
-    from gotel.pdata import Traces
+    from gotel.pdata.batch import Traces
 
     best, kept = 0.0, 0
     for _ in range(3):
@@ -142,7 +142,7 @@ def rss() -> int:
 
 
 def memory_at_50000() -> None:
-    from gotel.pdata import Traces
+    from gotel.pdata.batch import Traces
 
     n_traces = 50_000
     reqs = build_requests(n_traces * SPANS_PER_TRACE // SPANS_PER_REQUEST + 1, spread=False)

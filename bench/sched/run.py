@@ -35,7 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from gotel.pdata import Signal  # noqa: E402
+from gotel.pdata.batch import Signal  # noqa: E402
 from gotel.receivers import go_runtime, sched  # noqa: E402
 from tests.helpers import goapps  # noqa: E402
 from tests.helpers.memsink import make_ctx, sinks  # noqa: E402

@@ -1,5 +1,5 @@
 /* floor(log2(v)) for log2-slot histograms (go_runtime's GC pauses, sched's run-queue waits): the
- * receivers turn slot k into the bucket [2^k, 2^(k+1)) ns (gotel.otlpbuild.log2_bounds_seconds).
+ * receivers turn slot k into the bucket [2^k, 2^(k+1)) ns (gotel.pdata.builders.log2_bounds_seconds).
  * Six halving steps, unrolled, so the verifier sees no loop. */
 #ifndef GOTEL_LOG2_H
 #define GOTEL_LOG2_H

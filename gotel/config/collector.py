@@ -4,7 +4,7 @@ spanmetrics yet") instead of "unknown type". docs/collector-compatibility.md is 
 
 from __future__ import annotations
 
-from gotel.component import Kind
+from gotel.component.contract import Kind
 
 COMPAT_DOC = "docs/collector-compatibility.md"
 

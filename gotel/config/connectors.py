@@ -4,10 +4,10 @@ pipeline of a signal it can turn that into (and the other way round); data never
 
 from __future__ import annotations
 
-from gotel.component import ComponentID, ConnectorFactory
+from gotel.component.contract import ComponentID, ConnectorFactory
 from gotel.config.model import ComponentEntry, Config, PipelineSpec
 from gotel.config.source import Path, Source
-from gotel.pdata import Signal
+from gotel.pdata.batch import Signal
 
 
 def _item_path(src: Source, spec: PipelineSpec, key: str, cid: ComponentID) -> tuple[Path, int | None]:

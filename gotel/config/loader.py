@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from gotel.component import ComponentID, Kind
+from gotel.component.contract import ComponentID, Kind
+from gotel.component.registry import Registry, registry
 from gotel.config.collector import COMPAT_DOC, is_collector_type
 from gotel.config.connectors import connector_rules
 from gotel.config.model import (
@@ -26,8 +27,7 @@ from gotel.config.model import (
 )
 from gotel.config.source import Path, Source, load_source
 from gotel.config.types import format_duration, is_duration_field, parse_duration
-from gotel.pdata import Signal
-from gotel.registry import Registry, registry
+from gotel.pdata.batch import Signal
 
 SECTIONS: dict[str, Kind] = {
     "receivers": Kind.RECEIVER,

@@ -7,7 +7,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import Field, field_validator
 
-from gotel.component import (
+from gotel.component.contract import (
     ComponentConfig,
     ComponentID,
     ConnectorFactory,
@@ -20,7 +20,7 @@ from gotel.component import (
 )
 from gotel.config.source import Issue
 from gotel.config.types import Duration
-from gotel.pdata import Signal
+from gotel.pdata.batch import Signal
 
 
 class TelemetryMetrics(ComponentConfig):

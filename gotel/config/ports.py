@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from gotel.component import Kind
+from gotel.component.contract import Kind
 from gotel.config.model import Config
 
 # Where each listening component type keeps its host:port (a unix:// endpoint or port 0 never clashes).

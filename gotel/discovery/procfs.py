@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from gotel import cgroup
+from gotel.host import cgroup
 
 PROC = Path("/proc")
 
@@ -55,7 +55,7 @@ def is_alive(pid: int) -> bool:
 
 
 def container_id(pid: int) -> str | None:
-    """The container id from /proc/PID/cgroup, parsed by gotel.cgroup (every runtime and cgroup driver)."""
+    """The container id from /proc/PID/cgroup, parsed by gotel.host.cgroup (every runtime and cgroup driver)."""
     info = cgroup.read_pid(pid, str(PROC))
     return (info.container_id or None) if info is not None else None
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gotel.ebpf.checks import require_bpf
-from gotel.memory import trim
+from gotel.host.memory import trim
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import asyncio
 import contextlib
 from typing import Any
 
-from gotel.component import Receiver
+from gotel.component.contract import Receiver
 from gotel.ebpf.wakeup import readable
-from gotel.pdata import Batch, Signal
-from gotel.receiverhelper import push
+from gotel.pdata.batch import Batch, Signal
+from gotel.receiverhelper.outcome import push
 
 # records in one drain that mean a burst: drain again at once
 BURST = 2048

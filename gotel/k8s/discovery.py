@@ -28,11 +28,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from gotel.cgroup import PidCgroupCache
-from gotel.component import ComponentConfig
+from gotel.component.contract import ComponentConfig
+from gotel.host.cgroup import PidCgroupCache
 from gotel.k8s.model import KeyFilter, PodInfo
 from gotel.k8s.store import MetadataStore, Needs, StoreKey, acquire, release
-from gotel.targets import Target
+from gotel.receiverhelper.targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class PodTarget:
         return f"{self.scheme}://{self.host}:{self.port}"
 
     def to_target(self) -> Target | None:
-        """gotel.targets.Target; for pprof with its own profile selection (``profile_paths``) under the
+        """gotel.receiverhelper.targets.Target; for pprof with its own profile selection (``profile_paths``) under the
         common directory of the paths. None when nothing the pprof receiver scrapes is selected (fgprof only)."""
         if self.kind == "metrics":
             return Target(url=self.url, attributes=dict(self.attributes), netns=self.netns, pid=self.pid,
@@ -178,7 +178,7 @@ def pod_attributes(pod: PodInfo, container: str, store: MetadataStore | None) ->
 
 
 class PodTargetSource:
-    """A gotel.targets.TargetSource over the shared metadata store."""
+    """A gotel.receiverhelper.targets.TargetSource over the shared metadata store."""
 
     name = "kubernetes"
 

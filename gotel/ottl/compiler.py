@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from gotel.duration import parse_duration
+from gotel.config.duration import parse_duration
 from gotel.ottl import contexts as cx
 from gotel.ottl.grammar import (
     BoolOp,
@@ -29,7 +29,7 @@ from gotel.ottl.grammar import (
     OttlSyntaxError,
     Path,
 )
-from gotel.pdata import value_of
+from gotel.pdata.batch import value_of
 
 Getter = Callable[[cx.Item], Any]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gotel.pdata import value_of
+from gotel.pdata.batch import value_of
 
 Getter = Callable[["Item"], Any]
 

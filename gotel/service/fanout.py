@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gotel.component import Consumer, ConsumerError, RefusedError
-from gotel.pdata import Batch
+from gotel.component.contract import Consumer, ConsumerError, RefusedError
+from gotel.pdata.batch import Batch
 
 
 class Fanout:

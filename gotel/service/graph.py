@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from gotel.component import (
+from gotel.component.contract import (
     Component,
     ComponentID,
     Connector,
@@ -31,9 +31,9 @@ from gotel.component import (
 )
 from gotel.config.connectors import edges
 from gotel.config.model import ComponentEntry, Config
-from gotel.pdata import Signal
+from gotel.pdata.batch import Signal
 from gotel.service.fanout import fanout, pipeline_entry
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 
 log = logging.getLogger("gotel.service")
 

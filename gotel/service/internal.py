@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gotel.component import ComponentID, Consumer, Context, Receiver
-from gotel.pdata import Signal
+from gotel.component.contract import ComponentID, Consumer, Context, Receiver
+from gotel.pdata.batch import Signal
 from gotel.receivers import otlp
 
 INTERNAL_RECEIVER = ComponentID("otlp", "_internal")

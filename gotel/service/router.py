@@ -2,7 +2,7 @@
 
 Receiver processes all push to one internal `otlp` receiver over a unix socket, each request
 carrying gRPC metadata ``gotel-receiver: <id>``. The otlp receiver exposes the request's metadata
-in gotel.component.REQUEST_METADATA while it calls consume(); the router reads it and hands the
+in gotel.component.contract.REQUEST_METADATA while it calls consume(); the router reads it and hands the
 batch to that receiver's consumers for the signal. Requests with ``gotel-telemetry`` are the
 process's own metrics and go to the telemetry merger, not to pipelines.
 """
@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from gotel.component import RECEIVER_ID_HEADER, REQUEST_METADATA, Consumer, PermanentError
-from gotel.pdata import Batch, Metrics, Signal
-from gotel.selfmetrics import TELEMETRY_HEADER
+from gotel.component.contract import RECEIVER_ID_HEADER, REQUEST_METADATA, Consumer, PermanentError
+from gotel.pdata.batch import Batch, Metrics, Signal
+from gotel.telemetry.selfmetrics import TELEMETRY_HEADER
 
 
 class Router:

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-log = logging.getLogger("gotel.telemetry")
+log = logging.getLogger("gotel.telemetry.counters")
 
 
 class StartupError(Exception):

@@ -17,19 +17,19 @@ import signal
 import time
 from typing import Any
 
-from gotel.component import Component, ComponentID, Kind, Receiver
+from gotel.component.contract import Component, ComponentID, Kind, Receiver
 from gotel.config.model import Config
-from gotel.exporterhelper import StorageError
-from gotel.memory import trim_until
-from gotel.pdata import Metrics, Signal
-from gotel.selfmetrics import MergedRegistry, families_to_otlp
+from gotel.exporterhelper.queue import StorageError
+from gotel.host.memory import trim_until
+from gotel.pdata.batch import Metrics, Signal
 from gotel.service.graph import Graph, make_context, shutdown_with_deadline
 from gotel.service.internal import INTERNAL_RECEIVER, internal_receiver
 from gotel.service.router import Router
 from gotel.service.rundir import runtime_dir
 from gotel.service.server import StartupError, TelemetryServer
-from gotel.supervisor import CounterCarry, Supervisor
-from gotel.telemetry import Telemetry, default_telemetry
+from gotel.service.supervisor import CounterCarry, Supervisor
+from gotel.telemetry.counters import Telemetry, default_telemetry
+from gotel.telemetry.selfmetrics import MergedRegistry, families_to_otlp
 
 log = logging.getLogger("gotel.service")
 

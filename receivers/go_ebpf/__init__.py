@@ -21,17 +21,17 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from gotel.component import ComponentConfig, Consumer, Context, ReceiverFactory
+from gotel.component.contract import ComponentConfig, Consumer, Context, ReceiverFactory
 from gotel.config.types import Duration
 from gotel.discovery import DiscoveryConfig, ProcessAdded, ProcessInfo, ProcessRemoved, ProcessWatcher
 from gotel.discovery.procfs import is_alive
 from gotel.ebpf.streaming import RingBufferReceiver
-from gotel.logs import PerBinary
-from gotel.pdata import Signal
+from gotel.pdata.batch import Signal
 from gotel.receivers.go_ebpf import probes as _probes  # noqa: F401  (registers probe specs for `gotel inspect`)
 from gotel.receivers.go_ebpf.events import Assembler
 from gotel.receivers.go_ebpf.layout import grpc_losses, traced_losses
 from gotel.receivers.go_ebpf.selffilter import SelfFilter
+from gotel.telemetry.logs import PerBinary
 
 
 class Config(ComponentConfig):

@@ -20,7 +20,7 @@ from typing import Any
 
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from gotel.pdata import Metrics, Traces, attrs
+from gotel.pdata.batch import Metrics, Traces, attrs
 
 SCOPE = "gotel.receivers.go_ebpf"
 

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from gotel.discovery.procfs import PROC, all_pids, socket_inodes, tcp_socket_inodes
-from gotel.pdata import Signal
+from gotel.pdata.batch import Signal
 
 # events.T_GRPC_SERVER, events.T_HTTP_SERVER
 _SERVER_TYPES = frozenset((1, 3))

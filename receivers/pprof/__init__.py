@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gotel.component import Consumer, Context, ReceiverFactory
-from gotel.pdata import Signal
+from gotel.component.contract import Consumer, Context, ReceiverFactory
+from gotel.pdata.batch import Signal
 
 from .config import Config
 from .receiver import PprofReceiver

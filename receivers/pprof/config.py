@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from gotel.component import ComponentConfig, RenamedKey
+from gotel.component.contract import ComponentConfig, RenamedKey
 from gotel.config.types import Duration, format_duration
 from gotel.discovery import DiscoveryConfig as ProcessSelection
 

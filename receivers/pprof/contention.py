@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gotel import pprof
+from gotel.formats import pprof
 from gotel.proto import pprof_profile_pb2 as pb
 
 _INTERNAL = ("runtime.", "sync.", "sync/atomic.", "internal/", "syscall.")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gotel import pprof
+from gotel.formats import pprof
 from gotel.proto import pprof_profile_pb2 as pb
 
 CUMULATIVE: dict[str, frozenset[str]] = {

@@ -18,9 +18,9 @@ from typing import Any
 
 import aiohttp
 
-from gotel import pprof
-from gotel.netns import NetnsError, NetnsSocketFactory
-from gotel.targets import Target
+from gotel.formats import pprof
+from gotel.host.netns import NetnsError, NetnsSocketFactory
+from gotel.receiverhelper.targets import Target
 
 
 class ScrapeError(Exception):

@@ -2,7 +2,7 @@
 profiles, goroutine and lock-contention diagnostics, per-target health.
 
 Everything runs on one asyncio loop in the receiver's own process; the only threads are the
-network-namespace socket helpers (gotel.netns). A scrape never raises out of its loop: every failure
+network-namespace socket helpers (gotel.host.netns). A scrape never raises out of its loop: every failure
 is classified, counted per target and logged once per (target, profile, class) state change.
 """
 
@@ -18,15 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gotel import pprof
-from gotel.component import Consumer, Context, Receiver
+from gotel.component.contract import Consumer, Context, Receiver
 from gotel.discovery.procfs import is_alive
-from gotel.otlpbuild import DELTA, LogsBuilder, MetricsBuilder
-from gotel.pdata import Batch, Profiles, Signal
-from gotel.profconv import DELTA_ATTR, PROFILE_TYPE_ATTR, ProfilesBuilder
+from gotel.formats import pprof
+from gotel.formats.profconv import DELTA_ATTR, PROFILE_TYPE_ATTR, ProfilesBuilder
+from gotel.pdata.batch import Batch, Profiles, Signal
+from gotel.pdata.builders import DELTA, LogsBuilder, MetricsBuilder
 from gotel.proto import pprof_profile_pb2 as pb
-from gotel.receiverhelper import push
-from gotel.targets import LocalProcessSource, StaticSource, Target, TargetSource
+from gotel.receiverhelper.outcome import push
+from gotel.receiverhelper.targets import LocalProcessSource, StaticSource, Target, TargetSource
 
 from . import contention, goroutines
 from .config import Config, ProfileConfig

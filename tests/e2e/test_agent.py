@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gotel.pdata import get_attr
+from gotel.pdata.batch import get_attr
 from tests.e2e.agent import GOTEL, Agent, alive
 from tests.helpers.otlp_sink import OTLPGrpcSink
 from tests.helpers.procmem import tree

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tgrpc
 
-from gotel.pdata import Traces, attrs, value_of
+from gotel.pdata.batch import Traces, attrs, value_of
 from tests.e2e.agent import Agent, free_port
 from tests.helpers.otlp_sink import OTLPGrpcSink, Received
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gotel.forkserver import enabled as forkserver_enabled
-from gotel.memory import TRIM_INTERVAL
+from gotel.host.memory import TRIM_INTERVAL
+from gotel.service.forkserver import enabled as forkserver_enabled
 from tests.e2e.agent import GOTEL, free_port
 from tests.helpers import goapps
 from tests.helpers.procmem import default_config, total_pss_mib, tree_mem

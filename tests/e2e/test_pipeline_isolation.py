@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gotel.pdata import attr_dict
+from gotel.pdata.batch import attr_dict
 from tests.e2e.agent import Agent, free_port
 from tests.helpers.otlp_samples import traces
 from tests.helpers.otlp_sink import OTLPGrpcSink

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gotel.exporters import otlp as otlp_exp
-from gotel.pdata import Signal, Traces, attr_dict, kv
+from gotel.pdata.batch import Signal, Traces, attr_dict, kv
 from gotel.processors.probabilistic_sampler import fnv32a_seeded
 from tests.e2e.agent import Agent, free_port
 from tests.helpers.exporter_ctx import make_ctx

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gotel.pdata import attr_dict, value_of
+from gotel.pdata.batch import attr_dict, value_of
 from tests.e2e.agent import Agent
 from tests.helpers import goapps
 from tests.helpers.otlp_sink import OTLPGrpcSink

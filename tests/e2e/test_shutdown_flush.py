@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gotel.pdata import attr_dict
+from gotel.pdata.batch import attr_dict
 from tests.e2e.agent import Agent
 from tests.helpers.otlp_sink import OTLPGrpcSink
 

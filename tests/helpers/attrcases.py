@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gotel.pdata import Batch, Logs, Metrics, Signal, Traces, kv
+from gotel.pdata.batch import Batch, Logs, Metrics, Signal, Traces, kv
 from tests.helpers import otlp_samples
 
 

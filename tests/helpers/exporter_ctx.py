@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from gotel.component import ComponentID, Context, Kind
-from gotel.telemetry import Telemetry
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.telemetry.counters import Telemetry
 
 
 def make_ctx(cid: str, signal: str | None = None) -> Context:
     t = Telemetry()
-    from gotel.pdata import Signal
+    from gotel.pdata.batch import Signal
 
     return Context(ComponentID.parse(cid), Kind.EXPORTER, logging.getLogger(f"test.{cid}"),
                    t.component(cid, Kind.EXPORTER), Signal(signal) if signal else None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gotel.pdata import Batch, Logs, Metrics, Traces, attr_dict, kv, value_of
+from gotel.pdata.batch import Batch, Logs, Metrics, Traces, attr_dict, kv, value_of
 
 SEC = 1_000_000_000
 T0 = 1_700_000_000 * SEC

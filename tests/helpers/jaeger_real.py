@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from gotel.pdata import Traces
+from gotel.pdata.batch import Traces
 from tests.helpers.certs import Certs
 from tests.helpers.peers import peer_binary
 
@@ -266,7 +266,7 @@ class RealJaeger:
 
 
 # --- an independent reading of both sides: protobuf as sent, OTLP-JSON as Jaeger answers -----
-# (deliberately not gotel.otlpjson / gotel.traceview: those are what the tests check)
+# (deliberately not gotel.pdata.otlpjson / gotel.cli.traceview: those are what the tests check)
 
 def _pb_value(v: Any) -> Any:
     which = v.WhichOneof("value")

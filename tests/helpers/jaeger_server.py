@@ -23,8 +23,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from gotel.otlpjson import to_dict
-from gotel.pdata import get_attr
+from gotel.pdata.batch import get_attr
+from gotel.pdata.otlpjson import to_dict
 from tests.helpers.otlp_sink import OTLPGrpcSink
 
 _GO_DUR = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")

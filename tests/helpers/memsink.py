@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from gotel.component import ComponentID, Context, Kind
-from gotel.pdata import Batch, Signal
-from gotel.telemetry import Telemetry
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.pdata.batch import Batch, Signal
+from gotel.telemetry.counters import Telemetry
 
 
 class MemorySink:
@@ -29,7 +29,7 @@ class MemorySink:
 
     def points(self, name: str) -> list[tuple[dict[str, Any], dict[str, Any], Any]]:
         """(resource attrs, point attrs, point) for every data point of metric `name`, in push order."""
-        from gotel.pdata import attr_dict
+        from gotel.pdata.batch import attr_dict
 
         out = []
         for b in self.batches:
@@ -45,7 +45,7 @@ class MemorySink:
         return out
 
     def log_records(self) -> list[tuple[dict[str, Any], Any]]:
-        from gotel.pdata import attr_dict
+        from gotel.pdata.batch import attr_dict
 
         return [
             (attr_dict(rl.resource.attributes), r)

@@ -7,7 +7,7 @@ from typing import Any
 
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as mpb
 
-from gotel.pdata import Metrics, attrs
+from gotel.pdata.batch import Metrics, attrs
 
 DELTA = mpb.AGGREGATION_TEMPORALITY_DELTA
 CUMULATIVE = mpb.AGGREGATION_TEMPORALITY_CUMULATIVE

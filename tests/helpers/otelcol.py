@@ -27,8 +27,8 @@ import pytest
 import yaml
 from google.protobuf.message import Message
 
-from gotel.otlp import json_to_message
-from gotel.pdata import Profiles, Signal, batch_type, value_of
+from gotel.pdata.batch import Profiles, Signal, batch_type, value_of
+from gotel.pdata.otlp import json_to_message
 from tests.helpers.peers import peer_binary
 from tests.helpers.prometheus_server import free_port
 

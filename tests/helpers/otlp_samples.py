@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from gotel.pdata import Batch, Logs, Metrics, Profiles, Signal, Traces, attrs, kv
+from gotel.pdata.batch import Batch, Logs, Metrics, Profiles, Signal, Traces, attrs, kv
 
 
 def traces(n: int, *, start: int = 0, service: str = "checkout") -> Traces:

@@ -6,10 +6,10 @@ import logging
 import zlib
 from typing import Any
 
-from gotel.component import ComponentID, Context, Kind
-from gotel.pdata import Signal
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.pdata.batch import Signal
 from gotel.proto import pprof_profile_pb2 as pb
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 from tests.helpers.memsink import MemorySink
 
 
@@ -86,7 +86,7 @@ def log_records(sink: MemSink) -> list[Any]:
 
 def metric_points(sink: MemSink, name: str) -> list[tuple[dict[str, Any], Any]]:
     """(resource attributes, data point) of every point of the metric."""
-    from gotel.pdata import attr_dict
+    from gotel.pdata.batch import attr_dict
 
     out = []
     for req in sink.requests():

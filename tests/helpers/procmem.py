@@ -64,7 +64,7 @@ def _name(pid: int) -> str:
             argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
     except OSError:
         return "?"
-    if "gotel.forkserver" in argv:  # the fork server, or a receiver process it forked (named by comm)
+    if "gotel.service.forkserver" in argv:  # the fork server, or a receiver process it forked (named by comm)
         try:
             with open(f"/proc/{pid}/comm") as f:
                 comm = f.read().strip()

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 from google.protobuf.message import DecodeError
 
-from gotel import pprof
+from gotel.formats import pprof
 from gotel.proto import pyroscope_push_pb2 as push
 
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")

@@ -14,7 +14,7 @@ from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from gotel.pdata import Traces, attrs
+from gotel.pdata.batch import Traces, attrs
 
 BASE_NS = 1_700_000_000_000_000_000
 

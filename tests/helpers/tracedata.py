@@ -8,7 +8,7 @@ from typing import Any
 
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from gotel.pdata import Traces, attrs
+from gotel.pdata.batch import Traces, attrs
 
 S = trace_pb2.Span
 MS = 1_000_000

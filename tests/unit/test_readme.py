@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gotel.cli import COMMANDS
-from gotel.component import Kind
-from gotel.config import load_config
-from gotel.registry import registry
+from gotel.cli.main import COMMANDS
+from gotel.component.contract import Kind
+from gotel.component.registry import registry
+from gotel.config.loader import load_config
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

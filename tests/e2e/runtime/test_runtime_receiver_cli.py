@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gotel.pdata import attr_dict
+from gotel.pdata.batch import attr_dict
 from tests.helpers.otlp_sink import OTLPGrpcSink
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from google.protobuf.message import Message
 
-from gotel.component import REQUEST_METADATA
+from gotel.component.contract import REQUEST_METADATA
 from gotel.exporters import otlp as otlp_exp
-from gotel.pdata import Batch, batch_type
+from gotel.pdata.batch import Batch, batch_type
 from gotel.processors import attributes, resource
 from tests.helpers.attrcases import Case, cases
 from tests.helpers.exporter_ctx import make_ctx

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gotel.exporters import otlp as otlp_exp
-from gotel.pdata import Batch, Signal, attr_dict
+from gotel.pdata.batch import Batch, Signal, attr_dict
 from gotel.receivers import otlp as otlp_recv
 from tests.helpers.exporter_ctx import make_ctx as exporter_ctx
 from tests.helpers.memsink import MemorySink, make_ctx, sinks

@@ -14,13 +14,13 @@ from collections.abc import Callable
 import pytest
 import yaml
 
-from gotel.component import Kind
+from gotel.component.contract import Kind
 from gotel.config.loader import load_config
 from gotel.config.model import ConfigError
 from gotel.exporters import otlp as otlp_exp
-from gotel.pdata import Batch, Signal
+from gotel.pdata.batch import Batch, Signal
 from gotel.processors.filter import Config, FilterProcessor
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 from tests.helpers import filter_inputs as inputs
 from tests.helpers.exporter_ctx import make_ctx
 from tests.helpers.otelcol import Collector, validate

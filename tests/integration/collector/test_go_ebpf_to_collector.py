@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gotel.pdata import Signal, attr_dict
+from gotel.pdata.batch import Signal, attr_dict
 from gotel.receivers.go_ebpf.events import CODES
 from tests.helpers import goapps
 from tests.helpers.otelcol import Collector, sink_config

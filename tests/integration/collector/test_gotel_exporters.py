@@ -12,8 +12,8 @@ import pytest
 
 from gotel.exporters import otlp as otlp_exp
 from gotel.exporters import otlp_http as otlp_http_exp
-from gotel.pdata import Batch, Profiles, Signal, attr_dict
-from gotel.profconv import pprof_to_otlp
+from gotel.formats.profconv import pprof_to_otlp
+from gotel.pdata.batch import Batch, Profiles, Signal, attr_dict
 from tests.helpers import otlp_samples, pprofkit
 from tests.helpers.exporter_ctx import make_ctx, metric_value
 from tests.helpers.otelcol import Collector, items, sink_config

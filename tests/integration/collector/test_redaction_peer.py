@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gotel.pdata import Batch, Logs, Metrics, Signal, Traces, kv
+from gotel.pdata.batch import Batch, Logs, Metrics, Signal, Traces, kv
 from gotel.processors import redaction as red
 from tests.helpers.otelcol import Collector, items
 from tests.helpers.prometheus_server import free_port
@@ -66,7 +66,7 @@ def body(rng: random.Random, depth: int = 0) -> dict[str, Any] | list[Any] | str
 
 
 def inputs(rng: random.Random) -> dict[Signal, Batch]:
-    from gotel.pdata import any_value
+    from gotel.pdata.batch import any_value
 
     t = Traces()
     for r in range(2):

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from gotel.component import ConsumerError, PermanentError, RefusedError
+from gotel.component.contract import ConsumerError, PermanentError, RefusedError
 from gotel.exporters import otlp as otlp_exp
-from gotel.pdata import Batch, Signal
+from gotel.pdata.batch import Batch, Signal
 from gotel.receivers import otlp as otlp_recv
 from tests.helpers import otlp_samples
 from tests.helpers.exporter_ctx import make_ctx as exporter_ctx

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from gotel.component import Kind
+from gotel.component.contract import Kind
 from gotel.exporters import otlp as otlp_exp
-from gotel.pdata import Batch, Logs, Signal, Traces, attr_dict, kv
+from gotel.pdata.batch import Batch, Logs, Signal, Traces, attr_dict, kv
 from gotel.processors import probabilistic_sampler as ps
 from tests.helpers.exporter_ctx import make_ctx
 from tests.helpers.otelcol import Collector

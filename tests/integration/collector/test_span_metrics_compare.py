@@ -12,8 +12,8 @@ import pytest
 
 from gotel.connectors import span_metrics as sm
 from gotel.exporters import otlp as otlp_exp
-from gotel.otlpbuild import DELTA
-from gotel.pdata import Signal, Traces, attrs, value_of
+from gotel.pdata.batch import Signal, Traces, attrs, value_of
+from gotel.pdata.builders import DELTA
 from tests.helpers.exporter_ctx import make_ctx
 from tests.helpers.otelcol import Collector
 from tests.helpers.prometheus_server import free_port

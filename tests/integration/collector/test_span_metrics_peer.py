@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gotel.exporters import otlp as otlp_exp
-from gotel.pdata import Signal, attr_dict
+from gotel.pdata.batch import Signal, attr_dict
 from tests.helpers import otlp_samples
 from tests.helpers.exporter_ctx import make_ctx
 from tests.helpers.otelcol import Collector

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
-from gotel.component import ComponentID, Context, Kind
-from gotel.pdata import Signal, Traces
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.pdata.batch import Signal, Traces
 from gotel.processors.tail_sampling import Config, TailSamplingProcessor
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 from tests.helpers.memsink import MemorySink
 from tests.helpers.otelcol import Collector, sink_config
 from tests.helpers.tailtraces import request, spans_of, trace_ids

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from gotel.component import Kind
+from gotel.component.contract import Kind
 from gotel.ebpf.program import BpfProgram, LostCounter
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 
 # Every getppid() of this process prints once from a syscall tracepoint; the raw-tracepoint program on
 # bpf_trace_printk runs for that print and prints again itself, and that nested print's run is skipped.

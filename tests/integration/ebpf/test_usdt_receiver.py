@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from gotel.component import ComponentID, Context, Kind
-from gotel.pdata import Batch, Signal, attr_dict
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.pdata.batch import Batch, Signal, attr_dict
 from gotel.receivers.usdt import Config, factory
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 from tests.integration.ebpf.conftest import TOOLCHAINS, gotel_uprobe_events
 
 

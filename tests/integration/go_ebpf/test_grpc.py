@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from gotel.component import ComponentID, Context, Kind
+from gotel.component.contract import ComponentID, Context, Kind
 from gotel.exporters import otlp as otlp_exp
-from gotel.pdata import Signal, attr_dict
+from gotel.pdata.batch import Signal, attr_dict
 from gotel.receivers.go_ebpf import Config, factory
 from gotel.receivers.go_ebpf.events import CODES
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 from tests.helpers import goapps
 from tests.helpers.otlp_sink import OTLPGrpcSink
 

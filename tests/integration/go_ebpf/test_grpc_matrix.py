@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from gotel.component import ComponentID, Context, Kind
-from gotel.pdata import Signal, attr_dict
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.pdata.batch import Signal, attr_dict
 from gotel.receivers.go_ebpf import Config, factory
 from gotel.receivers.go_ebpf.events import CODES
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 from tests.helpers import goapps
 from tests.helpers.memsink import MemorySink
 from tests.integration.go_ebpf.test_grpc import CLIENT, SERVER, _find_pid, until
@@ -288,7 +288,7 @@ ERA_NAMES = {
 
 @pytest.mark.parametrize("version", goapps.grpc_versions())
 def test_inspect_names_each_eras_fields_without_false_alarms(version: str) -> None:
-    from gotel.commands.inspect import collect
+    from gotel.cli.commands.inspect import collect
 
     binary = goapps.build(goapps.grpc_app(version), "go1.26")
     info = collect(str(binary), "go_ebpf")

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gotel.pdata import attr_dict
+from gotel.pdata.batch import attr_dict
 from tests.helpers import goapps
 from tests.integration.go_ebpf.test_grpc import CLIENT, SERVER, Env, until
 

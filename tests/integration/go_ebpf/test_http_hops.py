@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from gotel.pdata import attr_dict
+from gotel.pdata.batch import attr_dict
 from tests.helpers import goapps
 from tests.integration.go_ebpf.test_grpc import CLIENT, SERVER, Env, _find_pid, until
 

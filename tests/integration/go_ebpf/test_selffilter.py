@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gotel.pdata import attr_dict
+from gotel.pdata.batch import attr_dict
+from gotel.receiverhelper.targets import Target
 from gotel.receivers.pprof.fetch import Fetcher
-from gotel.targets import Target
 from tests.helpers import goapps
 from tests.integration.go_ebpf.test_grpc import SERVER, Env, until
 

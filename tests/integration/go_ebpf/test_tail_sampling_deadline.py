@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gotel.component import ComponentID, Context, Kind
-from gotel.pdata import Signal, Traces, attr_dict
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.pdata.batch import Signal, Traces, attr_dict
 from gotel.processors.tail_sampling import Config, TailSamplingProcessor
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 from tests.helpers.memsink import MemorySink
 from tests.helpers.tailtraces import trace_ids
 from tests.integration.go_ebpf.test_grpc import CLIENT, SERVER, Env, until

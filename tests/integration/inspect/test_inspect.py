@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gotel.commands import inspect
+from gotel.cli.commands import inspect
 from tests.helpers import goapps
 
 TOOLCHAINS = ["go1.19", "go1.27"]

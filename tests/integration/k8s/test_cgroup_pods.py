@@ -17,14 +17,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from gotel.cgroup import read_pid
-from gotel.component import ComponentID, Context, Kind
-from gotel.pdata import Signal
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.host.cgroup import read_pid
+from gotel.pdata.batch import Signal
 from gotel.processors.k8s_attributes import Config
 from gotel.processors.k8s_attributes import factory as k8s_factory
 from gotel.receivers.synthetic import Config as SynthConfig
 from gotel.receivers.synthetic import factory as synth_factory
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 from tests.helpers.kube_api import KubeAPIServer, make_pod
 from tests.unit.k8s.conftest import Collect, make_ctx, resource_attrs
 
@@ -275,7 +275,7 @@ async def test_pprof_receiver_scrapes_an_annotated_pod_with_its_attributes(kube:
     finally:
         app.stop()
     assert len(sink.batches) >= 2
-    from gotel.pdata import attr_dict
+    from gotel.pdata.batch import attr_dict
 
     resources = [attr_dict(rp.resource.attributes) for b in sink.batches for rp in b.peek_resources()]
     for r in resources:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gotel.pdata import Signal
+from gotel.pdata.batch import Signal
 from gotel.processors.resource_detection import Config, factory, go_version, parse_resource_env
 from tests.helpers import goapps
 from tests.unit.k8s.conftest import Collect, make_ctx, resource_attrs, traces_with

@@ -6,10 +6,10 @@ import asyncio
 import urllib.request
 from typing import Any
 
-from gotel.pdata import Signal
+from gotel.pdata.batch import Signal
+from gotel.receiverhelper.targets import Target
 from gotel.receivers.pprof import factory
 from gotel.receivers.pprof.receiver import KINDS, PprofReceiver, TargetRunner
-from gotel.targets import Target
 from tests.helpers import goapps
 from tests.helpers.pprofkit import MemSink, context, sinks
 

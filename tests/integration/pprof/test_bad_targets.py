@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from gotel import pprof
+from gotel.formats import pprof
 from gotel.receivers.pprof.receiver import PprofReceiver
 from tests.helpers.pprofkit import HEAP_TYPES, context, make_profile, profiles_of, sinks
 

@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 
 from gotel.discovery import DiscoveryConfig
+from gotel.receiverhelper.targets import LocalProcessSource
 from gotel.receivers.pprof.fetch import Fetcher
-from gotel.targets import LocalProcessSource
 from tests.helpers import goapps
 
 from .conftest import goapp  # noqa: F401  (fixture)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gotel.pdata import get_attr
+from gotel.pdata.batch import get_attr
 from tests.helpers import goapps
 from tests.helpers.pprofkit import (
     log_records,

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from gotel.commands import flame as flame_cmd
+from gotel.cli.commands import flame as flame_cmd
 
 from .conftest import goapp  # noqa: F401  (fixture)
 

@@ -65,7 +65,7 @@ async def test_client_golang_metrics_mapped_to_semconv(prometheus: str) -> None:
     try:
         from urllib.parse import urlsplit
 
-        from gotel.targets import Target
+        from gotel.receiverhelper.targets import Target
 
         u = urlsplit(prometheus)
         n = await r.scrape(Target(url=f"http://{u.netloc}", attributes={"service.name": "prometheus"}), "/metrics",
@@ -99,7 +99,7 @@ async def test_not_go_metrics_is_reported(prometheus: str) -> None:
     try:
         from urllib.parse import urlsplit
 
-        from gotel.targets import Target
+        from gotel.receiverhelper.targets import Target
 
         t = Target(url=f"http://{urlsplit(prometheus).netloc}")
         assert await r.scrape(t, "/-/healthy", "prometheus") == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gotel.pdata import get_attr
+from gotel.pdata.batch import get_attr
 from tests.helpers import goapps
 from tests.helpers.pprofkit import log_records, metric_points
 

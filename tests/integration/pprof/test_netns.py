@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from gotel.discovery import DiscoveryConfig
+from gotel.receiverhelper.targets import LocalProcessSource
 from gotel.receivers.pprof.fetch import Fetcher
-from gotel.targets import LocalProcessSource
 from tests.helpers import goapps
 from tests.helpers.pprofkit import metric_points, profiles_of
 

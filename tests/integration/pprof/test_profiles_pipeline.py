@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from gotel import pprof, profconv
-from gotel.component import Kind
+from gotel.component.contract import Kind
 from gotel.exporters.otlp import factory as otlp_factory
-from gotel.pdata import Signal, get_attr
+from gotel.formats import pprof, profconv
+from gotel.pdata.batch import Signal, get_attr
 from tests.helpers.otlp_sink import OTLPGrpcSink
 from tests.helpers.pprofkit import context
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gotel.commands import flame as flame_cmd
+from gotel.cli.commands import flame as flame_cmd
 from gotel.receivers.schedtrace import SchedtraceReceiver, factory
 from tests.helpers import goapps
 from tests.helpers.pprofkit import MemSink, context, metric_points

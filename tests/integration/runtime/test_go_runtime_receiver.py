@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gotel.pdata import Signal, attr_dict
+from gotel.pdata.batch import Signal, attr_dict
 from gotel.receivers.go_runtime import Config, GoRuntimeReceiver
 from tests.helpers.memsink import make_ctx, sinks
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gotel.ebpf.program import BpfProgram
-from gotel.pdata import Signal
+from gotel.pdata.batch import Signal
 from gotel.receivers.net import Config, NetReceiver, drop_reasons
 from tests.helpers.memsink import make_ctx, sinks
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from gotel import procfs
-from gotel.pdata import Signal
+from gotel.host import procfs
+from gotel.pdata.batch import Signal
 from gotel.receivers.process import Config, ProcessReceiver
 from tests.helpers.memsink import make_ctx, sinks
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from gotel.component import ComponentID
-from gotel.config import load_config
-from gotel.pdata import Batch, Signal
+from gotel.component.contract import ComponentID
+from gotel.config.loader import load_config
+from gotel.pdata.batch import Batch, Signal
 from tests.helpers.memsink import MemorySink, make_ctx
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from gotel import procfs
-from gotel.pdata import Signal
+from gotel.host import procfs
+from gotel.pdata.batch import Signal
 from gotel.receivers.sched import Config, SchedReceiver
 from tests.helpers.memsink import make_ctx, sinks
 
@@ -104,7 +104,7 @@ async def test_slow_syscall_reported_once_with_go_stack(goapp: Any, toolchain: s
         await asyncio.sleep(0.5)  # let the ring buffer be drained
         await r.collect_now()
         logs = [(res, rec) for res, rec in s[Signal.LOGS].log_records() if res["process.pid"] == app.pid]
-        from gotel.pdata import attr_dict
+        from gotel.pdata.batch import attr_dict
 
         recs = [attr_dict(rec.attributes) for _, rec in logs]
         nanosleeps = [a for a in recs if a["gotel.syscall.name"] == "nanosleep"]

@@ -7,7 +7,8 @@ import textwrap
 
 import pytest
 
-from gotel.config import ConfigError, load_config
+from gotel.config.loader import load_config
+from gotel.config.model import ConfigError
 
 HEAD = """\
 receivers: {otlp: {protocols: {grpc: {endpoint: "127.0.0.1:0"}}}}
@@ -160,9 +161,9 @@ def test_a_connector_that_failed_is_not_also_not_configured() -> None:
 
 
 def test_an_id_that_is_both_a_receiver_and_a_connector_is_ambiguous() -> None:
-    from gotel.component import ALL_SIGNALS, ConnectorFactory, ExporterFactory, ReceiverFactory
+    from gotel.component.contract import ALL_SIGNALS, ConnectorFactory, ExporterFactory, ReceiverFactory
+    from gotel.component.registry import Registry
     from gotel.connectors import forward
-    from gotel.registry import Registry
     from tests.unit.core.test_graph import Cfg, RecExporter, RecReceiver
 
     r = Registry()

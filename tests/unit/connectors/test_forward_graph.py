@@ -8,13 +8,13 @@ import textwrap
 import time
 from typing import Any
 
-from gotel.component import ALL_SIGNALS, ExporterFactory, ProcessorFactory, ReceiverFactory
-from gotel.config import load_config
+from gotel.component.contract import ALL_SIGNALS, ExporterFactory, ProcessorFactory, ReceiverFactory
+from gotel.component.registry import Registry
+from gotel.config.loader import load_config
 from gotel.connectors import forward as fwd
-from gotel.pdata import Signal
-from gotel.registry import Registry
+from gotel.pdata.batch import Signal
 from gotel.service.graph import Graph
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 from tests.unit.core.test_graph import EVENTS, Cfg, MutatingProcessor, RecExporter, RecReceiver, spans
 
 TEXT = """\

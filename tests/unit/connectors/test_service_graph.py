@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
-from gotel.component import ALL_SIGNALS, ExporterFactory, ReceiverFactory
-from gotel.config import ConfigError, load_config
+from gotel.component.contract import ALL_SIGNALS, ExporterFactory, ReceiverFactory
+from gotel.component.registry import Registry
+from gotel.config.loader import load_config
+from gotel.config.model import ConfigError
 from gotel.connectors import service_graph as sg
-from gotel.pdata import Batch, Signal, Traces, attrs, value_of
-from gotel.registry import Registry
+from gotel.pdata.batch import Batch, Signal, Traces, attrs, value_of
 from gotel.service.graph import Graph
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 from tests.helpers.exporter_ctx import make_ctx, metric_value
 from tests.unit.core.test_graph import Cfg, RecExporter, RecReceiver
 

@@ -10,13 +10,13 @@ import textwrap
 import time
 from typing import Any
 
-from gotel.component import ALL_SIGNALS, ExporterFactory, ReceiverFactory
-from gotel.config import load_config
+from gotel.component.contract import ALL_SIGNALS, ExporterFactory, ReceiverFactory
+from gotel.component.registry import Registry
+from gotel.config.loader import load_config
 from gotel.connectors import span_metrics as sm
-from gotel.pdata import Batch, Signal, Traces, attrs, value_of
-from gotel.registry import Registry
+from gotel.pdata.batch import Batch, Signal, Traces, attrs, value_of
 from gotel.service.graph import Graph
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 from tests.helpers.exporter_ctx import make_ctx, metric_value
 from tests.unit.core.test_graph import Cfg, RecExporter, RecReceiver
 

@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
-from gotel.component import ComponentID, Context, Kind
-from gotel.telemetry import Telemetry
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.telemetry.counters import Telemetry
 
 
 class Tel:

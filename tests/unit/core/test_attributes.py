@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from gotel.component import PEER_METADATA_KEY, REQUEST_METADATA
-from gotel.config import ConfigError, load_config
-from gotel.pdata import Batch, Signal, attr_dict
+from gotel.component.contract import PEER_METADATA_KEY, REQUEST_METADATA
+from gotel.config.loader import load_config
+from gotel.config.model import ConfigError
+from gotel.pdata.batch import Batch, Signal, attr_dict
 from gotel.processors import attributes, resource
 from tests.helpers.attrcases import REGEX_INSERT_AS_DOCUMENTED, Case, cases, spans
 from tests.helpers.exporter_ctx import make_ctx

@@ -11,7 +11,7 @@ import pytest
 
 from gotel.exporters import otlp as otlp_exp
 from gotel.exporters import otlp_http as otlp_http_exp
-from gotel.pdata import Signal, attr_dict
+from gotel.pdata.batch import Signal, attr_dict
 from gotel.processors import attributes
 from gotel.receivers import otlp as otlp_recv
 from tests.helpers.attrcases import spans

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gotel.component import ComponentID
-from gotel.config import ConfigError, load_config
+from gotel.component.contract import ComponentID
+from gotel.config.loader import load_config
+from gotel.config.model import ConfigError
 
 HERE = Path(__file__).parent / "collector_configs"
 DOC = "(see docs/collector-compatibility.md)"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gotel.component import (
+from gotel.component.contract import (
     SHUTDOWN_DEADLINE,
     Component,
     ComponentID,
@@ -21,8 +21,8 @@ from gotel.component import (
     ProcessorFactory,
     ReceiverFactory,
 )
-from gotel.pdata import Batch
-from gotel.registry import registry
+from gotel.component.registry import registry
+from gotel.pdata.batch import Batch
 from tests.unit.core.conftest import Tel
 
 # Only what a default config lacks; nothing here is ever contacted (no start()).

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from gotel.cli import main
-from gotel.component import ComponentConfig, ComponentID, ExporterFactory, Kind, ReceiverFactory
-from gotel.config import ConfigError, load_config
-from gotel.pdata import Signal
-from gotel.registry import Registry, registry
+from gotel.cli.main import main
+from gotel.component.contract import ComponentConfig, ComponentID, ExporterFactory, Kind, ReceiverFactory
+from gotel.component.registry import Registry, registry
+from gotel.config.loader import load_config
+from gotel.config.model import ConfigError
+from gotel.pdata.batch import Signal
 
 
 def errors(text: str, env: dict[str, str] | None = None, reg: Registry | None = None) -> list[str]:

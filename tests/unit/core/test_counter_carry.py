@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from gotel.pdata import Metrics
-from gotel.selfmetrics import families_to_otlp, otlp_to_families
-from gotel.supervisor import CounterCarry
+from gotel.pdata.batch import Metrics
+from gotel.service.supervisor import CounterCarry
+from gotel.telemetry.selfmetrics import families_to_otlp, otlp_to_families
 
 
 def snapshot(pid: int, accepted: float, sink_sent: float, sink_dropped: float, queued: float) -> Metrics:

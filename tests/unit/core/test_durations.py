@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
-from gotel.cli import main
-from gotel.component import ComponentConfig, ComponentID, Kind, RenamedKey
-from gotel.config import ConfigError, load_config
-from gotel.config.model import SupervisorConfig, TelemetryConfig
+from gotel.cli.main import main
+from gotel.component.contract import ComponentConfig, ComponentID, Kind, RenamedKey
+from gotel.component.registry import registry
+from gotel.config.loader import load_config
+from gotel.config.model import ConfigError, SupervisorConfig, TelemetryConfig
 from gotel.config.types import Duration, format_duration, is_duration_field, parse_duration
-from gotel.registry import registry
 
 # --- the grammar: Go's time.ParseDuration, plus a bare number meaning seconds ---------------------------
 
@@ -291,7 +291,7 @@ def test_service_shutdown_timeout_is_a_duration() -> None:
 
 def test_components_shows_durations_as_durations(capsys: pytest.CaptureFixture[str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from gotel.commands.components import describe
+    from gotel.cli.commands.components import describe
 
     monkeypatch.setenv("COLUMNS", "200")  # one table row per line
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from gotel.component import Kind
+from gotel.component.contract import Kind
 from gotel.exporters.debug import Config as DebugConfig
 from gotel.exporters.debug import DebugExporter
 from gotel.exporters.file import Config as FileConfig
 from gotel.exporters.file import FileExporter
-from gotel.otlpjson import from_json
-from gotel.pdata import Signal
+from gotel.pdata.batch import Signal
+from gotel.pdata.otlpjson import from_json
 from gotel.receivers.synthetic import Config as SynthConfig
 from gotel.receivers.synthetic import Generator
 from tests.unit.core.conftest import Tel

@@ -16,12 +16,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gotel.component import ComponentID, Context, Kind
-from gotel.config import ConfigError, load_config
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.config.loader import load_config
+from gotel.config.model import ConfigError
 from gotel.extensions.health_check import HealthCheck
 from gotel.service.server import StartupError
 from gotel.service.service import Service
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 from tests.helpers.otlp_http_sink import OTLPHttpSink
 from tests.helpers.otlp_sink import OTLPGrpcSink
 

@@ -8,11 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from gotel.component import ComponentID, Context, Kind
-from gotel.exporterhelper import ExportError, QueueConfig, QueuedExporter, RetryConfig, Sender, StorageError
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.exporterhelper.queue import (
+    ExportError,
+    QueueConfig,
+    QueuedExporter,
+    RetryConfig,
+    Sender,
+    StorageError,
+)
 from gotel.extensions.file_storage import Config, FileStorage
-from gotel.pdata import Batch, Signal
-from gotel.telemetry import Telemetry
+from gotel.pdata.batch import Batch, Signal
+from gotel.telemetry.counters import Telemetry
 from tests.helpers.otlp_samples import traces
 
 

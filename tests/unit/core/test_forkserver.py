@@ -9,13 +9,13 @@ import signal
 import time
 from pathlib import Path
 
-from gotel.component import ComponentID, Kind
+from gotel.component.contract import ComponentID, Kind
 from gotel.config.model import ComponentEntry, SupervisorConfig
-from gotel.forkserver import ForkServerClient
-from gotel.pdata import Signal
+from gotel.pdata.batch import Signal
 from gotel.receivers.synthetic import factory as synthetic
-from gotel.supervisor import Supervisor
-from gotel.telemetry import Telemetry
+from gotel.service.forkserver import ForkServerClient
+from gotel.service.supervisor import Supervisor
+from gotel.telemetry.counters import Telemetry
 
 
 def _alive(pid: int) -> bool:

@@ -6,7 +6,7 @@ import textwrap
 from collections.abc import Mapping
 from typing import Any
 
-from gotel.component import (
+from gotel.component.contract import (
     ALL_SIGNALS,
     Component,
     ComponentConfig,
@@ -21,12 +21,12 @@ from gotel.component import (
     ReceiverFactory,
     RefusedError,
 )
-from gotel.config import load_config
-from gotel.pdata import Batch, Signal, Traces, kv
-from gotel.registry import Registry
+from gotel.component.registry import Registry
+from gotel.config.loader import load_config
+from gotel.pdata.batch import Batch, Signal, Traces, kv
 from gotel.service.fanout import Fanout, fanout
 from gotel.service.graph import Graph
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 
 
 def spans(n: int) -> Traces:
@@ -223,8 +223,8 @@ class RecExtension(Component):
 async def test_service_extensions_and_self_metrics_pipeline() -> None:
     import asyncio
 
-    from gotel.component import ExtensionFactory
-    from gotel.pdata import Metrics
+    from gotel.component.contract import ExtensionFactory
+    from gotel.pdata.batch import Metrics
     from gotel.service.service import Service
 
     r = reg()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gotel.clientconfig import ClientConfig, parse_header_args, read_headers_file
+from gotel.exporterhelper.clientconfig import ClientConfig, parse_header_args, read_headers_file
 from gotel.exporters.file import Config as FileConfig
 
 

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from gotel.component import Kind
-from gotel.config import load_config
-from gotel.registry import registry
+from gotel.component.contract import Kind
+from gotel.component.registry import registry
+from gotel.config.loader import load_config
 from gotel.service.service import Service
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 
 FAKE = '''\
-from gotel.component import ALL_SIGNALS, ComponentConfig, ReceiverFactory
+from gotel.component.contract import ALL_SIGNALS, ComponentConfig, ReceiverFactory
 
 CALLS = []
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gotel.logs import PerBinary, RedactingFormatter
+from gotel.telemetry.logs import PerBinary, RedactingFormatter
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gotel.config import ConfigError, load_config
+from gotel.config.loader import load_config
+from gotel.config.model import ConfigError
 from gotel.config.ports import busy_ports
 
 GOTEL = str(Path(sys.executable).with_name("gotel"))

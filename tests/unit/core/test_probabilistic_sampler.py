@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from gotel.component import Kind
-from gotel.config import ConfigError, load_config
-from gotel.pdata import Batch, Logs, Signal, Traces, attr_dict, kv
+from gotel.component.contract import Kind
+from gotel.config.loader import load_config
+from gotel.config.model import ConfigError
+from gotel.pdata.batch import Batch, Logs, Signal, Traces, attr_dict, kv
 from gotel.processors import probabilistic_sampler as ps
 from tests.unit.core.conftest import Tel
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from gotel.component import Kind, RefusedError
-from gotel.pdata import Batch, Logs, Signal, Traces
+from gotel.component.contract import Kind, RefusedError
+from gotel.pdata.batch import Batch, Logs, Signal, Traces
 from gotel.processors.batch import BatchProcessor
 from gotel.processors.batch import Config as BatchConfig
 from gotel.processors.memory_limiter import MIB, MemoryLimiter

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gotel.component import Context, PermanentError, RefusedError
-from gotel.pdata import Batch, Signal, Traces
-from gotel.receiverhelper import push
+from gotel.component.contract import Context, PermanentError, RefusedError
+from gotel.pdata.batch import Batch, Signal, Traces
+from gotel.receiverhelper.outcome import push
 from tests.helpers.memsink import make_ctx
 from tests.helpers.otlp_samples import sample
 

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from gotel.component import Kind
-from gotel.config import ConfigError, load_config
-from gotel.pdata import Batch, Logs, Profiles, Signal, Traces, attr_dict, kv
+from gotel.component.contract import Kind
+from gotel.config.loader import load_config
+from gotel.config.model import ConfigError
+from gotel.pdata.batch import Batch, Logs, Profiles, Signal, Traces, attr_dict, kv
 from gotel.processors import redaction as red
 from tests.unit.core.conftest import Tel
 
@@ -169,7 +170,7 @@ def test_log_body_map_and_string() -> None:
     r2 = recs.add()
     r2.body.string_value = "paid 4111111111111111"
     run({"allowed_keys": ["user", "card", "note"], "blocked_values": ["4[0-9]{15}"], "summary": "debug"}, b)
-    from gotel.pdata import value_of
+    from gotel.pdata.batch import value_of
     assert value_of(r1.body) == {"user": {"card": "****"}, "note": "ok"}
     assert attr_dict(r1.attributes) == {
         "redaction.body.redacted.keys": "user.pin", "redaction.body.redacted.count": 1,
@@ -226,7 +227,7 @@ def test_preset_masks_pprof_labels() -> None:
 
 
 def test_processor_on_the_pipeline_masks_metrics_data_points() -> None:
-    from gotel.pdata import Metrics
+    from gotel.pdata.batch import Metrics
 
     b = Metrics()
     metric = b.msg.resource_metrics.add().scope_metrics.add().metrics.add(name="m")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from gotel.component import REQUEST_METADATA, Kind, PermanentError
-from gotel.pdata import Batch, Metrics, Signal, Traces
-from gotel.selfmetrics import MergedRegistry, families_to_otlp
+from gotel.component.contract import REQUEST_METADATA, Kind, PermanentError
+from gotel.pdata.batch import Batch, Metrics, Signal, Traces
 from gotel.service.router import Router
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
+from gotel.telemetry.selfmetrics import MergedRegistry, families_to_otlp
 
 
 class Sink:

@@ -12,13 +12,13 @@ import time
 import pytest
 from pydantic import SecretStr
 
-from gotel.component import ComponentConfig, ComponentID, Kind
+from gotel.component.contract import ComponentConfig, ComponentID, Kind
 from gotel.config.model import ComponentEntry, SupervisorConfig
 from gotel.config.types import Duration
-from gotel.pdata import Signal
+from gotel.pdata.batch import Signal
 from gotel.receivers.synthetic import factory as synthetic
-from gotel.supervisor import Child, Supervisor, config_to_json
-from gotel.telemetry import Telemetry
+from gotel.service.supervisor import Child, Supervisor, config_to_json
+from gotel.telemetry.counters import Telemetry
 
 
 class Secretive(ComponentConfig):
@@ -43,7 +43,7 @@ class Crashing(Supervisor):
 
 
 async def test_restart_backoff_doubles_and_is_capped(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="gotel.supervisor")
+    caplog.set_level(logging.INFO, logger="gotel.service.supervisor")
     tel = Telemetry()
     sup = Crashing("unix:///nonexistent", SupervisorConfig(initial_backoff=0.1, max_backoff=0.4, stable_after=60), tel)
     entry = ComponentEntry(ComponentID("synthetic"), Kind.RECEIVER, synthetic, synthetic.config())
@@ -100,7 +100,7 @@ class Chatty(Supervisor):
 
 
 async def test_huge_log_lines_never_block_the_child(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
-    caplog.set_level(logging.INFO, logger="gotel.supervisor")
+    caplog.set_level(logging.INFO, logger="gotel.service.supervisor")
     sup = Chatty("unix:///nonexistent", SupervisorConfig(initial_backoff=5), Telemetry())
     sup.add(ComponentEntry(ComponentID("synthetic"), Kind.RECEIVER, synthetic, synthetic.config()), [Signal.TRACES])
     await sup.start()

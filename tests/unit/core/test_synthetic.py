@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gotel.component import Kind, RefusedError
-from gotel.pdata import Batch, Signal, attr_dict, get_attr
+from gotel.component.contract import Kind, RefusedError
+from gotel.pdata.batch import Batch, Signal, attr_dict, get_attr
 from gotel.receivers.synthetic import Config, Generator, SyntheticReceiver
 from tests.unit.core.conftest import Tel
 

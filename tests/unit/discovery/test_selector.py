@@ -109,7 +109,7 @@ def test_gotel_itself_is_never_a_target() -> None:
 
 
 def test_container_id_skips_crio_conmon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Discovery reads the id the way gotel.cgroup does: the CRI-O container, never its conmon monitor."""
+    """Discovery reads the id the way gotel.host.cgroup does: the CRI-O container, never its conmon monitor."""
     from gotel.discovery import procfs
 
     cid, conmon = "a1" * 32, "b2" * 32

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gotel.component import Kind
+from gotel.component.contract import Kind
 from gotel.ebpf.program import LostCounter
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 
 
 class _FakeProgram:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from gotel.component import Kind
+from gotel.component.contract import Kind
 from gotel.discovery import ProcessInfo
-from gotel.pdata import attr_dict
+from gotel.pdata.batch import attr_dict
 from gotel.receivers.usdt import Aggregator, Config, Event
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 
 
 def _ev(probe: str, ts: int, *args: int, s0: bytes = b"", pid: int = 42, bad: int = 0) -> Event:

@@ -70,8 +70,8 @@ def test_receiver_config_rules() -> None:
 
 
 def test_registered_as_an_entry_point_that_needs_bpf() -> None:
-    from gotel.component import Kind, ReceiverFactory
-    from gotel.registry import registry
+    from gotel.component.contract import Kind, ReceiverFactory
+    from gotel.component.registry import registry
 
     f = registry().get(Kind.RECEIVER, "usdt")
     assert isinstance(f, ReceiverFactory)

@@ -18,7 +18,7 @@ import pytest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from gotel.exporters import jaeger
-from gotel.pdata import Signal, Traces, attrs
+from gotel.pdata.batch import Signal, Traces, attrs
 from tests.helpers.certs import make_certs
 from tests.helpers.exporter_ctx import make_ctx, metric_value
 from tests.helpers.jaeger_real import ECHO_ATTRIBUTE, ECHO_HEADER, RealJaeger, jaeger_view, sent_view

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from opentelemetry.proto.logs.v1 import logs_pb2
 
-from gotel.exporterhelper import RetryConfig
+from gotel.exporterhelper.queue import RetryConfig
 from gotel.exporters import loki
-from gotel.pdata import Logs, attrs
+from gotel.pdata.batch import Logs, attrs
 from gotel.proto import logproto_pb2
 from tests.helpers.exporter_ctx import make_ctx, metric_value
 from tests.helpers.loki_server import LokiServer
@@ -263,7 +263,7 @@ async def test_otlp_mode_uses_lokis_native_endpoint(server: LokiServer) -> None:
 async def test_tls_with_a_private_ca(tmp_path: Any) -> None:
     import ssl
 
-    from gotel.clientconfig import TLSClientConfig
+    from gotel.exporterhelper.clientconfig import TLSClientConfig
     from tests.helpers.certs import make_certs
 
     certs = make_certs(tmp_path)

@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from gotel.pdata import attrs
-from gotel.promconv import Converter, ConvertOptions, attr_labels
-from gotel.promnames import label_name, metric_name
+from gotel.formats.promconv import Converter, ConvertOptions, attr_labels
+from gotel.formats.promnames import label_name, metric_name
+from gotel.pdata.batch import attrs
+from gotel.pdata.wire import label_pair, ld, sample, varint
 from gotel.proto import remote_write_pb2
-from gotel.protowire import label_pair, ld, sample, varint
 from tests.helpers import metricsdata as md
 
 
@@ -80,7 +80,7 @@ def test_hand_encoding_matches_generated_classes() -> None:
 def test_example_configs_validate() -> None:
     from pathlib import Path
 
-    from gotel.config import load_config
+    from gotel.config.loader import load_config
 
     root = Path(__file__).resolve().parents[3] / "config" / "examples"
     for name in ("backends.yaml", "loki-otlp.yaml"):

@@ -12,7 +12,7 @@ import cramjam
 import pytest
 from aiohttp import web
 
-from gotel.exporterhelper import RetryConfig
+from gotel.exporterhelper.queue import RetryConfig
 from gotel.exporters import prometheus_remote_write as prw
 from gotel.proto import remote_write_pb2
 from tests.helpers import metricsdata as md
@@ -205,7 +205,7 @@ async def test_a_full_queue_still_drops_and_counts(rcv: Receiver) -> None:
 async def test_an_authenticator_extension_signs_every_request(rcv: Receiver) -> None:
     import base64
 
-    from gotel.component import ComponentID
+    from gotel.component.contract import ComponentID
     from gotel.extensions.auth import BasicAuth, BasicConfig
 
     aid = ComponentID("basicauth", "prw")

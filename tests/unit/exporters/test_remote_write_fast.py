@@ -1,5 +1,5 @@
-"""The remote-write hot path (gotel.remotewrite, reading request bytes) against a reference built the
-plain way: gotel.promconv's Converter on parsed messages, each point's samples taken as it is applied,
+"""The remote-write hot path (gotel.formats.remotewrite, reading request bytes) against a reference built the
+plain way: gotel.formats.promconv's Converter on parsed messages, each point's samples taken as it is applied,
 grouped by series, sorted by time, and target_info at the newest sample time of the batch. Both get
 the same sequence of batches (generated, plus hand-made encodings); every batch's decoded
 WriteRequests must carry exactly the same samples."""
@@ -17,10 +17,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as mpb
 
-from gotel.pdata import Metrics, any_value
-from gotel.promconv import Converter, ConvertOptions, Series, Stats
+from gotel.formats.promconv import Converter, ConvertOptions, Series, Stats
+from gotel.formats.remotewrite import Builder
+from gotel.pdata.batch import Metrics, any_value
 from gotel.proto import remote_write_pb2
-from gotel.remotewrite import Builder
 
 Labels = tuple[tuple[str, str], ...]
 Samples = dict[Labels, list[tuple[int, bytes]]]

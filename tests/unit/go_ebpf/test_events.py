@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import struct
 
-from gotel.pdata import attr_dict
+from gotel.pdata.batch import attr_dict
 from gotel.receivers.go_ebpf.events import (
     CODES,
     E_ADDR,

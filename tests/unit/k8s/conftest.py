@@ -33,8 +33,8 @@ class Collect:
 def make_ctx(type_: str = "k8s_attributes"):
     import logging
 
-    from gotel.component import ComponentID, Context, Kind
-    from gotel.telemetry import Telemetry
+    from gotel.component.contract import ComponentID, Context, Kind
+    from gotel.telemetry.counters import Telemetry
 
     t = Telemetry()
     cid = ComponentID(type_)
@@ -46,7 +46,7 @@ def traces_with(*resources: dict):
     """A Traces batch with one resource (and one span) per dict of resource attributes."""
     from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-    from gotel.pdata import Traces, attrs
+    from gotel.pdata.batch import Traces, attrs
 
     b = Traces()
     for i, ra in enumerate(resources):
@@ -58,6 +58,6 @@ def traces_with(*resources: dict):
 
 
 def resource_attrs(batch) -> list[dict]:
-    from gotel.pdata import attr_dict
+    from gotel.pdata.batch import attr_dict
 
     return [attr_dict(rs.resource.attributes) for rs in batch.peek().resource_spans]

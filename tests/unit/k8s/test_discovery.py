@@ -8,7 +8,7 @@ from gotel.k8s.client import api_client
 from gotel.k8s.discovery import PodTargetSource, metrics_endpoints, profile_endpoints
 from gotel.k8s.model import KeyFilter, parse_pod
 from gotel.k8s.store import MetadataStore, StoreKey
-from gotel.targets import Target, TargetSource
+from gotel.receiverhelper.targets import Target, TargetSource
 from tests.helpers.kube_api import KubeAPIServer, make_pod, make_replicaset
 from tests.helpers.waiting import wait_until
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from gotel.component import REQUEST_METADATA
-from gotel.pdata import Signal
+from gotel.component.contract import REQUEST_METADATA
+from gotel.component.registry import Registry
+from gotel.pdata.batch import Signal
 from gotel.processors.k8s_attributes import Config, K8sAttributesProcessor, factory
-from gotel.registry import Registry
 from tests.helpers.kube_api import KubeAPIServer, make_namespace, make_node, make_pod, make_replicaset
 from tests.helpers.waiting import wait_until
 from tests.unit.k8s.conftest import Collect, make_ctx, resource_attrs, traces_with
@@ -247,7 +247,7 @@ def test_node_from_env_and_alias(monkeypatch) -> None:
     assert cfg.filter.field_selector() == "status.phase=Running"
     reg = Registry()
     reg.add(factory)
-    from gotel.component import Kind
+    from gotel.component.contract import Kind
 
     assert reg.get(Kind.PROCESSOR, "k8sattributes") is factory
 
@@ -291,7 +291,7 @@ async def test_auth_problems_fail_start_with_a_clear_reason(monkeypatch, tmp_pat
 
 @pytest.mark.parametrize("signal", [Signal.METRICS, Signal.LOGS, Signal.PROFILES])
 async def test_every_signal_is_enriched(cluster: KubeAPIServer, kubeconfig: str, signal: Signal) -> None:
-    from gotel.pdata import attr_dict, attrs, batch_type
+    from gotel.pdata.batch import attr_dict, attrs, batch_type
 
     sink = Collect()
     p = factory.create(signal, Config.model_validate({

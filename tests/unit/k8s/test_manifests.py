@@ -10,9 +10,10 @@ import pytest
 import yaml
 from kubernetes import client as kclient
 
-from gotel.component import Kind
-from gotel.config import ConfigError, load_config
-from gotel.registry import registry
+from gotel.component.contract import Kind
+from gotel.component.registry import registry
+from gotel.config.loader import load_config
+from gotel.config.model import ConfigError
 
 ROOT = Path(__file__).parents[3]
 K8S = ROOT / "config" / "k8s"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gotel.component import ComponentID, Context, Kind
-from gotel.telemetry import Telemetry
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.telemetry.counters import Telemetry
 from tests.helpers.certs import Certs, make_certs
 
 

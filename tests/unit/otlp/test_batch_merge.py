@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gotel.pdata import Metrics, Traces
+from gotel.pdata.batch import Metrics, Traces
 from tests.helpers import otlp_samples as samples
 
 

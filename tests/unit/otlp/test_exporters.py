@@ -12,10 +12,10 @@ from typing import Any
 import grpc
 import pytest
 
-from gotel.component import Exporter, Kind
+from gotel.component.contract import Exporter, Kind
 from gotel.exporters import otlp as grpc_exp
 from gotel.exporters import otlp_http as http_exp
-from gotel.pdata import Signal
+from gotel.pdata.batch import Signal
 from tests.helpers import otlp_samples as samples
 from tests.helpers.certs import Certs
 from tests.helpers.otlp_http_sink import OTLPHttpSink

@@ -10,7 +10,7 @@ import grpc.aio
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tgrpc
 
-from gotel.pdata import Signal, invalid_ids
+from gotel.pdata.batch import Signal, invalid_ids
 from tests.helpers import otlp_samples as samples
 from tests.unit.otlp.conftest import Harness
 from tests.unit.otlp.test_receiver import Running, _post, _status

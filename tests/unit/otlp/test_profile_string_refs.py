@@ -3,7 +3,7 @@ over OTLP/HTTP) are read as plain attributes; batches without indices keep their
 
 from __future__ import annotations
 
-from gotel.pdata import Profiles, attr_dict
+from gotel.pdata.batch import Profiles, attr_dict
 from tests.helpers import otlp_samples
 
 

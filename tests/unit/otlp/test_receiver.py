@@ -22,9 +22,9 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as
 from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2_grpc as pgrpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tgrpc
 
-from gotel.component import REQUEST_METADATA, Kind, PermanentError, RefusedError
+from gotel.component.contract import REQUEST_METADATA, Kind, PermanentError, RefusedError
 from gotel.exporters import otlp as grpc_exp
-from gotel.pdata import Batch, Signal
+from gotel.pdata.batch import Batch, Signal
 from gotel.receivers import otlp as rotlp
 from tests.helpers import otlp_samples as samples
 from tests.helpers.certs import Certs

@@ -14,9 +14,9 @@ import aiohttp
 import cramjam
 import pytest
 
-from gotel.component import Kind
-from gotel.inflate import inflate
-from gotel.pdata import Batch, Signal
+from gotel.component.contract import Kind
+from gotel.pdata.batch import Batch, Signal
+from gotel.receiverhelper.inflate import inflate
 from gotel.receivers import otlp as rotlp
 from tests.helpers import otlp_samples as samples
 from tests.unit.otlp.conftest import Harness

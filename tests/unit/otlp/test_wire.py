@@ -7,7 +7,8 @@ from email.utils import formatdate
 
 import pytest
 
-from gotel.otlp import (
+from gotel.pdata.batch import Signal
+from gotel.pdata.otlp import (
     json_to_message,
     message_to_json,
     parse_retry_after,
@@ -15,7 +16,6 @@ from gotel.otlp import (
     rpc_status,
     unix_path,
 )
-from gotel.pdata import Signal
 from tests.helpers import otlp_samples as samples
 
 

@@ -10,7 +10,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, SeverityNumber
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from gotel.ottl import ConditionSet, Item, OttlEvalError, OttlSyntaxError, compile_condition
-from gotel.pdata import kv
+from gotel.pdata.batch import kv
 
 
 def span_item(**attrs: Any) -> Item:

@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 i
     ExportProfilesServiceRequest,
 )
 
-from gotel import pprof, profconv
+from gotel.formats import pprof, profconv
 from gotel.proto import pprof_profile_pb2 as pb
 from tests.helpers.pprofkit import HEAP_TYPES, make_profile
 

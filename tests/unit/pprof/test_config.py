@@ -31,8 +31,8 @@ def test_config_errors_name_the_problem(cfg: dict[str, object], needle: str) -> 
 
 
 def test_target_profile_selection_from_discovery() -> None:
+    from gotel.receiverhelper.targets import Target
     from gotel.receivers.pprof.receiver import PprofReceiver, TargetRunner
-    from gotel.targets import Target
     from tests.helpers.pprofkit import context, sinks
 
     cfg = factory.config.model_validate({"targets": [{"endpoint": "http://127.0.0.1:1"}]})

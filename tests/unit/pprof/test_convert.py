@@ -6,7 +6,7 @@ import gzip
 
 import pytest
 
-from gotel import pprof, profconv
+from gotel.formats import pprof, profconv
 from tests.helpers.pprofkit import HEAP_TYPES, make_profile
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gotel import pprof
+from gotel.formats import pprof
 from gotel.receivers.pprof.delta import DeltaState
 from tests.helpers.pprofkit import HEAP_TYPES, MUTEX_TYPES, make_profile
 

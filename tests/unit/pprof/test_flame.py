@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from gotel import flame, otlpbuild, pprof, profconv  # noqa: F401
-from gotel.commands import flame as cmd
+from gotel.cli.commands import flame as cmd
+from gotel.formats import (
+    pprof,
+    profconv,  # noqa: F401
+)
 from tests.helpers.pprofkit import make_profile
 
 CPU = [("samples", "count"), ("cpu", "nanoseconds")]

@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 i
     ExportProfilesServiceRequest,
 )
 
-from gotel import pprof, profconv
+from gotel.formats import pprof, profconv
 from tests.unit.pprof import fuzzprof
 
 CASES = sorted(fuzzprof.CORPUS.glob("*.pb"))

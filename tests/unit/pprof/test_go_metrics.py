@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from gotel.otlpbuild import MetricsBuilder
+from gotel.pdata.builders import MetricsBuilder
 from gotel.receivers.go_metrics import Mapper
 from tests.helpers.pprofkit import MemSink, metric_points
 

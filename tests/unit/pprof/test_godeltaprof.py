@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gotel import pprof
+from gotel.formats import pprof
 from gotel.receivers.pprof import factory
 from gotel.receivers.pprof.receiver import KINDS, PprofReceiver, TargetRunner
 from tests.helpers.pprofkit import HEAP_TYPES, context, make_profile, profiles_of, sinks

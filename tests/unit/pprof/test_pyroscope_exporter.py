@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gotel import pprof, profconv
-from gotel.component import Kind
+from gotel.component.contract import Kind
 from gotel.exporters.pyroscope import factory
-from gotel.pdata import Profiles, Signal
+from gotel.formats import pprof, profconv
+from gotel.pdata.batch import Profiles, Signal
 from tests.helpers.pprofkit import HEAP_TYPES, context, make_profile
 from tests.helpers.pyroscope_server import PyroscopeServer
 

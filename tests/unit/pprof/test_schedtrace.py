@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from gotel.otlpbuild import MetricsBuilder
+from gotel.pdata.builders import MetricsBuilder
 from gotel.receivers.schedtrace import Parser, SchedtraceReceiver, emit, factory, unwrap
 from tests.helpers.pprofkit import MemSink, context, metric_points
 

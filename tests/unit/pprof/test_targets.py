@@ -4,7 +4,7 @@ import os
 import socket
 
 from gotel.config.types import parse_duration
-from gotel.targets import Target, _decode_ip, listening_sockets
+from gotel.receiverhelper.targets import Target, _decode_ip, listening_sockets
 
 
 def test_proc_net_addresses() -> None:

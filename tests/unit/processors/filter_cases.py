@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gotel.pdata import Signal
+from gotel.pdata.batch import Signal
 
 WEB = {"host.name": "web-1", "service.name": "svc", "k8s.pod.name": "pod-1"}
 LOCAL = {"host.name": "localhost", "service.name": "local"}

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from gotel.component import Kind, PermanentError
+from gotel.component.contract import Kind, PermanentError
 from gotel.config.loader import load_config
 from gotel.config.model import ConfigError
-from gotel.pdata import Batch, Signal, Traces
+from gotel.pdata.batch import Batch, Signal, Traces
 from gotel.processors.filter import Config, FilterProcessor
 from tests.helpers import filter_inputs as inputs
 from tests.unit.core.conftest import Tel
@@ -207,7 +207,7 @@ async def test_is_root_span(tel: Tel) -> None:
 def test_item_ranges_are_the_parsed_items(signal: Signal) -> None:
     """The byte ranges the filter uses to skip items are exactly the items the parsed message lists,
     also for requests concatenated by the batch processor."""
-    from gotel.protowire import otlp_item_ranges
+    from gotel.pdata.wire import otlp_item_ranges
 
     b = INPUT[signal]()
     batch = type(b).concat([b, INPUT[signal]()])
@@ -272,7 +272,7 @@ async def test_each_condition_is_evaluated_where_its_bytes_are(tel: Tel) -> None
 async def test_framing_the_scanner_cannot_read_falls_back_to_every_item(tel: Tel) -> None:
     """An unknown field encoded as a (deprecated) group is valid protobuf the item scanner does not read:
     every item is then evaluated, with the same result."""
-    from gotel.protowire import varint
+    from gotel.pdata.wire import varint
 
     raw = inputs.traces().to_bytes() + varint((99 << 3) | 3) + varint((99 << 3) | 4)
     batch = Traces.parse(raw)

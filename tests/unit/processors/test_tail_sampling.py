@@ -15,8 +15,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from gotel.component import ComponentID, Context, Kind
-from gotel.pdata import Signal
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.pdata.batch import Signal
 from gotel.processors.tail_sampling import (
     CHUNK_OVERHEAD,
     TRACE_OVERHEAD,
@@ -25,7 +25,7 @@ from gotel.processors.tail_sampling import (
     split_by_trace,
 )
 from gotel.processors.tail_sampling_policies import fnv1a64, probability_threshold
-from gotel.telemetry import Telemetry
+from gotel.telemetry.counters import Telemetry
 from tests.helpers.memsink import MemorySink
 from tests.helpers.tailtraces import batch, request, spans_of, tid, trace_ids
 
@@ -405,7 +405,7 @@ def _one_span_request(n: int, pad: int) -> bytes:
 async def test_beyond_num_traces_counts_every_trace_dropped_too_early_and_stays_bounded() -> None:
     """10,000 traces arrive within one decision_wait into num_traces 1,000: the 9,000 oldest are released
     undecided, each counted; memory stays at what 1,000 traces cost."""
-    from gotel.pdata import Traces
+    from gotel.pdata.batch import Traces
 
     rig = Rig(cfg_of({"name": "all", "type": "always_sample"}, num_traces=1000))
     raws = [_one_span_request(n, 200) for n in range(10_000)]
@@ -439,7 +439,7 @@ async def test_beyond_num_traces_counts_every_trace_dropped_too_early_and_stays_
 
 
 async def test_max_buffered_bytes_bounds_memory_when_num_traces_does_not() -> None:
-    from gotel.pdata import Traces
+    from gotel.pdata.batch import Traces
 
     bound = 2 << 20
     rig = Rig(cfg_of({"name": "all", "type": "always_sample"}, num_traces=50_000, max_buffered_bytes=bound))
@@ -532,7 +532,7 @@ def test_gotel_validate_accepts_the_documented_examples(example: str, tmp_path: 
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     from pathlib import Path
 
-    from gotel.cli import main
+    from gotel.cli.main import main
 
     if example == "docs":  # the example in docs/tail_sampling.md, as written there
         doc = (Path(__file__).resolve().parents[3] / "docs" / "tail_sampling.md").read_text()
@@ -547,7 +547,7 @@ def test_gotel_validate_accepts_the_documented_examples(example: str, tmp_path: 
 
 def test_gotel_validate_names_a_bad_key_and_a_missing_policy_type_with_their_place(
         tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    from gotel.cli import main
+    from gotel.cli.main import main
 
     f = tmp_path / "c.yaml"
     f.write_text(_pipeline_yaml({"decision_wait": "5s", "policies": [

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gotel import procfs
+from gotel.host import procfs
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures" / "cgroup"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from gotel.component import Kind, ReceiverFactory
-from gotel.pdata import Signal
+from gotel.component.contract import Kind, ReceiverFactory
+from gotel.component.registry import registry
+from gotel.pdata.batch import Signal
 from gotel.receivers import go_runtime, net, process, sched
-from gotel.registry import registry
 
 
 @pytest.mark.parametrize(

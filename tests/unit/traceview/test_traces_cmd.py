@@ -20,11 +20,11 @@ import pytest
 from aiohttp import web
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from gotel.commands import traces
+from gotel.cli.commands import traces
+from gotel.cli.traceview.sources import JaegerSource, Query, SourceError
 from gotel.exporters import file as file_exporter
 from gotel.exporters import jaeger
-from gotel.pdata import Signal, Traces, attrs, get_attr
-from gotel.traceview.sources import JaegerSource, Query, SourceError
+from gotel.pdata.batch import Signal, Traces, attrs, get_attr
 from tests.helpers.certs import make_certs
 from tests.helpers.exporter_ctx import make_ctx
 from tests.helpers.jaeger_real import RealJaeger, sent_view
@@ -310,7 +310,7 @@ async def test_html_instead_of_json_is_explained() -> None:
 
 async def test_file_with_other_signals_and_garbage(tmp_path: Path) -> None:
     batch, ids = fixture_traces()
-    from gotel.otlpjson import to_json
+    from gotel.pdata.otlpjson import to_json
 
     p = tmp_path / "mixed.json"
     p.write_text('{"resourceMetrics": []}\nnot json\n' + to_json(batch.peek()) + "\n")

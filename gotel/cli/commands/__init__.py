@@ -1,0 +1,1 @@
+"""One module per `gotel` subcommand (see gotel.cli.main.COMMANDS)."""

@@ -1,1 +1,0 @@
-"""One module per `gotel` subcommand (see gotel.cli.COMMANDS)."""

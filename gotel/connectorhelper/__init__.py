@@ -1,0 +1,1 @@
+"""What metrics-deriving connectors share at a flush."""

@@ -1,0 +1,127 @@
+"""One HTTP POST attempt for push exporters (Loki, remote-write): session, TLS, auth, status -> ExportError.
+
+The retry loop is QueuedExporter's; this module only classifies an answer: which status codes are
+retryable, what Retry-After says, and what the backend's reason was (from the body, shortened).
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import ssl
+import time
+from collections.abc import Callable, Mapping
+
+import aiohttp
+from pydantic import Field, SecretStr, model_validator
+
+from gotel import __version__
+from gotel.component.contract import ComponentConfig, Context
+from gotel.exporterhelper.clientconfig import BasicAuth, TLSClientConfig, auth_headers
+from gotel.exporterhelper.queue import ExportError
+
+USER_AGENT = f"gotel/{__version__}"
+
+
+class HTTPAuth(ComponentConfig):
+    """Basic or bearer authentication, or the collector's authenticator extension; the secrets never
+    reach logs (SecretStr)."""
+
+    basic: BasicAuth | None = None
+    bearer_token: SecretStr | None = None
+    authenticator: str | None = Field(None, description="id of a client authenticator extension "
+                                      "(bearertokenauth[/name], basicauth[/name]), as in the collector")
+
+    @model_validator(mode="after")
+    def _one(self) -> HTTPAuth:
+        if sum(x is not None for x in (self.basic, self.bearer_token, self.authenticator)) > 1:
+            raise ValueError("use one of basic, bearer_token and authenticator")
+        return self
+
+    def dynamic(self, ctx: Context) -> Callable[[], dict[str, str]] | None:
+        """Per-request headers of the authenticator extension, if one is named."""
+        return (lambda: auth_headers(ctx, self)) if self.authenticator else None
+
+    def header(self) -> str | None:
+        if self.basic is not None:
+            raw = f"{self.basic.username}:{self.basic.password.get_secret_value()}".encode()
+            return "Basic " + base64.b64encode(raw).decode()
+        if self.bearer_token is not None:
+            return "Bearer " + self.bearer_token.get_secret_value()
+        return None
+
+
+class HTTPAuthField(ComponentConfig):
+    auth: HTTPAuth = Field(default_factory=HTTPAuth)
+
+
+def retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: either a number of seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, dt.timestamp() - time.time())
+
+
+def short(body: bytes, limit: int = 300) -> str:
+    text = body.decode("utf-8", "replace").strip().replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class HTTPPoster:
+    """A keep-alive aiohttp session bound to one URL, TLS settings and fixed headers."""
+
+    def __init__(self, url: str, headers: Mapping[str, str], tls: TLSClientConfig, timeout: float,
+                 auth: Callable[[], Mapping[str, str]] | None = None) -> None:
+        self.url = url
+        self.auth = auth  # an authenticator extension's headers, asked per request (tokens rotate)
+        self.headers = {"User-Agent": USER_AGENT, **headers}
+        self.tls = tls
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if self.url.startswith("https://"):
+            return self.tls.ssl_context()
+        return False
+
+    async def start(self) -> None:
+        if self._session is None:
+            conn = aiohttp.TCPConnector(ssl=self._ssl(), limit=0)
+            self._session = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=self.timeout))
+
+    async def post(self, body: bytes, headers: Mapping[str, str] | None = None) -> tuple[int, bytes, Mapping[str, str]]:
+        """(status, body, headers); network failures raise a retryable ExportError."""
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        h = dict(self.headers)
+        if headers:
+            h.update(headers)
+        if self.auth is not None:
+            h.update(self.auth())
+        try:
+            async with self._session.post(self.url, data=body, headers=h) as resp:
+                data = await resp.read()
+                return resp.status, data, resp.headers
+        except aiohttp.ClientConnectorCertificateError as e:
+            raise ExportError(f"TLS: the certificate of {self.url} is not trusted ({e.certificate_error}); "
+                              "set tls.ca_file to its CA", retryable=True, reason="tls_certificate") from e
+        except aiohttp.ClientConnectorError as e:
+            raise ExportError(f"cannot connect to {self.url}: {e.os_error or e}", retryable=True,
+                              reason="unreachable") from e
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise ExportError(f"{self.url}: {type(e).__name__}: {e}", retryable=True, reason="transport") from e
+
+    async def shutdown(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

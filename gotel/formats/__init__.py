@@ -1,0 +1,1 @@
+"""Conversions between wire formats gotel speaks: Prometheus names and series, remote write, pprof, OTLP profiles."""

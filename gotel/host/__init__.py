@@ -1,0 +1,1 @@
+"""The node as the kernel shows it: /proc and cgroup readers, network namespaces, syscall names, giving memory back."""

@@ -1,0 +1,85 @@
+"""Gives memory back to the node: the C heap after BPF compiles, fewer malloc arenas per receiver process.
+
+BCC compiles with clang/LLVM inside the process: a compile leaves tens of MB of freed but unreturned
+glibc heap (a bare compile of bpf/go_runtime.c: 47 MB private, 21 MB after malloc_trim). glibc only
+returns the top of the heap by itself; malloc_trim(0) also releases the free pages inside it.
+Each thread that allocates may get its own arena (up to 8 per core), and every arena keeps its own
+free pages; a receiver process has a few busy threads (gRPC, the executor), so two arenas suffice.
+
+GOTEL_NO_TRIM=1 turns all of it off (bench/footprint measures the agent with and without). Sharing
+import pages between receiver processes is gotel.service.forkserver's (GOTEL_NO_FORKSERVER=1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import gc
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+# How often a long-running gotel process returns its C heap's free pages: binaries analysed and
+# programs compiled after start-up (new processes to trace), and batches, leave freed heap behind
+# too. A trim takes about a millisecond.
+TRIM_INTERVAL = 10.0
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+RECEIVER_ARENAS = 2
+
+_libc: ctypes.CDLL | None = None
+
+
+def enabled() -> bool:
+    return os.environ.get("GOTEL_NO_TRIM", "") in ("", "0")
+
+
+def _c() -> ctypes.CDLL | None:
+    """glibc, or None on a libc without malloc_trim (musl): then there is nothing to do."""
+    global _libc
+    if _libc is None:
+        try:
+            # not ctypes.util.find_library: it forks `ldconfig -p`, and gRPC's threads may be running
+            lib = ctypes.CDLL("libc.so.6")
+            lib.malloc_trim  # noqa: B018  # raises AttributeError when absent
+            lib.mallopt  # noqa: B018
+        except (OSError, AttributeError):
+            return None
+        _libc = lib
+    return _libc
+
+
+def trim() -> None:
+    """Returns the C heap's free pages to the kernel (after a BPF compile, a binary analysed, start-up)."""
+    lib = _c() if enabled() else None
+    if lib is not None:
+        lib.malloc_trim(0)
+
+
+def limit_arenas(n: int = RECEIVER_ARENAS) -> None:
+    """Caps glibc's malloc arenas for this process; call before threads start allocating."""
+    lib = _c() if enabled() else None
+    if lib is not None and "MALLOC_ARENA_MAX" not in os.environ:  # the user's own setting wins
+        lib.mallopt(_M_ARENA_MAX, n)
+
+
+def settle() -> None:
+    """After start-up: free Python's garbage (cycles left by imports and config validation), then trim.
+
+    No gc.freeze(): it saves collector time, not memory, and a frozen cycle that later becomes garbage
+    (an analysed binary's cache entry) would never be freed."""
+    if not enabled():
+        return
+    gc.collect()
+    trim()
+
+
+async def trim_until(stop: asyncio.Event, interval: float = TRIM_INTERVAL) -> None:
+    """Waits for stop: settle() at once (start-up is over), then trim() every interval, off the loop."""
+    settle()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+        if not stop.is_set() and enabled():
+            await asyncio.to_thread(trim)

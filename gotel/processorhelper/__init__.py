@@ -1,0 +1,1 @@
+"""What processors share: the collector's attribute actions and legacy include/exclude matching."""

@@ -1,0 +1,333 @@
+"""Receiver processes forked from one process that imported their modules first: shared import pages.
+
+Every receiver process exec'd fresh imports pydantic, gRPC, protobuf, its plugin (and BCC's LLVM)
+into private memory: ~35 MB before it does anything. The fork server imports them once, freezes
+them out of the garbage collector's way (gc.freeze: a collection would write every object's header
+and unshare its page) and forks each receiver process from there, so those pages stay shared
+copy-on-write (bench/footprint/forkshare.py: 243 -> 135 MiB for the default agent's four).
+
+It never runs an event loop and starts no thread, so a fork copies no lock held by another thread;
+gRPC is imported but not initialised. The supervisor talks to it over a SOCK_SEQPACKET socket: a
+request is the child's argv with its stdin and stderr as passed fds; the answer is its pid with a
+pidfd (signals reach that process and no other, even after it exited and its pid was reused),
+and later its exit status. The server dies with the supervisor (PR_SET_PDEATHSIG) and so, in turn,
+do the receivers it forked (they set their own, naming the server as their parent).
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import ctypes
+import gc
+import importlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+MAX_MSG = 1 << 16
+PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15
+SERVER_NAME = "gotel-fork"  # its /proc/PID/comm
+SPAWN_TIMEOUT = 10.0
+PRELOAD = ("gotel.cli.commands.receiver", "gotel.receiverhelper.process", "gotel.exporters.otlp", "gotel.host.memory")
+
+
+def send(sock: socket.socket, msg: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    data = json.dumps(msg).encode()
+    if fds:
+        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    else:
+        sock.send(data)
+
+
+def recv(sock: socket.socket, maxfds: int = 4) -> tuple[dict[str, Any] | None, list[int]]:
+    """(message, fds); (None, []) at end of stream."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MSG, maxfds)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    return json.loads(data), list(fds)
+
+
+def preload(receiver_types: Sequence[str]) -> None:
+    """What the receiver processes will import; a failure is theirs to report, not the server's."""
+    from gotel.component.contract import Kind
+    from gotel.receiverhelper.process import load_one
+
+    for mod in PRELOAD:
+        with contextlib.suppress(Exception):
+            importlib.import_module(mod)
+    needs_bpf = False
+    for typ in receiver_types:
+        with contextlib.suppress(Exception):
+            factory, _ = load_one(Kind.RECEIVER, typ)
+            needs_bpf = needs_bpf or bool(getattr(factory, "needs_bpf", False))
+    with contextlib.suppress(Exception):
+        load_one(Kind.EXPORTER, "otlp")
+    if needs_bpf:
+        with contextlib.suppress(Exception):
+            importlib.import_module("bcc")  # libbcc's relocated LLVM: 12 MB written at load, shared
+
+
+def _child(argv: list[str], fds: list[int], closing: Sequence[int]) -> None:
+    """In the forked receiver process: its own session, stdio from the supervisor, then `gotel argv`."""
+    code = 1
+    try:
+        for fd in closing:
+            os.close(fd)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.setsid()
+        # the command line is the server's; name the process (ps -o comm, top) after its receiver
+        name = argv[argv.index("receiver") + 1] if "receiver" in argv[:-1] else "gotel"
+        ctypes.CDLL(None).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+        stdin_fd, stderr_fd = fds
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for src, dst in ((stdin_fd, 0), (devnull, 1), (stderr_fd, 2)):
+            os.dup2(src, dst)
+        for fd in (stdin_fd, stderr_fd, devnull):
+            os.close(fd)
+        from gotel.cli.main import main
+
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def serve(sock: socket.socket) -> None:
+    """Forks a receiver process per request until the supervisor closes the socket; reports exits."""
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    children: set[int] = set()
+    while True:
+        ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
+        if wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 512)
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            children.discard(pid)
+            send(sock, {"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+        if sock.fileno() in ready:
+            msg, fds = recv(sock)
+            if msg is None:
+                return  # the supervisor is done (or gone): receivers still running die with us
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                _child([str(a) for a in msg["argv"]], fds, (sock.fileno(), wake_r, wake_w))
+            for fd in fds:
+                os.close(fd)
+            children.add(pid)
+            pidfd = os.pidfd_open(pid)
+            send(sock, {"spawned": pid}, [pidfd])
+            os.close(pidfd)
+
+
+def main(argv: Sequence[str]) -> int:
+    """`python -m gotel.service.forkserver FD PARENT TYPE...`: FD is the socket, PARENT the supervisor's pid."""
+    fd, parent, *types = argv
+    libc = ctypes.CDLL(None)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(PR_SET_NAME, SERVER_NAME.encode(), 0, 0, 0)
+    if os.getppid() != int(parent):
+        return 1
+    sock = socket.socket(fileno=int(fd))
+    preload(types)
+    gc.collect()
+    gc.freeze()
+    serve(sock)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
+
+# ---- the supervisor's side ------------------------------------------------------------------------
+
+
+def enabled() -> bool:
+    """GOTEL_NO_FORKSERVER=1: every receiver process exec'd fresh (bench/footprint's baseline)."""
+    return os.environ.get("GOTEL_NO_FORKSERVER", "") in ("", "0")
+
+
+class ForkedProcess:
+    """A receiver process the server forked, with the part of asyncio.subprocess.Process the supervisor uses."""
+
+    def __init__(self, pid: int, pidfd: int, stderr: asyncio.StreamReader) -> None:
+        self.pid = pid
+        self._pidfd = pidfd
+        self.stderr = stderr
+        self.returncode: int | None = None
+        self._exited = asyncio.Event()
+
+    def _set_exit(self, code: int) -> None:
+        if self.returncode is None:
+            self.returncode = code
+            os.close(self._pidfd)
+            self._exited.set()
+
+    async def wait(self) -> int:
+        await self._exited.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is not None:
+            raise ProcessLookupError(self.pid)
+        signal.pidfd_send_signal(self._pidfd, sig)  # this process, never a later one with its pid
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class ForkServerClient:
+    """Starts the fork server, asks it for receiver processes, and learns how they ended."""
+
+    def __init__(self) -> None:
+        self.proc: asyncio.subprocess.Process | None = None
+        self.sock: socket.socket | None = None
+        self._pending: list[asyncio.Future[tuple[int, int]]] = []
+        self._children: dict[int, ForkedProcess] = {}
+        self._early_exits: dict[int, int] = {}
+
+    @property
+    def alive(self) -> bool:
+        return self.sock is not None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(self, receiver_types: Sequence[str]) -> None:
+        os.close(os.pidfd_open(os.getpid()))  # OSError before Linux 5.3: then receivers are exec'd
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gotel.service.forkserver", str(theirs.fileno()), str(os.getpid()), *receiver_types,
+                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                start_new_session=True)
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self.sock = ours
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_message)
+
+    def _on_message(self) -> None:
+        assert self.sock is not None
+        try:
+            msg, fds = recv(self.sock, 1)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            msg, fds = None, []
+        if msg is None:
+            self._gone()
+            return
+        if "spawned" in msg:
+            fut = self._pending.pop(0) if self._pending else None
+            if fut is not None and not fut.done():
+                fut.set_result((int(msg["spawned"]), fds[0]))
+            else:
+                for fd in fds:
+                    os.close(fd)
+        elif "exited" in msg:
+            pid, code = int(msg["exited"]), int(msg["code"])
+            child = self._children.pop(pid, None)
+            if child is None:
+                self._early_exits[pid] = code
+            else:
+                child._set_exit(code)
+
+    def _gone(self) -> None:
+        """The server exited: its receiver processes die with it (PR_SET_PDEATHSIG), reported as killed."""
+        if self.sock is not None:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        for fut in self._pending:
+            if not fut.done():
+                fut.set_exception(OSError("the fork server exited"))
+        self._pending.clear()
+        for child in self._children.values():
+            child._set_exit(-signal.SIGKILL)
+        self._children.clear()
+
+    async def spawn(self, argv: Sequence[str], spec: bytes, limit: int) -> ForkedProcess:
+        """A receiver process running `gotel argv`, with spec on its stdin and its stderr to read."""
+        if self.sock is None:
+            raise OSError("the fork server is not running")
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        try:
+            send(self.sock, {"argv": list(argv)}, [in_r, err_w])
+            self._pending.append(fut)
+        finally:
+            os.close(in_r)
+            os.close(err_w)
+        try:
+            pid, pidfd = await asyncio.wait_for(fut, SPAWN_TIMEOUT)
+        except TimeoutError:
+            os.close(in_w)  # if it comes after all, the child reads no spec and exits
+            os.close(err_r)
+            raise OSError(f"the fork server did not fork within {SPAWN_TIMEOUT:.0f}s") from None
+        except BaseException:
+            os.close(in_w)
+            os.close(err_r)
+            raise
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limit)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(err_r, "rb", 0))
+        proc = ForkedProcess(pid, pidfd, reader)
+        self._children[pid] = proc
+        if pid in self._early_exits:
+            proc._set_exit(self._early_exits.pop(pid))
+        with open(in_w, "wb", closefd=True) as f, contextlib.suppress(BrokenPipeError):
+            f.write(spec)
+        return proc
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Closes the socket (the server returns) and waits for it; SIGKILL by pid after the timeout."""
+        if self.sock is not None:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()

@@ -1,0 +1,1 @@
+"""gotel's own telemetry: per-component counters, their OTLP form, and logging."""
