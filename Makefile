@@ -22,7 +22,7 @@ test: bootstrap
 
 lint: bootstrap
 	$(VENV)/bin/ruff check gotel receivers processors exporters connectors extensions tests bench
-	$(VENV)/bin/mypy gotel receivers processors exporters connectors extensions
+	$(PY) scripts/typecheck.py
 
 # Every benchmark prints its figures beside a baseline measured in the same run; none fails on time.
 bench: bootstrap

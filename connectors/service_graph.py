@@ -54,7 +54,7 @@ class Config(ComponentConfig):
         default_factory=lambda: list(DEFAULT_BUCKETS_S), description="bucket upper bounds (durations)")
     dimensions: list[str] = Field(default_factory=list, description="span, else resource, attributes added as "
                                   "client_<name> and server_<name>")
-    store: Store = Field(default_factory=Store)  # type: ignore[arg-type]
+    store: Store = Field(default_factory=Store)
     cache_loop: Duration = Field(60.0, gt=0, description="how often series unseen for 15 minutes are dropped")
     store_expiration_loop: Duration = Field(2.0, gt=0, description="how often expired half-edges are examined")
     virtual_node_peer_attributes: list[str] = Field(

@@ -85,7 +85,7 @@ class Events(ComponentConfig):
 
 
 class Config(ComponentConfig):
-    histogram: Histogram = Field(default_factory=Histogram)  # type: ignore[arg-type]
+    histogram: Histogram = Field(default_factory=Histogram)
     dimensions: list[Dimension] = Field(default_factory=list, description="dimensions of every metric")
     calls_dimensions: list[Dimension] = Field(default_factory=list, description="dimensions of the calls metric only")
     exclude_dimensions: list[str] = Field(default_factory=list, description="default dimensions to leave out")
@@ -103,8 +103,8 @@ class Config(ComponentConfig):
                                          "without spans; 0 = never")
     metric_timestamp_cache_size: int = Field(1000, ge=0, description="accepted for the collector; unused")
     namespace: str = Field("traces.span.metrics", description="prefix of the metric names")
-    exemplars: Exemplars = Field(default_factory=Exemplars)  # type: ignore[arg-type]
-    events: Events = Field(default_factory=Events)  # type: ignore[arg-type]
+    exemplars: Exemplars = Field(default_factory=Exemplars)
+    events: Events = Field(default_factory=Events)
     aggregation_cardinality_limit: int = Field(0, ge=0, description="series per resource and metric; more "
                                                f"collapse into one with {OVERFLOW_KEY}=true; 0 = no limit")
 

@@ -62,9 +62,9 @@ class Config(ComponentConfig):
     flush_interval: Duration = Field(1.0, gt=0, description="how often buffered writes reach the file")
     queue_size: int = Field(1000, ge=1, description="requests waiting for the writer thread before new ones are dropped")
     # Defaults given as text so that `gotel components` shows them in octal; validated into ints.
-    file_mode: FileMode = Field("0600", validate_default=True,  # type: ignore[assignment]
+    file_mode: FileMode = Field("0600", validate_default=True,
                                 description="permissions of the files written (octal, e.g. 0640); set on open")
-    directory_mode: FileMode = Field("0700", validate_default=True,  # type: ignore[assignment]
+    directory_mode: FileMode = Field("0700", validate_default=True,
                                      description="permissions of a directory the exporter creates")
 
 

@@ -121,7 +121,7 @@ def render(series: list[Series], accept: str, send_timestamps: bool, open_metric
     col = _Collector(series, send_timestamps)
     if open_metrics and wants_openmetrics(accept):
         return omfmt.generate_latest(col, version="1.0.0"), OPENMETRICS_CT
-    return textfmt.generate_latest(col), TEXT_CT  # type: ignore[arg-type]
+    return textfmt.generate_latest(col), TEXT_CT
 
 
 def _family(s: Series) -> Metric | None:

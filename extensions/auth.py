@@ -54,7 +54,7 @@ class BearerTokenAuth(Component):
         self._stamp: tuple[int, int, int] | None = None
         self._failing = False
         if not cfg.filename:
-            self._token = (cfg.token or cfg.tokens[0]).get_secret_value()  # type: ignore[union-attr]
+            self._token = (cfg.token or cfg.tokens[0]).get_secret_value()
 
     def _reload(self) -> None:
         """Reads the token file when its inode, size or mtime changed since the last read."""

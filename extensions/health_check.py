@@ -53,7 +53,7 @@ class Config(ComponentConfig):
     endpoint: str = Field(DEFAULT_ENDPOINT, description="host:port to serve on (loopback unless configured)")
     path: str = Field("/", description="URL path of the health answer")
     response_body: ResponseBody | None = Field(None, description="fixed bodies instead of the JSON status")
-    check_collector_pipeline: PipelineCheck = Field(default_factory=PipelineCheck)  # type: ignore[arg-type]
+    check_collector_pipeline: PipelineCheck = Field(default_factory=PipelineCheck)
     tls: ServerTLS | None = Field(None, description="serve HTTPS with this certificate")
 
     @field_validator("endpoint")

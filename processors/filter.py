@@ -146,9 +146,9 @@ def _entry(signal: str, group: type[_Group]) -> Any:
 
 class Config(ComponentConfig):
     error_mode: ErrorMode = Field("ignore", description="ignore (log and go on), silent, or propagate (refuse the batch)")
-    traces: TracesFilter = Field(default_factory=TracesFilter)  # type: ignore[arg-type]
-    metrics: MetricsFilter = Field(default_factory=MetricsFilter)  # type: ignore[arg-type]
-    logs: LogsFilter = Field(default_factory=LogsFilter)  # type: ignore[arg-type]
+    traces: TracesFilter = Field(default_factory=TracesFilter)
+    metrics: MetricsFilter = Field(default_factory=MetricsFilter)
+    logs: LogsFilter = Field(default_factory=LogsFilter)
     trace_conditions: list[_entry("traces", TraceGroup)] | None = None  # type: ignore[valid-type]
     metric_conditions: list[_entry("metrics", MetricGroup)] | None = None  # type: ignore[valid-type]
     log_conditions: list[_entry("logs", LogGroup)] | None = None  # type: ignore[valid-type]

@@ -51,8 +51,8 @@ class Config(ComponentConfig):
     detectors: list[Detector] = Field(default_factory=lambda: list(DEFAULT_DETECTORS))
     override: bool = Field(False, description="replace attributes the resource already has")
     service_name: bool = Field(True, description="resolve service.name in the documented order")
-    process: ProcessOptions = Field(default_factory=ProcessOptions)  # type: ignore[arg-type]
-    k8s: K8sOptions = Field(default_factory=K8sOptions)  # type: ignore[arg-type]
+    process: ProcessOptions = Field(default_factory=ProcessOptions)
+    k8s: K8sOptions = Field(default_factory=K8sOptions)
     proc_root: str = "/proc"
     cache_sweep_interval: Duration = Field(5.0, gt=0, description="how often exited processes are forgotten")
 

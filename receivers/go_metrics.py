@@ -235,7 +235,7 @@ class GoMetricsReceiver(Receiver):
         for t, kind in self.static_targets():
             self.tasks.append(asyncio.create_task(self._loop(t, t.path_prefix, kind)))
         if self.cfg.kubernetes is not None:
-            from gotel.k8s.discovery import (  # type: ignore[import-not-found]
+            from gotel.k8s.discovery import (
                 KubernetesDiscoveryConfig,
                 PodTargetSource,
             )

@@ -158,7 +158,7 @@ def holdings(named: list[tuple[str, pb.Profile]]) -> list[Holding]:
 def _default_type(p: pb.Profile) -> str:
     names = pprof.sample_type_names(p)
     if p.default_sample_type:
-        dst = p.string_table[p.default_sample_type]
+        dst = str(p.string_table[p.default_sample_type])
         if any(t == dst for t, _u in names):
             return dst
     return names[-1][0] if names else ""

@@ -49,8 +49,8 @@ class TelemetryLogs(ComponentConfig):
 
 
 class TelemetryConfig(ComponentConfig):
-    metrics: TelemetryMetrics = Field(default_factory=TelemetryMetrics)  # type: ignore[arg-type]
-    logs: TelemetryLogs = Field(default_factory=TelemetryLogs)  # type: ignore[arg-type]
+    metrics: TelemetryMetrics = Field(default_factory=TelemetryMetrics)
+    logs: TelemetryLogs = Field(default_factory=TelemetryLogs)
 
 
 class SupervisorConfig(ComponentConfig):

@@ -119,7 +119,8 @@ def storage_client(ctx: Context, storage: str, name: str) -> Awaitable[StorageCl
         raise StorageUnavailableError(
             f"{ctx.id}: sending_queue::storage: {storage} is not a running storage extension "
             f"(list it under extensions and service::extensions; running: {have})")
-    return ext.client(ctx.kind, ctx.id, name)
+    client: Awaitable[StorageClient] = ext.client(ctx.kind, ctx.id, name)
+    return client
 
 
 class Sender:

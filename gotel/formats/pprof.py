@@ -105,7 +105,7 @@ def validate(p: pb.Profile) -> None:
 
 
 def encode(p: pb.Profile, compress: bool = True) -> bytes:
-    raw = p.SerializeToString()
+    raw: bytes = p.SerializeToString()
     if not compress:
         return raw
     c = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)

@@ -213,7 +213,7 @@ class Converter:
         now = time.monotonic()
         touched: list[Series] = []
         if emit is not None:
-            touched = _Emitter(emit)  # type: ignore[assignment]
+            touched = _Emitter(emit)
         for rm in batch.peek().resource_metrics:
             base, info = self._resource(rm.resource)
             s = self.target_info(base, info, now)
@@ -443,7 +443,7 @@ class _Emitter(list):  # type: ignore[type-arg]
         super().__init__()
         self.fn = fn
 
-    def append(self, s: Series) -> None:  # type: ignore[override]
+    def append(self, s: Series) -> None:
         self.fn(s)
 
 

@@ -219,7 +219,7 @@ class MetadataStore:
     def remove_hook(self, fn: Callable[..., None]) -> None:
         for hooks in (self._relist_hooks, self._error_hooks, self._listeners):
             if fn in hooks:
-                hooks.remove(fn)  # type: ignore[arg-type]
+                hooks.remove(fn)
 
     def _hook_relist(self, kind: str, reason: str) -> None:
         for fn in list(self._relist_hooks):

@@ -154,7 +154,7 @@ def retry_info_delay(status_bin: bytes | None) -> float | None:
         if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             ri = error_details_pb2.RetryInfo()
             d.Unpack(ri)
-            return max(0.0, ri.retry_delay.ToNanoseconds() / 1e9)
+            return max(0.0, int(ri.retry_delay.ToNanoseconds()) / 1e9)
     return None
 
 

@@ -41,7 +41,7 @@ class TelemetryServer:
     async def _metrics(self, _req: web.Request) -> web.Response:
         if not self.metrics_enabled:
             return web.Response(status=404, text="self-metrics are off (service::telemetry::metrics::level: none)\n")
-        body = generate_latest(self.registry)  # type: ignore[arg-type]
+        body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _req: web.Request) -> web.Response:

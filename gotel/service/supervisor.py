@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretBytes, SecretStr
 
-from gotel.component.contract import EXIT_CANNOT_RUN, ComponentID, Kind
+from gotel.component.contract import EXIT_CANNOT_RUN, ComponentID, Kind, ReceiverFactory
 from gotel.config.model import ComponentEntry, SupervisorConfig
 from gotel.pdata.batch import Metrics, Signal, attr_dict
 from gotel.service.forkserver import ForkedProcess, ForkServerClient
@@ -150,7 +150,7 @@ class CounterCarry:
 
 @dataclass
 class Child:
-    entry: ComponentEntry
+    entry: ComponentEntry[ReceiverFactory]
     signals: list[Signal]
     tel: ComponentTelemetry
     proc: asyncio.subprocess.Process | ForkedProcess | None = None
@@ -191,7 +191,7 @@ class Supervisor:
         # import pages are shared; None, or not alive, and they are exec'd fresh
         self.forkserver: ForkServerClient | None = None
 
-    def add(self, entry: ComponentEntry, signals: list[Signal]) -> None:
+    def add(self, entry: ComponentEntry[ReceiverFactory], signals: list[Signal]) -> None:
         t = self.tel.component(entry.id, Kind.RECEIVER)
         t.set_up(False)
         self.tel.restarts.labels(str(entry.id), Kind.RECEIVER.value)  # exposed as 0 from the start

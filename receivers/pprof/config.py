@@ -106,7 +106,7 @@ def check_kubernetes(v: dict[str, Any] | None) -> dict[str, Any] | None:
     if v is None:
         return v
     try:
-        from gotel.k8s.discovery import KubernetesDiscoveryConfig  # type: ignore[import-not-found]
+        from gotel.k8s.discovery import KubernetesDiscoveryConfig
     except ImportError:
         raise ValueError("kubernetes pod discovery (gotel.k8s.discovery) is not installed") from None
     KubernetesDiscoveryConfig.model_validate(v)

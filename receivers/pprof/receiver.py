@@ -533,7 +533,7 @@ class PprofReceiver(Receiver):
 
     async def start(self) -> None:
         if self.cfg.kubernetes is not None:
-            from gotel.k8s.discovery import (  # type: ignore[import-not-found]
+            from gotel.k8s.discovery import (
                 KubernetesDiscoveryConfig,
                 PodTargetSource,
             )

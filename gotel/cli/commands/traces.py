@@ -89,6 +89,8 @@ def _emit_json(obj: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from gotel.cli.traceview import render
     from gotel.cli.traceview.sources import FileSource, NotFound, Query, SourceError
 
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         args._parser.print_help()
         return 2
     con = render.console(no_color=args.no_color)
-    err = render.Console(stderr=True, no_color=args.no_color, highlight=False)
+    err = Console(stderr=True, no_color=args.no_color, highlight=False)
     try:
         src = _source(args)
     except SourceError as e:
