@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from typing import Any, Literal, TextIO
+from typing import Any, ClassVar, Literal, TextIO
 
 from google.protobuf import text_format
 from google.protobuf.descriptor import FieldDescriptor
@@ -96,7 +96,7 @@ class _Summary:
     """What the exporters of one id saw since the last line, and the process's drop and failure counters
     then, so that each line says what the pipeline lost meanwhile."""
 
-    _ERRORS = {"gotel_dropped_items": "dropped", "gotel_exporter_send_failed_items": "send failed",
+    _ERRORS: ClassVar[dict[str, str]] = {"gotel_dropped_items": "dropped", "gotel_exporter_send_failed_items": "send failed",
                "gotel_receiver_refused_items": "refused"}
 
     def __init__(self, name: str, registry: Any, interval: float, out: TextIO | None) -> None:

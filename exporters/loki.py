@@ -317,16 +317,50 @@ class Converter:
             labels[name] = v
         return labels, meta
 
+    def _metadata(self, rec: Any, use_json: bool,
+                  rmeta: tuple[list[tuple[str, str]], bytes, int, int]) -> tuple[bytes, list[tuple[str, str]]]:
+        """A record's structured metadata, encoded (repeated pairs encoded once and cached), and as pairs
+        for the JSON body; cut to Loki's count and size limits, counting what was cut."""
+        rmeta_pairs, rmeta_bytes, n_rmeta, rmeta_size = rmeta
+        lim = self.lim
+        pairs: list[tuple[str, str]] | None = None
+        if use_json:
+            pairs = _record_pairs(rec)
+        if len(rec.attributes) + 2 + n_rmeta <= lim.max_structured_metadata_entries_count:
+            cache = self._pairs
+            parts = [rmeta_bytes]
+            size = rmeta_size
+            for x in rec.attributes:
+                av = x.value
+                sv = av.string_value if av.WhichOneof("value") == "string_value" else _str(av)
+                ck = (x.key, sv)
+                size += len(ck[0]) + len(sv)
+                b = cache.get(ck)
+                if b is None:
+                    if len(cache) > 50_000:
+                        cache.clear()
+                    b = cache[ck] = ld(b"\x1a", label_pair(label_name(x.key), sv))
+                parts.append(b)
+            if rec.trace_id:
+                parts.append(TRACE_PRE + rec.trace_id.hex().encode() if len(rec.trace_id) == 16
+                             else ld(b"\x1a", label_pair("trace_id", rec.trace_id.hex())))
+            if rec.span_id:
+                parts.append(SPAN_PRE + rec.span_id.hex().encode() if len(rec.span_id) == 8
+                             else ld(b"\x1a", label_pair("span_id", rec.span_id.hex())))
+            max_size = lim.max_structured_metadata_size
+            if not max_size or size + 80 <= max_size:
+                return b"".join(parts), (rmeta_pairs + pairs if pairs is not None else [])
+        # over Loki's count or size limit: cut, and count what was cut
+        pairs = self._fit_metadata(pairs if pairs is not None else _record_pairs(rec), rmeta_pairs)
+        return b"".join(ld(b"\x1a", label_pair(k, v)) for k, v in pairs), pairs
+
     def convert(self, batch: Logs) -> PushBatch:
         lim = self.lim
         level_label = self.cfg.level_label
         max_line = lim.max_line_size
-        max_sm = lim.max_structured_metadata_entries_count
-        max_sm_size = lim.max_structured_metadata_size
         now = time.time_ns()
         streams: dict[tuple[int, str], tuple[str, dict[str, str], list[tuple[int, bytes, Any]]]] = {}
         use_json = self.json
-        cache = self._pairs
         secs: dict[int, bytes] = {}
         rids: dict[tuple[tuple[str, str], ...], int] = {}
         for rl in batch.peek().resource_logs:
@@ -335,8 +369,7 @@ class Converter:
             ri = rids.setdefault(tuple(sorted(labels.items())), len(rids))
             rmeta_pairs = [(label_name(k), v) for k, v in rmeta]
             rmeta_bytes = b"".join(ld(b"\x1a", label_pair(k, v)) for k, v in rmeta_pairs)
-            n_rmeta = len(rmeta_pairs)
-            rmeta_size = sum(len(k) + len(v) for k, v in rmeta_pairs)
+            rm = (rmeta_pairs, rmeta_bytes, len(rmeta_pairs), sum(len(k) + len(v) for k, v in rmeta_pairs))
             for sl in rl.scope_logs:
                 for rec in sl.log_records:
                     ts = rec.time_unix_nano or rec.observed_time_unix_nano or now
@@ -359,49 +392,7 @@ class Converter:
                         if not lab:  # Loki rejects a stream without labels (missing_labels)
                             lab = {"service_name": "unknown_service"}
                         st = streams[key] = (selector(lab), lab, [])
-                    if use_json:
-                        pairs = [(label_name(x.key), _str(x.value)) for x in rec.attributes]
-                        if rec.trace_id:
-                            pairs.append(("trace_id", rec.trace_id.hex()))
-                        if rec.span_id:
-                            pairs.append(("span_id", rec.span_id.hex()))
-                    else:
-                        pairs = None
-                    smb = None
-                    if len(rec.attributes) + 2 + n_rmeta <= max_sm:
-                        # structured metadata: repeated (name, value) pairs are encoded once and cached
-                        parts = [rmeta_bytes]
-                        size = rmeta_size
-                        for x in rec.attributes:
-                            av = x.value
-                            sv = av.string_value if av.WhichOneof("value") == "string_value" else _str(av)
-                            ck = (x.key, sv)
-                            size += len(ck[0]) + len(sv)
-                            b = cache.get(ck)
-                            if b is None:
-                                if len(cache) > 50_000:
-                                    cache.clear()
-                                b = cache[ck] = ld(b"\x1a", label_pair(label_name(x.key), sv))
-                            parts.append(b)
-                        if rec.trace_id:
-                            parts.append(TRACE_PRE + rec.trace_id.hex().encode() if len(rec.trace_id) == 16
-                                         else ld(b"\x1a", label_pair("trace_id", rec.trace_id.hex())))
-                        if rec.span_id:
-                            parts.append(SPAN_PRE + rec.span_id.hex().encode() if len(rec.span_id) == 8
-                                         else ld(b"\x1a", label_pair("span_id", rec.span_id.hex())))
-                        if not max_sm_size or size + 80 <= max_sm_size:
-                            smb = b"".join(parts)
-                            allpairs = rmeta_pairs + pairs if pairs is not None else []
-                    if smb is None:  # over Loki's count or size limit: cut, and count what was cut
-                        if pairs is None:
-                            pairs = [(label_name(x.key), _str(x.value)) for x in rec.attributes]
-                            if rec.trace_id:
-                                pairs.append(("trace_id", rec.trace_id.hex()))
-                            if rec.span_id:
-                                pairs.append(("span_id", rec.span_id.hex()))
-                        pairs = self._fit_metadata(pairs, rmeta_pairs)
-                        smb = b"".join(ld(b"\x1a", label_pair(k, v)) for k, v in pairs)
-                        allpairs = pairs
+                    smb, allpairs = self._metadata(rec, use_json, rm)
                     sec, nanos = divmod(ts, 1_000_000_000)
                     secb = secs.get(sec)
                     if secb is None:
@@ -512,3 +503,13 @@ factory = ExporterFactory(
     description="Grafana Loki: push API (protobuf+snappy or JSON) with labels from resource attributes, or native OTLP",
     create=create,
 )
+
+
+def _record_pairs(rec: Any) -> list[tuple[str, str]]:
+    """A record's attributes and trace context as (label name, value) pairs."""
+    pairs = [(label_name(x.key), _str(x.value)) for x in rec.attributes]
+    if rec.trace_id:
+        pairs.append(("trace_id", rec.trace_id.hex()))
+    if rec.span_id:
+        pairs.append(("span_id", rec.span_id.hex()))
+    return pairs

@@ -48,7 +48,7 @@ class Config(ComponentConfig):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
+        _host, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError(f"endpoint {v!r} must be host:port, e.g. 127.0.0.1:8889")
         return v

@@ -59,7 +59,7 @@ class Config(ComponentConfig):
     @field_validator("endpoint")
     @classmethod
     def _addr(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
+        _host, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or int(port) > 65535:
             raise ValueError(f"expected host:port, got {v!r}")
         return v

@@ -434,7 +434,7 @@ class FilterProcessor(Processor):
                 deleted.resources.update(drop_r)
         return changed
 
-    def _walk(self, st: _Stage, msg: Any, plan_item: _Plan | None = None, plan_sub: _Plan | None = None,
+    def _walk(self, st: _Stage, msg: Any, plan_item: _Plan | None = None, plan_sub: _Plan | None = None,  # noqa: C901 (the per-item hot path, kept inline)
               deleted: _Deleted | None = None) -> tuple[bool, int]:
         """One stage over the message. plan_item / plan_sub: which item / span event conditions to
         evaluate for which item (None: all of them for every item)."""

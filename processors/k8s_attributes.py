@@ -13,6 +13,7 @@ import asyncio
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
@@ -249,8 +250,25 @@ class _Extractor:
         return n
 
     def attributes(self, store: MetadataStore, pod: PodInfo, c: Any) -> list[tuple[str, Any]]:
-        out: list[tuple[str, Any]] = []
-        meta = self.meta
+        owner = self._owners(store, pod)
+        out = [(name, v) for name in self.meta if (v := self._value(name, store, pod, c, owner))]
+        for items, what in ((self.labels, "labels"), (self.annotations, "annotations")):
+            for f, krx, vrx in items:
+                src = self._source(store, pod, f.from_, what)
+                for key, val in (src or {}).items():
+                    tag = _tag(f, krx, key, what)
+                    if tag is None:
+                        continue
+                    if vrx is not None:
+                        vm = vrx.search(val)
+                        if not vm:
+                            continue
+                        val = vm.group("value")
+                    out.append((tag, val))
+        return out
+
+    def _owners(self, store: MetadataStore, pod: PodInfo) -> dict[str, tuple[str, str]]:
+        """Workload kind -> (name, uid) of the pod's owners, the deployment and cronjob inferred as configured."""
         owner: dict[str, tuple[str, str]] = {}
         kind = pod.owner_kind
         if kind == "ReplicaSet":
@@ -265,79 +283,63 @@ class _Extractor:
                     owner["deployment"] = (rs.owner_name, rs.owner_uid)
         elif kind in ("StatefulSet", "DaemonSet", "Job"):
             owner[kind.lower()] = (pod.owner_name, pod.owner_uid)
-            if kind == "Job":
-                m = _CRONJOB_FROM_JOB.match(pod.owner_name)
-                if m:
-                    owner["cronjob"] = (m.group(1), "")
-        for name in meta:
-            v: Any = None
-            if name == "k8s.namespace.name":
-                v = pod.namespace
-            elif name == "k8s.pod.name":
-                v = pod.name
-            elif name == "k8s.pod.uid":
-                v = pod.uid
-            elif name == "k8s.pod.start_time":
-                v = pod.start_time
-            elif name == "k8s.pod.ip":
-                v = pod.ip
-            elif name == "k8s.node.name":
-                v = pod.node
-            elif name == "k8s.node.uid":
-                n = store.nodes.get(pod.node)
-                v = n.uid if n else None
-            elif name.startswith("k8s.") and name.count(".") == 2 and name.split(".")[1] in (
-                "deployment", "replicaset", "statefulset", "daemonset", "job", "cronjob"
-            ):
-                _, wk, field = name.split(".")
-                hit = owner.get(wk)
-                if hit:
-                    v = hit[0] if field == "name" else hit[1]
-            elif c is not None:
-                if name == "k8s.container.name":
-                    v = c.name
-                elif name == "container.id":
-                    v = c.id
-                elif name == "container.image.name":
-                    v = c.image_name
-                elif name == "container.image.tag":
-                    v = c.image_tag
-                elif name == "k8s.container.restart_count":
-                    v = str(c.restart_count)
-            if v:
-                out.append((name, v))
-        for items, what in ((self.labels, "labels"), (self.annotations, "annotations")):
-            for f, krx, vrx in items:
-                src: dict[str, str] | None
-                if f.from_ == "pod":
-                    src = pod.labels if what == "labels" else pod.annotations
-                elif f.from_ == "namespace":
-                    mi = store.namespaces.get(pod.namespace)
-                    src = (mi.labels if what == "labels" else mi.annotations) if mi else None
-                else:
-                    mi = store.nodes.get(pod.node)
-                    src = (mi.labels if what == "labels" else mi.annotations) if mi else None
-                if not src:
-                    continue
-                for key, val in src.items():
-                    if f.key:
-                        if key != f.key:
-                            continue
-                        tag = f.tag_name or f"k8s.{f.from_}.{what}.{key}"
-                    else:
-                        assert krx is not None
-                        km = krx.fullmatch(key)
-                        if not km:
-                            continue
-                        tag = km.expand(f.tag_name.replace("$$", "$").replace("${", "\\g<").replace("}", ">")
-                                        .replace("$", "\\")) if f.tag_name else f"k8s.{f.from_}.{what}.{key}"
-                    if vrx is not None:
-                        vm = vrx.search(val)
-                        if not vm:
-                            continue
-                        val = vm.group("value")
-                    out.append((tag, val))
-        return out
+            m = _CRONJOB_FROM_JOB.match(pod.owner_name) if kind == "Job" else None
+            if m:
+                owner["cronjob"] = (m.group(1), "")
+        return owner
+
+    @staticmethod
+    def _value(name: str, store: MetadataStore, pod: PodInfo, c: Any, owner: dict[str, tuple[str, str]]) -> Any:
+        if name in _POD_FIELDS:
+            return _POD_FIELDS[name](pod)
+        if name == "k8s.node.uid":
+            n = store.nodes.get(pod.node)
+            return n.uid if n else None
+        parts = name.split(".")
+        if len(parts) == 3 and parts[0] == "k8s" and parts[1] in _WORKLOADS:
+            hit = owner.get(parts[1])
+            return (hit[0] if parts[2] == "name" else hit[1]) if hit else None
+        if c is not None and name in _CONTAINER_FIELDS:
+            return _CONTAINER_FIELDS[name](c)
+        return None
+
+    @staticmethod
+    def _source(store: MetadataStore, pod: PodInfo, frm: str, what: str) -> dict[str, str] | None:
+        if frm == "pod":
+            return pod.labels if what == "labels" else pod.annotations
+        mi = store.namespaces.get(pod.namespace) if frm == "namespace" else store.nodes.get(pod.node)
+        return (mi.labels if what == "labels" else mi.annotations) if mi else None
+
+
+_POD_FIELDS: dict[str, Callable[[PodInfo], Any]] = {
+    "k8s.namespace.name": lambda p: p.namespace,
+    "k8s.pod.name": lambda p: p.name,
+    "k8s.pod.uid": lambda p: p.uid,
+    "k8s.pod.start_time": lambda p: p.start_time,
+    "k8s.pod.ip": lambda p: p.ip,
+    "k8s.node.name": lambda p: p.node,
+}
+_CONTAINER_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "k8s.container.name": lambda c: c.name,
+    "container.id": lambda c: c.id,
+    "container.image.name": lambda c: c.image_name,
+    "container.image.tag": lambda c: c.image_tag,
+    "k8s.container.restart_count": lambda c: str(c.restart_count),
+}
+_WORKLOADS = ("deployment", "replicaset", "statefulset", "daemonset", "job", "cronjob")
+
+
+def _tag(f: FieldExtract, krx: re.Pattern[str] | None, key: str, what: str) -> str | None:
+    """The attribute name a label/annotation key becomes, or None when the key is not extracted."""
+    if f.key:
+        return (f.tag_name or f"k8s.{f.from_}.{what}.{key}") if key == f.key else None
+    assert krx is not None
+    km = krx.fullmatch(key)
+    if not km:
+        return None
+    if not f.tag_name:
+        return f"k8s.{f.from_}.{what}.{key}"
+    return km.expand(f.tag_name.replace("$$", "$").replace("${", "\\g<").replace("}", ">").replace("$", "\\"))
 
 
 class K8sAttributesProcessor(Processor):

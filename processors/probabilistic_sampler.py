@@ -114,7 +114,7 @@ def _go_div(a: int, b: int) -> int:
 
 def _go_round(x: float) -> int:
     """math.Round: half away from zero."""
-    return int(math.floor(x + 0.5)) if x >= 0 else -int(math.floor(-x + 0.5))
+    return math.floor(x + 0.5) if x >= 0 else -math.floor(-x + 0.5)
 
 
 def probability(th: int) -> float:

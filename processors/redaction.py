@@ -22,7 +22,7 @@ from decimal import Decimal
 from functools import partial
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from gotel.component.contract import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
 from gotel.pdata.batch import Batch, Signal
@@ -61,7 +61,7 @@ CREDENTIAL_VALUES: tuple[tuple[str, int], ...] = (
 class Disabled(ComponentConfig):
     """url_sanitizer / db_sanitizer: accepted only switched off (gotel has neither sanitizer)."""
 
-    model_config = {"extra": "allow"}
+    model_config = ConfigDict(extra="allow")
     enabled: bool = False
 
     @model_validator(mode="after")
@@ -72,7 +72,7 @@ class Disabled(ComponentConfig):
 
 
 class DBSanitizer(ComponentConfig):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid")
     sanitize_span_name: bool | None = None
     sql: Disabled = Field(default_factory=Disabled)
     redis: Disabled = Field(default_factory=Disabled)

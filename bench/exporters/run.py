@@ -25,15 +25,15 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-import cramjam  # noqa: E402
+import cramjam
 
-from gotel.component.contract import ComponentID, Context, Kind  # noqa: E402
-from gotel.exporters import loki  # noqa: E402
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.exporters import loki
 from gotel.exporters import prometheus_remote_write as prw
-from gotel.pdata.batch import Logs, Metrics, attrs  # noqa: E402
-from gotel.proto import logproto_pb2, remote_write_pb2  # noqa: E402
-from gotel.telemetry.counters import Telemetry  # noqa: E402
-from tests.helpers import metricsdata as md  # noqa: E402
+from gotel.pdata.batch import Logs, Metrics, attrs
+from gotel.proto import logproto_pb2, remote_write_pb2
+from gotel.telemetry.counters import Telemetry
+from tests.helpers import metricsdata as md
 
 
 def _sink(port: int, ready: Any) -> None:
@@ -273,7 +273,7 @@ def remote_write(url: str, seconds: float, rounds: int) -> None:
 def loki_bench(url: str, seconds: float) -> None:
     print("== Loki (push API, protobuf + block snappy), 4 streams x 1000 entries per batch")
     batch = log_batch()
-    raw_rate, n = loki_raw(batch, loki.Converter(loki.Config(endpoint=url + "/loki/api/v1/push"), ctx("loki/r")))
+    raw_rate, _n = loki_raw(batch, loki.Converter(loki.Config(endpoint=url + "/loki/api/v1/push"), ctx("loki/r")))
     conv_rate = loki_convert_only(batch)
     wall_rate, cpu_rate, total = asyncio.run(loki_pipeline(url, batch, seconds))
     print(f"  raw serialisation (generated PushRequest + snappy): {raw_rate:12,.0f} entries/CPU-s")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.helpers.procmem import tree_mem  # noqa: E402
+from tests.helpers.procmem import tree_mem
 
 COMMON = ["gotel.receiverhelper.process", "gotel.exporters.otlp", "gotel.cli.commands.receiver", "gotel.host.memory"]
 PLUGIN = {"go_ebpf": "gotel.receivers.go_ebpf", "go_runtime": "gotel.receivers.go_runtime",

@@ -34,9 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.e2e.agent import GOTEL, free_port  # noqa: E402
-from tests.helpers import goapps  # noqa: E402
-from tests.helpers.procmem import ProcMem, default_config, proc_mem, total_pss_mib, tree_mem  # noqa: E402
+from tests.e2e.agent import GOTEL, free_port
+from tests.helpers import goapps
+from tests.helpers.procmem import ProcMem, default_config, proc_mem, total_pss_mib, tree_mem
 
 MB = 1e6 / 1024  # KiB per MB (the figures are in MB)
 

@@ -29,13 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gotel.component.contract import ComponentID, Context, Kind  # noqa: E402
-from gotel.exporters import otlp as otlp_exp  # noqa: E402
-from gotel.pdata.batch import Signal  # noqa: E402
-from gotel.receivers.go_ebpf import Config, factory  # noqa: E402
-from gotel.receivers.go_ebpf.events import Assembler  # noqa: E402
-from gotel.telemetry.counters import Telemetry  # noqa: E402
-from tests.helpers import goapps  # noqa: E402
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.exporters import otlp as otlp_exp
+from gotel.pdata.batch import Signal
+from gotel.receivers.go_ebpf import Config, factory
+from gotel.receivers.go_ebpf.events import Assembler
+from gotel.telemetry.counters import Telemetry
+from tests.helpers import goapps
 
 _STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gotel.receivers.go_ebpf.events import RECORD, T_GRPC_CLIENT, T_HTTP_SERVER, Assembler  # noqa: E402
-from gotel.receivers.go_ebpf.selffilter import SelfFilter  # noqa: E402
+from gotel.receivers.go_ebpf.events import RECORD, T_GRPC_CLIENT, T_HTTP_SERVER, Assembler
+from gotel.receivers.go_ebpf.selffilter import SelfFilter
 
 LO = b"\x7f\x00\x00\x01" + bytes(12)
 

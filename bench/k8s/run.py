@@ -25,10 +25,10 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from gotel.k8s.client import api_client  # noqa: E402
-from gotel.k8s.store import MetadataStore, StoreKey  # noqa: E402
-from gotel.pdata.batch import Signal, Traces, attrs  # noqa: E402
-from tests.helpers.kube_api import KubeAPIServer, make_pod, make_replicaset  # noqa: E402
+from gotel.k8s.client import api_client
+from gotel.k8s.store import MetadataStore, StoreKey
+from gotel.pdata.batch import Signal, Traces, attrs
+from tests.helpers.kube_api import KubeAPIServer, make_pod, make_replicaset
 
 N_PODS = 10_000
 LAST_APPLIED = json.dumps({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"name": "app", "image": "x" * 40}] * 8}})
@@ -224,8 +224,8 @@ async def bench_enrichment() -> None:
 
 def main() -> None:
     print(f"== metadata cache: cluster-wide list+watch, {N_PODS} pods (2 containers, 4 labels, 2 annotations each)")
-    h0, _, s0, _ = measure_store(0)
-    h1, _, s1, churn = measure_store(N_PODS, churn_rounds=5)
+    h0, _, _s0, _ = measure_store(0)
+    h1, _, _s1, churn = measure_store(N_PODS, churn_rounds=5)
     print("Python heap of live objects (tracemalloc, started just before the store):")
     print(f"  empty cache baseline : {h0:7.2f} MB")
     print(f"  {N_PODS} pods         : {h1:7.2f} MB   -> cache cost {h1 - h0:.2f} MB ({(h1 - h0) * 1e6 / N_PODS:.0f} B/pod), goal < 50 MB")

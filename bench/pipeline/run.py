@@ -298,7 +298,7 @@ def run_once(
         time.sleep(0.005)
     t_end = time.perf_counter()
     cpu1 = cpu_seconds(pipe.pid) if pipe and pipe.pid else 0.0
-    t0, t_sent, retries = res.get(timeout=60)
+    _t0, _t_sent, retries = res.get(timeout=60)
     got = count.value
     stop.set()
     if pipe:

@@ -101,7 +101,7 @@ def window(app: goapps.RunningApp, records: int = 3) -> Window:
     deadline = time.monotonic() + records + 5
     while not [r for r in app.records()[start:] if r.get("event") == "pingpong"] and time.monotonic() < deadline:
         app.records(timeout=0.2)
-    first = [r for r in app.records()[start:] if r.get("event") == "pingpong"][0]
+    first = next(r for r in app.records()[start:] if r.get("event") == "pingpong")
     (k0, r0), c0, w0 = task_counters(app.pid), time.process_time(), time.monotonic()
     while len(app.records(timeout=0.5)) - start < records and time.monotonic() < deadline:
         pass

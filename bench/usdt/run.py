@@ -19,11 +19,11 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from gotel.component.contract import ComponentID, Context, Kind  # noqa: E402
-from gotel.pdata.batch import Batch, Signal  # noqa: E402
-from gotel.receivers.usdt import Config, factory  # noqa: E402
-from gotel.telemetry.counters import Telemetry  # noqa: E402
-from tests.helpers import goapps  # noqa: E402
+from gotel.component.contract import ComponentID, Context, Kind
+from gotel.pdata.batch import Batch, Signal
+from gotel.receivers.usdt import Config, factory
+from gotel.telemetry.counters import Telemetry
+from tests.helpers import goapps
 
 
 class CountingSink:

@@ -38,7 +38,7 @@ class TelemetryMetrics(ComponentConfig):
     @classmethod
     def _addr(cls, v: str) -> str:
         if v:
-            host, sep, port = v.rpartition(":")
+            _host, sep, port = v.rpartition(":")
             if not sep or not port.isdigit() or int(port) > 65535:
                 raise ValueError(f"expected host:port, got {v!r}")
         return v

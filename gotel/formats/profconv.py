@@ -89,7 +89,7 @@ class ProfilesBuilder:
         return i
 
     def _scope(self, resource: Mapping[str, Any], scope_name: str, scope_version: str) -> Any:
-        key = tuple(sorted((k, repr(v)) for k, v in resource.items())) + (("\0scope", scope_name),)
+        key = (*tuple(sorted((k, repr(v)) for k, v in resource.items())), ("\x00scope", scope_name))
         sp = self._resources.get(key)
         if sp is None:
             rp = self.req.resource_profiles.add()
@@ -102,7 +102,7 @@ class ProfilesBuilder:
 
     # --- conversion ------------------------------------------------------------------------------
 
-    def add(
+    def add(  # noqa: C901 (one pass per sample's locations: split, it would add calls per sample)
         self,
         p: pb.Profile,
         resource: Mapping[str, Any],
@@ -346,7 +346,7 @@ def otlp_to_pprof(req: Any, on_drop: Callable[[int, str], None] | None = None) -
     return groups
 
 
-def _rebuild(d: Any, resource: dict[str, Any], scope: str, pattrs: dict[str, Any],
+def _rebuild(d: Any, resource: dict[str, Any], scope: str, pattrs: dict[str, Any],  # noqa: C901 (the OTLP dictionary rebuilt table by table in one pass)
              members: list[tuple[str, Any]]) -> PprofGroup:
     p = pb.Profile()
     strings: dict[str, int] = {"": 0}

@@ -125,14 +125,14 @@ class Series:
             acc = 0.0
             for i, b in enumerate(self.bounds):
                 acc += self.counts[i] if i < len(self.counts) else 0.0
-                yield self.family + "_bucket", self.labels + (("le", format_le(b)),), acc
-            yield self.family + "_bucket", self.labels + (("le", "+Inf"),), self.count
+                yield self.family + "_bucket", (*self.labels, ("le", format_le(b))), acc
+            yield self.family + "_bucket", (*self.labels, ("le", "+Inf")), self.count
             if self.has_sum:
                 yield self.family + "_sum", self.labels, self.sum
             yield self.family + "_count", self.labels, self.count
         elif self.kind == "summary":
             for q, v in self.quantiles:
-                yield self.family, self.labels + (("quantile", format_le(q)),), v
+                yield self.family, (*self.labels, ("quantile", format_le(q))), v
             yield self.family + "_sum", self.labels, self.sum
             yield self.family + "_count", self.labels, self.count
 

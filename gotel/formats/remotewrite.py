@@ -65,14 +65,14 @@ def sub_series(s: Series) -> list[SeriesKey]:
     """The Prometheus series a converted series is sent as, in the order of snapshot values."""
     fam, base = s.family, s.labels
     if s.kind == "histogram":
-        keys = [(fam + "_bucket", base + (("le", format_le(b)),)) for b in s.bounds]
-        keys.append((fam + "_bucket", base + (("le", "+Inf"),)))
+        keys = [(fam + "_bucket", (*base, ("le", format_le(b)))) for b in s.bounds]
+        keys.append((fam + "_bucket", (*base, ("le", "+Inf"))))
         if s.has_sum:
             keys.append((fam + "_sum", base))
         keys.append((fam + "_count", base))
         return keys
     if s.kind == "summary":
-        keys = [(fam, base + (("quantile", format_le(q)),)) for q, _ in s.quantiles]
+        keys = [(fam, (*base, ("quantile", format_le(q)))) for q, _ in s.quantiles]
         return [*keys, (fam + "_sum", base), (fam + "_count", base)]
     return [(fam, base)]
 

@@ -102,7 +102,7 @@ def read_probes(img: ElfImage) -> tuple[USDTProbe, ...]:
         if owner != "stapsdt" or ntype != 3 or len(desc) < 27:
             continue
         pc, base, sema = struct.unpack_from("<3Q", desc, 0)
-        provider, name, argstr = (desc[24:].split(b"\0") + [b"", b""])[:3]
+        provider, name, argstr = ([*desc[24:].split(b"\x00"), b"", b""])[:3]
         if base_sec is not None and base:
             delta = base_sec.addr - base
             pc += delta

@@ -27,8 +27,18 @@ from gotel.ottl.literals import OWN, Needs, may_fail, required, required_any
 
 ErrorMode = Literal["ignore", "silent", "propagate"]
 
-__all__ = ["HIERARCHY", "Condition", "Needs", "ConditionSet", "ErrorMode", "Item", "OttlEvalError", "OttlRuntimeError",
-           "OttlSyntaxError", "compile_condition"]
+__all__ = [
+    "HIERARCHY",
+    "Condition",
+    "ConditionSet",
+    "ErrorMode",
+    "Item",
+    "Needs",
+    "OttlEvalError",
+    "OttlRuntimeError",
+    "OttlSyntaxError",
+    "compile_condition",
+]
 
 
 class OttlEvalError(Exception):

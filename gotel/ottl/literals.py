@@ -46,7 +46,7 @@ class _Scope:
 
 
 def _field(n: Node, scope: _Scope | None = None) -> str | None:
-    if not isinstance(n, Path) or scope is not None and not scope.allows(n):
+    if not isinstance(n, Path) or (scope is not None and not scope.allows(n)):
         return None
     names = n.names[1:] if n.names[0] in _CONTEXTS and len(n.names) > 1 else n.names
     return ".".join(names)
@@ -57,8 +57,8 @@ def _string_valued(n: Node, scope: _Scope) -> bool:
     a map body's entry, a string field): equal to a string literal means those bytes are there."""
     f = _field(n, scope)
     assert f is None or isinstance(n, Path)
-    return f is not None and (f in ("attributes", "body") and (f == "body" or bool(n.keys))  # type: ignore[attr-defined]
-                              or f in _STRING_FIELDS and not n.keys)  # type: ignore[attr-defined]
+    return f is not None and ((f in ("attributes", "body") and (f == "body" or bool(n.keys)))  # type: ignore[attr-defined]
+                              or (f in _STRING_FIELDS and not n.keys))  # type: ignore[attr-defined]
 
 
 def _regex_literal(pattern: str) -> str | None:
@@ -119,7 +119,7 @@ def may_fail(n: Node) -> bool:
     if isinstance(n, Call):
         return n.name not in _SAFE_CALLS or any(may_fail(a) for a in n.args)
     if isinstance(n, Path):
-        return len(n.keys) > 1 or bool(n.keys) and not isinstance(n.keys[0], str)
+        return len(n.keys) > 1 or (bool(n.keys) and not isinstance(n.keys[0], str))
     if isinstance(n, BoolOp):
         return any(may_fail(x) for x in n.items)
     if isinstance(n, Not):

@@ -450,7 +450,7 @@ def _exemplar_holders(metric: Any) -> Iterator[tuple[str, Any]]:
             yield f"{kind}.data_points[{i}]", dp
 
 
-def invalid_ids(batch: Batch) -> str | None:
+def invalid_ids(batch: Batch) -> str | None:  # noqa: C901 (one flat check per signal and id kind)
     """The first trace, span or profile id of the wrong length, named by its path; None if all are valid.
 
     The collector's pdata refuses such a request as a whole when it decodes it (TraceID must be 16

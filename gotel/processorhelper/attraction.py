@@ -71,7 +71,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
         raise ValueError(f'invalid regex in "pattern" `{pattern}`: {e}') from None
 
 
-def action_problem(a: ActionConfig) -> str | None:
+def action_problem(a: ActionConfig) -> str | None:  # noqa: C901 (one rule per action kind, as the collector validates them)
     """The collector's rules for one action, as one line; None when the action is valid."""
     act = a.action.lower()
     if act not in ACTIONS:

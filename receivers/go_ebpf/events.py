@@ -406,7 +406,7 @@ class Assembler:
         if len(self.alias) > self.index_size:
             self.alias.popitem(last=False)
 
-    def add(self, rec: bytes, mono_to_unix: int, now: float) -> bool:
+    def add(self, rec: bytes, mono_to_unix: int, now: float) -> bool:  # noqa: C901 (record decoding, split with the record-layout change (issue 20))
         """One ring-buffer record -> a pending span and its metrics; False when it is too short to be one.
 
         The per-call path: one unpack, the shape found by raw slices of the record, and only the times,
@@ -466,7 +466,7 @@ class Assembler:
         if ip is not None and (ip.startswith("127.") or ip == "::1"):
             # the same loopback 4-tuple exists in every network namespace (pods): joined only within one
             p.netns = st.netns
-        if (typ == T_GRPC_CLIENT and flags & E_STREAM_ID or typ == T_HTTP_CLIENT and flags & E_HTTP_CONN) and lport:
+        if ((typ == T_GRPC_CLIENT and flags & E_STREAM_ID) or (typ == T_HTTP_CLIENT and flags & E_HTTP_CONN)) and lport:
             self.clients[(ip, lport, rport, stream_id, p.netns)] = p
             if len(self.clients) > self.index_size:
                 self.clients.popitem(last=False)
@@ -581,7 +581,7 @@ class Assembler:
         st = self.procs.get(pid)
         return st.resource if st else {"process.pid": pid}
 
-    def _shape(self, c: Call, missing: str = "") -> tuple[bytes, bytes, bytes, dict[str, Any]]:
+    def _shape(self, c: Call, missing: str = "") -> tuple[bytes, bytes, bytes, dict[str, Any]]:  # noqa: C901 (record decoding, split with the record-layout change (issue 20))
         """(name + kind, attributes, status) encoded, and the attributes (for metric labels); `missing`:
         what the process's binary cannot give its gRPC spans (its layout)."""
         sp = _SpanParts()

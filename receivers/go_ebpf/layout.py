@@ -257,7 +257,7 @@ def _has_type(gb: GoBinary, typ: str) -> bool:
 OPERATE_HEADERS = f"{_T}.(*http2Server).operateHeaders"
 
 
-def layout_for(gb: GoBinary) -> Layout:
+def layout_for(gb: GoBinary) -> Layout:  # noqa: C901 (one DWARF lookup per field alternative of each era)
     names = offset_names()
     vals: dict[str, int | None] = {}
     resolved: dict[str, str] = {}

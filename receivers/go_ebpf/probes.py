@@ -38,7 +38,7 @@ def plan_for(exe: str, *, grpc: bool = True, http: bool = True) -> Plan:
 def _plan(exe: str, grpc: bool, http: bool) -> Plan:
     gb = analyze(exe)
     layout = layout_for(gb)
-    wanted = [p for p in PROBES if not (p.id.startswith("grpc.") and not grpc or p.id.startswith("http.") and not http)]
+    wanted = [p for p in PROBES if not ((p.id.startswith("grpc.") and not grpc) or (p.id.startswith("http.") and not http))]
     found = {p.id: sym for p in wanted if (sym := next((s for s in p.symbols if gb.functions.get(s) is not None), None))}
     sites: list[Site] = []
     ids: list[str] = []

@@ -19,6 +19,7 @@ call's record is read, and are then traced like anyone else's.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import time
 from typing import Any
@@ -38,7 +39,7 @@ def is_gotel_cmdline(argv: list[bytes]) -> bool:
         return True
     if len(head) > 1 and os.path.basename(head[0]).startswith(b"python") and os.path.basename(head[1]) == b"gotel":
         return True
-    return any(a == b"-m" and b == b"gotel" for a, b in zip(head, head[1:], strict=False))
+    return any(a == b"-m" and b == b"gotel" for a, b in itertools.pairwise(head))
 
 
 def gotel_pids() -> set[int]:

@@ -67,6 +67,7 @@ def check_pprof_body(body: bytes, content_type: str) -> None:
         raise ScrapeError("not_pprof", f"body is neither gzip nor a pprof protobuf (first bytes {body[:8].hex()}, {content_type or 'no content type'})")
 
 
+_CLOSING: set[asyncio.Future[None]] = set()
 _INDEX_LINK = re.compile(rb"""href=['"]?(?:\./)?goroutine\?debug=1""")
 
 
@@ -106,7 +107,9 @@ class Fetcher:
         """Called when no target uses a namespace any more (its process exited)."""
         s = self._sessions.pop(netns, None)
         if s is not None:
-            asyncio.ensure_future(s.close())
+            task = asyncio.ensure_future(s.close())
+            _CLOSING.add(task)  # held until done: the loop keeps only a weak reference
+            task.add_done_callback(_CLOSING.discard)
         f = self._factories.pop(netns, None)
         if f is not None:
             f.close()

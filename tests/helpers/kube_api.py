@@ -367,7 +367,7 @@ class KubeAPIServer:
         page = items[offset : offset + limit] if limit else items[offset:]
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         if limit and offset + limit < len(items):
-            sid = cont and json.loads(base64.b64decode(cont))["id"] or uuid.uuid4().hex
+            sid = (cont and json.loads(base64.b64decode(cont))["id"]) or uuid.uuid4().hex
             self.snapshots[sid] = (rv, items)
             meta["continue"] = base64.b64encode(json.dumps({"id": sid, "offset": offset + limit}).encode()).decode()
             meta["remainingItemCount"] = len(items) - offset - limit

@@ -258,7 +258,7 @@ async def test_stripped_binary_degrades(toolchain: str, caplog: pytest.LogCaptur
         with caplog.at_level(logging.WARNING):
             srv = await env.server()
         assert any("lacks DWARF" in r.getMessage() for r in caplog.records)
-        pid, recs = await env.client(srv, "-code", "5", "-delay", "20ms")
+        pid, _recs = await env.client(srv, "-code", "5", "-delay", "20ms")
         await until(lambda: env.spans(pid, CLIENT) and env.spans(srv.pid, SERVER), 10)
         (_, cs), = env.spans(pid, CLIENT)
         (_, ss), = env.spans(srv.pid, SERVER)

@@ -93,9 +93,9 @@ def test_struct_offsets_equal_the_programs_own_unsafe_offsetof(app: str, toolcha
     assert chains == {f: (truth["fields"]["Ptr"], off) for f, off in truth["deref"].items()}
     assert b.structs.size(truth["type"]) == truth["size"]
     assert b.structs.size(truth["inner"]["type"]) == truth["inner"]["size"]
-    with pytest.raises(golang.FieldNotFound, match="Ptr.*pointer"):
+    with pytest.raises(golang.FieldNotFound, match=r"Ptr.*pointer"):
         b.struct_offset(truth["type"], "Ptr.Label")
-    with pytest.raises(golang.FieldNotFound, match="no field 'Nope'.*Kind, Inner"):
+    with pytest.raises(golang.FieldNotFound, match=r"no field 'Nope'.*Kind, Inner"):
         b.struct_offset(truth["type"], "Nope")
     with pytest.raises(golang.TypeNotFound):
         b.struct_offset("main.noSuchType", "x")

@@ -123,7 +123,7 @@ async def test_slow_syscall_reported_once_with_go_stack(goapp: Any, toolchain: s
 async def test_offcpu_split_matches_kernel_switch_counts(goapp: Any) -> None:
     """Voluntary/involuntary off-CPU episodes counted by the kernel itself (nvcsw/nivcsw)."""
     app = goapp("runtime")
-    r, s = await _receiver(app.pid)
+    r, _s = await _receiver(app.pid)
     try:
         def read() -> tuple[int, int, int, int]:
             t = procfs.task_sched(app.pid)

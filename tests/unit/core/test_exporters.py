@@ -86,7 +86,7 @@ async def test_file_rotation_keeps_max_backups(tmp_path: Path, tel: Tel) -> None
         for line in f.read_text().splitlines():
             from_json(line, ExportTraceServiceRequest())  # every line is a whole request
     # the newest data is all there: current file + kept backups end with the last batches in order
-    kept = [line for f in sorted(backups, key=lambda p: p.stat().st_mtime) + [path] for line in f.read_text().splitlines()]
+    kept = [line for f in [*sorted(backups, key=lambda p: p.stat().st_mtime), path] for line in f.read_text().splitlines()]
     tail = [from_json(x, ExportTraceServiceRequest()) for x in kept[-5:]]
     assert tail == [b.peek() for b in batches[-5:]]
     assert tel.value("exporter_sent_items_total", component="file", kind="exporter", signal="traces") == 40 * 50

@@ -24,7 +24,7 @@ def test_headers_file_adds_secret_headers(tmp_path: Path) -> None:
 
 
 def test_headers_file_errors_name_the_file_never_the_value(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="headers file /nonexistent/h.yaml: No such file"):
+    with pytest.raises(ValidationError, match=r"headers file /nonexistent/h\.yaml: No such file"):
         ClientConfig.model_validate({"endpoint": "x:1", "headers_file": "/nonexistent/h.yaml"})
     f = tmp_path / "h.yaml"
     f.write_text("- Bearer s3cr3t\n")

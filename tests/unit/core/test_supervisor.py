@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import re
@@ -10,7 +11,7 @@ import sys
 import time
 
 import pytest
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from gotel.component.contract import ComponentConfig, ComponentID, Kind
 from gotel.config.model import ComponentEntry, SupervisorConfig
@@ -23,7 +24,7 @@ from gotel.telemetry.counters import Telemetry
 
 class Secretive(ComponentConfig):
     token: SecretStr
-    headers: dict[str, SecretStr] = {}
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
     every: Duration = 1.5
 
 
@@ -66,7 +67,7 @@ async def test_restart_backoff_doubles_and_is_capped(caplog: pytest.LogCaptureFi
     waits = [float(m) for m in re.findall(r"restarting in ([0-9.]+)s", caplog.text)]
     assert waits[:5] == [0.1, 0.2, 0.4, 0.4, 0.4]
     # and the real gaps between spawns are at least those waits
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert all(g >= w - 0.01 for g, w in zip(gaps, waits, strict=False))
     restarts = tel.registry.get_sample_value("gotel_receiver_restarts_total", {"component": "synthetic", "kind": "receiver"})
     assert restarts is not None and restarts >= 5

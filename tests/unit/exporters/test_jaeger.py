@@ -96,7 +96,7 @@ async def test_spans_reach_jaeger_with_service_name_and_kind(real_jaeger: RealJa
     exp = await _export(jaeger.Config(endpoint=ep, protocol=protocol, headers={ECHO_HEADER: "t1"}), original)  # type: ignore[arg-type]
     got = await asyncio.to_thread(read_back, real_jaeger, want)
     # What the exporter adds: service names, a kind for the kindless span; the header reached Jaeger.
-    (work_key, work), (x_key, x) = want.items()
+    (_work_key, work), (_x_key, x) = want.items()
     work["resource"]["service.name"] = "unknown_service:orders"
     work["kind"] = K.SPAN_KIND_INTERNAL
     x["resource"]["service.name"] = "unknown_service"

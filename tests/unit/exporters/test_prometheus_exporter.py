@@ -36,7 +36,7 @@ async def test_namespace_const_labels_and_resource_conversion() -> None:
     exp = prom.PrometheusExporter(cfg, make_ctx("prometheus"))
     now = time.time_ns()
     await exp.consume(md.batch(RES, [md.gauge("queue.depth", "{item}", [({}, 4)], now)]))
-    (name, labels), value = next((k, v) for k, v in samples(exp).items() if k[0] == "gotel_queue_depth")
+    (_name, labels), value = next((k, v) for k, v in samples(exp).items() if k[0] == "gotel_queue_depth")
     assert value == 4
     assert dict(labels) == {"cluster": "c1", "instance": "i1", "job": "shop/api", "k8s_pod_name": "p",
                             "service_instance_id": "i1", "service_name": "api", "service_namespace": "shop"}

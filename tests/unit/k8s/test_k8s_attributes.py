@@ -207,13 +207,13 @@ async def test_shared_store_across_pipelines(cluster: KubeAPIServer, kubeconfig:
 async def test_wait_for_metadata_times_out_with_the_reason(kube: KubeAPIServer, tmp_path) -> None:
     kc = kube.kubeconfig(str(tmp_path / "kc"), token="expired-token")
     with pytest.raises(RuntimeError, match=r"not synced within 1s .*401"):
-        p, _ = await make_proc(kc, wait_for_metadata_timeout="1s")
+        _p, _ = await make_proc(kc, wait_for_metadata_timeout="1s")
 
 
 async def test_without_waiting_data_passes_until_synced(tmp_path) -> None:
     # nothing listens on this port: data flows through untouched, counted as not_synced
     kc = KubeAPIServer().kubeconfig(str(tmp_path / "kc"))
-    p, sink = await make_proc(kc, wait_for_metadata=False)
+    p, _sink = await make_proc(kc, wait_for_metadata=False)
     try:
         [r] = await run(p, {"container.id": cid(1)})
         assert r == {"container.id": cid(1)}

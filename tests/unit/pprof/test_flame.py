@@ -10,7 +10,7 @@ import pytest
 from gotel.cli.commands import flame as cmd
 from gotel.formats import (
     pprof,
-    profconv,  # noqa: F401
+    profconv,
 )
 from tests.helpers.pprofkit import make_profile
 

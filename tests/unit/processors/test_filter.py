@@ -103,7 +103,7 @@ async def test_error_mode_propagate_refuses_the_batch(tel: Tel) -> None:
     sink = Sink()
     p = processor(tel, {"error_mode": "propagate", "trace_conditions": ['Len(span.attributes["n"]) > 5']},
                   Signal.TRACES, sink)
-    with pytest.raises(PermanentError, match='Len.*unsupported target type'):
+    with pytest.raises(PermanentError, match=r'Len.*unsupported target type'):
         await p.consume(inputs.traces())
     assert sink.got == []
     assert tel.value("dropped_items_total", component="filter", kind="processor", signal="traces",

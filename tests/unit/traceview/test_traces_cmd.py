@@ -236,7 +236,7 @@ async def test_no_match_is_not_an_error(sources: tuple[str, str, dict[str, str]]
 
 
 async def test_query_errors_are_explained(sources: tuple[str, str, dict[str, str]], tmp_path: Path) -> None:
-    url, path, _ = sources
+    url, _path, _ = sources
     code, _, err = await acli("show", "ab" * 16, "--jaeger", url)
     assert code == 1 and "was not found in Jaeger" in err and "Traceback" not in err
     code, _, err = await acli("show", "not-an-id", "--jaeger", url)
@@ -309,7 +309,7 @@ async def test_html_instead_of_json_is_explained() -> None:
 
 
 async def test_file_with_other_signals_and_garbage(tmp_path: Path) -> None:
-    batch, ids = fixture_traces()
+    batch, _ids = fixture_traces()
     from gotel.pdata.otlpjson import to_json
 
     p = tmp_path / "mixed.json"
