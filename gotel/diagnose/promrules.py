@@ -52,6 +52,7 @@ METRICS: dict[str, Metric] = {m.otel: m for m in (
     Metric("process.schedstat.run_delay", "s", "counter", "process"),
     Metric("process.unix.file_descriptor.count", "{file_descriptor}", "gauge", "process"),
     Metric("process.thread.count", "{thread}", "gauge", "process"),
+    Metric("container.cpu.time", "s", "counter", "process"),
     Metric("container.cpu.periods", "{period}", "counter", "process"),
     Metric("container.cpu.throttled.periods", "{period}", "counter", "process"),
     Metric("container.cpu.throttled.time", "s", "counter", "process"),
