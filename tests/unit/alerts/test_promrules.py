@@ -170,3 +170,9 @@ def test_alert_logic_with_promtool(tmp_path: Path) -> None:
     r = subprocess.run([PROMTOOL, "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert {a.name for a in promrules.alerts()} == {c[3] for c in CASES}
+
+
+def test_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    """config/examples/alerts-and-dashboards.yaml, the config docs/alerts-and-dashboards.md points to."""
+    assert main(["validate", "-c", str(REPO / "config" / "examples" / "alerts-and-dashboards.yaml")]) == 0
+    assert "valid (6 receivers" in capsys.readouterr().out
