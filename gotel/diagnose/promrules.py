@@ -43,7 +43,7 @@ class Metric:
         return metric_name(self.otel, self.unit, self.kind)
 
 
-_ISSUE19 = "issue 19 (go_ebpf: refused/reset streams, stream age)"
+_ISSUE19 = "issue 19 (go_ebpf: dropped calls, refused/reset streams, stream age)"
 _FINDINGS = "issue 18 (continuous findings in the agent)"
 
 METRICS: dict[str, Metric] = {m.otel: m for m in (
@@ -83,7 +83,8 @@ METRICS: dict[str, Metric] = {m.otel: m for m in (
     # not exported yet on this branch
     Metric("gotel.grpc.stream.age", "s", "histogram", "go_ebpf", pending=_ISSUE19),
     Metric("gotel.grpc.streams.refused", "{stream}", "counter", "go_ebpf", pending=_ISSUE19),
-    Metric("gotel.grpc.stream.resets", "{stream}", "counter", "go_ebpf", pending=_ISSUE19),
+    Metric("gotel.grpc.stream.resets", "{frame}", "counter", "go_ebpf", pending=_ISSUE19),
+    Metric("gotel.grpc.calls.dropped", "{call}", "counter", "go_ebpf", pending=_ISSUE19),
     Metric("gotel.findings", "{finding}", "counter", "diagnosis", pending=_FINDINGS),
 )}
 BY_PROM: dict[str, Metric] = {m.prom: m for m in METRICS.values()}
