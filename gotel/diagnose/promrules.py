@@ -50,6 +50,7 @@ METRICS: dict[str, Metric] = {m.otel: m for m in (
     # process: /proc and cgroup files
     Metric("process.cpu.time", "s", "counter", "process"),
     Metric("process.schedstat.run_delay", "s", "counter", "process"),
+    Metric("process.schedstat.timeslices", "{timeslice}", "counter", "process"),
     Metric("process.unix.file_descriptor.count", "{file_descriptor}", "gauge", "process"),
     Metric("process.thread.count", "{thread}", "gauge", "process"),
     Metric("container.cpu.time", "s", "counter", "process"),
@@ -118,8 +119,9 @@ def metrics_in(expr: str) -> set[str]:
 # it with config/prometheus/gotel-rules.yaml fails until it is regenerated).
 DEFAULTS: dict[str, dict[str, float]] = {
     "cpu_throttling": {"throttled_ratio_warning": 0.10, "throttled_ratio_critical": 0.50},
-    "run_queue_latency": {"wait_share_warning": 0.20, "wait_share_critical": 0.50, "min_wait_per_second": 0.05},
-    "gc": {"stw_pause_warning_s": 0.05, "gc_per_second_info": 10.0},
+    "run_queue_latency": {"wait_share_warning": 0.20, "wait_share_critical": 0.50, "min_wait_per_second": 0.05,
+                          "min_avg_wait_ms": 1.0},
+    "gc": {"stw_pause_warning_s": 0.10, "gc_per_second_info": 10.0},
     "slow_syscall": {"blocked_goroutines_warning": 0.5, "blocked_goroutines_critical": 8.0},
     "lock_contention": {"delay_per_second_warning": 0.10, "delay_per_second_critical": 1.0},
     "goroutine_leak": {"min_growth": 20, "critical_count": 10000},
@@ -200,16 +202,17 @@ def alerts() -> list[Alert]:
                 "follow the cgroup limit: set GOMAXPROCS or use automaxprocs).")
 
     t = thresholds("run_queue_latency")
-    delay, cpu = m("process.schedstat.run_delay"), m("process.cpu.time")
+    delay, cpu, slices = m("process.schedstat.run_delay"), m("process.cpu.time"), m("process.schedstat.timeslices")
     share = f"rate({delay}[{W}]) / (rate({delay}[{W}]) + sum without (cpu_mode) (rate({cpu}[{W}])))"
     for sev in ("warning", "critical"):
         out.append(Alert(
             "run_queue_latency", "GotelRunQueueLatency", sev,
-            f"({share} > {_num(t[f'wait_share_{sev}'])}) and rate({delay}[{W}]) > {_num(t['min_wait_per_second'])}",
+            f"({share} > {_num(t[f'wait_share_{sev}'])}) and rate({delay}[{W}]) > {_num(t['min_wait_per_second'])}"
+            f" and rate({delay}[{W}]) / rate({slices}[{W}]) >= {_num(t['min_avg_wait_ms'] / 1e3)}",
             "10m",
             "{{ $labels.job }}: threads wait for a CPU {{ $value | humanizePercentage }} of the time they want one",
             "Run-queue wait / (wait + on-CPU time) of the process's threads (/proc/PID/task/*/schedstat): they "
-            "are runnable but not running. With throttling (GotelCPUThrottling) the quota is the cause; "
+            "are runnable but not running, at least 1 ms per time slice on average. With throttling (GotelCPUThrottling) the quota is the cause; "
             "otherwise other processes on the node hold the CPUs.",
             "Give the process its CPUs (requests, a cpuset, fewer neighbours) or move the neighbour; "
             "`gotel diagnose --pid PID` names the busiest neighbours."))

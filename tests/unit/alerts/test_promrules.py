@@ -89,16 +89,21 @@ CASES: list[tuple[str, list[tuple[str, str]], str, str, list[dict[str, Any]]]] =
         _exp("cpu_throttling", "warning", gotel_cgroup_path="/a"),
         _exp("cpu_throttling", "warning", gotel_cgroup_path="/b"),
         _exp("cpu_throttling", "critical", gotel_cgroup_path="/b")]),
-    ("run queue: 43% of wanted time waiting; a process that barely waits is fine", [
+    ("run queue: 43% of wanted time waiting, 30 ms a slice; barely waiting, or many tiny waits, is fine", [
         (f"process_schedstat_run_delay_seconds_total{{{P}}}", "0+18x30"),
+        (f"process_schedstat_timeslices_total{{{P}}}", "0+600x30"),
         (f'process_cpu_time_seconds_total{{{P},cpu_mode="user"}}', "0+12x30"),
         (f'process_cpu_time_seconds_total{{{P},cpu_mode="system"}}', "0+12x30"),
         ('process_schedstat_run_delay_seconds_total{job="idle"}', "0+0.6x30"),
+        ('process_schedstat_timeslices_total{job="idle"}', "0+6x30"),
         ('process_cpu_time_seconds_total{job="idle",cpu_mode="user"}', "0+0.6x30"),
+        ('process_schedstat_run_delay_seconds_total{job="chatty"}', "0+18x30"),
+        ('process_schedstat_timeslices_total{job="chatty"}', "0+60000x30"),
+        ('process_cpu_time_seconds_total{job="chatty",cpu_mode="user"}', "0+12x30"),
     ], "20m", "GotelRunQueueLatency", [_exp("run_queue_latency", "warning", **PL)]),
-    ("GC pause p99 between 33 and 67 ms", [
-        ('go_gc_pause_duration_seconds_bucket{job="a",go_gc_pause_phase="sweep_termination",le="0.033554432"}', "0+50x30"),
-        ('go_gc_pause_duration_seconds_bucket{job="a",go_gc_pause_phase="sweep_termination",le="0.067108864"}', "0+60x30"),
+    ("GC pause p99 between 67 and 134 ms", [
+        ('go_gc_pause_duration_seconds_bucket{job="a",go_gc_pause_phase="sweep_termination",le="0.067108864"}', "0+50x30"),
+        ('go_gc_pause_duration_seconds_bucket{job="a",go_gc_pause_phase="sweep_termination",le="0.134217728"}', "0+60x30"),
         ('go_gc_pause_duration_seconds_bucket{job="a",go_gc_pause_phase="sweep_termination",le="+Inf"}', "0+60x30"),
         ('go_gc_pause_duration_seconds_bucket{job="b",go_gc_pause_phase="sweep_termination",le="0.001048576"}', "0+60x30"),
         ('go_gc_pause_duration_seconds_bucket{job="b",go_gc_pause_phase="sweep_termination",le="+Inf"}', "0+60x30"),
