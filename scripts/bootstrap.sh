@@ -28,7 +28,8 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # 1. Debian packages: BCC and its Python bindings, a kernel header set, Go 1.19, gRPC Go sources,
-#    sys/sdt.h, Prometheus, bpftool, and the network tools the tests use.
+#    sys/sdt.h, Prometheus (and its promtool, which checks config/prometheus/), bpftool, and the network
+#    tools the tests use.
 RUNTIME_PACKAGES=(python3 python3-venv python3-bpfcc libbpfcc linux-headers-cloud-amd64 bpftool iproute2 procps)
 APT_PACKAGES=("${RUNTIME_PACKAGES[@]}" golang-go golang-google-grpc-dev
   systemtap-sdt-dev prometheus nftables make gcc)

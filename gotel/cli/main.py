@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("gotel.cli.commands.validate", "check a config file and print every error with its place"),
     "receiver": ("gotel.cli.commands.receiver", "run one receiver alone, sending OTLP to an endpoint"),
     "components": ("gotel.cli.commands.components", "list every component type with its config schema"),
+    "rules": ("gotel.cli.commands.rules", "print the diagnosis rules as a Prometheus alerting rule file"),
     "traces": ("gotel.cli.commands.traces", "find traces in Jaeger or the file exporter's output; show one as a waterfall"),
     "flame": ("gotel.cli.commands.flame", "flame graph (SVG) and top table of a pprof file, OTLP profile file or live target"),
     "inspect": ("gotel.cli.commands.inspect", "show what gotel can probe in a Go process or binary, and why not"),

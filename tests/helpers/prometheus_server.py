@@ -24,11 +24,14 @@ def free_port() -> int:
 
 
 class Prometheus:
-    def __init__(self, scrape_targets: list[str] | None = None, scrape_interval: str = "1s") -> None:
+    def __init__(self, scrape_targets: list[str] | None = None, scrape_interval: str = "1s",
+                 rule_files: list[str] | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="gotel-prom-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cfg = ["global:", f"  scrape_interval: {scrape_interval}", f"  evaluation_interval: {scrape_interval}"]
+        if rule_files:
+            cfg += ["rule_files:"] + [f'  - "{f}"' for f in rule_files]
         if scrape_targets:
             cfg += ["scrape_configs:", "  - job_name: gotel", "    honor_labels: true",
                     f"    scrape_interval: {scrape_interval}", "    static_configs:",
@@ -87,6 +90,10 @@ class Prometheus:
                 return res
             time.sleep(0.3)
         raise AssertionError(f"{expr}: condition not met within {timeout}s; last result {res}")
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Active alerts (pending and firing) with their labels, rendered annotations, state and value."""
+        return list(self.api("/api/v1/alerts")["alerts"])
 
     def targets_health(self) -> list[dict[str, Any]]:
         return list(self.api("/api/v1/targets")["activeTargets"])
