@@ -20,6 +20,7 @@ from yarl import URL
 from gotel import __version__
 from gotel.component.contract import Context, Exporter, ExporterFactory
 from gotel.exporterhelper.clientconfig import ClientConfig, auth_headers
+from gotel.exporterhelper.http import retry_after as http_retry_after
 from gotel.exporterhelper.queue import ExportError, QueuedExporter, Sender
 from gotel.pdata.batch import Batch, Signal
 from gotel.pdata.otlp import (
@@ -28,7 +29,6 @@ from gotel.pdata.otlp import (
     WIRE,
     json_to_message,
     message_to_json,
-    parse_retry_after,
     report_partial_success,
     status_message,
     unix_path,
@@ -147,7 +147,7 @@ class HttpSender(Sender):
         if detail:
             msg += f": {detail}"
         if status in RETRYABLE_STATUS:
-            raise ExportError(msg, retryable=True, reason=f"http_{status}", retry_after=parse_retry_after(retry_after))
+            raise ExportError(msg, retryable=True, reason=f"http_{status}", retry_after=http_retry_after(retry_after))
         raise ExportError(msg, retryable=False, reason=f"http_{status}")
 
     def _check_partial(self, data: bytes, ctype: str, batch: Batch) -> None:

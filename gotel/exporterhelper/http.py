@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -55,20 +56,25 @@ class HTTPAuthField(ComponentConfig):
     auth: HTTPAuth = Field(default_factory=HTTPAuth)
 
 
-def retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: either a number of seconds or an HTTP-date."""
+_DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After in seconds from delay-seconds or an HTTP-date (RFC 9110 section 10.2.3), a date in the
+    past being 0; None if absent or unreadable (a negative or exponent number too). The one parser every
+    HTTP exporter uses; fractional seconds, which some servers send, are read too."""
     if not value:
         return None
     value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    if _DELAY_SECONDS.fullmatch(value):
+        return float(value)
     try:
         dt = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
         return None
-    return max(0.0, dt.timestamp() - time.time())
+    if dt is None:
+        return None
+    return max(0.0, dt.timestamp() - (time.time() if now is None else now))
 
 
 def short(body: bytes, limit: int = 300) -> str:

@@ -8,12 +8,10 @@ endpoint parsing (``unix://`` sockets) and the HTTP ``Retry-After`` header.
 from __future__ import annotations
 
 import binascii
-import email.utils
 import json
 import os
 import socket
 import stat
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -178,25 +176,6 @@ def status_message(body: bytes, content_type: str) -> str:
 
 
 GRPC_CODE = code_pb2  # google.rpc.Code numbers equal gRPC status codes
-
-
-# --- Retry-After ------------------------------------------------------------------------------------
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as delay-seconds or an HTTP-date (RFC 9110 section 10.2.3); None if absent/invalid."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        dt = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if dt is None:
-        return None
-    return max(0.0, dt.timestamp() - (time.time() if now is None else now))
 
 
 # --- endpoints --------------------------------------------------------------------------------------

@@ -7,11 +7,11 @@ from email.utils import formatdate
 
 import pytest
 
+from gotel.exporterhelper.http import retry_after as parse_retry_after
 from gotel.pdata.batch import Signal
 from gotel.pdata.otlp import (
     json_to_message,
     message_to_json,
-    parse_retry_after,
     retry_info_delay,
     rpc_status,
     unix_path,
