@@ -22,7 +22,8 @@ from pydantic import Field
 
 from gotel.component.contract import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
 from gotel.config.types import Duration
-from gotel.host.cgroup import PidCgroupCache, process_start_time
+from gotel.host.cgroup import PidCgroupCache
+from gotel.host.procfs import process_start_time
 from gotel.k8s.model import KeyFilter
 from gotel.pdata.batch import Batch, Signal, kv, set_attr, value_of
 

@@ -15,7 +15,7 @@ from pydantic import Field
 from gotel.component.contract import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.config.types import Duration
 from gotel.discovery import DiscoveryConfig
-from gotel.host import procfs
+from gotel.host import cgroup, procfs
 from gotel.pdata.batch import Batch, Signal
 from gotel.pdata.builders import MetricsBuilder
 from gotel.receiverhelper.periodic import PeriodicReceiver, select_now
@@ -76,7 +76,7 @@ class ProcessReceiver(PeriodicReceiver):
         st = procfs.proc_stat(pid)
         sched = procfs.task_sched(pid)
         paths = procfs.proc_cgroups(pid)
-        cid = procfs.container_id(paths)
+        cid = cgroup.container_id_in_paths(paths)
         res: dict[str, Any] = {"process.pid": pid, "process.executable.name": st.comm}
         if cid:
             res["container.id"] = cid

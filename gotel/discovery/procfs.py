@@ -7,6 +7,7 @@ returns None/empty instead of raising.
 from __future__ import annotations
 
 import os
+import socket
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,24 +79,44 @@ def socket_inodes(pid: int) -> set[int]:
     return out
 
 
-def listening_ports(pid: int) -> set[int]:
-    """TCP ports the process listens on, from its own network namespace's /proc/PID/net/tcp{,6}."""
+@dataclass(frozen=True)
+class Listener:
+    ip: str
+    port: int
+
+
+def listening_sockets(pid: int) -> list[Listener]:
+    """TCP sockets in LISTEN state owned by pid, from its own network namespace's /proc/PID/net/tcp{,6}."""
     inodes = socket_inodes(pid)
     if not inodes:
-        return set()
-    ports: set[int] = set()
-    for name in ("tcp", "tcp6"):
+        return []
+    out: set[Listener] = set()
+    for name, v6 in (("tcp", False), ("tcp6", True)):
         try:
             lines = (PROC / str(pid) / "net" / name).read_text().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
             f = line.split()
-            if len(f) < 10 or f[3] != "0A":  # 0A = LISTEN
+            if len(f) < 10 or f[3] != "0A" or int(f[9]) not in inodes:  # 0A = LISTEN
                 continue
-            if int(f[9]) in inodes:
-                ports.add(int(f[1].rsplit(":", 1)[1], 16))
-    return ports
+            hexip, hexport = f[1].rsplit(":", 1)
+            out.add(Listener(_decode_ip(hexip, v6), int(hexport, 16)))
+    return sorted(out, key=lambda x: (x.port, x.ip))
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports the process listens on."""
+    return {lst.port for lst in listening_sockets(pid)}
+
+
+def _decode_ip(hexip: str, v6: bool) -> str:
+    raw = bytes.fromhex(hexip)
+    if not v6:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    # /proc prints each 32-bit word in host (little-endian) order
+    words = struct.unpack("<4I", raw)
+    return socket.inet_ntop(socket.AF_INET6, struct.pack(">4I", *words))
 
 
 def tcp_socket_inodes(local_port: int, *, listen_only: bool, remote_port: int | None = None,

@@ -23,7 +23,10 @@ import os
 import re
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from gotel.host.procfs import process_start_time
 
 _ID = r"[0-9a-f]{64}"
 # One path segment that names a container, tried from the leaf up (a process may sit in a child
@@ -94,6 +97,15 @@ def container_id(text: str) -> str:
     return parse_cgroup_file(text).container_id
 
 
+def container_id_in_paths(paths: Mapping[str, str]) -> str | None:
+    """The container id in cgroup paths already split by controller (host.procfs.proc_cgroups)."""
+    for path in paths.values():
+        cid = parse_path(path).container_id
+        if cid:
+            return cid
+    return None
+
+
 def read_pid(pid: int, proc_root: str = "/proc") -> CgroupInfo | None:
     """CgroupInfo of a live process; None when it is gone or unreadable."""
     try:
@@ -102,21 +114,6 @@ def read_pid(pid: int, proc_root: str = "/proc") -> CgroupInfo | None:
     except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
         return None
     except OSError:
-        return None
-
-
-def process_start_time(pid: int, proc_root: str = "/proc") -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks): tells a pid's reuse from the original."""
-    try:
-        with open(f"{proc_root}/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # comm may contain spaces and parentheses: split after the last ')'
-    rest = data[data.rfind(b")") + 2 :].split()
-    try:
-        return int(rest[19])
-    except (IndexError, ValueError):
         return None
 
 

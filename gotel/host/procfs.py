@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from dataclasses import dataclass, field
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-_CONTAINER_ID = re.compile(r"([0-9a-f]{64})")
 
 
 class ProcessGone(Exception):
@@ -217,13 +215,19 @@ def proc_cgroups(pid: int, proc: str = "/proc") -> dict[str, str]:
     return out
 
 
-def container_id(paths: dict[str, str]) -> str | None:
-    """The 64-hex container id found in any cgroup path (docker, containerd, cri-o layouts)."""
-    for p in paths.values():
-        m = _CONTAINER_ID.search(p)
-        if m:
-            return m.group(1)
-    return None
+def process_start_time(pid: int, proc_root: str = "/proc") -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks): tells a pid's reuse from the original."""
+    try:
+        with open(f"{proc_root}/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # comm may contain spaces and parentheses: split after the last ')'
+    rest = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(rest[19])
+    except (IndexError, ValueError):
+        return None
 
 
 def _join(mount: tuple[str, str], path: str) -> str:

@@ -11,15 +11,15 @@ ports and adds ``k8s.*`` attributes).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import socket
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
+
+from gotel.discovery.procfs import listening_sockets
+from gotel.host.procfs import process_start_time
 
 log = logging.getLogger(__name__)
 
@@ -85,60 +85,6 @@ class StaticSource:
 
 
 # --- local process discovery -------------------------------------------------------------------
-
-_LISTEN = "0A"
-
-
-@dataclass(frozen=True)
-class Listener:
-    ip: str
-    port: int
-
-
-def listening_sockets(pid: int) -> list[Listener]:
-    """TCP sockets in LISTEN state owned by pid, read in the pid's own network namespace."""
-    inodes: set[str] = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
-    if not inodes:
-        return []
-    out: list[Listener] = []
-    for fname, v6 in (("tcp", False), ("tcp6", True)):
-        try:
-            with open(f"/proc/{pid}/net/{fname}") as f:
-                next(f, None)
-                for line in f:
-                    parts = line.split()
-                    if len(parts) < 10 or parts[3] != _LISTEN or parts[9] not in inodes:
-                        continue
-                    hexip, hexport = parts[1].split(":")
-                    out.append(Listener(_decode_ip(hexip, v6), int(hexport, 16)))
-        except OSError:
-            continue
-    return sorted(set(out), key=lambda x: (x.port, x.ip))
-
-
-def _decode_ip(hexip: str, v6: bool) -> str:
-    raw = bytes.fromhex(hexip)
-    if not v6:
-        return socket.inet_ntop(socket.AF_INET, raw[::-1])
-    # /proc prints each 32-bit word in host (little-endian) order
-    words = struct.unpack("<4I", raw)
-    return socket.inet_ntop(socket.AF_INET6, struct.pack(">4I", *words))
-
-
-def process_start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-        return int(stat.rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
 
 class LocalProcessSource:
     """Go processes on this host (agent in the host PID namespace) that serve ``{path_prefix}/`` on a port.

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from gotel.host.cgroup import PidCgroupCache, container_id, parse_cgroup_file, process_start_time
+from gotel.host.cgroup import PidCgroupCache, container_id, parse_cgroup_file
+from gotel.host.procfs import process_start_time
 
 CID = "4c1cd4a2f9c8a1f0d3b58f2e6a7b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b"
 UID = "4d9a5c8e-1f2b-4c3d-9e8f-0a1b2c3d4e5f"

@@ -4,7 +4,8 @@ import os
 import socket
 
 from gotel.config.types import parse_duration
-from gotel.receiverhelper.targets import Target, _decode_ip, listening_sockets
+from gotel.discovery.procfs import _decode_ip, listening_sockets
+from gotel.receiverhelper.targets import Target
 
 
 def test_proc_net_addresses() -> None:

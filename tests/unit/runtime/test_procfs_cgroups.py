@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gotel.host import procfs
+from gotel.host import cgroup, procfs
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures" / "cgroup"
 
@@ -26,7 +26,7 @@ def test_v2_container_figures() -> None:
     mounts = _rebase(procfs.CgroupMounts.from_mountinfo((root / "proc/self/mountinfo").read_text()), root)
     assert mounts.v1 == {} and mounts.v2 is not None
     paths = procfs.proc_cgroups(4242, proc=str(root / "proc"))
-    assert procfs.container_id(paths) == "4f1e0c2b9a8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f"
+    assert cgroup.container_id_in_paths(paths) == "4f1e0c2b9a8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f"
     st = procfs.cgroup_stats(paths, mounts)
     assert st is not None and st.version == 2
     assert st.cpu_usage_s == pytest.approx(488.987368)
