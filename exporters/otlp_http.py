@@ -13,13 +13,13 @@ import logging
 import zlib
 from typing import Literal
 
-import aiohttp
 from pydantic import Field, model_validator
 from yarl import URL
 
 from gotel import __version__
 from gotel.component.contract import Context, Exporter, ExporterFactory
 from gotel.exporterhelper.clientconfig import ClientConfig, auth_headers
+from gotel.exporterhelper.http import HTTPPoster
 from gotel.exporterhelper.http import retry_after as http_retry_after
 from gotel.exporterhelper.queue import ExportError, QueuedExporter, Sender
 from gotel.pdata.batch import Batch, Signal
@@ -99,20 +99,13 @@ class HttpSender(Sender):
         }
         if cfg.compression == "gzip":
             self._headers["Content-Encoding"] = "gzip"
-        self._session: aiohttp.ClientSession | None = None
+        self.http = HTTPPoster(str(self.url), self._headers, cfg.tls, cfg.timeout,
+                               auth=(lambda: auth_headers(ctx, cfg.auth)) if cfg.auth else None,
+                               unix_socket=self._socket, limit=max(4, cfg.sending_queue.num_consumers),
+                               safe_url=_safe(self.url))
 
     async def start(self) -> None:
-        conn: aiohttp.BaseConnector
-        if self._socket:
-            conn = aiohttp.UnixConnector(path=self._socket)
-        else:
-            ssl = self.cfg.tls.ssl_context() if self.url.scheme == "https" else False
-            conn = aiohttp.TCPConnector(ssl=ssl, limit=max(4, self.cfg.sending_queue.num_consumers))
-        self._session = aiohttp.ClientSession(
-            connector=conn,
-            timeout=aiohttp.ClientTimeout(total=self.cfg.timeout),
-            auto_decompress=True,
-        )
+        await self.http.start()
 
     async def _body(self, batch: Batch) -> bytes:
         body = message_to_json(batch.peek()) if self._json else batch.to_bytes()
@@ -124,21 +117,10 @@ class HttpSender(Sender):
         return body
 
     async def send(self, batch: Batch) -> None:
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
         body = await self._body(batch)
-        try:
-            headers = {**self._headers, **auth_headers(self.ctx, self.cfg.auth)} if self.cfg.auth else self._headers
-            async with self._session.post(self.url, data=body, headers=headers, allow_redirects=False) as resp:
-                data = await resp.read()
-                status = resp.status
-                ctype = resp.headers.get("Content-Type", "")
-                retry_after = resp.headers.get("Retry-After")
-        except aiohttp.ClientConnectionError as e:
-            raise ExportError(f"{_safe(self.url)}: {type(e).__name__}: {e}", retryable=True, reason="connection_error") from None
-        except aiohttp.ClientError as e:
-            raise ExportError(f"{_safe(self.url)}: {type(e).__name__}: {e}", retryable=True, reason="client_error") from None
+        status, data, rheaders = await self.http.post(body)
+        ctype = rheaders.get("Content-Type", "")
+        retry_after = rheaders.get("Retry-After")
         if 200 <= status < 300:
             self._check_partial(data, ctype, batch)
             return
@@ -163,9 +145,7 @@ class HttpSender(Sender):
         report_partial_success(self.signal, resp, batch, self.ctx)
 
     async def shutdown(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.http.shutdown()
 
 
 def create(signal: Signal, cfg: Config, ctx: Context) -> Exporter:

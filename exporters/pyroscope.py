@@ -26,6 +26,8 @@ from pydantic import Field, SecretStr, model_validator
 
 from gotel.component.contract import Context, ExporterFactory
 from gotel.exporterhelper.clientconfig import BasicAuth, ClientConfig, auth_headers
+from gotel.exporterhelper.http import HTTPPoster
+from gotel.exporterhelper.http import retry_after as parse_retry_after
 from gotel.exporterhelper.queue import ExportError, QueuedExporter, Sender
 from gotel.formats import pprof
 from gotel.formats.profconv import DELTA_ATTR, PROFILE_TYPE_ATTR, PprofGroup, otlp_to_pprof
@@ -104,26 +106,24 @@ class PyroscopeSender(Sender):
         self.cfg = cfg
         self.ctx = ctx
         self.base = cfg.endpoint.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
+
+        headers = {"User-Agent": "gotel-pyroscope-exporter"}
+        headers.update(cfg.header_values())
+        if cfg.tenant_id:
+            headers["X-Scope-OrgID"] = cfg.tenant_id
+        if cfg.basic_auth:
+            tok = f"{cfg.basic_auth.username}:{cfg.basic_auth.password.get_secret_value()}"
+            headers["Authorization"] = "Basic " + base64.b64encode(tok.encode()).decode()
+        elif cfg.bearer_token:
+            headers["Authorization"] = "Bearer " + cfg.bearer_token.get_secret_value()
+        self.http = HTTPPoster(self.base + PUSH_PATH, headers, cfg.tls, cfg.timeout,
+                               auth=(lambda: auth_headers(ctx, cfg.auth)) if cfg.auth else None)
 
     async def start(self) -> None:
-        ssl_ctx: Any = None
-        if self.base.startswith("https://"):
-            ssl_ctx = self.cfg.tls.ssl_context()
-        headers = {"User-Agent": "gotel-pyroscope-exporter"}
-        headers.update(self.cfg.header_values())
-        if self.cfg.tenant_id:
-            headers["X-Scope-OrgID"] = self.cfg.tenant_id
-        if self.cfg.basic_auth:
-            tok = f"{self.cfg.basic_auth.username}:{self.cfg.basic_auth.password.get_secret_value()}"
-            headers["Authorization"] = "Basic " + base64.b64encode(tok.encode()).decode()
-        elif self.cfg.bearer_token:
-            headers["Authorization"] = "Bearer " + self.cfg.bearer_token.get_secret_value()
-        self._session = aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(ssl=ssl_ctx))
+        await self.http.start()
 
     async def shutdown(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.http.shutdown()
 
     def _malformed(self, n: int, why: str) -> None:
         """A profile that refers outside its dictionary is left out, counted and named; the rest go on."""
@@ -148,7 +148,6 @@ class PyroscopeSender(Sender):
         return pprof.encode(g.profile, compress=self.cfg.compression == "gzip")
 
     async def send(self, batch: Batch) -> None:
-        assert self._session is not None, "start() was not called"
         groups = [g for g in otlp_to_pprof(batch.peek(), on_drop=self._malformed) if g.profile.sample]
         if not groups:
             return
@@ -186,23 +185,9 @@ class PyroscopeSender(Sender):
         await self._post(self.base + "/ingest", form, {}, params)
 
     async def _post(self, url: str, data: Any, headers: Mapping[str, str], params: Mapping[str, str] | None) -> None:
-        assert self._session is not None
-        try:
-            headers = {**headers, **auth_headers(self.ctx, self.cfg.auth)}
-            async with self._session.post(url, data=data, headers=headers, params=params) as r:
-                body = await r.read()
-                if 200 <= r.status < 300:
-                    return
-                raise _classify(r.status, body, r.headers.get("Retry-After"))
-        except ExportError:
-            raise
-        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:
-            raise ExportError(f"{url}: TLS: {e} (set tls.ca_file to the CA that signed the server's certificate)",
-                              retryable=False, reason="tls_error") from None
-        except aiohttp.ClientError as e:
-            raise ExportError(f"{url}: {type(e).__name__}: {e}", retryable=True, reason="unreachable") from None
-        except OSError as e:
-            raise ExportError(f"{url}: {e}", retryable=True, reason="unreachable") from None
+        status, body, rheaders = await self.http.post(data, headers, url=url, params=params)
+        if not 200 <= status < 300:
+            raise _classify(status, body, rheaders.get("Retry-After"))
 
 
 def _classify(status: int, body: bytes, retry_after: str | None) -> ExportError:
@@ -215,12 +200,7 @@ def _classify(status: int, body: bytes, retry_after: str | None) -> ExportError:
             msg = str(j.get("message", msg))
     except ValueError:
         pass
-    ra: float | None = None
-    if retry_after:
-        try:
-            ra = float(retry_after)
-        except ValueError:
-            ra = None
+    ra = parse_retry_after(retry_after)
     detail = f"pyroscope answered {status}{' ' + code if code else ''}: {msg.strip()[:200]}"
     if status == 429 or code == "resource_exhausted":
         return ExportError(detail, retryable=True, reason="throttled", retry_after=ra)

@@ -12,6 +12,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import aiohttp
 from pydantic import Field, SecretStr, model_validator
@@ -83,15 +84,25 @@ def short(body: bytes, limit: int = 300) -> str:
 
 
 class HTTPPoster:
-    """A keep-alive aiohttp session bound to one URL, TLS settings and fixed headers."""
+    """The one HTTP sender of every HTTP exporter: a keep-alive aiohttp session bound to one endpoint
+    (TCP or a unix socket), TLS settings and fixed headers, with transport failures classified once.
+
+    A certificate the client does not trust is not retried (it does not heal by waiting): dropped and
+    counted as ``tls_certificate`` with a message naming tls.ca_file. A refused or unreachable endpoint
+    (``unreachable``) and any other transport error (``transport``) are retried.
+    """
 
     def __init__(self, url: str, headers: Mapping[str, str], tls: TLSClientConfig, timeout: float,
-                 auth: Callable[[], Mapping[str, str]] | None = None) -> None:
+                 auth: Callable[[], Mapping[str, str]] | None = None, *, unix_socket: str | None = None,
+                 limit: int = 0, safe_url: str | None = None) -> None:
         self.url = url
         self.auth = auth  # an authenticator extension's headers, asked per request (tokens rotate)
         self.headers = {"User-Agent": USER_AGENT, **headers}
         self.tls = tls
         self.timeout = timeout
+        self.unix_socket = unix_socket
+        self.limit = limit
+        self.safe_url = safe_url or url  # the URL as logs may show it (no credentials)
         self._session: aiohttp.ClientSession | None = None
 
     def _ssl(self) -> ssl.SSLContext | bool:
@@ -101,11 +112,17 @@ class HTTPPoster:
 
     async def start(self) -> None:
         if self._session is None:
-            conn = aiohttp.TCPConnector(ssl=self._ssl(), limit=0)
+            conn: aiohttp.BaseConnector
+            if self.unix_socket:
+                conn = aiohttp.UnixConnector(path=self.unix_socket, limit=self.limit)
+            else:
+                conn = aiohttp.TCPConnector(ssl=self._ssl(), limit=self.limit)
             self._session = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=self.timeout))
 
-    async def post(self, body: bytes, headers: Mapping[str, str] | None = None) -> tuple[int, bytes, Mapping[str, str]]:
-        """(status, body, headers); network failures raise a retryable ExportError."""
+    async def post(self, body: Any, headers: Mapping[str, str] | None = None, *, url: str | None = None,
+                   params: Mapping[str, str] | None = None) -> tuple[int, bytes, Mapping[str, str]]:
+        """(status, body, headers) of one POST to the endpoint (or `url` on the same server); transport
+        failures raise an ExportError classified as above."""
         if self._session is None:
             await self.start()
         assert self._session is not None
@@ -114,18 +131,22 @@ class HTTPPoster:
             h.update(headers)
         if self.auth is not None:
             h.update(self.auth())
+        target = url or self.url
+        shown = self.safe_url if url is None else url
         try:
-            async with self._session.post(self.url, data=body, headers=h) as resp:
+            async with self._session.post(target, data=body, headers=h, params=params, allow_redirects=False) as resp:
                 data = await resp.read()
                 return resp.status, data, resp.headers
-        except aiohttp.ClientConnectorCertificateError as e:
-            raise ExportError(f"TLS: the certificate of {self.url} is not trusted ({e.certificate_error}); "
-                              "set tls.ca_file to its CA", retryable=True, reason="tls_certificate") from e
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:
+            why = getattr(e, "certificate_error", None) or e
+            raise ExportError(f"TLS: the certificate of {shown} is not trusted ({why}); "
+                              "set tls.ca_file to the CA that signed it", retryable=False,
+                              reason="tls_certificate") from None
         except aiohttp.ClientConnectorError as e:
-            raise ExportError(f"cannot connect to {self.url}: {e.os_error or e}", retryable=True,
-                              reason="unreachable") from e
+            raise ExportError(f"cannot connect to {shown}: {e.os_error or e}", retryable=True,
+                              reason="unreachable") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise ExportError(f"{self.url}: {type(e).__name__}: {e}", retryable=True, reason="transport") from e
+            raise ExportError(f"{shown}: {type(e).__name__}: {e}", retryable=True, reason="transport") from None
 
     async def shutdown(self) -> None:
         if self._session is not None:

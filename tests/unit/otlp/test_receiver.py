@@ -486,7 +486,7 @@ async def test_mtls_receiver_requires_client_certificate(
         for _ in range(100):
             dropped = sum(harness.telemetry.registry.get_sample_value(
                 "gotel_dropped_items_total", {"component": "otlp/anon", "kind": "exporter", "signal": "traces",
-                                              "reason": reason}) or 0 for reason in ("unavailable", "connection_error"))
+                                              "reason": reason}) or 0 for reason in ("unavailable", "transport"))
             if dropped and running.mem[Signal.TRACES].batches:
                 break
             await asyncio.sleep(0.05)

@@ -167,7 +167,7 @@ async def test_tls_with_private_ca(tmp_path: Path) -> None:
         await exp.consume(batch()[0])
         await exp.shutdown(deadline=5)
         assert len(srv.series) == 1
-        assert counter(ctx, "gotel_dropped_items_total", signal="profiles", reason="tls_error") == 4
+        assert counter(ctx, "gotel_dropped_items_total", signal="profiles", reason="tls_certificate") == 4
     finally:
         await srv.stop()
 
