@@ -207,7 +207,7 @@ def loki_reason(body: str) -> str:
     return "bad_request"
 
 
-class PushSender(Sender):
+class PushSender(Sender[PushBatch]):
     def __init__(self, cfg: Config, ctx: Context) -> None:
         self.cfg = cfg
         self.ctx = ctx
@@ -457,7 +457,7 @@ class LokiExporter(Exporter):
                 diff = {k: v - before.get(k, 0) for k, v in self.conv.cuts.items() if v != before.get(k, 0)}
                 self.ctx.logger.warning("%s: fitted to Loki's limits: %s (counted in gotel_loki_exporter_limited_total)",
                                         self.ctx.id, ", ".join(f"{k}={v}" for k, v in sorted(diff.items())))
-        await self.queue.consume(pb)  # type: ignore[arg-type]
+        await self.queue.enqueue(pb)
 
     async def shutdown(self, deadline: float = 10.0) -> None:
         await self.queue.shutdown(deadline)  # the service's remaining shutdown_timeout

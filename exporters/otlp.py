@@ -108,7 +108,7 @@ def make_channel(cfg: Config) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(target, creds, options=options, compression=compression)
 
 
-class GrpcSender(Sender):
+class GrpcSender(Sender[Batch]):
     """One Export call per batch on a shared channel."""
 
     def __init__(self, signal: Signal, cfg: Config, ctx: Context) -> None:

@@ -81,7 +81,7 @@ def _safe(url: URL) -> str:
     return str(url.with_user(None)) if url.user or url.password else str(url)
 
 
-class HttpSender(Sender):
+class HttpSender(Sender[Batch]):
     def __init__(self, signal: Signal, cfg: Config, ctx: Context) -> None:
         self.signal = signal
         self.cfg = cfg

@@ -134,7 +134,7 @@ class WriteBatch:
         return self.size == 0
 
 
-class RemoteWriteSender(Sender):
+class RemoteWriteSender(Sender[WriteBatch]):
     def __init__(self, cfg: Config, ctx: Context | None = None) -> None:
         headers = {**HEADERS, **{k: v.get_secret_value() for k, v in cfg.headers.items()}}
         auth = cfg.auth.header()
@@ -222,7 +222,7 @@ class RemoteWriteExporter(Exporter):
                 if isinstance(tail, WriteBatch) and tail.body is None and tail.size + len(raw) <= limit:
                     tail.add(raw, p, nsamples)
                     continue
-                await queue.consume(WriteBatch(raw, p, nsamples))  # type: ignore[arg-type]
+                await queue.enqueue(WriteBatch(raw, p, nsamples))
 
     async def shutdown(self, deadline: float = 10.0) -> None:
         await asyncio.gather(*(s.shutdown(deadline) for s in self.shards))  # the service's remaining shutdown_timeout

@@ -101,7 +101,7 @@ def family_of(g: PprofGroup) -> str:
     return "profile"
 
 
-class PyroscopeSender(Sender):
+class PyroscopeSender(Sender[Batch]):
     def __init__(self, cfg: Config, ctx: Context) -> None:
         self.cfg = cfg
         self.ctx = ctx

@@ -24,7 +24,7 @@ import struct
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 from pydantic import Field, field_validator
 
@@ -123,13 +123,28 @@ def storage_client(ctx: Context, storage: str, name: str) -> Awaitable[StorageCl
     return client
 
 
-class Sender:
+class Request(Protocol):
+    """What a sending queue carries: the signal's Batch, or a request an exporter converted it to
+    (a Loki push, a remote-write shard's WriteRequest). Without a QueueCodec it must be a Batch to
+    be stored."""
+
+    def is_empty(self) -> bool: ...
+
+    def item_count(self) -> int: ...
+
+    def byte_size(self) -> int: ...
+
+
+R = TypeVar("R", bound=Request)
+
+
+class Sender(Generic[R]):
     """One delivery attempt. Subclasses implement send(); start/shutdown open and close connections."""
 
     async def start(self) -> None:
         return None
 
-    async def send(self, batch: Batch) -> None:
+    async def send(self, batch: R) -> None:
         raise NotImplementedError
 
     async def shutdown(self) -> None:
@@ -163,8 +178,11 @@ _ITEM = "q."  # storage keys of queued batches: q.<20-digit index>, in queue ord
 _HEAD = struct.Struct(">QQ")  # a stored batch: its units in the queue's sizer, its items, then its protobuf
 
 
-class QueuedExporter(Exporter):
-    """Queue -> N consumer tasks -> Sender, with retries. consume() never blocks on the network."""
+class QueuedExporter(Exporter, Generic[R]):
+    """Queue -> N consumer tasks -> Sender, with retries. consume() never blocks on the network.
+
+    Typed by what the queue carries (R): the pipeline's Batch, or an exporter's converted request,
+    which the exporter hands over with enqueue()."""
 
     mutates = False
 
@@ -172,7 +190,7 @@ class QueuedExporter(Exporter):
         self,
         signal: Signal,
         ctx: Context,
-        sender: Sender,
+        sender: Sender[R],
         queue: QueueConfig | None = None,
         retry: RetryConfig | None = None,
         timeout: float = 5.0,
@@ -192,7 +210,7 @@ class QueuedExporter(Exporter):
         self.codec = codec
         # (batch, units, storage index). With storage the batch is also kept in memory (no read back, no
         # parse on the way out); None for what a previous run left on disk.
-        self._q: deque[tuple[Batch | None, int, int]] = deque()
+        self._q: deque[tuple[R | None, int, int]] = deque()
         self._size = 0
         self._inflight = 0
         self._cond: asyncio.Condition | None = None
@@ -213,7 +231,7 @@ class QueuedExporter(Exporter):
 
     # --- accounting -------------------------------------------------------------------------------
 
-    def _units(self, batch: Batch) -> int:
+    def _units(self, batch: R) -> int:
         s = self.qcfg.sizer
         if s == "bytes":
             return batch.byte_size()
@@ -224,7 +242,7 @@ class QueuedExporter(Exporter):
     def _report_queue(self) -> None:
         self.ctx.telemetry.queue(self.signal, self._size, self.qcfg.queue_size)
 
-    def _drop(self, batch: Batch, reason: str, detail: str) -> None:
+    def _drop(self, batch: R, reason: str, detail: str) -> None:
         n = batch.item_count()
         self._dropped[reason] += n
         self.ctx.telemetry.dropped(self.signal, n, reason)
@@ -271,6 +289,10 @@ class QueuedExporter(Exporter):
         self._report_queue()
 
     async def consume(self, batch: Batch) -> None:
+        """The pipeline's entry: for a queue of the signal's batches (R is Batch)."""
+        await self.enqueue(cast(R, batch))
+
+    async def enqueue(self, batch: R) -> None:
         if batch.is_empty():
             return
         if not self.qcfg.enabled:
@@ -299,7 +321,7 @@ class QueuedExporter(Exporter):
             try:
                 # durable before consume() returns: what the receiver acknowledged survives a kill
                 # to_bytes() caches the wire bytes: the sender does not serialize again
-                raw = self.codec.encode(batch) if self.codec is not None else batch.to_bytes()
+                raw = self.codec.encode(batch) if self.codec is not None else cast(Batch, batch).to_bytes()
                 await self._store.set(f"{_ITEM}{idx:020d}", _HEAD.pack(units, batch.item_count()) + raw)
             except Exception as e:
                 async with self._cond:
@@ -312,7 +334,7 @@ class QueuedExporter(Exporter):
             # notify_all: producers blocked on overflow wait on the same condition as the workers.
             self._cond.notify_all()
 
-    def waiting_tail(self) -> Batch | None:
+    def waiting_tail(self) -> R | None:
         """The newest batch still in the queue, not taken by a consumer yet. An exporter with mutable
         batches may add to it instead of queueing one more request while its sender is busy
         (remote-write does; with the "requests" sizer the queue's accounting stays right). None
@@ -357,7 +379,7 @@ class QueuedExporter(Exporter):
                 async with self._cond:
                     self._cond.notify_all()
 
-    async def _load(self, idx: int) -> Batch | None:
+    async def _load(self, idx: int) -> R | None:
         assert self._store is not None
         raw = await self._store.get(f"{_ITEM}{idx:020d}")
         if raw is None:
@@ -365,9 +387,9 @@ class QueuedExporter(Exporter):
         try:
             _units, count = _HEAD.unpack_from(raw)
             if self.codec is not None:
-                out: Batch = self.codec.decode(raw[_HEAD.size:], count)
+                out: R = self.codec.decode(raw[_HEAD.size:], count)
                 return out
-            return batch_type(self.signal)(raw=raw[_HEAD.size:], count=count)
+            return cast(R, batch_type(self.signal)(raw=raw[_HEAD.size:], count=count))
         except Exception as e:
             self.ctx.telemetry.dropped(self.signal, 1, "storage_corrupt")
             self._dropped["storage_corrupt"] += 1
@@ -375,7 +397,7 @@ class QueuedExporter(Exporter):
                            self.qcfg.storage, e)
             return None
 
-    async def _deliver(self, batch: Batch) -> None:
+    async def _deliver(self, batch: R) -> None:
         """Sends with retries; drops (and counts) on a permanent error or when retrying ran out."""
         nxt = backoff_delays(self.rcfg)
         started = time.monotonic()
