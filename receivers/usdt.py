@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from opentelemetry.proto.logs.v1 import logs_pb2
-from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from pydantic import Field, field_validator, model_validator
 
@@ -43,6 +42,7 @@ from gotel.config.types import Duration
 from gotel.discovery import DiscoveryConfig, ProcessAdded, ProcessInfo, ProcessRemoved, ProcessWatcher
 from gotel.ebpf.streaming import RingBufferReceiver
 from gotel.pdata.batch import Logs, Metrics, Signal, Traces, attrs
+from gotel.pdata.builders import MetricsBuilder
 
 SCOPE = "gotel.receivers.usdt"
 _ARG_RE = re.compile(r"^arg(\d+)(?::(int|uint|str))?$")
@@ -477,47 +477,21 @@ class Aggregator:
         return st.resource if st else {"process.pid": pid}
 
     def take_metrics(self) -> Metrics | None:
-        now = time.time_ns()
-        b = Metrics()
+        mb = MetricsBuilder(SCOPE, time_ns=time.time_ns())
         for pid, st in list(self.procs.items()):
-            if st.counters or st.hists:
-                rm = b.msg.resource_metrics.add()
-                rm.resource.attributes.extend(attrs(st.resource))
-                sm = rm.scope_metrics.add()
-                sm.scope.name = SCOPE
-                self._fill_metrics(sm, st, now)
+            self._fill_metrics(mb, st)
             if st.gone:
                 del self.procs[pid]
-        return b if b.msg.resource_metrics else None
+        return None if mb.empty() else mb.batch()
 
-    def _fill_metrics(self, sm: Any, st: _ProcState, now: int) -> None:
-        made: dict[tuple[str, int], Any] = {}
+    def _fill_metrics(self, mb: MetricsBuilder, st: _ProcState) -> None:
         for (i, akey), n in st.counters.items():
             c = self.cfg.counters[i]
-            m = made.get(("c", i))
-            if m is None:
-                m = made[("c", i)] = sm.metrics.add(name=c.name, description=c.description, unit=c.unit)
-                m.sum.aggregation_temporality = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
-                m.sum.is_monotonic = True
-            dp = m.sum.data_points.add(start_time_unix_nano=st.start_ns, time_unix_nano=now, as_int=n)
-            dp.attributes.extend(attrs(dict(akey)))
+            mb.sum(st.resource, c.name, n, c.unit, c.description, dict(akey), start=st.start_ns)
         for (i, akey), hs in st.hists.items():
             h = self.cfg.histograms[i]
-            m = made.get(("h", i))
-            if m is None:
-                m = made[("h", i)] = sm.metrics.add(name=h.name, description=h.description, unit=h.unit)
-                m.histogram.aggregation_temporality = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
-            dp = m.histogram.data_points.add(
-                start_time_unix_nano=st.start_ns,
-                time_unix_nano=now,
-                count=hs.n,
-                sum=hs.total,
-                min=hs.lo,
-                max=hs.hi,
-                explicit_bounds=h.boundaries,
-                bucket_counts=hs.counts,
-            )
-            dp.attributes.extend(attrs(dict(akey)))
+            mb.histogram(st.resource, h.name, h.boundaries, hs.counts, hs.total, h.unit, h.description, dict(akey),
+                         start=st.start_ns, minimum=hs.lo, maximum=hs.hi)
 
 
 # ---- the receiver ---------------------------------------------------------------------------------------
