@@ -393,6 +393,13 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset) {
     k.has_sk = sk != 0;
     if (sk)
         k.tgid = owner_of(sk);
+    /* an abort by close() (SO_LINGER 0, unread data) sends its RST after the socket went to CLOSE,
+     * when its owner entry is gone: the closing system call's process is the owner */
+    if (sk && !k.tgid && k.active && args->state == TCP_CLOSE_) {
+        u32 cur = bpf_get_current_pid_tgid() >> 32;
+        if (targets.lookup(&cur))
+            k.tgid = cur;
+    }
 #ifdef HAS_RST_REASON
     k.reason = args->reason;
     if (sk && args->reason == RST_KEEPALIVE) {

@@ -1,0 +1,178 @@
+"""The net receiver's resets, connect failures, keepalives and connection ends, against programs that
+cause each a known number of times (their own logs) and the kernel's counters of a network namespace
+made by the test (nothing else runs in it, so its /proc/net/snmp and netstat deltas are exact)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gotel.pdata import Signal
+from gotel.receivers.net import Config, NetReceiver
+from tests.helpers.memsink import MemorySink, make_ctx, sinks
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+N = 5  # resets and refused connects, each
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    ns = f"gotel-tcpf-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        # a SYN nobody answers fails after ~3 s (1 s + 2 s) instead of the default ~2 min
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_syn_retries=1"], check=True)
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def _counters(ns: str) -> dict[str, int]:
+    """The namespace's Tcp: (snmp) and TcpExt: (netstat) counters, one dict."""
+    out = {}
+    for path, prefix in (("/proc/net/snmp", "Tcp:"), ("/proc/net/netstat", "TcpExt:")):
+        text = subprocess.run(["ip", "netns", "exec", ns, "cat", path], capture_output=True, text=True,
+                              check=True).stdout
+        lines = [line.split() for line in text.splitlines() if line.startswith(prefix)]
+        out.update(zip(lines[0][1:], (int(x) for x in lines[1][1:]), strict=True))
+    return out
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+
+class Prog:
+    """A Python program in the namespace; talks by lines on stdin/stdout."""
+
+    def __init__(self, ns: str, code: str, *args: str) -> None:
+        self.p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code, *args],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.pid = self.p.pid
+        # ip netns exec execs the program: the pid is the program's own
+        self.log: list[str] = []
+
+    def send(self, line: str = "go") -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+
+    async def expect(self, prefix: str, timeout: float = 30.0) -> str:
+        assert self.p.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(self.p.stdout.readline), timeout)
+        self.log.append(line.strip())
+        assert line.startswith(prefix), (prefix, line, self.log)
+        return line.strip()
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            os.kill(self.pid, signal.SIGCONT)
+            self.p.kill()
+        self.p.wait()
+
+
+async def _receiver(*progs: Prog) -> tuple[NetReceiver, dict[Signal, MemorySink]]:
+    s = sinks(Signal.METRICS)
+    r = NetReceiver(Config(discovery={"pids": [p.pid for p in progs], "go_only": False},
+                           collection_interval=3600), s, make_ctx("net"))
+    await r.start()
+    assert all(p.pid in r.targets for p in progs)
+    return r, s
+
+
+def _points(s: dict[Signal, MemorySink], name: str, pid: int) -> list[tuple[dict[str, Any], Any]]:
+    return [(a, p) for res, a, p in s[Signal.METRICS].points(name) if res.get("process.pid") == pid]
+
+
+def _sum(s: dict[Signal, MemorySink], name: str, pid: int, **want: Any) -> int:
+    return sum(p.as_int for a, p in _points(s, name, pid) if all(a.get(k) == v for k, v in want.items()))
+
+
+# Accepts N connections and closes each with SO_LINGER 0: the kernel sends a RST instead of a FIN.
+LINGER_SERVER = r"""
+import socket, struct, sys
+input()
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(16)
+print("port", l.getsockname()[1], flush=True)
+n = int(sys.argv[1])
+for i in range(n):
+    c, _ = l.accept()
+    c.recv(1)  # the client's byte: the connection is fully up on both sides
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+print("reset", n, flush=True)
+input()
+"""
+
+LINGER_CLIENT = r"""
+import socket, sys
+port, n = int(input()), int(sys.argv[1])
+got = 0
+for i in range(n):
+    c = socket.create_connection(("127.0.0.1", port))
+    c.send(b"x")
+    try:
+        c.recv(1)
+    except ConnectionResetError:
+        got += 1
+    c.close()
+print("resets", got, flush=True)
+input()
+"""
+
+
+async def test_linger_zero_resets_per_process_and_peer(netns: str) -> None:
+    server = Prog(netns, LINGER_SERVER, str(N))
+    client = Prog(netns, LINGER_CLIENT, str(N))
+    r = None
+    try:
+        r, s = await _receiver(server, client)
+        before = _counters(netns)
+        server.send()
+        port = int((await server.expect("port")).split()[1])
+        client.send(str(port))
+        assert (await client.expect("resets")) == f"resets {N}"
+        await server.expect("reset")
+        d = _delta(before, _counters(netns))
+        await r.collect_now()
+        # the server sent N RSTs, each an abort by close() (the kernel's reason: TCP_STATE), on
+        # connections to the client, named by its own listening port
+        sent = _sum(s, "process.network.tcp.resets", server.pid, **{"network.io.direction": "transmit"})
+        assert sent == N
+        assert _sum(s, "process.network.tcp.resets", server.pid, **{"gotel.tcp.reset.reason": "TCP_STATE",
+                                                                     "network.local.port": port}) == N
+        # the client received them, on connections named by the server's port
+        assert _sum(s, "process.network.tcp.resets", client.pid, **{"network.io.direction": "receive",
+                                                                     "network.peer.port": port}) == N
+        assert _sum(s, "process.network.tcp.resets", client.pid, **{"network.io.direction": "transmit"}) == 0
+        # against the namespace's own counters: every RST sent, every linger-0 abort
+        assert d.get("OutRsts") == N, d
+        assert d.get("TCPAbortOnData") == N, d  # what the kernel counts a SO_LINGER 0 close as
+        # each connection ended once: an abort on the server, the peer's reset on the client, both
+        # with a peer that answered (nothing was left unacknowledged)
+        aborts = _sum(s, "process.network.tcp.closes", server.pid, **{"gotel.tcp.close.cause": "abort"})
+        reset_in = _sum(s, "process.network.tcp.closes", client.pid, **{"gotel.tcp.close.cause": "peer_reset"})
+        assert (aborts, reset_in) == (N, N)
+        assert d.get("EstabResets") == aborts + reset_in  # both sides of each, as the kernel counts
+        assert all(a["gotel.tcp.peer.answering"] is True for a, _ in _points(s, "process.network.tcp.closes",
+                                                                                  server.pid))
+        # and the client's connects all succeeded, as many as it made
+        ok = [p for a, p in _points(s, "process.network.tcp.connect.duration", client.pid) if "error.type" not in a]
+        assert sum(p.count for p in ok) == N == d.get("ActiveOpens")
+    finally:
+        if r is not None:
+            await r.shutdown()
+        for p in (client, server):
+            if p is not None:
+                p.stop()
