@@ -49,6 +49,12 @@ def _counters(ns: str) -> dict[str, int]:
     return out
 
 
+def _nft(ns: str, rule: str) -> None:
+    """Adds a drop rule on the namespace's input hook (loopback traffic passes it once per packet)."""
+    text = f"table inet gotel {{\n chain in {{\n  type filter hook input priority 0;\n  {rule}\n }}\n}}\n"
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=text, text=True, check=True)
+
+
 def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
 
@@ -176,3 +182,95 @@ async def test_linger_zero_resets_per_process_and_peer(netns: str) -> None:
         for p in (client, server):
             if p is not None:
                 p.stop()
+
+
+# Connects N times to a port nobody listens on (refused), T times to one whose SYNs the namespace drops
+# (the kernel gives up: ETIMEDOUT), A times abandoning a connect it does not wait for (closed by the
+# program, as a dial timeout does), and M times to a listener (established). Logs each outcome.
+CONNECTOR = r"""
+import errno, socket, sys, time
+closed, dropped, listening = (int(x) for x in input().split())
+n, t, a, m = (int(x) for x in sys.argv[1:5])
+out = {"ECONNREFUSED": 0, "ETIMEDOUT": 0, "closed": 0, "ok": 0}
+for i in range(n):
+    try:
+        socket.create_connection(("127.0.0.1", closed)).close()
+    except ConnectionRefusedError:
+        out["ECONNREFUSED"] += 1
+for i in range(t):
+    c = socket.socket()
+    try:
+        c.connect(("127.0.0.1", dropped))
+    except TimeoutError:  # the kernel's own timeout (no socket timeout is set)
+        out["ETIMEDOUT"] += 1
+    c.close()
+for i in range(a):
+    c = socket.socket(); c.setblocking(False)
+    assert c.connect_ex(("127.0.0.1", dropped)) == errno.EINPROGRESS
+    time.sleep(0.05)
+    c.close()
+    out["closed"] += 1
+held = []
+for i in range(m):
+    held.append(socket.create_connection(("127.0.0.1", listening)))
+    out["ok"] += 1
+print("done", " ".join(f"{k}={v}" for k, v in out.items()), flush=True)
+input()
+"""
+
+LISTENER = r"""
+import socket
+input()
+ports = []
+for i in range(3):
+    l = socket.socket(); l.bind(("127.0.0.1", 0)); ports.append(l)
+ports[2].listen(16)
+print("ports", *(p.getsockname()[1] for p in ports), flush=True)
+input()
+"""
+
+
+async def test_connect_failures_by_errno_and_latency(netns: str) -> None:
+    t, a, m = 1, 2, 3
+    listener = Prog(netns, LISTENER)
+    conn = Prog(netns, CONNECTOR, str(N), str(t), str(a), str(m))
+    r = None
+    try:
+        r, s = await _receiver(conn)
+        listener.send()
+        closed, dropped, listening = (int(x) for x in (await listener.expect("ports")).split()[1:])
+        # bound but not listening: a SYN to `closed` gets a RST; the SYNs to `dropped` are dropped
+        _nft(netns, f"tcp dport {dropped} drop")
+        before = _counters(netns)
+        conn.send(f"{closed} {dropped} {listening}")
+        line = await conn.expect("done", timeout=60)
+        truth = {k: int(v) for k, v in (x.split("=") for x in line.split()[1:])}
+        assert truth == {"ECONNREFUSED": N, "ETIMEDOUT": t, "closed": a, "ok": m}
+        d = _delta(before, _counters(netns))
+        await asyncio.sleep(1.1)  # an abandoned attempt is known as such after a second without an error
+        await r.collect_now()
+        by_error: dict[str, int] = {}
+        for attrs, p in _points(s, "process.network.tcp.connect.duration", conn.pid):
+            by_error[attrs.get("error.type", "ok")] = by_error.get(attrs.get("error.type", "ok"), 0) + p.count
+            port = {"ECONNREFUSED": closed, "ETIMEDOUT": dropped, "closed": dropped, "ok": listening}
+            assert attrs["network.peer.port"] == port[attrs.get("error.type", "ok")], attrs
+            assert attrs["network.peer.address"] == "127.0.0.1"
+            if attrs.get("error.type") == "ETIMEDOUT":  # one SYN retry: 1 s + 2 s
+                assert 2.5 < p.sum < 4.5, p.sum
+        assert by_error == truth
+        # against the namespace's counters: every attempt, and every one the kernel failed (AttemptFails
+        # leaves out the attempts their program closed itself: they never reach tcp_done)
+        assert d.get("ActiveOpens") == N + t + a + m, d
+        assert d.get("AttemptFails") == by_error["ECONNREFUSED"] + by_error["ETIMEDOUT"], d
+        # the refusals are the client's received resets, and RSTs the namespace sent for no socket
+        assert _sum(s, "process.network.tcp.resets", conn.pid, **{"network.io.direction": "receive",
+                                                                   "network.peer.port": closed}) == N
+        assert d.get("OutRsts") == N, d
+        node = sum(p.as_int for res, a_, p in s[Signal.METRICS].points("gotel.network.tcp.resets")
+                   if a_.get("gotel.tcp.reset.reason") == "NO_SOCKET")
+        assert node >= N  # node-wide: other namespaces' refusals land here too
+    finally:
+        if r is not None:
+            await r.shutdown()
+        for p in (conn, listener):
+            p.stop()
