@@ -274,3 +274,132 @@ async def test_connect_failures_by_errno_and_latency(netns: str) -> None:
             await r.shutdown()
         for p in (conn, listener):
             p.stop()
+
+
+# Answers "ping" with "pong" on every connection to each of its ports.
+PONG_SERVER = r"""
+import socket, sys, threading
+input()
+def serve(c):
+    try:
+        while c.recv(5):
+            c.sendall(b"pong\n")
+    except OSError:  # the client's keepalive RST
+        return
+def listen():
+    l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(4)
+    def loop():
+        while True:
+            threading.Thread(target=serve, args=(l.accept()[0],), daemon=True).start()
+    threading.Thread(target=loop, daemon=True).start()
+    return l.getsockname()[1]
+print("ports", *(listen() for _ in range(int(sys.argv[1]))), flush=True)
+input()
+"""
+
+# A: an idle connection with TCP keepalive (idle 2 s, interval 1 s, 3 probes), waiting for anything.
+# B, C: application heartbeats, a ping every 0.3 s answered within 1 s or the connection is given up.
+HEARTBEAT_CLIENT = r"""
+import socket, threading, time
+a, b, c = (int(x) for x in input().split())
+lock = threading.Lock()
+def say(*x):
+    with lock:
+        print(*x, flush=True)
+ka = socket.create_connection(("127.0.0.1", a))
+ka.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+ka.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 2)
+ka.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+ka.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+hb = {}
+for name, port in (("B", b), ("C", c)):
+    s = socket.create_connection(("127.0.0.1", port)); s.settimeout(1.0)
+    s.sendall(b"ping\n"); assert s.recv(5) == b"pong\n"
+    hb[name] = s
+def idle():
+    try:
+        ka.recv(1)
+        say("A", "eof")
+    except OSError as e:
+        say("A", type(e).__name__, e.errno)
+def heartbeat(name, s):
+    while True:
+        time.sleep(0.3)
+        try:
+            s.sendall(b"ping\n")
+            if s.recv(5) != b"pong\n":
+                raise OSError("bad answer")
+        except OSError as e:  # socket.timeout included
+            s.close()
+            say(name, "heartbeat_timeout")
+            return
+threading.Thread(target=idle, daemon=True).start()
+for name, s in hb.items():
+    threading.Thread(target=heartbeat, args=(name, s), daemon=True).start()
+say("connected")
+input()
+"""
+
+
+async def test_dead_peer_told_from_a_stalled_service(netns: str) -> None:
+    """The classic case: an application heartbeat times out against a peer whose process is stopped
+    (its kernel still acknowledges everything) and against a peer the network no longer reaches. Both
+    look the same to the application; the close tells them apart by whether the peer's TCP answered."""
+    dead = Prog(netns, PONG_SERVER, "2")
+    alive = Prog(netns, PONG_SERVER, "1")
+    client = Prog(netns, HEARTBEAT_CLIENT)
+    r = None
+    try:
+        r, s = await _receiver(client, dead, alive)
+        dead.send()
+        alive.send()
+        pa, pc = (int(x) for x in (await dead.expect("ports")).split()[1:])
+        pb = int((await alive.expect("ports")).split()[1])
+        client.send(f"{pa} {pb} {pc}")
+        await client.expect("connected")
+        before = _counters(netns)
+        _nft(netns, f"tcp sport {{ {pa}, {pc} }} drop")  # nothing from A's and C's server arrives
+        os.kill(alive.pid, signal.SIGSTOP)  # B's server stops answering pings; its kernel still ACKs
+        events: dict[str, str] = {}
+        unanswered = 0
+        reader = asyncio.ensure_future(client.expect(""))
+        deadline = time.monotonic() + 30
+        while len(events) < 3 and time.monotonic() < deadline:
+            done, _ = await asyncio.wait({reader}, timeout=0.25)
+            if done:
+                name, what = reader.result().split(maxsplit=1)
+                events[name] = what
+                if len(events) < 3:
+                    reader = asyncio.ensure_future(client.expect(""))
+            else:
+                await r.collect_now()
+                for attrs, p in _points(s, "process.network.tcp.keepalive.unanswered", client.pid):
+                    if attrs.get("network.peer.port") == pa:
+                        unanswered = max(unanswered, p.as_int)
+        assert events == {"A": f"TimeoutError {110}", "B": "heartbeat_timeout", "C": "heartbeat_timeout"}, events
+        d = _delta(before, _counters(netns))
+        s[Signal.METRICS].clear()  # cumulative points: read the last collection only
+        await r.collect_now()
+        closes = {(a["network.peer.port"], a["gotel.tcp.close.cause"], a.get("gotel.tcp.peer.answering")): p.as_int
+                  for a, p in _points(s, "process.network.tcp.closes", client.pid)}
+        assert closes == {
+            (pa, "keepalive_timeout", False): 1,  # the kernel gave up: a dead peer
+            (pc, "local_close", False): 1,        # heartbeat timeout, the ping never acknowledged: dead peer
+            (pb, "local_close", True): 1,         # heartbeat timeout, the peer's TCP answering: service stalled
+        }, closes
+        # the keepalive timeout's RST, with the kernel's reason, to peer A only
+        assert _sum(s, "process.network.tcp.resets", client.pid, **{"network.io.direction": "transmit",
+                                                                     "gotel.tcp.reset.reason": "TCP_KEEPALIVE_TIMEOUT",
+                                                                     "network.peer.port": pa}) == 1
+        # keepalive probes: 3 sent, none answered, then the abort (TcpExt TCPKeepAlive counts the probes)
+        assert d.get("TCPKeepAlive") == 3, d
+        assert d.get("TCPAbortOnTimeout") == 1, d  # the kernel counts the keepalive abort there
+        assert d.get("OutRsts") == 1, d
+        assert 1 <= unanswered <= 3, unanswered
+        # C's ping was retransmitted while unanswered; B's never was
+        assert d.get("RetransSegs", 0) >= 1, d
+    finally:
+        if r is not None:
+            await r.shutdown()
+        for p in (client, dead, alive):
+            p.stop()
