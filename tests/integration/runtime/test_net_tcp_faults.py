@@ -40,7 +40,7 @@ def netns() -> Iterator[str]:
 
 def _counters(ns: str) -> dict[str, int]:
     """The namespace's Tcp: (snmp) and TcpExt: (netstat) counters, one dict."""
-    out = {}
+    out: dict[str, int] = {}
     for path, prefix in (("/proc/net/snmp", "Tcp:"), ("/proc/net/netstat", "TcpExt:")):
         text = subprocess.run(["ip", "netns", "exec", ns, "cat", path], capture_output=True, text=True,
                               check=True).stdout
