@@ -97,6 +97,8 @@ struct failed_v {
     u32 pad;
 };
 BPF_TABLE("lru_hash", struct tuple_key, struct failed_v, failed, 4096);
+/* The other order: an ICMP error to a connecting socket is reported before its CLOSE. */
+BPF_TABLE("lru_hash", struct tuple_key, s32, early_err, 4096);
 
 /* Connect duration per (process, peer, outcome) in log2 slots of nanoseconds. */
 struct connect_key {
@@ -302,6 +304,12 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
                 tk.lport = k.lport;
                 tk.rport = k.rport;
                 __builtin_memcpy(tk.raddr, k.raddr, 16);
+                s32 *early = early_err.lookup(&tk);
+                if (early) {
+                    record_connect(tgid, k.family, k.rport, k.raddr, *early, dur);
+                    early_err.delete(&tk);
+                    goto connect_done;
+                }
                 struct failed_v fv = {};
                 fv.dur = dur;
                 fv.when = now;
@@ -310,6 +318,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             }
         }
     }
+connect_done:;
 
     /* how an established connection ended: at its first state out of ESTABLISHED */
     u8 cause = 0;
@@ -361,8 +370,12 @@ TRACEPOINT_PROBE(sock, inet_sk_error_report) {
     tk.rport = args->dport;
     copy_addr(tk.raddr, args->family, args->daddr, args->daddr_v6);
     struct failed_v *f = failed.lookup(&tk);
-    if (!f)
+    if (!f) {
+        s32 err = args->error;
+        if (err)
+            early_err.update(&tk, &err);
         return 0;
+    }
     record_connect(f->tgid, tk.family, tk.rport, tk.raddr, args->error, f->dur);
     failed.delete(&tk);
     return 0;

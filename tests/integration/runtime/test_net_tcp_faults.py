@@ -186,12 +186,13 @@ async def test_linger_zero_resets_per_process_and_peer(netns: str) -> None:
 
 # Connects N times to a port nobody listens on (refused), T times to one whose SYNs the namespace drops
 # (the kernel gives up: ETIMEDOUT), A times abandoning a connect it does not wait for (closed by the
-# program, as a dial timeout does), and M times to a listener (established). Logs each outcome.
+# program, as a dial timeout does), U times to one whose SYNs are answered with an ICMP host
+# unreachable, and M times to a listener (established). Logs each outcome.
 CONNECTOR = r"""
 import errno, socket, sys, time
-closed, dropped, listening = (int(x) for x in input().split())
-n, t, a, m = (int(x) for x in sys.argv[1:5])
-out = {"ECONNREFUSED": 0, "ETIMEDOUT": 0, "closed": 0, "ok": 0}
+closed, dropped, listening, unreach = (int(x) for x in input().split())
+n, t, a, m, u = (int(x) for x in sys.argv[1:6])
+out = {"ECONNREFUSED": 0, "ETIMEDOUT": 0, "closed": 0, "EHOSTUNREACH": 0, "ok": 0}
 for i in range(n):
     try:
         socket.create_connection(("127.0.0.1", closed)).close()
@@ -210,6 +211,12 @@ for i in range(a):
     time.sleep(0.05)
     c.close()
     out["closed"] += 1
+for i in range(u):
+    try:
+        socket.create_connection(("127.0.0.1", unreach)).close()
+    except OSError as e:
+        if e.errno == errno.EHOSTUNREACH:
+            out["EHOSTUNREACH"] += 1
 held = []
 for i in range(m):
     held.append(socket.create_connection(("127.0.0.1", listening)))
@@ -222,7 +229,7 @@ LISTENER = r"""
 import socket
 input()
 ports = []
-for i in range(3):
+for i in range(4):
     l = socket.socket(); l.bind(("127.0.0.1", 0)); ports.append(l)
 ports[2].listen(16)
 print("ports", *(p.getsockname()[1] for p in ports), flush=True)
@@ -231,28 +238,30 @@ input()
 
 
 async def test_connect_failures_by_errno_and_latency(netns: str) -> None:
-    t, a, m = 1, 2, 3
+    t, a, m, u = 1, 2, 3, 2
     listener = Prog(netns, LISTENER)
-    conn = Prog(netns, CONNECTOR, str(N), str(t), str(a), str(m))
+    conn = Prog(netns, CONNECTOR, str(N), str(t), str(a), str(m), str(u))
     r = None
     try:
         r, s = await _receiver(conn)
         listener.send()
-        closed, dropped, listening = (int(x) for x in (await listener.expect("ports")).split()[1:])
-        # bound but not listening: a SYN to `closed` gets a RST; the SYNs to `dropped` are dropped
-        _nft(netns, f"tcp dport {dropped} drop")
+        closed, dropped, listening, unreach = (int(x) for x in (await listener.expect("ports")).split()[1:])
+        # bound but not listening: a SYN to `closed` gets a RST; the SYNs to `dropped` are dropped; those
+        # to `unreach` answered by an ICMP host unreachable (reported to the socket before its CLOSE)
+        _nft(netns, f"tcp dport {dropped} drop\n  tcp dport {unreach} reject with icmpx host-unreachable")
         before = _counters(netns)
-        conn.send(f"{closed} {dropped} {listening}")
+        conn.send(f"{closed} {dropped} {listening} {unreach}")
         line = await conn.expect("done", timeout=60)
         truth = {k: int(v) for k, v in (x.split("=") for x in line.split()[1:])}
-        assert truth == {"ECONNREFUSED": N, "ETIMEDOUT": t, "closed": a, "ok": m}
+        assert truth == {"ECONNREFUSED": N, "ETIMEDOUT": t, "closed": a, "EHOSTUNREACH": u, "ok": m}
         d = _delta(before, _counters(netns))
         await asyncio.sleep(1.1)  # an abandoned attempt is known as such after a second without an error
         await r.collect_now()
         by_error: dict[str, int] = {}
         for attrs, p in _points(s, "process.network.tcp.connect.duration", conn.pid):
             by_error[attrs.get("error.type", "ok")] = by_error.get(attrs.get("error.type", "ok"), 0) + p.count
-            port = {"ECONNREFUSED": closed, "ETIMEDOUT": dropped, "closed": dropped, "ok": listening}
+            port = {"ECONNREFUSED": closed, "ETIMEDOUT": dropped, "closed": dropped, "ok": listening,
+                    "EHOSTUNREACH": unreach}
             assert attrs["network.peer.port"] == port[attrs.get("error.type", "ok")], attrs
             assert attrs["network.peer.address"] == "127.0.0.1"
             if attrs.get("error.type") == "ETIMEDOUT":  # one SYN retry: 1 s + 2 s
@@ -260,8 +269,8 @@ async def test_connect_failures_by_errno_and_latency(netns: str) -> None:
         assert by_error == truth
         # against the namespace's counters: every attempt, and every one the kernel failed (AttemptFails
         # leaves out the attempts their program closed itself: they never reach tcp_done)
-        assert d.get("ActiveOpens") == N + t + a + m, d
-        assert d.get("AttemptFails") == by_error["ECONNREFUSED"] + by_error["ETIMEDOUT"], d
+        assert d.get("ActiveOpens") == N + t + a + m + u, d
+        assert d.get("AttemptFails") == by_error["ECONNREFUSED"] + by_error["ETIMEDOUT"] + by_error["EHOSTUNREACH"], d
         # the refusals are the client's received resets, and RSTs the namespace sent for no socket
         assert _sum(s, "process.network.tcp.resets", conn.pid, **{"network.io.direction": "receive",
                                                                    "network.peer.port": closed}) == N
