@@ -1,7 +1,9 @@
 """`process` receiver: the kernel's own per-process and per-cgroup scheduler, fd and CPU figures, no BPF.
 
 Answers "is it the CPU quota, the run queue, or blocking?" from /proc/PID/{stat,status,schedstat,sched,fd}
-and the process's cgroup files (v1 and v2), at every collection interval.
+and the process's cgroup files (v1 and v2), at every collection interval; and "is it leaking fds or
+connections?" from the growth of each kind of fd (sockets by transport and TCP state) over a window,
+reported once per episode as a log record naming the process and the kind.
 """
 
 from __future__ import annotations
@@ -14,19 +16,34 @@ from pydantic import Field
 
 from gotel.component.contract import ComponentConfig, Consumer, Context, Receiver, ReceiverFactory
 from gotel.config.types import Duration
+from gotel.diagnose.fdleak import Growth, LeakDetector
 from gotel.discovery import DiscoveryConfig
-from gotel.host import cgroup, procfs
+from gotel.host import cgroup, fdscan, procfs
 from gotel.pdata.batch import Batch, Signal
-from gotel.pdata.builders import MetricsBuilder
+from gotel.pdata.builders import LogsBuilder, MetricsBuilder
 from gotel.receiverhelper.periodic import PeriodicReceiver, select_now
 
 SCOPE = "gotel/receiver/process"
+# a process: (pid, start time in ticks), since a reused pid is another process
+ProcKey = tuple[int, int]
+
+
+class FdLeakConfig(ComponentConfig):
+    enabled: bool = Field(True, description="report fd kinds that keep growing (needs fds: true)")
+    window: Duration = Field(300.0, gt=0, description="how far back growth is measured")
+    min_growth: int = Field(50, ge=1, description="fds of one kind gained over the window that make a finding")
+    tolerance: float = Field(
+        0.1, ge=0, le=1,
+        description="largest fall on the way, as a share of the rise, still counted as a leak (a pool "
+        "that grows and shrinks is not one)",
+    )
 
 
 class Config(ComponentConfig):
     collection_interval: Duration = Field(10.0, gt=0, description="time between two readings")
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     fds: bool = Field(True, description="count open file descriptors by kind (a readlink per fd)")
+    fd_leak: FdLeakConfig = Field(default_factory=FdLeakConfig)
     cgroups: bool = Field(True, description="per-cgroup (container) CPU, throttling, memory and pressure")
     include_root_cgroup: bool = Field(False, description="also report processes sitting in the root cgroup")
     legacy_semconv: bool = Field(
@@ -54,6 +71,9 @@ class ProcessReceiver(PeriodicReceiver):
         self._gone = ctx.telemetry.counter(
             "process_receiver_gone", "Selected processes that exited while being read.", ()
         )
+        leak = cfg.fd_leak
+        self.leaks: LeakDetector[ProcKey, fdscan.FdKey] = LeakDetector(leak.window, leak.min_growth, leak.tolerance)
+        self._seen: set[tuple[int, int]] = set()
 
     def setup(self) -> None:
         self.btime = _boot_time()
@@ -64,15 +84,22 @@ class ProcessReceiver(PeriodicReceiver):
 
     def collect(self) -> list[Batch]:
         mb = MetricsBuilder(SCOPE, time_ns=time.time_ns())
+        lb = LogsBuilder(SCOPE)
         seen_cgroups: set[str] = set()
+        tables: dict[str, fdscan.SocketTable] = {}
+        seen: set[tuple[int, int]] = set()
+        now = time.monotonic()
         for pid in sorted(self.pids()):
             try:
-                self._collect_pid(mb, pid, seen_cgroups)
+                self._collect_pid(mb, lb, pid, seen_cgroups, tables, seen, now)
             except procfs.ProcessGone:
                 self._gone.inc()
-        return [mb.batch()]
+        self.leaks.forget(self._seen - seen)
+        self._seen = seen
+        return [mb.batch(), lb.batch()]
 
-    def _collect_pid(self, mb: MetricsBuilder, pid: int, seen_cgroups: set[str]) -> None:
+    def _collect_pid(self, mb: MetricsBuilder, lb: LogsBuilder, pid: int, seen_cgroups: set[str],
+                     tables: dict[str, fdscan.SocketTable], seen: set[tuple[int, int]], now: float) -> None:
         st = procfs.proc_stat(pid)
         sched = procfs.task_sched(pid)
         paths = procfs.proc_cgroups(pid)
@@ -108,20 +135,40 @@ class ProcessReceiver(PeriodicReceiver):
             unit = "s" if suffix.endswith("time") else "{" + suffix.split(".")[0].rstrip("s") + "}"
             mb.sum(res, f"process.sched.{suffix}", val, unit=unit, desc="/proc/PID/sched (main thread)", **kw)
         if self.cfg.fds:
-            kinds = procfs.fd_kinds(pid)
-            for kind, n in kinds.items():
+            groups = fdscan.fd_groups(pid, tables)
+            present = {k[0] for k in groups}
+            shown = {**groups, **{(k, "", ""): 0 for k in procfs.FD_KINDS if k not in present}}
+            for (kind, transport, state), n in sorted(shown.items()):
                 mb.sum(
                     res,
                     "process.unix.file_descriptor.count",
                     n,
                     unit="{file_descriptor}",
-                    attributes={"gotel.fd.kind": kind},
+                    attributes=_fd_attrs(kind, transport, state),
                     monotonic=False,
                 )
             if self.cfg.legacy_semconv:
-                mb.sum(res, "process.open_file_descriptor.count", sum(kinds.values()), unit="{count}", monotonic=False)
+                mb.sum(res, "process.open_file_descriptor.count", sum(groups.values()), unit="{count}",
+                       monotonic=False)
+            if self.cfg.fd_leak.enabled:
+                seen.add((pid, st.starttime_ticks))
+                self._fd_leaks(mb, lb, res, pid, st.starttime_ticks, groups, now)
         if self.cfg.cgroups:
             self._collect_cgroup(mb, paths, cid, seen_cgroups)
+
+    def _fd_leaks(self, mb: MetricsBuilder, lb: LogsBuilder, res: dict[str, Any], pid: int, start: int,
+                  groups: dict[fdscan.FdKey, int], now: float) -> None:
+        proc = (pid, start)
+        for g in self.leaks.observe(now, proc, groups):
+            lb.add(res, _finding_body(res, g), severity="WARN", event_name="gotel.fd_leak",
+                   attributes={**_fd_attrs(*g.key), "gotel.fd.growth": g.growth, "gotel.fd.count": g.last,
+                               "gotel.fd.window": round(g.seconds, 3)})
+        for key in self.leaks.keys(proc):
+            grown = self.leaks.growth(proc, key)
+            if grown is not None:
+                mb.gauge(res, "process.unix.file_descriptor.growth", grown.growth, unit="{file_descriptor}",
+                         attributes=_fd_attrs(*key),
+                         desc="fds of this kind gained (negative: lost) over the fd_leak window.")
 
     def _collect_cgroup(
         self, mb: MetricsBuilder, paths: dict[str, str], cid: str | None, seen: set[str]
@@ -165,6 +212,22 @@ class ProcessReceiver(PeriodicReceiver):
                        desc="Time some/all tasks were stalled waiting for CPU (cpu.pressure total).", **kw)
 
 
+def _fd_attrs(kind: str, transport: str, state: str) -> dict[str, Any]:
+    a: dict[str, Any] = {"gotel.fd.kind": kind}
+    if transport:
+        a["network.transport"] = transport
+    if state:
+        a["network.connection.state"] = state
+    return a
+
+
+def _finding_body(res: dict[str, Any], g: Growth[fdscan.FdKey]) -> str:
+    kind, transport, state = g.key
+    what = " ".join(x for x in (transport, state, kind) if x)
+    return (f"fd leak: {res['process.executable.name']} (pid {res['process.pid']}) gained {g.growth} "
+            f"{what} fds in {g.seconds:.0f}s ({g.first} -> {g.last})")
+
+
 def create(cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> Receiver:
     return ProcessReceiver(cfg, sinks, ctx)
 
@@ -172,8 +235,8 @@ def create(cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> Recei
 factory = ReceiverFactory(
     type="process",
     config=Config,
-    signals=frozenset({Signal.METRICS}),
-    description="Per-process context switches, run delay, fds, threads and per-cgroup CPU throttling "
-    "and memory, from /proc and cgroup files (v1 and v2)",
+    signals=frozenset({Signal.METRICS, Signal.LOGS}),
+    description="Per-process context switches, run delay, fds by kind (sockets by TCP state) and fd "
+    "leak findings, threads, and per-cgroup CPU throttling and memory, from /proc and cgroup files",
     create=create,
 )

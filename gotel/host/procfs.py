@@ -138,29 +138,46 @@ def proc_sched(pid: int, proc: str = "/proc") -> dict[str, float]:
     return out
 
 
-def fd_kinds(pid: int, proc: str = "/proc") -> dict[str, int]:
-    """Open file descriptors by kind: socket, pipe, anon (anon_inode:*), file, other."""
+def fd_links(pid: int, proc: str = "/proc") -> dict[int, str]:
+    """fd number -> what it points at (the readlink of /proc/PID/fd/N); fds closed meanwhile are left out."""
     d = f"{proc}/{pid}/fd"
     try:
         names = os.listdir(d)
     except (FileNotFoundError, ProcessLookupError) as e:
         raise ProcessGone(str(pid)) from e
-    out = {"socket": 0, "pipe": 0, "anon": 0, "file": 0, "other": 0}
+    out = {}
     for n in names:
         try:
-            t = os.readlink(f"{d}/{n}")
+            out[int(n)] = os.readlink(f"{d}/{n}")
         except OSError:
             continue  # closed meanwhile
-        if t.startswith("socket:"):
-            out["socket"] += 1
-        elif t.startswith("pipe:"):
-            out["pipe"] += 1
-        elif t.startswith("anon_inode:"):
-            out["anon"] += 1
-        elif t.startswith("/"):
-            out["file"] += 1
-        else:
-            out["other"] += 1
+    return out
+
+
+FD_KINDS = ("socket", "pipe", "eventfd", "anon", "file", "other")
+
+
+def fd_kind(link: str) -> str:
+    """The kind of one fd from its link: eventfd apart from the other anonymous inodes (epoll, timerfd…)
+    because a leaked eventfd is a common Go/cgo leak of its own."""
+    if link.startswith("socket:"):
+        return "socket"
+    if link.startswith("pipe:"):
+        return "pipe"
+    if link == "anon_inode:[eventfd]":
+        return "eventfd"
+    if link.startswith("anon_inode:"):
+        return "anon"
+    if link.startswith("/"):
+        return "file"
+    return "other"
+
+
+def fd_kinds(pid: int, proc: str = "/proc") -> dict[str, int]:
+    """Open file descriptors by kind: socket, pipe, eventfd, anon (other anon_inode:*), file, other."""
+    out = dict.fromkeys(FD_KINDS, 0)
+    for link in fd_links(pid, proc).values():
+        out[fd_kind(link)] += 1
     return out
 
 

@@ -155,6 +155,12 @@ async def test_retransmissions_equal_kernel_counters(lossy_netns: str) -> None:
                   if res["process.pid"] == client.pid}
         assert states.get("syn_sent") == 1 and states.get("established") == 1
         assert states.get("fin_wait_1") == 1
+        # the client closed its connection after every retransmitted request was answered: a local close
+        # with the peer answering (the retransmissions' unanswered count was cleared by the answers)
+        closes = [(a["gotel.tcp.close.cause"], a["gotel.tcp.peer.answering"], p.as_int)
+                  for res, a, p in s[Signal.METRICS].points("process.network.tcp.closes")
+                  if res["process.pid"] == client.pid]
+        assert closes == [("local_close", True, 1)], closes
         # the segments nftables dropped show with the kernel's reason (node-wide: the drop happens in
         # softirq, before any socket is known)
         drops = [(a, p.as_int) for res, a, p in s[Signal.METRICS].points("process.network.packet.drops")

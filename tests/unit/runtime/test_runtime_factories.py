@@ -14,7 +14,7 @@ from gotel.receivers import go_runtime, net, process, sched
 @pytest.mark.parametrize(
     ("name", "bpf", "signals"),
     [
-        ("process", False, {Signal.METRICS}),
+        ("process", False, {Signal.METRICS, Signal.LOGS}),
         ("sched", True, {Signal.METRICS, Signal.LOGS}),
         ("go_runtime", True, {Signal.METRICS, Signal.LOGS}),
         ("net", True, {Signal.METRICS}),
