@@ -25,12 +25,12 @@ from gotel.component.contract import (
     Kind,
     ReceiverFactory,
 )
+from gotel.component.lifecycle import make_context, shutdown_with_deadline
 from gotel.component.registry import GROUPS, registry
 from gotel.ebpf.checks import BpfUnavailableError, require_bpf
 from gotel.exporterhelper.queue import QueuedExporter
 from gotel.host.memory import trim_until
 from gotel.pdata.batch import Signal
-from gotel.service.graph import make_context, shutdown_with_deadline
 from gotel.telemetry.counters import default_telemetry
 from gotel.telemetry.selfmetrics import TELEMETRY_HEADER, MergedRegistry, families_to_otlp
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 
 from gotel.component.contract import (
@@ -22,13 +21,13 @@ from gotel.component.contract import (
     ComponentID,
     Connector,
     Consumer,
-    Context,
     Exporter,
     Kind,
     Processor,
     Receiver,
     ReceiverFactory,
 )
+from gotel.component.lifecycle import make_context, shutdown_with_deadline
 from gotel.config.connectors import edges
 from gotel.config.model import ComponentEntry, Config
 from gotel.pdata.batch import Signal
@@ -60,27 +59,6 @@ class ReceiverNode:
     @property
     def in_process(self) -> bool:
         return self.entry.factory.in_process
-
-
-def make_context(tel: Telemetry, cid: ComponentID, kind: Kind, signal: Signal | None = None) -> Context:
-    return Context(
-        id=cid,
-        kind=kind,
-        logger=logging.getLogger(f"gotel.{kind.value}.{cid}"),
-        telemetry=tel.component(cid, kind),
-        signal=signal,
-    )
-
-
-async def shutdown_with_deadline(comp: Component, name: str, deadline: float) -> None:
-    """Gives the component the seconds left until `deadline` (monotonic); never waits past it or raises."""
-    remaining = max(0.1, deadline - time.monotonic())
-    try:
-        await asyncio.wait_for(comp.shutdown(remaining), remaining + 1.0)
-    except TimeoutError:
-        log.error("%s did not shut down within the deadline", name)
-    except Exception:
-        log.exception("%s failed to shut down", name)
 
 
 class Graph:

@@ -18,11 +18,12 @@ import time
 from typing import Any
 
 from gotel.component.contract import Component, ComponentID, Kind, Receiver
+from gotel.component.lifecycle import make_context, shutdown_with_deadline
 from gotel.config.model import Config
 from gotel.exporterhelper.queue import StorageError
 from gotel.host.memory import trim_until
 from gotel.pdata.batch import Metrics, Signal
-from gotel.service.graph import Graph, make_context, shutdown_with_deadline
+from gotel.service.graph import Graph
 from gotel.service.internal import INTERNAL_RECEIVER, internal_receiver
 from gotel.service.router import Router
 from gotel.service.rundir import runtime_dir

@@ -84,3 +84,20 @@ def test_no_import_cycles_in_the_core() -> None:
 
 def test_the_supervisor_does_not_import_the_receiver_process() -> None:
     assert "gotel.receiverhelper.process" not in import_graph()["gotel.service.supervisor"]
+
+
+def _reachable(edges: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        m = todo.pop()
+        for n in edges.get(m, set()) - seen:
+            seen.add(n)
+            todo.append(n)
+    return seen
+
+
+def test_a_receiver_process_loads_no_pipeline_code() -> None:
+    """A receiver's own process needs the contract and its exporter, not the pipeline graph or router."""
+    reach = _reachable(import_graph(), "gotel.receiverhelper.process")
+    assert sorted(m for m in reach if m.startswith("gotel.service.")) == []
