@@ -497,7 +497,7 @@ class Aggregator:
 # ---- the receiver ---------------------------------------------------------------------------------------
 
 
-class UsdtReceiver(RingBufferReceiver):
+class UsdtReceiver(RingBufferReceiver[Config]):
     ring = "usdt_events"
 
     def __init__(self, cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> None:

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import logging
+from collections.abc import Mapping
+from typing import Generic, Protocol, TypeVar
 
-from gotel.component.contract import Receiver
+from gotel.component.contract import Consumer, Context, Receiver
+from gotel.discovery.watcher import ProcessWatcher
+from gotel.ebpf.program import BpfProgram, LostCounter
 from gotel.ebpf.wakeup import readable
 from gotel.pdata.batch import Batch, Signal
 from gotel.receiverhelper.outcome import push
@@ -25,15 +29,26 @@ BURST = 2048
 COUNTS_INTERVAL = 1.0
 
 
-class RingBufferReceiver(Receiver):
-    # set by subclasses (in __init__ / start())
-    cfg: Any  # has poll_interval, flush_interval, export_interval
-    sinks: Any
-    ctx: Any
-    log: Any
-    program: Any = None
-    watcher: Any = None
-    _lost: Any = None
+class StreamingConfig(Protocol):
+    """What the shared life cycle reads of a subclass's config (seconds)."""
+
+    poll_interval: float
+    flush_interval: float
+    export_interval: float
+
+
+C = TypeVar("C", bound=StreamingConfig)
+
+
+class RingBufferReceiver(Receiver, Generic[C]):
+    # set by subclasses (in __init__ / start()); C: the subclass's config
+    cfg: C
+    sinks: Mapping[Signal, Consumer]
+    ctx: Context
+    log: logging.Logger
+    program: BpfProgram | None = None
+    watcher: ProcessWatcher | None = None
+    _lost: LostCounter | None = None
     _tasks: list[asyncio.Task[None]]
     ring: str | None = None  # the ring buffer map's name: slept on while empty (None: poll on the timer)
 

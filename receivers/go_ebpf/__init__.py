@@ -56,7 +56,7 @@ class Config(ComponentConfig):
         return v
 
 
-class GoEbpfReceiver(RingBufferReceiver):
+class GoEbpfReceiver(RingBufferReceiver[Config]):
     ring = "go_events"
 
     def __init__(self, cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> None:
