@@ -26,13 +26,12 @@ from pydantic import Field
 from gotel.component.contract import (
     SHUTDOWN_DEADLINE,
     ComponentConfig,
-    Connector,
     ConnectorFactory,
     Consumer,
     Context,
 )
 from gotel.config.types import Duration
-from gotel.connectorhelper.flush import send_metrics
+from gotel.connectorhelper.flush import MetricsConnector
 from gotel.pdata.batch import Batch, Signal, attrs, value_of
 
 SCOPE = "traces_service_graph"
@@ -106,7 +105,8 @@ def _str(av: AnyValue | None) -> str:
     return "" if v is None else str(v)
 
 
-class ServiceGraph(Connector):
+class ServiceGraph(MetricsConnector):
+    what = "service graph"
     mutates = False
 
     def __init__(self, cfg: Config, nxt: Consumer, ctx: Context) -> None:
@@ -308,12 +308,6 @@ class ServiceGraph(Connector):
                 p.count, p.sum = getattr(s, f"{side}_count"), getattr(s, f"{side}_sum")
         return req
 
-    async def flush(self) -> None:
-        async with self._lock:
-            req = self.build()
-            if req is None:
-                return
-            await send_metrics(req, self.next, self.ctx, "service graph")
 
 
 def _create(src: Signal, dst: Signal, cfg: Config, nxt: Consumer, ctx: Context) -> ServiceGraph:

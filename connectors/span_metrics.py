@@ -25,13 +25,12 @@ from pydantic import Field, field_validator, model_validator
 from gotel.component.contract import (
     SHUTDOWN_DEADLINE,
     ComponentConfig,
-    Connector,
     ConnectorFactory,
     Consumer,
     Context,
 )
 from gotel.config.types import Duration
-from gotel.connectorhelper.flush import send_metrics
+from gotel.connectorhelper.flush import MetricsConnector
 from gotel.pdata.batch import Batch, Signal, any_value
 
 SCOPE = "spanmetricsconnector"  # the collector's scope name, so both sources look alike downstream
@@ -210,7 +209,8 @@ def _value_key(av: AnyValue) -> Any:
         else av.SerializeToString(deterministic=True)
 
 
-class SpanMetrics(Connector):
+class SpanMetrics(MetricsConnector):
+    what = "span metrics"
     mutates = False  # spans are only read
 
     def __init__(self, cfg: Config, nxt: Consumer, ctx: Context) -> None:
@@ -495,12 +495,6 @@ class SpanMetrics(Connector):
             ex = p.exemplars.add()
             ex.trace_id, ex.span_id, ex.as_double, ex.time_unix_nano = trace_id, span_id, value, ts
 
-    async def flush(self) -> None:
-        async with self._lock:
-            req = self.build()
-            if req is None:
-                return
-            await send_metrics(req, self.next, self.ctx, "span metrics")
 
 
 def _create(src: Signal, dst: Signal, cfg: Config, nxt: Consumer, ctx: Context) -> SpanMetrics:
