@@ -23,7 +23,7 @@ from pydantic import Field, field_validator
 from gotel.component.contract import ComponentConfig, Context, Exporter, ExporterFactory
 from gotel.config.types import Duration
 from gotel.formats.promconv import Converter, ConvertOptions, Series, Stats, format_le
-from gotel.formats.promnames import LABEL_NAME_RE, METRIC_NAME_RE
+from gotel.formats.promnames import check_label_names, check_namespace
 from gotel.pdata.batch import Batch, Metrics, Signal
 
 OPENMETRICS_CT = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -56,17 +56,12 @@ class Config(ComponentConfig):
     @field_validator("namespace")
     @classmethod
     def _ns(cls, v: str) -> str:
-        if v and not METRIC_NAME_RE.match(v):
-            raise ValueError(f"namespace {v!r} must match [a-zA-Z_:][a-zA-Z0-9_:]*")
-        return v
+        return check_namespace(v)
 
     @field_validator("const_labels")
     @classmethod
     def _const(cls, v: dict[str, str]) -> dict[str, str]:
-        bad = [k for k in v if not LABEL_NAME_RE.match(k) or k.startswith("__")]
-        if bad:
-            raise ValueError(f"invalid label names in const_labels: {bad} (must match [a-zA-Z_][a-zA-Z0-9_]*)")
-        return v
+        return check_label_names(v, "const_labels")
 
 
 def wants_openmetrics(accept: str) -> bool:

@@ -23,7 +23,7 @@ from gotel.exporterhelper.clientconfig import TLSClientConfig
 from gotel.exporterhelper.http import HTTPAuth, HTTPPoster, retry_after, short
 from gotel.exporterhelper.queue import ExportError, QueueConfig, QueuedExporter, RetryConfig, Sender
 from gotel.formats.promconv import Converter, ConvertOptions
-from gotel.formats.promnames import LABEL_NAME_RE, METRIC_NAME_RE
+from gotel.formats.promnames import check_label_names, check_namespace
 from gotel.formats.remotewrite import Builder, Built
 from gotel.pdata.batch import Batch, Metrics, Signal
 
@@ -75,16 +75,12 @@ class Config(ComponentConfig):
     @field_validator("namespace")
     @classmethod
     def _ns(cls, v: str) -> str:
-        if v and not METRIC_NAME_RE.match(v):
-            raise ValueError(f"namespace {v!r} must match [a-zA-Z_:][a-zA-Z0-9_:]*")
-        return v
+        return check_namespace(v)
 
     @field_validator("external_labels")
     @classmethod
     def _ext(cls, v: dict[str, str]) -> dict[str, str]:
-        bad = [k for k in v if not LABEL_NAME_RE.match(k) or k.startswith("__")]
-        if bad:
-            raise ValueError(f"invalid label names in external_labels: {bad}")
+        check_label_names(v, "external_labels")
         empty = [k for k, x in v.items() if not x]
         if empty:
             raise ValueError(f"external_labels must not have empty values: {empty}")

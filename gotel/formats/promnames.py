@@ -35,6 +35,21 @@ LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
 
+def check_namespace(v: str) -> str:
+    """A config's metric-name prefix, as a pydantic validator body: raises ValueError naming the rule."""
+    if v and not METRIC_NAME_RE.match(v):
+        raise ValueError(f"namespace {v!r} must match [a-zA-Z_:][a-zA-Z0-9_:]*")
+    return v
+
+
+def check_label_names(v: dict[str, str], key: str) -> dict[str, str]:
+    """Labels a config adds to every series (`key` names the setting): valid, not reserved (__*)."""
+    bad = [k for k in v if not LABEL_NAME_RE.match(k) or k.startswith("__")]
+    if bad:
+        raise ValueError(f"invalid label names in {key}: {bad} (must match [a-zA-Z_][a-zA-Z0-9_]*)")
+    return v
+
+
 def _unit_word(unit: str, table: dict[str, str]) -> str:
     unit = unit.strip()
     if unit in table:
