@@ -51,6 +51,10 @@ def _internal(args: argparse.Namespace, cid: ComponentID) -> int:
     setup_logging(args.log_level, prefix=f"[receiver {cid}]")
     spec = json.loads(sys.stdin.read())
     die_with_parent(int(spec.get("parent_pid", 0)))
+    if spec.get("profiling"):
+        from gotel.selftel.profiling import start_profiling
+
+        start_profiling(spec["profiling"], receiver=str(cid))
     from gotel.memory import limit_arenas
 
     limit_arenas()  # before gRPC and the executor start their threads
@@ -66,8 +70,14 @@ def _internal(args: argparse.Namespace, cid: ComponentID) -> int:
 
     typ, ecfg = sink_config(args.endpoint, "grpc", {}, None, None)
     ecfg["retry_on_failure"] = {"initial_interval": 0.2, "max_interval": 2.0, "max_elapsed_time": 0}
-    return asyncio.run(run_receiver(cid, factory, cfg, signals, typ, ecfg,
-                                    telemetry_interval=float(spec.get("telemetry_interval", 5.0))))
+    try:
+        return asyncio.run(run_receiver(cid, factory, cfg, signals, typ, ecfg,
+                                        telemetry_interval=float(spec.get("telemetry_interval", 5.0))))
+    finally:
+        if spec.get("profiling"):
+            from gotel.selftel.profiling import stop_profiling
+
+            stop_profiling()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,9 +33,25 @@ def run(args: argparse.Namespace) -> int:
         level = "warning" if configured == "warn" else configured
         logging.getLogger().setLevel(level.upper())
 
+    from gotel.selftel.logs import apply_log_config, customised, shutdown_providers
+    from gotel.selftel.resource import own_resource
     from gotel.service.service import Service
+
+    tcfg = cfg.service.telemetry
+    providers = apply_log_config(tcfg.logs, level, own_resource(tcfg.resource)) if customised(tcfg.logs) else []
+    if tcfg.profiling is not None:
+        from gotel.selftel.profiling import start_profiling
+
+        start_profiling(tcfg.profiling)
 
     async def main() -> int:
         return await Service(cfg, log_level=level).run()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        if tcfg.profiling is not None:
+            from gotel.selftel.profiling import stop_profiling
+
+            stop_profiling()
+        shutdown_providers(providers)
