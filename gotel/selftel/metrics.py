@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -31,29 +31,11 @@ from prometheus_client.metrics_core import Metric as PromMetric
 from gotel import __version__
 from gotel.config.telemetry import MetricReader as ReaderConfig
 from gotel.config.telemetry import OTLPPushExporter, PeriodicExporter, PrometheusPullExporter
-from gotel.logs import redact
+from gotel.selftel.level import safe_endpoint
 
 log = logging.getLogger("gotel.telemetry")
 
 Source = Callable[[], Iterable[PromMetric]]
-
-
-class LevelView:
-    """The merged self-metrics as `service::telemetry::metrics::level` shows them: `none` nothing,
-    `basic` the pipeline counters every component has (received, sent, refused, dropped, queues,
-    receiver processes up and restarted), `normal` and `detailed` every family."""
-
-    def __init__(self, source: Any, level: str, core: Iterable[str]) -> None:
-        self.source = source
-        self.level = level
-        self.core = frozenset(core)
-
-    def collect(self) -> Iterator[PromMetric]:
-        if self.level == "none":
-            return
-        for fam in self.source.collect():
-            if self.level != "basic" or fam.name in self.core:
-                yield fam
 
 
 class _Bridge:
@@ -111,15 +93,6 @@ def _temporality(pref: str) -> dict[type, AggregationTemporality]:
     if pref == "lowmemory":
         return {Counter: delta, Histogram: delta, ObservableCounter: cumulative, UpDownCounter: cumulative}
     return {}
-
-
-def safe_endpoint(url: str) -> str:
-    """The endpoint as it may be logged: no user:password, no query."""
-    parts = urlsplit(url if "//" in url else "//" + url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    scheme = f"{parts.scheme}://" if parts.scheme else ""
-    return redact(f"{scheme}{host}{port}{parts.path}")
 
 
 def otlp_metric_exporter(c: OTLPPushExporter) -> MetricExporter:

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from gotel.config.telemetry import ProfilingConfig
-from gotel.selftel.metrics import safe_endpoint
+from gotel.selftel.level import safe_endpoint
 
 log = logging.getLogger("gotel.telemetry")
 

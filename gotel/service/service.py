@@ -23,8 +23,8 @@ from gotel.exporterhelper import StorageError
 from gotel.memory import trim_until
 from gotel.pdata import Metrics, Signal
 from gotel.selfmetrics import MergedRegistry, families_to_otlp
+from gotel.selftel.level import LevelView
 from gotel.selftel.logs import customised, relog
-from gotel.selftel.metrics import LevelView, OwnMetrics
 from gotel.selftel.resource import own_resource
 from gotel.service.graph import Graph, make_context, shutdown_with_deadline
 from gotel.service.internal import INTERNAL_RECEIVER, internal_receiver
@@ -44,7 +44,7 @@ class Service:
         self.log_level = log_level
         self.merged = MergedRegistry(self.tel.registry)
         self.view = LevelView(self.merged, cfg.service.telemetry.metrics.level, self.tel.core)
-        self.own: OwnMetrics | None = None  # service::telemetry::metrics::readers
+        self.own: Any = None  # OwnMetrics (gotel.selftel.metrics, imported only with readers)  # service::telemetry::metrics::readers
         self.pull_servers: list[TelemetryServer] = []
         self.graph = Graph(cfg, self.tel)
         self.ready = False
@@ -127,6 +127,8 @@ class Service:
         log.info("gotel started: %s", self.cfg.summary())
 
     async def _start_readers(self) -> None:
+        from gotel.selftel.metrics import OwnMetrics
+
         tm = self.cfg.service.telemetry.metrics
         self.own = OwnMetrics(tm.readers, self.view.collect, own_resource(self.cfg.service.telemetry.resource))
         pulls = [i for i, r in enumerate(tm.readers) if r.pull is not None]
