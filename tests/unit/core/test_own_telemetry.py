@@ -14,8 +14,8 @@ from gotel.config import ConfigError, load_config
 from gotel.config.ports import listeners
 from gotel.ids import Kind
 from gotel.pdata import attr_dict
-from gotel.selftel.logs import apply_log_config, relog, shutdown_providers
 from gotel.selftel.level import LevelView, safe_endpoint
+from gotel.selftel.logs import apply_log_config, relog, shutdown_providers
 from gotel.selftel.resource import own_resource
 from gotel.telemetry import Telemetry
 from tests.helpers.otlp_sink import OTLPGrpcSink
