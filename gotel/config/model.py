@@ -27,8 +27,8 @@ from gotel.pdata import Signal
 class TelemetryMetrics(ComponentConfig):
     address: str = Field("127.0.0.1:8888", description="host:port of the Prometheus / health endpoint; '' turns it off")
     level: str = Field("normal", pattern="^(none|basic|normal|detailed)$",
-                       description="none turns self-metrics off (/metrics answers 404, no self-metrics pipelines); "
-                       "the other levels all expose every metric today")
+                       description="none turns self-metrics off (/metrics answers 404, no self-metrics pipelines, "
+                       "no readers); basic: the pipeline counters only; normal and detailed: every metric")
     pipelines: list[str] = Field(
         default_factory=list,
         description="metrics pipelines that also receive gotel's own metrics (e.g. [metrics/self])",

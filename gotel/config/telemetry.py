@@ -37,7 +37,8 @@ class PullReader(ComponentConfig):
 class OTLPPushExporter(ComponentConfig):
     protocol: Literal["grpc", "http/protobuf"] = Field(
         "http/protobuf", description="grpc or http/protobuf (http/json is not offered by the OpenTelemetry Python SDK)")
-    endpoint: str = Field(..., description="grpc: host:port or URL; http/protobuf: the full /v1/metrics URL")
+    endpoint: str = Field(..., description="grpc: host:port or URL; http/protobuf: a URL (with no path, the "
+                          "signal's /v1/metrics or /v1/logs is added)")
     headers: dict[str, str] = Field(
         default_factory=dict, description="request headers (a map, or the schema's list of {name, value}); never logged")
     compression: Literal["gzip", "none", ""] = Field("", description="gzip or none")

@@ -138,21 +138,9 @@ def _otlp_provider(proc: Any, resource: dict[str, Any]) -> Any:
 
 
 def _log_exporter(e: Any) -> Any:
-    from urllib.parse import urlsplit
+    from gotel.selftel.otlpexport import otlp_exporter
 
-    c = e.otlp
-    if c.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogs
-
-        insecure = c.insecure if c.insecure is not None else c.endpoint.startswith("http://")
-        return GrpcLogs(endpoint=c.endpoint, insecure=insecure, headers=dict(c.headers), timeout=c.timeout / 1000)
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogs
-
-    url = c.endpoint if "//" in c.endpoint else "http://" + c.endpoint
-    if urlsplit(url).path in ("", "/"):
-        url = url.rstrip("/") + "/v1/logs"
-    return HttpLogs(endpoint=url, headers=dict(c.headers), timeout=c.timeout / 1000,
-                    certificate_file=c.certificate or None)
+    return otlp_exporter(e.otlp, "logs")
 
 
 def shutdown_providers(providers: list[Any]) -> None:

@@ -13,7 +13,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, ObservableCounter, UpDownCounter
@@ -32,6 +31,7 @@ from gotel import __version__
 from gotel.config.telemetry import MetricReader as ReaderConfig
 from gotel.config.telemetry import OTLPPushExporter, PeriodicExporter, PrometheusPullExporter
 from gotel.selftel.level import safe_endpoint
+from gotel.selftel.otlpexport import otlp_exporter
 
 log = logging.getLogger("gotel.telemetry")
 
@@ -97,40 +97,8 @@ def _temporality(pref: str) -> dict[type, AggregationTemporality]:
 
 def otlp_metric_exporter(c: OTLPPushExporter) -> MetricExporter:
     """The SDK's OTLP metric exporter for a periodic reader's `otlp:` block."""
-    compression = None
-    temporality = _temporality(c.temporality_preference) or None
-    if c.protocol == "grpc":
-        from grpc import Compression
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
-
-        if c.compression == "gzip":
-            compression = Compression.Gzip
-        endpoint = c.endpoint
-        insecure = c.insecure if c.insecure is not None else endpoint.startswith("http://")
-        credentials = None
-        if not insecure:
-            import grpc
-
-            def read(p: str | None) -> bytes | None:
-                if not p:
-                    return None
-                with open(p, "rb") as f:
-                    return f.read()
-
-            credentials = grpc.ssl_channel_credentials(read(c.certificate), read(c.client_key), read(c.client_certificate))
-        return GrpcExporter(endpoint=endpoint, insecure=insecure, credentials=credentials, headers=dict(c.headers),
-                            timeout=c.timeout / 1000, compression=compression, preferred_temporality=temporality)
-    from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
-
-    url = c.endpoint if "//" in c.endpoint else "http://" + c.endpoint
-    if urlsplit(url).path in ("", "/"):  # as the collector's config: a bare URL gets the signal's path
-        url = url.rstrip("/") + "/v1/metrics"
-    return HttpExporter(endpoint=url, certificate_file=c.certificate or None, client_key_file=c.client_key or None,
-                        client_certificate_file=c.client_certificate or None, headers=dict(c.headers),
-                        timeout=c.timeout / 1000,
-                        compression=HttpCompression.Gzip if c.compression == "gzip" else HttpCompression.NoCompression,
-                        preferred_temporality=temporality)
+    exporter: MetricExporter = otlp_exporter(c, "metrics", preferred_temporality=_temporality(c.temporality_preference) or None)
+    return exporter
 
 
 def push_exporter(e: PeriodicExporter) -> tuple[MetricExporter, str]:

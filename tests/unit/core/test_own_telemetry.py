@@ -241,3 +241,19 @@ def test_log_processors_export_own_records_as_otlp(root_logging: None) -> None:
         assert res["service.name"] == "gotel-logs"
     finally:
         sink.stop()
+
+
+def test_gotel_components_telemetry_lists_the_readers_keys(capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from gotel.cli import main
+
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(["components", "telemetry"]) == 0
+    out = capsys.readouterr().out
+    for key in ("metrics.readers[].pull.exporter.prometheus.host", "metrics.readers[].periodic.exporter.otlp.endpoint",
+                "logs.encoding", "logs.processors[].batch.exporter.otlp.protocol", "resource",
+                "profiling.server_address"):
+        assert key in out, key
+    assert main(["components", "--json"]) == 0
+    schema = json.loads(capsys.readouterr().out)["service_telemetry"]
+    assert "readers" in schema["$defs"]["TelemetryMetrics"]["properties"]
