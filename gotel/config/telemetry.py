@@ -8,12 +8,32 @@ export of gotel's own log records); `resource` is a map whose null values remove
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema, field_validator, model_validator
 
 from gotel.component import ComponentConfig
-from gotel.config.types import Duration
+from gotel.config.types import Duration, format_duration, parse_duration
+from gotel.duration import DURATION_SCHEMA
+
+
+def _bare_ms(v: Any) -> Any:
+    """The collector's telemetry schema writes times as integer milliseconds: a bare number is ms here."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return v / 1000
+    if isinstance(v, str) and v.strip().lstrip("+").replace(".", "", 1).isdigit():
+        return float(v) / 1000
+    return v
+
+
+# Seconds, like Duration; a bare number is milliseconds (interval: 60000), a unit string as usual (60s).
+Millis = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    BeforeValidator(_bare_ms),  # runs first
+    PlainSerializer(format_duration, when_used="json"),
+    WithJsonSchema(DURATION_SCHEMA),
+]
 
 
 class PrometheusPullExporter(ComponentConfig):
@@ -42,7 +62,7 @@ class OTLPPushExporter(ComponentConfig):
     headers: dict[str, str] = Field(
         default_factory=dict, description="request headers (a map, or the schema's list of {name, value}); never logged")
     compression: Literal["gzip", "none", ""] = Field("", description="gzip or none")
-    timeout: int = Field(10000, gt=0, description="milliseconds one export may take")
+    timeout: Millis = Field(10.0, gt=0, description="how long one export may take (a bare number is ms)")
     insecure: bool | None = Field(None, description="grpc without TLS; default: true for http:// endpoints")
     certificate: str | None = Field(None, description="CA file to verify the server with")
     client_certificate: str | None = Field(None, description="client certificate file (mTLS)")
@@ -89,8 +109,8 @@ class PeriodicExporter(ComponentConfig):
 
 
 class PeriodicReader(ComponentConfig):
-    interval: int = Field(60000, gt=0, description="milliseconds between exports")
-    timeout: int = Field(30000, gt=0, description="milliseconds one export may take")
+    interval: Millis = Field(60.0, gt=0, description="time between exports (a bare number is ms: 60000)")
+    timeout: Millis = Field(30.0, gt=0, description="how long one export may take (a bare number is ms)")
     exporter: PeriodicExporter
 
 
@@ -107,8 +127,8 @@ class MetricReader(ComponentConfig):
 
 class LogBatchProcessor(ComponentConfig):
     exporter: PeriodicExporter
-    schedule_delay: int = Field(1000, gt=0, description="milliseconds between exports")
-    export_timeout: int = Field(30000, gt=0)
+    schedule_delay: Millis = Field(1.0, gt=0, description="time between exports (a bare number is ms)")
+    export_timeout: Millis = Field(30.0, gt=0, description="how long one export may take (a bare number is ms)")
     max_queue_size: int = Field(2048, gt=0)
     max_export_batch_size: int = Field(512, gt=0)
 

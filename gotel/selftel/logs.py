@@ -130,7 +130,7 @@ def _otlp_provider(proc: Any, resource: dict[str, Any]) -> Any:
     if proc.batch is not None:
         b = proc.batch
         provider.add_log_record_processor(BatchLogRecordProcessor(
-            exporter, schedule_delay_millis=b.schedule_delay, export_timeout_millis=b.export_timeout,
+            exporter, schedule_delay_millis=b.schedule_delay * 1000, export_timeout_millis=b.export_timeout * 1000,
             max_queue_size=b.max_queue_size, max_export_batch_size=min(b.max_export_batch_size, b.max_queue_size)))
     else:
         provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))

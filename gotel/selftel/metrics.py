@@ -140,8 +140,9 @@ class OwnMetrics:
             elif r.periodic is not None:
                 exporter, what = push_exporter(r.periodic.exporter)
                 sdk_readers.append(_refreshing(PeriodicExportingMetricReader, self._bridges)(
-                    exporter, export_interval_millis=r.periodic.interval, export_timeout_millis=r.periodic.timeout))
-                log.info("self-metrics pushed every %.3gs to %s", r.periodic.interval / 1000, what)
+                    exporter, export_interval_millis=r.periodic.interval * 1000,
+                    export_timeout_millis=r.periodic.timeout * 1000))
+                log.info("self-metrics pushed every %.3gs to %s", r.periodic.interval, what)
         self.provider = MeterProvider(metric_readers=sdk_readers, resource=Resource.create(resource))
         meter = self.provider.get_meter("gotel", __version__)
         self._bridges.append(_Bridge(source, meter))

@@ -37,7 +37,7 @@ def otlp_exporter(c: OTLPPushExporter, signal: Literal["metrics", "logs"], **ext
         credentials = None if insecure else grpc.ssl_channel_credentials(
             _read(c.certificate), _read(c.client_key), _read(c.client_certificate))
         return cls(endpoint=c.endpoint, insecure=insecure, credentials=credentials, headers=dict(c.headers),
-                   timeout=c.timeout / 1000, compression=grpc.Compression.Gzip if c.compression == "gzip" else None,
+                   timeout=c.timeout, compression=grpc.Compression.Gzip if c.compression == "gzip" else None,
                    **extra)
     from opentelemetry.exporter.otlp.proto.http import Compression
 
@@ -45,5 +45,5 @@ def otlp_exporter(c: OTLPPushExporter, signal: Literal["metrics", "logs"], **ext
     if urlsplit(url).path in ("", "/"):  # as the collector's config: a bare URL gets the signal's path
         url = url.rstrip("/") + f"/v1/{signal}"
     return cls(endpoint=url, certificate_file=c.certificate or None, client_key_file=c.client_key or None,
-               client_certificate_file=c.client_certificate or None, headers=dict(c.headers), timeout=c.timeout / 1000,
+               client_certificate_file=c.client_certificate or None, headers=dict(c.headers), timeout=c.timeout,
                compression=Compression.Gzip if c.compression == "gzip" else Compression.NoCompression, **extra)

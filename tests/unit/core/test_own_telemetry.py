@@ -83,7 +83,7 @@ def test_the_collector_docs_periodic_otlp_reader_with_resource_and_level() -> No
         """)
     t = cfg.service.telemetry  # type: ignore[attr-defined]
     p = t.metrics.readers[0].periodic
-    assert p.interval == 60000 and p.exporter.otlp.protocol == "http/protobuf"
+    assert p.interval == 60.0 and p.exporter.otlp.protocol == "http/protobuf"
     assert p.exporter.otlp.headers == {"ingestion-key": "secret-key"}
     assert t.metrics.serves_address()  # no pull reader: the default endpoint stays
     assert own_resource(t.resource)["service.name"] == "my-collector"
@@ -257,3 +257,13 @@ def test_gotel_components_telemetry_lists_the_readers_keys(capsys: pytest.Captur
     assert main(["components", "--json"]) == 0
     schema = json.loads(capsys.readouterr().out)["service_telemetry"]
     assert "readers" in schema["$defs"]["TelemetryMetrics"]["properties"]
+
+
+def test_reader_times_are_milliseconds_when_bare_as_in_the_collectors_schema() -> None:
+    cfg = load("""
+        metrics:
+          readers:
+            - periodic: {interval: 300, timeout: "2s", exporter: {otlp: {endpoint: "http://x:4318", timeout: 1500}}}
+        """)
+    p = cfg.service.telemetry.metrics.readers[0].periodic  # type: ignore[attr-defined]
+    assert (p.interval, p.timeout, p.exporter.otlp.timeout) == (0.3, 2.0, 1.5)
