@@ -134,4 +134,13 @@ def run(args: argparse.Namespace) -> int:
     from gotel.receiverproc import run_receiver, sink_config
 
     typ, ecfg = sink_config(args.endpoint, args.protocol, headers, args.compression, None)
-    return asyncio.run(run_receiver(cid, factory, entry.config, list(signals), typ, ecfg))
+    prof = cfg.service.telemetry.profiling  # a standalone receiver profiles itself as the agent's do
+    if prof is not None:
+        from gotel.selftel.profiling import start_profiling, stop_profiling
+
+        start_profiling(prof, receiver=str(cid))
+    try:
+        return asyncio.run(run_receiver(cid, factory, entry.config, list(signals), typ, ecfg))
+    finally:
+        if prof is not None:
+            stop_profiling()

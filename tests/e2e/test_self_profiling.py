@@ -91,3 +91,46 @@ service:
     assert code == 0, a.output()[-3000:]
     assert "s3cret-pw" not in a.output()
     assert "Traceback" not in a.output(), a.output()[-3000:]
+
+
+async def test_a_standalone_receiver_profiles_itself(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.e2e.agent import GOTEL
+    from tests.helpers.otlp_sink import OTLPGrpcSink
+
+    server = await PyroscopeServer().start()
+    sink = OTLPGrpcSink().start()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+receivers:
+  synthetic/solo:
+    spans_per_second: 50
+    metrics_per_second: 0
+    logs_per_second: 0
+    profiles_per_second: 0
+exporters:
+  debug:
+service:
+  telemetry:
+    profiling: {{server_address: {server.url}, upload_interval: 1s, oncpu: false, gil_only: false}}
+  pipelines:
+    traces: {{receivers: [synthetic/solo], exporters: [debug]}}
+""")
+    p = subprocess.Popen([GOTEL, "receiver", "synthetic/solo", "-c", str(cfg), "--endpoint", f"http://{sink.address}"],
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not any(s.labels.get("gotel_receiver") == "synthetic/solo"
+                                                 for s in server.series):
+            await asyncio.sleep(0.2)
+        got = [s for s in server.series if s.labels.get("gotel_receiver") == "synthetic/solo"]
+        assert got and all(s.labels["gotel_process"] == "receiver" and s.labels["service_name"] == "gotel"
+                           for s in got), (server.series[:3], server.rejected)
+        assert _samples(got) > 0
+    finally:
+        p.send_signal(2)
+        _, err = await asyncio.to_thread(p.communicate, timeout=20)
+        await server.stop()
+        sink.stop()
+    assert p.returncode == 0, err
