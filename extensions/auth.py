@@ -1,5 +1,7 @@
-"""Client authenticator extensions, the collector's `bearertokenauth` and `basicauth`: an exporter
-names one with `auth: {authenticator: bearertokenauth/x}` and sends its header with every request.
+"""Authenticator extensions, the collector's `bearertokenauth` and `basicauth`: an exporter names one
+with `auth: {authenticator: bearertokenauth/x}` and sends its header with every request; an otlp
+receiver's protocol names one the same way and accepts only requests whose header it verifies
+(bearertokenauth: the scheme and one of the tokens; basicauth: a user of its `htpasswd`).
 
 Tokens and passwords are SecretStr: never in logs, `gotel validate` or `gotel components`. A token
 `filename` is re-read when the file changes (checked by stat() before each request, so a rotated
@@ -10,23 +12,29 @@ be read the last token stays in use and the failure is logged once, without the 
 from __future__ import annotations
 
 import base64
+import binascii
+import hmac
 import logging
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field, SecretStr, model_validator
 
 from gotel.component.contract import Component, ComponentConfig, Context, ExtensionFactory
+from gotel.extensions.htpasswd import HtpasswdError, parse, verify
 from gotel.service.server import StartupError
 
 
 @dataclass(frozen=True)
 class AuthenticatorFactory(ExtensionFactory):
-    """An extension exporters may name in auth::authenticator (the config loader checks this flag)."""
+    """An extension exporters (client_auth) and receivers (server_auth) may name in auth::authenticator
+    (the config loader checks these flags)."""
 
     client_auth: bool = True
+    server_auth: bool = True
 
 
 class BearerConfig(ComponentConfig):
@@ -95,6 +103,22 @@ class BearerTokenAuth(Component):
         value = f"{self.cfg.scheme} {self._token}" if self.cfg.scheme else self._token
         return {self.cfg.header: value}
 
+    def authenticate(self, headers: Mapping[str, str]) -> str:
+        """Server side: the header must be the scheme and one of the tokens (compared in constant time)."""
+        value = headers.get(self.cfg.header.lower(), "")
+        if not value:
+            return f"missing or empty {self.cfg.header} header"
+        if self.cfg.filename:
+            self._reload()
+            tokens = [self._token]
+        else:
+            tokens = [t.get_secret_value() for t in ([self.cfg.token] if self.cfg.token else []) + self.cfg.tokens]
+        got = value.encode()
+        ok = False
+        for t in tokens:
+            ok |= hmac.compare_digest(got, (f"{self.cfg.scheme} {t}" if self.cfg.scheme else t).encode())
+        return "" if ok else f"invalid {self.cfg.header} header"
+
 
 class ClientAuth(ComponentConfig):
     username: str
@@ -102,22 +126,59 @@ class ClientAuth(ComponentConfig):
 
 
 class Htpasswd(ComponentConfig):
-    """Server side (receivers): accepted so that collector configs validate; gotel receivers do not
-    take an authenticator yet."""
+    """Server side (receivers' auth): the users a request's basic credentials are checked against."""
 
-    file: str = ""
-    inline: SecretStr | None = None
+    file: str = Field("", description="an htpasswd file: plain, {SHA}, {SSHA}, $apr1$, $5$, $6$ (bcrypt with the bcrypt package)")
+    inline: SecretStr | None = Field(None, description="htpasswd lines in the config (e.g. ${env:USER}:${env:PASS}); win over file")
+
+    @model_validator(mode="after")
+    def _some(self) -> Htpasswd:
+        if not self.file and self.inline is None:
+            raise ValueError("htpasswd needs file or inline")
+        return self
 
 
 class BasicConfig(ComponentConfig):
     client_auth: ClientAuth | None = Field(None, description="username and password sent by exporters")
-    htpasswd: Htpasswd | None = Field(None, description="server side: accepted, not used by gotel")
+    htpasswd: Htpasswd | None = Field(None, description="users that receivers naming this extension accept")
 
 
 class BasicAuth(Component):
     def __init__(self, cfg: BasicConfig, ctx: Context) -> None:
         self.cfg = cfg
         self.ctx = ctx
+        self._users: dict[str, str] = {}
+
+    async def start(self) -> None:
+        h = self.cfg.htpasswd
+        if h is None:
+            return
+        try:
+            if h.file:
+                with open(h.file, encoding="utf-8") as f:
+                    self._users.update(parse(f.read(), h.file))
+            if h.inline is not None:  # inline entries win over the file's, as in the collector
+                self._users.update(parse(h.inline.get_secret_value(), "htpasswd::inline"))
+        except OSError as e:
+            raise StartupError(f"extension {self.ctx.id}: cannot read htpasswd file {h.file}: {e.strerror or e}") from None
+        except HtpasswdError as e:
+            raise StartupError(f"extension {self.ctx.id}: {e}") from None
+
+    def authenticate(self, headers: Mapping[str, str]) -> str:
+        """Server side: `Authorization: Basic base64(user:password)` of a user in htpasswd."""
+        if self.cfg.htpasswd is None:
+            return "basicauth has no htpasswd"
+        scheme, _, b64 = headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() != "basic" or not b64:
+            return "missing or malformed basic Authorization header"
+        try:
+            user, sep, password = base64.b64decode(b64.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return "malformed basic Authorization header"
+        stored = self._users.get(user)
+        if not sep or stored is None or not verify(password, stored):
+            return "invalid username or password"
+        return ""
 
     def auth_headers(self) -> dict[str, str]:
         c = self.cfg.client_auth
@@ -125,6 +186,11 @@ class BasicAuth(Component):
             return {}
         raw = f"{c.username}:{c.password.get_secret_value()}".encode()
         return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+
+def server_ready(cfg: Any) -> str:
+    """Why this config cannot authenticate a server's clients, or ''."""
+    return "basicauth has no htpasswd" if isinstance(cfg, BasicConfig) and cfg.htpasswd is None else ""
 
 
 def _client_ready(cfg: Any) -> str:
@@ -137,7 +203,8 @@ bearer_factory = AuthenticatorFactory(
     config=BearerConfig,
     signals=frozenset(),
     description="sends `Authorization: Bearer TOKEN` (scheme, header configurable) with every request of "
-    "exporters whose auth::authenticator names it; token from the config or a file re-read on change",
+    "exporters whose auth::authenticator names it, and makes otlp receivers that name it require one of its "
+    "tokens; token from the config or a file re-read on change",
     create=BearerTokenAuth,
 )
 basic_factory = AuthenticatorFactory(
@@ -145,6 +212,7 @@ basic_factory = AuthenticatorFactory(
     config=BasicConfig,
     signals=frozenset(),
     description="sends HTTP basic authentication (client_auth: username, password) with every request "
-    "of exporters whose auth::authenticator names it",
+    "of exporters whose auth::authenticator names it; otlp receivers that name it accept only its "
+    "htpasswd users",
     create=BasicAuth,
 )

@@ -224,13 +224,19 @@ class _ItemIndex:
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
-        self.layout = otlp_layout(raw)
-        flat = [(s, e, ri, si, ii)
-                for ri, (_, scopes) in enumerate(self.layout)
-                for si, (_, items) in enumerate(scopes)
-                for ii, (_, s, e) in enumerate(items)]
-        self.flat = flat
-        self.starts = [f[0] for f in flat]
+        self.layout: Layout | None = None  # scanned when a needle occurs somewhere in raw
+        self.flat: list[tuple[int, int, int, int, int]] = []
+        self.starts: list[int] = []
+
+    def _scan(self) -> None:
+        if self.layout is not None:
+            return
+        self.layout = otlp_layout(self.raw)
+        self.flat = [(s, e, ri, si, ii)
+                     for ri, (_, scopes) in enumerate(self.layout)
+                     for si, (_, items) in enumerate(scopes)
+                     for ii, (_, s, e) in enumerate(items)]
+        self.starts = [f[0] for f in self.flat]
 
     def plan(self, cset: ConditionSet) -> _Plan | None:
         """Which conditions of cset to evaluate for which item: those without a byte proof for every
@@ -251,6 +257,9 @@ class _ItemIndex:
 
     def containing(self, needles: frozenset[bytes]) -> _Found:
         out: _Found = {}
+        if not any(n in self.raw for n in needles):
+            return out  # no item can hold what is nowhere in the request: no need to scan its layout
+        self._scan()
         raw, flat, starts = self.raw, self.flat, self.starts
         for needle in needles:
             pos = raw.find(needle)
@@ -385,12 +394,13 @@ class FilterProcessor(Processor):
                 try:
                     if where is None and any(p is not None for c in (st.item, st.sub) for p in c.item_proofs):
                         where = _ItemIndex(raw)
+                    if where is not None:
+                        plan_item = where.plan(st.item) if st.item else None
+                        plan_sub = where.plan(st.sub) if st.sub else None
+                        self.layout = where.layout
                 except (ValueError, IndexError):  # framing the scanner does not read (groups)
                     raw = None
-                if where is not None and raw is not None:
-                    self.layout = where.layout
-                    plan_item = where.plan(st.item) if st.item else None
-                    plan_sub = where.plan(st.sub) if st.sub else None
+                    where = plan_item = plan_sub = None
             c, n = self._walk(st, msg, plan_item, plan_sub, self.deleted)
             changed |= c
             subs += n

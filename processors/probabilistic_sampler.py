@@ -405,6 +405,7 @@ class Sampler:
             else:
                 self.threshold = (BUCKETS - scaled) << 42
         self.counts: dict[tuple[str, bool], int] = {}
+        self.memo: dict[bytes, int] = {}  # trace id -> hash_seed randomness, emptied per batch
 
     # randomness of one item: (randomness or None when missing, policy, carrier or None, error)
     def _span_randomness(self, span: Any) -> tuple[int | None, str, Carrier | None, bool]:
@@ -430,7 +431,10 @@ class Sampler:
             rnd: int | None = None
             policy = "missing_randomness"
             if tid and (not self.logs or self.cfg.attribute_source == "traceID"):
-                rnd, policy = randomness_from_bytes(tid, self.cfg.hash_seed), "trace_id_hash"
+                rnd = self.memo.get(tid)  # the spans of one trace share it: hashed once per batch
+                if rnd is None:
+                    rnd = self.memo[tid] = randomness_from_bytes(tid, self.cfg.hash_seed)
+                policy = "trace_id_hash"
             if rnd is None and self.logs and self.cfg.from_attribute and attr:
                 rnd, policy = randomness_from_bytes(attr, self.cfg.hash_seed), self.cfg.from_attribute
             if not c.ok:
@@ -486,7 +490,7 @@ class Sampler:
 
     def span_priority(self, span: Any) -> int | None:
         for kv in span.attributes:
-            if kv.key == "sampling.priority":
+            if kv.key == PRIORITY_ATTR:
                 v = kv.value
                 kind = v.WhichOneof("value")
                 num: float | None = None
@@ -529,6 +533,15 @@ def _value_bytes(av: Any) -> bytes:
     return as_string(av).encode()
 
 
+PRIORITY_ATTR = "sampling.priority"
+# how that attribute's key starts on the wire (KeyValue field 1, its length, the name: shorter than 128)
+_PRIORITY_KEY = b"\x0a" + bytes([len(PRIORITY_ATTR)]) + PRIORITY_ATTR.encode()
+
+
+def _no_priority(_item: Any) -> None:
+    return None
+
+
 class ProbabilisticSampler(Processor):
     mutates = True
 
@@ -546,12 +559,16 @@ class ProbabilisticSampler(Processor):
     def filter(self, batch: Batch) -> int:
         """Drops unsampled items in place; returns how many remain."""
         s = self.sampler
+        s.memo.clear()
         kept = 0
         prio: Callable[[Any], int | None]
+        wire = batch.cached_bytes()
         if self.signal == Signal.LOGS:
             groups, scope_f, item_f, prio = batch.msg.resource_logs, "scope_logs", "log_records", s.log_priority
         else:
             groups, scope_f, item_f, prio = batch.msg.resource_spans, "scope_spans", "spans", s.span_priority
+            if wire is not None and _PRIORITY_KEY not in wire:
+                prio = _no_priority  # no span of the request has the attribute: not looked for span by span
         for ri in range(len(groups) - 1, -1, -1):
             scopes = getattr(groups[ri], scope_f)
             for si in range(len(scopes) - 1, -1, -1):

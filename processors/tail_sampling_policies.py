@@ -12,6 +12,7 @@ Stateful policies (rate_limiting, bytes_limiting, composite) read the processor'
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -23,6 +24,9 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from gotel.component.contract import ComponentConfig
 from gotel.config.types import Duration
+from gotel.ottl import ConditionSet, ErrorMode, Item, OttlEvalError, compile_condition
+
+_log = logging.getLogger("gotel.processors.tail_sampling")
 
 
 class Decision(IntEnum):
@@ -35,7 +39,7 @@ class Decision(IntEnum):
 
 STATUS_CODES = {"UNSET": 0, "OK": 1, "ERROR": 2}
 # Collector policy types gotel's tail_sampling does not evaluate: named in the error so it is not a typo.
-COLLECTOR_ONLY_TYPES = ("ottl_condition",)
+COLLECTOR_ONLY_TYPES: tuple[str, ...] = ()
 
 
 class LatencyCfg(ComponentConfig):
@@ -158,9 +162,31 @@ class DeadlineMissedCfg(ComponentConfig):
         return self
 
 
+class OttlConditionCfg(ComponentConfig):
+    """The collector's ottl_condition policy: sampled when any `span` condition holds for a span or any
+    `spanevent` condition for a span event of the trace."""
+
+    error_mode: ErrorMode = Field("propagate", description="propagate: a failing condition makes the trace not "
+                                  "sampled; ignore: logged and treated as no match; silent: neither")
+    span: list[str] = Field(default_factory=list, description="OTTL conditions in the span context")
+    spanevent: list[str] = Field(default_factory=list, description="OTTL conditions in the spanevent context")
+
+    @model_validator(mode="after")
+    def _compiled(self) -> OttlConditionCfg:
+        if not self.span and not self.spanevent:
+            raise ValueError("at least one span or spanevent condition is required")
+        for ctx, conds in (("span", self.span), ("spanevent", self.spanevent)):
+            for i, c in enumerate(conds):
+                try:
+                    compile_condition(c, "traces", ctx)
+                except ValueError as e:
+                    raise ValueError(f"{ctx}[{i}]: {e}") from None
+        return self
+
+
 LEAF_TYPES = ("always_sample", "latency", "numeric_attribute", "probabilistic", "status_code", "string_attribute",
               "rate_limiting", "bytes_limiting", "span_count", "trace_state", "trace_flags", "boolean_attribute",
-              "deadline_missed")
+              "deadline_missed", "ottl_condition")
 
 
 class SharedPolicy(ComponentConfig):
@@ -180,6 +206,7 @@ class SharedPolicy(ComponentConfig):
     trace_state: TraceStateCfg | None = None
     boolean_attribute: BooleanAttributeCfg | None = None
     deadline_missed: DeadlineMissedCfg | None = None
+    ottl_condition: OttlConditionCfg | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -197,7 +224,7 @@ class SharedPolicy(ComponentConfig):
     @model_validator(mode="after")
     def _typed(self) -> SharedPolicy:
         need = {"latency", "numeric_attribute", "status_code", "string_attribute", "boolean_attribute",
-                "bytes_limiting", "trace_state", "not", "and", "composite", "drop"}
+                "bytes_limiting", "trace_state", "not", "and", "composite", "drop", "ottl_condition"}
         attr = {"and": "and_", "not": "not_"}.get(self.type, self.type)
         if self.type in need and getattr(self, attr, None) is None:
             raise ValueError(f"policy {self.name!r} of type {self.type} needs its {self.type}: block")
@@ -579,6 +606,39 @@ def deadline_missed(cfg: DeadlineMissedCfg) -> Policy:
     return lambda td: _any_span(td, hit)
 
 
+def ottl_condition(cfg: OttlConditionCfg, name: str, logger: logging.Logger) -> Policy:
+    """Sampled when a span condition holds for some span or a spanevent condition for some span event;
+    a condition that fails under error_mode propagate makes the trace not sampled (the collector
+    returns the error, and an erroring policy samples nothing)."""
+    where = f"tail_sampling policy {name!r}"
+    spans = ConditionSet([compile_condition(c, "traces", "span") for c in cfg.span], cfg.error_mode, logger, where)
+    events = ConditionSet([compile_condition(c, "traces", "spanevent") for c in cfg.spanevent], cfg.error_mode,
+                          logger, where)
+
+    def decide(td: TraceData) -> Decision:
+        it = Item()
+        try:
+            for rs in td.resource_spans:
+                it.resource = rs.resource
+                for ss in rs.scope_spans:
+                    it.scope = ss.scope
+                    for sp in ss.spans:
+                        it.item = sp
+                        if spans and spans.matches(it):
+                            return Decision.SAMPLED
+                        if events:
+                            for ev in sp.events:
+                                it.sub = ev
+                                if events.matches(it):
+                                    return Decision.SAMPLED
+        except OttlEvalError as e:
+            logger.debug("%s", e)
+            return Decision.NOT_SAMPLED
+        return Decision.NOT_SAMPLED
+
+    return decide
+
+
 def and_policy(subs: list[Policy]) -> Policy:
     def decide(td: TraceData) -> Decision:
         for p in subs:
@@ -653,6 +713,8 @@ def build(cfg: SharedPolicy, clock: Clock) -> Policy:
         return not_policy(build(cfg.not_.not_sub_policy, clock))
     if t == "deadline_missed":
         return deadline_missed(cfg.deadline_missed or DeadlineMissedCfg())
+    if t == "ottl_condition" and cfg.ottl_condition is not None:
+        return ottl_condition(cfg.ottl_condition, cfg.name, _log)
     if t == "numeric_attribute" and cfg.numeric_attribute is not None:
         return numeric_attribute(cfg.numeric_attribute)
     if t == "status_code" and cfg.status_code is not None:

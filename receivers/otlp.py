@@ -37,6 +37,7 @@ from gotel.component.contract import (
     RefusedError,
 )
 from gotel.config.types import Duration
+from gotel.exporterhelper.clientconfig import AuthConfig
 from gotel.pdata.batch import Batch, Profiles, Signal, batch_type, invalid_ids
 from gotel.pdata.otlp import (
     CONTENT_JSON,
@@ -50,6 +51,7 @@ from gotel.pdata.otlp import (
     secure_unix_socket,
     unix_path,
 )
+from gotel.receiverhelper.auth import ServerAuthenticator, server_authenticator
 from gotel.receiverhelper.inflate import ENCODINGS, CorruptBody, TooLarge, decoder
 
 REFUSED_RETRY_AFTER = 1.0  # seconds a refused sender is asked to wait (RetryInfo / Retry-After)
@@ -70,6 +72,9 @@ class GRPCServer(ComponentConfig):
     max_recv_msg_size_mib: int = Field(4, gt=0, description="larger requests get RESOURCE_EXHAUSTED")
     max_concurrent_streams: int | None = Field(None, gt=0)
     tls: ServerTLS | None = None
+    auth: AuthConfig | None = Field(
+        None, description="{authenticator: ID}: a bearertokenauth or basicauth extension every request must satisfy "
+        "(else UNAUTHENTICATED)")
 
     @model_validator(mode="after")
     def _tls(self) -> GRPCServer:
@@ -98,6 +103,9 @@ class HTTPServer(ComponentConfig):
     idle_timeout: Duration = Field(60.0, ge=0, description="keep-alive wait for the next request; 0 = read_timeout")
     tls: ServerTLS | None = None
     cors: CORS | None = None
+    auth: AuthConfig | None = Field(
+        None, description="{authenticator: ID}: a bearertokenauth or basicauth extension every request must satisfy "
+        "(else 401)")
     traces_url_path: str = "/v1/traces"
     metrics_url_path: str = "/v1/metrics"
     logs_url_path: str = "/v1/logs"
@@ -277,6 +285,8 @@ class OTLPReceiver(Receiver):
         # own receiver processes built; every other instance is an edge and checks ids (~1 us a span).
         self._check_ids = ctx.id.name != "_internal"
         self._guard: _Guard | None = None
+        self._grpc_auth: ServerAuthenticator | None = None  # protocols::grpc::auth, resolved at start
+        self._http_auth: ServerAuthenticator | None = None
 
     # --- the part both protocols share -----------------------------------------------------------
 
@@ -288,6 +298,15 @@ class OTLPReceiver(Receiver):
         if now - self._last_log >= 1.0:
             self._last_log = now
             self.log.warning("%s: refused a %s request from %s: %s", self.ctx.id, signal, peer or "?", r.message)
+
+    def _authenticate(self, auth: ServerAuthenticator | None, signal: Signal, headers: Mapping[str, str]) -> None:
+        """Rejected (UNAUTHENTICATED / 401) unless the request's credentials satisfy the authenticator."""
+        if auth is None:
+            return
+        why = auth.authenticate(headers)
+        if why:
+            self._malformed.labels(signal.value, "unauthenticated").inc()
+            raise Rejected(grpc.StatusCode.UNAUTHENTICATED, 401, f"unauthenticated: {why}")
 
     def _decode(self, signal: Signal, body: bytes, json_body: bool) -> Batch:
         try:
@@ -340,6 +359,7 @@ class OTLPReceiver(Receiver):
             # The connection's own address, never a client-sent value: k8s_attributes associates by it.
             md[PEER_KEY] = context.peer() or ""
             try:
+                self._authenticate(self._grpc_auth, signal, md)
                 await self._push(signal, self._decode(signal, request, False), md)
             except Rejected as r:
                 self._log_rejected(signal, r, context.peer())
@@ -457,6 +477,8 @@ class OTLPReceiver(Receiver):
             ctype = request.content_type.lower()
             json_body = ctype == CONTENT_JSON
             try:
+                if self._http_auth is not None:  # before the body is read: an unauthenticated client costs nothing
+                    self._authenticate(self._http_auth, signal, {k.lower(): v for k, v in request.headers.items()})
                 if not json_body and ctype not in (CONTENT_PROTOBUF, "application/protobuf"):
                     self._malformed.labels(signal.value, "unsupported_media_type").inc()
                     raise Rejected(
@@ -489,7 +511,7 @@ class OTLPReceiver(Receiver):
             except Rejected as r:
                 self._log_rejected(signal, r, str(request.remote or ""))
                 resp = self._http_error(r, json_body)
-                if r.http in (408, 413):
+                if r.http in (401, 408, 413):
                     resp.force_close()  # the rest of the body is not worth reading
                 return self._cors(request, resp)
             if json_body:
@@ -592,6 +614,10 @@ class OTLPReceiver(Receiver):
 
     async def start(self) -> None:
         p = self.cfg.protocols
+        if p.grpc is not None and p.grpc.auth is not None:
+            self._grpc_auth = server_authenticator(self.ctx, p.grpc.auth.authenticator)
+        if p.http is not None and p.http.auth is not None:
+            self._http_auth = server_authenticator(self.ctx, p.http.auth.authenticator)
         try:
             if p.grpc is not None:
                 await self._start_grpc(p.grpc)

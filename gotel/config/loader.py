@@ -289,25 +289,36 @@ class _Validator:
         self.unused()
 
     def authenticators(self) -> None:
-        """Each component's auth::authenticator names a configured, enabled client authenticator."""
+        """Each component's auth::authenticator names a configured, enabled client authenticator; each
+        receiver protocol's (protocols::grpc|http::auth) a server authenticator."""
         for section, kind in SECTIONS.items():
             for cid, entry in self.cfg.section(kind).items():
                 name = getattr(getattr(entry.config, "auth", None), "authenticator", None)
-                if not isinstance(name, str):
-                    continue
-                path = (section, str(cid), "auth", "authenticator")
-                ext = self.cfg.extensions.get(ComponentID.parse(name))
-                if ext is None:
-                    if not self._section_had("extensions", name):  # else reported there
-                        names = ", ".join(self._written("extensions")) or "none"
-                        self.src.error(path, f'extension "{name}" is not configured (configured: {names})')
-                elif not getattr(ext.factory, "client_auth", False):
-                    self.src.error(path, f'extension "{name}" is a {ext.factory.type} extension, not a client '
-                                   "authenticator (bearertokenauth, basicauth)")
-                elif getattr(ext.config, "client_auth", True) is None:
-                    self.src.error(path, f'extension "{name}" has no client_auth: it cannot authenticate a client')
-                elif ext.id not in self.cfg.service.extensions:
-                    self.src.error(path, f'extension "{name}" is not listed in service::extensions, so it does not run')
+                if isinstance(name, str):
+                    self._authenticator((section, str(cid), "auth", "authenticator"), name, "client")
+                for proto in ("grpc", "http"):
+                    server = getattr(getattr(entry.config, "protocols", None), proto, None)
+                    name = getattr(getattr(server, "auth", None), "authenticator", None)
+                    if isinstance(name, str):
+                        self._authenticator((section, str(cid), "protocols", proto, "auth", "authenticator"), name,
+                                            "server")
+
+    def _authenticator(self, path: Path, name: str, side: str) -> None:
+        """`name` is a configured, enabled authenticator able to act on `side` (client or server)."""
+        ext = self.cfg.extensions.get(ComponentID.parse(name))
+        if ext is None:
+            if not self._section_had("extensions", name):  # else reported there
+                names = ", ".join(self._written("extensions")) or "none"
+                self.src.error(path, f'extension "{name}" is not configured (configured: {names})')
+        elif not getattr(ext.factory, f"{side}_auth", False):
+            self.src.error(path, f'extension "{name}" is a {ext.factory.type} extension, not a {side} '
+                           "authenticator (bearertokenauth, basicauth)")
+        elif side == "client" and getattr(ext.config, "client_auth", True) is None:
+            self.src.error(path, f'extension "{name}" has no client_auth: it cannot authenticate a client')
+        elif side == "server" and hasattr(ext.config, "htpasswd") and ext.config.htpasswd is None:
+            self.src.error(path, f'extension "{name}" has no htpasswd: it cannot check a client\'s credentials')
+        elif ext.id not in self.cfg.service.extensions:
+            self.src.error(path, f'extension "{name}" is not listed in service::extensions, so it does not run')
 
     def id_list(self, value: Any, path: Path, kind: Kind, signal: Signal | None) -> list[ComponentID]:
         if value is None:

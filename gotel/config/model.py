@@ -19,6 +19,7 @@ from gotel.component.contract import (
     ReceiverFactory,
 )
 from gotel.config.source import Issue
+from gotel.config.telemetry import LogProcessor, LogSampling, MetricReader, ProfilingConfig
 from gotel.config.types import Duration
 from gotel.pdata.batch import Signal
 
@@ -26,13 +27,23 @@ from gotel.pdata.batch import Signal
 class TelemetryMetrics(ComponentConfig):
     address: str = Field("127.0.0.1:8888", description="host:port of the Prometheus / health endpoint; '' turns it off")
     level: str = Field("normal", pattern="^(none|basic|normal|detailed)$",
-                       description="none turns self-metrics off (/metrics answers 404, no self-metrics pipelines); "
-                       "the other levels all expose every metric today")
+                       description="none turns self-metrics off (/metrics answers 404, no self-metrics pipelines, "
+                       "no readers); basic: the pipeline counters only; normal and detailed: every metric")
     pipelines: list[str] = Field(
         default_factory=list,
         description="metrics pipelines that also receive gotel's own metrics (e.g. [metrics/self])",
     )
     interval: Duration = Field(15.0, gt=0, description="how often self-metrics are fed into those pipelines")
+    readers: list[MetricReader] = Field(
+        default_factory=list,
+        description="the collector's metric readers: pull (a Prometheus endpoint) and periodic (OTLP or console push)",
+    )
+
+    def serves_address(self) -> bool:
+        """Whether the `address` endpoint runs: pull readers replace it unless `address` is written too."""
+        if not self.address:
+            return False
+        return "address" in self.model_fields_set or not any(r.pull is not None for r in self.readers)
 
     @field_validator("address")
     @classmethod
@@ -45,12 +56,31 @@ class TelemetryMetrics(ComponentConfig):
 
 
 class TelemetryLogs(ComponentConfig):
-    level: str = Field("info", pattern="^(?i:debug|info|warn|warning|error)$")
+    level: str = Field("info", pattern="^(?i:debug|info|warn|warning|error|dpanic|panic|fatal)$")
+    encoding: str = Field("console", pattern="^(console|json)$", description="console (one line) or json")
+    output_paths: list[str] = Field(default_factory=lambda: ["stderr"],
+                                    description="stderr, stdout or files that receive every record")
+    error_output_paths: list[str] = Field(default_factory=lambda: ["stderr"],
+                                          description="where records at error level also go (beside output_paths)")
+    initial_fields: dict[str, Any] = Field(default_factory=dict, description="fields added to every record")
+    processors: list[LogProcessor] = Field(default_factory=list,
+                                           description="export gotel's own log records (batch|simple with otlp)")
+    development: bool = Field(False, description="accepted for the collector's schema; no effect")
+    disable_caller: bool = Field(False, description="accepted; gotel's lines carry the logger name, not a caller")
+    disable_stacktrace: bool = Field(False, description="accepted; tracebacks appear at debug level only")
+    sampling: LogSampling | None = Field(None, description="accepted; gotel summarises repeated lines itself")
 
 
 class TelemetryConfig(ComponentConfig):
     metrics: TelemetryMetrics = Field(default_factory=TelemetryMetrics)
     logs: TelemetryLogs = Field(default_factory=TelemetryLogs)
+    resource: dict[str, Any] = Field(
+        default_factory=dict,
+        description="resource of gotel's own telemetry (defaults: service.name gotel, service.version, "
+        "service.instance.id); a null value removes an attribute",
+    )
+    profiling: ProfilingConfig | None = Field(
+        None, description="gotel profiles its own processes (pipeline and receivers) into Pyroscope")
 
 
 class SupervisorConfig(ComponentConfig):

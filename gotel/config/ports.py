@@ -63,9 +63,14 @@ def listeners(cfg: Config) -> list[Listener]:
     """Every TCP listener the agent would open with this config: self-telemetry, then the components
     that run (used by a pipeline, or an enabled extension), in config order."""
     out: list[Listener] = []
-    addr = _split(cfg.service.telemetry.metrics.address)
+    tm = cfg.service.telemetry.metrics
+    addr = _split(tm.address) if tm.serves_address() else None
     if addr is not None:
         out.append(Listener(("service", "telemetry", "metrics", "address"), *addr))
+    for i, r in enumerate(tm.readers):
+        if r.pull is not None and r.pull.exporter.prometheus.port:
+            prom = r.pull.exporter.prometheus
+            out.append(Listener(("service", "telemetry", "metrics", "readers", str(i), "pull"), prom.host, prom.port))
     used = {(Kind.EXTENSION, e) for e in cfg.service.extensions}
     for spec in cfg.service.pipelines.values():
         used.update((Kind.RECEIVER, c) for c in spec.receivers)

@@ -163,9 +163,9 @@ class Graph:
             node.sinks[signal] = fanout(targets)
         for rid, node in self.receivers.items():
             if node.in_process:
-                node.instance = node.entry.factory.create(
-                    node.entry.config, node.sinks, make_context(self.tel, rid, Kind.RECEIVER)
-                )
+                rctx = make_context(self.tel, rid, Kind.RECEIVER)
+                rctx.extras["extensions"] = self.extensions  # server authenticators (protocols::*::auth)
+                node.instance = node.entry.factory.create(node.entry.config, node.sinks, rctx)
 
     def processor_instances(self) -> list[tuple[str, Processor | Connector]]:
         """In stop order: upstream pipelines first; in each, the connectors feeding it (once all the

@@ -28,7 +28,9 @@ class TelemetryServer:
         registry: Any,
         readiness: Callable[[], tuple[bool, dict[str, Any]]],
         metrics_enabled: bool = True,
+        key: str = "service::telemetry::metrics::address",
     ) -> None:
+        self.key = key
         self.metrics_enabled = metrics_enabled
         host, _, port = address.rpartition(":")
         self.host = host.strip("[]") or "127.0.0.1"
@@ -67,7 +69,7 @@ class TelemetryServer:
             self._runner = None
             raise StartupError(
                 f"cannot serve self-telemetry on {self.host}:{self.port}: {e.strerror or e} "
-                "(set service::telemetry::metrics::address to another host:port, or '' to turn it off)"
+                f"(set {self.key} to another host:port, or '' to turn it off)"
             ) from e
         server = site._server
         socks = getattr(server, "sockets", None) or []

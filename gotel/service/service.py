@@ -30,6 +30,9 @@ from gotel.service.rundir import runtime_dir
 from gotel.service.server import StartupError, TelemetryServer
 from gotel.service.supervisor import CounterCarry, Supervisor
 from gotel.telemetry.counters import Telemetry, default_telemetry
+from gotel.telemetry.sdk.level import LevelView
+from gotel.telemetry.sdk.logs import customised, relog
+from gotel.telemetry.sdk.resource import own_resource
 from gotel.telemetry.selfmetrics import MergedRegistry, families_to_otlp
 
 log = logging.getLogger("gotel.service")
@@ -41,6 +44,9 @@ class Service:
         self.tel = tel or default_telemetry()
         self.log_level = log_level
         self.merged = MergedRegistry(self.tel.registry)
+        self.view = LevelView(self.merged, cfg.service.telemetry.metrics.level, self.tel.core)
+        self.own: Any = None  # OwnMetrics (gotel.telemetry.sdk.metrics, imported only with readers)  # service::telemetry::metrics::readers
+        self.pull_servers: list[TelemetryServer] = []
         self.graph = Graph(cfg, self.tel)
         self.ready = False
         self.up_since: float | None = None  # UNIX time the service became ready (health_check's upSince)
@@ -73,11 +79,12 @@ class Service:
         busy = await asyncio.to_thread(busy_ports, self.cfg)  # before anything binds: one line per port
         if busy:
             raise StartupError("; ".join(busy))
-        addr = self.cfg.service.telemetry.metrics.address
-        if addr:
-            level = self.cfg.service.telemetry.metrics.level
-            self.server = TelemetryServer(addr, self.merged, self.readiness, metrics_enabled=level != "none")
+        tm = self.cfg.service.telemetry.metrics
+        if tm.serves_address():
+            self.server = TelemetryServer(tm.address, self.view, self.readiness, metrics_enabled=tm.level != "none")
             await self.server.start()
+        if tm.readers and tm.level != "none":
+            await self._start_readers()
         # Extensions first (health checks, auth providers): components may rely on them.
         for eid in self.cfg.service.extensions:
             entry = self.cfg.extensions[eid]
@@ -102,11 +109,15 @@ class Service:
         await self.graph.start_receivers()
         if children:
             assert self.socket_path is not None
+            tel_cfg = self.cfg.service.telemetry
             self.supervisor = Supervisor(
                 f"unix://{self.socket_path}", self.cfg.service.supervisor, self.tel, self.log_level,
                 telemetry_interval=min(2.0, self.cfg.service.telemetry.metrics.interval),
                 carry=self.carry, received=self._received,
+                profiling=tel_cfg.profiling.model_dump() if tel_cfg.profiling is not None else None,
             )
+            if customised(tel_cfg.logs):
+                self.supervisor.relog = relog
             for rid, signals in children.items():
                 self.supervisor.add(self.cfg.receivers[rid], signals)
             await self.supervisor.start()
@@ -115,6 +126,18 @@ class Service:
         self.ready = True
         self.up_since = time.time()
         log.info("gotel started: %s", self.cfg.summary())
+
+    async def _start_readers(self) -> None:
+        from gotel.telemetry.sdk.metrics import OwnMetrics
+
+        tm = self.cfg.service.telemetry.metrics
+        self.own = OwnMetrics(tm.readers, self.view.collect, own_resource(self.cfg.service.telemetry.resource))
+        pulls = [i for i, r in enumerate(tm.readers) if r.pull is not None]
+        for i, ep in zip(pulls, self.own.pull, strict=True):
+            server = TelemetryServer(ep.address, ep.registry, self.readiness,
+                                     key=f"service::telemetry::metrics::readers[{i}]::pull::exporter::prometheus")
+            self.pull_servers.append(server)
+            await server.start()
 
     async def _start_internal(self, children: dict[ComponentID, list[Signal]]) -> None:
         assert self.socket_path is not None
@@ -137,11 +160,10 @@ class Service:
 
     async def _feed_self_metrics(self) -> None:
         targets = [self.graph.pipelines[p].entry for p in self.cfg.service.telemetry.metrics.pipelines]
-        resource = {"service.name": "gotel", "service.instance.id": f"{os.uname().nodename}:{os.getpid()}",
-                    "process.pid": os.getpid()}
+        resource = own_resource(self.cfg.service.telemetry.resource)
         while True:
             await asyncio.sleep(self.cfg.service.telemetry.metrics.interval)
-            batch = families_to_otlp(self.merged.collect(), resource)
+            batch = families_to_otlp(self.view.collect(), resource)
             for t in targets:
                 assert t is not None
                 try:
@@ -202,6 +224,12 @@ class Service:
         for eid, ext in reversed(self.extensions):
             await shutdown_with_deadline(ext, f"extension {eid}", deadline)
         self.extensions.clear()
+        if self.own is not None:  # the periodic readers' last export carries the final counts
+            await asyncio.to_thread(self.own.shutdown, max(0.5, deadline - time.monotonic()))
+            self.own = None
+        for server in self.pull_servers:
+            await server.stop()
+        self.pull_servers.clear()
         if self.server is not None:
             await self.server.stop()
         if self.rundir:

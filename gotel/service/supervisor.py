@@ -176,7 +176,10 @@ class Supervisor:
         telemetry_interval: float = 5.0,
         carry: CounterCarry | None = None,
         received: Callable[[str], dict[str, int]] | None = None,
+        profiling: dict[str, Any] | None = None,
     ) -> None:
+        self.profiling = profiling  # service::telemetry::profiling, for each receiver process's own profiler
+        self.relog: Callable[[str], None] | None = None  # set: child log lines go through our logging
         self.endpoint = endpoint
         self.cfg = cfg
         self.tel = tel
@@ -219,6 +222,7 @@ class Supervisor:
             # The child sets PR_SET_PDEATHSIG itself and checks that this is still its parent: no
             # preexec_fn, so the spawn is a plain fork+exec that gRPC's fork handlers never see.
             "parent_pid": os.getpid() if parent_pid is None else parent_pid,
+            **({"profiling": self.profiling} if self.profiling else {}),
         }).encode()
 
     async def start(self) -> None:
@@ -284,6 +288,9 @@ class Supervisor:
             if not (shown if continued else LOG_LINE.match(line)) and not log.isEnabledFor(logging.DEBUG):
                 # raw output of a C library (BCC, LLVM, grpc core) or of a crash: kept for the exit
                 # message (last_lines); the console shows it at --log-level debug
+                continue
+            if self.relog is not None:
+                self.relog(text)
                 continue
             out.write(text + "\n")
             out.flush()

@@ -37,6 +37,7 @@ class Telemetry:
         self.queue_capacity = c(Gauge, "exporter_queue_capacity_bytes", "Capacity of an exporter's sending queue.", ["signal"])
         self.restarts = c(Counter, "receiver_restarts", "Times the supervisor restarted a receiver process.", [])
         self.up = c(Gauge, "receiver_up", "1 while a receiver process runs, 0 while it is down or backing off.", [])
+        self.core = frozenset(self._families)  # what service::telemetry::metrics::level basic shows
 
     def _family(self, cls: type[MetricWrapperBase], name: str, doc: str, labels: list[str]) -> Any:
         full = "gotel_" + name

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 
 _SECRET = re.compile(
-    r"(?i)((?:authorization|api[_-]?key|x-scope-orgid|password|token|secret|bearer)[\"']?\s*[:=]\s*[\"']?)([^\s\"',}]+)"
+    r"(?i)((?:authorization|api[_-]?key|x-scope-orgid|password|token|secret|bearer)[\"']?\s*[:=]\s*[\"']?)((?:(?:bearer|basic)\s+)?[^\s\"',}]+)"
 )
 
 # The start of a line this module formats: how the supervisor tells a child's log records from raw

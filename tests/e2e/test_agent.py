@@ -258,7 +258,7 @@ def test_components_json_lists_types_schemas_and_aliases() -> None:
     r = subprocess.run([GOTEL, "components", "--json"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
-    by = {k: {x["type"]: x for x in v} for k, v in data.items() if k != "errors"}
+    by = {k: {x["type"]: x for x in v} for k, v in data.items() if k not in ("errors", "service_telemetry")}
     assert {"batch", "memory_limiter"} <= set(by["processors"])
     assert {"debug", "file", "otlp", "otlp_http"} <= set(by["exporters"])
     assert by["receivers"]["synthetic"]["in_process"] is False

@@ -7,7 +7,8 @@
   ``format=pprof``: the pprof in the multipart field ``profile`` (or as the raw body).
 
 Like the real server it rejects what it cannot use: a series without ``service_name`` or
-``__name__``, invalid or duplicate label names, a sample that is not a pprof, a bad ``name``.
+``__name__``, invalid or duplicate label names (a dot in a name becomes an underscore first, as the
+real server has sanitised since grafana/pyroscope#3335: `otel.scope.name` is stored as `otel_scope_name`), a sample that is not a pprof, a bad ``name``.
 ``fail_next(status, n)`` makes it answer the next n requests with that status.
 """
 
@@ -104,6 +105,10 @@ class PyroscopeServer:
         return web.Response(status=status, text=msg, headers=headers)
 
     @staticmethod
+    def _sanitize(labels: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [(k.replace(".", "_"), v) for k, v in labels]
+
+    @staticmethod
     def _check_labels(labels: list[tuple[str, str]]) -> str | None:
         names = [k for k, _v in labels]
         if len(set(names)) != len(names):
@@ -145,7 +150,7 @@ class PyroscopeServer:
             return web.Response(status=415, text=f"unsupported content type {ctype!r}")
         decoded: list[Series] = []
         for s in msg.series:
-            labels = [(lp.name, lp.value) for lp in s.labels]
+            labels = self._sanitize([(lp.name, lp.value) for lp in s.labels])
             bad = self._check_labels(labels)
             if bad:
                 return self._error(400, bad, True)
@@ -179,7 +184,7 @@ class PyroscopeServer:
                 k, sep, v = part.partition("=")
                 if not sep:
                     return self._error(400, f"invalid label {part!r} in name", False)
-                labels.append((k.strip(), v.strip()))
+                labels.append((k.strip().replace(".", "_"), v.strip()))
         if q.get("format") != "pprof":
             return self._error(400, "this test server only takes format=pprof", False)
         if req.content_type.startswith("multipart/"):

@@ -2,7 +2,7 @@
 
 A trace is a list of span dicts: {"service", "name", "start_ms", "dur_ms", "status" (0/1/2), "attrs",
 "res" (extra resource attributes),
-"trace_state" (W3C tracestate), "flags" (OTLP span flags)}. Spans of one service share a ResourceSpans; trace ids are fixed
+"trace_state" (W3C tracestate), "flags" (OTLP span flags), "events" ([{"name", "attrs"}])}. Spans of one service share a ResourceSpans; trace ids are fixed
 16-byte values derived from a small integer so tests can name traces by number.
 """
 
@@ -53,6 +53,11 @@ def request(traces: dict[int, list[dict[str, Any]]]) -> ExportTraceServiceReques
             sp.trace_state = s.get("trace_state", "")
             sp.flags = s.get("flags", 0)
             sp.attributes.extend(attrs(s.get("attrs", {})))
+            for e in s.get("events", ()):
+                ev = sp.events.add()
+                ev.name = e.get("name", "")
+                ev.time_unix_nano = start
+                ev.attributes.extend(attrs(e.get("attrs", {})))
     return req
 
 

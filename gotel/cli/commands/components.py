@@ -13,7 +13,8 @@ from gotel.config.types import ConfigJsonSchema
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable, with each config's JSON schema")
-    p.add_argument("type", nargs="?", help="show one type's config keys in detail")
+    p.add_argument("type", nargs="?", help="show one type's config keys in detail "
+                   "(`telemetry`: the keys of service::telemetry)")
 
 
 def describe() -> dict[str, Any]:
@@ -36,6 +37,9 @@ def describe() -> dict[str, Any]:
             items.append(item)
         out[f"{kind.value}s"] = items
     out["errors"] = list(reg.errors)
+    from gotel.config.model import TelemetryConfig
+
+    out["service_telemetry"] = TelemetryConfig.model_json_schema(schema_generator=ConfigJsonSchema)
     return out
 
 
@@ -84,6 +88,14 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     console = Console()
+    if args.type in ("telemetry", "service::telemetry", "service.telemetry"):
+        t = Table(title="service::telemetry: gotel's own metrics, logs, resource and profiling", title_justify="left")
+        for col in ("key", "type", "default / description"):
+            t.add_column(col)
+        for row in _keys(data["service_telemetry"]):
+            t.add_row(*row)
+        console.print(t)
+        return 0
     if args.type:
         found = False
         for kind in Kind:

@@ -52,6 +52,10 @@ def _internal(args: argparse.Namespace, cid: ComponentID) -> int:
     setup_logging(args.log_level, prefix=f"[receiver {cid}]")
     spec = json.loads(sys.stdin.read())
     die_with_parent(int(spec.get("parent_pid", 0)))
+    if spec.get("profiling"):
+        from gotel.telemetry.sdk.profiling import start_profiling
+
+        start_profiling(spec["profiling"], receiver=str(cid))
     from gotel.host.memory import limit_arenas
 
     limit_arenas()  # before gRPC and the executor start their threads
@@ -67,8 +71,14 @@ def _internal(args: argparse.Namespace, cid: ComponentID) -> int:
 
     typ, ecfg = sink_config(args.endpoint, "grpc", {}, None, None)
     ecfg["retry_on_failure"] = {"initial_interval": 0.2, "max_interval": 2.0, "max_elapsed_time": 0}
-    return asyncio.run(run_receiver(cid, factory, cfg, signals, typ, ecfg,
-                                    telemetry_interval=float(spec.get("telemetry_interval", 5.0))))
+    try:
+        return asyncio.run(run_receiver(cid, factory, cfg, signals, typ, ecfg,
+                                        telemetry_interval=float(spec.get("telemetry_interval", 5.0))))
+    finally:
+        if spec.get("profiling"):
+            from gotel.telemetry.sdk.profiling import stop_profiling
+
+            stop_profiling()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,4 +135,13 @@ def run(args: argparse.Namespace) -> int:
     from gotel.receiverhelper.process import run_receiver, sink_config
 
     typ, ecfg = sink_config(args.endpoint, args.protocol, headers, args.compression, None)
-    return asyncio.run(run_receiver(cid, factory, entry.config, list(signals), typ, ecfg))
+    prof = cfg.service.telemetry.profiling  # a standalone receiver profiles itself as the agent's do
+    if prof is not None:
+        from gotel.telemetry.sdk.profiling import start_profiling, stop_profiling
+
+        start_profiling(prof, receiver=str(cid))
+    try:
+        return asyncio.run(run_receiver(cid, factory, entry.config, list(signals), typ, ecfg))
+    finally:
+        if prof is not None:
+            stop_profiling()

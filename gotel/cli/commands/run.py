@@ -35,8 +35,24 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(level.upper())
 
     from gotel.service.service import Service
+    from gotel.telemetry.sdk.logs import apply_log_config, customised, shutdown_providers
+    from gotel.telemetry.sdk.resource import own_resource
+
+    tcfg = cfg.service.telemetry
+    providers = apply_log_config(tcfg.logs, level, own_resource(tcfg.resource)) if customised(tcfg.logs) else []
+    if tcfg.profiling is not None:
+        from gotel.telemetry.sdk.profiling import start_profiling
+
+        start_profiling(tcfg.profiling)
 
     async def main() -> int:
         return await Service(cfg, log_level=level).run()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        if tcfg.profiling is not None:
+            from gotel.telemetry.sdk.profiling import stop_profiling
+
+            stop_profiling()
+        shutdown_providers(providers)

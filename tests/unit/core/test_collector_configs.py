@@ -123,3 +123,23 @@ def test_a_typo_is_still_unknown_with_a_suggestion() -> None:
         load_config("c.yaml", text=text, env={})
     assert len(e.value.issues) == 1
     assert 'unknown processor type "bacth", did you mean "batch"?' in e.value.issues[0].message
+
+
+def test_jaeger_v2_telemetry_block_is_read_as_the_collector_reads_it() -> None:
+    """Jaeger v2's all-in-one service::telemetry (resource, detailed level, a pull reader on 0.0.0.0:8888):
+    with the components gotel lacks removed, the block validates and means what it says."""
+    text = (HERE / "jaeger_v2.yaml").read_text()
+    with pytest.raises(ConfigError) as e:
+        load_config("jaeger_v2.yaml", text=text, env={})
+    assert not [i for i in e.value.issues if "telemetry" in str(i.path)], e.value.issues
+    import yaml
+
+    doc = yaml.safe_load(text)
+    cfg = load_config("t.yaml", env={}, text=yaml.safe_dump({
+        "receivers": {"otlp": doc["receivers"]["otlp"]}, "exporters": {"debug": {}},
+        "service": {"telemetry": doc["service"]["telemetry"],
+                    "pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["debug"]}}}}))
+    t = cfg.service.telemetry
+    assert t.resource == {"service.name": "jaeger"} and t.metrics.level == "detailed" and t.logs.level == "info"
+    prom = t.metrics.readers[0].pull.exporter.prometheus
+    assert (prom.host, prom.port) == ("0.0.0.0", 8888) and not t.metrics.serves_address()

@@ -116,18 +116,68 @@ def readme_policy(name: str) -> dict[str, Any]:
 OK, ERR, UNSET = 1, 2, 0
 
 
-def test_readme_example_validates_and_names_the_policies_gotel_lacks() -> None:
-    cfg = Config.model_validate(README)
+# test-policy-13 of the collector README: OTTL conditions on spans and span events
+OTTL_POLICY = yaml.safe_load(r"""
+name: test-policy-13
+type: ottl_condition
+ottl_condition: {
+  error_mode: ignore,
+  span: [
+    "attributes[\"test_attr_key_1\"] == \"test_attr_val_1\"",
+    "attributes[\"test_attr_key_2\"] != \"test_attr_val_1\"",
+  ],
+  spanevent: [
+    "name != \"test_span_event_name\"",
+    "attributes[\"test_event_attr_key_2\"] != \"test_event_attr_val_1\"",
+  ]
+}
+""")
+
+
+def test_readme_example_validates() -> None:
+    cfg = Config.model_validate(dict(README, policies=[*README["policies"], OTTL_POLICY]))
     assert [p.name for p in cfg.policies][:3] == ["test-policy-1", "test-policy-2", "test-policy-3"]
+    assert cfg.policies[-1].type == "ottl_condition"
     assert cfg.decision_wait == 10.0 and cfg.num_traces == 100
     assert cfg.decision_cache.sampled_cache_size == 100_000
-    # test-policy-13 of the README is an OTTL condition: the one policy type gotel lacks, named as such
-    lacking = dict(README, policies=[*README["policies"], {
-        "name": "test-policy-13", "type": "ottl_condition",
-        "ottl_condition": {"error_mode": "ignore", "span": ['attributes["test_attr_key_1"] == "test_attr_val_1"']}}])
+
+
+async def test_ottl_condition_samples_on_a_span_or_a_span_event_condition() -> None:
+    rig = Rig(cfg_of(OTTL_POLICY))
+    key2 = {"test_attr_key_2": "test_attr_val_1"}  # makes the second span condition false
+    quiet_event = {"name": "test_span_event_name", "attrs": {"test_event_attr_key_2": "test_event_attr_val_1"}}
+    kept = await rig.run({
+        1: [{"attrs": {"test_attr_key_1": "test_attr_val_1", **key2}}],   # first span condition
+        2: [{"attrs": key2}],                                             # nothing holds, no events
+        3: [{"attrs": {}}],                                               # a missing attribute != a value: true
+        4: [{"attrs": key2, "events": [quiet_event]}],                    # neither event condition holds
+        5: [{"attrs": key2, "events": [quiet_event, dict(quiet_event, name="retry")]}],  # event name differs
+        6: [{"attrs": key2}, {"attrs": key2, "events": [{"name": "test_span_event_name"}]}],  # 2nd event cond
+        7: [{"attrs": key2}, {"attrs": {"test_attr_key_1": "test_attr_val_1"}}],  # any span of the trace
+    })
+    assert kept == {1, 3, 5, 6, 7}
+
+
+@pytest.mark.parametrize(("mode", "kept"), [("propagate", {2}), ("ignore", {1, 2}), ("silent", {1, 2})])
+async def test_ottl_condition_error_mode(mode: str, kept: set[int], caplog: pytest.LogCaptureFixture) -> None:
+    """Len of an int fails at run time: propagate makes the trace not sampled (the collector's policy
+    returns the error), ignore and silent treat it as no match and go on to the next condition. Trace 2's
+    string attribute has a length (3 > 2): sampled in every mode."""
+    rig = Rig(cfg_of({"name": "o", "type": "ottl_condition", "ottl_condition": {
+        "error_mode": mode, "span": ['Len(attributes["n"]) > 2', 'name == "keep"']}}))
+    assert await rig.run({1: [{"name": "keep", "attrs": {"n": 5}}], 2: [{"name": "other", "attrs": {"n": "abc"}}]}) == kept
+    assert ("failed: Len: unsupported target type" in caplog.text) == (mode == "ignore")
+
+
+@pytest.mark.parametrize(("block", "error"), [
+    ({"span": ['attributes["k" == "v"']}, "span[0]"),
+    ({"spanevent": ['IsMatch(nme, "x")']}, "spanevent[0]"),
+    ({"error_mode": "ignore"}, "at least one span or spanevent condition is required"),
+])
+def test_ottl_condition_a_condition_gotel_cannot_evaluate_is_a_config_error(block: dict[str, Any], error: str) -> None:
     with pytest.raises(ValidationError) as e:
-        Config.model_validate(lacking)
-    assert "type 'ottl_condition' is the collector's, gotel's tail_sampling does not have it" in str(e.value)
+        Config.model_validate(cfg_of({"name": "o", "type": "ottl_condition", "ottl_condition": block}))
+    assert error in str(e.value), str(e.value)
 
 
 @pytest.mark.parametrize(("policy", "traces", "kept"), [
@@ -552,12 +602,12 @@ def test_gotel_validate_names_a_bad_key_and_a_missing_policy_type_with_their_pla
     f = tmp_path / "c.yaml"
     f.write_text(_pipeline_yaml({"decision_wait": "5s", "policies": [
         {"name": "slow", "type": "latency", "latency": {"threshold_ms": 100, "upper_treshold_ms": 200}},
-        {"name": "ts", "type": "ottl_condition", "ottl_condition": {"span": ['name == "x"']}}]}))
+        {"name": "ts", "type": "ottl_conditoin", "ottl_condition": {"span": ['name == "x"']}}]}))
     assert main(["validate", "-c", str(f)]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3, err
     assert err[0].startswith(f"{f}:") and "processors::tail_sampling::policies::0::latency::upper_treshold_ms" in err[0]
-    assert "processors::tail_sampling::policies::1" in err[1] and "type 'ottl_condition' is the collector's" in err[1]
+    assert "processors::tail_sampling::policies::1" in err[1] and "unknown type 'ottl_conditoin'" in err[1]
     assert err[2] == f"{f}: 2 errors"
 
 

@@ -14,7 +14,7 @@ The ratios printed are against the decode+encode pass-through (the issue's goal:
 the bytes pass-through is printed too. A last run acts on keys no span has: the processor finds that in
 the request's bytes and passes them on without parsing.
 
-    .venv/bin/python bench/processors/attributes.py [--requests N]
+    .venv/bin/python bench/processors/_attributes.py [--requests N]
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ gotel's eBPF HTTP server spans (bench/pipeline's builder). Scenarios:
 Rounds alternate pass-through and filter; the best round of each is kept, in spans per CPU-second of the
 process (the box is shared: wall time would count other processes' turns on the core).
 
-    .venv/bin/python bench/processors/filter.py [--requests N] [--rounds R]
+    .venv/bin/python bench/processors/_filter.py [--requests N] [--rounds R]
 """
 
 from __future__ import annotations

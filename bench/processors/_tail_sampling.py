@@ -11,7 +11,7 @@ serialized again (what any processor that looks inside pays), timed with the CPU
 Memory: 50,000 traces held (decision_wait longer than the run), with the Python heap measured by
 tracemalloc against the processor's own byte accounting (`max_buffered_bytes` charges), and RSS growth.
 
-    .venv/bin/python bench/processors/tail_sampling.py [--requests N]
+    .venv/bin/python bench/processors/_tail_sampling.py [--requests N]
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def memory_at_50000() -> None:
+def memory_at_50000(quiet: bool = False) -> dict[str, float]:
     from gotel.pdata.batch import Traces
 
     n_traces = 50_000
@@ -162,11 +162,15 @@ def memory_at_50000() -> None:
     held = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     wire = sum(len(c) for tr in p.traces.values() for c in tr.chunks)
+    out = {"traces": len(p.traces), "held": held, "charged": p.bytes, "wire": wire, "rss": rss() - rss0}
+    if quiet:
+        return out
     print(f"num_traces 50000: {len(p.traces):,} traces held ({len(p.traces) * SPANS_PER_TRACE:,} spans), "
           f"{wire / 1e6:.1f} MB of span wire bytes")
     print(f"  charged against max_buffered_bytes {p.bytes / 1e6:8.1f} MB")
     print(f"  Python heap held (tracemalloc)     {held / 1e6:8.1f} MB  ({held / p.bytes:.2f}x the charge)")
     print(f"  RSS growth                         {(rss() - rss0) / 1e6:8.1f} MB  (tracemalloc's own tables included)")
+    return out
 
 
 def main() -> None:

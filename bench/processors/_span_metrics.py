@@ -3,12 +3,12 @@ pipeline measured in the same run, and its memory at 100,000 distinct series.
 
 Each step gets a 1000-span request as wire bytes (50 span names, one resource), as the pipeline gets it
 from a receiver: the pass-through parses and re-encodes it (what any component that looks inside a
-batch pays, as in bench/processors/attributes.py); span_metrics parses it and counts every span
+batch pays, as in bench/processors/_attributes.py); span_metrics parses it and counts every span
 (its metrics go to a sink that drops them). CPU time of this process, pinned to one core. Memory is
 the growth of the Python heap (tracemalloc) after 100,000 spans of distinct names, with the default
 histogram (17 buckets per series).
 
-    .venv/bin/python bench/processors/span_metrics.py [--seconds S]
+    .venv/bin/python bench/processors/_span_metrics.py [--seconds S]
 """
 
 from __future__ import annotations

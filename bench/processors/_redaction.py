@@ -8,7 +8,7 @@ pass-through baseline is the same round with a step that reads every span but ch
 pipeline's cost once any processor looks inside the data); "bytes untouched" is the round with no
 step at all (the receiver's bytes go straight to the exporter). Prints spans/s and the ratios.
 
-    .venv/bin/python bench/processors/redaction.py [--spans N]
+    .venv/bin/python bench/processors/_redaction.py [--spans N]
 """
 
 from __future__ import annotations
