@@ -14,6 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from gotel.pdata.batch import attr_dict
+from tests.helpers.otlp_sink import OTLPGrpcSink
+
 GOTEL = str(Path(sys.executable).with_name("gotel"))
 
 
@@ -113,3 +116,9 @@ def alive(pid: int) -> bool:
         return state != "Z"
     except OSError:
         return False
+
+
+def spans_of(sink: OTLPGrpcSink) -> list[tuple[dict[str, Any], Any]]:
+    """(resource attributes, span) of every span the sink received."""
+    return [(attr_dict(rs.resource.attributes), s) for r in list(sink.received.traces) for rs in r.resource_spans
+            for ss in rs.scope_spans for s in ss.spans]

@@ -22,13 +22,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def sink() -> Iterator[OTLPGrpcSink]:
-    s = OTLPGrpcSink().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
 def agents() -> Iterator[list[Agent]]:
     started: list[Agent] = []
     yield started

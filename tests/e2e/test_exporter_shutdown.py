@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -19,13 +18,6 @@ from tests.helpers.otlp_sink import OTLPGrpcSink
 
 pytestmark = pytest.mark.slow
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-
-
-@pytest.fixture
-def sink() -> Iterator[OTLPGrpcSink]:
-    s = OTLPGrpcSink().start()
-    yield s
-    s.stop()
 
 
 def send_spans(port: int, requests: int, per_request: int, start: int = 0) -> None:

@@ -6,30 +6,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gotel.pdata.batch import attr_dict
-from tests.e2e.agent import Agent
+from tests.e2e.agent import Agent, spans_of
 from tests.helpers import goapps
 from tests.helpers.otlp_sink import OTLPGrpcSink
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def sink() -> Iterator[OTLPGrpcSink]:
-    s = OTLPGrpcSink().start()
-    yield s
-    s.stop()
-
-
-def spans_of(sink: OTLPGrpcSink) -> list[tuple[dict[str, Any], Any]]:
-    return [(attr_dict(rs.resource.attributes), s) for r in list(sink.received.traces) for rs in r.resource_spans
-            for ss in rs.scope_spans for s in ss.spans]
 
 
 def server(toolchain: str, service: str) -> goapps.RunningApp:

@@ -11,7 +11,6 @@ import stat
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,6 @@ from tests.helpers.otlp_sink import OTLPGrpcSink
 pytestmark = pytest.mark.slow
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 PER_REQUEST = 100
-
-
-@pytest.fixture
-def sink() -> Iterator[OTLPGrpcSink]:
-    s = OTLPGrpcSink().start()
-    yield s
-    s.stop()
 
 
 def config(port: int, sink: OTLPGrpcSink, storage_dir: Path) -> str:

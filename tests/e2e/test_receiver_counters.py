@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,6 @@ from tests.helpers.otlp_sink import OTLPGrpcSink
 
 pytestmark = pytest.mark.slow
 PER_PROCESS = 600
-
-
-@pytest.fixture
-def sink() -> Iterator[OTLPGrpcSink]:
-    s = OTLPGrpcSink().start()
-    yield s
-    s.stop()
 
 
 def _restarted(a: Agent, old: int, timeout: float = 15.0) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,6 @@ from tests.helpers.otlp_sink import OTLPGrpcSink
 
 pytestmark = pytest.mark.slow
 N = 2000
-
-
-@pytest.fixture
-def sink() -> Iterator[OTLPGrpcSink]:
-    s = OTLPGrpcSink().start()
-    yield s
-    s.stop()
 
 
 async def send(port: int, ids: list[bytes]) -> None:
