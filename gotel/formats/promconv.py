@@ -436,7 +436,7 @@ class Converter:
         return len(old)
 
 
-class _Emitter(list):  # type: ignore[type-arg]
+class _Emitter(list[Series]):
     """A list whose append() hands the series to a callback (convert()'s emit)."""
 
     def __init__(self, fn: Callable[[Series], None]) -> None:

@@ -79,7 +79,7 @@ class StructIndex:
         self._params: dict[str, tuple[str, ...] | None] = {}
         self._info = b""
         if dwarf is not None:
-            self._info = dwarf.debug_info_sec.stream.getvalue()  # type: ignore[union-attr]
+            self._info = dwarf.debug_info_sec.stream.getvalue()  # type: ignore[union-attr]  # pyelftools: an in-memory stream here
             # Every abbreviation table in use (with cgo, C units from the external linker have their own).
             tables = {cu["debug_abbrev_offset"] for cu in dwarf.iter_CUs()}
             prefixes: set[bytes] = set()

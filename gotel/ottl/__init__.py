@@ -118,7 +118,7 @@ class ConditionSet:
         self.item_proofs: list[Needs] = [None if error_mode == "propagate" and c.may_fail else c.item_needs
                                          for c in self.conditions]
         if len(self._evals) == 1:
-            self.matches = self._match_one  # type: ignore[method-assign]
+            self.matches = self._match_one  # type: ignore[method-assign]  # one condition: its fast path
 
     def cannot_match(self, raw: bytes) -> bool:
         """True when raw (a whole request) holds none of the bytes every match needs."""

@@ -56,9 +56,9 @@ def _string_valued(n: Node, scope: _Scope) -> bool:
     """A path whose value, when it is a string, is that string's bytes on the wire (an attribute value,
     a map body's entry, a string field): equal to a string literal means those bytes are there."""
     f = _field(n, scope)
-    assert f is None or isinstance(n, Path)
-    return f is not None and ((f in ("attributes", "body") and (f == "body" or bool(n.keys)))  # type: ignore[attr-defined]
-                              or (f in _STRING_FIELDS and not n.keys))  # type: ignore[attr-defined]
+    if f is None or not isinstance(n, Path):
+        return False
+    return (f in ("attributes", "body") and (f == "body" or bool(n.keys))) or (f in _STRING_FIELDS and not n.keys)
 
 
 def _regex_literal(pattern: str) -> str | None:
@@ -89,7 +89,7 @@ def _required(n: Node, scope: _Scope) -> Needs:
         # only string fields: IsMatch reads a number, a map or bytes as its JSON or hex text
         target = n.args[0]
         if _field(target, scope) in _STRING_FIELDS and isinstance(pat, Literal) and isinstance(pat.value, str) \
-                and not target.keys:  # type: ignore[attr-defined]
+                and isinstance(target, Path) and not target.keys:
             lit = _regex_literal(pat.value)
             return frozenset({lit.encode()}) if lit else None
         return None
@@ -100,9 +100,10 @@ def _required(n: Node, scope: _Scope) -> Needs:
         if n.op == "and":
             known = [p for p in parts if p is not None]
             return min(known, key=len) if known else None
-        if any(p is None for p in parts):
+        sets = [p for p in parts if p is not None]
+        if len(sets) < len(parts):
             return None
-        return frozenset().union(*parts)  # type: ignore[arg-type]
+        return frozenset[bytes]().union(*sets)
     if isinstance(n, Not):
         return None
     return None
@@ -131,6 +132,7 @@ def may_fail(n: Node) -> bool:
 
 def required_any(needs: list[Needs]) -> Needs:
     """For conditions ORed: all of them must give a proof."""
-    if any(x is None for x in needs):
+    sets = [x for x in needs if x is not None]
+    if len(sets) < len(needs):
         return None
-    return frozenset().union(*needs)  # type: ignore[arg-type]
+    return frozenset[bytes]().union(*sets)

@@ -36,7 +36,8 @@ def _hex_to_b64(v: str) -> str:
 
 def to_dict(msg: Message) -> dict[str, Any]:
     d = json_format.MessageToDict(msg, use_integers_for_enums=True, preserving_proto_field_name=False)
-    return _convert(d, _b64_to_hex)  # type: ignore[no-any-return]
+    out: dict[str, Any] = _convert(d, _b64_to_hex)
+    return out
 
 
 def to_json(msg: Message) -> str:

@@ -131,9 +131,8 @@ class LocalProcessSource:
             if not listeners:
                 continue
             try:
-                ns: str | None = f"/proc/{pid}/ns/net"
-                if netns_id(ns) == self._own_ns:  # type: ignore[arg-type]
-                    ns = None
+                own_path = f"/proc/{pid}/ns/net"
+                ns: str | None = None if netns_id(own_path) == self._own_ns else own_path
             except OSError:
                 continue
             start = process_start_time(pid)

@@ -76,7 +76,7 @@ R = TypeVar("R", bound=MetricReader)
 def _refreshing(cls: type[R], bridge_ref: list[_Bridge]) -> type[R]:
     """A reader class whose every collection first refreshes the bridge's snapshot."""
 
-    class Refreshing(cls):  # type: ignore[valid-type,misc]
+    class Refreshing(cls):  # type: ignore[valid-type,misc]  # a class from a type variable: mypy cannot follow
         def collect(self, timeout_millis: float = 10_000) -> None:
             for b in bridge_ref:
                 b.refresh()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from gotel.component.ids import Kind
-from gotel.config import ConfigError, load_config
+from gotel.config.loader import load_config
+from gotel.config.model import ConfigError
 from gotel.config.ports import listeners
 from gotel.pdata.batch import attr_dict
 from gotel.telemetry.counters import Telemetry

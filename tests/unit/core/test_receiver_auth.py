@@ -18,7 +18,8 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tgrpc
 
-from gotel.config import ConfigError, load_config
+from gotel.config.loader import load_config
+from gotel.config.model import ConfigError
 from gotel.extensions.htpasswd import HtpasswdError, parse, verify
 from gotel.service.server import StartupError
 from gotel.service.service import Service
