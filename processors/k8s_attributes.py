@@ -381,6 +381,7 @@ class K8sAttributesProcessor(Processor):
             ok = await asyncio.to_thread(self.store.wait_synced, self.cfg.wait_for_metadata_timeout)
             if not ok:
                 err = self.store.last_error() or "no answer"
+                await self.shutdown()  # a start that fails leaves no informer thread behind
                 raise RuntimeError(
                     f"{self.ctx.id}: Kubernetes metadata not synced within {self.cfg.wait_for_metadata_timeout:g}s "
                     f"(wait_for_metadata): {err}")
