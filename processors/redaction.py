@@ -395,34 +395,7 @@ class Redactor:
         masked: list[str] = []
         allowed: list[str] = []
         ignored: list[str] = []
-        kind = body.WhichOneof("value")
-        if kind == "kvlist_value":
-            drop: list[str] = []
-            for kv in body.kvlist_value.values:
-                k = kv.key
-                if self.ignore_key(k):
-                    ignored.append(k)
-                elif self.redact_key(k):
-                    drop.append(k)
-                elif self.mask_key(k):
-                    masked.append(k)
-                    s = kv.value.string_value if kv.value.WhichOneof("value") == "string_value" else ""
-                    kv.value.string_value = self.mask_all(s)
-                else:
-                    self._body_value(k, kv.value, redacted, masked, allowed, ignored)
-            _remove_keys(body.kvlist_value.values, drop)
-            redacted.extend(drop)
-        elif kind == "array_value":
-            for i, v in enumerate(body.array_value.values):
-                self._body_value(f"[{i}]", v, redacted, masked, allowed, ignored)
-        else:
-            s = as_string(body)
-            if self.allow_value(s):
-                return
-            new = self.process_string(s)
-            if new != s:
-                masked.append("body")
-                body.string_value = new
+        self._body_value("", body, redacted, masked, allowed, ignored)
         self.summarize(attrs, redacted, BODY + "redacted.keys", BODY + "redacted.count")
         self.summarize(attrs, masked, BODY + "masked.keys", BODY + "masked.count")
         self.summarize(attrs, allowed, BODY + "allowed.keys", BODY + "allowed.count")
@@ -430,15 +403,20 @@ class Redactor:
 
     def _body_value(self, path: str, v: Any, redacted: list[str], masked: list[str], allowed: list[str],
                     ignored: list[str]) -> None:
+        """One value of a log body, map entries and array items by path ("" for the body itself: its
+        keys are named bare, and a masked string body is named "body")."""
         kind = v.WhichOneof("value")
         if kind == "kvlist_value":
             drop: list[str] = []
+            dropped: list[str] = []
             for kv in v.kvlist_value.values:
-                k, sub = kv.key, f"{path}.{kv.key}"
+                k = kv.key
+                sub = f"{path}.{k}" if path else k
                 if self.ignore_key(k):
                     ignored.append(sub)
                 elif self.redact_key(k):
                     drop.append(k)
+                    dropped.append(sub)
                 elif self.mask_key(k):
                     masked.append(sub)
                     s = kv.value.string_value if kv.value.WhichOneof("value") == "string_value" else ""
@@ -446,18 +424,19 @@ class Redactor:
                 else:
                     self._body_value(sub, kv.value, redacted, masked, allowed, ignored)
             _remove_keys(v.kvlist_value.values, drop)
-            redacted.extend(f"{path}.{k}" for k in drop)
+            redacted.extend(dropped)
         elif kind == "array_value":
             for i, item in enumerate(v.array_value.values):
-                self._body_value(f"{path}.[{i}]", item, redacted, masked, allowed, ignored)
+                self._body_value(f"{path}.[{i}]" if path else f"[{i}]", item, redacted, masked, allowed, ignored)
         else:
             s = as_string(v)
             if self.allow_value(s):
-                allowed.append(path)
+                if path:
+                    allowed.append(path)
                 return
             new = self.process_string(s)
             if new != s:
-                masked.append(path)
+                masked.append(path or "body")
                 v.string_value = new
 
     # --- pprof labels: masked in place, never removed (indices into the table must stay valid) ---
