@@ -33,7 +33,13 @@ def run(args: argparse.Namespace) -> int:
         level = "warning" if configured == "warn" else configured
         logging.getLogger().setLevel(level.upper())
 
+    from gotel.forkserver import prefork
     from gotel.service.service import Service
+
+    # the fork server forked from here, before any thread: it and the receiver processes share our imports
+    used = {rid for p in cfg.service.pipelines.values() for rid in p.receivers}
+    prefork(sorted({cfg.receivers[r].factory.type for r in used
+                    if r in cfg.receivers and not cfg.receivers[r].factory.in_process}))
 
     async def main() -> int:
         return await Service(cfg, log_level=level).run()
