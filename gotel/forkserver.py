@@ -74,6 +74,9 @@ def preload(receiver_types: Sequence[str]) -> None:
     if needs_bpf:
         with contextlib.suppress(Exception):
             importlib.import_module("bcc")  # libbcc's relocated LLVM: 12 MB written at load, shared
+            from gotel.memory import drop_code
+
+            drop_code()  # what LLVM's constructors ran at load: the receivers' compiles fault in their own
 
 
 def _child(argv: list[str], fds: list[int], closing: Sequence[int]) -> None:
@@ -184,9 +187,11 @@ def prefork(receiver_types: Sequence[str]) -> bool:
     again by an exec'd server. Both sides freeze what exists now out of the collector's way (a
     collection writes each object's header and would unshare its page). False, and nothing done,
     when it is turned off, when there is no receiver process to fork, or when a thread runs already
-    (a fork would copy its locks): the supervisor then execs the server as before."""
+    (a fork would copy its locks), or with GOTEL_NO_PREFORK=1 (bench/footprint's baseline): the
+    supervisor then execs the server as before."""
     global _preforked
-    if not enabled() or not receiver_types or _preforked is not None or _threads() != 1:
+    if (not enabled() or os.environ.get("GOTEL_NO_PREFORK", "") not in ("", "0") or not receiver_types
+            or _preforked is not None or _threads() != 1):
         return False
     try:
         os.close(os.pidfd_open(os.getpid()))  # OSError before Linux 5.3: receivers are exec'd then
