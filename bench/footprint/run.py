@@ -8,14 +8,18 @@ would make the figure theirs) runs with `gotel run` while it traces the grpcapp 
 a client drives with calls. Measured in the same run, one after the other against the same server:
 
 * a bare Python interpreter (`python -c` sleeping): the floor of any Python process here;
-* "before": the agent with GOTEL_NO_TRIM=1 GOTEL_NO_FORKSERVER=1: no malloc_trim, no arena cap
-  (gotel.host.memory), every receiver process a fresh interpreter (no gotel.service.forkserver);
+* "before": the agent with GOTEL_NO_TRIM=1 GOTEL_NO_FORKSERVER=1: no malloc_trim, no arena cap, the
+  compiler's code pages left mapped (gotel.host.memory), every receiver process a fresh interpreter;
 * "trim only": GOTEL_NO_FORKSERVER=1;
-* "shipped": the agent as it ships (trims, and receiver processes forked from the fork server).
+* "exec'd fork server": GOTEL_NO_PREFORK=1: receiver processes forked from a fork server that is a fresh
+  interpreter (imports of its own), as before the fork server was forked from `gotel run` itself;
+* "shipped": the agent as it ships (trims, compiler code dropped, receiver processes forked from a fork
+  server forked from `gotel run` before its event loop: one copy of the imports for the whole tree).
 
 Start-up peak: the largest PSS sum over the agent's tree while it starts and attaches (sampled every
-0.1 s), and each process's VmHWM (peak RSS, shared pages counted in full). Steady: the median of five
-samples, one a second, after the calls and --settle seconds. The tree is found by pid, never by name.
+0.1 s), the largest PSS of each process over those samples, and each process's VmHWM (peak RSS, shared
+pages counted in full). Steady: the median of five samples, one a second, after the calls and --settle
+seconds. The tree is found by pid, never by name.
 Goal (issue 20): steady PSS <= 200 MB in all. Never fails on the figures: it prints them and ratios.
 Needs root (the eBPF receivers). docs/performance.md explains the figures.
 """
@@ -45,6 +49,7 @@ MB = 1e6 / 1024  # KiB per MB (the issue's figures are in MB)
 class Run:
     label: str
     peak_pss: float  # MB, largest sum over the tree during start-up
+    peak_each: dict[str, float]  # MB, largest PSS of each process during start-up
     steady: list[ProcMem]  # the median sample's processes
     steady_pss: float  # MB, median of the samples' sums
     hwm: dict[str, float]  # MB VmHWM per process name, at the end
@@ -85,15 +90,23 @@ def run_agent(label: str, env_extra: dict[str, str], server: goapps.RunningApp, 
     try:
         t0 = time.monotonic()
         peak = 0.0
+        peak_each: dict[str, float] = {}
+
+        def sample() -> float:
+            mems = tree_mem(agent.pid)
+            for m in mems:
+                peak_each[m.name] = max(peak_each.get(m.name, 0.0), _mb(m.kib["Pss"]))
+            return _mb(sum(m.kib["Pss"] for m in mems))
+
         traced = f"traced pid {server.pid} "
         while traced not in log.read_text(errors="replace"):
             if agent.poll() is not None or time.monotonic() - t0 > 180:
                 raise SystemExit(f"{label}: agent did not trace the server:\n{log.read_text(errors='replace')[-3000:]}")
-            peak = max(peak, _mb(sum(m.kib["Pss"] for m in tree_mem(agent.pid))))
+            peak = max(peak, sample())
             time.sleep(0.1)
         startup = time.monotonic() - t0
         for _ in range(20):  # the other receivers may still be starting
-            peak = max(peak, _mb(sum(m.kib["Pss"] for m in tree_mem(agent.pid))))
+            peak = max(peak, sample())
             time.sleep(0.1)
         goapps.run("grpcapp", "client", "-target", f"127.0.0.1:{server.ports['grpc']}", "-n", str(calls),
                    toolchain="go1.27")
@@ -106,7 +119,7 @@ def run_agent(label: str, env_extra: dict[str, str], server: goapps.RunningApp, 
         samples.sort(key=lambda s: s[0])
         steady = samples[len(samples) // 2][1]
         hwm = {m.name: _mb(m.hwm_kib) for m in tree_mem(agent.pid)}
-        return Run(label, peak, steady, _mb(sum(m.kib["Pss"] for m in steady)), hwm, startup)
+        return Run(label, peak, peak_each, steady, _mb(sum(m.kib["Pss"] for m in steady)), hwm, startup)
     finally:
         agent.send_signal(signal.SIGTERM)
         try:
@@ -130,29 +143,37 @@ def main() -> None:
             runs = [run_agent(label, env, server, args.calls, args.settle, Path(tmp)) for label, env in (
                 ("before", {"GOTEL_NO_TRIM": "1", "GOTEL_NO_FORKSERVER": "1"}),
                 ("trim only", {"GOTEL_NO_FORKSERVER": "1"}),
+                ("exec'd fork server", {"GOTEL_NO_PREFORK": "1"}),
                 ("shipped", {}))]
     finally:
         server.stop()
-    before, trim_only, after = runs
+    before, trim_only, execd, after = runs
     nan = float("nan")
     print(f"bare Python interpreter: {bare:.1f} MB PSS")
-    print("steady PSS per process (MB): before | trim only | shipped | shipped/before   [shipped: private MB; "
-          "PSS anon / file]")
+    print("steady PSS per process (MB): before | trim only | exec'd fork server | shipped | shipped/before   "
+          "[shipped: private MB; PSS anon / file]")
     pss = [{m.name: _mb(m.kib["Pss"]) for m in r.steady} for r in runs]
     names = list(dict.fromkeys([m.name for r in runs for m in r.steady]))
     shipped = {m.name: m for m in after.steady}
     for name in names:
-        b, t, a = (p.get(name, nan) for p in pss)
+        b, t, e, a = (p.get(name, nan) for p in pss)
         m = shipped.get(name)
         extra = (f"[{_mb(m.kib['Private_Clean'] + m.kib['Private_Dirty']):6.1f}; {_mb(m.kib.get('Pss_Anon', 0)):6.1f} / "
                  f"{_mb(m.kib.get('Pss_File', 0)):6.1f}]") if m else ""
-        print(f"  {name:<22} {b:7.1f} | {t:7.1f} | {a:7.1f} | {a / b:5.2f}x   {extra}")
-    print(f"  {'total':<22} {before.steady_pss:7.1f} | {trim_only.steady_pss:7.1f} | {after.steady_pss:7.1f} | "
+        print(f"  {name:<22} {b:7.1f} | {t:7.1f} | {e:7.1f} | {a:7.1f} | {a / b:5.2f}x   {extra}")
+    print(f"  {'total':<22} {before.steady_pss:7.1f} | {trim_only.steady_pss:7.1f} | {execd.steady_pss:7.1f} | "
+          f"{after.steady_pss:7.1f} | "
           f"{after.steady_pss / before.steady_pss:5.2f}x   (goal <= 200 MB: {'met' if after.steady_pss <= 200 else 'NOT met'})")
     print(f"  = {after.steady_pss / bare:.1f}x a bare Python interpreter")
     print(f"start-up peak, PSS summed over the tree (MB): before {before.peak_pss:.1f} | trim only "
-          f"{trim_only.peak_pss:.1f} | shipped {after.peak_pss:.1f} | {after.peak_pss / before.peak_pss:.2f}x")
-    print("start-up peak RSS per process, VmHWM (MB; shared pages counted in each): before | trim only | shipped")
+          f"{trim_only.peak_pss:.1f} | exec'd fork server {execd.peak_pss:.1f} | shipped {after.peak_pss:.1f} | "
+          f"{after.peak_pss / before.peak_pss:.2f}x")
+    print("start-up peak PSS per process, the largest reading while it started (MB): "
+          "before | trim only | exec'd fork server | shipped")
+    for name in names:
+        print(f"  {name:<22} " + " | ".join(f"{r.peak_each.get(name, nan):7.1f}" for r in runs))
+    print("start-up peak RSS per process, VmHWM (MB; shared pages counted in each): "
+          "before | trim only | exec'd fork server | shipped")
     for name in names:
         print(f"  {name:<22} " + " | ".join(f"{r.hwm.get(name, nan):7.1f}" for r in runs))
     print("time until go_ebpf traced the server (s): " + " | ".join(f"{r.label} {r.startup_s:.1f}" for r in runs))

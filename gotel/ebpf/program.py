@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gotel.ebpf.checks import require_bpf
-from gotel.host.memory import trim
+from gotel.host.memory import drop_code, trim
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ class BpfProgram:
         self._rings: list[tuple[Any, list[bytes]]] = []  # (gotel.ebpf.ringbuf.RingReader, records)
         self.bpf = BPF(text=text.encode(), cflags=flags)
         trim()  # clang/LLVM's freed heap: tens of MB per compile otherwise stay with the process
+        drop_code()  # and the compiler's code pages the compile touched (left to the page cache)
         self._binaries: dict[Hashable, _Attached] = {}  # by BinaryKey, or (BinaryKey, pid)
         self._closed = False
 

@@ -74,6 +74,9 @@ def preload(receiver_types: Sequence[str]) -> None:
     if needs_bpf:
         with contextlib.suppress(Exception):
             importlib.import_module("bcc")  # libbcc's relocated LLVM: 12 MB written at load, shared
+            from gotel.host.memory import drop_code
+
+            drop_code()  # what LLVM's constructors ran at load: the receivers' compiles fault in their own
 
 
 def _child(argv: list[str], fds: list[int], closing: Sequence[int]) -> None:
@@ -147,20 +150,79 @@ def serve(sock: socket.socket) -> None:
             os.close(pidfd)
 
 
-def main(argv: Sequence[str]) -> int:
-    """`python -m gotel.service.forkserver FD PARENT TYPE...`: FD is the socket, PARENT the supervisor's pid."""
-    fd, parent, *types = argv
+def _become_server(sock: socket.socket, parent: int, types: Sequence[str]) -> int:
     libc = ctypes.CDLL(None)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     libc.prctl(PR_SET_NAME, SERVER_NAME.encode(), 0, 0, 0)
-    if os.getppid() != int(parent):
+    if os.getppid() != parent:
         return 1
-    sock = socket.socket(fileno=int(fd))
     preload(types)
     gc.collect()
     gc.freeze()
     serve(sock)
     return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """`python -m gotel.service.forkserver FD PARENT TYPE...`: FD is the socket, PARENT the supervisor's pid."""
+    fd, parent, *types = argv
+    return _become_server(socket.socket(fileno=int(fd)), int(parent), types)
+
+
+# A server forked by `gotel run` itself before its event loop starts (prefork): (pid, our socket end).
+_preforked: tuple[int, socket.socket] | None = None
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 0
+
+
+def prefork(receiver_types: Sequence[str]) -> bool:
+    """Forks the fork server from the supervisor itself, before its event loop and threads start, so
+    that the supervisor's imports (pydantic, gRPC, protobuf, gotel's core and every plugin the config
+    names) are shared copy-on-write with the fork server and every receiver process, not imported
+    again by an exec'd server. Both sides freeze what exists now out of the collector's way (a
+    collection writes each object's header and would unshare its page). False, and nothing done,
+    when it is turned off, when there is no receiver process to fork, or when a thread runs already
+    (a fork would copy its locks), or with GOTEL_NO_PREFORK=1 (bench/footprint's baseline): the
+    supervisor then execs the server as before."""
+    global _preforked
+    if (not enabled() or os.environ.get("GOTEL_NO_PREFORK", "") not in ("", "0") or not receiver_types
+            or _preforked is not None or _threads() != 1):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))  # OSError before Linux 5.3: receivers are exec'd then
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except OSError:
+        return False
+    parent = os.getpid()
+    gc.collect()
+    gc.freeze()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ours.close()
+            os.setsid()  # as start_new_session gives the exec'd one: a terminal's Ctrl-C reaches the supervisor
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
+            os.close(devnull)
+            code = _become_server(theirs, parent, receiver_types)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    theirs.close()
+    _preforked = (pid, ours)
+    return True
 
 
 if __name__ == "__main__":
@@ -208,11 +270,44 @@ class ForkedProcess:
         self.send_signal(signal.SIGKILL)
 
 
+class _PreforkedServer:
+    """The part of asyncio.subprocess.Process the client uses, for a server `gotel run` forked itself
+    (asyncio's child watcher does not know it: this reaps it)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._pidfd = os.pidfd_open(pid)
+        self.returncode: int | None = None
+
+    async def wait(self) -> int:
+        if self.returncode is None:
+            loop = asyncio.get_running_loop()
+            exited: asyncio.Future[None] = loop.create_future()
+
+            def readable() -> None:
+                if not exited.done():
+                    exited.set_result(None)
+
+            loop.add_reader(self._pidfd, readable)
+            try:
+                await exited
+            finally:
+                loop.remove_reader(self._pidfd)
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+            os.close(self._pidfd)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+
 class ForkServerClient:
     """Starts the fork server, asks it for receiver processes, and learns how they ended."""
 
     def __init__(self) -> None:
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: asyncio.subprocess.Process | _PreforkedServer | None = None
         self.sock: socket.socket | None = None
         self._pending: list[asyncio.Future[tuple[int, int]]] = []
         self._children: dict[int, ForkedProcess] = {}
@@ -228,6 +323,16 @@ class ForkServerClient:
         return self.proc.pid
 
     async def start(self, receiver_types: Sequence[str]) -> None:
+        """Takes the server `gotel run` preforked when there is one, else execs one."""
+        global _preforked
+        if _preforked is not None:
+            pid, ours = _preforked
+            _preforked = None
+            self.proc = _PreforkedServer(pid)
+            ours.setblocking(False)
+            self.sock = ours
+            asyncio.get_running_loop().add_reader(ours.fileno(), self._on_message)
+            return
         os.close(os.pidfd_open(os.getpid()))  # OSError before Linux 5.3: then receivers are exec'd
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:

@@ -56,21 +56,29 @@ def tree(root: int) -> list[int]:
     return out
 
 
+def _comm(pid: int | None) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
 def _name(pid: int) -> str:
     """'gotel run' for the supervisor, 'receiver go_ebpf' for a receiver process, 'forkserver' for the
     process the receiver processes are forked from, else the command."""
+    from gotel.service.forkserver import SERVER_NAME
+
+    comm = _comm(pid)
+    if comm == SERVER_NAME:  # forked by `gotel run` (its command line) or exec'd (python -m gotel.service.forkserver)
+        return "forkserver"
+    if _comm(_ppid(pid)) == SERVER_NAME:  # a receiver process it forked, named by its type
+        return f"receiver {comm}"
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
     except OSError:
         return "?"
-    if "gotel.service.forkserver" in argv:  # the fork server, or a receiver process it forked (named by comm)
-        try:
-            with open(f"/proc/{pid}/comm") as f:
-                comm = f.read().strip()
-        except OSError:
-            return "?"
-        return "forkserver" if comm == "gotel-fork" else f"receiver {comm}"
     if "receiver" in argv and argv.index("receiver") + 1 < len(argv):
         return "receiver " + argv[argv.index("receiver") + 1]
     if "run" in argv:

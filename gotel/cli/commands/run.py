@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         level = "warning" if configured == "warn" else configured
         logging.getLogger().setLevel(level.upper())
 
+    from gotel.service.forkserver import prefork
     from gotel.service.service import Service
     from gotel.telemetry.sdk.logs import apply_log_config, customised, shutdown_providers
     from gotel.telemetry.sdk.resource import own_resource
@@ -44,6 +45,11 @@ def run(args: argparse.Namespace) -> int:
         from gotel.telemetry.sdk.profiling import start_profiling
 
         start_profiling(tcfg.profiling)
+
+    # the fork server forked from here, before any thread: it and the receiver processes share our imports
+    used = {rid for p in cfg.service.pipelines.values() for rid in p.receivers}
+    prefork(sorted({cfg.receivers[r].factory.type for r in used
+                    if r in cfg.receivers and not cfg.receivers[r].factory.in_process}))
 
     async def main() -> int:
         return await Service(cfg, log_level=level).run()
