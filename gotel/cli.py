@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "traces": ("gotel.commands.traces", "find traces in Jaeger or the file exporter's output; show one as a waterfall"),
     "flame": ("gotel.commands.flame", "flame graph (SVG) and top table of a pprof file, OTLP profile file or live target"),
     "inspect": ("gotel.commands.inspect", "show what gotel can probe in a Go process or binary, and why not"),
+    "diagnose": ("gotel.commands.diagnose", "watch one Go process for a while and report what is wrong, where, and the fix"),
 }
 
 
