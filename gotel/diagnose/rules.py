@@ -327,7 +327,9 @@ def _gc(s: Snapshot, p: Params) -> Outcome:
         t1 = m1.last_gc_unix_ns - s.process_start_unix_ns
         if t1 > t0 > 0:
             frac = (m1.gc_cpu_fraction * t1 - m0.gc_cpu_fraction * t0) / (t1 - t0)
-    pauses = [m1.pause_ns[(n + 255) % 256] for n in range(max(m0.num_gc + 1, m1.num_gc - 255), m1.num_gc + 1)]
+    ring = m1.pause_ns
+    pauses = ([ring[(n + 255) % 256] for n in range(max(m0.num_gc + 1, m1.num_gc - 255), m1.num_gc + 1)]
+              if len(ring) == 256 else [])
     max_pause = max(pauses) / 1e9 if pauses else 0.0
     sites = top_sites_by(s.allocs, "alloc_space", 5)
     secs = s.profile_seconds or w
