@@ -82,3 +82,12 @@ def test_memstats_trailer() -> None:
     assert (m.num_gc, m.gc_cpu_fraction, m.pause_ns[:3], m.last_gc_unix_ns) == (3, 0.0123, [1000, 2000, 3000],
                                                                               1765062250123456789)
     assert parse_memstats("heap profile: no trailer\n", 0.0) is None
+
+
+def test_docs_list_every_threshold_with_its_default() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "diagnose.md").read_text()
+    for r in RULES:
+        for t in r.thresholds:
+            assert f"| `{r.id}` | `{t.name}` | {t.default:g} | {t.unit} |" in doc, (r.id, t.name)

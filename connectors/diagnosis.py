@@ -1,0 +1,277 @@
+"""`diagnosis` connector: the diagnosis rules (gotel/diagnose/rules.py) run over live metrics, per process.
+
+It sits where the collector puts connectors: the exporter of a metrics pipeline and the receiver of a
+logs pipeline (findings as log records, so they land in Loki beside the application's logs) and/or of
+a metrics pipeline (the counter ``gotel.findings`` by rule and severity). Each finding is emitted once
+per episode: when a rule starts finding something for a process at ``min_severity`` or worse; the
+episode ends after ``clear_after`` evaluations without it, and only then may the rule fire again.
+
+Inputs, per process (resource ``process.pid``), from the ``process`` receiver: process.cpu.time,
+process.thread.count, process.schedstat.run_delay/timeslices, process.unix.file_descriptor.count by
+kind, and its cgroup's container.cpu.* series (matched by container.id, else by the process's cgroup
+path read from /proc on this node). Rules whose signals these do not carry (gc, slow_syscall,
+lock_contention, goroutine_leak, deadline, grpc_errors, tcp_retransmits) do not run here yet; they are
+counted as not run (docs/diagnose.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from gotel import procfs
+from gotel.component import ComponentConfig, Connector, ConnectorFactory, Consumer, ConsumerError, Context
+from gotel.config.types import Duration
+from gotel.diagnose.rules import RULES, SEVERITY_RANK, Finding, Report, check_overrides, evaluate
+from gotel.diagnose.signals import ProcSample, Snapshot
+from gotel.otlpbuild import LogsBuilder, MetricsBuilder
+from gotel.pdata import Batch, Signal, attr_dict
+
+SCOPE = "gotel.connectors.diagnosis"
+_LOG_SEVERITY = {"critical": "ERROR", "warning": "WARN", "info": "INFO"}
+
+
+class Config(ComponentConfig):
+    window: Duration = Field(60.0, gt=0, description="how far back each evaluation looks")
+    min_severity: Literal["critical", "warning", "info"] = Field(
+        "warning", description="findings below this severity are not emitted")
+    clear_after: int = Field(2, ge=1, description="evaluations without the finding that end its episode")
+    thresholds: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="per rule id, threshold name -> value (defaults in docs/diagnose.md)")
+    max_processes: int = Field(10000, gt=0, description="processes tracked at once; beyond it new ones are dropped")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        check_overrides(v)
+        return v
+
+
+class _Proc:
+    def __init__(self) -> None:
+        self.samples: deque[ProcSample] = deque()
+        self.resource: dict[str, Any] = {}
+        self.active: dict[str, int] = {}  # rule id -> evaluations since it last found (0 = finding now)
+        self.cg_path: str | None = None
+
+
+class Engine:
+    """Per-process windows of samples and rule episodes; pure, so tests and the benchmark drive it directly."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.procs: dict[int, _Proc] = {}
+        self.dropped_processes = 0
+        self.not_run: dict[str, int] = {}
+        self.evaluations = 0
+
+    def ingest(self, req: Any, now_ns: int | None = None) -> list[tuple[dict[str, Any], Finding]]:
+        """Reads one ExportMetricsServiceRequest; returns the findings that start an episode."""
+        cgroups: dict[str, procfs.CgroupStats] = {}
+        by_cid: dict[str, procfs.CgroupStats] = {}
+        seen: dict[int, ProcSample] = {}
+        for rm in req.resource_metrics:
+            res = attr_dict(rm.resource.attributes)
+            if "gotel.cgroup.path" in res:
+                cg = _cgroup(res, rm)
+                cgroups[cg.path] = cg
+                if res.get("container.id"):
+                    by_cid[str(res["container.id"])] = cg
+                continue
+            pid = res.get("process.pid")
+            if not isinstance(pid, int):
+                continue
+            p = self.procs.get(pid)
+            if p is None:
+                if len(self.procs) >= self.cfg.max_processes:
+                    self.dropped_processes += 1
+                    continue
+                p = self.procs[pid] = _Proc()
+            p.resource = res
+            s = seen.get(pid)
+            if s is None:
+                s = seen[pid] = ProcSample(t=0.0)
+            _fill(s, rm)
+        out: list[tuple[dict[str, Any], Finding]] = []
+        for pid, s in seen.items():
+            p = self.procs[pid]
+            cid = p.resource.get("container.id")
+            s.cgroup = by_cid.get(str(cid)) if cid else None
+            if s.cgroup is None and cgroups:
+                if p.cg_path is None:
+                    p.cg_path = _cgroup_path_of(pid)
+                s.cgroup = cgroups.get(p.cg_path or "")
+            if s.t <= 0:
+                continue
+            p.samples.append(s)
+            while len(p.samples) > 2 and p.samples[-1].t - p.samples[1].t >= self.cfg.window:
+                p.samples.popleft()
+            out.extend((p.resource, f) for f in self._evaluate(pid, p))
+        return out
+
+    def _evaluate(self, pid: int, p: _Proc) -> list[Finding]:
+        if len(p.samples) < 2:
+            return []
+        snap = Snapshot(pid=pid, samples=list(p.samples), target=dict(p.resource))
+        snap.duration_s = p.samples[-1].t - p.samples[0].t
+        snap.missing = {"memstats": "needs MemStats (gotel diagnose reads them from pprof)",
+                        "goroutine_dumps": "needs goroutine dumps", "contention": "needs mutex/block profiles",
+                        "rpcs": "needs gRPC call outcomes", "retransmits": "needs per-peer retransmits"}
+        rep: Report = evaluate(snap, self.cfg.thresholds)
+        self.evaluations += 1
+        for rid, _why in rep.not_run:
+            self.not_run[rid] = self.not_run.get(rid, 0) + 1
+        limit = SEVERITY_RANK[self.cfg.min_severity]
+        now = {f.rule: f for f in rep.findings if SEVERITY_RANK[f.severity] <= limit}
+        started = []
+        for rid, f in now.items():
+            if rid not in p.active:
+                started.append(f)
+            p.active[rid] = 0
+        for rid in list(p.active):
+            if rid in now:
+                continue
+            p.active[rid] += 1
+            if p.active[rid] >= self.cfg.clear_after:
+                del p.active[rid]
+        return started
+
+    def forget(self, pid: int) -> None:
+        self.procs.pop(pid, None)
+
+
+def _points(m: Any) -> Any:
+    kind = m.WhichOneof("data")
+    return getattr(m, kind).data_points if kind in ("sum", "gauge") else ()
+
+
+def _val(dp: Any) -> float:
+    return float(dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int)
+
+
+def _fill(s: ProcSample, rm: Any) -> None:
+    cpu = 0.0
+    have_cpu = False
+    fds: dict[str, int] = {}
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            for dp in _points(m):
+                s.t = max(s.t, dp.time_unix_nano / 1e9)
+                v = _val(dp)
+                if m.name == "process.cpu.time":
+                    cpu += v
+                    have_cpu = True
+                elif m.name == "process.thread.count":
+                    s.threads = int(v)
+                elif m.name == "process.schedstat.run_delay":
+                    s.run_delay_ns = int(v * 1e9)
+                elif m.name == "process.schedstat.timeslices":
+                    s.timeslices = int(v)
+                elif m.name == "process.unix.file_descriptor.count":
+                    kind = next((a.value.string_value for a in dp.attributes if a.key == "gotel.fd.kind"), "other")
+                    fds[kind] = int(v)
+    if have_cpu:
+        s.cpu_s = cpu
+        s.on_cpu_ns = int(cpu * 1e9)  # utime+stime: the on-CPU time schedstat would give, at tick resolution
+    if fds:
+        s.fds = fds
+
+
+def _cgroup(res: dict[str, Any], rm: Any) -> procfs.CgroupStats:
+    cg = procfs.CgroupStats(version=int(res.get("gotel.cgroup.version", 2)), path=str(res["gotel.cgroup.path"]))
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            for dp in _points(m):
+                v = _val(dp)
+                if m.name == "container.cpu.time" and not dp.attributes:
+                    cg.cpu_usage_s = v
+                elif m.name == "container.cpu.periods":
+                    cg.periods = int(v)
+                elif m.name == "container.cpu.throttled.periods":
+                    cg.throttled_periods = int(v)
+                elif m.name == "container.cpu.throttled.time":
+                    cg.throttled_s = v
+                elif m.name == "container.cpu.limit":
+                    cg.quota_cores = v
+    return cg
+
+
+def _cgroup_path_of(pid: int) -> str:
+    """The path the process receiver names the cgroup by: v1 cpu controller's, else the v2 one."""
+    try:
+        paths = procfs.proc_cgroups(pid)
+    except (procfs.ProcessGone, OSError):
+        return ""
+    return paths.get("cpu") or paths.get("", "")
+
+
+def finding_attributes(f: Finding) -> dict[str, Any]:
+    a: dict[str, Any] = {"gotel.finding.rule": f.rule, "gotel.finding.category": f.category,
+                         "gotel.finding.severity": f.severity, "gotel.finding.evidence": json.dumps(f.evidence),
+                         "gotel.finding.fix": f.fix}
+    if f.location.function:
+        a["code.function.name"] = f.location.function
+    if f.location.file:
+        a["code.file.path"] = f.location.file
+    if f.location.line:
+        a["code.line.number"] = f.location.line
+    return a
+
+
+class Diagnosis(Connector):
+    def __init__(self, dst: Signal, cfg: Config, nxt: Consumer, ctx: Context) -> None:
+        self.dst = dst
+        self.engine = Engine(cfg)
+        self.next = nxt
+        self.ctx = ctx
+        self.counts: dict[tuple[tuple[tuple[str, Any], ...], str, str], int] = {}
+        self.start_ns = time.time_ns()
+        self._findings = ctx.telemetry.counter("diagnosis_findings", "Findings emitted (episodes started).",
+                                               ("rule", "severity"))
+
+    async def consume(self, batch: Batch) -> None:
+        started = self.engine.ingest(batch.peek())
+        if not started:
+            return
+        for _res, f in started:
+            self._findings.labels(f.rule, f.severity).inc()
+        out: Batch
+        if self.dst == Signal.LOGS:
+            lb = LogsBuilder(SCOPE)
+            for res, f in started:
+                lb.add(res, f"{f.rule}: {f.summary}", severity=_LOG_SEVERITY[f.severity], event_name="gotel.finding",
+                       attributes=finding_attributes(f))
+            out = lb.batch()
+        else:
+            mb = MetricsBuilder(SCOPE)
+            for res, f in started:
+                key = (tuple(sorted(res.items())), f.rule, f.severity)
+                self.counts[key] = self.counts.get(key, 0) + 1
+            for (rkey, rule, sev), n in self.counts.items():
+                mb.sum(dict(rkey), "gotel.findings", n, "{finding}", "Diagnosis findings (episodes started), by rule and severity.",
+                       {"gotel.finding.rule": rule, "gotel.finding.severity": sev}, start=self.start_ns)
+            out = mb.batch()
+        try:
+            await self.next.consume(out)
+        except ConsumerError as e:
+            self.ctx.telemetry.dropped(self.dst, out.item_count(), "refused downstream")
+            self.ctx.logger.warning("diagnosis: %d findings not accepted downstream: %s", len(started), e)
+
+
+def _create(src: Signal, dst: Signal, cfg: Config, nxt: Consumer, ctx: Context) -> Diagnosis:
+    return Diagnosis(dst, cfg, nxt, ctx)
+
+
+factory = ConnectorFactory(
+    type="diagnosis",
+    config=Config,
+    signals=frozenset({Signal.METRICS}),
+    pairs=frozenset({(Signal.METRICS, Signal.LOGS), (Signal.METRICS, Signal.METRICS)}),
+    description="runs the diagnosis rules over live process metrics; emits each finding once per episode as a log "
+                f"record and as the metric gotel.findings (rules: {', '.join(r.id for r in RULES)})",
+    create=_create,
+)

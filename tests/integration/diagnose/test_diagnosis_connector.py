@@ -1,0 +1,124 @@
+"""The `diagnosis` connector over the real process receiver's metrics: a throttled fixture in a cgroup the
+test makes gives one log record per episode (and gotel.findings counts it), checked against cpu.stat."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gotel.connectors.diagnosis import Config as DiagConfig
+from gotel.connectors.diagnosis import factory
+from gotel.pdata import Signal, attr_dict
+from gotel.receivers.process import Config, ProcessReceiver
+from tests.helpers.memsink import MemorySink, make_ctx, sinks
+
+pytestmark = [pytest.mark.slow]
+
+CPU = Path("/sys/fs/cgroup/cpu")
+ACCT = Path("/sys/fs/cgroup/cpuacct")
+
+
+@pytest.fixture
+def cgroup_pair() -> Iterator[tuple[Path, Path]]:
+    if not os.access(CPU, os.W_OK):
+        pytest.skip("needs root and the v1 cpu controller at /sys/fs/cgroup/cpu")
+    name = f"gotel-diagconn-{uuid.uuid4().hex[:8]}"
+    cpu, acct = CPU / name, ACCT / name
+    cpu.mkdir()
+    acct.mkdir()
+    try:
+        yield cpu, acct
+    finally:
+        for d in (cpu, acct):
+            for _ in range(100):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
+
+
+class Loop:
+    """The process receiver feeding both of the connector's outputs, one collection per step."""
+
+    def __init__(self, pid: int, **cfg: Any) -> None:
+        self.rcv = ProcessReceiver(Config(discovery={"pids": [pid]}), sinks(Signal.METRICS), make_ctx("process"))
+        self.rcv.setup()
+        dc = DiagConfig.model_validate({"window": 3.0, **cfg})
+        self.logs, self.metrics = MemorySink(), MemorySink()
+        self.to_logs = factory.create(Signal.METRICS, Signal.LOGS, dc, self.logs, make_ctx("diagnosis"))
+        self.to_metrics = factory.create(Signal.METRICS, Signal.METRICS, dc, self.metrics, make_ctx("diagnosis"))
+
+    async def steps(self, n: int) -> None:
+        for _ in range(n):
+            for b in self.rcv.collect():
+                await self.to_logs.consume(b)
+                await self.to_metrics.consume(b)
+            await asyncio.sleep(1.0)
+
+    def findings(self, rule: str) -> list[tuple[dict[str, Any], dict[str, Any], Any]]:
+        return [(res, attr_dict(r.attributes), r) for res, r in self.logs.log_records()
+                if attr_dict(r.attributes)["gotel.finding.rule"] == rule]
+
+
+def _stat(d: Path) -> dict[str, int]:
+    return {k: int(v) for k, v in (line.split() for line in (d / "cpu.stat").read_text().splitlines())}
+
+
+async def test_throttling_one_record_per_episode(goapp: Any, cgroup_pair: tuple[Path, Path]) -> None:
+    cpu, acct = cgroup_pair
+    (cpu / "cpu.cfs_period_us").write_text("100000")
+    (cpu / "cpu.cfs_quota_us").write_text("20000")
+    app = goapp("faults", "-fault", "work", "-workers", "2")
+    try:
+        (cpu / "cgroup.procs").write_text(str(app.pid))
+        (acct / "cgroup.procs").write_text(str(app.pid))
+        loop = Loop(app.pid)
+        k0 = _stat(cpu)
+        await loop.steps(6)  # throttled throughout: one episode, one record
+        k1 = _stat(cpu)
+        recs = loop.findings("cpu_throttling")
+        assert len(recs) == 1, recs
+        res, attrs, rec = recs[0]
+        assert res["process.pid"] == app.pid
+        assert attrs["gotel.finding.severity"] == "critical" and rec.severity_text == "ERROR"
+        assert rec.event_name == "gotel.finding" and rec.body.string_value.startswith("cpu_throttling: ")
+        ev = json.loads(attrs["gotel.finding.evidence"])
+        assert 0 < ev["nr_throttled"] <= k1["nr_throttled"] - k0["nr_throttled"]
+        assert ev["nr_periods"] <= k1["nr_periods"] - k0["nr_periods"]
+        assert ev["cpu_limit_cores"] == pytest.approx(0.2)
+
+        (cpu / "cpu.cfs_quota_us").write_text("-1")  # the episode ends once the window holds no throttling
+        await loop.steps(7)
+        assert len(loop.findings("cpu_throttling")) == 1
+        (cpu / "cpu.cfs_quota_us").write_text("20000")  # a new episode: a second record
+        await loop.steps(5)
+        assert len(loop.findings("cpu_throttling")) == 2
+
+        counts = [(a["gotel.finding.severity"], p.as_int) for r, a, p in loop.metrics.points("gotel.findings")
+                  if r["process.pid"] == app.pid and a["gotel.finding.rule"] == "cpu_throttling"]
+        assert counts[-1] == ("critical", 2), counts
+    finally:
+        app.stop()
+
+
+async def test_fd_leak_found_live(goapp: Any) -> None:
+    app = goapp("faults", "-fault", "fd")
+    loop = Loop(app.pid, window=5.0)
+    before = app.get_json("/truth")["open_files"]
+    await loop.steps(6)
+    after = app.get_json("/truth")["open_files"]
+    recs = loop.findings("fd_leak")
+    assert len(recs) == 1, loop.logs.log_records()
+    ev = json.loads(recs[0][1]["gotel.finding.evidence"])
+    assert ev["kind"] == "file" and 0 < ev["growth"] <= after - before
