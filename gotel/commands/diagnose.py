@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", default="30s", help="how long to watch (default 30s)")
     p.add_argument("--interval", default="1s", help="time between /proc samples and goroutine dumps (default 1s)")
     p.add_argument("--pprof", metavar="URL", help="the target's pprof base URL (default: found on its listening ports)")
+    p.add_argument("--ebpf", choices=["auto", "on", "off"], default="auto",
+                   help="attach the go_ebpf receiver for gRPC deadlines and errors (auto: when root)")
     p.add_argument("--threshold", action="append", default=[], metavar="RULE.NAME=VALUE",
                    help="override one rule threshold, e.g. gc.gc_cpu_fraction_warning=0.2 (docs/diagnose.md)")
     out = p.add_mutually_exclusive_group()
@@ -130,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(e))
     if duration <= 0 or interval <= 0:
         return _fail("--duration and --interval must be positive")
-    opts = gather.Options(duration=duration, interval=min(interval, duration), pprof_url=args.pprof)
+    ebpf = args.ebpf == "on" or (args.ebpf == "auto" and os.geteuid() == 0)
+    opts = gather.Options(duration=duration, interval=min(interval, duration), pprof_url=args.pprof, ebpf=ebpf)
     try:
         snap = asyncio.run(gather.gather(pid, opts))
     except gather.TargetError as e:

@@ -30,8 +30,8 @@ from gotel.targets import LocalProcessSource, Target
 log = logging.getLogger(__name__)
 
 NO_PPROF = "no pprof endpoint"
-RPC_NOT_GATHERED = ("gRPC call outcomes come from the go_ebpf receiver's spans, which `gotel diagnose` does not "
-                    "attach yet (the agent's diagnosis connector gets them from span metrics)")
+RPC_NOT_GATHERED = ("gRPC call outcomes come from the go_ebpf receiver's spans: eBPF is off (--ebpf off, or "
+                    "not root)")
 RETRANS_NOT_GATHERED = ("per-peer TCP retransmits come from the net receiver (eBPF), which `gotel diagnose` does "
                         "not attach yet")
 
@@ -153,6 +153,7 @@ class Options:
     interval: float = 1.0  # /proc samples and goroutine dumps
     pprof_url: str | None = None  # e.g. http://127.0.0.1:6060 (path prefix /debug/pprof)
     cpu_profile: bool = True
+    ebpf: bool = False  # attach go_ebpf to the target for gRPC call outcomes (needs root / CAP_BPF)
 
 
 async def find_pprof(pid: int, fetcher: Fetcher) -> Target | None:
@@ -203,14 +204,28 @@ async def gather(pid: int, opts: Options) -> Snapshot:
     except (procfs.ProcessGone, OSError) as e:
         mounts = cg_paths = None
         snap.missing["cgroup"] = f"cgroup of pid {pid} unreadable: {e}"
-    snap.missing["rpcs"] = RPC_NOT_GATHERED
     snap.missing["retransmits"] = RETRANS_NOT_GATHERED
+    spans = None
+    if opts.ebpf:
+        from gotel.diagnose.spans import EbpfSpans
 
+        spans = EbpfSpans(pid)
+        try:
+            await spans.start()
+        except Exception as e:  # no BPF permission, BCC missing, not traceable: the rule says why
+            snap.missing["rpcs"] = f"eBPF (go_ebpf) unavailable for pid {pid}: {e}"
+            with contextlib.suppress(Exception):
+                await spans.stop()
+            spans = None
+    else:
+        snap.missing["rpcs"] = RPC_NOT_GATHERED
     fetcher = Fetcher(timeout=10.0)
     try:
         await _run(snap, pid, opts, fetcher, mounts, cg_paths)
     finally:
         await fetcher.close()
+        if spans is not None:
+            snap.rpcs = await spans.stop()
     quota = next((x.cgroup.quota_cores for x in reversed(snap.samples) if x.cgroup is not None), None)
     snap.gomaxprocs, snap.gomaxprocs_source = gomaxprocs(pid, snap.go_version, quota, snap.cpus)
     return snap
