@@ -16,15 +16,27 @@ counted as not run (docs/diagnose.md).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import time
+import uuid
 from collections import deque
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from gotel import procfs
-from gotel.component import ComponentConfig, Connector, ConnectorFactory, Consumer, ConsumerError, Context
+from gotel.component import (
+    SHUTDOWN_DEADLINE,
+    ComponentConfig,
+    Connector,
+    ConnectorFactory,
+    Consumer,
+    ConsumerError,
+    Context,
+)
 from gotel.config.types import Duration
 from gotel.diagnose.rules import RULES, SEVERITY_RANK, Finding, Report, check_overrides, evaluate
 from gotel.diagnose.signals import ProcSample, Snapshot
@@ -35,7 +47,17 @@ SCOPE = "gotel.connectors.diagnosis"
 _LOG_SEVERITY = {"critical": "ERROR", "warning": "WARN", "info": "INFO"}
 
 
+class CaptureConfig(ComponentConfig):
+    directory: str = Field(description="where each capture gets a directory named by its id")
+    cpu_seconds: Duration = Field(10.0, gt=0, le=120, description="length of the CPU profile taken at a finding")
+    goroutine_dump: bool = Field(True, description="also save goroutine?debug=2 at the end of the CPU profile")
+    min_interval: Duration = Field(60.0, ge=0, description="at most one capture per this interval on this node")
+    min_severity: Literal["critical", "warning", "info"] = Field("warning", description="findings that capture")
+
+
 class Config(ComponentConfig):
+    capture: CaptureConfig | None = Field(
+        None, description="on a finding, a CPU profile and goroutine dump from the process's pprof endpoint")
     window: Duration = Field(60.0, gt=0, description="how far back each evaluation looks")
     min_severity: Literal["critical", "warning", "info"] = Field(
         "warning", description="findings below this severity are not emitted")
@@ -57,6 +79,7 @@ class _Proc:
         self.resource: dict[str, Any] = {}
         self.active: dict[str, int] = {}  # rule id -> evaluations since it last found (0 = finding now)
         self.cg_path: str | None = None
+        self.fd_limit: int | None = None
 
 
 class Engine:
@@ -116,7 +139,11 @@ class Engine:
     def _evaluate(self, pid: int, p: _Proc) -> list[Finding]:
         if len(p.samples) < 2:
             return []
-        snap = Snapshot(pid=pid, samples=list(p.samples), target=dict(p.resource))
+        if p.fd_limit is None:
+            from gotel.diagnose.gather import fd_limit
+
+            p.fd_limit = fd_limit(pid) or 0
+        snap = Snapshot(pid=pid, samples=list(p.samples), target=dict(p.resource), fd_limit=p.fd_limit or None)
         snap.duration_s = p.samples[-1].t - p.samples[0].t
         snap.missing = {"memstats": "needs MemStats (gotel diagnose reads them from pprof)",
                         "goroutine_dumps": "needs goroutine dumps", "contention": "needs mutex/block profiles",
@@ -222,9 +249,90 @@ def finding_attributes(f: Finding) -> dict[str, Any]:
     return a
 
 
+class Capturer:
+    """Bounded captures at findings: one per ``min_interval`` on this node, each in its own directory
+    (cpu.pb.gz, goroutines.txt, capture.json with the finding, window and outcome)."""
+
+    def __init__(self, cfg: CaptureConfig, ctx: Context) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.last = float("-inf")
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.taken = ctx.telemetry.counter("diagnosis_captures", "Captures at findings, by outcome.", ("outcome",))
+
+    def maybe(self, pid: int, f: Finding) -> dict[str, Any]:
+        """Attributes linking the finding to its capture (or saying why there is none)."""
+        if SEVERITY_RANK[f.severity] > SEVERITY_RANK[self.cfg.min_severity]:
+            return {}
+        now = time.monotonic()
+        if now - self.last < self.cfg.min_interval:
+            self.taken.labels("rate_limited").inc()
+            return {"gotel.finding.capture.skipped": "rate_limited"}
+        self.last = now
+        cap_id = uuid.uuid4().hex
+        path = os.path.join(self.cfg.directory, cap_id)
+        start = time.time()
+        t = asyncio.ensure_future(self._run(pid, f, path, start))
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+        return {"gotel.finding.capture.id": cap_id, "gotel.finding.capture.path": path,
+                "gotel.finding.capture.start": start, "gotel.finding.capture.end": start + self.cfg.cpu_seconds}
+
+    async def _run(self, pid: int, f: Finding, path: str, start: float) -> None:
+        from gotel import pprof
+        from gotel.diagnose.gather import find_pprof
+        from gotel.receivers.pprof.fetch import Fetcher, ScrapeError
+
+        meta: dict[str, Any] = {"pid": pid, "finding": f.as_dict(), "start": start, "files": []}
+        fetcher = Fetcher(timeout=10.0)
+        try:
+            os.makedirs(path, exist_ok=True)
+            target = await find_pprof(pid, fetcher)
+            if target is None:
+                meta["outcome"] = f"no pprof endpoint on pid {pid}'s listening ports"
+            else:
+                prefix = target.path_prefix.rstrip("/")
+                secs = max(1, round(self.cfg.cpu_seconds))
+                r = await fetcher.get(target, f"{prefix}/profile", params={"seconds": str(secs)}, timeout=secs + 15.0)
+                pprof.decode(r.body)  # a body that is not a profile is not saved as one
+                _write(os.path.join(path, "cpu.pb.gz"), r.body)
+                meta["files"].append("cpu.pb.gz")
+                if self.cfg.goroutine_dump:
+                    g = await fetcher.get(target, f"{prefix}/goroutine", params={"debug": "2"}, expect="text")
+                    _write(os.path.join(path, "goroutines.txt"), g.body)
+                    meta["files"].append("goroutines.txt")
+                meta["outcome"] = "ok"
+        except (ScrapeError, pprof.PprofError, OSError) as e:
+            meta["outcome"] = f"failed: {e}"
+        finally:
+            await fetcher.close()
+        meta["end"] = time.time()
+        self.taken.labels("ok" if meta["outcome"] == "ok" else "failed").inc()
+        if meta["outcome"] != "ok":
+            self.ctx.logger.warning("diagnosis: capture for pid %d (%s): %s", pid, f.rule, meta["outcome"])
+        with contextlib.suppress(OSError):
+            _write(os.path.join(path, "capture.json"), json.dumps(meta, indent=1).encode())
+
+    async def shutdown(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+        for t in list(self.tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+
+def _write(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
 class Diagnosis(Connector):
     def __init__(self, dst: Signal, cfg: Config, nxt: Consumer, ctx: Context) -> None:
         self.dst = dst
+        # only the logs output captures: its records carry the links, and one capture per finding
+        self.capturer = Capturer(cfg.capture, ctx) if cfg.capture is not None and dst == Signal.LOGS else None
         self.engine = Engine(cfg)
         self.next = nxt
         self.ctx = ctx
@@ -243,8 +351,11 @@ class Diagnosis(Connector):
         if self.dst == Signal.LOGS:
             lb = LogsBuilder(SCOPE)
             for res, f in started:
+                attrs = finding_attributes(f)
+                if self.capturer is not None and isinstance(res.get("process.pid"), int):
+                    attrs.update(self.capturer.maybe(res["process.pid"], f))
                 lb.add(res, f"{f.rule}: {f.summary}", severity=_LOG_SEVERITY[f.severity], event_name="gotel.finding",
-                       attributes=finding_attributes(f))
+                       attributes=attrs)
             out = lb.batch()
         else:
             mb = MetricsBuilder(SCOPE)
@@ -260,6 +371,11 @@ class Diagnosis(Connector):
         except ConsumerError as e:
             self.ctx.telemetry.dropped(self.dst, out.item_count(), "refused downstream")
             self.ctx.logger.warning("diagnosis: %d findings not accepted downstream: %s", len(started), e)
+
+
+    async def shutdown(self, deadline: float = SHUTDOWN_DEADLINE) -> None:
+        if self.capturer is not None:
+            await self.capturer.shutdown()
 
 
 def _create(src: Signal, dst: Signal, cfg: Config, nxt: Consumer, ctx: Context) -> Diagnosis:

@@ -51,8 +51,8 @@ def cgroup_pair() -> Iterator[tuple[Path, Path]]:
 class Loop:
     """The process receiver feeding both of the connector's outputs, one collection per step."""
 
-    def __init__(self, pid: int, **cfg: Any) -> None:
-        self.rcv = ProcessReceiver(Config(discovery={"pids": [pid]}), sinks(Signal.METRICS), make_ctx("process"))
+    def __init__(self, *pids: int, **cfg: Any) -> None:
+        self.rcv = ProcessReceiver(Config(discovery={"pids": list(pids)}), sinks(Signal.METRICS), make_ctx("process"))
         self.rcv.setup()
         dc = DiagConfig.model_validate({"window": 3.0, **cfg})
         self.logs, self.metrics = MemorySink(), MemorySink()
@@ -122,3 +122,33 @@ async def test_fd_leak_found_live(goapp: Any) -> None:
     assert len(recs) == 1, loop.logs.log_records()
     ev = json.loads(recs[0][1]["gotel.finding.evidence"])
     assert ev["kind"] == "file" and 0 < ev["growth"] <= after - before
+
+
+async def test_capture_once_per_node_interval(goapp: Any, tmp_path: Path) -> None:
+    """Two leaking processes: the first finding gets a CPU profile and a goroutine dump linked from its
+    record; the second, within min_interval on this node, is rate-limited and says so."""
+    from gotel import pprof
+
+    a, b = goapp("faults", "-fault", "fd"), goapp("faults", "-fault", "fd")
+    loop = Loop(a.pid, b.pid, window=5.0,
+                capture={"directory": str(tmp_path), "cpu_seconds": 2, "min_interval": 3600})
+    await loop.steps(6)
+    assert len(loop.findings("fd_leak")) == 2
+    # every finding on the node (a run-queue one may come first on this shared host): one captured, the
+    # others rate-limited
+    recs = [attr_dict(r.attributes) for _res, r in loop.logs.log_records()]
+    captured = [r for r in recs if "gotel.finding.capture.id" in r]
+    assert len(captured) == 1, recs
+    assert all(r.get("gotel.finding.capture.skipped") == "rate_limited" for r in recs if r not in captured), recs
+    cap = captured[0]
+    assert cap["gotel.finding.capture.end"] - cap["gotel.finding.capture.start"] == pytest.approx(2.0)
+    capturer = loop.to_logs.capturer
+    await asyncio.wait_for(asyncio.gather(*capturer.tasks), 30)
+    d = Path(cap["gotel.finding.capture.path"])
+    meta = json.loads((d / "capture.json").read_text())
+    assert meta["outcome"] == "ok" and meta["finding"]["rule"] == cap["gotel.finding.rule"]
+    assert meta["pid"] in (a.pid, b.pid)
+    p = pprof.decode((d / "cpu.pb.gz").read_bytes())
+    assert [t for t, _u in pprof.sample_type_names(p)] == ["samples", "cpu"]
+    assert "main.leakFiles" in (d / "goroutines.txt").read_text() or "main.every" in (d / "goroutines.txt").read_text()
+    assert sorted(x.name for x in tmp_path.iterdir()) == [d.name]  # one capture on this node
