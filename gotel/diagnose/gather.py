@@ -17,6 +17,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gotel import pprof, procfs
@@ -219,10 +220,24 @@ async def gather(pid: int, opts: Options) -> Snapshot:
             spans = None
     else:
         snap.missing["rpcs"] = RPC_NOT_GATHERED
+    sys_ = None
+    if opts.ebpf:
+        from gotel.diagnose.syscalls import EbpfSlowSyscalls
+
+        sys_ = EbpfSlowSyscalls(pid)
+        try:
+            await sys_.start()
+        except Exception as e:  # the dumps still give slow_syscall its answer
+            snap.missing["slow_syscalls"] = f"eBPF (sched) unavailable for pid {pid}: {e}"
+            with contextlib.suppress(Exception):
+                await sys_.stop()
+            sys_ = None
     fetcher = Fetcher(timeout=10.0)
     try:
-        await _run(snap, pid, opts, fetcher, mounts, cg_paths)
+        await _run(snap, pid, opts, fetcher, mounts, cg_paths, sys_.mark if sys_ is not None else None)
     finally:
+        if sys_ is not None:  # first: its events must end with the window
+            snap.slow_syscalls = await sys_.stop()
         await fetcher.close()
         if spans is not None:
             snap.rpcs = await spans.stop()
@@ -243,7 +258,7 @@ def _start_unix_ns(pid: int) -> int | None:
 
 
 async def _run(snap: Snapshot, pid: int, opts: Options, fetcher: Fetcher, mounts: procfs.CgroupMounts | None,
-               cg_paths: dict[str, str] | None) -> None:
+               cg_paths: dict[str, str] | None, at_start: Callable[[], Awaitable[None]] | None = None) -> None:
     target = Target(url=opts.pprof_url.rstrip("/"), pid=pid) if opts.pprof_url else await find_pprof(pid, fetcher)
     pp = _Pprof(fetcher, target) if target is not None else None
     if pp is None:
@@ -292,6 +307,8 @@ async def _run(snap: Snapshot, pid: int, opts: Options, fetcher: Fetcher, mounts
         except procfs.ProcessGone:
             snap.missing.setdefault("proc", f"pid {pid} exited during the window")
 
+    if at_start is not None:
+        await at_start()
     t0 = time.monotonic()
     snap.start_unix = time.time()
     sample(t0)

@@ -80,14 +80,31 @@ def test_gc_churn_blames_the_allocation_site(goapp: Any) -> None:
     assert ev["top_allocation_sites"][0]["function"] == "main.churn"
 
 
-def test_blocking_syscalls_blame_the_calling_function(goapp: Any) -> None:
+@pytest.mark.parametrize("ebpf", ["off", pytest.param("on", marks=pytest.mark.root)])
+def test_blocking_syscalls_blame_the_calling_function(goapp: Any, ebpf: str) -> None:
+    """From goroutine dumps (pprof), and with eBPF from the sched receiver's slow-syscall events."""
     app = _faults(goapp, "syscall", "-workers", "2")
-    rep = diagnose(app.pid)
+    before = app.get_json("/truth")
+    t0 = time.monotonic()
+    rep = diagnose(app.pid, "--ebpf", ebpf)
+    rate = (app.get_json("/truth")["syscalls"] - before["syscalls"]) / (time.monotonic() - t0)
+    if ebpf == "on":
+        rep["not_run"] = [r for r in rep["not_run"] if r["rule"] not in ("deadline", "grpc_errors")]
+        rep["not_run"] += [{"rule": r, "reason": ""} for r in ("deadline", "grpc_errors")]
     check_shape(rep)
     f = first_fault(rep, "slow_syscall")
     assert (f["category"], f["location"]["function"]) == ("slow_syscall", "main.blockingSleep"), f
-    # two goroutines sleep 50 ms in the kernel and 1 ms outside it: about 2 are in the syscall at any time
-    assert 1.0 <= f["evidence"]["goroutines_in_syscall_avg"] <= 2.0, f["evidence"]
+    ev = f["evidence"]
+    if ebpf == "off":
+        assert ev["source"] == "goroutine dumps"
+        # two goroutines sleep 50 ms in the kernel and 1 ms outside it: about 2 are in the syscall at any time
+        assert 1.0 <= ev["goroutines_in_syscall_avg"] <= 2.0, ev
+    else:
+        assert (ev["source"], ev["syscall"]) == ("ebpf", "nanosleep"), ev
+        assert 1.0 <= ev["blocked_threads_avg"] <= 2.0, ev
+        # the program's own count of its calls, over a span that contains the window
+        assert ev["calls"] <= rate * (time.monotonic() - t0) and ev["calls"] >= 0.5 * rate * ev["window_s"], (ev, rate)
+        assert 0.045 <= ev["total_s"] / ev["calls"] <= 0.2
 
 
 def test_contended_mutex_blames_the_holder(goapp: Any) -> None:
@@ -267,3 +284,19 @@ def test_bad_arguments_are_one_line_errors() -> None:
         out = subprocess.run([sys.executable, "-m", "gotel", "diagnose", *args, "--duration", "1s"],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and msg in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_text_report_and_self_contained_html(goapp: Any, tmp_path: Path) -> None:
+    app = _faults(goapp, "gc")
+    page = tmp_path / "report.html"
+    out = subprocess.run([sys.executable, "-m", "gotel", "diagnose", "--selector", f"pid={app.pid}",
+                          "--selector", f"port={app.port()}", "--duration", "4s", "--ebpf", "off", "--html", str(page)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "FINDINGS (most severe first)" in out.stdout and "main.churn" in out.stdout
+    assert "WHAT IS FINE" in out.stdout and "COULD NOT RUN" in out.stdout
+    html = page.read_text()
+    assert html.startswith("<!doctype html>") and "main.churn" in html
+    assert html.count("<svg") == 2  # the timeline and the CPU flame graph
+    # nothing fetched from elsewhere (the SVG namespace is a name, not a resource)
+    assert "src=" not in html and "href=" not in html and "@import" not in html
