@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 NO_PPROF = "no pprof endpoint"
 RPC_NOT_GATHERED = ("gRPC call outcomes come from the go_ebpf receiver's spans: eBPF is off (--ebpf off, or "
                     "not root)")
-RETRANS_NOT_GATHERED = ("per-peer TCP retransmits come from the net receiver (eBPF), which `gotel diagnose` does "
-                        "not attach yet")
+RETRANS_NOT_GATHERED = ("per-peer TCP retransmits come from the net receiver: eBPF is off (--ebpf off, or "
+                        "not root)")
 
 
 class TargetError(Exception):
@@ -232,12 +232,34 @@ async def gather(pid: int, opts: Options) -> Snapshot:
             with contextlib.suppress(Exception):
                 await sys_.stop()
             sys_ = None
+    net = None
+    if opts.ebpf:
+        from gotel.diagnose.retrans import EbpfRetransmits
+
+        net = EbpfRetransmits(pid)
+        try:
+            await net.start()
+        except Exception as e:
+            snap.missing["retransmits"] = f"eBPF (net) unavailable for pid {pid}: {e}"
+            with contextlib.suppress(Exception):
+                await net.stop()
+            net = None
+        else:
+            snap.missing.pop("retransmits", None)
+
+    async def window_starts() -> None:
+        for src in (sys_, net):
+            if src is not None:
+                await src.mark()
+
     fetcher = Fetcher(timeout=10.0)
     try:
-        await _run(snap, pid, opts, fetcher, mounts, cg_paths, sys_.mark if sys_ is not None else None)
+        await _run(snap, pid, opts, fetcher, mounts, cg_paths, window_starts)
     finally:
-        if sys_ is not None:  # first: its events must end with the window
+        if sys_ is not None:  # first: their counts must end with the window
             snap.slow_syscalls = await sys_.stop()
+        if net is not None:
+            snap.retransmits = await net.stop()
         await fetcher.close()
         if spans is not None:
             snap.rpcs = await spans.stop()

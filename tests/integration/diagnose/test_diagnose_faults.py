@@ -46,7 +46,7 @@ def first_fault(rep: dict[str, Any], expected: str) -> dict[str, Any]:
     raise AssertionError(f"no finding; fine: {rep['fine']}; not run: {rep['not_run']}")
 
 
-def check_shape(rep: dict[str, Any]) -> None:
+def check_shape(rep: dict[str, Any], ebpf: bool = False) -> None:
     assert set(rep) >= {"target", "window", "findings", "fine", "not_run"}
     ranks = [{"critical": 0, "warning": 1, "info": 2}[f["severity"]] for f in rep["findings"]]
     assert ranks == sorted(ranks), "most severe first"
@@ -54,8 +54,8 @@ def check_shape(rep: dict[str, Any]) -> None:
         assert set(f) == {"rule", "category", "severity", "summary", "evidence", "location", "fix"}
         assert set(f["location"]) == {"function", "file", "line"}
         assert f["evidence"]["window_s"] > 0
-    # the signals gotel diagnose does not gather say so instead of staying silent
-    assert {r["rule"] for r in rep["not_run"]} == {"deadline", "grpc_errors", "tcp_retransmits"}
+    # without eBPF the rules it feeds say so instead of staying silent; with it every rule runs
+    assert {r["rule"] for r in rep["not_run"]} == (set() if ebpf else {"deadline", "grpc_errors", "tcp_retransmits"})
 
 
 def _faults(goapp: Any, fault: str, *args: str, toolchain: str = "go1.27") -> Any:
@@ -88,10 +88,7 @@ def test_blocking_syscalls_blame_the_calling_function(goapp: Any, ebpf: str) -> 
     t0 = time.monotonic()
     rep = diagnose(app.pid, "--ebpf", ebpf)
     rate = (app.get_json("/truth")["syscalls"] - before["syscalls"]) / (time.monotonic() - t0)
-    if ebpf == "on":
-        rep["not_run"] = [r for r in rep["not_run"] if r["rule"] not in ("deadline", "grpc_errors")]
-        rep["not_run"] += [{"rule": r, "reason": ""} for r in ("deadline", "grpc_errors")]
-    check_shape(rep)
+    check_shape(rep, ebpf == "on")
     f = first_fault(rep, "slow_syscall")
     assert (f["category"], f["location"]["function"]) == ("slow_syscall", "main.blockingSleep"), f
     ev = f["evidence"]
@@ -101,7 +98,8 @@ def test_blocking_syscalls_blame_the_calling_function(goapp: Any, ebpf: str) -> 
         assert 1.0 <= ev["goroutines_in_syscall_avg"] <= 2.0, ev
     else:
         assert (ev["source"], ev["syscall"]) == ("ebpf", "nanosleep"), ev
-        assert 1.0 <= ev["blocked_threads_avg"] <= 2.0, ev
+        # a call in flight at either edge of the window counts whole: up to 4 x 50 ms more
+        assert 1.0 <= ev["blocked_threads_avg"] <= 2.0 + 0.2 / ev["window_s"], ev
         # the program's own count of its calls, over a span that contains the window
         assert ev["calls"] <= rate * (time.monotonic() - t0) and ev["calls"] >= 0.5 * rate * ev["window_s"], (ev, rate)
         assert 0.045 <= ev["total_s"] / ev["calls"] <= 0.2
