@@ -6,12 +6,11 @@ a metrics pipeline (the counter ``gotel.findings`` by rule and severity). Each f
 per episode: when a rule starts finding something for a process at ``min_severity`` or worse; the
 episode ends after ``clear_after`` evaluations without it, and only then may the rule fire again.
 
-Inputs, per process (resource ``process.pid``), from the ``process`` receiver: process.cpu.time,
-process.thread.count, process.schedstat.run_delay/timeslices, process.unix.file_descriptor.count by
-kind, and its cgroup's container.cpu.* series (matched by container.id, else by the process's cgroup
-path read from /proc on this node). Rules whose signals these do not carry (gc, slow_syscall,
-lock_contention, goroutine_leak, deadline, grpc_errors, tcp_retransmits) do not run here yet; they are
-counted as not run (docs/diagnose.md).
+Inputs, per process (resource ``process.pid``): the ``process`` receiver's series and its cgroup's
+(cpu_throttling, run_queue_latency, fd_leak), go_ebpf's gRPC call counts and deadline misses (deadline,
+grpc_errors) and the net receiver's retransmits (tcp_retransmits). The pprof-fed rules (gc,
+slow_syscall, lock_contention, goroutine_leak) do not run here yet; they are counted as not run
+(docs/diagnose.md).
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from gotel.component import (
 )
 from gotel.config.types import Duration
 from gotel.diagnose.rules import RULES, SEVERITY_RANK, Finding, Report, check_overrides, evaluate
-from gotel.diagnose.signals import ProcSample, Snapshot
+from gotel.diagnose.signals import ProcSample, RpcStat, Snapshot
 from gotel.otlpbuild import LogsBuilder, MetricsBuilder
 from gotel.pdata import Batch, Signal, attr_dict
 
@@ -80,6 +79,10 @@ class _Proc:
         self.active: dict[str, int] = {}  # rule id -> evaluations since it last found (0 = finding now)
         self.cg_path: str | None = None
         self.fd_limit: int | None = None
+        self.go: tuple[str | None, int | None, str] | None = None  # go version, GOMAXPROCS, its source
+        # cumulative series of other receivers, (t, counts): go_ebpf calls and deadline misses, net retransmits
+        self.rpc: deque[tuple[float, dict[tuple[str, str, str], int], dict[tuple[str, str], int]]] = deque()
+        self.retrans: deque[tuple[float, dict[str, int]]] = deque()
 
 
 class Engine:
@@ -97,6 +100,7 @@ class Engine:
         cgroups: dict[str, procfs.CgroupStats] = {}
         by_cid: dict[str, procfs.CgroupStats] = {}
         seen: dict[int, ProcSample] = {}
+        touched: set[int] = set()
         for rm in req.resource_metrics:
             res = attr_dict(rm.resource.attributes)
             if "gotel.cgroup.path" in res:
@@ -114,12 +118,16 @@ class Engine:
                     self.dropped_processes += 1
                     continue
                 p = self.procs[pid] = _Proc()
-            p.resource = res
+            p.resource = {**p.resource, **res}
             s = seen.get(pid)
             if s is None:
                 s = seen[pid] = ProcSample(t=0.0)
             _fill(s, rm)
+            if _other_series(p, rm, self.cfg.window):
+                touched.add(pid)
         out: list[tuple[dict[str, Any], Finding]] = []
+        for pid in touched - set(seen):
+            out.extend((self.procs[pid].resource, f) for f in self._evaluate(pid, self.procs[pid]))
         for pid, s in seen.items():
             p = self.procs[pid]
             cid = p.resource.get("container.id")
@@ -129,6 +137,8 @@ class Engine:
                     p.cg_path = _cgroup_path_of(pid)
                 s.cgroup = cgroups.get(p.cg_path or "")
             if s.t <= 0:
+                if pid in touched:
+                    out.extend((p.resource, f) for f in self._evaluate(pid, p))
                 continue
             p.samples.append(s)
             while len(p.samples) > 2 and p.samples[-1].t - p.samples[1].t >= self.cfg.window:
@@ -137,17 +147,35 @@ class Engine:
         return out
 
     def _evaluate(self, pid: int, p: _Proc) -> list[Finding]:
-        if len(p.samples) < 2:
+        if len(p.samples) < 2 and len(p.rpc) < 2 and len(p.retrans) < 2:
             return []
         if p.fd_limit is None:
             from gotel.diagnose.gather import fd_limit
 
             p.fd_limit = fd_limit(pid) or 0
         snap = Snapshot(pid=pid, samples=list(p.samples), target=dict(p.resource), fd_limit=p.fd_limit or None)
-        snap.duration_s = p.samples[-1].t - p.samples[0].t
+        times = [[x.t for x in p.samples], [x[0] for x in p.rpc], [x[0] for x in p.retrans]]
+        spans = [ts[-1] - ts[0] for ts in times if len(ts) >= 2]
+        snap.duration_s = max(spans) if spans else 0.0
         snap.missing = {"memstats": "needs MemStats (gotel diagnose reads them from pprof)",
                         "goroutine_dumps": "needs goroutine dumps", "contention": "needs mutex/block profiles",
-                        "rpcs": "needs gRPC call outcomes", "retransmits": "needs per-peer retransmits"}
+                        "rpcs": "needs gRPC call metrics (go_ebpf receiver)",
+                        "retransmits": "needs per-peer retransmits (net receiver)"}
+        if len(p.rpc) >= 2:
+            snap.rpcs = _rpc_delta(p.rpc[0], p.rpc[-1])
+        if len(p.retrans) >= 2:
+            a, b = p.retrans[0][1], p.retrans[-1][1]
+            snap.retransmits = {k: n - a.get(k, 0) for k, n in b.items() if n > a.get(k, 0)}
+        if p.go is None:
+            from gotel.diagnose.gather import go_version, gomaxprocs
+
+            ver = go_version(pid)
+            quota = next((x.cgroup.quota_cores for x in reversed(p.samples) if x.cgroup is not None), None)
+            with contextlib.suppress(OSError):
+                n, src = gomaxprocs(pid, ver, quota, len(os.sched_getaffinity(pid)))
+                p.go = (ver, n, src)
+        if p.go is not None:
+            snap.go_version, snap.gomaxprocs, snap.gomaxprocs_source = p.go
         rep: Report = evaluate(snap, self.cfg.thresholds)
         self.evaluations += 1
         for rid, _why in rep.not_run:
@@ -206,6 +234,73 @@ def _fill(s: ProcSample, rm: Any) -> None:
         s.on_cpu_ns = int(cpu * 1e9)  # utime+stime: the on-CPU time schedstat would give, at tick resolution
     if fds:
         s.fds = fds
+
+
+def _attr(dp: Any, key: str) -> Any:
+    for a in dp.attributes:
+        if a.key == key:
+            v = a.value
+            k = v.WhichOneof("value")
+            return getattr(v, k) if k else None
+    return None
+
+
+def _other_series(p: _Proc, rm: Any, window: float) -> bool:
+    """go_ebpf's gRPC call counts and deadline misses, the net receiver's retransmits: one cumulative
+    reading each; True when the process got one."""
+    calls: dict[tuple[str, str, str], int] = {}
+    missed: dict[tuple[str, str], int] = {}
+    retrans: dict[str, int] = {}
+    t = 0.0
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            if m.name in ("rpc.server.call.duration", "rpc.client.call.duration") and m.WhichOneof("data") == "histogram":
+                kind = "server" if m.name.startswith("rpc.server") else "client"
+                for dp in m.histogram.data_points:
+                    t = max(t, dp.time_unix_nano / 1e9)
+                    method = f"{_attr(dp, 'rpc.service') or '?'}/{_attr(dp, 'rpc.method') or '?'}"
+                    k = (method, kind, str(_attr(dp, "rpc.response.status_code") or "OK"))
+                    calls[k] = calls.get(k, 0) + int(dp.count)
+            elif m.name == "gotel.rpc.server.deadline_exceeded":
+                for dp in _points(m):
+                    t = max(t, dp.time_unix_nano / 1e9)
+                    method = f"{_attr(dp, 'rpc.service') or '?'}/{_attr(dp, 'rpc.method') or '?'}"
+                    missed[(method, "server")] = missed.get((method, "server"), 0) + int(_val(dp))
+            elif m.name == "process.network.tcp.retransmits":
+                from gotel.diagnose.retrans import peer_name
+
+                for dp in _points(m):
+                    t = max(t, dp.time_unix_nano / 1e9)
+                    peer = peer_name([(a.key, _attr(dp, a.key)) for a in dp.attributes])
+                    retrans[peer] = retrans.get(peer, 0) + int(_val(dp))
+    got = False
+    if calls or missed:
+        p.rpc.append((t, calls, missed))
+        while len(p.rpc) > 2 and p.rpc[-1][0] - p.rpc[1][0] >= window:
+            p.rpc.popleft()
+        got = True
+    if retrans:
+        p.retrans.append((t, retrans))
+        while len(p.retrans) > 2 and p.retrans[-1][0] - p.retrans[1][0] >= window:
+            p.retrans.popleft()
+        got = True
+    return got
+
+
+def _rpc_delta(a: tuple[float, dict[tuple[str, str, str], int], dict[tuple[str, str], int]],
+               b: tuple[float, dict[tuple[str, str, str], int], dict[tuple[str, str], int]]) -> list[RpcStat]:
+    stats: dict[tuple[str, str], RpcStat] = {}
+    for (method, kind, code), n in b[1].items():
+        d = n - a[1].get((method, kind, code), 0)
+        if d <= 0:
+            continue
+        st = stats.setdefault((method, kind), RpcStat(method=method, kind=kind, calls=0))
+        st.calls += d
+        st.codes[code] = st.codes.get(code, 0) + d
+    for key, n in b[2].items():
+        if key in stats:
+            stats[key].deadline_missed = max(0, n - a[2].get(key, 0))
+    return list(stats.values())
 
 
 def _cgroup(res: dict[str, Any], rm: Any) -> procfs.CgroupStats:
@@ -387,7 +482,7 @@ factory = ConnectorFactory(
     config=Config,
     signals=frozenset({Signal.METRICS}),
     pairs=frozenset({(Signal.METRICS, Signal.LOGS), (Signal.METRICS, Signal.METRICS)}),
-    description="runs the diagnosis rules over live process metrics; emits each finding once per episode as a log "
+    description="runs the diagnosis rules over live process, go_ebpf and net metrics; emits each finding once per episode as a log "
                 f"record and as the metric gotel.findings (rules: {', '.join(r.id for r in RULES)})",
     create=_create,
 )

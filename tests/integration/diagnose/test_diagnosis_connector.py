@@ -152,3 +152,50 @@ async def test_capture_once_per_node_interval(goapp: Any, tmp_path: Path) -> Non
     assert [t for t, _u in pprof.sample_type_names(p)] == ["samples", "cpu"]
     assert "main.leakFiles" in (d / "goroutines.txt").read_text() or "main.every" in (d / "goroutines.txt").read_text()
     assert sorted(x.name for x in tmp_path.iterdir()) == [d.name]  # one capture on this node
+
+
+@pytest.mark.root
+async def test_deadline_misses_from_go_ebpf_metrics(goapp: Any) -> None:
+    """The go_ebpf receiver's RED and deadline metrics (real uprobes) into the connector: one deadline record
+    for the middle server whose downstream call outlives its callers' 100 ms deadline."""
+    from gotel.receivers.go_ebpf import Config as EbpfConfig
+    from gotel.receivers.go_ebpf import factory as ebpf_factory
+    from tests.helpers import goapps
+
+    back, mid = goapp("grpcapp", "server"), goapp("grpcapp", "server")
+    logs = MemorySink()
+    conn = factory.create(Signal.METRICS, Signal.LOGS, DiagConfig.model_validate({"window": 3.0}), logs,
+                          make_ctx("diagnosis"))
+    rcv = ebpf_factory.create(EbpfConfig.model_validate({"discovery": {"pids": [mid.pid]}, "export_interval": 1.0}),
+                              {Signal.TRACES: MemorySink(), Signal.METRICS: conn}, make_ctx("go_ebpf"))
+    await rcv.start()
+    client = None
+    try:
+        for _ in range(300):
+            if mid.pid in rcv.attached_pids:
+                break
+            await asyncio.sleep(0.1)
+        client = await asyncio.to_thread(
+            goapps.start, "grpcapp", "client", "-target", f"127.0.0.1:{mid.ports['grpc']}", "-deadline", "100ms",
+            "-downstream", f"127.0.0.1:{back.ports['grpc']}", "-down-delay", "300ms", "-n", "100000",
+            "-concurrency", "2")
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if any(attr_dict(r.attributes)["gotel.finding.rule"] == "deadline" for _res, r in logs.log_records()):
+                break
+        await asyncio.sleep(3.0)  # more intervals of the same episode: still one record
+    finally:
+        if client is not None:
+            client.stop()
+        await rcv.shutdown()
+    recs = [(res, attr_dict(r.attributes)) for res, r in logs.log_records()
+            if attr_dict(r.attributes)["gotel.finding.rule"] == "deadline"]
+    assert len(recs) == 1, logs.log_records()
+    res, a = recs[0]
+    assert res["process.pid"] == mid.pid and a["gotel.finding.severity"] == "critical"
+    ev = json.loads(a["gotel.finding.evidence"])
+    # the client's own view of the same calls: their deadline had passed when they returned
+    done = [r for r in client.records() if "deadline_passed" in r]
+    truth = sum(r["deadline_passed"] for r in done) / len(done)
+    assert truth >= 0.9
+    assert ev["method"] == "gotelfix.Echo/Unary" and ev["miss_ratio"] == pytest.approx(truth, abs=0.15), ev
