@@ -51,10 +51,12 @@ def test_deadline_missed_because_of_the_downstream_call(goapp: Any) -> None:
     assert ev["miss_ratio"] >= 0.9 and ev["downstream_share"] >= 0.8, ev
     # the client's own view: its deadline had passed when each call returned (DEADLINE_EXCEEDED, or an OK
     # that arrived late: the server answered after its budget ran out), and the downstream call used it all
-    recs = [r for r in client.records(timeout=1.0) if "code_name" in r and "downstream" in r]  # not the cut-off last
+    recs = [r for r in client.records(timeout=1.0) if "deadline_passed" in r]
     missed = sum(1 for r in recs if r["deadline_passed"]) / len(recs)
     assert missed >= 0.9, recs[:3]
     assert ev["miss_ratio"] == pytest.approx(missed, abs=0.1)
-    share = sum(r["downstream"]["duration_ms"] for r in recs) / len(recs) / 100.0
+    answered = [r for r in recs if "downstream" in r]  # late OKs carry their downstream call's result
+    assert answered, recs[:3]
+    share = sum(r["downstream"]["duration_ms"] for r in answered) / len(answered) / 100.0
     assert ev["downstream_share"] == pytest.approx(share, abs=0.15)
     assert ev["calls"] <= len(recs)
