@@ -8,9 +8,9 @@ episode ends after ``clear_after`` evaluations without it, and only then may the
 
 Inputs, per process (resource ``process.pid``): the ``process`` receiver's series and its cgroup's
 (cpu_throttling, run_queue_latency, fd_leak), go_ebpf's gRPC call counts and deadline misses (deadline,
-grpc_errors) and the net receiver's retransmits (tcp_retransmits). The pprof-fed rules (gc,
-slow_syscall, lock_contention, goroutine_leak) do not run here yet; they are counted as not run
-(docs/diagnose.md).
+grpc_errors), the net receiver's retransmits (tcp_retransmits) and the pprof receiver's contention
+metrics (lock_contention). gc, slow_syscall and goroutine_leak do not run here yet; they are counted as
+not run (docs/diagnose.md).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from gotel.diagnose.rules import RULES, SEVERITY_RANK, Finding, Report, check_ov
 from gotel.diagnose.signals import ProcSample, RpcStat, Snapshot
 from gotel.otlpbuild import LogsBuilder, MetricsBuilder
 from gotel.pdata import Batch, Signal, attr_dict
+from gotel.receivers.pprof.contention import Site
 
 SCOPE = "gotel.connectors.diagnosis"
 _LOG_SEVERITY = {"critical": "ERROR", "warning": "WARN", "info": "INFO"}
@@ -83,6 +84,8 @@ class _Proc:
         # cumulative series of other receivers, (t, counts): go_ebpf calls and deadline misses, net retransmits
         self.rpc: deque[tuple[float, dict[tuple[str, str, str], int], dict[tuple[str, str], int]]] = deque()
         self.retrans: deque[tuple[float, dict[str, int]]] = deque()
+        # the pprof receiver's per-scrape (delta) contention by site: (t, profile type, site key, delay s, count)
+        self.locks: deque[tuple[float, str, tuple[str, str, str], float, int]] = deque()
 
 
 class Engine:
@@ -147,7 +150,7 @@ class Engine:
         return out
 
     def _evaluate(self, pid: int, p: _Proc) -> list[Finding]:
-        if len(p.samples) < 2 and len(p.rpc) < 2 and len(p.retrans) < 2:
+        if len(p.samples) < 2 and len(p.rpc) < 2 and len(p.retrans) < 2 and not p.locks:
             return []
         if p.fd_limit is None:
             from gotel.diagnose.gather import fd_limit
@@ -166,6 +169,8 @@ class Engine:
         if len(p.retrans) >= 2:
             a, b = p.retrans[0][1], p.retrans[-1][1]
             snap.retransmits = {k: n - a.get(k, 0) for k, n in b.items() if n > a.get(k, 0)}
+        if p.locks:
+            snap.lock_sites = _lock_sites(p.locks, self.cfg.window)
         if p.go is None:
             from gotel.diagnose.gather import go_version, gomaxprocs
 
@@ -274,6 +279,18 @@ def _other_series(p: _Proc, rm: Any, window: float) -> bool:
                     peer = peer_name([(a.key, _attr(dp, a.key)) for a in dp.attributes])
                     retrans[peer] = retrans.get(peer, 0) + int(_val(dp))
     got = False
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            if m.name != "gotel.lock.contention.delay":
+                continue
+            for dp in _points(m):
+                ts = dp.time_unix_nano / 1e9
+                key = (str(_attr(dp, "code.function.name") or "?"), str(_attr(dp, "code.location") or ""),
+                       str(_attr(dp, "gotel.lock.primitive") or ""))
+                p.locks.append((ts, str(_attr(dp, "pprof.profile.type") or ""), key, _val(dp), 0))
+                got = True
+    while p.locks and p.locks[-1][0] - p.locks[0][0] > window:
+        p.locks.popleft()
     if calls or missed:
         p.rpc.append((t, calls, missed))
         while len(p.rpc) > 2 and p.rpc[-1][0] - p.rpc[1][0] >= window:
@@ -285,6 +302,19 @@ def _other_series(p: _Proc, rm: Any, window: float) -> bool:
             p.retrans.popleft()
         got = True
     return got
+
+
+def _lock_sites(locks: deque[tuple[float, str, tuple[str, str, str], float, int]], window: float) -> list[Site]:
+    """Waiting per site over the window, from the mutex profile's sites when there are any (the block
+    profile sees the same waits from the waiter's side)."""
+    kinds = {k for _t, k, _s, _d, _n in locks}
+    use = "mutex" if "mutex" in kinds else "block"
+    span = max(1.0, min(window, locks[-1][0] - locks[0][0] if len(locks) > 1 else window))
+    acc: dict[tuple[str, str, str], float] = {}
+    for _t, kind, key, delay, _n in locks:
+        if kind == use:
+            acc[key] = acc.get(key, 0.0) + delay
+    return [Site(fn, loc, prim, 0, int(d * 1e9), d / span) for (fn, loc, prim), d in acc.items()]
 
 
 def _rpc_delta(a: tuple[float, dict[tuple[str, str, str], int], dict[tuple[str, str], int]],
@@ -482,7 +512,7 @@ factory = ConnectorFactory(
     config=Config,
     signals=frozenset({Signal.METRICS}),
     pairs=frozenset({(Signal.METRICS, Signal.LOGS), (Signal.METRICS, Signal.METRICS)}),
-    description="runs the diagnosis rules over live process, go_ebpf and net metrics; emits each finding once per episode as a log "
+    description="runs the diagnosis rules over live process, go_ebpf, net and pprof metrics; emits each finding once per episode as a log "
                 f"record and as the metric gotel.findings (rules: {', '.join(r.id for r in RULES)})",
     create=_create,
 )

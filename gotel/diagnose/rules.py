@@ -126,7 +126,7 @@ def _need(s: Snapshot, *signals: str) -> None:
             "fds": sum(1 for x in s.samples if x.fds is not None) >= 3,
             "memstats": len(s.memstats) >= 2,
             "goroutine_dumps": len(s.goroutine_dumps) >= 3,
-            "contention": s.mutex is not None or s.block is not None,
+            "contention": s.mutex is not None or s.block is not None or s.lock_sites is not None,
             "rpcs": s.rpcs is not None,
             "retransmits": s.retransmits is not None,
         }[sig]
@@ -417,6 +417,9 @@ def _lock_contention(s: Snapshot, p: Params) -> Outcome:
     w = s.profile_seconds or _window(s)
     sites = top_sites(s.mutex, w, 5) if s.mutex is not None else []
     source = "mutex"
+    if s.mutex is None and s.block is None and s.lock_sites is not None:
+        sites = sorted(s.lock_sites, key=lambda x: x.delay_per_second, reverse=True)[:5]
+        source = "pprof receiver contention metrics"
     if not sites and s.block is not None:
         sites = [x for x in top_sites(s.block, w, 20) if "Mutex" in x.primitive or "semacquire" in x.primitive][:5]
         source = "block"

@@ -12,6 +12,7 @@ from typing import Any
 
 from gotel.procfs import CgroupStats
 from gotel.proto import pprof_profile_pb2 as pb
+from gotel.receivers.pprof.contention import Site
 from gotel.receivers.pprof.goroutines import Goroutine
 
 
@@ -94,6 +95,7 @@ class Snapshot:
     mutex: pb.Profile | None = None  # delta over the window
     block: pb.Profile | None = None  # delta over the window
     profile_seconds: float = 0.0  # span of the mutex/block/allocs deltas
+    lock_sites: list[Site] | None = None  # already summarised sites (the pprof receiver's contention metrics)
     goroutine_dumps: list[GoroutineDump] = field(default_factory=list)
     slow_syscalls: list[SlowSyscall] | None = None
     rpcs: list[RpcStat] | None = None

@@ -199,3 +199,40 @@ async def test_deadline_misses_from_go_ebpf_metrics(goapp: Any) -> None:
     truth = sum(r["deadline_passed"] for r in done) / len(done)
     assert truth >= 0.9
     assert ev["method"] == "gotelfix.Echo/Unary" and ev["miss_ratio"] == pytest.approx(truth, abs=0.15), ev
+
+
+async def test_lock_contention_from_the_pprof_receiver(goapp: Any) -> None:
+    """The pprof receiver's contention metrics (mutex deltas each second) into the connector: one record
+    blaming main.contend, its rate bounded by the program's own count of lock holds."""
+    from gotel.receivers.pprof import factory as pprof_factory
+    from gotel.receivers.pprof.config import Config as PprofConfig
+
+    app = goapp("faults", "-fault", "mutex", "-workers", "4")
+    logs = MemorySink()
+    conn = factory.create(Signal.METRICS, Signal.LOGS, DiagConfig.model_validate({"window": 5.0}), logs,
+                          make_ctx("diagnosis"))
+    off = {"enabled": False}
+    cfg = PprofConfig.model_validate({
+        "discovery": {"pids": [app.pid], "refresh_interval": 1.0},
+        "profiles": {"cpu": off, "heap": off, "block": off, "goroutine": off, "goroutine_dump": off,
+                     "goroutineleak": off, "mutex": {"interval": 1.0}}})
+    rcv = pprof_factory.create(cfg, {Signal.METRICS: conn, Signal.PROFILES: MemorySink(), Signal.LOGS: MemorySink()},
+                               make_ctx("pprof"))
+    before = app.get_json("/truth")
+    t0 = time.monotonic()
+    await rcv.start()
+    try:
+        await asyncio.sleep(8.0)
+    finally:
+        await rcv.shutdown()
+    rate = (app.get_json("/truth")["holds"] - before["holds"]) / (time.monotonic() - t0)
+    recs = [(res, attr_dict(r.attributes)) for res, r in logs.log_records()
+            if attr_dict(r.attributes)["gotel.finding.rule"] == "lock_contention"]
+    assert len(recs) == 1, logs.log_records()
+    res, a = recs[0]
+    assert res["process.pid"] == app.pid and a["code.function.name"] == "main.contend"
+    ev = json.loads(a["gotel.finding.evidence"])
+    site = ev["sites"][0]
+    # 4 workers, one holds the lock 2 ms at a time: the others wait most of the time, at most 3 at once
+    assert 0.5 <= site["delay_s_per_s"] <= 3.0 + 0.3, site
+    assert rate > 100  # the lock really was taken and released all along
