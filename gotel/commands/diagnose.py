@@ -97,12 +97,15 @@ def pod_pid(spec: str) -> int:
 
     try:
         api = api_client("serviceAccount" if os.environ.get("KUBERNETES_SERVICE_HOST") else "kubeConfig")
-        meta = kclient.CoreV1Api(api).read_namespaced_pod(name, ns).metadata
-        uid = meta.uid if meta is not None else None
+        # a list by name, not a GET: the same RBAC (list) the agent's pod watch already has
+        pods = kclient.CoreV1Api(api).list_namespaced_pod(ns, field_selector=f"metadata.name={name}").items
+        uid = pods[0].metadata.uid if pods and pods[0].metadata is not None else None
     except KubeConfigError as e:
         raise ValueError(f"--pod {spec}: {e}") from None
     except Exception as e:  # ApiException and transport errors: one line, not a traceback
         raise ValueError(f"--pod {spec}: reading the pod from the API server failed: {e}") from None
+    if not uid:
+        raise ValueError(f"--pod {spec}: no such pod in namespace {ns}")
     found = []
     for p in all_pids():
         info = cgroup.read_pid(p)

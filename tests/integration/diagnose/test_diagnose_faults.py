@@ -298,3 +298,38 @@ def test_text_report_and_self_contained_html(goapp: Any, tmp_path: Path) -> None
     assert html.count("<svg") == 2  # the timeline and the CPU flame graph
     # nothing fetched from elsewhere (the SVG namespace is a name, not a resource)
     assert "src=" not in html and "href=" not in html and "@import" not in html
+
+
+@pytest.mark.root
+def test_pod_is_found_through_the_api_and_its_cgroup(goapp: Any, tmp_path: Path) -> None:
+    """--pod NS/NAME: the pod's uid from the API server (the test server of tests/helpers/kube_api.py), then
+    the Go process whose /proc/PID/cgroup names that pod (a real v1 cpu cgroup shaped as cgroupfs does)."""
+    import secrets
+
+    from tests.helpers.kube_api import KubeAPIServer, make_pod
+
+    uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
+    app = _faults(goapp, "healthy")
+    leaf = CPU / "kubepods" / "burstable" / f"pod{uid}" / cid
+    leaf.mkdir(parents=True)
+    try:
+        (leaf / "cgroup.procs").write_text(str(app.pid))
+        with KubeAPIServer() as kube:
+            kube.apply("pods", make_pod("checkout", namespace="shop", uid=uid,
+                                        containers=[("app", "shop/checkout:1", f"containerd://{cid}")]))
+            kc = kube.kubeconfig(str(tmp_path / "kubeconfig"))
+            env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"} | {"KUBECONFIG": kc}
+            out = subprocess.run([sys.executable, "-m", "gotel", "diagnose", "--pod", "shop/checkout", "--duration", "2s",
+                                  "--json", "--ebpf", "off"], capture_output=True, text=True, timeout=120, env=env)
+            missing = subprocess.run([sys.executable, "-m", "gotel", "diagnose", "--pod", "shop/nope", "--duration", "1s"],
+                                     capture_output=True, text=True, timeout=120, env=env)
+    finally:
+        (CPU / "cgroup.procs").write_text(str(app.pid))
+        cur = leaf
+        while cur != CPU:
+            with contextlib.suppress(OSError):
+                cur.rmdir()
+            cur = cur.parent
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["target"]["pid"] == app.pid
+    assert missing.returncode == 2 and "no such pod in namespace shop" in missing.stderr
