@@ -428,8 +428,8 @@ def _lock_contention(s: Snapshot, p: Params) -> Outcome:
                                      "delay_s_per_s": _r(x.delay_per_second, 4),
                                      "contentions_per_s": _r(x.contentions_per_second, 1)} for x in sites]}
     if not sites:
-        return Outcome("fine", "no lock contention recorded (the program must enable runtime.SetMutexProfileFraction "
-                       "or SetBlockProfileRate for this rule to see any)", evidence=ev)
+        return Outcome("fine", "no lock contention recorded (it is recorded only in programs that enable "
+                       "runtime.SetMutexProfileFraction or SetBlockProfileRate)", evidence=ev)
     top = sites[0]
     sev = _severity(top.delay_per_second, p["delay_per_second_warning"], p["delay_per_second_critical"])
     file, _, line = top.location.rpartition(":")
