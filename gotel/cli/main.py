@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "traces": ("gotel.cli.commands.traces", "find traces in Jaeger or the file exporter's output; show one as a waterfall"),
     "flame": ("gotel.cli.commands.flame", "flame graph (SVG) and top table of a pprof file, OTLP profile file or live target"),
     "inspect": ("gotel.cli.commands.inspect", "show what gotel can probe in a Go process or binary, and why not"),
+    "diagnose": ("gotel.cli.commands.diagnose", "watch one Go process for a while and report what is wrong, where, and the fix"),
 }
 
 

@@ -1,1 +1,3 @@
-"""Diagnosis: rules defined once, used by `gotel diagnose`, the agent, and as Prometheus alert rules."""
+"""Diagnosis: rules defined once (rules.py) over signals observed of one process (signals.py), gathered by
+`gotel diagnose` (gather.py) or by the agent's `diagnosis` connector; their PromQL form (promrules.py); see
+docs/diagnose.md."""

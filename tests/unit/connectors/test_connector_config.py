@@ -118,7 +118,7 @@ def test_an_unknown_connector_type_lists_the_installed_ones() -> None:
     with pytest.raises(ConfigError) as e:
         load_config("c.yaml", text=textwrap.dedent(text), env={})
     assert [str(i) for i in e.value.issues] == [
-        'c.yaml:3 connectors::otlp: unknown connector type "otlp" (valid: forward, service_graph, span_metrics)']
+        'c.yaml:3 connectors::otlp: unknown connector type "otlp" (valid: diagnosis, forward, service_graph, span_metrics)']
 
 
 def test_bad_span_metrics_keys_are_errors_with_their_place() -> None:

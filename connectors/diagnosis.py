@@ -1,0 +1,518 @@
+"""`diagnosis` connector: the diagnosis rules (gotel/diagnose/rules.py) run over live metrics, per process.
+
+It sits where the collector puts connectors: the exporter of a metrics pipeline and the receiver of a
+logs pipeline (findings as log records, so they land in Loki beside the application's logs) and/or of
+a metrics pipeline (the counter ``gotel.findings`` by rule and severity). Each finding is emitted once
+per episode: when a rule starts finding something for a process at ``min_severity`` or worse; the
+episode ends after ``clear_after`` evaluations without it, and only then may the rule fire again.
+
+Inputs, per process (resource ``process.pid``): the ``process`` receiver's series and its cgroup's
+(cpu_throttling, run_queue_latency, fd_leak), go_ebpf's gRPC call counts and deadline misses (deadline,
+grpc_errors), the net receiver's retransmits (tcp_retransmits) and the pprof receiver's contention
+metrics (lock_contention). gc, slow_syscall and goroutine_leak do not run here yet; they are counted as
+not run (docs/diagnose.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+import uuid
+from collections import deque
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from gotel.component.contract import (
+    SHUTDOWN_DEADLINE,
+    ComponentConfig,
+    Connector,
+    ConnectorFactory,
+    Consumer,
+    ConsumerError,
+    Context,
+)
+from gotel.config.types import Duration
+from gotel.diagnose.rules import RULES, SEVERITY_RANK, Finding, Report, check_overrides, evaluate
+from gotel.diagnose.signals import ProcSample, RpcStat, Snapshot
+from gotel.host import procfs
+from gotel.pdata.batch import Batch, Signal, attr_dict
+from gotel.pdata.builders import LogsBuilder, MetricsBuilder
+from gotel.receivers.pprof.contention import Site
+
+SCOPE = "gotel.connectors.diagnosis"
+_LOG_SEVERITY = {"critical": "ERROR", "warning": "WARN", "info": "INFO"}
+
+
+class CaptureConfig(ComponentConfig):
+    directory: str = Field(description="where each capture gets a directory named by its id")
+    cpu_seconds: Duration = Field(10.0, gt=0, le=120, description="length of the CPU profile taken at a finding")
+    goroutine_dump: bool = Field(True, description="also save goroutine?debug=2 at the end of the CPU profile")
+    min_interval: Duration = Field(60.0, ge=0, description="at most one capture per this interval on this node")
+    min_severity: Literal["critical", "warning", "info"] = Field("warning", description="findings that capture")
+
+
+class Config(ComponentConfig):
+    capture: CaptureConfig | None = Field(
+        None, description="on a finding, a CPU profile and goroutine dump from the process's pprof endpoint")
+    window: Duration = Field(60.0, gt=0, description="how far back each evaluation looks")
+    min_severity: Literal["critical", "warning", "info"] = Field(
+        "warning", description="findings below this severity are not emitted")
+    clear_after: int = Field(2, ge=1, description="evaluations without the finding that end its episode")
+    thresholds: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="per rule id, threshold name -> value (defaults in docs/diagnose.md)")
+    max_processes: int = Field(10000, gt=0, description="processes tracked at once; beyond it new ones are dropped")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        check_overrides(v)
+        return v
+
+
+class _Proc:
+    def __init__(self) -> None:
+        self.samples: deque[ProcSample] = deque()
+        self.resource: dict[str, Any] = {}
+        self.active: dict[str, int] = {}  # rule id -> evaluations since it last found (0 = finding now)
+        self.cg_path: str | None = None
+        self.fd_limit: int | None = None
+        self.go: tuple[str | None, int | None, str] | None = None  # go version, GOMAXPROCS, its source
+        # cumulative series of other receivers, (t, counts): go_ebpf calls and deadline misses, net retransmits
+        self.rpc: deque[tuple[float, dict[tuple[str, str, str], int], dict[tuple[str, str], int]]] = deque()
+        self.retrans: deque[tuple[float, dict[str, int]]] = deque()
+        # the pprof receiver's per-scrape (delta) contention by site: (t, profile type, site key, delay s, count)
+        self.locks: deque[tuple[float, str, tuple[str, str, str], float, int]] = deque()
+
+
+class Engine:
+    """Per-process windows of samples and rule episodes; pure, so tests and the benchmark drive it directly."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.procs: dict[int, _Proc] = {}
+        self.dropped_processes = 0
+        self.not_run: dict[str, int] = {}
+        self.evaluations = 0
+
+    def ingest(self, req: Any, now_ns: int | None = None) -> list[tuple[dict[str, Any], Finding]]:
+        """Reads one ExportMetricsServiceRequest; returns the findings that start an episode."""
+        cgroups: dict[str, procfs.CgroupStats] = {}
+        by_cid: dict[str, procfs.CgroupStats] = {}
+        seen: dict[int, ProcSample] = {}
+        touched: set[int] = set()
+        for rm in req.resource_metrics:
+            res = attr_dict(rm.resource.attributes)
+            if "gotel.cgroup.path" in res:
+                cg = _cgroup(res, rm)
+                cgroups[cg.path] = cg
+                if res.get("container.id"):
+                    by_cid[str(res["container.id"])] = cg
+                continue
+            pid = res.get("process.pid")
+            if not isinstance(pid, int):
+                continue
+            p = self.procs.get(pid)
+            if p is None:
+                if len(self.procs) >= self.cfg.max_processes:
+                    self.dropped_processes += 1
+                    continue
+                p = self.procs[pid] = _Proc()
+            p.resource = {**p.resource, **res}
+            s = seen.get(pid)
+            if s is None:
+                s = seen[pid] = ProcSample(t=0.0)
+            _fill(s, rm)
+            if _other_series(p, rm, self.cfg.window):
+                touched.add(pid)
+        out: list[tuple[dict[str, Any], Finding]] = []
+        for pid in touched - set(seen):
+            out.extend((self.procs[pid].resource, f) for f in self._evaluate(pid, self.procs[pid]))
+        for pid, s in seen.items():
+            p = self.procs[pid]
+            cid = p.resource.get("container.id")
+            s.cgroup = by_cid.get(str(cid)) if cid else None
+            if s.cgroup is None and cgroups:
+                if p.cg_path is None:
+                    p.cg_path = _cgroup_path_of(pid)
+                s.cgroup = cgroups.get(p.cg_path or "")
+            if s.t <= 0:
+                if pid in touched:
+                    out.extend((p.resource, f) for f in self._evaluate(pid, p))
+                continue
+            p.samples.append(s)
+            while len(p.samples) > 2 and p.samples[-1].t - p.samples[1].t >= self.cfg.window:
+                p.samples.popleft()
+            out.extend((p.resource, f) for f in self._evaluate(pid, p))
+        return out
+
+    def _evaluate(self, pid: int, p: _Proc) -> list[Finding]:
+        if len(p.samples) < 2 and len(p.rpc) < 2 and len(p.retrans) < 2 and not p.locks:
+            return []
+        if p.fd_limit is None:
+            from gotel.diagnose.gather import fd_limit
+
+            p.fd_limit = fd_limit(pid) or 0
+        snap = Snapshot(pid=pid, samples=list(p.samples), target=dict(p.resource), fd_limit=p.fd_limit or None)
+        times = [[x.t for x in p.samples], [x[0] for x in p.rpc], [x[0] for x in p.retrans]]
+        spans = [ts[-1] - ts[0] for ts in times if len(ts) >= 2]
+        snap.duration_s = max(spans) if spans else 0.0
+        snap.missing = {"memstats": "needs MemStats (gotel diagnose reads them from pprof)",
+                        "goroutine_dumps": "needs goroutine dumps", "contention": "needs mutex/block profiles",
+                        "rpcs": "needs gRPC call metrics (go_ebpf receiver)",
+                        "retransmits": "needs per-peer retransmits (net receiver)"}
+        if len(p.rpc) >= 2:
+            snap.rpcs = _rpc_delta(p.rpc[0], p.rpc[-1])
+        if len(p.retrans) >= 2:
+            a, b = p.retrans[0][1], p.retrans[-1][1]
+            snap.retransmits = {k: n - a.get(k, 0) for k, n in b.items() if n > a.get(k, 0)}
+        if p.locks:
+            snap.lock_sites = _lock_sites(p.locks, self.cfg.window)
+        if p.go is None:
+            from gotel.diagnose.gather import go_version, gomaxprocs
+
+            ver = go_version(pid)
+            quota = next((x.cgroup.quota_cores for x in reversed(p.samples) if x.cgroup is not None), None)
+            with contextlib.suppress(OSError):
+                n, src = gomaxprocs(pid, ver, quota, len(os.sched_getaffinity(pid)))
+                p.go = (ver, n, src)
+        if p.go is not None:
+            snap.go_version, snap.gomaxprocs, snap.gomaxprocs_source = p.go
+        rep: Report = evaluate(snap, self.cfg.thresholds)
+        self.evaluations += 1
+        for rid, _why in rep.not_run:
+            self.not_run[rid] = self.not_run.get(rid, 0) + 1
+        limit = SEVERITY_RANK[self.cfg.min_severity]
+        now = {f.rule: f for f in rep.findings if SEVERITY_RANK[f.severity] <= limit}
+        started = []
+        for rid, f in now.items():
+            if rid not in p.active:
+                started.append(f)
+            p.active[rid] = 0
+        for rid in list(p.active):
+            if rid in now:
+                continue
+            p.active[rid] += 1
+            if p.active[rid] >= self.cfg.clear_after:
+                del p.active[rid]
+        return started
+
+    def forget(self, pid: int) -> None:
+        self.procs.pop(pid, None)
+
+
+def _points(m: Any) -> Any:
+    kind = m.WhichOneof("data")
+    return getattr(m, kind).data_points if kind in ("sum", "gauge") else ()
+
+
+def _val(dp: Any) -> float:
+    return float(dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int)
+
+
+def _fill(s: ProcSample, rm: Any) -> None:
+    cpu = 0.0
+    have_cpu = False
+    fds: dict[str, int] = {}
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            for dp in _points(m):
+                s.t = max(s.t, dp.time_unix_nano / 1e9)
+                v = _val(dp)
+                if m.name == "process.cpu.time":
+                    cpu += v
+                    have_cpu = True
+                elif m.name == "process.thread.count":
+                    s.threads = int(v)
+                elif m.name == "process.schedstat.run_delay":
+                    s.run_delay_ns = int(v * 1e9)
+                elif m.name == "process.schedstat.timeslices":
+                    s.timeslices = int(v)
+                elif m.name == "process.unix.file_descriptor.count":
+                    kind = next((a.value.string_value for a in dp.attributes if a.key == "gotel.fd.kind"), "other")
+                    fds[kind] = int(v)
+    if have_cpu:
+        s.cpu_s = cpu
+        s.on_cpu_ns = int(cpu * 1e9)  # utime+stime: the on-CPU time schedstat would give, at tick resolution
+    if fds:
+        s.fds = fds
+
+
+def _attr(dp: Any, key: str) -> Any:
+    for a in dp.attributes:
+        if a.key == key:
+            v = a.value
+            k = v.WhichOneof("value")
+            return getattr(v, k) if k else None
+    return None
+
+
+def _other_series(p: _Proc, rm: Any, window: float) -> bool:
+    """go_ebpf's gRPC call counts and deadline misses, the net receiver's retransmits: one cumulative
+    reading each; True when the process got one."""
+    calls: dict[tuple[str, str, str], int] = {}
+    missed: dict[tuple[str, str], int] = {}
+    retrans: dict[str, int] = {}
+    t = 0.0
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            if m.name in ("rpc.server.call.duration", "rpc.client.call.duration") and m.WhichOneof("data") == "histogram":
+                kind = "server" if m.name.startswith("rpc.server") else "client"
+                for dp in m.histogram.data_points:
+                    t = max(t, dp.time_unix_nano / 1e9)
+                    method = f"{_attr(dp, 'rpc.service') or '?'}/{_attr(dp, 'rpc.method') or '?'}"
+                    k = (method, kind, str(_attr(dp, "rpc.response.status_code") or "OK"))
+                    calls[k] = calls.get(k, 0) + int(dp.count)
+            elif m.name == "gotel.rpc.server.deadline_exceeded":
+                for dp in _points(m):
+                    t = max(t, dp.time_unix_nano / 1e9)
+                    method = f"{_attr(dp, 'rpc.service') or '?'}/{_attr(dp, 'rpc.method') or '?'}"
+                    missed[(method, "server")] = missed.get((method, "server"), 0) + int(_val(dp))
+            elif m.name == "process.network.tcp.retransmits":
+                from gotel.diagnose.retrans import peer_name
+
+                for dp in _points(m):
+                    t = max(t, dp.time_unix_nano / 1e9)
+                    peer = peer_name([(a.key, _attr(dp, a.key)) for a in dp.attributes])
+                    retrans[peer] = retrans.get(peer, 0) + int(_val(dp))
+    got = False
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            if m.name != "gotel.lock.contention.delay":
+                continue
+            for dp in _points(m):
+                ts = dp.time_unix_nano / 1e9
+                key = (str(_attr(dp, "code.function.name") or "?"), str(_attr(dp, "code.location") or ""),
+                       str(_attr(dp, "gotel.lock.primitive") or ""))
+                p.locks.append((ts, str(_attr(dp, "pprof.profile.type") or ""), key, _val(dp), 0))
+                got = True
+    while p.locks and p.locks[-1][0] - p.locks[0][0] > window:
+        p.locks.popleft()
+    if calls or missed:
+        p.rpc.append((t, calls, missed))
+        while len(p.rpc) > 2 and p.rpc[-1][0] - p.rpc[1][0] >= window:
+            p.rpc.popleft()
+        got = True
+    if retrans:
+        p.retrans.append((t, retrans))
+        while len(p.retrans) > 2 and p.retrans[-1][0] - p.retrans[1][0] >= window:
+            p.retrans.popleft()
+        got = True
+    return got
+
+
+def _lock_sites(locks: deque[tuple[float, str, tuple[str, str, str], float, int]], window: float) -> list[Site]:
+    """Waiting per site over the window, from the mutex profile's sites when there are any (the block
+    profile sees the same waits from the waiter's side)."""
+    kinds = {k for _t, k, _s, _d, _n in locks}
+    use = "mutex" if "mutex" in kinds else "block"
+    span = max(1.0, min(window, locks[-1][0] - locks[0][0] if len(locks) > 1 else window))
+    acc: dict[tuple[str, str, str], float] = {}
+    for _t, kind, key, delay, _n in locks:
+        if kind == use:
+            acc[key] = acc.get(key, 0.0) + delay
+    return [Site(fn, loc, prim, 0, int(d * 1e9), d / span) for (fn, loc, prim), d in acc.items()]
+
+
+def _rpc_delta(a: tuple[float, dict[tuple[str, str, str], int], dict[tuple[str, str], int]],
+               b: tuple[float, dict[tuple[str, str, str], int], dict[tuple[str, str], int]]) -> list[RpcStat]:
+    stats: dict[tuple[str, str], RpcStat] = {}
+    for (method, kind, code), n in b[1].items():
+        d = n - a[1].get((method, kind, code), 0)
+        if d <= 0:
+            continue
+        st = stats.setdefault((method, kind), RpcStat(method=method, kind=kind, calls=0))
+        st.calls += d
+        st.codes[code] = st.codes.get(code, 0) + d
+    for key, n in b[2].items():
+        if key in stats:
+            stats[key].deadline_missed = max(0, n - a[2].get(key, 0))
+    return list(stats.values())
+
+
+def _cgroup(res: dict[str, Any], rm: Any) -> procfs.CgroupStats:
+    cg = procfs.CgroupStats(version=int(res.get("gotel.cgroup.version", 2)), path=str(res["gotel.cgroup.path"]))
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            for dp in _points(m):
+                v = _val(dp)
+                if m.name == "container.cpu.time" and not dp.attributes:
+                    cg.cpu_usage_s = v
+                elif m.name == "container.cpu.periods":
+                    cg.periods = int(v)
+                elif m.name == "container.cpu.throttled.periods":
+                    cg.throttled_periods = int(v)
+                elif m.name == "container.cpu.throttled.time":
+                    cg.throttled_s = v
+                elif m.name == "container.cpu.limit":
+                    cg.quota_cores = v
+    return cg
+
+
+def _cgroup_path_of(pid: int) -> str:
+    """The path the process receiver names the cgroup by: v1 cpu controller's, else the v2 one."""
+    try:
+        paths = procfs.proc_cgroups(pid)
+    except (procfs.ProcessGone, OSError):
+        return ""
+    return paths.get("cpu") or paths.get("", "")
+
+
+def finding_attributes(f: Finding) -> dict[str, Any]:
+    a: dict[str, Any] = {"gotel.finding.rule": f.rule, "gotel.finding.category": f.category,
+                         "gotel.finding.severity": f.severity, "gotel.finding.evidence": json.dumps(f.evidence),
+                         "gotel.finding.fix": f.fix}
+    if f.location.function:
+        a["code.function.name"] = f.location.function
+    if f.location.file:
+        a["code.file.path"] = f.location.file
+    if f.location.line:
+        a["code.line.number"] = f.location.line
+    return a
+
+
+class Capturer:
+    """Bounded captures at findings: one per ``min_interval`` on this node, each in its own directory
+    (cpu.pb.gz, goroutines.txt, capture.json with the finding, window and outcome)."""
+
+    def __init__(self, cfg: CaptureConfig, ctx: Context) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.last = float("-inf")
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.taken = ctx.telemetry.counter("diagnosis_captures", "Captures at findings, by outcome.", ("outcome",))
+
+    def maybe(self, pid: int, f: Finding) -> dict[str, Any]:
+        """Attributes linking the finding to its capture (or saying why there is none)."""
+        if SEVERITY_RANK[f.severity] > SEVERITY_RANK[self.cfg.min_severity]:
+            return {}
+        now = time.monotonic()
+        if now - self.last < self.cfg.min_interval:
+            self.taken.labels("rate_limited").inc()
+            return {"gotel.finding.capture.skipped": "rate_limited"}
+        self.last = now
+        cap_id = uuid.uuid4().hex
+        path = os.path.join(self.cfg.directory, cap_id)
+        start = time.time()
+        t = asyncio.ensure_future(self._run(pid, f, path, start))
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+        return {"gotel.finding.capture.id": cap_id, "gotel.finding.capture.path": path,
+                "gotel.finding.capture.start": start, "gotel.finding.capture.end": start + self.cfg.cpu_seconds}
+
+    async def _run(self, pid: int, f: Finding, path: str, start: float) -> None:
+        from gotel.diagnose.gather import find_pprof
+        from gotel.formats import pprof
+        from gotel.receivers.pprof.fetch import Fetcher, ScrapeError
+
+        meta: dict[str, Any] = {"pid": pid, "finding": f.as_dict(), "start": start, "files": []}
+        fetcher = Fetcher(timeout=10.0)
+        try:
+            os.makedirs(path, exist_ok=True)
+            target = await find_pprof(pid, fetcher)
+            if target is None:
+                meta["outcome"] = f"no pprof endpoint on pid {pid}'s listening ports"
+            else:
+                prefix = target.path_prefix.rstrip("/")
+                secs = max(1, round(self.cfg.cpu_seconds))
+                r = await fetcher.get(target, f"{prefix}/profile", params={"seconds": str(secs)}, timeout=secs + 15.0)
+                pprof.decode(r.body)  # a body that is not a profile is not saved as one
+                _write(os.path.join(path, "cpu.pb.gz"), r.body)
+                meta["files"].append("cpu.pb.gz")
+                if self.cfg.goroutine_dump:
+                    g = await fetcher.get(target, f"{prefix}/goroutine", params={"debug": "2"}, expect="text")
+                    _write(os.path.join(path, "goroutines.txt"), g.body)
+                    meta["files"].append("goroutines.txt")
+                meta["outcome"] = "ok"
+        except (ScrapeError, pprof.PprofError, OSError) as e:
+            meta["outcome"] = f"failed: {e}"
+        finally:
+            await fetcher.close()
+        meta["end"] = time.time()
+        self.taken.labels("ok" if meta["outcome"] == "ok" else "failed").inc()
+        if meta["outcome"] != "ok":
+            self.ctx.logger.warning("diagnosis: capture for pid %d (%s): %s", pid, f.rule, meta["outcome"])
+        with contextlib.suppress(OSError):
+            _write(os.path.join(path, "capture.json"), json.dumps(meta, indent=1).encode())
+
+    async def shutdown(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+        for t in list(self.tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+
+def _write(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+class Diagnosis(Connector):
+    def __init__(self, dst: Signal, cfg: Config, nxt: Consumer, ctx: Context) -> None:
+        self.dst = dst
+        # only the logs output captures: its records carry the links, and one capture per finding
+        self.capturer = Capturer(cfg.capture, ctx) if cfg.capture is not None and dst == Signal.LOGS else None
+        self.engine = Engine(cfg)
+        self.next = nxt
+        self.ctx = ctx
+        self.counts: dict[tuple[tuple[tuple[str, Any], ...], str, str], int] = {}
+        self.start_ns = time.time_ns()
+        self._findings = ctx.telemetry.counter("diagnosis_findings", "Findings emitted (episodes started).",
+                                               ("rule", "severity"))
+
+    async def consume(self, batch: Batch) -> None:
+        started = self.engine.ingest(batch.peek())
+        if not started:
+            return
+        for _res, f in started:
+            self._findings.labels(f.rule, f.severity).inc()
+        out: Batch
+        if self.dst == Signal.LOGS:
+            lb = LogsBuilder(SCOPE)
+            for res, f in started:
+                attrs = finding_attributes(f)
+                if self.capturer is not None and isinstance(res.get("process.pid"), int):
+                    attrs.update(self.capturer.maybe(res["process.pid"], f))
+                lb.add(res, f"{f.rule}: {f.summary}", severity=_LOG_SEVERITY[f.severity], event_name="gotel.finding",
+                       attributes=attrs)
+            out = lb.batch()
+        else:
+            mb = MetricsBuilder(SCOPE)
+            for res, f in started:
+                key = (tuple(sorted(res.items())), f.rule, f.severity)
+                self.counts[key] = self.counts.get(key, 0) + 1
+            for (rkey, rule, sev), n in self.counts.items():
+                mb.sum(dict(rkey), "gotel.findings", n, "{finding}", "Diagnosis findings (episodes started), by rule and severity.",
+                       {"gotel.finding.rule": rule, "gotel.finding.severity": sev}, start=self.start_ns)
+            out = mb.batch()
+        try:
+            await self.next.consume(out)
+        except ConsumerError as e:
+            self.ctx.telemetry.dropped(self.dst, out.item_count(), "refused downstream")
+            self.ctx.logger.warning("diagnosis: %d findings not accepted downstream: %s", len(started), e)
+
+
+    async def shutdown(self, deadline: float = SHUTDOWN_DEADLINE) -> None:
+        if self.capturer is not None:
+            await self.capturer.shutdown()
+
+
+def _create(src: Signal, dst: Signal, cfg: Config, nxt: Consumer, ctx: Context) -> Diagnosis:
+    return Diagnosis(dst, cfg, nxt, ctx)
+
+
+factory = ConnectorFactory(
+    type="diagnosis",
+    config=Config,
+    signals=frozenset({Signal.METRICS}),
+    pairs=frozenset({(Signal.METRICS, Signal.LOGS), (Signal.METRICS, Signal.METRICS)}),
+    description="runs the diagnosis rules over live process, go_ebpf, net and pprof metrics; emits each finding once per episode as a log "
+                f"record and as the metric gotel.findings (rules: {', '.join(r.id for r in RULES)})",
+    create=_create,
+)
