@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import IO, Annotated, Literal
 
 from pydantic import BeforeValidator, Field, PlainSerializer
 
@@ -87,7 +87,7 @@ class _Writer:
         self.q: queue.Queue[_Item | None] = queue.Queue(cfg.queue_size)
         self.users = 0
         self.thread: threading.Thread | None = None
-        self.f: object = None
+        self.f: IO[bytes] | None = None
         self.size = 0
         self.error: str | None = None
 
@@ -116,11 +116,15 @@ class _Writer:
             return struct.pack(">I", len(raw)) + raw
         return (to_json(batch.peek()) + "\n").encode()
 
+    def _file(self) -> IO[bytes]:
+        assert self.f is not None, "the writer thread runs only after open()"
+        return self.f
+
     def _rotate(self) -> None:
         rot = self.cfg.rotation
         assert rot is not None
-        f = self.f
-        f.close()  # type: ignore[attr-defined]
+        f = self._file()
+        f.close()
         now = datetime.now() if rot.localtime else datetime.now(UTC)
         base, ext = os.path.splitext(self.path)
         stamp = now.strftime("%Y-%m-%dT%H-%M-%S.%f")[:-3]
@@ -145,11 +149,11 @@ class _Writer:
             except queue.Empty:
                 item = None
                 if self.f is not None:
-                    self.f.flush()  # type: ignore[attr-defined]
+                    self.f.flush()
                 last_flush = time.monotonic()
                 continue
             if item is None:
-                self.f.flush()  # type: ignore[attr-defined]
+                self._file().flush()
                 return
             n = item.batch.item_count()
             try:
@@ -157,13 +161,13 @@ class _Writer:
                 rot = self.cfg.rotation
                 if rot is not None and self.size and self.size + len(data) > rot.max_megabytes * MIB:
                     self._rotate()
-                self.f.write(data)  # type: ignore[attr-defined]
+                self._file().write(data)
                 self.size += len(data)
                 item.exporter._done(n, None)
             except Exception as e:  # disk full, permissions: count and keep going
                 item.exporter._done(n, f"{type(e).__name__}: {e}")
             if time.monotonic() - last_flush >= self.cfg.flush_interval:
-                self.f.flush()  # type: ignore[attr-defined]
+                self._file().flush()
                 last_flush = time.monotonic()
 
     def stop(self, timeout: float) -> None:
@@ -172,8 +176,9 @@ class _Writer:
             return
         self.q.put(None)
         self.thread.join(timeout)
-        with contextlib.suppress(Exception):
-            self.f.close()  # type: ignore[attr-defined]
+        if self.f is not None:
+            with contextlib.suppress(Exception):
+                self.f.close()
         self.thread = None
         _WRITERS.pop(self.path, None)
 

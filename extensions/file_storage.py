@@ -205,7 +205,7 @@ class FileClient:
         with contextlib.suppress(Exception):
             await self._call(self._close)
         self._pool.shutdown(wait=False)
-        self._pool = None  # type: ignore[assignment]
+        self._pool = None  # type: ignore[assignment]  # closed: the pool is gone for good
 
 
 class FileStorage(Component):

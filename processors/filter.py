@@ -70,15 +70,15 @@ def _reject_legacy(data: Any, where: str) -> Any:
 
 
 class TracesFilter(ComponentConfig):
-    resource: list[_cond("traces", "resource")] | None = None  # type: ignore[valid-type]
-    span: list[_cond("traces", "span")] | None = None  # type: ignore[valid-type]
-    spanevent: list[_cond("traces", "spanevent")] | None = None  # type: ignore[valid-type]
+    resource: list[_cond("traces", "resource")] | None = None  # type: ignore[valid-type]  # condition types built per signal by a function
+    span: list[_cond("traces", "span")] | None = None  # type: ignore[valid-type]  # condition types built per signal by a function
+    spanevent: list[_cond("traces", "spanevent")] | None = None  # type: ignore[valid-type]  # condition types built per signal by a function
 
 
 class MetricsFilter(ComponentConfig):
-    resource: list[_cond("metrics", "resource")] | None = None  # type: ignore[valid-type]
-    metric: list[_cond("metrics", "metric")] | None = None  # type: ignore[valid-type]
-    datapoint: list[_cond("metrics", "datapoint")] | None = None  # type: ignore[valid-type]
+    resource: list[_cond("metrics", "resource")] | None = None  # type: ignore[valid-type]  # condition types built per signal by a function
+    metric: list[_cond("metrics", "metric")] | None = None  # type: ignore[valid-type]  # condition types built per signal by a function
+    datapoint: list[_cond("metrics", "datapoint")] | None = None  # type: ignore[valid-type]  # condition types built per signal by a function
 
     @model_validator(mode="before")
     @classmethod
@@ -87,8 +87,8 @@ class MetricsFilter(ComponentConfig):
 
 
 class LogsFilter(ComponentConfig):
-    resource: list[_cond("logs", "resource")] | None = None  # type: ignore[valid-type]
-    log_record: list[_cond("logs", "log")] | None = None  # type: ignore[valid-type]
+    resource: list[_cond("logs", "resource")] | None = None  # type: ignore[valid-type]  # condition types built per signal by a function
+    log_record: list[_cond("logs", "log")] | None = None  # type: ignore[valid-type]  # condition types built per signal by a function
 
     @model_validator(mode="before")
     @classmethod
@@ -123,17 +123,17 @@ class _Group(ComponentConfig):
 
 class TraceGroup(_Group):
     signal: ClassVar[str] = "traces"
-    conditions: list[_group_condition("traces")]  # type: ignore[valid-type]
+    conditions: list[_group_condition("traces")]  # type: ignore[valid-type]  # condition types built per signal by a function
 
 
 class MetricGroup(_Group):
     signal: ClassVar[str] = "metrics"
-    conditions: list[_group_condition("metrics")]  # type: ignore[valid-type]
+    conditions: list[_group_condition("metrics")]  # type: ignore[valid-type]  # condition types built per signal by a function
 
 
 class LogGroup(_Group):
     signal: ClassVar[str] = "logs"
-    conditions: list[_group_condition("logs")]  # type: ignore[valid-type]
+    conditions: list[_group_condition("logs")]  # type: ignore[valid-type]  # condition types built per signal by a function
 
 
 def _entry(signal: str, group: type[_Group]) -> Any:
@@ -149,9 +149,9 @@ class Config(ComponentConfig):
     traces: TracesFilter = Field(default_factory=TracesFilter)
     metrics: MetricsFilter = Field(default_factory=MetricsFilter)
     logs: LogsFilter = Field(default_factory=LogsFilter)
-    trace_conditions: list[_entry("traces", TraceGroup)] | None = None  # type: ignore[valid-type]
-    metric_conditions: list[_entry("metrics", MetricGroup)] | None = None  # type: ignore[valid-type]
-    log_conditions: list[_entry("logs", LogGroup)] | None = None  # type: ignore[valid-type]
+    trace_conditions: list[_entry("traces", TraceGroup)] | None = None  # type: ignore[valid-type]  # condition types built per signal by a function
+    metric_conditions: list[_entry("metrics", MetricGroup)] | None = None  # type: ignore[valid-type]  # condition types built per signal by a function
+    log_conditions: list[_entry("logs", LogGroup)] | None = None  # type: ignore[valid-type]  # condition types built per signal by a function
 
     @model_validator(mode="before")
     @classmethod
@@ -497,18 +497,18 @@ class FilterProcessor(Processor):
                         if ci is None:
                             hit = item_match(it)
                         else:
-                            which = ci.get(ii, plan_item[0])  # type: ignore[index]
+                            which = ci.get(ii, plan_item[0])  # type: ignore[index]  # plan tuples checked non-None by the caller
                             hit = bool(which) and st.item.matches_some(it, which)
                         if hit:
                             drop_i.append(ii)
                             continue
                     sub_which: tuple[int, ...] | None = None
                     if cs is not None:
-                        sub_which = cs.get(ii, plan_sub[0])  # type: ignore[index]
+                        sub_which = cs.get(ii, plan_sub[0])  # type: ignore[index]  # plan tuples checked non-None by the caller
                         if not sub_which:
                             continue
                     if sub_match is not None:
-                        points = sub_of(item)  # type: ignore[misc]
+                        points = sub_of(item)  # type: ignore[misc]  # sub_of is set together with st.sub
                         if points is None:
                             continue
                         drop_p: list[int] = []

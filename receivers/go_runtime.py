@@ -199,7 +199,7 @@ class GoRuntimeReceiver(TargetedReceiver):
             symtab = b.gb.image.elf.get_section_by_name(".symtab")
             if symtab is None:
                 return None
-            syms = symtab.get_symbol_by_name("runtime.allgs")  # type: ignore[attr-defined]
+            syms = symtab.get_symbol_by_name("runtime.allgs")  # type: ignore[attr-defined]  # pyelftools types the section as Section; it is a SymbolTableSection here
             if syms:
                 b.allgs = int(syms[0]["st_value"])
         except GoAnalysisError as e:

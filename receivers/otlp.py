@@ -246,7 +246,7 @@ class _GuardedRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _GuardedServer  # the app's own Server, making _GuardedHandler connections
-        server._guard = self._guard  # type: ignore[attr-defined]
+        server._guard = self._guard  # type: ignore[attr-defined]  # aiohttp/asyncio objects without these attributes in their stubs
         return server
 
 
@@ -603,7 +603,7 @@ class OTLPReceiver(Receiver):
                 await site.start()
                 server = site._server
                 if server is not None and getattr(server, "sockets", None):
-                    self.http_port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+                    self.http_port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]  # aiohttp/asyncio objects without these attributes in their stubs
         except OSError as e:
             await runner.cleanup()
             raise OSError(f"{self.ctx.id}: cannot listen on {h.endpoint} (HTTP): {e}") from None

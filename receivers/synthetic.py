@@ -152,7 +152,7 @@ class Generator:
         for _ in range(n):
             seq = next(self.seq)
             sev = (9, "INFO") if seq % 10 else (17, "ERROR")
-            rec = LogRecord(time_unix_nano=now, observed_time_unix_nano=now, severity_number=sev[0],  # type: ignore[arg-type]
+            rec = LogRecord(time_unix_nano=now, observed_time_unix_nano=now, severity_number=sev[0],  # type: ignore[arg-type]  # protobuf enum field given its int value
                             severity_text=sev[1], attributes=[kv("gotel.synthetic.seq", seq), *self.extra])
             rec.body.string_value = f"synthetic log record {seq}"
             recs.append(rec)

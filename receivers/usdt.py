@@ -436,7 +436,7 @@ class Aggregator:
                 rec = logs_pb2.LogRecord(
                     time_unix_nano=ev.ts_ns + self.offset,
                     observed_time_unix_nano=time.time_ns(),
-                    severity_number=_SEVERITY[lg.severity],  # type: ignore[arg-type]
+                    severity_number=_SEVERITY[lg.severity],  # type: ignore[arg-type]  # protobuf enum field given its int value
                     severity_text=lg.severity,
                 )
                 rec.body.string_value = "" if body is None else str(body)

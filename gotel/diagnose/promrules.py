@@ -137,7 +137,7 @@ def thresholds(rule: str) -> dict[str, float]:
     """The rule's threshold defaults: the diagnosis rules' when installed, else ``DEFAULTS``."""
     out = dict(DEFAULTS[rule])
     try:
-        from gotel.diagnose.rules import BY_ID  # type: ignore[import-not-found,unused-ignore]
+        from gotel.diagnose.rules import BY_ID  # type: ignore[import-not-found,unused-ignore]  # rules.py may be absent in a partial install
     except ImportError:
         return out
     params: dict[str, float] = BY_ID[rule].params()

@@ -221,7 +221,7 @@ def _symbols(gb: GoBinary) -> dict[str, int]:
         st = ELFFile(f).get_section_by_name(".symtab")
         if st is None:
             return out
-        for s in st.iter_symbols():  # type: ignore[attr-defined]
+        for s in st.iter_symbols():  # type: ignore[attr-defined]  # pyelftools types the section as Section; it is a SymbolTableSection here
             if s.name == "io.EOF":
                 out[s.name] = int(s["st_value"])
     return out
