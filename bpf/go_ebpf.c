@@ -5,7 +5,8 @@
  * gotel_go_offsets (DWARF + symbol table, filled by user space; GOTEL_GO_OFFSET_UNKNOWN when unknown, and
  * then the field is simply not read). One finished request = one ring-buffer record, submitted without a
  * wake-up. Trace ids here are local: user space continues incoming traceparents and stitches client and
- * server spans of traced processes (receivers/go_ebpf/assemble.py). */
+ * server spans of traced processes (receivers/go_ebpf/events.py). At a call's end its RED metrics are
+ * added to go_red and the sampling decision is made (call_done); only kept calls reach the ring buffer. */
 #include "gotel_go.h"
 #include "gotel_ringbuf.h"
 
@@ -126,6 +127,7 @@
 #define E_NO_OFFSETS 64  /* the binary lacks DWARF: attributes needing offsets were not read */
 #define E_STREAM_ID 128
 #define E_BEGIN_WALL 256 /* start missed (call began before the pid was traced): aux/obj hold clientStream.beginTime */
+#define E_SAMPLED_TP (1 << 24) /* sampling: an incoming traceparent (of this call or the call it serves) said sampled */
 
 #define STR_LEN 96
 #define TP_LEN 56
@@ -312,8 +314,18 @@ static __always_inline void read_tcpaddr(struct gotel_go_proc *p, u64 iface_addr
     }
 }
 
-static __always_inline u64 rand64(void) {
-    return ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+/* Ids: one random number per call, stretched by splitmix64 (a helper call costs more than the mixing). */
+#define GOLDEN 0x9e3779b97f4a7c15ULL
+static __always_inline u64 mix64(u64 x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+static __always_inline u64 id_seed(u64 now) {
+    return ((u64)bpf_get_prandom_u32() << 32) ^ now;
 }
 
 static __always_inline void call_init(struct gev *e, u32 type) {
@@ -338,10 +350,11 @@ static __always_inline struct gev *srv_begin(struct gotel_go_key *k, u32 type) {
     struct gev *e = srv_ongoing.lookup(k);
     if (!e)
         return 0;
-    e->trace_hi = rand64();
-    e->trace_lo = rand64();
-    e->span_id = rand64();
     call_init(e, type);
+    u64 seed = id_seed(e->start_ns);
+    e->trace_hi = mix64(seed);
+    e->trace_lo = mix64(seed + GOLDEN);
+    e->span_id = mix64(seed + 2 * GOLDEN);
     return e;
 }
 
@@ -381,19 +394,25 @@ static __always_inline struct gev *find_active(u32 tgid, u64 g) {
 
 static __always_inline void set_parent(struct gev *e, u32 tgid, u64 g) {
     struct gev *a = find_active(tgid, g);
+    u64 seed = id_seed(e->start_ns);
     if (a) {
         e->trace_hi = a->trace_hi;
         e->trace_lo = a->trace_lo;
         e->parent_span_id = a->span_id;
-        e->flags |= E_PARENT;
+        e->flags |= E_PARENT | (a->flags & E_SAMPLED_TP);
     } else {
-        e->trace_hi = rand64();
-        e->trace_lo = rand64();
+        e->trace_hi = mix64(seed + GOLDEN);
+        e->trace_lo = mix64(seed + 2 * GOLDEN);
     }
-    e->span_id = rand64();
+    e->span_id = mix64(seed);
 }
 
+#include "go_ebpf_red.h"
+
 static __always_inline void emit(struct gev *st, u64 end) {
+    st->end_ns = end;
+    if (!call_done(st))
+        return;  /* not sampled: counted in go_red and go_sampling_counts only */
     struct gev *e = gotel_reserved(go_events.ringbuf_reserve(sizeof(struct gev)));
     if (!e)
         return;
@@ -715,7 +734,7 @@ int grpc_server_start(struct pt_regs *ctx) {
         struct tp_val *tv = incoming_tp.lookup(&k);
         if (tv) {
             bpf_probe_read_kernel(e->tp, TP_LEN, tv->tp);
-            e->flags |= E_TRACEPARENT;
+            e->flags |= E_TRACEPARENT | tp_sampled(e->tp[54]);
             incoming_tp.delete(&k);
         }
     }
@@ -970,8 +989,8 @@ int grpc_client_finish(struct pt_regs *ctx) {
     read_error(p, r, GO_PARAM2(ctx), GO_PARAM3(ctx));
     client_addr(p, r, GO_PARAM1(ctx));
     r->end_ns = bpf_ktime_get_ns();
-    if (cli_streams.delete(&ck) != 0) {
-        go_events.ringbuf_discard(r, 0);
+    if (cli_streams.delete(&ck) != 0 || !call_done(r)) {
+        go_events.ringbuf_discard(r, 0);  /* the other finisher's, or not sampled (never read) */
         return 0;
     }
     go_events.ringbuf_submit(r, GOTEL_RB_FLAGS);
@@ -1370,6 +1389,8 @@ int http_server_start(struct pt_regs *ctx) {
     else
         http2_server_conn(p, e, GO_PARAM2(ctx), rw);
     http_header_scan(p, e, req);
+    if (e->flags & E_HTTP_TP)
+        e->flags |= tp_sampled(e->in_tp[54]);
     return 0;
 }
 
