@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.go_ebpf.run import _STATS, Phase, SinkProcess, prog_stats, saturate  # noqa: E402
+from bench.go_ebpf.run import _STATS, Phase, SinkProcess, proc_cpu, prog_stats, saturate  # noqa: E402
 from gotel.component import ComponentID, Context, Kind  # noqa: E402
 from gotel.exporters import otlp as otlp_exp  # noqa: E402
 from gotel.pdata import Signal  # noqa: E402
@@ -52,26 +56,46 @@ async def traced_phase(binary: str, target: str, srv_pid: int, sink: SinkProcess
         await asyncio.sleep(0.05)
     names = {s.fn_name for s in r.targets._binaries[next(iter(r.targets._binaries))].sites}
     spans0 = sink.span_count()
+    # the client: attached before it execs (trace_pid), outside the measured window, so that the agent's
+    # figure is its cost per request and not the one-off analysis and attach of a new process
+    gate = Path(tempfile.mkdtemp(prefix="gotel-bench-")) / "go"
+    script = f'while [ ! -e {gate} ]; do sleep 0.002; done; exec "$0" "$@"'
+    argv = ["sh", "-c", script, binary, "client", "-target", target, "-n", str(n), "-concurrency", "8", "-quiet"]
+    ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if both:
+        await asyncio.to_thread(r.trace_pid, client.pid, binary)
     old = _STATS.read_text().strip()
     _STATS.write_text("1")
     st0 = prog_stats(names)
-    cpu0 = time.process_time()
-    ph = await asyncio.to_thread(saturate, binary, target, n, {"server": srv_pid})
+    cpu0, srv0 = time.process_time(), proc_cpu(srv_pid)
+    gate.touch()
+    out, _ = await asyncio.to_thread(client.communicate, None, 600)
+    ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     st1 = prog_stats(names)
     _STATS.write_text(old)
+    gate.unlink()
+    gate.parent.rmdir()
+    summary = json.loads(out.strip().splitlines()[-1])
+    kept = r.sampled()[0] if r.sampled()[0] else n * (2 if both else 1)
     t0 = time.monotonic()
-    await asyncio.sleep(1.0)  # the stitch window: the run's last spans leave
-    while time.monotonic() - t0 < 30:
+    while time.monotonic() - t0 < 120:  # every kept span out (the stitch window, the agent's backlog)
         got = sink.span_count() - spans0
-        await asyncio.sleep(0.5)
-        if sink.span_count() - spans0 == got:
+        if got + r.program.lost_counts()[0] >= kept:
             break
-    ph.cpu_us["agent"] = (time.process_time() - cpu0) / n * 1e6
+        await asyncio.sleep(0.2)
+    ph = Phase(float(summary["calls_per_s"]), {
+        "server": (proc_cpu(srv_pid) - srv0) / n * 1e6,
+        "client": (ch1.ru_utime + ch1.ru_stime - ch0.ru_utime - ch0.ru_stime) / n * 1e6,
+        "agent": (time.process_time() - cpu0) / n * 1e6})
+    per_prog = {k: (st1[k][0] - st0.get(k, (0, 0))[0], st1[k][1] - st0.get(k, (0, 0))[1]) for k in st1}
     sampled = r.sampled()
     await r.shutdown()
     await exp.shutdown()
     await mexp.shutdown()
-    bpf_ns = sum(st1[k][1] - st0.get(k, (0, 0))[1] for k in st1)
+    bpf_ns = sum(t for _, t in per_prog.values())
+    print(f"  sampling {fraction:.0%}: BPF runs per call and ns per run, by program: " + ", ".join(
+        f"{k} {c / n:.2f}x{t / max(c, 1):.0f}" for k, (c, t) in sorted(per_prog.items()) if c), flush=True)
     return ph, bpf_ns / n / 1000, sink.span_count() - spans0, sampled
 
 
