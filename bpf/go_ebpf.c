@@ -179,7 +179,7 @@ GOTEL_RINGBUF(go_events, RINGBUF_PAGES);
  * scratch buffer could be shared by two programs interleaved on one CPU. Records are therefore built in
  * place in their own map slot (or ring-buffer reservation), starting from this never-written zero value. */
 BPF_ARRAY(zero_gev, struct gev, 1);
-/* a served connection's addresses, by (tgid, *http2Server); `ident` tells a reused transport address apart */
+/* a gRPC connection's addresses, by (tgid, *http2Server or *http2Client); `ident` tells a reused transport address apart */
 struct conn_addr {
     u64 ident[2];  /* the remote and local *net.TCPAddr pointers */
     u16 lport;
@@ -501,9 +501,10 @@ static __always_inline void set_creator(u32 tgid, u64 newg, u64 parent) {
     /* A g is reused after its goroutine exits: whatever is still keyed by it belonged to a goroutine
      * that ended mid-call (a server call without a status, a client call that failed before its stream
      * existed). It must not parent the new goroutine's calls; it is counted, not silently kept. */
-    if (srv_ongoing.delete(&k) == 0)
+    /* (a lookup first: deleting takes the bucket's lock even when the key is absent, the usual case) */
+    if (srv_ongoing.lookup(&k) && srv_ongoing.delete(&k) == 0)
         unmatched_inc(1);
-    if (cli_start.delete(&k) == 0)
+    if (cli_start.lookup(&k) && cli_start.delete(&k) == 0)
         unmatched_inc(1);
     /* Only a goroutine started under a served call needs an entry; it names the serving goroutine and
      * its call directly (inherited from the creator's entry), so any depth of `go` statements works.
@@ -527,7 +528,8 @@ static __always_inline void set_creator(u32 tgid, u64 newg, u64 parent) {
         go_parent.update(&k, &a);
         return;
     }
-    go_parent.delete(&k);
+    if (go_parent.lookup(&k))
+        go_parent.delete(&k);
 }
 
 /* the creator newproc1's entry saved for this thread */
@@ -695,6 +697,51 @@ static __always_inline u64 stream_base(struct gotel_go_proc *p, u64 obj, int slo
     return (p->flags & ptr_flag) ? rd64(obj + off) : obj + off;
 }
 
+/* A transport's (http2Server's or http2Client's) remote and local addresses into e: a connection's addresses
+ * do not change, so they are read once per transport and then copied (srv_conn_addr, by (tgid, transport);
+ * client and server transports are distinct objects). */
+static __always_inline void transport_addrs(struct gotel_go_proc *p, struct gev *e, u32 tgid, u64 t, u64 o_r,
+                                            u64 o_l) {
+    if (!KNOWN(o_r) || !KNOWN(o_l) || !t)
+        return;
+    struct gotel_go_key tk = {};
+    tk.tgid = tgid;
+    tk.goroutine = t;
+    u64 ident[2] = {};  /* the interfaces' data words */
+    if (o_l == o_r + 16) {  /* remoteAddr, localAddr: adjacent fields, one read */
+        u64 both[4] = {};
+        bpf_probe_read_user(both, sizeof(both), (void *)(t + o_r));
+        ident[0] = both[1];
+        ident[1] = both[3];
+    } else {
+        ident[0] = rd64(t + o_r + 8);
+        ident[1] = rd64(t + o_l + 8);
+    }
+    struct conn_addr *ca = srv_conn_addr.lookup(&tk);
+    if (ca && ca->ident[0] == ident[0] && ca->ident[1] == ident[1] && ident[0]) {
+        __builtin_memcpy(e->lip, ca->lip, sizeof(e->lip));
+        __builtin_memcpy(e->rip, ca->rip, sizeof(e->rip));
+        e->liplen = ca->liplen;
+        e->riplen = ca->riplen;
+        e->lport = ca->lport;
+        e->rport = ca->rport;
+    } else {
+        read_tcpaddr(p, t + o_r, e->rip, &e->riplen, &e->rport);
+        read_tcpaddr(p, t + o_l, e->lip, &e->liplen, &e->lport);
+        struct conn_addr n = {};
+        n.ident[0] = ident[0];
+        n.ident[1] = ident[1];
+        __builtin_memcpy(n.lip, e->lip, sizeof(n.lip));
+        __builtin_memcpy(n.rip, e->rip, sizeof(n.rip));
+        n.liplen = e->liplen;
+        n.riplen = e->riplen;
+        n.lport = e->lport;
+        n.rport = e->rport;
+        srv_conn_addr.update(&tk, &n);
+    }
+    e->flags |= E_ADDR;
+}
+
 /* (*Server).handleStream(t ServerTransport, stream *Stream | *ServerStream, ...): a server call starts. */
 int grpc_server_start(struct pt_regs *ctx) {
     struct gotel_go_proc *p = gotel_go_current();
@@ -740,46 +787,7 @@ int grpc_server_start(struct pt_regs *ctx) {
     }
     if (KNOWN(o_ctx))
         server_ctx_deadline(p, e, c[0], c[1]);
-    u64 o_r = gotel_go_offset(p, O_H2S_REMOTE), o_l = gotel_go_offset(p, O_H2S_LOCAL);
-    if (KNOWN(o_r) && KNOWN(o_l) && t) {
-        /* a connection's addresses do not change: read once per transport, then copied */
-        struct gotel_go_key tk = {};
-        tk.tgid = tgid;
-        tk.goroutine = t;
-        u64 ident[2] = {};  /* the interfaces' data words */
-        if (o_l == o_r + 16) {  /* remoteAddr, localAddr: adjacent fields, one read */
-            u64 both[4] = {};
-            bpf_probe_read_user(both, sizeof(both), (void *)(t + o_r));
-            ident[0] = both[1];
-            ident[1] = both[3];
-        } else {
-            ident[0] = rd64(t + o_r + 8);
-            ident[1] = rd64(t + o_l + 8);
-        }
-        struct conn_addr *ca = srv_conn_addr.lookup(&tk);
-        if (ca && ca->ident[0] == ident[0] && ca->ident[1] == ident[1] && ident[0]) {
-            __builtin_memcpy(e->lip, ca->lip, sizeof(e->lip));
-            __builtin_memcpy(e->rip, ca->rip, sizeof(e->rip));
-            e->liplen = ca->liplen;
-            e->riplen = ca->riplen;
-            e->lport = ca->lport;
-            e->rport = ca->rport;
-        } else {
-            read_tcpaddr(p, t + o_r, e->rip, &e->riplen, &e->rport);
-            read_tcpaddr(p, t + o_l, e->lip, &e->liplen, &e->lport);
-            struct conn_addr n = {};
-            n.ident[0] = ident[0];
-            n.ident[1] = ident[1];
-            __builtin_memcpy(n.lip, e->lip, sizeof(n.lip));
-            __builtin_memcpy(n.rip, e->rip, sizeof(n.rip));
-            n.liplen = e->liplen;
-            n.riplen = e->riplen;
-            n.lport = e->lport;
-            n.rport = e->rport;
-            srv_conn_addr.update(&tk, &n);
-        }
-        e->flags |= E_ADDR;
-    }
+    transport_addrs(p, e, tgid, t, gotel_go_offset(p, O_H2S_REMOTE), gotel_go_offset(p, O_H2S_LOCAL));
     return 0;
 }
 
@@ -842,7 +850,8 @@ int grpc_client_started(struct pt_regs *ctx) {
         e->obj = cs;
         if (cli_streams.update(&ck, e))
             gotel_count_lost(GOTEL_LOST_FULL);  /* table full (streams never finished): counted, not silent */
-        cli_done.delete(&ck);  /* a reused clientStream address */
+        if (cli_done.lookup(&ck))
+            cli_done.delete(&ck);  /* a reused clientStream address */
     } else if (GO_PARAM3(ctx)) {
         /* failed before a stream existed (e.g. the deadline expired while waiting for the resolver) */
         read_error(p, e, GO_PARAM3(ctx), GO_PARAM4(ctx));
@@ -869,7 +878,8 @@ int grpc_client_attempt(struct pt_regs *ctx) {
     e->obj = cs;
     if (cli_streams.update(&ck, e))
         gotel_count_lost(GOTEL_LOST_FULL);  /* table full (streams never finished): counted, not silent */
-    cli_done.delete(&ck);  /* a reused clientStream address */
+    if (cli_done.lookup(&ck))
+        cli_done.delete(&ck);  /* a reused clientStream address */
     cli_start.delete(&k);
     return 0;
 }
@@ -889,11 +899,7 @@ static __always_inline void client_addr(struct gotel_go_proc *p, struct gev *e, 
         e->flags |= E_STREAM_ID;
     }
     u64 t = rd64(att + o_t + 8);  /* ClientTransport interface: data word */
-    if (t && KNOWN(o_r) && KNOWN(o_l)) {
-        read_tcpaddr(p, t + o_r, e->rip, &e->riplen, &e->rport);
-        read_tcpaddr(p, t + o_l, e->lip, &e->liplen, &e->lport);
-        e->flags |= E_ADDR;
-    }
+    transport_addrs(p, e, e->pid, t, o_r, o_l);
 }
 
 /* (*clientStream).finish(err error): the first call ends the client span (later calls are no-ops in grpc). */

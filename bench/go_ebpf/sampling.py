@@ -72,8 +72,6 @@ async def traced_phase(binary: str, target: str, srv_pid: int, sink: SinkProcess
     gate.touch()
     out, _ = await asyncio.to_thread(client.communicate, None, 600)
     ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    st1 = prog_stats(names)
-    _STATS.write_text(old)
     gate.unlink()
     gate.parent.rmdir()
     summary = json.loads(out.strip().splitlines()[-1])
@@ -84,10 +82,13 @@ async def traced_phase(binary: str, target: str, srv_pid: int, sink: SinkProcess
         if got + r.program.lost_counts()[0] >= kept:
             break
         await asyncio.sleep(0.2)
+    agent_cpu = time.process_time() - cpu0
+    st1 = prog_stats(names)  # after the agent's figure: bpftool's fork is not the agent's work
+    _STATS.write_text(old)
     ph = Phase(float(summary["calls_per_s"]), {
         "server": (proc_cpu(srv_pid) - srv0) / n * 1e6,
         "client": (ch1.ru_utime + ch1.ru_stime - ch0.ru_utime - ch0.ru_stime) / n * 1e6,
-        "agent": (time.process_time() - cpu0) / n * 1e6})
+        "agent": agent_cpu / n * 1e6})
     per_prog = {k: (st1[k][0] - st0.get(k, (0, 0))[0], st1[k][1] - st0.get(k, (0, 0))[1]) for k in st1}
     sampled = r.sampled()
     await r.shutdown()
