@@ -10,7 +10,8 @@
 #include "gotel_go.h"
 #include "gotel_ringbuf.h"
 
-/* offsets table indices: keep in sync with receivers/go_ebpf/layout.py */
+/* offsets table indices: keep in sync with receivers/go_ebpf/layout.py (tests/unit/go_ebpf/test_record_layout.py
+ * checks every slot, flag and type value against the Python) */
 #define O_STREAM_METHOD 0
 #define O_STREAM_ID 1
 #define O_STREAM_CTX 2

@@ -72,6 +72,7 @@ async def traced_phase(binary: str, target: str, srv_pid: int, sink: SinkProcess
     gate.touch()
     out, _ = await asyncio.to_thread(client.communicate, None, 600)
     ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    agent_during = time.process_time() - cpu0  # while the calls were made (the kept spans' backlog follows)
     gate.unlink()
     gate.parent.rmdir()
     summary = json.loads(out.strip().splitlines()[-1])
@@ -95,6 +96,10 @@ async def traced_phase(binary: str, target: str, srv_pid: int, sink: SinkProcess
     await exp.shutdown()
     await mexp.shutdown()
     bpf_ns = sum(t for _, t in per_prog.values())
+    lost = r.program.lost_counts()[0]
+    print(f"  sampling {fraction:.0%}: agent CPU while the calls were made {agent_during / n * 1e6:.2f} us per "
+          f"request; with the backlog until the last kept span is out {agent_cpu / n * 1e6:.2f} us; "
+          f"ring-buffer losses {lost:,}", flush=True)
     print(f"  sampling {fraction:.0%}: BPF runs per call and ns per run, by program: " + ", ".join(
         f"{k} {c / n:.2f}x{t / max(c, 1):.0f}" for k, (c, t) in sorted(per_prog.items()) if c), flush=True)
     return ph, bpf_ns / n / 1000, sink.span_count() - spans0, sampled
