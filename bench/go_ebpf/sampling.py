@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -59,18 +60,27 @@ async def traced_phase(binary: str, target: str, srv_pid: int, sink: SinkProcess
     # the client: attached before it execs (trace_pid), outside the measured window, so that the agent's
     # figure is its cost per request and not the one-off analysis and attach of a new process
     gate = Path(tempfile.mkdtemp(prefix="gotel-bench-")) / "go"
-    script = f'while [ ! -e {gate} ]; do sleep 0.002; done; exec "$0" "$@"'
+    os.mkfifo(gate)  # a blocking read, not a polling loop: the wait costs the client's figure nothing
+    script = f'read x < {gate}; exec "$0" "$@"'
     argv = ["sh", "-c", script, binary, "client", "-target", target, "-n", str(n), "-concurrency", "8", "-quiet"]
     ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     if both:
         await asyncio.to_thread(r.trace_pid, client.pid, binary)
+    # the agent's CPU with nothing to trace (its timers, discovery of the node's other processes): a cost
+    # per second, not per request, charged below to the requests of the phase as well
+    await asyncio.sleep(0.5)
+    i0, iw = time.process_time(), time.monotonic()
+    await asyncio.sleep(2.0)
+    idle = (time.process_time() - i0) / (time.monotonic() - iw)
     old = _STATS.read_text().strip()
     _STATS.write_text("1")
     st0 = prog_stats(names)
-    cpu0, srv0 = time.process_time(), proc_cpu(srv_pid)
-    gate.touch()
+    cpu0, srv0, w0 = time.process_time(), proc_cpu(srv_pid), time.monotonic()
+    with open(gate, "w") as g:
+        g.write("go\n")
     out, _ = await asyncio.to_thread(client.communicate, None, 600)
+    wall = time.monotonic() - w0
     ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     agent_during = time.process_time() - cpu0  # while the calls were made (the kept spans' backlog follows)
     gate.unlink()
@@ -92,13 +102,14 @@ async def traced_phase(binary: str, target: str, srv_pid: int, sink: SinkProcess
         "agent": agent_cpu / n * 1e6})
     per_prog = {k: (st1[k][0] - st0.get(k, (0, 0))[0], st1[k][1] - st0.get(k, (0, 0))[1]) for k in st1}
     sampled = r.sampled()
+    lost = r.program.lost_counts()[0]
     await r.shutdown()
     await exp.shutdown()
     await mexp.shutdown()
     bpf_ns = sum(t for _, t in per_prog.values())
-    lost = r.program.lost_counts()[0]
     print(f"  sampling {fraction:.0%}: agent CPU while the calls were made {agent_during / n * 1e6:.2f} us per "
-          f"request; with the backlog until the last kept span is out {agent_cpu / n * 1e6:.2f} us; "
+          f"request ({(agent_during - idle * wall) / n * 1e6:.2f} us above its idle {idle:.2%} of a core over the "
+          f"{wall:.2f} s); with the backlog until the last kept span is out {agent_cpu / n * 1e6:.2f} us; "
           f"ring-buffer losses {lost:,}", flush=True)
     print(f"  sampling {fraction:.0%}: BPF runs per call and ns per run, by program: " + ", ".join(
         f"{k} {c / n:.2f}x{t / max(c, 1):.0f}" for k, (c, t) in sorted(per_prog.items()) if c), flush=True)
