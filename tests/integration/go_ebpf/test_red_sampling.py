@@ -10,7 +10,8 @@ client's own summary (calls by status code) and its per-call log (deadline passe
 * every error and every deadline-missed call is a span, on both sides;
 * every kept call has both halves: a kept client span has its server span as child in the other process,
   and a kept server span has its caller's client span as parent;
-* at 1 % about 1 % of the OK calls are kept, and the kept / dropped counts BPF reports add up to every call.
+* at 1 % about 1 % of the OK calls are kept, and the kept / dropped counts BPF reports add up to every call;
+* with fraction 0, calls under a sampled incoming traceparent and slow calls are still kept.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class SampledMatrix(Matrix):
     def __init__(self, binaries: list[Path], fraction: float) -> None:
         super().__init__(binaries)
         self.fraction = fraction
+        self.slow: str | None = None
 
     async def start(self) -> None:
         import logging
@@ -50,7 +52,7 @@ class SampledMatrix(Matrix):
 
         cfg = Config.model_validate({"discovery": {"exe_paths": [str(b) for b in self.binaries]},
                                      "flush_interval": 0.2, "export_interval": 60, "stitch_window": 0.3,
-                                     "sampling": {"fraction": self.fraction}})
+                                     "sampling": {"fraction": self.fraction, "slow_threshold": self.slow}})
         ctx = Context(ComponentID("go_ebpf"), Kind.RECEIVER, logging.getLogger("go_ebpf"),
                       self.tel.component("go_ebpf", Kind.RECEIVER))
         self.r = factory.create(cfg, {Signal.TRACES: self.sink, Signal.METRICS: MemorySink()}, ctx)
@@ -183,5 +185,45 @@ async def test_kernel_red_exact_and_sampling_keeps_both_sides(app: str, fraction
             assert kept == len(sspans) + len(kept_client_ids)
         lost_full, lost_read = m.r.program.lost_counts()
         assert lost_full == 0 and lost_read == 0
+    finally:
+        await m.close()
+
+
+async def test_sampled_traceparent_and_slow_calls_are_kept() -> None:
+    """fraction 0: no call is kept by the hash, so what is kept is kept by a rule: a sampled incoming
+    traceparent (server side: the client process does not read what it sends), a slow call (both sides:
+    the server's handler holds the call longer than the threshold). The metrics still count every call."""
+    binary = await asyncio.to_thread(_binary, "grpcapp")
+    m = SampledMatrix([binary], 0.0)
+    m.slow = "40ms"
+    await m.start()
+    try:
+        srv = await m.server(binary)
+        tpid, _ = await m.client(binary, srv, "-n", "50", "-concurrency", "4", "-quiet", "-traceparent", "auto")
+        spid, _ = await m.client(binary, srv, "-n", "30", "-concurrency", "10", "-quiet", "-delay", "60ms")
+        fpid, _ = await m.client(binary, srv, "-n", "200", "-concurrency", "4", "-quiet")
+
+        def server_spans() -> list[Any]:
+            m.r._drain_once()
+            return _spans(m.sink, srv.pid, SERVER)
+
+        await until(lambda: len(server_spans()) >= 80, 30)
+        await asyncio.sleep(1.5)
+        m.r._drain_once()
+        await m.r._flush(final=True)
+        sspans = _spans(m.sink, srv.pid, SERVER)
+        tp = [s for s in sspans if s.trace_id != bytes(16) and s.parent_span_id
+              and s.parent_span_id not in {c.span_id for c in _spans(m.sink, spid, CLIENT)}]
+        assert len(tp) == 50  # each continues its caller's sampled traceparent
+        assert len(_spans(m.sink, spid, CLIENT)) == 30  # slow: both sides
+        assert len(sspans) == 80
+        assert _spans(m.sink, tpid, CLIENT) == [] and _spans(m.sink, fpid, CLIENT) == []
+        kept, dropped = m.r.sampled()
+        assert (kept, dropped) == (110, 2 * 280 - 110)
+        m.r.read_metrics()
+        metrics = m.r.asm.take_metrics()
+        cli = _counts(metrics, "rpc.client.call.duration")
+        assert (cli[tpid], cli[spid], cli[fpid]) == ({"OK": 50}, {"OK": 30}, {"OK": 200})
+        assert _counts(metrics, "rpc.server.call.duration")[srv.pid] == {"OK": 280}
     finally:
         await m.close()
