@@ -5,11 +5,13 @@
  * gotel_go_offsets (DWARF + symbol table, filled by user space; GOTEL_GO_OFFSET_UNKNOWN when unknown, and
  * then the field is simply not read). One finished request = one ring-buffer record, submitted without a
  * wake-up. Trace ids here are local: user space continues incoming traceparents and stitches client and
- * server spans of traced processes (receivers/go_ebpf/assemble.py). */
+ * server spans of traced processes (receivers/go_ebpf/events.py). At a call's end its RED metrics are
+ * added to go_red and the sampling decision is made (call_done); only kept calls reach the ring buffer. */
 #include "gotel_go.h"
 #include "gotel_ringbuf.h"
 
-/* offsets table indices: keep in sync with receivers/go_ebpf/layout.py */
+/* offsets table indices: keep in sync with receivers/go_ebpf/layout.py (tests/unit/go_ebpf/test_record_layout.py
+ * checks every slot, flag and type value against the Python) */
 #define O_STREAM_METHOD 0
 #define O_STREAM_ID 1
 #define O_STREAM_CTX 2
@@ -126,6 +128,7 @@
 #define E_NO_OFFSETS 64  /* the binary lacks DWARF: attributes needing offsets were not read */
 #define E_STREAM_ID 128
 #define E_BEGIN_WALL 256 /* start missed (call began before the pid was traced): aux/obj hold clientStream.beginTime */
+#define E_SAMPLED_TP (1 << 24) /* sampling: an incoming traceparent (of this call or the call it serves) said sampled */
 
 #define STR_LEN 96
 #define TP_LEN 56
@@ -177,7 +180,7 @@ GOTEL_RINGBUF(go_events, RINGBUF_PAGES);
  * scratch buffer could be shared by two programs interleaved on one CPU. Records are therefore built in
  * place in their own map slot (or ring-buffer reservation), starting from this never-written zero value. */
 BPF_ARRAY(zero_gev, struct gev, 1);
-/* a served connection's addresses, by (tgid, *http2Server); `ident` tells a reused transport address apart */
+/* a gRPC connection's addresses, by (tgid, *http2Server or *http2Client); `ident` tells a reused transport address apart */
 struct conn_addr {
     u64 ident[2];  /* the remote and local *net.TCPAddr pointers */
     u16 lport;
@@ -312,8 +315,18 @@ static __always_inline void read_tcpaddr(struct gotel_go_proc *p, u64 iface_addr
     }
 }
 
-static __always_inline u64 rand64(void) {
-    return ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+/* Ids: one random number per call, stretched by splitmix64 (a helper call costs more than the mixing). */
+#define GOLDEN 0x9e3779b97f4a7c15ULL
+static __always_inline u64 mix64(u64 x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+static __always_inline u64 id_seed(u64 now) {
+    return ((u64)bpf_get_prandom_u32() << 32) ^ now;
 }
 
 static __always_inline void call_init(struct gev *e, u32 type) {
@@ -338,10 +351,11 @@ static __always_inline struct gev *srv_begin(struct gotel_go_key *k, u32 type) {
     struct gev *e = srv_ongoing.lookup(k);
     if (!e)
         return 0;
-    e->trace_hi = rand64();
-    e->trace_lo = rand64();
-    e->span_id = rand64();
     call_init(e, type);
+    u64 seed = id_seed(e->start_ns);
+    e->trace_hi = mix64(seed);
+    e->trace_lo = mix64(seed + GOLDEN);
+    e->span_id = mix64(seed + 2 * GOLDEN);
     return e;
 }
 
@@ -381,19 +395,25 @@ static __always_inline struct gev *find_active(u32 tgid, u64 g) {
 
 static __always_inline void set_parent(struct gev *e, u32 tgid, u64 g) {
     struct gev *a = find_active(tgid, g);
+    u64 seed = id_seed(e->start_ns);
     if (a) {
         e->trace_hi = a->trace_hi;
         e->trace_lo = a->trace_lo;
         e->parent_span_id = a->span_id;
-        e->flags |= E_PARENT;
+        e->flags |= E_PARENT | (a->flags & E_SAMPLED_TP);
     } else {
-        e->trace_hi = rand64();
-        e->trace_lo = rand64();
+        e->trace_hi = mix64(seed + GOLDEN);
+        e->trace_lo = mix64(seed + 2 * GOLDEN);
     }
-    e->span_id = rand64();
+    e->span_id = mix64(seed);
 }
 
+#include "go_ebpf_red.h"
+
 static __always_inline void emit(struct gev *st, u64 end) {
+    st->end_ns = end;
+    if (!call_done(st))
+        return;  /* not sampled: counted in go_red and go_sampling_counts only */
     struct gev *e = gotel_reserved(go_events.ringbuf_reserve(sizeof(struct gev)));
     if (!e)
         return;
@@ -482,9 +502,10 @@ static __always_inline void set_creator(u32 tgid, u64 newg, u64 parent) {
     /* A g is reused after its goroutine exits: whatever is still keyed by it belonged to a goroutine
      * that ended mid-call (a server call without a status, a client call that failed before its stream
      * existed). It must not parent the new goroutine's calls; it is counted, not silently kept. */
-    if (srv_ongoing.delete(&k) == 0)
+    /* (a lookup first: deleting takes the bucket's lock even when the key is absent, the usual case) */
+    if (srv_ongoing.lookup(&k) && srv_ongoing.delete(&k) == 0)
         unmatched_inc(1);
-    if (cli_start.delete(&k) == 0)
+    if (cli_start.lookup(&k) && cli_start.delete(&k) == 0)
         unmatched_inc(1);
     /* Only a goroutine started under a served call needs an entry; it names the serving goroutine and
      * its call directly (inherited from the creator's entry), so any depth of `go` statements works.
@@ -508,7 +529,8 @@ static __always_inline void set_creator(u32 tgid, u64 newg, u64 parent) {
         go_parent.update(&k, &a);
         return;
     }
-    go_parent.delete(&k);
+    if (go_parent.lookup(&k))
+        go_parent.delete(&k);
 }
 
 /* the creator newproc1's entry saved for this thread */
@@ -676,6 +698,51 @@ static __always_inline u64 stream_base(struct gotel_go_proc *p, u64 obj, int slo
     return (p->flags & ptr_flag) ? rd64(obj + off) : obj + off;
 }
 
+/* A transport's (http2Server's or http2Client's) remote and local addresses into e: a connection's addresses
+ * do not change, so they are read once per transport and then copied (srv_conn_addr, by (tgid, transport);
+ * client and server transports are distinct objects). */
+static __always_inline void transport_addrs(struct gotel_go_proc *p, struct gev *e, u32 tgid, u64 t, u64 o_r,
+                                            u64 o_l) {
+    if (!KNOWN(o_r) || !KNOWN(o_l) || !t)
+        return;
+    struct gotel_go_key tk = {};
+    tk.tgid = tgid;
+    tk.goroutine = t;
+    u64 ident[2] = {};  /* the interfaces' data words */
+    if (o_l == o_r + 16) {  /* remoteAddr, localAddr: adjacent fields, one read */
+        u64 both[4] = {};
+        bpf_probe_read_user(both, sizeof(both), (void *)(t + o_r));
+        ident[0] = both[1];
+        ident[1] = both[3];
+    } else {
+        ident[0] = rd64(t + o_r + 8);
+        ident[1] = rd64(t + o_l + 8);
+    }
+    struct conn_addr *ca = srv_conn_addr.lookup(&tk);
+    if (ca && ca->ident[0] == ident[0] && ca->ident[1] == ident[1] && ident[0]) {
+        __builtin_memcpy(e->lip, ca->lip, sizeof(e->lip));
+        __builtin_memcpy(e->rip, ca->rip, sizeof(e->rip));
+        e->liplen = ca->liplen;
+        e->riplen = ca->riplen;
+        e->lport = ca->lport;
+        e->rport = ca->rport;
+    } else {
+        read_tcpaddr(p, t + o_r, e->rip, &e->riplen, &e->rport);
+        read_tcpaddr(p, t + o_l, e->lip, &e->liplen, &e->lport);
+        struct conn_addr n = {};
+        n.ident[0] = ident[0];
+        n.ident[1] = ident[1];
+        __builtin_memcpy(n.lip, e->lip, sizeof(n.lip));
+        __builtin_memcpy(n.rip, e->rip, sizeof(n.rip));
+        n.liplen = e->liplen;
+        n.riplen = e->riplen;
+        n.lport = e->lport;
+        n.rport = e->rport;
+        srv_conn_addr.update(&tk, &n);
+    }
+    e->flags |= E_ADDR;
+}
+
 /* (*Server).handleStream(t ServerTransport, stream *Stream | *ServerStream, ...): a server call starts. */
 int grpc_server_start(struct pt_regs *ctx) {
     struct gotel_go_proc *p = gotel_go_current();
@@ -715,52 +782,13 @@ int grpc_server_start(struct pt_regs *ctx) {
         struct tp_val *tv = incoming_tp.lookup(&k);
         if (tv) {
             bpf_probe_read_kernel(e->tp, TP_LEN, tv->tp);
-            e->flags |= E_TRACEPARENT;
+            e->flags |= E_TRACEPARENT | tp_sampled(e->tp[54]);
             incoming_tp.delete(&k);
         }
     }
     if (KNOWN(o_ctx))
         server_ctx_deadline(p, e, c[0], c[1]);
-    u64 o_r = gotel_go_offset(p, O_H2S_REMOTE), o_l = gotel_go_offset(p, O_H2S_LOCAL);
-    if (KNOWN(o_r) && KNOWN(o_l) && t) {
-        /* a connection's addresses do not change: read once per transport, then copied */
-        struct gotel_go_key tk = {};
-        tk.tgid = tgid;
-        tk.goroutine = t;
-        u64 ident[2] = {};  /* the interfaces' data words */
-        if (o_l == o_r + 16) {  /* remoteAddr, localAddr: adjacent fields, one read */
-            u64 both[4] = {};
-            bpf_probe_read_user(both, sizeof(both), (void *)(t + o_r));
-            ident[0] = both[1];
-            ident[1] = both[3];
-        } else {
-            ident[0] = rd64(t + o_r + 8);
-            ident[1] = rd64(t + o_l + 8);
-        }
-        struct conn_addr *ca = srv_conn_addr.lookup(&tk);
-        if (ca && ca->ident[0] == ident[0] && ca->ident[1] == ident[1] && ident[0]) {
-            __builtin_memcpy(e->lip, ca->lip, sizeof(e->lip));
-            __builtin_memcpy(e->rip, ca->rip, sizeof(e->rip));
-            e->liplen = ca->liplen;
-            e->riplen = ca->riplen;
-            e->lport = ca->lport;
-            e->rport = ca->rport;
-        } else {
-            read_tcpaddr(p, t + o_r, e->rip, &e->riplen, &e->rport);
-            read_tcpaddr(p, t + o_l, e->lip, &e->liplen, &e->lport);
-            struct conn_addr n = {};
-            n.ident[0] = ident[0];
-            n.ident[1] = ident[1];
-            __builtin_memcpy(n.lip, e->lip, sizeof(n.lip));
-            __builtin_memcpy(n.rip, e->rip, sizeof(n.rip));
-            n.liplen = e->liplen;
-            n.riplen = e->riplen;
-            n.lport = e->lport;
-            n.rport = e->rport;
-            srv_conn_addr.update(&tk, &n);
-        }
-        e->flags |= E_ADDR;
-    }
+    transport_addrs(p, e, tgid, t, gotel_go_offset(p, O_H2S_REMOTE), gotel_go_offset(p, O_H2S_LOCAL));
     return 0;
 }
 
@@ -823,7 +851,8 @@ int grpc_client_started(struct pt_regs *ctx) {
         e->obj = cs;
         if (cli_streams.update(&ck, e))
             gotel_count_lost(GOTEL_LOST_FULL);  /* table full (streams never finished): counted, not silent */
-        cli_done.delete(&ck);  /* a reused clientStream address */
+        if (cli_done.lookup(&ck))
+            cli_done.delete(&ck);  /* a reused clientStream address */
     } else if (GO_PARAM3(ctx)) {
         /* failed before a stream existed (e.g. the deadline expired while waiting for the resolver) */
         read_error(p, e, GO_PARAM3(ctx), GO_PARAM4(ctx));
@@ -850,7 +879,8 @@ int grpc_client_attempt(struct pt_regs *ctx) {
     e->obj = cs;
     if (cli_streams.update(&ck, e))
         gotel_count_lost(GOTEL_LOST_FULL);  /* table full (streams never finished): counted, not silent */
-    cli_done.delete(&ck);  /* a reused clientStream address */
+    if (cli_done.lookup(&ck))
+        cli_done.delete(&ck);  /* a reused clientStream address */
     cli_start.delete(&k);
     return 0;
 }
@@ -870,11 +900,7 @@ static __always_inline void client_addr(struct gotel_go_proc *p, struct gev *e, 
         e->flags |= E_STREAM_ID;
     }
     u64 t = rd64(att + o_t + 8);  /* ClientTransport interface: data word */
-    if (t && KNOWN(o_r) && KNOWN(o_l)) {
-        read_tcpaddr(p, t + o_r, e->rip, &e->riplen, &e->rport);
-        read_tcpaddr(p, t + o_l, e->lip, &e->liplen, &e->lport);
-        e->flags |= E_ADDR;
-    }
+    transport_addrs(p, e, e->pid, t, o_r, o_l);
 }
 
 /* (*clientStream).finish(err error): the first call ends the client span (later calls are no-ops in grpc). */
@@ -970,8 +996,8 @@ int grpc_client_finish(struct pt_regs *ctx) {
     read_error(p, r, GO_PARAM2(ctx), GO_PARAM3(ctx));
     client_addr(p, r, GO_PARAM1(ctx));
     r->end_ns = bpf_ktime_get_ns();
-    if (cli_streams.delete(&ck) != 0) {
-        go_events.ringbuf_discard(r, 0);
+    if (cli_streams.delete(&ck) != 0 || !call_done(r)) {
+        go_events.ringbuf_discard(r, 0);  /* the other finisher's, or not sampled (never read) */
         return 0;
     }
     go_events.ringbuf_submit(r, GOTEL_RB_FLAGS);
@@ -1370,6 +1396,8 @@ int http_server_start(struct pt_regs *ctx) {
     else
         http2_server_conn(p, e, GO_PARAM2(ctx), rw);
     http_header_scan(p, e, req);
+    if (e->flags & E_HTTP_TP)
+        e->flags |= tp_sampled(e->in_tp[54]);
     return 0;
 }
 

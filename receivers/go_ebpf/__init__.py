@@ -5,6 +5,7 @@
         discovery: {exe_paths: ["*/grpcapp"]}
         legacy_grpc_status_code: false
         stitch_window: 500ms
+        sampling: {fraction: 0.01, slow_threshold: 500ms}   # default: every call is a span
 
 See docs/go_ebpf.md for the attributes, versions handled and what degrades without DWARF.
 """
@@ -30,6 +31,7 @@ from gotel.pdata.batch import Signal
 from gotel.receivers.go_ebpf import probes as _probes  # noqa: F401  (registers probe specs for `gotel inspect`)
 from gotel.receivers.go_ebpf.events import Assembler
 from gotel.receivers.go_ebpf.layout import grpc_losses, traced_losses
+from gotel.receivers.go_ebpf.red import KernelRed, SamplingConfig
 from gotel.receivers.go_ebpf.selffilter import SelfFilter
 from gotel.telemetry.logs import PerBinary
 
@@ -47,6 +49,9 @@ class Config(ComponentConfig):
     export_interval: Duration = Field(10.0, gt=0, description="time between pushes of metrics")
     stitch_window: Duration = Field(0.5, ge=0, description="how long a finished span waits for its remote parent")
     ring_buffer_pages: int = Field(2048, ge=1, description="ring buffer size in 4 KiB pages (a power of two)")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description=(
+        "spans kept, decided in BPF at each call's end: every error, deadline miss, slow call and call "
+        "under a sampled traceparent, and `fraction` of the rest; RED metrics count every call"))
 
     @field_validator("ring_buffer_pages")
     @classmethod
@@ -83,6 +88,11 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
             "go_ebpf_unmatched_calls", "Calls seen only in part (span lost): the end without the start "
             "(start_not_seen), or a goroutine that ended before the call's end (end_not_seen).", ("reason",))
         self._said: set[int] = set()  # plans (one per binary) whose losses were logged
+        self.red: KernelRed | None = None
+        self._sampled_seen = (0, 0)
+        self._sampled = ctx.telemetry.counter(
+            "go_ebpf_sampled_calls", "Calls that ended, by the sampling decision made in BPF (kept: a span; "
+            "dropped: counted in the RED metrics only).", ("decision",))
         self._degraded = ctx.telemetry.counter(
             "go_ebpf_degraded_processes", "Traced processes whose binary lacks DWARF (fewer attributes).", ())
         self.notes = PerBinary(self.log, "go_ebpf")  # per-process messages, summarised per binary
@@ -99,6 +109,11 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
         defines = {"RINGBUF_PAGES": self.cfg.ring_buffer_pages}
         self.program = await loop.run_in_executor(None, lambda: BpfProgram("go_ebpf.c", defines=defines))
         self.targets = GoTargets(self.program, offset_names())
+        from gotel.receivers.go_ebpf.red import configure
+
+        configure(self.program, self.cfg.sampling, self._mono_to_unix)
+        self.red = KernelRed(self.program, self.asm)
+        self.asm.kernel_metrics = True
         self.program.collect_ring_buffer(self.ring, self._raw)
         self._lost = LostCounter(self.program, self.ctx.telemetry, "go_ebpf")
         self.watcher = ProcessWatcher(self.cfg.discovery)
@@ -127,6 +142,8 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
     def _remove(self, pid: int) -> None:
         self._drain_once()
         self.targets.remove_process(pid, detach=lambda key: self._attacher.submit(self.program.detach_binary, key))
+        if self.red is not None:
+            self.red.forget(pid)  # its last counts first
         self.asm.remove_process(pid)
         self.attached_pids.discard(pid)
         self._images.pop(pid, None)
@@ -253,11 +270,26 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
     def _after_drain(self) -> None:
         super()._after_drain()
         self._count_unmatched()
+        if self.red is not None and (self.cfg.sampling.fraction < 1.0 or self.cfg.sampling.slow_threshold):
+            kept, dropped = self.sampled()
+            self._sampled.labels("kept").inc(kept - self._sampled_seen[0])
+            self._sampled.labels("dropped").inc(dropped - self._sampled_seen[1])
+            self._sampled_seen = (kept, dropped)
+
+    def sampled(self) -> tuple[int, int]:
+        """(kept, dropped) calls by the sampling decided in BPF since load ((0, 0) without sampling)."""
+        return self.red.sampled() if self.red is not None and self.program is not None else self._sampled_seen
+
+    def read_metrics(self) -> None:
+        """Folds the RED counts the kernel added since the last read (each export, and for tests)."""
+        if self.red is not None and self.program is not None:
+            self.red.read()
 
     async def _flush(self, final: bool = False) -> None:
         await self._push(Signal.TRACES, self.asm.take_traces(time.monotonic(), flush_all=final))
 
     async def _export(self) -> None:
+        self.read_metrics()
         await self._push(Signal.METRICS, self.asm.take_metrics())
 
     def _holding(self) -> bool:

@@ -27,6 +27,7 @@ SCOPE = "gotel.receivers.go_ebpf"
 T_GRPC_SERVER, T_GRPC_CLIENT, T_HTTP_SERVER, T_HTTP_CLIENT = 1, 2, 3, 4
 E_DEADLINE, E_STATUS, E_NONSTATUS_ERR, E_TRACEPARENT, E_PARENT, E_ADDR, E_NO_OFFSETS, E_STREAM_ID, E_BEGIN_WALL = (
     1, 2, 4, 8, 16, 32, 64, 128, 256)
+E_SAMPLED_TP = 1 << 24  # sampling: kept for a sampled incoming traceparent (red.py)
 STR_LEN, TP_LEN = 96, 56
 RECORD = struct.Struct(f"<QQIIQQQQQqiIIHH16s16sBB6xQQ{STR_LEN}s{STR_LEN}s{STR_LEN}s{TP_LEN}s")
 # ---- HTTP hops (issue 22): fields appended to the record (struct gev), and their flags
@@ -185,6 +186,31 @@ class Hist:
         if self.exemplar is None or x >= self.exemplar[0]:  # the slowest call since the last export
             self.exemplar = (x, t_ns, trace, span_id)
 
+    def offer(self, x: float, t_ns: int, trace: bytes, span_id: bytes) -> None:
+        """A kept span as the exemplar when it is the slowest since the last export (counts come from the
+        kernel: red.py)."""
+        if self.exemplar is None or x >= self.exemplar[0]:
+            self.exemplar = (x, t_ns, trace, span_id)
+
+    def sub(self, x: float) -> None:
+        """Takes back one call the kernel counted (one gotel made itself: selffilter)."""
+        i = bisect.bisect_left(self.bounds, x)
+        if self.counts[i] > 0 and self.n > 0:
+            self.counts[i] -= 1
+            self.n -= 1
+            self.total -= x
+
+    def fold(self, buckets: tuple[int, ...], n: int, total: float, lo: float | None, hi: float) -> None:
+        """Adds a delta read from the kernel."""
+        for i, c in enumerate(buckets):
+            self.counts[i] += c
+        self.n += n
+        self.total += total
+        if lo is not None and lo < self.lo:
+            self.lo = lo
+        if hi > self.hi:
+            self.hi = hi
+
 
 DURATION_BOUNDS = [0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
 BUDGET_BOUNDS = [0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.5, 2.0]
@@ -325,7 +351,7 @@ _TIMES = struct.Struct("<QBQ").pack  # start, end's tag (0x41), end: fixed64 bot
 
 
 # flags that do not change a span's name, attributes or status (times and deadlines are encoded per call)
-_SHAPE_FLAGS = ~(E_DEADLINE | E_PARENT | E_BEGIN_WALL | E_HTTP_CONN | E_HTTP2 | E_HTTP_TP | E_HTTP_TS)
+_SHAPE_FLAGS = ~(E_DEADLINE | E_PARENT | E_BEGIN_WALL | E_HTTP_CONN | E_HTTP2 | E_HTTP_TP | E_HTTP_TS | E_SAMPLED_TP)
 
 
 class _SpanParts:
@@ -366,6 +392,9 @@ class Assembler:
         self.seen_no_offsets: set[int] = set()
         self.unknown_process = 0
         self.self_filter: Any = None  # selffilter.SelfFilter: drops calls gotel itself made
+        # RED counts come from the kernel (red.KernelRed -> fold_red); spans then only offer exemplars
+        self.kernel_metrics = False
+        self._red_slots: dict[bytes, tuple[int, _MetricSlot]] = {}
         # span shapes repeat (same method, code, peer): encoded once
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
 
@@ -432,10 +461,16 @@ class Assembler:
         shape = self._shapes.get(key)
         if shape is None:
             shape = self._new_shape(key, rec, mono_to_unix, key[-1])
-        if self.self_filter is not None and self.self_filter.drop(typ, shape, rec, pid):
-            return True  # a request of gotel's own (a pprof scrape): not the target's traffic; counted
         end += mono_to_unix
         start = go_time_unix_ns(aux, obj) if flags & E_BEGIN_WALL else start + mono_to_unix
+        if self.self_filter is not None and self.self_filter.drop(typ, shape, rec, pid):
+            # a request of gotel's own (a pprof scrape): not the target's traffic; counted
+            if self.kernel_metrics:  # the kernel counted it: taken back (only calls sampling kept are seen)
+                d = end - start
+                h = shape.metric.duration.get(st)
+                if h is not None:
+                    h.sub(d / 1e9 if d > 0 else 0.0)
+            return True
         if flags & E_DEADLINE and typ <= T_GRPC_CLIENT:
             deadline = go_time_unix_ns(dlw, dle)
             # vary per call: encoded here, not part of the shape. Exceeded: this call's own deadline passed
@@ -477,6 +512,9 @@ class Assembler:
         h = slot.duration.get(st)
         if h is None:
             h = slot.duration[st] = self._hist(st, slot.duration_key, DURATION_BOUNDS)
+        if self.kernel_metrics:  # counted in the kernel, every call: this kept span may be an exemplar
+            h.offer(d / 1e9 if d > 0 else 0.0, end, trace, sid)
+            return True
         h.add(d / 1e9 if d > 0 else 0.0, end, trace, sid)
         if deadline:
             budget = deadline - start
@@ -490,6 +528,51 @@ class Assembler:
             elif code == 4:
                 st.counters[slot.propagated_key] = st.counters.get(slot.propagated_key, 0) + 1
         return True
+
+    def fold_red(self, key: bytes, delta: tuple[int, ...], total: tuple[int, ...]) -> None:
+        """One series' delta read from the kernel (red.RED_KEY, red.RED_VAL) into its process's metrics."""
+        from gotel.receivers.go_ebpf.red import RED_BB, RED_KEY, RED_NB
+
+        hit = self._red_slots.get(key)
+        if hit is None:
+            if len(self._red_slots) >= 16384:
+                self._red_slots.clear()
+            pid, typ, iplen, port, code, flags, ip, m, s1, s2 = RED_KEY.unpack(key)
+            addr = _ip(ip, iplen) if flags & E_ADDR else None
+            srv = typ == T_GRPC_SERVER
+            if typ <= T_GRPC_CLIENT:
+                c = Call(typ, pid, 0, 0, b"", b"", b"", flags, code, 0, port if srv else 0, 0 if srv else port,
+                         addr if srv else None, None if srv else addr, _cstr(s1), "", "", "", None)
+            elif typ == T_HTTP_SERVER:
+                c = Call(typ, pid, 0, 0, b"", b"", b"", flags, code, 0, 0, 0, None, None, _cstr(m), "",
+                         _cstr(s1), _cstr(s2), None)
+            else:
+                c = Call(typ, pid, 0, 0, b"", b"", b"", flags, code, 0, 0, 0, None, None, _cstr(m), _cstr(s1),
+                         "", _cstr(s2), None)
+            hit = self._red_slots[key] = (pid, _MetricSlot(typ, _metric_key(typ, self._shape(c)[3])))
+        pid, slot = hit
+        st = self.procs.get(pid)
+        if st is None:
+            return
+        n, sum_ns, _, _ = delta[:4]
+        lo1, hi = total[2], total[3]
+        h = slot.duration.get(st)
+        if h is None:
+            h = slot.duration[st] = self._hist(st, slot.duration_key, DURATION_BOUNDS)
+        h.fold(delta[4:4 + RED_NB], n, sum_ns / 1e9, (lo1 - 1) / 1e9 if lo1 else None, hi / 1e9)
+        i = 4 + RED_NB
+        bn, bsum = delta[i], delta[i + 1]
+        bb = delta[i + 2:i + 2 + RED_BB]
+        exceeded, propagated = delta[i + 2 + RED_BB], delta[i + 3 + RED_BB]
+        if bn:
+            h = slot.budget.get(st)
+            if h is None:
+                h = slot.budget[st] = self._hist(st, slot.budget_key, BUDGET_BOUNDS)
+            h.fold(bb, bn, bsum / 1e6, None, float("-inf"))
+        if exceeded:
+            st.counters[slot.exceeded_key] = st.counters.get(slot.exceeded_key, 0) + exceeded
+        if propagated:
+            st.counters[slot.propagated_key] = st.counters.get(slot.propagated_key, 0) + propagated
 
     def _new_shape(self, key: tuple[Any, ...], rec: bytes, mono_to_unix: int, missing: str = "") -> _Shape:
         c = decode(rec, mono_to_unix)
@@ -707,14 +790,18 @@ class Assembler:
                 sm.scope.name = SCOPE
                 made: dict[str, Any] = {}
                 for (name, labels), h in st.hists.items():
+                    if not h.n:
+                        continue  # a kept span's series the kernel's next read fills (or one taken back)
                     m = made.get(name)
                     if m is None:
                         unit = "1" if name.endswith("budget_used") else "s"
                         m = made[name] = sm.metrics.add(name=name, unit=unit, description=_DESC.get(name, ""))
                         m.histogram.aggregation_temporality = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
                     dp = m.histogram.data_points.add(start_time_unix_nano=st.start_ns, time_unix_nano=now,
-                                                     count=h.n, sum=h.total, min=h.lo, max=h.hi,
-                                                     explicit_bounds=h.bounds, bucket_counts=h.counts)
+                                                     count=h.n, sum=h.total, explicit_bounds=h.bounds,
+                                                     bucket_counts=h.counts)
+                    if h.lo <= h.hi:  # the kernel keeps no min/max of deadline budgets
+                        dp.min, dp.max = h.lo, h.hi
                     dp.attributes.extend(attrs(dict(labels)))
                     if h.exemplar is not None:
                         v, t, local, sid = h.exemplar

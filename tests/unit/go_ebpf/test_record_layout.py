@@ -61,3 +61,82 @@ def test_struct_gev_matches_record_and_hops() -> None:
     assert c_size == events.RECORD_SIZE
     d = _defines(text)
     assert (d["STR_LEN"], d["TP_LEN"], d["TS_LEN"]) == (events.STR_LEN, events.TP_LEN, events.TS_LEN)
+
+
+# ---- everything else the C and the Python both define (issue 16: one definition, checked here) ----
+
+HEADERS = SRC.parent / "include"
+
+
+def _all_defines(text: str) -> dict[str, int]:
+    """Every `#define NAME EXPR` whose EXPR is integers, + - << and names defined before, evaluated."""
+    out: dict[str, int] = {}
+    for name, expr in re.findall(r"^#define (\w+) ([^/\n]+?)\s*(?:/\*.*)?$", text, re.M):
+        expr = re.sub(r"(\d+)U?LL\b", r"\1", expr)
+        if not re.fullmatch(r"[\w\s()+<\-]+", expr):
+            continue
+        names = re.findall(r"[A-Za-z_]\w*", expr)
+        if all(n in out for n in names):
+            out[name] = int(eval(expr, {}, dict(out)))
+    return out
+
+
+def _c_text() -> str:
+    return (HEADERS / "gotel_go.h").read_text() + SRC.read_text() + (HEADERS / "go_ebpf_red.h").read_text()
+
+
+def test_flags_and_types_match() -> None:
+    from gotel.receivers.go_ebpf import layout
+
+    d = _all_defines(_c_text())
+    for name, value in d.items():
+        if name.startswith(("E_", "T_")) and hasattr(events, name):
+            assert getattr(events, name) == value, name
+        if name.startswith("F_") and hasattr(layout, name):
+            assert getattr(layout, name) == value, name
+    # every event flag and call type of the C is known to the decoder, and every process flag to layout.py
+    assert {n for n in d if n.startswith(("E_", "T_"))} <= set(dir(events))
+    assert {n for n in d if n.startswith("F_")} <= set(dir(layout))
+
+
+def test_offset_slots_match_layout() -> None:
+    """Each O_/A_/H_/HA_ slot the C reads is one layout.py fills, and each one layout.py fills is read."""
+    from gotel.receivers.go_ebpf import layout
+
+    d = _all_defines(_c_text())
+    assert d["H_BASE"] == layout.HTTP_SLOT
+    slots = {v for n, v in d.items() if re.match(r"(O|A|H|HA)_[A-Z0-9_]+$", n) and n != "H_BASE"}
+    filled = {i for i, spec in enumerate(layout.ALL_OFFSETS) if spec is not None}
+    assert slots == filled, (sorted(slots - filled), sorted(filled - slots))
+    learned = {v for n, v in d.items() if n.startswith("L_ITAB_")}
+    assert learned == set(range(d["GOTEL_GO_MAX_OFFSETS"] - layout.LEARNED_SLOTS, d["GOTEL_GO_MAX_OFFSETS"]))
+    assert not learned & filled
+
+
+def _c_struct(text: str, name: str) -> list[tuple[str, str, int, int]]:
+    return _c_fields(text.replace(f"struct {name} {{", "struct gev {", 1))
+
+
+def test_red_structs_match_red_py() -> None:
+    from gotel.receivers.go_ebpf import red
+
+    text = SRC.read_text()
+    hdr = (HEADERS / "go_ebpf_red.h").read_text()
+    consts = {**_defines(text), **_defines(hdr)}
+    hdr_pre = "".join(f"#define {k} {v}\n" for k, v in consts.items())
+    for cname, py in (("red_key", red.RED_KEY), ("red_val", red.RED_VAL), ("go_cfg", red.GO_CFG)):
+        body = re.search(rf"^struct {cname} \{{.*?^\}};", hdr, re.S | re.M)
+        assert body, cname
+        fields = _c_struct(hdr_pre + body[0], cname)
+        c = [("s" if code in "Bs" and size > 1 and code != "Q" else code, off, size) for _, code, off, size in fields]
+        # u64 arrays are items of one code in Python
+        flat: list[tuple[str, int, int]] = []
+        for code, off, size in c:
+            if code in "Q" and size > 8:
+                flat += [("Q", off + 8 * i, 8) for i in range(size // 8)]
+            else:
+                flat.append((code, off, size))
+        assert flat == _py_fields(py.format, 0), cname
+        assert -(-(fields[-1][2] + fields[-1][3]) // 8) * 8 == py.size, cname
+    assert (consts["RED_NB"], consts["RED_BB"], consts["RED_M"]) == (red.RED_NB, red.RED_BB, red.RED_M)
+    assert consts["RED_NB"] == len(events.DURATION_BOUNDS) + 1 and consts["RED_BB"] == len(events.BUDGET_BOUNDS) + 1
