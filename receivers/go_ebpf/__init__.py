@@ -30,6 +30,7 @@ from gotel.logs import PerBinary
 from gotel.pdata import Signal
 from gotel.receivers.go_ebpf import probes as _probes  # noqa: F401  (registers probe specs for `gotel inspect`)
 from gotel.receivers.go_ebpf.events import Assembler
+from gotel.receivers.go_ebpf.flowcontrol import FLOW_TYPE_MIN, FlowControl
 from gotel.receivers.go_ebpf.layout import grpc_losses, traced_losses
 from gotel.receivers.go_ebpf.selffilter import SelfFilter
 
@@ -47,6 +48,9 @@ class Config(ComponentConfig):
     export_interval: Duration = Field(10.0, gt=0, description="time between pushes of metrics")
     stitch_window: Duration = Field(0.5, ge=0, description="how long a finished span waits for its remote parent")
     ring_buffer_pages: int = Field(2048, ge=1, description="ring buffer size in 4 KiB pages (a power of two)")
+    stream_quota_event_threshold: Duration = Field(
+        0.01, ge=0, description="a client stream that waited at least this long for the connection's stream quota "
+                                "gets a span event (gotel.grpc.stream_quota.wait) on its call's span")
 
     @field_validator("ring_buffer_pages")
     @classmethod
@@ -66,6 +70,7 @@ class GoEbpfReceiver(RingBufferReceiver):
         self.log = ctx.logger or logging.getLogger(__name__)
         self.asm = Assembler(legacy_status_code=cfg.legacy_grpc_status_code, stitch_window=cfg.stitch_window)
         self.asm.self_filter = SelfFilter(ctx.telemetry)  # gotel's own scrapes are not the target's requests
+        self.flow = FlowControl(self.asm, event_threshold=cfg.stream_quota_event_threshold)  # issue 19
         self.program: Any = None
         self.targets: Any = None
         self.watcher: ProcessWatcher | None = None
@@ -225,12 +230,17 @@ class GoEbpfReceiver(RingBufferReceiver):
         add, mono_to_unix = self.asm.add, self._mono_to_unix
         for rec in raw:
             try:
+                if rec[20] >= FLOW_TYPE_MIN:  # a flow-control record (issue 19): its own decoder
+                    if not self.flow.add(rec, mono_to_unix, now):
+                        self.ctx.telemetry.dropped(Signal.METRICS, 1, "bad_record")
+                    continue
                 if not add(rec, mono_to_unix, now):
                     self.ctx.telemetry.dropped(Signal.TRACES, 1, "short_record")
             except Exception:  # a malformed record must not cost the rest of the batch
                 self.log.exception("go_ebpf: cannot turn a record into a span")
                 self.ctx.telemetry.dropped(Signal.TRACES, 1, "bad_record")
         self.events_seen += len(raw)
+        self.flow.expire(now, mono_to_unix)
         if self.asm.unknown_process:
             self.ctx.telemetry.dropped(Signal.TRACES, self.asm.unknown_process, "unknown_process")
             self.asm.unknown_process = 0
@@ -259,6 +269,8 @@ class GoEbpfReceiver(RingBufferReceiver):
 
     async def _export(self) -> None:
         await self._push(Signal.METRICS, self.asm.take_metrics())
+        if self.program is not None:  # the ages of the streams still open (issue 19)
+            await self._push(Signal.METRICS, self.flow.open_stream_ages(self.program))
 
     def _holding(self) -> bool:
         return bool(self.asm.pending)

@@ -64,6 +64,15 @@ def _plan(exe: str, grpc: bool, http: bool) -> Plan:
         if p.ret and not ends and (p.ret_unless is None or p.ret_unless not in found):
             ends = [Site(r, p.ret, sym, is_return=True) for r in ret_addresses(gb, sym)]
         sites += ends
+    if grpc and any(i.startswith("grpc.") for i in ids):  # flow control and stream limits (issue 19)
+        from gotel.receivers.go_ebpf.flowcontrol import flow_sites, flow_offsets
+
+        fsites, fids, lacks = flow_sites(gb)
+        sites += fsites
+        ids += fids
+        lacks += [f"{x} (not in DWARF)" for x in flow_offsets(gb)[2]] if gb.has_dwarf else []
+        if lacks:
+            layout.notes.append("flow control: not available: " + "; ".join(lacks))
     if not any(i != "runtime.newproc1" for i in ids):
         sites, ids = [], []
     if "http.server.serve" in ids:
