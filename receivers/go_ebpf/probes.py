@@ -65,7 +65,7 @@ def _plan(exe: str, grpc: bool, http: bool) -> Plan:
             ends = [Site(r, p.ret, sym, is_return=True) for r in ret_addresses(gb, sym)]
         sites += ends
     if grpc and any(i.startswith("grpc.") for i in ids):  # flow control and stream limits (issue 19)
-        from gotel.receivers.go_ebpf.flowcontrol import flow_sites, flow_offsets
+        from gotel.receivers.go_ebpf.flowcontrol import flow_offsets, flow_sites
 
         fsites, fids, lacks = flow_sites(gb)
         sites += fsites
