@@ -48,6 +48,8 @@ class Config(ComponentConfig):
     export_interval: Duration = Field(10.0, gt=0, description="time between pushes of metrics")
     stitch_window: Duration = Field(0.5, ge=0, description="how long a finished span waits for its remote parent")
     ring_buffer_pages: int = Field(2048, ge=1, description="ring buffer size in 4 KiB pages (a power of two)")
+    flow_control: bool = Field(True, description="gRPC flow control and stream limits: stream-quota and "
+                               "window waits, RST_STREAM, GOAWAY, refused streams, stream age (issue 19)")
     stream_quota_event_threshold: Duration = Field(
         0.01, ge=0, description="a client stream that waited at least this long for the connection's stream quota "
                                 "gets a span event (gotel.grpc.stream_quota.wait) on its call's span")
@@ -173,7 +175,7 @@ class GoEbpfReceiver(RingBufferReceiver):
         if info.pid in self.attached_pids and exe_path is None:
             return  # registered by trace_pid before its exec
         try:
-            plan = plan_for(exe, grpc=self.cfg.grpc, http=self.cfg.http)
+            plan = plan_for(exe, grpc=self.cfg.grpc, http=self.cfg.http, flow=self.cfg.flow_control)
         except Exception as e:
             if not is_alive(info.pid):  # short-lived (a `go build` step): exited before it was analysed
                 self.log.debug("go_ebpf: pid %d exited before it was analysed: %s", info.pid, e)

@@ -31,6 +31,7 @@ Q_QUOTA, Q_GOAWAY, Q_DONE, Q_UNKNOWN = 0, 1, 2, 3
 WINDOWS = ("unknown", "stream", "connection", "write_quota")
 E_STREAMING = 1 << 24
 F_FLOW_SWISS = 1 << 24
+F_FLOW_ON = 1 << 25  # the process's per-call additions are on (config flow_control)
 DEBUG_LEN = 64
 FLOW_RECORD = struct.Struct(f"<QQIIQ8sIIII{ev.STR_LEN}s{DEBUG_LEN}s")
 
