@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import tempfile
 import threading
 import time
@@ -200,5 +202,27 @@ async def test_flow_control_and_stream_limits(version: str, toolchain: str) -> N
         await until(lambda: closed(), 10)
         (a, p), = closed()
         assert p.count == 1 and abs(p.sum - held) < 0.1, (p, held)
+
+        # ---- a graceful drain: GOAWAY sent on both connections, received by the gRPC client
+        drain = await f.server()
+        raw_task = asyncio.create_task(f.client(drain, "-streams", "1", "-delay", "4s", "raw"))
+        await asyncio.to_thread(drain.wait_for, lambda r: r.get("event") == "hold", 30)  # the raw peer is in
+
+        async def drain_now(app: goapps.RunningApp) -> None:
+            await asyncio.to_thread(app.wait_for, lambda r: "open_start_ns" in r, 20)
+            os.kill(drain.pid, signal.SIGUSR1)
+
+        gpid, _ = await f.client(drain, "-hold", "2s", "open", during=drain_now)
+        _, rawd = await raw_task
+        k = sum(1 for r in rawd if "goaway" in r and "code" in r)
+        assert k >= 1 and any(r.get("event") == "drained" for r in drain.records(timeout=5)), rawd
+
+        def goaways(pid: int, d: str) -> int:
+            return sum(p.as_int for a, p in f.last("gotel.grpc.goaway", pid) if a["gotel.grpc.direction"] == d)
+
+        await until(lambda: goaways(drain.pid, "sent") >= 2 * k and goaways(gpid, "received") >= k, 10)
+        await asyncio.sleep(1.0)
+        assert goaways(drain.pid, "sent") == 2 * k and goaways(gpid, "received") == k
+        assert {a["gotel.grpc.http2.error_code"] for a, _ in f.last("gotel.grpc.goaway", gpid)} == {"NO_ERROR"}
     finally:
         await f.close()
