@@ -105,6 +105,12 @@ FRAMES = (("grpc.flow.goaway_sent", f"{_H2}.(*Framer).WriteGoAway", "flow_goaway
           ("grpc.flow.server_streaming", f"{_G}.(*Server).processStreamingRPC", "flow_server_streaming"))
 
 
+# programs that run only after a real wait (the instruction selectgo returns to) or per RST_STREAM/GOAWAY frame
+# (past the stack check on Go <= 1.20): single-stepped where they sit, but never on a call's fast path
+RARE_PROGRAMS = frozenset({"flow_quota_woken", "flow_write_woken", "flow_goaway_sent", "flow_rst_sent",
+                           "flow_goaway_received", "flow_rst_received_client", "flow_rst_received_server"})
+
+
 def estd_map_layout(gb: GoBinary) -> tuple[bool, tuple[int, ...]] | None:
     """(swiss, six numbers) of map[uint32]*outStream (loopyWriter.estdStreams), as header_map_layout does for
     http.Header: classic hmap.B, buckets, oldbuckets, bucket keys, elems, size; swiss Map.dirLen, dirPtr,

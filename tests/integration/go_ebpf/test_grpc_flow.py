@@ -32,8 +32,10 @@ from tests.helpers import goapps
 from tests.helpers.memsink import MemorySink
 from tests.integration.go_ebpf.test_grpc import CLIENT, _find_pid, until
 
-# Debian's GOPATH 1.33 with Debian's Go, and the newest grpc-go with the newest Go (more with GOTEL_FLOW_ALL=1)
-VERSIONS = [("v1.33", "go1.19"), ("v1.70.0", "go1.26"), ("v1.85.0", "go1.27")]
+# Debian's GOPATH 1.33 with Debian's Go, 1.70.0 (ServerStream era) with Go 1.26 and the newest with Go 1.27;
+# GOTEL_FLOW_MATRIX=1: every build of the grpc-go matrix (17, ~1 min each)
+VERSIONS = goapps.grpc_matrix() if os.environ.get("GOTEL_FLOW_MATRIX") == "1" else [
+    ("v1.33", "go1.19"), ("v1.70.0", "go1.26"), ("v1.85.0", "go1.27")]
 
 
 class Flow:
