@@ -1650,6 +1650,19 @@ static __always_inline u64 flow_call(struct gotel_go_proc *p, struct gotel_go_ke
     return rd64(att + o_t + 8);  /* ClientTransport interface: its data word, the *http2Client */
 }
 
+/* the span id of the client call this goroutine started, 0 when none is found */
+static __always_inline u64 flow_client_span(struct gotel_go_key *k) {
+    u32 i = g2cs_slot(k->goroutine);
+    struct g2cs *v = cli_g2cs.lookup(&i);
+    if (!v || v->g != k->goroutine || v->tgid != k->tgid || !v->cs)
+        return 0;
+    struct gotel_go_key ck = {};
+    ck.tgid = k->tgid;
+    ck.goroutine = v->cs;
+    struct gev *e = cli_streams.lookup(&ck);
+    return e ? e->span_id : 0;
+}
+
 static __always_inline struct fwait *flow_wait_begin(struct gotel_go_key *k) {
     u32 z = 0;
     struct fwait *zero = zero_fwait.lookup(&z);
@@ -1744,7 +1757,9 @@ int flow_quota_wait(struct pt_regs *ctx) {
     struct gotel_go_key k = gotel_go_key_of(ctx);
     u64 now = bpf_ktime_get_ns();
     struct fwait *w = flow_waits.lookup(&k);
-    if (w && w->ev.type == T_FLOW_QUOTA && w->last_ret && now - w->last_ret < 5000000ULL) {
+    /* the same call (a later call of this goroutine is a new wait, however soon it comes) */
+    if (w && w->ev.type == T_FLOW_QUOTA && w->last_ret && now - w->last_ret < 5000000ULL &&
+        w->ev.span_id == flow_client_span(&k)) {
         w->cases = GO_PARAM1(ctx);  /* woken but the quota was taken again: the same wait goes on */
         w->last_ret = 0;
         return 0;

@@ -269,7 +269,8 @@ class FlowControl:
             self.asm.unknown_process += 1
             return True
         if typ == T_FLOW_QUOTA:
-            key = (pid, sid if flags & FL_SPAN else g.to_bytes(8, "little"))
+            # by the call's span (joined at its end), else by goroutine and start: one wait's returns share both
+            key = (pid, sid if flags & FL_SPAN else g.to_bytes(8, "little") + start.to_bytes(8, "little"))
             self.quota_waits[key] = _Wait(start, end, code, ev._cstr(method), pid, now)
             self.quota_waits.move_to_end(key)
             while len(self.quota_waits) > 4096:
