@@ -818,6 +818,10 @@ int grpc_server_status(struct pt_regs *ctx) {
 
 /* ---- gRPC client: newClientStream (unary Invoke goes through it too) ... clientStream.finish ------- */
 
+/* flow control and stream limits (issue 19): defined in their own block at the end of this file */
+static __always_inline void flow_client_desc(struct gotel_go_proc *p, struct gev *e, u64 desc);
+static __always_inline void flow_client_goroutine(struct gotel_go_proc *p, u32 tgid, u64 g, u64 cs);
+
 int grpc_client_start(struct pt_regs *ctx) {
     struct gotel_go_proc *p = gotel_go_current();
     if (!p)
@@ -831,6 +835,7 @@ int grpc_client_start(struct pt_regs *ctx) {
     gotel_go_read_str(e->method, STR_LEN, GO_PARAM5(ctx), GO_PARAM6(ctx));
     ctx_deadline(p, e, GO_PARAM1(ctx), GO_PARAM2(ctx));
     set_parent(e, tgid, GO_GOROUTINE(ctx));
+    flow_client_desc(p, e, GO_PARAM3(ctx));  /* issue 19: a streaming call? */
     return 0;
 }
 
@@ -866,7 +871,8 @@ int grpc_client_started(struct pt_regs *ctx) {
  * call is re-keyed from its goroutine to the clientStream, which finish receives wherever it runs. (An
  * entry probe is emulated; newClientStream's RETs, the alternative, are single-stepped.) */
 int grpc_client_attempt(struct pt_regs *ctx) {
-    if (!gotel_go_current())
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
         return 0;
     struct gotel_go_key k = gotel_go_key_of(ctx);
     struct gev *e = cli_start.lookup(&k);
@@ -877,6 +883,7 @@ int grpc_client_attempt(struct pt_regs *ctx) {
     ck.tgid = k.tgid;
     ck.goroutine = cs;
     e->obj = cs;
+    flow_client_goroutine(p, k.tgid, k.goroutine, cs);  /* issue 19: the goroutine's call, for its waits */
     if (cli_streams.update(&ck, e))
         gotel_count_lost(GOTEL_LOST_FULL);  /* table full (streams never finished): counted, not silent */
     if (cli_done.lookup(&ck))
@@ -1506,3 +1513,452 @@ int http_client_end(struct pt_regs *ctx) {
     cli_start.delete(&k);
     return 0;
 }
+
+/* ---- flow control and stream limits (issue 19): an appended block (receivers/go_ebpf/flowcontrol.py) ----
+ * Only rare paths are probed: the `select` where a new client stream waits for the connection's stream quota
+ * (in (*http2Client).NewStream) and the one where a write waits for its stream's write quota (the inlined
+ * (*writeQuota).get in (*http2Client|Server).Write/write) -- the call of runtime.selectgo (emulated) and the
+ * instruction it returns to (single-stepped, but only after a real wait) -- and the frame writers and
+ * handlers of RST_STREAM and GOAWAY. The only per-call additions are two fields read at newClientStream
+ * (is the call streaming) and one LRU update at newAttemptLocked (which goroutine runs the call). */
+#define FLOW_BASE 100
+#define FL_H2C_LOOPY (FLOW_BASE + 0)      /* http2Client.loopy */
+#define FL_H2S_LOOPY (FLOW_BASE + 1)      /* http2Server.loopy */
+#define FL_LW_SENDQUOTA (FLOW_BASE + 2)   /* loopyWriter.sendQuota (connection window left, uint32) */
+#define FL_LW_OIWS (FLOW_BASE + 3)        /* loopyWriter.oiws (the peer's initial stream window, uint32) */
+#define FL_LW_ESTD (FLOW_BASE + 4)        /* loopyWriter.estdStreams (map[uint32]*outStream) */
+#define FL_OS_BOS (FLOW_BASE + 5)         /* outStream.bytesOutStanding (int) */
+#define FL_H2C_QUOTACH (FLOW_BASE + 6)    /* http2Client.streamsQuotaAvailable (chan) */
+#define FL_H2C_GOAWAY (FLOW_BASE + 7)     /* http2Client.goAway (chan) */
+#define FL_GA_LAST (FLOW_BASE + 8)        /* http2.GoAwayFrame.LastStreamID */
+#define FL_GA_CODE (FLOW_BASE + 9)        /* http2.GoAwayFrame.ErrCode */
+#define FL_GA_DEBUG (FLOW_BASE + 10)      /* http2.GoAwayFrame.debugData ([]byte) */
+#define FL_RST_CODE (FLOW_BASE + 11)      /* http2.RSTStreamFrame.ErrCode */
+#define FL_SD_SSTREAMS (FLOW_BASE + 12)   /* grpc.StreamDesc.ServerStreams (bool) */
+#define FL_SD_CSTREAMS (FLOW_BASE + 13)   /* grpc.StreamDesc.ClientStreams (bool) */
+#define FL_MAP_A (FLOW_BASE + 14)         /* estdStreams' layout: classic hmap.B | swiss Map.dirLen */
+#define FL_MAP_B (FLOW_BASE + 15)         /* hmap.buckets | Map.dirPtr */
+#define FL_MAP_C (FLOW_BASE + 16)         /* hmap.oldbuckets | table.groups */
+#define FL_MAP_D (FLOW_BASE + 17)         /* bucket.keys | group.slots */
+#define FL_MAP_E (FLOW_BASE + 18)         /* bucket.elems | slot size */
+#define FL_MAP_F (FLOW_BASE + 19)         /* bucket size | group size */
+#define F_FLOW_SWISS (1 << 24)            /* gotel_go_proc.flags: estdStreams is a swiss map (Go >= 1.24) */
+#define F_FLOW_ON (1 << 25)               /* gotel_go_proc.flags: the per-call additions below are on */
+#define E_STREAMING (1 << 26)             /* gev.flags: a streaming RPC (client: its StreamDesc; server: processStreamingRPC) */
+
+#define T_FLOW_QUOTA 16   /* a new client stream waited for stream quota (MaxConcurrentStreams) */
+#define T_FLOW_WRITE 17   /* a write waited for its write quota */
+#define T_FLOW_GOAWAY 18
+#define T_FLOW_RST 19
+#define FL_SENT 1         /* fev.flags: direction */
+#define FL_RECEIVED 2
+#define FL_SERVER 4       /* the server side of the connection (else client; 0 for frames written: unknown) */
+#define FL_SPAN 8         /* span_id/method: the call that waited */
+/* T_FLOW_QUOTA code: how the wait ended; T_FLOW_WRITE code: what the write waited for */
+#define Q_QUOTA 0
+#define Q_GOAWAY 1
+#define Q_DONE 2          /* the call's context or the connection ended */
+#define Q_UNKNOWN 3
+#define W_UNKNOWN 0
+#define W_STREAM 1
+#define W_CONNECTION 2
+#define W_WRITE_QUOTA 3
+#define DEBUG_LEN 64
+
+struct fev {
+    u64 start_ns;
+    u64 end_ns;
+    u32 pid;
+    u32 type;
+    u64 g;
+    u64 span_id;
+    u32 code;
+    u32 flags;
+    u32 stream_id;
+    u32 last_stream_id;
+    char method[STR_LEN];
+    char debug[DEBUG_LEN];
+};
+
+/* a wait in progress, by goroutine: the select's cases (to tell which one ended it) and the record so far */
+struct fwait {
+    u64 cases;
+    u64 transport;
+    u64 last_ret;  /* quota waits: when the last select returned (a retry within 5 ms continues the wait) */
+    struct fev ev;
+};
+BPF_TABLE("lru_hash", struct gotel_go_key, struct fwait, flow_waits, 4096);
+BPF_ARRAY(zero_fwait, struct fwait, 1);
+/* goroutine -> the clientStream of the call it started (set at newAttemptLocked): a direct-mapped cache (an
+ * array slot by the goroutine's address, checked on read), as an LRU update on every call cost ~0.4 us */
+struct g2cs {
+    u64 g;
+    u64 cs;
+    u32 tgid;
+};
+#define G2CS_SLOTS 16384
+BPF_ARRAY(cli_g2cs, struct g2cs, G2CS_SLOTS);
+static __always_inline u32 g2cs_slot(u64 g) { return (u32)((g >> 4) ^ (g >> 18)) & (G2CS_SLOTS - 1); }
+
+static __always_inline void flow_client_desc(struct gotel_go_proc *p, struct gev *e, u64 desc) {
+    if (!(p->flags & F_FLOW_ON))
+        return;
+    u64 o_s = gotel_go_offset(p, FL_SD_SSTREAMS), o_c = gotel_go_offset(p, FL_SD_CSTREAMS);
+    if (!desc || !KNOWN(o_s) || !KNOWN(o_c) || o_c != o_s + 1)
+        return;
+    u16 both = 0;
+    bpf_probe_read_user(&both, sizeof(both), (void *)(desc + o_s));
+    if (both)
+        e->flags |= E_STREAMING;
+}
+
+static __always_inline void flow_client_goroutine(struct gotel_go_proc *p, u32 tgid, u64 g, u64 cs) {
+    if (!(p->flags & F_FLOW_ON))
+        return;
+    u32 i = g2cs_slot(g);
+    struct g2cs *v = cli_g2cs.lookup(&i);
+    if (v) {
+        v->g = g;
+        v->cs = cs;
+        v->tgid = tgid;
+    }
+}
+
+/* (*Server).processStreamingRPC entry, on the goroutine of the call handleStream started */
+int flow_server_streaming(struct pt_regs *ctx) {
+    if (!gotel_go_current())
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    struct gev *e = srv_ongoing.lookup(&k);
+    if (e && e->type == T_GRPC_SERVER)
+        e->flags |= E_STREAMING;
+    return 0;
+}
+
+/* The call running on this goroutine: a served one (its transport and stream id come with it), or one this
+ * goroutine started as a client (through newAttemptLocked: its transport and stream from the attempt). */
+static __always_inline u64 flow_call(struct gotel_go_proc *p, struct gotel_go_key *k, struct fev *f, u32 *sid,
+                                     bool server) {
+    struct gev *a = server ? find_active(k->tgid, k->goroutine) : 0;
+    if (server) {
+        if (!a || a->type != T_GRPC_SERVER)
+            return 0;
+        f->span_id = a->span_id;
+        f->flags |= FL_SPAN | FL_SERVER;
+        __builtin_memcpy(f->method, a->method, STR_LEN);
+        *sid = a->stream_id;
+        return a->aux;
+    }
+    u32 i = g2cs_slot(k->goroutine);
+    struct g2cs *v = cli_g2cs.lookup(&i);
+    if (!v || v->g != k->goroutine || v->tgid != k->tgid || !v->cs)
+        return 0;
+    u64 cs = v->cs;
+    struct gotel_go_key ck = {};
+    ck.tgid = k->tgid;
+    ck.goroutine = cs;
+    struct gev *e = cli_streams.lookup(&ck);
+    if (!e)
+        return 0;
+    f->span_id = e->span_id;
+    f->flags |= FL_SPAN;
+    __builtin_memcpy(f->method, e->method, STR_LEN);
+    u64 o_att = gotel_go_offset(p, O_CS_ATTEMPT), o_t = gotel_go_offset(p, O_ATT_T), o_s = gotel_go_offset(p, O_ATT_S);
+    u64 o_id = gotel_go_offset(p, O_STREAM_ID);
+    if (!KNOWN(o_att) || !KNOWN(o_t))
+        return 0;
+    u64 att = rd64(cs + o_att);
+    if (!att)
+        return 0;
+    if (KNOWN(o_s) && KNOWN(o_id)) {
+        u64 s = stream_base(p, rd64(att + o_s), O_CLS_STREAM, F_CLS_STREAM_PTR);
+        if (s)
+            bpf_probe_read_user(sid, sizeof(*sid), (void *)(s + o_id));
+    }
+    return rd64(att + o_t + 8);  /* ClientTransport interface: its data word, the *http2Client */
+}
+
+/* the span id of the client call this goroutine started, 0 when none is found */
+static __always_inline u64 flow_client_span(struct gotel_go_key *k) {
+    u32 i = g2cs_slot(k->goroutine);
+    struct g2cs *v = cli_g2cs.lookup(&i);
+    if (!v || v->g != k->goroutine || v->tgid != k->tgid || !v->cs)
+        return 0;
+    struct gotel_go_key ck = {};
+    ck.tgid = k->tgid;
+    ck.goroutine = v->cs;
+    struct gev *e = cli_streams.lookup(&ck);
+    return e ? e->span_id : 0;
+}
+
+static __always_inline struct fwait *flow_wait_begin(struct gotel_go_key *k) {
+    u32 z = 0;
+    struct fwait *zero = zero_fwait.lookup(&z);
+    if (!zero || flow_waits.update(k, zero))
+        return 0;
+    return flow_waits.lookup(k);
+}
+
+/* The outStream of stream `id` in loopyWriter.estdStreams (map[uint32]*outStream), walked with the layout
+ * DWARF gave (as http_header_scan does): up to 4 buckets or groups; 0 when not found or not readable. */
+static __always_inline u64 estd_find(struct gotel_go_proc *p, struct gotel_go_offsets *o, u64 m, u32 id) {
+    u64 ma = o->off[FL_MAP_A], mb = o->off[FL_MAP_B], mc = o->off[FL_MAP_C];
+    u64 md = o->off[FL_MAP_D], me = o->off[FL_MAP_E], mf = o->off[FL_MAP_F];
+    if (!m || !KNOWN(ma) || !KNOWN(mb) || !KNOWN(mc) || !KNOWN(md) || !KNOWN(me) || !KNOWN(mf) || mf > 1024)
+        return 0;
+    bool swiss = p->flags & F_FLOW_SWISS;
+    u64 base = 0, n = 0;
+    if (swiss) {
+        u64 dirlen = rd64(m + ma), dir = rd64(m + mb);
+        if (!dir)
+            return 0;
+        if (dirlen == 0) {
+            base = dir;
+            n = 1;
+        } else if (dirlen == 1) {
+            u64 g[2] = {};
+            bpf_probe_read_user(g, sizeof(g), (void *)(rd64(dir) + mc));
+            base = g[0];
+            n = g[1] + 1;
+        }
+    } else {
+        u8 B = 0;
+        bpf_probe_read_user(&B, 1, (void *)(m + ma));
+        if (B > 2 || rd64(m + mc))
+            return 0;
+        base = rd64(m + mb);
+        n = 1ULL << B;
+    }
+    if (!base || n > 4)
+        return 0;
+    for (int gi = 0; gi < 4; gi++) {
+        if (gi >= n)
+            break;
+        u64 g = base + gi * mf;
+        u64 ctrl = rd64(g);
+        for (int i = 0; i < 8; i++) {
+            u8 cb = ctrl >> (8 * i);
+            if (swiss ? (cb & 0x80) : cb < 5)
+                continue;
+            u64 kaddr = swiss ? g + md + i * me : g + md + i * 4;
+            u64 eaddr = swiss ? kaddr + 8 : g + me + i * 8;
+            u32 key = 0;
+            bpf_probe_read_user(&key, sizeof(key), (void *)kaddr);
+            if (key == id)
+                return rd64(eaddr);
+        }
+    }
+    return 0;
+}
+
+/* What a blocked write waits for, from its transport's loopy writer: the connection's window spent, the
+ * stream's window spent (its outStream's bytes in flight reached the peer's initial window), or neither --
+ * the data is queued but loopy has not written it yet (the socket is slow): the write quota. */
+static __always_inline u32 flow_window(struct gotel_go_proc *p, u64 t, u32 sid, bool server) {
+    struct gotel_go_offsets *o = gotel_go_offsets_of(p);
+    if (!o || !t)
+        return W_UNKNOWN;
+    u64 o_l = o->off[server ? FL_H2S_LOOPY : FL_H2C_LOOPY], o_sq = o->off[FL_LW_SENDQUOTA];
+    u64 o_oiws = o->off[FL_LW_OIWS], o_estd = o->off[FL_LW_ESTD], o_bos = o->off[FL_OS_BOS];
+    if (!KNOWN(o_l) || !KNOWN(o_sq) || !KNOWN(o_oiws) || !KNOWN(o_estd) || !KNOWN(o_bos))
+        return W_UNKNOWN;
+    u64 lw = rd64(t + o_l);
+    if (!lw)
+        return W_UNKNOWN;
+    u32 sq = 0, oiws = 0;
+    bpf_probe_read_user(&sq, sizeof(sq), (void *)(lw + o_sq));
+    if (sq == 0)
+        return W_CONNECTION;
+    bpf_probe_read_user(&oiws, sizeof(oiws), (void *)(lw + o_oiws));
+    u64 os = estd_find(p, o, rd64(lw + o_estd), sid);
+    if (!os)
+        return W_UNKNOWN;
+    s64 bos = (s64)rd64(os + o_bos);
+    return (s64)oiws - bos <= 0 ? W_STREAM : W_WRITE_QUOTA;
+}
+
+/* the `call runtime.selectgo` in NewStream: the stream quota is spent, the call waits (cases in ax) */
+int flow_quota_wait(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    u64 now = bpf_ktime_get_ns();
+    struct fwait *w = flow_waits.lookup(&k);
+    /* the same call (a later call of this goroutine is a new wait, however soon it comes) */
+    if (w && w->ev.type == T_FLOW_QUOTA && w->last_ret && now - w->last_ret < 5000000ULL &&
+        w->ev.span_id == flow_client_span(&k)) {
+        w->cases = GO_PARAM1(ctx);  /* woken but the quota was taken again: the same wait goes on */
+        w->last_ret = 0;
+        return 0;
+    }
+    w = flow_wait_begin(&k);
+    if (!w)
+        return 0;
+    w->cases = GO_PARAM1(ctx);
+    w->ev.start_ns = now;
+    w->ev.pid = k.tgid;
+    w->ev.type = T_FLOW_QUOTA;
+    w->ev.g = k.goroutine;
+    u32 sid = 0;
+    w->transport = flow_call(p, &k, &w->ev, &sid, false);
+    return 0;
+}
+
+/* the instruction selectgo returns to in NewStream: the chosen case in ax. Each return is submitted (the
+ * same start: user space keeps the last); a retry within 5 ms goes on with the same record. */
+int flow_quota_woken(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    struct fwait *w = flow_waits.lookup(&k);
+    if (!w || w->ev.type != T_FLOW_QUOTA || w->last_ret)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    w->last_ret = now;
+    u32 code = Q_UNKNOWN;
+    u64 chosen = GO_PARAM1(ctx);
+    u64 o_q = gotel_go_offset(p, FL_H2C_QUOTACH), o_ga = gotel_go_offset(p, FL_H2C_GOAWAY);
+    if (w->cases && chosen < 8 && w->transport && KNOWN(o_q) && KNOWN(o_ga)) {
+        u64 c = rd64(w->cases + chosen * 16);  /* scase{c *hchan, elem unsafe.Pointer} */
+        code = c == rd64(w->transport + o_q) ? Q_QUOTA : c == rd64(w->transport + o_ga) ? Q_GOAWAY : Q_DONE;
+    }
+    struct fev *r = gotel_reserved(go_events.ringbuf_reserve(sizeof(struct fev)));
+    if (!r)
+        return 0;
+    __builtin_memcpy(r, &w->ev, sizeof(*r));
+    r->end_ns = now;
+    r->code = code;
+    go_events.ringbuf_submit(r, GOTEL_RB_FLAGS);
+    return 0;
+}
+
+/* the `call runtime.selectgo` of the write quota in (*http2Client|Server).Write/write: the stream's quota
+ * is spent, the writer waits. Which limit made it wait is read now. */
+static __always_inline int flow_write_wait(struct pt_regs *ctx, bool server) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    struct fwait *w = flow_wait_begin(&k);
+    if (!w)
+        return 0;
+    w->ev.start_ns = bpf_ktime_get_ns();
+    w->ev.pid = k.tgid;
+    w->ev.type = T_FLOW_WRITE;
+    w->ev.g = k.goroutine;
+    u32 sid = 0;
+    u64 t = flow_call(p, &k, &w->ev, &sid, server);
+    if (server)
+        w->ev.flags |= FL_SERVER;
+    w->ev.stream_id = sid;
+    w->ev.code = (w->ev.flags & FL_SPAN) && sid ? flow_window(p, t, sid, server) : W_UNKNOWN;
+    return 0;
+}
+
+int flow_write_wait_client(struct pt_regs *ctx) { return flow_write_wait(ctx, false); }
+int flow_write_wait_server(struct pt_regs *ctx) { return flow_write_wait(ctx, true); }
+
+int flow_write_woken(struct pt_regs *ctx) {
+    if (!gotel_go_current())
+        return 0;
+    struct gotel_go_key k = gotel_go_key_of(ctx);
+    struct fwait *w = flow_waits.lookup(&k);
+    if (!w || w->ev.type != T_FLOW_WRITE)
+        return 0;
+    struct fev *r = gotel_reserved(go_events.ringbuf_reserve(sizeof(struct fev)));
+    if (r) {
+        __builtin_memcpy(r, &w->ev, sizeof(*r));
+        r->end_ns = bpf_ktime_get_ns();
+        go_events.ringbuf_submit(r, GOTEL_RB_FLAGS);
+    }
+    flow_waits.delete(&k);
+    return 0;
+}
+
+static __always_inline struct fev *flow_frame(u32 type, u32 flags) {
+    struct fev *r = gotel_reserved(go_events.ringbuf_reserve(sizeof(struct fev)));
+    if (!r)
+        return 0;
+    __builtin_memset(r, 0, sizeof(*r));
+    r->start_ns = r->end_ns = bpf_ktime_get_ns();
+    r->pid = bpf_get_current_pid_tgid() >> 32;
+    r->type = type;
+    r->flags = flags;
+    return r;
+}
+
+/* http2.(*Framer).WriteGoAway(f, maxStreamID uint32, code ErrCode, debugData []byte) */
+int flow_goaway_sent(struct pt_regs *ctx) {
+    if (!gotel_go_current())
+        return 0;
+    struct fev *r = flow_frame(T_FLOW_GOAWAY, FL_SENT);
+    if (!r)
+        return 0;
+    r->last_stream_id = (u32)GO_PARAM2(ctx);
+    r->code = (u32)GO_PARAM3(ctx);
+    u64 len = GO_PARAM5(ctx);
+    gotel_go_read_str(r->debug, DEBUG_LEN, GO_PARAM4(ctx), len);
+    go_events.ringbuf_submit(r, GOTEL_RB_FLAGS);
+    return 0;
+}
+
+/* http2.(*Framer).WriteRSTStream(f, streamID uint32, code ErrCode) */
+int flow_rst_sent(struct pt_regs *ctx) {
+    if (!gotel_go_current())
+        return 0;
+    struct fev *r = flow_frame(T_FLOW_RST, FL_SENT);
+    if (!r)
+        return 0;
+    r->stream_id = (u32)GO_PARAM2(ctx);
+    r->code = (u32)GO_PARAM3(ctx);
+    go_events.ringbuf_submit(r, GOTEL_RB_FLAGS);
+    return 0;
+}
+
+/* (*http2Client).handleGoAway(f *http2.GoAwayFrame) */
+int flow_goaway_received(struct pt_regs *ctx) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    u64 f = GO_PARAM2(ctx);
+    u64 o_last = gotel_go_offset(p, FL_GA_LAST), o_code = gotel_go_offset(p, FL_GA_CODE);
+    u64 o_dbg = gotel_go_offset(p, FL_GA_DEBUG);
+    if (!f || !KNOWN(o_last) || !KNOWN(o_code))
+        return 0;
+    struct fev *r = flow_frame(T_FLOW_GOAWAY, FL_RECEIVED);
+    if (!r)
+        return 0;
+    bpf_probe_read_user(&r->last_stream_id, sizeof(u32), (void *)(f + o_last));
+    bpf_probe_read_user(&r->code, sizeof(u32), (void *)(f + o_code));
+    if (KNOWN(o_dbg)) {
+        u64 d[2] = {};
+        bpf_probe_read_user(d, sizeof(d), (void *)(f + o_dbg));
+        gotel_go_read_str(r->debug, DEBUG_LEN, d[0], d[1]);
+    }
+    go_events.ringbuf_submit(r, GOTEL_RB_FLAGS);
+    return 0;
+}
+
+/* (*http2Client|Server).handleRSTStream(f *http2.RSTStreamFrame) */
+static __always_inline int flow_rst_received(struct pt_regs *ctx, u32 side) {
+    struct gotel_go_proc *p = gotel_go_current();
+    if (!p)
+        return 0;
+    u64 f = GO_PARAM2(ctx);
+    u64 o_sid = gotel_go_offset(p, O_FH_STREAMID), o_code = gotel_go_offset(p, FL_RST_CODE);
+    if (!f || !KNOWN(o_sid) || !KNOWN(o_code))
+        return 0;
+    struct fev *r = flow_frame(T_FLOW_RST, FL_RECEIVED | side);
+    if (!r)
+        return 0;
+    bpf_probe_read_user(&r->stream_id, sizeof(u32), (void *)(f + o_sid));  /* FrameHeader embedded at 0 */
+    bpf_probe_read_user(&r->code, sizeof(u32), (void *)(f + o_code));
+    go_events.ringbuf_submit(r, GOTEL_RB_FLAGS);
+    return 0;
+}
+
+int flow_rst_received_client(struct pt_regs *ctx) { return flow_rst_received(ctx, 0); }
+int flow_rst_received_server(struct pt_regs *ctx) { return flow_rst_received(ctx, FL_SERVER); }
+/* ---- end of the flow control block */

@@ -30,6 +30,7 @@ from gotel.ebpf.streaming import RingBufferReceiver
 from gotel.pdata.batch import Signal
 from gotel.receivers.go_ebpf import probes as _probes  # noqa: F401  (registers probe specs for `gotel inspect`)
 from gotel.receivers.go_ebpf.events import Assembler
+from gotel.receivers.go_ebpf.flowcontrol import FLOW_TYPE_MIN, FlowControl
 from gotel.receivers.go_ebpf.layout import grpc_losses, traced_losses
 from gotel.receivers.go_ebpf.red import KernelRed, SamplingConfig
 from gotel.receivers.go_ebpf.selffilter import SelfFilter
@@ -52,6 +53,11 @@ class Config(ComponentConfig):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description=(
         "spans kept, decided in BPF at each call's end: every error, deadline miss, slow call and call "
         "under a sampled traceparent, and `fraction` of the rest; RED metrics count every call"))
+    flow_control: bool = Field(True, description="gRPC flow control and stream limits: stream-quota and "
+                               "window waits, RST_STREAM, GOAWAY, refused streams, stream age (issue 19)")
+    stream_quota_event_threshold: Duration = Field(
+        0.01, ge=0, description="a client stream that waited at least this long for the connection's stream quota "
+                                "gets a span event (gotel.grpc.stream_quota.wait) on its call's span")
 
     @field_validator("ring_buffer_pages")
     @classmethod
@@ -71,6 +77,7 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
         self.log = ctx.logger or logging.getLogger(__name__)
         self.asm = Assembler(legacy_status_code=cfg.legacy_grpc_status_code, stitch_window=cfg.stitch_window)
         self.asm.self_filter = SelfFilter(ctx.telemetry)  # gotel's own scrapes are not the target's requests
+        self.flow = FlowControl(self.asm, event_threshold=cfg.stream_quota_event_threshold)  # issue 19
         self.program: Any = None
         self.targets: Any = None
         self.watcher: ProcessWatcher | None = None
@@ -185,7 +192,7 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
         if info.pid in self.attached_pids and exe_path is None:
             return  # registered by trace_pid before its exec
         try:
-            plan = plan_for(exe, grpc=self.cfg.grpc, http=self.cfg.http)
+            plan = plan_for(exe, grpc=self.cfg.grpc, http=self.cfg.http, flow=self.cfg.flow_control)
         except Exception as e:
             if not is_alive(info.pid):  # short-lived (a `go build` step): exited before it was analysed
                 self.log.debug("go_ebpf: pid %d exited before it was analysed: %s", info.pid, e)
@@ -242,12 +249,17 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
         add, mono_to_unix = self.asm.add, self._mono_to_unix
         for rec in raw:
             try:
+                if rec[20] >= FLOW_TYPE_MIN:  # a flow-control record (issue 19): its own decoder
+                    if not self.flow.add(rec, mono_to_unix, now):
+                        self.ctx.telemetry.dropped(Signal.METRICS, 1, "bad_record")
+                    continue
                 if not add(rec, mono_to_unix, now):
                     self.ctx.telemetry.dropped(Signal.TRACES, 1, "short_record")
             except Exception:  # a malformed record must not cost the rest of the batch
                 self.log.exception("go_ebpf: cannot turn a record into a span")
                 self.ctx.telemetry.dropped(Signal.TRACES, 1, "bad_record")
         self.events_seen += len(raw)
+        self.flow.expire(now, mono_to_unix)
         if self.asm.unknown_process:
             self.ctx.telemetry.dropped(Signal.TRACES, self.asm.unknown_process, "unknown_process")
             self.asm.unknown_process = 0
@@ -291,6 +303,8 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
     async def _export(self) -> None:
         self.read_metrics()
         await self._push(Signal.METRICS, self.asm.take_metrics())
+        if self.program is not None:  # the ages of the streams still open (issue 19)
+            await self._push(Signal.METRICS, self.flow.open_stream_ages(self.program))
 
     def _holding(self) -> bool:
         return bool(self.asm.pending)

@@ -397,6 +397,9 @@ class Assembler:
         self._red_slots: dict[bytes, tuple[int, _MetricSlot]] = {}
         # span shapes repeat (same method, code, peer): encoded once
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
+        # flowcontrol.FlowControl (issue 19): sees each gRPC call's end; may add span events to client spans
+        self.on_span: Any = None
+        self.on_server_span: Any = None
 
     # ---- processes ----
     def add_process(self, pid: int, resource: dict[str, Any], grpc_missing: str = "", netns: int = 0) -> None:
@@ -483,6 +486,11 @@ class Assembler:
         else:
             deadline = 0
             body = shape.pre + _TIMES(start, 0x41, end) + shape.tail
+        if self.on_span is not None and typ <= T_GRPC_CLIENT:  # flow control (issue 19)
+            if typ == T_GRPC_CLIENT:
+                body += self.on_span(pid, sid, shape.metric.duration_key[1], code, flags, start, end)
+            else:
+                self.on_server_span(pid, shape.metric.duration_key[1], flags, start, end)
         if not flags & E_PARENT:
             psid = b""
         ip = shape.ip
@@ -810,7 +818,8 @@ class Assembler:
                 for (name, labels), n in st.counters.items():
                     m = made.get(name)
                     if m is None:
-                        m = made[name] = sm.metrics.add(name=name, unit="{call}", description=_DESC.get(name, ""))
+                        m = made[name] = sm.metrics.add(name=name, unit=_UNITS.get(name, "{call}"),
+                                                        description=_DESC.get(name, ""))
                         m.sum.aggregation_temporality = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
                         m.sum.is_monotonic = True
                     dp = m.sum.data_points.add(start_time_unix_nano=st.start_ns, time_unix_nano=now, as_int=n)
@@ -820,6 +829,7 @@ class Assembler:
         return b if b.msg.resource_metrics else None
 
 
+_UNITS: dict[str, str] = {}  # counters whose unit is not {call} (flowcontrol adds its own)
 _DESC = {
     "rpc.server.call.duration": "Duration of gRPC calls served (uprobes).",
     "rpc.client.call.duration": "Duration of gRPC calls made (uprobes).",

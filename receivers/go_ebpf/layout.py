@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from gotel.ebpf.goprobes import MAX_OFFSETS
 from gotel.ebpf.probespecs import version_at_least
 from gotel.golang import GoAnalysisError, GoBinary
+from gotel.receivers.go_ebpf.flowcontrol import FLOW_OFFSETS, FLOW_SLOT, flow_offsets
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,10 @@ HTTP_OFFSETS: list[OffsetSpec] = [
 ]
 assert len(OFFSETS) <= HTTP_SLOT, "OFFSETS reached the HTTP block: move HTTP_SLOT (and H_BASE in go_ebpf.c)"
 ALL_OFFSETS: list[OffsetSpec | None] = [*OFFSETS, *[None] * (HTTP_SLOT - len(OFFSETS)), *HTTP_OFFSETS]
+# ---- flow control and stream limits (issue 19): a block of its own from flowcontrol.FLOW_SLOT (FL_* in
+# go_ebpf.c); its values and losses come from flowcontrol.flow_offsets (not attribute losses of the spans)
+ALL_OFFSETS += [None] * (FLOW_SLOT - len(ALL_OFFSETS))
+ALL_OFFSETS += [(k, t, f, "") for k, t, f, _ in FLOW_OFFSETS]
 F_HTTP_SWISS_MAP = 1 << 16  # http.Header is a swiss-table map (Go >= 1.24)
 # ---- end of the HTTP hops block
 
@@ -326,6 +331,11 @@ def layout_for(gb: GoBinary) -> Layout:  # noqa: C901 (one DWARF lookup per fiel
         log.debug("%s: grpc version %s; its layout is read from DWARF by field name", gb.path, grpc_v or "unknown")
     if hdr is not None and hdr[0]:
         flags |= F_HTTP_SWISS_MAP
+    if has_grpc:  # flow control (issue 19)
+        fvals, fflags, _lost = flow_offsets(gb)
+        for i, v in fvals.items():
+            vals[names[i]] = v
+        flags |= fflags
     if gb.has_dwarf and gb.functions.get("net/http.serverHandler.ServeHTTP") is not None and hdr is None:
         notes.append("http.Header's map layout is not in DWARF: incoming HTTP traceparents are not read")
     if not gb.has_dwarf:

@@ -21,21 +21,21 @@ class Plan:
     probe_ids: list[str] = field(default_factory=list)
 
 
-_PLANS: dict[tuple[FileIdentity, bool, bool], Plan] = {}
+_PLANS: dict[tuple[FileIdentity, bool, bool, bool], Plan] = {}
 
 
-def plan_for(exe: str, *, grpc: bool = True, http: bool = True) -> Plan:
+def plan_for(exe: str, *, grpc: bool = True, http: bool = True, flow: bool = True) -> Plan:
     """Cached per binary file: a new process of a known binary costs one stat."""
-    key = (FileIdentity.of(exe), grpc, http)
+    key = (FileIdentity.of(exe), grpc, http, flow)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _PLANS[key] = _plan(exe, grpc, http)
+        plan = _PLANS[key] = _plan(exe, grpc, http, flow)
         while len(_PLANS) > 256:
             del _PLANS[next(iter(_PLANS))]
     return plan
 
 
-def _plan(exe: str, grpc: bool, http: bool) -> Plan:
+def _plan(exe: str, grpc: bool, http: bool, flow: bool = True) -> Plan:
     gb = analyze(exe)
     layout = layout_for(gb)
     wanted = [p for p in PROBES if not ((p.id.startswith("grpc.") and not grpc) or (p.id.startswith("http.") and not http))]
@@ -64,6 +64,17 @@ def _plan(exe: str, grpc: bool, http: bool) -> Plan:
         if p.ret and not ends and (p.ret_unless is None or p.ret_unless not in found):
             ends = [Site(r, p.ret, sym, is_return=True) for r in ret_addresses(gb, sym)]
         sites += ends
+    if flow and grpc and any(i.startswith("grpc.") for i in ids):  # flow control and stream limits (issue 19)
+        from gotel.receivers.go_ebpf.flowcontrol import F_FLOW_ON, flow_offsets, flow_sites
+
+        layout.flags |= F_FLOW_ON
+
+        fsites, fids, lacks = flow_sites(gb)
+        sites += fsites
+        ids += fids
+        lacks += [f"{x} (not in DWARF)" for x in flow_offsets(gb)[2]] if gb.has_dwarf else []
+        if lacks:
+            layout.notes.append("flow control: not available: " + "; ".join(lacks))
     if not any(i != "runtime.newproc1" for i in ids):
         sites, ids = [], []
     if "http.server.serve" in ids:

@@ -86,17 +86,22 @@ def _c_text() -> str:
 
 
 def test_flags_and_types_match() -> None:
-    from gotel.receivers.go_ebpf import layout
+    from gotel.receivers.go_ebpf import flowcontrol, layout
 
     d = _all_defines(_c_text())
     for name, value in d.items():
-        if name.startswith(("E_", "T_")) and hasattr(events, name):
-            assert getattr(events, name) == value, name
-        if name.startswith("F_") and hasattr(layout, name):
-            assert getattr(layout, name) == value, name
+        for mod in (events, flowcontrol):  # flow-control records and flags are decoded by flowcontrol.py
+            if name.startswith(("E_", "T_")) and hasattr(mod, name):
+                assert getattr(mod, name) == value, name
+        for mod in (layout, flowcontrol):
+            if name.startswith("F_") and hasattr(mod, name):
+                assert getattr(mod, name) == value, name
     # every event flag and call type of the C is known to the decoder, and every process flag to layout.py
-    assert {n for n in d if n.startswith(("E_", "T_"))} <= set(dir(events))
-    assert {n for n in d if n.startswith("F_")} <= set(dir(layout))
+    assert {n for n in d if n.startswith(("E_", "T_"))} <= set(dir(events)) | set(dir(flowcontrol))
+    # one bit, one meaning: no two event flags share a bit
+    eflags = {n: v for n, v in d.items() if n.startswith("E_")}
+    assert len(set(eflags.values())) == len(eflags), sorted(eflags.items(), key=lambda kv: kv[1])
+    assert {n for n in d if n.startswith("F_")} <= set(dir(layout)) | set(dir(flowcontrol))
 
 
 def test_offset_slots_match_layout() -> None:
@@ -105,7 +110,7 @@ def test_offset_slots_match_layout() -> None:
 
     d = _all_defines(_c_text())
     assert d["H_BASE"] == layout.HTTP_SLOT
-    slots = {v for n, v in d.items() if re.match(r"(O|A|H|HA)_[A-Z0-9_]+$", n) and n != "H_BASE"}
+    slots = {v for n, v in d.items() if re.match(r"(O|A|H|HA|FL)_[A-Z0-9_]+$", n) and n != "H_BASE"}
     filled = {i for i, spec in enumerate(layout.ALL_OFFSETS) if spec is not None}
     assert slots == filled, (sorted(slots - filled), sorted(filled - slots))
     learned = {v for n, v in d.items() if n.startswith("L_ITAB_")}
