@@ -1,13 +1,14 @@
 /* go_ctxtls: context leaks and TLS handshakes from uprobes on Go's context and crypto/tls packages
  * (receivers/go_ebpf/below.py loads it beside go_ebpf.c; issue 19).
  *
- * Contexts. A probe at every RET of context.WithCancel / WithDeadline(Cause) / WithCancelCause sees the
- * returned cancel func (a heap closure, 3rd result word: cx) and records it in ctx_live with its creating
- * call site: the first return address outside the context package, found by walking frame pointers
+ * Contexts. A probe at the entry of propagateCancel (every WithCancel / WithDeadline / WithTimeout /
+ * WithCancelCause context passes there once) records the new context in ctx_live with its creating call
+ * site: the first return address outside the context package, found by walking frame pointers
  * (WithTimeout -> WithDeadline -> WithDeadlineCause all stay inside it). A probe at the entry of every
- * closure of those functions looks its closure pointer (dx, Go's closure context register) up: found,
- * the cancel func was called, and the entry goes. An entry found at creation time means the old closure
- * was freed by the GC (its address is reused) without ever being called: a leak, counted here at once.
+ * closure of the constructors reads the context the closure captured (the cancel funcs capture only it):
+ * found, the cancel func was called, and the entry goes. An entry found again at creation time means the
+ * old context was freed by the GC (its address is reused) without its cancel func ever being called: a
+ * leak, counted here at once.
  * User space counts entries older than a threshold as leaks and removes them. Per-site counts are
  * per-CPU (no atomics on the hot path).
  *
@@ -35,6 +36,10 @@
 #define C_ERR_ERRSTR 10     /* errors.(*errorString).Error */
 #define C_WRAP_ERR 11       /* the Error methods of N_WRAP wrapping errors ... */
 #define C_WRAP_OFF 17       /* ... and the offset of the error each wraps */
+#define C_CTX_CHILD_SI 23   /* 1: propagateCancel is a method, child in si (Go >= 1.21); else di */
+#define C_CTX_REENTRY 24    /* 1: the created probe can run twice for one call (Go <= 1.20 prologue) */
+#define C_AFTERFUNC_LO 25   /* context.AfterFunc's code: its propagateCancel makes no cancel func */
+#define C_AFTERFUNC_HI 26
 #define N_WRAP 6
 #define UNWRAP_DEPTH 2      /* permanentError{net.OpError{alert}}: a remote alert */
 
@@ -43,15 +48,17 @@
 #endif
 
 #define K_TLS 1
+#define barrier_var(v) asm volatile("" : "+r"(v))
 
 struct ctx_key {
     u32 tgid;
     u32 pad;
-    u64 fn;        /* the cancel func's closure pointer */
+    u64 fn;        /* the context: *cancelCtx, or *timerCtx (whose cancelCtx is its first field) */
 };
 struct ctx_val {
     u64 site;      /* return address in the creating function */
     u64 born_ns;
+    u64 g;         /* the creating goroutine */
 };
 struct site_key {
     u32 tgid;
@@ -87,21 +94,27 @@ static __always_inline struct site_val *site_of(u32 tgid, u64 site) {
     return v;
 }
 
-static __always_inline int ctx_record(struct pt_regs *ctx, bool inner) {
+/* Entry of context.propagateCancel (Go < 1.21: a function, child in di) or (*cancelCtx).propagateCancel
+ * (a method, child in si): every WithCancel / WithDeadline / WithTimeout / WithCancelCause context passes
+ * there once, its *cancelCtx or *timerCtx as `child`. Entry probes, because a uprobe on a RET is
+ * single-stepped (~12 us in a VM) and one on a prologue instruction is emulated. */
+int ctx_created(struct pt_regs *ctx) {
     struct gotel_go_proc *p = gotel_go_current();
     if (!p)
         return 0;
     struct gotel_go_offsets *o = gotel_go_offsets_of(p);
     if (!o)
         return 0;
-    u64 fn = GO_PARAM3(ctx);
-    if (!fn)
+    u64 si = ctx->si, di = ctx->di;  /* both read: the verifier allows no computed offset into pt_regs */
+    barrier_var(si);
+    u64 child = o->off[C_CTX_CHILD_SI] == 1 ? si : di;
+    if (!child)
         return 0;
     u64 lo = o->off[C_CTX_LO], hi = o->off[C_CTX_HI];
     u64 pc = 0, fp = ctx->bp;
-    bpf_probe_read_user(&pc, 8, (void *)ctx->sp);  /* at RET: the caller's return address */
-    if (inner && pc >= lo && pc < hi)
-        return 0;  /* WithCancel called by WithDeadline: recorded at WithDeadline's RET */
+    bpf_probe_read_user(&pc, 8, (void *)ctx->sp);  /* at entry: the return address into the constructor */
+    if (pc >= o->off[C_AFTERFUNC_LO] && pc < o->off[C_AFTERFUNC_HI])
+        return 0;  /* context.AfterFunc: no cancel func to call */
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         if (pc < lo || pc >= hi)
@@ -113,10 +126,14 @@ static __always_inline int ctx_record(struct pt_regs *ctx, bool inner) {
         pc = frame[1];
     }
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    struct ctx_key k = {.tgid = tgid, .fn = fn};
-    struct ctx_val v = {.site = pc, .born_ns = bpf_ktime_get_ns()};
+    struct ctx_key k = {.tgid = tgid, .fn = child};
+    struct ctx_val v = {.site = pc, .born_ns = bpf_ktime_get_ns(), .g = GO_GOROUTINE(ctx)};
     struct ctx_val *old = ctx_live.lookup(&k);
-    if (old) {  /* the closure's memory was freed and reused: its cancel was never called */
+    if (old) {
+        /* Go <= 1.20: the probe sits on the stack check's jump, which runs again after morestack */
+        if (o->off[C_CTX_REENTRY] == 1 && old->site == pc && old->g == v.g && v.born_ns - old->born_ns < 1000000)
+            return 0;
+        /* else the memory was freed and reused: its cancel func was never called */
         struct site_val *os = site_of(tgid, old->site);
         if (os)
             __sync_fetch_and_add(&os->freed_uncanceled, 1);
@@ -131,14 +148,14 @@ static __always_inline int ctx_record(struct pt_regs *ctx, bool inner) {
     return 0;
 }
 
-/* context.WithCancel's RETs */
-int ctx_created_inner(struct pt_regs *ctx) { return ctx_record(ctx, true); }
-/* WithDeadline (Go < 1.21) or WithDeadlineCause, WithCancelCause: RETs */
-int ctx_created(struct pt_regs *ctx) { return ctx_record(ctx, false); }
-
+/* Entry of every closure of the constructors: the cancel funcs capture the context first (dx is Go's
+ * closure context register: {fn, c, ...}) */
 int ctx_cancel(struct pt_regs *ctx) {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    struct ctx_key k = {.tgid = tgid, .fn = ctx->dx};
+    u64 c = 0;
+    if (bpf_probe_read_user(&c, 8, (void *)(ctx->dx + 8)) < 0 || !c)
+        return 0;
+    struct ctx_key k = {.tgid = tgid, .fn = c};
     struct ctx_val *v = ctx_live.lookup(&k);
     if (!v)
         return 0;  /* not tracked: called twice, a timer's closure, or created before tracing began */

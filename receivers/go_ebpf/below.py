@@ -29,7 +29,8 @@ SCOPE = "gotel.receivers.go_ebpf"
 # gotel_go_offsets slots: the C_* indices of bpf/go_ctxtls.c
 OFFSETS = ("ctx_lo", "ctx_hi", "tls.Conn.conn", "tls.Conn.vers", "tls.Conn.cipherSuite", "net.(*TCPConn).LocalAddr",
            "net.TCPConn.conn.fd", "net.netFD.raddr", "net.TCPAddr.IP", "net.TCPAddr.Port", "errors.(*errorString).Error",
-           *(f"wrap Error {i}" for i in range(6)), *(f"wrap offset {i}" for i in range(6)))
+           *(f"wrap Error {i}" for i in range(6)), *(f"wrap offset {i}" for i in range(6)),
+           "propagateCancel child in si", "propagateCancel probe reentrant", "AfterFunc lo", "AfterFunc hi")
 _TLS_CLIENT = "crypto/tls.(*Conn).clientHandshake"
 _TLS_SERVER = "crypto/tls.(*Conn).serverHandshake"
 _CANCEL_OWNERS = ("context.WithCancel.func", "context.WithCancelCause.func", "context.WithDeadline.func",
@@ -72,20 +73,22 @@ def _plan(gb: GoBinary, contexts: bool, tls: bool) -> BelowPlan:
     off: dict[str, int | None] = dict.fromkeys(OFFSETS)
     if contexts:
         ctx_fns = [n for n in fns.names() if n.startswith("context.")]
-        creators = [("context.WithCancel", "ctx_created_inner"),
-                    ("context.WithDeadlineCause" if fns.get("context.WithDeadlineCause") else "context.WithDeadline",
-                     "ctx_created"),
-                    ("context.WithCancelCause", "ctx_created")]
-        if ctx_fns and fns.get("context.WithCancel") is not None:
+        prop = next((n for n in ("context.(*cancelCtx).propagateCancel", "context.propagateCancel")
+                     if fns.get(n) is not None), None)
+        at = entry_site(gb, prop) if prop else None
+        if ctx_fns and at is not None:
             spans = [(f.entry, f.entry + f.size) for n in ctx_fns if (f := fns.get(n)) is not None]
             off["ctx_lo"], off["ctx_hi"] = min(s for s, _ in spans), max(e for _, e in spans)
-            for sym, prog in creators:
-                sites += [Site(r, prog, sym, is_return=True) for r in ret_addresses(gb, sym)]
+            off["propagateCancel child in si"] = int(prop == "context.(*cancelCtx).propagateCancel")
+            off["propagateCancel probe reentrant"] = int(at[1])
+            af = fns.get("context.AfterFunc")
+            off["AfterFunc lo"], off["AfterFunc hi"] = (af.entry, af.entry + af.size) if af else (0, 0)
+            sites.append(Site(at[0], "ctx_created", prop or ""))
             for n in ctx_fns:
                 if n.startswith(_CANCEL_OWNERS) and "deferwrap" not in n:
-                    at = entry_site(gb, n)
-                    if at is not None:
-                        sites.append(Site(at[0], "ctx_cancel", n))
+                    cat = entry_site(gb, n)
+                    if cat is not None:
+                        sites.append(Site(cat[0], "ctx_cancel", n))
             ids.append("context.leaks")
     if tls:
         for sym, side in ((_TLS_CLIENT, "client"), (_TLS_SERVER, "server")):

@@ -114,7 +114,7 @@ async def test_context_leaks_by_site(ctx_env: Env) -> None:
         return got == want_leaked and made == want_created
 
     try:
-        await until(done, 20)
+        await until(done, 60)
     finally:
         leaked = _by_function(env.points("gotel.context.leaked"))
     assert {f: n for f, (_, n) in leaked.items()} == want_leaked  # the canceling site is not among them
@@ -176,7 +176,7 @@ async def test_tls_handshakes_by_reason(tls_env: Env) -> None:
         return fail, ok, srv
 
     try:
-        await until(lambda: counts() == (want_fail, want_ok, want_server_failed), 20)
+        await until(lambda: counts() == (want_fail, want_ok, want_server_failed), 60)
     finally:
         got = counts()
     assert got == (want_fail, want_ok, want_server_failed)
