@@ -356,3 +356,31 @@ class Below:
     def close(self) -> None:
         self.targets.close()
         self.program.close()
+
+
+# ---- probe specs for `gotel inspect` (ids as the agent's log names them)
+def _register_specs() -> None:
+    from gotel.ebpf.probespecs import FieldRef, ProbeSpec, register
+
+    for spec in (
+        ProbeSpec("context.leaks", ("context.(*cancelCtx).propagateCancel", "context.propagateCancel"), "go_ebpf",
+                  "context leaks (contexts: true): every cancelable context at its creation, with its call site; "
+                  "entry probes on the cancel closures (context.WithCancel.func*, ...) see cancel calls",
+                  optional=True),
+        ProbeSpec("tls.client.handshake", (_TLS_CLIENT,), "go_ebpf",
+                  "TLS client handshakes: duration, failure reason, version and cipher", returns=True, optional=True,
+                  offsets=(FieldRef("crypto/tls.Conn", "vers", "tls.protocol.version"),
+                           FieldRef("crypto/tls.Conn", "cipherSuite", "tls.cipher"),
+                           FieldRef("crypto/tls.Conn", "conn", "network.peer.address"),
+                           FieldRef("crypto/x509.CertificateInvalidError", "Reason", "error.type=expired"),
+                           FieldRef("net.OpError", "Err", "error.type of remote alerts and timeouts"))),
+        ProbeSpec("tls.server.handshake", (_TLS_SERVER,), "go_ebpf",
+                  "TLS server handshakes: duration, failure reason, version and cipher", returns=True, optional=True,
+                  offsets=(FieldRef("crypto/tls.Conn", "vers", "tls.protocol.version"),
+                           FieldRef("crypto/tls.Conn", "cipherSuite", "tls.cipher"),
+                           FieldRef("crypto/tls.Conn", "conn", "network.peer.address"))),
+    ):
+        register(spec)
+
+
+_register_specs()
