@@ -117,6 +117,7 @@ class GoEbpfReceiver(RingBufferReceiver):
             self.below = await loop.run_in_executor(None, lambda: Below(
                 contexts=self.cfg.contexts, tls=self.cfg.tls, leak_age=self.cfg.context_leak_age, ring_pages=64,
                 max_contexts=self.cfg.context_max_tracked, log=self.log))
+            self.below.marker.mono_to_unix = self._mono_to_unix
         self.targets = GoTargets(self.program, offset_names())
         self.program.collect_ring_buffer(self.ring, self._raw)
         self._lost = LostCounter(self.program, self.ctx.telemetry, "go_ebpf")
@@ -260,8 +261,7 @@ class GoEbpfReceiver(RingBufferReceiver):
     def _drain_once(self) -> int:
         if self.program is None:
             return 0
-        if self.below is not None:
-            self.below.drain()
+        failed = self.below.drain() if self.below is not None else []
         self.program.consume()
         raw, self._raw[:] = self._raw[:], []
         now = time.monotonic()
@@ -274,6 +274,9 @@ class GoEbpfReceiver(RingBufferReceiver):
                 self.log.exception("go_ebpf: cannot turn a record into a span")
                 self.ctx.telemetry.dropped(Signal.TRACES, 1, "bad_record")
         self.events_seen += len(raw)
+        if self.below is not None:  # a failed TLS handshake marks the traced call it happened in
+            self.below.marker.add(failed, now)
+            self.below.marker.mark(self.asm.pending, now)
         if self.asm.unknown_process:
             self.ctx.telemetry.dropped(Signal.TRACES, self.asm.unknown_process, "unknown_process")
             self.asm.unknown_process = 0

@@ -212,6 +212,74 @@ class _LineTable:
         return rows
 
 
+_CLIENT_TYPES = (2, 4)  # T_GRPC_CLIENT, T_HTTP_CLIENT (bpf/go_ebpf.c)
+_HOLD_S = 10.0  # how long a failed handshake waits for the traced call it happened in to end
+
+
+class SpanMarker:
+    """Marks a traced client call during which a TLS handshake of the same process failed: a span event
+    `gotel.tls.handshake` (error.type, side, peer, Go error type, duration) appended to the encoded span.
+
+    The handshake runs on a dial goroutine of its own (net/http's dialConnFor, grpc's addrConn), so the
+    call is found by process and time (one clock: both are CLOCK_MONOTONIC in BPF): the innermost client
+    span, of the same peer when both are known, whose time covers the handshake's."""
+
+    def __init__(self, mono_to_unix: int) -> None:
+        self.mono_to_unix = mono_to_unix
+        self.waiting: list[tuple[float, Handshake]] = []
+        self.marked = 0
+
+    def add(self, failed: list[Handshake], now: float) -> None:
+        self.waiting += [(now + _HOLD_S, h) for h in failed if h.side == "client"]
+
+    def mark(self, pending: list[Any], now: float) -> None:
+        if not self.waiting or not pending:
+            self.waiting = [(t, h) for t, h in self.waiting if t > now]
+            return
+        keep = []
+        for until, h in self.waiting:
+            start, end = h.start_ns + self.mono_to_unix, h.end_ns + self.mono_to_unix
+            best = None
+            for p in pending:
+                if (p.pid == h.pid and p.type in _CLIENT_TYPES and p.start <= start and end <= p.end
+                        and (best is None or p.start > best.start)
+                        and (h.peer_port == 0 or not p.rport or p.rport == h.peer_port)):
+                    best = p
+            if best is None:
+                if until > now:
+                    keep.append((until, h))
+                continue
+            best.body += _event(h, end)
+            self.marked += 1
+        self.waiting = keep
+
+
+def _event(h: Handshake, t_unix: int) -> bytes:
+    """Span.events (field 11) entry, appended to an encoded span's fields."""
+    from opentelemetry.proto.trace.v1 import trace_pb2
+
+    ev = trace_pb2.Span.Event(time_unix_nano=t_unix, name="gotel.tls.handshake")
+    a: dict[str, Any] = {"error.type": h.error_type or "", "gotel.tls.side": h.side,
+                         "gotel.tls.handshake.duration": max(0, h.end_ns - h.start_ns) / 1e9}
+    if h.error_go_type:
+        a["exception.type"] = h.error_go_type
+    if h.peer:
+        a["network.peer.address"] = h.peer
+        a["network.peer.port"] = h.peer_port
+    ev.attributes.extend(attrs(a))
+    raw = ev.SerializeToString()
+    return b"\x5a" + _varint(len(raw)) + raw
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 class Below:
     """The program, its attachments and what its records become."""
 
@@ -233,6 +301,7 @@ class Below:
         self._seen: dict[tuple[int, str], int] = {}  # (pid, site label) -> leaks named in findings so far
         self.start_ns = time.time_ns()
         self._mono_to_unix = time.time_ns() - time.monotonic_ns()
+        self.marker = SpanMarker(self._mono_to_unix)  # the receiver sets its own offset (one clock for both)
 
     def add(self, pid: int, exe: str, resource: dict[str, Any]) -> list[str]:
         """Attaches to pid; returns the probe ids set (empty: nothing here to trace)."""

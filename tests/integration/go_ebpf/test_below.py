@@ -195,3 +195,32 @@ async def test_tls_handshakes_by_reason(tls_env: Env) -> None:
     assert srv["unknown_authority"] == sum(1 for o in server if "unknown authority" in o.get("error", ""))
     assert srv["bad_certificate"] == sum(1 for o in server if "remote error: tls: bad certificate" in o.get("error", ""))
     assert sum(srv.values()) == want_server_failed
+
+
+async def test_failed_handshake_marks_the_traced_call(tls_env: Env) -> None:
+    env = tls_env
+    got = await asyncio.to_thread(env.get, "/https?server=expired&n=3")
+    assert len(got["errors"]) == 3 and all("expired" in e or "not valid" in e for e in got["errors"]), got
+    port = got["port"]
+    assert env.app is not None
+    pid = env.app.pid
+
+    def marked() -> list[Any]:
+        out = []
+        for req in list(env.sink.received.traces):
+            for rs in req.resource_spans:
+                if attr_dict(rs.resource.attributes).get("process.pid") != pid:
+                    continue
+                for ss in rs.scope_spans:
+                    out += [s for s in ss.spans if s.kind == 3 and f":{port}" in str(attr_dict(s.attributes))]
+        return out
+
+    await until(lambda: len(marked()) >= 3, 30)
+    spans = marked()
+    assert len(spans) == 3  # one client span per GET, each carrying its handshake's failure
+    for s in spans:
+        evs = [attr_dict(e.attributes) for e in s.events if e.name == "gotel.tls.handshake"]
+        assert len(evs) == 1, s
+        assert evs[0]["error.type"] == "expired" and evs[0]["gotel.tls.side"] == "client"
+        assert evs[0]["network.peer.port"] == port
+        assert s.status.code == 2  # the call failed
