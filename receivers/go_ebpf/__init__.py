@@ -148,7 +148,8 @@ class GoEbpfReceiver(RingBufferReceiver):
         self._drain_once()
         self.targets.remove_process(pid, detach=lambda key: self._attacher.submit(self.program.detach_binary, key))
         if self.below is not None:
-            self.below.remove(pid)
+            below = self.below
+            below.remove(pid, detach=lambda key: self._attacher.submit(below.program.detach_binary, key))
         self.asm.remove_process(pid)
         self.attached_pids.discard(pid)
         self._images.pop(pid, None)

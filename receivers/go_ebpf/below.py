@@ -290,7 +290,10 @@ class Below:
 
         self.contexts, self.tls, self.log = contexts, tls, log
         self.program = BpfProgram("go_ctxtls.c", defines={"RINGBUF_PAGES": ring_pages, "CTX_MAX": max_contexts})
-        self.targets = GoTargets(self.program, OFFSETS)
+        # TLS alone: one attachment per binary (a handshake is rare, so a trap in an unselected process of a
+        # traced binary costs nothing worth the ~16 uprobes each process would attach and detach); contexts
+        # are hot: per process, so that only selected processes pay
+        self.targets = GoTargets(self.program, OFFSETS, per_process=contexts)
         self._raw: list[bytes] = []
         self.program.collect_ring_buffer("ctxtls_events", self._raw)
         self.leaks = ContextLeaks(self.program, leak_age)
@@ -315,10 +318,12 @@ class Below:
         self.targets.add_process(pid, exe, plan.sites, plan.offsets)
         return plan.probe_ids
 
-    def remove(self, pid: int) -> None:
+    def remove(self, pid: int, detach: Callable[[Any], object] | None = None) -> None:
+        """detach: how to close the probes (the receiver's attach thread: BCC's probe table is not
+        thread-safe, and closing waits for RCU grace periods)."""
         self.log.debug("go_ebpf: context/TLS probes off pid %d", pid)
         self.drain()
-        self.targets.remove_process(pid)
+        self.targets.remove_process(pid, detach=detach)
         if pid in self.leaks.procs:
             self.leaks.remove_process(pid)
         self.types.pop(pid, None)

@@ -129,13 +129,19 @@ async def test_context_leaks_by_site(ctx_env: Env) -> None:
     cancel_site = next(c for label, c in sites.items() if label.startswith("main.cancelCancel"))
     assert cancel_site.canceled == want_canceled and cancel_site.leaked == 0
     # findings: log records naming the site and the count
-    findings = [attr_dict(r.attributes) | {"body": r.body.string_value} for r in env.sink.received.log_records()
+    def findings() -> list[dict[str, Any]]:
+        return [attr_dict(r.attributes) | {"body": r.body.string_value} for r in env.sink.received.log_records()
                 if attr_dict(r.attributes).get("gotel.finding") == "context_leak"]
-    last = {f["code.function.name"]: f for f in findings}
+
+    def totals() -> dict[str, int]:
+        return {f["code.function.name"]: f["gotel.context.leaked.total"] for f in findings()}
+
+    await until(lambda: totals() == want_leaked, 30)  # logs leave right after the metrics of one export
+    last = {f["code.function.name"]: f for f in findings()}
     assert set(last) == set(want_leaked)
     for f, n in want_leaked.items():
         assert last[f]["gotel.context.leaked.total"] == n
-        assert sum(x["gotel.context.leaked.new"] for x in findings if x["code.function.name"] == f) == n
+        assert sum(x["gotel.context.leaked.new"] for x in findings() if x["code.function.name"] == f) == n
         assert f"at {f} (main.go:{lines[f]})" in last[f]["body"]
 
 
