@@ -4,7 +4,7 @@ It sits where the collector puts connectors: the exporter of a metrics pipeline 
 logs pipeline (findings as log records, so they land in Loki beside the application's logs) and/or of
 a metrics pipeline (the counter ``gotel.findings`` by rule and severity). Each finding is emitted once
 per episode: when a rule starts finding something for a process at ``min_severity`` or worse; the
-episode ends after ``clear_after`` evaluations without it, and only then may the rule fire again.
+episode ends after ``clear_evaluations`` evaluations without it, and only then may the rule fire again.
 
 Inputs, per process (resource ``process.pid``): the ``process`` receiver's series and its cgroup's
 (cpu_throttling, run_queue_latency, fd_leak), go_ebpf's gRPC call counts and deadline misses (deadline,
@@ -49,7 +49,7 @@ _LOG_SEVERITY = {"critical": "ERROR", "warning": "WARN", "info": "INFO"}
 
 class CaptureConfig(ComponentConfig):
     directory: str = Field(description="where each capture gets a directory named by its id")
-    cpu_seconds: Duration = Field(10.0, gt=0, le=120, description="length of the CPU profile taken at a finding")
+    cpu_duration: Duration = Field(10.0, gt=0, le=120, description="length of the CPU profile taken at a finding")
     goroutine_dump: bool = Field(True, description="also save goroutine?debug=2 at the end of the CPU profile")
     min_interval: Duration = Field(60.0, ge=0, description="at most one capture per this interval on this node")
     min_severity: Literal["critical", "warning", "info"] = Field("warning", description="findings that capture")
@@ -61,7 +61,7 @@ class Config(ComponentConfig):
     window: Duration = Field(60.0, gt=0, description="how far back each evaluation looks")
     min_severity: Literal["critical", "warning", "info"] = Field(
         "warning", description="findings below this severity are not emitted")
-    clear_after: int = Field(2, ge=1, description="evaluations without the finding that end its episode")
+    clear_evaluations: int = Field(2, ge=1, description="evaluations without the finding that end its episode")
     thresholds: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="per rule id, threshold name -> value (defaults in docs/diagnose.md)")
     max_processes: int = Field(10000, gt=0, description="processes tracked at once; beyond it new ones are dropped")
@@ -196,7 +196,7 @@ class Engine:
             if rid in now:
                 continue
             p.active[rid] += 1
-            if p.active[rid] >= self.cfg.clear_after:
+            if p.active[rid] >= self.cfg.clear_evaluations:
                 del p.active[rid]
         return started
 
@@ -401,7 +401,7 @@ class Capturer:
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
         return {"gotel.finding.capture.id": cap_id, "gotel.finding.capture.path": path,
-                "gotel.finding.capture.start": start, "gotel.finding.capture.end": start + self.cfg.cpu_seconds}
+                "gotel.finding.capture.start": start, "gotel.finding.capture.end": start + self.cfg.cpu_duration}
 
     async def _run(self, pid: int, f: Finding, path: str, start: float) -> None:
         from gotel.diagnose.gather import find_pprof
@@ -417,7 +417,7 @@ class Capturer:
                 meta["outcome"] = f"no pprof endpoint on pid {pid}'s listening ports"
             else:
                 prefix = target.path_prefix.rstrip("/")
-                secs = max(1, round(self.cfg.cpu_seconds))
+                secs = max(1, round(self.cfg.cpu_duration))
                 r = await fetcher.get(target, f"{prefix}/profile", params={"seconds": str(secs)}, timeout=secs + 15.0)
                 pprof.decode(r.body)  # a body that is not a profile is not saved as one
                 _write(os.path.join(path, "cpu.pb.gz"), r.body)

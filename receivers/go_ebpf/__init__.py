@@ -6,6 +6,8 @@
         legacy_grpc_status_code: false
         stitch_window: 500ms
         sampling: {fraction: 0.01, slow_threshold: 500ms}   # default: every call is a span
+        tls: true              # gotel.tls.handshake.duration
+        contexts: false        # context leak findings (logs) and gotel.context.leaked
 
 See docs/go_ebpf.md for the attributes, versions handled and what degrades without DWARF.
 """
@@ -58,6 +60,16 @@ class Config(ComponentConfig):
     stream_quota_event_threshold: Duration = Field(
         0.01, ge=0, description="a client stream that waited at least this long for the connection's stream quota "
                                 "gets a span event (gotel.grpc.stream_quota.wait) on its call's span")
+    # ---- below the RPC (issue 19; receivers/go_ebpf/below.py, docs/go_ebpf_below.md)
+    tls: bool = Field(True, description="gotel.tls.handshake.duration from uprobes on crypto/tls handshakes")
+    contexts: bool = Field(
+        False, description="context leak findings and gotel.context.leaked: uprobes on every WithCancel/"
+                           "WithTimeout/WithDeadline and cancel call (~1-2 us each: off by default)")
+    context_leak_age: Duration = Field(30.0, gt=0, description="a context older than this whose cancel func "
+                                                                "was never called counts as leaked")
+    context_max_tracked: int = Field(131072, ge=1024, le=4194304,
+                                     description="live contexts tracked at once (kernel table; more are counted, "
+                                                 "not tracked)")
 
     @field_validator("ring_buffer_pages")
     @classmethod
@@ -106,6 +118,7 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
         # attaching and detaching, one at a time and off the event loop: BCC's probe table is not
         # thread-safe, and closing a process's probes waits ~0.1 s per RCU grace period
         self._attacher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="go_ebpf-attach")
+        self.below: Any = None  # receivers/go_ebpf/below.Below: context and TLS probes, when configured
 
     async def start(self) -> None:
         from gotel.ebpf.goprobes import GoTargets
@@ -115,6 +128,13 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
         loop = asyncio.get_running_loop()
         defines = {"RINGBUF_PAGES": self.cfg.ring_buffer_pages}
         self.program = await loop.run_in_executor(None, lambda: BpfProgram("go_ebpf.c", defines=defines))
+        if self.cfg.tls or self.cfg.contexts:
+            from gotel.receivers.go_ebpf.below import Below
+
+            self.below = await loop.run_in_executor(None, lambda: Below(
+                contexts=self.cfg.contexts, tls=self.cfg.tls, leak_age=self.cfg.context_leak_age, ring_pages=64,
+                max_contexts=self.cfg.context_max_tracked, log=self.log))
+            self.below.marker.mono_to_unix = self._mono_to_unix
         self.targets = GoTargets(self.program, offset_names())
         from gotel.receivers.go_ebpf.red import configure
 
@@ -151,6 +171,9 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
         self.targets.remove_process(pid, detach=lambda key: self._attacher.submit(self.program.detach_binary, key))
         if self.red is not None:
             self.red.forget(pid)  # its last counts first
+        if self.below is not None:
+            below = self.below
+            below.remove(pid, detach=lambda key: self._attacher.submit(below.program.detach_binary, key))
         self.asm.remove_process(pid)
         self.attached_pids.discard(pid)
         self._images.pop(pid, None)
@@ -201,18 +224,23 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
             self.notes.note(logging.WARNING, info.exe, info.pid, f"cannot analyse: {e}")
             self._attach_failures.labels("analysis").inc()
             return
-        if not plan.sites:
-            self.notes.note(logging.INFO, info.exe, info.pid, "has no gRPC or net/http functions to trace")
-            return
-        # resource first: events may arrive as soon as the probes are on
-        self.asm.add_process(info.pid, {
+        resource = {
             "service.name": info.service_name,
             "process.pid": info.pid,
             "process.executable.name": info.exe_name,
             "process.executable.path": info.exe.removesuffix(" (deleted)"),
             "process.runtime.name": "go",
             "process.runtime.version": plan.go_version or "",
-        }, grpc_missing=", ".join(grpc_losses(plan.layout.missing)), netns=_netns(info.pid))
+        }
+        if not plan.sites:
+            if self._add_below(info, exe, resource):
+                self.attached_pids.add(info.pid)
+            else:
+                self.notes.note(logging.INFO, info.exe, info.pid, "has no gRPC or net/http functions to trace")
+            return
+        # resource first: events may arrive as soon as the probes are on
+        self.asm.add_process(info.pid, resource, grpc_missing=", ".join(grpc_losses(plan.layout.missing)),
+                             netns=_netns(info.pid))
         try:
             self._images[info.pid] = self.targets.add_process(info.pid, exe, plan.sites, plan.layout.offsets,
                                                               plan.layout.flags)
@@ -227,6 +255,7 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
             return
         self.log.info("go_ebpf: traced pid %d (%s, %s): %s", info.pid, info.exe, plan.go_version,
                       ", ".join(plan.probe_ids))
+        self._add_below(info, exe, resource)  # after the RPC probes: they are what most callers wait for
         if plan.layout.missing and not plan.has_dwarf:
             self._degraded.labels().inc()
         if id(plan) not in self._said:  # once per binary, DWARF or not
@@ -240,9 +269,24 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
                                  plan.layout.grpc_version or "unknown", why, ", ".join(lost))
         self.attached_pids.add(info.pid)  # last: whoever waits for it also sees what was said about it
 
+    def _add_below(self, info: ProcessInfo, exe: str, resource: dict[str, Any]) -> list[str]:
+        """Context and TLS probes (a program of their own); a failure there costs only them."""
+        if self.below is None:
+            return []
+        try:
+            ids = self.below.add(info.pid, exe, resource)
+        except Exception as e:
+            if is_alive(info.pid):
+                self.notes.note(logging.WARNING, info.exe, info.pid, f"cannot attach context/TLS probes: {e}")
+            return []
+        if ids:
+            self.log.info("go_ebpf: pid %d (%s): %s", info.pid, info.exe, ", ".join(ids))
+        return list(ids)
+
     def _drain_once(self) -> int:
         if self.program is None:
             return 0
+        failed = self.below.drain() if self.below is not None else []
         self.program.consume()
         raw, self._raw[:] = self._raw[:], []
         now = time.monotonic()
@@ -260,6 +304,9 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
                 self.ctx.telemetry.dropped(Signal.TRACES, 1, "bad_record")
         self.events_seen += len(raw)
         self.flow.expire(now, mono_to_unix)
+        if self.below is not None:  # a failed TLS handshake marks the traced call it happened in
+            self.below.marker.add(failed, now)
+            self.below.marker.mark(self.asm.pending, now)
         if self.asm.unknown_process:
             self.ctx.telemetry.dropped(Signal.TRACES, self.asm.unknown_process, "unknown_process")
             self.asm.unknown_process = 0
@@ -305,6 +352,9 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
         await self._push(Signal.METRICS, self.asm.take_metrics())
         if self.program is not None:  # the ages of the streams still open (issue 19)
             await self._push(Signal.METRICS, self.flow.open_stream_ages(self.program))
+        if self.below is not None:
+            await self._push(Signal.METRICS, self.below.metrics())
+            await self._push(Signal.LOGS, self.below.findings())
 
     def _holding(self) -> bool:
         return bool(self.asm.pending)
@@ -313,6 +363,9 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
         self._attacher.shutdown(wait=True)  # detaches still queued run before the program closes
         if self.targets is not None:
             self.targets.close()
+        if self.below is not None:
+            self.below.close()
+            self.below = None
 
 def _netns(pid: int) -> int:
     """The inode of the process's network namespace (0 when unreadable: loopback joins then assume one)."""
@@ -331,7 +384,7 @@ def _create(cfg: Config, sinks: Mapping[Signal, Consumer], ctx: Context) -> GoEb
 factory = ReceiverFactory(
     type="go_ebpf",
     config=Config,
-    signals=frozenset({Signal.TRACES, Signal.METRICS}),
+    signals=frozenset({Signal.TRACES, Signal.METRICS, Signal.LOGS}),
     description="gRPC and net/http spans and RED metrics from uprobes on Go programs (eBPF)",
     create=_create,
     needs_bpf=True,

@@ -9,6 +9,7 @@ from gotel.ebpf.probespecs import FieldRef, ProbeSpec, register
 from gotel.ebpf.targets import call_after, call_sites_to, entry_site, ret_addresses
 from gotel.golang import analyze
 from gotel.golang.binary import FileIdentity
+from gotel.receivers.go_ebpf import below as _below  # noqa: F401  (its probe specs, for `gotel inspect`)
 from gotel.receivers.go_ebpf.layout import GRPC, PROBES, Layout, layout_for, offset_names
 
 

@@ -131,7 +131,7 @@ async def test_capture_once_per_node_interval(goapp: Any, tmp_path: Path) -> Non
 
     a, b = goapp("faults", "-fault", "fd"), goapp("faults", "-fault", "fd")
     loop = Loop(a.pid, b.pid, window=5.0,
-                capture={"directory": str(tmp_path), "cpu_seconds": 2, "min_interval": 3600})
+                capture={"directory": str(tmp_path), "cpu_duration": 2, "min_interval": 3600})
     await loop.steps(6)
     assert len(loop.findings("fd_leak")) == 2
     # every finding on the node (a run-queue one may come first on this shared host): one captured, the

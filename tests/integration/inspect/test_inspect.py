@@ -80,9 +80,12 @@ def test_inspect_agrees_with_go_version_m(app: str, toolchain: str, stripped: bo
     else:
         assert grpc["status"] == "not-present"
     # the names are the agent's: what go_ebpf logs as "traced pid N (...): <probe ids>" for this binary
+    from gotel.receivers.go_ebpf import below
     from gotel.receivers.go_ebpf.probes import plan_for
 
-    logged = plan_for(str(goapps.build(app, toolchain, stripped))).probe_ids
+    exe = str(goapps.build(app, toolchain, stripped))
+    # the context and TLS probes are logged in a line of their own (with contexts: true for context.leaks)
+    logged = plan_for(exe).probe_ids + below.plan_for(exe, contexts=True, tls=True).probe_ids
     assert logged, "go_ebpf traces every fixture (net/http)"
     attachable = {i for i, p in probes.items() if p["attachable"]}
     assert set(logged) <= attachable, f"logged {logged}, inspect: {sorted(attachable)}"

@@ -1,5 +1,5 @@
 """The diagnosis connector's engine on process-receiver-shaped batches: one finding per episode, episodes
-end after clear_after clean evaluations, processes beyond max_processes are counted, not tracked."""
+end after clear_evaluations clean evaluations, processes beyond max_processes are counted, not tracked."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def batch(tick: int, throttled: int, pids: tuple[int, ...] = (7,)) -> Any:
 def test_one_finding_per_episode() -> None:
     # ticks 1-4 throttled 60/100, 5-9 not at all, 10-12 throttled again
     plan = [60] * 4 + [0] * 5 + [60] * 3
-    eng = Engine(Config.model_validate({"window": 10, "clear_after": 2}))
+    eng = Engine(Config.model_validate({"window": 10, "clear_evaluations": 2}))
     started = []
     for tick in range(1, 13):
         for res, f in eng.ingest(batch(tick, sum(plan[:tick]))):
