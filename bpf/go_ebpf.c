@@ -483,9 +483,7 @@ static __always_inline void read_error(struct gotel_go_proc *p, struct gev *e, u
 /* ---- runtime: goroutine creation tree -------------------------------------------------------------- */
 
 int go_newproc1(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
+    GOTEL_GO_PROC(p);
     u64 tid = bpf_get_current_pid_tgid();
     u64 a2 = GO_PARAM2(ctx), a4 = GO_PARAM4(ctx);
     barrier_var(a2);
@@ -556,9 +554,7 @@ int go_newproc1_ret(struct pt_regs *ctx) {
  * systemstack, so the goroutine that executed `go` is g0.m.curg: with those two offsets from DWARF
  * newproc1's entry is not probed at all (one hit per goroutine instead of two). */
 int go_newproc_enqueue(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
+    GOTEL_GO_PROC(p);
     u64 tid = bpf_get_current_pid_tgid();
     u64 o_m = gotel_go_offset(p, O_G_M), o_curg = gotel_go_offset(p, O_M_CURG);
     if (KNOWN(o_m) && KNOWN(o_curg)) {
@@ -626,9 +622,7 @@ static __always_inline u64 find_traceparent(u64 base, u64 n, u64 hf_size, u64 o_
 
 /* operateHeaders: the incoming HEADERS frame; remember a traceparent for the stream it opens. */
 int grpc_operate_headers(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
+    GOTEL_GO_PROC(p);
     u64 o_fields = gotel_go_offset(p, O_MHF_FIELDS), o_sid = gotel_go_offset(p, O_FH_STREAMID);
     u64 hf_size = gotel_go_offset(p, O_HF_SIZE), o_val = gotel_go_offset(p, O_HF_VALUE);
     if (!KNOWN(o_fields) || !KNOWN(o_sid) || !KNOWN(hf_size) || !KNOWN(o_val) || hf_size > 128)
@@ -745,10 +739,7 @@ static __always_inline void transport_addrs(struct gotel_go_proc *p, struct gev 
 
 /* (*Server).handleStream(t ServerTransport, stream *Stream | *ServerStream, ...): a server call starts. */
 int grpc_server_start(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
-    struct gotel_go_key k = gotel_go_key_of(ctx);
+    GOTEL_GO_ENTER(p, k);
     u64 t = GO_PARAM3(ctx), stream = GO_PARAM4(ctx);
     struct gev *prev = srv_ongoing.lookup(&k);
     if (prev && prev->type == T_GRPC_SERVER && prev->obj == stream)
@@ -801,10 +792,7 @@ static __always_inline void server_end(struct gotel_go_key *k, struct gev *e) {
 }
 
 int grpc_server_status(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
-    struct gotel_go_key k = gotel_go_key_of(ctx);
+    GOTEL_GO_ENTER(p, k);
     struct gev *e = srv_ongoing.lookup(&k);
     if (!e || e->type != T_GRPC_SERVER || e->obj != GO_PARAM2(ctx))
         return 0;
@@ -823,10 +811,7 @@ static __always_inline void flow_client_desc(struct gotel_go_proc *p, struct gev
 static __always_inline void flow_client_goroutine(struct gotel_go_proc *p, u32 tgid, u64 g, u64 cs);
 
 int grpc_client_start(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
-    struct gotel_go_key k = gotel_go_key_of(ctx);
+    GOTEL_GO_ENTER(p, k);
     struct gev *e = cli_begin(&k, T_GRPC_CLIENT);
     if (!e)
         return 0;
@@ -841,10 +826,7 @@ int grpc_client_start(struct pt_regs *ctx) {
 
 /* at newClientStream's RETs: (ClientStream, error) in ax/bx and cx/di */
 int grpc_client_started(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
-    struct gotel_go_key k = gotel_go_key_of(ctx);
+    GOTEL_GO_ENTER(p, k);
     struct gev *e = cli_start.lookup(&k);
     if (!e)
         return 0;
@@ -871,10 +853,7 @@ int grpc_client_started(struct pt_regs *ctx) {
  * call is re-keyed from its goroutine to the clientStream, which finish receives wherever it runs. (An
  * entry probe is emulated; newClientStream's RETs, the alternative, are single-stepped.) */
 int grpc_client_attempt(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
-    struct gotel_go_key k = gotel_go_key_of(ctx);
+    GOTEL_GO_ENTER(p, k);
     struct gev *e = cli_start.lookup(&k);
     if (!e)
         return 0;  /* a retry's attempt: the stream is registered already */
@@ -912,9 +891,7 @@ static __always_inline void client_addr(struct gotel_go_proc *p, struct gev *e, 
 
 /* (*clientStream).finish(err error): the first call ends the client span (later calls are no-ops in grpc). */
 int grpc_client_finish(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
+    GOTEL_GO_PROC(p);
     struct gotel_go_key ck = {};
     ck.tgid = bpf_get_current_pid_tgid() >> 32;
     ck.goroutine = GO_PARAM1(ctx);
@@ -1102,9 +1079,7 @@ int http2_conn_new(struct pt_regs *ctx) {
 /* (*conn).serve(c, ctx): an accepted HTTP/1 connection (every request on it is served by this goroutine):
  * its addresses, and a request count from zero (a reused *conn address starts over here). */
 int http_conn_serve(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
+    GOTEL_GO_PROC(p);
     struct gotel_go_offsets *o = gotel_go_offsets_of(p);
     if (!o)
         return 0;
@@ -1257,9 +1232,7 @@ static __always_inline void http_header_scan(struct gotel_go_proc *p, struct gev
  * a connection first seen later (dialled before the process was traced) gets no order. The last attempt
  * wins when the transport retries on another connection. */
 int http_pconn_roundtrip(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
+    GOTEL_GO_PROC(p);
     struct gotel_go_offsets *o = gotel_go_offsets_of(p);
     if (!o)
         return 0;
@@ -1311,9 +1284,7 @@ BPF_TABLE("lru_hash", struct gotel_go_key, struct h2req, h2_reqs, 16384);
 
 /* (*http2clientStream).encodeAndWriteHeaders(cs, req): the stream id is assigned (addStreamLocked). */
 int http2_client_headers(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
+    GOTEL_GO_PROC(p);
     struct gotel_go_offsets *o = gotel_go_offsets_of(p);
     if (!o)
         return 0;
@@ -1353,10 +1324,7 @@ static __always_inline void http2_client_stream(struct gotel_go_proc *p, struct 
 /* (*http2responseWriter).handlerDone(rw): the HTTP/2 handler returned (on its goroutine): the span ends
  * with the status it wrote (0: nothing written, net/http answers 200). */
 int http2_server_done(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
-    struct gotel_go_key k = gotel_go_key_of(ctx);
+    GOTEL_GO_ENTER(p, k);
     struct gev *e = srv_ongoing.lookup(&k);
     if (!e || e->type != T_HTTP_SERVER || e->obj != GO_PARAM1(ctx))
         return 0;
@@ -1374,10 +1342,7 @@ int http2_server_done(struct pt_regs *ctx) {
 /* ---- net/http server: serverHandler.ServeHTTP(rw ResponseWriter, req *Request) ------------------ */
 
 int http_server_start(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
-    struct gotel_go_key k = gotel_go_key_of(ctx);
+    GOTEL_GO_ENTER(p, k);
     u64 rw = GO_PARAM3(ctx), req = GO_PARAM4(ctx);
     struct gev *prev = srv_ongoing.lookup(&k);
     if (prev && prev->type == T_HTTP_SERVER && prev->obj == rw)
@@ -1437,10 +1402,7 @@ static __always_inline void http_server_pattern(struct gotel_go_proc *p, struct 
  * emulated, ServeHTTP's RETs would be single-stepped). The status is final unless nothing was written,
  * in which case finishRequest answers 200 (the decoder reads 0 so). */
 int http_server_finish(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
-    struct gotel_go_key k = gotel_go_key_of(ctx);
+    GOTEL_GO_ENTER(p, k);
     struct gev *e = srv_ongoing.lookup(&k);
     if (!e || e->type != T_HTTP_SERVER || e->obj != GO_PARAM1(ctx))
         return 0;
@@ -1450,10 +1412,7 @@ int http_server_finish(struct pt_regs *ctx) {
 
 /* ServeHTTP's RETs: only for binaries without finishRequest */
 int http_server_end(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
-    struct gotel_go_key k = gotel_go_key_of(ctx);
+    GOTEL_GO_ENTER(p, k);
     struct gev *e = srv_ongoing.lookup(&k);
     if (!e || e->type != T_HTTP_SERVER)
         return 0;
@@ -1464,10 +1423,7 @@ int http_server_end(struct pt_regs *ctx) {
 /* ---- net/http client: (*Transport).roundTrip(req *Request) (*Response, error) -------------------- */
 
 int http_client_start(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
-    struct gotel_go_key k = gotel_go_key_of(ctx);
+    GOTEL_GO_ENTER(p, k);
     struct gev *e = cli_begin(&k, T_HTTP_CLIENT);
     if (!e)
         return 0;
@@ -1492,10 +1448,7 @@ int http_client_start(struct pt_regs *ctx) {
 }
 
 int http_client_end(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
-    struct gotel_go_key k = gotel_go_key_of(ctx);
+    GOTEL_GO_ENTER(p, k);
     struct gev *e = cli_start.lookup(&k);
     if (!e || e->type != T_HTTP_CLIENT)
         return 0;
@@ -1779,10 +1732,7 @@ static __always_inline u32 flow_window(struct gotel_go_proc *p, u64 t, u32 sid, 
 
 /* the `call runtime.selectgo` in NewStream: the stream quota is spent, the call waits (cases in ax) */
 int flow_quota_wait(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
-    struct gotel_go_key k = gotel_go_key_of(ctx);
+    GOTEL_GO_ENTER(p, k);
     u64 now = bpf_ktime_get_ns();
     struct fwait *w = flow_waits.lookup(&k);
     /* the same call (a later call of this goroutine is a new wait, however soon it comes) */
@@ -1808,10 +1758,7 @@ int flow_quota_wait(struct pt_regs *ctx) {
 /* the instruction selectgo returns to in NewStream: the chosen case in ax. Each return is submitted (the
  * same start: user space keeps the last); a retry within 5 ms goes on with the same record. */
 int flow_quota_woken(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
-    struct gotel_go_key k = gotel_go_key_of(ctx);
+    GOTEL_GO_ENTER(p, k);
     struct fwait *w = flow_waits.lookup(&k);
     if (!w || w->ev.type != T_FLOW_QUOTA || w->last_ret)
         return 0;
@@ -1837,10 +1784,7 @@ int flow_quota_woken(struct pt_regs *ctx) {
 /* the `call runtime.selectgo` of the write quota in (*http2Client|Server).Write/write: the stream's quota
  * is spent, the writer waits. Which limit made it wait is read now. */
 static __always_inline int flow_write_wait(struct pt_regs *ctx, bool server) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
-    struct gotel_go_key k = gotel_go_key_of(ctx);
+    GOTEL_GO_ENTER(p, k);
     struct fwait *w = flow_wait_begin(&k);
     if (!w)
         return 0;
@@ -1919,9 +1863,7 @@ int flow_rst_sent(struct pt_regs *ctx) {
 
 /* (*http2Client).handleGoAway(f *http2.GoAwayFrame) */
 int flow_goaway_received(struct pt_regs *ctx) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
+    GOTEL_GO_PROC(p);
     u64 f = GO_PARAM2(ctx);
     u64 o_last = gotel_go_offset(p, FL_GA_LAST), o_code = gotel_go_offset(p, FL_GA_CODE);
     u64 o_dbg = gotel_go_offset(p, FL_GA_DEBUG);
@@ -1943,9 +1885,7 @@ int flow_goaway_received(struct pt_regs *ctx) {
 
 /* (*http2Client|Server).handleRSTStream(f *http2.RSTStreamFrame) */
 static __always_inline int flow_rst_received(struct pt_regs *ctx, u32 side) {
-    struct gotel_go_proc *p = gotel_go_current();
-    if (!p)
-        return 0;
+    GOTEL_GO_PROC(p);
     u64 f = GO_PARAM2(ctx);
     u64 o_sid = gotel_go_offset(p, O_FH_STREAMID), o_code = gotel_go_offset(p, FL_RST_CODE);
     if (!f || !KNOWN(o_sid) || !KNOWN(o_code))

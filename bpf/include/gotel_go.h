@@ -51,6 +51,16 @@ static __always_inline struct gotel_go_proc *gotel_go_current(void) {
     return gotel_go_procs.lookup(&tgid);
 }
 
+/* A uprobe's opening: `p`, the traced process's record, or return 0 (the probe is on a binary, for all of
+ * its processes); GOTEL_GO_ENTER also declares `k`, the (tgid, goroutine) key of the call. */
+#define GOTEL_GO_PROC(p)                              \
+    struct gotel_go_proc *p = gotel_go_current();     \
+    if (!p)                                           \
+        return 0
+#define GOTEL_GO_ENTER(p, k) \
+    GOTEL_GO_PROC(p);        \
+    struct gotel_go_key k = gotel_go_key_of(ctx)
+
 static __always_inline struct gotel_go_offsets *gotel_go_offsets_of(struct gotel_go_proc *p) {
     u32 bin = p->bin_id;
     return gotel_go_offsets.lookup(&bin);

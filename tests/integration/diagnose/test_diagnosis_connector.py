@@ -62,6 +62,8 @@ class Loop:
     async def steps(self, n: int) -> None:
         for _ in range(n):
             for b in self.rcv.collect():
+                if b.signal != Signal.METRICS:  # the process receiver also emits fd-leak findings (logs)
+                    continue
                 await self.to_logs.consume(b)
                 await self.to_metrics.consume(b)
             await asyncio.sleep(1.0)
