@@ -438,7 +438,7 @@ class Assembler:
         if len(self.alias) > self.index_size:
             self.alias.popitem(last=False)
 
-    def add(self, rec: bytes, mono_to_unix: int, now: float) -> bool:  # noqa: C901 (record decoding, split with the record-layout change (issue 20))
+    def add(self, rec: bytes, mono_to_unix: int, now: float) -> bool:  # noqa: C901 (one branch per record kind: the per-record hot path)
         """One ring-buffer record -> a pending span and its metrics; False when it is too short to be one.
 
         The per-call path: one unpack, the shape found by raw slices of the record, and only the times,
@@ -672,102 +672,22 @@ class Assembler:
         st = self.procs.get(pid)
         return st.resource if st else {"process.pid": pid}
 
-    def _shape(self, c: Call, missing: str = "") -> tuple[bytes, bytes, bytes, dict[str, Any]]:  # noqa: C901 (record decoding, split with the record-layout change (issue 20))
+    def _shape(self, c: Call, missing: str = "") -> tuple[bytes, bytes, bytes, dict[str, Any]]:
         """(name + kind, attributes, status) encoded, and the attributes (for metric labels); `missing`:
         what the process's binary cannot give its gRPC spans (its layout)."""
         sp = _SpanParts()
         a: dict[str, Any] = {}
         if c.type in (T_GRPC_SERVER, T_GRPC_CLIENT):
-            server = c.type == T_GRPC_SERVER
-            sp.kind = 2 if server else 3  # Span.SpanKind SERVER / CLIENT
-            svc, meth = split_method(c.method)
-            sp.name = f"{svc}/{meth}" if c.method else ("grpc.server" if server else "grpc.client")
-            a["rpc.system"] = "grpc"
-            if c.method:
-                a["rpc.service"], a["rpc.method"] = svc, meth
-            if c.flags & (E_STATUS | E_NONSTATUS_ERR) or (not server and not c.flags & E_NO_OFFSETS):
-                name = CODES[c.code] if 0 <= c.code < len(CODES) else str(c.code)
-                a["rpc.response.status_code"] = name
-                if self.legacy:
-                    a["rpc.grpc.status_code"] = c.code
-                is_err = c.code != 0 and (not server or c.code in SERVER_ERROR_CODES)
-                if is_err:
-                    sp.status_code = 2  # Status.STATUS_CODE_ERROR
-                    sp.status_message = c.msg
-                    a["error.type"] = name
-                if c.code != 0 and c.msg:
-                    a["rpc.grpc.status_message"] = c.msg
-            elif c.flags & E_NO_OFFSETS and not server:
-                a["gotel.missing"] = "rpc.response.status_code, addresses (binary has no DWARF)"
-            elif server and c.flags & E_NO_OFFSETS:
-                a["gotel.missing"] = "rpc.method, rpc.response.status_code, deadline, addresses (binary has no DWARF)"
-            if missing and "gotel.missing" not in a:
-                a["gotel.missing"] = missing
-            if c.flags & E_ADDR:
-                if server:
-                    if c.lip:
-                        a["server.address"] = c.lip
-                    a["server.port"] = c.lport
-                    if c.rip:
-                        a["client.address"] = c.rip
-                    a["client.port"] = c.rport
-                else:
-                    if c.rip:
-                        a["server.address"] = c.rip
-                    a["server.port"] = c.rport
-                    if c.lip:
-                        a["network.local.address"] = c.lip
-                    a["network.local.port"] = c.lport
+            self._grpc_attrs(c, sp, a, missing)
         else:
             server = c.type == T_HTTP_SERVER
             sp.kind = 2 if server else 3  # Span.SpanKind SERVER / CLIENT
             method = c.method or "_OTHER"
             a["http.request.method"] = method
             if server:
-                route = c.path if c.flags & E_STREAM_ID else ""
-                if route:
-                    # Go 1.22+ mux patterns may carry the method ("GET /users/{id}")
-                    route = route.split(" ", 1)[-1]
-                    a["http.route"] = route
-                elif c.path:
-                    a["url.path"] = c.path
-                sp.name = f"{method} {route}" if route else method
-                if c.msg:
-                    host, _, port = c.msg.rpartition(":")
-                    a["client.address"] = host.strip("[]")
-                    if port.isdigit():
-                        a["client.port"] = int(port)
-                if c.tp:
-                    host, _, port = c.tp.rpartition(":")
-                    a["server.address"] = host if port.isdigit() else c.tp
-                    if port.isdigit():
-                        a["server.port"] = int(port)
-                status = c.code if c.flags & E_STATUS else 0
-                if c.flags & E_STATUS:
-                    status = status or 200  # nothing written: net/http answers 200
-                    a["http.response.status_code"] = status
-                    if status >= 500:
-                        sp.status_code = 2  # Status.STATUS_CODE_ERROR
-                        a["error.type"] = str(status)
+                _http_server_attrs(c, sp, a, method)
             else:
-                sp.name = method
-                host = c.msg
-                if c.tp or host:
-                    a["url.full"] = f"{c.tp or 'http'}://{host}{c.path}"
-                    h, _, port = host.rpartition(":")
-                    a["server.address"] = h if port.isdigit() else host
-                    if port.isdigit():
-                        a["server.port"] = int(port)
-                    elif c.tp in ("http", "https"):
-                        a["server.port"] = 80 if c.tp == "http" else 443
-                if c.flags & E_STATUS:
-                    a["http.response.status_code"] = c.code
-                    if c.code >= 400:
-                        sp.status_code = 2  # Status.STATUS_CODE_ERROR
-                        a["error.type"] = str(c.code)
-                elif c.flags & E_NONSTATUS_ERR:
-                    sp.status_code = 2  # Status.STATUS_CODE_ERROR
-                    a["error.type"] = "_OTHER"
+                _http_client_attrs(c, sp, a, method)
         head = _ld(0x2A, sp.name.encode()) + b"\x30" + _varint(sp.kind)
         attr_bytes = b"".join(_ld(0x4A, kv.SerializeToString()) for kv in attrs(a))
         status_b = b""
@@ -776,6 +696,49 @@ class Assembler:
                 sp.status_code)
             status_b = _ld(0x7A, st)
         return head, attr_bytes, status_b, a
+
+    def _grpc_attrs(self, c: Call, sp: _SpanParts, a: dict[str, Any], missing: str) -> None:
+        """A gRPC span's name, kind, status and attributes."""
+        server = c.type == T_GRPC_SERVER
+        sp.kind = 2 if server else 3  # Span.SpanKind SERVER / CLIENT
+        svc, meth = split_method(c.method)
+        sp.name = f"{svc}/{meth}" if c.method else ("grpc.server" if server else "grpc.client")
+        a["rpc.system"] = "grpc"
+        if c.method:
+            a["rpc.service"], a["rpc.method"] = svc, meth
+        if c.flags & (E_STATUS | E_NONSTATUS_ERR) or (not server and not c.flags & E_NO_OFFSETS):
+            name = CODES[c.code] if 0 <= c.code < len(CODES) else str(c.code)
+            a["rpc.response.status_code"] = name
+            if self.legacy:
+                a["rpc.grpc.status_code"] = c.code
+            is_err = c.code != 0 and (not server or c.code in SERVER_ERROR_CODES)
+            if is_err:
+                sp.status_code = 2  # Status.STATUS_CODE_ERROR
+                sp.status_message = c.msg
+                a["error.type"] = name
+            if c.code != 0 and c.msg:
+                a["rpc.grpc.status_message"] = c.msg
+        elif c.flags & E_NO_OFFSETS and not server:
+            a["gotel.missing"] = "rpc.response.status_code, addresses (binary has no DWARF)"
+        elif server and c.flags & E_NO_OFFSETS:
+            a["gotel.missing"] = "rpc.method, rpc.response.status_code, deadline, addresses (binary has no DWARF)"
+        if missing and "gotel.missing" not in a:
+            a["gotel.missing"] = missing
+        if c.flags & E_ADDR:
+            if server:
+                if c.lip:
+                    a["server.address"] = c.lip
+                a["server.port"] = c.lport
+                if c.rip:
+                    a["client.address"] = c.rip
+                a["client.port"] = c.rport
+            else:
+                if c.rip:
+                    a["server.address"] = c.rip
+                a["server.port"] = c.rport
+                if c.lip:
+                    a["network.local.address"] = c.lip
+                a["network.local.port"] = c.lport
 
     # ---- metrics ----
     @staticmethod
@@ -849,3 +812,54 @@ _DESC = {
 def _pyval(av: Any) -> Any:
     k = av.WhichOneof("value")
     return getattr(av, k) if k else None
+
+
+def _http_server_attrs(c: Call, sp: _SpanParts, a: dict[str, Any], method: str) -> None:
+    """An HTTP server span's name, status and attributes (route or path, peer, host)."""
+    route = c.path if c.flags & E_STREAM_ID else ""
+    if route:
+        # Go 1.22+ mux patterns may carry the method ("GET /users/{id}")
+        route = route.split(" ", 1)[-1]
+        a["http.route"] = route
+    elif c.path:
+        a["url.path"] = c.path
+    sp.name = f"{method} {route}" if route else method
+    if c.msg:
+        host, _, port = c.msg.rpartition(":")
+        a["client.address"] = host.strip("[]")
+        if port.isdigit():
+            a["client.port"] = int(port)
+    if c.tp:
+        host, _, port = c.tp.rpartition(":")
+        a["server.address"] = host if port.isdigit() else c.tp
+        if port.isdigit():
+            a["server.port"] = int(port)
+    status = c.code if c.flags & E_STATUS else 0
+    if c.flags & E_STATUS:
+        status = status or 200  # nothing written: net/http answers 200
+        a["http.response.status_code"] = status
+        if status >= 500:
+            sp.status_code = 2  # Status.STATUS_CODE_ERROR
+            a["error.type"] = str(status)
+
+
+def _http_client_attrs(c: Call, sp: _SpanParts, a: dict[str, Any], method: str) -> None:
+    """An HTTP client span's name, status and attributes (URL, server, status)."""
+    sp.name = method
+    host = c.msg
+    if c.tp or host:
+        a["url.full"] = f"{c.tp or 'http'}://{host}{c.path}"
+        h, _, port = host.rpartition(":")
+        a["server.address"] = h if port.isdigit() else host
+        if port.isdigit():
+            a["server.port"] = int(port)
+        elif c.tp in ("http", "https"):
+            a["server.port"] = 80 if c.tp == "http" else 443
+    if c.flags & E_STATUS:
+        a["http.response.status_code"] = c.code
+        if c.code >= 400:
+            sp.status_code = 2  # Status.STATUS_CODE_ERROR
+            a["error.type"] = str(c.code)
+    elif c.flags & E_NONSTATUS_ERR:
+        sp.status_code = 2  # Status.STATUS_CODE_ERROR
+        a["error.type"] = "_OTHER"
