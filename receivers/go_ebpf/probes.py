@@ -10,6 +10,7 @@ from gotel.ebpf.targets import call_after, call_sites_to, entry_site, ret_addres
 from gotel.golang import analyze
 from gotel.golang.binary import FileIdentity
 from gotel.receivers.go_ebpf import below as _below  # noqa: F401  (its probe specs, for `gotel inspect`)
+from gotel.receivers.go_ebpf import flowcontrol as _flow
 from gotel.receivers.go_ebpf.layout import GRPC, PROBES, Layout, layout_for, offset_names
 
 
@@ -168,3 +169,21 @@ for _spec in (
                                 "HTTP/2 stitching"),)),
 ):
     register(_spec)
+
+# flow control and stream limits (issue 19): the ids go_ebpf logs for them (flowcontrol.flow_sites)
+_FLOW_DESC = {
+    "grpc.flow.stream_quota": "a new client stream waiting for the connection's stream quota (MaxConcurrentStreams)",
+    "grpc.flow.write_quota.client": "a client write waiting for its stream's write quota / flow-control window",
+    "grpc.flow.write_quota.server": "a server write waiting for its stream's write quota / flow-control window",
+    "grpc.flow.goaway_sent": "GOAWAY frames written", "grpc.flow.rst_sent": "RST_STREAM frames written",
+    "grpc.flow.goaway_received": "GOAWAY frames received by a client",
+    "grpc.flow.rst_received": "RST_STREAM frames received",
+    "grpc.flow.server_streaming": "a streaming RPC on the server (stream age; grpc < 1.84)",
+}
+_FLOW_SYMBOLS: dict[str, tuple[str, ...]] = {"grpc.flow.stream_quota": (_flow.NEW_STREAM,),
+                                             "grpc.flow.write_quota.client": _flow.WRITERS[0],
+                                             "grpc.flow.write_quota.server": _flow.WRITERS[1]}
+for _pid, _sym, _prog in _flow.FRAMES:
+    _FLOW_SYMBOLS[_pid] = (*_FLOW_SYMBOLS.get(_pid, ()), _sym)
+for _pid, _syms in _FLOW_SYMBOLS.items():
+    register(ProbeSpec(_pid, _syms, _EB, _FLOW_DESC[_pid], module=GRPC, optional=True))
