@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from table import Sink
+
 from gotel.component.contract import ComponentID, Context, Kind
 from gotel.pdata.batch import Batch, Signal, Traces
 from gotel.processors.filter import Config, FilterProcessor
@@ -66,19 +68,6 @@ def requests(n_distinct: int, health_every: int) -> list[bytes]:
                                     kv.value.string_value = "/healthz"
         out.append(b.to_bytes())
     return out
-
-
-class Sink:
-    """The exporter's side: it needs the request's wire bytes."""
-
-    mutates = False
-
-    def __init__(self) -> None:
-        self.spans = 0
-
-    async def consume(self, batch: Batch) -> None:
-        batch.to_bytes()
-        self.spans += batch.item_count()
 
 
 class PassThrough:
