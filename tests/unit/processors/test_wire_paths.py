@@ -1,0 +1,172 @@
+"""The byte-level paths of filter and resource (gotel.pdata.wire.framing) against the message paths
+they stand in for: on random requests (random attribute sets, nested values, empty spans, absent and
+repeated resources, several resources and scopes) both give the same request, byte for byte."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from gotel.component.contract import Kind
+from gotel.pdata.batch import Batch, Signal, Traces
+from gotel.pdata.wire import ld
+from gotel.processors import filter as filter_proc
+from gotel.processors import resource as resource_proc
+from tests.unit.core.conftest import Tel
+
+KEYS = ["http.route", "url.path", "service.name", "k8s.pod.name", "password", "user.email", "env", "n"]
+STRINGS = ["/healthz", "/api/cart/1", "checkout", "secret", "", "prod", "ümlaut", "/healthz/x"]
+
+
+class Sink:
+    mutates = False
+
+    def __init__(self) -> None:
+        self.got: list[Batch] = []
+
+    async def consume(self, batch: Batch) -> None:
+        self.got.append(batch)
+
+
+def _value(rng: random.Random, av: AnyValue, depth: int = 0) -> None:
+    kind = rng.choice(["s", "s", "s", "i", "d", "b", "bytes", "kv", "arr"] if depth < 2 else ["s", "i"])
+    if kind == "s":
+        av.string_value = rng.choice(STRINGS)
+    elif kind == "i":
+        av.int_value = rng.randint(-(1 << 40), 1 << 40)
+    elif kind == "d":
+        av.double_value = rng.uniform(-1e6, 1e6)
+    elif kind == "b":
+        av.bool_value = rng.random() < 0.5
+    elif kind == "bytes":
+        av.bytes_value = rng.randbytes(rng.randint(0, 9))
+    elif kind == "kv":
+        for _ in range(rng.randint(0, 3)):
+            _attr(rng, av.kvlist_value.values.add(), depth + 1)
+    else:
+        for _ in range(rng.randint(0, 3)):
+            _value(rng, av.array_value.values.add(), depth + 1)
+
+
+def _attr(rng: random.Random, kv: KeyValue, depth: int = 0) -> None:
+    kv.key = rng.choice(KEYS)
+    _value(rng, kv.value, depth)
+
+
+def _attrs(rng: random.Random, field: Any) -> None:
+    for _ in range(rng.choice([0, 1, 3, 8])):
+        _attr(rng, field.add())
+
+
+def request(seed: int) -> bytes:
+    rng = random.Random(seed)
+    b = Traces()
+    for _ in range(rng.randint(1, 3)):
+        rs = b.msg.resource_spans.add()
+        if rng.random() < 0.8:
+            _attrs(rng, rs.resource.attributes)
+        for _ in range(rng.randint(0, 3)):
+            ss = rs.scope_spans.add()
+            if rng.random() < 0.5:
+                ss.scope.name = "gotel.test"
+                _attrs(rng, ss.scope.attributes)
+            for i in range(rng.randint(0, 12)):
+                sp = ss.spans.add()
+                if rng.random() < 0.1:
+                    continue  # an empty span
+                sp.name = rng.choice(["GET /", "OPTIONS /x", "/healthz"])
+                sp.span_id = rng.randbytes(8)
+                sp.start_time_unix_nano = 1_700_000_000_000_000_000 + i
+                sp.end_time_unix_nano = sp.start_time_unix_nano + rng.choice([10, 6_000_000_000])
+                _attrs(rng, sp.attributes)
+                if rng.random() < 0.3:
+                    _attrs(rng, sp.events.add(name="ev").attributes)
+    raw = bytes(b.to_bytes())
+    if rng.random() < 0.1:  # a concatenation by the batch processor
+        raw += raw
+    if rng.random() < 0.1:  # a resource field given in two parts (legal: protobuf merges them)
+        extra = Resource()
+        _attrs(rng, extra.attributes)
+        raw += ld(b"\x0a", ld(b"\x0a", extra.SerializeToString()) + ld(b"\x0a", extra.SerializeToString()))
+    return raw
+
+
+async def _both(make: Any, raw: bytes) -> tuple[bytes | None, bytes | None]:
+    """(through the byte path, through the message path): the request each hands on, None if dropped."""
+    out = []
+    for batch in (Traces.parse(raw), Traces(Traces.parse(raw).peek())):
+        sink = Sink()
+        await make(sink).consume(batch)
+        out.append(sink.got[0].to_bytes() if sink.got else None)
+        if sink.got:
+            got = sink.got[0]
+            assert got.item_count() == Traces.parse(got.to_bytes()).item_count()
+    return out[0], out[1]
+
+
+RESOURCE_ACTIONS: list[list[dict[str, Any]]] = [
+    [{"key": "k8s.cluster.name", "value": "prod-eu", "action": "upsert"}, {"key": "n", "action": "delete"}],
+    [{"key": "password", "action": "hash"}, {"key": "env", "action": "convert", "converted_type": "string"}],
+    [{"key": "env", "value": 7, "action": "update"}, {"pattern": "^k8s", "action": "delete"}],
+    [{"key": "service.name", "value": "x", "action": "insert"}],
+    [{"key": "copy", "from_attribute": "url.path", "action": "insert"}],
+]
+
+
+@pytest.mark.parametrize("actions", RESOURCE_ACTIONS, ids=range(len(RESOURCE_ACTIONS)))
+async def test_resource_byte_path_equals_message_path(actions: list[dict[str, Any]]) -> None:
+    tel = Tel()
+    cfg = resource_proc.Config.model_validate({"attributes": actions})
+
+    def make(sink: Sink) -> Any:
+        return resource_proc.ResourceProcessor(Signal.TRACES, cfg, sink, tel.ctx("resource", Kind.PROCESSOR))
+
+    changed = 0
+    for seed in range(150):
+        raw = request(seed)
+        fast, slow = await _both(make, raw)
+        assert fast is not None and slow is not None
+        if fast != raw:
+            changed += 1
+        assert Traces.parse(fast).peek() == Traces.parse(slow).peek(), seed
+        if len(raw) == len(Traces.parse(raw).peek().SerializeToString()):  # canonical input: same bytes
+            assert fast == slow, seed
+    assert changed > 20  # the actions did act
+
+
+FILTERS: list[list[Any]] = [
+    ['span.attributes["http.route"] == "/healthz"'],
+    ['span.attributes["http.route"] == "/healthz"', 'IsMatch(span.name, "^OPTIONS ")'],
+    ['span.attributes["env"] == "prod" and span.end_time_unix_nano - span.start_time_unix_nano > 5000000000'],
+    ['resource.attributes["service.name"] == "checkout"'],
+    ['spanevent.attributes["password"] == "secret"'],
+    [{"context": "span", "conditions": ['attributes["url.path"] == "/api/cart/1"']},
+     {"context": "span", "conditions": ['name == "/healthz"']}],
+]
+
+
+@pytest.mark.parametrize("conds", FILTERS, ids=range(len(FILTERS)))
+async def test_filter_byte_path_equals_message_path(conds: list[Any]) -> None:
+    tel = Tel()
+    cfg = filter_proc.Config.model_validate({"trace_conditions": conds})
+
+    def make(sink: Sink) -> Any:
+        return filter_proc.FilterProcessor(Signal.TRACES, cfg, sink, tel.ctx("filter", Kind.PROCESSOR))
+
+    dropped = 0
+    for seed in range(150):
+        raw = request(seed)
+        fast, slow = await _both(make, raw)
+        assert (fast is None) == (slow is None), seed
+        if fast is None or slow is None:
+            continue
+        if fast != raw:
+            dropped += 1
+        assert Traces.parse(fast).peek() == Traces.parse(slow).peek(), seed
+        if len(raw) == len(Traces.parse(raw).peek().SerializeToString()):
+            assert fast == slow, seed
+    assert dropped > 10
