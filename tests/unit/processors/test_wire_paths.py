@@ -12,14 +12,16 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from gotel.component.contract import Kind
-from gotel.pdata.batch import Batch, Signal, Traces
+from gotel.pdata.batch import Batch, Metrics, Signal, Traces
 from gotel.pdata.wire import ld
 from gotel.processors import filter as filter_proc
+from gotel.processors import redaction as redaction_proc
 from gotel.processors import resource as resource_proc
 from tests.unit.core.conftest import Tel
 
 KEYS = ["http.route", "url.path", "service.name", "k8s.pod.name", "password", "user.email", "env", "n"]
-STRINGS = ["/healthz", "/api/cart/1", "checkout", "secret", "", "prod", "ümlaut", "/healthz/x"]
+STRINGS = ["/healthz", "/api/cart/1", "checkout", "secret", "", "prod", "ümlaut", "/healthz/x", "4111111111111111",
+           "card 5105105105105100 ok", "x-secret-y", "token=abc"]
 
 
 class Sink:
@@ -95,16 +97,34 @@ def request(seed: int) -> bytes:
     return raw
 
 
-async def _both(make: Any, raw: bytes) -> tuple[bytes | None, bytes | None]:
+def metrics_request(seed: int) -> bytes:
+    rng = random.Random(seed)
+    b = Metrics()
+    for _ in range(rng.randint(1, 2)):
+        rm = b.msg.resource_metrics.add()
+        _attrs(rng, rm.resource.attributes)
+        for _ in range(rng.randint(0, 2)):
+            sm = rm.scope_metrics.add()
+            if rng.random() < 0.5:
+                _attrs(rng, sm.scope.attributes)
+            for _ in range(rng.randint(0, 6)):
+                m = sm.metrics.add(name=rng.choice(["a", "b"]))
+                pts = m.sum.data_points if rng.random() < 0.5 else m.gauge.data_points
+                for _ in range(rng.randint(0, 3)):
+                    _attrs(rng, pts.add(as_int=1).attributes)
+    return bytes(b.to_bytes())
+
+
+async def _both(make: Any, raw: bytes, kind: type[Batch] = Traces) -> tuple[bytes | None, bytes | None]:
     """(through the byte path, through the message path): the request each hands on, None if dropped."""
     out = []
-    for batch in (Traces.parse(raw), Traces(Traces.parse(raw).peek())):
+    for batch in (kind.parse(raw), kind(kind.parse(raw).peek())):
         sink = Sink()
         await make(sink).consume(batch)
         out.append(sink.got[0].to_bytes() if sink.got else None)
         if sink.got:
             got = sink.got[0]
-            assert got.item_count() == Traces.parse(got.to_bytes()).item_count()
+            assert got.item_count() == kind.parse(got.to_bytes()).item_count()
     return out[0], out[1]
 
 
@@ -170,3 +190,38 @@ async def test_filter_byte_path_equals_message_path(conds: list[Any]) -> None:
         if len(raw) == len(Traces.parse(raw).peek().SerializeToString()):
             assert fast == slow, seed
     assert dropped > 10
+
+
+REDACTIONS: list[dict[str, Any]] = [
+    {"allow_all_keys": True, "blocked_values": ["4[0-9]{12}(?:[0-9]{3})?", "(5[1-5][0-9]{14})"]},
+    {"allow_all_keys": True, "blocked_values": ["4[0-9]{12}"], "hash_function": "md5", "summary": "debug"},
+    {"allow_all_keys": True, "blocked_key_patterns": ["pass"], "blocked_values": ["secret"], "summary": "info",
+     "ignored_keys": ["env"], "allowed_values": ["checkout"]},
+    {"allow_all_keys": True, "blocked_values": ["s(?:x*)"], "blocked_key_patterns": ["url", "k8s"]},
+    {"allow_all_keys": True, "blocked_values": ["x*"]},  # no fixed first byte: the message path
+    {"allowed_keys": ["env", "n"], "blocked_values": ["secret"]},  # an allow list: the message path
+]
+MESSAGE_PATH = (4, 5)
+
+
+@pytest.mark.parametrize("case", range(len(REDACTIONS)))
+@pytest.mark.parametrize("kind", [Traces, Metrics], ids=["traces", "metrics"])
+async def test_redaction_byte_path_equals_message_path(case: int, kind: type[Batch]) -> None:
+    cfg = REDACTIONS[case]
+    tel = Tel()
+    conf = redaction_proc.Config.model_validate(cfg)
+
+    def make(sink: Sink) -> Any:
+        return redaction_proc.RedactionProcessor(kind.signal, conf, sink, tel.ctx("redaction", Kind.PROCESSOR))
+
+    assert (make(Sink()).redactor.proof is None) == (case in MESSAGE_PATH)  # which path is under test
+    changed = 0
+    for seed in range(120):
+        raw = request(seed) if kind is Traces else metrics_request(seed)
+        fast, slow = await _both(make, raw, kind)
+        assert fast is not None and slow is not None
+        changed += fast != raw
+        assert kind.parse(fast).peek() == kind.parse(slow).peek(), seed
+        if len(raw) == len(kind.parse(raw).peek().SerializeToString()):
+            assert fast == slow, seed
+    assert changed > 10
