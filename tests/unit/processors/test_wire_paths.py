@@ -1,4 +1,4 @@
-"""The byte-level paths of filter and resource (gotel.pdata.wire.framing) against the message paths
+"""The byte-level paths of filter, resource, attributes and redaction (gotel.pdata.wire.framing) against the message paths
 they stand in for: on random requests (random attribute sets, nested values, empty spans, absent and
 repeated resources, several resources and scopes) both give the same request, byte for byte."""
 
@@ -12,8 +12,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from gotel.component.contract import Kind
-from gotel.pdata.batch import Batch, Metrics, Signal, Traces
+from gotel.pdata.batch import Batch, Logs, Metrics, Signal, Traces
 from gotel.pdata.wire import ld
+from gotel.processors import attributes as attributes_proc
 from gotel.processors import filter as filter_proc
 from gotel.processors import redaction as redaction_proc
 from gotel.processors import resource as resource_proc
@@ -113,6 +114,24 @@ def metrics_request(seed: int) -> bytes:
                 for _ in range(rng.randint(0, 3)):
                     _attrs(rng, pts.add(as_int=1).attributes)
     return bytes(b.to_bytes())
+
+
+def logs_request(seed: int) -> bytes:
+    rng = random.Random(seed)
+    b = Logs()
+    for _ in range(rng.randint(1, 2)):
+        rl = b.msg.resource_logs.add()
+        _attrs(rng, rl.resource.attributes)
+        for _ in range(rng.randint(0, 2)):
+            sl = rl.scope_logs.add()
+            for _ in range(rng.randint(0, 8)):
+                rec = sl.log_records.add(severity_number=9)
+                rec.body.string_value = rng.choice(STRINGS)
+                _attrs(rng, rec.attributes)
+    return bytes(b.to_bytes())
+
+
+REQUESTS: dict[type[Batch], Any] = {Traces: request, Metrics: metrics_request, Logs: logs_request}
 
 
 async def _both(make: Any, raw: bytes, kind: type[Batch] = Traces) -> tuple[bytes | None, bytes | None]:
@@ -217,7 +236,38 @@ async def test_redaction_byte_path_equals_message_path(case: int, kind: type[Bat
     assert (make(Sink()).redactor.proof is None) == (case in MESSAGE_PATH)  # which path is under test
     changed = 0
     for seed in range(120):
-        raw = request(seed) if kind is Traces else metrics_request(seed)
+        raw = REQUESTS[kind](seed)
+        fast, slow = await _both(make, raw, kind)
+        assert fast is not None and slow is not None
+        changed += fast != raw
+        assert kind.parse(fast).peek() == kind.parse(slow).peek(), seed
+        if len(raw) == len(kind.parse(raw).peek().SerializeToString()):
+            assert fast == slow, seed
+    assert changed > 10
+
+
+ATTRIBUTES: list[list[dict[str, Any]]] = [
+    [{"key": "password", "action": "delete"}, {"key": "user.email", "action": "hash"}],
+    [{"key": "env", "value": 7, "action": "update"}, {"key": "n", "action": "convert", "converted_type": "string"}],
+    [{"key": "copy", "from_attribute": "url.path", "action": "upsert"},
+     {"key": "url.path", "pattern": "^/(?P<first>[a-z]+)/", "action": "extract"}],
+    [{"key": "password", "action": "delete"}, {"key": "x", "value": 1, "action": "insert"}],  # message path
+]
+
+
+@pytest.mark.parametrize("case", range(len(ATTRIBUTES)))
+@pytest.mark.parametrize("kind", [Traces, Metrics, Logs], ids=["traces", "metrics", "logs"])
+async def test_attributes_byte_path_equals_message_path(case: int, kind: type[Batch]) -> None:
+    tel = Tel()
+    cfg = attributes_proc.Config.model_validate({"actions": ATTRIBUTES[case]})
+
+    def make(sink: Sink) -> Any:
+        return attributes_proc.AttributesProcessor(kind.signal, cfg, sink, tel.ctx("attributes", Kind.PROCESSOR))
+
+    assert (make(Sink()).engine.triggers is None) == (case == 3)  # which path is under test
+    changed = 0
+    for seed in range(120):
+        raw = REQUESTS[kind](seed)
         fast, slow = await _both(make, raw, kind)
         assert fast is not None and slow is not None
         changed += fast != raw
