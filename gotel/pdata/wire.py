@@ -1,6 +1,10 @@
 """Protobuf wire encoding by hand for the two hot paths that build large messages (Loki entries,
 remote-write samples): building generated message objects costs a Python object per field, which
 measured several times slower here. Tests compare the bytes with the generated classes in gotel.proto.
+
+And the other direction for processors: a received OTLP request's framing (resources, scopes, items)
+parsed with its parts left as bytes, so that a processor finds, changes or cuts the few items it acts
+on and copies the rest as it came (`framing`, `ItemBytes`, `framing_without`).
 """
 
 from __future__ import annotations
