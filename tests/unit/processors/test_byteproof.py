@@ -16,6 +16,7 @@ PATTERNS = [
     r"4[0-9]{12}(?:[0-9]{3})?", r"(5[1-5][0-9]{14})", r"^secret$", r"\bpass\b", r"(?i)k[a-z]+", r"(?i)^s\w+",
     r"[^a-z]{3}", r"a.b", r"(?s)x.y", r"\s+\d", r"(?i)[^x]y", "\u00e9+", "(?i)\u00c9", "[\u00e0-\u00ff]", "(?i)[\u017f-\u017f]",
     r"(?=abc)ab", r"(?!q)\w\W?", r"x*", r"(?i:AB)c", r"(?>a+)b", r"a++b", r"[\s\d]{2}", r"(?i)\u212a",
+    r"(?m)^a$", r"[^\W\d]+", r"\Ba", r"(?i)[^k]y", r"(?x) a  b", r"a{2,}?", r"(?s:.)+x", r"[\D]@", r"[\S]+@",
 ]
 ALPHABET = "aAbBcCkKsSxXyYqQ \u00e9 \u00c9 \u212a\u017f\u0130\u0131 \x1c\n\t0123456789-_./:@?&=#4515"
 WORDS = ["http.request.header.Authorization", "x-api-key", "SET_COOKIE", "pwd", "Bearer ab.c", "basic\x1cZm9v",

@@ -219,8 +219,9 @@ REDACTIONS: list[dict[str, Any]] = [
     {"allow_all_keys": True, "blocked_values": ["s(?:x*)"], "blocked_key_patterns": ["url", "k8s"]},
     {"allow_all_keys": True, "blocked_values": ["x*"]},  # no fixed first byte: the message path
     {"allowed_keys": ["env", "n"], "blocked_values": ["secret"]},  # an allow list: the message path
+    {"preset": "credentials"},  # (?i) patterns: the message path
 ]
-MESSAGE_PATH = (4, 5)
+MESSAGE_PATH = (4, 5, 6)
 
 
 @pytest.mark.parametrize("case", range(len(REDACTIONS)))
