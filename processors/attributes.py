@@ -1,16 +1,26 @@
 """`attributes` processor: the collector's attribute actions on span, log record and metric data point
 attributes (the engine is gotel.processorhelper.attraction, shared with `resource`), limited to the items chosen by
 `include`/`exclude` (gotel.processorhelper.matchprops). For metrics, as in the collector, `include`/`exclude` choose
-metrics by `metric_names`; every data point of a chosen metric is acted on."""
+metrics by `metric_names`; every data point of a chosen metric is acted on.
+
+Without include/exclude, when every action needs a key (delete, hash, update, convert, extract, or a
+copy from an attribute without default_value), a request that still has its received bytes is worked on
+at the byte level: only the spans, log records or metrics whose own bytes hold one of those keys are
+decoded, acted on by the same engine and encoded again; the rest is copied as it came."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import Field, model_validator
 
 from gotel.component.contract import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
 from gotel.pdata.batch import Batch, Signal
+from gotel.pdata.wire import ItemBytes, framing
 from gotel.processorhelper.attraction import ActionConfig, AttrActions
 from gotel.processorhelper.matchprops import Matcher, MatchProperties, problem
 
@@ -54,8 +64,14 @@ class AttributesProcessor(Processor):
 
     def process(self, batch: Batch) -> None:
         wire = batch.cached_bytes()
-        if wire is not None and not self.engine.may_act(wire):
-            return  # none of the keys the actions need is in the request: its bytes pass untouched
+        if wire is not None:
+            if not self.engine.may_act(wire):
+                return  # none of the keys the actions need is in the request: its bytes pass untouched
+            out = self.on_wire(wire)
+            if out is not None:
+                if out is not wire:
+                    batch.replace_wire(out, batch.item_count())
+                return
         apply = self.engine.apply
         if self.signal == Signal.METRICS:
             inc = self.include.names if self.include is not None else None
@@ -89,6 +105,36 @@ class AttributesProcessor(Processor):
                     if exc_m is not None and exc_scope and (exc_m.span_match(it) if spans else exc_m.log_match(it)):
                         continue
                     apply(it.attributes)
+
+
+    def on_wire(self, wire: bytes) -> bytes | None:
+        """The request with the actions run on the items whose bytes hold a key they need, the others
+        copied as they came; `wire` itself when nothing changed; None when the message path must run."""
+        triggers = self.engine.triggers
+        if triggers is None or self.include is not None or self.exclude is not None:
+            return None
+        try:
+            fr = framing(wire)
+        except DecodeError:
+            return None
+        apply = self.engine.apply
+        item: Any = {Signal.TRACES: Span, Signal.LOGS: LogRecord, Signal.METRICS: Metric}[self.signal]()
+        changed = False
+        for (ri, si), iis in sorted(ItemBytes(fr).containing(triggers).items()):
+            items = fr.resources[ri].scopes[si].items
+            for ii in sorted(iis):
+                old = items[ii]
+                item.ParseFromString(old)
+                if self.signal == Signal.METRICS:
+                    for dp in _points(item):
+                        apply(dp.attributes)
+                else:
+                    apply(item.attributes)
+                new = item.SerializeToString()
+                if new != old:
+                    items[ii] = new
+                    changed = True
+        return bytes(fr.SerializeToString()) if changed else wire
 
 
 def _signal_problem(cfg: Config, signal: Signal) -> str | None:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
+from google.protobuf.message import DecodeError
 from pydantic import AfterValidator, Discriminator, Field, Tag, ValidationInfo, model_validator
 
 from gotel.component.contract import (
@@ -40,7 +40,7 @@ from gotel.ottl import (
     compile_condition,
 )
 from gotel.pdata.batch import Batch, Signal
-from gotel.pdata.wire import Layout, otlp_layout, otlp_without
+from gotel.pdata.wire import ItemBytes, framing, framing_without
 
 _LEGACY_MATCH = ("include", "exclude", "regexp")
 _SIGNAL_OF = {"trace_conditions": "traces", "metric_conditions": "metrics", "log_conditions": "logs"}
@@ -220,23 +220,18 @@ _NO_ITEMS: dict[int, tuple[int, ...]] = {}
 
 
 class _ItemIndex:
-    """Byte ranges of a received request's items, to find the items a string occurs in."""
+    """The items of a received request as raw bytes (gotel.pdata.wire.framing), to find the items a
+    string occurs in and to cut items out without encoding anything again."""
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
-        self.layout: Layout | None = None  # scanned when a needle occurs somewhere in raw
-        self.flat: list[tuple[int, int, int, int, int]] = []
-        self.starts: list[int] = []
+        self.framing: Any = None  # parsed when first needed
+        self.items: ItemBytes | None = None  # joined when a needle occurs somewhere in raw
 
-    def _scan(self) -> None:
-        if self.layout is not None:
-            return
-        self.layout = otlp_layout(self.raw)
-        self.flat = [(s, e, ri, si, ii)
-                     for ri, (_, scopes) in enumerate(self.layout)
-                     for si, (_, items) in enumerate(scopes)
-                     for ii, (_, s, e) in enumerate(items)]
-        self.starts = [f[0] for f in self.flat]
+    def frame(self) -> Any:
+        if self.framing is None:
+            self.framing = framing(self.raw)
+        return self.framing
 
     def plan(self, cset: ConditionSet) -> _Plan | None:
         """Which conditions of cset to evaluate for which item: those without a byte proof for every
@@ -256,21 +251,11 @@ class _ItemIndex:
         return base, {key: {ii: tuple(sorted(ks)) for ii, ks in d.items()} for key, d in per.items()}
 
     def containing(self, needles: frozenset[bytes]) -> _Found:
-        out: _Found = {}
         if not any(n in self.raw for n in needles):
-            return out  # no item can hold what is nowhere in the request: no need to scan its layout
-        self._scan()
-        raw, flat, starts = self.raw, self.flat, self.starts
-        for needle in needles:
-            pos = raw.find(needle)
-            while pos != -1:
-                k = bisect_right(starts, pos) - 1
-                if k >= 0:
-                    _, end, ri, si, ii = flat[k]
-                    if pos + len(needle) <= end:
-                        out.setdefault((ri, si), set()).add(ii)
-                pos = raw.find(needle, pos + 1)
-        return out
+            return {}  # no item can hold what is nowhere in the request: no need to look at its items
+        if self.items is None:
+            self.items = ItemBytes(self.frame())
+        return self.items.containing(needles)
 
 
 @dataclass
@@ -300,7 +285,7 @@ class FilterProcessor(Processor):
         self.stages = self._stages(signal, cfg, ctx)
         self._last_log = 0.0
         self.deleted: _Deleted | None = None
-        self.layout: Layout | None = None
+        self.index: _ItemIndex | None = None
 
     @staticmethod
     def _stages(signal: Signal, cfg: Config, ctx: Context) -> list[_Stage]:
@@ -361,9 +346,9 @@ class FilterProcessor(Processor):
             batch.msg  # noqa: B018 - the message was edited in place: its cached wire bytes are stale
             d = self.deleted
             if raw is not None and d is not None and not d.inside_items:
-                with contextlib.suppress(ValueError, IndexError):  # else the exporter serializes
-                    layout = self.layout if self.layout is not None else otlp_layout(raw)
-                    batch.set_wire(otlp_without(raw, layout, d.resources, d.scopes, d.items))
+                with contextlib.suppress(DecodeError, IndexError):  # else the exporter serializes
+                    fr = self.index.frame() if self.index is not None else framing(raw)
+                    batch.set_wire(framing_without(fr, d.resources, d.scopes, d.items))
         n_out = batch.item_count() if changed else n_in
         self.ctx.telemetry.processed(self.signal, n_in, n_out)
         if n_in > n_out:
@@ -382,7 +367,7 @@ class FilterProcessor(Processor):
         subs = 0
         where: _ItemIndex | None = None
         self.deleted = _Deleted(set(), {}, {}) if raw is not None and len(self.stages) == 1 else None
-        self.layout = None
+        self.index = None
         for st in self.stages:
             if st.cannot_match(raw):
                 changed |= self._prune(st, msg, self.deleted)
@@ -397,8 +382,8 @@ class FilterProcessor(Processor):
                     if where is not None:
                         plan_item = where.plan(st.item) if st.item else None
                         plan_sub = where.plan(st.sub) if st.sub else None
-                        self.layout = where.layout
-                except (ValueError, IndexError):  # framing the scanner does not read (groups)
+                        self.index = where
+                except DecodeError:  # the framing does not parse: evaluate every item
                     raw = None
                     where = plan_item = plan_sub = None
             c, n = self._walk(st, msg, plan_item, plan_sub, self.deleted)

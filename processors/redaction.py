@@ -7,6 +7,13 @@ Order per attribute, as the collector does it: ignored key -> kept untouched; ke
 value matching ``allowed_values`` -> kept; key matching ``blocked_key_patterns`` -> whole value masked;
 otherwise each ``blocked_values`` regex masks what it matches. Non-string values are seen as "" unless
 ``redact_all_types`` (then as their string form), exactly as the collector's ``Str()``/``AsString()``.
+
+Traces and metrics that still have their received bytes are first searched at the byte level: every
+rule's regex, relaxed to the bytes (gotel.processorhelper.byteproof), is looked for in the request,
+and only the resources, scopes and spans/metrics whose own bytes it is found in are decoded, redacted
+by the same code and encoded again; the rest is copied as it came. A request in which no rule can
+match anything passes untouched. An allow list of keys (every key not on it goes) or
+``redact_all_types`` (numbers are matched by their text) take the message path.
 """
 
 from __future__ import annotations
@@ -22,10 +29,17 @@ from decimal import Decimal
 from functools import partial
 from typing import Any, Literal
 
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from gotel.component.contract import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
 from gotel.pdata.batch import Batch, Signal
+from gotel.pdata.wire import ItemBytes, framing
+from gotel.processorhelper.byteproof import relax, starts_with_literal
 
 MASK = "****"
 REDACTED_KEYS, REDACTED_COUNT = "redaction.redacted.keys", "redaction.redacted.count"
@@ -257,6 +271,23 @@ class Redactor:
         # attributes removed and values masked so far (read and reset by the processor)
         self.removed = 0
         self.masked = 0
+        self.proof = self._proof()
+
+    def _proof(self) -> list[re.Pattern[bytes]] | None:
+        """Bytes regexes one of which finds a match in the encoding of any part (resource, scope, item)
+        the rules could change; None when they may change a part whatever its bytes hold."""
+        if not self.allow_all or self.all_types:
+            return None
+        rules = [*self.block_key_rx, *self.block_rx, *(rx for rx, _ in self.group_rx)]
+        if self.summary in ("debug", "info"):  # ignored keys and allowed values are counted then
+            rules += [*self.ignored_rx, *self.allow_rx, *(re.compile(re.escape(k)) for k in self.ignored)]
+        out = []
+        for rx in rules:
+            b = relax(rx)
+            if b is None or not starts_with_literal(b):
+                return None  # no proof, or one slower to search than the message path
+            out.append(b)
+        return out
 
     @staticmethod
     def _masker(name: str, key: bytes) -> Callable[[str], str]:
@@ -459,6 +490,63 @@ class Redactor:
                 av.string_value = new
 
     # --- whole batches ---
+    def on_wire(self, signal: Signal, wire: bytes) -> bytes | None:
+        """The request redacted at the byte level: only the parts the rules' regexes are found in are
+        decoded and encoded; `wire` itself when nothing changed; None when the message path must run."""
+        if self.proof is None or signal not in (Signal.TRACES, Signal.METRICS):
+            return None
+        proof = self.proof
+        if not any(rx.search(wire) for rx in proof):
+            return wire
+        try:
+            fr = framing(wire)
+        except DecodeError:
+            return None
+        changed = False
+        res: Any = Resource()
+        scope: Any = InstrumentationScope()
+        for r in fr.resources:
+            if len(r.resource) > 1 or any(len(sc.scope) > 1 for sc in r.scopes):
+                return None  # a part given in pieces (merged by protobuf): the message path
+            if r.resource and any(rx.search(r.resource[0]) for rx in proof):
+                res.ParseFromString(r.resource[0])
+                self.attrs(res.attributes)
+                new = res.SerializeToString()
+                changed |= new != r.resource[0]
+                r.resource[0] = new
+            for sc in r.scopes:
+                if sc.scope and any(rx.search(sc.scope[0]) for rx in proof):
+                    scope.ParseFromString(sc.scope[0])
+                    self.attrs(scope.attributes)
+                    new = scope.SerializeToString()
+                    changed |= new != sc.scope[0]
+                    sc.scope[0] = new
+        index = ItemBytes(fr)
+        found: dict[tuple[int, int], set[int]] = {}
+        for rx in proof:
+            for key, iis in index.matching(rx).items():
+                found.setdefault(key, set()).update(iis)
+        item: Any = Span() if signal == Signal.TRACES else Metric()
+        for (ri, si), iis in sorted(found.items()):
+            items = fr.resources[ri].scopes[si].items
+            for ii in sorted(iis):
+                old = items[ii]
+                item.ParseFromString(old)
+                if signal == Signal.TRACES:
+                    self.attrs(item.attributes)
+                    for ev in item.events:
+                        self.attrs(ev.attributes)
+                else:
+                    kind = item.WhichOneof("data")
+                    if kind is not None:
+                        for dp in getattr(item, kind).data_points:
+                            self.attrs(dp.attributes)
+                new = item.SerializeToString()
+                if new != old:
+                    items[ii] = new
+                    changed = True
+        return bytes(fr.SerializeToString()) if changed else wire
+
     def batch(self, signal: Signal, batch: Batch) -> None:
         m = batch.msg
         if signal == Signal.TRACES:
@@ -576,7 +664,12 @@ class RedactionProcessor(Processor):
 
     async def consume(self, batch: Batch) -> None:
         red = self.redactor
-        red.batch(self.signal, batch)
+        wire = batch.cached_bytes()
+        out = red.on_wire(self.signal, wire) if wire is not None else None
+        if out is None:
+            red.batch(self.signal, batch)
+        elif out is not wire:
+            batch.replace_wire(out, batch.item_count())
         if red.removed:
             self._counter.labels(self.signal.value, "redacted").inc(red.removed)
         if red.masked:

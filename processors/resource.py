@@ -3,11 +3,16 @@ uses too) on the resource attributes of every batch, for every signal."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from pydantic import Field, model_validator
 
 from gotel.component.contract import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
 from gotel.pdata.batch import Batch, Signal
-from gotel.processorhelper.attraction import ActionConfig, AttrActions
+from gotel.pdata.wire import framing
+from gotel.processorhelper.attraction import ActionConfig, AttrActions, apply_encoded
 
 
 class Config(ComponentConfig):
@@ -33,11 +38,41 @@ class ResourceProcessor(Processor):
 
     def process(self, batch: Batch) -> None:
         wire = batch.cached_bytes()
-        if wire is not None and not self.engine.may_act(wire):
-            return  # none of the keys the actions need is in the request: its bytes pass untouched
+        if wire is not None:
+            if not self.engine.may_act(wire):
+                return  # none of the keys the actions need is in the request: its bytes pass untouched
+            out = self.on_wire(wire)
+            if out is not None:
+                if out is not wire:
+                    batch.replace_wire(out, batch.item_count())
+                return
         apply = self.engine.apply
         for r in batch.resources():
             apply(r.resource.attributes)
+
+    def on_wire(self, wire: bytes) -> bytes | None:
+        """The request with the actions run on each resource, only the resources decoded and encoded
+        (the items are copied as they came); `wire` itself when nothing changed; None when the request
+        repeats a resource field (protobuf merges the parts: the message path does that)."""
+        try:
+            fr = framing(wire)
+        except DecodeError:
+            return None
+        changed = False
+        res: Any = Resource()
+        for r in fr.resources:
+            if len(r.resource) > 1:
+                return None
+            old = r.resource[0] if r.resource else b""
+            new = apply_encoded(self.engine.apply, res, old)
+            if new == old:
+                continue
+            changed = True
+            if r.resource:
+                r.resource[0] = new
+            else:
+                r.resource.append(new)
+        return bytes(fr.SerializeToString()) if changed else wire
 
 
 def _create(signal: Signal, cfg: Config, nxt: Consumer, ctx: Context) -> Processor:

@@ -81,6 +81,13 @@ class Batch:
         self._raw = raw
         self._count = None
 
+    def replace_wire(self, raw: bytes, count: int | None = None) -> None:
+        """Replaces the content with a request edited at the byte level (gotel.pdata.wire.framing): the
+        message is parsed again only if someone looks inside."""
+        self._msg = None
+        self._raw = raw
+        self._count = count
+
     def cached_bytes(self) -> bytes | None:
         """The wire bytes while they still describe the message (nothing has touched it), else None:
         a processor can look for what it needs in them before it pays for parsing."""

@@ -388,3 +388,13 @@ class AttrActions:
                 convert_value(kvs[keys.index(key)].value, to)
 
         return convert_op
+
+
+# --- on the wire: only the parts whose bytes hold what an action needs are decoded and encoded ------
+
+
+def apply_encoded(apply: Callable[[Any], None], msg: Any, old: bytes) -> bytes:
+    """The encoding of the message `old` encodes after apply() ran on its attributes."""
+    msg.ParseFromString(old)
+    apply(msg.attributes)
+    return bytes(msg.SerializeToString())

@@ -204,10 +204,10 @@ async def test_is_root_span(tel: Tel) -> None:
 
 
 @pytest.mark.parametrize("signal", [Signal.TRACES, Signal.METRICS, Signal.LOGS])
-def test_item_ranges_are_the_parsed_items(signal: Signal) -> None:
-    """The byte ranges the filter uses to skip items are exactly the items the parsed message lists,
-    also for requests concatenated by the batch processor."""
-    from gotel.pdata.wire import otlp_item_ranges
+def test_framing_items_are_the_parsed_items(signal: Signal) -> None:
+    """The raw items the filter searches and cuts are exactly the items the parsed message lists, also
+    for requests concatenated by the batch processor, and the framing serializes back to the request."""
+    from gotel.pdata.wire import framing
 
     b = INPUT[signal]()
     batch = type(b).concat([b, INPUT[signal]()])
@@ -216,14 +216,14 @@ def test_item_ranges_are_the_parsed_items(signal: Signal) -> None:
                               Signal.METRICS: ("resource_metrics", "scope_metrics", "metrics"),
                               Signal.LOGS: ("resource_logs", "scope_logs", "log_records")}[signal]
     msg = type(batch).parse(raw).peek()
-    ranges = otlp_item_ranges(raw)
-    assert [[len(s) for s in r] for r in ranges] == \
+    fr = framing(raw)
+    assert fr.SerializeToString() == raw
+    assert [[len(s.items) for s in r.scopes] for r in fr.resources] == \
         [[len(getattr(s, item_f)) for s in getattr(r, scope_f)] for r in getattr(msg, res_f)]
     for ri, r in enumerate(getattr(msg, res_f)):
         for si, s in enumerate(getattr(r, scope_f)):
             for ii, item in enumerate(getattr(s, item_f)):
-                start, end = ranges[ri][si][ii]
-                assert type(item).FromString(raw[start:end]) == item
+                assert type(item).FromString(fr.resources[ri].scopes[si].items[ii]) == item
 
 
 async def test_only_items_holding_the_bytes_are_evaluated(tel: Tel) -> None:
