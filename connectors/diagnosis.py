@@ -37,11 +37,12 @@ from gotel.component.contract import (
 )
 from gotel.config.types import Duration
 from gotel.diagnose.rules import RULES, SEVERITY_RANK, Finding, Report, check_overrides, evaluate
-from gotel.diagnose.signals import ProcSample, RpcStat, Snapshot
+from gotel.diagnose.signals import GoroutineDump, MemStats, ProcSample, RpcStat, Snapshot
 from gotel.host import procfs
 from gotel.pdata.batch import Batch, Signal, attr_dict
 from gotel.pdata.builders import LogsBuilder, MetricsBuilder
 from gotel.receivers.pprof.contention import Site
+from gotel.receivers.pprof.goroutines import Bucket, BucketKey, Goroutine
 
 SCOPE = "gotel.connectors.diagnosis"
 _LOG_SEVERITY = {"critical": "ERROR", "warning": "WARN", "info": "INFO"}
@@ -86,6 +87,11 @@ class _Proc:
         self.retrans: deque[tuple[float, dict[str, int]]] = deque()
         # the pprof receiver's per-scrape (delta) contention by site: (t, profile type, site key, delay s, count)
         self.locks: deque[tuple[float, str, tuple[str, str, str], float, int]] = deque()
+        # the pprof receiver's memstats readings, goroutine groups per dump, allocation sites per allocs delta
+        self.memstats: deque[MemStats] = deque()
+        self.dumps: deque[GoroutineDump] = deque()
+        self.allocs: deque[tuple[float, tuple[str, str, int], int]] = deque()
+        self.start_unix_ns: int | None = None
 
 
 class Engine:
@@ -150,20 +156,33 @@ class Engine:
         return out
 
     def _evaluate(self, pid: int, p: _Proc) -> list[Finding]:
-        if len(p.samples) < 2 and len(p.rpc) < 2 and len(p.retrans) < 2 and not p.locks:
+        if all(len(x) < 2 for x in (p.samples, p.rpc, p.retrans, p.memstats, p.dumps)) and not p.locks:
             return []
         if p.fd_limit is None:
-            from gotel.diagnose.gather import fd_limit
+            from gotel.diagnose.gather import fd_limit, start_unix_ns
 
             p.fd_limit = fd_limit(pid) or 0
-        snap = Snapshot(pid=pid, samples=list(p.samples), target=dict(p.resource), fd_limit=p.fd_limit or None)
-        times = [[x.t for x in p.samples], [x[0] for x in p.rpc], [x[0] for x in p.retrans]]
+            p.start_unix_ns = start_unix_ns(pid)
+        snap = Snapshot(pid=pid, samples=list(p.samples), target=dict(p.resource), fd_limit=p.fd_limit or None,
+                        process_start_unix_ns=p.start_unix_ns)
+        # GC cost and goroutine groups are judged over at least half a window: readings a second apart say
+        # little, and the allocation sites (deltas of the allocs profile) need that long to arrive
+        half = self.cfg.window / 2
+        if p.memstats and p.memstats[-1].t - p.memstats[0].t >= half:
+            snap.memstats = list(p.memstats)
+        if p.dumps and p.dumps[-1].t - p.dumps[0].t >= half:
+            snap.goroutine_dumps = list(p.dumps)
+        times = [[x.t for x in p.samples], [x[0] for x in p.rpc], [x[0] for x in p.retrans],
+                 [x.t for x in p.memstats], [x.t for x in p.dumps]]
         spans = [ts[-1] - ts[0] for ts in times if len(ts) >= 2]
         snap.duration_s = max(spans) if spans else 0.0
-        snap.missing = {"memstats": "needs MemStats (gotel diagnose reads them from pprof)",
-                        "goroutine_dumps": "needs goroutine dumps", "contention": "needs mutex/block profiles",
-                        "rpcs": "needs gRPC call metrics (go_ebpf receiver)",
-                        "retransmits": "needs per-peer retransmits (net receiver)"}
+        snap.missing = dict(MISSING)
+        if len(p.memstats) >= 2 and not snap.memstats:
+            snap.missing["memstats"] = "MemStats readings cover less than half the window yet"
+        if len(p.dumps) >= 2 and not snap.goroutine_dumps:
+            snap.missing["goroutine_dumps"] = "goroutine groups cover less than half the window yet"
+        if p.allocs and len(p.memstats) >= 2:
+            snap.alloc_sites = _alloc_sites(p.allocs, p.memstats[-1].t - p.memstats[0].t)
         if len(p.rpc) >= 2:
             snap.rpcs = _rpc_delta(p.rpc[0], p.rpc[-1])
         if len(p.retrans) >= 2:
@@ -204,6 +223,16 @@ class Engine:
         self.procs.pop(pid, None)
 
 
+# why a rule's signal is missing here: which receiver (and setting) gives it
+MISSING = {
+    "memstats": "needs runtime.MemStats: the pprof receiver with profiles.memstats enabled",
+    "goroutine_dumps": "needs goroutine groups: the pprof receiver's goroutine_dump (diagnostics.goroutine_groups > 0)",
+    "contention": "needs mutex/block profiles (pprof receiver)",
+    "rpcs": "needs gRPC call metrics (go_ebpf receiver)",
+    "retransmits": "needs per-peer retransmits (net receiver)",
+}
+
+
 def _points(m: Any) -> Any:
     kind = m.WhichOneof("data")
     return getattr(m, kind).data_points if kind in ("sum", "gauge") else ()
@@ -213,12 +242,18 @@ def _val(dp: Any) -> float:
     return float(dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int)
 
 
+_PROC_METRICS = frozenset({"process.cpu.time", "process.thread.count", "process.schedstat.run_delay",
+                           "process.schedstat.timeslices", "process.unix.file_descriptor.count"})
+
+
 def _fill(s: ProcSample, rm: Any) -> None:
     cpu = 0.0
     have_cpu = False
     fds: dict[str, int] = {}
     for sm in rm.scope_metrics:
         for m in sm.metrics:
+            if m.name not in _PROC_METRICS:  # other receivers' series are not /proc samples
+                continue
             for dp in _points(m):
                 s.t = max(s.t, dp.time_unix_nano / 1e9)
                 v = _val(dp)
@@ -278,7 +313,7 @@ def _other_series(p: _Proc, rm: Any, window: float) -> bool:
                     t = max(t, dp.time_unix_nano / 1e9)
                     peer = peer_name([(a.key, _attr(dp, a.key)) for a in dp.attributes])
                     retrans[peer] = retrans.get(peer, 0) + int(_val(dp))
-    got = False
+    got = _pprof_series(p, rm, window)
     for sm in rm.scope_metrics:
         for m in sm.metrics:
             if m.name != "gotel.lock.contention.delay":
@@ -302,6 +337,92 @@ def _other_series(p: _Proc, rm: Any, window: float) -> bool:
             p.retrans.popleft()
         got = True
     return got
+
+
+def _trim(q: deque[Any], t: Any, window: float) -> None:
+    while len(q) > 2 and t(q[-1]) - t(q[1]) >= window:
+        q.popleft()
+
+
+def _pprof_series(p: _Proc, rm: Any, window: float) -> bool:
+    """The pprof receiver's readings: runtime.MemStats (profiles.memstats), goroutine groups of one dump
+    (goroutine_dump) and allocation sites (allocs deltas); True when the process got one."""
+    ms: dict[str, float] = {}
+    ms_t = 0.0
+    groups: dict[BucketKey, Bucket] = {}
+    leaked: dict[BucketKey, int] = {}
+    total = 0
+    dump_t = 0.0
+    allocs: list[tuple[float, tuple[str, str, int], int]] = []
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            name = m.name
+            if name in _MEMSTATS:
+                for dp in _points(m):
+                    ms[name] = _val(dp)
+                    ms_t = max(ms_t, dp.time_unix_nano / 1e9)
+            elif name in ("gotel.goroutine.group.count", "gotel.goroutine.group.leaked"):
+                for dp in _points(m):
+                    dump_t = max(dump_t, dp.time_unix_nano / 1e9)
+                    st, reason = str(_attr(dp, "gotel.goroutine.state") or ""), str(_attr(dp, "gotel.goroutine.wait.reason") or "")
+                    frame = (str(_attr(dp, "code.function.name") or "?"), str(_attr(dp, "code.file.path") or ""),
+                             int(_attr(dp, "code.line.number") or 0))
+                    by, at = str(_attr(dp, "gotel.goroutine.created_by") or ""), str(_attr(dp, "gotel.goroutine.created_at") or "")
+                    key: BucketKey = (st, reason, ((frame[0], frame[2]),), by, at)
+                    n = int(_val(dp))
+                    if name.endswith(".leaked"):
+                        leaked[key] = n
+                    else:
+                        groups[key] = Bucket(key, n, 0, 0, Goroutine(0, st, reason, 0, False, False, [frame], by, at))
+            elif name == "gotel.goroutines":
+                for dp in _points(m):
+                    total += int(_val(dp))
+            elif name == "gotel.memory.allocated.site":
+                for dp in _points(m):
+                    site = (str(_attr(dp, "code.function.name") or "?"), str(_attr(dp, "code.file.path") or ""),
+                            int(_attr(dp, "code.line.number") or 0))
+                    allocs.append((dp.time_unix_nano / 1e9, site, int(_val(dp))))
+    got = False
+    if "gotel.go.gc.cpu_fraction" in ms and "go.gc.cycles" in ms:
+        pmax, psum = ms.get("gotel.go.gc.pause.max"), ms.get("gotel.go.gc.pause.sum")
+        p.memstats.append(MemStats(
+            t=ms_t, num_gc=int(ms["go.gc.cycles"]), last_gc_unix_ns=int(ms.get("gotel.go.gc.last", 0) * 1e9),
+            gc_cpu_fraction=ms["gotel.go.gc.cpu_fraction"], pause_total_ns=0, pause_ns=[], pause_end_unix_ns=[],
+            pause_max_ns=round(pmax * 1e9) if pmax is not None else None,
+            pause_sum_ns=round(psum * 1e9) if psum is not None else None))
+        if len(p.memstats) >= 2 and p.memstats[-1].num_gc < p.memstats[-2].num_gc:  # the program restarted
+            while len(p.memstats) > 1:
+                p.memstats.popleft()
+        _trim(p.memstats, lambda x: x.t, window)
+        got = True
+    if groups or total:
+        for key, n in leaked.items():
+            if key in groups:
+                groups[key].leaked = n
+                groups[key].sample.leaked = n > 0
+        p.dumps.append(GoroutineDump(dump_t, [], groups, total or sum(b.count for b in groups.values())))
+        _trim(p.dumps, lambda x: x.t, window)
+        got = True
+    if allocs:
+        p.allocs.extend(allocs)
+        while p.allocs and p.allocs[-1][0] - p.allocs[0][0] > window:
+            p.allocs.popleft()
+    return got
+
+
+_MEMSTATS = frozenset({"go.gc.cycles", "gotel.go.gc.cpu_fraction", "gotel.go.gc.last", "gotel.go.gc.pause.max",
+                       "gotel.go.gc.pause.sum"})
+
+
+def _alloc_sites(allocs: deque[tuple[float, tuple[str, str, int], int]], window: float) -> list[tuple[str, str, int, int]]:
+    """Bytes per site over the allocs deltas, scaled to the MemStats window the gc rule divides by."""
+    times = sorted({t for t, _s, _v in allocs})
+    covered = (times[-1] - times[0]) * len(times) / (len(times) - 1) if len(times) >= 2 else window
+    acc: dict[tuple[str, str, int], int] = {}
+    for _t, site, v in allocs:
+        acc[site] = acc.get(site, 0) + v
+    scale = window / covered if covered > 0 else 1.0
+    return [(fn, file, line, round(v * scale)) for (fn, file, line), v in acc.items()]
 
 
 def _lock_sites(locks: deque[tuple[float, str, tuple[str, str, str], float, int]], window: float) -> list[Site]:
@@ -400,8 +521,11 @@ class Capturer:
         t = asyncio.ensure_future(self._run(pid, f, path, start))
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
-        return {"gotel.finding.capture.id": cap_id, "gotel.finding.capture.path": path,
-                "gotel.finding.capture.start": start, "gotel.finding.capture.end": start + self.cfg.cpu_duration}
+        links = {"gotel.finding.capture.id": cap_id, "gotel.finding.capture.path": path,
+                 "gotel.finding.capture.start": start, "gotel.finding.capture.end": start + self.cfg.cpu_duration}
+        if f.rule == "slow_syscall":
+            links["gotel.finding.capture.syscall_stacks"] = os.path.join(path, SYSCALL_STACKS)
+        return links
 
     async def _run(self, pid: int, f: Finding, path: str, start: float) -> None:
         from gotel.diagnose.gather import find_pprof
@@ -410,6 +534,7 @@ class Capturer:
 
         meta: dict[str, Any] = {"pid": pid, "finding": f.as_dict(), "start": start, "files": []}
         fetcher = Fetcher(timeout=10.0)
+        stacks: asyncio.Future[str] | None = None
         try:
             os.makedirs(path, exist_ok=True)
             target = await find_pprof(pid, fetcher)
@@ -418,10 +543,15 @@ class Capturer:
             else:
                 prefix = target.path_prefix.rstrip("/")
                 secs = max(1, round(self.cfg.cpu_duration))
+                if f.rule == "slow_syscall":  # during the CPU profile: who sits in the kernel
+                    stacks = asyncio.ensure_future(_syscall_stacks(fetcher, target, secs))
                 r = await fetcher.get(target, f"{prefix}/profile", params={"seconds": str(secs)}, timeout=secs + 15.0)
                 pprof.decode(r.body)  # a body that is not a profile is not saved as one
                 _write(os.path.join(path, "cpu.pb.gz"), r.body)
                 meta["files"].append("cpu.pb.gz")
+                if stacks is not None:
+                    _write(os.path.join(path, SYSCALL_STACKS), (await stacks).encode())
+                    meta["files"].append(SYSCALL_STACKS)
                 if self.cfg.goroutine_dump:
                     g = await fetcher.get(target, f"{prefix}/goroutine", params={"debug": "2"}, expect="text")
                     _write(os.path.join(path, "goroutines.txt"), g.body)
@@ -430,6 +560,11 @@ class Capturer:
         except (ScrapeError, pprof.PprofError, OSError) as e:
             meta["outcome"] = f"failed: {e}"
         finally:
+            if stacks is not None and not stacks.done():
+                stacks.cancel()
+            if stacks is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await stacks
             await fetcher.close()
         meta["end"] = time.time()
         self.taken.labels("ok" if meta["outcome"] == "ok" else "failed").inc()
@@ -444,6 +579,38 @@ class Capturer:
         for t in list(self.tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+
+
+SYSCALL_STACKS = "syscall_stacks.txt"
+
+
+async def _syscall_stacks(fetcher: Any, target: Any, seconds: int) -> str:
+    """Goroutines in a syscall in one goroutine dump per second for `seconds`: their stacks grouped,
+    most often seen first, each with the Go function blamed (the slow_syscall rule's own choice)."""
+    from gotel.diagnose.rules import blame_frame, syscall_ignored
+    from gotel.receivers.pprof.goroutines import bucketize, parse_dump
+
+    seen: dict[BucketKey, tuple[Bucket, int, int]] = {}  # key -> (bucket, goroutines summed, dumps with it)
+    dumps = 0
+    end = time.monotonic() + seconds
+    prefix = target.path_prefix.rstrip("/")
+    while True:
+        g = await fetcher.get(target, f"{prefix}/goroutine", params={"debug": "2"}, expect="text")
+        dumps += 1
+        for key, b in bucketize(parse_dump(g.body.decode(errors="replace"))).items():
+            if b.state != "syscall" or not b.sample.frames or syscall_ignored(b.sample.frames):
+                continue
+            _b, n, k = seen.get(key, (b, 0, 0))
+            seen[key] = (b, n + b.count, k + 1)
+        if time.monotonic() >= end - 1.0:
+            break
+        await asyncio.sleep(1.0)
+    out = [f"# goroutines in a syscall: {dumps} goroutine dumps, one per second"]
+    for b, n, k in sorted(seen.values(), key=lambda x: x[1], reverse=True):
+        loc = blame_frame(b.sample.frames)
+        out.append(f"\n## {loc.function} ({loc.file}:{loc.line}): {n / dumps:.2f} goroutines on average, "
+                   f"in {k} of {dumps} dumps\n{b.stack_text()}")
+    return "\n".join(out) + "\n"
 
 
 def _write(path: str, data: bytes) -> None:
