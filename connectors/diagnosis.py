@@ -37,7 +37,7 @@ from gotel.component.contract import (
 )
 from gotel.config.types import Duration
 from gotel.diagnose.rules import RULES, SEVERITY_RANK, Finding, Report, check_overrides, evaluate
-from gotel.diagnose.signals import GoroutineDump, MemStats, ProcSample, RpcStat, Snapshot
+from gotel.diagnose.signals import GoroutineDump, MemStats, ProcSample, RpcStat, SlowSyscall, Snapshot
 from gotel.host import procfs
 from gotel.pdata.batch import Batch, Signal, attr_dict
 from gotel.pdata.builders import LogsBuilder, MetricsBuilder
@@ -92,6 +92,8 @@ class _Proc:
         self.dumps: deque[GoroutineDump] = deque()
         self.allocs: deque[tuple[float, tuple[str, str, int], int]] = deque()
         self.start_unix_ns: int | None = None
+        # the sched receiver's slow syscalls by calling function, cumulative: (t, {(syscall, function): (calls, s)})
+        self.syscalls: deque[tuple[float, dict[tuple[str, str], tuple[int, float]]]] = deque()
 
 
 class Engine:
@@ -156,7 +158,7 @@ class Engine:
         return out
 
     def _evaluate(self, pid: int, p: _Proc) -> list[Finding]:
-        if all(len(x) < 2 for x in (p.samples, p.rpc, p.retrans, p.memstats, p.dumps)) and not p.locks:
+        if all(len(x) < 2 for x in (p.samples, p.rpc, p.retrans, p.memstats, p.dumps, p.syscalls)) and not p.locks:
             return []
         if p.fd_limit is None:
             from gotel.diagnose.gather import fd_limit, start_unix_ns
@@ -165,7 +167,7 @@ class Engine:
             p.start_unix_ns = start_unix_ns(pid)
         snap = Snapshot(pid=pid, samples=list(p.samples), target=dict(p.resource), fd_limit=p.fd_limit or None,
                         process_start_unix_ns=p.start_unix_ns)
-        # GC cost and goroutine groups are judged over at least half a window: readings a second apart say
+        # GC cost, goroutine groups, slow syscalls: judged over at least half a window: readings a second apart say
         # little, and the allocation sites (deltas of the allocs profile) need that long to arrive
         half = self.cfg.window / 2
         if p.memstats and p.memstats[-1].t - p.memstats[0].t >= half:
@@ -173,7 +175,7 @@ class Engine:
         if p.dumps and p.dumps[-1].t - p.dumps[0].t >= half:
             snap.goroutine_dumps = list(p.dumps)
         times = [[x.t for x in p.samples], [x[0] for x in p.rpc], [x[0] for x in p.retrans],
-                 [x.t for x in p.memstats], [x.t for x in p.dumps]]
+                 [x.t for x in p.memstats], [x.t for x in p.dumps], [x[0] for x in p.syscalls]]
         spans = [ts[-1] - ts[0] for ts in times if len(ts) >= 2]
         snap.duration_s = max(spans) if spans else 0.0
         snap.missing = dict(MISSING)
@@ -181,6 +183,9 @@ class Engine:
             snap.missing["memstats"] = "MemStats readings cover less than half the window yet"
         if len(p.dumps) >= 2 and not snap.goroutine_dumps:
             snap.missing["goroutine_dumps"] = "goroutine groups cover less than half the window yet"
+        if len(p.syscalls) >= 2 and p.syscalls[-1][0] - p.syscalls[0][0] >= half:
+            snap.slow_syscalls = _syscall_delta(p.syscalls[0][1], p.syscalls[-1][1])
+            snap.slow_syscalls_window_s = p.syscalls[-1][0] - p.syscalls[0][0]
         if p.allocs and len(p.memstats) >= 2:
             snap.alloc_sites = _alloc_sites(p.allocs, p.memstats[-1].t - p.memstats[0].t)
         if len(p.rpc) >= 2:
@@ -346,72 +351,117 @@ def _trim(q: deque[Any], t: Any, window: float) -> None:
 
 def _pprof_series(p: _Proc, rm: Any, window: float) -> bool:
     """The pprof receiver's readings: runtime.MemStats (profiles.memstats), goroutine groups of one dump
-    (goroutine_dump) and allocation sites (allocs deltas); True when the process got one."""
-    ms: dict[str, float] = {}
-    ms_t = 0.0
-    groups: dict[BucketKey, Bucket] = {}
-    leaked: dict[BucketKey, int] = {}
-    total = 0
-    dump_t = 0.0
-    allocs: list[tuple[float, tuple[str, str, int], int]] = []
+    (goroutine_dump) and allocation sites (allocs deltas); the sched receiver's slow syscalls by calling
+    function. True when the process got one."""
+    r = _Readings()
     for sm in rm.scope_metrics:
         for m in sm.metrics:
-            name = m.name
+            r.read(m)
+    return r.store(p, window)
+
+
+class _Readings:
+    """What one resource's metrics carry for the pprof- and sched-fed rules."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self.ms_t = 0.0
+        self.groups: dict[BucketKey, Bucket] = {}
+        self.leaked: dict[BucketKey, int] = {}
+        self.total = 0
+        self.dump_t = 0.0
+        self.allocs: list[tuple[float, tuple[str, str, int], int]] = []
+        self.sys_calls: dict[tuple[str, str], tuple[int, float]] = {}
+        self.sys_t = 0.0
+
+    def read(self, m: Any) -> None:
+        name = m.name
+        for dp in _points(m) if name in _READ else ():
+            t = dp.time_unix_nano / 1e9
             if name in _MEMSTATS:
-                for dp in _points(m):
-                    ms[name] = _val(dp)
-                    ms_t = max(ms_t, dp.time_unix_nano / 1e9)
-            elif name in ("gotel.goroutine.group.count", "gotel.goroutine.group.leaked"):
-                for dp in _points(m):
-                    dump_t = max(dump_t, dp.time_unix_nano / 1e9)
-                    st, reason = str(_attr(dp, "gotel.goroutine.state") or ""), str(_attr(dp, "gotel.goroutine.wait.reason") or "")
-                    frame = (str(_attr(dp, "code.function.name") or "?"), str(_attr(dp, "code.file.path") or ""),
-                             int(_attr(dp, "code.line.number") or 0))
-                    by, at = str(_attr(dp, "gotel.goroutine.created_by") or ""), str(_attr(dp, "gotel.goroutine.created_at") or "")
-                    key: BucketKey = (st, reason, ((frame[0], frame[2]),), by, at)
-                    n = int(_val(dp))
-                    if name.endswith(".leaked"):
-                        leaked[key] = n
-                    else:
-                        groups[key] = Bucket(key, n, 0, 0, Goroutine(0, st, reason, 0, False, False, [frame], by, at))
+                self.ms[name] = _val(dp)
+                self.ms_t = max(self.ms_t, t)
+            elif name.startswith("gotel.goroutine.group."):
+                self.dump_t = max(self.dump_t, t)
+                b = _group(dp)
+                if name.endswith(".leaked"):
+                    self.leaked[b.key] = b.count
+                else:
+                    self.groups[b.key] = b
             elif name == "gotel.goroutines":
-                for dp in _points(m):
-                    total += int(_val(dp))
-            elif name == "gotel.memory.allocated.site":
-                for dp in _points(m):
-                    site = (str(_attr(dp, "code.function.name") or "?"), str(_attr(dp, "code.file.path") or ""),
-                            int(_attr(dp, "code.line.number") or 0))
-                    allocs.append((dp.time_unix_nano / 1e9, site, int(_val(dp))))
-    got = False
-    if "gotel.go.gc.cpu_fraction" in ms and "go.gc.cycles" in ms:
-        pmax, psum = ms.get("gotel.go.gc.pause.max"), ms.get("gotel.go.gc.pause.sum")
-        p.memstats.append(MemStats(
-            t=ms_t, num_gc=int(ms["go.gc.cycles"]), last_gc_unix_ns=int(ms.get("gotel.go.gc.last", 0) * 1e9),
-            gc_cpu_fraction=ms["gotel.go.gc.cpu_fraction"], pause_total_ns=0, pause_ns=[], pause_end_unix_ns=[],
-            pause_max_ns=round(pmax * 1e9) if pmax is not None else None,
-            pause_sum_ns=round(psum * 1e9) if psum is not None else None))
-        if len(p.memstats) >= 2 and p.memstats[-1].num_gc < p.memstats[-2].num_gc:  # the program restarted
-            while len(p.memstats) > 1:
-                p.memstats.popleft()
-        _trim(p.memstats, lambda x: x.t, window)
-        got = True
-    if groups or total:
-        for key, n in leaked.items():
-            if key in groups:
-                groups[key].leaked = n
-                groups[key].sample.leaked = n > 0
-        p.dumps.append(GoroutineDump(dump_t, [], groups, total or sum(b.count for b in groups.values())))
-        _trim(p.dumps, lambda x: x.t, window)
-        got = True
-    if allocs:
-        p.allocs.extend(allocs)
-        while p.allocs and p.allocs[-1][0] - p.allocs[0][0] > window:
-            p.allocs.popleft()
-    return got
+                self.total += int(_val(dp))
+            elif name.startswith("process.syscall.slow.caller."):
+                self.sys_t = max(self.sys_t, t)
+                k = (str(_attr(dp, "gotel.syscall.name") or "?"), str(_attr(dp, "code.function.name") or "?"))
+                n, secs = self.sys_calls.get(k, (0, 0.0))
+                self.sys_calls[k] = (int(_val(dp)), secs) if name.endswith(".count") else (n, _val(dp))
+            else:  # gotel.memory.allocated.site
+                site = (str(_attr(dp, "code.function.name") or "?"), str(_attr(dp, "code.file.path") or ""),
+                        int(_attr(dp, "code.line.number") or 0))
+                self.allocs.append((t, site, int(_val(dp))))
+
+    def store(self, p: _Proc, window: float) -> bool:
+        got = False
+        if self.sys_calls:
+            p.syscalls.append((self.sys_t, self.sys_calls))
+            _trim(p.syscalls, lambda x: x[0], window)
+            got = True
+        if "gotel.go.gc.cpu_fraction" in self.ms and "go.gc.cycles" in self.ms:
+            p.memstats.append(_memstats(self.ms, self.ms_t))
+            if len(p.memstats) >= 2 and p.memstats[-1].num_gc < p.memstats[-2].num_gc:  # the program restarted
+                while len(p.memstats) > 1:
+                    p.memstats.popleft()
+            _trim(p.memstats, lambda x: x.t, window)
+            got = True
+        if self.groups:  # a dump's groups (with goroutine_groups: 0 the rules have no dumps)
+            for key, n in self.leaked.items():
+                if key in self.groups:
+                    self.groups[key].leaked = n
+                    self.groups[key].sample.leaked = n > 0
+            total = self.total or sum(b.count for b in self.groups.values())
+            p.dumps.append(GoroutineDump(self.dump_t, [], self.groups, total))
+            _trim(p.dumps, lambda x: x.t, window)
+            got = True
+        if self.allocs:
+            p.allocs.extend(self.allocs)
+            while p.allocs and p.allocs[-1][0] - p.allocs[0][0] > window:
+                p.allocs.popleft()
+        return got
+
+
+def _group(dp: Any) -> Bucket:
+    """One goroutine group point as a bucket whose one member carries the blamed frame."""
+    st, reason = str(_attr(dp, "gotel.goroutine.state") or ""), str(_attr(dp, "gotel.goroutine.wait.reason") or "")
+    frame = (str(_attr(dp, "code.function.name") or "?"), str(_attr(dp, "code.file.path") or ""),
+             int(_attr(dp, "code.line.number") or 0))
+    by, at = str(_attr(dp, "gotel.goroutine.created_by") or ""), str(_attr(dp, "gotel.goroutine.created_at") or "")
+    key: BucketKey = (st, reason, ((frame[0], frame[2]),), by, at)
+    return Bucket(key, int(_val(dp)), 0, 0, Goroutine(0, st, reason, 0, False, False, [frame], by, at))
+
+
+def _memstats(ms: dict[str, float], t: float) -> MemStats:
+    pmax, psum = ms.get("gotel.go.gc.pause.max"), ms.get("gotel.go.gc.pause.sum")
+    return MemStats(t=t, num_gc=int(ms["go.gc.cycles"]), last_gc_unix_ns=int(ms.get("gotel.go.gc.last", 0) * 1e9),
+                    gc_cpu_fraction=ms["gotel.go.gc.cpu_fraction"], pause_total_ns=0, pause_ns=[],
+                    pause_end_unix_ns=[], pause_max_ns=round(pmax * 1e9) if pmax is not None else None,
+                    pause_sum_ns=round(psum * 1e9) if psum is not None else None)
 
 
 _MEMSTATS = frozenset({"go.gc.cycles", "gotel.go.gc.cpu_fraction", "gotel.go.gc.last", "gotel.go.gc.pause.max",
                        "gotel.go.gc.pause.sum"})
+_READ = _MEMSTATS | {"gotel.goroutine.group.count", "gotel.goroutine.group.leaked", "gotel.goroutines",
+                     "process.syscall.slow.caller.count", "process.syscall.slow.caller.time",
+                     "gotel.memory.allocated.site"}
+
+
+def _syscall_delta(a: dict[tuple[str, str], tuple[int, float]],
+                   b: dict[tuple[str, str], tuple[int, float]]) -> list[SlowSyscall]:
+    out = []
+    for (name, fn), (n, secs) in b.items():
+        n0, s0 = a.get((name, fn), (0, 0.0))
+        if n > n0:
+            out.append(SlowSyscall(name, secs - s0, fn, calls=n - n0))
+    return out
 
 
 def _alloc_sites(allocs: deque[tuple[float, tuple[str, str, int], int]], window: float) -> list[tuple[str, str, int, int]]:

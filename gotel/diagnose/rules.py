@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gotel.diagnose.signals import ProcSample, Snapshot
+from gotel.diagnose.signals import ProcSample, SlowSyscall, Snapshot
 from gotel.formats import pprof
 from gotel.proto import pprof_profile_pb2 as pb
 from gotel.receivers.pprof.contention import top_sites
@@ -372,18 +372,21 @@ def syscall_ignored(frames: list[tuple[str, str, int]]) -> bool:
 
 def _slow_syscall(s: Snapshot, p: Params) -> Outcome:
     if s.slow_syscalls:
-        by: dict[tuple[str, str, int, str], list[float]] = {}
+        by: dict[tuple[str, str, int, str], list[SlowSyscall]] = {}
         for e in s.slow_syscalls:
-            by.setdefault((e.function, e.file, e.line, e.syscall), []).append(e.duration_s)
-        (fn, file, line, name), durs = max(by.items(), key=lambda kv: sum(kv[1]))
-        w = _window(s)
-        blocked = sum(durs) / w
-        ev = {"window_s": _r(w), "source": "ebpf", "syscall": name, "calls": len(durs),
-              "total_s": _r(sum(durs)), "max_s": _r(max(durs)), "blocked_threads_avg": _r(blocked)}
+            by.setdefault((e.function, e.file, e.line, e.syscall), []).append(e)
+        (fn, file, line, name), evs = max(by.items(), key=lambda kv: sum(e.duration_s for e in kv[1]))
+        w = s.slow_syscalls_window_s or _window(s)
+        total = sum(e.duration_s for e in evs)
+        calls = sum(e.calls for e in evs)
+        blocked = total / w
+        ev = {"window_s": _r(w), "source": "ebpf", "syscall": name, "calls": calls, "total_s": _r(total),
+              "max_s": _r(max(e.duration_s for e in evs)) if all(e.calls == 1 for e in evs) else None,
+              "blocked_threads_avg": _r(blocked)}
         sev = _severity(blocked, p["blocked_goroutines_warning"], p["blocked_goroutines_critical"])
         loc = Location(fn, file, line)
         if sev:
-            return Outcome("finding", f"{len(durs)} slow {name} calls from {fn} blocked threads {sum(durs):.2f}s in "
+            return Outcome("finding", f"{calls} slow {name} calls from {fn} blocked threads {total:.2f}s in "
                            f"{w:.0f}s", sev, ev, loc, _SYSCALL_FIX, blocked / p["blocked_goroutines_warning"])
     _need(s, "goroutine_dumps")
     dumps = s.goroutine_dumps

@@ -101,13 +101,15 @@ class GoroutineDump:
 
 @dataclass
 class SlowSyscall:
-    """One slow syscall seen by the sched receiver (eBPF), with the Go function that made it."""
+    """Slow syscalls seen by the sched receiver (eBPF), with the Go function that made them: one event
+    (``gotel diagnose``) or ``calls`` of them summed over the window (the diagnosis connector)."""
 
     syscall: str
-    duration_s: float
+    duration_s: float  # of all its calls
     function: str
     file: str = ""
     line: int = 0
+    calls: int = 1
 
 
 @dataclass
@@ -150,6 +152,7 @@ class Snapshot:
     alloc_sites: list[tuple[str, str, int, int]] | None = None
     goroutine_dumps: list[GoroutineDump] = field(default_factory=list)
     slow_syscalls: list[SlowSyscall] | None = None
+    slow_syscalls_window_s: float = 0.0  # the span they were summed over, when it is not the whole window
     rpcs: list[RpcStat] | None = None
     retransmits: dict[str, int] | None = None  # peer -> retransmitted segments in the window
     missing: dict[str, str] = field(default_factory=dict)  # signal -> why it was not observed

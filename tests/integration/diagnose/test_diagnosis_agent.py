@@ -24,10 +24,14 @@ WINDOW = 5.0
 RUN = 16.0  # ~3 windows: a fault found early must still be one record at the end
 
 
-def config(pid: int, sink: OTLPGrpcSink, captures: Path) -> str:
+def config(pid: int, sink: OTLPGrpcSink, captures: Path, ebpf: bool = False) -> str:
     off = "{enabled: false}"
+    sched = f"""
+  sched:
+    discovery: {{pids: [{pid}]}}
+    collection_interval: 1s""" if ebpf else ""
     return f"""
-receivers:
+receivers:{sched}
   pprof:
     discovery: {{pids: [{pid}], refresh_interval: 1s}}
     jitter: false
@@ -38,7 +42,7 @@ receivers:
       block: {off}
       goroutine: {off}
       goroutineleak: {off}
-      goroutine_dump: {{interval: 1s}}
+      goroutine_dump: {off if ebpf else "{interval: 1s}"}
       memstats: {{interval: 1s}}
       allocs: {{interval: 1s}}
 connectors:
@@ -54,7 +58,7 @@ service:
     metrics: {{address: "@TELEMETRY@"}}
   pipelines:
     metrics:
-      receivers: [pprof]
+      receivers: [{"sched, " if ebpf else ""}pprof]
       exporters: [diagnosis]
     logs/findings:
       receivers: [diagnosis]
@@ -62,11 +66,12 @@ service:
 """
 
 
-def run_agent(pid: int, tmp_path: Path, seconds: float = RUN) -> tuple[list[tuple[dict[str, Any], dict[str, Any], Any]], Agent]:
+def run_agent(pid: int, tmp_path: Path, seconds: float = RUN,
+              ebpf: bool = False) -> tuple[list[tuple[dict[str, Any], dict[str, Any], Any]], Agent]:
     """(resource, attributes, record) of every finding the agent exported while it watched pid."""
     captures = tmp_path / "captures"
     with OTLPGrpcSink() as sink:
-        agent = Agent(config(pid, sink, captures), tmp_path).start()
+        agent = Agent(config(pid, sink, captures, ebpf), tmp_path).start()
         try:
             agent.wait_ready()
             time.sleep(seconds)
@@ -106,18 +111,30 @@ def test_gc_churn_one_record_blaming_the_allocation_site(goapp: Any, tmp_path: P
     assert ev["stw_pause_total_s"] <= (after["pause_total_ns"] - before["pause_total_ns"]) / 1e9, (ev, after)
 
 
-def test_blocking_syscalls_one_record_with_their_stacks(goapp: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ebpf", [False, pytest.param(True, marks=pytest.mark.root)], ids=["dumps", "ebpf"])
+def test_blocking_syscalls_one_record_with_their_stacks(goapp: Any, tmp_path: Path, ebpf: bool) -> None:
+    """From the pprof receiver's goroutine groups in a syscall, and with eBPF (dumps off) from the sched
+    receiver's slow syscalls by calling function. Either way the capture holds the stacks."""
     app = goapp("faults", "-fault", "syscall", "-workers", "2")
     before = app.get_json("/truth")
-    recs, _ = run_agent(app.pid, tmp_path)
+    recs, _ = run_agent(app.pid, tmp_path, ebpf=ebpf)
     after = app.get_json("/truth")
     a, ev = only(recs, "slow_syscall", app.pid)
-    assert a["code.function.name"] == "main.blockingSleep" and a["code.line.number"] > 0, a
-    assert ev["source"] == "goroutine dumps"
-    # two goroutines sleep 50 ms in the kernel and ~1 ms outside it: about 2 are in the syscall at any time
-    assert 1.0 <= ev["goroutines_in_syscall_avg"] <= 2.0, ev
-    calls = after["syscalls"] - before["syscalls"]
-    assert calls >= 2 * RUN / 0.06, calls  # the program did block all along (its own count)
+    assert a["code.function.name"] == "main.blockingSleep", a
+    calls = after["syscalls"] - before["syscalls"]  # the program's own count of its blocking calls
+    rate = calls / (after["unix_ns"] - before["unix_ns"]) * 1e9
+    assert calls >= 2 * RUN / 0.06, calls  # it did block all along
+    if not ebpf:
+        assert ev["source"] == "goroutine dumps" and a["code.line.number"] > 0
+        # two goroutines sleep 50 ms in the kernel and ~1 ms outside it: about 2 are in the syscall at any time
+        assert 1.0 <= ev["goroutines_in_syscall_avg"] <= 2.0, ev
+    else:
+        assert (ev["source"], ev["syscall"]) == ("ebpf", "nanosleep"), ev
+        # calls between the first and last reading of the window: the program's rate over that span, and
+        # each call 50 ms in the kernel
+        assert 0.7 * rate * ev["window_s"] <= ev["calls"] <= 1.3 * rate * ev["window_s"], (ev, rate)
+        assert 0.045 <= ev["total_s"] / ev["calls"] <= 0.2, ev
+        assert 1.0 <= ev["blocked_threads_avg"] <= 2.2, ev
     # the capture: the stacks of the goroutines in the kernel during its window, the finding's function first
     path = Path(a["gotel.finding.capture.syscall_stacks"])
     assert path.parent == Path(a["gotel.finding.capture.path"])
