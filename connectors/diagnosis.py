@@ -8,9 +8,10 @@ episode ends after ``clear_evaluations`` evaluations without it, and only then m
 
 Inputs, per process (resource ``process.pid``): the ``process`` receiver's series and its cgroup's
 (cpu_throttling, run_queue_latency, fd_leak), go_ebpf's gRPC call counts and deadline misses (deadline,
-grpc_errors), the net receiver's retransmits (tcp_retransmits) and the pprof receiver's contention
-metrics (lock_contention). gc, slow_syscall and goroutine_leak do not run here yet; they are counted as
-not run (docs/diagnose.md).
+grpc_errors), the net receiver's retransmits (tcp_retransmits), the pprof receiver's contention metrics
+(lock_contention), its MemStats readings and allocation sites (gc) and goroutine groups (goroutine_leak,
+slow_syscall), and the sched receiver's slow syscalls by calling function (slow_syscall). The readings are
+turned back into the rules' own inputs (gotel/diagnose/signals.py): one implementation of each rule.
 """
 
 from __future__ import annotations
@@ -729,7 +730,8 @@ factory = ConnectorFactory(
     config=Config,
     signals=frozenset({Signal.METRICS}),
     pairs=frozenset({(Signal.METRICS, Signal.LOGS), (Signal.METRICS, Signal.METRICS)}),
-    description="runs the diagnosis rules over live process, go_ebpf, net and pprof metrics; emits each finding once per episode as a log "
-                f"record and as the metric gotel.findings (rules: {', '.join(r.id for r in RULES)})",
+    description="runs the diagnosis rules over live process, pprof (memstats, allocs, goroutine groups, contention), sched, "
+                "go_ebpf and net metrics; emits each finding once per episode as a log record and as the metric "
+                f"gotel.findings; optional capture at a finding (rules: {', '.join(r.id for r in RULES)})",
     create=_create,
 )

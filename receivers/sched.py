@@ -4,7 +4,8 @@ Tracepoints (sched_wakeup/_new, sched_switch, raw_syscalls) aggregate into per-C
 (bpf/sched.c); every collection interval this reads the cumulative values (cost independent of the
 event rate) and emits them per process and per cgroup. Slow syscalls (>= threshold, 10 ms by
 default: where Go's sysmon hands the P away) also go out as log records with the symbolised user
-stack, the slowest ones first, at most `max_slow_syscall_logs` per interval.
+stack, the slowest ones first, at most `max_slow_syscall_logs` per interval, and every one of them is
+counted by the Go function that made it (the diagnosis connector's slow_syscall rule).
 """
 
 from __future__ import annotations
@@ -468,7 +469,8 @@ factory = ReceiverFactory(
     config=Config,
     signals=frozenset({Signal.METRICS, Signal.LOGS}),
     description="Run-queue latency, off-CPU time (voluntary/involuntary) and slow syscalls with Go "
-    "stacks, per process and cgroup, from sched/raw_syscalls tracepoints aggregated in the kernel",
+    "stacks and counts by calling Go function, per process and cgroup, from sched/raw_syscalls tracepoints "
+    "aggregated in the kernel",
     create=create,
     needs_bpf=True,
 )
