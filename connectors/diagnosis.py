@@ -67,6 +67,9 @@ class Config(ComponentConfig):
     thresholds: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="per rule id, threshold name -> value (defaults in docs/diagnose.md)")
     max_processes: int = Field(10000, gt=0, description="processes tracked at once; beyond it new ones are dropped")
+    evaluation_interval: Duration = Field(
+        5.0, ge=0, description="a process is evaluated at most once per this much time of its readings (each "
+        "receiver's batch would evaluate it again); readings in between wait for the next batch")
 
     @field_validator("thresholds")
     @classmethod
@@ -93,6 +96,7 @@ class _Proc:
         self.dumps: deque[GoroutineDump] = deque()
         self.allocs: deque[tuple[float, tuple[str, str, int], int]] = deque()
         self.start_unix_ns: int | None = None
+        self.evaluated_t: float | None = None  # time of the newest reading at the last evaluation
         # the sched receiver's slow syscalls by calling function, cumulative: (t, {(syscall, function): (calls, s)})
         self.syscalls: deque[tuple[float, dict[tuple[str, str], tuple[int, float]]]] = deque()
 
@@ -161,6 +165,33 @@ class Engine:
     def _evaluate(self, pid: int, p: _Proc) -> list[Finding]:
         if all(len(x) < 2 for x in (p.samples, p.rpc, p.retrans, p.memstats, p.dumps, p.syscalls)) and not p.locks:
             return []
+        newest = max(q[-1][0] if isinstance(q[-1], tuple) else q[-1].t
+                     for q in (p.samples, p.rpc, p.retrans, p.memstats, p.dumps, p.syscalls, p.locks) if q)
+        if p.evaluated_t is not None and newest - p.evaluated_t < self.cfg.evaluation_interval:
+            return []
+        p.evaluated_t = newest
+        snap = self._snapshot(pid, p)
+        rep: Report = evaluate(snap, self.cfg.thresholds)
+        self.evaluations += 1
+        for rid, _why in rep.not_run:
+            self.not_run[rid] = self.not_run.get(rid, 0) + 1
+        limit = SEVERITY_RANK[self.cfg.min_severity]
+        now = {f.rule: f for f in rep.findings if SEVERITY_RANK[f.severity] <= limit}
+        started = []
+        for rid, f in now.items():
+            if rid not in p.active:
+                started.append(f)
+            p.active[rid] = 0
+        for rid in list(p.active):
+            if rid in now:
+                continue
+            p.active[rid] += 1
+            if p.active[rid] >= self.cfg.clear_evaluations:
+                del p.active[rid]
+        return started
+
+    def _snapshot(self, pid: int, p: _Proc) -> Snapshot:
+        """The rules' input from the process's windows of readings."""
         if p.fd_limit is None:
             from gotel.diagnose.gather import fd_limit, start_unix_ns
 
@@ -206,24 +237,7 @@ class Engine:
                 p.go = (ver, n, src)
         if p.go is not None:
             snap.go_version, snap.gomaxprocs, snap.gomaxprocs_source = p.go
-        rep: Report = evaluate(snap, self.cfg.thresholds)
-        self.evaluations += 1
-        for rid, _why in rep.not_run:
-            self.not_run[rid] = self.not_run.get(rid, 0) + 1
-        limit = SEVERITY_RANK[self.cfg.min_severity]
-        now = {f.rule: f for f in rep.findings if SEVERITY_RANK[f.severity] <= limit}
-        started = []
-        for rid, f in now.items():
-            if rid not in p.active:
-                started.append(f)
-            p.active[rid] = 0
-        for rid in list(p.active):
-            if rid in now:
-                continue
-            p.active[rid] += 1
-            if p.active[rid] >= self.cfg.clear_evaluations:
-                del p.active[rid]
-        return started
+        return snap
 
     def forget(self, pid: int) -> None:
         self.procs.pop(pid, None)
@@ -397,9 +411,7 @@ class _Readings:
                 n, secs = self.sys_calls.get(k, (0, 0.0))
                 self.sys_calls[k] = (int(_val(dp)), secs) if name.endswith(".count") else (n, _val(dp))
             else:  # gotel.memory.allocated.site
-                site = (str(_attr(dp, "code.function.name") or "?"), str(_attr(dp, "code.file.path") or ""),
-                        int(_attr(dp, "code.line.number") or 0))
-                self.allocs.append((t, site, int(_val(dp))))
+                self.allocs.append((t, _frame(_attrs(dp)), int(_val(dp))))
 
     def store(self, p: _Proc, window: float) -> bool:
         got = False
@@ -430,12 +442,26 @@ class _Readings:
         return got
 
 
+def _attrs(dp: Any) -> dict[str, Any]:
+    """A point's attributes, read once (the group points carry seven)."""
+    out: dict[str, Any] = {}
+    for a in dp.attributes:
+        k = a.value.WhichOneof("value")
+        out[a.key] = getattr(a.value, k) if k else None
+    return out
+
+
+def _frame(a: dict[str, Any]) -> tuple[str, str, int]:
+    return (str(a.get("code.function.name") or "?"), str(a.get("code.file.path") or ""),
+            int(a.get("code.line.number") or 0))
+
+
 def _group(dp: Any) -> Bucket:
     """One goroutine group point as a bucket whose one member carries the blamed frame."""
-    st, reason = str(_attr(dp, "gotel.goroutine.state") or ""), str(_attr(dp, "gotel.goroutine.wait.reason") or "")
-    frame = (str(_attr(dp, "code.function.name") or "?"), str(_attr(dp, "code.file.path") or ""),
-             int(_attr(dp, "code.line.number") or 0))
-    by, at = str(_attr(dp, "gotel.goroutine.created_by") or ""), str(_attr(dp, "gotel.goroutine.created_at") or "")
+    a = _attrs(dp)
+    st, reason = str(a.get("gotel.goroutine.state") or ""), str(a.get("gotel.goroutine.wait.reason") or "")
+    frame = _frame(a)
+    by, at = str(a.get("gotel.goroutine.created_by") or ""), str(a.get("gotel.goroutine.created_at") or "")
     key: BucketKey = (st, reason, ((frame[0], frame[2]),), by, at)
     return Bucket(key, int(_val(dp)), 0, 0, Goroutine(0, st, reason, 0, False, False, [frame], by, at))
 

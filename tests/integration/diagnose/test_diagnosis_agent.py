@@ -74,6 +74,11 @@ def run_agent(pid: int, tmp_path: Path, seconds: float = RUN,
         agent = Agent(config(pid, sink, captures, ebpf), tmp_path).start()
         try:
             agent.wait_ready()
+            # BCC compiles sched's program in its receiver process first: seconds, more on a loaded host
+            end = time.monotonic() + 180
+            while ebpf and "receiver sched running" not in agent.output():
+                assert time.monotonic() < end and agent.proc is not None and agent.proc.poll() is None, agent.output()
+                time.sleep(0.2)
             time.sleep(seconds)
         finally:
             assert agent.stop() == 0, agent.output()

@@ -83,7 +83,7 @@ def sched_batch(tick: int, pid: int = 9) -> Any:
 
 
 def test_gc_and_leak_from_pprof_metrics_once_per_episode() -> None:
-    eng = Engine(Config.model_validate({"window": 6}))
+    eng = Engine(Config.model_validate({"window": 6, "evaluation_interval": 0}))
     started = [(tick, res["k8s.pod.name"], f) for tick in range(1, 16) for res, f in eng.ingest(pprof_batch(tick))]
     by_rule = {f.rule: (tick, f) for tick, _pod, f in started}
     assert sorted(by_rule) == ["gc", "goroutine_leak"] and len(started) == 2, started
@@ -101,7 +101,7 @@ def test_gc_and_leak_from_pprof_metrics_once_per_episode() -> None:
 
 
 def test_slow_syscalls_from_sched_metrics() -> None:
-    eng = Engine(Config.model_validate({"window": 6}))
+    eng = Engine(Config.model_validate({"window": 6, "evaluation_interval": 0}))
     started = [f for tick in range(1, 10) for _res, f in eng.ingest(sched_batch(tick))]
     assert [f.rule for f in started] == ["slow_syscall"]
     f = started[0]
@@ -117,3 +117,15 @@ def test_other_receivers_series_are_not_proc_samples() -> None:
         eng.ingest(batch(tick, 0, pids=(9,)))
         eng.ingest(pprof_batch(tick))
     assert len(eng.procs[9].samples) == 3 and all(s.cpu_s is not None for s in eng.procs[9].samples)
+
+
+def test_a_process_is_evaluated_once_per_interval_of_its_readings() -> None:
+    """Each receiver's batch touches the process; with two receivers a second and evaluation_interval 5s,
+    the rules run once per 5 s of readings, not twice a second."""
+    eng = Engine(Config.model_validate({"window": 6, "evaluation_interval": 5}))
+    found = []
+    for tick in range(1, 22):
+        found += [f.rule for _res, f in eng.ingest(pprof_batch(tick))]
+        found += [f.rule for _res, f in eng.ingest(sched_batch(tick))]
+    assert eng.evaluations == 4  # 42 batches; evaluated at ticks 2, 7, 12 and 17
+    assert sorted(found) == ["gc", "goroutine_leak", "slow_syscall"]
