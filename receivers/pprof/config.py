@@ -100,7 +100,8 @@ class DiagnosticsConfig(ComponentConfig):
         1800.0, ge=0, description="report goroutines blocked on chan/lock/sync this long (0: off; Go counts whole minutes)")
     max_buckets: int = Field(2000, ge=10, description="goroutine buckets remembered per target")
     contention_top: int = Field(5, ge=0, description="lock sites reported per mutex/block scrape")
-    alloc_top: int = Field(5, ge=0, description="allocation sites reported per allocs scrape (gotel.memory.allocated.site)")
+    alloc_top: int = Field(
+        5, ge=0, description="allocation sites per allocs delta, or heap delta when allocs is off (gotel.memory.allocated.site)")
     goroutine_groups: int = Field(
         50, ge=0, description="largest waiting and in-syscall goroutine groups reported per dump (gotel.goroutine.group.count)")
     contention_min_rate: float = Field(

@@ -59,8 +59,8 @@ KINDS: dict[str, Kind] = {
     "delta_block": Kind("delta_block", "delta_block", windowed=True),
 }
 # gotel's profile types -> the names pod annotations use (profiles.grafana.com/<name>.scrape)
-ANNOTATION_TYPE = {"cpu": "cpu", "heap": "memory", "memstats": "memory", "mutex": "mutex", "block": "block", "goroutine": "goroutine",
-                   "goroutine_dump": "goroutine", "goroutineleak": "goroutine"}
+ANNOTATION_TYPE = {"cpu": "cpu", "heap": "memory", "memstats": "memory", "mutex": "mutex", "block": "block",
+                   "goroutine": "goroutine", "goroutine_dump": "goroutine", "goroutineleak": "goroutine"}
 EMPTY_HINT = {
     "mutex": "no contention recorded: unless the program calls runtime.SetMutexProfileFraction(n) (e.g. 5), it never will",
     "block": "no blocking recorded: unless the program calls runtime.SetBlockProfileRate(n) (e.g. 1000000 ns), it never will",
@@ -337,8 +337,8 @@ class TargetRunner:
             p = res.profile
             if kind.name in ("mutex", "block"):
                 self._contention(kind, p, metrics, logs)
-            if kind.name == "allocs":
-                self._alloc_sites(p, metrics)
+            if kind.name == "allocs" or (kind.name == "heap" and not self.cfg.profiles.allocs.enabled):
+                self._alloc_sites(p, metrics)  # the same alloc_space deltas: from one of the two
             await self._emit_profile(kind, p, None, delta=True)
             return len(body), len(p.sample)
         if kind.name in ("delta_mutex", "delta_block"):

@@ -1,6 +1,6 @@
 """`gotel run` with the pprof receiver feeding the `diagnosis` connector, as a user would configure it:
 the gc, slow_syscall and goroutine_leak rules run in the agent from the pprof receiver's memstats,
-allocation-site and goroutine-group metrics. Each fault of the faults fixture gives exactly one finding
+allocation-site (heap deltas) and goroutine-group metrics, and with eBPF from sched's slow syscalls. Each fault of the faults fixture gives exactly one finding
 record per episode, with the right category and blamed function, its evidence checked against the
 program's own counters and runtime metrics (/truth); the healthy fixture gets none. A slow_syscall
 finding's capture holds the stacks of the goroutines that sat in the kernel."""
@@ -37,14 +37,13 @@ receivers:{sched}
     jitter: false
     profiles:
       cpu: {off}
-      heap: {off}
+      heap: {{interval: 1s}}
       mutex: {off}
       block: {off}
       goroutine: {off}
       goroutineleak: {off}
       goroutine_dump: {off if ebpf else "{interval: 1s}"}
       memstats: {{interval: 1s}}
-      allocs: {{interval: 1s}}
 connectors:
   diagnosis:
     window: {WINDOW}s
