@@ -8,9 +8,10 @@ episode ends after ``clear_evaluations`` evaluations without it, and only then m
 
 Inputs, per process (resource ``process.pid``): the ``process`` receiver's series and its cgroup's
 (cpu_throttling, run_queue_latency, fd_leak), go_ebpf's gRPC call counts and deadline misses (deadline,
-grpc_errors), the net receiver's retransmits (tcp_retransmits) and the pprof receiver's contention
-metrics (lock_contention). gc, slow_syscall and goroutine_leak do not run here yet; they are counted as
-not run (docs/diagnose.md).
+grpc_errors), the net receiver's retransmits (tcp_retransmits), the pprof receiver's contention metrics
+(lock_contention), its MemStats readings and allocation sites (gc) and goroutine groups (goroutine_leak,
+slow_syscall), and the sched receiver's slow syscalls by calling function (slow_syscall). The readings are
+turned back into the rules' own inputs (gotel/diagnose/signals.py): one implementation of each rule.
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ from gotel.component.contract import (
 )
 from gotel.config.types import Duration
 from gotel.diagnose.rules import RULES, SEVERITY_RANK, Finding, Report, check_overrides, evaluate
-from gotel.diagnose.signals import ProcSample, RpcStat, Snapshot
+from gotel.diagnose.signals import GoroutineDump, MemStats, ProcSample, RpcStat, SlowSyscall, Snapshot
 from gotel.host import procfs
 from gotel.pdata.batch import Batch, Signal, attr_dict
 from gotel.pdata.builders import LogsBuilder, MetricsBuilder
 from gotel.receivers.pprof.contention import Site
+from gotel.receivers.pprof.goroutines import Bucket, BucketKey, Goroutine
 
 SCOPE = "gotel.connectors.diagnosis"
 _LOG_SEVERITY = {"critical": "ERROR", "warning": "WARN", "info": "INFO"}
@@ -65,6 +67,9 @@ class Config(ComponentConfig):
     thresholds: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="per rule id, threshold name -> value (defaults in docs/diagnose.md)")
     max_processes: int = Field(10000, gt=0, description="processes tracked at once; beyond it new ones are dropped")
+    evaluation_interval: Duration = Field(
+        5.0, ge=0, description="a process is evaluated at most once per this much time of its readings (each "
+        "receiver's batch would evaluate it again); readings in between wait for the next batch")
 
     @field_validator("thresholds")
     @classmethod
@@ -86,6 +91,14 @@ class _Proc:
         self.retrans: deque[tuple[float, dict[str, int]]] = deque()
         # the pprof receiver's per-scrape (delta) contention by site: (t, profile type, site key, delay s, count)
         self.locks: deque[tuple[float, str, tuple[str, str, str], float, int]] = deque()
+        # the pprof receiver's memstats readings, goroutine groups per dump, allocation sites per allocs delta
+        self.memstats: deque[MemStats] = deque()
+        self.dumps: deque[GoroutineDump] = deque()
+        self.allocs: deque[tuple[float, tuple[str, str, int], int]] = deque()
+        self.start_unix_ns: int | None = None
+        self.evaluated_t: float | None = None  # time of the newest reading at the last evaluation
+        # the sched receiver's slow syscalls by calling function, cumulative: (t, {(syscall, function): (calls, s)})
+        self.syscalls: deque[tuple[float, dict[tuple[str, str], tuple[int, float]]]] = deque()
 
 
 class Engine:
@@ -150,37 +163,14 @@ class Engine:
         return out
 
     def _evaluate(self, pid: int, p: _Proc) -> list[Finding]:
-        if len(p.samples) < 2 and len(p.rpc) < 2 and len(p.retrans) < 2 and not p.locks:
+        if all(len(x) < 2 for x in (p.samples, p.rpc, p.retrans, p.memstats, p.dumps, p.syscalls)) and not p.locks:
             return []
-        if p.fd_limit is None:
-            from gotel.diagnose.gather import fd_limit
-
-            p.fd_limit = fd_limit(pid) or 0
-        snap = Snapshot(pid=pid, samples=list(p.samples), target=dict(p.resource), fd_limit=p.fd_limit or None)
-        times = [[x.t for x in p.samples], [x[0] for x in p.rpc], [x[0] for x in p.retrans]]
-        spans = [ts[-1] - ts[0] for ts in times if len(ts) >= 2]
-        snap.duration_s = max(spans) if spans else 0.0
-        snap.missing = {"memstats": "needs MemStats (gotel diagnose reads them from pprof)",
-                        "goroutine_dumps": "needs goroutine dumps", "contention": "needs mutex/block profiles",
-                        "rpcs": "needs gRPC call metrics (go_ebpf receiver)",
-                        "retransmits": "needs per-peer retransmits (net receiver)"}
-        if len(p.rpc) >= 2:
-            snap.rpcs = _rpc_delta(p.rpc[0], p.rpc[-1])
-        if len(p.retrans) >= 2:
-            a, b = p.retrans[0][1], p.retrans[-1][1]
-            snap.retransmits = {k: n - a.get(k, 0) for k, n in b.items() if n > a.get(k, 0)}
-        if p.locks:
-            snap.lock_sites = _lock_sites(p.locks, self.cfg.window)
-        if p.go is None:
-            from gotel.diagnose.gather import go_version, gomaxprocs
-
-            ver = go_version(pid)
-            quota = next((x.cgroup.quota_cores for x in reversed(p.samples) if x.cgroup is not None), None)
-            with contextlib.suppress(OSError):
-                n, src = gomaxprocs(pid, ver, quota, len(os.sched_getaffinity(pid)))
-                p.go = (ver, n, src)
-        if p.go is not None:
-            snap.go_version, snap.gomaxprocs, snap.gomaxprocs_source = p.go
+        newest = max(q[-1][0] if isinstance(q[-1], tuple) else q[-1].t
+                     for q in (p.samples, p.rpc, p.retrans, p.memstats, p.dumps, p.syscalls, p.locks) if q)
+        if p.evaluated_t is not None and newest - p.evaluated_t < self.cfg.evaluation_interval:
+            return []
+        p.evaluated_t = newest
+        snap = self._snapshot(pid, p)
         rep: Report = evaluate(snap, self.cfg.thresholds)
         self.evaluations += 1
         for rid, _why in rep.not_run:
@@ -200,8 +190,67 @@ class Engine:
                 del p.active[rid]
         return started
 
+    def _snapshot(self, pid: int, p: _Proc) -> Snapshot:
+        """The rules' input from the process's windows of readings."""
+        if p.fd_limit is None:
+            from gotel.diagnose.gather import fd_limit, start_unix_ns
+
+            p.fd_limit = fd_limit(pid) or 0
+            p.start_unix_ns = start_unix_ns(pid)
+        snap = Snapshot(pid=pid, samples=list(p.samples), target=dict(p.resource), fd_limit=p.fd_limit or None,
+                        process_start_unix_ns=p.start_unix_ns)
+        # GC cost, goroutine groups, slow syscalls: judged over at least half a window: readings a second apart say
+        # little, and the allocation sites (deltas of the allocs profile) need that long to arrive
+        half = self.cfg.window / 2
+        if p.memstats and p.memstats[-1].t - p.memstats[0].t >= half:
+            snap.memstats = list(p.memstats)
+        if p.dumps and p.dumps[-1].t - p.dumps[0].t >= half:
+            snap.goroutine_dumps = list(p.dumps)
+        times = [[x.t for x in p.samples], [x[0] for x in p.rpc], [x[0] for x in p.retrans],
+                 [x.t for x in p.memstats], [x.t for x in p.dumps], [x[0] for x in p.syscalls]]
+        spans = [ts[-1] - ts[0] for ts in times if len(ts) >= 2]
+        snap.duration_s = max(spans) if spans else 0.0
+        snap.missing = dict(MISSING)
+        if len(p.memstats) >= 2 and not snap.memstats:
+            snap.missing["memstats"] = "MemStats readings cover less than half the window yet"
+        if len(p.dumps) >= 2 and not snap.goroutine_dumps:
+            snap.missing["goroutine_dumps"] = "goroutine groups cover less than half the window yet"
+        if len(p.syscalls) >= 2 and p.syscalls[-1][0] - p.syscalls[0][0] >= half:
+            snap.slow_syscalls = _syscall_delta(p.syscalls[0][1], p.syscalls[-1][1])
+            snap.slow_syscalls_window_s = p.syscalls[-1][0] - p.syscalls[0][0]
+        if p.allocs and len(p.memstats) >= 2:
+            snap.alloc_sites = _alloc_sites(p.allocs, p.memstats[-1].t - p.memstats[0].t)
+        if len(p.rpc) >= 2:
+            snap.rpcs = _rpc_delta(p.rpc[0], p.rpc[-1])
+        if len(p.retrans) >= 2:
+            a, b = p.retrans[0][1], p.retrans[-1][1]
+            snap.retransmits = {k: n - a.get(k, 0) for k, n in b.items() if n > a.get(k, 0)}
+        if p.locks:
+            snap.lock_sites = _lock_sites(p.locks, self.cfg.window)
+        if p.go is None:
+            from gotel.diagnose.gather import go_version, gomaxprocs
+
+            ver = go_version(pid)
+            quota = next((x.cgroup.quota_cores for x in reversed(p.samples) if x.cgroup is not None), None)
+            with contextlib.suppress(OSError):
+                n, src = gomaxprocs(pid, ver, quota, len(os.sched_getaffinity(pid)))
+                p.go = (ver, n, src)
+        if p.go is not None:
+            snap.go_version, snap.gomaxprocs, snap.gomaxprocs_source = p.go
+        return snap
+
     def forget(self, pid: int) -> None:
         self.procs.pop(pid, None)
+
+
+# why a rule's signal is missing here: which receiver (and setting) gives it
+MISSING = {
+    "memstats": "needs runtime.MemStats: the pprof receiver with profiles.memstats enabled",
+    "goroutine_dumps": "needs goroutine groups: the pprof receiver's goroutine_dump (diagnostics.goroutine_groups > 0)",
+    "contention": "needs mutex/block profiles (pprof receiver)",
+    "rpcs": "needs gRPC call metrics (go_ebpf receiver)",
+    "retransmits": "needs per-peer retransmits (net receiver)",
+}
 
 
 def _points(m: Any) -> Any:
@@ -213,12 +262,18 @@ def _val(dp: Any) -> float:
     return float(dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int)
 
 
+_PROC_METRICS = frozenset({"process.cpu.time", "process.thread.count", "process.schedstat.run_delay",
+                           "process.schedstat.timeslices", "process.unix.file_descriptor.count"})
+
+
 def _fill(s: ProcSample, rm: Any) -> None:
     cpu = 0.0
     have_cpu = False
     fds: dict[str, int] = {}
     for sm in rm.scope_metrics:
         for m in sm.metrics:
+            if m.name not in _PROC_METRICS:  # other receivers' series are not /proc samples
+                continue
             for dp in _points(m):
                 s.t = max(s.t, dp.time_unix_nano / 1e9)
                 v = _val(dp)
@@ -278,7 +333,7 @@ def _other_series(p: _Proc, rm: Any, window: float) -> bool:
                     t = max(t, dp.time_unix_nano / 1e9)
                     peer = peer_name([(a.key, _attr(dp, a.key)) for a in dp.attributes])
                     retrans[peer] = retrans.get(peer, 0) + int(_val(dp))
-    got = False
+    got = _pprof_series(p, rm, window)
     for sm in rm.scope_metrics:
         for m in sm.metrics:
             if m.name != "gotel.lock.contention.delay":
@@ -302,6 +357,149 @@ def _other_series(p: _Proc, rm: Any, window: float) -> bool:
             p.retrans.popleft()
         got = True
     return got
+
+
+def _trim(q: deque[Any], t: Any, window: float) -> None:
+    while len(q) > 2 and t(q[-1]) - t(q[1]) >= window:
+        q.popleft()
+
+
+def _pprof_series(p: _Proc, rm: Any, window: float) -> bool:
+    """The pprof receiver's readings: runtime.MemStats (profiles.memstats), goroutine groups of one dump
+    (goroutine_dump) and allocation sites (allocs deltas); the sched receiver's slow syscalls by calling
+    function. True when the process got one."""
+    r = _Readings()
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            r.read(m)
+    return r.store(p, window)
+
+
+class _Readings:
+    """What one resource's metrics carry for the pprof- and sched-fed rules."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self.ms_t = 0.0
+        self.groups: dict[BucketKey, Bucket] = {}
+        self.leaked: dict[BucketKey, int] = {}
+        self.total = 0
+        self.dump_t = 0.0
+        self.allocs: list[tuple[float, tuple[str, str, int], int]] = []
+        self.sys_calls: dict[tuple[str, str], tuple[int, float]] = {}
+        self.sys_t = 0.0
+
+    def read(self, m: Any) -> None:
+        name = m.name
+        for dp in _points(m) if name in _READ else ():
+            t = dp.time_unix_nano / 1e9
+            if name in _MEMSTATS:
+                self.ms[name] = _val(dp)
+                self.ms_t = max(self.ms_t, t)
+            elif name.startswith("gotel.goroutine.group."):
+                self.dump_t = max(self.dump_t, t)
+                b = _group(dp)
+                if name.endswith(".leaked"):
+                    self.leaked[b.key] = b.count
+                else:
+                    self.groups[b.key] = b
+            elif name == "gotel.goroutines":
+                self.total += int(_val(dp))
+            elif name.startswith("process.syscall.slow.caller."):
+                self.sys_t = max(self.sys_t, t)
+                k = (str(_attr(dp, "gotel.syscall.name") or "?"), str(_attr(dp, "code.function.name") or "?"))
+                n, secs = self.sys_calls.get(k, (0, 0.0))
+                self.sys_calls[k] = (int(_val(dp)), secs) if name.endswith(".count") else (n, _val(dp))
+            else:  # gotel.memory.allocated.site
+                self.allocs.append((t, _frame(_attrs(dp)), int(_val(dp))))
+
+    def store(self, p: _Proc, window: float) -> bool:
+        got = False
+        if self.sys_calls:
+            p.syscalls.append((self.sys_t, self.sys_calls))
+            _trim(p.syscalls, lambda x: x[0], window)
+            got = True
+        if "gotel.go.gc.cpu_fraction" in self.ms and "go.gc.cycles" in self.ms:
+            p.memstats.append(_memstats(self.ms, self.ms_t))
+            if len(p.memstats) >= 2 and p.memstats[-1].num_gc < p.memstats[-2].num_gc:  # the program restarted
+                while len(p.memstats) > 1:
+                    p.memstats.popleft()
+            _trim(p.memstats, lambda x: x.t, window)
+            got = True
+        if self.groups:  # a dump's groups (with goroutine_groups: 0 the rules have no dumps)
+            for key, n in self.leaked.items():
+                if key in self.groups:
+                    self.groups[key].leaked = n
+                    self.groups[key].sample.leaked = n > 0
+            total = self.total or sum(b.count for b in self.groups.values())
+            p.dumps.append(GoroutineDump(self.dump_t, [], self.groups, total))
+            _trim(p.dumps, lambda x: x.t, window)
+            got = True
+        if self.allocs:
+            p.allocs.extend(self.allocs)
+            while p.allocs and p.allocs[-1][0] - p.allocs[0][0] > window:
+                p.allocs.popleft()
+        return got
+
+
+def _attrs(dp: Any) -> dict[str, Any]:
+    """A point's attributes, read once (the group points carry seven)."""
+    out: dict[str, Any] = {}
+    for a in dp.attributes:
+        k = a.value.WhichOneof("value")
+        out[a.key] = getattr(a.value, k) if k else None
+    return out
+
+
+def _frame(a: dict[str, Any]) -> tuple[str, str, int]:
+    return (str(a.get("code.function.name") or "?"), str(a.get("code.file.path") or ""),
+            int(a.get("code.line.number") or 0))
+
+
+def _group(dp: Any) -> Bucket:
+    """One goroutine group point as a bucket whose one member carries the blamed frame."""
+    a = _attrs(dp)
+    st, reason = str(a.get("gotel.goroutine.state") or ""), str(a.get("gotel.goroutine.wait.reason") or "")
+    frame = _frame(a)
+    by, at = str(a.get("gotel.goroutine.created_by") or ""), str(a.get("gotel.goroutine.created_at") or "")
+    key: BucketKey = (st, reason, ((frame[0], frame[2]),), by, at)
+    return Bucket(key, int(_val(dp)), 0, 0, Goroutine(0, st, reason, 0, False, False, [frame], by, at))
+
+
+def _memstats(ms: dict[str, float], t: float) -> MemStats:
+    pmax, psum = ms.get("gotel.go.gc.pause.max"), ms.get("gotel.go.gc.pause.sum")
+    return MemStats(t=t, num_gc=int(ms["go.gc.cycles"]), last_gc_unix_ns=int(ms.get("gotel.go.gc.last", 0) * 1e9),
+                    gc_cpu_fraction=ms["gotel.go.gc.cpu_fraction"], pause_total_ns=0, pause_ns=[],
+                    pause_end_unix_ns=[], pause_max_ns=round(pmax * 1e9) if pmax is not None else None,
+                    pause_sum_ns=round(psum * 1e9) if psum is not None else None)
+
+
+_MEMSTATS = frozenset({"go.gc.cycles", "gotel.go.gc.cpu_fraction", "gotel.go.gc.last", "gotel.go.gc.pause.max",
+                       "gotel.go.gc.pause.sum"})
+_READ = _MEMSTATS | {"gotel.goroutine.group.count", "gotel.goroutine.group.leaked", "gotel.goroutines",
+                     "process.syscall.slow.caller.count", "process.syscall.slow.caller.time",
+                     "gotel.memory.allocated.site"}
+
+
+def _syscall_delta(a: dict[tuple[str, str], tuple[int, float]],
+                   b: dict[tuple[str, str], tuple[int, float]]) -> list[SlowSyscall]:
+    out = []
+    for (name, fn), (n, secs) in b.items():
+        n0, s0 = a.get((name, fn), (0, 0.0))
+        if n > n0:
+            out.append(SlowSyscall(name, secs - s0, fn, calls=n - n0))
+    return out
+
+
+def _alloc_sites(allocs: deque[tuple[float, tuple[str, str, int], int]], window: float) -> list[tuple[str, str, int, int]]:
+    """Bytes per site over the allocs deltas, scaled to the MemStats window the gc rule divides by."""
+    times = sorted({t for t, _s, _v in allocs})
+    covered = (times[-1] - times[0]) * len(times) / (len(times) - 1) if len(times) >= 2 else window
+    acc: dict[tuple[str, str, int], int] = {}
+    for _t, site, v in allocs:
+        acc[site] = acc.get(site, 0) + v
+    scale = window / covered if covered > 0 else 1.0
+    return [(fn, file, line, round(v * scale)) for (fn, file, line), v in acc.items()]
 
 
 def _lock_sites(locks: deque[tuple[float, str, tuple[str, str, str], float, int]], window: float) -> list[Site]:
@@ -400,8 +598,11 @@ class Capturer:
         t = asyncio.ensure_future(self._run(pid, f, path, start))
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
-        return {"gotel.finding.capture.id": cap_id, "gotel.finding.capture.path": path,
-                "gotel.finding.capture.start": start, "gotel.finding.capture.end": start + self.cfg.cpu_duration}
+        links = {"gotel.finding.capture.id": cap_id, "gotel.finding.capture.path": path,
+                 "gotel.finding.capture.start": start, "gotel.finding.capture.end": start + self.cfg.cpu_duration}
+        if f.rule == "slow_syscall":
+            links["gotel.finding.capture.syscall_stacks"] = os.path.join(path, SYSCALL_STACKS)
+        return links
 
     async def _run(self, pid: int, f: Finding, path: str, start: float) -> None:
         from gotel.diagnose.gather import find_pprof
@@ -410,6 +611,7 @@ class Capturer:
 
         meta: dict[str, Any] = {"pid": pid, "finding": f.as_dict(), "start": start, "files": []}
         fetcher = Fetcher(timeout=10.0)
+        stacks: asyncio.Future[str] | None = None
         try:
             os.makedirs(path, exist_ok=True)
             target = await find_pprof(pid, fetcher)
@@ -418,10 +620,15 @@ class Capturer:
             else:
                 prefix = target.path_prefix.rstrip("/")
                 secs = max(1, round(self.cfg.cpu_duration))
+                if f.rule == "slow_syscall":  # during the CPU profile: who sits in the kernel
+                    stacks = asyncio.ensure_future(_syscall_stacks(fetcher, target, secs))
                 r = await fetcher.get(target, f"{prefix}/profile", params={"seconds": str(secs)}, timeout=secs + 15.0)
                 pprof.decode(r.body)  # a body that is not a profile is not saved as one
                 _write(os.path.join(path, "cpu.pb.gz"), r.body)
                 meta["files"].append("cpu.pb.gz")
+                if stacks is not None:
+                    _write(os.path.join(path, SYSCALL_STACKS), (await stacks).encode())
+                    meta["files"].append(SYSCALL_STACKS)
                 if self.cfg.goroutine_dump:
                     g = await fetcher.get(target, f"{prefix}/goroutine", params={"debug": "2"}, expect="text")
                     _write(os.path.join(path, "goroutines.txt"), g.body)
@@ -430,6 +637,11 @@ class Capturer:
         except (ScrapeError, pprof.PprofError, OSError) as e:
             meta["outcome"] = f"failed: {e}"
         finally:
+            if stacks is not None and not stacks.done():
+                stacks.cancel()
+            if stacks is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await stacks
             await fetcher.close()
         meta["end"] = time.time()
         self.taken.labels("ok" if meta["outcome"] == "ok" else "failed").inc()
@@ -444,6 +656,38 @@ class Capturer:
         for t in list(self.tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+
+
+SYSCALL_STACKS = "syscall_stacks.txt"
+
+
+async def _syscall_stacks(fetcher: Any, target: Any, seconds: int) -> str:
+    """Goroutines in a syscall in one goroutine dump per second for `seconds`: their stacks grouped,
+    most often seen first, each with the Go function blamed (the slow_syscall rule's own choice)."""
+    from gotel.diagnose.rules import blame_frame, syscall_ignored
+    from gotel.receivers.pprof.goroutines import bucketize, parse_dump
+
+    seen: dict[BucketKey, tuple[Bucket, int, int]] = {}  # key -> (bucket, goroutines summed, dumps with it)
+    dumps = 0
+    end = time.monotonic() + seconds
+    prefix = target.path_prefix.rstrip("/")
+    while True:
+        g = await fetcher.get(target, f"{prefix}/goroutine", params={"debug": "2"}, expect="text")
+        dumps += 1
+        for key, b in bucketize(parse_dump(g.body.decode(errors="replace"))).items():
+            if b.state != "syscall" or not b.sample.frames or syscall_ignored(b.sample.frames):
+                continue
+            _b, n, k = seen.get(key, (b, 0, 0))
+            seen[key] = (b, n + b.count, k + 1)
+        if time.monotonic() >= end - 1.0:
+            break
+        await asyncio.sleep(1.0)
+    out = [f"# goroutines in a syscall: {dumps} goroutine dumps, one per second"]
+    for b, n, k in sorted(seen.values(), key=lambda x: x[1], reverse=True):
+        loc = blame_frame(b.sample.frames)
+        out.append(f"\n## {loc.function} ({loc.file}:{loc.line}): {n / dumps:.2f} goroutines on average, "
+                   f"in {k} of {dumps} dumps\n{b.stack_text()}")
+    return "\n".join(out) + "\n"
 
 
 def _write(path: str, data: bytes) -> None:
@@ -512,7 +756,8 @@ factory = ConnectorFactory(
     config=Config,
     signals=frozenset({Signal.METRICS}),
     pairs=frozenset({(Signal.METRICS, Signal.LOGS), (Signal.METRICS, Signal.METRICS)}),
-    description="runs the diagnosis rules over live process, go_ebpf, net and pprof metrics; emits each finding once per episode as a log "
-                f"record and as the metric gotel.findings (rules: {', '.join(r.id for r in RULES)})",
+    description="runs the diagnosis rules over live process, pprof (memstats, allocs, goroutine groups, contention), sched, "
+                "go_ebpf and net metrics; emits each finding once per episode as a log record and as the metric "
+                f"gotel.findings; optional capture at a finding (rules: {', '.join(r.id for r in RULES)})",
     create=_create,
 )

@@ -4,7 +4,8 @@ Tracepoints (sched_wakeup/_new, sched_switch, raw_syscalls) aggregate into per-C
 (bpf/sched.c); every collection interval this reads the cumulative values (cost independent of the
 event rate) and emits them per process and per cgroup. Slow syscalls (>= threshold, 10 ms by
 default: where Go's sysmon hands the P away) also go out as log records with the symbolised user
-stack, the slowest ones first, at most `max_slow_syscall_logs` per interval.
+stack, the slowest ones first, at most `max_slow_syscall_logs` per interval, and every one of them is
+counted by the Go function that made it (the diagnosis connector's slow_syscall rule).
 """
 
 from __future__ import annotations
@@ -152,6 +153,8 @@ class SchedReceiver(TargetedReceiver):
         self.cgroups: CgroupNames | None = None
         self._slow: list[SlowSyscall] = []
         self._slow_lock = threading.Lock()
+        # (pid, syscall, calling Go function) -> (calls, ns) of every slow-syscall event read
+        self._callers: dict[tuple[int, str, str], tuple[int, int]] = {}
         self._go: dict[int, tuple[Any, int]] = {}  # pid -> (GoBinary, load bias) for Go symbols
         self._lost: Any = None
         self._dropped_logs = ctx.telemetry.counter(
@@ -369,15 +372,38 @@ class SchedReceiver(TargetedReceiver):
             mb.sum(res, "process.syscall.slow.count", n, unit="{syscall}", attributes=a, start=start,
                    desc=f"Syscalls that took at least {format_duration(self.cfg.slow_syscall_threshold)}.")
             mb.sum(res, "process.syscall.slow.time", ns / 1e9, unit="s", attributes=a, start=start)
+        evs = self._take_slow()
+        self._caller_metrics(evs, mb, start)
         out: list[Batch] = [mb.batch()]
-        logs = self._slow_logs()
+        logs = self._slow_logs(evs)
         if logs is not None:
             out.append(logs)
         return out
 
-    def _slow_logs(self) -> Batch | None:
+    def _take_slow(self) -> list[SlowSyscall]:
         with self._slow_lock:
             evs, self._slow = self._slow, []
+        return evs
+
+    def _caller_metrics(self, evs: list[SlowSyscall], mb: MetricsBuilder, start: int) -> None:
+        """Slow syscalls by the Go function that made them (every event read, not only the logged ones):
+        the diagnosis connector's slow_syscall rule. At most MAX_CALLERS functions per process."""
+        for e in evs:
+            key = (e.pid, e.syscall, caller(e.stack))
+            if key not in self._callers and sum(1 for k in self._callers if k[0] == e.pid) >= MAX_CALLERS:
+                key = (e.pid, e.syscall, "(other)")
+            n, ns = self._callers.get(key, (0, 0))
+            self._callers[key] = (n + 1, ns + e.duration_ns)
+        for key in [k for k in self._callers if k[0] not in self.targets]:
+            del self._callers[key]
+        for (pid, name, func), (n, ns) in self._callers.items():
+            a = {"gotel.syscall.name": name, "code.function.name": func}
+            res = self._resource(pid)
+            mb.sum(res, "process.syscall.slow.caller.count", n, unit="{syscall}", attributes=a, start=start,
+                   desc="Slow syscalls by the Go function that made them (ring-buffer events).")
+            mb.sum(res, "process.syscall.slow.caller.time", ns / 1e9, unit="s", attributes=a, start=start)
+
+    def _slow_logs(self, evs: list[SlowSyscall]) -> Batch | None:
         if not evs:
             return None
         evs.sort(key=lambda e: e.duration_ns, reverse=True)
@@ -386,7 +412,7 @@ class SchedReceiver(TargetedReceiver):
             self._dropped_logs.inc(len(evs) - len(keep))
         lb = LogsBuilder(SCOPE)
         for e in keep:
-            func = next((f for f in e.stack if not _is_runtime_frame(f)), e.stack[0] if e.stack else "")
+            func = caller(e.stack)
             lb.add(
                 self._resource(e.pid),
                 ts=e.time_ns,
@@ -422,6 +448,14 @@ def load_bias(pid: int, path: str) -> int:
     return 0
 
 
+MAX_CALLERS = 100
+
+
+def caller(stack: list[str]) -> str:
+    """The Go function that made the syscall: the innermost frame outside the runtime and syscall wrappers."""
+    return next((f for f in stack if not _is_runtime_frame(f)), stack[0] if stack else "")
+
+
 def _is_runtime_frame(fn: str) -> bool:
     return fn.startswith(("runtime.", "syscall.", "internal/runtime/", "runtime/internal/", "internal/poll."))
 
@@ -435,7 +469,8 @@ factory = ReceiverFactory(
     config=Config,
     signals=frozenset({Signal.METRICS, Signal.LOGS}),
     description="Run-queue latency, off-CPU time (voluntary/involuntary) and slow syscalls with Go "
-    "stacks, per process and cgroup, from sched/raw_syscalls tracepoints aggregated in the kernel",
+    "stacks and counts by calling Go function, per process and cgroup, from sched/raw_syscalls tracepoints "
+    "aggregated in the kernel",
     create=create,
     needs_bpf=True,
 )

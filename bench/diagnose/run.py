@@ -91,7 +91,7 @@ def rules_on_snapshot(app: goapps.RunningApp, n: int = 100) -> None:
           f"({cpu / n * 1e3:.2f} ms per process)")
 
 
-def _batch(pids: int, tick: int) -> Any:
+def _batch(pids: int, tick: int, full: bool = True) -> Any:
     ts = int((1_800_000_000 + tick * 10) * 1e9)
     mb = MetricsBuilder("bench", time_ns=ts)
     for pid in range(1000, 1000 + pids):
@@ -110,19 +110,73 @@ def _batch(pids: int, tick: int) -> Any:
         mb.sum(cg, "container.cpu.throttled.periods", 5 * tick, "{period}")
         mb.sum(cg, "container.cpu.throttled.time", 0.1 * tick, "s")
         mb.gauge(cg, "container.cpu.limit", 2.0, "{cpu}")
+        if full:
+            _pprof_and_sched(mb, res, tick)
     return mb.req
 
 
+def _extra_batch(pids: int, tick: int, offset: float) -> Any:
+    """The pprof and sched series as their own batch, `offset` seconds after the process receiver's."""
+    mb = MetricsBuilder("bench", time_ns=int((1_800_000_000 + tick * 10 + offset) * 1e9))
+    for pid in range(1000, 1000 + pids):
+        _pprof_and_sched(mb, {"process.pid": pid, "process.executable.name": "svc", "container.id": f"{pid:064x}"},
+                         tick)
+    return mb.req
+
+
+def _pprof_and_sched(mb: MetricsBuilder, res: dict[str, Any], tick: int) -> None:
+    """What the pprof receiver (memstats, allocs sites, one dump's 20 goroutine groups) and the sched receiver
+    (slow syscalls by caller) add per process and interval: the inputs of gc, goroutine_leak, slow_syscall."""
+    mb.sum(res, "go.gc.cycles", 30 * tick, "{gc_cycle}")
+    mb.gauge(res, "gotel.go.gc.cpu_fraction", 0.02, "1")
+    mb.gauge(res, "gotel.go.gc.last", 1_800_000_000 + tick * 10 - 0.2, "s")
+    mb.gauge(res, "gotel.go.gc.pause.max", 0.0004, "s")
+    mb.gauge(res, "gotel.go.gc.pause.sum", 0.004, "s")
+    for i in range(5):
+        mb.sum(res, "gotel.memory.allocated.site", 1 << (20 + i), "By", attributes={
+            "code.function.name": f"main.alloc{i}", "code.file.path": "/src/main.go", "code.line.number": 10 + i})
+    for i in range(20):
+        mb.gauge(res, "gotel.goroutine.group.count", 3 + i, "{goroutine}", attributes={
+            "gotel.goroutine.state": "syscall" if i == 0 else "waiting",
+            "gotel.goroutine.wait.reason": "" if i == 0 else "IO wait", "code.function.name": f"main.wait{i}",
+            "code.file.path": "/src/main.go", "code.line.number": 20 + i, "gotel.goroutine.created_by": "main.main",
+            "gotel.goroutine.created_at": "/src/main.go:99"})
+    mb.gauge(res, "gotel.goroutines", 300, "{goroutine}", attributes={"gotel.goroutine.state": "waiting"})
+    a = {"gotel.syscall.name": "read", "code.function.name": "main.readFile"}
+    mb.sum(res, "process.syscall.slow.caller.count", 2 * tick, "{syscall}", attributes=a)
+    mb.sum(res, "process.syscall.slow.caller.time", 0.03 * tick, "s", attributes=a)
+
+
 def connector_engine(pids: int = 100, ticks: int = 30) -> None:
-    eng = Engine(Config())
-    reqs = [_batch(pids, t) for t in range(1, ticks + 1)]
-    eng.ingest(reqs[0])
-    c0 = time.process_time()
-    for r in reqs[1:]:
-        eng.ingest(r)
-    cpu = (time.process_time() - c0) / (ticks - 1)
-    print(f"diagnosis connector, {pids} processes, one batch per 10s interval: {cpu * 1e3:.1f} ms CPU per interval "
-          f"= {cpu / 10 * 100:.3f}% of one core (goal < 1%); {eng.evaluations} evaluations")
+    """CPU per interval with the process receiver's series alone (cpu_throttling, run_queue_latency, fd_leak)
+    and with pprof and sched series added (every rule runs), measured in the same run."""
+    cost = {}
+    for full in (False, True):
+        eng = Engine(Config())
+        reqs = [_batch(pids, t, full) for t in range(1, ticks + 1)]
+        eng.ingest(reqs[0])
+        c0 = time.process_time()
+        for r in reqs[1:]:
+            eng.ingest(r)
+        cost[full] = (time.process_time() - c0) / (ticks - 1)
+        what = "process, cgroup, pprof and sched series" if full else "process and cgroup series only"
+        print(f"diagnosis connector, {pids} processes ({what}), one batch per 10s interval: "
+              f"{cost[full] * 1e3:.1f} ms CPU per interval = {cost[full] / 10 * 100:.3f}% of one core (goal < 1%); "
+              f"{eng.evaluations} evaluations")
+    print(f"  all rules / process-only rules: {cost[True] / cost[False]:.2f}x")
+    # as the agent sees it: each receiver sends its own batch (here process, then pprof and sched 3 s later)
+    for interval in (0.0, 5.0):
+        eng = Engine(Config(evaluation_interval=interval))
+        reqs = [r for t in range(1, ticks + 1) for r in (_batch(pids, t, False), _extra_batch(pids, t, 3.0))]
+        eng.ingest(reqs[0])
+        eng.ingest(reqs[1])
+        c0 = time.process_time()
+        for r in reqs[2:]:
+            eng.ingest(r)
+        cpu = (time.process_time() - c0) / (ticks - 1)
+        print(f"diagnosis connector, {pids} processes, two batches per 10s interval, evaluation_interval "
+              f"{interval:g}s: {cpu * 1e3:.1f} ms CPU per interval = {cpu / 10 * 100:.3f}% of one core; "
+              f"{eng.evaluations} evaluations")
 
 
 def main() -> None:

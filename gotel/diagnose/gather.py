@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from gotel.diagnose.signals import GoroutineDump, MemStats, ProcSample, Snapshot
+from gotel.diagnose.signals import GoroutineDump, ProcSample, Snapshot, parse_memstats
 from gotel.formats import pprof
 from gotel.host import procfs
 from gotel.proto import pprof_profile_pb2 as pb
@@ -69,30 +69,6 @@ def fd_limit(pid: int, proc: str = "/proc") -> int | None:
     except OSError:
         return None
     return None
-
-
-_MEMSTAT = re.compile(r"^# (\w+) = (.*)$")
-
-
-def parse_memstats(text: str, t: float) -> MemStats | None:
-    """runtime.MemStats from the trailer of /debug/pprof/heap?debug=1 (runtime/pprof writeHeapInternal)."""
-    vals: dict[str, str] = {}
-    for line in text.splitlines():
-        m = _MEMSTAT.match(line)
-        if m:
-            vals[m.group(1)] = m.group(2)
-    try:
-        return MemStats(
-            t=t,
-            num_gc=int(vals["NumGC"]),
-            last_gc_unix_ns=int(vals.get("LastGC", "0")),
-            gc_cpu_fraction=float(vals["GCCPUFraction"]),
-            pause_total_ns=int(vals.get("PauseTotalNs", "0")),
-            pause_ns=[int(x) for x in vals["PauseNs"].strip("[]").split()],
-            pause_end_unix_ns=[int(x) for x in vals.get("PauseEnd", "[]").strip("[]").split()],
-        )
-    except (KeyError, ValueError):
-        return None
 
 
 def go_version(pid: int) -> str | None:
@@ -191,7 +167,7 @@ async def gather(pid: int, opts: Options) -> Snapshot:
     snap = Snapshot(pid=pid)
     snap.target = {"pid": pid, "comm": procfs.proc_stat(pid).comm, "exe": info.exe, "service.name": info.service_name,
                    "container.id": info.container_id}
-    snap.process_start_unix_ns = _start_unix_ns(pid)
+    snap.process_start_unix_ns = start_unix_ns(pid)
     snap.fd_limit = fd_limit(pid)
     try:
         snap.cpus = len(os.sched_getaffinity(pid))
@@ -269,7 +245,7 @@ async def gather(pid: int, opts: Options) -> Snapshot:
     return snap
 
 
-def _start_unix_ns(pid: int) -> int | None:
+def start_unix_ns(pid: int) -> int | None:
     try:
         ticks = procfs.proc_stat(pid).starttime_ticks
         with open("/proc/uptime") as f:

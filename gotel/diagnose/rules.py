@@ -14,11 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gotel.diagnose.signals import ProcSample, Snapshot
+from gotel.diagnose.signals import ProcSample, SlowSyscall, Snapshot
 from gotel.formats import pprof
 from gotel.proto import pprof_profile_pb2 as pb
 from gotel.receivers.pprof.contention import top_sites
-from gotel.receivers.pprof.goroutines import bucketize
 
 SEVERITIES = ("critical", "warning", "info")
 SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
@@ -327,15 +326,21 @@ def _gc(s: Snapshot, p: Params) -> Outcome:
         t1 = m1.last_gc_unix_ns - s.process_start_unix_ns
         if t1 > t0 > 0:
             frac = (m1.gc_cpu_fraction * t1 - m0.gc_cpu_fraction * t0) / (t1 - t0)
-    ring = m1.pause_ns
-    pauses = ([ring[(n + 255) % 256] for n in range(max(m0.num_gc + 1, m1.num_gc - 255), m1.num_gc + 1)]
-              if len(ring) == 256 else [])
-    max_pause = max(pauses) / 1e9 if pauses else 0.0
-    sites = top_sites_by(s.allocs, "alloc_space", 5)
+    pauses = m1.pauses_since(m0.num_gc)
+    if pauses:
+        max_pause, total_pause = max(pauses) / 1e9, sum(pauses) / 1e9
+    else:  # no ring: each reading's pauses since the one before it
+        max_pause = max((m.pause_max_ns or 0 for m in s.memstats[1:]), default=0) / 1e9
+        total_pause = sum(m.pause_sum_ns or 0 for m in s.memstats[1:]) / 1e9
+    if s.allocs is not None or s.alloc_sites is None:
+        sites = top_sites_by(s.allocs, "alloc_space", 5)
+    else:
+        ranked = sorted(s.alloc_sites, key=lambda x: x[3], reverse=True)[:5]
+        sites = [(Location(fn, file, line), v) for fn, file, line, v in ranked if v > 0]
     secs = s.profile_seconds or w
     ev: dict[str, Any] = {
         "window_s": _r(w), "gc_cycles": cycles, "gc_per_second": _r(cycles / w), "gc_cpu_fraction": _r(frac, 4),
-        "stw_pause_max_s": _r(max_pause, 6), "stw_pause_total_s": _r(sum(pauses) / 1e9, 6),
+        "stw_pause_max_s": _r(max_pause, 6), "stw_pause_total_s": _r(total_pause, 6),
         "top_allocation_sites": [{"function": loc.function, "file": loc.file, "line": loc.line,
                                   "bytes_per_second": round(v / secs)} for loc, v in sites],
     }
@@ -360,20 +365,28 @@ def _gc(s: Snapshot, p: Params) -> Outcome:
 _SYSCALL_IGNORED = ("os/signal.", "runtime.ensureSigM", "runtime.sigNoteSleep", "runtime/pprof.", "net/http/pprof.")
 
 
+def syscall_ignored(frames: list[tuple[str, str, int]]) -> bool:
+    """A goroutine in a syscall that is the program's plumbing (signal loop) or gotel's own profile request."""
+    return any(f[0].startswith(_SYSCALL_IGNORED) for f in frames)
+
+
 def _slow_syscall(s: Snapshot, p: Params) -> Outcome:
     if s.slow_syscalls:
-        by: dict[tuple[str, str, int, str], list[float]] = {}
+        by: dict[tuple[str, str, int, str], list[SlowSyscall]] = {}
         for e in s.slow_syscalls:
-            by.setdefault((e.function, e.file, e.line, e.syscall), []).append(e.duration_s)
-        (fn, file, line, name), durs = max(by.items(), key=lambda kv: sum(kv[1]))
-        w = _window(s)
-        blocked = sum(durs) / w
-        ev = {"window_s": _r(w), "source": "ebpf", "syscall": name, "calls": len(durs),
-              "total_s": _r(sum(durs)), "max_s": _r(max(durs)), "blocked_threads_avg": _r(blocked)}
+            by.setdefault((e.function, e.file, e.line, e.syscall), []).append(e)
+        (fn, file, line, name), evs = max(by.items(), key=lambda kv: sum(e.duration_s for e in kv[1]))
+        w = s.slow_syscalls_window_s or _window(s)
+        total = sum(e.duration_s for e in evs)
+        calls = sum(e.calls for e in evs)
+        blocked = total / w
+        ev = {"window_s": _r(w), "source": "ebpf", "syscall": name, "calls": calls, "total_s": _r(total),
+              "max_s": _r(max(e.duration_s for e in evs)) if all(e.calls == 1 for e in evs) else None,
+              "blocked_threads_avg": _r(blocked)}
         sev = _severity(blocked, p["blocked_goroutines_warning"], p["blocked_goroutines_critical"])
         loc = Location(fn, file, line)
         if sev:
-            return Outcome("finding", f"{len(durs)} slow {name} calls from {fn} blocked threads {sum(durs):.2f}s in "
+            return Outcome("finding", f"{calls} slow {name} calls from {fn} blocked threads {total:.2f}s in "
                            f"{w:.0f}s", sev, ev, loc, _SYSCALL_FIX, blocked / p["blocked_goroutines_warning"])
     _need(s, "goroutine_dumps")
     dumps = s.goroutine_dumps
@@ -381,12 +394,13 @@ def _slow_syscall(s: Snapshot, p: Params) -> Outcome:
     present: dict[tuple[str, str, int], int] = {}
     for d in dumps:
         seen: set[tuple[str, str, int]] = set()
-        for g in d.goroutines:
-            if g.state != "syscall" or not g.frames or any(f[0].startswith(_SYSCALL_IGNORED) for f in g.frames):
+        for bk in d.buckets().values():
+            g = bk.sample
+            if g.state != "syscall" or not g.frames or syscall_ignored(g.frames):
                 continue
             loc = blame_frame(g.frames)
             k = (loc.function, loc.file, loc.line)
-            counts[k] = counts.get(k, 0) + 1
+            counts[k] = counts.get(k, 0) + bk.count
             seen.add(k)
         for k in seen:
             present[k] = present.get(k, 0) + 1
@@ -451,14 +465,14 @@ def _goroutine_leak(s: Snapshot, p: Params) -> Outcome:
     samples: dict[Any, Any] = {}
     leaked: dict[Any, int] = {}
     for i, d in enumerate(dumps):
-        for key, bk in bucketize(d.goroutines).items():
+        for key, bk in d.buckets().items():
             if bk.state != "waiting":
                 continue
             k = (key[1], key[2], key[3])  # wait reason, stack, creator
             series.setdefault(k, [0] * len(dumps))[i] += bk.count
             samples[k] = bk
             leaked[k] = max(leaked.get(k, 0), bk.leaked)
-    totals = [len(d.goroutines) for d in dumps]
+    totals = [d.count() for d in dumps]
     w = max(1e-6, dumps[-1].t - dumps[0].t)
     best = None
     for k, ser in series.items():

@@ -19,7 +19,8 @@ factory = ReceiverFactory(
     type="pprof",
     config=Config,
     signals=frozenset({Signal.PROFILES, Signal.METRICS, Signal.LOGS}),
-    description="Scrapes Go net/http/pprof endpoints: profiles (with deltas), goroutine leak and lock-contention findings, scrape health",
+    description="Scrapes Go net/http/pprof endpoints: profiles (with deltas), goroutine leak and lock-contention findings, "
+                "goroutine groups, allocation sites and (profiles.memstats) runtime.MemStats as metrics, scrape health",
     create=_create,
 )
 

@@ -53,6 +53,9 @@ class ProfilesConfig(ComponentConfig):
     cpu: CPUConfig = Field(default_factory=CPUConfig)
     heap: ProfileConfig = Field(default_factory=ProfileConfig)
     allocs: ProfileConfig = Field(default_factory=_off)
+    memstats: ProfileConfig = Field(
+        default_factory=_off,
+        description="runtime.MemStats from the heap?debug=1 trailer as go.gc.* metrics (the diagnosis connector's gc rule)")
     mutex: ProfileConfig = Field(default_factory=ProfileConfig)
     block: ProfileConfig = Field(default_factory=ProfileConfig)
     goroutine: ProfileConfig = Field(default_factory=ProfileConfig)
@@ -97,6 +100,10 @@ class DiagnosticsConfig(ComponentConfig):
         1800.0, ge=0, description="report goroutines blocked on chan/lock/sync this long (0: off; Go counts whole minutes)")
     max_buckets: int = Field(2000, ge=10, description="goroutine buckets remembered per target")
     contention_top: int = Field(5, ge=0, description="lock sites reported per mutex/block scrape")
+    alloc_top: int = Field(
+        5, ge=0, description="allocation sites per allocs delta, or heap delta when allocs is off (gotel.memory.allocated.site)")
+    goroutine_groups: int = Field(
+        50, ge=0, description="largest waiting and in-syscall goroutine groups reported per dump (gotel.goroutine.group.count)")
     contention_min_rate: float = Field(
         0.01, ge=0, description="report a lock site as a log record from this many seconds of waiting per second")
 

@@ -53,13 +53,14 @@ KINDS: dict[str, Kind] = {
     "goroutine": Kind("goroutine", "goroutine"),
     "goroutine_dump": Kind("goroutine_dump", "goroutine"),
     "goroutineleak": Kind("goroutineleak", "goroutineleak"),
+    "memstats": Kind("memstats", "heap"),
     "delta_heap": Kind("delta_heap", "delta_heap", windowed=True),
     "delta_mutex": Kind("delta_mutex", "delta_mutex", windowed=True),
     "delta_block": Kind("delta_block", "delta_block", windowed=True),
 }
 # gotel's profile types -> the names pod annotations use (profiles.grafana.com/<name>.scrape)
-ANNOTATION_TYPE = {"cpu": "cpu", "heap": "memory", "mutex": "mutex", "block": "block", "goroutine": "goroutine",
-                   "goroutine_dump": "goroutine", "goroutineleak": "goroutine"}
+ANNOTATION_TYPE = {"cpu": "cpu", "heap": "memory", "memstats": "memory", "mutex": "mutex", "block": "block",
+                   "goroutine": "goroutine", "goroutine_dump": "goroutine", "goroutineleak": "goroutine"}
 EMPTY_HINT = {
     "mutex": "no contention recorded: unless the program calls runtime.SetMutexProfileFraction(n) (e.g. 5), it never will",
     "block": "no blocking recorded: unless the program calls runtime.SetBlockProfileRate(n) (e.g. 1000000 ns), it never will",
@@ -130,6 +131,7 @@ class TargetRunner:
         self.leaks = goroutines.LeakDetector(d.leak_scrapes, d.leak_min_goroutines, d.blocked_threshold / 60, d.max_buckets)
         self.leak_reported: dict[goroutines.BucketKey, int] = {}
         self.last_goroutines: tuple[float, int] | None = None
+        self.last_num_gc: int | None = None
         self.last_error: dict[str, str] = {}
         self.empty_hinted: set[str] = set()
         self.cpu_backoff = 0
@@ -205,6 +207,8 @@ class TargetRunner:
         try:
             if kind.name == "goroutine_dump":
                 nbytes, nsamples = await self._dump(pc, metrics, logs)
+            elif kind.name == "memstats":
+                nbytes, nsamples = await self._memstats(pc, metrics)
             elif kind.name == "cpu":
                 nbytes, nsamples = await self._cpu(kind, pc, metrics)
             else:
@@ -333,6 +337,8 @@ class TargetRunner:
             p = res.profile
             if kind.name in ("mutex", "block"):
                 self._contention(kind, p, metrics, logs)
+            if kind.name == "allocs" or (kind.name == "heap" and not self.cfg.profiles.allocs.enabled):
+                self._alloc_sites(p, metrics)  # the same alloc_space deltas: from one of the two
             await self._emit_profile(kind, p, None, delta=True)
             return len(body), len(p.sample)
         if kind.name in ("delta_mutex", "delta_block"):
@@ -434,9 +440,73 @@ class TargetRunner:
                           "how long waiting goroutines have been blocked (the dump's 'N minutes')")
         metrics.gauge(self.resource, "gotel.goroutine.buckets", len(buckets), "{bucket}",
                       "distinct (state, wait reason, stack, creator) groups")
+        self._groups(buckets, metrics)
         for f in self.leaks.observe(buckets):
             self._finding(f, logs)
         return nbytes, len(gs)
+
+    def _groups(self, buckets: dict[goroutines.BucketKey, goroutines.Bucket], metrics: MetricsBuilder) -> None:
+        """The largest waiting groups and the in-syscall ones, each with where it is (the innermost user
+        frame) and who started it: what the diagnosis rules goroutine_leak and slow_syscall read."""
+        from gotel.diagnose.rules import blame_frame, syscall_ignored
+
+        top = self.cfg.diagnostics.goroutine_groups
+        if top <= 0:
+            return
+        waiting = sorted((b for b in buckets.values() if b.state == "waiting"), key=lambda b: b.count, reverse=True)
+        syscall = sorted((b for b in buckets.values() if b.state == "syscall" and not syscall_ignored(b.sample.frames)),
+                         key=lambda b: b.count, reverse=True)
+        merged: dict[tuple[Any, ...], tuple[dict[str, Any], int, int]] = {}
+        for b in waiting[:top] + syscall[:top]:
+            loc = blame_frame(b.sample.frames)
+            a = {"gotel.goroutine.state": b.state, "gotel.goroutine.wait.reason": b.wait_reason,
+                 "code.function.name": loc.function, "code.file.path": loc.file, "code.line.number": loc.line,
+                 "gotel.goroutine.created_by": b.sample.created_by, "gotel.goroutine.created_at": b.sample.created_at}
+            key = tuple(a.values())
+            _a, n, leaked = merged.get(key, (a, 0, 0))
+            merged[key] = (a, n + b.count, leaked + b.leaked)
+        for a, n, leaked in merged.values():
+            metrics.gauge(self.resource, "gotel.goroutine.group.count", n, "{goroutine}",
+                          "goroutines of one group: state, wait reason, innermost user frame, creator (debug=2 dumps)", a)
+            if leaked:
+                metrics.gauge(self.resource, "gotel.goroutine.group.leaked", leaked, "{goroutine}",
+                              "goroutines of the group the Go runtime marked (leaked)", a)
+
+    async def _memstats(self, pc: ProfileConfig, metrics: MetricsBuilder) -> tuple[int, int]:
+        from gotel.diagnose.signals import parse_memstats
+
+        resp = await self.r.fetcher.get(self.t, f"{self.t.path_prefix.rstrip('/')}/{(pc.path or 'heap').lstrip('/')}",
+                                        {"debug": "1"}, expect="text")
+        m = parse_memstats(resp.body.decode(errors="replace"), time.monotonic())
+        if m is None:
+            raise ScrapeError("not_pprof", f"{self.label}: heap?debug=1 has no runtime.MemStats trailer")
+        prev = self.last_num_gc
+        self.last_num_gc = m.num_gc
+        r = self.resource
+        metrics.sum(r, "go.gc.cycles", m.num_gc, "{gc_cycle}", "Completed GC cycles (runtime.MemStats.NumGC).")
+        metrics.gauge(r, "gotel.go.gc.cpu_fraction", m.gc_cpu_fraction, "1",
+                      "GC share of the CPU available to the program since it started (runtime.MemStats.GCCPUFraction)")
+        metrics.gauge(r, "gotel.go.gc.last", m.last_gc_unix_ns / 1e9, "s", "When the last GC cycle ended (unix time)")
+        if prev is not None and m.num_gc >= prev:
+            pauses = m.pauses_since(prev)  # the trailer has the last 256 pauses, not PauseTotalNs
+            metrics.gauge(r, "gotel.go.gc.pause.max", max(pauses, default=0) / 1e9, "s",
+                          "longest stop-the-world GC pause of the cycles since the previous reading")
+            metrics.gauge(r, "gotel.go.gc.pause.sum", sum(pauses) / 1e9, "s",
+                          "stop-the-world GC pause time of the cycles since the previous reading (at most 256)")
+        return len(resp.body), 1
+
+    def _alloc_sites(self, p: pb.Profile, metrics: MetricsBuilder) -> None:
+        """Bytes allocated per site (innermost user frame) in this scrape's allocs delta: the gc rule's blame."""
+        from gotel.diagnose.rules import top_sites_by
+
+        n = self.cfg.diagnostics.alloc_top
+        if n <= 0:
+            return
+        for loc, v in top_sites_by(p, "alloc_space", n):
+            a = {"code.function.name": loc.function, "code.file.path": loc.file, "code.line.number": loc.line}
+            metrics.sum(self.resource, "gotel.memory.allocated.site", v, "By",
+                        "bytes allocated at this site (allocs profile delta, innermost user frame)", a,
+                        temporality=DELTA, start=p.time_nanos)
 
     def _finding(self, f: goroutines.Finding, logs: LogsBuilder) -> None:
         b = f.bucket

@@ -54,7 +54,8 @@ class Loop:
     def __init__(self, *pids: int, **cfg: Any) -> None:
         self.rcv = ProcessReceiver(Config(discovery={"pids": list(pids)}), sinks(Signal.METRICS), make_ctx("process"))
         self.rcv.setup()
-        dc = DiagConfig.model_validate({"window": 3.0, **cfg})
+        # windows of seconds in these tests: every batch is evaluated (the default waits 5 s of readings)
+        dc = DiagConfig.model_validate({"window": 3.0, "evaluation_interval": 0, **cfg})
         self.logs, self.metrics = MemorySink(), MemorySink()
         self.to_logs = factory.create(Signal.METRICS, Signal.LOGS, dc, self.logs, make_ctx("diagnosis"))
         self.to_metrics = factory.create(Signal.METRICS, Signal.METRICS, dc, self.metrics, make_ctx("diagnosis"))
