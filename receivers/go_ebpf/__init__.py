@@ -8,7 +8,7 @@
         sampling: {fraction: 0.01, slow_threshold: 500ms}   # default: every call is a span
         tls: true              # gotel.tls.handshake.duration
         contexts: false        # context leak findings (logs) and gotel.context.leaked
-        context_mode: sampled  # or exact (every context: ~2.5 us each)
+        context_mode: sampled  # or exact (every context: ~1.5 us each)
 
 See docs/go_ebpf.md for the attributes, versions handled and what degrades without DWARF.
 """
@@ -68,8 +68,8 @@ class Config(ComponentConfig):
                            "says how they are found and what it costs)")
     context_mode: Literal["sampled", "exact"] = Field(
         "sampled", description="sampled: the creation probe attached context_window every context_period, "
-                               "cancels read from the context's memory, counts estimated (~duty x 1.5 us per "
-                               "context); exact: probes on every creation and cancel (~2.5 us per context)")
+                               "cancels read from the contexts' memory, counts estimated (tens of ns per "
+                               "context); exact: probes on every creation and cancel, exact (~1.5 us each)")
     context_window: Duration = Field(0.25, gt=0, description="sampled: how long each window traces creations")
     context_period: Duration = Field(5.0, gt=0, description="sampled: one window every this long")
     context_leak_age: Duration = Field(30.0, gt=0, description="a context older than this whose cancel func "

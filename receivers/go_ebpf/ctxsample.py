@@ -146,8 +146,10 @@ class Windows:
         return opened
 
     def _close(self, opened: list[int]) -> None:
+        # BPF stopped counting at close_ns; the probes come off together (one grace period for all),
+        # waited for on a thread of their own, so that a slow one does not delay the next window
+        self.program.detach_many([("ctxwindow", pid) for pid in opened], wait=False)
         for pid in opened:
-            self.program.detach_binary(("ctxwindow", pid))
             with self._lock:
                 p = self.procs.get(pid)
             try:
