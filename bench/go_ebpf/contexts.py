@@ -1,5 +1,6 @@
 """Cost of go_ebpf's context-leak probes (issue 19): nanoseconds per context created and canceled, in a
 tight loop of the ctxtlsapp fixture (`/spin`: context.WithCancel + cancel, one goroutine), untraced, with
+one empty uprobe at the creation site (the trap alone: the floor of any mode that sees every context), with
 `context_mode: exact` (probes on every creation and cancel) and with `context_mode: sampled` (the creation
 probe only, attached `--window` s every `--period` s), in one run; and the cost of the TLS probes per
 handshake the same way.
@@ -7,7 +8,7 @@ handshake the same way.
     .venv/bin/python bench/go_ebpf/contexts.py [--seconds 10] [--toolchain go1.26] [--rounds 3]
                                                 [--window 0.25] [--period 5]
 
-Rounds interleave the three modes (untraced, exact, sampled, untraced, ...): the machine's load moves the
+Rounds interleave the modes (untraced, empty probe, exact, sampled, untraced, ...): the machine's load moves the
 untraced figure by 2-3x from minute to minute here, so a mode is compared with the untraced runs around
 it. Cost is the spinning thread's own CPU time per context (user + system: a uprobe's trap is system
 time), which other processes on a busy machine do not inflate; the wall-clock figure is printed beside it.
@@ -35,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gotel.receivers.go_ebpf.below import Below, SamplingPlan
+from gotel.receivers.go_ebpf.below import Below, SamplingPlan, plan_for
 from tests.helpers import goapps
 
 
@@ -88,6 +89,25 @@ def traced(app: goapps.RunningApp, binary: Path, b: Below, seconds: float) -> Ru
     return run
 
 
+class EmptyProbe:
+    """The floor of any mode that sees every context: one uprobe at the creation site whose BPF program
+    returns at once. What it costs is the trap alone."""
+
+    def __init__(self) -> None:
+        from gotel.ebpf.program import BpfProgram
+
+        self.program = BpfProgram("int empty_probe(struct pt_regs *ctx) { return 0; }\n")
+
+    def run(self, app: goapps.RunningApp, binary: Path, seconds: float) -> Run:
+        plan = plan_for(str(binary), contexts=True, tls=False)
+        create = next(s for s in plan.sites if s.fn_name == "ctx_created")
+        self.program.attach_uprobe(str(binary), create.vaddr, "empty_probe", "empty", pid=app.pid)
+        try:
+            return spin(app, seconds)
+        finally:
+            self.program.detach_binary("empty")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -101,16 +121,18 @@ def main() -> None:
     binary = goapps.build("ctxtlsapp", args.toolchain)
     app = goapps.start("ctxtlsapp", toolchain=args.toolchain)
     log = logging.getLogger("bench")
-    rows: dict[str, list[Run]] = {"untraced": [], "exact": [], "sampled": []}
+    rows: dict[str, list[Run]] = {"untraced": [], "one empty probe": [], "exact": [], "sampled": []}
     try:
         handshakes(app)  # certificates made, servers up
         spin(app, 0.5)  # warm
         exact = Below(contexts=True, tls=False, leak_age=30.0, ring_pages=64, max_contexts=131072, log=log)
         sampled = Below(contexts=True, tls=False, leak_age=30.0, ring_pages=64, max_contexts=131072, log=log,
                         sampling=SamplingPlan(args.window, args.period))
+        empty = EmptyProbe()
         try:
             for _ in range(args.rounds):
                 rows["untraced"].append(spin(app, args.seconds))
+                rows["one empty probe"].append(empty.run(app, binary, args.seconds))
                 rows["exact"].append(traced(app, binary, exact, args.seconds))
                 rows["sampled"].append(traced(app, binary, sampled, sampled_s))
             rows["untraced"].append(spin(app, args.seconds))
@@ -122,6 +144,7 @@ def main() -> None:
         finally:
             exact.close()
             sampled.close()
+            empty.program.close()
     finally:
         app.stop()
     un = rows["untraced"]
@@ -129,19 +152,21 @@ def main() -> None:
           f"exact {args.seconds:g} s each, sampled {sampled_s:g} s (window {args.window:g} s every {args.period:g} s, "
           f"duty {args.window / args.period:.1%}); ns per context as the spinning thread's CPU time [wall clock]")
     bc, bw = statistics.median(r.cpu_ns for r in un), statistics.median(r.wall_ns for r in un)
-    print(f"  untraced  {bc:7.1f} [{bw:7.1f}] ns/context  ({statistics.median(r.rate for r in un) / 1e6:.2f} M contexts/s;"
+    print(f"  untraced         {bc:7.1f} [{bw:7.1f}] ns/context  ({statistics.median(r.rate for r in un) / 1e6:.2f} M contexts/s;"
           f" rounds {', '.join(f'{r.cpu_ns:.0f}' for r in un)})")
-    for mode in ("exact", "sampled"):
+    for mode in ("one empty probe", "exact", "sampled"):
         rs = rows[mode]
         tc, tw = statistics.median(r.cpu_ns for r in rs), statistics.median(r.wall_ns for r in rs)
         # each traced round against the mean of the untraced rounds either side of it
         added = [r.cpu_ns - (un[i].cpu_ns + un[i + 1].cpu_ns) / 2 for i, r in enumerate(rs)]
-        print(f"  {mode:8s}  {tc:7.1f} [{tw:7.1f}] ns/context  added {tc - bc:.0f} [{tw - bw:.0f}] ns/context, "
+        print(f"  {mode:15s}  {tc:7.1f} [{tw:7.1f}] ns/context  added {tc - bc:.0f} [{tw - bw:.0f}] ns/context, "
               f"ratio {tc / bc:.2f}x (goal: added <= 300; each round against its neighbours: "
               f"{', '.join(f'{a:.0f}' for a in added)})")
         seen = ", ".join(f"{r.rate_seen / 1e6:.2f} of {r.rate / 1e6:.2f}" for r in rs)
+        if mode == "one empty probe":
+            continue
         duty = f"; windows {statistics.median(r.duty for r in rs):.1%} of the time" if mode == "sampled" else ""
-        print(f"            M contexts/s at main.spinCancel counted{' (estimated)' if mode == 'sampled' else ''} "
+        print(f"                   M contexts/s at main.spinCancel counted{' (estimated)' if mode == 'sampled' else ''} "
               f"of made: {seen}; agent CPU {statistics.median(r.agent for r in rs):.3f} s/s{duty}")
     tb, tt = statistics.median(tls_before), statistics.median(tls_traced)
     print(f"  TLS round (46 handshakes, both sides in-process): untraced {tb * 1e3:.1f} ms, traced {tt * 1e3:.1f} ms, "
