@@ -11,6 +11,10 @@
  * leak, counted here at once.
  * User space counts entries older than a threshold as leaks and removes them. Per-site counts are
  * per-CPU (no atomics on the hot path).
+ * Sampled mode (a ctx_windows entry for the process): the creation probe alone, attached by user space
+ * for short windows (receivers/go_ebpf/ctxsample.py); only contexts created inside [open_ns, close_ns)
+ * are counted, one in `every` of them tracked with the parent it will hold (a guard against reuse of its
+ * memory); user space reads each tracked context's err field to tell whether it was canceled.
  *
  * TLS. Entry and RETs of crypto/tls.(*Conn).clientHandshake / serverHandshake (they run only for a real
  * handshake, unlike handshakeContext, which every Read passes): duration, the returned error's itab, one
@@ -59,6 +63,14 @@ struct ctx_val {
     u64 site;      /* return address in the creating function */
     u64 born_ns;
     u64 g;         /* the creating goroutine */
+    u64 parent[2]; /* sampled: the parent Context (itab, data), which the context's first field holds */
+    u64 weight;    /* sampled: the contexts this one stands for in its window; 0: exact mode */
+};
+struct ctx_window {
+    u64 open_ns;   /* CLOCK_MONOTONIC: contexts created in [open_ns, close_ns) are counted */
+    u64 close_ns;
+    u64 seen;      /* contexts created in the window so far */
+    u64 every;     /* track one in `every` of them (user space sets it from the last window's rate) */
 };
 struct site_key {
     u32 tgid;
@@ -72,8 +84,10 @@ struct site_val {
 };
 BPF_HASH(ctx_live, struct ctx_key, struct ctx_val, CTX_MAX);
 BPF_PERCPU_HASH(ctx_sites, struct site_key, struct site_val, 16384);
-/* 0: contexts not tracked (ctx_live full); 1: sites not counted (ctx_sites full) */
-BPF_PERCPU_ARRAY(ctx_untracked, u64, 2);
+BPF_HASH(ctx_windows, u32, struct ctx_window, 4096);  /* tgid -> its current window (sampled mode) */
+/* 0: contexts not tracked (ctx_live full); 1: sites not counted (ctx_sites full); 2: sampled contexts
+ * whose memory came back from a constructor before user space read it (their end unknown, dropped) */
+BPF_PERCPU_ARRAY(ctx_untracked, u64, 3);
 
 static __always_inline void ctx_miss(int i) {
     u64 *v = ctx_untracked.lookup(&i);
@@ -105,9 +119,18 @@ int ctx_created(struct pt_regs *ctx) {
     struct gotel_go_offsets *o = gotel_go_offsets_of(p);
     if (!o)
         return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 now = bpf_ktime_get_ns(), weight = 0;
+    struct ctx_window *w = ctx_windows.lookup(&tgid);
+    if (w) {  /* sampled: outside its window a probe still attached (or not yet open) counts nothing */
+        if (now < w->open_ns || now >= w->close_ns)
+            return 0;
+        weight = w->every ? w->every : 1;
+    }
     u64 si = ctx->si, di = ctx->di;  /* both read: the verifier allows no computed offset into pt_regs */
     barrier_var(si);
-    u64 child = o->off[C_CTX_CHILD_SI] == 1 ? si : di;
+    bool method = o->off[C_CTX_CHILD_SI] == 1;
+    u64 child = method ? si : di;
     if (!child)
         return 0;
     u64 lo = o->off[C_CTX_LO], hi = o->off[C_CTX_HI];
@@ -125,18 +148,44 @@ int ctx_created(struct pt_regs *ctx) {
         fp = frame[0];
         pc = frame[1];
     }
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct ctx_key k = {.tgid = tgid, .fn = child};
-    struct ctx_val v = {.site = pc, .born_ns = bpf_ktime_get_ns(), .g = GO_GOROUTINE(ctx)};
+    struct ctx_val v = {.site = pc, .born_ns = now, .g = GO_GOROUTINE(ctx)};
     struct ctx_val *old = ctx_live.lookup(&k);
     if (old) {
         /* Go <= 1.20: the probe sits on the stack check's jump, which runs again after morestack */
         if (o->off[C_CTX_REENTRY] == 1 && old->site == pc && old->g == v.g && v.born_ns - old->born_ns < 1000000)
             return 0;
-        /* else the memory was freed and reused: its cancel func was never called */
-        struct site_val *os = site_of(tgid, old->site);
-        if (os)
-            __sync_fetch_and_add(&os->freed_uncanceled, 1);
+        if (old->weight) {
+            /* sampled: freed and reused before user space read it; canceled or not, nobody knows */
+            ctx_miss(2);
+        } else {
+            /* exact: the memory was freed and reused, and its cancel func was never called */
+            struct site_val *os = site_of(tgid, old->site);
+            if (os)
+                __sync_fetch_and_add(&os->freed_uncanceled, 1);
+        }
+    }
+    if (weight) {
+        struct site_val *s = site_of(tgid, pc);
+        if (s)
+            s->created++;  /* per-CPU */
+        if (__sync_fetch_and_add(&w->seen, 1) % weight) {
+            if (old)
+                ctx_live.delete(&k);  /* the entry would name a context that no longer exists */
+            return 0;
+        }
+        v.weight = weight;
+        /* (c *cancelCtx).propagateCancel(parent Context, child canceler): c ax, parent bx cx; before Go 1.21
+         * propagateCancel(parent Context, child canceler): parent ax bx. All read, as above. */
+        u64 ax = ctx->ax, bx = ctx->bx, cx = ctx->cx;
+        barrier_var(ax);
+        barrier_var(bx);
+        barrier_var(cx);
+        v.parent[0] = method ? bx : ax;
+        v.parent[1] = method ? cx : bx;
+        if (ctx_live.update(&k, &v) < 0)
+            ctx_miss(0);
+        return 0;
     }
     if (ctx_live.update(&k, &v) < 0) {
         ctx_miss(0);

@@ -216,19 +216,40 @@ class BpfProgram:
     def detach_binary(self, key: Hashable) -> int:
         """Closes every uprobe attached under key (a binary whose last traced process is gone, or one
         process's own probes); returns how many."""
+        return self.detach_many([key])
+
+    def detach_many(self, keys: Iterable[Hashable], wait: bool = True) -> int:
+        """detach_binary for several keys, their probes closed together (one RCU wait, not one per key).
+
+        wait=False: the probes are forgotten here at once and closed on a thread of their own (the
+        kernel removes the breakpoints at the start of a close; the rest is waiting for a grace period,
+        ~0.1 s, seconds on a loaded machine)."""
         with self._lock:
-            a = self._binaries.pop(key, None)
-        if a is None:
+            found = [a for a in (self._binaries.pop(k, None) for k in keys) if a is not None]
+        if not found:
             return 0
         from bcc.libbcc import lib
 
-        fds = list(a.fds)
-        for ev in a.events:
+        fds = [fd for a in found for fd in a.fds]
+        events = [ev for a in found for ev in a.events]
+        for ev in events:
             fd = self.bpf.uprobe_fds.get(ev)
             if fd is not None:
                 fds.append(fd)
+        if not wait:
+            for ev in events:  # BCC's table, on the caller's thread (it is not thread-safe)
+                if ev in self.bpf.uprobe_fds:
+                    self.bpf._del_uprobe_fd(ev)
+
+            def close() -> None:
+                _close_perf_fds(fds)
+                for ev in events:
+                    lib.bpf_detach_uprobe(ev)
+
+            threading.Thread(target=close, name="gotel-detach", daemon=True).start()
+            return len(fds)
         _close_perf_fds(fds)
-        for ev in a.events:
+        for ev in events:
             lib.bpf_detach_uprobe(ev)  # a no-op for perf_event_open uprobes; removes a tracefs one
             if ev in self.bpf.uprobe_fds:
                 self.bpf._del_uprobe_fd(ev)

@@ -8,6 +8,7 @@
         sampling: {fraction: 0.01, slow_threshold: 500ms}   # default: every call is a span
         tls: true              # gotel.tls.handshake.duration
         contexts: false        # context leak findings (logs) and gotel.context.leaked
+        context_mode: sampled  # or exact (every context: ~1.5 us each)
 
 See docs/go_ebpf.md for the attributes, versions handled and what degrades without DWARF.
 """
@@ -20,9 +21,9 @@ import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from gotel.component.contract import ComponentConfig, Consumer, Context, ReceiverFactory
 from gotel.config.types import Duration
@@ -63,13 +64,26 @@ class Config(ComponentConfig):
     # ---- below the RPC (issue 19; receivers/go_ebpf/below.py, docs/go_ebpf_below.md)
     tls: bool = Field(True, description="gotel.tls.handshake.duration from uprobes on crypto/tls handshakes")
     contexts: bool = Field(
-        False, description="context leak findings and gotel.context.leaked: uprobes on every WithCancel/"
-                           "WithTimeout/WithDeadline and cancel call (~1-2 us each: off by default)")
+        False, description="context leak findings and gotel.context.leaked by creating site (context_mode "
+                           "says how they are found and what it costs)")
+    context_mode: Literal["sampled", "exact"] = Field(
+        "sampled", description="sampled: the creation probe attached context_window every context_period, "
+                               "cancels read from the contexts' memory, counts estimated (tens of ns per "
+                               "context); exact: probes on every creation and cancel, exact (~1.5 us each)")
+    context_window: Duration = Field(0.25, gt=0, description="sampled: how long each window traces creations")
+    context_period: Duration = Field(5.0, gt=0, description="sampled: one window every this long")
     context_leak_age: Duration = Field(30.0, gt=0, description="a context older than this whose cancel func "
                                                                 "was never called counts as leaked")
     context_max_tracked: int = Field(131072, ge=1024, le=4194304,
                                      description="live contexts tracked at once (kernel table; more are counted, "
                                                  "not tracked)")
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> Config:
+        if self.context_window >= self.context_period:
+            raise ValueError(f"context_window ({self.context_window:g}s) must be shorter than context_period "
+                             f"({self.context_period:g}s)")
+        return self
 
     @field_validator("ring_buffer_pages")
     @classmethod
@@ -129,11 +143,13 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
         defines = {"RINGBUF_PAGES": self.cfg.ring_buffer_pages}
         self.program = await loop.run_in_executor(None, lambda: BpfProgram("go_ebpf.c", defines=defines))
         if self.cfg.tls or self.cfg.contexts:
-            from gotel.receivers.go_ebpf.below import Below
+            from gotel.receivers.go_ebpf.below import Below, SamplingPlan
 
+            sampling = None if self.cfg.context_mode == "exact" else SamplingPlan(
+                self.cfg.context_window, self.cfg.context_period, run=self._attacher.submit)
             self.below = await loop.run_in_executor(None, lambda: Below(
                 contexts=self.cfg.contexts, tls=self.cfg.tls, leak_age=self.cfg.context_leak_age, ring_pages=64,
-                max_contexts=self.cfg.context_max_tracked, log=self.log))
+                max_contexts=self.cfg.context_max_tracked, log=self.log, sampling=sampling))
             self.below.marker.mono_to_unix = self._mono_to_unix
         self.targets = GoTargets(self.program, offset_names())
         from gotel.receivers.go_ebpf.red import configure
@@ -360,6 +376,8 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
         return bool(self.asm.pending)
 
     def _detach(self) -> None:
+        if self.below is not None:
+            self.below.stop_sampling()  # its windows attach on the attach thread
         self._attacher.shutdown(wait=True)  # detaches still queued run before the program closes
         if self.targets is not None:
             self.targets.close()

@@ -11,6 +11,7 @@ import bisect
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,8 @@ from gotel.ebpf.targets import entry_site, ret_addresses, struct_offset
 from gotel.golang import GoBinary, analyze
 from gotel.golang.binary import FileIdentity
 from gotel.pdata.batch import Logs, Metrics, attrs
-from gotel.receivers.go_ebpf.contexts import ContextLeaks, SiteName
+from gotel.receivers.go_ebpf.contexts import ContextLeaks, Sampled, SiteName
+from gotel.receivers.go_ebpf.ctxsample import Memory, Windows
 from gotel.receivers.go_ebpf.tls import WRAPPERS, ErrorTypes, Handshake, TlsMetrics, decode, error_type_name
 
 SCOPE = "gotel.receivers.go_ebpf"
@@ -45,6 +47,7 @@ class BelowPlan:
     gb: GoBinary
     probe_ids: list[str] = field(default_factory=list)
     _namer: Callable[[int], SiteName] | None = None
+    ctx_err: int | None = None  # context.cancelCtx.err: what sampled mode reads to see a context ended
 
     def namer(self) -> Callable[[int], SiteName]:
         """One per binary: its line tables are decoded once, whatever the number of its processes."""
@@ -71,6 +74,7 @@ def _plan(gb: GoBinary, contexts: bool, tls: bool) -> BelowPlan:
     sites: list[Site] = []
     ids: list[str] = []
     off: dict[str, int | None] = dict.fromkeys(OFFSETS)
+    ctx_err = None
     if contexts:
         ctx_fns = [n for n in fns.names() if n.startswith("context.")]
         prop = next((n for n in ("context.(*cancelCtx).propagateCancel", "context.propagateCancel")
@@ -90,6 +94,7 @@ def _plan(gb: GoBinary, contexts: bool, tls: bool) -> BelowPlan:
                     if cat is not None:
                         sites.append(Site(cat[0], "ctx_cancel", n))
             ids.append("context.leaks")
+            ctx_err = struct_offset(gb, "context.cancelCtx", "err")
     if tls:
         for sym, side in ((_TLS_CLIENT, "client"), (_TLS_SERVER, "server")):
             at = entry_site(gb, sym)
@@ -114,7 +119,7 @@ def _plan(gb: GoBinary, contexts: bool, tls: bool) -> BelowPlan:
             off[f"wrap Error {i}"] = _fn(gb, method)
             off[f"wrap offset {i}"] = struct_offset(gb, struct_name, fld)
     types = ErrorTypes(_error_namer(gb), struct_offset(gb, "crypto/x509.CertificateInvalidError", "Reason"))
-    return BelowPlan(sites, off, types, gb, ids)
+    return BelowPlan(sites, off, types, gb, ids, ctx_err=ctx_err)
 
 
 def _fn(gb: GoBinary, name: str) -> int | None:
@@ -212,6 +217,17 @@ class _LineTable:
         return rows
 
 
+@dataclass(frozen=True)
+class SamplingPlan:
+    """context_mode: sampled: the creation probe attached `window` s every `period` s; at most `budget`
+    contexts tracked per process and window; `run` attaches and detaches (the receiver's attach thread)."""
+
+    window: float
+    period: float
+    budget: int = 4096
+    run: Callable[[Callable[[], Any]], Future[Any]] | None = None
+
+
 _CLIENT_TYPES = (2, 4)  # T_GRPC_CLIENT, T_HTTP_CLIENT (bpf/go_ebpf.c)
 _HOLD_S = 10.0  # how long a failed handshake waits for the traced call it happened in to end
 
@@ -284,7 +300,8 @@ class Below:
     """The program, its attachments and what its records become."""
 
     def __init__(self, *, contexts: bool, tls: bool, leak_age: float, ring_pages: int, max_contexts: int,
-                 log: logging.Logger) -> None:
+                 log: logging.Logger, sampling: SamplingPlan | None = None) -> None:
+        """sampling: sampled context tracking (the creation probe in windows); None: exact (two probes)."""
         from gotel.ebpf.goprobes import GoTargets
         from gotel.ebpf.program import BpfProgram
 
@@ -296,12 +313,22 @@ class Below:
         self.targets = GoTargets(self.program, OFFSETS, per_process=contexts)
         self._raw: list[bytes] = []
         self.program.collect_ring_buffer("ctxtls_events", self._raw)
-        self.leaks = ContextLeaks(self.program, leak_age)
+        self.windows: Windows | None = None
+        self._own: ThreadPoolExecutor | None = None  # attaches windows when no caller's thread does
+        if contexts and sampling is not None:
+            run = sampling.run
+            if run is None:
+                self._own = ThreadPoolExecutor(max_workers=1, thread_name_prefix="go_ebpf-ctxattach")
+                run = self._own.submit
+            self.windows = Windows(self.program, window=sampling.window, period=sampling.period,
+                                   budget=sampling.budget, run=run, closed=lambda: self.leaks.scan(), log=log)
+        self.leaks = ContextLeaks(self.program, leak_age, self.windows.scale if self.windows else None)
         self.tls_metrics = TlsMetrics()
         self.types: dict[int, ErrorTypes] = {}
         self.resources: dict[int, dict[str, Any]] = {}
         self.handshakes: list[Handshake] = []  # failed ones since the last take (span marking, logs)
         self._seen: dict[tuple[int, str], int] = {}  # (pid, site label) -> leaks named in findings so far
+        self._exported: dict[tuple[int, str, str], int] = {}  # (pid, label, metric) -> last value exported
         self.start_ns = time.time_ns()
         self._mono_to_unix = time.time_ns() - time.monotonic_ns()
         self.marker = SpanMarker(self._mono_to_unix)  # the receiver sets its own offset (one clock for both)
@@ -313,20 +340,38 @@ class Below:
             return []
         self.types[pid] = plan.types
         self.resources[pid] = resource
-        if "context.leaks" in plan.probe_ids:
+        sites, ids = plan.sites, list(plan.probe_ids)
+        if "context.leaks" in ids and self.windows is not None:
+            create = next(s for s in sites if s.fn_name == "ctx_created")  # attached in windows only
+            sites = [s for s in sites if not s.fn_name.startswith("ctx_")]  # and no cancel probe
+            if plan.ctx_err is None:
+                ids.remove("context.leaks")
+                self.log.warning("go_ebpf: pid %d (%s): no DWARF for context.cancelCtx.err: sampled context "
+                                 "tracking cannot see cancels (context_mode: exact can)", pid, exe)
+            else:
+                self.leaks.add_process(pid, plan.namer(), Sampled(plan.ctx_err, Memory(pid)))
+        elif "context.leaks" in ids:
             self.leaks.add_process(pid, plan.namer())
-        self.targets.add_process(pid, exe, plan.sites, plan.offsets)
-        return plan.probe_ids
+        if not sites and not any(i.startswith("context.") for i in ids):
+            return []
+        self.targets.add_process(pid, exe, sites, plan.offsets)
+        if self.windows is not None and pid in self.leaks.sampled:
+            self.windows.add(pid, exe, create.vaddr, create.fn_name)
+        return ids
 
     def remove(self, pid: int, detach: Callable[[Any], object] | None = None) -> None:
         """detach: how to close the probes (the receiver's attach thread: BCC's probe table is not
         thread-safe, and closing waits for RCU grace periods)."""
         self.log.debug("go_ebpf: context/TLS probes off pid %d", pid)
         self.drain()
+        if self.windows is not None:
+            self.windows.remove(pid)
+            (detach or self.program.detach_binary)(("ctxwindow", pid))
         self.targets.remove_process(pid, detach=detach)
         if pid in self.leaks.procs:
             self.leaks.remove_process(pid)
         self.types.pop(pid, None)
+        self._exported = {k: v for k, v in self._exported.items() if k[0] != pid}
         self.tls_metrics.remove_process(pid)
         self.resources.pop(pid, None)
 
@@ -382,7 +427,8 @@ class Below:
                          lambda c: c.leaked),
                         ("gotel.context.created", "Cancelable contexts created, by creating site.",
                          lambda c: c.created)):
-                    rows = [(label, get(c)) for label, c in sites.items() if get(c) > 0]
+                    rows = [(label, self._monotonic(pid, label, metric, get(c))) for label, c in sites.items()
+                            if get(c) > 0]
                     if not rows:
                         continue
                     m = sm.metrics.add(name=metric, unit="{context}", description=desc)
@@ -421,13 +467,28 @@ class Below:
                                             "gotel.context.leaked.new": new, "gotel.context.leaked.total": c.leaked}))
         return b if b.msg.resource_logs else None
 
+    def _monotonic(self, pid: int, label: str, metric: str, n: int) -> int:
+        """A sampled estimate can drop a little as its scale settles; a cumulative counter must not."""
+        k = (pid, label, metric)
+        n = self._exported[k] = max(n, self._exported.get(k, 0))
+        return n
+
     def _reported(self, pid: int, label: str) -> int:
         return self._seen.get((pid, label), 0)
 
     def _reported_set(self, pid: int, label: str, n: int) -> None:
         self._seen[(pid, label)] = n
 
+    def stop_sampling(self) -> None:
+        """Ends the duty cycle (before the attach thread it uses stops)."""
+        if self.windows is not None:
+            self.windows.close()
+        if self._own is not None:
+            self._own.shutdown(wait=True)
+            self._own = None
+
     def close(self) -> None:
+        self.stop_sampling()
         self.targets.close()
         self.program.close()
 
