@@ -291,26 +291,43 @@ async def test_copied_header_map_http2(env: Env, tmp_path: Path) -> None:
     assert s.trace_id.hex() == tp_trace and s.parent_span_id == c.span_id
 
 
-# x/net v0.63 needs Go >= 1.26 (its go.mod), so Go 1.19 cannot build it; on Go 1.27 x/net's http2 is a wrapper
-# around net/http's own HTTP/2 (its go1.27 build files), on Go 1.26 it is x/net's own code
-@pytest.mark.parametrize("toolchain", ["go1.26", "go1.27"])
-async def test_x_net_http2_servers_and_clients(toolchain: str, tmp_path: Path) -> None:
-    env = await _env(toolchain, "xnetapp")
+# x/net v0.63 (xnetapp, module mode) needs Go >= 1.26 (its go.mod): Go 1.19 builds the same sources in GOPATH
+# mode against Debian's x/net 0.7.0 (xnetgopath). On Go 1.27 x/net v0.63's http2 is a wrapper around net/http's
+# own HTTP/2 (its go1.27 build files); on Go 1.26 and 1.19 it is x/net's own code.
+@pytest.mark.parametrize(("toolchain", "app"), [("go1.19", "xnetgopath"), ("go1.26", "xnetapp"), ("go1.27", "xnetapp")])
+async def test_x_net_http2_servers_and_clients(toolchain: str, app: str, tmp_path: Path) -> None:
+    env = await _env(toolchain, app)
     try:
         cert = str(tmp_path / "cert.pem")
         # http2.ConfigureServer over TLS: x/net's client, then net/http's
-        srv = await server(env, "-tls", "-cert-out", cert, "-mode", "xnet-tls", app_name="xnetapp")
+        srv = await server(env, "-tls", "-cert-out", cert, "-mode", "xnet-tls", app_name=app)
         for extra in (("-mode", "xnet"), ("-h2",), ("-mode", "xnet", "-clone")):
             calls = await one_round(env, srv, "https", *extra, cafile=cert)
             assert {r["proto"] for r in calls} == {"HTTP/2.0"}, extra
         # h2c.NewHandler (prior knowledge): x/net's client, then net/http's unencrypted HTTP/2 (Go >= 1.24)
-        srv = await server(env, "-mode", "xnet-h2c", app_name="xnetapp")
-        for extra in (("-mode", "xnet"), ("-mode", "h2c")):
+        srv = await server(env, "-mode", "xnet-h2c", app_name=app)
+        for extra in (("-mode", "xnet"), ("-mode", "h2c"))[: 1 if toolchain == "go1.19" else 2]:
             calls = await one_round(env, srv, "http", *extra)
             assert {r["proto"] for r in calls} == {"HTTP/2.0"}, extra
         # x/net's client against net/http's own TLS server
-        srv = await server(env, "-tls", "-cert-out", cert, app_name="xnetapp")
+        srv = await server(env, "-tls", "-cert-out", cert, app_name=app)
         calls = await one_round(env, srv, "https", "-mode", "xnet", cafile=cert)
         assert {r["proto"] for r in calls} == {"HTTP/2.0"}
     finally:
         await env.close()
+
+
+async def test_x_net_losses_are_named_per_binary() -> None:
+    """What x/net's HTTP/2 cannot give is named for the binary that lacks it (as every DWARF loss is), and
+    only there: a full build loses nothing of it, a stripped one says what, a program without x/net nothing."""
+    from gotel.golang import analyze
+    from gotel.receivers.go_ebpf.layout import layout_for
+
+    def xnet_losses(app: str, stripped: bool) -> set[str]:
+        b = goapps.build(app, "go1.26", stripped=stripped)
+        return {m for m in layout_for(analyze(str(b))).missing if "x/net" in m or "h2c" in m}
+
+    assert xnet_losses("xnetapp", False) == set()
+    assert xnet_losses("xnetapp", True) == {"HTTP/2 server, x/net (stitching)", "HTTP/2 client, x/net (stitching)",
+                                            "http.response.status_code (HTTP/2 server, x/net)"}
+    assert xnet_losses("httpapp", True) == set()
