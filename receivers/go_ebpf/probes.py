@@ -95,14 +95,16 @@ def _plan(exe: str, grpc: bool, http: bool, flow: bool = True) -> Plan:
 # wraps: serverHandler for net/http's own servers, but the user's handler for connections given to
 # golang.org/x/net/http2's (*Server).ServeConn (h2c), which on Go 1.27 wraps net/http's HTTP/2.
 H2_HANDLER = "net/http.http2Handler.ServeHTTP"
+# x/net's ServeConn handing connections to net/http's HTTP/2 (x/net's go1.27 build files): where it is linked
+XNET_WRAP = "golang.org/x/net/http2.(*serverConfig).ServeConnFunc"
 
 
 def h2_handler_call(gb: GoBinary) -> int | None:
     """The one indirect call in http2Handler.ServeHTTP (`h.h.ServeHTTP(rw, req)`: rw's itab, rw, req in the
-    registers serverHandler.ServeHTTP's entry has them), only where x/net's ServeConn is linked: this call is
+    registers serverHandler.ServeHTTP's entry has them), only where x/net's wrapping ServeConn is linked: this call is
     single-stepped (an indirect call is not emulated), so binaries that cannot need it do not pay for it."""
     f = gb.functions.get(H2_HANDLER)
-    if f is None or not any(gb.functions.get(f"golang.org/x/net/http2.(*Server).{m}") for m in ("serveConn", "ServeConn")):
+    if f is None or gb.functions.get(XNET_WRAP) is None:
         return None
     from gotel.golang.disasm import decode
 
@@ -194,10 +196,10 @@ for _spec in (
               "the HTTP/2 stream a client request goes out on (stitching)", optional=True,
               offsets=(FieldRef("net/http.http2clientStream|net/http/internal/http2.clientStream", "ID",
                                 "HTTP/2 stitching"),)),
-    ProbeSpec("http.server.h2_handler", (H2_HANDLER,), _EB,
-              "HTTP/2 server span start for streams of x/net's ServeConn on Go >= 1.27 (h2c), which skip "
-              "serverHandler.ServeHTTP: its call of the wrapped handler (single-stepped; only where x/net's "
-              "ServeConn is linked)", optional=True),
+    ProbeSpec("http.server.h2_handler", (XNET_WRAP,), _EB,
+              "HTTP/2 server span start for streams of x/net's ServeConn (h2c) where x/net wraps net/http's "
+              "HTTP/2 (Go >= 1.27), which skip serverHandler.ServeHTTP: the probe is on the one indirect call "
+              f"in {H2_HANDLER} (single-stepped)", module="golang.org/x/net", optional=True),
     # golang.org/x/net/http2 used directly (ConfigureServer, h2c, http2.Transport)
     ProbeSpec("http.server.h2x_start", (f"{_XH2}.(*serverConn).runHandler",), _EB,
               "HTTP/2 server span start for x/net's server (every stream, h2c too): method, path, peer, "
