@@ -89,6 +89,16 @@
 #define H_H2CS_ID (H_BASE + 26)
 #define H_H2CS_CC (H_BASE + 27)
 #define H_H2CC_TCONN (H_BASE + 28)
+/* golang.org/x/net/http2 used directly: its own types (responseWriter.rws is at 0, checked in layout.py) */
+#define HX_RWS_STREAM (H_BASE + 29)
+#define HX_RWS_STATUS (H_BASE + 30)
+#define HX_ST_ID (H_BASE + 31)
+#define HX_SC_CONN (H_BASE + 32)
+#define HX_CS_ID (H_BASE + 33)
+#define HX_CS_CC (H_BASE + 34)
+#define HX_CC_TCONN (H_BASE + 35)
+#define HA_H2C_BUFCONN 120  /* h2c.(*bufConn).LocalAddr: h2c's net.Conn wrapper (its net.Conn at 0); after the flow block */
+#define XNET_CLIENT 1  /* gev.obj of an HTTP client span begun at x/net's (*Transport).roundTripOpt */
 #define F_HTTP_SWISS_MAP (1 << 16)      /* gotel_go_proc.flags: http.Header is a swiss-table map (Go >= 1.24) */
 /* event flags */
 #define E_HTTP_CONN (1 << 16)  /* HTTP: addresses set, stream_id = the request's order on its HTTP/1 connection or its HTTP/2 stream id */
@@ -1018,6 +1028,11 @@ static __always_inline bool netconn_addrs(struct gotel_go_proc *p, struct gotel_
     h->ident = c[1];
     u64 fn = rd64(c[0] + 32);
     u64 o_tls = o->off[H_TLS_CONN];
+    if (fn == o->off[HA_H2C_BUFCONN] && KNOWN(fn)) {  /* h2c's {net.Conn; *bufio.Reader} */
+        if (bpf_probe_read_user(c, sizeof(c), (void *)c[1]) < 0 || !c[0] || !c[1])
+            return false;
+        fn = rd64(c[0] + 32);
+    }
     if (fn == o->off[HA_TLS_LOCALADDR] && KNOWN(o_tls)) {
         if (bpf_probe_read_user(c, sizeof(c), (void *)(c[1] + o_tls)) < 0 || !c[0] || !c[1])
             return false;
@@ -1132,6 +1147,24 @@ static __always_inline void http2_server_conn(struct gotel_go_proc *p, struct ge
     u32 id = 0;
     bpf_probe_read_user(&id, sizeof(id), (void *)(st + o_id));
     struct hconn *h = h2_conn(p, o, e->pid, rd64(st + o_sc), o->off[H_H2SC_CONN]);
+    if (h && id)
+        hconn_copy(e, h, id, E_HTTP2);
+}
+
+/* Server start, x/net HTTP/2 ((*serverConn).runHandler(sc, rw, req, handler)): the stream id and addresses. */
+static __always_inline void http2x_server_conn(struct gotel_go_proc *p, struct gev *e, u64 sc, u64 rw) {
+    struct gotel_go_offsets *o = gotel_go_offsets_of(p);
+    if (!o || !sc || !rw)
+        return;
+    u64 o_st = o->off[HX_RWS_STREAM], o_id = o->off[HX_ST_ID];
+    if (!KNOWN(o_st) || !KNOWN(o_id))
+        return;
+    u64 st = rd64(rd64(rw) + o_st);  /* responseWriter{rws}: rws at 0 */
+    if (!st)
+        return;
+    u32 id = 0;
+    bpf_probe_read_user(&id, sizeof(id), (void *)(st + o_id));
+    struct hconn *h = h2_conn(p, o, e->pid, sc, o->off[HX_SC_CONN]);
     if (h && id)
         hconn_copy(e, h, id, E_HTTP2);
 }
@@ -1279,16 +1312,17 @@ int http_pconn_roundtrip(struct pt_regs *ctx) {
 struct h2req {
     u64 cc;
     u32 id;
+    u32 xnet;  /* cc is an x/net *ClientConn */
 };
 BPF_TABLE("lru_hash", struct gotel_go_key, struct h2req, h2_reqs, 16384);
 
 /* (*http2clientStream).encodeAndWriteHeaders(cs, req): the stream id is assigned (addStreamLocked). */
-int http2_client_headers(struct pt_regs *ctx) {
+static __always_inline int http2_headers(struct pt_regs *ctx, u32 xnet) {
     GOTEL_GO_PROC(p);
     struct gotel_go_offsets *o = gotel_go_offsets_of(p);
     if (!o)
         return 0;
-    u64 o_h = o->off[H_H2REQ_HEADER], o_id = o->off[H_H2CS_ID], o_cc = o->off[H_H2CS_CC];
+    u64 o_h = o->off[H_H2REQ_HEADER], o_id = o->off[xnet ? HX_CS_ID : H_H2CS_ID], o_cc = o->off[xnet ? HX_CS_CC : H_H2CS_CC];
     if (!KNOWN(o_h) || !KNOWN(o_id) || !KNOWN(o_cc))
         return 0;
     u64 cs = GO_PARAM1(ctx), req = GO_PARAM2(ctx);
@@ -1300,9 +1334,12 @@ int http2_client_headers(struct pt_regs *ctx) {
     struct h2req v = {};
     bpf_probe_read_user(&v.id, sizeof(v.id), (void *)(cs + o_id));
     v.cc = rd64(cs + o_cc);
+    v.xnet = xnet;
     h2_reqs.update(&k, &v);
     return 0;
 }
+int http2_client_headers(struct pt_regs *ctx) { return http2_headers(ctx, 0); }
+int http2x_client_headers(struct pt_regs *ctx) { return http2_headers(ctx, 1); }
 
 /* At (*Transport).roundTrip's RETs: the HTTP/2 stream the request went out on (aux: its header map). */
 static __always_inline void http2_client_stream(struct gotel_go_proc *p, struct gev *e) {
@@ -1315,7 +1352,7 @@ static __always_inline void http2_client_stream(struct gotel_go_proc *p, struct 
     struct h2req *v = h2_reqs.lookup(&k);
     if (!v)
         return;
-    struct hconn *h = h2_conn(p, o, e->pid, v->cc, o->off[H_H2CC_TCONN]);
+    struct hconn *h = h2_conn(p, o, e->pid, v->cc, o->off[v->xnet ? HX_CC_TCONN : H_H2CC_TCONN]);
     if (h && v->id)
         hconn_copy(e, h, v->id, E_HTTP2);
     h2_reqs.delete(&k);
@@ -1323,32 +1360,36 @@ static __always_inline void http2_client_stream(struct gotel_go_proc *p, struct 
 
 /* (*http2responseWriter).handlerDone(rw): the HTTP/2 handler returned (on its goroutine): the span ends
  * with the status it wrote (0: nothing written, net/http answers 200). */
-int http2_server_done(struct pt_regs *ctx) {
+static __always_inline int http2_done(struct pt_regs *ctx, bool xnet) {
     GOTEL_GO_ENTER(p, k);
     struct gev *e = srv_ongoing.lookup(&k);
     if (!e || e->type != T_HTTP_SERVER || e->obj != GO_PARAM1(ctx))
         return 0;
     struct gotel_go_offsets *o = gotel_go_offsets_of(p);
-    if (o && KNOWN(o->off[H_H2RW_RWS]) && KNOWN(o->off[H_H2RWS_STATUS])) {
-        e->code = (s32)rd64(rd64(e->obj + o->off[H_H2RW_RWS]) + o->off[H_H2RWS_STATUS]);
+    u64 o_rws = xnet ? 0 : (o ? o->off[H_H2RW_RWS] : GOTEL_GO_OFFSET_UNKNOWN);
+    u64 o_status = o ? o->off[xnet ? HX_RWS_STATUS : H_H2RWS_STATUS] : GOTEL_GO_OFFSET_UNKNOWN;
+    if (KNOWN(o_rws) && KNOWN(o_status)) {
+        e->code = (s32)rd64(rd64(e->obj + o_rws) + o_status);
         e->flags |= E_STATUS;
     }
     http_server_pattern(p, e);
     server_end(&k, e);
     return 0;
 }
+int http2_server_done(struct pt_regs *ctx) { return http2_done(ctx, false); }
+int http2x_server_done(struct pt_regs *ctx) { return http2_done(ctx, true); }
 /* ---- end of the HTTP hops block */
 
 /* ---- net/http server: serverHandler.ServeHTTP(rw ResponseWriter, req *Request) ------------------ */
 
-int http_server_start(struct pt_regs *ctx) {
+/* rw_tab: the ResponseWriter's itab (0: an x/net *responseWriter, xsc its serverConn) */
+static __always_inline int http_server_begin(struct pt_regs *ctx, u64 rw_tab, u64 rw, u64 req, u64 xsc) {
     GOTEL_GO_ENTER(p, k);
-    u64 rw = GO_PARAM3(ctx), req = GO_PARAM4(ctx);
     struct gev *prev = srv_ongoing.lookup(&k);
     if (prev && prev->type == T_HTTP_SERVER && prev->obj == rw)
-        return 0;  /* the entry probe again, after morestack restarted the function */
+        return 0;  /* the entry probe again (morestack), or ServeHTTP under x/net's runHandler */
     u32 seq = 0;
-    struct hconn *h1 = http1_server_count(p, GO_PARAM2(ctx), rw, &seq);  /* HTTP hops */
+    struct hconn *h1 = http1_server_count(p, rw_tab, rw, &seq);  /* HTTP hops */
     struct gev *e = srv_begin(&k, T_HTTP_SERVER);
     if (!e)
         return 0;
@@ -1365,12 +1406,22 @@ int http_server_start(struct pt_regs *ctx) {
     read_str_at(e->tp, TP_LEN, req, gotel_go_offset(p, O_REQ_HOST));
     if (h1)  /* HTTP hops */
         hconn_copy(e, h1, seq, 0);
+    else if (xsc)
+        http2x_server_conn(p, e, xsc, rw);
     else
-        http2_server_conn(p, e, GO_PARAM2(ctx), rw);
+        http2_server_conn(p, e, rw_tab, rw);
     http_header_scan(p, e, req);
     if (e->flags & E_HTTP_TP)
         e->flags |= tp_sampled(e->in_tp[54]);
     return 0;
+}
+int http_server_start(struct pt_regs *ctx) {
+    return http_server_begin(ctx, GO_PARAM2(ctx), GO_PARAM3(ctx), GO_PARAM4(ctx), 0);
+}
+/* golang.org/x/net/http2.(*serverConn).runHandler(sc, rw, req, handler): every stream x/net serves (h2c's
+ * do not pass through serverHandler.ServeHTTP) */
+int http2x_server_start(struct pt_regs *ctx) {
+    return http_server_begin(ctx, 0, GO_PARAM2(ctx), GO_PARAM3(ctx), GO_PARAM1(ctx));
 }
 
 static __always_inline void http_server_done(struct gotel_go_proc *p, struct gotel_go_key *k, struct gev *e) {
@@ -1422,8 +1473,11 @@ int http_server_end(struct pt_regs *ctx) {
 
 /* ---- net/http client: (*Transport).roundTrip(req *Request) (*Response, error) -------------------- */
 
-int http_client_start(struct pt_regs *ctx) {
+static __always_inline int http_client_begin(struct pt_regs *ctx, bool xnet) {
     GOTEL_GO_ENTER(p, k);
+    struct gev *prev = cli_start.lookup(&k);
+    if (prev && prev->type == T_HTTP_CLIENT && (xnet || prev->obj == XNET_CLIENT))
+        return 0;  /* x/net's Transport under net/http's (ConfigureTransports) or over it (Go 1.27): one span */
     struct gev *e = cli_begin(&k, T_HTTP_CLIENT);
     if (!e)
         return 0;
@@ -1443,14 +1497,18 @@ int http_client_start(struct pt_regs *ctx) {
     u64 o_hdr = gotel_go_offset(p, H_REQ_HEADER);
     if (KNOWN(o_hdr))
         e->aux = rd64(req + o_hdr);  /* HTTP hops: finds an HTTP/2 request's stream */
+    if (xnet)
+        e->obj = XNET_CLIENT;
     set_parent(e, tgid, GO_GOROUTINE(ctx));
     return 0;
 }
+int http_client_start(struct pt_regs *ctx) { return http_client_begin(ctx, false); }
+int http2x_client_start(struct pt_regs *ctx) { return http_client_begin(ctx, true); }
 
-int http_client_end(struct pt_regs *ctx) {
+static __always_inline int http_client_ret(struct pt_regs *ctx, bool xnet) {
     GOTEL_GO_ENTER(p, k);
     struct gev *e = cli_start.lookup(&k);
-    if (!e || e->type != T_HTTP_CLIENT)
+    if (!e || e->type != T_HTTP_CLIENT || (xnet && e->obj != XNET_CLIENT))
         return 0;
     u64 resp = GO_PARAM1(ctx);
     u64 o_sc = gotel_go_offset(p, O_RESPONSE_STATUSCODE);
@@ -1466,6 +1524,8 @@ int http_client_end(struct pt_regs *ctx) {
     cli_start.delete(&k);
     return 0;
 }
+int http_client_end(struct pt_regs *ctx) { return http_client_ret(ctx, false); }
+int http2x_client_end(struct pt_regs *ctx) { return http_client_ret(ctx, true); }
 
 /* ---- flow control and stream limits (issue 19): an appended block (receivers/go_ebpf/flowcontrol.py) ----
  * Only rare paths are probed: the `select` where a new client stream waits for the connection's stream quota

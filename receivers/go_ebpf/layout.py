@@ -83,6 +83,7 @@ OFFSETS: list[OffsetSpec] = [
 _NH = "net/http"
 _H2 = ("net/http.http2", "net/http/internal/http2.")  # bundled h2 up to Go 1.26, its own package in 1.27
 HTTP_SLOT = 64
+_XH2 = "golang.org/x/net/http2"
 
 
 def _h2(t: str) -> tuple[str, ...]:
@@ -127,6 +128,15 @@ HTTP_OFFSETS: list[OffsetSpec] = [
     ("field", _h2("clientStream"), "ID", "HTTP/2 client (stitching)"),  # 90
     ("field", _h2("clientStream"), "cc", "HTTP/2 client (stitching)"),  # 91
     ("field", _h2("ClientConn"), "tconn", "HTTP/2 client (stitching)"),  # 92
+    # golang.org/x/net/http2 used directly (its own types beside net/http's bundled ones): HX_* in go_ebpf.c.
+    # responseWriter is {rws *responseWriterState}: rws at 0 (checked by layout_for, not given a slot)
+    ("field", (f"{_XH2}.responseWriterState",), "stream", "HTTP/2 server, x/net (stitching)"),  # 93
+    ("field", (f"{_XH2}.responseWriterState",), "status", "http.response.status_code (HTTP/2 server, x/net)"),  # 94
+    ("field", (f"{_XH2}.stream",), "id", "HTTP/2 server, x/net (stitching)"),  # 95
+    ("field", (f"{_XH2}.serverConn",), "conn", "HTTP/2 server, x/net (stitching)"),  # 96
+    ("field", (f"{_XH2}.clientStream",), "ID", "HTTP/2 client, x/net (stitching)"),  # 97
+    ("field", (f"{_XH2}.clientStream",), "cc", "HTTP/2 client, x/net (stitching)"),  # 98
+    ("field", (f"{_XH2}.ClientConn",), "tconn", "HTTP/2 client, x/net (stitching)"),  # 99
 ]
 assert len(OFFSETS) <= HTTP_SLOT, "OFFSETS reached the HTTP block: move HTTP_SLOT (and H_BASE in go_ebpf.c)"
 ALL_OFFSETS: list[OffsetSpec | None] = [*OFFSETS, *[None] * (HTTP_SLOT - len(OFFSETS)), *HTTP_OFFSETS]
@@ -135,6 +145,11 @@ ALL_OFFSETS: list[OffsetSpec | None] = [*OFFSETS, *[None] * (HTTP_SLOT - len(OFF
 ALL_OFFSETS += [None] * (FLOW_SLOT - len(ALL_OFFSETS))
 ALL_OFFSETS += [(k, t, f, "") for k, t, f, _ in FLOW_OFFSETS]
 F_HTTP_SWISS_MAP = 1 << 16  # http.Header is a swiss-table map (Go >= 1.24)
+# h2c's net.Conn wrapper {net.Conn; *bufio.Reader} (its Conn at 0, checked by layout_for): after the flow block,
+# as the HTTP block is full (HA_H2C_BUFCONN in go_ebpf.c)
+H2C_BUFCONN_SLOT = 120
+assert len(ALL_OFFSETS) == H2C_BUFCONN_SLOT, "the flow block grew into HA_H2C_BUFCONN's slot: move it"
+ALL_OFFSETS += [("func", (f"{_XH2}/h2c.(*bufConn).LocalAddr",), "", "HTTP/2 server, h2c (stitching)")]
 # ---- end of the HTTP hops block
 
 # the table's last slots are the BPF side's own (L_ITAB_* in go_ebpf.c: context itabs it has recognised)
@@ -195,6 +210,16 @@ PROBES: list[Probe] = [
                                   "net/http/internal/http2.(*ClientConn).readLoop"), "http2_conn_new"),
     Probe("http.client.h2_headers", ("net/http.(*http2clientStream).encodeAndWriteHeaders",
                                      "net/http/internal/http2.(*clientStream).encodeAndWriteHeaders"), "http2_client_headers"),
+    # golang.org/x/net/http2 used directly (ConfigureServer, h2c, its Transport): its own functions, beside
+    # net/http's. Its server spans begin where every stream's handler starts (h2c's skip ServeHTTP); its
+    # Transport's calls are client spans unless net/http's roundTrip already made one (one span per call)
+    Probe("http.server.h2x_start", (f"{_XH2}.(*serverConn).runHandler",), "http2x_server_start"),
+    Probe("http.server.h2x_done", (f"{_XH2}.(*responseWriter).handlerDone",), "http2x_server_done"),
+    Probe("http.server.h2x_conn", (f"{_XH2}.(*serverConn).serve",), "http2_conn_new"),
+    Probe("http.client.h2x_roundtrip", (f"{_XH2}.(*Transport).roundTripOpt", f"{_XH2}.(*Transport).RoundTripOpt"),
+          "http2x_client_start", ret="http2x_client_end"),
+    Probe("http.client.h2x_conn", (f"{_XH2}.(*ClientConn).readLoop",), "http2_conn_new"),
+    Probe("http.client.h2x_headers", (f"{_XH2}.(*clientStream).encodeAndWriteHeaders",), "http2x_client_headers"),
 ]
 
 
@@ -336,6 +361,21 @@ def layout_for(gb: GoBinary) -> Layout:  # noqa: C901 (one DWARF lookup per fiel
         for i, v in fvals.items():
             vals[names[i]] = v
         flags |= fflags
+    if gb.has_dwarf and _has_type(gb, f"{_XH2}.responseWriter") and _field(gb, (f"{_XH2}.responseWriter",), "rws") != \
+            (0, "http2.responseWriter.rws"):
+        for i in (93, 94, 95):  # x/net's responseWriter is not {rws}: its server streams are not read
+            vals[names[i]] = None
+        missing.append("HTTP/2 server, x/net (stitching): responseWriter.rws not at 0")
+    # x/net's losses only where its probed functions are linked (on Go 1.27 x/net wraps net/http's HTTP/2)
+    for lost, fn in (("HTTP/2 server, x/net", f"{_XH2}.(*serverConn).runHandler"),
+                     ("HTTP/2 client, x/net", f"{_XH2}.(*clientStream).encodeAndWriteHeaders"),
+                     ("HTTP/2 server, h2c", f"{_XH2}/h2c.(*bufConn).LocalAddr")):
+        if gb.functions.get(fn) is None:
+            missing = [m for m in missing if lost not in m]
+    if gb.has_dwarf and vals[names[H2C_BUFCONN_SLOT]] is not None and \
+            _field(gb, (f"{_XH2}/h2c.bufConn",), "Conn") != (0, "h2c.bufConn.Conn"):
+        vals[names[H2C_BUFCONN_SLOT]] = None  # not {net.Conn; ...}: its connections are not read
+        missing.append("HTTP/2 server, h2c (stitching): bufConn.Conn not at 0")
     if gb.has_dwarf and gb.functions.get("net/http.serverHandler.ServeHTTP") is not None and hdr is None:
         notes.append("http.Header's map layout is not in DWARF: incoming HTTP traceparents are not read")
     if not gb.has_dwarf:

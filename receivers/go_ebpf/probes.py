@@ -8,7 +8,7 @@ from gotel.ebpf.goprobes import Site
 from gotel.ebpf.probespecs import FieldRef, ProbeSpec, register
 from gotel.ebpf.targets import call_after, call_sites_to, entry_site, ret_addresses
 from gotel.golang import analyze
-from gotel.golang.binary import FileIdentity
+from gotel.golang.binary import FileIdentity, GoBinary
 from gotel.receivers.go_ebpf import below as _below  # noqa: F401  (its probe specs, for `gotel inspect`)
 from gotel.receivers.go_ebpf import flowcontrol as _flow
 from gotel.receivers.go_ebpf.layout import GRPC, PROBES, Layout, layout_for, offset_names
@@ -77,6 +77,11 @@ def _plan(exe: str, grpc: bool, http: bool, flow: bool = True) -> Plan:
         lacks += [f"{x} (not in DWARF)" for x in flow_offsets(gb)[2]] if gb.has_dwarf else []
         if lacks:
             layout.notes.append("flow control: not available: " + "; ".join(lacks))
+    if http and "http.server.serve" in ids:
+        h2_call = h2_handler_call(gb)
+        if h2_call is not None:
+            sites.append(Site(h2_call, "http_server_start", H2_HANDLER))
+            ids.append("http.server.h2_handler")
     if not any(i != "runtime.newproc1" for i in ids):
         sites, ids = [], []
     if "http.server.serve" in ids:
@@ -86,9 +91,33 @@ def _plan(exe: str, grpc: bool, http: bool, flow: bool = True) -> Plan:
     return Plan(sites, layout, gb.go_version, gb.has_dwarf, ids)
 
 
+# Go >= 1.27 hands an HTTP/2 stream to a handler through http2Handler.ServeHTTP, which calls the handler it
+# wraps: serverHandler for net/http's own servers, but the user's handler for connections given to
+# golang.org/x/net/http2's (*Server).ServeConn (h2c), which on Go 1.27 wraps net/http's HTTP/2.
+H2_HANDLER = "net/http.http2Handler.ServeHTTP"
+# x/net's ServeConn handing connections to net/http's HTTP/2 (x/net's go1.27 build files): where it is linked
+XNET_WRAP = "golang.org/x/net/http2.(*serverConfig).ServeConnFunc"
+
+
+def h2_handler_call(gb: GoBinary) -> int | None:
+    """The one indirect call in http2Handler.ServeHTTP (`h.h.ServeHTTP(rw, req)`: rw's itab, rw, req in the
+    registers serverHandler.ServeHTTP's entry has them), only where x/net's wrapping ServeConn is linked: this call is
+    single-stepped (an indirect call is not emulated), so binaries that cannot need it do not pay for it."""
+    f = gb.functions.get(H2_HANDLER)
+    if f is None or gb.functions.get(XNET_WRAP) is None:
+        return None
+    from gotel.golang.disasm import decode
+
+    off = gb.image.vaddr_to_offset(f.entry)
+    calls = [a for a, _n, mnem, ops, _r in decode(bytes(gb.image.data[off:off + f.size]), f.entry, 4096)
+             if mnem == "call" and ops.startswith("r")]
+    return calls[0] if len(calls) == 1 else None
+
+
 _EB = "go_ebpf"
 _T = "google.golang.org/grpc/internal/transport"
 _SPB = "google.golang.org/genproto/googleapis/rpc/status.Status"
+_XH2 = "golang.org/x/net/http2"
 for _spec in (
     # ids are the ones the agent's log names (layout.PROBES): `gotel inspect` and the log agree
     ProbeSpec("grpc.server.handle_stream", ("google.golang.org/grpc.(*Server).handleStream",), _EB,
@@ -167,6 +196,32 @@ for _spec in (
               "the HTTP/2 stream a client request goes out on (stitching)", optional=True,
               offsets=(FieldRef("net/http.http2clientStream|net/http/internal/http2.clientStream", "ID",
                                 "HTTP/2 stitching"),)),
+    ProbeSpec("http.server.h2_handler", (XNET_WRAP,), _EB,
+              "HTTP/2 server span start for streams of x/net's ServeConn (h2c) where x/net wraps net/http's "
+              "HTTP/2 (Go >= 1.27), which skip serverHandler.ServeHTTP: the probe is on the one indirect call "
+              f"in {H2_HANDLER} (single-stepped)", module="golang.org/x/net", optional=True),
+    # golang.org/x/net/http2 used directly (ConfigureServer, h2c, http2.Transport)
+    ProbeSpec("http.server.h2x_start", (f"{_XH2}.(*serverConn).runHandler",), _EB,
+              "HTTP/2 server span start for x/net's server (every stream, h2c too): method, path, peer, "
+              "traceparent, stream id and connection (stitching)", optional=True,
+              offsets=(FieldRef(f"{_XH2}.responseWriterState", "stream", "HTTP/2 server, x/net (stitching)"),
+                       FieldRef(f"{_XH2}.stream", "id", "HTTP/2 server, x/net (stitching)"),
+                       FieldRef(f"{_XH2}.serverConn", "conn", "HTTP/2 server, x/net (stitching)"))),
+    ProbeSpec("http.server.h2x_done", (f"{_XH2}.(*responseWriter).handlerDone",), _EB,
+              "HTTP/2 server span end and status (x/net)", optional=True,
+              offsets=(FieldRef(f"{_XH2}.responseWriterState", "status",
+                                "http.response.status_code (HTTP/2 server, x/net)"),)),
+    ProbeSpec("http.server.h2x_conn", (f"{_XH2}.(*serverConn).serve",), _EB,
+              "a new x/net HTTP/2 server connection: its cached addresses are dropped (stitching)", optional=True),
+    ProbeSpec("http.client.h2x_roundtrip", (f"{_XH2}.(*Transport).roundTripOpt", f"{_XH2}.(*Transport).RoundTripOpt"),
+              _EB, "HTTP client request through x/net's http2.Transport (when net/http's roundTrip is not under it)",
+              returns=True, optional=True),
+    ProbeSpec("http.client.h2x_conn", (f"{_XH2}.(*ClientConn).readLoop",), _EB,
+              "a new x/net HTTP/2 client connection: its cached addresses are dropped (stitching)", optional=True),
+    ProbeSpec("http.client.h2x_headers", (f"{_XH2}.(*clientStream).encodeAndWriteHeaders",), _EB,
+              "the x/net HTTP/2 stream a client request goes out on (stitching)", optional=True,
+              offsets=(FieldRef(f"{_XH2}.clientStream", "ID", "HTTP/2 client, x/net (stitching)"),
+                       FieldRef(f"{_XH2}.ClientConn", "tconn", "HTTP/2 client, x/net (stitching)"))),
 ):
     register(_spec)
 

@@ -41,8 +41,8 @@ async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
         await e.close()
 
 
-async def server(env: Env, *args: str) -> goapps.RunningApp:
-    app = await asyncio.to_thread(goapps.start, "httpapp", "server", "-log", *args, toolchain=env.toolchain)
+async def server(env: Env, *args: str, app_name: str = "httpapp") -> goapps.RunningApp:
+    app = await asyncio.to_thread(goapps.start, app_name, "server", "-log", *args, toolchain=env.toolchain)
     env.apps.append(app)
     await until(lambda: app.pid in env.r.attached_pids, 10)
     return app
@@ -245,3 +245,89 @@ async def test_stripped_binaries_are_not_joined_by_guess() -> None:
         assert len({s.trace_id for _, s in env.spans(app.pid, SERVER)}) == len(env.spans(app.pid, SERVER))
     finally:
         await env.close()
+
+
+# ---- HTTP/2 beyond net/http's bundled TLS path: unencrypted HTTP/2 (Go >= 1.24), golang.org/x/net/http2 used
+# directly (xnetapp: httpapp's sources in module mode with x/net pinned), requests copied with a new Header
+
+async def _env(toolchain: str, app: str) -> Env:
+    e = Env(toolchain, stripped=False)
+    e.binary = goapps.build(app, toolchain)
+    await e.start()
+    return e
+
+
+@pytest.mark.parametrize("toolchain", ["go1.26", "go1.27"])  # Go 1.19 has no unencrypted HTTP/2 of its own
+async def test_unencrypted_http2_of_net_http(toolchain: str) -> None:
+    env = await _env(toolchain, "httpapp")
+    try:
+        srv = await server(env, "-mode", "h2c")
+        for extra in ((), ("-fresh",), ("-clone",)):
+            calls = await one_round(env, srv, "http", "-mode", "h2c", *extra)
+            assert {r["proto"] for r in calls} == {"HTTP/2.0"}, extra
+            if not extra:
+                assert sum(r["reused"] for r in calls) >= len(calls) - 3
+    finally:
+        await env.close()
+
+
+async def test_copied_header_map_http2(env: Env, tmp_path: Path) -> None:
+    """A client middleware that hands the transport req.Clone() with a cloned Header (a new map): every
+    HTTP/2 request still joins, and a traceparent the caller sent is still continued through it."""
+    cert = str(tmp_path / "cert.pem")
+    srv = await server(env, "-tls", "-cert-out", cert)
+    calls = await one_round(env, srv, "https", "-h2", "-clone", cafile=cert)
+    assert {r["proto"] for r in calls} == {"HTTP/2.0"}
+    tp_trace, tp_span = "6bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    env.sink.received.traces.clear()
+    pid, _ = await client(env, f"https://127.0.0.1:{srv.ports['http']}/echo?status=290", "-h2", "-clone",
+                          "-ca", cert, "-traceparent", f"00-{tp_trace}-{tp_span}-01")
+    handled = srv.wait_for(lambda r: r.get("event") == "handled" and r["status"] == 290)
+    assert handled["traceparent"] == f"00-{tp_trace}-{tp_span}-01" and handled["proto"] == "HTTP/2.0"
+    await until(lambda: by_status(env, srv.pid, SERVER, srv.ports["http"]) and env.spans(pid, CLIENT), 10)
+    (s,) = by_status(env, srv.pid, SERVER, srv.ports["http"]).values()
+    (_, c), = env.spans(pid, CLIENT)
+    assert c.trace_id.hex() == tp_trace and c.parent_span_id.hex() == tp_span
+    assert s.trace_id.hex() == tp_trace and s.parent_span_id == c.span_id
+
+
+# x/net v0.63 (xnetapp, module mode) needs Go >= 1.26 (its go.mod): Go 1.19 builds the same sources in GOPATH
+# mode against Debian's x/net 0.7.0 (xnetgopath). On Go 1.27 x/net v0.63's http2 is a wrapper around net/http's
+# own HTTP/2 (its go1.27 build files); on Go 1.26 and 1.19 it is x/net's own code.
+@pytest.mark.parametrize(("toolchain", "app"), [("go1.19", "xnetgopath"), ("go1.26", "xnetapp"), ("go1.27", "xnetapp")])
+async def test_x_net_http2_servers_and_clients(toolchain: str, app: str, tmp_path: Path) -> None:
+    env = await _env(toolchain, app)
+    try:
+        cert = str(tmp_path / "cert.pem")
+        # http2.ConfigureServer over TLS: x/net's client, then net/http's
+        srv = await server(env, "-tls", "-cert-out", cert, "-mode", "xnet-tls", app_name=app)
+        for extra in (("-mode", "xnet"), ("-h2",), ("-mode", "xnet", "-clone")):
+            calls = await one_round(env, srv, "https", *extra, cafile=cert)
+            assert {r["proto"] for r in calls} == {"HTTP/2.0"}, extra
+        # h2c.NewHandler (prior knowledge): x/net's client, then net/http's unencrypted HTTP/2 (Go >= 1.24)
+        srv = await server(env, "-mode", "xnet-h2c", app_name=app)
+        for extra in (("-mode", "xnet"), ("-mode", "h2c"))[: 1 if toolchain == "go1.19" else 2]:
+            calls = await one_round(env, srv, "http", *extra)
+            assert {r["proto"] for r in calls} == {"HTTP/2.0"}, extra
+        # x/net's client against net/http's own TLS server
+        srv = await server(env, "-tls", "-cert-out", cert, app_name=app)
+        calls = await one_round(env, srv, "https", "-mode", "xnet", cafile=cert)
+        assert {r["proto"] for r in calls} == {"HTTP/2.0"}
+    finally:
+        await env.close()
+
+
+async def test_x_net_losses_are_named_per_binary() -> None:
+    """What x/net's HTTP/2 cannot give is named for the binary that lacks it (as every DWARF loss is), and
+    only there: a full build loses nothing of it, a stripped one says what, a program without x/net nothing."""
+    from gotel.golang import analyze
+    from gotel.receivers.go_ebpf.layout import layout_for
+
+    def xnet_losses(app: str, stripped: bool) -> set[str]:
+        b = goapps.build(app, "go1.26", stripped=stripped)
+        return {m for m in layout_for(analyze(str(b))).missing if "x/net" in m or "h2c" in m}
+
+    assert xnet_losses("xnetapp", False) == set()
+    assert xnet_losses("xnetapp", True) == {"HTTP/2 server, x/net (stitching)", "HTTP/2 client, x/net (stitching)",
+                                            "http.response.status_code (HTTP/2 server, x/net)"}
+    assert xnet_losses("httpapp", True) == set()

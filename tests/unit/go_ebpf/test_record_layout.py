@@ -105,12 +105,12 @@ def test_flags_and_types_match() -> None:
 
 
 def test_offset_slots_match_layout() -> None:
-    """Each O_/A_/H_/HA_ slot the C reads is one layout.py fills, and each one layout.py fills is read."""
+    """Each O_/A_/H_/HA_/HX_ slot the C reads is one layout.py fills, and each one layout.py fills is read."""
     from gotel.receivers.go_ebpf import layout
 
     d = _all_defines(_c_text())
     assert d["H_BASE"] == layout.HTTP_SLOT
-    slots = {v for n, v in d.items() if re.match(r"(O|A|H|HA|FL)_[A-Z0-9_]+$", n) and n != "H_BASE"}
+    slots = {v for n, v in d.items() if re.match(r"(O|A|H|HA|HX|FL)_[A-Z0-9_]+$", n) and n != "H_BASE"}
     filled = {i for i, spec in enumerate(layout.ALL_OFFSETS) if spec is not None}
     assert slots == filled, (sorted(slots - filled), sorted(filled - slots))
     learned = {v for n, v in d.items() if n.startswith("L_ITAB_")}
