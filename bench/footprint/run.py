@@ -13,8 +13,11 @@ a client drives with calls. Measured in the same run, one after the other agains
 * "trim only": GOTEL_NO_FORKSERVER=1;
 * "exec'd fork server": GOTEL_NO_PREFORK=1: receiver processes forked from a fork server that is a fresh
   interpreter (imports of its own), as before the fork server was forked from `gotel run` itself;
+* "BCC rw engine": GOTEL_BCC_RW_ENGINE=1: BCC's modules built its own way, keeping the LLVM context and
+  JIT engine of their compile for as long as the program lives (gotel.ebpf.program);
 * "shipped": the agent as it ships (trims, compiler code dropped, receiver processes forked from a fork
-  server forked from `gotel run` before its event loop: one copy of the imports for the whole tree).
+  server forked from `gotel run` before its event loop: one copy of the imports for the whole tree;
+  BCC modules built without the rw engine, so LLVM's memory is freed at the end of each compile).
 
 Start-up peak: the largest PSS sum over the agent's tree while it starts and attaches (sampled every
 0.1 s), the largest PSS of each process over those samples, and each process's VmHWM (peak RSS, shared
@@ -144,36 +147,34 @@ def main() -> None:
                 ("before", {"GOTEL_NO_TRIM": "1", "GOTEL_NO_FORKSERVER": "1"}),
                 ("trim only", {"GOTEL_NO_FORKSERVER": "1"}),
                 ("exec'd fork server", {"GOTEL_NO_PREFORK": "1"}),
+                ("BCC rw engine", {"GOTEL_BCC_RW_ENGINE": "1"}),
                 ("shipped", {}))]
     finally:
         server.stop()
-    before, trim_only, execd, after = runs
+    before, after = runs[0], runs[-1]
     nan = float("nan")
+    labels = " | ".join(r.label for r in runs)
     print(f"bare Python interpreter: {bare:.1f} MB PSS")
-    print("steady PSS per process (MB): before | trim only | exec'd fork server | shipped | shipped/before   "
-          "[shipped: private MB; PSS anon / file]")
+    print(f"steady PSS per process (MB): {labels} | shipped/before   [shipped: private MB; PSS anon / file]")
     pss = [{m.name: _mb(m.kib["Pss"]) for m in r.steady} for r in runs]
     names = list(dict.fromkeys([m.name for r in runs for m in r.steady]))
     shipped = {m.name: m for m in after.steady}
     for name in names:
-        b, t, e, a = (p.get(name, nan) for p in pss)
+        vals = [p.get(name, nan) for p in pss]
         m = shipped.get(name)
         extra = (f"[{_mb(m.kib['Private_Clean'] + m.kib['Private_Dirty']):6.1f}; {_mb(m.kib.get('Pss_Anon', 0)):6.1f} / "
                  f"{_mb(m.kib.get('Pss_File', 0)):6.1f}]") if m else ""
-        print(f"  {name:<22} {b:7.1f} | {t:7.1f} | {e:7.1f} | {a:7.1f} | {a / b:5.2f}x   {extra}")
-    print(f"  {'total':<22} {before.steady_pss:7.1f} | {trim_only.steady_pss:7.1f} | {execd.steady_pss:7.1f} | "
-          f"{after.steady_pss:7.1f} | "
-          f"{after.steady_pss / before.steady_pss:5.2f}x   (goal <= 200 MB: {'met' if after.steady_pss <= 200 else 'NOT met'})")
+        print(f"  {name:<22} " + " | ".join(f"{v:7.1f}" for v in vals) + f" | {vals[-1] / vals[0]:5.2f}x   {extra}")
+    print(f"  {'total':<22} " + " | ".join(f"{r.steady_pss:7.1f}" for r in runs) +
+          f" | {after.steady_pss / before.steady_pss:5.2f}x   "
+          f"(goal <= 200 MB: {'met' if after.steady_pss <= 200 else 'NOT met'})")
     print(f"  = {after.steady_pss / bare:.1f}x a bare Python interpreter")
-    print(f"start-up peak, PSS summed over the tree (MB): before {before.peak_pss:.1f} | trim only "
-          f"{trim_only.peak_pss:.1f} | exec'd fork server {execd.peak_pss:.1f} | shipped {after.peak_pss:.1f} | "
-          f"{after.peak_pss / before.peak_pss:.2f}x")
-    print("start-up peak PSS per process, the largest reading while it started (MB): "
-          "before | trim only | exec'd fork server | shipped")
+    print(f"start-up peak, PSS summed over the tree (MB): {labels}: " + " | ".join(f"{r.peak_pss:.1f}" for r in runs) +
+          f" | shipped/before {after.peak_pss / before.peak_pss:.2f}x")
+    print(f"start-up peak PSS per process, the largest reading while it started (MB): {labels}")
     for name in names:
         print(f"  {name:<22} " + " | ".join(f"{r.peak_each.get(name, nan):7.1f}" for r in runs))
-    print("start-up peak RSS per process, VmHWM (MB; shared pages counted in each): "
-          "before | trim only | exec'd fork server | shipped")
+    print(f"start-up peak RSS per process, VmHWM (MB; shared pages counted in each): {labels}")
     for name in names:
         print(f"  {name:<22} " + " | ".join(f"{r.hwm.get(name, nan):7.1f}" for r in runs))
     print("time until go_ebpf traced the server (s): " + " | ".join(f"{r.label} {r.startup_s:.1f}" for r in runs))

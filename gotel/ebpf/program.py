@@ -21,6 +21,7 @@ from typing import Any
 
 from gotel.ebpf.checks import require_bpf
 from gotel.host.memory import drop_code, trim
+from gotel.host.memory import enabled as memory_enabled
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,69 @@ def _close_perf_fds(fds: list[int]) -> None:
         list(ex.map(lib.bpf_close_perf_event_fd, fds))
 
 
+# libbcc's C API builds every module with its "rw engine" on: then the module keeps the LLVM context
+# and the JIT engine it compiled with for as long as the program lives, to offer sscanf/snprintf of
+# table keys and values (Table.key_sprintf & co.), which gotel never calls. Built with the engine off,
+# BCC copies the compiled sections and frees LLVM's memory at the end of the compile (BPFModule::finalize):
+# go_ebpf.c keeps 12 MB less C heap (tests/e2e/test_footprint, bench/footprint). The module is built
+# through libbcc's exported C++ BPFModule(flags, ts, rw_engine_enabled, maps_ns, allow_rlimit, dev)
+# and load_string(text, cflags, n): the same two calls bpf_module_create_c_from_string makes, with the
+# one argument changed. Symbols missing (another libbcc) or GOTEL_BCC_RW_ENGINE=1: BCC's own path.
+_BPFMODULE_CTOR = ("_ZN4ebpf9BPFModuleC1EjPNS_12TableStorageEbRKNSt7__cxx1112basic_stringIcSt11char_traits"
+                   "IcESaIcEEEbPKc")
+_BPFMODULE_LOAD = "_ZN4ebpf9BPFModule11load_stringERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEEPPKci"
+_BPFMODULE_ALLOC = 16384  # bytes for one BPFModule object (it is well under 2 KiB on x86-64)
+_lean_installed = False
+
+
+class _StdString(ctypes.Structure):
+    """libstdc++'s std::string (C++11 ABI), as read by a const std::string& parameter."""
+
+    _fields_ = [("p", ctypes.c_void_p), ("n", ctypes.c_size_t), ("local", ctypes.c_char * 16)]
+
+
+def _std_string(data: bytes, keep: list[Any]) -> _StdString:
+    buf = ctypes.create_string_buffer(data, len(data) + 1)
+    s = _StdString(ctypes.addressof(buf), len(data))
+    keep += [buf, s]
+    return s
+
+
+def _compile_lean() -> None:
+    """Makes BCC build its modules without the rw engine in this process (see above); once."""
+    global _lean_installed
+    if _lean_installed or os.environ.get("GOTEL_BCC_RW_ENGINE", "") not in ("", "0") or not memory_enabled():
+        return
+    from bcc.libbcc import lib
+
+    try:
+        stdcxx = ctypes.CDLL("libstdc++.so.6")
+        new = stdcxx._Znwm  # operator new: the module is freed with delete by bpf_module_destroy
+        ctor, load = getattr(lib, _BPFMODULE_CTOR), getattr(lib, _BPFMODULE_LOAD)
+    except (OSError, AttributeError):
+        _lean_installed = True
+        return
+    new.restype, new.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    ctor.restype = None
+    ctor.argtypes = [ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_bool, ctypes.c_void_p,
+                     ctypes.c_bool, ctypes.c_char_p]
+    load.restype, load.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+
+    def create(text: bytes, flags: int, cflags: Any, ncflags: int, allow_rlimit: bool = True,
+               device: bytes | None = None) -> int | None:
+        keep: list[Any] = []
+        mod = new(_BPFMODULE_ALLOC)
+        ctypes.memset(mod, 0, _BPFMODULE_ALLOC)
+        ctor(mod, flags, None, False, ctypes.byref(_std_string(b"", keep)), allow_rlimit, device)
+        if load(mod, ctypes.byref(_std_string(text, keep)), cflags, ncflags) != 0:
+            lib.bpf_module_destroy(mod)
+            return None
+        return int(mod)
+
+    lib.bpf_module_create_c_from_string = create
+    _lean_installed = True
+
+
 class BpfProgram:
     """A BCC program compiled once; attach/detach per binary; tracepoints; ring buffers."""
 
@@ -137,6 +201,7 @@ class BpfProgram:
         # libbpf's ring_buffer__consume loses records when two threads call it at once.
         self._consume_lock = threading.Lock()
         self._rings: list[tuple[Any, list[bytes]]] = []  # (gotel.ebpf.ringbuf.RingReader, records)
+        _compile_lean()
         self.bpf = BPF(text=text.encode(), cflags=flags)
         trim()  # clang/LLVM's freed heap: tens of MB per compile otherwise stay with the process
         drop_code()  # and the compiler's code pages the compile touched (left to the page cache)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from gotel.golang.elf import ElfImage
 from gotel.golang.errors import FunctionNotFound, NotGo
 from gotel.golang.symbols import Function, FunctionTable
 from gotel.golang.usdt import USDTProbe, read_probes
+from gotel.host.memory import on_trim
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class GoBinary:
         self._lock = threading.RLock()
         self._functions: FunctionTable | None = None
         self._structs: StructIndex | None = None
+        self._structs_used = 0.0  # time.monotonic() of the last struct lookup
         self._probes: tuple[USDTProbe, ...] | None = None
         self._rets: dict[str, tuple[int, ...]] = {}
 
@@ -121,12 +124,25 @@ class GoBinary:
     # -- DWARF --------------------------------------------------------------------------------------------
     @property
     def structs(self) -> StructIndex:
-        if self._structs is None:
+        self._structs_used = time.monotonic()
+        structs = self._structs
+        if structs is None:
             with self._lock:
-                if self._structs is None:
+                structs = self._structs
+                if structs is None:
                     dw = load_dwarf(self.image.data) if self.has_dwarf else None
-                    self._structs = StructIndex(dw, str(self.path))
-        return self._structs
+                    structs = self._structs = StructIndex(dw, str(self.path))
+        return structs
+
+    def release_idle_structs(self, idle: float) -> bool:
+        """Drops the struct index (the decompressed .debug_info: 4.5 MB for a small gRPC program) when no
+        lookup used it for `idle` seconds; the next lookup rebuilds it (~40 ms). Lookups happen when a
+        process of the binary is first attached; a long-running agent holds one index per binary otherwise."""
+        with self._lock:
+            if self._structs is None or time.monotonic() - self._structs_used < idle:
+                return False
+            self._structs = None
+            return True
 
     def struct_offset(self, type_name: str, field: str) -> int:
         """Offset of a (dotted) field; raises NoDWARF, TypeNotFound or FieldNotFound, never guesses."""
@@ -205,6 +221,11 @@ class _Cache:
             if old not in self._by_identity.values():
                 self._by_build_id.pop(old.build_id, None)
 
+    def release_idle_structs(self, idle: float) -> int:
+        with self._lock:
+            binaries = list(self._by_build_id.values())
+        return sum(gb.release_idle_structs(idle) for gb in binaries)
+
     def clear(self) -> None:
         with self._lock:
             self._by_identity.clear()
@@ -225,6 +246,18 @@ _CACHE = _Cache()
 def analyze(path: str | os.PathLike[str]) -> GoBinary:
     """Analyse a Go executable (cached). Raises NotELF / NotGo for other files."""
     return _CACHE.get(path)
+
+
+# Struct indexes unused this long are dropped at the next periodic trim (gotel.host.memory.on_trim).
+STRUCTS_IDLE_S = 2.0
+
+
+def release_idle_structs(idle: float = STRUCTS_IDLE_S) -> int:
+    """Drops the struct indexes of cached binaries that no lookup used for `idle` seconds; how many."""
+    return _CACHE.release_idle_structs(idle)
+
+
+on_trim(release_idle_structs)
 
 
 def cache_clear() -> None:

@@ -18,6 +18,7 @@ import ctypes
 import gc
 import logging
 import os
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +109,36 @@ def settle() -> None:
     trim()
 
 
+# What a process can rebuild on demand and drops when idle (the Go binary analyses' struct indexes),
+# asked before each periodic trim.
+_RELEASERS: list[Callable[[], object]] = []
+
+
+def on_trim(release: Callable[[], object]) -> None:
+    """Registers a function that frees what went unused and returns whether it freed anything; run
+    before each periodic trim, off the event loop."""
+    if release not in _RELEASERS:
+        _RELEASERS.append(release)
+
+
+def release_and_trim() -> None:
+    released = False
+    for release in list(_RELEASERS):
+        try:
+            released = bool(release()) or released
+        except Exception:  # freeing memory must never take the process down
+            log.warning("releasing idle memory failed", exc_info=True)
+    if released:
+        gc.collect()  # what was dropped holds reference cycles (pyelftools' DWARF objects)
+    trim()
+
+
 async def trim_until(stop: asyncio.Event, interval: float = TRIM_INTERVAL) -> None:
-    """Waits for stop: settle() at once (start-up is over), then trim() every interval, off the loop."""
+    """Waits for stop: settle() at once (start-up is over), then, every interval and off the loop,
+    release_and_trim(): what registered with on_trim() frees what went unused, then trim()."""
     settle()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
         if not stop.is_set() and enabled():
-            await asyncio.to_thread(trim)
+            await asyncio.to_thread(release_and_trim)

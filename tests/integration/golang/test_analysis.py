@@ -236,3 +236,36 @@ def test_concurrent_queries_agree() -> None:
         got = list(pool.map(lambda f: b.struct_offset("main.fixtureRecord", f), fields))
     truth = goapps.offsets("grpcapp", "go1.27")["fields"]
     assert got == [truth[f] for f in fields]
+
+
+def test_an_idle_struct_index_is_dropped_at_a_trim_and_rebuilt_with_the_same_offsets() -> None:
+    """The decompressed .debug_info behind struct lookups leaves with the periodic trim once no lookup
+    used it for STRUCTS_IDLE_S (gotel.host.memory.release_and_trim), and comes back on the next lookup,
+    answering as before. The figure is this process's own private memory, read from /proc."""
+    import gc
+    import time
+
+    from gotel.golang import binary
+    from gotel.host import memory
+
+    b = golang.analyze(goapps.build("grpcapp", "go1.27"))
+    fields = ("m", "goid", "atomicstatus", "startpc")
+    before = {f: b.struct_offset("runtime.g", f) for f in fields}
+    used = b.structs
+    assert not b.release_idle_structs(binary.STRUCTS_IDLE_S)  # just used: kept
+    del used
+    gc.collect()
+    memory.trim()
+
+    def private_kib() -> int:
+        with open("/proc/self/smaps_rollup") as f:
+            return sum(int(line.split()[1]) for line in f if line.startswith(("Private_Dirty:", "Private_Clean:")))
+
+    held = private_kib()
+    b._structs_used = time.monotonic() - binary.STRUCTS_IDLE_S - 0.1  # idle that long
+    memory.release_and_trim()  # what the receivers' periodic trim runs
+    assert b._structs is None
+    freed = held - private_kib()
+    assert freed > 3 * 1024, freed  # grpcapp's .debug_info: 4.5 MB decompressed
+    assert {f: b.struct_offset("runtime.g", f) for f in fields} == before  # rebuilt on demand
+    assert b._structs is not None
