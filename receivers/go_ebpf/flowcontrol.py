@@ -322,6 +322,7 @@ class FlowControl:
         self.quota_waits: OrderedDict[tuple[int, bytes], _Wait] = OrderedDict()
         # pid -> (service, method) of its streaming RPCs, for servers whose grpc has no processStreamingRPC
         self.streaming: dict[int, frozenset[tuple[str, str]]] = {}
+        self._streaming_seen: dict[int, tuple[tuple[tuple[str, Any], ...], int, bool]] = {}
         self.bad = 0
         asm.on_span = self.on_span
         asm.on_server_span = self.on_server_span
@@ -406,9 +407,22 @@ class FlowControl:
     def _server_streaming(self, pid: int, flags: int, svc: Any, meth: Any) -> bool:
         return bool(flags & E_STREAMING) or (svc, meth) in self.streaming.get(pid, ())
 
+    def _by_descriptor(self, pid: int, labels: tuple[tuple[str, Any], ...]) -> bool:
+        """Whether a server call of a grpc >= 1.84 process is streaming, by its labels: a call's labels are one
+        shared tuple per method (events.Assembler's shapes), so the answer is kept by that tuple's identity
+        (held, so the id stays its own): ~0.1 us a call instead of ~1 us."""
+        hit = self._streaming_seen.get(id(labels))
+        if hit is not None and hit[0] is labels and hit[1] == pid:
+            return hit[2]
+        d = dict(labels)
+        yes = self._server_streaming(pid, 0, d.get("rpc.service"), d.get("rpc.method"))
+        if len(self._streaming_seen) >= 4096:
+            self._streaming_seen.clear()
+        self._streaming_seen[id(labels)] = (labels, pid, yes)
+        return yes
+
     def on_server_span(self, pid: int, labels: tuple[tuple[str, Any], ...], flags: int, start: int, end: int) -> None:
-        if flags & E_STREAMING or (pid in self.streaming and self._server_streaming(
-                pid, flags, *(dict(labels).get(k) for k in ("rpc.service", "rpc.method")))):
+        if flags & E_STREAMING or (pid in self.streaming and self._by_descriptor(pid, labels)):
             st = self.asm.procs.get(pid)
             if st is not None:
                 a = tuple((k, v) for k, v in labels if k in ("rpc.system", "rpc.service", "rpc.method"))
