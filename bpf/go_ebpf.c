@@ -1555,6 +1555,8 @@ int http2x_client_end(struct pt_regs *ctx) { return http_client_ret(ctx, true); 
 #define FL_MAP_D (FLOW_BASE + 17)         /* bucket.keys | group.slots */
 #define FL_MAP_E (FLOW_BASE + 18)         /* bucket.elems | slot size */
 #define FL_MAP_F (FLOW_BASE + 19)         /* bucket size | group size */
+#define FL_EAS_RST (FLOW_BASE + 20)       /* transport.earlyAbortStream.rst (bool) */
+#define FL_EAS_SID (FLOW_BASE + 21)       /* transport.earlyAbortStream.streamID (uint32) */
 #define F_FLOW_SWISS (1 << 24)            /* gotel_go_proc.flags: estdStreams is a swiss map (Go >= 1.24) */
 #define F_FLOW_ON (1 << 25)               /* gotel_go_proc.flags: the per-call additions below are on */
 #define E_STREAMING (1 << 26)             /* gev.flags: a streaming RPC (client: its StreamDesc; server: processStreamingRPC) */
@@ -1563,6 +1565,7 @@ int http2x_client_end(struct pt_regs *ctx) { return http_client_ret(ctx, true); 
 #define T_FLOW_WRITE 17   /* a write waited for its write quota */
 #define T_FLOW_GOAWAY 18
 #define T_FLOW_RST 19
+#define T_FLOW_EARLY 20   /* the server answered a stream before any handler saw it (code: 1 reset, 0 not, 2 unknown) */
 #define FL_SENT 1         /* fev.flags: direction */
 #define FL_RECEIVED 2
 #define FL_SERVER 4       /* the server side of the connection (else client; 0 for frames written: unknown) */
@@ -1961,4 +1964,28 @@ static __always_inline int flow_rst_received(struct pt_regs *ctx, u32 side) {
 
 int flow_rst_received_client(struct pt_regs *ctx) { return flow_rst_received(ctx, 0); }
 int flow_rst_received_server(struct pt_regs *ctx) { return flow_rst_received(ctx, FL_SERVER); }
+
+/* (*loopyWriter).earlyAbortStreamHandler(eas *earlyAbortStream), grpc >= 1.5x: the server answers a stream
+ * with a status before any handler saw it (InTapHandle refused it, a bad content-type or timeout, headers too
+ * large), and resets it when the client had not ended it. Rare: only such streams come here. */
+int flow_early_abort(struct pt_regs *ctx) {
+    GOTEL_GO_PROC(p);
+    u64 eas = GO_PARAM2(ctx);
+    u64 o_rst = gotel_go_offset(p, FL_EAS_RST), o_sid = gotel_go_offset(p, FL_EAS_SID);
+    if (!eas)
+        return 0;
+    struct fev *r = flow_frame(T_FLOW_EARLY, FL_SENT | FL_SERVER);
+    if (!r)
+        return 0;
+    r->code = 2;
+    if (KNOWN(o_rst)) {
+        u8 rst = 0;
+        bpf_probe_read_user(&rst, 1, (void *)(eas + o_rst));
+        r->code = rst ? 1 : 0;
+    }
+    if (KNOWN(o_sid))
+        bpf_probe_read_user(&r->stream_id, sizeof(u32), (void *)(eas + o_sid));
+    go_events.ringbuf_submit(r, GOTEL_RB_FLAGS);
+    return 0;
+}
 /* ---- end of the flow control block */

@@ -257,6 +257,7 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
         # resource first: events may arrive as soon as the probes are on
         self.asm.add_process(info.pid, resource, grpc_missing=", ".join(grpc_losses(plan.layout.missing)),
                              netns=_netns(info.pid))
+        self.flow.set_streaming(info.pid, plan.streaming)
         try:
             self._images[info.pid] = self.targets.add_process(info.pid, exe, plan.sites, plan.layout.offsets,
                                                               plan.layout.flags)

@@ -24,7 +24,7 @@ from gotel.receivers.go_ebpf import events as ev
 
 log = logging.getLogger(__name__)
 
-T_FLOW_QUOTA, T_FLOW_WRITE, T_FLOW_GOAWAY, T_FLOW_RST = 16, 17, 18, 19
+T_FLOW_QUOTA, T_FLOW_WRITE, T_FLOW_GOAWAY, T_FLOW_RST, T_FLOW_EARLY = 16, 17, 18, 19, 20
 FLOW_TYPE_MIN = 16  # struct gev types are below
 FL_SENT, FL_RECEIVED, FL_SERVER, FL_SPAN = 1, 2, 4, 8
 Q_QUOTA, Q_GOAWAY, Q_DONE, Q_UNKNOWN = 0, 1, 2, 3
@@ -92,6 +92,8 @@ FLOW_OFFSETS: list[tuple[str, tuple[str, ...], str, str]] = [
     ("field", (f"{_G}.StreamDesc",), "ServerStreams", "stream.age (client)"),  # 112
     ("field", (f"{_G}.StreamDesc",), "ClientStreams", "stream.age (client)"),  # 113
     *(("flowmap", (), c, "flow_control.window") for c in "abcdef"),  # 114-119
+    ("field", (f"{_T}.earlyAbortStream",), "rst", "calls.dropped reset_before_headers"),  # 120
+    ("field", (f"{_T}.earlyAbortStream",), "streamID", "calls.dropped reset_before_headers"),  # 121
 ]
 
 NEW_STREAM = f"{_T}.(*http2Client).NewStream"
@@ -102,13 +104,15 @@ FRAMES = (("grpc.flow.goaway_sent", f"{_H2}.(*Framer).WriteGoAway", "flow_goaway
           ("grpc.flow.goaway_received", f"{_T}.(*http2Client).handleGoAway", "flow_goaway_received"),
           ("grpc.flow.rst_received", f"{_T}.(*http2Client).handleRSTStream", "flow_rst_received_client"),
           ("grpc.flow.rst_received", f"{_T}.(*http2Server).handleRSTStream", "flow_rst_received_server"),
-          ("grpc.flow.server_streaming", f"{_G}.(*Server).processStreamingRPC", "flow_server_streaming"))
+          ("grpc.flow.server_streaming", f"{_G}.(*Server).processStreamingRPC", "flow_server_streaming"),
+          ("grpc.flow.early_abort", f"{_T}.(*loopyWriter).earlyAbortStreamHandler", "flow_early_abort"))
 
 
 # programs that run only after a real wait (the instruction selectgo returns to) or per RST_STREAM/GOAWAY frame
 # (past the stack check on Go <= 1.20): single-stepped where they sit, but never on a call's fast path
 RARE_PROGRAMS = frozenset({"flow_quota_woken", "flow_write_woken", "flow_goaway_sent", "flow_rst_sent",
-                           "flow_goaway_received", "flow_rst_received_client", "flow_rst_received_server"})
+                           "flow_goaway_received", "flow_rst_received_client", "flow_rst_received_server",
+                           "flow_early_abort"})
 
 
 def estd_map_layout(gb: GoBinary) -> tuple[bool, tuple[int, ...]] | None:
@@ -130,6 +134,71 @@ def estd_map_layout(gb: GoBinary) -> tuple[bool, tuple[int, ...]] | None:
                        s.offset("runtime.hmap", "oldbuckets"), s.offset(b, "keys"), s.offset(b, "elems"), s.size(b))
     except GoAnalysisError:
         return None
+
+
+_SYM = struct.Struct("<IBBHQQ")
+_SD = f"{_G}.ServiceDesc"
+_STD = f"{_G}.StreamDesc"
+
+
+def streaming_methods(gb: GoBinary) -> frozenset[tuple[str, str]] | None:
+    """(service, method) of every streaming RPC the binary's grpc.ServiceDesc variables declare, read from the
+    file: grpc >= 1.84 serves unary and streaming calls in one processRPC, so no function tells them apart
+    (docs/go_ebpf.md, "Stream age"), but generated descriptors are statically initialised package variables.
+    Candidates are data symbols of ServiceDesc's size whose strings and slices check out. None when the
+    binary has no symbol table or none is found (a descriptor built at run time is not seen)."""
+    img = gb.image
+    sec, raw, strs = img.sections.get(".symtab"), img.section_bytes(".symtab"), img.section_bytes(".strtab")
+    if sec is None or raw is None or strs is None:
+        return None
+    size, st_size, o_name, o_s, o_c, o_streams = 96, 32, 0, 24, 25, 64
+    if gb.has_dwarf:
+        try:
+            s = gb.structs
+            size, st_size = s.size(_SD), s.size(_STD)
+            o_name, o_s, o_c = s.offset(_STD, "StreamName"), s.offset(_STD, "ServerStreams"), s.offset(_STD, "ClientStreams")
+            o_streams = s.offset(_SD, "Streams")
+        except GoAnalysisError:
+            pass
+    data = [x for n in (".data", ".noptrdata") if (x := img.sections.get(n)) is not None]
+
+    def text(addr: int, n: int) -> str | None:
+        if not 0 < n <= 256:
+            return None
+        try:
+            b = img.read_vaddr(addr, n)
+        except ValueError:
+            return None
+        return b.decode() if len(b) == n and all(32 < c < 127 for c in b) else None
+
+    found: set[tuple[str, str]] = set()
+    seen = False
+    for _n, info, _o, _shndx, value, sz in _SYM.iter_unpack(raw[: sec.size - sec.size % 24]):
+        if info & 0xF != 1 or sz != size or not any(d.addr <= value < d.addr + d.size for d in data):
+            continue  # STT_OBJECT of ServiceDesc's size, in initialised data
+        try:
+            head = img.read_vaddr(value, size)
+        except ValueError:
+            continue
+        name_p, name_n = struct.unpack_from("<QQ", head, 0)
+        sp, sn, sc = struct.unpack_from("<QQQ", head, o_streams)
+        svc = text(name_p, name_n)
+        if svc is None or "/" in svc or sn > sc or sn > 4096 or (sn and not sp):
+            continue
+        descs: list[tuple[str, bool]] = []
+        for i in range(sn):
+            try:
+                d = img.read_vaddr(sp + i * st_size, st_size)
+            except ValueError:
+                break
+            meth = text(*struct.unpack_from("<QQ", d, o_name))
+            if meth is None or d[o_s] > 1 or d[o_c] > 1:
+                break
+            descs.append((meth, bool(d[o_s] or d[o_c])))
+        else:
+            seen = True
+            found.update((svc, m) for m, streaming in descs if streaming)
+    return frozenset(found) if seen else None
 
 
 def flow_offsets(gb: GoBinary) -> tuple[dict[int, int | None], int, list[str]]:
@@ -196,9 +265,7 @@ def flow_sites(gb: GoBinary) -> tuple[list[Any], list[str], list[str]]:
             lacks.append(f"gotel.grpc.flow_control.wait ({'client' if 'client' in prog else 'server'})")
     for pid_, sym, prog in FRAMES:
         if gb.functions.get(sym) is None:
-            if pid_ == "grpc.flow.server_streaming":
-                lacks.append("gotel.grpc.stream.age (server side: processStreamingRPC is not a function here)")
-            else:
+            if pid_ != "grpc.flow.server_streaming":  # grpc >= 1.84: streaming_methods instead
                 lacks.append(f"{pid_} ({sym.rsplit('.', 1)[-1]} not found)")
             continue
         at = entry_site(gb, sym)
@@ -253,6 +320,9 @@ class FlowControl:
         self.asm = asm
         self.event_threshold = event_threshold
         self.quota_waits: OrderedDict[tuple[int, bytes], _Wait] = OrderedDict()
+        # pid -> (service, method) of its streaming RPCs, for servers whose grpc has no processStreamingRPC
+        self.streaming: dict[int, frozenset[tuple[str, str]]] = {}
+        self._streaming_seen: dict[int, tuple[tuple[tuple[str, Any], ...], int, bool]] = {}
         self.bad = 0
         asm.on_span = self.on_span
         asm.on_server_span = self.on_server_span
@@ -288,6 +358,10 @@ class FlowControl:
                 # a stream refused by this server, or by the peer of this client: it never reached a handler
                 side = "server" if flags & FL_SENT else "client"
                 self._count(st, DROPPED, (("gotel.grpc.drop.reason", "refused_stream"), ("gotel.grpc.side", side)))
+        elif typ == T_FLOW_EARLY:
+            # answered before any handler saw it; reset too unless the client had ended the stream
+            reason = "reset_before_headers" if code == 1 else "rejected_before_handler"
+            self._count(st, DROPPED, (("gotel.grpc.drop.reason", reason), ("gotel.grpc.side", "server")))
         elif typ == T_FLOW_GOAWAY:
             d = "sent" if flags & FL_SENT else "received"
             self._count(st, GOAWAY, (("gotel.grpc.http2.error_code", _h2code(code)),
@@ -323,8 +397,32 @@ class FlowControl:
             return out
         return out + self._finish_quota((pid, span_id), w, (labels, code, start), 0)
 
+    def set_streaming(self, pid: int, methods: frozenset[tuple[str, str]] | None) -> None:
+        """The streaming methods of a server process whose calls carry no E_STREAMING (grpc >= 1.84)."""
+        for gone in [p for p in self.streaming if p not in self.asm.procs]:
+            del self.streaming[gone]
+        if methods:
+            self.streaming[pid] = methods
+
+    def _server_streaming(self, pid: int, flags: int, svc: Any, meth: Any) -> bool:
+        return bool(flags & E_STREAMING) or (svc, meth) in self.streaming.get(pid, ())
+
+    def _by_descriptor(self, pid: int, labels: tuple[tuple[str, Any], ...]) -> bool:
+        """Whether a server call of a grpc >= 1.84 process is streaming, by its labels: a call's labels are one
+        shared tuple per method (events.Assembler's shapes), so the answer is kept by that tuple's identity
+        (held, so the id stays its own): ~0.1 us a call instead of ~1 us."""
+        hit = self._streaming_seen.get(id(labels))
+        if hit is not None and hit[0] is labels and hit[1] == pid:
+            return hit[2]
+        d = dict(labels)
+        yes = self._server_streaming(pid, 0, d.get("rpc.service"), d.get("rpc.method"))
+        if len(self._streaming_seen) >= 4096:
+            self._streaming_seen.clear()
+        self._streaming_seen[id(labels)] = (labels, pid, yes)
+        return yes
+
     def on_server_span(self, pid: int, labels: tuple[tuple[str, Any], ...], flags: int, start: int, end: int) -> None:
-        if flags & E_STREAMING:
+        if flags & E_STREAMING or (pid in self.streaming and self._by_descriptor(pid, labels)):
             st = self.asm.procs.get(pid)
             if st is not None:
                 a = tuple((k, v) for k, v in labels if k in ("rpc.system", "rpc.service", "rpc.method"))
@@ -403,10 +501,13 @@ class FlowControl:
                 if len(raw) < ev._FIXED.size:
                     continue
                 (start, _end, pid, typ, _s, _p, _t, _dw, _de, _c, flags, *_rest) = ev._FIXED.unpack_from(raw)
-                if not flags & E_STREAMING or typ not in (ev.T_GRPC_SERVER, ev.T_GRPC_CLIENT) \
-                        or flags & ev.E_BEGIN_WALL or pid not in self.asm.procs:
+                if typ not in (ev.T_GRPC_SERVER, ev.T_GRPC_CLIENT) or flags & ev.E_BEGIN_WALL \
+                        or pid not in self.asm.procs:
                     continue
                 method = ev._cstr(raw[ev._STRS_AT:ev._STRS_AT + ev.STR_LEN])
+                if not (flags & E_STREAMING or (typ == ev.T_GRPC_SERVER
+                        and self._server_streaming(pid, flags, *ev.split_method(method)))):
+                    continue
                 labels = (*self._method_labels(method), ("gotel.grpc.side", side),
                           ("gotel.grpc.stream.state", "open"))
                 hs = series.setdefault(pid, {})

@@ -21,6 +21,8 @@ class Plan:
     go_version: str | None
     has_dwarf: bool
     probe_ids: list[str] = field(default_factory=list)
+    # grpc >= 1.84 (no processStreamingRPC): the streaming methods the binary declares (flowcontrol)
+    streaming: frozenset[tuple[str, str]] | None = None
 
 
 _PLANS: dict[tuple[FileIdentity, bool, bool, bool], Plan] = {}
@@ -66,14 +68,20 @@ def _plan(exe: str, grpc: bool, http: bool, flow: bool = True) -> Plan:
         if p.ret and not ends and (p.ret_unless is None or p.ret_unless not in found):
             ends = [Site(r, p.ret, sym, is_return=True) for r in ret_addresses(gb, sym)]
         sites += ends
+    streaming = None
     if flow and grpc and any(i.startswith("grpc.") for i in ids):  # flow control and stream limits (issue 19)
-        from gotel.receivers.go_ebpf.flowcontrol import F_FLOW_ON, flow_offsets, flow_sites
+        from gotel.receivers.go_ebpf.flowcontrol import F_FLOW_ON, flow_offsets, flow_sites, streaming_methods
 
         layout.flags |= F_FLOW_ON
 
         fsites, fids, lacks = flow_sites(gb)
         sites += fsites
         ids += fids
+        if "grpc.flow.server_streaming" not in fids and "grpc.server.handle_stream" in ids:
+            streaming = streaming_methods(gb)  # grpc >= 1.84: one processRPC for every kind of call
+            if streaming is None:
+                lacks.append("gotel.grpc.stream.age (server side: no processStreamingRPC, and no grpc.ServiceDesc "
+                             "initialised in the binary's data)")
         lacks += [f"{x} (not in DWARF)" for x in flow_offsets(gb)[2]] if gb.has_dwarf else []
         if lacks:
             layout.notes.append("flow control: not available: " + "; ".join(lacks))
@@ -88,7 +96,7 @@ def _plan(exe: str, grpc: bool, http: bool, flow: bool = True) -> Plan:
         # the ServeHTTP entry probe also reads the incoming traceparent: named as inspect names it (whether the
         # header map can be read is the per-binary note, as for every other DWARF loss)
         ids.append("http.server.trace_context")
-    return Plan(sites, layout, gb.go_version, gb.has_dwarf, ids)
+    return Plan(sites, layout, gb.go_version, gb.has_dwarf, ids, streaming)
 
 
 # Go >= 1.27 hands an HTTP/2 stream to a handler through http2Handler.ServeHTTP, which calls the handler it
@@ -233,7 +241,10 @@ _FLOW_DESC = {
     "grpc.flow.goaway_sent": "GOAWAY frames written", "grpc.flow.rst_sent": "RST_STREAM frames written",
     "grpc.flow.goaway_received": "GOAWAY frames received by a client",
     "grpc.flow.rst_received": "RST_STREAM frames received",
-    "grpc.flow.server_streaming": "a streaming RPC on the server (stream age; grpc < 1.84)",
+    "grpc.flow.early_abort": "a stream the server answered before any handler saw it (grpc >= 1.5x: "
+                             "InTapHandle, bad headers; calls.dropped)",
+    "grpc.flow.server_streaming": "a streaming RPC on the server (stream age; grpc < 1.84, later ones: the binary's "
+                                  "grpc.ServiceDesc data)",
 }
 _FLOW_SYMBOLS: dict[str, tuple[str, ...]] = {"grpc.flow.stream_quota": (_flow.NEW_STREAM,),
                                              "grpc.flow.write_quota.client": _flow.WRITERS[0],

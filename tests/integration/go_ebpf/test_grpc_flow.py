@@ -4,10 +4,15 @@ One traced `grpcapp flowserver -max-streams 1` and traced clients (`grpcapp flow
 grpcapp/flow.go) that cause each condition a known number of times:
 * quota: a warm-up call, then 4 concurrent calls that each hold the server's only stream 200 ms: 3 of them wait
   for the stream quota, each as long as its own log says (its start to the server handler's start);
-* flood: a server stream whose reader sleeps 1 s before reading: the server's sends wait for the window;
+* flood: a server stream whose reader sleeps 1 s before reading: the server's sends wait for the stream window;
+* rawflood: a raw HTTP/2 reader that gives streams a 1 GiB window but the connection its first 65,535 bytes
+  only after 1 s: the server's sends wait for the connection's window;
+* limited: calls the server's tap (InTapHandle, a limit before any handler) refuses: grpc >= 1.5x answers and
+  resets each before a handler saw it (reset_before_headers), 1.33 refuses the stream (REFUSED_STREAM);
 * raw: a raw HTTP/2 connection that opens 3 streams at once (2 refused) and pings 10 times (GOAWAY
   ENHANCE_YOUR_CALM "too_many_pings"), logging every RST_STREAM and GOAWAY it receives;
-* open: a bidi stream held open 3 s: its age is reported while it is open and at its end.
+* open: a bidi stream held open 3 s: its age is reported while it is open and at its end, on both sides
+  (grpc >= 1.84 has no processStreamingRPC: the server side comes from the binary's service descriptors).
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ class Flow:
     async def server(self, *args: str) -> goapps.RunningApp:
         app = await asyncio.to_thread(goapps.RunningApp, [str(self.binary), "flowserver", *args])
         self.apps.append(app)
-        await until(lambda: app.pid in self.r.attached_pids, 15)
+        await until(lambda: app.pid in self.r.attached_pids, 30)  # a loaded machine: compiles are slow
         return app
 
     async def client(self, srv: goapps.RunningApp, *args: str, during: Any = None) -> tuple[int, list[dict[str, Any]]]:
@@ -121,7 +126,7 @@ async def test_flow_control_and_stream_limits(version: str, toolchain: str) -> N
         def quota() -> list[tuple[dict[str, Any], Any]]:
             return f.last("gotel.grpc.client.stream_quota.wait", cpid)
 
-        await until(lambda: sum(p.count for _, p in quota()) >= 3, 15)
+        await until(lambda: sum(p.count for _, p in quota()) >= 3, 30)
         pts = quota()
         assert len(pts) == 1, pts
         a, p = pts[0]
@@ -161,6 +166,27 @@ async def test_flow_control_and_stream_limits(version: str, toolchain: str) -> N
         # window as data arrives, whatever the application reads)
         assert by_window.get("stream", 0) > 0.8 * total, by_window
 
+        # ---- a peer that holds the connection's window: the server's sends wait for it
+        _, rf = await f.client(srv, "-count", "64", "-size", "32768", "-sleep", "1s", "rawflood")
+        assert any(r.get("rawflood_done") and r["bytes"] >= 64 * 32768 for r in rf), rf
+        (opened,) = [r for r in rf if "conn_window_opened_s" in r]
+        assert opened["bytes_before"] <= 65535, opened  # nothing passed the connection's window before it
+        (cflood,) = [r for r in srv.records() if r.get("event") == "flood" and r["id"] == 2]
+        cblocked = sum(cflood["send_s"])
+        assert cblocked > 0.8, cflood  # the server's own log: its sends waited for the second
+
+        def fc_delta() -> dict[str, float]:
+            d: dict[str, float] = {}
+            for a, p in fc():
+                w = a["gotel.grpc.flow_control.window"]
+                d[w] = d.get(w, 0.0) + p.sum
+            return {w: x - by_window.get(w, 0.0) for w, x in d.items()}
+
+        await until(lambda: sum(fc_delta().values()) >= cblocked - 0.05, 15)
+        delta = fc_delta()
+        assert abs(sum(delta.values()) - cblocked) < 0.1, (delta, cflood["send_s"])
+        assert delta.get("connection", 0) > 0.8 * cblocked, delta
+
         # ---- refused streams and GOAWAY, from a raw HTTP/2 peer that logs every frame it gets
         _, raw = await f.client(srv, "-streams", "3", "-pings", "10", "-delay", "300ms", "raw")
         frames = [r for r in raw if "rst_stream" in r or "goaway" in r]
@@ -180,17 +206,48 @@ async def test_flow_control_and_stream_limits(version: str, toolchain: str) -> N
         sent_goaways = sum(p.as_int for a, p in f.last("gotel.grpc.goaway", srv.pid) if a["gotel.grpc.direction"] == "sent")
         assert sent_goaways == sum(1 for r in frames if "goaway" in r), (sent_goaways, frames)
 
+        # ---- calls a limit before any handler refused (the server's tap): dropped before headers reached one
+        no_error = _counter(f, "gotel.grpc.stream.resets", srv.pid, **{"gotel.grpc.direction": "sent",
+                                                                      "gotel.grpc.http2.error_code": "NO_ERROR"})
+        _, lim = await f.client(srv, "-n", "5", "limited")
+        assert [r["code"] for r in lim if "limited" in r] == ["ResourceExhausted" if version != "v1.33"
+                                                              else "Unavailable"] * 5, lim
+        srecs = srv.records()
+        tapped = sum(1 for r in srecs if r.get("event") == "tap_refused")
+        assert tapped >= 5 and not any(r.get("event") == "limited_handler" for r in srecs), srecs
+
+        def dropped(reason: str) -> int:
+            return _counter(f, "gotel.grpc.calls.dropped", srv.pid, **{"gotel.grpc.drop.reason": reason,
+                                                                       "gotel.grpc.side": "server"})
+
+        if version == "v1.33":  # its tap refuses the stream (REFUSED_STREAM, retried once by the client)
+            await until(lambda: dropped("refused_stream") >= refused + tapped, 10)
+            await asyncio.sleep(1.0)
+            assert dropped("refused_stream") == refused + tapped and dropped("reset_before_headers") == 0
+        else:  # answered with the tap's status and reset (RST_STREAM NO_ERROR) before a handler saw it
+            assert tapped == 5, srecs
+            await until(lambda: dropped("reset_before_headers") >= tapped, 10)
+            await asyncio.sleep(1.0)
+            assert dropped("reset_before_headers") == tapped
+            assert dropped("refused_stream") == refused
+            assert _counter(f, "gotel.grpc.stream.resets", srv.pid,
+                            **{"gotel.grpc.direction": "sent", "gotel.grpc.http2.error_code": "NO_ERROR"}) \
+                == no_error + tapped
+
         # ---- a stream left open: its age while open, and at its end
         ages: list[float] = []
+        sages: list[float] = []
 
         async def watch(app: goapps.RunningApp) -> None:
             rec = await asyncio.to_thread(app.wait_for, lambda r: "open_start_ns" in r, 20)
             await asyncio.sleep(2.0)
             want = (time.time_ns() - rec["open_start_ns"]) / 1e9
-            for a, p in f.last("gotel.grpc.stream.age", app.pid):
-                if a.get("gotel.grpc.stream.state") == "open" and a.get("rpc.method") == "Open":
-                    ages.append(p.max)
+            for pid, out in ((app.pid, ages), (srv.pid, sages)):
+                for a, p in f.last("gotel.grpc.stream.age", pid):
+                    if a.get("gotel.grpc.stream.state") == "open" and a.get("rpc.method") == "Open":
+                        out.append(p.max)
             assert ages and abs(ages[-1] - want) < 0.8, (ages, want)
+            assert sages and abs(sages[-1] - want) < 0.8, (sages, want)  # the server's side of it
 
         opid, orecs = await f.client(srv, "-hold", "3s", "open", during=watch)
         (o1,) = [r for r in orecs if "open_start_ns" in r]
@@ -204,6 +261,17 @@ async def test_flow_control_and_stream_limits(version: str, toolchain: str) -> N
         await until(lambda: closed(), 10)
         (a, p), = closed()
         assert p.count == 1 and abs(p.sum - held) < 0.1, (p, held)
+
+        def sclosed() -> list[tuple[dict[str, Any], Any]]:
+            return [(a, p) for a, p in f.last("gotel.grpc.stream.age", srv.pid)
+                    if a.get("gotel.grpc.stream.state") == "closed" and a.get("rpc.method") == "Open"]
+
+        await until(lambda: sclosed(), 10)
+        (a, p), = sclosed()
+        assert a["gotel.grpc.side"] == "server" and p.count == 1 and abs(p.sum - held) < 0.15, (p, held)
+        # unary calls (Hold, Limited) and the server-streaming Flood: only Flood has an age besides Open
+        assert {a["rpc.method"] for a, _ in f.last("gotel.grpc.stream.age", srv.pid)
+                if a["gotel.grpc.stream.state"] == "closed"} == {"Flood", "Open"}
 
         # ---- a graceful drain: GOAWAY sent on both connections, received by the gRPC client
         drain = await f.server()

@@ -7,7 +7,14 @@ import re
 from pathlib import Path
 
 from gotel.pdata.batch import attr_dict
-from gotel.receivers.go_ebpf.events import E_ADDR, E_STATUS, E_STREAM_ID, T_GRPC_CLIENT, Assembler
+from gotel.receivers.go_ebpf.events import (
+    E_ADDR,
+    E_STATUS,
+    E_STREAM_ID,
+    T_GRPC_CLIENT,
+    T_GRPC_SERVER,
+    Assembler,
+)
 from gotel.receivers.go_ebpf.flowcontrol import (
     DROPPED,
     FC_WAIT,
@@ -20,6 +27,8 @@ from gotel.receivers.go_ebpf.flowcontrol import (
     QUOTA_WAIT,
     REFUSED,
     RESETS,
+    STREAM_AGE,
+    T_FLOW_EARLY,
     T_FLOW_GOAWAY,
     T_FLOW_QUOTA,
     T_FLOW_RST,
@@ -128,3 +137,29 @@ def test_bad_and_unknown_process_records_are_counted() -> None:
     assert not f.add(b"\0" * 10, 0, 0.0) and f.bad == 1
     assert f.add(FLOW_RECORD.pack(0, 0, 99, T_FLOW_RST, 0, SPAN, 0, 0, 0, 0, b"", b""), 0, 0.0)
     assert a.unknown_process == 1
+
+
+def test_streams_answered_before_a_handler_are_drops_by_whether_they_were_reset() -> None:
+    a, f = setup()
+    f.add(frec(T_FLOW_EARLY, code=1, flags=FL_SENT | FL_SERVER, stream=3), 0, 0.0)
+    f.add(frec(T_FLOW_EARLY, code=1, flags=FL_SENT | FL_SERVER, stream=5), 0, 0.0)
+    f.add(frec(T_FLOW_EARLY, code=0, flags=FL_SENT | FL_SERVER, stream=7), 0, 0.0)
+    got = {dict(k)["gotel.grpc.drop.reason"]: n for k, n in series(a, DROPPED).items()}
+    assert got == {"reset_before_headers": 2, "rejected_before_handler": 1}
+    assert not series(a, RESETS)  # the RST_STREAM itself is counted where it is written
+
+
+def test_server_stream_age_from_the_binarys_streaming_methods() -> None:
+    """grpc >= 1.84: no E_STREAMING on server calls; the methods the binary declares streaming say it."""
+    a, f = setup()
+    a.add(rec(T_GRPC_SERVER, start=0, end=2_000_000_000, flags=E_STATUS, method=b"/p.S/Watch"), 0, 0.0)
+    assert not series(a, STREAM_AGE)
+    f.set_streaming(42, frozenset({("p.S", "Watch")}))
+    f.set_streaming(99, frozenset({("p.S", "M")}))  # not a known process: forgotten at the next call
+    a.add(rec(T_GRPC_SERVER, start=0, end=2_000_000_000, flags=E_STATUS, method=b"/p.S/Watch"), 0, 0.0)
+    a.add(rec(T_GRPC_SERVER, start=0, end=1_000_000_000, flags=E_STATUS, method=b"/p.S/M"), 0, 0.0)
+    ((labels, h),) = series(a, STREAM_AGE).items()
+    assert dict(labels)["rpc.method"] == "Watch" and dict(labels)["gotel.grpc.side"] == "server"
+    assert h.n == 1 and abs(h.total - 2.0) < 1e-9  # type: ignore[attr-defined]
+    f.set_streaming(42, None)
+    assert 99 not in f.streaming
