@@ -97,7 +97,7 @@
 #define HX_CS_ID (H_BASE + 33)
 #define HX_CS_CC (H_BASE + 34)
 #define HX_CC_TCONN (H_BASE + 35)
-#define HA_H2C_BUFCONN 120  /* h2c.(*bufConn).LocalAddr: h2c's net.Conn wrapper (its net.Conn at 0); after the flow block */
+#define HA_H2C_BUFCONN 122  /* h2c.(*bufConn).LocalAddr: h2c's net.Conn wrapper (its net.Conn at 0); after the flow block */
 #define XNET_CLIENT 1  /* gev.obj of an HTTP client span begun at x/net's (*Transport).roundTripOpt */
 #define F_HTTP_SWISS_MAP (1 << 16)      /* gotel_go_proc.flags: http.Header is a swiss-table map (Go >= 1.24) */
 /* event flags */

@@ -147,7 +147,8 @@ ALL_OFFSETS += [(k, t, f, "") for k, t, f, _ in FLOW_OFFSETS]
 F_HTTP_SWISS_MAP = 1 << 16  # http.Header is a swiss-table map (Go >= 1.24)
 # h2c's net.Conn wrapper {net.Conn; *bufio.Reader} (its Conn at 0, checked by layout_for): after the flow block,
 # as the HTTP block is full (HA_H2C_BUFCONN in go_ebpf.c)
-H2C_BUFCONN_SLOT = 120
+H2C_BUFCONN_SLOT = 122
+ALL_OFFSETS += [None] * (H2C_BUFCONN_SLOT - len(ALL_OFFSETS))
 assert len(ALL_OFFSETS) == H2C_BUFCONN_SLOT, "the flow block grew into HA_H2C_BUFCONN's slot: move it"
 ALL_OFFSETS += [("func", (f"{_XH2}/h2c.(*bufConn).LocalAddr",), "", "HTTP/2 server, h2c (stitching)")]
 # ---- end of the HTTP hops block
