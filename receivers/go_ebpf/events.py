@@ -726,7 +726,13 @@ class Assembler:
         last_pid = -1
         for p in ready:
             t = alias(p.trace)
-            tid = p.trace if t is None else t if isinstance(t, bytes) else self._trace_of(p.trace)
+            if t is None:
+                tid = p.trace
+            elif isinstance(t, bytes):
+                tid = t
+            else:  # joined a traced caller's local trace: most often one step (_trace_of follows chains)
+                t2 = alias(t[0])
+                tid = t[0] if t2 is None else t2 if isinstance(t2, bytes) else self._trace_of(p.trace)
             if p.pid != last_pid:
                 last_pid = p.pid
                 parts = by_pid.setdefault(last_pid, [])
