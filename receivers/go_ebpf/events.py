@@ -187,12 +187,6 @@ class Hist:
         if self.exemplar is None or x >= self.exemplar[0]:  # the slowest call since the last export
             self.exemplar = (x, t_ns, trace, span_id)
 
-    def offer(self, x: float, t_ns: int, trace: bytes, span_id: bytes) -> None:
-        """A kept span as the exemplar when it is the slowest since the last export (counts come from the
-        kernel: red.py)."""
-        if self.exemplar is None or x >= self.exemplar[0]:
-            self.exemplar = (x, t_ns, trace, span_id)
-
     def sub(self, x: float) -> None:
         """Takes back one call the kernel counted (one gotel made itself: selffilter)."""
         i = bisect.bisect_left(self.bounds, x)
@@ -570,7 +564,7 @@ class Assembler:
             h = slot.duration[st] = self._hist(st, slot.duration_key, DURATION_BOUNDS)
         if self.kernel_metrics:  # counted in the kernel, every call: this kept span may be an exemplar
             ex = h.exemplar
-            if ex is None or x >= ex[0]:  # the slowest since the last export (Hist.offer, inlined)
+            if ex is None or x >= ex[0]:  # the slowest since the last export (counts: red.py)
                 h.exemplar = (x, end, trace, sid)
             return True
         h.add(x, end, trace, sid)
