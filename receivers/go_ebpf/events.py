@@ -16,6 +16,7 @@ import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from opentelemetry.proto.metrics.v1 import metrics_pb2
@@ -186,12 +187,6 @@ class Hist:
         if self.exemplar is None or x >= self.exemplar[0]:  # the slowest call since the last export
             self.exemplar = (x, t_ns, trace, span_id)
 
-    def offer(self, x: float, t_ns: int, trace: bytes, span_id: bytes) -> None:
-        """A kept span as the exemplar when it is the slowest since the last export (counts come from the
-        kernel: red.py)."""
-        if self.exemplar is None or x >= self.exemplar[0]:
-            self.exemplar = (x, t_ns, trace, span_id)
-
     def sub(self, x: float) -> None:
         """Takes back one call the kernel counted (one gotel made itself: selffilter)."""
         i = bisect.bisect_left(self.bounds, x)
@@ -290,19 +285,21 @@ class _MetricSlot:
 
 
 class _Pending:
-    """A finished call waiting for export: the span is kept as encoded pieces (no protobuf objects) because
-    building Span messages cost ~40 us each; only the ids that stitching may still change stay separate,
-    with what stitching matches on."""
+    """A finished call waiting for export: no protobuf objects (building Span messages cost ~40 us each) and
+    no bytes built per call until export: the shape's encoded fields, the ids stitching may still change,
+    the times, and what stitching matches on."""
 
     __slots__ = ("body", "end", "flags", "ip", "lport", "netns", "parent_span_id", "pid", "ready_at", "rport",
-                 "span_id", "start", "stream_id", "tp", "trace", "ts", "type")
+                 "shape", "span_id", "start", "stream_id", "tp", "trace", "ts", "type")
 
-    def __init__(self, span_id: bytes, parent_span_id: bytes, body: bytes, ready_at: float, trace: bytes,
-                 pid: int, typ: int, flags: int, stream_id: int, lport: int, rport: int, ip: str | None,
-                 tp: bytes) -> None:
+    def __init__(self, shape: _Shape, span_id: bytes, parent_span_id: bytes, body: bytes, ready_at: float,
+                 trace: bytes, pid: int, typ: int, flags: int, stream_id: int, lport: int, rport: int,
+                 ip: str | None, tp: bytes, start: int, end: int) -> None:
+        self.shape = shape
         self.span_id = span_id
         self.parent_span_id = parent_span_id
-        self.body = body  # every Span field after parent_span_id (name, kind, times, attributes, status)
+        # Span fields of this call beyond its shape's (deadline attributes, events): usually none
+        self.body = body
         self.ready_at = ready_at
         self.trace = trace  # local trace id from BPF
         self.pid = pid
@@ -314,41 +311,72 @@ class _Pending:
         self.ip = ip  # the peer's address (server span) or the local one (client span): stitching keys
         self.tp = tp  # incoming traceparent (gRPC and HTTP servers), raw
         self.ts = ""  # the W3C tracestate that comes with a continued traceparent (HTTP server)
-        self.start = self.end = 0  # unix ns: a caller's span covers the start of its callee's
+        self.start = start  # unix ns: a caller's span covers the start of its callee's
+        self.end = end
         self.netns = 0  # the process's network namespace, for loopback connections only
 
     def encode_into(self, parts: list[bytes], trace_id: bytes) -> None:
-        """Appends the span as ScopeSpans.spans (field 2) pieces: trace id, span id, parent, the rest."""
-        body = self.body
+        """Appends the span as ScopeSpans.spans (field 2) pieces: the shape's fields first (protobuf fields
+        may come in any order), then the ids and times in one pack, then this call's own fields."""
+        sh, body = self.shape, self.body
         if self.ts:  # Span.trace_state (field 3): encoded here, as it is rare
             body = _ld(0x1A, self.ts.encode()) + body
         if self.parent_span_id:
-            n = 38 + len(body)  # 2 + 16 (trace id) + 2 + 8 (span id) + 2 + 8 (parent)
-            parts += (b"\x12", _SMALL[n] if n < 0x80 else _varint(n), b"\x0a\x10", trace_id, b"\x12\x08",
-                      self.span_id, b"\x22\x08", self.parent_span_id, body)
+            ids = _IDS_P(0x100A, trace_id, 0x0812, self.span_id, 0x0822, self.parent_span_id, 0x39, self.start,
+                         0x41, self.end)
+            if body:
+                parts += (_span_tag(sh.n_parent + len(body)), sh.fields, ids, body)
+            else:
+                parts += (sh.with_parent, ids)
         else:
-            n = 28 + len(body)
-            parts += (b"\x12", _SMALL[n] if n < 0x80 else _varint(n), b"\x0a\x10", trace_id, b"\x12\x08",
-                      self.span_id, body)
+            ids = _IDS_R(0x100A, trace_id, 0x0812, self.span_id, 0x39, self.start, 0x41, self.end)
+            if body:
+                parts += (_span_tag(sh.n_root + len(body)), sh.fields, ids, body)
+            else:
+                parts += (sh.root, ids)
+
+
+# a span's ids and times, tags as little-endian u16 (0x0a 0x10: trace_id, 0x12 0x08: span_id, 0x22 0x08:
+# parent_span_id) and bytes (0x39, 0x41: fixed64 start and end)
+_IDS_P = struct.Struct("<H16sH8sH8sBQBQ").pack
+_IDS_R = struct.Struct("<H16sH8sBQBQ").pack
+_IDS_P_LEN, _IDS_R_LEN = struct.calcsize("<H16sH8sH8sBQBQ"), struct.calcsize("<H16sH8sBQBQ")
+_SPAN_TAGS: dict[int, bytes] = {}
+
+
+def _span_tag(n: int) -> bytes:
+    """ScopeSpans.spans' tag and length for an n-byte span."""
+    t = _SPAN_TAGS.get(n)
+    if t is None:
+        if len(_SPAN_TAGS) >= 4096:
+            _SPAN_TAGS.clear()
+        t = _SPAN_TAGS[n] = b"\x12" + _varint(n)
+    return t
 
 
 class _Shape:
     """What calls of one shape (type, code, method, message, peer, ...) share: the encoded span fields
-    around the times, the peer text stitching needs, and the metric series."""
+    other than ids and times (with their ScopeSpans.spans tag when the call adds none), the peer text
+    stitching needs, and the metric series."""
 
-    __slots__ = ("attrs", "ip", "metric", "pre", "status", "tail")
+    __slots__ = ("attrs", "fields", "ip", "loopback", "metric", "n_parent", "n_root", "pre", "root", "status",
+                 "with_parent")
 
     def __init__(self, pre: bytes, attrs_b: bytes, status: bytes, ip: str | None, metric: _MetricSlot) -> None:
-        self.pre = pre + b"\x39"  # name, kind, then the start time's tag
+        self.pre = pre  # name, kind
         self.attrs = attrs_b
         self.status = status
-        self.tail = attrs_b + status  # after the times, for a call without deadline attributes
+        self.fields = pre + attrs_b + status
+        self.n_parent = len(self.fields) + _IDS_P_LEN
+        self.n_root = len(self.fields) + _IDS_R_LEN
+        self.with_parent = _span_tag(self.n_parent) + self.fields
+        self.root = _span_tag(self.n_root) + self.fields
         self.ip = ip
+        self.loopback = ip is not None and (ip.startswith("127.") or ip == "::1")
         self.metric = metric
 
 
-_TIMES = struct.Struct("<QBQ").pack  # start, end's tag (0x41), end: fixed64 both
-
+_ready_at = attrgetter("ready_at")
 
 # flags that do not change a span's name, attributes or status (times and deadlines are encoded per call)
 _SHAPE_FLAGS = ~(E_DEADLINE | E_PARENT | E_BEGIN_WALL | E_HTTP_CONN | E_HTTP2 | E_HTTP_TP | E_HTTP_TS | E_SAMPLED_TP)
@@ -383,7 +411,10 @@ class Assembler:
         self.legacy = legacy_status_code
         self.window = stitch_window
         self.procs: dict[int, ProcState] = {}
-        self.pending: list[_Pending] = []
+        self.pending: list[_Pending] = []  # in arrival order: by ready_at too while _in_order
+        self._unlinked: list[_Pending] = []  # pending server spans without a parent yet (stitching's work list)
+        self._last_ready = float("-inf")
+        self._in_order = True
         # local trace id -> the trace id it continues (bytes) or the local trace it joins (a 1-tuple)
         self.alias: OrderedDict[bytes, bytes | tuple[bytes]] = OrderedDict()
         # (client ip, client port, server port, stream id) -> the client span (kept after its export)
@@ -441,8 +472,9 @@ class Assembler:
     def add(self, rec: bytes, mono_to_unix: int, now: float) -> bool:  # noqa: C901 (one branch per record kind: the per-record hot path)
         """One ring-buffer record -> a pending span and its metrics; False when it is too short to be one.
 
-        The per-call path: one unpack, the shape found by raw slices of the record, and only the times,
-        ids and deadline encoded; everything else is decoded once per shape (_new_shape)."""
+        The per-call path: one unpack, the shape found by raw slices of the record, and nothing encoded
+        but a deadline's attributes; everything else is decoded once per shape (_new_shape), and the ids
+        and times are packed at export (encode_into)."""
         if len(rec) < RECORD_SIZE:
             return False
         (start, end, pid, typ, sid, psid, trace, dlw, dle, code, flags, stream_id, lport, rport, obj,
@@ -466,7 +498,8 @@ class Assembler:
             shape = self._new_shape(key, rec, mono_to_unix, key[-1])
         end += mono_to_unix
         start = go_time_unix_ns(aux, obj) if flags & E_BEGIN_WALL else start + mono_to_unix
-        if self.self_filter is not None and self.self_filter.drop(typ, shape, rec, pid):
+        server = typ in (T_GRPC_SERVER, T_HTTP_SERVER)
+        if server and self.self_filter is not None and self.self_filter.drop(typ, shape, rec, pid):
             # a request of gotel's own (a pprof scrape): not the target's traffic; counted
             if self.kernel_metrics:  # the kernel counted it: taken back (only calls sampling kept are seen)
                 d = end - start
@@ -474,18 +507,17 @@ class Assembler:
                 if h is not None:
                     h.sub(d / 1e9 if d > 0 else 0.0)
             return True
+        body = b""
         if flags & E_DEADLINE and typ <= T_GRPC_CLIENT:
             deadline = go_time_unix_ns(dlw, dle)
             # vary per call: encoded here, not part of the shape. Exceeded: this call's own deadline passed
             # (no time left at return), whatever the code; DEADLINE_EXCEEDED with time left is propagated.
             exceeded = end >= deadline
-            body = b"".join((shape.pre, _TIMES(start, 0x41, end), shape.attrs,
-                             _P_TIMEOUT, _PACK_D((deadline - start) / 1e9), _P_REMAINING,
+            body = b"".join((_P_TIMEOUT, _PACK_D((deadline - start) / 1e9), _P_REMAINING,
                              _PACK_D((deadline - end) / 1e9), _EXCEEDED[exceeded],
-                             _PROPAGATED if code == 4 and not exceeded else b"", shape.status))
+                             _PROPAGATED if code == 4 and not exceeded else b""))
         else:
             deadline = 0
-            body = shape.pre + _TIMES(start, 0x41, end) + shape.tail
         if self.on_span is not None and typ <= T_GRPC_CLIENT:  # flow control (issue 19)
             if typ == T_GRPC_CLIENT:
                 body += self.on_span(pid, sid, shape.metric.duration_key[1], code, flags, start, end)
@@ -494,6 +526,7 @@ class Assembler:
         if not flags & E_PARENT:
             psid = b""
         ip = shape.ip
+        loopback = shape.loopback
         if http:
             tp = rec[_HOPS_TP:_HOPS_TS] if flags & E_HTTP_TP else b""
             if flags & E_HTTP_CONN:  # the client's address: the server's peer, the client's local one
@@ -501,29 +534,40 @@ class Assembler:
                     ip = _ip(rec[_ADDR_AT + 16:_ADDR_AT + 32], rec[_ADDR_AT + 33])
                 else:
                     ip = _ip(rec[_ADDR_AT:_ADDR_AT + 16], rec[_ADDR_AT + 32])
-        p = _Pending(sid, psid, body, now + self.window, trace, pid, typ, flags, stream_id, lport, rport, ip,
-                     tp if typ in (T_GRPC_SERVER, T_HTTP_SERVER) else b"")
-        p.start, p.end = start, end
+                loopback = ip is not None and (ip.startswith("127.") or ip == "::1")
+        ready_at = now + self.window
+        p = _Pending(shape, sid, psid, body, ready_at, trace, pid, typ, flags, stream_id, lport, rport, ip,
+                     tp if server else b"", start, end)
         if http and flags & E_HTTP_TS and flags & E_HTTP_TP:
             p.ts = _cstr(rec[_HOPS_TS:RECORD_SIZE])
-        if ip is not None and (ip.startswith("127.") or ip == "::1"):
+        if loopback:
             # the same loopback 4-tuple exists in every network namespace (pods): joined only within one
             p.netns = st.netns
-        if ((typ == T_GRPC_CLIENT and flags & E_STREAM_ID) or (typ == T_HTTP_CLIENT and flags & E_HTTP_CONN)) and lport:
-            self.clients[(ip, lport, rport, stream_id, p.netns)] = p
-            if len(self.clients) > self.index_size:
-                self.clients.popitem(last=False)
+        if server:
+            if not psid:
+                self._unlinked.append(p)  # take_traces looks for its parent
+        elif lport and ((typ == T_GRPC_CLIENT and flags & E_STREAM_ID) or (typ == T_HTTP_CLIENT and flags & E_HTTP_CONN)):
+            clients = self.clients
+            clients[(ip, lport, rport, stream_id, p.netns)] = p
+            if len(clients) > self.index_size:
+                clients.popitem(last=False)
+        if ready_at < self._last_ready:
+            self._in_order = False  # take_traces then looks at every pending span, not a due prefix
+        self._last_ready = ready_at
         self.pending.append(p)
         # RED metrics, in the shape's series for this process
         slot = shape.metric
         d = end - start
+        x = d / 1e9 if d > 0 else 0.0
         h = slot.duration.get(st)
         if h is None:
             h = slot.duration[st] = self._hist(st, slot.duration_key, DURATION_BOUNDS)
         if self.kernel_metrics:  # counted in the kernel, every call: this kept span may be an exemplar
-            h.offer(d / 1e9 if d > 0 else 0.0, end, trace, sid)
+            ex = h.exemplar
+            if ex is None or x >= ex[0]:  # the slowest since the last export (counts: red.py)
+                h.exemplar = (x, end, trace, sid)
             return True
-        h.add(d / 1e9 if d > 0 else 0.0, end, trace, sid)
+        h.add(x, end, trace, sid)
         if deadline:
             budget = deadline - start
             if budget > 0:
@@ -629,38 +673,70 @@ class Assembler:
         if not self.pending:
             return None
         waiting: set[bytes] = set()  # local traces whose server span may still get a parent (and trace id)
-        for p in self.pending:
-            due = flush_all or p.ready_at <= now
-            self._link_server(p, due)
-            if not due and not p.parent_span_id and p.type in (T_GRPC_SERVER, T_HTTP_SERVER):
-                waiting.add(p.trace)
+        if self._unlinked:
+            still: list[_Pending] = []
+            for p in self._unlinked:
+                due = flush_all or p.ready_at <= now
+                self._link_server(p, due)
+                if not due and not p.parent_span_id:
+                    waiting.add(p.trace)
+                    still.append(p)
+            self._unlinked = still
         if flush_all:
             ready, self.pending = self.pending, []
         else:
-            # a call made while serving waits for its server span to be stitched (it ends first, and would
-            # otherwise leave with the local trace id), for at most `hold` seconds past its own time
-            hold = max(2.0, 4 * self.window)
-            keep: list[_Pending] = []
-            ready = []
-            for p in self.pending:
-                if p.ready_at <= now and (not waiting or self._local_root(p.trace) not in waiting
-                                          or p.ready_at + hold <= now):
-                    ready.append(p)
-                else:
-                    keep.append(p)
-            self.pending = keep
+            pending = self.pending
+            if self._in_order:  # the due spans are a prefix
+                i = bisect.bisect_right(pending, now, key=_ready_at)
+                due_list, rest = pending[:i], pending[i:]
+            else:
+                due_list = [p for p in pending if p.ready_at <= now]
+                rest = [p for p in pending if p.ready_at > now]
+            if waiting:
+                # a call made while serving waits for its server span to be stitched (it ends first, and
+                # would otherwise leave with the local trace id), for at most `hold` seconds past its own time
+                hold = max(2.0, 4 * self.window)
+                alias = self.alias.get
+                held: list[_Pending] = []
+                ready = []
+                for p in due_list:
+                    lt = p.trace
+                    if (lt in waiting or (isinstance(alias(lt), tuple) and self._local_root(lt) in waiting)) and (
+                            p.ready_at + hold > now):
+                        held.append(p)
+                    else:
+                        ready.append(p)
+                self.pending = held + rest if held else rest
+            else:
+                ready, self.pending = due_list, rest
+        if not self.pending:
+            self._in_order, self._last_ready = True, float("-inf")
         if not ready:
             return None
         # each process's spans as a list of byte pieces, joined once per process (no bytes per span)
         by_pid: dict[int, list[bytes]] = {}
         alias = self.alias.get
+        parts: list[bytes] = []
+        last_pid = -1
         for p in ready:
             t = alias(p.trace)
-            tid = p.trace if t is None else t if isinstance(t, bytes) else self._trace_of(p.trace)
-            parts = by_pid.get(p.pid)
-            if parts is None:
-                parts = by_pid[p.pid] = []
-            p.encode_into(parts, tid)
+            if t is None:
+                tid = p.trace
+            elif isinstance(t, bytes):
+                tid = t
+            else:  # joined a traced caller's local trace: most often one step (_trace_of follows chains)
+                t2 = alias(t[0])
+                tid = t[0] if t2 is None else t2 if isinstance(t2, bytes) else self._trace_of(p.trace)
+            if p.pid != last_pid:
+                last_pid = p.pid
+                parts = by_pid.setdefault(last_pid, [])
+            if p.body or p.ts:
+                p.encode_into(parts, tid)
+            elif p.parent_span_id:  # encode_into's common cases, inlined
+                parts += (p.shape.with_parent, _IDS_P(0x100A, tid, 0x0812, p.span_id, 0x0822, p.parent_span_id,
+                                                      0x39, p.start, 0x41, p.end))
+            else:
+                parts += (p.shape.root, _IDS_R(0x100A, tid, 0x0812, p.span_id, 0x39, p.start, 0x41, p.end))
         out = []
         for pid, parts in by_pid.items():
             res = b"".join(_ld(0x0A, kv.SerializeToString()) for kv in attrs(self._resource(pid)))

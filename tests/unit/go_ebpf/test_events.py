@@ -329,3 +329,47 @@ def test_loopback_connections_join_only_inside_one_network_namespace() -> None:
                               trace=(8, 1)), 0, 0.0)
         out = spans(a)
         assert (int.from_bytes(out[21].parent_span_id, "little") == 31) == same  # type: ignore[attr-defined]
+
+
+def test_spans_leave_when_due_whatever_order_their_records_came_in() -> None:
+    """Due spans are found as a prefix of the pending list while records come in time order; a record
+    stamped earlier than the one before it must still leave on time, none twice, none held back."""
+    a = Assembler(stitch_window=0.5)
+    a.add_process(42, {"process.pid": 42})
+    for i, now in enumerate((10.0, 10.1, 10.2)):  # in order
+        assert a.add(rec(T_GRPC_CLIENT, span=100 + i, flags=E_STATUS), 0, now)
+    b = a.take_traces(10.65)
+    assert b is not None and b.item_count() == 2  # 10.0 and 10.1 are due, 10.2 is not
+    assert a.add(rec(T_GRPC_CLIENT, span=200, flags=E_STATUS), 0, 11.0)
+    assert a.add(rec(T_GRPC_CLIENT, span=201, flags=E_STATUS), 0, 9.0)  # stamped before the one above
+    got = {int.from_bytes(s.span_id, "little") for s in only_spans(a.take_traces(10.75))}
+    assert got == {102, 201}
+    assert {int.from_bytes(s.span_id, "little") for s in only_spans(a.take_traces(11.5))} == {200}
+    assert a.take_traces(99.0) is None and not a.pending
+
+
+def only_spans(b: object) -> list[object]:
+    assert b is not None
+    return [s for rs in b.msg.resource_spans for ss in rs.scope_spans for s in ss.spans]  # type: ignore[attr-defined]
+
+
+def test_one_shape_with_and_without_per_call_fields() -> None:
+    """Calls of one shape share its encoded fields; a call's own (deadline attributes, a parent) come with
+    its span only, and every span parses with the same name, attributes and times as its record."""
+    a = Assembler()
+    a.add_process(42, {"process.pid": 42})
+    dl = go_wall(10**18 + 1_000 + 50_000_000)
+    assert a.add(rec(T_GRPC_CLIENT, span=1, end=5_000, flags=E_STATUS), 10**18, 0.0)
+    assert a.add(rec(T_GRPC_CLIENT, span=2, end=6_000, flags=E_STATUS | E_DEADLINE, dl=dl), 10**18, 0.0)
+    assert a.add(rec(T_GRPC_CLIENT, span=3, parent=9, end=7_000, flags=E_STATUS | E_PARENT), 10**18, 0.0)
+    out = spans(a)
+    assert len(a._shapes) == 1
+    for sid, end in ((1, 5_000), (2, 6_000), (3, 7_000)):
+        s = out[sid]
+        assert s.name == "p.S/M" and s.kind == 3  # type: ignore[attr-defined]
+        assert s.start_time_unix_nano == 10**18 + 1_000 and s.end_time_unix_nano == 10**18 + end  # type: ignore[attr-defined]
+        assert attr_dict(s.attributes)["rpc.method"] == "M"  # type: ignore[attr-defined]
+        assert len(s.trace_id) == 16  # type: ignore[attr-defined]
+    assert "gotel.rpc.deadline.timeout" in attr_dict(out[2].attributes)  # type: ignore[attr-defined]
+    assert "gotel.rpc.deadline.timeout" not in attr_dict(out[1].attributes)  # type: ignore[attr-defined]
+    assert int.from_bytes(out[3].parent_span_id, "little") == 9 and not out[1].parent_span_id  # type: ignore[attr-defined]
