@@ -8,6 +8,7 @@ The tree is found by pid (parent links in /proc/PID/stat), never by name: other 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 ROLLUP_FIELDS = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem", "Private_Clean", "Private_Dirty", "Swap")
@@ -124,8 +125,14 @@ def default_config(telemetry_port: int, prometheus_port: int, pid: int | None = 
     text = default_config_text()
     subs = [("127.0.0.1:8888", f"127.0.0.1:{telemetry_port}"), ("127.0.0.1:8889", f"127.0.0.1:{prometheus_port}")]
     if pid is not None:
-        subs += [(f"  {r}: {{}}", f"  {r}: {{discovery: {{pids: [{pid}]}}}}")
-                 for r in ("go_ebpf", "go_runtime", "process", "pprof")]
+        for r in ("go_ebpf", "go_runtime", "process", "pprof"):
+            if f"  {r}: {{}}" in text:
+                subs.append((f"  {r}: {{}}", f"  {r}: {{discovery: {{pids: [{pid}]}}}}"))
+            else:  # a block of its own settings: the selection goes first in it
+                line = re.search(rf"^  {r}:[ ]*(#.*)?$", text, re.MULTILINE)
+                if line is None:
+                    raise ValueError(f"config/default.yaml has no receiver {r!r}; update tests/helpers/procmem.py")
+                subs.append((line.group(0), f"{line.group(0)}\n    discovery: {{pids: [{pid}]}}"))
     for fixed, repl in subs:
         if fixed not in text:
             raise ValueError(f"config/default.yaml no longer has {fixed!r}; update tests/helpers/procmem.py")
