@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from gotel.component.contract import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
 from gotel.pdata.batch import Batch, Signal
 from gotel.pdata.wire import ItemBytes, framing
-from gotel.processorhelper.attraction import ActionConfig, AttrActions
+from gotel.processorhelper.attraction import ActionConfig, AttrActions, process_on_wire
 from gotel.processorhelper.matchprops import Matcher, MatchProperties, problem
 
 SIGNALS = frozenset((Signal.TRACES, Signal.METRICS, Signal.LOGS))
@@ -63,15 +63,8 @@ class AttributesProcessor(Processor):
         await self.next.consume(batch)
 
     def process(self, batch: Batch) -> None:
-        wire = batch.cached_bytes()
-        if wire is not None:
-            if not self.engine.may_act(wire):
-                return  # none of the keys the actions need is in the request: its bytes pass untouched
-            out = self.on_wire(wire)
-            if out is not None:
-                if out is not wire:
-                    batch.replace_wire(out, batch.item_count())
-                return
+        if process_on_wire(batch, self.engine, self.on_wire):
+            return
         apply = self.engine.apply
         if self.signal == Signal.METRICS:
             inc = self.include.names if self.include is not None else None

@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from gotel.component.contract import REQUEST_METADATA, ComponentConfig, connection_ip
-from gotel.pdata.batch import any_value, value_of
+from gotel.pdata.batch import Batch, any_value, value_of
 
 ACTIONS = ("insert", "update", "upsert", "delete", "hash", "extract", "convert")
 CONVERTED_TYPES = ("int", "double", "string")
@@ -398,3 +398,20 @@ def apply_encoded(apply: Callable[[Any], None], msg: Any, old: bytes) -> bytes:
     msg.ParseFromString(old)
     apply(msg.attributes)
     return bytes(msg.SerializeToString())
+
+
+def process_on_wire(batch: Batch, actions: AttrActions, on_wire: Callable[[bytes], bytes | None]) -> bool:
+    """Run the actions on the batch's received bytes when it has them; False when the message path must
+    run instead (no bytes, or `on_wire` declined). A request holding none of the keys the actions need
+    passes untouched, and one the actions did not change keeps its bytes."""
+    wire = batch.cached_bytes()
+    if wire is None:
+        return False
+    if not actions.may_act(wire):
+        return True
+    out = on_wire(wire)
+    if out is None:
+        return False
+    if out is not wire:
+        batch.replace_wire(out, batch.item_count())
+    return True
