@@ -55,7 +55,7 @@ class Env:
         app = await asyncio.to_thread(goapps.start, "grpcapp", "server", "-log", toolchain=self.toolchain,
                                       stripped=self.stripped)
         self.apps.append(app)
-        await until(lambda: app.pid in self.r.attached_pids, 10)
+        await until(lambda: app.pid in self.r.attached_pids, 30)
         return app
 
     async def client(self, target: Any, *args: str, timeout: float = 120) -> tuple[int, list[dict[str, Any]]]:

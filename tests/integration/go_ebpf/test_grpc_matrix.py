@@ -88,7 +88,7 @@ class Matrix:
     async def server(self, binary: Path) -> goapps.RunningApp:
         app = await asyncio.to_thread(goapps.RunningApp, [str(binary), "server", "-log"])
         self.apps.append(app)
-        await until(lambda: app.pid in self.r.attached_pids, 15)
+        await until(lambda: app.pid in self.r.attached_pids, 30)
         return app
 
     async def client(self, binary: Path, target: goapps.RunningApp, *args: str) -> tuple[int, list[dict[str, Any]]]:

@@ -36,7 +36,7 @@ def get(url: str) -> int:
 async def test_http_server_and_client_spans(env: Env) -> None:
     app = await asyncio.to_thread(goapps.start, "httpapp", "server", toolchain=env.toolchain)
     env.apps.append(app)
-    await until(lambda: app.pid in env.r.attached_pids, 10)
+    await until(lambda: app.pid in env.r.attached_pids, 30)
     port = app.ports["http"]
     assert await asyncio.to_thread(get, app.url("/users/42?status=404", "http")) == 404
     assert await asyncio.to_thread(get, app.url("/items/book/7?status=503", "http")) == 503

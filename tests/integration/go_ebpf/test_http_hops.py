@@ -44,7 +44,7 @@ async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
 async def server(env: Env, *args: str, app_name: str = "httpapp") -> goapps.RunningApp:
     app = await asyncio.to_thread(goapps.start, app_name, "server", "-log", *args, toolchain=env.toolchain)
     env.apps.append(app)
-    await until(lambda: app.pid in env.r.attached_pids, 10)
+    await until(lambda: app.pid in env.r.attached_pids, 30)
     return app
 
 
@@ -232,7 +232,7 @@ async def test_stripped_binaries_are_not_joined_by_guess() -> None:
     try:
         app = await asyncio.to_thread(goapps.start, "httpapp", "server", "-log", toolchain="go1.27", stripped=True)
         env.apps.append(app)
-        await until(lambda: app.pid in env.r.attached_pids, 10)
+        await until(lambda: app.pid in env.r.attached_pids, 30)
         n = 20
         pid, recs = await client(env, f"http://127.0.0.1:{app.ports['http']}/echo", "-n", str(n),
                                  "-traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")

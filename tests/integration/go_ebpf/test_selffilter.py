@@ -44,7 +44,7 @@ def _route(span: object) -> str:
 async def test_gotel_scrapes_are_dropped_and_counted_others_kept(env: Env) -> None:
     app = await asyncio.to_thread(goapps.start, "httpapp", "server", toolchain=env.toolchain)
     env.apps.append(app)
-    await until(lambda: app.pid in env.r.attached_pids, 10)
+    await until(lambda: app.pid in env.r.attached_pids, 30)
     base = f"http://127.0.0.1:{app.port('pprof')}"
     fetcher = Fetcher()  # what the pprof receiver scrapes with; this process is gotel's go_ebpf receiver
     try:
