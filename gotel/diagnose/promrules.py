@@ -29,22 +29,17 @@ WINDOW = "5m"  # rate window: at least 4 scrapes at the default 1m interval
 
 @dataclass(frozen=True)
 class Metric:
-    """An OTLP metric gotel exports, with the receiver that makes it; ``pending`` names the work that
-    will export it when it is not exported yet (dashboards may already show it)."""
+    """An OTLP metric gotel exports, with the receiver (or connector) that makes it."""
 
     otel: str
     unit: str
     kind: str  # counter | gauge | histogram (promnames.metric_name's kinds; an up-down sum is a gauge)
     receiver: str
-    pending: str = ""
 
     @property
     def prom(self) -> str:
         return metric_name(self.otel, self.unit, self.kind)
 
-
-_ISSUE19 = "issue 19 (go_ebpf: dropped calls, refused/reset streams, stream age)"
-_FINDINGS = "issue 18 (continuous findings in the agent)"
 
 METRICS: dict[str, Metric] = {m.otel: m for m in (
     # process: /proc and cgroup files
@@ -81,12 +76,13 @@ METRICS: dict[str, Metric] = {m.otel: m for m in (
     Metric("gotel.rpc.server.deadline_exceeded", "{call}", "counter", "go_ebpf"),
     Metric("gotel.rpc.client.deadline_exceeded", "{call}", "counter", "go_ebpf"),
     Metric("gotel.rpc.server.deadline.budget_used", "1", "histogram", "go_ebpf"),
-    # not exported yet on this branch
-    Metric("gotel.grpc.stream.age", "s", "histogram", "go_ebpf", pending=_ISSUE19),
-    Metric("gotel.grpc.streams.refused", "{stream}", "counter", "go_ebpf", pending=_ISSUE19),
-    Metric("gotel.grpc.stream.resets", "{frame}", "counter", "go_ebpf", pending=_ISSUE19),
-    Metric("gotel.grpc.calls.dropped", "{call}", "counter", "go_ebpf", pending=_ISSUE19),
-    Metric("gotel.findings", "{finding}", "counter", "diagnosis", pending=_FINDINGS),
+    # go_ebpf: gRPC flow control and stream limits (flow_control, docs/go_ebpf.md)
+    Metric("gotel.grpc.stream.age", "s", "histogram", "go_ebpf"),
+    Metric("gotel.grpc.streams.refused", "{stream}", "counter", "go_ebpf"),
+    Metric("gotel.grpc.stream.resets", "{frame}", "counter", "go_ebpf"),
+    Metric("gotel.grpc.calls.dropped", "{call}", "counter", "go_ebpf"),
+    # diagnosis connector: findings (episodes started), by rule and severity
+    Metric("gotel.findings", "{finding}", "counter", "diagnosis"),
 )}
 BY_PROM: dict[str, Metric] = {m.prom: m for m in METRICS.values()}
 # The finding metric's attributes (`gotel.findings` by rule and severity), as labels.

@@ -2,8 +2,9 @@
 tracing real Go programs with faults in them.
 
 One run (module fixture) serves both tests: the `gotel` agent (go_ebpf, go_runtime, sched, process, net,
-pprof receivers; resource_detection; the `prometheus` exporter with resource attributes as labels, as
-docs/alerts-and-dashboards.md says to run it), Debian's Prometheus scraping it every second with
+pprof receivers; resource_detection; the `diagnosis` connector, whose `gotel.findings` go to the same
+exporter; the `prometheus` exporter with resource attributes as labels, as docs/alerts-and-dashboards.md
+says to run it), Debian's Prometheus scraping it every second with
 config/prometheus/gotel-rules.yaml loaded (`for:` set to 0s by `gotel rules prometheus --for 0s`, the
 expressions unchanged), and these programs:
 
@@ -14,10 +15,15 @@ expressions unchanged), and these programs:
 * `hog` (runtime fixture) burning CPU in a fresh cpu cgroup limited to 10% of a CPU: the cpu_throttling
   fault;
 * `rt` (runtime fixture): GC churn, mutex contention, slow syscalls, leaking goroutines, for the runtime
-  dashboard's panels.
+  dashboard's panels;
+* `flow` (grpcapp flowserver, 1 stream per connection; tests/integration/go_ebpf/test_grpc_flow.py's modes),
+  once when go_ebpf traces it: a raw HTTP/2 peer opening 3 streams at once (the server refuses 2), 5 calls
+  its tap refuses before any handler, then one bidi stream left open for the whole run: the Drop Rate and
+  Stream Age panels; the hog's throttling is also a `cpu_throttling` finding: the Findings panels.
 
-Truth: the servers' own logs (one `handled` line per call with the code they returned) and the
-kernel's cpu.stat of the cgroup the test made.
+Truth: the servers' own logs (one `handled` line per call with the code they returned; the flow server's
+`tap_refused` lines; the raw peer's REFUSED_STREAM frames; the open stream's start) and the kernel's
+cpu.stat of the cgroup the test made.
 """
 
 from __future__ import annotations
@@ -52,14 +58,6 @@ QUOTA = 0.10  # of one CPU, for the hog
 ROUND = 1.0  # seconds between traffic rounds
 SETTLE = 30.0  # seconds of rounds in the rate window before an alert's value is compared
 
-# Panels whose metrics are not exported on this branch (promrules.METRICS marks them pending): their
-# queries must parse, and return data once the branches that export them are merged.
-PENDING_PANELS = {
-    ("gotel-grpc.json", "Drop Rate"),  # gotel.grpc.calls.dropped, gotel.grpc.streams.refused: issue 19
-    ("gotel-grpc.json", "Stream Age p99"),  # gotel.grpc.stream.age: issue 19
-    ("gotel-findings.json", "Findings by rule and severity"),  # gotel.findings: the findings connector
-    ("gotel-findings.json", "Critical findings in range"),
-}
 # Dashboard variables as Grafana substitutes them: "All" jobs, a 5m rate window (the whole run).
 VARIABLES = {"$__rate_interval": "5m", "$__range": "5m", "$__interval": "15s", "${job}": ".*", "$job": ".*"}
 
@@ -109,6 +107,10 @@ class Run:
     cgroup: Path
     cgroup_path: str
     kernel_start: tuple[int, int]
+    flow: goapps.RunningApp
+    refused: int = 0  # streams the flow server refused, as the raw peer logged the RST_STREAMs it got
+    open_start_ns: int = 0  # when the stream left open began, as its client logged it
+    limited: list[str] = field(default_factory=list)  # the codes the tap-refused calls ended with
     stop: threading.Event = field(default_factory=threading.Event)
     errors: list[str] = field(default_factory=list)
 
@@ -147,6 +149,34 @@ def _traffic(run: Run, rt: goapps.RunningApp) -> None:
         run.stop.wait(max(0.0, ROUND - (time.monotonic() - t0)))
 
 
+def _flow(run: Run, grpc_bin: str, start: Any) -> None:
+    """Refused streams, calls dropped before a handler, and a stream left open, on the traced flow server."""
+    target = f"127.0.0.1:{run.flow.ports['grpc']}"
+    flow = [grpc_bin, "flow", "-target", target]
+
+    def once(*args: str) -> list[dict[str, Any]]:
+        app = goapps.RunningApp([*flow, *args])
+        try:
+            assert app.wait(60) == 0, app.stderr()
+            return app.records()
+        finally:
+            app.stop()
+
+    # go_ebpf has attached to the server once its calls reach Prometheus: what follows is counted whole
+    end = time.monotonic() + 180
+    while not run.prom.query('rpc_server_call_duration_seconds_count{job="flow"}'):
+        assert time.monotonic() < end, "go_ebpf did not report the flow server's calls in 180s"
+        once("-n", "1", "-delay", "10ms", "quota")
+        time.sleep(2)
+    raw = once("-streams", "3", "-delay", "300ms", "raw")
+    run.refused = sum(1 for r in raw if "rst_stream" in r and r.get("code") == "REFUSED_STREAM")
+    assert run.refused == 2, raw  # the fixture did what it says
+    run.limited = [r["code"] for r in once("-n", "5", "limited") if "limited" in r]
+    assert len(run.limited) == 5 and "OK" not in run.limited, run.limited
+    opened = start([*flow, "-hold", "3600s", "open"], "flow-client")
+    run.open_start_ns = opened.wait_for(lambda r: "open_start_ns" in r, 30)["open_start_ns"]
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     wd = tmp_path_factory.mktemp("alerts")
@@ -172,6 +202,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             front = start([grpc_bin, "server", "-log"], "front")
             rt = start([rt_bin, "-mutex-fraction", "1", "-alloc-rate", "30000000"], "rt")
             hog = start([rt_bin], "hog")
+            flow = start([grpc_bin, "flowserver", "-max-streams", "1"], "flow")
             (cg / "cgroup.procs").write_text(str(hog.pid))
             kernel_start = cpu_stat(cg)
             burn = threading.Thread(target=_get, args=(hog.url("/burn?ms=600000"),), daemon=True)
@@ -180,7 +211,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             port = free_port()
             cfg = f"""
 receivers:
-  go_ebpf: {{discovery: {{pids: [{front.pid}, {back.pid}]}}, export_interval: 2s}}
+  go_ebpf: {{discovery: {{pids: [{front.pid}, {back.pid}, {flow.pid}]}}, export_interval: 2s}}
   go_runtime: {{discovery: {{pids: [{pids}]}}, collection_interval: 2s}}
   sched: {{discovery: {{pids: [{pids}]}}, collection_interval: 2s}}
   process: {{discovery: {{pids: [{pids}]}}, collection_interval: 2s}}
@@ -190,6 +221,8 @@ receivers:
     profiles: {{cpu: {{enabled: false}}, mutex: {{interval: 2s}}, goroutine_dump: {{interval: 2s}}}}
 processors:
   resource_detection: {{detectors: [process]}}
+connectors:
+  diagnosis: {{}}  # default window (60s) and evaluation_interval (5s): the hog is judged within seconds
 exporters:
   prometheus:
     endpoint: "127.0.0.1:{port}"
@@ -198,15 +231,17 @@ service:
   telemetry: {{metrics: {{address: "@TELEMETRY@"}}}}
   pipelines:
     metrics: {{receivers: [go_ebpf, go_runtime, sched, process, net, pprof], processors: [resource_detection],
-               exporters: [prometheus]}}
+               exporters: [prometheus, diagnosis]}}
+    metrics/findings: {{receivers: [diagnosis], exporters: [prometheus]}}
 """
             agent = Agent(cfg, wd).start()
             agent.wait_ready(120)
             prom = Prometheus(scrape_targets=[f"127.0.0.1:{port}"], rule_files=[str(rules)]).start()
-            r = Run(prom, agent, front, back, hog.pid, cg, "/" + cg.name, kernel_start)
+            r = Run(prom, agent, front, back, hog.pid, cg, "/" + cg.name, kernel_start, flow)
             t = threading.Thread(target=_traffic, args=(r, rt), daemon=True)
             t.start()
             threads.append(t)
+            _flow(r, grpc_bin, start)
             yield r
         finally:
             if r is not None:
@@ -309,7 +344,6 @@ def test_every_panel_query_returns_data(run: Run) -> None:
     jobs = {s["metric"]["job"] for s in run.prom.query("group by (job) (target_info)")}
     assert {"front", "back", "rt", "hog"} <= jobs, jobs  # the `job` variable's choices
 
-    pending: set[tuple[str, str]] = set()
     empty: list[str] = []
     checked = 0
     for name, dash in _dashboards().items():
@@ -320,10 +354,6 @@ def test_every_panel_query_returns_data(run: Run) -> None:
                     assert tok in promrules.BY_PROM or tok == "ALERTS" or any(
                         tok.endswith(s) and tok.removesuffix(s) in promrules.BY_PROM for s in ("_bucket", "_count", "_sum")
                     ), f"{name} {panel['title']!r}: {tok} is not a metric gotel exports (promrules.METRICS)"
-                if any(promrules.BY_PROM[m].pending for m in promrules.metrics_in(expr)):
-                    pending.add((name, panel["title"]))
-                    run.prom.query(_substitute(expr))  # valid PromQL, no data yet
-                    continue
                 res: list[dict[str, Any]] = []
                 end = time.monotonic() + 30  # slow receivers (pprof dumps every 2s) may need a moment
                 while time.monotonic() < end:
@@ -334,7 +364,40 @@ def test_every_panel_query_returns_data(run: Run) -> None:
                 checked += 1
                 if not _finite(res):
                     empty.append(f"{name} {panel['title']!r} {target['refId']}: {_substitute(expr)} -> {res}")
-    assert pending == PENDING_PANELS
     assert not empty, "\n".join(empty)
     assert checked >= 25, checked
 
+
+
+def _value(run: Run, expr: str) -> float:
+    res = run.prom.query(expr)
+    assert len(res) == 1, (expr, res)
+    return float(res[0]["value"][1])
+
+
+def test_flow_and_finding_panels_match_the_truth(run: Run) -> None:
+    # Drop Rate's series: the streams the server refused (the raw peer's log) and the calls that never
+    # reached a handler: those refused streams and the tap's refusals (the server's log; grpc 1.33 refuses
+    # the stream and the client retries it once, so 5 calls may be 10 refusals, each a dropped call)
+    tapped = sum(1 for r in run.flow.records() if r.get("event") == "tap_refused")
+    assert tapped >= 5 and not any(r.get("event") == "limited_handler" for r in run.flow.records()), tapped
+    job = 'job="flow"'
+    refused = f'sum(gotel_grpc_streams_refused_total{{{job}, gotel_grpc_direction="sent"}})'
+    dropped = f'sum(gotel_grpc_calls_dropped_total{{{job}, gotel_grpc_side="server"}})'
+    run.prom.wait_query(dropped, lambda r: r and float(r[0]["value"][1]) >= run.refused + tapped, 30)
+    assert _value(run, dropped) == run.refused + tapped
+    # grpc 1.33's tap refuses the stream (REFUSED_STREAM: the client sees UNAVAILABLE); later versions answer
+    # with the tap's status and reset before a handler (RESOURCE_EXHAUSTED): refused streams are the raw ones
+    by_stream = run.limited == ["Unavailable"] * 5
+    assert by_stream or run.limited == ["ResourceExhausted"] * 5, run.limited
+    assert _value(run, refused) == run.refused + (tapped if by_stream else 0)
+    # Stream Age's open series: the stream left open, as old as its client says (export 2s + scrape 1s)
+    age = _value(run, f'sum(gotel_grpc_stream_age_seconds_sum{{{job}, gotel_grpc_stream_state="open", '
+                      'rpc_method="Open"})')
+    truth = (time.time_ns() - run.open_start_ns) / 1e9
+    assert truth - 5 < age <= truth + 0.5, (age, truth)
+    # Findings: the hog's throttling (the kernel says over half its periods) is a critical cpu_throttling
+    # finding from the connector, for the hog and no other process of the run
+    found = run.prom.wait_query('gotel_findings_total{gotel_finding_rule="cpu_throttling"}', bool, 60)
+    assert {(s["metric"]["job"], s["metric"]["gotel_finding_severity"]) for s in found} == {("hog", "critical")}, found
+    assert all(float(s["value"][1]) >= 1 for s in found), found
