@@ -1276,6 +1276,8 @@ struct inj {
     u64 span_id;
     u64 bw;  /* the connection's *bufio.Writer */
     u64 req;
+    char trace_hex[32];  /* the trace id the served call continues (its incoming traceparent's), if any */
+    u64 has_hex;
 };
 BPF_TABLE("lru_hash", struct gotel_go_key, struct inj, inj_reqs, 4096);     /* by (tgid, *Request) */
 BPF_TABLE("lru_hash", struct gotel_go_key, struct inj, inj_writing, 4096);  /* by (tgid, writeLoop goroutine) */
@@ -1286,7 +1288,7 @@ static __always_inline void inj_inc(int i) { u64 *v = inj_counts.lookup(&i); if 
 
 /* At (*persistConn).roundTrip, on the caller's goroutine: remember the span for the request writeLoop writes. */
 static __always_inline void inject_prepare(struct gotel_go_proc *p, struct gotel_go_offsets *o, struct gev *e,
-                                           u64 pc, u64 treq) {
+                                           u64 pc, u64 treq, u64 g) {
 #ifdef INJECT_TP
     u64 o_bw = o->off[H_PC_BW], o_req = o->off[H_TREQ_REQ];
     if (!KNOWN(o_bw) || !KNOWN(o_req) || !treq)
@@ -1304,6 +1306,16 @@ static __always_inline void inject_prepare(struct gotel_go_proc *p, struct gotel
     v.trace_lo = e->trace_lo;
     v.span_id = e->span_id;
     v.bw = rd64(pc + o_bw);
+    /* under a served call that continues an incoming traceparent, user space exports that trace id (the
+     * local one is aliased to it): the callee must get the same */
+    struct gev *a = (e->flags & E_PARENT) ? find_active(e->pid, g) : 0;
+    if (a && a->type == T_HTTP_SERVER && (a->flags & E_HTTP_TP)) {
+        __builtin_memcpy(v.trace_hex, a->in_tp + 3, 32);
+        v.has_hex = 1;
+    } else if (a && a->type == T_GRPC_SERVER && (a->flags & E_TRACEPARENT)) {
+        __builtin_memcpy(v.trace_hex, a->tp + 3, 32);
+        v.has_hex = 1;
+    }
     if (k.goroutine && v.bw)
         inj_reqs.update(&k, &v);
 #endif
@@ -1348,7 +1360,7 @@ static __always_inline void hex_u64(u64 *out, u64 v) {
 }
 
 /* The line appended into the buffer's free part, in three writes (n is bumped only after all three). */
-static __always_inline void inject_now(struct gotel_go_proc *p, u64 bw, u64 th, u64 tl, u64 sid) {
+static __always_inline void inject_now(struct gotel_go_proc *p, u64 bw, u64 *trace, u64 sid) {
     struct gotel_go_offsets *o = gotel_go_offsets_of(p);
     if (!o)
         return;
@@ -1363,9 +1375,6 @@ static __always_inline void inject_now(struct gotel_go_proc *p, u64 bw, u64 th, 
         return;
     }
     char head[16] = {'t', 'r', 'a', 'c', 'e', 'p', 'a', 'r', 'e', 'n', 't', ':', ' ', '0', '0', '-'};
-    u64 trace[4] = {};
-    hex_u64(trace, th);
-    hex_u64(trace + 2, tl);
     u64 tail[3] = {};  /* "-" span "-01\r\n" (22 bytes) */
     u64 span[2] = {};
     hex_u64(span, sid);
@@ -1395,10 +1404,17 @@ int http_inject_ret(struct pt_regs *ctx) {
     struct inj *w = inj_writing.lookup(&k);
     if (!w)
         return 0;
-    u64 bw = w->bw, th = w->trace_hi, tl = w->trace_lo, sid = w->span_id;
+    u64 bw = w->bw, sid = w->span_id;
+    u64 trace[4] = {};
+    if (w->has_hex) {
+        __builtin_memcpy(trace, w->trace_hex, 32);
+    } else {
+        hex_u64(trace, w->trace_hi);
+        hex_u64(trace + 2, w->trace_lo);
+    }
     inj_writing.delete(&k);
     if (!GO_PARAM1(ctx))  /* else writeSubset failed: the request fails anyway */
-        inject_now(p, bw, th, tl, sid);
+        inject_now(p, bw, trace, sid);
     return 0;
 }
 
@@ -1445,7 +1461,7 @@ int http_pconn_roundtrip(struct pt_regs *ctx) {
     if (e) {
         e->obj = pc;
         hconn_copy(e, h, (u32)h->count, 0);
-        inject_prepare(p, o, e, pc, GO_PARAM2(ctx));
+        inject_prepare(p, o, e, pc, GO_PARAM2(ctx), GO_GOROUTINE(ctx));
     }
     return 0;
 }
