@@ -1269,6 +1269,7 @@ static __always_inline void http_header_scan(struct gotel_go_proc *p, struct gev
  * appended to its headers in the connection's bufio.Writer (before TLS encrypts it), at the return of
  * the request's own Header.writeSubset: the bytes go into the buffer's unused part and n is bumped. Nothing
  * of the http.Header map is touched; the writer belongs to the writeLoop goroutine the probe runs on. */
+#ifdef INJECT_TP  /* maps and programs exist only with the option (the verifier of a locked-down kernel refuses them) */
 #define INJ_LEN 70  /* "traceparent: " 13 + 55 + "\r\n" */
 struct inj {
     u64 trace_hi;
@@ -1285,6 +1286,7 @@ BPF_TABLE("lru_hash", struct gotel_go_key, struct inj, inj_writing, 4096);  /* b
  * 3 write_refused (bpf_probe_write_user failed: lockdown, a fault), 4 writer_unknown (not the connection's) */
 BPF_PERCPU_ARRAY(inj_counts, u64, 5);
 static __always_inline void inj_inc(int i) { u64 *v = inj_counts.lookup(&i); if (v) (*v)++; }
+#endif
 
 /* At (*persistConn).roundTrip, on the caller's goroutine: remember the span for the request writeLoop writes. */
 static __always_inline void inject_prepare(struct gotel_go_proc *p, struct gotel_go_offsets *o, struct gev *e,
@@ -1321,6 +1323,7 @@ static __always_inline void inject_prepare(struct gotel_go_proc *p, struct gotel
 #endif
 }
 
+#ifdef INJECT_TP
 /* (*Request).write(r, w io.Writer, ...) entry, on writeLoop's goroutine: the request is about to be written
  * into w, which must be the connection's bufio.Writer (else nothing is injected). */
 int http_inject_write(struct pt_regs *ctx) {
@@ -1417,6 +1420,7 @@ int http_inject_ret(struct pt_regs *ctx) {
         inject_now(p, bw, trace, sid);
     return 0;
 }
+#endif  /* INJECT_TP */
 
 /* (*persistConn).roundTrip(pc, treq): the HTTP/1 connection a client request goes out on, on the goroutine
  * of (*Transport).roundTrip. Nothing was written on a new connection (nwrite 0): its count starts there;
