@@ -98,6 +98,10 @@
 #define HX_CS_CC (H_BASE + 34)
 #define HX_CC_TCONN (H_BASE + 35)
 #define HA_H2C_BUFCONN 122  /* h2c.(*bufConn).LocalAddr: h2c's net.Conn wrapper (its net.Conn at 0); after the flow block */
+#define H_PC_BW 123        /* traceparent injection (INJECT_TP): net/http.persistConn.bw (*bufio.Writer) */
+#define H_BW_BUF 124       /* bufio.Writer.buf ([]byte) */
+#define H_BW_N 125         /* bufio.Writer.n */
+#define H_TREQ_REQ 126     /* net/http.transportRequest.Request (*Request, embedded) */
 #define XNET_CLIENT 1  /* gev.obj of an HTTP client span begun at x/net's (*Transport).roundTripOpt */
 #define F_HTTP_SWISS_MAP (1 << 16)      /* gotel_go_proc.flags: http.Header is a swiss-table map (Go >= 1.24) */
 /* event flags */
@@ -1260,6 +1264,164 @@ static __always_inline void http_header_scan(struct gotel_go_proc *p, struct gev
     }
 }
 
+/* ---- traceparent injection (INJECT_TP, off by default; docs/go_ebpf.md "Writing traceparent"): an HTTP/1
+ * client request gotel has a span for and that carries no traceparent gets `traceparent: 00-<trace>-<span>-01`
+ * appended to its headers in the connection's bufio.Writer (before TLS encrypts it), at the return of
+ * the request's own Header.writeSubset: the bytes go into the buffer's unused part and n is bumped. Nothing
+ * of the http.Header map is touched; the writer belongs to the writeLoop goroutine the probe runs on. */
+#ifdef INJECT_TP  /* maps and programs exist only with the option (the verifier of a locked-down kernel refuses them) */
+#define INJ_LEN 70  /* "traceparent: " 13 + 55 + "\r\n" */
+struct inj {
+    u64 trace_hi;
+    u64 trace_lo;
+    u64 span_id;
+    u64 bw;  /* the connection's *bufio.Writer */
+    u64 req;
+    char trace_hex[32];  /* the trace id the served call continues (its incoming traceparent's), if any */
+    u64 has_hex;
+};
+BPF_TABLE("lru_hash", struct gotel_go_key, struct inj, inj_reqs, 4096);     /* by (tgid, *Request) */
+BPF_TABLE("lru_hash", struct gotel_go_key, struct inj, inj_writing, 4096);  /* by (tgid, writeLoop goroutine) */
+/* 0 injected, 1 no_room (the buffer's free part is too small), 2 header_present (the request has one),
+ * 3 write_refused (bpf_probe_write_user failed: lockdown, a fault), 4 writer_unknown (not the connection's) */
+BPF_PERCPU_ARRAY(inj_counts, u64, 5);
+static __always_inline void inj_inc(int i) { u64 *v = inj_counts.lookup(&i); if (v) (*v)++; }
+#endif
+
+/* At (*persistConn).roundTrip, on the caller's goroutine: remember the span for the request writeLoop writes. */
+static __always_inline void inject_prepare(struct gotel_go_proc *p, struct gotel_go_offsets *o, struct gev *e,
+                                           u64 pc, u64 treq, u64 g) {
+#ifdef INJECT_TP
+    u64 o_bw = o->off[H_PC_BW], o_req = o->off[H_TREQ_REQ];
+    if (!KNOWN(o_bw) || !KNOWN(o_req) || !treq)
+        return;
+    http_header_scan(p, e, rd64(treq + o_req));  /* a client span does not use in_tp: only the flag is read */
+    if (e->flags & E_HTTP_TP) {
+        inj_inc(2);
+        return;
+    }
+    struct gotel_go_key k = {};
+    k.tgid = e->pid;
+    k.goroutine = rd64(treq + o_req);
+    struct inj v = {};
+    v.trace_hi = e->trace_hi;
+    v.trace_lo = e->trace_lo;
+    v.span_id = e->span_id;
+    v.bw = rd64(pc + o_bw);
+    /* under a served call that continues an incoming traceparent, user space exports that trace id (the
+     * local one is aliased to it): the callee must get the same */
+    struct gev *a = (e->flags & E_PARENT) ? find_active(e->pid, g) : 0;
+    if (a && a->type == T_HTTP_SERVER && (a->flags & E_HTTP_TP)) {
+        __builtin_memcpy(v.trace_hex, a->in_tp + 3, 32);
+        v.has_hex = 1;
+    } else if (a && a->type == T_GRPC_SERVER && (a->flags & E_TRACEPARENT)) {
+        __builtin_memcpy(v.trace_hex, a->tp + 3, 32);
+        v.has_hex = 1;
+    }
+    if (k.goroutine && v.bw)
+        inj_reqs.update(&k, &v);
+#endif
+}
+
+#ifdef INJECT_TP
+/* (*Request).write(r, w io.Writer, ...) entry, on writeLoop's goroutine: the request is about to be written
+ * into w, which must be the connection's bufio.Writer (else nothing is injected). */
+int http_inject_write(struct pt_regs *ctx) {
+    GOTEL_GO_ENTER(p, k);
+    struct gotel_go_key rk = {};
+    rk.tgid = k.tgid;
+    rk.goroutine = GO_PARAM1(ctx);
+    struct inj *v = inj_reqs.lookup(&rk);
+    if (!v) {
+        struct inj *old = inj_writing.lookup(&k);
+        if (old && old->req != rk.goroutine)
+            inj_writing.delete(&k);  /* left by a write that failed before its headers: not for this request */
+        return 0;  /* (the entry probe again after morestack finds its own entry there) */
+    }
+    struct inj w = *v;
+    w.req = rk.goroutine;
+    inj_reqs.delete(&rk);
+    if (GO_PARAM3(ctx) != w.bw) {
+        inj_inc(4);
+        return 0;
+    }
+    inj_writing.update(&k, &w);
+    return 0;
+}
+
+/* a hex digit, branch-free (with a select clang vectorises the unrolled loop and overruns the stack) */
+static __always_inline u64 hexd(u64 x) { return x + '0' + (((9 - x) >> 8) & ('a' - '0' - 10)); }
+
+/* v's 8 bytes (in the byte order the records carry ids) as 16 hex digits, in two words */
+static __always_inline void hex_u64(u64 *out, u64 v) {
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        u64 b = (v >> (8 * i)) & 0xff;
+        u64 two = (u64)hexd(b >> 4) | ((u64)hexd(b & 15) << 8);
+        out[i / 4] |= two << (16 * (i % 4));
+    }
+}
+
+/* The line appended into the buffer's free part, in three writes (n is bumped only after all three). */
+static __always_inline void inject_now(struct gotel_go_proc *p, u64 bw, u64 *trace, u64 sid) {
+    struct gotel_go_offsets *o = gotel_go_offsets_of(p);
+    if (!o)
+        return;
+    u64 o_buf = o->off[H_BW_BUF], o_n = o->off[H_BW_N];
+    if (!KNOWN(o_buf) || !KNOWN(o_n))
+        return;
+    u64 buf[2] = {};  /* []byte data, len: the writer's size is len(buf) */
+    bpf_probe_read_user(buf, sizeof(buf), (void *)(bw + o_buf));
+    u64 n = rd64(bw + o_n);
+    if (!buf[0] || n > buf[1] || buf[1] - n < INJ_LEN) {
+        inj_inc(1);
+        return;
+    }
+    char head[16] = {'t', 'r', 'a', 'c', 'e', 'p', 'a', 'r', 'e', 'n', 't', ':', ' ', '0', '0', '-'};
+    u64 tail[3] = {};  /* "-" span "-01\r\n" (22 bytes) */
+    u64 span[2] = {};
+    hex_u64(span, sid);
+    char *t = (char *)tail;
+    t[0] = '-';
+    __builtin_memcpy(t + 1, span, 16);
+    t[17] = '-'; t[18] = '0'; t[19] = '1'; t[20] = '\r'; t[21] = '\n';
+    char *at = (char *)buf[0] + n;
+    if (bpf_probe_write_user(at, head, 16) < 0 || bpf_probe_write_user(at + 16, trace, 32) < 0 ||
+        bpf_probe_write_user(at + 48, tail, 22) < 0) {
+        inj_inc(3);
+        return;
+    }
+    n += INJ_LEN;
+    if (bpf_probe_write_user((void *)(bw + o_n), &n, sizeof(n)) < 0) {
+        inj_inc(3);  /* the bytes are past n: unused, as if never written */
+        return;
+    }
+    inj_inc(0);
+}
+
+/* Header.writeSubset's RETs: the first on this goroutine after (*Request).write's entry wrote r.Header (the
+ * request line, Host and the transfer headers come before it; the transport's extra headers and the blank
+ * line after). */
+int http_inject_ret(struct pt_regs *ctx) {
+    GOTEL_GO_ENTER(p, k);
+    struct inj *w = inj_writing.lookup(&k);
+    if (!w)
+        return 0;
+    u64 bw = w->bw, sid = w->span_id;
+    u64 trace[4] = {};
+    if (w->has_hex) {
+        __builtin_memcpy(trace, w->trace_hex, 32);
+    } else {
+        hex_u64(trace, w->trace_hi);
+        hex_u64(trace + 2, w->trace_lo);
+    }
+    inj_writing.delete(&k);
+    if (!GO_PARAM1(ctx))  /* else writeSubset failed: the request fails anyway */
+        inject_now(p, bw, trace, sid);
+    return 0;
+}
+#endif  /* INJECT_TP */
+
 /* (*persistConn).roundTrip(pc, treq): the HTTP/1 connection a client request goes out on, on the goroutine
  * of (*Transport).roundTrip. Nothing was written on a new connection (nwrite 0): its count starts there;
  * a connection first seen later (dialled before the process was traced) gets no order. The last attempt
@@ -1303,6 +1465,7 @@ int http_pconn_roundtrip(struct pt_regs *ctx) {
     if (e) {
         e->obj = pc;
         hconn_copy(e, h, (u32)h->count, 0);
+        inject_prepare(p, o, e, pc, GO_PARAM2(ctx), GO_GOROUTINE(ctx));
     }
     return 0;
 }

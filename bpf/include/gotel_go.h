@@ -20,7 +20,7 @@
 #define GO_PARAM9(x) ((x)->r11)
 #define GO_GOROUTINE(x) ((x)->r14)
 
-#define GOTEL_GO_MAX_OFFSETS 128
+#define GOTEL_GO_MAX_OFFSETS 136
 #define GOTEL_GO_MAX_BINARIES 1024
 #define GOTEL_GO_OFFSET_UNKNOWN 0xffffffffffffffffULL
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from gotel.ebpf.program import BinaryKey, BpfProgram, ProbeAttachError
 
-MAX_OFFSETS = 128  # GOTEL_GO_MAX_OFFSETS
+MAX_OFFSETS = 136  # GOTEL_GO_MAX_OFFSETS
 MAX_BINARIES = 1024  # GOTEL_GO_MAX_BINARIES: gotel_go_offsets is an array indexed by binary id
 OFFSET_UNKNOWN = (1 << 64) - 1
 

@@ -9,6 +9,7 @@
         tls: true              # gotel.tls.handshake.duration
         contexts: false        # context leak findings (logs) and gotel.context.leaked
         context_mode: sampled  # or exact (every context: ~1.5 us each)
+        inject_traceparent: false  # writes into the target's memory: read docs/go_ebpf.md first
 
 See docs/go_ebpf.md for the attributes, versions handled and what degrades without DWARF.
 """
@@ -34,6 +35,7 @@ from gotel.pdata.batch import Signal
 from gotel.receivers.go_ebpf import probes as _probes  # noqa: F401  (registers probe specs for `gotel inspect`)
 from gotel.receivers.go_ebpf.events import Assembler
 from gotel.receivers.go_ebpf.flowcontrol import FLOW_TYPE_MIN, FlowControl
+from gotel.receivers.go_ebpf.inject import INJECT_RESULTS, write_user_refused
 from gotel.receivers.go_ebpf.layout import grpc_losses, traced_losses
 from gotel.receivers.go_ebpf.red import KernelRed, SamplingConfig
 from gotel.receivers.go_ebpf.selffilter import SelfFilter
@@ -61,6 +63,11 @@ class Config(ComponentConfig):
     stream_quota_event_threshold: Duration = Field(
         0.01, ge=0, description="a client stream that waited at least this long for the connection's stream quota "
                                 "gets a span event (gotel.grpc.stream_quota.wait) on its call's span")
+    inject_traceparent: bool = Field(
+        False, description="write a traceparent into outgoing HTTP/1.1 client requests that have none (appended "
+                           "to the request's buffered headers with bpf_probe_write_user: writes into the traced "
+                           "program's memory, needs CAP_SYS_ADMIN, logs a kernel warning, refused under "
+                           "lockdown; HTTP/2 is not injected; docs/go_ebpf.md)")
     # ---- below the RPC (issue 19; receivers/go_ebpf/below.py, docs/go_ebpf_below.md)
     tls: bool = Field(True, description="gotel.tls.handshake.duration from uprobes on crypto/tls handshakes")
     contexts: bool = Field(
@@ -126,6 +133,12 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
         self._sampled = ctx.telemetry.counter(
             "go_ebpf_sampled_calls", "Calls that ended, by the sampling decision made in BPF (kept: a span; "
             "dropped: counted in the RED metrics only).", ("decision",))
+        self._inject_seen = [0] * len(INJECT_RESULTS)
+        self.inject_refused: str | None = None  # why the kernel refused inject_traceparent
+        self._injections = ctx.telemetry.counter(
+            "go_ebpf_traceparent_injections", "HTTP/1 client requests inject_traceparent wrote a traceparent "
+            "into (injected), or skipped: no_room (the write buffer's free part was too small), header_present "
+            "(the request had one), write_refused (the kernel refused the write), writer_unknown.", ("result",))
         self._degraded = ctx.telemetry.counter(
             "go_ebpf_degraded_processes", "Traced processes whose binary lacks DWARF (fewer attributes).", ())
         self.notes = PerBinary(self.log, "go_ebpf")  # per-process messages, summarised per binary
@@ -141,6 +154,13 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
 
         loop = asyncio.get_running_loop()
         defines = {"RINGBUF_PAGES": self.cfg.ring_buffer_pages}
+        if self.cfg.inject_traceparent:
+            self.inject_refused = await loop.run_in_executor(None, write_user_refused)
+            if self.inject_refused:
+                self.log.error("go_ebpf: inject_traceparent: %s; no traceparent is written (everything else is "
+                               "traced)", self.inject_refused)
+            else:
+                defines["INJECT_TP"] = 1
         self.program = await loop.run_in_executor(None, lambda: BpfProgram("go_ebpf.c", defines=defines))
         if self.cfg.tls or self.cfg.contexts:
             from gotel.receivers.go_ebpf.below import Below, SamplingPlan
@@ -231,7 +251,8 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
         if info.pid in self.attached_pids and exe_path is None:
             return  # registered by trace_pid before its exec
         try:
-            plan = plan_for(exe, grpc=self.cfg.grpc, http=self.cfg.http, flow=self.cfg.flow_control)
+            plan = plan_for(exe, grpc=self.cfg.grpc, http=self.cfg.http, flow=self.cfg.flow_control,
+                            inject=self._inject_on())
         except Exception as e:
             if not is_alive(info.pid):  # short-lived (a `go build` step): exited before it was analysed
                 self.log.debug("go_ebpf: pid %d exited before it was analysed: %s", info.pid, e)
@@ -335,6 +356,24 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
             return self._unmatched_seen[which]
         return int(sum(self.program.table("go_unmatched")[ctypes.c_int(which)]))
 
+    def injections(self) -> dict[str, int]:
+        """inject_traceparent's counts since load, by result (all 0 when the option is off)."""
+        if self.program is None or not self._inject_on():
+            return dict(zip(INJECT_RESULTS, self._inject_seen, strict=True))
+        t = self.program.table("inj_counts")
+        return {r: int(sum(t[ctypes.c_int(i)])) for i, r in enumerate(INJECT_RESULTS)}
+
+    def _inject_on(self) -> bool:
+        return self.cfg.inject_traceparent and self.inject_refused is None
+
+    def _count_injections(self) -> None:
+        if not self._inject_on():
+            return
+        for i, (r, n) in enumerate(self.injections().items()):
+            if n > self._inject_seen[i]:
+                self._injections.labels(r).inc(n - self._inject_seen[i])
+                self._inject_seen[i] = n
+
     def _count_unmatched(self) -> None:
         for which, reason in enumerate(("call_start_not_seen", "call_end_not_seen")):
             n = self.unmatched(which)
@@ -346,6 +385,7 @@ class GoEbpfReceiver(RingBufferReceiver[Config]):
     def _after_drain(self) -> None:
         super()._after_drain()
         self._count_unmatched()
+        self._count_injections()
         if self.red is not None and (self.cfg.sampling.fraction < 1.0 or self.cfg.sampling.slow_threshold):
             kept, dropped = self.sampled()
             self._sampled.labels("kept").inc(kept - self._sampled_seen[0])

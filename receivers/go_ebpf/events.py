@@ -654,8 +654,9 @@ class Assembler:
                 p.parent_span_id = hit.span_id
                 self._remember_alias(p.trace, (hit.trace,))
                 parsed = parse_traceparent(p.tp) if p.tp else None
-                if parsed is not None and not hit.parent_span_id:
-                    # the caller's own (SDK) span sent this traceparent: it is the client span's parent
+                if parsed is not None and not hit.parent_span_id and parsed[1] != hit.span_id:
+                    # the caller's own (SDK) span sent this traceparent: it is the client span's parent (one
+                    # naming the client span itself was written by gotel: inject_traceparent)
                     self._remember_alias(hit.trace, parsed[0])
                     hit.parent_span_id = parsed[1]
                     hit.ts = p.ts

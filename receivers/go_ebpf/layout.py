@@ -151,6 +151,14 @@ H2C_BUFCONN_SLOT = 122
 ALL_OFFSETS += [None] * (H2C_BUFCONN_SLOT - len(ALL_OFFSETS))
 assert len(ALL_OFFSETS) == H2C_BUFCONN_SLOT, "the flow block grew into HA_H2C_BUFCONN's slot: move it"
 ALL_OFFSETS += [("func", (f"{_XH2}/h2c.(*bufConn).LocalAddr",), "", "HTTP/2 server, h2c (stitching)")]
+# traceparent injection into HTTP/1 client requests (inject_traceparent; H_PC_BW.. in go_ebpf.c)
+INJECT_SLOT = 123
+assert len(ALL_OFFSETS) == INJECT_SLOT, "H_PC_BW.. in go_ebpf.c must follow HA_H2C_BUFCONN"
+INJECT_WHAT = "traceparent injection (HTTP/1 client)"
+ALL_OFFSETS += [("field", (f"{_NH}.persistConn",), "bw", INJECT_WHAT),  # 123
+                ("field", ("bufio.Writer",), "buf", INJECT_WHAT),  # 124
+                ("field", ("bufio.Writer",), "n", INJECT_WHAT),  # 125
+                ("field", (f"{_NH}.transportRequest",), "Request", INJECT_WHAT)]  # 126
 # ---- end of the HTTP hops block
 
 # the table's last slots are the BPF side's own (L_ITAB_* in go_ebpf.c: context itabs it has recognised)
@@ -377,6 +385,7 @@ def layout_for(gb: GoBinary) -> Layout:  # noqa: C901 (one DWARF lookup per fiel
             _field(gb, (f"{_XH2}/h2c.bufConn",), "Conn") != (0, "h2c.bufConn.Conn"):
         vals[names[H2C_BUFCONN_SLOT]] = None  # not {net.Conn; ...}: its connections are not read
         missing.append("HTTP/2 server, h2c (stitching): bufConn.Conn not at 0")
+    missing = [m for m in missing if INJECT_WHAT not in m]  # optional: probes.py says it when it is on
     if gb.has_dwarf and gb.functions.get("net/http.serverHandler.ServeHTTP") is not None and hdr is None:
         notes.append("http.Header's map layout is not in DWARF: incoming HTTP traceparents are not read")
     if not gb.has_dwarf:

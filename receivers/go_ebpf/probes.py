@@ -25,21 +25,21 @@ class Plan:
     streaming: frozenset[tuple[str, str]] | None = None
 
 
-_PLANS: dict[tuple[FileIdentity, bool, bool, bool], Plan] = {}
+_PLANS: dict[tuple[FileIdentity, bool, bool, bool, bool], Plan] = {}
 
 
-def plan_for(exe: str, *, grpc: bool = True, http: bool = True, flow: bool = True) -> Plan:
+def plan_for(exe: str, *, grpc: bool = True, http: bool = True, flow: bool = True, inject: bool = False) -> Plan:
     """Cached per binary file: a new process of a known binary costs one stat."""
-    key = (FileIdentity.of(exe), grpc, http, flow)
+    key = (FileIdentity.of(exe), grpc, http, flow, inject)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _PLANS[key] = _plan(exe, grpc, http, flow)
+        plan = _PLANS[key] = _plan(exe, grpc, http, flow, inject)
         while len(_PLANS) > 256:
             del _PLANS[next(iter(_PLANS))]
     return plan
 
 
-def _plan(exe: str, grpc: bool, http: bool, flow: bool = True) -> Plan:
+def _plan(exe: str, grpc: bool, http: bool, flow: bool = True, inject: bool = False) -> Plan:
     gb = analyze(exe)
     layout = layout_for(gb)
     wanted = [p for p in PROBES if not ((p.id.startswith("grpc.") and not grpc) or (p.id.startswith("http.") and not http))]
@@ -90,6 +90,8 @@ def _plan(exe: str, grpc: bool, http: bool, flow: bool = True) -> Plan:
         if h2_call is not None:
             sites.append(Site(h2_call, "http_server_start", H2_HANDLER))
             ids.append("http.server.h2_handler")
+    if inject and "http.client.conn" in ids:
+        _inject_sites(gb, layout, sites, ids)
     if not any(i != "runtime.newproc1" for i in ids):
         sites, ids = [], []
     if "http.server.serve" in ids:
@@ -97,6 +99,28 @@ def _plan(exe: str, grpc: bool, http: bool, flow: bool = True) -> Plan:
         # header map can be read is the per-binary note, as for every other DWARF loss)
         ids.append("http.server.trace_context")
     return Plan(sites, layout, gb.go_version, gb.has_dwarf, ids, streaming)
+
+
+INJECT_WRITE = "net/http.(*Request).write"
+INJECT_HEADERS = "net/http.Header.writeSubset"
+
+
+def _inject_sites(gb: GoBinary, layout: Layout, sites: list[Site], ids: list[str]) -> None:
+    """traceparent injection into HTTP/1 client requests (inject_traceparent): (*Request).write's entry and
+    Header.writeSubset's RETs, where DWARF gives every field written; else a note says why not."""
+    from gotel.receivers.go_ebpf.layout import INJECT_SLOT
+
+    names = offset_names()
+    lacks = [names[i] for i in range(INJECT_SLOT, INJECT_SLOT + 4) if layout.offsets.get(names[i]) is None]
+    entry = entry_site(gb, INJECT_WRITE) if gb.functions.get(INJECT_WRITE) is not None else None
+    rets = ret_addresses(gb, INJECT_HEADERS) if gb.functions.get(INJECT_HEADERS) is not None else []
+    if lacks or entry is None or not rets:
+        why = ", ".join(lacks) if lacks else f"{INJECT_WRITE} or {INJECT_HEADERS} not found"
+        layout.notes.append(f"inject_traceparent: not available in this binary ({why})")
+        return
+    sites.append(Site(entry[0], "http_inject_write", INJECT_WRITE))
+    sites += [Site(r, "http_inject_ret", INJECT_HEADERS, is_return=True) for r in rets]
+    ids.append("http.client.inject_traceparent")
 
 
 # Go >= 1.27 hands an HTTP/2 stream to a handler through http2Handler.ServeHTTP, which calls the handler it
@@ -208,6 +232,12 @@ for _spec in (
               "HTTP/2 server span start for streams of x/net's ServeConn (h2c) where x/net wraps net/http's "
               "HTTP/2 (Go >= 1.27), which skip serverHandler.ServeHTTP: the probe is on the one indirect call "
               f"in {H2_HANDLER} (single-stepped)", module="golang.org/x/net", optional=True),
+    ProbeSpec("http.client.inject_traceparent", (INJECT_WRITE, INJECT_HEADERS), _EB,
+              "inject_traceparent only (off by default): a traceparent appended to an HTTP/1 client request "
+              "without one, in the connection's write buffer after its headers (Header.writeSubset's RETs)",
+              optional=True,
+              offsets=(FieldRef("net/http.persistConn", "bw", "traceparent injection"),
+                       FieldRef("bufio.Writer", "n", "traceparent injection"))),
     # golang.org/x/net/http2 used directly (ConfigureServer, h2c, http2.Transport)
     ProbeSpec("http.server.h2x_start", (f"{_XH2}.(*serverConn).runHandler",), _EB,
               "HTTP/2 server span start for x/net's server (every stream, h2c too): method, path, peer, "

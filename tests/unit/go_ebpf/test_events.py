@@ -373,3 +373,21 @@ def test_one_shape_with_and_without_per_call_fields() -> None:
     assert "gotel.rpc.deadline.timeout" in attr_dict(out[2].attributes)  # type: ignore[attr-defined]
     assert "gotel.rpc.deadline.timeout" not in attr_dict(out[1].attributes)  # type: ignore[attr-defined]
     assert int.from_bytes(out[3].parent_span_id, "little") == 9 and not out[1].parent_span_id  # type: ignore[attr-defined]
+
+
+def test_a_traceparent_gotel_injected_does_not_parent_the_client_span_on_itself() -> None:
+    """inject_traceparent: the server's incoming traceparent names the traced caller's client span (its trace
+    and span id, as exported); the client span keeps no parent, and both sides share the caller's trace."""
+    a = two_processes(0.1)
+    client_span = (30).to_bytes(8, "little").hex()
+    client_trace = (8).to_bytes(8, "little").hex() + (9).to_bytes(8, "little").hex()
+    injected = f"00-{client_trace}-{client_span}-01".encode()
+    srv = bytearray(rec(T_GRPC_SERVER, span=20, trace=(5, 6), flags=E_STATUS | E_ADDR | E_STREAM_ID, stream=3,
+                        lport=50051, rport=40000, tp=injected))
+    struct.pack_into("<I", srv, 16, 43)
+    for r in (bytes(srv), client_rec()):
+        assert a.add(r, 0, 0.0)
+    out = spans(a)
+    assert out[30].parent_span_id == b""  # type: ignore[attr-defined]
+    assert int.from_bytes(out[20].parent_span_id, "little") == 30  # type: ignore[attr-defined]
+    assert {s.trace_id.hex() for s in out.values()} == {client_trace}  # type: ignore[attr-defined]
