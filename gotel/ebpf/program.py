@@ -175,6 +175,27 @@ def _compile_lean() -> None:
     _lean_installed = True
 
 
+def lift_probe_quota() -> int:
+    """BCC refuses a process's 1,001st open probe (a counter of its own, ``BCC_PROBE_LIMIT``), while the
+    kernel's limit is the fd table: per-process Go uprobes (~30 a process) on 35 traced processes pass
+    1,000. Raise the soft fd limit to the hard one and let BCC open probes up to it, leaving 1,024 fds for
+    everything else; a limit the operator set in the environment is kept. Returns the limit in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if os.environ.get("BCC_PROBE_LIMIT", "").isdigit():
+        return int(os.environ["BCC_PROBE_LIMIT"])
+    limit = max(1000, (soft if soft != resource.RLIM_INFINITY else 1 << 20) - 1024)
+    os.environ["BCC_PROBE_LIMIT"] = str(limit)
+    return limit
+
+
 class BpfProgram:
     """A BCC program compiled once; attach/detach per binary; tracepoints; ring buffers."""
 
@@ -191,6 +212,7 @@ class BpfProgram:
             require_bpf()
         from bcc import BPF
 
+        lift_probe_quota()
         src_dir = bpf_source_dir()
         text = source if "\n" in source else (src_dir / source).read_text()
         text = inline_includes(text, src_dir / "include")
