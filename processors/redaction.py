@@ -39,6 +39,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator, model_valida
 from gotel.component.contract import ComponentConfig, Consumer, Context, Processor, ProcessorFactory
 from gotel.pdata.batch import Batch, Signal
 from gotel.pdata.wire import ItemBytes, framing
+from gotel.processorhelper.attraction import apply_encoded
 from gotel.processorhelper.byteproof import relax, starts_with_literal
 
 MASK = "****"
@@ -509,16 +510,12 @@ class Redactor:
             if len(r.resource) > 1 or any(len(sc.scope) > 1 for sc in r.scopes):
                 return None  # a part given in pieces (merged by protobuf): the message path
             if r.resource and any(rx.search(r.resource[0]) for rx in proof):
-                res.ParseFromString(r.resource[0])
-                self.attrs(res.attributes)
-                new = res.SerializeToString()
+                new = apply_encoded(self.attrs, res, r.resource[0])
                 changed |= new != r.resource[0]
                 r.resource[0] = new
             for sc in r.scopes:
                 if sc.scope and any(rx.search(sc.scope[0]) for rx in proof):
-                    scope.ParseFromString(sc.scope[0])
-                    self.attrs(scope.attributes)
-                    new = scope.SerializeToString()
+                    new = apply_encoded(self.attrs, scope, sc.scope[0])
                     changed |= new != sc.scope[0]
                     sc.scope[0] = new
         index = ItemBytes(fr)
