@@ -44,6 +44,8 @@ class ProbeSpec:
     min_go: str = MIN_GO
     min_module: str | None = None  # minimum version of `module`
     optional: bool = False  # absent in many binaries without anything being wrong (e.g. gRPC in an HTTP app)
+    requires: tuple[str, ...] = ()  # other functions the probe's work needs linked in (all of them)
+    offsets_required: bool = False  # without its offsets the probe is not attached at all (no degraded mode)
 
 
 Status = Literal["ok", "degraded", "unavailable", "not-present"]
@@ -164,6 +166,11 @@ def evaluate(spec: ProbeSpec, b: BinaryFacts) -> Verdict:
         v.status = "not-present" if spec.optional else "unavailable"
         v.reasons.append("symbol missing: " + " / ".join(spec.symbols) + " (not linked, or inlined)")
         return v
+    gone = [f for f in spec.requires if b.function_address(f) is None]
+    if gone:
+        v.status = "not-present" if spec.optional else "unavailable"
+        v.reasons.append("needs " + ", ".join(gone) + " (not linked, or inlined)")
+        return v
     if module_unknown and spec.min_module:
         v.reasons.append(f"{spec.module} version unknown (no module info in the build): assuming >= {spec.min_module}")
     if spec.returns:
@@ -173,6 +180,11 @@ def evaluate(spec: ProbeSpec, b: BinaryFacts) -> Verdict:
             v.reasons.append(f"no RET instruction found in {v.symbol}")
             return v
     missing = [f for f in spec.offsets if not _field_known(b, f)]
+    if missing and spec.offsets_required:
+        v.status = "unavailable"
+        why = "no DWARF in the binary" if not b.has_dwarf else "field not found in DWARF"
+        v.reasons.append(f"offsets unknown ({why}), and this probe needs them: " + ", ".join(str(f) for f in missing))
+        return v
     if missing:
         v.status = "degraded"
         why = "no DWARF in the binary" if not b.has_dwarf else "field not found in DWARF"

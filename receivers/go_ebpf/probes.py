@@ -232,10 +232,10 @@ for _spec in (
               "HTTP/2 server span start for streams of x/net's ServeConn (h2c) where x/net wraps net/http's "
               "HTTP/2 (Go >= 1.27), which skip serverHandler.ServeHTTP: the probe is on the one indirect call "
               f"in {H2_HANDLER} (single-stepped)", module="golang.org/x/net", optional=True),
-    ProbeSpec("http.client.inject_traceparent", (INJECT_WRITE, INJECT_HEADERS), _EB,
+    ProbeSpec("http.client.inject_traceparent", (INJECT_WRITE,), _EB,
               "inject_traceparent only (off by default): a traceparent appended to an HTTP/1 client request "
               "without one, in the connection's write buffer after its headers (Header.writeSubset's RETs)",
-              optional=True,
+              optional=True, requires=("net/http.(*persistConn).roundTrip", INJECT_HEADERS), offsets_required=True,
               offsets=(FieldRef("net/http.persistConn", "bw", "traceparent injection"),
                        FieldRef("bufio.Writer", "n", "traceparent injection"))),
     # golang.org/x/net/http2 used directly (ConfigureServer, h2c, http2.Transport)

@@ -84,13 +84,14 @@ def test_inspect_agrees_with_go_version_m(app: str, toolchain: str, stripped: bo
     from gotel.receivers.go_ebpf.probes import plan_for
 
     exe = str(goapps.build(app, toolchain, stripped))
-    # the context and TLS probes are logged in a line of their own (with contexts: true for context.leaks)
-    logged = plan_for(exe).probe_ids + below.plan_for(exe, contexts=True, tls=True).probe_ids
+    # the context and TLS probes are logged in a line of their own (with contexts: true for context.leaks);
+    # inspect lists the opt-in probes too: the agent's plan with them on (inject_traceparent, contexts)
+    logged = plan_for(exe, inject=True).probe_ids + below.plan_for(exe, contexts=True, tls=True).probe_ids
     assert logged, "go_ebpf traces every fixture (net/http)"
     attachable = {i for i, p in probes.items() if p["attachable"]}
     assert set(logged) <= attachable, f"logged {logged}, inspect: {sorted(attachable)}"
     go_ebpf_ids = {i for i, p in probes.items() if p["receiver"] == "go_ebpf"}
-    assert go_ebpf_ids - set(logged) <= {i for i, p in probes.items() if p["status"] == "not-present"}
+    assert go_ebpf_ids - set(logged) <= {i for i, p in probes.items() if not p["attachable"]}
 
 
 def test_inspect_a_running_process_with_usdt_probes(goapp: Callable[..., Any]) -> None:
