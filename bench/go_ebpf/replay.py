@@ -46,7 +46,7 @@ class _Discard:
 
 
 async def capture(calls: int, toolchain: str) -> dict[str, Any]:
-    from bench.go_ebpf.run import saturate
+    from bench.go_ebpf.run import keep_records, saturate
 
     app = goapps.grpc_app(goapps.DEBIAN_GRPC)
     binary = str(goapps.build(app, toolchain))
@@ -56,14 +56,7 @@ async def capture(calls: int, toolchain: str) -> dict[str, Any]:
                   tel.component("go_ebpf", Kind.RECEIVER))
     r = factory.create(Config.model_validate({"discovery": {"exe_paths": [binary]}}),
                        {Signal.TRACES: _Discard(), Signal.METRICS: _Discard()}, ctx)
-    recs: list[bytes] = []
-    real_add = r.asm.add
-
-    def keep(rec: bytes, mono_to_unix: int, now: float) -> bool:
-        recs.append(rec)
-        return real_add(rec, mono_to_unix, now)
-
-    r.asm.add = keep  # type: ignore[method-assign]  # bench only: keep the raw records
+    recs = keep_records(r)
     try:
         await r.start()
         while srv.pid not in r.attached_pids:

@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -134,6 +135,20 @@ class Phase:
     cpu_us: dict[str, float]
 
 
+
+def keep_records(r: Any) -> list[bytes]:
+    """The raw ring-buffer records a go_ebpf receiver assembles, kept in a list as they pass (bench only:
+    the replay measurements run the same records again)."""
+    kept: list[bytes] = []
+    real_add = r.asm.add
+
+    def keep(rec: bytes, mono_to_unix: int, now: float) -> bool:
+        kept.append(rec)
+        return bool(real_add(rec, mono_to_unix, now))
+
+    r.asm.add = keep
+    return kept
+
 def saturate(binary: str, target: str, n: int, pids: dict[str, int] | None = None) -> Phase:
     """pids: running processes whose CPU is charged per call; the client's own comes from its rusage."""
     pids = pids or {}
@@ -198,14 +213,7 @@ async def bench(app: str, args: argparse.Namespace) -> dict[str, float]:
         # the receiver's defaults (poll, flush, stitch window): what a user runs
         r = factory.create(Config.model_validate({"discovery": {"pids": [srv.pid]}}), {Signal.TRACES: exp},
                            ctx("go_ebpf", Kind.RECEIVER))
-        captured: list[bytes] = []
-        real_add = r.asm.add
-
-        def capture(rec: bytes, mono_to_unix: int, now: float) -> bool:
-            captured.append(rec)
-            return real_add(rec, mono_to_unix, now)
-
-        r.asm.add = capture  # type: ignore[method-assign]  # bench only: keep the raw records
+        captured = keep_records(r)
         await r.start()
         while srv.pid not in r.attached_pids:
             await asyncio.sleep(0.05)
