@@ -1720,6 +1720,9 @@ int http2x_client_end(struct pt_regs *ctx) { return http_client_ret(ctx, true); 
 #define FL_MAP_F (FLOW_BASE + 19)         /* bucket size | group size */
 #define FL_EAS_RST (FLOW_BASE + 20)       /* transport.earlyAbortStream.rst (bool) */
 #define FL_EAS_SID (FLOW_BASE + 21)       /* transport.earlyAbortStream.streamID (uint32) */
+#define FL_OS_WQ 127                      /* outStream.wq (*writeQuota), after the HTTP hops block */
+#define FL_WQ_QUOTA 128                   /* writeQuota.quota (int32) */
+#define GRPC_MAX_FRAME 16384                /* grpc-go's data frames (http2MaxFrameLen) */
 #define F_FLOW_SWISS (1 << 24)            /* gotel_go_proc.flags: estdStreams is a swiss map (Go >= 1.24) */
 #define F_FLOW_ON (1 << 25)               /* gotel_go_proc.flags: the per-call additions below are on */
 #define E_STREAMING (1 << 26)             /* gev.flags: a streaming RPC (client: its StreamDesc; server: processStreamingRPC) */
@@ -1930,15 +1933,19 @@ static __always_inline u64 estd_find(struct gotel_go_proc *p, struct gotel_go_of
     return 0;
 }
 
-/* What a blocked write waits for, from its transport's loopy writer: the connection's window spent, the
- * stream's window spent (its outStream's bytes in flight reached the peer's initial window), or neither --
- * the data is queued but loopy has not written it yet (the socket is slow): the write quota. */
+/* What a blocked write waits for, from its transport's loopy writer. The writer is blocked until loopy has
+ * sent `need` more of its queued bytes (1 - writeQuota.quota). A window that cannot cover them binds: the
+ * connection's (sendQuota) or the stream's (the peer's initial window less its outStream's bytes in flight),
+ * the smaller. Otherwise loopy has not written the data yet (the socket is slow): the write quota. loopy gives
+ * the quota back before it counts a frame against the windows, so one frame may be missing from what is read:
+ * a window is short when it is less than need plus one frame. Without the quota's offsets, need is 1. */
 static __always_inline u32 flow_window(struct gotel_go_proc *p, u64 t, u32 sid, bool server) {
     struct gotel_go_offsets *o = gotel_go_offsets_of(p);
     if (!o || !t)
         return W_UNKNOWN;
     u64 o_l = o->off[server ? FL_H2S_LOOPY : FL_H2C_LOOPY], o_sq = o->off[FL_LW_SENDQUOTA];
     u64 o_oiws = o->off[FL_LW_OIWS], o_estd = o->off[FL_LW_ESTD], o_bos = o->off[FL_OS_BOS];
+    u64 o_wq = o->off[FL_OS_WQ], o_q = o->off[FL_WQ_QUOTA];
     if (!KNOWN(o_l) || !KNOWN(o_sq) || !KNOWN(o_oiws) || !KNOWN(o_estd) || !KNOWN(o_bos))
         return W_UNKNOWN;
     u64 lw = rd64(t + o_l);
@@ -1946,14 +1953,23 @@ static __always_inline u32 flow_window(struct gotel_go_proc *p, u64 t, u32 sid, 
         return W_UNKNOWN;
     u32 sq = 0, oiws = 0;
     bpf_probe_read_user(&sq, sizeof(sq), (void *)(lw + o_sq));
-    if (sq == 0)
-        return W_CONNECTION;
-    bpf_probe_read_user(&oiws, sizeof(oiws), (void *)(lw + o_oiws));
     u64 os = estd_find(p, o, rd64(lw + o_estd), sid);
     if (!os)
-        return W_UNKNOWN;
-    s64 bos = (s64)rd64(os + o_bos);
-    return (s64)oiws - bos <= 0 ? W_STREAM : W_WRITE_QUOTA;
+        return sq == 0 ? W_CONNECTION : W_UNKNOWN;
+    s64 need = 1, slack = 0;
+    if (KNOWN(o_wq) && KNOWN(o_q)) {
+        u64 wq = rd64(os + o_wq);
+        s32 quota = 1;
+        if (wq && bpf_probe_read_user(&quota, sizeof(quota), (void *)(wq + o_q)) == 0 && quota <= 0) {
+            need = 1 - (s64)quota;
+            slack = GRPC_MAX_FRAME;
+        }
+    }
+    bpf_probe_read_user(&oiws, sizeof(oiws), (void *)(lw + o_oiws));
+    s64 swl = (s64)oiws - (s64)rd64(os + o_bos);
+    if ((s64)sq < need + slack && (s64)sq <= swl)
+        return W_CONNECTION;
+    return swl < need + slack ? W_STREAM : W_WRITE_QUOTA;
 }
 
 /* the `call runtime.selectgo` in NewStream: the stream quota is spent, the call waits (cases in ax) */

@@ -95,6 +95,12 @@ FLOW_OFFSETS: list[tuple[str, tuple[str, ...], str, str]] = [
     ("field", (f"{_T}.earlyAbortStream",), "rst", "calls.dropped reset_before_headers"),  # 120
     ("field", (f"{_T}.earlyAbortStream",), "streamID", "calls.dropped reset_before_headers"),  # 121
 ]
+# the writer's quota, so that a wait is told by the bytes it needs sent (after the HTTP hops block, FL_OS_WQ..)
+FLOW_SLOT2 = 127
+FLOW_OFFSETS2: list[tuple[str, tuple[str, ...], str, str]] = [
+    ("field", (_OS,), "wq", "flow_control.window"),  # 127
+    ("field", (f"{_T}.writeQuota",), "quota", "flow_control.window"),  # 128
+]
 
 NEW_STREAM = f"{_T}.(*http2Client).NewStream"
 WRITERS = ((f"{_T}.(*http2Client).Write", f"{_T}.(*http2Client).write"),
@@ -206,7 +212,7 @@ def flow_offsets(gb: GoBinary) -> tuple[dict[int, int | None], int, list[str]]:
     vals: dict[int, int | None] = {}
     lost: list[str] = []
     mp = estd_map_layout(gb) if gb.has_dwarf else None
-    for i, (kind, types, fld, what) in enumerate(FLOW_OFFSETS):
+    for slot, (kind, types, fld, what) in [*enumerate(FLOW_OFFSETS, FLOW_SLOT), *enumerate(FLOW_OFFSETS2, FLOW_SLOT2)]:
         v: int | None = None
         if kind == "flowmap":
             v = mp[1]["abcdef".index(fld)] if mp is not None else None
@@ -217,7 +223,7 @@ def flow_offsets(gb: GoBinary) -> tuple[dict[int, int | None], int, list[str]]:
                     break
                 except GoAnalysisError:
                     continue
-        vals[FLOW_SLOT + i] = v
+        vals[slot] = v
         if v is None and what not in lost:
             lost.append(what)
     flags = F_FLOW_SWISS if mp is not None and mp[0] else 0

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from gotel.ebpf.goprobes import MAX_OFFSETS
 from gotel.ebpf.probespecs import version_at_least
 from gotel.golang import GoAnalysisError, GoBinary
-from gotel.receivers.go_ebpf.flowcontrol import FLOW_OFFSETS, FLOW_SLOT, flow_offsets
+from gotel.receivers.go_ebpf.flowcontrol import (
+    FLOW_OFFSETS,
+    FLOW_OFFSETS2,
+    FLOW_SLOT,
+    FLOW_SLOT2,
+    flow_offsets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +166,8 @@ ALL_OFFSETS += [("field", (f"{_NH}.persistConn",), "bw", INJECT_WHAT),  # 123
                 ("field", ("bufio.Writer",), "n", INJECT_WHAT),  # 125
                 ("field", (f"{_NH}.transportRequest",), "Request", INJECT_WHAT)]  # 126
 # ---- end of the HTTP hops block
+assert len(ALL_OFFSETS) == FLOW_SLOT2, "FL_OS_WQ.. in go_ebpf.c must follow H_TREQ_REQ"
+ALL_OFFSETS += [(k, t, f, "") for k, t, f, _ in FLOW_OFFSETS2]
 
 # the table's last slots are the BPF side's own (L_ITAB_* in go_ebpf.c: context itabs it has recognised)
 LEARNED_SLOTS = 3
