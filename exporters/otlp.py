@@ -15,7 +15,7 @@ import grpc.aio
 from pydantic import Field, model_validator
 
 from gotel import __version__
-from gotel.component.contract import Context, Exporter, ExporterFactory
+from gotel.component.contract import ITEM_COUNT_HEADER, Context, Exporter, ExporterFactory
 from gotel.exporterhelper.clientconfig import ClientConfig, auth_headers
 from gotel.exporterhelper.queue import ExportError, QueuedExporter, Sender
 from gotel.pdata.batch import Batch, Signal
@@ -47,6 +47,9 @@ class Config(ClientConfig):
     )
     authority: str | None = Field(None, description="overrides the :authority header")
     max_send_msg_size_mib: int = Field(64, gt=0)
+    send_item_count: bool = Field(
+        False, description=f"send each request's item count as gRPC metadata {ITEM_COUNT_HEADER!r} (gotel's "
+        "internal hop: the pipeline then counts without parsing)")
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -119,6 +122,7 @@ class GrpcSender(Sender[Batch]):
         self.wire = WIRE[signal]
         # gRPC metadata keys are lower-case; values stay secret (never logged).
         self._md = tuple((k.lower(), v) for k, v in cfg.header_values().items())
+        self._count = cfg.send_item_count
         self._channel: grpc.aio.Channel | None = None
         self._call: Any = None
 
@@ -132,6 +136,8 @@ class GrpcSender(Sender[Batch]):
             await self.start()
         try:
             md = self._md + tuple((k.lower(), v) for k, v in auth_headers(self.ctx, self.cfg.auth).items())
+            if self._count:
+                md += ((ITEM_COUNT_HEADER, str(batch.item_count())),)
             resp: bytes = await self._call(batch.to_bytes(), timeout=self.cfg.timeout, metadata=md or None)
         except grpc.aio.AioRpcError as e:
             raise classify(e) from None

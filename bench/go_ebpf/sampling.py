@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.go_ebpf.run import _STATS, Phase, SinkProcess, proc_cpu, prog_stats, saturate
 from gotel.component.contract import ComponentID, Context, Kind
 from gotel.exporters import otlp as otlp_exp
+from gotel.host.memory import receiver_gc
 from gotel.pdata.batch import Signal
 from gotel.receivers.go_ebpf import Config, factory
 from gotel.telemetry.counters import Telemetry
@@ -122,7 +124,12 @@ async def main() -> None:
     ap.add_argument("--toolchain", default="go1.27")
     ap.add_argument("--grpc", default=goapps.DEBIAN_GRPC, help=f"known: {', '.join(goapps.grpc_versions())}")
     ap.add_argument("--sides", default="both", choices=["both", "server"])
+    ap.add_argument("--gc", choices=["receiver", "default"], default="receiver",
+                    help="Python's collector as a receiver process sets it (gotel.host.memory.receiver_gc), "
+                    "or Python's defaults (an A/B in one checkout)")
     args = ap.parse_args()
+    if args.gc == "receiver":
+        receiver_gc()
     app = goapps.grpc_app(args.grpc)
     binary = str(goapps.build(app, args.toolchain))
     srv = goapps.start(app, "server", toolchain=args.toolchain)
@@ -142,7 +149,8 @@ async def main() -> None:
     base["agent"] = 0.0
     base_total = sum(base.values())
     print(f"grpc-go {args.grpc} ({args.toolchain}), {args.calls:,} unary calls per phase, 8 callers, traced: "
-          f"{'server and client processes' if both else 'server process'}")
+          f"{'server and client processes' if both else 'server process'}; collector thresholds "
+          f"{gc.get_threshold()} ({args.gc})")
     print(f"untraced: {u1.rate:,.0f} calls/s before, {u2.rate:,.0f} after")
     print("CPU per call (us)            server   client    agent    total   x untraced   calls/s")
     print(f"  untraced (mean)           {base['server']:7.1f}  {base['client']:7.1f}  {0.0:7.1f}  {base_total:7.1f}"

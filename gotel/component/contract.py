@@ -228,6 +228,9 @@ REQUEST_METADATA: ContextVar[Mapping[str, str]] = ContextVar(
     "gotel_request_metadata", default=MappingProxyType({})
 )
 RECEIVER_ID_HEADER = "gotel-receiver"
+# The request's item count (spans, data points, log records), sent by gotel's receiver processes on the
+# internal hop so that the pipeline counts without parsing; trusted only by the internal entry point.
+ITEM_COUNT_HEADER = "gotel-items"
 # The peer address of the request, set by the receiver in REQUEST_METADATA (gRPC context.peer() such as
 # "ipv4:10.1.2.3:51234", or an HTTP remote address). Never a client header such as X-Forwarded-For: a
 # client could then claim another pod's identity. The receiver must overwrite a client-sent value.

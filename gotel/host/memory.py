@@ -109,6 +109,21 @@ def settle() -> None:
     trim()
 
 
+# Python's cyclic collector in a receiver process: a young collection every 700 net container
+# allocations by default, and every object that lives through two of them (a pending span waits the
+# stitch window; a client span stays in the stitching index for 100,000 calls) is visited again by the
+# older generations' collections. Young collections every 50,000: most pending spans are exported and
+# freed before one runs. Cycles are still collected, later: memory stays bounded (no gc.freeze(), see
+# settle()). GOTEL_GC_DEFAULT=1 keeps Python's defaults (for an A/B).
+RECEIVER_GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def receiver_gc() -> None:
+    """Sets a receiver process's collector thresholds (RECEIVER_GC_THRESHOLDS)."""
+    if os.environ.get("GOTEL_GC_DEFAULT", "") in ("", "0"):
+        gc.set_threshold(*RECEIVER_GC_THRESHOLDS)
+
+
 # What a process can rebuild on demand and drops when idle (the Go binary analyses' struct indexes),
 # asked before each periodic trim.
 _RELEASERS: list[Callable[[], object]] = []

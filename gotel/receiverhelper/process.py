@@ -29,7 +29,7 @@ from gotel.component.lifecycle import make_context, shutdown_with_deadline
 from gotel.component.registry import GROUPS, registry
 from gotel.ebpf.checks import BpfUnavailableError, require_bpf
 from gotel.exporterhelper.queue import QueuedExporter
-from gotel.host.memory import trim_until
+from gotel.host.memory import receiver_gc, trim_until
 from gotel.pdata.batch import Signal
 from gotel.telemetry.counters import default_telemetry
 from gotel.telemetry.selfmetrics import TELEMETRY_HEADER, MergedRegistry, families_to_otlp
@@ -91,6 +91,7 @@ async def run_receiver(
     if not isinstance(ef, ExporterFactory):
         log.error("the %s exporter is not installed; cannot send OTLP (%s)", exporter_type, problems)
         return 1
+    receiver_gc()  # before start-up: the receiver's own objects are the collector's work from the first
     tel = default_telemetry()
     headers = {**exporter_cfg.get("headers", {}), RECEIVER_ID_HEADER: str(cid)}
     ecfg = ef.config.model_validate({**exporter_cfg, "headers": headers})

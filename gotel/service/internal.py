@@ -22,4 +22,4 @@ MAX_RECV_MIB = 64
 def internal_receiver(socket_path: str, sinks: Mapping[Signal, Consumer], ctx: Context) -> Receiver:
     """An OTLP/gRPC server on a unix socket, handing each signal to its sink (a router)."""
     grpc = otlp.GRPCServer(endpoint=f"unix://{socket_path}", max_recv_msg_size_mib=MAX_RECV_MIB)
-    return otlp.OTLPReceiver(otlp.Config(protocols=otlp.Protocols(grpc=grpc)), sinks, ctx)
+    return otlp.OTLPReceiver(otlp.Config(protocols=otlp.Protocols(grpc=grpc)), sinks, ctx, internal=True)

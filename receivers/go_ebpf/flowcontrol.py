@@ -332,6 +332,8 @@ class FlowControl:
         self.bad = 0
         asm.on_span = self.on_span
         asm.on_server_span = self.on_server_span
+        # when the hooks have work (on_span, on_server_span): the containers are shared, and only mutated
+        asm.hook_flags, asm.hook_waits, asm.hook_pids = E_STREAMING, self.quota_waits, self.streaming
 
     # ---- records ----
     def add(self, rec: bytes, mono_to_unix: int, now: float) -> bool:

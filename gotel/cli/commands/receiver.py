@@ -71,6 +71,7 @@ def _internal(args: argparse.Namespace, cid: ComponentID) -> int:
 
     typ, ecfg = sink_config(args.endpoint, "grpc", {}, None, None)
     ecfg["retry_on_failure"] = {"initial_interval": 0.2, "max_interval": 2.0, "max_elapsed_time": 0}
+    ecfg["send_item_count"] = True  # the pipeline's entry point then counts each request without parsing it
     try:
         return asyncio.run(run_receiver(cid, factory, cfg, signals, typ, ecfg,
                                         telemetry_interval=float(spec.get("telemetry_interval", 5.0))))
