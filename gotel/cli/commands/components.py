@@ -34,6 +34,7 @@ def describe() -> dict[str, Any]:
             if isinstance(f, ReceiverFactory):
                 item["in_process"] = f.in_process
                 item["needs_bpf"] = f.needs_bpf
+                item["shares_process"] = f.shares_process
             items.append(item)
         out[f"{kind.value}s"] = items
     out["errors"] = list(reg.errors)
@@ -121,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
             t.add_column(col)
         for item in items:
             sig = ", ".join(item["signals"])
-            desc = item["description"] + (" [needs BPF]" if item.get("needs_bpf") else "")
+            desc = (item["description"] + (" [needs BPF]" if item.get("needs_bpf") else "")
+                    + (" [shares a process]" if item.get("shares_process") else ""))
             t.add_row(item["type"], ", ".join(item["aliases"]), sig, desc)
         console.print(t)
     for e in data["errors"]:

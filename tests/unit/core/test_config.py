@@ -210,3 +210,11 @@ def test_validate_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_embedded_default_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate"]) == 0
     assert "default.yaml (embedded): valid" in capsys.readouterr().out
+
+
+def test_own_process_names_configured_receivers() -> None:
+    text = GOOD.replace("service:\n", "service:\n  supervisor:\n    own_process: [synthetic, pprof]\n")
+    errs = errors(text)
+    assert errs == ["config.yaml:12 service::supervisor::own_process::1: receiver pprof is not configured (configured: synthetic)"]
+    ok = load_config("config.yaml", text=text.replace(", pprof]", "]"), env={})
+    assert ok.service.supervisor.own_process == ["synthetic"]
