@@ -81,6 +81,7 @@ def preload(receiver_types: Sequence[str]) -> None:
     if needs_bpf:
         with contextlib.suppress(Exception):
             importlib.import_module("bcc")  # libbcc's relocated LLVM: 12 MB written at load, shared
+            importlib.import_module("capstone")  # Go binaries' disassembly, imported on first use
             from gotel.host.memory import drop_code
 
             drop_code()  # what LLVM's constructors ran at load: the receivers' compiles fault in their own
