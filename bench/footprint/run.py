@@ -47,6 +47,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -147,7 +148,13 @@ def run_agent(label: str, env_extra: dict[str, str], server: goapps.RunningApp, 
                 if agent.poll() is not None or time.monotonic() - t1 > 120:
                     raise SystemExit(f"{label}: go_ebpf not back:\n{log.read_text(errors='replace')[-3000:]}")
                 time.sleep(0.05)
-            run.restart_s = time.monotonic() - t1
+            # by the log's own clock: from the supervisor's line about the kill to the next "traced"
+            text = log.read_text(errors="replace")
+            killed = text.index("receiver go_ebpf was killed by signal 9")
+            back = text.index(traced, killed)
+            stamp = [datetime.strptime(text[text.rindex("\n", 0, i) + 1:][:23], "%Y-%m-%d %H:%M:%S,%f")
+                     for i in (killed, back)]
+            run.restart_s = (stamp[1] - stamp[0]).total_seconds()
             time.sleep(settle)
             run.restarted = tree_mem(agent.pid)
         return run
