@@ -177,7 +177,7 @@ class ReceiverFactory(Factory):
 
     create: Callable[[Any, Mapping[Signal, Consumer], Context], Receiver]
     # The otlp receiver is the pipeline's own entry point and runs inside the pipeline process;
-    # every other receiver runs in an OS process of its own (DESIGN.md section 1).
+    # every other receiver runs in a receiver process (DESIGN.md section 1; light ones share one).
     in_process: bool = False
     # Receivers that load BPF programs need root / CAP_BPF; `gotel components` says so.
     needs_bpf: bool = False
