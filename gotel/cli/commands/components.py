@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             sig = ", ".join(item["signals"])
             desc = (item["description"] + (" [needs BPF]" if item.get("needs_bpf") else "")
                     + (" [shares a process]" if item.get("shares_process") else ""))
-            t.add_row(item["type"], ", ".join(item["aliases"]), sig, desc)
+            t.add_row(item["type"], ", ".join(item["aliases"]), sig, escape(desc))  # "[needs BPF]" is no style
         console.print(t)
     for e in data["errors"]:
         console.print(f"[yellow]not loadable:[/yellow] {e}")

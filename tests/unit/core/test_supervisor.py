@@ -160,3 +160,19 @@ async def test_a_shared_process_restarts_its_receivers_together(caplog: pytest.L
         assert tel.registry.get_sample_value("gotel_receiver_restarts_total", {"component": rid, "kind": "receiver"}) >= 1
     status = sup.status()
     assert status["synthetic/a"]["restarts"] == status["synthetic/b"]["restarts"]
+
+
+def test_gotel_components_says_which_receivers_share_a_process(capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from gotel.cli.main import main
+
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["components"]) == 0
+    receivers = capsys.readouterr().out.split("\nprocessors")[0]  # the first table
+    rows = {line.split("│")[1].strip(): line for line in receivers.splitlines() if line.count("│") > 3}
+    assert "[shares a process]" in rows["pprof"] and "[shares a process]" in rows["process"]
+    assert "[needs BPF]" in rows["go_ebpf"] and "[shares a process]" not in rows["go_ebpf"]
+    assert main(["components", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    shared = sorted(r["type"] for r in data["receivers"] if r["shares_process"])
+    assert shared == ["go_metrics", "pprof", "process"]
