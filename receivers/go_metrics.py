@@ -321,4 +321,5 @@ factory = ReceiverFactory(
     signals=frozenset({Signal.METRICS}),
     description="Go runtime metrics from a Prometheus /metrics or expvar /debug/vars endpoint, as OTel Go semconv metrics",
     create=_create,
+    shares_process=True,
 )

@@ -419,4 +419,5 @@ factory = ReceiverFactory(
     "per process, from uprobes on the Go runtime",
     create=create,
     needs_bpf=True,
+    malloc_arenas=1,  # a few GC events a second: nothing allocates at a high rate
 )

@@ -239,4 +239,5 @@ factory = ReceiverFactory(
     description="Per-process context switches, run delay, fds by kind (sockets by TCP state) and fd "
     "leak findings, threads, and per-cgroup CPU throttling and memory, from /proc and cgroup files",
     create=create,
+    shares_process=True,
 )

@@ -15,9 +15,19 @@ a client drives with calls. Measured in the same run, one after the other agains
   interpreter (imports of its own), as before the fork server was forked from `gotel run` itself;
 * "BCC rw engine": GOTEL_BCC_RW_ENGINE=1: BCC's modules built its own way, keeping the LLVM context and
   JIT engine of their compile for as long as the program lives (gotel.ebpf.program);
+* "one process each": the previous round's agent: GOTEL_KEEP_FORKSERVER=1 (the fork server stays for
+  restarts), GOTEL_ALL_PLUGINS=1 (`gotel run` imports every installed plugin) and
+  service::supervisor::own_process [pprof, process] (each light receiver in its own process);
 * "shipped": the agent as it ships (trims, compiler code dropped, receiver processes forked from a fork
   server forked from `gotel run` before its event loop: one copy of the imports for the whole tree;
-  BCC modules built without the rw engine, so LLVM's memory is freed at the end of each compile).
+  BCC modules built without the rw engine, so LLVM's memory is freed at the end of each compile; the
+  light receivers process and pprof in one receiver process; the fork server retired once every
+  receiver process started; only the configured components imported).
+
+Restart: in "one process each" and "shipped", after the steady samples, the go_ebpf receiver process is
+killed (SIGKILL) and the time until it traces the server again is taken, and the tree's PSS --settle
+seconds later: what a restart costs when it is forked from the fork server and when, the fork server
+retired, it is a fresh interpreter.
 
 Start-up peak: the largest PSS sum over the agent's tree while it starts and attaches (sampled every
 0.1 s), the largest PSS of each process over those samples, and each process's VmHWM (peak RSS, shared
@@ -37,6 +47,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -57,6 +68,8 @@ class Run:
     steady_pss: float  # MB, median of the samples' sums
     hwm: dict[str, float]  # MB VmHWM per process name, at the end
     startup_s: float  # until go_ebpf traced the server
+    restart_s: float | None = None  # go_ebpf killed: until it traced the server again
+    restarted: list[ProcMem] | None = None  # the tree --settle seconds after that
 
 
 def _mb(kib: float) -> float:
@@ -80,11 +93,14 @@ def bare_python() -> float:
 
 
 def run_agent(label: str, env_extra: dict[str, str], server: goapps.RunningApp, calls: int, settle: float,
-              workdir: Path) -> Run:
-    wd = workdir / label.replace(" ", "_")
+              workdir: Path, own_process: bool = False, restart: bool = False) -> Run:
+    wd = workdir / label.replace(" ", "_").replace("'", "")
     wd.mkdir()
     cfg = wd / "config.yaml"
-    cfg.write_text(default_config(free_port(), free_port(), server.pid))
+    text = default_config(free_port(), free_port(), server.pid)
+    if own_process:
+        text = text.replace("\nservice:\n", "\nservice:\n  supervisor: {own_process: [pprof, process]}\n", 1)
+    cfg.write_text(text)
     log = wd / "gotel.log"
     env = {**os.environ, **env_extra}
     with open(log, "wb") as out:
@@ -122,7 +138,26 @@ def run_agent(label: str, env_extra: dict[str, str], server: goapps.RunningApp, 
         samples.sort(key=lambda s: s[0])
         steady = samples[len(samples) // 2][1]
         hwm = {m.name: _mb(m.hwm_kib) for m in tree_mem(agent.pid)}
-        return Run(label, peak, peak_each, steady, _mb(sum(m.kib["Pss"] for m in steady)), hwm, startup)
+        run = Run(label, peak, peak_each, steady, _mb(sum(m.kib["Pss"] for m in steady)), hwm, startup)
+        if restart:
+            [ebpf] = [m for m in tree_mem(agent.pid) if m.name == "receiver go_ebpf"]
+            seen = log.read_text(errors="replace").count(traced)
+            t1 = time.monotonic()
+            os.kill(ebpf.pid, signal.SIGKILL)
+            while log.read_text(errors="replace").count(traced) <= seen:
+                if agent.poll() is not None or time.monotonic() - t1 > 120:
+                    raise SystemExit(f"{label}: go_ebpf not back:\n{log.read_text(errors='replace')[-3000:]}")
+                time.sleep(0.05)
+            # by the log's own clock: from the supervisor's line about the kill to the next "traced"
+            text = log.read_text(errors="replace")
+            killed = text.index("receiver go_ebpf was killed by signal 9")
+            back = text.index(traced, killed)
+            stamp = [datetime.strptime(text[text.rindex("\n", 0, i) + 1:][:23], "%Y-%m-%d %H:%M:%S,%f")
+                     for i in (killed, back)]
+            run.restart_s = (stamp[1] - stamp[0]).total_seconds()
+            time.sleep(settle)
+            run.restarted = tree_mem(agent.pid)
+        return run
     finally:
         agent.send_signal(signal.SIGTERM)
         try:
@@ -143,11 +178,13 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="gotel-footprint-") as tmp:
             bare = bare_python()
-            runs = [run_agent(label, env, server, args.calls, args.settle, Path(tmp)) for label, env in (
+            runs = [run_agent(label, env, server, args.calls, args.settle, Path(tmp), own_process=label == "one process each",
+                              restart=label in ("one process each", "shipped")) for label, env in (
                 ("before", {"GOTEL_NO_TRIM": "1", "GOTEL_NO_FORKSERVER": "1"}),
                 ("trim only", {"GOTEL_NO_FORKSERVER": "1"}),
                 ("exec'd fork server", {"GOTEL_NO_PREFORK": "1"}),
                 ("BCC rw engine", {"GOTEL_BCC_RW_ENGINE": "1"}),
+                ("one process each", {"GOTEL_KEEP_FORKSERVER": "1", "GOTEL_ALL_PLUGINS": "1"}),
                 ("shipped", {}))]
     finally:
         server.stop()
@@ -169,6 +206,9 @@ def main() -> None:
           f" | {after.steady_pss / before.steady_pss:5.2f}x   "
           f"(goal <= 200 MB: {'met' if after.steady_pss <= 200 else 'NOT met'})")
     print(f"  = {after.steady_pss / bare:.1f}x a bare Python interpreter")
+    prev = runs[-2]
+    print(f"  this round: shipped / {prev.label} = {after.steady_pss / prev.steady_pss:.2f}x "
+          f"({after.steady_pss:.1f} / {prev.steady_pss:.1f} MB)")
     print(f"start-up peak, PSS summed over the tree (MB): {labels}: " + " | ".join(f"{r.peak_pss:.1f}" for r in runs) +
           f" | shipped/before {after.peak_pss / before.peak_pss:.2f}x")
     print(f"start-up peak PSS per process, the largest reading while it started (MB): {labels}")
@@ -178,6 +218,12 @@ def main() -> None:
     for name in names:
         print(f"  {name:<22} " + " | ".join(f"{r.hwm.get(name, nan):7.1f}" for r in runs))
     print("time until go_ebpf traced the server (s): " + " | ".join(f"{r.label} {r.startup_s:.1f}" for r in runs))
+    for r in runs:
+        if r.restart_s is None or r.restarted is None:
+            continue
+        each = ", ".join(f"{m.name} {_mb(m.kib['Pss']):.1f}" for m in r.restarted)
+        print(f"{r.label}: go_ebpf killed, tracing again after {r.restart_s:.1f} s; {args.settle:.0f} s later the tree "
+              f"holds {_mb(sum(m.kib['Pss'] for m in r.restarted)):.1f} MB PSS ({r.steady_pss:.1f} before): {each}")
 
 
 if __name__ == "__main__":

@@ -177,10 +177,19 @@ class ReceiverFactory(Factory):
 
     create: Callable[[Any, Mapping[Signal, Consumer], Context], Receiver]
     # The otlp receiver is the pipeline's own entry point and runs inside the pipeline process;
-    # every other receiver runs in an OS process of its own (DESIGN.md section 1).
+    # every other receiver runs in a receiver process (DESIGN.md section 1; light ones share one).
     in_process: bool = False
     # Receivers that load BPF programs need root / CAP_BPF; `gotel components` says so.
     needs_bpf: bool = False
+    # A light receiver (no BPF, no high-rate draining: pulls and /proc reads) runs with the other light
+    # receivers of the config in one receiver process, each with its own sinks, telemetry and restart
+    # account, saving a process's memory; service::supervisor::own_process keeps one alone.
+    shares_process: bool = False
+    # glibc malloc arenas of its process (the largest of a shared process's receivers). Two by default:
+    # a receiver draining a ring buffer at a high rate keeps its drain thread off the main arena's lock.
+    # One where nothing allocates at a high rate: what its executor threads did at start-up (a BPF
+    # compile, a binary's analysis) then leaves no second arena fragmented (go_runtime: ~10 MB).
+    malloc_arenas: int = 2
     kind: ClassVar[Kind] = Kind.RECEIVER
 
 

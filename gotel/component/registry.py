@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 from gotel.component.contract import (
     ConnectorFactory,
@@ -71,6 +71,60 @@ def load_factory(spec: str) -> Factory:
 _CACHE: Registry | None = None
 
 
+def _load_entry(reg: Registry, kind: Kind, group: str, ep: EntryPoint) -> Factory | None:
+    try:
+        f = ep.load()
+    except Exception as e:  # a broken plugin must not take the agent down
+        reg.errors.append(f"{group} {ep.name}: cannot import {ep.value}: {e}")
+        log.warning("component %s %s cannot be loaded: %s", kind, ep.name, e)
+        return None
+    if not isinstance(f, _EXPECTED[kind]):
+        reg.errors.append(f"{group} {ep.name}: {ep.value} is not a {_EXPECTED[kind].__name__}")
+        return None
+    reg.add(f)
+    return f
+
+
+class LazyRegistry(Registry):
+    """The factories a config names, each imported when first asked for by its entry point's name; every
+    installed plugin (registry()) only for what that cannot answer: an alias, an unknown type, the list
+    of types. The agent then imports its configured components only, not every plugin (docs/performance.md:
+    those pages, shared by the whole process tree, are memory none of its processes uses)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._complete = False
+
+    def _all(self) -> None:
+        if not self._complete:
+            full = registry()
+            for kind in GROUPS:
+                self.factories[kind].update(full.factories[kind])
+                self.aliases[kind].update(full.aliases[kind])
+            self.errors[:] = full.errors
+            self._complete = True
+
+    def get(self, kind: Kind, typ: str) -> Factory | None:
+        f = super().get(kind, typ)
+        if f is None and not self._complete:
+            for ep in entry_points(group=GROUPS[kind], name=typ):
+                f = _load_entry(self, kind, GROUPS[kind], ep)
+                break
+            if f is None or f.type != typ:
+                self._all()
+                f = super().get(kind, typ)
+        return f
+
+    def canonical(self, kind: Kind, typ: str) -> str:
+        if typ not in self.factories[kind]:
+            self._all()
+        return super().canonical(kind, typ)
+
+    def types(self, kind: Kind) -> list[str]:
+        self._all()
+        return super().types(kind)
+
+
 def registry(refresh: bool = False) -> Registry:
     """All installed factories. A component that fails to import is reported, not fatal."""
     global _CACHE
@@ -79,15 +133,6 @@ def registry(refresh: bool = False) -> Registry:
     reg = Registry()
     for kind, group in GROUPS.items():
         for ep in entry_points(group=group):
-            try:
-                f = ep.load()
-            except Exception as e:  # a broken plugin must not take the agent down
-                reg.errors.append(f"{group} {ep.name}: cannot import {ep.value}: {e}")
-                log.warning("component %s %s cannot be loaded: %s", kind, ep.name, e)
-                continue
-            if not isinstance(f, _EXPECTED[kind]):
-                reg.errors.append(f"{group} {ep.name}: {ep.value} is not a {_EXPECTED[kind].__name__}")
-                continue
-            reg.add(f)
+            _load_entry(reg, kind, group, ep)
     _CACHE = reg
     return reg

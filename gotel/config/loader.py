@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import types
 import typing
@@ -13,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from gotel.component.contract import ComponentID, Kind
-from gotel.component.registry import Registry, registry
+from gotel.component.registry import LazyRegistry, Registry, registry
 from gotel.config.collector import COMPAT_DOC, is_collector_type
 from gotel.config.connectors import connector_rules
 from gotel.config.model import (
@@ -286,6 +287,7 @@ class _Validator:
         sc.extensions = self.id_list(svc.get("extensions"), ("service", "extensions"), Kind.EXTENSION, None)
         self.authenticators()
         self.pipelines(svc.get("pipelines"))
+        self.own_process()
         self.unused()
 
     def authenticators(self) -> None:
@@ -439,6 +441,19 @@ class _Validator:
             elif spec.signal != Signal.METRICS:
                 self.src.error(tpath, f'pipeline "{p}" is a {spec.signal.value} pipeline; self-telemetry needs a metrics one')
 
+    def own_process(self) -> None:
+        """service::supervisor::own_process names configured receivers."""
+        for i, rid in enumerate(self.cfg.service.supervisor.own_process):
+            try:
+                cid = ComponentID.parse(rid)
+            except ValueError as e:
+                self.src.error(("service", "supervisor", "own_process", str(i)), str(e))
+                continue
+            if cid not in self.cfg.receivers:
+                have = ", ".join(str(c) for c in self.cfg.receivers) or "none"
+                self.src.error(("service", "supervisor", "own_process", str(i)),
+                               f"receiver {rid} is not configured (configured: {have})")
+
     def unused(self) -> None:
         used: set[tuple[Kind, ComponentID]] = set()
         for spec in self.cfg.service.pipelines.values():
@@ -474,7 +489,9 @@ def _tidy(src: Source) -> None:
 def validate_source(src: Source, reg: Registry | None = None) -> Config:
     if src.data is None and src.issues:
         raise ConfigError(src.issues)
-    cfg = _Validator(src, reg or registry()).run()
+    if reg is None:  # GOTEL_ALL_PLUGINS=1: import every installed plugin (bench/footprint's baseline)
+        reg = registry() if os.environ.get("GOTEL_ALL_PLUGINS", "") not in ("", "0") else LazyRegistry()
+    cfg = _Validator(src, reg).run()
     _tidy(src)
     cfg.warnings = [i for i in src.issues if i.warning]
     if any(not i.warning for i in src.issues):

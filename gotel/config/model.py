@@ -88,6 +88,10 @@ class SupervisorConfig(ComponentConfig):
     max_backoff: Duration = Field(30.0, gt=0, description="cap of the doubling restart backoff")
     stable_after: Duration = Field(60.0, gt=0, description="a receiver up this long gets its backoff reset")
     stop_timeout: Duration = Field(5.0, gt=0, description="SIGTERM to SIGKILL for a receiver process")
+    own_process: list[str] = Field(
+        default_factory=list,
+        description="receiver ids that run in a process of their own although their type shares one "
+        "(light receivers share one process by default: one crash restarts them together)")
 
 
 F = TypeVar("F", bound=Factory)

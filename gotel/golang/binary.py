@@ -139,7 +139,10 @@ class GoBinary:
         lookup used it for `idle` seconds; the next lookup rebuilds it (~40 ms). Lookups happen when a
         process of the binary is first attached; a long-running agent holds one index per binary otherwise."""
         with self._lock:
-            if self._structs is None or time.monotonic() - self._structs_used < idle:
+            if time.monotonic() - self._structs_used < idle:
+                return False
+            self.image.drop_pages()  # idle too: what attaching read of the file, until the next read
+            if self._structs is None:
                 return False
             self._structs = None
             return True

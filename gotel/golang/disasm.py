@@ -8,14 +8,18 @@ next pclntab entry); trailing INT3 padding is skipped and never reported.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
-import capstone
+if TYPE_CHECKING:
+    import capstone
 
 _RETS = frozenset({"ret", "retq", "repz ret", "rep ret", "bnd ret", "repz retq"})
 
 
 @functools.cache
 def _cs() -> capstone.Cs:
+    import capstone  # on first use: `gotel run` validates a go_ebpf config without loading it (2 MB)
+
     cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     cs.skipdata = True  # keep decoding past a byte capstone does not know instead of stopping early
     return cs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -61,6 +62,13 @@ class ElfImage:
             for p in self.elf.iter_segments() if p.header.p_type == "PT_LOAD"
         ]
         self.elf_type: str = self.elf["e_type"]
+
+    def drop_pages(self) -> None:
+        """Unmaps the file's pages from this process (they stay in the page cache, and the next read
+        faults them back in): the traced binary's pages read at analysis count in our PSS otherwise
+        (4 MB of a small gRPC program in go_ebpf)."""
+        with contextlib.suppress(OSError, ValueError):  # ValueError: closed
+            self.data.madvise(mmap.MADV_DONTNEED)
 
     def section_bytes(self, name: str) -> memoryview | None:
         s = self.sections.get(name)

@@ -11,8 +11,6 @@ import sys
 import zlib
 from typing import Any
 
-import cramjam
-
 if sys.version_info >= (3, 14):
     from compression import zstd
 else:  # pragma: no cover - depends on the interpreter
@@ -149,6 +147,8 @@ class _Snappy(_Plain):
         return total
 
     def finish(self) -> bytes:
+        import cramjam  # on first use: most agents never see snappy (its library: 2 MB of each process)
+
         body = bytes(self.out)
         try:
             if self.framed_only or body.startswith(_SNAPPY_FRAMED_HEADER):

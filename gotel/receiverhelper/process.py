@@ -1,8 +1,10 @@
-"""One receiver alone in its process, pushing OTLP through exporters to an endpoint.
+"""A receiver in its process, pushing OTLP through exporters to an endpoint.
 
 Used by `gotel receiver` both standalone (pointed at any collector) and as a receiver process of
 the agent (``--internal``: config from stdin, the pipeline's unix socket as endpoint, and the
-process's own metrics pushed every few seconds with the ``gotel-telemetry`` marker).
+receiver's own metrics pushed every few seconds with the ``gotel-telemetry`` marker). A receiver
+process of the agent may run several light receivers (``shares_process``, run_receivers): each has
+its own sinks (its ``gotel-receiver`` id), telemetry registry and log prefix, exactly as if alone.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -31,7 +34,8 @@ from gotel.ebpf.checks import BpfUnavailableError, require_bpf
 from gotel.exporterhelper.queue import QueuedExporter
 from gotel.host.memory import receiver_gc, trim_until
 from gotel.pdata.batch import Signal
-from gotel.telemetry.counters import default_telemetry
+from gotel.telemetry.counters import Telemetry, default_telemetry
+from gotel.telemetry.logs import LOG_PREFIX
 from gotel.telemetry.selfmetrics import TELEMETRY_HEADER, MergedRegistry, families_to_otlp
 
 log = logging.getLogger("gotel.receiver")
@@ -86,13 +90,18 @@ async def run_receiver(
     exporter_cfg: dict[str, Any],
     telemetry_interval: float = 0.0,
     shutdown_timeout: float = 5.0,
+    stop: asyncio.Event | None = None,
+    tel: Telemetry | None = None,
+    started: Callable[[], None] | None = None,
 ) -> int:
+    """Runs the receiver until SIGTERM/SIGINT, or until `stop` is set when one is given (then the
+    caller handles signals and trims the heap); the exit code."""
     ef, problems = load_one(Kind.EXPORTER, exporter_type)
     if not isinstance(ef, ExporterFactory):
         log.error("the %s exporter is not installed; cannot send OTLP (%s)", exporter_type, problems)
         return 1
     receiver_gc()  # before start-up: the receiver's own objects are the collector's work from the first
-    tel = default_telemetry()
+    tel = tel or default_telemetry()
     headers = {**exporter_cfg.get("headers", {}), RECEIVER_ID_HEADER: str(cid)}
     ecfg = ef.config.model_validate({**exporter_cfg, "headers": headers})
     sink_id = ComponentID(exporter_type, "sink")
@@ -113,11 +122,13 @@ async def run_receiver(
         await e.start()
     if tel_exporter is not None:
         await tel_exporter.start()
-    stop = asyncio.Event()
+    alone = stop is None
+    stop = stop or asyncio.Event()
     tel_stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for s in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(s, stop.set)
+    if alone:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(s, stop.set)
 
     async def push_telemetry() -> None:
         assert tel_exporter is not None
@@ -140,7 +151,12 @@ async def run_receiver(
         receiver = factory.create(config, sinks, make_context(tel, cid, Kind.RECEIVER))
         await receiver.start()
         log.info("receiver %s running: %s to %s", cid, ", ".join(signals), exporter_cfg.get("endpoint"))
-        await trim_until(stop)  # the C heap's free pages go back to the kernel while the receiver runs
+        if started is not None:
+            started()
+        if alone:
+            await trim_until(stop)  # the C heap's free pages go back to the kernel while the receiver runs
+        else:
+            await stop.wait()
     except BpfUnavailableError as e:
         # Not a crash: the host lacks what the receiver needs. The message lists each fix.
         log.error("receiver %s cannot run: %s", cid, e)
@@ -163,6 +179,50 @@ async def run_receiver(
         if tel_exporter is not None:
             await shutdown_with_deadline(tel_exporter, "telemetry exporter", _mono(deadline, loop))
     return code
+
+
+async def run_receivers(
+    members: list[tuple[ComponentID, ReceiverFactory, Any, list[Signal]]],
+    exporter_type: str,
+    exporter_cfg: dict[str, Any],
+    telemetry_interval: float = 0.0,
+    shutdown_timeout: float = 5.0,
+) -> int:
+    """Light receivers sharing one process, each as run_receiver runs it alone, with a Telemetry of
+    its own (the pipeline accounts per receiver id) and its id as log prefix. SIGTERM stops them all;
+    when one fails, the others stop too and the process exits with its code: the supervisor restarts
+    them together."""
+    if len(members) == 1:
+        cid, factory, cfg, signals = members[0]
+        return await run_receiver(cid, factory, cfg, signals, exporter_type, exporter_cfg,
+                                  telemetry_interval, shutdown_timeout)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(s, stop.set)
+
+    waiting = len(members)
+    trim: asyncio.Task[None] | None = None
+
+    def started() -> None:
+        nonlocal waiting, trim
+        waiting -= 1
+        if waiting == 0:  # start-up is over: one periodic trim for the process
+            trim = asyncio.create_task(trim_until(stop))
+
+    async def one(cid: ComponentID, factory: ReceiverFactory, cfg: Any, signals: list[Signal]) -> int:
+        LOG_PREFIX.set(f"[receiver {cid}]")  # this task's context: its records, not the others'
+        code = await run_receiver(cid, factory, cfg, signals, exporter_type, exporter_cfg, telemetry_interval,
+                                  shutdown_timeout, stop=stop, tel=Telemetry(), started=started)
+        if not stop.is_set():
+            log.error("receiver %s ended: stopping the receivers that share its process", cid)
+            stop.set()
+        return code
+
+    codes = await asyncio.gather(*(one(*m) for m in members))
+    if trim is not None:
+        await trim
+    return next((c for c in codes if c), 0)
 
 
 def _mono(loop_deadline: float, loop: asyncio.AbstractEventLoop) -> float:

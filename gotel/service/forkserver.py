@@ -9,9 +9,16 @@ copy-on-write (bench/footprint/forkshare.py: 243 -> 135 MiB for the default agen
 It never runs an event loop and starts no thread, so a fork copies no lock held by another thread;
 gRPC is imported but not initialised. The supervisor talks to it over a SOCK_SEQPACKET socket: a
 request is the child's argv with its stdin and stderr as passed fds; the answer is its pid with a
-pidfd (signals reach that process and no other, even after it exited and its pid was reused),
-and later its exit status. The server dies with the supervisor (PR_SET_PDEATHSIG) and so, in turn,
-do the receivers it forked (they set their own, naming the server as their parent).
+pidfd (signals reach that process and no other, even after it exited and its pid was reused).
+
+Each receiver process is forked twice (the middle process exits at once), so that it becomes the
+supervisor's own child (the supervisor is a child subreaper, PR_SET_CHILD_SUBREAPER): the
+supervisor reaps it and reads its exit status, and the receiver dies with the supervisor
+(PR_SET_PDEATHSIG, set once it is the supervisor's child). The server itself is then needed only
+to fork: once every receiver process started, the supervisor retires it (its ~10 MB of private
+memory, which it held only for restarts; docs/performance.md), and a restart starts a fresh
+interpreter. GOTEL_KEEP_FORKSERVER=1 keeps it for restarts. The server dies with the supervisor
+(PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -24,15 +31,15 @@ import gc
 import importlib
 import json
 import os
-import select
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 MAX_MSG = 1 << 16
-PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15
+PR_SET_PDEATHSIG, PR_SET_NAME, PR_SET_CHILD_SUBREAPER = 1, 15, 36
 SERVER_NAME = "gotel-fork"  # its /proc/PID/comm
 SPAWN_TIMEOUT = 10.0
 PRELOAD = ("gotel.cli.commands.receiver", "gotel.receiverhelper.process", "gotel.exporters.otlp", "gotel.host.memory")
@@ -74,19 +81,22 @@ def preload(receiver_types: Sequence[str]) -> None:
     if needs_bpf:
         with contextlib.suppress(Exception):
             importlib.import_module("bcc")  # libbcc's relocated LLVM: 12 MB written at load, shared
+            importlib.import_module("capstone")  # Go binaries' disassembly, imported on first use
             from gotel.host.memory import drop_code
 
             drop_code()  # what LLVM's constructors ran at load: the receivers' compiles fault in their own
 
 
-def _child(argv: list[str], fds: list[int], closing: Sequence[int]) -> None:
-    """In the forked receiver process: its own session, stdio from the supervisor, then `gotel argv`."""
+def _child(argv: list[str], fds: list[int], closing: Sequence[int], middle: int) -> None:
+    """In the forked receiver process: the supervisor's child once `middle` exited, its own session,
+    stdio from the supervisor, then `gotel argv` (which sets PR_SET_PDEATHSIG naming the supervisor)."""
     code = 1
     try:
         for fd in closing:
             os.close(fd)
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        deadline = time.monotonic() + SPAWN_TIMEOUT
+        while os.getppid() == middle and time.monotonic() < deadline:  # it exits right after forking us
+            time.sleep(0.001)
         os.setsid()
         # the command line is the server's; name the process (ps -o comm, top) after its receiver
         name = argv[argv.index("receiver") + 1] if "receiver" in argv[:-1] else "gotel"
@@ -113,41 +123,52 @@ def _child(argv: list[str], fds: list[int], closing: Sequence[int]) -> None:
         os._exit(code)
 
 
-def serve(sock: socket.socket) -> None:
-    """Forks a receiver process per request until the supervisor closes the socket; reports exits."""
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.set_wakeup_fd(wake_w)
-    children: set[int] = set()
-    while True:
-        ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
-        if wake_r in ready:
-            with contextlib.suppress(BlockingIOError):
-                os.read(wake_r, 512)
-        while children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            children.discard(pid)
-            send(sock, {"exited": pid, "code": os.waitstatus_to_exitcode(status)})
-        if sock.fileno() in ready:
-            msg, fds = recv(sock)
-            if msg is None:
-                return  # the supervisor is done (or gone): receivers still running die with us
-            sys.stdout.flush()
-            sys.stderr.flush()
+def _fork_receiver(argv: list[str], fds: list[int], closing: Sequence[int]) -> int:
+    """Forks `gotel argv` through a middle process that exits at once: the receiver's pid. Its new
+    parent is the nearest child subreaper above us, the supervisor."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(r)
+            me = os.getpid()  # before the fork: once we exited, the child's getppid() is the supervisor
             pid = os.fork()
             if pid == 0:
-                _child([str(a) for a in msg["argv"]], fds, (sock.fileno(), wake_r, wake_w))
-            for fd in fds:
-                os.close(fd)
-            children.add(pid)
+                os.close(w)
+                _child(argv, fds, closing, me)
+            os.write(w, pid.to_bytes(4, "little"))
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        data = os.read(r, 4)
+    finally:
+        os.close(r)
+        os.waitpid(middle, 0)
+    if len(data) != 4:
+        raise OSError("the fork server's middle process did not fork")
+    return int.from_bytes(data, "little")
+
+
+def serve(sock: socket.socket) -> None:
+    """Forks a receiver process per request until the supervisor closes the socket."""
+    while True:
+        msg, fds = recv(sock)
+        if msg is None:
+            return  # the supervisor is done with us (or gone); the receivers are its children, not ours
+        try:
+            pid = _fork_receiver([str(a) for a in msg["argv"]], fds, (sock.fileno(),))
             pidfd = os.pidfd_open(pid)
+        except OSError as e:
+            send(sock, {"failed": str(e)})
+        else:
             send(sock, {"spawned": pid}, [pidfd])
             os.close(pidfd)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
 
 def _become_server(sock: socket.socket, parent: int, types: Sequence[str]) -> int:
@@ -237,8 +258,14 @@ def enabled() -> bool:
     return os.environ.get("GOTEL_NO_FORKSERVER", "") in ("", "0")
 
 
+def kept() -> bool:
+    """GOTEL_KEEP_FORKSERVER=1: the server stays after the receivers started, to fork their restarts."""
+    return os.environ.get("GOTEL_KEEP_FORKSERVER", "") not in ("", "0")
+
+
 class ForkedProcess:
-    """A receiver process the server forked, with the part of asyncio.subprocess.Process the supervisor uses."""
+    """A receiver process the server forked, now our child (we are its subreaper), with the part of
+    asyncio.subprocess.Process the supervisor uses. Its exit is seen through its pidfd, then reaped."""
 
     def __init__(self, pid: int, pidfd: int, stderr: asyncio.StreamReader) -> None:
         self.pid = pid
@@ -246,12 +273,19 @@ class ForkedProcess:
         self.stderr = stderr
         self.returncode: int | None = None
         self._exited = asyncio.Event()
+        asyncio.get_running_loop().add_reader(pidfd, self._reap)
 
-    def _set_exit(self, code: int) -> None:
-        if self.returncode is None:
-            self.returncode = code
-            os.close(self._pidfd)
-            self._exited.set()
+    def _reap(self) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # not ours after all (no subreaper): its status is lost
+            pid, status = self.pid, -1
+        if pid == 0:
+            return
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self.returncode = os.waitstatus_to_exitcode(status) if status != -1 else -signal.SIGKILL
+        self._exited.set()
 
     async def wait(self) -> int:
         await self._exited.wait()
@@ -310,8 +344,6 @@ class ForkServerClient:
         self.proc: asyncio.subprocess.Process | _PreforkedServer | None = None
         self.sock: socket.socket | None = None
         self._pending: list[asyncio.Future[tuple[int, int]]] = []
-        self._children: dict[int, ForkedProcess] = {}
-        self._early_exits: dict[int, int] = {}
 
     @property
     def alive(self) -> bool:
@@ -323,8 +355,11 @@ class ForkServerClient:
         return self.proc.pid
 
     async def start(self, receiver_types: Sequence[str]) -> None:
-        """Takes the server `gotel run` preforked when there is one, else execs one."""
+        """Takes the server `gotel run` preforked when there is one, else execs one. Makes this process
+        a child subreaper: the receiver processes become our children (OSError where it cannot)."""
         global _preforked
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "PR_SET_CHILD_SUBREAPER")
         if _preforked is not None:
             pid, ours = _preforked
             _preforked = None
@@ -360,23 +395,17 @@ class ForkServerClient:
         if msg is None:
             self._gone()
             return
-        if "spawned" in msg:
-            fut = self._pending.pop(0) if self._pending else None
-            if fut is not None and not fut.done():
-                fut.set_result((int(msg["spawned"]), fds[0]))
-            else:
-                for fd in fds:
-                    os.close(fd)
-        elif "exited" in msg:
-            pid, code = int(msg["exited"]), int(msg["code"])
-            child = self._children.pop(pid, None)
-            if child is None:
-                self._early_exits[pid] = code
-            else:
-                child._set_exit(code)
+        fut = self._pending.pop(0) if self._pending else None
+        if "spawned" in msg and fut is not None and not fut.done():
+            fut.set_result((int(msg["spawned"]), fds[0]))
+            return
+        for fd in fds:
+            os.close(fd)
+        if fut is not None and not fut.done():
+            fut.set_exception(OSError(str(msg.get("failed", "the fork server did not fork"))))
 
     def _gone(self) -> None:
-        """The server exited: its receiver processes die with it (PR_SET_PDEATHSIG), reported as killed."""
+        """The server exited (retired, or died): receiver processes it forked are ours and live on."""
         if self.sock is not None:
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
             self.sock.close()
@@ -385,9 +414,6 @@ class ForkServerClient:
             if not fut.done():
                 fut.set_exception(OSError("the fork server exited"))
         self._pending.clear()
-        for child in self._children.values():
-            child._set_exit(-signal.SIGKILL)
-        self._children.clear()
 
     async def spawn(self, argv: Sequence[str], spec: bytes, limit: int) -> ForkedProcess:
         """A receiver process running `gotel argv`, with spec on its stdin and its stderr to read."""
@@ -416,9 +442,6 @@ class ForkServerClient:
         reader = asyncio.StreamReader(limit=limit)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(err_r, "rb", 0))
         proc = ForkedProcess(pid, pidfd, reader)
-        self._children[pid] = proc
-        if pid in self._early_exits:
-            proc._set_exit(self._early_exits.pop(pid))
         with open(in_w, "wb", closefd=True) as f, contextlib.suppress(BrokenPipeError):
             f.write(spec)
         return proc

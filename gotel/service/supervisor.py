@@ -3,6 +3,10 @@
 Each receiver whose factory is not ``in_process`` runs as
 ``gotel receiver TYPE/NAME --internal --endpoint unix:///<runtime dir>/otlp.sock``, forked from the
 fork server (gotel.service.forkserver: shared import pages) or, without one, exec'd as ``python -m gotel ...``.
+Light receivers (factory ``shares_process``: no BPF, no high-rate draining) share one such process
+(``gotel receiver process+pprof ...``) unless service::supervisor::own_process names them: one
+process's memory less, at the price of restarting them together when it crashes. Each keeps its own
+id, sinks, telemetry, state and restart account; only the process (pid, exit, backoff) is common.
 Its validated config reaches it on stdin as JSON (never argv or environment: they are readable by
 other users through /proc and may hold secrets). The child pushes OTLP to the pipeline's internal
 otlp receiver with metadata ``gotel-receiver: <id>``; every few seconds it also pushes its own
@@ -40,6 +44,7 @@ from gotel.config.model import ComponentEntry, SupervisorConfig
 from gotel.pdata.batch import Metrics, Signal, attr_dict
 from gotel.service.forkserver import ForkedProcess, ForkServerClient
 from gotel.service.forkserver import enabled as forkserver_enabled
+from gotel.service.forkserver import kept as forkserver_kept
 from gotel.telemetry.counters import ComponentTelemetry, Telemetry
 from gotel.telemetry.logs import LOG_LINE
 
@@ -150,20 +155,46 @@ class CounterCarry:
 
 @dataclass
 class Child:
+    """One receiver: its telemetry, state and restart account (shared with no other receiver)."""
+
     entry: ComponentEntry[ReceiverFactory]
     signals: list[Signal]
     tel: ComponentTelemetry
     proc: asyncio.subprocess.Process | ForkedProcess | None = None
     up: bool = False
     restarts: int = 0
-    started_at: float = 0.0
-    last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=20))
-    task: asyncio.Task[None] | None = None
     received_at_start: dict[str, int] = field(default_factory=dict)
 
     @property
     def id(self) -> ComponentID:
         return self.entry.id
+
+
+@dataclass
+class Unit:
+    """One receiver process: one receiver, or light receivers (``shares_process``) sharing it."""
+
+    members: list[Child]
+    proc: asyncio.subprocess.Process | ForkedProcess | None = None
+    started_at: float = 0.0
+    last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        """The process's name: its receiver's id, or theirs joined by '+' (argv, ps -o comm)."""
+        return "+".join(str(c.id) for c in self.members)
+
+    @property
+    def says(self) -> str:
+        """How log lines name it: 'receiver pprof', 'receivers process, pprof (one process)'."""
+        if len(self.members) == 1:
+            return f"receiver {self.members[0].id}"
+        return "receivers " + ", ".join(str(c.id) for c in self.members) + " (one process)"
+
+
+def _unit(u: Unit | Child) -> Unit:
+    return u if isinstance(u, Unit) else Unit([u])
 
 
 class Supervisor:
@@ -186,6 +217,7 @@ class Supervisor:
         self.log_level = log_level
         self.telemetry_interval = telemetry_interval
         self.children: dict[ComponentID, Child] = {}
+        self.units: list[Unit] = []
         self._stopping = asyncio.Event()
         self.carry = carry or CounterCarry()
         # items the pipeline received from a receiver, per signal (the internal entry point's routers)
@@ -193,12 +225,25 @@ class Supervisor:
         # receiver processes forked from one that imported their modules (gotel.service.forkserver): their
         # import pages are shared; None, or not alive, and they are exec'd fresh
         self.forkserver: ForkServerClient | None = None
+        self._first_spawns = 0
+        self._retiring: asyncio.Task[None] | None = None
 
     def add(self, entry: ComponentEntry[ReceiverFactory], signals: list[Signal]) -> None:
         t = self.tel.component(entry.id, Kind.RECEIVER)
         t.set_up(False)
         self.tel.restarts.labels(str(entry.id), Kind.RECEIVER.value)  # exposed as 0 from the start
         self.children[entry.id] = Child(entry, sorted(signals), t)
+
+    def group(self) -> list[Unit]:
+        """The receiver processes: the light receivers (factory ``shares_process``, not named in
+        own_process) together in one, every other receiver alone in its own."""
+        alone = {str(ComponentID.parse(r)) for r in self.cfg.own_process}
+        light = sorted((c for c in self.children.values() if c.entry.factory.shares_process and str(c.id) not in alone),
+                       key=lambda c: c.id)
+        units = [Unit([c]) for c in self.children.values() if len(light) < 2 or c not in light]
+        if len(light) >= 2:
+            units.append(Unit(light))
+        return units
 
     def all_up(self) -> bool:
         return all(c.up for c in self.children.values())
@@ -209,15 +254,14 @@ class Supervisor:
             for c in self.children.values()
         }
 
-    def command(self, child: Child) -> list[str]:
-        return [sys.executable, "-m", "gotel", "--log-level", self.log_level, "receiver", str(child.id),
+    def command(self, unit: Unit | Child) -> list[str]:
+        return [sys.executable, "-m", "gotel", "--log-level", self.log_level, "receiver", _unit(unit).name,
                 "--internal", "--endpoint", self.endpoint]
 
-    def spec(self, child: Child, parent_pid: int | None = None) -> bytes:
+    def spec(self, unit: Unit | Child, parent_pid: int | None = None) -> bytes:
         return json.dumps({
-            "type": child.entry.factory.type,
-            "config": config_to_json(child.entry.config),
-            "signals": [s.value for s in child.signals],
+            "receivers": [{"id": str(c.id), "type": c.entry.factory.type, "config": config_to_json(c.entry.config),
+                           "signals": [s.value for s in c.signals]} for c in _unit(unit).members],
             "telemetry_interval": self.telemetry_interval,
             # The child sets PR_SET_PDEATHSIG itself and checks that this is still its parent: no
             # preexec_fn, so the spawn is a plain fork+exec that gRPC's fork handlers never see.
@@ -233,18 +277,27 @@ class Supervisor:
                 self.forkserver = fs
             except OSError as e:
                 log.warning("no fork server (%s): receiver processes start as fresh interpreters", e)
-        for child in self.children.values():
-            child.task = asyncio.create_task(self._watch(child), name=f"supervise-{child.id}")
+        self.units = self.group()
+        self._first_spawns = len(self.units)
+        for unit in self.units:
+            unit.task = asyncio.create_task(self._watch(unit), name=f"supervise-{unit.name}")
 
-    async def _spawn(self, child: Child) -> asyncio.subprocess.Process | ForkedProcess:
-        fs, cmd = self.forkserver, self.command(child)
+    def _spawned_once(self) -> None:
+        """After every receiver's first process: the fork server retires (unless GOTEL_KEEP_FORKSERVER=1).
+        Its private memory served only restarts, which then start fresh interpreters."""
+        self._first_spawns -= 1
+        if self._first_spawns == 0 and self.forkserver is not None and not forkserver_kept():
+            log.debug("every receiver process started: the fork server retires")
+            self._retiring = asyncio.create_task(self.forkserver.stop(), name="forkserver-retire")
+
+    async def _spawn(self, unit: Unit) -> asyncio.subprocess.Process | ForkedProcess:
+        fs, cmd = self.forkserver, self.command(unit)
         if fs is not None and fs.alive and cmd[:3] == [sys.executable, "-m", "gotel"]:
             try:
-                # the child's parent is the fork server, which dies with us: the child checks that one
-                return await fs.spawn(cmd[3:], self.spec(child, fs.pid), 1 << 20)
+                # forked twice, the child becomes ours (we are its subreaper) and checks that we are its parent
+                return await fs.spawn(cmd[3:], self.spec(unit), 1 << 20)
             except OSError as e:
-                log.warning("the fork server cannot start receiver %s (%s): starting a fresh interpreter",
-                            child.id, e)
+                log.warning("the fork server cannot start %s (%s): starting a fresh interpreter", unit.says, e)
         proc = await asyncio.create_subprocess_exec(
             *cmd,
             stdin=asyncio.subprocess.PIPE,
@@ -254,13 +307,13 @@ class Supervisor:
             limit=1 << 20,
         )
         assert proc.stdin is not None
-        proc.stdin.write(self.spec(child))
+        proc.stdin.write(self.spec(unit))
         with contextlib.suppress(ConnectionError):
             await proc.stdin.drain()
         proc.stdin.close()
         return proc
 
-    async def _forward(self, child: Child, stream: asyncio.StreamReader) -> None:
+    async def _forward(self, unit: Unit, stream: asyncio.StreamReader) -> None:
         """Child log lines (already prefixed with [receiver id]) go to our stderr as they come."""
         out = sys.stderr
         shown = True  # whether the line in progress (when longer than the limit) is being shown
@@ -284,7 +337,7 @@ class Supervisor:
                 return
             continued, head = not head, True
             text = line.decode("utf-8", "replace").rstrip("\n")
-            child.last_lines.append(text)
+            unit.last_lines.append(text)
             if not (shown if continued else LOG_LINE.match(line)) and not log.isEnabledFor(logging.DEBUG):
                 # raw output of a C library (BCC, LLVM, grpc core) or of a crash: kept for the exit
                 # message (last_lines); the console shows it at --log-level debug
@@ -295,50 +348,59 @@ class Supervisor:
             out.write(text + "\n")
             out.flush()
 
-    async def _watch(self, child: Child) -> None:
+    async def _watch(self, unit: Unit) -> None:
         backoff = self.cfg.initial_backoff
+        first = True
         while not self._stopping.is_set():
-            child.started_at = time.monotonic()
+            unit.started_at = time.monotonic()
             try:
-                proc = await self._spawn(child)
+                proc = await self._spawn(unit)
             except OSError as e:
-                log.error("cannot start receiver %s: %s", child.id, e)
+                log.error("cannot start %s: %s", unit.says, e)
                 code: int | None = None
             else:
-                child.proc = proc
-                child.received_at_start = self.received(str(child.id))
-                child.up = True
-                child.tel.set_up(True)
-                log.info("receiver %s started (pid %d)", child.id, proc.pid)
+                if first:
+                    first = False
+                    self._spawned_once()
+                unit.proc = proc
+                for child in unit.members:
+                    child.proc = proc
+                    child.received_at_start = self.received(str(child.id))
+                    child.up = True
+                    child.tel.set_up(True)
+                log.info("%s started (pid %d)", unit.says, proc.pid)
                 assert proc.stderr is not None
-                fwd = asyncio.create_task(self._forward(child, proc.stderr))
+                fwd = asyncio.create_task(self._forward(unit, proc.stderr))
                 code = await proc.wait()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(fwd, 2.0)
-                child.up = False
-                child.tel.set_up(False)
+                for child in unit.members:
+                    child.up = False
+                    child.tel.set_up(False)
                 if code != 0:
                     # requests the pipeline was still handling when the child died complete first
                     await asyncio.sleep(IN_FLIGHT_SETTLE_S)
-                self._count_in_flight(child)
+                for child in unit.members:
+                    self._count_in_flight(child)
             if self._stopping.is_set():
                 return
-            ran = time.monotonic() - child.started_at
+            ran = time.monotonic() - unit.started_at
             if ran >= self.cfg.stable_after:
                 backoff = self.cfg.initial_backoff
             if code == EXIT_CANNOT_RUN:
                 backoff = self.cfg.max_backoff
             how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-            last = child.last_lines[-1] if child.last_lines else ""
-            log.error("receiver %s %s after %.1fs; restarting in %.1fs%s", child.id, how, ran, backoff,
+            last = unit.last_lines[-1] if unit.last_lines else ""
+            log.error("%s %s after %.1fs; restarting in %.1fs%s", unit.says, how, ran, backoff,
                       f" (last output: {last})" if last else "")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), backoff)
             if self._stopping.is_set():
                 return
             backoff = min(backoff * 2, self.cfg.max_backoff)
-            child.restarts += 1
-            child.tel.restarted()
+            for child in unit.members:
+                child.restarts += 1
+                child.tel.restarted()
 
     def _count_in_flight(self, child: Child) -> None:
         """What a process that ended still held for the pipeline: counted, and said once."""
@@ -352,10 +414,10 @@ class Supervisor:
                         child.id, ", ".join(f"{n} {s}" for s, n in sorted(lost.items())))
 
     async def stop(self, timeout: float | None = None) -> None:
-        """SIGTERM to every receiver (they flush what they hold), SIGKILL after the timeout."""
+        """SIGTERM to every receiver process (they flush what they hold), SIGKILL after the timeout."""
         self._stopping.set()
         timeout = self.cfg.stop_timeout if timeout is None else timeout
-        procs = [c.proc for c in self.children.values() if c.proc is not None and c.proc.returncode is None]
+        procs = [u.proc for u in self.units if u.proc is not None and u.proc.returncode is None]
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signal.SIGTERM)
@@ -368,11 +430,13 @@ class Supervisor:
                         with contextlib.suppress(ProcessLookupError):
                             p.kill()
                 await asyncio.wait(pending, timeout=2.0)
-        tasks = [c.task for c in self.children.values() if c.task is not None]
+        tasks = [u.task for u in self.units if u.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=3.0)
         for c in self.children.values():
             c.up = False
             c.tel.set_up(False)
-        if self.forkserver is not None:
+        if self._retiring is not None:  # one stop() at a time: two would wait on one pidfd
+            await self._retiring
+        elif self.forkserver is not None:
             await self.forkserver.stop()

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextvars import ContextVar
 
 _SECRET = re.compile(
     r"(?i)((?:authorization|api[_-]?key|x-scope-orgid|password|token|secret|bearer)[\"']?\s*[:=]\s*[\"']?)((?:(?:bearer|basic)\s+)?[^\s\"',}]+)"
@@ -58,10 +59,27 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+# Set in the task of each receiver of a shared receiver process ("[receiver pprof]"): its records get
+# that prefix instead of the process's (tasks and asyncio.to_thread carry it; other threads do not).
+LOG_PREFIX: ContextVar[str | None] = ContextVar("gotel_log_prefix", default=None)
+
+
+class _Prefix(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.gotel_prefix = LOG_PREFIX.get() or self.prefix
+        return True
+
+
 def setup_logging(level: str = "info", prefix: str = "") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    fmt = "%(asctime)s %(levelname)s " + (prefix + " " if prefix else "") + "%(name)s: %(message)s"
+    fmt = "%(asctime)s %(levelname)s " + ("%(gotel_prefix)s " if prefix else "") + "%(name)s: %(message)s"
     handler.setFormatter(RedactingFormatter(fmt))
+    if prefix:
+        handler.addFilter(_Prefix(prefix))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

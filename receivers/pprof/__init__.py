@@ -22,6 +22,7 @@ factory = ReceiverFactory(
     description="Scrapes Go net/http/pprof endpoints: profiles (with deltas), goroutine leak and lock-contention findings, "
                 "goroutine groups, allocation sites and (profiles.memstats) runtime.MemStats as metrics, scrape health",
     create=_create,
+    shares_process=True,
 )
 
 __all__ = ["Config", "PprofReceiver", "factory"]

@@ -65,6 +65,14 @@ def _comm(pid: int | None) -> str:
         return "?"
 
 
+def _argv(pid: int | None) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
 def _name(pid: int) -> str:
     """'gotel run' for the supervisor, 'receiver go_ebpf' for a receiver process, 'forkserver' for the
     process the receiver processes are forked from, else the command."""
@@ -73,13 +81,11 @@ def _name(pid: int) -> str:
     comm = _comm(pid)
     if comm == SERVER_NAME:  # forked by `gotel run` (its command line) or exec'd (python -m gotel.service.forkserver)
         return "forkserver"
-    if _comm(_ppid(pid)) == SERVER_NAME:  # a receiver process it forked, named by its type
+    argv = _argv(pid)
+    # A receiver process forked by the fork server keeps the server's command line (`gotel run`'s, or
+    # the exec'd server's) and is named after its receivers; forked twice, its parent is `gotel run`.
+    if "gotel.service.forkserver" in argv or (argv and argv == _argv(_ppid(pid)) and "receiver" not in argv):
         return f"receiver {comm}"
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return "?"
     if "receiver" in argv and argv.index("receiver") + 1 < len(argv):
         return "receiver " + argv[argv.index("receiver") + 1]
     if "run" in argv:

@@ -34,6 +34,7 @@ def describe() -> dict[str, Any]:
             if isinstance(f, ReceiverFactory):
                 item["in_process"] = f.in_process
                 item["needs_bpf"] = f.needs_bpf
+                item["shares_process"] = f.shares_process
             items.append(item)
         out[f"{kind.value}s"] = items
     out["errors"] = list(reg.errors)
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -121,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
             t.add_column(col)
         for item in items:
             sig = ", ".join(item["signals"])
-            desc = item["description"] + (" [needs BPF]" if item.get("needs_bpf") else "")
-            t.add_row(item["type"], ", ".join(item["aliases"]), sig, desc)
+            desc = (item["description"] + (" [needs BPF]" if item.get("needs_bpf") else "")
+                    + (" [shares a process]" if item.get("shares_process") else ""))
+            t.add_row(item["type"], ", ".join(item["aliases"]), sig, escape(desc))  # "[needs BPF]" is no style
         console.print(t)
     for e in data["errors"]:
         console.print(f"[yellow]not loadable:[/yellow] {e}")

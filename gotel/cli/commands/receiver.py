@@ -47,34 +47,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--internal", action="store_true", help=argparse.SUPPRESS)
 
 
-def _internal(args: argparse.Namespace, cid: ComponentID) -> int:
-    """Receiver process of the agent: the spec (type, validated config, signals) comes on stdin."""
-    setup_logging(args.log_level, prefix=f"[receiver {cid}]")
+def _internal(args: argparse.Namespace) -> int:
+    """Receiver process of the agent: the spec (each receiver's id, type, validated config and signals;
+    several when light receivers share the process) comes on stdin; args.id names the process."""
+    setup_logging(args.log_level, prefix=f"[receiver {args.id}]")
     spec = json.loads(sys.stdin.read())
     die_with_parent(int(spec.get("parent_pid", 0)))
     if spec.get("profiling"):
         from gotel.telemetry.sdk.profiling import start_profiling
 
-        start_profiling(spec["profiling"], receiver=str(cid))
-    from gotel.host.memory import limit_arenas
-
-    limit_arenas()  # before gRPC and the executor start their threads
+        start_profiling(spec["profiling"], receiver=str(args.id))
     from gotel.receiverhelper.process import load_one
 
-    factory, problem = load_one(Kind.RECEIVER, spec["type"])
-    if not isinstance(factory, ReceiverFactory):
-        log.error("receiver type %s: %s", spec["type"], problem)
-        return 2
-    cfg = factory.config.model_validate(spec["config"])
-    signals = [Signal(s) for s in spec["signals"]]
-    from gotel.receiverhelper.process import run_receiver, sink_config
+    members = []
+    for r in spec["receivers"]:
+        factory, problem = load_one(Kind.RECEIVER, r["type"])
+        if not isinstance(factory, ReceiverFactory):
+            log.error("receiver type %s: %s", r["type"], problem)
+            return 2
+        members.append((ComponentID.parse(r["id"]), factory, factory.config.model_validate(r["config"]),
+                        [Signal(s) for s in r["signals"]]))
+    from gotel.host.memory import limit_arenas
+
+    # before gRPC and the executor start their threads (a config's validation starts none)
+    limit_arenas(max(f.malloc_arenas for _, f, _, _ in members))
+    from gotel.receiverhelper.process import run_receivers, sink_config
 
     typ, ecfg = sink_config(args.endpoint, "grpc", {}, None, None)
     ecfg["retry_on_failure"] = {"initial_interval": 0.2, "max_interval": 2.0, "max_elapsed_time": 0}
     ecfg["send_item_count"] = True  # the pipeline's entry point then counts each request without parsing it
     try:
-        return asyncio.run(run_receiver(cid, factory, cfg, signals, typ, ecfg,
-                                        telemetry_interval=float(spec.get("telemetry_interval", 5.0))))
+        return asyncio.run(run_receivers(members, typ, ecfg,
+                                         telemetry_interval=float(spec.get("telemetry_interval", 5.0))))
     finally:
         if spec.get("profiling"):
             from gotel.telemetry.sdk.profiling import stop_profiling
@@ -83,13 +87,13 @@ def _internal(args: argparse.Namespace, cid: ComponentID) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.internal:
+        return _internal(args)
     try:
         cid = ComponentID.parse(args.id)
     except ValueError as e:
         print(f"gotel receiver: {e}", file=sys.stderr)
         return 2
-    if args.internal:
-        return _internal(args, cid)
     if not args.config:
         print("gotel receiver: -c/--config is required", file=sys.stderr)
         return 2

@@ -269,3 +269,37 @@ def test_an_idle_struct_index_is_dropped_at_a_trim_and_rebuilt_with_the_same_off
     assert freed > 3 * 1024, freed  # grpcapp's .debug_info: 4.5 MB decompressed
     assert {f: b.struct_offset("runtime.g", f) for f in fields} == before  # rebuilt on demand
     assert b._structs is not None
+
+
+def _mapped_pss_kib(path: str) -> int:
+    """This process's PSS of the mappings of one file (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                inside = len(head) > 5 and head[5] == path
+            elif inside and head[0] == "Pss:":
+                total += int(head[1])
+    return total
+
+
+def test_an_idle_binary_s_mapped_pages_leave_our_pss() -> None:
+    """The file pages the analysis read stay in the page cache, not in the agent's PSS, once idle; a
+    later read faults them back in with the same bytes."""
+    import time
+
+    from gotel.golang import binary
+    from gotel.host import memory
+
+    path = str(goapps.build("grpcapp", "go1.27"))
+    b = golang.analyze(path)
+    b.struct_offset("runtime.g", "goid")  # reads .debug_info and more
+    text = b.image.section_bytes(".gopclntab")
+    assert text is not None
+    first = bytes(text[:4096])
+    assert _mapped_pss_kib(path) > 1024
+    b._structs_used = time.monotonic() - binary.STRUCTS_IDLE_S - 0.1
+    memory.release_and_trim()
+    assert _mapped_pss_kib(path) < 64
+    assert bytes(text[:4096]) == first

@@ -210,3 +210,49 @@ def test_validate_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_embedded_default_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate"]) == 0
     assert "default.yaml (embedded): valid" in capsys.readouterr().out
+
+
+def test_own_process_names_configured_receivers() -> None:
+    text = GOOD.replace("service:\n", "service:\n  supervisor:\n    own_process: [synthetic, pprof]\n")
+    errs = errors(text)
+    assert errs == ["config.yaml:12 service::supervisor::own_process::1: receiver pprof is not configured (configured: synthetic)"]
+    ok = load_config("config.yaml", text=text.replace(", pprof]", "]"), env={})
+    assert ok.service.supervisor.own_process == ["synthetic"]
+
+
+LAZY = r"""
+import json, sys
+from gotel.config.loader import load_config
+text = sys.argv[1]
+try:
+    cfg = load_config("config.yaml", text=text, env={})
+    out = {"ok": sorted(str(e.factory.type) for e in cfg.exporters.values())}
+except Exception as e:
+    out = {"error": str(e)}
+out["loki"] = "gotel.exporters.loki" in sys.modules
+print(json.dumps(out))
+"""
+
+
+def _lazy(text: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", LAZY, text], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, **(env or {})})
+    assert p.returncode == 0, p.stderr
+    out: dict[str, object] = json.loads(p.stdout)
+    return out
+
+
+def test_a_config_imports_only_the_components_it_names() -> None:
+    """Unconfigured plugins stay unimported (their pages would be memory of every agent process);
+    an alias or an unknown type still resolves through every installed plugin."""
+    assert _lazy(GOOD) == {"ok": ["debug", "file"], "loki": False}
+    assert _lazy(GOOD, {"GOTEL_ALL_PLUGINS": "1"}) == {"ok": ["debug", "file"], "loki": True}
+    alias = _lazy(GOOD.replace("  debug:\n", "  logging:\n").replace("[debug, file]", "[logging, file]"))
+    assert alias["ok"] == ["debug", "file"]
+    unknown = _lazy(GOOD.replace("  debug:\n", "  debgu:\n").replace("[debug, file]", "[debgu, file]"))
+    assert 'did you mean "debug"?' in str(unknown["error"]) and "loki" in str(unknown["error"])

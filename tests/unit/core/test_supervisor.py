@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -84,8 +85,9 @@ def test_spec_carries_config_signals_and_parent() -> None:
     sup.add(ComponentEntry(ComponentID("synthetic", "one"), Kind.RECEIVER, synthetic, cfg), [Signal.LOGS, Signal.TRACES])
     child = sup.children[ComponentID("synthetic", "one")]
     spec = json.loads(sup.spec(child))
-    assert spec["type"] == "synthetic" and spec["signals"] == ["logs", "traces"]
-    assert synthetic.config.model_validate(spec["config"]) == cfg
+    [one] = spec["receivers"]
+    assert one["id"] == "synthetic/one" and one["type"] == "synthetic" and one["signals"] == ["logs", "traces"]
+    assert synthetic.config.model_validate(one["config"]) == cfg
     cmd = sup.command(child)
     assert cmd[-5:] == ["receiver", "synthetic/one", "--internal", "--endpoint", "unix:///x.sock"]
     assert "spans_per_second" not in " ".join(cmd)  # config never in argv
@@ -115,3 +117,62 @@ async def test_huge_log_lines_never_block_the_child(caplog: pytest.LogCaptureFix
     # lines that are not log records (BCC, LLVM, grpc core writing to fd 2) show only at debug
     forwarded = err.splitlines()
     assert "raw C library line" not in forwarded and "last words" not in forwarded
+
+
+def test_light_receivers_share_one_process_unless_kept_alone() -> None:
+    light = dataclasses.replace(synthetic, shares_process=True)
+
+    def units(own: list[str]) -> list[list[str]]:
+        sup = Supervisor("unix:///x.sock", SupervisorConfig(own_process=own), Telemetry())
+        for rid, f in (("synthetic/a", light), ("synthetic/b", synthetic), ("synthetic/c", light), ("synthetic/d", light)):
+            sup.add(ComponentEntry(ComponentID.parse(rid), Kind.RECEIVER, f, f.config()), [Signal.TRACES])
+        return sorted([str(c.id) for c in u.members] for u in sup.group())
+
+    assert units([]) == [["synthetic/a", "synthetic/c", "synthetic/d"], ["synthetic/b"]]
+    assert units(["synthetic/c"]) == [["synthetic/a", "synthetic/d"], ["synthetic/b"], ["synthetic/c"]]
+    # one light receiver left: alone, named as before
+    assert units(["synthetic/c", "synthetic/d"]) == [["synthetic/a"], ["synthetic/b"], ["synthetic/c"], ["synthetic/d"]]
+    sup = Supervisor("unix:///x.sock", SupervisorConfig(), Telemetry())
+    for rid in ("synthetic/a", "synthetic/c"):
+        sup.add(ComponentEntry(ComponentID.parse(rid), Kind.RECEIVER, light, light.config()), [Signal.TRACES])
+    [unit] = sup.group()
+    assert sup.command(unit)[-5:] == ["receiver", "synthetic/a+synthetic/c", "--internal", "--endpoint", "unix:///x.sock"]
+    spec = json.loads(sup.spec(unit))
+    assert [r["id"] for r in spec["receivers"]] == ["synthetic/a", "synthetic/c"]
+
+
+async def test_a_shared_process_restarts_its_receivers_together(caplog: pytest.LogCaptureFixture) -> None:
+    """One process for two receivers: both up with its pid, both down when it exits, both restarted once."""
+    caplog.set_level(logging.INFO, logger="gotel.service.supervisor")
+    light = dataclasses.replace(synthetic, shares_process=True)
+    tel = Telemetry()
+    sup = Crashing("unix:///nonexistent", SupervisorConfig(initial_backoff=0.2, max_backoff=0.2), tel)
+    for rid in ("synthetic/a", "synthetic/b"):
+        sup.add(ComponentEntry(ComponentID.parse(rid), Kind.RECEIVER, light, light.config()), [Signal.TRACES])
+    await sup.start()
+    deadline = time.monotonic() + 20
+    while "restarting in" not in caplog.text or not all(c.restarts for c in sup.children.values()):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await sup.stop()
+    assert "receivers synthetic/a, synthetic/b (one process) exited with code 3" in caplog.text
+    for rid in ("synthetic/a", "synthetic/b"):
+        assert tel.registry.get_sample_value("gotel_receiver_restarts_total", {"component": rid, "kind": "receiver"}) >= 1
+    status = sup.status()
+    assert status["synthetic/a"]["restarts"] == status["synthetic/b"]["restarts"]
+
+
+def test_gotel_components_says_which_receivers_share_a_process(capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from gotel.cli.main import main
+
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["components"]) == 0
+    receivers = capsys.readouterr().out.split("\nprocessors")[0]  # the first table
+    rows = {line.split("│")[1].strip(): line for line in receivers.splitlines() if line.count("│") > 3}
+    assert "[shares a process]" in rows["pprof"] and "[shares a process]" in rows["process"]
+    assert "[needs BPF]" in rows["go_ebpf"] and "[shares a process]" not in rows["go_ebpf"]
+    assert main(["components", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    shared = sorted(r["type"] for r in data["receivers"] if r["shares_process"])
+    assert shared == ["go_metrics", "pprof", "process"]
