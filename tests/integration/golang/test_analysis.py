@@ -284,7 +284,7 @@ def _mapped_pss_kib(path: str) -> int:
     return total
 
 
-def test_an_idle_binary_s_mapped_pages_leave_our_pss() -> None:
+def test_an_idle_binary_s_mapped_pages_leave_our_pss(tmp_path: Path) -> None:
     """The file pages the analysis read stay in the page cache, not in the agent's PSS, once idle; a
     later read faults them back in with the same bytes."""
     import time
@@ -292,7 +292,9 @@ def test_an_idle_binary_s_mapped_pages_leave_our_pss() -> None:
     from gotel.golang import binary
     from gotel.host import memory
 
-    path = str(goapps.build("grpcapp", "go1.27"))
+    # a copy of its own: other tests of this process may hold analyses (and mappings) of the shared build
+    path = str(shutil.copy(goapps.build("grpcapp", "go1.27"), tmp_path / "grpcapp"))
+    binary.cache_clear()  # else the cache answers the copy with the build it knows (same build id)
     b = golang.analyze(path)
     b.struct_offset("runtime.g", "goid")  # reads .debug_info and more
     text = b.image.section_bytes(".gopclntab")
