@@ -17,12 +17,14 @@ from gotel.receivers.go_ebpf.events import (
     E_PARENT,
     E_STATUS,
     E_STREAM_ID,
-    HOPS,
-    RECORD,
+    GRPC_RECORD,
+    HTTP_CLIENT_RECORD,
+    HTTP_SERVER_RECORD,
     T_GRPC_CLIENT,
     T_GRPC_SERVER,
     T_HTTP_CLIENT,
     T_HTTP_SERVER,
+    TS_LEN,
     Assembler,
     decode,
     go_time_unix_ns,
@@ -41,9 +43,20 @@ def go_wall(unix_ns: int) -> tuple[int, int]:
 
 def rec(typ: int, *, start: int = 1_000, end: int = 2_000, span: int = 7, parent: int = 0, trace: tuple[int, int] = (1, 2),
         code: int = 0, flags: int = 0, stream: int = 1, lport: int = 0, rport: int = 0, method: bytes = b"/p.S/M",
-        msg: bytes = b"", tp: bytes = b"", dl: tuple[int, int] = (0, 0)) -> bytes:
-    return RECORD.pack(start, end, 42, typ, span, parent, trace[0], trace[1], dl[0], dl[1], code, flags, stream, lport,
-                       rport, LO, LO, 4, 4, 0, 0, method, msg, b"", tp) + bytes(HOPS.size)
+        msg: bytes = b"", tp: bytes = b"", dl: tuple[int, int] = (0, 0), path: bytes = b"", in_tp: bytes = b"",
+        ts: bytes = b"", pid: int = 42) -> bytes:
+    """A ring record as go_ebpf.c's emit writes it for this type. msg: gRPC status message, HTTP server
+    RemoteAddr, HTTP client host; tp: gRPC incoming traceparent, HTTP server Host, HTTP client scheme;
+    ts: an HTTP call's tracestate, after the record."""
+    fixed = (start, end, pid, typ, span, parent, trace[0], trace[1], dl[0], dl[1], code, flags, stream, lport, rport,
+             LO, LO, 4, 4, 0, 0)
+    if typ <= T_GRPC_CLIENT:
+        return GRPC_RECORD.pack(*fixed, method, msg, tp)
+    if typ == T_HTTP_SERVER:
+        r = HTTP_SERVER_RECORD.pack(*fixed, method, path, tp, in_tp, msg)
+    else:
+        r = HTTP_CLIENT_RECORD.pack(*fixed, method, msg, tp, path)
+    return r + (ts.ljust(TS_LEN, b"\0") if ts else b"")
 
 
 def test_go_time_to_unix() -> None:
@@ -261,14 +274,11 @@ def test_deadline_exceeded_is_the_callers_own_and_propagated_is_told_apart() -> 
 def http_rec(typ: int, *, span: int, pid: int, seq: int, lport: int, rport: int, start: int, end: int,
              trace: tuple[int, int] = (1, 2), flags: int = 0, parent: int = 0, tp: bytes = b"",
              ts: bytes = b"") -> bytes:
-    """An HTTP record with its connection (E_HTTP_CONN: addresses, and seq = order or stream id) and the
-    incoming traceparent/tracestate fields appended after the gRPC record."""
-    base = bytearray(rec(typ, start=start, end=end, span=span, parent=parent, trace=trace, code=200,
-                         flags=flags | E_STATUS | E_HTTP_CONN | (E_HTTP_TP if tp else 0) | (E_HTTP_TS if ts else 0),
-                         stream=seq, lport=lport, rport=rport, method=b"GET"))
-    struct.pack_into("<I", base, 16, pid)
-    HOPS.pack_into(base, RECORD.size, tp, ts)
-    return bytes(base)
+    """An HTTP record with its connection (E_HTTP_CONN: addresses, and seq = order or stream id), its
+    incoming traceparent and, after it, its tracestate."""
+    return rec(typ, start=start, end=end, span=span, parent=parent, trace=trace, code=200,
+               flags=flags | E_STATUS | E_HTTP_CONN | (E_HTTP_TP if tp else 0) | (E_HTTP_TS if ts else 0),
+               stream=seq, lport=lport, rport=rport, method=b"GET", in_tp=tp, ts=ts, pid=pid)
 
 
 def test_http_server_joins_the_client_span_of_its_connection_and_order() -> None:
