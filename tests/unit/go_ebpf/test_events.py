@@ -101,6 +101,53 @@ def test_decode_keeps_ids_as_written_and_short_records_are_refused() -> None:
     assert decode(r[:-1], 0) is None and not a.add(r[:-1], 0, 0.0) and not a.pending
 
 
+def test_each_type_reads_its_own_fields_and_http_records_are_longer() -> None:
+    """Slots are shared between types (go_ebpf.c struct gev): a record is decoded by its type. A gRPC record
+    is shorter than an HTTP one, and an HTTP record cut to a gRPC record's length is refused."""
+    tp = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    srv = rec(T_HTTP_SERVER, flags=E_STATUS | E_HTTP_TP, code=200, method=b"GET", path=b"/items/7",
+              tp=b"example.test:8080", msg=b"[::1]:40000", in_tp=tp)
+    cli = rec(T_HTTP_CLIENT, flags=E_STATUS, code=200, method=b"POST", msg=b"svc:9000", tp=b"https", path=b"/x")
+    g = rec(T_GRPC_SERVER, flags=E_STATUS, code=5, method=b"/p.S/M", msg=b"no such item", tp=tp)
+    assert len(g) < len(srv) == len(cli) <= 512
+    c = decode(srv, 0)
+    assert c is not None and (c.method, c.path, c.tp, c.msg) == ("GET", "/items/7", "example.test:8080", "[::1]:40000")
+    c = decode(cli, 0)
+    assert c is not None and (c.method, c.msg, c.tp, c.path) == ("POST", "svc:9000", "https", "/x")
+    c = decode(g, 0)
+    assert c is not None and (c.method, c.msg, c.tp, c.path) == ("/p.S/M", "no such item", tp.decode(), "")
+    a = Assembler()
+    a.add_process(42, {"process.pid": 42})
+    assert decode(srv[:len(g)], 0) is None and not a.add(srv[:len(g)], 0, 0.0) and not a.pending
+    for sid, r in ((1, srv), (2, cli), (3, g)):
+        assert a.add(r[:24] + sid.to_bytes(8, "little") + r[32:], 0, 0.0)  # span_id at 24
+    out = {k: attr_dict(s.attributes) for k, s in spans(a).items()}  # type: ignore[attr-defined]
+    assert out[1]["url.path"] == "/items/7" and out[1]["client.address"] == "::1" and out[1]["client.port"] == 40000
+    assert out[1]["server.address"] == "example.test" and out[1]["server.port"] == 8080
+    assert out[2]["url.full"] == "https://svc:9000/x" and out[2]["server.port"] == 9000
+    assert out[3]["rpc.grpc.status_message"] == "no such item"
+
+
+def test_an_http_servers_traceparent_and_tracestate_make_no_new_shape() -> None:
+    """An HTTP server's incoming traceparent (in its record) and tracestate (after it) vary per call; its peer
+    address is part of the span's attributes."""
+    a = Assembler()
+    a.add_process(42, {"process.pid": 42})
+    for i in range(3):
+        tp = f"00-{i + 1:032x}-{i + 1:016x}-01".encode()
+        assert a.add(rec(T_HTTP_SERVER, span=10 + i, trace=(i, 9), flags=E_STATUS | E_HTTP_TP | E_HTTP_TS, code=200, method=b"GET",
+                         path=b"/a", msg=b"127.0.0.1:4000", in_tp=tp, ts=f"k={i}".encode()), 0, 0.0)
+    assert len(a._shapes) == 1
+    assert a.add(rec(T_HTTP_SERVER, span=20, flags=E_STATUS, code=200, method=b"GET", path=b"/a",
+                     msg=b"127.0.0.1:4001"), 0, 0.0)
+    assert len(a._shapes) == 2
+    out = spans(a)
+    for i in range(3):
+        s = out[10 + i]
+        assert s.trace_state == f"k={i}" and s.trace_id == (i + 1).to_bytes(16, "big")  # type: ignore[attr-defined]
+        assert s.parent_span_id == (i + 1).to_bytes(8, "big")  # type: ignore[attr-defined]
+
+
 def spans(a: Assembler) -> dict[int, object]:
     b = a.take_traces(1e9, flush_all=True)
     assert b is not None
