@@ -107,8 +107,8 @@
 /* event flags */
 #define E_HTTP_CONN (1 << 16)  /* HTTP: addresses set, stream_id = the request's order on its HTTP/1 connection or its HTTP/2 stream id */
 #define E_HTTP2 (1 << 17)
-#define E_HTTP_TP (1 << 18)    /* in_tp holds the request's traceparent header */
-#define E_HTTP_TS (1 << 19)    /* in_ts holds its tracestate header */
+#define E_HTTP_TP (1 << 18)    /* the request has a traceparent header (an HTTP server's in in_tp) */
+#define E_HTTP_TS (1 << 19)    /* and a tracestate header: in http_ts while the call runs, after the record in the ring */
 #define TS_LEN 96
 /* ---- end of the HTTP hops block */
 
@@ -146,7 +146,13 @@
 
 #define STR_LEN 96
 #define TP_LEN 56
+#define PEER_LEN 64  /* a TCP address as Go prints it: at most "[" 39 "%" zone (15) "]:65535", 63 characters */
 
+/* A call in progress (srv_ongoing, cli_start, cli_streams) and the ring record of a finished one. Fields a
+ * type does not use share storage: a gRPC record is the first GEV_GRPC_SIZE bytes (all its RED key and
+ * span strings), an HTTP record all of it, followed in the ring by TS_LEN bytes of tracestate when
+ * E_HTTP_TS says so. receivers/go_ebpf/events.py GRPC_RECORD / HTTP_SERVER_RECORD / HTTP_CLIENT_RECORD
+ * decode it (tests/unit/go_ebpf/test_record_layout.py checks both sides). */
 struct gev {
     u64 start_ns;
     u64 end_ns;
@@ -170,14 +176,28 @@ struct gev {
     u8 pad[6];
     u64 obj;           /* stream / clientStream / response pointer (pairing) */
     u64 aux;           /* transport pointer (server) */
-    char method[STR_LEN];
-    char msg[STR_LEN];
-    char path[STR_LEN];
-    char tp[TP_LEN];
-    /* ---- HTTP hops (issue 22): appended (receivers/go_ebpf/events.py HOPS) */
-    char in_tp[TP_LEN];  /* HTTP server: incoming traceparent header */
-    char in_ts[TS_LEN];  /* HTTP server: incoming tracestate header */
+    char method[STR_LEN];      /* gRPC: the full method; HTTP: the request method */
+    union {
+        char msg[STR_LEN];     /* gRPC: the status message */
+        char path[STR_LEN];    /* HTTP server: the URL path, then the route pattern (E_STREAM_ID) */
+        char host[STR_LEN];    /* HTTP client: the URL's host[:port] */
+    };
+    union {
+        char tp[TP_LEN];       /* gRPC server: the incoming traceparent */
+        char req_host[TP_LEN]; /* HTTP server: the Host header */
+        char scheme[TP_LEN];   /* HTTP client: the URL scheme */
+    };
+    /* ---- HTTP only: a gRPC record ends here */
+    union {
+        struct {
+            char in_tp[TP_LEN];   /* HTTP server: the incoming traceparent header (E_HTTP_TP) */
+            char peer[PEER_LEN];  /* HTTP server: Request.RemoteAddr ("ip:port" of the peer) */
+        };
+        char url_path[STR_LEN];   /* HTTP client: the URL path */
+    };
 };
+#define GEV_GRPC_SIZE 392
+_Static_assert(GEV_GRPC_SIZE == __builtin_offsetof(struct gev, in_tp), "GEV_GRPC_SIZE: where gRPC records end");
 
 struct tp_key {
     u32 tgid;
@@ -194,6 +214,11 @@ GOTEL_RINGBUF(go_events, RINGBUF_PAGES);
  * scratch buffer could be shared by two programs interleaved on one CPU. Records are therefore built in
  * place in their own map slot (or ring-buffer reservation), starting from this never-written zero value. */
 BPF_ARRAY(zero_gev, struct gev, 1);
+/* an HTTP call's tracestate header (rare: not in every record), by (tgid, span id) until the call ends */
+struct ts_val {
+    char ts[TS_LEN];
+};
+BPF_TABLE("lru_hash", struct gotel_go_key, struct ts_val, http_ts, 4096);
 /* a gRPC connection's addresses, by (tgid, *http2Server or *http2Client); `ident` tells a reused transport address apart */
 struct conn_addr {
     u64 ident[2];  /* the remote and local *net.TCPAddr pointers */
@@ -424,16 +449,43 @@ static __always_inline void set_parent(struct gev *e, u32 tgid, u64 g) {
 
 #include "go_ebpf_red.h"
 
+/* The ring record of a finished call: a gRPC call's first GEV_GRPC_SIZE bytes, an HTTP call's whole record and
+ * then its tracestate, if it had one (plain loads and stores: no helper call). */
 static __always_inline void emit(struct gev *st, u64 end) {
     st->end_ns = end;
-    if (!call_done(st))
-        return;  /* not sampled: counted in go_red and go_sampling_counts only */
-    struct gev *e = gotel_reserved(go_events.ringbuf_reserve(sizeof(struct gev)));
-    if (!e)
-        return;
-    __builtin_memcpy(e, st, sizeof(*e));  /* plain loads and stores: no helper call */
-    e->end_ns = end;
-    go_events.ringbuf_submit(e, GOTEL_RB_FLAGS);
+    struct gotel_go_key tk = {};
+    struct ts_val *ts = 0;
+    if (st->flags & E_HTTP_TS) {
+        tk.tgid = st->pid;
+        tk.goroutine = st->span_id;
+        ts = http_ts.lookup(&tk);
+        if (!ts)
+            st->flags &= ~E_HTTP_TS;  /* evicted (4,096 calls with one in progress): the span goes without it */
+    }
+    if (!call_done(st)) {
+        /* not sampled: counted in go_red and go_sampling_counts only */
+    } else if (st->type <= T_GRPC_CLIENT) {
+        char *e = gotel_reserved(go_events.ringbuf_reserve(GEV_GRPC_SIZE));
+        if (e) {
+            __builtin_memcpy(e, st, GEV_GRPC_SIZE);
+            go_events.ringbuf_submit(e, GOTEL_RB_FLAGS);
+        }
+    } else if (ts) {
+        char *e = gotel_reserved(go_events.ringbuf_reserve(sizeof(struct gev) + TS_LEN));
+        if (e) {
+            __builtin_memcpy(e, st, sizeof(struct gev));
+            __builtin_memcpy(e + sizeof(struct gev), ts->ts, TS_LEN);
+            go_events.ringbuf_submit(e, GOTEL_RB_FLAGS);
+        }
+    } else {
+        struct gev *e = gotel_reserved(go_events.ringbuf_reserve(sizeof(struct gev)));
+        if (e) {
+            __builtin_memcpy(e, st, sizeof(*e));
+            go_events.ringbuf_submit(e, GOTEL_RB_FLAGS);
+        }
+    }
+    if (ts)
+        http_ts.delete(&tk);
 }
 
 /* Reads code and message of a *status.Status (st) or *status.Error (err, through Error.e or Error.s). */
@@ -985,12 +1037,12 @@ int grpc_client_finish(struct pt_regs *ctx) {
     /* finish can run on two goroutines at once (a stream's context watcher and its reader when the
      * deadline passes; grpc takes its lock after this entry): the record is built in its reservation and
      * only the one whose delete removes the entry submits it, or the call would be two spans */
-    struct gev *r = gotel_reserved(go_events.ringbuf_reserve(sizeof(struct gev)));
+    struct gev *r = gotel_reserved(go_events.ringbuf_reserve(GEV_GRPC_SIZE));  /* a gRPC record: no HTTP part */
     if (!r) {
         cli_streams.delete(&ck);
         return 0;
     }
-    __builtin_memcpy(r, e, sizeof(*r));
+    __builtin_memcpy(r, e, GEV_GRPC_SIZE);
     read_error(p, r, GO_PARAM2(ctx), GO_PARAM3(ctx));
     client_addr(p, r, GO_PARAM1(ctx));
     r->end_ns = bpf_ktime_get_ns();
@@ -1194,10 +1246,21 @@ static __always_inline void hdr_slot(struct gev *e, u64 key, u64 elem) {
     if (bpf_probe_read_user(v, sizeof(v), (void *)sl[0]) < 0 || !v[1])
         return;
     if (tp && !(e->flags & E_HTTP_TP) && v[1] >= 55 && v[1] < TP_LEN) {
-        gotel_go_read_str(e->in_tp, TP_LEN, v[0], v[1]);
+        if (e->type == T_HTTP_SERVER)  /* a client's (INJECT_TP) is only a flag: url_path shares in_tp's bytes */
+            gotel_go_read_str(e->in_tp, TP_LEN, v[0], v[1]);
         e->flags |= E_HTTP_TP;
     } else if (ts && !(e->flags & E_HTTP_TS) && v[1] < TS_LEN) {  /* a longer one is not cut (it would lie) */
-        gotel_go_read_str(e->in_ts, TS_LEN, v[0], v[1]);
+        struct gotel_go_key tk = {};
+        tk.tgid = e->pid;
+        tk.goroutine = e->span_id;
+        u32 z = 0;
+        struct gev *zero = zero_gev.lookup(&z);  /* its first TS_LEN bytes: a zero ts_val */
+        if (!zero || http_ts.update(&tk, (struct ts_val *)zero))
+            return;
+        struct ts_val *t = http_ts.lookup(&tk);
+        if (!t)
+            return;
+        gotel_go_read_str(t->ts, TS_LEN, v[0], v[1]);
         e->flags |= E_HTTP_TS;
     }
 }
@@ -1565,8 +1628,8 @@ static __always_inline int http_server_begin(struct pt_regs *ctx, u64 rw_tab, u6
     u64 o_url = gotel_go_offset(p, O_REQ_URL);
     if (KNOWN(o_url))
         read_str_at(e->path, STR_LEN, rd64(req + o_url), gotel_go_offset(p, O_URL_PATH));
-    read_str_at(e->msg, STR_LEN, req, gotel_go_offset(p, O_REQ_REMOTEADDR));  /* "ip:port" of the peer */
-    read_str_at(e->tp, TP_LEN, req, gotel_go_offset(p, O_REQ_HOST));
+    read_str_at(e->peer, PEER_LEN, req, gotel_go_offset(p, O_REQ_REMOTEADDR));  /* "ip:port" of the peer */
+    read_str_at(e->req_host, TP_LEN, req, gotel_go_offset(p, O_REQ_HOST));
     if (h1)  /* HTTP hops */
         hconn_copy(e, h1, seq, 0);
     else if (xsc)
@@ -1653,9 +1716,9 @@ static __always_inline int http_client_begin(struct pt_regs *ctx, bool xnet) {
     u64 o_url = gotel_go_offset(p, O_REQ_URL);
     if (KNOWN(o_url)) {
         u64 u = rd64(req + o_url);
-        read_str_at(e->path, STR_LEN, u, gotel_go_offset(p, O_URL_PATH));
-        read_str_at(e->msg, STR_LEN, u, gotel_go_offset(p, O_URL_HOST));  /* host[:port], never userinfo */
-        read_str_at(e->tp, TP_LEN, u, gotel_go_offset(p, O_URL_SCHEME));
+        read_str_at(e->url_path, STR_LEN, u, gotel_go_offset(p, O_URL_PATH));
+        read_str_at(e->host, STR_LEN, u, gotel_go_offset(p, O_URL_HOST));  /* host[:port], never userinfo */
+        read_str_at(e->scheme, TP_LEN, u, gotel_go_offset(p, O_URL_SCHEME));
     }
     u64 o_hdr = gotel_go_offset(p, H_REQ_HEADER);
     if (KNOWN(o_hdr))

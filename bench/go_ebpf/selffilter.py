@@ -19,7 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gotel.receivers.go_ebpf.events import RECORD, T_GRPC_CLIENT, T_HTTP_SERVER, Assembler
+from gotel.receivers.go_ebpf.events import (
+    GRPC_RECORD,
+    HTTP_SERVER_RECORD,
+    T_GRPC_CLIENT,
+    T_HTTP_SERVER,
+    Assembler,
+)
 from gotel.receivers.go_ebpf.selffilter import SelfFilter
 
 LO = b"\x7f\x00\x00\x01" + bytes(12)
@@ -29,12 +35,12 @@ def records(n: int, ports: list[int]) -> list[bytes]:
     out = []
     for i in range(n):
         if i % 2:
-            out.append(RECORD.pack(1_000 + i, 2_000 + i, os.getpid(), T_GRPC_CLIENT, i + 1, 0, 1, i, 0, 0, 0, 0, 1, 0, 0,
-                                   LO, LO, 4, 4, 0, 0, b"/p.S/M", b"", b"", b""))
+            out.append(GRPC_RECORD.pack(1_000 + i, 2_000 + i, os.getpid(), T_GRPC_CLIENT, i + 1, 0, 1, i, 0, 0, 0, 0, 1, 0,
+                                        0, LO, LO, 4, 4, 0, 0, b"/p.S/M", b"", b""))
         else:
             remote = f"127.0.0.1:{ports[i % len(ports)]}".encode()
-            out.append(RECORD.pack(1_000 + i, 2_000 + i, os.getpid(), T_HTTP_SERVER, i + 1, 0, 1, i, 0, 0, 200, 0, 1, 0,
-                                   0, LO, LO, 4, 4, 0, 0, b"GET", remote, b"/api", b""))
+            out.append(HTTP_SERVER_RECORD.pack(1_000 + i, 2_000 + i, os.getpid(), T_HTTP_SERVER, i + 1, 0, 1, i, 0, 0, 200,
+                                               0, 1, 0, 0, LO, LO, 4, 4, 0, 0, b"GET", b"/api", b"", b"", remote))
     return out
 
 

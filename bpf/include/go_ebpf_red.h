@@ -92,9 +92,9 @@ static __always_inline void red_add(struct gev *e, u64 d, s64 budget, bool dl, b
             if (e->flags & E_STREAM_ID)
                 __builtin_memcpy(k.s1, e->path, STR_LEN);
         } else {
-            __builtin_memcpy(k.s1, e->msg, STR_LEN);
+            __builtin_memcpy(k.s1, e->host, STR_LEN);
         }
-        __builtin_memcpy(k.s2, e->tp, TP_LEN);
+        __builtin_memcpy(k.s2, e->req_host, TP_LEN);  /* HTTP server: the Host header; client: the scheme (one slot) */
     }
     struct red_val *v = go_red.lookup(&k);
     if (!v) {

@@ -30,17 +30,23 @@ T_GRPC_SERVER, T_GRPC_CLIENT, T_HTTP_SERVER, T_HTTP_CLIENT = 1, 2, 3, 4
 E_DEADLINE, E_STATUS, E_NONSTATUS_ERR, E_TRACEPARENT, E_PARENT, E_ADDR, E_NO_OFFSETS, E_STREAM_ID, E_BEGIN_WALL = (
     1, 2, 4, 8, 16, 32, 64, 128, 256)
 E_SAMPLED_TP = 1 << 24  # sampling: kept for a sampled incoming traceparent (red.py)
-STR_LEN, TP_LEN = 96, 56
-RECORD = struct.Struct(f"<QQIIQQQQQqiIIHH16s16sBB6xQQ{STR_LEN}s{STR_LEN}s{STR_LEN}s{TP_LEN}s")
-# ---- HTTP hops (issue 22): fields appended to the record (struct gev), and their flags
-TS_LEN = 96
-HOPS = struct.Struct(f"<{TP_LEN}s{TS_LEN}s")  # incoming traceparent, tracestate (HTTP server)
-RECORD_SIZE = RECORD.size + HOPS.size
+STR_LEN, TP_LEN, PEER_LEN, TS_LEN = 96, 56, 64, 96
+# struct gev: fixed fields, then strings by call type (fields a type does not use share storage). A gRPC record
+# is the first GRPC_RECORD.size bytes; an HTTP record all HTTP_RECORD_SIZE, then TS_LEN bytes of tracestate
+# when E_HTTP_TS says so. The RED key's strings (method, then the two slots after it) are in every record.
+_FIXED_FORMAT = "QQIIQQQQQqiIIHH16s16sBB6xQQ"
+GRPC_RECORD = struct.Struct(f"<{_FIXED_FORMAT}{STR_LEN}s{STR_LEN}s{TP_LEN}s")  # method, status message, traceparent
+# method, URL path (or route), Host, incoming traceparent, RemoteAddr
+HTTP_SERVER_RECORD = struct.Struct(f"<{_FIXED_FORMAT}{STR_LEN}s{STR_LEN}s{TP_LEN}s{TP_LEN}s{PEER_LEN}s")
+# method, URL host[:port], URL scheme, URL path
+HTTP_CLIENT_RECORD = struct.Struct(f"<{_FIXED_FORMAT}{STR_LEN}s{STR_LEN}s{TP_LEN}s{STR_LEN}s24x")
+HTTP_RECORD_SIZE = HTTP_SERVER_RECORD.size
+assert HTTP_CLIENT_RECORD.size == HTTP_RECORD_SIZE
+# ---- HTTP hops (issue 22): flags
 E_HTTP_CONN = 1 << 16  # addresses set; stream_id: the request's order on its HTTP/1 connection, or its HTTP/2 stream
 E_HTTP2 = 1 << 17
 E_HTTP_TP = 1 << 18
 E_HTTP_TS = 1 << 19
-_HOPS_TP, _HOPS_TS = RECORD.size, RECORD.size + TP_LEN
 # ---- end of the HTTP hops block
 
 CODES = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
@@ -114,27 +120,37 @@ class Call:
 
 # every fixed field (ids as bytes), the two addresses and their lengths skipped
 _FIXED = struct.Struct("<QQII8s8s16sQqiIIHH34x6xQQ")
-_ADDR_AT = struct.calcsize(RECORD.format[: RECORD.format.index("16s16sBB")])
+_ADDR_AT = struct.calcsize("<" + _FIXED_FORMAT[: _FIXED_FORMAT.index("16s16sBB")])
 _PORTS_AT = _ADDR_AT - 4  # lport, rport, the two addresses and their lengths: one slice in a span's shape
 _ADDR_END = _ADDR_AT + 34
-_STRS_AT = _FIXED.size
-_TP_AT = RECORD.size - TP_LEN
-_TP_END = RECORD.size
-assert _FIXED.size == struct.calcsize(RECORD.format[: RECORD.format.index(f"{STR_LEN}s")])
+_STRS_AT = _FIXED.size  # method
+_S2_AT = _STRS_AT + STR_LEN  # gRPC: status message; HTTP server: path or route; HTTP client: host[:port]
+_TP_AT = _S2_AT + STR_LEN  # gRPC server: incoming traceparent; HTTP server: Host; HTTP client: scheme
+_TP_END = _TAIL_AT = GRPC_RECORD.size  # HTTP only from here
+_IN_TP_AT, _PEER_AT = _TAIL_AT, _TAIL_AT + TP_LEN  # HTTP server: incoming traceparent, RemoteAddr
+assert _FIXED.size == struct.calcsize("<" + _FIXED_FORMAT) and _TP_END == _TP_AT + TP_LEN
+assert _PEER_AT + PEER_LEN == HTTP_RECORD_SIZE
 
 
 def decode(rec: bytes, mono_to_unix: int) -> Call | None:
-    if len(rec) < RECORD_SIZE:
+    if len(rec) < GRPC_RECORD.size:
         return None
     (start, end, pid, typ, sid, psid, trace, dlw, dle, code, flags, stream_id, lport, rport, obj,
      aux) = _FIXED.unpack_from(rec)
+    if typ > T_GRPC_CLIENT and len(rec) < HTTP_RECORD_SIZE:
+        return None
     a = rec[_ADDR_AT:_ADDR_END]
-    s = _STRS_AT
+    s2 = _cstr(rec[_S2_AT:_TP_AT])
+    if typ <= T_GRPC_CLIENT:
+        msg, path = s2, ""
+    elif typ == T_HTTP_SERVER:
+        msg, path = _cstr(rec[_PEER_AT:HTTP_RECORD_SIZE]), s2
+    else:
+        msg, path = s2, _cstr(rec[_TAIL_AT:_TAIL_AT + STR_LEN])
     start_unix = go_time_unix_ns(aux, obj) if flags & E_BEGIN_WALL else start + mono_to_unix
     return Call(typ, pid, start_unix, end + mono_to_unix, sid, psid if flags & E_PARENT else b"", trace, flags,
-                code, stream_id, lport, rport, _ip(a[:16], a[32]), _ip(a[16:32], a[33]), _cstr(rec[s:s + STR_LEN]),
-                _cstr(rec[s + STR_LEN:s + 2 * STR_LEN]), _cstr(rec[s + 2 * STR_LEN:_TP_AT]),
-                _cstr(rec[_TP_AT:_TP_END]), go_time_unix_ns(dlw, dle) if flags & E_DEADLINE else None)
+                code, stream_id, lport, rport, _ip(a[:16], a[32]), _ip(a[16:32], a[33]), _cstr(rec[_STRS_AT:_S2_AT]),
+                msg, path, _cstr(rec[_TP_AT:_TP_END]), go_time_unix_ns(dlw, dle) if flags & E_DEADLINE else None)
 
 
 def parse_traceparent(tp: str | bytes) -> tuple[bytes, bytes] | None:
@@ -481,24 +497,30 @@ class Assembler:
         The per-call path: one unpack, the shape found by raw slices of the record, and nothing encoded
         but a deadline's attributes; everything else is decoded once per shape (_new_shape), and the ids
         and times are packed at export (encode_into)."""
-        if len(rec) < RECORD_SIZE:
+        if len(rec) < GRPC_RECORD.size:
             return False
         (start, end, pid, typ, sid, psid, trace, dlw, dle, code, flags, stream_id, lport, rport, obj,
          aux) = _FIXED.unpack_from(rec)
+        http = typ > T_GRPC_CLIENT
+        if http and len(rec) < HTTP_RECORD_SIZE:
+            return False
         st = self.procs.get(pid)
         if st is None:
             self.unknown_process += 1  # the receiver counts these as dropped
             return True
         if flags & E_NO_OFFSETS:
             self.seen_no_offsets.add(pid)
-        # a gRPC call's tp is its incoming traceparent, new on every call and not part of the span's shape
-        # (HTTP records carry the server host or URL scheme there, which is)
-        tp = rec[_TP_AT:_TP_END] if rec[_TP_AT] else b""
-        http = typ > T_GRPC_CLIENT
         # HTTP attributes come from the strings (peer, host, URL), not the connection's addresses: a new
-        # connection (port) makes no new shape; gRPC spans also carry what their binary's layout lacks
-        key = (typ, flags & _SHAPE_FLAGS, code, b"" if http else rec[_PORTS_AT:_ADDR_END], rec[_STRS_AT:_TP_AT],
-               tp if http else b"", "" if http else st.grpc_missing)
+        # connection (port) makes no new shape; gRPC spans also carry what their binary's layout lacks. A gRPC
+        # call's tp is its incoming traceparent, new on every call and not part of the span's shape (HTTP
+        # records carry the server host or URL scheme there, which is; an HTTP server's traceparent is in_tp)
+        if http:
+            key = (typ, flags & _SHAPE_FLAGS, code, b"", rec[_STRS_AT:_TAIL_AT],
+                   rec[_PEER_AT if typ == T_HTTP_SERVER else _TAIL_AT:HTTP_RECORD_SIZE], "")
+        else:
+            tp = rec[_TP_AT:_TP_END] if rec[_TP_AT] else b""
+            key = (typ, flags & _SHAPE_FLAGS, code, rec[_PORTS_AT:_ADDR_END], rec[_STRS_AT:_TP_AT], b"",
+                   st.grpc_missing)
         shape = self._shapes.get(key)
         if shape is None:
             shape = self._new_shape(key, rec, mono_to_unix, key[-1])
@@ -535,7 +557,7 @@ class Assembler:
         ip = shape.ip
         loopback = shape.loopback
         if http:
-            tp = rec[_HOPS_TP:_HOPS_TS] if flags & E_HTTP_TP else b""
+            tp = rec[_IN_TP_AT:_PEER_AT] if flags & E_HTTP_TP and typ == T_HTTP_SERVER else b""
             if flags & E_HTTP_CONN:  # the client's address: the server's peer, the client's local one
                 if typ == T_HTTP_SERVER:
                     ip = _ip(rec[_ADDR_AT + 16:_ADDR_AT + 32], rec[_ADDR_AT + 33])
@@ -546,7 +568,7 @@ class Assembler:
         p = _Pending(shape, sid, psid, body, ready_at, trace, pid, typ, flags, stream_id, lport, rport, ip,
                      tp if server else b"", start, end)
         if http and flags & E_HTTP_TS and flags & E_HTTP_TP:
-            p.ts = _cstr(rec[_HOPS_TS:RECORD_SIZE])
+            p.ts = _cstr(rec[HTTP_RECORD_SIZE:HTTP_RECORD_SIZE + TS_LEN])  # after the record (go_ebpf.c emit)
         if loopback:
             # the same loopback 4-tuple exists in every network namespace (pods): joined only within one
             p.netns = st.netns

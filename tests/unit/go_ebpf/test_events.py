@@ -17,12 +17,14 @@ from gotel.receivers.go_ebpf.events import (
     E_PARENT,
     E_STATUS,
     E_STREAM_ID,
-    HOPS,
-    RECORD,
+    GRPC_RECORD,
+    HTTP_CLIENT_RECORD,
+    HTTP_SERVER_RECORD,
     T_GRPC_CLIENT,
     T_GRPC_SERVER,
     T_HTTP_CLIENT,
     T_HTTP_SERVER,
+    TS_LEN,
     Assembler,
     decode,
     go_time_unix_ns,
@@ -41,9 +43,20 @@ def go_wall(unix_ns: int) -> tuple[int, int]:
 
 def rec(typ: int, *, start: int = 1_000, end: int = 2_000, span: int = 7, parent: int = 0, trace: tuple[int, int] = (1, 2),
         code: int = 0, flags: int = 0, stream: int = 1, lport: int = 0, rport: int = 0, method: bytes = b"/p.S/M",
-        msg: bytes = b"", tp: bytes = b"", dl: tuple[int, int] = (0, 0)) -> bytes:
-    return RECORD.pack(start, end, 42, typ, span, parent, trace[0], trace[1], dl[0], dl[1], code, flags, stream, lport,
-                       rport, LO, LO, 4, 4, 0, 0, method, msg, b"", tp) + bytes(HOPS.size)
+        msg: bytes = b"", tp: bytes = b"", dl: tuple[int, int] = (0, 0), path: bytes = b"", in_tp: bytes = b"",
+        ts: bytes = b"", pid: int = 42) -> bytes:
+    """A ring record as go_ebpf.c's emit writes it for this type. msg: gRPC status message, HTTP server
+    RemoteAddr, HTTP client host; tp: gRPC incoming traceparent, HTTP server Host, HTTP client scheme;
+    ts: an HTTP call's tracestate, after the record."""
+    fixed = (start, end, pid, typ, span, parent, trace[0], trace[1], dl[0], dl[1], code, flags, stream, lport, rport,
+             LO, LO, 4, 4, 0, 0)
+    if typ <= T_GRPC_CLIENT:
+        return GRPC_RECORD.pack(*fixed, method, msg, tp)
+    if typ == T_HTTP_SERVER:
+        r = HTTP_SERVER_RECORD.pack(*fixed, method, path, tp, in_tp, msg)
+    else:
+        r = HTTP_CLIENT_RECORD.pack(*fixed, method, msg, tp, path)
+    return r + (ts.ljust(TS_LEN, b"\0") if ts else b"")
 
 
 def test_go_time_to_unix() -> None:
@@ -86,6 +99,53 @@ def test_decode_keeps_ids_as_written_and_short_records_are_refused() -> None:
     a = Assembler()
     a.add_process(42, {"process.pid": 42})
     assert decode(r[:-1], 0) is None and not a.add(r[:-1], 0, 0.0) and not a.pending
+
+
+def test_each_type_reads_its_own_fields_and_http_records_are_longer() -> None:
+    """Slots are shared between types (go_ebpf.c struct gev): a record is decoded by its type. A gRPC record
+    is shorter than an HTTP one, and an HTTP record cut to a gRPC record's length is refused."""
+    tp = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    srv = rec(T_HTTP_SERVER, flags=E_STATUS | E_HTTP_TP, code=200, method=b"GET", path=b"/items/7",
+              tp=b"example.test:8080", msg=b"[::1]:40000", in_tp=tp)
+    cli = rec(T_HTTP_CLIENT, flags=E_STATUS, code=200, method=b"POST", msg=b"svc:9000", tp=b"https", path=b"/x")
+    g = rec(T_GRPC_SERVER, flags=E_STATUS, code=5, method=b"/p.S/M", msg=b"no such item", tp=tp)
+    assert len(g) < len(srv) == len(cli) <= 512
+    c = decode(srv, 0)
+    assert c is not None and (c.method, c.path, c.tp, c.msg) == ("GET", "/items/7", "example.test:8080", "[::1]:40000")
+    c = decode(cli, 0)
+    assert c is not None and (c.method, c.msg, c.tp, c.path) == ("POST", "svc:9000", "https", "/x")
+    c = decode(g, 0)
+    assert c is not None and (c.method, c.msg, c.tp, c.path) == ("/p.S/M", "no such item", tp.decode(), "")
+    a = Assembler()
+    a.add_process(42, {"process.pid": 42})
+    assert decode(srv[:len(g)], 0) is None and not a.add(srv[:len(g)], 0, 0.0) and not a.pending
+    for sid, r in ((1, srv), (2, cli), (3, g)):
+        assert a.add(r[:24] + sid.to_bytes(8, "little") + r[32:], 0, 0.0)  # span_id at 24
+    out = {k: attr_dict(s.attributes) for k, s in spans(a).items()}  # type: ignore[attr-defined]
+    assert out[1]["url.path"] == "/items/7" and out[1]["client.address"] == "::1" and out[1]["client.port"] == 40000
+    assert out[1]["server.address"] == "example.test" and out[1]["server.port"] == 8080
+    assert out[2]["url.full"] == "https://svc:9000/x" and out[2]["server.port"] == 9000
+    assert out[3]["rpc.grpc.status_message"] == "no such item"
+
+
+def test_an_http_servers_traceparent_and_tracestate_make_no_new_shape() -> None:
+    """An HTTP server's incoming traceparent (in its record) and tracestate (after it) vary per call; its peer
+    address is part of the span's attributes."""
+    a = Assembler()
+    a.add_process(42, {"process.pid": 42})
+    for i in range(3):
+        tp = f"00-{i + 1:032x}-{i + 1:016x}-01".encode()
+        assert a.add(rec(T_HTTP_SERVER, span=10 + i, trace=(i, 9), flags=E_STATUS | E_HTTP_TP | E_HTTP_TS, code=200, method=b"GET",
+                         path=b"/a", msg=b"127.0.0.1:4000", in_tp=tp, ts=f"k={i}".encode()), 0, 0.0)
+    assert len(a._shapes) == 1
+    assert a.add(rec(T_HTTP_SERVER, span=20, flags=E_STATUS, code=200, method=b"GET", path=b"/a",
+                     msg=b"127.0.0.1:4001"), 0, 0.0)
+    assert len(a._shapes) == 2
+    out = spans(a)
+    for i in range(3):
+        s = out[10 + i]
+        assert s.trace_state == f"k={i}" and s.trace_id == (i + 1).to_bytes(16, "big")  # type: ignore[attr-defined]
+        assert s.parent_span_id == (i + 1).to_bytes(8, "big")  # type: ignore[attr-defined]
 
 
 def spans(a: Assembler) -> dict[int, object]:
@@ -261,14 +321,11 @@ def test_deadline_exceeded_is_the_callers_own_and_propagated_is_told_apart() -> 
 def http_rec(typ: int, *, span: int, pid: int, seq: int, lport: int, rport: int, start: int, end: int,
              trace: tuple[int, int] = (1, 2), flags: int = 0, parent: int = 0, tp: bytes = b"",
              ts: bytes = b"") -> bytes:
-    """An HTTP record with its connection (E_HTTP_CONN: addresses, and seq = order or stream id) and the
-    incoming traceparent/tracestate fields appended after the gRPC record."""
-    base = bytearray(rec(typ, start=start, end=end, span=span, parent=parent, trace=trace, code=200,
-                         flags=flags | E_STATUS | E_HTTP_CONN | (E_HTTP_TP if tp else 0) | (E_HTTP_TS if ts else 0),
-                         stream=seq, lport=lport, rport=rport, method=b"GET"))
-    struct.pack_into("<I", base, 16, pid)
-    HOPS.pack_into(base, RECORD.size, tp, ts)
-    return bytes(base)
+    """An HTTP record with its connection (E_HTTP_CONN: addresses, and seq = order or stream id), its
+    incoming traceparent and, after it, its tracestate."""
+    return rec(typ, start=start, end=end, span=span, parent=parent, trace=trace, code=200,
+               flags=flags | E_STATUS | E_HTTP_CONN | (E_HTTP_TP if tp else 0) | (E_HTTP_TS if ts else 0),
+               stream=seq, lport=lport, rport=rport, method=b"GET", in_tp=tp, ts=ts, pid=pid)
 
 
 def test_http_server_joins_the_client_span_of_its_connection_and_order() -> None:

@@ -1,5 +1,7 @@
-"""go_ebpf.c's `struct gev` and events.py's RECORD + HOPS describe the same bytes: a field added on one side
-only (two branches each appending to the record) would shift every field after it without any error."""
+"""go_ebpf.c's `struct gev` and events.py's record formats (GRPC_RECORD, HTTP_SERVER_RECORD,
+HTTP_CLIENT_RECORD) describe the same bytes: a field added on one side only would shift every field after
+it without any error. Fields a call type does not use share storage (unions), so each Python format is
+checked against the C fields of its type."""
 
 import re
 import struct
@@ -16,23 +18,42 @@ def _defines(text: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^#define (\w+) (\d+)\b", text, re.M)}
 
 
-def _c_fields(text: str) -> list[tuple[str, str, int, int]]:
-    """(name, struct code, offset, size) of each field of struct gev, laid out with C's natural alignment."""
-    body = re.search(r"^struct gev \{(.*?)^\};", text, re.S | re.M)
-    assert body, f"{SRC}: struct gev not found"
+def _c_layout(text: str, name: str = "gev") -> tuple[dict[str, tuple[str, int, int]], int]:
+    """{field: (struct code, offset, size)} of a C struct with C's natural alignment, anonymous unions and
+    structs inside it flattened (every member of a union at the union's offset), and the struct's size."""
+    body = re.search(rf"^struct {name} \{{(.*?)^\}};", text, re.S | re.M)
+    assert body, f"{SRC}: struct {name} not found"
     consts = _defines(text)
-    out, off = [], 0
-    for line in re.sub(r"/\*.*?\*/", "", body[1], flags=re.S).splitlines():
-        m = re.fullmatch(r"\s*(\w+)\s+(\w+)(?:\[(\w+)\])?;\s*", line)
-        if not m:
-            assert not line.strip(), f"{SRC}: struct gev: cannot read {line!r}"
-            continue
-        code, align = _C_TYPES[m[1]]
-        n = 1 if m[3] is None else int(m[3]) if m[3].isdigit() else consts[m[3]]
-        off = (off + align - 1) // align * align
-        out.append((m[2], code, off, align * n))
-        off += align * n
-    return out
+    lines = [x.strip() for x in re.sub(r"/\*.*?\*/", "", body[1], flags=re.S).splitlines() if x.strip()]
+    fields: dict[str, tuple[str, int, int]] = {}
+
+    def block(i: int, off: int, union: bool) -> tuple[int, int, int]:
+        """Lays out lines[i:] up to the closing brace: (next line, size, alignment)."""
+        size = align = 0
+        while i < len(lines) and not lines[i].startswith("}"):
+            if lines[i] in ("union {", "struct {"):
+                start = off if union else off + size
+                i, n, a = block(i + 1, start, lines[i] == "union {")
+                if not union:  # (an inner block's offset was taken before its own alignment: check it)
+                    assert start % a == 0, f"struct {name}: a nested block at {start} needs alignment {a}"
+                i += 1  # the closing "};"
+            else:
+                m = re.fullmatch(r"(\w+)\s+(\w+)(?:\[(\w+)\])?;", lines[i])
+                assert m, f"{SRC}: struct {name}: cannot read {lines[i]!r}"
+                code, a = _C_TYPES[m[1]]
+                count = 1 if m[3] is None else int(m[3]) if m[3].isdigit() else consts[m[3]]
+                n = a * count
+                at = off if union else -(-(off + size) // a) * a
+                fields[m[2]] = (code, at, n)
+                if not union:
+                    n += at - (off + size)  # padding before it
+                i += 1
+            align = max(align, a)
+            size = max(size, n) if union else size + n
+        return i, -(-size // align) * align, align
+
+    _, size, _ = block(0, 0, False)
+    return fields, size
 
 
 def _py_fields(fmt: str, base: int) -> list[tuple[str, int, int]]:
@@ -49,18 +70,55 @@ def _py_fields(fmt: str, base: int) -> list[tuple[str, int, int]]:
     return out
 
 
-def test_struct_gev_matches_record_and_hops() -> None:
+_FIXED_FIELDS = ["start_ns", "end_ns", "pid", "type", "span_id", "parent_span_id", "trace_hi", "trace_lo", "dl_wall",
+                 "dl_ext", "code", "flags", "stream_id", "lport", "rport", "lip", "rip", "liplen", "riplen", "obj",
+                 "aux"]
+# each Python format's items, in order, as C fields
+RECORDS = {
+    "GRPC_RECORD": [*_FIXED_FIELDS, "method", "msg", "tp"],
+    "HTTP_SERVER_RECORD": [*_FIXED_FIELDS, "method", "path", "req_host", "in_tp", "peer"],
+    "HTTP_CLIENT_RECORD": [*_FIXED_FIELDS, "method", "host", "scheme", "url_path"],
+}
+
+
+def test_struct_gev_matches_each_record_format() -> None:
     text = SRC.read_text()
-    c = [(code, off, size) for name, code, off, size in _c_fields(text) if name != "pad"]
-    # u8 arrays are bytes (16s) in Python, chars too
-    c = [("s" if code == "B" and size > 1 else code, off, size) for code, off, size in c]
-    py = _py_fields(events.RECORD.format, 0) + _py_fields(events.HOPS.format, events.RECORD.size)
-    assert c == py
-    last = _c_fields(text)[-1]
-    c_size = -(-(last[2] + last[3]) // 8) * 8  # the struct's size: a multiple of its 8-byte alignment
-    assert c_size == events.RECORD_SIZE
+    fields, size = _c_layout(text)
+    assert set(fields) == {f for names in RECORDS.values() for f in names} | {"pad"}, "a C field no record decodes"
+    for fmt_name, names in RECORDS.items():
+        # u8 arrays are bytes (16s) in Python, chars too
+        c = [("s" if code == "B" and n > 1 else code, off, n) for code, off, n in (fields[f] for f in names)]
+        assert c == _py_fields(getattr(events, fmt_name).format, 0), fmt_name
     d = _defines(text)
-    assert (d["STR_LEN"], d["TP_LEN"], d["TS_LEN"]) == (events.STR_LEN, events.TP_LEN, events.TS_LEN)
+    # the ring record sizes emit() reserves: gRPC records end where the HTTP-only part begins
+    assert d["GEV_GRPC_SIZE"] == events.GRPC_RECORD.size == fields["in_tp"][1] == fields["url_path"][1]
+    assert size == events.HTTP_RECORD_SIZE == events.HTTP_SERVER_RECORD.size == events.HTTP_CLIENT_RECORD.size
+    assert (d["STR_LEN"], d["TP_LEN"], d["TS_LEN"], d["PEER_LEN"]) == (
+        events.STR_LEN, events.TP_LEN, events.TS_LEN, events.PEER_LEN)
+    # issue 20: every ring record fits pymalloc's small objects (512 bytes), a tracestate's aside
+    assert size <= 512 and events.GRPC_RECORD.size < size
+
+
+def test_strings_red_keys_on_are_in_every_record() -> None:
+    """red_add (go_ebpf_red.h) builds the key from method and the two slots after it for every type, and the
+    gRPC client's finish reserves only GEV_GRPC_SIZE bytes: those slots must lie inside a gRPC record."""
+    fields, _ = _c_layout(SRC.read_text())
+    for f in ("method", "msg", "path", "host", "tp", "req_host", "scheme"):
+        assert fields[f][1] + fields[f][2] <= events.GRPC_RECORD.size, f
+    assert fields["msg"][1:] == fields["path"][1:] == fields["host"][1:]
+    assert fields["tp"][1:] == fields["req_host"][1:] == fields["scheme"][1:]
+    red_add = re.search(r"red_add\(struct gev \*e.*?^}", (HEADERS / "go_ebpf_red.h").read_text(), re.S | re.M)
+    assert red_add
+    assert set(re.findall(r"e->(\w+)", red_add[0])) <= {"pid", "type", "code", "flags", "method", "msg", "path",
+                                                        "host", "tp", "req_host", "scheme", "lport", "rport",
+                                                        "liplen", "riplen", "lip", "rip"}
+
+
+def test_peer_holds_any_tcp_address() -> None:
+    """RemoteAddr gets PEER_LEN bytes: Go prints a TCP address as at most "[" IPv6 (39) "%" zone (an interface
+    name, 15) "]:65535"."""
+    longest = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%" + "e" * 15 + "]:65535"
+    assert len(longest) < events.PEER_LEN
 
 
 # ---- everything else the C and the Python both define (issue 16: one definition, checked here) ----
@@ -119,7 +177,9 @@ def test_offset_slots_match_layout() -> None:
 
 
 def _c_struct(text: str, name: str) -> list[tuple[str, str, int, int]]:
-    return _c_fields(text.replace(f"struct {name} {{", "struct gev {", 1))
+    """(name, struct code, offset, size) of each field of a flat C struct, in order."""
+    fields, _ = _c_layout(text, name)
+    return sorted(((f, *v) for f, v in fields.items()), key=lambda x: x[2])
 
 
 def test_red_structs_match_red_py() -> None:

@@ -11,7 +11,11 @@ from gotel.pdata.batch import attr_dict
 from gotel.receivers.go_ebpf.events import (
     _ADDR_AT,
     _FIXED,
+    _PEER_AT,
+    _S2_AT,
     _STRS_AT,
+    _TAIL_AT,
+    _TP_AT,
     DURATION_BOUNDS,
     E_ADDR,
     E_DEADLINE,
@@ -19,7 +23,6 @@ from gotel.receivers.go_ebpf.events import (
     E_NONSTATUS_ERR,
     E_STATUS,
     E_STREAM_ID,
-    RECORD,
     STR_LEN,
     T_GRPC_CLIENT,
     T_GRPC_SERVER,
@@ -37,15 +40,16 @@ def red_key_of(r: bytes) -> bytes:
     f = _FIXED.unpack_from(r)
     typ, code, flags, lport, rport = f[3], f[9], f[10], f[12], f[13]
     lip, rip, liplen, riplen = r[_ADDR_AT:_ADDR_AT + 16], r[_ADDR_AT + 16:_ADDR_AT + 32], r[_ADDR_AT + 32], r[_ADDR_AT + 33]
-    method, msg, path = (r[_STRS_AT + i * STR_LEN:_STRS_AT + (i + 1) * STR_LEN] for i in range(3))
-    tp = r[RECORD.size - TP_LEN:RECORD.size]
+    # the strings RED keys on are the same bytes for every type: method, then the two slots after it
+    method, s2, tp = r[_STRS_AT:_S2_AT], r[_S2_AT:_TP_AT], r[_TP_AT:_TP_AT + TP_LEN]
+    assert len(s2) == STR_LEN and _TAIL_AT < _PEER_AT
     if typ <= T_GRPC_CLIENT:
         srv = typ == T_GRPC_SERVER
         addr = flags & E_ADDR
         return RED_KEY.pack(f[2], typ, (liplen if srv else riplen) if addr else 0, (lport if srv else rport) if addr else 0,
                             code, flags & (E_STATUS | E_NONSTATUS_ERR | E_NO_OFFSETS | E_ADDR),
                             (lip if srv else rip) if addr else b"", b"", method, b"")
-    s1 = (path if flags & E_STREAM_ID else b"") if typ == T_HTTP_SERVER else msg
+    s1 = (s2 if flags & E_STREAM_ID else b"") if typ == T_HTTP_SERVER else s2
     return RED_KEY.pack(f[2], typ, 0, 0, code, flags & (E_STATUS | E_NONSTATUS_ERR | E_NO_OFFSETS | E_STREAM_ID),
                         b"", method[:RED_M - 1], s1, tp)
 
@@ -63,22 +67,15 @@ def series(a: Assembler) -> dict[tuple[str, tuple[tuple[str, Any], ...]], int]:
     return out
 
 
-def http(r: bytes, path: bytes, tp: bytes) -> bytes:
-    b = bytearray(r)
-    b[_STRS_AT + 2 * STR_LEN:_STRS_AT + 2 * STR_LEN + len(path)] = path
-    b[RECORD.size - TP_LEN:RECORD.size - TP_LEN + len(tp)] = tp
-    return bytes(b)
-
-
 CASES = [
     rec(T_GRPC_SERVER, code=5, flags=E_STATUS | E_ADDR | E_STREAM_ID, lport=50051, rport=40000),
     rec(T_GRPC_CLIENT, code=4, flags=E_STATUS | E_ADDR | E_DEADLINE, lport=40000, rport=50051, end=80_000_000,
         dl=go_wall(10**18 + 50_000_000)),
     rec(T_GRPC_CLIENT, flags=E_NO_OFFSETS),
-    http(rec(T_HTTP_SERVER, code=503, flags=E_STATUS | E_STREAM_ID, method=b"GET", msg=b"127.0.0.1:4000"),
-         b"GET /users/{id}", b"example.test:8080"),
-    http(rec(T_HTTP_SERVER, code=0, flags=E_STATUS, method=b"POST"), b"/raw/path", b"h"),
-    http(rec(T_HTTP_CLIENT, code=404, flags=E_STATUS, method=b"GET", msg=b"svc:9000"), b"/x", b"http"),
+    rec(T_HTTP_SERVER, code=503, flags=E_STATUS | E_STREAM_ID, method=b"GET", msg=b"127.0.0.1:4000",
+        path=b"GET /users/{id}", tp=b"example.test:8080"),
+    rec(T_HTTP_SERVER, code=0, flags=E_STATUS, method=b"POST", path=b"/raw/path", tp=b"h"),
+    rec(T_HTTP_CLIENT, code=404, flags=E_STATUS, method=b"GET", msg=b"svc:9000", path=b"/x", tp=b"http"),
     rec(T_HTTP_CLIENT, flags=E_NONSTATUS_ERR, method=b"PUT", msg=b"svc"),
 ]
 

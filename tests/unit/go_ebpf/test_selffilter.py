@@ -8,15 +8,15 @@ import subprocess
 import sys
 import time
 
-from gotel.receivers.go_ebpf.events import HOPS, RECORD, T_GRPC_CLIENT, T_HTTP_SERVER
+from gotel.receivers.go_ebpf.events import GRPC_RECORD, HTTP_SERVER_RECORD, T_GRPC_CLIENT, T_HTTP_SERVER
 from gotel.receivers.go_ebpf.selffilter import SelfFilter, is_gotel_cmdline
 
 LO = b"\x7f\x00\x00\x01" + bytes(12)
 
 
 def http_server_rec(pid: int, remote: bytes) -> bytes:
-    return RECORD.pack(1_000, 2_000, pid, T_HTTP_SERVER, 7, 0, 1, 2, 0, 0, 200, 0, 1, 0, 0, LO, LO, 4, 4, 0, 0,
-                       b"GET", remote, b"/debug/pprof/", b"") + bytes(HOPS.size)  # no incoming traceparent
+    return HTTP_SERVER_RECORD.pack(1_000, 2_000, pid, T_HTTP_SERVER, 7, 0, 1, 2, 0, 0, 200, 0, 1, 0, 0, LO, LO, 4, 4,
+                                   0, 0, b"GET", b"/debug/pprof/", b"", b"", remote)  # no incoming traceparent
 
 
 class Shape:
@@ -58,8 +58,8 @@ def test_own_socket_is_gotel_anothers_is_not() -> None:
         per_call = (time.perf_counter() - t0) / 10_000
         assert f.lookups == 2 and f.dropped == 10_001
         assert per_call < 50e-6  # generous bound for a shared CI machine; bench/go_ebpf/selffilter.py measures
-        client_rec = RECORD.pack(1_000, 2_000, os.getpid(), T_GRPC_CLIENT, 7, 0, 1, 2, 0, 0, 0, 0, 1, 0, 0, LO, LO,
-                                 4, 4, 0, 0, b"/p.S/M", b"", b"", b"") + bytes(HOPS.size)
+        client_rec = GRPC_RECORD.pack(1_000, 2_000, os.getpid(), T_GRPC_CLIENT, 7, 0, 1, 2, 0, 0, 0, 0, 1, 0, 0, LO,
+                                      LO, 4, 4, 0, 0, b"/p.S/M", b"", b"")
         assert not f.drop(T_GRPC_CLIENT, Shape(), client_rec, os.getpid())
     finally:
         other.kill()
