@@ -189,7 +189,11 @@ async def test_deadline_exceeded(env: Env) -> None:
     assert c["gotel.rpc.deadline.remaining"] <= 0
     # the server sees the budget grpc-timeout carried (a little less: time on the wire)
     assert 0.030 <= s["gotel.rpc.deadline.timeout"] <= 0.051
-    assert s["gotel.rpc.deadline.remaining"] <= 0.002
+    # the server's deadline is later than the client's by the time the headers took to reach the handler;
+    # when the client's RST_STREAM ends the call first, that much budget is left, never more
+    carried = (ss.start_time_unix_nano - cs.start_time_unix_nano) / 1e9
+    assert carried >= 0
+    assert s["gotel.rpc.deadline.remaining"] <= carried + 0.001, carried
     # the handler returns DEADLINE_EXCEEDED, or CANCELLED when the client's RST_STREAM wins the race with
     # the server's own timer: the span must say what the server did
     handled = srv.wait_for(lambda r: r.get("event") == "handled")
