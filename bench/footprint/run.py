@@ -72,6 +72,15 @@ class Run:
     restarted: list[ProcMem] | None = None  # the tree --settle seconds after that
 
 
+
+def _cell(mb: float | None) -> str:
+    """A table cell: a process a configuration does not have is a dash, not a number."""
+    return f"{mb:7.1f}" if mb is not None else f"{'-':>7}"
+
+
+def _ratio(after: float | None, before: float | None) -> str:
+    return f"{after / before:5.2f}x" if after is not None and before else f"{'-':>6}"
+
 def _mb(kib: float) -> float:
     return kib / MB
 
@@ -189,7 +198,6 @@ def main() -> None:
     finally:
         server.stop()
     before, after = runs[0], runs[-1]
-    nan = float("nan")
     labels = " | ".join(r.label for r in runs)
     print(f"bare Python interpreter: {bare:.1f} MB PSS")
     print(f"steady PSS per process (MB): {labels} | shipped/before   [shipped: private MB; PSS anon / file]")
@@ -197,11 +205,11 @@ def main() -> None:
     names = list(dict.fromkeys([m.name for r in runs for m in r.steady]))
     shipped = {m.name: m for m in after.steady}
     for name in names:
-        vals = [p.get(name, nan) for p in pss]
+        vals = [p.get(name) for p in pss]
         m = shipped.get(name)
         extra = (f"[{_mb(m.kib['Private_Clean'] + m.kib['Private_Dirty']):6.1f}; {_mb(m.kib.get('Pss_Anon', 0)):6.1f} / "
                  f"{_mb(m.kib.get('Pss_File', 0)):6.1f}]") if m else ""
-        print(f"  {name:<22} " + " | ".join(f"{v:7.1f}" for v in vals) + f" | {vals[-1] / vals[0]:5.2f}x   {extra}")
+        print(f"  {name:<22} " + " | ".join(_cell(v) for v in vals) + f" | {_ratio(vals[-1], vals[0])}   {extra}")
     print(f"  {'total':<22} " + " | ".join(f"{r.steady_pss:7.1f}" for r in runs) +
           f" | {after.steady_pss / before.steady_pss:5.2f}x   "
           f"(goal <= 200 MB: {'met' if after.steady_pss <= 200 else 'NOT met'})")
@@ -213,10 +221,10 @@ def main() -> None:
           f" | shipped/before {after.peak_pss / before.peak_pss:.2f}x")
     print(f"start-up peak PSS per process, the largest reading while it started (MB): {labels}")
     for name in names:
-        print(f"  {name:<22} " + " | ".join(f"{r.peak_each.get(name, nan):7.1f}" for r in runs))
+        print(f"  {name:<22} " + " | ".join(_cell(r.peak_each.get(name)) for r in runs))
     print(f"start-up peak RSS per process, VmHWM (MB; shared pages counted in each): {labels}")
     for name in names:
-        print(f"  {name:<22} " + " | ".join(f"{r.hwm.get(name, nan):7.1f}" for r in runs))
+        print(f"  {name:<22} " + " | ".join(_cell(r.hwm.get(name)) for r in runs))
     print("time until go_ebpf traced the server (s): " + " | ".join(f"{r.label} {r.startup_s:.1f}" for r in runs))
     for r in runs:
         if r.restart_s is None or r.restarted is None:
