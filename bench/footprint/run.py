@@ -72,7 +72,6 @@ class Run:
     restarted: list[ProcMem] | None = None  # the tree --settle seconds after that
 
 
-
 def _cell(mb: float | None) -> str:
     """A table cell: a process a configuration does not have is a dash, not a number."""
     return f"{mb:7.1f}" if mb is not None else f"{'-':>7}"
@@ -80,6 +79,7 @@ def _cell(mb: float | None) -> str:
 
 def _ratio(after: float | None, before: float | None) -> str:
     return f"{after / before:5.2f}x" if after is not None and before else f"{'-':>6}"
+
 
 def _mb(kib: float) -> float:
     return kib / MB

@@ -86,13 +86,13 @@ service:
             assert {s.labels["gotel_process"] for s in got[who]} == {"receiver"}
             files = _functions(got[who])
             # a receiver process runs the receiver command, not the pipeline's service
-            assert any(f.endswith("gotel/cli/commands/receiver.py") for f in files), sorted(files)[:40]
+            assert any(f.endswith(_COMMAND[who]) for f in files), sorted(files)[:40]
             assert _samples(got[who]) > 0
         # the pipeline process runs `gotel run` (mostly idle in its event loop, so the service's own frames
         # are sampled only by chance) and never the receiver command
         pipeline_files = _functions(got["pipeline"])
-        assert any(f.endswith("gotel/cli/commands/run.py") for f in pipeline_files), sorted(pipeline_files)
-        assert not any(f.endswith("gotel/cli/commands/receiver.py") for f in pipeline_files), sorted(pipeline_files)
+        assert any(f.endswith(_COMMAND["pipeline"]) for f in pipeline_files), sorted(pipeline_files)
+        assert not any(f.endswith(_COMMAND["synthetic/a"]) for f in pipeline_files), sorted(pipeline_files)
         assert not server.rejected, server.rejected
     finally:
         code = await asyncio.to_thread(a.stop)
