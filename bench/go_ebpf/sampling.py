@@ -1,6 +1,7 @@
 """go_ebpf cost per request with RED metrics in the kernel and sampling at the source (issue 20), one run.
 
     .venv/bin/python bench/go_ebpf/sampling.py [--calls 20000] [--grpc v1.33] [--sides both|server]
+        [--compression gzip|none] [--without PROBE_ID ...]
 
 Phases, one after another against one fixture gRPC server (8 concurrent callers, unary, 2 cores):
 untraced, traced with sampling 100 %, traced with sampling 1 %, untraced again (the baseline is the mean of
@@ -33,20 +34,21 @@ from gotel.component.contract import ComponentID, Context, Kind
 from gotel.exporters import otlp as otlp_exp
 from gotel.host.memory import receiver_gc
 from gotel.pdata.batch import Signal
-from gotel.receivers.go_ebpf import Config, factory
+from gotel.receivers.go_ebpf import Config, factory, probes
 from gotel.telemetry.counters import Telemetry
 from tests.helpers import goapps
 
 
 async def traced_phase(binary: str, target: str, srv_pid: int, sink: SinkProcess, fraction: float, n: int,
-                       both: bool) -> tuple[Phase, float, int, tuple[int, int]]:
+                       both: bool, compression: str = "gzip") -> tuple[Phase, float, int, tuple[int, int]]:
     """(the phase, BPF us per call, spans exported, (kept, dropped) by sampling)."""
     tel = Telemetry()
 
     def ctx(name: str, kind: Kind) -> Context:
         return Context(ComponentID(name), kind, logging.getLogger(name), tel.component(name, kind))
 
-    ecfg = otlp_exp.Config.model_validate({"endpoint": sink.address, "tls": {"insecure": True}})
+    ecfg = otlp_exp.Config.model_validate({"endpoint": sink.address, "tls": {"insecure": True},
+                                           "compression": compression})
     exp = otlp_exp.factory.create(Signal.TRACES, ecfg, ctx("otlp", Kind.EXPORTER))
     mexp = otlp_exp.factory.create(Signal.METRICS, ecfg, ctx("otlp/m", Kind.EXPORTER))
     await exp.start()
@@ -127,7 +129,17 @@ async def main() -> None:
     ap.add_argument("--gc", choices=["receiver", "default"], default="receiver",
                     help="Python's collector as a receiver process sets it (gotel.host.memory.receiver_gc), "
                     "or Python's defaults (an A/B in one checkout)")
+    ap.add_argument("--compression", default="gzip", choices=["gzip", "none"],
+                    help="the OTLP exporter's compression (gRPC gzip is zlib's default level)")
+    ap.add_argument("--without", action="append", default=[], metavar="PROBE_ID",
+                    help="leave a probe out of every plan (ids as `gotel inspect` names them, e.g. "
+                    "grpc.server.operate_headers, runtime.newproc1): what its hits cost, and the feature it carries")
     args = ap.parse_args()
+    if args.without:
+        unknown = set(args.without) - {p.id for p in probes.PROBES}
+        if unknown:
+            ap.error(f"--without: no such probe: {', '.join(sorted(unknown))}")
+        probes.PROBES[:] = [p for p in probes.PROBES if p.id not in args.without]
     if args.gc == "receiver":
         receiver_gc()
     app = goapps.grpc_app(args.grpc)
@@ -139,8 +151,8 @@ async def main() -> None:
     try:
         saturate(binary, target, 2000)  # warm-up
         u1 = saturate(binary, target, args.calls, {"server": srv.pid})
-        full = await traced_phase(binary, target, srv.pid, sink, 1.0, args.calls, both)
-        one = await traced_phase(binary, target, srv.pid, sink, 0.01, args.calls, both)
+        full = await traced_phase(binary, target, srv.pid, sink, 1.0, args.calls, both, args.compression)
+        one = await traced_phase(binary, target, srv.pid, sink, 0.01, args.calls, both, args.compression)
         u2 = saturate(binary, target, args.calls, {"server": srv.pid})
     finally:
         srv.stop()
@@ -150,7 +162,8 @@ async def main() -> None:
     base_total = sum(base.values())
     print(f"grpc-go {args.grpc} ({args.toolchain}), {args.calls:,} unary calls per phase, 8 callers, traced: "
           f"{'server and client processes' if both else 'server process'}; collector thresholds "
-          f"{gc.get_threshold()} ({args.gc})")
+          f"{gc.get_threshold()} ({args.gc}); OTLP compression {args.compression}"
+          + (f"; probes left out: {', '.join(args.without)}" if args.without else ""))
     print(f"untraced: {u1.rate:,.0f} calls/s before, {u2.rate:,.0f} after")
     print("CPU per call (us)            server   client    agent    total   x untraced   calls/s")
     print(f"  untraced (mean)           {base['server']:7.1f}  {base['client']:7.1f}  {0.0:7.1f}  {base_total:7.1f}"
