@@ -15,7 +15,7 @@ from gotel.component.contract import Kind
 from gotel.exporters import otlp as otlp_exp
 from gotel.pdata.batch import Batch, Logs, Signal, Traces, attr_dict, kv
 from gotel.processors import probabilistic_sampler as ps
-from tests.helpers.exporter_ctx import make_ctx
+from tests.helpers.exporter_ctx import make_ctx, metric_value
 from tests.helpers.otelcol import Collector
 from tests.helpers.prometheus_server import free_port
 from tests.unit.core.conftest import Tel
@@ -89,14 +89,20 @@ async def gotel_run(signal: Signal, cfg: dict[str, Any], batches: list[Batch]) -
 
 
 async def send(port: int, signal: Signal, batches: list[Batch]) -> None:
-    exp = otlp_exp.factory.create(signal, otlp_exp.Config.model_validate(
-        {"endpoint": f"http://127.0.0.1:{port}", "tls": {"insecure": True}}), make_ctx("otlp"))
-    await exp.start()
-    try:
-        for b in batches:
-            await exp.consume(b.copy())
-    finally:
-        await exp.shutdown()
+    """Sends the data, then the end marker once the collector acknowledged all of it: the exporter's queue
+    sends on 4 consumers, so a marker sent with the data can reach the file before an earlier batch."""
+    for part in (batches[:-1], batches[-1:]):
+        ctx = make_ctx("otlp")
+        exp = otlp_exp.factory.create(signal, otlp_exp.Config.model_validate(
+            {"endpoint": f"http://127.0.0.1:{port}", "tls": {"insecure": True}}), ctx)
+        await exp.start()
+        try:
+            for b in part:
+                await exp.consume(b.copy())
+        finally:
+            await exp.shutdown()
+        assert metric_value(ctx, "gotel_exporter_sent_items_total") == sum(b.item_count() for b in part), \
+            "the collector did not acknowledge every item"
 
 
 def collector_config(cases: dict[str, dict[str, Any]], signal: Signal) -> tuple[dict[str, Any], dict[str, int]]:
