@@ -106,7 +106,15 @@ async def test_exactly_what_was_exported_arrives(
     [req] = got(sink.received, signal)
     assert req.SerializeToString() == expected
     n = batch.item_count()
-    assert harness.value("exporter_sent_items_total", component="otlp", kind="exporter", signal=signal.value) == n
+
+    def sent() -> float:
+        return harness.value("exporter_sent_items_total", component="otlp", kind="exporter", signal=signal.value)
+
+    # the sink holds the request before its reply reaches the exporter, which counts on the reply
+    end = time.monotonic() + 10
+    while sent() != n and time.monotonic() < end:
+        await asyncio.sleep(0.02)
+    assert sent() == n
 
 
 @pytest.mark.parametrize("signal", list(Signal), ids=str)
