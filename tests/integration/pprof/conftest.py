@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 from typing import Any
 
@@ -53,6 +54,17 @@ class Harness:
 def http_get(url: str, timeout: float = 60.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return bytes(r.read())
+
+
+def wait_cpu_profile_running(app: goapps.RunningApp, timeout: float = 15.0) -> None:
+    """Until the target's own goroutine dump shows its CPU profiler writing: a profile asked for from
+    another thread may not have started yet."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if b"runtime/pprof.profileWriter" in http_get(app.url("/debug/pprof/goroutine?debug=1")):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the CPU profile of {app.url('')} did not start within {timeout}s")
 
 
 async def aget(url: str, timeout: float = 60.0) -> bytes:

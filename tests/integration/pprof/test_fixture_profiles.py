@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -18,7 +19,7 @@ from tests.helpers.pprofkit import (
     profiles_of,
 )
 
-from .conftest import Harness, aget, http_get, target_of
+from .conftest import Harness, aget, http_get, target_of, wait_cpu_profile_running
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +59,19 @@ async def test_cpu_profile_shows_hot_function_on_top(goapp, toolchain: str) -> N
         await h.close()
 
 
+def blocked_leakers(app: goapps.RunningApp) -> int:
+    """The fixture's leaked goroutines blocked in chan receive, from its own debug=2 dump."""
+    dump = http_get(app.url("/debug/pprof/goroutine?debug=2")).decode()
+    return sum(1 for g in dump.split("\n\n") if "[chan receive" in g.split("\n", 1)[0] and "main.leakyWorker(" in g)
+
+
+async def until_async(pred: Callable[[], bool], timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while not await asyncio.to_thread(pred):
+        assert time.monotonic() < end, f"not within {timeout}s"
+        await asyncio.sleep(0.05)
+
+
 async def test_cpu_busy_is_classified_not_retried(goapp) -> None:
     app = goapp("runtime")
     h = Harness([target_of(app)], profiles={"cpu": {"interval": 3}})
@@ -65,7 +79,7 @@ async def test_cpu_busy_is_classified_not_retried(goapp) -> None:
         # someone else (a human with go tool pprof) holds the CPU profiler
         other = threading.Thread(target=http_get, args=(app.url("/debug/pprof/profile?seconds=3"),), daemon=True)
         other.start()
-        await asyncio.sleep(0.5)
+        await asyncio.to_thread(wait_cpu_profile_running, app)
         skip = await h.runner().scrape(__import__("gotel.receivers.pprof.receiver", fromlist=["KINDS"]).KINDS["cpu"],
                                        h.cfg.profiles.cpu)
         assert h.failures("cpu", "cpu_busy") == 1
@@ -170,9 +184,10 @@ async def test_goroutine_leak_reported_within_k_dumps(goapp) -> None:
         dumps = 0
         while dumps < k + 2:
             await aget(app.url("/leak?n=4"))
-            # on a loaded machine a new goroutine may still be runnable (not yet in chan receive) when
-            # the handler returns; give the scheduler a moment so each dump sees the four blocked
-            await asyncio.sleep(0.3)
+            # a new goroutine may still be runnable (not yet in chan receive) when the handler returns:
+            # wait until the target's own dump shows every leaked one blocked
+            want = 4 * (dumps + 1)
+            await until_async(lambda want=want: blocked_leakers(app) >= want, 15)
             await h.scrape("goroutine_dump")
             dumps += 1
             findings = [r for r in log_records(h.sinks["logs"]) if r.event_name == "gotel.goroutine.growth"]

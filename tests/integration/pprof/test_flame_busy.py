@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -12,7 +11,7 @@ import pytest
 
 from gotel.cli.commands import flame as flame_cmd
 
-from .conftest import goapp  # noqa: F401  (fixture)
+from .conftest import goapp, wait_cpu_profile_running  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +21,7 @@ def test_busy_cpu_profiler_text_is_passed_through(goapp, capsys: pytest.CaptureF
     holder = threading.Thread(target=lambda: urllib.request.urlopen(app.url("/debug/pprof/profile?seconds=4"),
                                                                     timeout=30).read(), daemon=True)
     holder.start()
-    time.sleep(0.5)  # the first profile is running
+    wait_cpu_profile_running(app)
     # the target's own answer, read independently
     try:
         urllib.request.urlopen(app.url("/debug/pprof/profile?seconds=1"), timeout=30)

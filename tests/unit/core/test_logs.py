@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import logging
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from gotel.telemetry.logs import PerBinary, RedactingFormatter
+from tests.helpers.waiting import wait_until
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_traceback_at_debug(console: tuple[logging.Logger, io.StringIO]) -> None
 
 def test_per_binary_says_first_then_one_summary_line_per_binary(console: tuple[logging.Logger, io.StringIO]) -> None:
     logger, buf = console
-    pb = PerBinary(logger, "go_ebpf", interval=0.3)
+    pb = PerBinary(logger, "go_ebpf", interval=1.0)
     for pid in range(100, 140):
         pb.note(logging.INFO, "/usr/lib/go/pkg/tool/linux_amd64/compile", pid, "has no gRPC or net/http functions")
     for pid in range(200, 205):
@@ -69,7 +69,7 @@ def test_per_binary_says_first_then_one_summary_line_per_binary(console: tuple[l
     assert len(first) == 3, first
     assert first[0] == ("INFO go_ebpf: pid 100 (/usr/lib/go/pkg/tool/linux_amd64/compile): has no gRPC or net/http "
                         "functions (further processes of this binary are summarised)")
-    time.sleep(0.8)
+    wait_until(lambda: len(buf.getvalue().splitlines()) >= 5, 10, what="the summary lines, said by the timer")
     lines = buf.getvalue().splitlines()[3:]
     assert sorted(lines) == [
         "INFO go_ebpf: 39 more processes of /usr/lib/go/pkg/tool/linux_amd64/compile: has no gRPC or net/http functions",
