@@ -198,12 +198,12 @@ async def test_sampled_traceparent_and_slow_calls_are_kept() -> None:
     the server's handler holds the call longer than the threshold). The metrics still count every call."""
     binary = await asyncio.to_thread(_binary, "grpcapp")
     m = SampledMatrix([binary], 0.0)
-    m.slow = "40ms"
+    m.slow = "250ms"  # far above a fast call stalled by a loaded machine
     await m.start()
     try:
         srv = await m.server(binary)
         tpid, _ = await m.client(binary, srv, "-n", "50", "-concurrency", "4", "-quiet", "-traceparent", "auto")
-        spid, _ = await m.client(binary, srv, "-n", "30", "-concurrency", "10", "-quiet", "-delay", "60ms")
+        spid, _ = await m.client(binary, srv, "-n", "30", "-concurrency", "10", "-quiet", "-delay", "400ms")
         fpid, _ = await m.client(binary, srv, "-n", "200", "-concurrency", "4", "-quiet")
 
         def server_spans() -> list[Any]:

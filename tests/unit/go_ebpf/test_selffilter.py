@@ -52,10 +52,10 @@ def test_own_socket_is_gotel_anothers_is_not() -> None:
         assert not f.drop(T_HTTP_SERVER, s_remote, r_remote, os.getpid())
         assert f.lookups == 2  # a remote client is never looked up
         # cached: the same connection again costs no lookup
-        t0 = time.perf_counter()
+        t0 = time.thread_time()  # CPU time: a shared machine's preemption is not the filter's cost
         for _ in range(10_000):
             f.drop(T_HTTP_SERVER, s_mine, r_mine, os.getpid())
-        per_call = (time.perf_counter() - t0) / 10_000
+        per_call = (time.thread_time() - t0) / 10_000
         assert f.lookups == 2 and f.dropped == 10_001
         assert per_call < 50e-6  # generous bound for a shared CI machine; bench/go_ebpf/selffilter.py measures
         client_rec = GRPC_RECORD.pack(1_000, 2_000, os.getpid(), T_GRPC_CLIENT, 7, 0, 1, 2, 0, 0, 0, 0, 1, 0, 0, LO,
