@@ -141,7 +141,9 @@ class Collector:
             return []
         cls = batch_type(signal_)
         out = []
-        for line in path.read_bytes().splitlines():
+        data = path.read_bytes()
+        # each request is one line ending in a newline; a last line without one is still being written
+        for line in data[:data.rfind(b"\n") + 1].splitlines():
             if line.strip():
                 out.append(json_to_message(line, cls.request_type()))
         return out
