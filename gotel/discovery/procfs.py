@@ -46,13 +46,24 @@ def read_environ(pid: int) -> dict[str, str]:
 
 
 def is_alive(pid: int) -> bool:
-    """True unless the process is gone or a zombie (exited, not yet reaped)."""
+    """True unless the process is gone, a zombie (exited, not yet reaped) or exiting: an exiting process
+    releases its memory, and with it /proc/PID/exe, before its state turns Z (a `go build` step that
+    ends while being analysed). A kernel thread has no exe either; it is never a process to trace."""
+    proc = PROC / str(pid)
     try:
-        stat = (PROC / str(pid) / "stat").read_bytes()
+        stat = (proc / "stat").read_bytes()
     except OSError:
         return False
     state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-    return state not in (b"Z", b"X")
+    if state in (b"Z", b"X"):
+        return False
+    try:
+        os.readlink(proc / "exe")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass  # another user's process, unprivileged (EACCES): alive as far as can be told
+    return True
 
 
 def container_id(pid: int) -> str | None:
