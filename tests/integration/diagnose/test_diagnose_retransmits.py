@@ -10,23 +10,42 @@ from typing import Any
 
 import pytest
 
-from tests.integration.runtime.test_net_receiver import PORT, SERVER, _snmp, _spawn, lossy_netns  # noqa: F401
+from tests.integration.runtime.test_net_receiver import PORT, _snmp, _spawn, lossy_netns  # noqa: F401
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
+# Four connections, each request/response until killed: a lost request is retransmitted alone. Each loss
+# stalls its connection for an RTO (200 ms, doubling when the retransmission is lost too), so one
+# connection can see as few as 2 retransmits in 5 s; four make the rate the rule reads steady.
+CONNS = 4
+SERVER4 = f"""
+import socket, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", {PORT})); s.listen({CONNS}); print("ready", flush=True)
+def serve(c):
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while c.recv(4096):
+        c.send(b"k")
+while True:
+    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
+"""
 CLIENT = f"""
-import socket
-c = socket.create_connection(("127.0.0.1", {PORT}))
-c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+import socket, threading
+cs = [socket.create_connection(("127.0.0.1", {PORT})) for _ in range({CONNS})]
+def loop(c):
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while True:
+        c.send(b"x" * 100)
+        c.recv(16)
 print("connected", flush=True)
-while True:  # request/response until killed: a lost request is retransmitted alone
-    c.send(b"x" * 100)
-    c.recv(16)
+for c in cs[1:]:
+    threading.Thread(target=loop, args=(c,), daemon=True).start()
+loop(cs[0])
 """
 
 
 def test_retransmits_per_peer(lossy_netns: str) -> None:  # noqa: F811 - the imported fixture
-    server = _spawn(lossy_netns, SERVER)
+    server = _spawn(lossy_netns, SERVER4)
     client = None
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
