@@ -129,8 +129,11 @@ class SlowSink(OTLPGrpcSink):
     delay = 0.05
 
     def _take_failure(self) -> Any:
+        # decided when the request arrives: a request of the killed first run still in this handler when
+        # the backend "comes back" was refused, not delivered (it stays on that run's disk and is resent)
+        failure = super()._take_failure()
         time.sleep(self.delay)
-        return super()._take_failure()
+        return failure
 
 
 def test_kill_9_while_draining_resends_at_most_the_requests_in_flight(tmp_path: Path) -> None:
