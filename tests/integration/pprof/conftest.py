@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
 from typing import Any
 
@@ -13,6 +12,7 @@ from gotel.receivers.pprof import factory
 from gotel.receivers.pprof.receiver import KINDS, PprofReceiver, TargetRunner
 from tests.helpers import goapps
 from tests.helpers.pprofkit import MemSink, context, sinks
+from tests.helpers.waiting import wait_until
 
 goapp = goapps.goapp  # the fixture starting Go programs, stopped at teardown
 
@@ -59,12 +59,8 @@ def http_get(url: str, timeout: float = 60.0) -> bytes:
 def wait_cpu_profile_running(app: goapps.RunningApp, timeout: float = 15.0) -> None:
     """Until the target's own goroutine dump shows its CPU profiler writing: a profile asked for from
     another thread may not have started yet."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if b"runtime/pprof.profileWriter" in http_get(app.url("/debug/pprof/goroutine?debug=1")):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the CPU profile of {app.url('')} did not start within {timeout}s")
+    wait_until(lambda: b"runtime/pprof.profileWriter" in http_get(app.url("/debug/pprof/goroutine?debug=1")),
+               timeout, 0.05, "the target's CPU profile to start")
 
 
 async def aget(url: str, timeout: float = 60.0) -> bytes:

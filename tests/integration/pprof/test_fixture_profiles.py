@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -18,6 +17,7 @@ from tests.helpers.pprofkit import (
     otlp_inclusive_values,
     profiles_of,
 )
+from tests.helpers.waiting import wait_until
 
 from .conftest import Harness, aget, http_get, target_of, wait_cpu_profile_running
 
@@ -63,13 +63,6 @@ def blocked_leakers(app: goapps.RunningApp) -> int:
     """The fixture's leaked goroutines blocked in chan receive, from its own debug=2 dump."""
     dump = http_get(app.url("/debug/pprof/goroutine?debug=2")).decode()
     return sum(1 for g in dump.split("\n\n") if "[chan receive" in g.split("\n", 1)[0] and "main.leakyWorker(" in g)
-
-
-async def until_async(pred: Callable[[], bool], timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while not await asyncio.to_thread(pred):
-        assert time.monotonic() < end, f"not within {timeout}s"
-        await asyncio.sleep(0.05)
 
 
 async def test_cpu_busy_is_classified_not_retried(goapp) -> None:
@@ -187,7 +180,8 @@ async def test_goroutine_leak_reported_within_k_dumps(goapp) -> None:
             # a new goroutine may still be runnable (not yet in chan receive) when the handler returns:
             # wait until the target's own dump shows every leaked one blocked
             want = 4 * (dumps + 1)
-            await until_async(lambda want=want: blocked_leakers(app) >= want, 15)
+            await asyncio.to_thread(wait_until, lambda want=want: blocked_leakers(app) >= want, 15, 0.05,
+                                    "every leaked goroutine blocked")
             await h.scrape("goroutine_dump")
             dumps += 1
             findings = [r for r in log_records(h.sinks["logs"]) if r.event_name == "gotel.goroutine.growth"]
